@@ -1,0 +1,29 @@
+"""mla-tutorial: Multi-head Latent Attention (DeepSeek-V2/V3) decoding, from the math down to a Triton kernel.
+
+The ladder, one module per stage, each built from the previous one with the same weights:
+
+    stage 0  NaiveMHA      per-head K/V cache                       (stage0_naive.py)
+    stage 1  LatentMLA     cache c_kv + shared k_rope only          (stage1_latent.py)
+    stage 2  AbsorbedMLA   W_UK/W_UV absorbed: MQA in latent space  (stage2_absorbed.py)
+    stage 3  PagedMLA      paged latent cache, block tables         (stage3_paged.py)
+    stage 4  TritonMLA     fused Triton decode kernel               (stage4_triton.py)
+"""
+
+from .config import MLAConfig, yarn_mscale
+from .layers import MLAProjections, RMSNorm, linear_init_
+from .rope import RotaryEmbedding, apply_rope
+from .stage0_naive import MHACache, NaiveMHA
+from .stage1_latent import LatentCache, LatentMLA
+from .stage2_absorbed import AbsorbedMLA
+from .stage3_paged import SENTINEL_BLOCK, CacheFullError, PagedLatentCache, PagedMLA, paged_mla_attention
+
+__version__ = "0.1.0"
+
+#: The stages in ladder order (stage 4 joins when Triton is importable).
+STAGES: list[type[MLAProjections]] = [NaiveMHA, LatentMLA, AbsorbedMLA, PagedMLA]
+
+__all__ = [
+    "MLAConfig", "yarn_mscale", "MLAProjections", "RMSNorm", "linear_init_", "RotaryEmbedding", "apply_rope",
+    "MHACache", "NaiveMHA", "LatentCache", "LatentMLA", "AbsorbedMLA", "SENTINEL_BLOCK", "CacheFullError",
+    "PagedLatentCache", "PagedMLA", "paged_mla_attention", "STAGES",
+]
