@@ -18,7 +18,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m ipykernel install --user --name python3 > /dev/null
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -28,7 +27,7 @@ tour: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests notebooks
-	$(PY) -m pytest -m "not gpu" tests --nbval notebooks --durations=15
+	$(PY) -m pytest -m "not gpu" tests --nbval --nbval-current-env notebooks --durations=15
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests notebooks
