@@ -163,7 +163,11 @@ class MLAConfig:
     def from_hf(cls, hf_config: Any) -> MLAConfig:
         """Build from a transformers `DeepseekV2Config` / `DeepseekV3Config` (or any object with those fields).
 
-        Reads `rope_scaling` (transformers 4.x) or `rope_parameters` (transformers 5.x) for YaRN.
+        Reads `rope_scaling` (transformers 4.x) or `rope_parameters` (transformers 5.x) for YaRN. Follows what
+        transformers' attention does, which differs from a plain field copy in four places: the q/kv RMSNorms use
+        eps 1e-6 whatever `rms_norm_eps` says; DeepseekV2 always rotates interleaved pairs; a YaRN `factor` of None
+        means max_position_embeddings / original_max_position_embeddings; and a missing `mscale` makes the cos/sin
+        factor 0.1·ln(factor) + 1 (stored here as mscale = 0).
         """
         get = lambda key, default=None: getattr(hf_config, key, default)
         rope = get("rope_parameters") or get("rope_scaling") or {}
@@ -173,6 +177,9 @@ class MLAConfig:
             rope_type = None
         elif rope_type != "yarn":
             raise ValueError(f"hf_config has rope_type {rope_type!r}; only plain RoPE and 'yarn' are supported")
+        if rope_type == "yarn" and (rope.get("attention_factor") is not None or rope.get("truncate") is False):
+            raise ValueError(f"hf_config's YaRN sets attention_factor={rope.get('attention_factor')!r} or "
+                             f"truncate={rope.get('truncate')!r}; MLAConfig supports neither (DeepSeek uses none)")
         theta = rope.get("rope_theta", get("rope_theta", 10000.0))
         max_pos = get("max_position_embeddings", 163840)
         kwargs = dict(
@@ -183,22 +190,24 @@ class MLAConfig:
             qk_nope_head_dim=get("qk_nope_head_dim"),
             qk_rope_head_dim=get("qk_rope_head_dim"),
             v_head_dim=get("v_head_dim"),
-            rms_norm_eps=get("rms_norm_eps", 1e-6),
+            # transformers (like DeepSeek's code) builds q_a_layernorm and kv_a_layernorm with the default eps 1e-6;
+            # config.rms_norm_eps only reaches the decoder-layer norms.
+            rms_norm_eps=1e-6,
             rope_theta=float(theta),
             # DeepseekV2 in transformers always uses the interleaved (complex-number) layout.
-            rope_interleave=bool(get("rope_interleave", True)),
+            rope_interleave=get("model_type") == "deepseek_v2" or bool(get("rope_interleave", True)),
             rope_type=rope_type,
             max_position_embeddings=max_pos,
             name=str(get("model_type", "hf")),
         )
         if rope_type == "yarn":
+            orig = int(rope.get("original_max_position_embeddings", get("original_max_position_embeddings", 4096)))
             kwargs.update(
-                rope_factor=float(rope["factor"]),
-                original_max_position_embeddings=int(
-                    rope.get("original_max_position_embeddings", get("original_max_position_embeddings", 4096))),
+                rope_factor=float(rope.get("factor") or max_pos / orig),  # transformers' fallback for factor None
+                original_max_position_embeddings=orig,
                 beta_fast=float(rope.get("beta_fast") or 32.0),
                 beta_slow=float(rope.get("beta_slow") or 1.0),
-                mscale=float(rope.get("mscale") or 1.0),
+                mscale=float(rope.get("mscale") or 0.0),  # 0 = absent: cos/sin then scale by yarn_mscale(factor)
                 mscale_all_dim=float(rope.get("mscale_all_dim") or 0.0),
             )
         missing = [k for k, v in kwargs.items() if v is None and k != "q_lora_rank"]

@@ -35,7 +35,8 @@ def rope_inv_freq(config: MLAConfig) -> tuple[torch.Tensor, float]:
     Computed in float32, as DeepSeek's and transformers' code do, so results match theirs bit for bit.
     """
     dim, base = config.qk_rope_head_dim, config.rope_theta
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))  # [dim/2]
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)  # [dim/2]: theta^(2i/d)
+    inv_freq = 1.0 / pos_freqs  # [dim/2]
     if config.rope_type != "yarn":
         return inv_freq, 1.0
     factor = config.rope_factor
@@ -46,7 +47,8 @@ def rope_inv_freq(config: MLAConfig) -> tuple[torch.Tensor, float]:
         high += 0.001  # avoid a zero-width ramp
     ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)  # [dim/2]
     keep = 1.0 - ramp  # 1: keep the original (extrapolated) frequency, 0: interpolate by the factor
-    inv_freq = inv_freq / factor * (1 - keep) + inv_freq * keep
+    # 1/(factor·θ^(2i/d)), not inv_freq/factor: the two differ by one float32 ulp, and transformers uses this one.
+    inv_freq = 1.0 / (factor * pos_freqs) * (1 - keep) + inv_freq * keep
     # transformers' YaRN multiplies cos/sin by mscale(m)/mscale(m_all) (1.0 for every DeepSeek release);
     # the remaining m_all² is folded into MLAConfig.softmax_scale.
     if config.mscale and config.mscale_all_dim:
