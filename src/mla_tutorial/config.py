@@ -210,7 +210,7 @@ class MLAConfig:
                 mscale=float(rope.get("mscale") or 0.0),  # 0 = absent: cos/sin then scale by yarn_mscale(factor)
                 mscale_all_dim=float(rope.get("mscale_all_dim") or 0.0),
             )
-        missing = [k for k, v in kwargs.items() if v is None and k != "q_lora_rank"]
+        missing = [k for k, v in kwargs.items() if v is None and k not in ("q_lora_rank", "rope_type")]
         if missing:
             raise ValueError(f"hf_config lacks the fields {missing}; is it a DeepseekV2/V3 config?")
         return cls(**kwargs)

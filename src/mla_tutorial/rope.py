@@ -18,6 +18,7 @@ Scores depend only on q·k, so a consistent permutation of q and k changes nothi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -66,6 +67,17 @@ class RotaryEmbedding(torch.nn.Module):
         inv_freq, self.attention_factor = rope_inv_freq(config)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # [d^R_h/2], float32
         self.interleave = config.rope_interleave
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> RotaryEmbedding:
+        """Let `.to(device)` move inv_freq but keep it float32 under `.to(dtype)`, `.double()`, `.half()`.
+
+        Otherwise `module.to(torch.bfloat16)` would round the frequencies to 8 bits (angles off by whole radians
+        at long positions) and `.double()` would make angles more precise than transformers' float32 ones.
+        """
+        inv_freq = self.inv_freq
+        super()._apply(fn, recurse)
+        self.inv_freq = inv_freq.to(self.inv_freq.device)  # float32 values, new device
+        return self
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [B, T] (int) → cos, sin [B, T, d^R_h/2] in `dtype`."""
