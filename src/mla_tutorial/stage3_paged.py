@@ -251,7 +251,7 @@ def paged_mla_attention(q: torch.Tensor, k_cache: torch.Tensor, block_table: tor
     scale = d**-0.5 if softmax_scale is None else softmax_scale
     compute = torch.promote_types(q.dtype, torch.float32)
     lengths = cache_seqlens.long()  # [b]
-    n_pages = max(1, -(-int(lengths.max()) // page))  # pages of the longest sequence
+    n_pages = -(-int(lengths.max()) // page)  # pages of the longest sequence (0 if every request is empty)
 
     # Gather: pages past a sequence's end are replaced by page 0 before indexing (never follow a sentinel),
     # then every row past its length is zeroed (it may hold NaN, and 0·NaN = NaN in p·V).
