@@ -34,9 +34,10 @@ from mla_tutorial.hf import (  # noqa: E402
     load_attention_state_dict,
     load_safetensors,
 )
+from mla_tutorial.rope import rope_inv_freq  # noqa: E402
 from mla_tutorial.stage1_latent import LatentCache  # noqa: E402
 
-TOL = 1e-6  # float64 against transformers' float32 RMSNorm / softmax / V2 complex64 RoPE (measured ≤ 1.5e-7)
+TOL = 1e-6  # float64 against transformers' float32 RMSNorm / softmax / V2 complex64 RoPE (measured ≤ 1.7e-7)
 EXACT = 1e-12  # float64 against transformers with its RMSNorm in float64 and SDPA (measured ~2e-16)
 
 ROPES = {
@@ -121,6 +122,28 @@ def hf_k_rope_layout(k_rope: torch.Tensor, config) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ equivalence
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "default", "rope_theta": 10000.0},
+    {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0, "original_max_position_embeddings": 4096,
+     "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},  # DeepSeek-V3
+    {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0, "original_max_position_embeddings": 4096,
+     "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707},  # DeepSeek-V2
+    {"rope_type": "yarn", "rope_theta": 50000.0, "factor": 7.3, "original_max_position_embeddings": 256,
+     "mscale": 0.9, "mscale_all_dim": 0.75},  # odd factor, cos/sin factor ≠ 1, default betas
+    {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 8.0, "original_max_position_embeddings": 512,
+     "mscale_all_dim": 0.707},  # no mscale: transformers scales cos/sin by 0.1·ln(8) + 1
+], ids=["plain", "v3-yarn", "v2-yarn", "odd-yarn", "yarn-without-mscale"])
+@pytest.mark.parametrize("rope_dim", [16, 64])
+def test_rope_frequencies_and_cos_sin_factor_equal_transformers_bit_for_bit(rope, rope_dim):
+    max_pos = int(rope.get("original_max_position_embeddings", 4096) * rope.get("factor", 1))
+    config = hf_config("v3", rope=rope, rope_dim=rope_dim, max_position_embeddings=max_pos)
+    theirs = hf_rotary(config)
+    inv_freq, factor = rope_inv_freq(MLAConfig.from_hf(config))
+    assert torch.equal(inv_freq, theirs.inv_freq)
+    assert factor == theirs.attention_scaling
+    assert MLAConfig.from_hf(config).softmax_scale == hf_attention(config).scaling
+
+
 @pytest.mark.parametrize("version, q_lora_rank, interleave, rope", CASES, ids=CASE_IDS)
 def test_prefill_matches_transformers(version, q_lora_rank, interleave, rope):
     config = hf_config(version, q_lora_rank, interleave, rope)
