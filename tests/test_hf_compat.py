@@ -33,6 +33,7 @@ from mla_tutorial.hf import (  # noqa: E402
     from_transformers,
     load_attention_state_dict,
     load_safetensors,
+    mla_config,
 )
 from mla_tutorial.rope import rope_inv_freq  # noqa: E402
 from mla_tutorial.stage1_latent import LatentCache  # noqa: E402
@@ -257,6 +258,35 @@ def test_matches_attention_inside_a_transformers_model(version):
 
 
 # ------------------------------------------------------------------------------------------------ loading
+#: The attention fields of the released config.json files (transformers 4.x style `rope_scaling`).
+RELEASE_JSON = {
+    "deepseek-v3": {"model_type": "deepseek_v3", "hidden_size": 7168, "num_attention_heads": 128,
+                    "q_lora_rank": 1536, "mscale": 1.0},
+    "deepseek-v2": {"model_type": "deepseek_v2", "hidden_size": 5120, "num_attention_heads": 128,
+                    "q_lora_rank": 1536, "mscale": 0.707},
+    "deepseek-v2-lite": {"model_type": "deepseek_v2", "hidden_size": 2048, "num_attention_heads": 16,
+                         "q_lora_rank": None, "mscale": 0.707},
+}
+
+
+@pytest.mark.parametrize("preset", list(RELEASE_JSON))
+def test_release_config_json_gives_the_preset(preset):
+    """A release's config.json, read raw or through transformers' config class, gives our preset."""
+    fields = dict(RELEASE_JSON[preset])
+    mscale = fields.pop("mscale")
+    raw = fields | {"num_key_value_heads": fields["num_attention_heads"], "kv_lora_rank": 512, "qk_nope_head_dim": 128,
+                    "qk_rope_head_dim": 64, "v_head_dim": 128, "rms_norm_eps": 1e-6, "rope_theta": 10000,
+                    "max_position_embeddings": 163840, "attention_bias": False,
+                    "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                                     "beta_fast": 32, "beta_slow": 1, "mscale": mscale, "mscale_all_dim": mscale}}
+    hf_cls = DeepseekV3Config if raw["model_type"] == "deepseek_v3" else DeepseekV2Config
+    via_transformers = MLAConfig.from_hf(hf_cls(**{k: v for k, v in raw.items() if k != "model_type"}))
+    want = MLAConfig.preset(preset)
+    for got in (mla_config(raw), via_transformers):
+        assert got.replace(name=want.name) == want
+    assert want.softmax_scale == pytest.approx({"deepseek-v3": 0.1352338}.get(preset, 0.1147214), abs=1e-7)
+
+
 def test_from_transformers_keeps_dtype_device_mode_and_weights():
     attn = hf_attention(hf_config("v3")).to(torch.bfloat16).train()
     ours = from_transformers(attn)
