@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import statistics
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from .config import MLAConfig
 
@@ -325,15 +328,59 @@ def cache_batch(cache: Any) -> int:
     return int((cache.k if hasattr(cache, "k") else cache.kv).shape[0])  # MHACache k [B, H, S, D]; kv [B, S, 576]
 
 
+class AllocationTracker(TorchDispatchMode):
+    """Counts the bytes of tensor storage alive, and its peak, while active (any device; used on CPU).
+
+    Every aten operator passes through `__torch_dispatch__`. An output whose storage is not one of the inputs'
+    storages is a new allocation; a view of a tracked storage adds a reference to it. When the last tensor
+    referring to a storage is garbage-collected, its bytes are subtracted. Tensors that existed before (weights,
+    the cache passed in) are not counted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: dict[int, list[int]] = {}  # storage address → [tensors referring to it, bytes]
+        self.live = 0
+        self.peak = 0
+
+    def _release(self, key: int) -> None:
+        entry = self.refs.get(key)
+        if entry is not None:
+            entry[0] -= 1
+            if entry[0] == 0:
+                self.live -= entry[1]
+                del self.refs[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key == 0:  # an empty tensor
+                continue
+            if key in self.refs:  # a view of something allocated in here
+                self.refs[key][0] += 1
+            elif key in inputs:  # a view of (or an in-place result on) a tensor from outside
+                continue
+            else:
+                self.refs[key] = [1, storage.nbytes()]
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+            weakref.finalize(t, self._release, key)
+        return out
+
+
 def peak_memory(fn: Callable[[], Any], device: torch.device | str) -> int:
-    """Bytes allocated at the peak of `fn()` above what was allocated before it (tensors only).
+    """Bytes of tensors allocated at the peak of `fn()`, above what was allocated before it.
 
     CUDA: `torch.cuda.max_memory_allocated` after resetting the peak, minus the allocation before the call.
-    CPU: PyTorch keeps no allocation counter there, so the call runs under `torch.profiler` with
-    `profile_memory=True`; every operator's own allocations minus frees, and every free outside an operator,
-    are summed in time order and the running maximum is returned. Memory allocated and freed inside one
-    operator is netted out, so this can undercount short-lived scratch space; Triton's interpreter allocates
-    through NumPy, which the profiler does not see.
+    CPU: PyTorch keeps no allocation counter there, so `AllocationTracker` (a TorchDispatchMode) watches every
+    operator's outputs and their lifetimes. It counts tensor storage only: not Python objects, not allocator
+    slack, and not Triton's interpreter, which computes in NumPy arrays.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -343,17 +390,10 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str) -> int:
         fn()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    tracker = AllocationTracker()
+    with tracker:
         fn()
-    deltas = sorted((e.time_range.start, e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage)
-                    for e in prof.events())
-    live = peak = 0
-    for _, delta in deltas:
-        live += delta
-        peak = max(peak, live)
-    return peak
+    return tracker.peak
 
 
 # --------------------------------------------------------------------------------------------- one stage, one shape
@@ -407,8 +447,8 @@ def profile_decode(module: nn.Module, context: int, batch: int = 1, *, warmup: i
 
 
 __all__ = [
-    "DEFAULT_USD_PER_GPU_HOUR", "KINDS", "DecodeTiming", "StepCost", "cache_batch", "cache_footprint",
-    "cost_per_million_tokens",
-    "decode_kind", "decode_step_cost", "element_size", "estimate_step_memory", "peak_memory", "prefill",
-    "profile_decode", "random_hidden", "time_decode", "tokens_per_second", "weight_count",
+    "AllocationTracker", "DEFAULT_USD_PER_GPU_HOUR", "KINDS", "DecodeTiming", "StepCost", "cache_batch",
+    "cache_footprint", "cost_per_million_tokens", "decode_kind", "decode_step_cost", "element_size",
+    "estimate_step_memory", "peak_memory", "prefill", "profile_decode", "random_hidden", "time_decode",
+    "tokens_per_second", "weight_count",
 ]

@@ -1,0 +1,228 @@
+"""The tour and the command line: they run end to end, report the right numbers and fail loudly.
+
+The end-to-end run is `python -m mla_tutorial tour --quick` in a subprocess (as a user would type it, and so that
+the TRITON_INTERPRET switch the tour sets for stage 4 on CPU stays out of this test process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mla_tutorial import STAGES, AbsorbedMLA, MLAConfig, NaiveMHA, PagedMLA, linear_init_, tour
+from mla_tutorial.__main__ import main
+from mla_tutorial.profiling import (
+    cost_per_million_tokens,
+    decode_step_cost,
+    peak_memory,
+    prefill,
+    time_decode,
+    weight_count,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quick_tour(tmp_path_factory):
+    """One `tour --quick` run shared by the tests below: (completed process, output directory)."""
+    out = tmp_path_factory.mktemp("tour")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), COLUMNS="160")
+    proc = subprocess.run([sys.executable, "-m", "mla_tutorial", "tour", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=out)
+    return proc, out
+
+
+def test_tour_exits_0_and_prints_the_table(quick_tour):
+    proc, _ = quick_tour
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "MLA ladder" in proc.stdout
+    for cls in STAGES:
+        assert cls.__name__ in proc.stdout
+    assert "all stages agree" in proc.stdout
+
+
+def test_tour_json_has_every_stage_checked_and_measured(quick_tour):
+    _, out = quick_tour
+    summary = json.loads((out / "tour.json").read_text())
+    assert summary["passed"] is True
+    assert summary["preset"] == "tiny" and summary["dtype"] == "fp32" and summary["device"] == "cpu"
+    stages = summary["stages"]
+    assert [s["name"] for s in stages[: len(STAGES)]] == [cls.__name__ for cls in STAGES]
+    assert [s["stage"] for s in stages] == list(range(len(stages)))
+    tiny = MLAConfig.tiny()
+    for s in stages:
+        assert s["check"]["passed"], s
+        expected = tiny.cache_bytes_per_token("mha" if s["stage"] == 0 else "latent", 4)
+        assert s["cache"]["analytic_bytes_per_token"] == expected  # 6,144 for stage 0, 2,304 after
+        assert s["cache"]["measured_bytes_per_token"] == expected  # the check fills exactly two pages
+        assert s["decode"], f"stage {s['stage']} has no timings"
+        for record in s["decode"]:
+            assert record["latency_ms"] > 0 and record["tokens_per_s"] > 0
+            assert record["bytes"] > 0 and record["flops"] > 0
+            assert record["timing"]["context_growth"] == 0
+    for s in stages[1:]:
+        assert s["check"]["rel_frob"] <= tour.TOLERANCES[torch.float32][0]
+        assert s["check"]["vs_stage0"]["passed"]
+    assert [r["bytes_per_token_per_layer"] for r in summary["cache_size"]["rows"]][:2] == [6144, 2304]
+
+
+def test_tour_writes_the_plots(quick_tour):
+    _, out = quick_tour
+    for name in ("tour_cache_size.png", "tour_latency.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+
+
+def test_deepseek_v3_cache_bytes_without_building_weights():
+    """81,920 B per token per layer for stage 0 in bf16 and 1,152 for the latent stages (meta device: no weights)."""
+    rows = tour.cache_size_rows(MLAConfig.preset("deepseek-v3"), torch.bfloat16)
+    assert [r["bytes_per_token_per_layer"] for r in rows] == [81_920, 1_152, 1_152, 1_152]
+    assert [r["name"] for r in rows] == [cls.__name__ for cls in STAGES]
+    fp32 = tour.cache_size_rows(MLAConfig.preset("deepseek-v3"), torch.float32)
+    assert [r["bytes_per_token_per_layer"] for r in fp32] == [163_840, 2_304, 2_304, 2_304]
+
+
+def test_narrowed_twin_keeps_the_cache_shape():
+    v3 = MLAConfig.preset("deepseek-v3")
+    twin = tour.narrowed(v3)
+    assert twin.hidden_size == 512 and twin.q_lora_rank == 512
+    for stage in ("mha", "latent"):
+        assert twin.cache_bytes_per_token(stage) == v3.cache_bytes_per_token(stage)
+    assert (twin.num_heads, twin.latent_dim, twin.softmax_scale) == (v3.num_heads, v3.latent_dim, v3.softmax_scale)
+
+
+def test_tour_exits_1_when_a_stage_disagrees(monkeypatch, tmp_path, capsys):
+    class OffByTenPercent(AbsorbedMLA):
+        def forward(self, hidden_states, cache=None):
+            out, cache = super().forward(hidden_states, cache)
+            return out * 1.1, cache
+
+    def broken_ladder(device):
+        return [tour.Stage(0, NaiveMHA), tour.Stage(1, OffByTenPercent)], []
+
+    monkeypatch.setattr(tour, "ladder", broken_ladder)
+    code = main(["tour", "--out", str(tmp_path), "--context", "8", "--reps", "1", "--warmup", "0"])
+    assert code == 1
+    captured = capsys.readouterr().out
+    assert "FAIL" in captured and "check failed" in captured
+    assert json.loads((tmp_path / "tour.json").read_text())["passed"] is False
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "tour" in text and "bench" in text
+    for command in ("tour", "bench"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "--context" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "required"),
+    (["tour", "--dtype", "fp8"], "--dtype"),
+    (["tour", "--config", "gpt2"], "--config"),
+    (["tour", "--context", "1"], "context length must be ≥ 2"),
+    (["tour", "--context", "many"], "--context"),
+    (["tour", "--batch", "0"], "positive integer"),
+    (["tour", "--device", "tpu"], "--device"),
+    (["bench", "--stages", "9", "--quick"], "--stages"),
+])
+def test_cli_bad_options_give_a_clear_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cli_cuda_without_a_gpu_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tour", "--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_bench_kernel_delegates_or_says_why(capsys, monkeypatch):
+    import importlib
+
+    try:
+        importlib.import_module("mla_tutorial.bench_kernels")
+    except ImportError:
+        assert main(["bench", "--kernel"]) == 2
+        assert "not available" in capsys.readouterr().err
+        return
+    seen = {}
+    monkeypatch.setattr("mla_tutorial.bench_kernels.main", lambda argv: seen.setdefault("argv", argv) and 0)
+    assert main(["bench", "--kernel", "--quick", "--out", "x.json"]) == 0
+    assert seen["argv"] == ["--quick", "--out", "x.json"]
+
+
+def test_bench_writes_throughput_cost_and_roofline(tmp_path):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--device", "cpu", "--quick", "--stages", "0", "2", "--context", "64", "--reps", "2",
+                 "--bandwidth-gbs", "20", "--peak-tflops", "0.5", "--usd-per-gpu-hour", "3.6", "--out", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["usd_per_gpu_hour"] == 3.6 and result["roofline"]["bytes_per_s"] == 20e9
+    assert [(r["stage"], r["context"]) for r in result["records"]] == [(0, 64), (2, 64)]
+    for r in result["records"]:
+        assert r["usd_per_million_tokens"] == pytest.approx(1e6 / r["tokens_per_s"] / 1000)  # $3.6/h = $0.001/s
+        assert 0 < r["roofline_fraction"] and r["bound"] in ("memory", "compute")
+        assert r["step_peak_memory_bytes"] > 0
+
+
+# ------------------------------------------------------------------------------------------------ profiling
+def test_weight_count_matches_the_module():
+    for name in ("tiny", "deepseek-v2-lite", "deepseek-v3"):
+        config = MLAConfig.preset(name)
+        with torch.device("meta"):
+            module = NaiveMHA(config)
+        assert weight_count(config) == sum(p.numel() for p in module.parameters()), name
+    assert weight_count(MLAConfig.preset("deepseek-v3")) == 187_107_328
+
+
+def test_absorbed_attention_cost_follows_flashmla_formulas():
+    """FLOPs = b·h_q·s_k·2·(576+512); bytes = b·(s_k·576·2 + h_q·576·2 + h_q·512·2) (FlashMLA's benchmark)."""
+    v3 = MLAConfig.preset("deepseek-v3")
+    b, h, s = 4, v3.num_heads, 4096
+    cost = decode_step_cost(v3, "absorbed", s, b, 2)
+    assert cost.attention_flops == b * h * s * 2 * (576 + 512)
+    assert cost.attention_bytes == b * (s * 576 * 2 + h * 576 * 2 + h * 512 * 2)
+    mha = decode_step_cost(v3, "mha", s, b, 2)
+    assert mha.cache_bytes == b * (s + 1) * 81_920  # read S rows, write the new one
+    latent = decode_step_cost(v3, "latent", s, b, 2)
+    assert latent.projection_flops - cost.projection_flops == b * (s - 1) * 2 * 512 * h * 256  # the re-expansion
+    assert latent.bytes > mha.bytes > cost.bytes  # the ladder's story in one line
+
+
+def test_cost_per_million_tokens():
+    assert cost_per_million_tokens(1000.0, 3.6) == pytest.approx(1.0)  # $3.6/h = $0.001/s; 1M tokens take 1000 s
+
+
+def test_time_decode_leaves_a_paged_cache_at_its_prefix():
+    config = MLAConfig.tiny()
+    module = linear_init_(PagedMLA(config), seed=0)
+    cache = prefill(module, 2, 70)
+    table = cache.block_table().clone()
+    timing = time_decode(module, cache, warmup=1, reps=3)
+    assert timing.median_s > 0 and timing.context_growth == 0 and timing.method == "perf_counter"
+    assert cache.cache_seqlens().tolist() == [70, 70]
+    assert torch.equal(cache.block_table(), table)
+
+
+def test_peak_memory_on_cpu_sees_a_known_allocation():
+    size = 4 << 20
+    peak = peak_memory(lambda: torch.ones(size // 4, dtype=torch.float32), "cpu")
+    assert size <= peak < 2 * size
