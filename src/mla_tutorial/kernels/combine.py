@@ -15,6 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import is_interpreter
+from .v2_head_tiled import _cast
+
 COMBINE_ROWS = 8  # query rows per combine program
 
 
@@ -26,7 +29,7 @@ def _combine_kernel(
     out_ptr,  # [b, s_q, h_q, 512] in q's dtype
     lse_ptr,  # [b, h_q, s_q] fp32
     s_q, h_q,
-    ROWS: tl.constexpr, D: tl.constexpr,
+    ROWS: tl.constexpr, D: tl.constexpr, UPCAST: tl.constexpr,
 ):
     req = tl.program_id(0)
     begin = tl.load(split_offsets_ptr + req)
@@ -55,7 +58,7 @@ def _combine_kernel(
         o = acc / w_safe[:, None]
         lse = tl.where(has_keys, m + tl.log(w_safe), float("inf"))
         out_rows = req.to(tl.int64) * n_rows + rows
-        tl.store(out_ptr + out_rows[:, None] * D + offs_d[None, :], o.to(out_ptr.dtype.element_ty),
+        tl.store(out_ptr + out_rows[:, None] * D + offs_d[None, :], _cast(o, out_ptr.dtype.element_ty, UPCAST),
                  mask=row_ok[:, None])
         tok = rows // h_q
         head = rows % h_q
@@ -73,4 +76,5 @@ def combine_splits(
     b, s_q, h_q, d = out.shape
     grid = (b, triton.cdiv(s_q * h_q, COMBINE_ROWS))
     _combine_kernel[grid](part_out, part_lse, split_offsets, out, lse, s_q, h_q, ROWS=COMBINE_ROWS, D=d,
+                          UPCAST=is_interpreter(),
                           num_warps=4)

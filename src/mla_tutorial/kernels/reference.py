@@ -27,7 +27,14 @@ def mla_decode_reference(
     head_dim_v: int = D_NOPE,
     softmax_scale: float | None = None,
     causal: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    *,
+    return_p_abs_v: bool = False,
+):
+    """Returns (out, lse), plus Σ_j p_j·|v_j| ([b, s_q, h_q, 512]) with return_p_abs_v=True.
+
+    Σ p·|V| bounds how much rounding the probabilities P to a 16-bit type before the P·V product
+    can move each output element: |Δout| <= eps·Σ_j p_j·|v_j| (eps = 2^-8 for bf16, 2^-11 for fp16).
+    """
     dims = validate_decode_inputs(
         q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
         allow_cpu=True, dtypes=(torch.bfloat16, torch.float16, torch.float32),
@@ -38,6 +45,7 @@ def mla_decode_reference(
     group = h_q // h_kv  # query heads per latent head
     out = torch.zeros(b, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
     lse = torch.full((b, h_q, s_q), float("inf"), dtype=torch.float32, device=q.device)
+    p_abs_v = torch.zeros_like(out) if return_p_abs_v else None
     seqlens = cache_seqlens.tolist()
     for i in range(b):
         s_k = int(seqlens[i])
@@ -59,4 +67,8 @@ def mla_decode_reference(
         o = torch.matmul(probs, kv[..., :head_dim_v])  # (h_q, s_q, 512)
         out[i] = o.transpose(0, 1)
         lse[i] = torch.where(empty, float("inf"), lse_i)
+        if return_p_abs_v:
+            p_abs_v[i] = torch.matmul(probs, kv[..., :head_dim_v].abs()).transpose(0, 1)
+    if return_p_abs_v:
+        return out, lse, p_abs_v
     return out, lse

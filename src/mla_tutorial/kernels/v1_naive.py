@@ -16,7 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import D_NOPE, D_ROPE, LOG2E, PAGE_SIZE, validate_decode_inputs
+from .common import D_NOPE, D_ROPE, LOG2E, PAGE_SIZE, is_interpreter, validate_decode_inputs
+from .v2_head_tiled import _cast
 
 
 @triton.jit
@@ -32,6 +33,7 @@ def _mla_decode_v1_kernel(
     BLOCK_N: tl.constexpr,  # keys per step (divides PAGE)
     D_NOPE: tl.constexpr,  # 512
     D_ROPE: tl.constexpr,  # 64
+    UPCAST: tl.constexpr,  # interpreter: round bf16 stores by hand
 ):
     pid = tl.program_id(0)  # request * s_q + query token
     head = tl.program_id(1)
@@ -80,7 +82,7 @@ def _mla_decode_v1_kernel(
     o = acc / tl.where(has_keys, l_i, 1.0)  # 0 for a request with no visible key
     lse = tl.where(has_keys, (m_i + tl.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453, float("inf"))
     out_row = out_ptr + ((req.to(tl.int64) * s_q + tok) * h_q + head) * D_NOPE
-    tl.store(out_row + offs_d, o.to(out_ptr.dtype.element_ty))
+    tl.store(out_row + offs_d, _cast(o, out_ptr.dtype.element_ty, UPCAST))
     tl.store(lse_ptr + (req * h_q + head) * s_q + tok, lse)
 
 
@@ -106,7 +108,7 @@ def mla_decode_v1(
         block_table.stride(0),
         s_q, h_q, dims.heads_per_kv,
         dims.scale * LOG2E,
-        CAUSAL=causal, PAGE=PAGE_SIZE, BLOCK_N=16, D_NOPE=D_NOPE, D_ROPE=D_ROPE,
+        CAUSAL=causal, PAGE=PAGE_SIZE, BLOCK_N=16, D_NOPE=D_NOPE, D_ROPE=D_ROPE, UPCAST=is_interpreter(),
         num_warps=4,
     )
     return out, lse

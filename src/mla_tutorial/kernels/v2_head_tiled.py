@@ -38,6 +38,20 @@ from .common import (
 # building blocks shared by v2, v3 and v4
 # ---------------------------------------------------------------------------------------------
 @triton.jit
+def _cast(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
+    """x.to(dtype), rounding to nearest-even also in the interpreter.
+
+    Triton's interpreter converts fp32 -> bf16 by truncation (seen on triton 3.9), which biases
+    outputs by up to 1 bf16 ulp; on a GPU the conversion rounds to nearest-even. Do that by hand there.
+    """
+    if UPCAST and dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)  # round the low 16 bits to nearest, ties to even
+        x = ((bits >> 16) << 16).to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
 def _load_q_tile(
     q_ptr, req, kv_head, m_start,
     stride_qb, stride_qs, stride_qh,
@@ -99,7 +113,7 @@ def _attend_blocks(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None]
         if UPCAST:
-            p_op = p.to(kv_ptr.dtype.element_ty).to(tl.float32)  # same rounding of P as on the GPU
+            p_op = _cast(p, kv_ptr.dtype.element_ty, UPCAST).to(tl.float32)  # same rounding of P as on the GPU
         else:
             p_op = p.to(k_nope.dtype)
         acc = tl.dot(p_op, k_nope, acc)  # (BLOCK_M, 512): V = latent columns of the same tile
@@ -110,7 +124,7 @@ def _attend_blocks(
 @triton.jit
 def _store_tile(
     out_ptr, lse_ptr, slot, tok, head, row_ok, acc, m_i, l_i, s_q, h_q,
-    FINAL: tl.constexpr, D_NOPE: tl.constexpr,
+    FINAL: tl.constexpr, D_NOPE: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """Normalise and store a tile.
 
@@ -122,7 +136,7 @@ def _store_tile(
     o = acc / l_safe[:, None]  # 0 where no key was visible
     row = (slot.to(tl.int64) * s_q + tok) * h_q + head  # (BLOCK_M,) row of [slots, s_q, h_q]
     out_ptrs = out_ptr + row[:, None] * D_NOPE + tl.arange(0, D_NOPE)[None, :]
-    tl.store(out_ptrs, o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(out_ptrs, _cast(o, out_ptr.dtype.element_ty, UPCAST), mask=row_ok[:, None])
     lse = (m_i + tl.log2(l_safe)) * 0.6931471805599453  # base 2 -> natural log
     if FINAL:
         lse = tl.where(has_keys, lse, float("inf"))
@@ -177,7 +191,7 @@ def _mla_decode_v2_kernel(
         0, tl.cdiv(s_k, BLOCK_N), s_k, n_visible, qk_scale,
         PAGE, BLOCK_N, D_NOPE, D_ROPE, UPCAST, NUM_STAGES,
     )
-    _store_tile(out_ptr, lse_ptr, req, tok, head, row_ok, acc, m_i, l_i, s_q, h_q, True, D_NOPE)
+    _store_tile(out_ptr, lse_ptr, req, tok, head, row_ok, acc, m_i, l_i, s_q, h_q, True, D_NOPE, UPCAST)
 
 
 def mla_decode_v2(

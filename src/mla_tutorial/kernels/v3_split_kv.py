@@ -74,7 +74,7 @@ def _mla_decode_v3_kernel(
         PAGE, BLOCK_N, D_NOPE, D_ROPE, UPCAST, NUM_STAGES,
     )
     slot = req * num_splits + split  # FINAL: slot == req
-    _store_tile(out_ptr, lse_ptr, slot, tok, head, row_ok, acc, m_i, l_i, s_q, h_q, FINAL, D_NOPE)
+    _store_tile(out_ptr, lse_ptr, slot, tok, head, row_ok, acc, m_i, l_i, s_q, h_q, FINAL, D_NOPE, UPCAST)
 
 
 def choose_num_splits(batch: int, programs_per_split: int, max_blocks: int, cfg: TileConfig, device) -> int:

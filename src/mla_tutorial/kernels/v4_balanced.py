@@ -73,6 +73,8 @@ def get_mla_metadata(
     """
     if num_sm_parts is None:
         num_sm_parts = default_num_sm_parts(num_heads_per_head_k, num_heads_k, cache_seqlens.device)
+    if fixed_overhead < 1:  # an empty request must occupy at least one unit, or no part would own it
+        raise ValueError(f"fixed_overhead must be >= 1, got {fixed_overhead}")
     device = cache_seqlens.device
     parts = int(num_sm_parts)
     b = cache_seqlens.shape[0]
@@ -173,10 +175,10 @@ def _mla_decode_v4_kernel(
             PAGE, BLOCK_N, D_NOPE, D_ROPE, UPCAST, NUM_STAGES,
         )
         if pieces == 1:  # the whole request is ours: final output, no combine
-            _store_tile(out_ptr, lse_ptr, req, tok, head, row_ok, acc, m_i, l_i, s_q, h_q, True, D_NOPE)
+            _store_tile(out_ptr, lse_ptr, req, tok, head, row_ok, acc, m_i, l_i, s_q, h_q, True, D_NOPE, UPCAST)
         else:
             _store_tile(part_out_ptr, part_lse_ptr, first_slot + split, tok, head, row_ok, acc, m_i, l_i,
-                        s_q, h_q, False, D_NOPE)
+                        s_q, h_q, False, D_NOPE, UPCAST)
 
 
 def mla_decode_v4(

@@ -1,0 +1,361 @@
+"""Stage 4 (Triton kernels): FlashMLA's test recipe for every kernel version, in the Triton interpreter.
+
+Without a CUDA device the kernels run under TRITON_INTERPRET=1 on CPU tensors (set here before the
+kernel modules are (re)loaded). The data is hostile, as in FlashMLA's tests: block tables are random
+permutations, every unused cache slot is NaN, unused block-table entries are huge sentinel ids,
+lengths vary (0, page boundaries 63/64/65, random), s_q in {1, 2} (s_q = 2 causal), h_kv in {1, 2},
+bf16 and fp16. Outputs and LSE are compared with FlashMLA's tolerances.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _load_kernels():
+    """Import the kernel package; reload it if it was imported before TRITON_INTERPRET was set.
+
+    @triton.jit decides at decoration time whether a kernel is interpreted, so modules imported
+    earlier (e.g. through `import mla_tutorial` in conftest) must be reloaded, dependencies first.
+    """
+    import mla_tutorial.kernels as kernels
+    from mla_tutorial.kernels import common
+
+    if common.is_interpreter():
+        from triton.runtime.interpreter import InterpretedFunction
+
+        from mla_tutorial.kernels import v2_head_tiled
+
+        if not isinstance(v2_head_tiled._mla_decode_v2_kernel, InterpretedFunction):
+            for name in ("common", "reference", "v2_head_tiled", "combine", "v1_naive", "v3_split_kv",
+                         "v4_balanced", "api"):
+                importlib.reload(sys.modules[f"mla_tutorial.kernels.{name}"])
+            kernels = importlib.reload(kernels)
+    return kernels
+
+
+K = _load_kernels()
+from mla_tutorial.kernels import common  # noqa: E402
+from mla_tutorial.kernels.v4_balanced import get_mla_metadata as metadata_with_knobs  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+PAGE = 64
+SENTINEL = 2**31 - 1  # unused block-table entries: far outside the cache, must never be dereferenced
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile inputs and FlashMLA's comparison
+# ---------------------------------------------------------------------------------------------
+def make_inputs(seqlens, s_q, h_q, h_kv=1, dtype=torch.bfloat16, seed=0, device=DEVICE, spare_blocks=3):
+    """q, k_cache, block_table, cache_seqlens with NaN in every unused slot and sentinel table entries."""
+    gen = torch.Generator().manual_seed(seed)
+    b = len(seqlens)
+    seqlens_t = torch.tensor(seqlens, dtype=torch.int32)
+    pages = [-(-int(s) // PAGE) for s in seqlens]
+    max_blocks = max(pages) + 1  # one more column than needed: always a sentinel to avoid
+    num_blocks = sum(pages) + spare_blocks
+    perm = torch.randperm(num_blocks, generator=gen).to(torch.int32)  # random physical placement
+    block_table = torch.full((b, max_blocks), SENTINEL, dtype=torch.int32)
+    k_cache = torch.randn(num_blocks, PAGE, h_kv, 576, generator=gen).to(dtype)
+    used = torch.zeros(num_blocks, PAGE, dtype=torch.bool)
+    nxt = 0
+    for i, n in enumerate(pages):
+        block_table[i, :n] = perm[nxt : nxt + n]
+        for j in range(n):
+            used[int(perm[nxt + j]), : min(PAGE, int(seqlens[i]) - PAGE * j)] = True
+        block_table[i, n:] = SENTINEL - torch.arange(max_blocks - n, dtype=torch.int32) * 7919 - i
+        nxt += n
+    k_cache[~used] = float("nan")  # every unused slot, including the tails of partly filled pages
+    q = torch.randn(b, s_q, h_q, 576, generator=gen).to(dtype)
+    return q.to(device), k_cache.to(device), block_table.to(device), seqlens_t.to(device)
+
+
+def normal_lengths(b, mean, s_q, seed):
+    gen = torch.Generator().manual_seed(seed)
+    lens = torch.normal(float(mean), mean / 2, (b,), generator=gen).round().clamp(min=s_q)
+    return [int(x) for x in lens]
+
+
+def assert_close_flashmla(out, ref, name, abs_tol, rel_tol, cos_tol=None, p_bound=None):
+    """FlashMLA's check: inf/NaN positions match; per element abs < abs_tol or rel < rel_tol; cosine.
+
+    p_bound (optional, same shape): a per-element allowance for rounding P to 16 bits before P·V,
+    which the kernels do exactly like FlashMLA. FlashMLA's element criterion was set for long
+    contexts; at the short lengths the interpreter can afford (s_k ~ 100, so p_j ~ 0.01-0.3) that
+    rounding alone moves ~0.1-0.3% of elements by 8e-4-1e-3 (measured: at s_k = 3000-4000 none).
+    """
+    out = out.float().cpu()
+    ref = ref.float().cpu()
+    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)), f"{name}: NaN positions differ"
+    assert torch.equal(torch.isposinf(out), torch.isposinf(ref)), f"{name}: +inf positions differ"
+    assert torch.equal(torch.isneginf(out), torch.isneginf(ref)), f"{name}: -inf positions differ"
+    fin = torch.isfinite(ref)
+    x, y = out[fin].double(), ref[fin].double()
+    err = (x - y).abs()
+    bad = (err >= abs_tol) & (err / y.abs().clamp_min(1e-30) >= rel_tol)
+    if p_bound is not None:
+        bad &= err >= p_bound.float().cpu()[fin].double()
+    assert not bad.any(), (
+        f"{name}: {int(bad.sum())} of {x.numel()} elements off, worst abs {err.max().item():.3g} "
+        f"at ref {y[err.argmax()].item():.4g}"
+    )
+    if cos_tol is not None and x.numel():
+        denom = (x * x + y * y).sum()
+        cos_diff = (1 - 2 * (x * y).sum() / denom).item() if denom > 0 else 0.0
+        assert cos_diff <= cos_tol, f"{name}: cosine diff {cos_diff:.3g} > {cos_tol}"
+
+
+def check_against_reference(fn, q, k_cache, block_table, seqlens, causal, softmax_scale=None, **kw):
+    out, lse = fn(q, k_cache, block_table, seqlens, 512, softmax_scale=softmax_scale, causal=causal, **kw)
+    ref_out, ref_lse, p_abs_v = K.mla_decode_reference(q, k_cache, block_table, seqlens, 512, softmax_scale,
+                                                       causal=causal, return_p_abs_v=True)
+    b, s_q, h_q, _ = q.shape
+    assert out.dtype == q.dtype and out.shape == (b, s_q, h_q, 512)
+    assert lse.dtype == torch.float32 and lse.shape == (b, h_q, s_q)
+    assert torch.isfinite(out).all(), "NaN/inf reached the output (unused slots must never be read)"
+    assert_close_flashmla(out, ref_out.to(q.dtype), "out", 8e-4, 2.01 / 128, cos_tol=5e-6,
+                          p_bound=p_rounding_bound(p_abs_v, ref_out, q.dtype))
+    assert_close_flashmla(lse, ref_lse, "lse", 1e-6, 8.01 / 65536)
+    return out, lse
+
+
+def p_rounding_bound(p_abs_v, ref_out, dtype):
+    """|Δout| from rounding P (eps·Σ p|v|) plus rounding the output itself (1 ulp), per element."""
+    eps = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    return eps * p_abs_v + eps * ref_out.abs()
+
+
+VERSIONS = ["v1_naive", "v2_head_tiled", "v3_split_kv", "v4_balanced"]
+
+# (seqlens, s_q, h_q, h_kv, causal, dtype): every case covers something specific
+CASES = {
+    "page-boundaries-empty-h1": ([0, 63, 64, 65], 1, 1, 1, False, torch.bfloat16),
+    "causal-sq2-h3-fp16": ([2, 64, 140], 2, 3, 1, True, torch.float16),
+    "hkv2-h16": ([65, 130], 1, 16, 2, False, torch.bfloat16),
+    "causal-sq2-h16-empty": ([20, 0, 129], 2, 16, 1, True, torch.bfloat16),
+    "normal-lengths-h16-fp16": (normal_lengths(3, 96, 1, seed=3), 1, 16, 1, False, torch.float16),
+    "causal-sq2-h64-hkv2": ([200, 1], 2, 64, 2, True, torch.bfloat16),  # M = 64: one full tile
+    "h128-two-tiles": ([70, 33], 1, 128, 1, False, torch.bfloat16),  # M = 128: two tiles per request
+}
+HEAVY = {"causal-sq2-h64-hkv2", "h128-two-tiles"}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("version", VERSIONS)
+def test_kernel_matches_reference(version, case):
+    if version == "v1_naive" and case in HEAVY:
+        pytest.skip("v1 at 64+ heads is slow in the interpreter; covered on the GPU")
+    seqlens, s_q, h_q, h_kv, causal, dtype = CASES[case]
+    q, k_cache, block_table, cache_seqlens = make_inputs(seqlens, s_q, h_q, h_kv, dtype, seed=list(CASES).index(case))
+    check_against_reference(K.KERNEL_VERSIONS[version], q, k_cache, block_table, cache_seqlens, causal)
+
+
+@pytest.mark.parametrize("version", ["v2_head_tiled", "v3_split_kv", "v4_balanced"])
+@pytest.mark.parametrize("block_n,num_stages", [(32, 2), (16, 3)])
+def test_smaller_key_steps_walk_pages_correctly(version, block_n, num_stages):
+    """BLOCK_N < 64 (cards with little shared memory): two or four steps per page."""
+    q, k_cache, block_table, seqlens = make_inputs([63, 64, 150], 2, 3, 1, torch.bfloat16, seed=5)
+    cfg = common.TileConfig(16, block_n, 4, num_stages, 1)
+    check_against_reference(K.KERNEL_VERSIONS[version], q, k_cache, block_table, seqlens, True, config=cfg)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3, 8])
+def test_split_kv_any_number_of_splits(num_splits):
+    """More splits than pages leaves some splits empty (lse = -inf partials): the combine must ignore them."""
+    q, k_cache, block_table, seqlens = make_inputs([0, 5, 130, 300], 1, 16, 1, torch.bfloat16, seed=7)
+    check_against_reference(K.mla_decode_v3, q, k_cache, block_table, seqlens, False, num_splits=num_splits)
+
+
+@pytest.mark.parametrize("parts,overhead", [(1, 5), (3, 1), (7, 1), (40, 1), (5, 5)])
+def test_balanced_schedule_any_cut(parts, overhead):
+    """v4 with schedules that cut requests anywhere (overhead 1, many parts): every piece is merged right."""
+    seqlens = [0, 190, 64, 1, 257]
+    q, k_cache, block_table, cache_seqlens = make_inputs(seqlens, 2, 3, 1, torch.float16, seed=11)
+    meta, splits = metadata_with_knobs(cache_seqlens, 2 * 3, 1, num_sm_parts=parts, fixed_overhead=overhead)
+    check_against_reference(K.mla_decode_v4, q, k_cache, block_table, cache_seqlens, True,
+                            tile_scheduler_metadata=meta, num_splits=splits)
+
+
+def test_flash_mla_with_kvcache_matches_reference():
+    seqlens = normal_lengths(4, 128, 2, seed=2)
+    q, k_cache, block_table, cache_seqlens = make_inputs(seqlens, 2, 16, 1, torch.bfloat16, seed=13)
+    meta, splits = K.get_mla_metadata(cache_seqlens, 2 * 16, 1)
+    out, lse = K.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 512, meta, splits, causal=True)
+    ref_out, ref_lse, p_abs_v = K.mla_decode_reference(q, k_cache, block_table, cache_seqlens, 512, causal=True,
+                                                       return_p_abs_v=True)
+    assert_close_flashmla(out, ref_out.to(q.dtype), "out", 8e-4, 2.01 / 128, cos_tol=5e-6,
+                          p_bound=p_rounding_bound(p_abs_v, ref_out, q.dtype))
+    assert_close_flashmla(lse, ref_lse, "lse", 1e-6, 8.01 / 65536)
+
+
+def test_softmax_scale_is_used():
+    q, k_cache, block_table, seqlens = make_inputs([100], 1, 16, 1, torch.bfloat16, seed=17)
+    check_against_reference(K.mla_decode_v4, q, k_cache, block_table, seqlens, False, softmax_scale=0.1352338)
+
+
+def test_empty_request_gives_zero_and_inf_lse():
+    q, k_cache, block_table, seqlens = make_inputs([0, 0], 2, 3, 1, torch.bfloat16, seed=19)
+    for fn in K.KERNEL_VERSIONS.values():
+        out, lse = fn(q, k_cache, block_table, seqlens, 512, causal=True)
+        assert torch.equal(out.float(), torch.zeros_like(out.float()))
+        assert torch.isposinf(lse).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# reference sanity: the yardstick itself
+# ---------------------------------------------------------------------------------------------
+def test_reference_matches_dense_attention():
+    """On a contiguous layout, the paged reference equals plain softmax attention with V = K[..., :512]."""
+    q, k_cache, block_table, seqlens = make_inputs([70], 2, 4, 1, torch.float16, seed=23)
+    out, lse = K.mla_decode_reference(q, k_cache, block_table, seqlens, 512, causal=True)
+    kv = k_cache[block_table[0, :2].long()].reshape(128, 576)[:70].double()
+    s = q[0].double().transpose(0, 1) @ kv.T * 576**-0.5  # (h, s_q, s_k)
+    s[:, 0, 69] = float("-inf")  # query 0 of 2 sees keys [0, 68]
+    torch.testing.assert_close(lse[0].double(), torch.logsumexp(s, -1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[0].double(), (torch.softmax(s, -1) @ kv[:, :512]).transpose(0, 1),
+                               rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# metadata
+# ---------------------------------------------------------------------------------------------
+def pieces_from_metadata(meta, splits, seqlens):
+    """Walk the schedule like the kernel does: {(request, page): part} and {(request, split): (lo, hi)}."""
+    covered, pieces = {}, {}
+    for p, (r0, b0, r1, b1, s0, *_rest) in enumerate(meta.tolist()):
+        for r in range(r0, r1 + 1):
+            n = max(1, -(-seqlens[r] // PAGE))
+            lo = b0 if r == r0 else 0
+            hi = b1 if r == r1 else n
+            split = s0 if r == r0 else 0
+            assert lo < hi, f"part {p} has an empty piece of request {r}"
+            assert (r, split) not in pieces, f"split {split} of request {r} written twice"
+            pieces[(r, split)] = (lo, hi)
+            for blk in range(lo, hi):
+                assert (r, blk) not in covered, f"page {blk} of request {r} in parts {covered[(r, blk)]} and {p}"
+                covered[(r, blk)] = p
+    return covered, pieces
+
+
+@pytest.mark.parametrize("parts,overhead", [(1, 5), (8, 5), (132, 5), (5, 1), (64, 1)])
+def test_metadata_covers_every_page_once(parts, overhead):
+    seqlens = [0, 1, 63, 64, 65, 4096, 700, 0, 3000]
+    cache_seqlens = torch.tensor(seqlens, dtype=torch.int32)
+    meta, splits = metadata_with_knobs(cache_seqlens, 16, 1, num_sm_parts=parts, fixed_overhead=overhead)
+    assert meta.shape == (parts, 8) and meta.dtype == torch.int32
+    assert splits.shape == (len(seqlens) + 1,) and splits.dtype == torch.int32
+    covered, pieces = pieces_from_metadata(meta, splits, seqlens)
+    for r, s in enumerate(seqlens):
+        n = max(1, -(-s // PAGE))
+        assert all((r, blk) in covered for blk in range(n)), f"request {r} not fully covered"
+        n_pieces = int(splits[r + 1] - splits[r])
+        assert sorted(k[1] for k in pieces if k[0] == r) == list(range(n_pieces))
+    assert (meta[:, 5:] == 0).all()
+
+
+def test_metadata_balances_work():
+    """With FlashMLA's cost (pages + 5 per request), no part gets more than its payload."""
+    seqlens = normal_lengths(128, 4096, 1, seed=0)
+    cache_seqlens = torch.tensor(seqlens, dtype=torch.int32)
+    parts = 132
+    meta, splits = metadata_with_knobs(cache_seqlens, 16, 1, num_sm_parts=parts)
+    covered, pieces = pieces_from_metadata(meta, splits, seqlens)
+    work = [0] * parts
+    for (r, _split), (lo, hi) in pieces.items():
+        p = covered[(r, lo)]
+        work[p] += hi - lo + 5
+    total = sum(-(-s // PAGE) + 5 for s in seqlens)
+    payload = -(-total // parts) + 5
+    assert max(work) <= payload + 5, (max(work), payload)
+    assert int(splits[-1]) <= len(seqlens) + parts - 1
+
+
+def test_get_mla_metadata_default_parts():
+    cache_seqlens = torch.tensor([10, 2000], dtype=torch.int32)
+    meta, splits = K.get_mla_metadata(cache_seqlens, 128, 1)  # s_q*h_q/h_kv = 128: two 64-row tiles
+    limits = common.device_limits(cache_seqlens.device)
+    assert meta.shape[0] >= 1 and meta.shape[0] <= limits.sm_count * 4
+    assert int(splits[0]) == 0 and int(splits[-1]) >= 2
+
+
+# ---------------------------------------------------------------------------------------------
+# API: errors name the argument, before any launch
+# ---------------------------------------------------------------------------------------------
+def _good():
+    q, k_cache, block_table, seqlens = make_inputs([10, 70], 1, 4, 1, torch.bfloat16, seed=29)
+    meta, splits = K.get_mla_metadata(seqlens, 4, 1)
+    return dict(q=q, k_cache=k_cache, block_table=block_table, cache_seqlens=seqlens, head_dim_v=512,
+                tile_scheduler_metadata=meta, num_splits=splits)
+
+
+BAD_ARGS = {
+    "q-rank": ("q", lambda a: a["q"][0], ValueError),
+    "q-dtype": ("q", lambda a: a["q"].float(), TypeError),
+    "q-headdim": ("q", lambda a: a["q"][..., :512].contiguous(), ValueError),
+    "q-not-tensor": ("q", lambda a: a["q"].tolist(), TypeError),
+    "k_cache-dtype": ("k_cache", lambda a: a["k_cache"].half(), TypeError),
+    "k_cache-page": ("k_cache", lambda a: a["k_cache"][:, :32].contiguous(), ValueError),
+    "k_cache-heads": ("k_cache", lambda a: a["k_cache"].expand(-1, -1, 3, -1).contiguous(), ValueError),
+    "k_cache-rank": ("k_cache", lambda a: a["k_cache"][0], ValueError),
+    "block_table-dtype": ("block_table", lambda a: a["block_table"].long(), TypeError),
+    "block_table-batch": ("block_table", lambda a: a["block_table"][:1], ValueError),
+    "cache_seqlens-dtype": ("cache_seqlens", lambda a: a["cache_seqlens"].long(), TypeError),
+    "cache_seqlens-batch": ("cache_seqlens", lambda a: a["cache_seqlens"][:1], ValueError),
+    "head_dim_v": ("head_dim_v", lambda a: 256, ValueError),
+    "head_dim_v-type": ("head_dim_v", lambda a: 512.0, TypeError),
+    "metadata-shape": ("tile_scheduler_metadata", lambda a: a["tile_scheduler_metadata"][:, :4], ValueError),
+    "metadata-dtype": ("tile_scheduler_metadata", lambda a: a["tile_scheduler_metadata"].long(), TypeError),
+    "num_splits-shape": ("num_splits", lambda a: a["num_splits"][:-1], ValueError),
+    "num_splits-dtype": ("num_splits", lambda a: a["num_splits"].long(), TypeError),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_ARGS))
+def test_bad_argument_raises_naming_it(bad):
+    name, make_bad, exc = BAD_ARGS[bad]
+    args = _good()
+    received = make_bad(args)
+    args[name] = received
+    with pytest.raises(exc, match=name):
+        K.flash_mla_with_kvcache(**args)
+
+
+def test_bad_scale_and_causal():
+    args = _good()
+    with pytest.raises(ValueError, match="softmax_scale"):
+        K.flash_mla_with_kvcache(**args, softmax_scale=-1.0)
+    with pytest.raises(TypeError, match="causal"):
+        K.flash_mla_with_kvcache(**args, causal="yes")
+
+
+def test_error_message_has_expected_and_received():
+    args = _good()
+    args["head_dim_v"] = 256
+    with pytest.raises(ValueError, match=r"must be 512.*got 256"):
+        K.flash_mla_with_kvcache(**args)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_version_validates(version):
+    args = _good()
+    with pytest.raises(ValueError, match="h_kv"):
+        K.KERNEL_VERSIONS[version](args["q"][:, :, :3].contiguous(), args["k_cache"].expand(-1, -1, 2, -1)
+                                   .contiguous(), args["block_table"], args["cache_seqlens"])
+
+
+def test_get_mla_metadata_errors():
+    with pytest.raises(TypeError, match="cache_seqlens"):
+        K.get_mla_metadata(torch.tensor([1, 2]), 16, 1)
+    with pytest.raises(ValueError, match="num_heads_k"):
+        K.get_mla_metadata(torch.tensor([1, 2], dtype=torch.int32), 16, 0)
+    with pytest.raises(TypeError, match="num_heads_per_head_k"):
+        K.get_mla_metadata(torch.tensor([1, 2], dtype=torch.int32), 16.0, 1)
