@@ -33,7 +33,7 @@ def build_ladder(config: MLAConfig, dtype: torch.dtype = torch.float64, seed: in
     ladder = [stage0]
     for stage_cls in STAGES[1:]:
         ladder.append(stage_cls.from_previous(ladder[-1]))
-    return ladder
+    return [module.requires_grad_(False) for module in ladder]  # inference only: no autograd graphs
 
 
 def make_hidden(config: MLAConfig, batch: int, length: int, dtype: torch.dtype = torch.float64,
@@ -68,8 +68,20 @@ def tiny() -> MLAConfig:
 
 @pytest.fixture(scope="session")
 def ladder_factory() -> Callable[..., list[MLAProjections]]:
-    """build_ladder(config, dtype=torch.float64, seed=0) → [stage0, stage1, stage2, stage3]."""
-    return build_ladder
+    """(config, dtype=torch.float64, seed=0) → [stage0, stage1, stage2, stage3], from build_ladder.
+
+    Built once per (config, dtype, seed) and shared by all tests: run the modules, never change them in place
+    (call build_ladder for private ones).
+    """
+    built: dict[tuple, list[MLAProjections]] = {}
+
+    def factory(config: MLAConfig, dtype: torch.dtype = torch.float64, seed: int = 0) -> list[MLAProjections]:
+        key = (repr(config), dtype, seed)
+        if key not in built:
+            built[key] = build_ladder(config, dtype, seed)
+        return list(built[key])
+
+    return factory
 
 
 @pytest.fixture(scope="session")

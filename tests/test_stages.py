@@ -130,30 +130,34 @@ def test_paged_matches_absorbed_in_bf16(config, schedule, ladder_factory, hidden
     check_stage_matches_previous_bf16(3, config, schedule, ladder_factory, hidden_factory, chunked)
 
 
-#: bf16 stage 0 vs float64 at positions 1000–1007 (after a 1000-token prefill). Measured rel_frob 9.1e-3 with
-#: float32 RoPE frequencies; 0.107 when module.to(bf16) rounded the frequencies to bf16 (the bug this guards).
+def test_bf16_stages_keep_float32_rope_frequencies(tiny, ladder_factory):
+    """module.to(bf16) and from_previous must not round RoPE's inverse frequencies to bf16 (up to 0.3 % off)."""
+    expected = type(ladder_factory(tiny)[0])(tiny).rotary.inv_freq  # a fresh module's float32 frequencies
+    for module in ladder_factory(tiny, torch.bfloat16):
+        assert module.rotary.inv_freq.dtype == torch.float32, type(module).__name__
+        assert torch.equal(module.rotary.inv_freq, expected), type(module).__name__
+
+
+#: NaiveMHA in bf16 vs float64 at positions 1000–1007 (after a 1000-token prefill). Measured rel_frob 8.9e-3 with
+#: float32 RoPE frequencies; 0.125 with the frequencies rounded to bf16 (what module.to(bf16) once did).
 BF16_LONG_CONTEXT_REL_FROB = 1.5e-2
 
 
-@pytest.mark.parametrize("stage_index", [0, 3], ids=lambda i: STAGE_NAMES[i])
-def test_bf16_stage_keeps_float32_rope_frequencies_at_long_positions(stage_index, tiny, ladder_factory,
-                                                                     hidden_factory, chunked):
-    module = ladder_factory(tiny, torch.bfloat16)[stage_index]
-    assert module.rotary.inv_freq.dtype == torch.float32, "module.to(bf16) must not round the RoPE frequencies"
+def test_bf16_naive_stays_accurate_at_long_positions(tiny, ladder_factory, hidden_factory, chunked):
+    module = ladder_factory(tiny, torch.bfloat16)[0]
     x = hidden_factory(tiny, 1, 1008, torch.bfloat16)
     out, _ = chunked(module, x, [1000, 8])
     ref, _ = chunked(float64_reference(module), x.double(), [1000, 8])
     m = error_metrics(out[:, 1000:], ref[:, 1000:])
-    assert m.rel_frob <= BF16_LONG_CONTEXT_REL_FROB, f"{STAGE_NAMES[stage_index]} at positions 1000+: {m}"
+    assert m.rel_frob <= BF16_LONG_CONTEXT_REL_FROB, f"NaiveMHA at positions 1000+: {m}"
 
 
 # ------------------------------------------------------------------ prefill vs incremental decode, every stage
 #: Ways to feed the same 37 tokens: all at once is the reference.
 INCREMENTAL_SCHEDULES = {
-    "prefill-5+decode-1x32": [5] + [1] * 32,
-    "decode-1x37-from-empty": [1] * 37,
+    "prefill-21+decode-1x16": [21] + [1] * 16,
     "chunks-8,8,8,8,5": [8, 8, 8, 8, 5],
-    "chunks-1,36": [1, 36],
+    "decode-1-from-empty+chunk-36": [1, 36],
 }
 
 
@@ -228,8 +232,8 @@ def test_softmax_scale_without_yarn_is_inverse_sqrt_head_dim():
 
 
 # ------------------------------------------------------------------ property: any batch, prefix and length
-@settings(max_examples=10, deadline=None)
-@given(batch=st.integers(1, 3), start=st.integers(0, 70), length=st.integers(1, 9), seed=st.integers(0, 3))
+@settings(max_examples=8, deadline=None)
+@given(batch=st.integers(1, 3), start=st.integers(0, 70), length=st.integers(1, 9), seed=st.integers(0, 1))
 def test_every_stage_matches_naive_after_any_prefix(batch, start, length, seed, ladder_factory, hidden_factory,
                                                      chunked):
     config = MLAConfig.tiny()
