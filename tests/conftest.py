@@ -67,6 +67,12 @@ def tiny() -> MLAConfig:
 
 
 @pytest.fixture(scope="session")
+def weight_std() -> float:
+    """WEIGHT_STD, for tests that seed modules of their own."""
+    return WEIGHT_STD
+
+
+@pytest.fixture(scope="session")
 def ladder_factory() -> Callable[..., list[MLAProjections]]:
     """(config, dtype=torch.float64, seed=0) → [stage0, stage1, stage2, stage3], from build_ladder.
 
