@@ -423,6 +423,7 @@ def plot(summary: dict[str, Any], out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     styles = ["-", "--", "-.", ":", (0, (5, 1))]
     markers = ["o", "s", "^", "D", "v"]
@@ -465,6 +466,12 @@ def plot(summary: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.plot(*zip(*points, strict=True), marker=markers[i % 5], linestyle=styles[i % 5], label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    timed = sorted({d["context"] for row in summary["stages"] for d in row.get("decode", [])})
+    ax.set_xticks(timed, [f"{s:,}" for s in timed])
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    low, high = ax.get_ylim()  # label the in-between ticks only when the plot spans less than ~a decade
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g") if high / low < 20
+                                 else matplotlib.ticker.NullFormatter())
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("decode step latency (ms, median)")
     ax.set_title(f"Decode latency: {summary['config']['name']}, {summary['dtype']}, {summary['device_name']}")
