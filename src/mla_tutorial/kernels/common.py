@@ -255,38 +255,46 @@ def tile_block_m(rows_per_kv: int) -> int:
 
 
 def tile_smem_bytes(block_m: int, block_n: int, num_stages: int, elem: int = 2) -> int:
-    """Shared memory of one head-tile program: the Q tile, `num_stages` key tiles, and the P tile.
+    """Upper estimate of one head-tile program's shared memory: Q tile, key buffers, P tile.
 
-    Q: block_m x 576, K/V: block_n x 576 per stage (V is the first 512 columns of the same tile),
-    P: block_m x block_n (probabilities, staged for the second MMA). Matches what Triton allocates
-    within a few KB (checked against the compiled kernels' `shared` metadata).
+    Q: block_m x 576, K/V: block_n x 576 per buffer (V is the first 512 columns of the same tile),
+    P: block_m x block_n. Triton's pipeliner keeps at most num_stages - 1 key tiles in flight
+    (fewer when the indirect page-id load takes a stage: compiled sm_90 kernels showed 1-2 buffers).
     """
     q = block_m * D_QK * elem
-    kv = max(1, num_stages) * block_n * D_QK * elem
+    kv = max(1, num_stages - 1) * block_n * D_QK * elem
     p = block_m * block_n * elem
     return q + kv + p
 
 
-def choose_tile_config(rows_per_kv: int, device: torch.device | str | None = None) -> TileConfig:
-    """Pick (BLOCK_M, BLOCK_N, warps, stages) for a head tile that fits the device's shared memory.
+# Preferred (block_n, num_warps, num_stages, ctas_per_sm) per BLOCK_M, best first; the first that fits
+# the device's shared memory wins. 16/32-row tiles use mma.sync (Ampere-style MMA), 64-row tiles
+# wgmma on Hopper; a 64x512 fp32 accumulator needs 8 warps (128 registers per thread).
+# Order from the sm_90 compile reports (registers, spills, buffers) and the H100 tuning run.
+PREFERRED_CONFIGS: dict[int, list[tuple[int, int, int, int]]] = {
+    16: [(32, 4, 5, 2), (64, 4, 2, 2), (32, 4, 3, 2), (16, 4, 4, 2), (16, 4, 2, 1)],
+    32: [(32, 4, 5, 1), (64, 4, 2, 1), (32, 4, 3, 1), (16, 4, 4, 1), (16, 4, 2, 1)],
+    64: [(32, 8, 3, 1), (64, 8, 2, 1), (32, 8, 2, 1), (16, 8, 3, 1), (16, 8, 2, 1)],
+}
 
-    Preference: whole 64-key pages (each page read once per tile), as many pipeline stages as fit,
-    then half pages. 8 warps for a 64-row tile: its 64x512 fp32 accumulator is 128 KB of registers,
-    128 per thread over 256 threads.
+
+def choose_tile_config(rows_per_kv: int, device: torch.device | str | None = None) -> TileConfig:
+    """Pick (BLOCK_M, BLOCK_N, warps, stages, programs per SM) for a head tile that fits the device.
+
+    BLOCK_M from s_q*h_q/h_kv; then the first preferred config whose shared memory fits the
+    device's per-block limit (227 KB on H100, 163 KB on A100, ~99 KB on consumer cards).
     """
     limits = device_limits(device)
     block_m = tile_block_m(rows_per_kv)
-    num_warps = 8 if block_m >= 64 else 4
     budget = limits.smem_per_block - 2048  # leave room for Triton's barriers/scratch
-    candidates = [(64, 3), (64, 2), (32, 3), (32, 2), (64, 1), (32, 1), (16, 2), (16, 1)]
-    if block_m >= 64:  # a 64-row tile is MMA-bound: prefer deeper pipelining of smaller steps
-        candidates = [(64, 2), (32, 3), (32, 2), (64, 1), (16, 3), (32, 1), (16, 2), (16, 1)]
-    for block_n, stages in candidates:
+    for block_n, warps, stages, ctas in PREFERRED_CONFIGS[block_m]:
         need = tile_smem_bytes(block_m, block_n, stages)
         if need <= budget:
-            ctas = max(1, min(limits.smem_per_sm // (need + 1024), 4))
-            return TileConfig(block_m, block_n, num_warps, stages, ctas)
-    return TileConfig(block_m, 16, num_warps, 1, 1)
+            # programs per SM: judged with two key buffers, what the compiled kernels hold
+            resident = block_m * D_QK * 2 + 2 * block_n * D_QK * 2 + 1024
+            ctas = max(1, min(ctas, limits.smem_per_sm // resident))
+            return TileConfig(block_m, block_n, warps, stages, ctas)
+    return TileConfig(block_m, 16, 8 if block_m >= 64 else 4, 1, 1)
 
 
 def interpreter_config(rows_per_kv: int) -> TileConfig:
@@ -294,10 +302,25 @@ def interpreter_config(rows_per_kv: int) -> TileConfig:
     return TileConfig(tile_block_m(rows_per_kv), 64, 4, 1, 1)
 
 
+# Tuning hook: block_m -> TileConfig used instead of choose_tile_config (set by the benchmark's --tune).
+_CONFIG_OVERRIDES: dict[int, TileConfig] = {}
+
+
+def set_tile_config_override(block_m: int, config: TileConfig | None) -> None:
+    """Force (or with None, stop forcing) the launch config of every head tile with this BLOCK_M."""
+    if config is None:
+        _CONFIG_OVERRIDES.pop(block_m, None)
+    else:
+        if config.block_m != block_m:
+            raise ValueError(f"config.block_m must be {block_m}, got {config.block_m}")
+        _CONFIG_OVERRIDES[block_m] = config
+
+
 def launch_config(rows_per_kv: int, device: torch.device) -> TileConfig:
     if device.type != "cuda":
         return interpreter_config(rows_per_kv)
-    return choose_tile_config(rows_per_kv, device)
+    override = _CONFIG_OVERRIDES.get(tile_block_m(rows_per_kv))
+    return override or choose_tile_config(rows_per_kv, device)
 
 
 def default_scale() -> float:

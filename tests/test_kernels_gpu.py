@@ -1,0 +1,110 @@
+"""Stage 4 on a real GPU: the full FlashMLA-style matrix for every kernel version, and CUDA-graph capture.
+
+Run on a GPU machine with `pytest -m gpu tests/test_kernels_gpu.py`; skipped without CUDA.
+Every case holds all lengths {0, 1, 20, 63, 64, 65, 140, 4096} in one batch, so each length meets
+every (h_q, s_q, h_kv, version) combination; h_q in {1, 3, 9, 16, 63, 64, 128} x s_q in {1, 2, 4},
+with h_kv = 2 wherever h_q is even (and s_q != 2) and fp16 on every third case.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+if torch.cuda.is_available():
+    from test_kernels import check_against_reference, make_inputs
+
+    import mla_tutorial.kernels as K
+
+LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
+VERSIONS = ["v1_naive", "v2_head_tiled", "v3_split_kv", "v4_balanced"]
+
+
+def _cases():
+    cases = []
+    for i, h_q in enumerate([1, 3, 9, 16, 63, 64, 128]):
+        for j, s_q in enumerate([1, 2, 4]):
+            h_kv = 2 if h_q % 2 == 0 and s_q != 2 else 1
+            causal = s_q > 1 and not (s_q == 4 and i % 2)  # s_q = 4 also without the causal mask
+            dtype = torch.float16 if (i + j) % 3 == 0 else torch.bfloat16
+            cases.append(pytest.param(h_q, s_q, h_kv, causal, dtype,
+                                      id=f"hq{h_q}-sq{s_q}-hkv{h_kv}-{'causal' if causal else 'full'}-"
+                                         f"{str(dtype).split('.')[-1]}"))
+    return cases
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("h_q,s_q,h_kv,causal,dtype", _cases())
+def test_gpu_matrix(version, h_q, s_q, h_kv, causal, dtype):
+    seed = h_q * 10 + s_q
+    q, k_cache, block_table, seqlens = make_inputs(LENGTHS, s_q, h_q, h_kv, dtype, seed=seed, device="cuda")
+    check_against_reference(K.KERNEL_VERSIONS[version], q, k_cache, block_table, seqlens, causal)
+
+
+def test_gpu_normal_lengths_b64_api():
+    """FlashMLA's recipe at b = 64, lengths ~ N(4096, 2048), h_q = 128, s_q = 2 causal, via the API."""
+    gen = torch.Generator().manual_seed(3)
+    lens = torch.normal(4096.0, 2048.0, (64,), generator=gen).round().clamp(min=2).int().tolist()
+    q, k_cache, block_table, seqlens = make_inputs(lens, 2, 128, 1, torch.bfloat16, seed=5, device="cuda")
+    meta, splits = K.get_mla_metadata(seqlens, 2 * 128, 1)
+
+    def call(q, k_cache, block_table, seqlens, head_dim_v, softmax_scale=None, causal=False):
+        return K.flash_mla_with_kvcache(q, k_cache, block_table, seqlens, head_dim_v, meta, splits,
+                                        softmax_scale=softmax_scale, causal=causal)
+
+    check_against_reference(call, q, k_cache, block_table, seqlens, True)
+
+
+def test_v4_cuda_graph_capture_and_replay():
+    """Metadata + kernel captured in one CUDA graph, replayed with new lengths, queries and cache contents."""
+    s_q, h_q = 2, 16
+    lens_a = [100, 2000, 64, 0, 1, 900, 4096, 333]
+    lens_b = [4000, 5, 0, 65, 1024, 3000, 17, 2048]  # same max pages, different everything else
+    q, k_cache, block_table, seqlens = make_inputs(lens_a, s_q, h_q, 1, torch.bfloat16, seed=1, device="cuda")
+    q2, k_cache2, block_table2, seqlens2 = make_inputs(lens_b, s_q, h_q, 1, torch.bfloat16, seed=2, device="cuda")
+    assert k_cache2.shape[0] <= k_cache.shape[0] + 64 and block_table2.shape == block_table.shape
+    # static buffers sized for either input set
+    k_static = torch.full((max(k_cache.shape[0], k_cache2.shape[0]), *k_cache.shape[1:]), float("nan"),
+                          dtype=k_cache.dtype, device="cuda")
+    k_static[: k_cache.shape[0]] = k_cache
+
+    def step():
+        meta, splits = K.get_mla_metadata(seqlens, s_q * h_q, 1)
+        return K.flash_mla_with_kvcache(q, k_static, block_table, seqlens, 512, meta, splits, causal=True)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):  # compile and warm up outside the capture
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = step()
+
+    graph.replay()
+    torch.cuda.synchronize()
+    ref_out, ref_lse = K.mla_decode_reference(q, k_static, block_table, seqlens, 512, causal=True)
+    torch.testing.assert_close(out.float(), ref_out, atol=2e-2, rtol=2e-2)
+
+    # new data in the same buffers, then replay: the schedule must follow the new lengths
+    q.copy_(q2)
+    seqlens.copy_(seqlens2)
+    block_table.copy_(block_table2)
+    k_static.fill_(float("nan"))
+    k_static[: k_cache2.shape[0]] = k_cache2
+    graph.replay()
+    torch.cuda.synchronize()
+    ref_out, ref_lse = K.mla_decode_reference(q, k_static, block_table, seqlens, 512, causal=True)
+    assert torch.isfinite(out).all()
+    cos = 1 - 2 * (out.double() * ref_out.double()).sum() / (out.double() ** 2 + ref_out.double() ** 2).sum()
+    assert cos < 5e-6, cos
+    torch.testing.assert_close(out.float(), ref_out, atol=2e-2, rtol=2e-2)
+    fin = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
+    torch.testing.assert_close(lse[fin], ref_lse[fin], atol=1e-4, rtol=1e-4)
