@@ -17,7 +17,7 @@ done
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv 2>&1 | tee "$OUT/nvidia_smi.txt"
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 if [ "$RUN_TESTS" = 1 ]; then
-  timeout 420 $PY -m pytest -m gpu tests/test_kernels_gpu.py -q -x -p no:cacheprovider --durations=10 2>&1 \
+  timeout ${TEST_TIMEOUT:-300} $PY -m pytest -m gpu tests/test_kernels_gpu.py -q --maxfail=10 -p no:cacheprovider --durations=10 2>&1 \
     | tee "$OUT/pytest_gpu.log" | tail -40
 fi
 $PY -m mla_tutorial.bench_kernels --out "$OUT/kernels_bench.json" "${BENCH_ARGS[@]}" 2>&1 | tee "$OUT/bench.log"
