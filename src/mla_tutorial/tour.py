@@ -105,15 +105,17 @@ def ladder(device: torch.device) -> tuple[list[Stage], list[str]]:
     """
     stages = [Stage(i, cls) for i, cls in enumerate(STAGES)]
     notes = []
+    interpreter = device.type != "cuda"
     if not any(s.cls.__name__ == "TritonMLA" for s in stages):
-        interpreter = device.type != "cuda"
         if interpreter:
             os.environ.setdefault("TRITON_INTERPRET", "1")
         try:
             module = importlib.import_module("mla_tutorial.stage4_triton")
-            stages.append(Stage(len(stages), module.TritonMLA, interpreter=interpreter))
+            stages.append(Stage(len(stages), module.TritonMLA))
         except (ImportError, AttributeError) as err:
             notes.append(f"stage 4 (TritonMLA) is not part of this tour: {type(err).__name__}: {err}")
+    for stage in stages:
+        stage.interpreter = interpreter and stage.cls.__name__ == "TritonMLA"
     return stages, notes
 
 
