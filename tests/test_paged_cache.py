@@ -98,18 +98,18 @@ def test_paged_ignores_nan_in_unused_slots(tiny, ladder_factory, hidden_factory)
     lengths = [37, 70]
     xs = [hidden_factory(tiny, 1, n + 2, seed=20 + i) for i, n in enumerate(lengths)]
     outputs = {}
-    for fill in (0.0, float("nan")):
+    for name, fill in (("clean", 0.0), ("poisoned", float("nan"))):
         cache = paged.new_cache(2, 192, fill_value=fill, shuffle=True)
         pieces = [paged(x[:, :n], cache, seq_ids=[i])[0] for i, (x, n) in enumerate(zip(xs, lengths, strict=True))]
-        if fill != fill:
+        if name == "poisoned":
             cache.poison_unused()  # NaN in every slot no live token owns (tails of pages, unowned pages)
             assert torch.isnan(cache.pool).any()
         for step in range(2):
             x_step = torch.cat([x[:, n + step : n + step + 1] for x, n in zip(xs, lengths, strict=True)])
             pieces.append(paged(x_step, cache)[0])
-        outputs[fill == fill] = torch.cat([p.flatten() for p in pieces])
-    assert torch.isfinite(outputs[False]).all()
-    assert torch.equal(outputs[False], outputs[True])
+        outputs[name] = torch.cat([p.flatten() for p in pieces])
+    assert torch.isfinite(outputs["poisoned"]).all()
+    assert torch.equal(outputs["poisoned"], outputs["clean"])
 
 
 def test_paged_ignores_nan_left_by_a_freed_sequence(tiny, ladder_factory, hidden_factory):
