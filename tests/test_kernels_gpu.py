@@ -64,10 +64,10 @@ def test_v4_cuda_graph_capture_and_replay():
     """Metadata + kernel captured in one CUDA graph, replayed with new lengths, queries and cache contents."""
     s_q, h_q = 2, 16
     lens_a = [100, 2000, 64, 0, 1, 900, 4096, 333]
-    lens_b = [4000, 5, 0, 65, 1024, 3000, 17, 2048]  # same max pages, different everything else
+    lens_b = [4096, 5, 0, 65, 1024, 3000, 17, 2047]  # same longest request, different everything else
     q, k_cache, block_table, seqlens = make_inputs(lens_a, s_q, h_q, 1, torch.bfloat16, seed=1, device="cuda")
     q2, k_cache2, block_table2, seqlens2 = make_inputs(lens_b, s_q, h_q, 1, torch.bfloat16, seed=2, device="cuda")
-    assert k_cache2.shape[0] <= k_cache.shape[0] + 64 and block_table2.shape == block_table.shape
+    assert block_table2.shape == block_table.shape
     # static buffers sized for either input set
     k_static = torch.full((max(k_cache.shape[0], k_cache2.shape[0]), *k_cache.shape[1:]), float("nan"),
                           dtype=k_cache.dtype, device="cuda")

@@ -73,7 +73,7 @@ def make_inputs(seqlens: torch.Tensor, s_q: int, h_q: int, device, dtype=torch.b
 def bench_ms(fn) -> float:
     from triton.testing import do_bench
 
-    return float(do_bench(fn, warmup=10, rep=60, return_mode="median"))
+    return float(do_bench(fn, warmup=10, rep=40, return_mode="median"))
 
 
 def cos_diff(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     roof = {"copy_gbps": copy["gbps"], "matmul_tflops": mm["tflops"], "copy": copy, "matmul": mm}
     log(f"roofline: copy {copy['gbps']:.0f} GB/s, bf16 matmul {mm['tflops']:.0f} TFLOP/s")
     result = {"device_info": info, "roofline": roof, "method": {
-        "timer": "triton.testing.do_bench(warmup=10, rep=60, return_mode='median'), L2 flushed before each run",
+        "timer": "triton.testing.do_bench(warmup=10, rep=40, return_mode='median'), L2 flushed before each run",
         "timed": "whole call: Python wrapper + main kernel + combine; metadata outside (metadata_ms separately)",
         "bytes": "b*(s_q*h_q*576*2 + mean_sk*576*2 + s_q*h_q*512*2)",
         "flops": "2*b*h_q*s_q*mean_sk*(576+512)",
