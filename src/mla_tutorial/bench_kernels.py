@@ -254,15 +254,15 @@ def main(argv=None) -> int:
         shapes.append((128, 16, 1, 4096, "normal"))
         shapes.append((1, 16, 1, 32768, "fixed"))
     else:
+        for b in (1, 2, 4, 8):  # latency first: quick
+            for h_q in (16, 128):
+                for s_k in (4096, 32768):
+                    shapes.append((b, h_q, 1, s_k, "fixed"))
         for s_k in (1024, 4096, 8192, 16384, 32768):
             for h_q in (16, 32, 64, 128):
                 for s_q in (1, 2):
                     for dist in ("fixed", "normal"):
                         shapes.append((128, h_q, s_q, s_k, dist))
-        for b in (1, 2, 4, 8):
-            for h_q in (16, 128):
-                for s_k in (4096, 32768):
-                    shapes.append((b, h_q, 1, s_k, "fixed"))
     rows = []
     t0 = time.perf_counter()
     for i, (b, h_q, s_q, s_k, dist) in enumerate(shapes):
