@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 import pytest
 import torch
 
-from mla_tutorial import STAGES, MLAConfig, MLAProjections, linear_init_
+from mla_tutorial import AbsorbedMLA, LatentMLA, MLAConfig, MLAProjections, NaiveMHA, PagedMLA, linear_init_
+
+STAGES = [NaiveMHA, LatentMLA, AbsorbedMLA, PagedMLA]  # the torch stages 0–3 (stage 4, Triton, is tested on its own)
 
 #: Weight std for test modules. linear_init_'s default 0.02 leaves the tiny config's attention nearly uniform
 #: (measured on 200 tokens: score std 0.10, ~150 keys of effective weight exp(entropy)), which hides masking and

@@ -10,7 +10,6 @@ import torch
 
 from mla_tutorial import (
     SENTINEL_BLOCK,
-    STAGES,
     AbsorbedMLA,
     LatentCache,
     LatentMLA,
@@ -22,6 +21,7 @@ from mla_tutorial import (
     paged_mla_attention,
 )
 
+STAGES = [NaiveMHA, LatentMLA, AbsorbedMLA, PagedMLA]  # the torch stages 0–3 (stage 4, Triton, is tested on its own)
 STAGE_NAMES = [cls.__name__ for cls in STAGES]
 
 

@@ -16,13 +16,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mla_tutorial import STAGES, MLAConfig, MLAProjections
+from mla_tutorial import AbsorbedMLA, LatentMLA, MLAConfig, MLAProjections, NaiveMHA, PagedMLA
 from mla_tutorial.metrics import ErrorMetrics, error_metrics
 
 BATCH = 2
 #: Chunk lengths fed one call at a time: a lone token into an empty cache, a prefill of 37 (not a power of two),
 #: and that prefill followed by three single-token decode steps.
 SCHEDULES = {"decode-1": [1], "prefill-37": [37], "prefill-37+decode-3": [37, 1, 1, 1]}
+STAGES = [NaiveMHA, LatentMLA, AbsorbedMLA, PagedMLA]  # the torch stages 0–3 (stage 4, Triton, is tested on its own)
 STAGE_NAMES = [cls.__name__ for cls in STAGES]
 
 # ------------------------------------------------------------------ float64 bounds
