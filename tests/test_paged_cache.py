@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from mla_tutorial import SENTINEL_BLOCK, CacheFullError, PagedLatentCache, paged_mla_attention
 from mla_tutorial.metrics import error_metrics
 
-F64_REL_FROB = 1e-10  # float64: paging only changes where rows live; measured ≤ 1e-15
+F64_REL_FROB = 1e-10  # float64: paging only changes where rows live; measured ≤ 2e-15 vs stage 2
 
 
 def assert_close_f64(out: torch.Tensor, ref: torch.Tensor, what: str) -> None:
