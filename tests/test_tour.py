@@ -68,8 +68,9 @@ def test_tour_json_has_every_stage_checked_and_measured(quick_tour):
     tiny = MLAConfig.tiny()
     for s in stages:
         assert s["check"]["passed"], s
-        expected = tiny.cache_bytes_per_token("mha" if s["stage"] == 0 else "latent", 4)
-        assert s["cache"]["analytic_bytes_per_token"] == expected  # 6,144 for stage 0, 2,304 after
+        element = {"fp32": 4, "bf16": 2, "fp16": 2}[s["dtype"]]  # a bf16-only kernel stage runs in bf16
+        expected = tiny.cache_bytes_per_token("mha" if s["stage"] == 0 else "latent", element)
+        assert s["cache"]["analytic_bytes_per_token"] == expected  # 6,144 for stage 0, 2,304 after (fp32)
         assert s["cache"]["measured_bytes_per_token"] == expected  # the check fills exactly two pages
         assert s["decode"], f"stage {s['stage']} has no timings"
         for record in s["decode"]:

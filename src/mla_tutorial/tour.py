@@ -30,6 +30,8 @@ for the full preset are computed on PyTorch's "meta" device (shapes, no storage)
 
 Stage 4 on a CPU runs its Triton kernel in Triton's interpreter (TRITON_INTERPRET=1, set by the tour before
 importing it): correct but slow, so it is timed at the shortest context only, and its timings are labelled.
+A stage whose kernel rejects the tour's dtype (FlashMLA-style kernels take bf16/fp16 only) is checked and timed
+in bf16, against the previous stage cast to bf16, with bf16's tolerance; the table marks it.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 CHECK_BATCH = 2  # two sequences, so batching bugs show
+KERNEL_DTYPE = torch.bfloat16  # a stage whose kernel rejects the tour's dtype is checked and timed in this
 CHECK_DECODE_STEPS = 4
 NARROW_HIDDEN = 512  # hidden_size of the narrowed twin of a big preset on CPU
 
@@ -266,7 +269,23 @@ def run_tour(opts: TourOptions, console: Any = None) -> dict[str, Any]:
                 module = stage.cls.from_previous(previous)
                 console.print(f"{tag}: built from stage {stage.index - 1} (same weights)")
             row["kind"] = decode_kind(module)
-            out, cache = run_check_inputs(module, prompt, steps)
+            check_dtype, previous_ref = dtype, previous_out
+            try:
+                out, cache = run_check_inputs(module, prompt, steps)
+            except TypeError as err:  # a kernel that takes half precision only: check it in bf16
+                if previous is None or "dtype" not in str(err) or dtype in (torch.bfloat16, torch.float16):
+                    raise
+                check_dtype = KERNEL_DTYPE
+                row["dtype_note"] = (f"does not run in {dtype_name(dtype)} ({err}); checked and timed in "
+                                     f"{dtype_name(check_dtype)}, against stage {stage.index - 1} cast to "
+                                     f"{dtype_name(check_dtype)}")
+                console.print(f"  [yellow]note:[/yellow] {row['dtype_note']}")
+                module = module.to(check_dtype)
+                prompt16, steps16 = prompt.to(check_dtype), [x.to(check_dtype) for x in steps]
+                out, cache = run_check_inputs(module, prompt16, steps16)
+                previous16 = type(previous).from_previous(previous).to(check_dtype)
+                previous_ref, _ = run_check_inputs(previous16, prompt16, steps16)
+            row["dtype"] = dtype_name(check_dtype)
         except Exception as err:  # a stage that cannot even run fails its check, visibly
             row["error"] = f"{type(err).__name__}: {err}"
             row["check"] = {"passed": False}
@@ -274,12 +293,13 @@ def run_tour(opts: TourOptions, console: Any = None) -> dict[str, Any]:
             results.append(row)
             continue
 
-        if previous_out is None:
+        if previous_ref is None:
             row["check"] = {"passed": True, "reference": True}
             reference = out
             console.print("  reference for the checks")
         else:
-            row["check"] = compare(out, previous_out, dtype) | {"vs_stage0": compare(out, reference, dtype)}
+            row["check"] = (compare(out, previous_ref, check_dtype)
+                            | {"vs_stage0": compare(out, reference, check_dtype)})
             verdict = "[green]PASS[/green]" if row["check"]["passed"] else "[red]FAIL[/red]"
             console.print(f"  check vs stage {stage.index - 1}: max_abs {row['check']['max_abs']:.2e}, "
                           f"rel_frob {row['check']['rel_frob']:.2e}, cosine {row['check']['cosine']:.9f} {verdict}")
@@ -297,7 +317,7 @@ def run_tour(opts: TourOptions, console: Any = None) -> dict[str, Any]:
         if stage.interpreter and len(contexts) > 1:
             row["skipped"].append({"contexts": contexts[1:], "reason": "Triton interpreter: shortest context only"})
         for context in stage_contexts:
-            need = estimate_step_memory(config, row["kind"], context, opts.batch, element_size(dtype))
+            need = estimate_step_memory(config, row["kind"], context, opts.batch, element_size(check_dtype))
             if need > budget:
                 reason = f"needs ~{need / 2**30:.1f} GiB > budget {budget / 2**30:.1f} GiB"
                 row["skipped"].append({"contexts": [context], "reason": reason})
@@ -407,13 +427,20 @@ def print_table(summary: dict[str, Any], console: Any = None) -> None:
             r = by_context.get(context)
             latencies.append("–" if r is None else f"{r['latency_ms']:.3f}" + ("ⁱ" if row["interpreter"] else ""))
         last = by_context.get(contexts[-1])
-        table.add_row(f"{row['stage']} {row['name']}", verdict, f"{full.get(row['stage'], 0):,}", measured,
+        label = f"{row['stage']} {row['name']}"
+        if row.get("dtype", summary["dtype"]) != summary["dtype"]:
+            label += f" ({row['dtype']})"
+        table.add_row(label, verdict, f"{full.get(row['stage'], 0):,}", measured,
                       *latencies, fmt_bytes(last["step_peak_memory_bytes"] if last else None))
     console.print(table)
     if any(r["interpreter"] for r in summary["stages"]):
         console.print("ⁱ Triton interpreter on CPU: correct, but orders of magnitude slower than a GPU; not a speed.")
     console.print("measured B/token: bytes the stage's cache object holds after the check ÷ tokens it holds "
                   "(stage 3's pool is counted by the pages in use; the check fills exactly two pages)")
+    for row in summary["stages"]:
+        if row.get("dtype_note"):
+            console.print(f"stage {row['stage']} {row['name']} {row['dtype_note']}; its measured B/token is "
+                          f"for {row['dtype']}")
     if summary["narrowed"]:
         console.print(f"cache column: the full {summary['preset']} layer (meta device); the other columns: the "
                       f"narrowed twin ({summary['config']['name']})")
