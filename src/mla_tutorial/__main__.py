@@ -165,6 +165,10 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 console.print(f"stage {stage.label}, S={context}: skipped (out of memory)")
                 torch.cuda.empty_cache()
                 continue
+            except (TypeError, ValueError, RuntimeError) as err:  # e.g. a kernel that takes bf16/fp16 only
+                skipped.append({"stage": stage.index, "context": context, "reason": f"{type(err).__name__}: {err}"})
+                console.print(f"stage {stage.label}, S={context}: [yellow]skipped[/yellow] ({skipped[-1]['reason']})")
+                continue
             record |= {"stage": stage.index, "name": stage.cls.__name__, "interpreter": stage.interpreter}
             records.append(record)
             console.print(f"stage {stage.label}, S={context}: {record['latency_ms']:.3f} ms "
@@ -183,9 +187,11 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         frac = f"{r['roofline_fraction']:.0%} ({r['bound'][:3]})" if "roofline_fraction" in r else "–"
         table.add_row(f"{r['stage']} {r['name']}" + (" ⁱ" if r["interpreter"] else ""), str(r["context"]),
                       f"{r['latency_ms']:.3f}", f"{r['tokens_per_s']:,.0f}", f"{r['bytes'] / 1e6:,.1f}",
-                      f"{r['flops'] / 1e9:,.2f}", f"{r['achieved_gb_per_s']:,.1f}", f"{r['achieved_tflop_per_s']:.3f}",
+                      f"{r['flops'] / 1e9:,.3g}", f"{r['achieved_gb_per_s']:,.3g}", f"{r['achieved_tflop_per_s']:.3g}",
                       tour.fmt_bytes(r["step_peak_memory_bytes"]), f"{r['usd_per_million_tokens']:,.2f}", frac)
     console.print(table)
+    if any(r["interpreter"] for r in records):
+        console.print("ⁱ Triton interpreter on CPU: a correctness run, not a speed.")
     console.print("MB moved / GFLOP: what the step must read, write and compute (weights included; "
                   "profiling.decode_step_cost). $/M tok: this layer only, at the assumed price.")
     out = Path(args.out)
