@@ -9,6 +9,8 @@
 #   s_k=32k: 37.7 MB of cache vs ~2 MB of partials; expected ~50-100x over v2 at b=1, ~1x at b=128
 #   (where S=1 or 2, still one wave; its loss is the combine pass and uneven lengths: S is the same
 #   for every request, so a long request still takes S times longer than a short one. v4 fixes that).
+# Measured (H100, 2026-11-27): b=1 h_q=16 s_k=32768 0.122 ms (12x over v2); b=128 uneven lengths
+#   h_q=16 s_k=4096 0.31 ms (v4 1.22x faster); fixed lengths within ±10% of v4.
 """Version 3 of the stage-4 kernel ladder: split-KV with a combine kernel."""
 
 from __future__ import annotations

@@ -13,6 +13,8 @@
 # Bytes/FLOPs: as v2, plus partials only for the <= num_sm_parts requests that are cut.
 # Expected: ~1.0-1.3x over v3 for uneven lengths at b=128 (the tail wave disappears), equal for fixed
 #   lengths; at b=1..8 like v3.
+# Measured (H100, 2026-11-27): h_q=16 s_k=4096 uneven 0.253 ms (0.78 of copy), fixed s_k=32768
+#   0.98 of copy; h_q=64 s_k=4096 0.56 of copy; h_q=128 0.32-0.36 of matmul; 10-46x over torch.
 """Version 4 of the stage-4 kernel ladder: load-balanced split-KV schedule (FlashMLA-style metadata)."""
 
 from __future__ import annotations
