@@ -30,10 +30,14 @@ def _load_kernels():
     from mla_tutorial.kernels import common
 
     if common.is_interpreter():
+        import triton.language as tl
         from triton.runtime.interpreter import InterpretedFunction
 
         from mla_tutorial.kernels import v2_head_tiled
 
+        if not isinstance(tl.standard.sum, InterpretedFunction):  # triton itself was imported first
+            importlib.reload(tl.standard)  # its @jit helpers (tl.sum, tl.max, tl.cdiv, ...) too
+            importlib.reload(tl)
         if not isinstance(v2_head_tiled._mla_decode_v2_kernel, InterpretedFunction):
             for name in ("common", "reference", "v2_head_tiled", "combine", "v1_naive", "v3_split_kv",
                          "v4_balanced", "api"):
