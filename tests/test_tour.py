@@ -100,6 +100,20 @@ def test_deepseek_v3_cache_bytes_without_building_weights():
     assert [r["bytes_per_token_per_layer"] for r in fp32] == [163_840] + [2_304] * (len(fp32) - 1)
 
 
+def test_deepseek_v3_tour_reports_81920_and_1152_in_bf16(tmp_path, capsys):
+    """The real preset on CPU: bf16 by default, checks on the narrowed twin, the cache column for the full layer."""
+    code = main(["tour", "--config", "deepseek-v3", "--context", "8", "--reps", "1", "--warmup", "0", "--no-stage4",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "deepseek-v3 bf16" in table and "81,920" in table and "1,152" in table
+    summary = json.loads((tmp_path / "tour.json").read_text())
+    assert summary["dtype"] == "bf16" and summary["narrowed"] is True and summary["passed"] is True
+    assert [r["bytes_per_token_per_layer"] for r in summary["cache_size"]["rows"]] == [81_920, 1_152, 1_152, 1_152]
+    measured = [s["cache"]["measured_bytes_per_token"] for s in summary["stages"]]
+    assert measured == [81_920, 1_152, 1_152, 1_152]
+
+
 def test_narrowed_twin_keeps_the_cache_shape():
     v3 = MLAConfig.preset("deepseek-v3")
     twin = tour.narrowed(v3)

@@ -220,7 +220,7 @@ def random_hidden(module: nn.Module, batch: int, tokens: int, generator: torch.G
 
 @torch.inference_mode()
 def prefill(module: nn.Module, batch: int, length: int, *, seed: int = 0, capacity: int | None = None,
-            max_score_bytes: int = 1 << 28) -> Any:
+            max_score_bytes: int = 1 << 30) -> Any:
     """A cache holding `length` tokens of random hidden states per sequence, built by the stage itself.
 
     The prompt goes through in chunks small enough that the float32 score matrix [B, H, chunk, S] stays under

@@ -1,8 +1,8 @@
 """The tour: climb the ladder stage by stage, checking and measuring each step.
 
-    python -m mla_tutorial tour                          # tiny config, CPU, float32, seed 0: about a minute
+    python -m mla_tutorial tour                          # tiny config, CPU, float32, seed 0: under a minute
     python -m mla_tutorial tour --quick                  # shorter contexts and fewer repetitions (seconds)
-    python -m mla_tutorial tour --config deepseek-v3 --dtype bf16
+    python -m mla_tutorial tour --config deepseek-v3     # bf16: 81,920 B/token/layer (stage 0), 1,152 (1–4)
     python -m mla_tutorial tour --config deepseek-v3 --device cuda --context 1024 4096 16384
 
 For each stage, in ladder order (stage 0 NaiveMHA … stage 3 PagedMLA, and stage 4 TritonMLA when it imports):
@@ -12,7 +12,8 @@ For each stage, in ladder order (stage 0 NaiveMHA … stage 3 PagedMLA, and stag
 2. check it against the previous stage on the same inputs: a batch of 2 random prompts of 2·page_size − 4
    tokens, then 4 decode steps, so the paged cache fills exactly two pages. All outputs (prompt and decode) are
    compared with `error_metrics`; the stage passes when the relative Frobenius error and the cosine are within
-   the tolerance of the dtype (`TOLERANCES`). The check runs in the dtype of the run (default float32);
+   the tolerance of the dtype (`TOLERANCES`). The check runs in the dtype of the run: float32 for the tiny
+   config on CPU (the default), bf16 for the DeepSeek presets and on CUDA (their serving dtype), or --dtype;
 3. measure its cache: bytes per token per layer, analytic (`cache_bytes_per_token`) and measured (bytes the
    actual cache object holds ÷ tokens it holds, after the check);
 4. time one decode step at each context length (median after warm-up; `profiling.time_decode`) and measure
@@ -181,7 +182,7 @@ class TourOptions:
 
     config: str = "tiny"
     device: str = "cpu"
-    dtype: str | None = None  # fp32 on CPU, bf16 on CUDA
+    dtype: str | None = None  # bf16 on CUDA and for the DeepSeek presets (their serving dtype); tiny on CPU: fp32
     seed: int = 0
     contexts: list[int] | None = None
     batch: int = 1
@@ -219,8 +220,8 @@ def run_tour(opts: TourOptions, console: Any = None) -> dict[str, Any]:
 
     console = console or Console()
     device = torch.device(opts.device)
-    dtype = DTYPES[opts.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     preset = MLAConfig.preset(opts.config)
+    dtype = DTYPES[opts.dtype or ("fp32" if device.type != "cuda" and preset.name == "tiny" else "bf16")]
     notes: list[str] = []
 
     layer_mb = weight_count(preset) * element_size(dtype) / 2**20
@@ -534,7 +535,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model preset (default: tiny)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="dtype of weights, cache and checks (default: fp32 on CPU, bf16 on CUDA)")
+                        help="dtype of weights, cache and checks (default: bf16; fp32 for the tiny config on CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default: 0)")
     parser.add_argument("--context", type=context_length, nargs="+", metavar="S", dest="contexts",
                         help="context lengths to time (default: 256 1024 4096 on CPU, 1024 4096 16384 on CUDA)")
