@@ -6,10 +6,16 @@ can use them too.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import pytest
 import torch
+
+# Without CUDA, Triton kernels run in the interpreter; Triton reads this when kernels are defined, so set it
+# before anything imports them.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from mla_tutorial import AbsorbedMLA, LatentMLA, MLAConfig, MLAProjections, NaiveMHA, PagedMLA, linear_init_
 

@@ -19,11 +19,33 @@ from .stage3_paged import SENTINEL_BLOCK, CacheFullError, PagedLatentCache, Page
 
 __version__ = "0.1.0"
 
-#: The stages in ladder order (stage 4 joins when Triton is importable).
+#: The torch stages in ladder order; stage 4 (TritonMLA) is `mla_tutorial.TritonMLA`, imported on first use.
 STAGES: list[type[MLAProjections]] = [NaiveMHA, LatentMLA, AbsorbedMLA, PagedMLA]
+
+# Names imported on first use, so that `import mla_tutorial` neither needs Triton nor imports it before the
+# caller has chosen between GPU and interpreter (mla_tutorial.kernels sets TRITON_INTERPRET=1 without CUDA).
+_LAZY = {
+    "TritonMLA": "stage4_triton",
+    "get_mla_metadata": "kernels",
+    "flash_mla_with_kvcache": "kernels",
+    "TinyDecoder": "decoder",
+    "error_metrics": "metrics",
+}
+_LAZY_MODULES = ("hf", "kernels", "decoder", "metrics", "profiling", "tour", "roofline")
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'mla_tutorial' has no attribute {name!r}")
 
 __all__ = [
     "MLAConfig", "yarn_mscale", "MLAProjections", "RMSNorm", "linear_init_", "RotaryEmbedding", "apply_rope",
     "MHACache", "NaiveMHA", "LatentCache", "LatentMLA", "AbsorbedMLA", "SENTINEL_BLOCK", "CacheFullError",
-    "PagedLatentCache", "PagedMLA", "paged_mla_attention", "STAGES",
+    "PagedLatentCache", "PagedMLA", "paged_mla_attention", "STAGES", "TritonMLA", "get_mla_metadata",
+    "flash_mla_with_kvcache", "TinyDecoder", "error_metrics",
 ]

@@ -69,13 +69,25 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     Query i sits at position start + i and sees keys 0 … start + i. Scores and softmax in float32 (or
     float64), as DeepSeek's and transformers' eager code do. Returns [B, Hq, T, Dv] in q's dtype.
     """
-    T, S = q.shape[-2], k.shape[-2]
+    B, Hq, T, _ = q.shape
+    S, out_dtype = k.shape[-2], q.dtype
     compute = torch.promote_types(q.dtype, torch.float32)
-    scores = torch.matmul(q.to(compute), k.to(compute).transpose(-1, -2)) * scale  # [B, Hq, T, S]
+    q, k, v = q.to(compute), k.to(compute), v.to(compute)
+    if k.shape[1] == 1 and Hq > 1:
+        # MQA: fold the heads into the rows, [B, Hq·T, D] @ [B, D, S]; a broadcast matmul would copy the one
+        # shared key tensor once per head.
+        scores = torch.bmm(q.flatten(1, 2), k[:, 0].transpose(-1, -2)).unflatten(1, (Hq, T))  # [B, Hq, T, S]
+    else:
+        scores = torch.matmul(q, k.transpose(-1, -2))  # [B, Hq, T, S]
+    scores = scores * scale
     allowed = torch.arange(S, device=q.device)[None, :] <= (start + torch.arange(T, device=q.device))[:, None]
     scores = scores.masked_fill(~allowed, float("-inf"))  # [T, S] mask broadcast over B, H
     probs = torch.softmax(scores, dim=-1)
-    return torch.matmul(probs, v.to(compute)).to(q.dtype)  # [B, Hq, T, Dv]
+    if v.shape[1] == 1 and Hq > 1:
+        out = torch.bmm(probs.flatten(1, 2), v[:, 0]).unflatten(1, (Hq, T))  # [B, Hq, T, Dv]
+    else:
+        out = torch.matmul(probs, v)  # [B, Hq, T, Dv]
+    return out.to(out_dtype)
 
 
 class MLAProjections(nn.Module):

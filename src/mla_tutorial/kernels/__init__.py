@@ -8,7 +8,16 @@ The kernel ladder (each version importable, tested and benchmarked; see each fil
 and the public API: get_mla_metadata, flash_mla_with_kvcache (served by v4).
 """
 
-from .api import (
+import os
+
+import torch
+
+# Triton picks interpreter or compiler when a kernel is defined, so the choice is made here, before the kernel
+# modules are imported: with no CUDA device (a laptop, CI), kernels run on CPU tensors in Triton's interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from .api import (  # noqa: E402
     KERNEL_VERSIONS,
     flash_mla_with_kvcache,
     get_mla_metadata,
@@ -18,7 +27,7 @@ from .api import (
     mla_decode_v3,
     mla_decode_v4,
 )
-from .common import TileConfig, choose_tile_config, device_limits
+from .common import TileConfig, choose_tile_config, device_limits  # noqa: E402
 
 __all__ = [
     "KERNEL_VERSIONS",

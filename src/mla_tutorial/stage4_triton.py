@@ -1,0 +1,47 @@
+"""Stage 4 — a fused, tiled Triton decode kernel over the paged latent cache (in the spirit of FlashMLA).
+
+What changed since stage 3: how attention reads the pages. Stage 3 gathers every page of every sequence into
+a fresh [B, S, 576] tensor, upcasts it, and runs two einsums and a softmax over it: the cache is read once and
+written and read again several times over, in several kernel launches. Stage 4 calls one Triton kernel
+(`mla_tutorial.kernels`, version v4) that walks the block table itself:
+
+- all query rows that share the latent KV head (s_q·h_q of them) form the M dimension of one tile, so each
+  64-token page is loaded from memory once and serves every head, as key (576 columns) and value (first 512);
+- scores q·c_kvᵀ + q_rope·k_ropeᵀ in fp32 and an online softmax in base 2 (FlashAttention-2, Dao 2023), so no
+  S-long row of scores is ever stored;
+- long contexts are split over several programs (split-KV) whose partial outputs are merged by their LSEs;
+- a load-balanced schedule computed on the GPU (`get_mla_metadata`) gives every SM the same number of pages.
+
+Decode is memory-bound (≈ 2·h_q·s_q FLOP per cached byte, see docs/kernel.md), so the aim is to move the
+cache's 1,152 B per token once, at the GPU's copy bandwidth. The kernel takes bf16 or fp16; the stage refuses
+other dtypes with a clear error (on a CPU it runs in Triton's interpreter: set TRITON_INTERPRET=1 before
+importing it, which `mla_tutorial.kernels` does for you when no CUDA device is present).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .kernels import flash_mla_with_kvcache, get_mla_metadata
+from .stage3_paged import PagedLatentCache, PagedMLA
+
+#: dtypes the Triton kernel takes (FlashMLA's).
+KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+
+
+class TritonMLA(PagedMLA):
+    """Stage 4: stage 3 with its torch attention replaced by the FlashMLA-compatible Triton kernel."""
+
+    def attend(self, q: torch.Tensor, cache: PagedLatentCache, block_table: torch.Tensor,
+               cache_seqlens: torch.Tensor) -> torch.Tensor:
+        """Latent attention q [B, T, H, 576] → [B, T, H, d_c] by one fused kernel call (plus combine)."""
+        if q.dtype not in KERNEL_DTYPES:
+            raise TypeError(f"TritonMLA runs its kernel in bf16 or fp16, but the module is {q.dtype}; "
+                            f"use module.to(torch.bfloat16) (stage 3, PagedMLA, runs in any dtype)")
+        B, T, H, _ = q.shape
+        # The schedule: s_q·h_q query rows per latent head (h_kv = 1); computed on the GPU, no host sync.
+        metadata, num_splits = get_mla_metadata(cache_seqlens, T * H, 1)
+        out, _ = flash_mla_with_kvcache(q, cache.k_cache, block_table, cache_seqlens, self.config.kv_lora_rank,
+                                        metadata, num_splits, softmax_scale=self.config.softmax_scale,
+                                        causal=T > 1)  # [B, T, H, d_c]
+        return out
