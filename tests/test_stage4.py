@@ -21,6 +21,9 @@ import torch
 
 from mla_tutorial import AbsorbedMLA, MLAConfig, PagedLatentCache, PagedMLA, TritonMLA, error_metrics, linear_init_
 
+#: The kernel runs compiled on a GPU, and in Triton's interpreter on CPU tensors when there is none.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 BOUNDS = {  # dtype: (max_abs, rel_frob, min cosine) of stage 4 vs stage 3
     torch.bfloat16: (0.25, 6e-3, 0.99999),
     torch.float16: (0.03, 8e-4, 0.9999998),
@@ -30,7 +33,7 @@ BOUNDS = {  # dtype: (max_abs, rel_frob, min cosine) of stage 4 vs stage 3
 def _pair(dtype: torch.dtype, seed: int = 0, **config_overrides) -> tuple[AbsorbedMLA, PagedMLA, TritonMLA]:
     config = MLAConfig.tiny(**config_overrides)
     stage2 = linear_init_(AbsorbedMLA(config).double(), std=0.1, seed=seed).requires_grad_(False)
-    stage3 = PagedMLA.from_previous(stage2).to(dtype)
+    stage3 = PagedMLA.from_previous(stage2).to(device=DEVICE, dtype=dtype)
     return stage2, stage3, TritonMLA.from_previous(stage3)
 
 
@@ -56,7 +59,8 @@ def test_triton_matches_paged(dtype, prompt):
     stage2, stage3, stage4 = _pair(dtype, seed=prompt)
     x = torch.randn(2, prompt + 2, stage3.config.hidden_size, generator=torch.Generator().manual_seed(prompt),
                     dtype=torch.float64)
-    out3, out4 = _run(stage3, x.to(dtype), prompt), _run(stage4, x.to(dtype), prompt)
+    xd = x.to(device=DEVICE, dtype=dtype)
+    out3, out4 = _run(stage3, xd, prompt), _run(stage4, xd, prompt)
     _assert_within(out4, out3, dtype)
     if dtype is torch.bfloat16:  # against the float64 stage-2 reference, no worse than stage 3 (+10 %)
         ref = _run(stage2, x, prompt)
@@ -65,7 +69,7 @@ def test_triton_matches_paged(dtype, prompt):
 
 def test_triton_q_proj_config_matches_paged():
     _, stage3, stage4 = _pair(torch.bfloat16, seed=3, q_lora_rank=None)
-    x = torch.randn(1, 20, stage3.config.hidden_size, dtype=torch.bfloat16)
+    x = torch.randn(1, 20, stage3.config.hidden_size, dtype=torch.bfloat16, device=DEVICE)
     _assert_within(_run(stage4, x, 18), _run(stage3, x, 18), torch.bfloat16)
 
 
@@ -76,12 +80,12 @@ def test_triton_variable_length_batch_with_shuffled_nan_poisoned_pages():
     _, stage3, stage4 = _pair(dtype, seed=7)
     hidden = stage3.config.hidden_size
     lengths = [63, 64, 129]
-    prompts = [torch.randn(1, n, hidden, dtype=dtype) for n in lengths]
-    steps = torch.randn(3, 2, hidden, dtype=dtype)
+    prompts = [torch.randn(1, n, hidden, dtype=dtype, device=DEVICE) for n in lengths]
+    steps = torch.randn(3, 2, hidden, dtype=dtype, device=DEVICE)
     outs = []
     for module in (stage3, stage4):
-        cache = PagedLatentCache(16, 64, stage3.config.latent_dim, dtype=dtype, fill_value=float("nan"),
-                                 shuffle=True, seed=1)
+        cache = PagedLatentCache(16, 64, stage3.config.latent_dim, dtype=dtype, device=DEVICE,
+                                 fill_value=float("nan"), shuffle=True, seed=1)
         for prompt in prompts:
             module(prompt, cache, seq_ids=[cache.allocate()])
         cache.poison_unused()
@@ -96,15 +100,15 @@ def test_triton_rejects_float32_with_a_clear_error():
     _, stage3, _ = _pair(torch.float32)
     stage4 = TritonMLA.from_previous(stage3)
     with pytest.raises(TypeError, match="bf16 or fp16"):
-        stage4(torch.randn(1, 3, stage3.config.hidden_size))
+        stage4(torch.randn(1, 3, stage3.config.hidden_size, device=DEVICE))
 
 
 def test_triton_rejects_bad_hidden_states():
     _, _, stage4 = _pair(torch.bfloat16)
     with pytest.raises(ValueError, match="hidden_states"):
-        stage4(torch.randn(1, 3, 7, dtype=torch.bfloat16))
+        stage4(torch.randn(1, 3, 7, dtype=torch.bfloat16, device=DEVICE))
     with pytest.raises(TypeError, match="hidden_states"):
-        stage4(torch.randn(1, 3, stage4.config.hidden_size, dtype=torch.float16))
+        stage4(torch.randn(1, 3, stage4.config.hidden_size, dtype=torch.float16, device=DEVICE))
 
 
 def test_triton_is_exported_and_reports_latent_cache_bytes():

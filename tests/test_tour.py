@@ -43,8 +43,8 @@ def quick_tour(tmp_path_factory):
     """One `tour --quick` run shared by the tests below: (completed process, output directory)."""
     out = tmp_path_factory.mktemp("tour")
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), COLUMNS="160")
-    proc = subprocess.run([sys.executable, "-m", "mla_tutorial", "tour", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300, cwd=out)
+    argv = [sys.executable, "-m", "mla_tutorial", "tour", "--quick", "--device", "cpu", "--out", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, cwd=out)
     return proc, out
 
 
