@@ -441,7 +441,7 @@ def print_table(summary: dict[str, Any], console: Any = None) -> None:
     for row in summary["stages"]:
         if row.get("dtype_note"):
             console.print(f"stage {row['stage']} {row['name']} {row['dtype_note']}; its measured B/token is "
-                          f"for {row['dtype']}")
+                          f"for {row.get('dtype', summary['dtype'])}")
     if summary["narrowed"]:
         console.print(f"cache column: the full {summary['preset']} layer (meta device); the other columns: the "
                       f"narrowed twin ({summary['config']['name']})")
