@@ -390,6 +390,11 @@ def environment() -> dict[str, str]:
         env["triton"] = triton.__version__
     except ImportError:
         pass
+    env["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if torch.cuda.is_available():  # card, driver, CUDA: what a GPU result must be labelled with
+        from .roofline import device_info
+
+        env["gpu"] = device_info()
     return env
 
 
