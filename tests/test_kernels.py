@@ -39,8 +39,8 @@ def _load_kernels():
             importlib.reload(tl.standard)  # its @jit helpers (tl.sum, tl.max, tl.cdiv, ...) too
             importlib.reload(tl)
         if not isinstance(v2_head_tiled._mla_decode_v2_kernel, InterpretedFunction):
-            for name in ("common", "reference", "v2_head_tiled", "combine", "v1_naive", "v3_split_kv",
-                         "v4_balanced", "api"):
+            for name in ("common", "blocks", "schedule", "reference", "v2_head_tiled", "combine", "v1_naive",
+                         "v3_split_kv", "v4_balanced", "v5_small", "api"):
                 importlib.reload(sys.modules[f"mla_tutorial.kernels.{name}"])
             kernels = importlib.reload(kernels)
     return kernels

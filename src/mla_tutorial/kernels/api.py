@@ -22,7 +22,7 @@ from .v1_naive import mla_decode_v1
 from .v2_head_tiled import mla_decode_v2
 from .v3_split_kv import mla_decode_v3
 from .v4_balanced import _launch_v4, mla_decode_v4
-from .v4_balanced import get_mla_metadata as _get_mla_metadata
+from .schedule import get_mla_metadata as _get_mla_metadata
 
 __all__ = [
     "get_mla_metadata",

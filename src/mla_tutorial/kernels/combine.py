@@ -15,8 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .blocks import _cast
 from .common import is_interpreter
-from .v2_head_tiled import _cast
 
 COMBINE_ROWS = 8  # query rows per combine program
 

@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .blocks import _cast
 from .common import D_NOPE, D_ROPE, LOG2E, PAGE_SIZE, is_interpreter, validate_decode_inputs
-from .v2_head_tiled import _cast
 
 
 @triton.jit

@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .blocks import _attend_blocks, _load_q_tile, _store_tile, _visible_keys
 from .combine import combine_splits
 from .common import (
     D_NOPE,
@@ -32,7 +33,6 @@ from .common import (
     launch_config,
     validate_decode_inputs,
 )
-from .v2_head_tiled import _attend_blocks, _load_q_tile, _store_tile, _visible_keys
 
 
 @triton.jit

@@ -1,0 +1,117 @@
+"""Compile the stage-4 kernels for Hopper (sm_90a) on a machine without a GPU, and report their resources.
+
+    python scripts/compile_offline.py [--keep DIR] [names...]
+
+Triton compiles to PTX and cubin without a driver when given a target, so the registers, spills, shared memory
+and tensor-core instructions (wgmma or mma.sync) of every launch configuration can be read here, at no GPU time.
+Use the Triton the GPU machine has (3.6): e.g. `pip install triton==3.6.0` into a separate environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ["TRITON_INTERPRET"] = "0"  # compile for the GPU target, never interpret
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def ptxas_report(ptx: str, name: str, workdir: Path) -> dict:
+    """Registers, spill bytes and stack frame from `ptxas -v` (sm_90a) for the PTX text."""
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    src = workdir / f"{name}.ptx"
+    src.write_text(ptx)
+    out = subprocess.run([str(ptxas), "-v", "-arch=sm_90a", str(src), "-o", str(workdir / f"{name}.cubin")],
+                         capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    get = lambda pat: int(m.group(1)) if (m := re.search(pat, text)) else None
+    return {"registers": get(r"Used (\d+) registers"), "spill_stores": get(r"(\d+) bytes spill stores"),
+            "spill_loads": get(r"(\d+) bytes spill loads"), "stack": get(r"(\d+) bytes stack frame"),
+            "ptxas": text.strip().splitlines()[-3:] if out.returncode == 0 else text}
+
+
+def report(name: str, compiled, workdir: Path) -> dict:
+    ptx = compiled.asm["ptx"]
+    r = ptxas_report(ptx, name, workdir)
+    r.update(shared=compiled.metadata.shared, num_warps=compiled.metadata.num_warps,
+             wgmma=ptx.count("wgmma.mma_async"), mma_sync=len(re.findall(r"\bmma\.sync", ptx)),
+             tma=ptx.count("cp.async.bulk.tensor"), cp_async=len(re.findall(r"cp\.async\.(ca|cg)", ptx)))
+    (workdir / f"{name}.ttgir").write_text(compiled.asm["ttgir"])
+    return r
+
+
+def compile_v5(dtype: str = "bf16", causal: bool = False):
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from mla_tutorial.kernels import v5_gluon as v5
+
+    layout = "NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2, transposed=False, " \
+             "fp4_padded=False, cga_layout=[])"
+    sig = {"q_ptr": f"*{dtype}", "k_desc": f"tensordesc<{dtype}[64, 64],{layout}>", "block_table_ptr": "*i32",
+           "seqlens_ptr": "*i32", "out_ptr": f"*{dtype}", "lse_ptr": "*fp32", "part_out_ptr": "*fp32",
+           "part_lse_ptr": "*fp32", "meta_ptr": "*i32", "num_splits_ptr": "*i32", "err_ptr": "*i32",
+           "stride_qb": "i32", "stride_qs": "i32", "stride_qh": "i32", "stride_btb": "i32",
+           "s_q": "i32", "h_q": "i32", "heads_per_kv": "i32", "rows_per_kv": "i32", "m_tiles": "i32",
+           "num_blocks": "i32", "qk_scale": "fp32", "CAUSAL": "constexpr", "META_COLS": "constexpr",
+           "num_warps": "constexpr"}
+    src = GluonASTSource(v5._v5_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "num_warps": 8})
+    return triton.compile(src, target=TARGET, options={"num_warps": 8})
+
+
+def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, causal: bool = False,
+               dtype: str = "bf16", small: bool = False):
+    from mla_tutorial.kernels import v4_balanced as v4
+    from mla_tutorial.kernels import v5_small
+
+    sig = {"q_ptr": f"*{dtype}", "kv_ptr": f"*{dtype}", "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
+           "out_ptr": f"*{dtype}", "lse_ptr": "*fp32", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
+           "meta_ptr": "*i32", "num_splits_ptr": "*i32",
+           "stride_qb": "i32", "stride_qs": "i32", "stride_qh": "i32",
+           "stride_kvb": "i32", "stride_kvt": "i32", "stride_kvh": "i32", "stride_btb": "i32",
+           "s_q": "i32", "h_q": "i32", "heads_per_kv": "i32", "rows_per_kv": "i32", "m_tiles": "i32",
+           "qk_scale": "fp32",
+           "CAUSAL": "constexpr", "PAGE": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
+           "D_NOPE": "constexpr", "D_ROPE": "constexpr", "UPCAST": "constexpr", "NUM_STAGES": "constexpr",
+           "META_COLS": "constexpr"}
+    consts = {"CAUSAL": causal, "PAGE": 64, "BLOCK_M": block_m, "BLOCK_N": block_n, "D_NOPE": 512, "D_ROPE": 64,
+              "UPCAST": False, "NUM_STAGES": num_stages, "META_COLS": 8}
+    # pointers 16-byte aligned and the q/k_cache strides multiples of 16 (576·n), as the JIT specializes them
+    attrs = {(i,): [["tt.divisibility", 16]] for i in range(16)}
+    fn = v5_small._mla_decode_v5_small_kernel if small else v4._mla_decode_v4_kernel
+    src = ASTSource(fn, sig, consts, attrs)
+    return triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--keep", default="/tmp/compile_offline")
+    ap.add_argument("names", nargs="*", default=["v5"])
+    args = ap.parse_args()
+    workdir = Path(args.keep)
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"triton {triton.__version__}, target {TARGET}")
+    for name in args.names:
+        if name == "v5":
+            for causal in (False, True):
+                ck = compile_v5(causal=causal)
+                print(f"v5 causal={causal}: {report(f'v5_c{int(causal)}', ck, workdir)}")
+        elif name.startswith(("v4:", "v5s:")):  # v4:BLOCK_M,BLOCK_N,warps,stages (v5s: the small-tile kernel)
+            kind, spec = name.split(":")
+            bm, bn, w, st = (int(x) for x in spec.split(","))
+            ck = compile_v4(bm, bn, w, st, small=kind == "v5s")
+            print(f"{kind} bm={bm} bn={bn} warps={w} stages={st}: "
+                  f"{report(f'{kind}_{bm}_{bn}_{w}_{st}', ck, workdir)}")
+
+
+if __name__ == "__main__":
+    main()

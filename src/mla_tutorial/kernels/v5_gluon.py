@@ -1,0 +1,230 @@
+# version 5: v4's schedule and semantics, with the 64-row tile written in Gluon for Hopper (sm_90).
+#
+# What Gluon adds over `tl`: explicit layouts, TMA copies completing on mbarriers, and async wgmma.
+# v4's 64-row tile in plain Triton has two structural losses on Hopper (see ../shared/REFERENCE.md):
+#   * Triton gives the score dot S = Q·Kᵀ the warp layout [8, 1]: with a 64-row tile and 8 warps, BOTH
+#     warpgroups compute the whole 64x64 score tile, 1.53x the useful tensor-core work;
+#   * page loads are pointer loads that the pipeliner keeps 1-2 deep, and with 221 KB of shared memory
+#     and 255 registers (spilling) one program per SM cannot overlap them with the MMAs.
+# Here the layouts are chosen by hand:
+#   * S [64 rows, 64 keys] has the wgmma layout warps [4, 2]: warpgroup 0 computes keys 0-31 and
+#     warpgroup 1 keys 32-63, each over all 576 columns: no score work is repeated. The row max and
+#     row sum cross the two warpgroups through shared memory (the reduction's own scratch).
+#   * P [64, 64] goes to shared memory once (bf16, as FlashMLA rounds it), and O += P·V has the layout
+#     warps [4, 2] with instruction N = 256: warpgroup 0 owns output columns 0-255, warpgroup 1 columns
+#     256-511, each a 64x256 fp32 accumulator (128 registers per thread).
+#   * each 64-token page [64, 576] arrives by TMA (nine 64x64 boxes, one per 128-byte column block)
+#     through the block table into a 2-stage shared-memory ring on mbarriers; the next page is in
+#     flight while the current one is multiplied. V is the first 512 columns of the same buffer.
+#   Shared memory: Q 72 KB + 2 pages 144 KB + P 8 KB = 224 KB: one program per SM, 8 warps.
+# Rows of a partial last page past s_k may hold anything (NaN): they are zeroed in shared memory
+# before P·V (0·NaN = NaN), and their scores are masked to -inf.
+# A block id outside [0, num_blocks) is never dereferenced: its TMA box is placed out of bounds
+# (zero-filled by the copy engine) and the error flag is raised for the caller to assert on.
+# Bytes and FLOPs: as v4. Expected (H200): h64/h128 from v4's 0.47/0.38 of FlashMLA toward 0.8-0.9
+#   (no duplicated score work, loads overlapped with MMAs).
+# Measured: see the docstring of `mla_decode_v5` and docs/results/.
+"""Version 5 of the stage-4 kernel ladder: the 64-row tile in Gluon (Hopper: TMA, mbarriers, async wgmma)."""
+
+from __future__ import annotations
+
+try:  # Gluon's Hopper API as of Triton 3.6 (its names moved between 3.4, 3.6 and 3.9)
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+
+    GLUON_IMPORT_ERROR: str | None = None
+except Exception as err:  # pragma: no cover - depends on the installed Triton
+    gluon = gl = None
+    GLUON_IMPORT_ERROR = f"{type(err).__name__}: {err}"
+
+BLOCK_M = 64  # query rows per tile: one wgmma M
+PAGE = 64  # tokens per page
+CHUNK = 64  # columns per TMA box / 128-byte swizzle block (bf16)
+N_CHUNKS = 9  # 576 / 64
+D_NOPE = 512
+NUM_WARPS = 8  # two consumer warpgroups
+NUM_STAGES = 2  # pages in the shared-memory ring
+
+
+if gluon is not None:
+
+    @gluon.jit
+    def _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv, rows_per_kv,
+                   N_CHUNKS: gl.constexpr, CHUNK: gl.constexpr, BLOCK_M: gl.constexpr, num_warps: gl.constexpr):
+        """Q tile rows -> shared memory [64, 576] (nine 64-column blocks); rows past rows_per_kv are 0."""
+        ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+        rows = m_start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ld))  # (64,)
+        row_ok = rows < rows_per_kv
+        tok = rows // heads_per_kv
+        head = rows % heads_per_kv  # h_kv = 1: the KV head's query heads are all heads
+        base = q_ptr + req.to(gl.int64) * stride_qb + tok * stride_qs + head * stride_qh  # (64,) pointers
+        cols = gl.arange(0, CHUNK, layout=gl.SliceLayout(0, ld))
+        for c in gl.static_range(N_CHUNKS):
+            x = gl.load(base[:, None] + (c * CHUNK + cols)[None, :], mask=row_ok[:, None], other=0.0)
+            if c < N_CHUNKS - 1:
+                q_smem.slice(c * CHUNK, CHUNK, dim=1).store(x)
+            else:
+                qr_smem.store(x)
+
+    @gluon.jit
+    def _v5_issue_page(k_desc, block_table_row, j, num_blocks, err_ptr, bar, k_buf, kr_buf,
+                       N_CHUNKS: gl.constexpr, CHUNK: gl.constexpr, PAGE: gl.constexpr):
+        """Start the TMA copy of page j of a request into k_buf [64, 576]; completion arrives on bar."""
+        page = gl.load(block_table_row + j)
+        bad = (page < 0) | (page >= num_blocks)
+        gl.store(err_ptr, 1, mask=bad)  # a bad id is reported, never followed
+        row = gl.where(bad, -PAGE, page * PAGE)  # a box wholly out of bounds: the copy engine fills zeros
+        mbarrier.expect(bar, PAGE * N_CHUNKS * CHUNK * 2)
+        for c in gl.static_range(N_CHUNKS - 1):
+            tma.async_copy_global_to_shared(k_desc, [row, c * CHUNK], bar, k_buf.slice(c * CHUNK, CHUNK, dim=1))
+        tma.async_copy_global_to_shared(k_desc, [row, (N_CHUNKS - 1) * CHUNK], bar, kr_buf)
+
+    @gluon.jit
+    def _v5_kernel(
+        q_ptr, k_desc, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
+        meta_ptr, num_splits_ptr, err_ptr,
+        stride_qb, stride_qs, stride_qh, stride_btb,
+        s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks,
+        qk_scale,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, num_warps: gl.constexpr,
+    ):
+        BLOCK_M: gl.constexpr = 64
+        PAGE: gl.constexpr = 64
+        CHUNK: gl.constexpr = 64
+        N_CHUNKS: gl.constexpr = 9
+        D_V: gl.constexpr = 512
+        # layouts: S and O both split over the two warpgroups along their columns (keys, output columns)
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                           instr_shape=[16, 32, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                           instr_shape=[16, 256, 16])
+        s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
+        s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
+        o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+        o_cols: gl.constexpr = gl.SliceLayout(0, o_layout)
+        smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        zl: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+        dtype: gl.constexpr = q_ptr.dtype.element_ty
+
+        # block shapes must be powers of two: the 576 columns are kept as 512 (latent, also V) + 64 (RoPE)
+        q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, D_V], smem_layout)  # Q's latent part
+        qr_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, CHUNK], smem_layout)  # Q's RoPE part
+        k_smem = gl.allocate_shared_memory(dtype, [2, PAGE, D_V], smem_layout)  # c_kv rows: K's latent part and V
+        kr_smem = gl.allocate_shared_memory(dtype, [2, PAGE, CHUNK], smem_layout)  # k_rope rows
+        p_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, PAGE], smem_layout)
+        bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(bars.index(0), count=1)
+        mbarrier.init(bars.index(1), count=1)
+
+        part = gl.program_id(0)
+        m_start = (gl.program_id(1) % m_tiles) * BLOCK_M
+        meta = meta_ptr + part * META_COLS
+        begin_req = gl.load(meta + 0)
+        begin_block = gl.load(meta + 1)
+        end_req = gl.load(meta + 2)
+        end_block = gl.load(meta + 3)
+        begin_split = gl.load(meta + 4)
+
+        it = 0  # pages consumed by this program so far: ring slot it % 2, mbarrier phase (it // 2) % 2
+        for req in range(begin_req, end_req + 1):
+            s_k = gl.load(seqlens_ptr + req)
+            lo = gl.where(req == begin_req, begin_block, 0)
+            hi = gl.where(req == end_req, end_block, gl.cdiv(s_k, PAGE))
+            split = gl.where(req == begin_req, begin_split, 0)
+            first_slot = gl.load(num_splits_ptr + req)
+            pieces = gl.load(num_splits_ptr + req + 1) - first_slot
+            bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
+
+            gl.thread_barrier()  # every warp is done with the previous request's buffers
+            if lo < hi:
+                _v5_issue_page(k_desc, bt_row, lo, num_blocks, err_ptr, bars.index(it % 2), k_smem.index(it % 2),
+                               kr_smem.index(it % 2), N_CHUNKS, CHUNK, PAGE)
+            _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv, rows_per_kv,
+                       N_CHUNKS, CHUNK, BLOCK_M, num_warps)
+            fence_async_shared()
+            gl.thread_barrier()
+
+            rows = m_start + gl.arange(0, BLOCK_M, layout=s_rows)
+            tok = rows // heads_per_kv
+            if CAUSAL:
+                n_visible = s_k - s_q + 1 + tok
+            else:
+                n_visible = tok * 0 + s_k
+            m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=s_rows)
+            l_i = gl.zeros([BLOCK_M], gl.float32, layout=s_rows)
+            acc = gl.zeros([BLOCK_M, D_V], gl.float32, layout=o_layout)
+            for j in range(lo, hi):
+                slot = it % 2
+                k_buf = k_smem.index(slot)
+                if j + 1 < hi:  # the other slot was released by the barrier closing the previous page
+                    _v5_issue_page(k_desc, bt_row, j + 1, num_blocks, err_ptr, bars.index(1 - slot),
+                                   k_smem.index(1 - slot), kr_smem.index(1 - slot), N_CHUNKS, CHUNK, PAGE)
+                mbarrier.wait(bars.index(slot), (it // 2) % 2)
+                valid = s_k - j * PAGE  # rows of this page that hold keys (< 64 only on the last page)
+                if valid < PAGE:  # zero the rows past s_k in the V columns: they may hold NaN
+                    zr = gl.arange(0, PAGE, layout=gl.SliceLayout(1, zl))
+                    for c in gl.static_range(N_CHUNKS - 1):
+                        view = k_buf.slice(c * CHUNK, CHUNK, dim=1)
+                        x = view.load(zl)
+                        view.store(gl.where((zr < valid)[:, None], x, gl.zeros_like(x)))
+                    fence_async_shared()
+                    gl.thread_barrier()
+
+                # S = Q·Kᵀ over all 576 columns: warpgroup w computes keys 32w .. 32w+31
+                s = gl.zeros([BLOCK_M, PAGE], gl.float32, layout=s_layout)
+                s = warpgroup_mma(q_smem, k_buf.permute((1, 0)), s, use_acc=False, is_async=True)
+                s = warpgroup_mma(qr_smem, kr_smem.index(slot).permute((1, 0)), s, is_async=True)
+                s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                keys = j * PAGE + gl.arange(0, PAGE, layout=s_cols)
+                s = gl.where(keys[None, :] < n_visible[:, None], s * qk_scale, float("-inf"))
+                m_new = gl.maximum(m_i, gl.max(s, axis=1))  # crosses the two warpgroups
+                m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = gl.exp2(m_i - m_use)
+                p = gl.exp2(s - m_use[:, None])
+                l_i = l_i * alpha + gl.sum(p, axis=1)
+                m_i = m_new
+                p_smem.store(p.to(dtype))
+                fence_async_shared()
+                gl.thread_barrier()  # both halves of P are in shared memory
+
+                # O = O·alpha + P·V: warpgroup w owns output columns 256w .. 256w+255
+                acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                acc = warpgroup_mma(p_smem, k_buf, acc, is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                gl.thread_barrier()  # both warpgroups are done with this slot and with P
+                it += 1
+
+            # store: final output, or an fp32 partial for the combine kernel
+            has_keys = l_i > 0
+            l_safe = gl.where(has_keys, l_i, 1.0)
+            o = acc / gl.convert_layout(l_safe, o_rows)[:, None]
+            lse = (m_i + gl.log2(l_safe)) * 0.6931471805599453
+            o_rows_idx = m_start + gl.arange(0, BLOCK_M, layout=o_rows)
+            o_ok = o_rows_idx < rows_per_kv
+            o_tok = o_rows_idx // heads_per_kv
+            o_head = o_rows_idx % heads_per_kv
+            cols = gl.arange(0, D_V, layout=o_cols)
+            row_ok = rows < rows_per_kv
+            head = rows % heads_per_kv
+            if pieces == 1:
+                orow = (req.to(gl.int64) * s_q + o_tok) * h_q + o_head
+                gl.store(out_ptr + orow[:, None] * D_V + cols[None, :], o.to(out_ptr.dtype.element_ty),
+                         mask=o_ok[:, None])
+                lse_f = gl.where(has_keys, lse, float("inf"))
+                gl.store(lse_ptr + (req.to(gl.int64) * h_q + head) * s_q + tok, lse_f, mask=row_ok)
+            else:
+                pslot = (first_slot + split).to(gl.int64)
+                orow = (pslot * s_q + o_tok) * h_q + o_head
+                gl.store(part_out_ptr + orow[:, None] * D_V + cols[None, :], o, mask=o_ok[:, None])
+                lse_p = gl.where(has_keys, lse, float("-inf"))
+                gl.store(part_lse_ptr + (pslot * s_q + tok) * h_q + head, lse_p, mask=row_ok)
+
+        mbarrier.invalidate(bars.index(0))
+        mbarrier.invalidate(bars.index(1))

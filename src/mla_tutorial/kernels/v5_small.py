@@ -1,0 +1,140 @@
+# version 5, small tiles (fewer than 64 query rows per KV head, e.g. h_q = 16 at s_q = 1): plain Triton.
+#
+# v4's 16-row tile spills: with a 16-row tile Triton lays the warps along N ([1, 4]), so every warp holds
+# the whole 16x512 query in registers (128 per thread), next to two register layouts of the key tile
+# (Kᵀ for the scores, K as V), the 16x512 accumulator and the scores: 255 registers and 300-470 bytes of
+# spills per thread at 4 warps (sm_90a compile reports, scripts/compile_offline.py).
+# Here the 576 columns are walked in four 128-column chunks plus the 64 RoPE columns, and the query chunk is
+# re-read from L1 at each key step instead of being held for the whole request; each key chunk is loaded once
+# and serves both the score dot and, as V, the output chunk it belongs to. Live registers per thread: one query
+# chunk, one key chunk, the scores and the four 16x128 accumulator chunks.
+# Expected: no spills at 4 warps, two programs per SM (the probe recipe: 0.91 of copy at h16 sk4096).
+# Measured: see docs/results/ and the docstring of mla_decode_v5.
+"""Version 5, small-tile path: v4's schedule with a register-lean key loop (plain Triton, runs in the interpreter)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .blocks import _cast, _visible_keys
+
+
+@triton.jit
+def _store_chunks(out_ptr, lse_ptr, slot, tok, head, row_ok, acc0, acc1, acc2, acc3, m_i, l_i, s_q, h_q,
+                  FINAL: tl.constexpr, D_NOPE: tl.constexpr, CW: tl.constexpr, UPCAST: tl.constexpr):
+    """_store_tile for an accumulator kept as four 128-column chunks."""
+    has_keys = l_i > 0
+    l_safe = tl.where(has_keys, l_i, 1.0)
+    row = (slot.to(tl.int64) * s_q + tok) * h_q + head
+    ptrs = out_ptr + row[:, None] * D_NOPE + tl.arange(0, CW)[None, :]
+    dt = out_ptr.dtype.element_ty
+    tl.store(ptrs, _cast(acc0 / l_safe[:, None], dt, UPCAST), mask=row_ok[:, None])
+    tl.store(ptrs + CW, _cast(acc1 / l_safe[:, None], dt, UPCAST), mask=row_ok[:, None])
+    tl.store(ptrs + 2 * CW, _cast(acc2 / l_safe[:, None], dt, UPCAST), mask=row_ok[:, None])
+    tl.store(ptrs + 3 * CW, _cast(acc3 / l_safe[:, None], dt, UPCAST), mask=row_ok[:, None])
+    lse = (m_i + tl.log2(l_safe)) * 0.6931471805599453
+    if FINAL:
+        tl.store(lse_ptr + (slot.to(tl.int64) * h_q + head) * s_q + tok, tl.where(has_keys, lse, float("inf")),
+                 mask=row_ok)
+    else:
+        tl.store(lse_ptr + row, tl.where(has_keys, lse, float("-inf")), mask=row_ok)
+
+
+@triton.jit
+def _dot_chunk(q_base, k_rows, valid, q_ok, col0, s, CW: tl.constexpr, UPCAST: tl.constexpr):
+    """s += Q[:, col0:col0+CW] · K[:, col0:col0+CW]ᵀ; returns (s, the key chunk)."""
+    offs = col0 + tl.arange(0, CW)
+    qc = tl.load(q_base[:, None] + offs[None, :], mask=q_ok[:, None], other=0.0)
+    kc = tl.load(k_rows[:, None] + offs[None, :], mask=valid[:, None], other=0.0)
+    if UPCAST:
+        qc = qc.to(tl.float32)
+        kc = kc.to(tl.float32)
+    return tl.dot(qc, tl.trans(kc), s), kc
+
+
+@triton.jit
+def _mla_decode_v5_small_kernel(
+    q_ptr, kv_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
+    meta_ptr, num_splits_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kvb, stride_kvt, stride_kvh,
+    stride_btb,
+    s_q, h_q, heads_per_kv, rows_per_kv, m_tiles,
+    qk_scale,
+    CAUSAL: tl.constexpr, PAGE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    D_NOPE: tl.constexpr, D_ROPE: tl.constexpr,
+    UPCAST: tl.constexpr, NUM_STAGES: tl.constexpr, META_COLS: tl.constexpr,
+):
+    CW: tl.constexpr = 128  # latent columns per chunk: 4 chunks of 128 + the 64 RoPE columns
+    part = tl.program_id(0)
+    kv_head = tl.program_id(1) // m_tiles
+    m_start = (tl.program_id(1) % m_tiles) * BLOCK_M
+    meta = meta_ptr + part * META_COLS
+    begin_req = tl.load(meta + 0)
+    begin_block = tl.load(meta + 1)
+    end_req = tl.load(meta + 2)
+    end_block = tl.load(meta + 3)
+    begin_split = tl.load(meta + 4)
+    STEPS_PER_PAGE: tl.constexpr = PAGE // BLOCK_N
+    offs_n = tl.arange(0, BLOCK_N)
+
+    for req_i in range(begin_req, end_req + 1):
+        req = tl.cast(req_i, tl.int32)
+        s_k = tl.load(seqlens_ptr + req)
+        n_blocks = tl.cdiv(s_k, BLOCK_N)
+        lo = tl.where(req == begin_req, begin_block, 0)
+        hi = tl.where(req == end_req, end_block, tl.cdiv(s_k, PAGE))
+        n_lo = lo * STEPS_PER_PAGE
+        n_hi = tl.minimum(hi * STEPS_PER_PAGE, n_blocks)
+        split = tl.where(req == begin_req, begin_split, 0)
+        first_slot = tl.load(num_splits_ptr + req)
+        pieces = tl.load(num_splits_ptr + req + 1) - first_slot
+
+        rows = m_start + tl.arange(0, BLOCK_M)
+        row_ok = rows < rows_per_kv
+        tok = rows // heads_per_kv
+        head = kv_head * heads_per_kv + rows % heads_per_kv
+        q_base = q_ptr + req.to(tl.int64) * stride_qb + tok * stride_qs + head * stride_qh  # (BLOCK_M,)
+        n_visible = _visible_keys(s_k, tok, s_q, CAUSAL)
+        bt_row = block_table_ptr + req.to(tl.int64) * stride_btb
+        acc0 = tl.zeros([BLOCK_M, CW], tl.float32)
+        acc1 = tl.zeros([BLOCK_M, CW], tl.float32)
+        acc2 = tl.zeros([BLOCK_M, CW], tl.float32)
+        acc3 = tl.zeros([BLOCK_M, CW], tl.float32)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        for nb in tl.range(n_lo, n_hi, num_stages=NUM_STAGES):
+            start = nb * BLOCK_N
+            page = tl.load(bt_row + start // PAGE).to(tl.int64)
+            k_rows = kv_ptr + page * stride_kvb + (start % PAGE + offs_n) * stride_kvt + kv_head * stride_kvh
+            keys = start + offs_n
+            valid = keys < s_k
+            s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            s, k0 = _dot_chunk(q_base, k_rows, valid, row_ok, 0, s, CW, UPCAST)
+            s, k1 = _dot_chunk(q_base, k_rows, valid, row_ok, CW, s, CW, UPCAST)
+            s, k2 = _dot_chunk(q_base, k_rows, valid, row_ok, 2 * CW, s, CW, UPCAST)
+            s, k3 = _dot_chunk(q_base, k_rows, valid, row_ok, 3 * CW, s, CW, UPCAST)
+            s, _ = _dot_chunk(q_base, k_rows, valid, row_ok, D_NOPE, s, D_ROPE, UPCAST)
+            s = tl.where(keys[None, :] < n_visible[:, None], s * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_use)
+            p = tl.exp2(s - m_use[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            if UPCAST:
+                p_op = _cast(p, kv_ptr.dtype.element_ty, UPCAST).to(tl.float32)
+            else:
+                p_op = p.to(kv_ptr.dtype.element_ty)
+            acc0 = tl.dot(p_op, k0, acc0 * alpha[:, None])
+            acc1 = tl.dot(p_op, k1, acc1 * alpha[:, None])
+            acc2 = tl.dot(p_op, k2, acc2 * alpha[:, None])
+            acc3 = tl.dot(p_op, k3, acc3 * alpha[:, None])
+            m_i = m_new
+        if pieces == 1:
+            _store_chunks(out_ptr, lse_ptr, req, tok, head, row_ok, acc0, acc1, acc2, acc3, m_i, l_i, s_q, h_q,
+                          True, D_NOPE, CW, UPCAST)
+        else:
+            _store_chunks(part_out_ptr, part_lse_ptr, first_slot + split, tok, head, row_ok, acc0, acc1, acc2, acc3,
+                          m_i, l_i, s_q, h_q, False, D_NOPE, CW, UPCAST)
