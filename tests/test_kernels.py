@@ -138,7 +138,7 @@ def p_rounding_bound(p_abs_v, ref_out, dtype):
     return eps * p_abs_v + eps * ref_out.abs()
 
 
-VERSIONS = ["v1_naive", "v2_head_tiled", "v3_split_kv", "v4_balanced"]
+VERSIONS = ["v1_naive", "v2_head_tiled", "v3_split_kv", "v4_balanced", "v5"]
 
 # (seqlens, s_q, h_q, h_kv, causal, dtype): every case covers something specific
 CASES = {
@@ -170,6 +170,32 @@ def test_smaller_key_steps_walk_pages_correctly(version, block_n, num_stages):
     q, k_cache, block_table, seqlens = make_inputs([63, 64, 150], 2, 3, 1, torch.bfloat16, seed=5)
     cfg = common.TileConfig(16, block_n, 4, num_stages, 1)
     check_against_reference(K.KERNEL_VERSIONS[version], q, k_cache, block_table, seqlens, True, config=cfg)
+
+
+@pytest.mark.parametrize("case", ["causal-sq2-h64-hkv2", "h128-two-tiles", "page-boundaries-empty-h1"])
+def test_v5_small_tile_at_any_tile_height(case):
+    """v5's plain-Triton small tile forced onto 64-row and 1-row tiles (the GPU picks it below 64 rows only)."""
+    seqlens, s_q, h_q, h_kv, causal, dtype = CASES[case]
+    q, k_cache, block_table, cache_seqlens = make_inputs(seqlens, s_q, h_q, h_kv, dtype, seed=17)
+    check_against_reference(K.mla_decode_v5, q, k_cache, block_table, cache_seqlens, causal, path="small")
+
+
+@pytest.mark.parametrize("parts,overhead", [(3, 1), (40, 1)])
+def test_v5_balanced_schedule_any_cut(parts, overhead):
+    seqlens = [0, 190, 64, 1, 257]
+    q, k_cache, block_table, cache_seqlens = make_inputs(seqlens, 2, 3, 1, torch.float16, seed=11)
+    meta, splits = metadata_with_knobs(cache_seqlens, 2 * 3, 1, num_sm_parts=parts, fixed_overhead=overhead)
+    check_against_reference(K.mla_decode_v5, q, k_cache, block_table, cache_seqlens, True,
+                            tile_scheduler_metadata=meta, num_splits=splits)
+
+
+def test_kernel_choice_says_which_tile_runs_and_why():
+    q, k_cache, _, _ = make_inputs([5], 1, 16, 1, torch.bfloat16, seed=1)
+    path, reason = K.kernel_choice(q, k_cache, 16, 1)
+    assert path == "small" and "16 query rows" in reason
+    path, reason = K.kernel_choice(q, k_cache, 128, 1)
+    if DEVICE == "cpu":
+        assert path == "v4" and "v4's plain-Triton 64-row tile" in reason
 
 
 @pytest.mark.parametrize("num_splits", [1, 3, 8])

@@ -21,11 +21,13 @@ from .api import (  # noqa: E402
     KERNEL_VERSIONS,
     flash_mla_with_kvcache,
     get_mla_metadata,
+    kernel_choice,
     mla_decode_reference,
     mla_decode_v1,
     mla_decode_v2,
     mla_decode_v3,
     mla_decode_v4,
+    mla_decode_v5,
 )
 from .common import TileConfig, choose_tile_config, device_limits  # noqa: E402
 
@@ -41,4 +43,6 @@ __all__ = [
     "mla_decode_v2",
     "mla_decode_v3",
     "mla_decode_v4",
+    "mla_decode_v5",
+    "kernel_choice",
 ]

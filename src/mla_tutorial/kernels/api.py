@@ -18,11 +18,12 @@ import torch
 
 from .common import _check_tensor, validate_decode_inputs, validate_metadata
 from .reference import mla_decode_reference
+from .schedule import get_mla_metadata as _get_mla_metadata
 from .v1_naive import mla_decode_v1
 from .v2_head_tiled import mla_decode_v2
 from .v3_split_kv import mla_decode_v3
-from .v4_balanced import _launch_v4, mla_decode_v4
-from .schedule import get_mla_metadata as _get_mla_metadata
+from .v4_balanced import mla_decode_v4
+from .v5 import _launch_v5, kernel_choice, mla_decode_v5
 
 __all__ = [
     "get_mla_metadata",
@@ -32,6 +33,8 @@ __all__ = [
     "mla_decode_v2",
     "mla_decode_v3",
     "mla_decode_v4",
+    "mla_decode_v5",
+    "kernel_choice",
     "KERNEL_VERSIONS",
 ]
 
@@ -42,6 +45,7 @@ KERNEL_VERSIONS = {
     "v2_head_tiled": mla_decode_v2,
     "v3_split_kv": mla_decode_v3,
     "v4_balanced": mla_decode_v4,
+    "v5": mla_decode_v5,
 }
 
 
@@ -82,4 +86,4 @@ def flash_mla_with_kvcache(
     """Paged MLA decode (FlashMLA-compatible). Returns (out [b, s_q, h_q, 512], softmax_lse [b, h_q, s_q])."""
     dims = validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
     validate_metadata(tile_scheduler_metadata, num_splits, dims.batch, q.device)
-    return _launch_v4(q, k_cache, block_table, cache_seqlens, dims, causal, tile_scheduler_metadata, num_splits)
+    return _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, tile_scheduler_metadata, num_splits)

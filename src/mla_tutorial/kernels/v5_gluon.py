@@ -28,6 +28,8 @@
 
 from __future__ import annotations
 
+import torch
+
 try:  # Gluon's Hopper API as of Triton 3.6 (its names moved between 3.4, 3.6 and 3.9)
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -38,6 +40,7 @@ try:  # Gluon's Hopper API as of Triton 3.6 (its names moved between 3.4, 3.6 an
         warpgroup_mma,
         warpgroup_mma_wait,
     )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     GLUON_IMPORT_ERROR: str | None = None
 except Exception as err:  # pragma: no cover - depends on the installed Triton
@@ -228,3 +231,67 @@ if gluon is not None:
 
         mbarrier.invalidate(bars.index(0))
         mbarrier.invalidate(bars.index(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# host side
+# ---------------------------------------------------------------------------------------------
+#: The Triton release whose Gluon Hopper API this kernel was written and tested against.
+GLUON_TRITON = (3, 6)
+
+
+def _triton_version() -> tuple[int, int]:
+    import triton
+
+    major, minor = (int(x) for x in triton.__version__.split(".")[:2])
+    return major, minor
+
+
+def gluon_unavailable(q: torch.Tensor, k_cache: torch.Tensor, h_kv: int) -> str | None:
+    """Why the Gluon tile cannot run these inputs here (None when it can). Sizes and attributes only, no sync."""
+    if GLUON_IMPORT_ERROR is not None:
+        return f"Gluon's Hopper API does not import here ({GLUON_IMPORT_ERROR})"
+    if _triton_version() != GLUON_TRITON:
+        return (f"v5's Gluon tile was written for the Gluon API of Triton {GLUON_TRITON[0]}.{GLUON_TRITON[1]}; "
+                f"this is Triton {'.'.join(map(str, _triton_version()))}")
+    if q.device.type != "cuda":
+        return "Gluon kernels need a CUDA device (they have no interpreter)"
+    if _capability(q.device.index if q.device.index is not None else torch.cuda.current_device()) != (9, 0):
+        return "the Gluon tile uses wgmma and TMA: it needs an sm_90 (Hopper) GPU"
+    if h_kv != 1:
+        return f"h_kv = {h_kv}: the Gluon tile reads one latent KV head (DeepSeek's MLA has one)"
+    n, page, _, d = k_cache.shape
+    if k_cache.stride(1) != d or k_cache.stride(0) != page * d or k_cache.data_ptr() % 16:
+        return "k_cache's rows must be contiguous and 16-byte aligned for TMA"
+    return None
+
+
+_CAPABILITY: dict[int, tuple[int, int]] = {}
+
+
+def _capability(index: int) -> tuple[int, int]:
+    if index not in _CAPABILITY:
+        _CAPABILITY[index] = torch.cuda.get_device_capability(index)
+    return _CAPABILITY[index]
+
+
+def _k_descriptor(k_cache: torch.Tensor):
+    """TMA descriptor over the cache as [num_blocks·64 rows, 576]: 64x64 boxes, 128-byte swizzle."""
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    n, page, _, d = k_cache.shape
+    return TensorDescriptor(k_cache, [n * page, d], [d, 1], [PAGE, CHUNK], layout)
+
+
+def launch_v5_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
+                    part_lse, err):
+    """Launch the Gluon tile over the schedule `meta`; partials of split requests go to part_out/part_lse."""
+    from .common import LOG2E
+
+    m_tiles = -(-dims.rows_per_kv // BLOCK_M)
+    _v5_kernel[(meta.shape[0], m_tiles)](
+        q, _k_descriptor(k_cache), block_table, cache_seqlens, out, lse, part_out, part_lse, meta, num_splits, err,
+        q.stride(0), q.stride(1), q.stride(2), block_table.stride(0),
+        dims.s_q, dims.h_q, dims.heads_per_kv, dims.rows_per_kv, m_tiles, dims.num_blocks,
+        dims.scale * LOG2E,
+        CAUSAL=causal, META_COLS=meta.shape[1], num_warps=NUM_WARPS,
+    )

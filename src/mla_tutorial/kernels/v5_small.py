@@ -56,11 +56,11 @@ def _dot_chunk(q_base, k_rows, valid, q_ok, col0, s, CW: tl.constexpr, UPCAST: t
 @triton.jit
 def _mla_decode_v5_small_kernel(
     q_ptr, kv_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
-    meta_ptr, num_splits_ptr,
+    meta_ptr, num_splits_ptr, err_ptr,
     stride_qb, stride_qs, stride_qh,
     stride_kvb, stride_kvt, stride_kvh,
     stride_btb,
-    s_q, h_q, heads_per_kv, rows_per_kv, m_tiles,
+    s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks,
     qk_scale,
     CAUSAL: tl.constexpr, PAGE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -108,9 +108,12 @@ def _mla_decode_v5_small_kernel(
         for nb in tl.range(n_lo, n_hi, num_stages=NUM_STAGES):
             start = nb * BLOCK_N
             page = tl.load(bt_row + start // PAGE).to(tl.int64)
+            bad = (page < 0) | (page >= num_blocks)  # never followed: reported through err_ptr instead
+            tl.store(err_ptr, 1, mask=bad)
+            page = tl.where(bad, 0, page)
             k_rows = kv_ptr + page * stride_kvb + (start % PAGE + offs_n) * stride_kvt + kv_head * stride_kvh
             keys = start + offs_n
-            valid = keys < s_k
+            valid = (keys < s_k) & (not bad)
             s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
             s, k0 = _dot_chunk(q_base, k_rows, valid, row_ok, 0, s, CW, UPCAST)
             s, k1 = _dot_chunk(q_base, k_rows, valid, row_ok, CW, s, CW, UPCAST)
@@ -138,3 +141,22 @@ def _mla_decode_v5_small_kernel(
         else:
             _store_chunks(part_out_ptr, part_lse_ptr, first_slot + split, tok, head, row_ok, acc0, acc1, acc2, acc3,
                           m_i, l_i, s_q, h_q, False, D_NOPE, CW, UPCAST)
+
+
+def launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
+                    part_lse, err, cfg):
+    """Launch the small-tile kernel over the schedule `meta` with launch configuration `cfg` (a TileConfig)."""
+    from .common import D_NOPE, D_ROPE, LOG2E, PAGE_SIZE, cdiv, is_interpreter
+
+    m_tiles = cdiv(dims.rows_per_kv, cfg.block_m)
+    _mla_decode_v5_small_kernel[(meta.shape[0], dims.h_kv * m_tiles)](
+        q, k_cache, block_table, cache_seqlens, out, lse, part_out, part_lse, meta, num_splits, err,
+        q.stride(0), q.stride(1), q.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_table.stride(0),
+        dims.s_q, dims.h_q, dims.heads_per_kv, dims.rows_per_kv, m_tiles, dims.num_blocks,
+        dims.scale * LOG2E,
+        CAUSAL=causal, PAGE=PAGE_SIZE, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        D_NOPE=D_NOPE, D_ROPE=D_ROPE, UPCAST=is_interpreter(), NUM_STAGES=cfg.num_stages,
+        META_COLS=meta.shape[1], num_warps=cfg.num_warps,
+    )

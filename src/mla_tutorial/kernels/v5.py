@@ -1,0 +1,92 @@
+"""Version 5 of the stage-4 kernel ladder: the production kernel, one schedule and two tiles.
+
+    tiles of 64+ query rows per KV head (h_q·s_q ≥ 64: DeepSeek-V3 at TP 1-2, speculative decode)
+        -> the Gluon tile (v5_gluon.py): TMA page loads on mbarriers, async wgmma, no repeated score work;
+    fewer rows (h_q = 16 or 32 at s_q = 1: TP 4-8)
+        -> the register-lean plain-Triton small tile (v5_small.py), which the interpreter also runs.
+Both walk v4's balanced schedule (schedule.py) and share its combine kernel. Where the Gluon tile cannot run
+(no sm_90, another Triton, h_kv > 1, a cache that TMA cannot address) v4's 64-row tile runs instead;
+`kernel_choice` says which runs and why.
+
+A block id outside [0, num_blocks) inside a request's length is never dereferenced: the kernels skip it and
+raise an error flag, on which `check_bounds=True` (the default) enqueues a device-side assertion (no host sync;
+a failing assertion surfaces at the next synchronisation as a CUDA error).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .combine import combine_splits
+from .common import D_NOPE, TileConfig, launch_config, validate_decode_inputs, validate_metadata
+from .schedule import get_mla_metadata
+from .v4_balanced import _launch_v4
+from .v5_gluon import BLOCK_M as GLUON_BLOCK_M
+from .v5_gluon import gluon_unavailable, launch_v5_gluon
+from .v5_small import launch_v5_small
+
+PATHS = ("gluon", "small", "v4")
+
+
+def kernel_choice(q: torch.Tensor, k_cache: torch.Tensor, rows_per_kv: int, h_kv: int) -> tuple[str, str]:
+    """(path, reason): which tile v5 runs for these inputs here, "gluon", "small" or "v4", and why."""
+    if rows_per_kv < GLUON_BLOCK_M:
+        return "small", (f"{rows_per_kv} query rows per KV head (< 64): the register-lean plain-Triton small tile")
+    why = gluon_unavailable(q, k_cache, h_kv)
+    if why is None:
+        return "gluon", f"{rows_per_kv} query rows per KV head on sm_90: the Gluon tile (TMA, async wgmma)"
+    return "v4", f"{rows_per_kv} query rows per KV head, but {why}: v4's plain-Triton 64-row tile"
+
+
+def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, *, check_bounds=True,
+               path=None, config: TileConfig | None = None):
+    path = path or kernel_choice(q, k_cache, dims.rows_per_kv, dims.h_kv)[0]
+    if path == "v4":
+        return _launch_v4(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, config)
+    b, s_q, h_q, dev = dims.batch, dims.s_q, dims.h_q, q.device
+    out = torch.empty(b, s_q, h_q, D_NOPE, dtype=q.dtype, device=dev)
+    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=dev)
+    slots = b + meta.shape[0]  # at most b + parts - 1 pieces: no sync needed to size the partials
+    part_out = torch.empty(slots, s_q * h_q, D_NOPE, dtype=torch.float32, device=dev)
+    part_lse = torch.empty(slots, s_q * h_q, dtype=torch.float32, device=dev)
+    err = torch.zeros(1, dtype=torch.int32, device=dev)
+    if path == "gluon":
+        launch_v5_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
+                        part_out, part_lse, err)
+    else:
+        cfg = config or launch_config(dims.rows_per_kv, dev)
+        launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
+                        part_out, part_lse, err, cfg)
+    combine_splits(part_out, part_lse, num_splits, out, lse)
+    if check_bounds:
+        torch._assert_async(err[0] == 0, "flash_mla_with_kvcache: a block_table entry inside a request's length "
+                                         "is outside [0, num_blocks) (the kernel did not follow it)")
+    return out, lse
+
+
+def mla_decode_v5(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    head_dim_v: int = D_NOPE,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    *,
+    tile_scheduler_metadata: torch.Tensor | None = None,
+    num_splits: torch.Tensor | None = None,
+    check_bounds: bool = True,
+    path: str | None = None,
+    config: TileConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paged MLA decode, version 5. Computes the metadata if not given. `path` forces a tile (tests, tuning)."""
+    dims = validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
+    if (tile_scheduler_metadata is None) != (num_splits is None):
+        raise ValueError("tile_scheduler_metadata and num_splits must be given together (from get_mla_metadata)")
+    if path is not None and path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS} or None, got {path!r}")
+    if tile_scheduler_metadata is None:
+        tile_scheduler_metadata, num_splits = get_mla_metadata(cache_seqlens, dims.rows_per_kv, dims.h_kv)
+    validate_metadata(tile_scheduler_metadata, num_splits, dims.batch, q.device)
+    return _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, tile_scheduler_metadata, num_splits,
+                      check_bounds=check_bounds, path=path, config=config)
