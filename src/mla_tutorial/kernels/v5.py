@@ -39,7 +39,7 @@ def kernel_choice(q: torch.Tensor, k_cache: torch.Tensor, rows_per_kv: int, h_kv
 
 
 def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, *, check_bounds=True,
-               path=None, config: TileConfig | None = None):
+               path=None, config: TileConfig | None = None, error_flag: torch.Tensor | None = None):
     path = path or kernel_choice(q, k_cache, dims.rows_per_kv, dims.h_kv)[0]
     if path == "v4":
         return _launch_v4(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, config)
@@ -49,7 +49,7 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     slots = b + meta.shape[0]  # at most b + parts - 1 pieces: no sync needed to size the partials
     part_out = torch.empty(slots, s_q * h_q, D_NOPE, dtype=torch.float32, device=dev)
     part_lse = torch.empty(slots, s_q * h_q, dtype=torch.float32, device=dev)
-    err = torch.zeros(1, dtype=torch.int32, device=dev)
+    err = torch.zeros(1, dtype=torch.int32, device=dev) if error_flag is None else error_flag
     if path == "gluon":
         launch_v5_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                         part_out, part_lse, err)
@@ -58,7 +58,7 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
         launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                         part_out, part_lse, err, cfg)
     combine_splits(part_out, part_lse, num_splits, out, lse)
-    if check_bounds:
+    if check_bounds and error_flag is None:
         torch._assert_async(err[0] == 0, "flash_mla_with_kvcache: a block_table entry inside a request's length "
                                          "is outside [0, num_blocks) (the kernel did not follow it)")
     return out, lse
@@ -78,8 +78,13 @@ def mla_decode_v5(
     check_bounds: bool = True,
     path: str | None = None,
     config: TileConfig | None = None,
+    error_flag: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paged MLA decode, version 5. Computes the metadata if not given. `path` forces a tile (tests, tuning)."""
+    """Paged MLA decode, version 5. Computes the metadata if not given.
+
+    `path` forces a tile (tests, tuning). `error_flag` (int32 [1], zeroed by the caller) receives the bad-block-id
+    flag instead of the device-side assertion, for callers that want to read it themselves.
+    """
     dims = validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
     if (tile_scheduler_metadata is None) != (num_splits is None):
         raise ValueError("tile_scheduler_metadata and num_splits must be given together (from get_mla_metadata)")
@@ -89,4 +94,4 @@ def mla_decode_v5(
         tile_scheduler_metadata, num_splits = get_mla_metadata(cache_seqlens, dims.rows_per_kv, dims.h_kv)
     validate_metadata(tile_scheduler_metadata, num_splits, dims.batch, q.device)
     return _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, tile_scheduler_metadata, num_splits,
-                      check_bounds=check_bounds, path=path, config=config)
+                      check_bounds=check_bounds, path=path, config=config, error_flag=error_flag)

@@ -139,7 +139,8 @@ if gluon is not None:
         for req in range(begin_req, end_req + 1):
             s_k = gl.load(seqlens_ptr + req)
             lo = gl.where(req == begin_req, begin_block, 0)
-            hi = gl.where(req == end_req, end_block, gl.cdiv(s_k, PAGE))
+            n_pages = gl.cdiv(s_k, PAGE)
+            hi = gl.minimum(gl.where(req == end_req, end_block, n_pages), n_pages)  # an empty request: no page
             split = gl.where(req == begin_req, begin_split, 0)
             first_slot = gl.load(num_splits_ptr + req)
             pieces = gl.load(num_splits_ptr + req + 1) - first_slot
