@@ -17,6 +17,7 @@ import triton.language as tl
 
 from .blocks import _cast
 from .common import is_interpreter
+from .launch import FastLauncher
 
 COMBINE_ROWS = 8  # query rows per combine program
 
@@ -75,6 +76,8 @@ def combine_splits(
     """Merge partials into out [b, s_q, h_q, 512] and lse [b, h_q, s_q] for requests with > 1 split."""
     b, s_q, h_q, d = out.shape
     grid = (b, triton.cdiv(s_q * h_q, COMBINE_ROWS))
-    _combine_kernel[grid](part_out, part_lse, split_offsets, out, lse, s_q, h_q, ROWS=COMBINE_ROWS, D=d,
-                          UPCAST=is_interpreter(),
-                          num_warps=4)
+    _LAUNCH(grid, part_out, part_lse, split_offsets, out, lse, s_q, h_q, ROWS=COMBINE_ROWS, D=d,
+            UPCAST=is_interpreter(), num_warps=4)
+
+
+_LAUNCH = FastLauncher(_combine_kernel)

@@ -9,8 +9,9 @@ Both walk v4's balanced schedule (schedule.py) and share its combine kernel. Whe
 `kernel_choice` says which runs and why.
 
 A block id outside [0, num_blocks) inside a request's length is never dereferenced: the kernels skip it and
-raise an error flag, on which `check_bounds=True` (the default) enqueues a device-side assertion (no host sync;
-a failing assertion surfaces at the next synchronisation as a CUDA error).
+clear a per-device "ok" flag, on which `check_bounds=True` (the default) enqueues a device-side assertion (no host
+sync; one launch of a one-element kernel). A failing assertion surfaces at the next synchronisation as a CUDA error
+("device-side assert triggered") and, as for any device-side assert, ends the process's CUDA context.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .common import D_NOPE, TileConfig, launch_config, validate_decode_inputs, v
 from .schedule import get_mla_metadata
 from .v4_balanced import _launch_v4
 from .v5_gluon import BLOCK_M as GLUON_BLOCK_M
-from .v5_gluon import gluon_unavailable, launch_v5_gluon
+from .v5_gluon import GluonConfig, gluon_unavailable, launch_v5_gluon
 from .v5_small import launch_v5_small
 
 PATHS = ("gluon", "small", "v4")
@@ -38,8 +39,19 @@ def kernel_choice(q: torch.Tensor, k_cache: torch.Tensor, rows_per_kv: int, h_kv
     return "v4", f"{rows_per_kv} query rows per KV head, but {why}: v4's plain-Triton 64-row tile"
 
 
+_OK_FLAGS: dict[torch.device, torch.Tensor] = {}
+
+
+def ok_flag(device: torch.device) -> torch.Tensor:
+    """The per-device int32 [1] flag (1 = no bad block id seen) that the v5 kernels clear on a bad id."""
+    flag = _OK_FLAGS.get(device)
+    if flag is None:
+        flag = _OK_FLAGS[device] = torch.ones(1, dtype=torch.int32, device=device)
+    return flag
+
+
 def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, *, check_bounds=True,
-               path=None, config: TileConfig | None = None, error_flag: torch.Tensor | None = None):
+               path=None, config: TileConfig | GluonConfig | None = None, error_flag: torch.Tensor | None = None):
     path = path or kernel_choice(q, k_cache, dims.rows_per_kv, dims.h_kv)[0]
     if path == "v4":
         return _launch_v4(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, config)
@@ -49,18 +61,18 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     slots = b + meta.shape[0]  # at most b + parts - 1 pieces: no sync needed to size the partials
     part_out = torch.empty(slots, s_q * h_q, D_NOPE, dtype=torch.float32, device=dev)
     part_lse = torch.empty(slots, s_q * h_q, dtype=torch.float32, device=dev)
-    err = torch.zeros(1, dtype=torch.int32, device=dev) if error_flag is None else error_flag
+    flag = ok_flag(dev) if error_flag is None else error_flag
     if path == "gluon":
         launch_v5_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
-                        part_out, part_lse, err)
+                        part_out, part_lse, flag, config)
     else:
         cfg = config or launch_config(dims.rows_per_kv, dev)
         launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
-                        part_out, part_lse, err, cfg)
+                        part_out, part_lse, flag, cfg)
     combine_splits(part_out, part_lse, num_splits, out, lse)
     if check_bounds and error_flag is None:
-        torch._assert_async(err[0] == 0, "flash_mla_with_kvcache: a block_table entry inside a request's length "
-                                         "is outside [0, num_blocks) (the kernel did not follow it)")
+        torch._assert_async(flag, "flash_mla_with_kvcache: a block_table entry inside a request's length is "
+                                  "outside [0, num_blocks) (the kernel did not follow it)")
     return out, lse
 
 
@@ -77,13 +89,14 @@ def mla_decode_v5(
     num_splits: torch.Tensor | None = None,
     check_bounds: bool = True,
     path: str | None = None,
-    config: TileConfig | None = None,
+    config: TileConfig | GluonConfig | None = None,
     error_flag: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paged MLA decode, version 5. Computes the metadata if not given.
 
-    `path` forces a tile (tests, tuning). `error_flag` (int32 [1], zeroed by the caller) receives the bad-block-id
-    flag instead of the device-side assertion, for callers that want to read it themselves.
+    `path` forces a tile (tests, tuning), `config` its launch configuration (a TileConfig for "small" and "v4", a
+    GluonConfig for "gluon"). `error_flag` (int32 [1], set to 1 by the caller) is cleared by the kernel on a bad
+    block id, instead of the device-side assertion: for callers that want to read it themselves.
     """
     dims = validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
     if (tile_scheduler_metadata is None) != (num_splits is None):

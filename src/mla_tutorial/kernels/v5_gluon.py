@@ -28,7 +28,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from .common import LOG2E
+from .launch import FastLauncher
 
 try:  # Gluon's Hopper API as of Triton 3.6 (its names moved between 3.4, 3.6 and 3.9)
     from triton.experimental import gluon
@@ -77,17 +82,18 @@ if gluon is not None:
                 qr_smem.store(x)
 
     @gluon.jit
-    def _v5_issue_page(k_desc, block_table_row, j, num_blocks, err_ptr, bar, k_buf, kr_buf,
-                       N_CHUNKS: gl.constexpr, CHUNK: gl.constexpr, PAGE: gl.constexpr):
-        """Start the TMA copy of page j of a request into k_buf [64, 576]; completion arrives on bar."""
-        page = gl.load(block_table_row + j)
+    def _v5_issue(k_desc, block_table_row, i, num_blocks, err_ptr, bar, k_buf, kr_buf,
+                  SUB: gl.constexpr, CHUNK: gl.constexpr, PAGE: gl.constexpr):
+        """Start the TMA copy of key step i (keys i·SUB .. i·SUB+SUB-1 of a request) into k_buf [SUB, 512] and
+        kr_buf [SUB, 64]; completion arrives on bar."""
+        page = gl.load(block_table_row + (i * SUB) // PAGE)
         bad = (page < 0) | (page >= num_blocks)
-        gl.store(err_ptr, 1, mask=bad)  # a bad id is reported, never followed
-        row = gl.where(bad, -PAGE, page * PAGE)  # a box wholly out of bounds: the copy engine fills zeros
-        mbarrier.expect(bar, PAGE * N_CHUNKS * CHUNK * 2)
-        for c in gl.static_range(N_CHUNKS - 1):
+        gl.store(err_ptr, 0, mask=bad)  # a bad id is reported (the ok flag cleared), never followed
+        row = gl.where(bad, -PAGE, page * PAGE + (i * SUB) % PAGE)  # out of bounds: the copy engine fills zeros
+        mbarrier.expect(bar, SUB * 9 * CHUNK * 2)
+        for c in gl.static_range(8):
             tma.async_copy_global_to_shared(k_desc, [row, c * CHUNK], bar, k_buf.slice(c * CHUNK, CHUNK, dim=1))
-        tma.async_copy_global_to_shared(k_desc, [row, (N_CHUNKS - 1) * CHUNK], bar, kr_buf)
+        tma.async_copy_global_to_shared(k_desc, [row, 8 * CHUNK], bar, kr_buf)
 
     @gluon.jit
     def _v5_kernel(
@@ -96,16 +102,20 @@ if gluon is not None:
         stride_qb, stride_qs, stride_qh, stride_btb,
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks,
         qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, SUB: gl.constexpr, STAGES: gl.constexpr,
+        MODE: gl.constexpr, num_warps: gl.constexpr,
     ):
+        # SUB keys per step (64: a page; 32 or 16: part of one), STAGES steps in the shared-memory ring.
+        # MODE 0 computes; 1 only loads (no MMA, no softmax); 2 only computes (no copies): for timing the parts.
         BLOCK_M: gl.constexpr = 64
         PAGE: gl.constexpr = 64
         CHUNK: gl.constexpr = 64
         N_CHUNKS: gl.constexpr = 9
         D_V: gl.constexpr = 512
+        STEPS_PER_PAGE: gl.constexpr = PAGE // SUB
         # layouts: S and O both split over the two warpgroups along their columns (keys, output columns)
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                           instr_shape=[16, 32, 16])
+                                                           instr_shape=[16, SUB // 2, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
                                                            instr_shape=[16, 256, 16])
         s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
@@ -113,18 +123,20 @@ if gluon is not None:
         o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
         o_cols: gl.constexpr = gl.SliceLayout(0, o_layout)
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        p_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=SUB * 2 if SUB < 64 else 128,
+                                                      element_bitwidth=16, rank=2)
         zl: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
         dtype: gl.constexpr = q_ptr.dtype.element_ty
 
         # block shapes must be powers of two: the 576 columns are kept as 512 (latent, also V) + 64 (RoPE)
         q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, D_V], smem_layout)  # Q's latent part
         qr_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, CHUNK], smem_layout)  # Q's RoPE part
-        k_smem = gl.allocate_shared_memory(dtype, [2, PAGE, D_V], smem_layout)  # c_kv rows: K's latent part and V
-        kr_smem = gl.allocate_shared_memory(dtype, [2, PAGE, CHUNK], smem_layout)  # k_rope rows
-        p_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, PAGE], smem_layout)
-        bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        mbarrier.init(bars.index(0), count=1)
-        mbarrier.init(bars.index(1), count=1)
+        k_smem = gl.allocate_shared_memory(dtype, [STAGES, SUB, D_V], smem_layout)  # c_kv rows: K's latent part, V
+        kr_smem = gl.allocate_shared_memory(dtype, [STAGES, SUB, CHUNK], smem_layout)  # k_rope rows
+        p_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, SUB], p_layout)
+        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for st in gl.static_range(STAGES):
+            mbarrier.init(bars.index(st), count=1)
 
         part = gl.program_id(0)
         m_start = (gl.program_id(1) % m_tiles) * BLOCK_M
@@ -135,23 +147,27 @@ if gluon is not None:
         end_block = gl.load(meta + 3)
         begin_split = gl.load(meta + 4)
 
-        it = 0  # pages consumed by this program so far: ring slot it % 2, mbarrier phase (it // 2) % 2
+        it = 0  # key steps consumed by this program: ring slot it % STAGES, mbarrier phase (it // STAGES) % 2
         for req in range(begin_req, end_req + 1):
             s_k = gl.load(seqlens_ptr + req)
-            lo = gl.where(req == begin_req, begin_block, 0)
             n_pages = gl.cdiv(s_k, PAGE)
-            hi = gl.minimum(gl.where(req == end_req, end_block, n_pages), n_pages)  # an empty request: no page
+            lo = gl.where(req == begin_req, begin_block, 0) * STEPS_PER_PAGE
+            hi_page = gl.minimum(gl.where(req == end_req, end_block, n_pages), n_pages)  # an empty request: none
+            hi = gl.minimum(hi_page * STEPS_PER_PAGE, gl.cdiv(s_k, SUB))
             split = gl.where(req == begin_req, begin_split, 0)
             first_slot = gl.load(num_splits_ptr + req)
             pieces = gl.load(num_splits_ptr + req + 1) - first_slot
             bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
 
             gl.thread_barrier()  # every warp is done with the previous request's buffers
-            if lo < hi:
-                _v5_issue_page(k_desc, bt_row, lo, num_blocks, err_ptr, bars.index(it % 2), k_smem.index(it % 2),
-                               kr_smem.index(it % 2), N_CHUNKS, CHUNK, PAGE)
-            _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv, rows_per_kv,
-                       N_CHUNKS, CHUNK, BLOCK_M, num_warps)
+            if MODE != 2:
+                for d in gl.static_range(STAGES - 1):  # prologue: the first STAGES-1 steps in flight
+                    if lo + d < hi:
+                        slot_d = (it + d) % STAGES
+                        _v5_issue(k_desc, bt_row, lo + d, num_blocks, err_ptr, bars.index(slot_d),
+                                  k_smem.index(slot_d), kr_smem.index(slot_d), SUB, CHUNK, PAGE)
+            _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
+                       rows_per_kv, N_CHUNKS, CHUNK, BLOCK_M, num_warps)
             fence_async_shared()
             gl.thread_barrier()
 
@@ -164,44 +180,47 @@ if gluon is not None:
             m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=s_rows)
             l_i = gl.zeros([BLOCK_M], gl.float32, layout=s_rows)
             acc = gl.zeros([BLOCK_M, D_V], gl.float32, layout=o_layout)
-            for j in range(lo, hi):
-                slot = it % 2
+            for i in range(lo, hi):
+                slot = it % STAGES
                 k_buf = k_smem.index(slot)
-                if j + 1 < hi:  # the other slot was released by the barrier closing the previous page
-                    _v5_issue_page(k_desc, bt_row, j + 1, num_blocks, err_ptr, bars.index(1 - slot),
-                                   k_smem.index(1 - slot), kr_smem.index(1 - slot), N_CHUNKS, CHUNK, PAGE)
-                mbarrier.wait(bars.index(slot), (it // 2) % 2)
-                valid = s_k - j * PAGE  # rows of this page that hold keys (< 64 only on the last page)
-                if valid < PAGE:  # zero the rows past s_k in the V columns: they may hold NaN
-                    zr = gl.arange(0, PAGE, layout=gl.SliceLayout(1, zl))
-                    for c in gl.static_range(N_CHUNKS - 1):
-                        view = k_buf.slice(c * CHUNK, CHUNK, dim=1)
-                        x = view.load(zl)
-                        view.store(gl.where((zr < valid)[:, None], x, gl.zeros_like(x)))
+                if MODE != 2:
+                    if i + STAGES - 1 < hi:  # that slot was released by the barrier that closed the last step
+                        nslot = (it + STAGES - 1) % STAGES
+                        _v5_issue(k_desc, bt_row, i + STAGES - 1, num_blocks, err_ptr, bars.index(nslot),
+                                  k_smem.index(nslot), kr_smem.index(nslot), SUB, CHUNK, PAGE)
+                    mbarrier.wait(bars.index(slot), (it // STAGES) % 2)
+                if MODE != 1:
+                    valid = s_k - i * SUB  # rows of this step that hold keys (< SUB only at the end)
+                    if valid < SUB:  # zero the rows past s_k in the V columns: they may hold NaN
+                        zr = gl.arange(0, SUB, layout=gl.SliceLayout(1, zl))
+                        for c in gl.static_range(N_CHUNKS - 1):
+                            view = k_buf.slice(c * CHUNK, CHUNK, dim=1)
+                            x = view.load(zl)
+                            view.store(gl.where((zr < valid)[:, None], x, gl.zeros_like(x)))
+                        fence_async_shared()
+                        gl.thread_barrier()
+
+                    # S = Q·Kᵀ over all 576 columns: warpgroup w computes keys w·SUB/2 .. (w+1)·SUB/2 - 1
+                    s = gl.zeros([BLOCK_M, SUB], gl.float32, layout=s_layout)
+                    s = warpgroup_mma(q_smem, k_buf.permute((1, 0)), s, use_acc=False, is_async=True)
+                    s = warpgroup_mma(qr_smem, kr_smem.index(slot).permute((1, 0)), s, is_async=True)
+                    s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                    keys = i * SUB + gl.arange(0, SUB, layout=s_cols)
+                    s = gl.where(keys[None, :] < n_visible[:, None], s * qk_scale, float("-inf"))
+                    m_new = gl.maximum(m_i, gl.max(s, axis=1))  # crosses the two warpgroups
+                    m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+                    alpha = gl.exp2(m_i - m_use)
+                    p = gl.exp2(s - m_use[:, None])
+                    l_i = l_i * alpha + gl.sum(p, axis=1)
+                    m_i = m_new
+                    p_smem.store(p.to(dtype))
                     fence_async_shared()
-                    gl.thread_barrier()
+                    gl.thread_barrier()  # both halves of P are in shared memory
 
-                # S = Q·Kᵀ over all 576 columns: warpgroup w computes keys 32w .. 32w+31
-                s = gl.zeros([BLOCK_M, PAGE], gl.float32, layout=s_layout)
-                s = warpgroup_mma(q_smem, k_buf.permute((1, 0)), s, use_acc=False, is_async=True)
-                s = warpgroup_mma(qr_smem, kr_smem.index(slot).permute((1, 0)), s, is_async=True)
-                s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                keys = j * PAGE + gl.arange(0, PAGE, layout=s_cols)
-                s = gl.where(keys[None, :] < n_visible[:, None], s * qk_scale, float("-inf"))
-                m_new = gl.maximum(m_i, gl.max(s, axis=1))  # crosses the two warpgroups
-                m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
-                alpha = gl.exp2(m_i - m_use)
-                p = gl.exp2(s - m_use[:, None])
-                l_i = l_i * alpha + gl.sum(p, axis=1)
-                m_i = m_new
-                p_smem.store(p.to(dtype))
-                fence_async_shared()
-                gl.thread_barrier()  # both halves of P are in shared memory
-
-                # O = O·alpha + P·V: warpgroup w owns output columns 256w .. 256w+255
-                acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-                acc = warpgroup_mma(p_smem, k_buf, acc, is_async=True)
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                    # O = O·alpha + P·V: warpgroup w owns output columns 256w .. 256w+255
+                    acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                    acc = warpgroup_mma(p_smem, k_buf, acc, is_async=True)
+                    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 gl.thread_barrier()  # both warpgroups are done with this slot and with P
                 it += 1
 
@@ -230,8 +249,8 @@ if gluon is not None:
                 lse_p = gl.where(has_keys, lse, float("-inf"))
                 gl.store(part_lse_ptr + (pslot * s_q + tok) * h_q + head, lse_p, mask=row_ok)
 
-        mbarrier.invalidate(bars.index(0))
-        mbarrier.invalidate(bars.index(1))
+        for st in gl.static_range(STAGES):
+            mbarrier.invalidate(bars.index(st))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,23 +295,70 @@ def _capability(index: int) -> tuple[int, int]:
     return _CAPABILITY[index]
 
 
-def _k_descriptor(k_cache: torch.Tensor):
-    """TMA descriptor over the cache as [num_blocks·64 rows, 576]: 64x64 boxes, 128-byte swizzle."""
-    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+@dataclass(frozen=True)
+class GluonConfig:
+    """Launch parameters of the Gluon tile: keys per step and steps in the shared-memory ring."""
+
+    sub: int = 64  # keys per step: 64 (one page), 32 or 16
+    stages: int = 2  # steps in flight + 1; shared memory 72 KB (Q) + stages·sub·1152 B + 64·sub·2 B (P)
+    mode: int = 0  # 0: compute; 1: loads only; 2: MMAs only (timing the parts, results meaningless)
+
+    def smem_bytes(self) -> int:
+        return 64 * 576 * 2 + self.stages * self.sub * 576 * 2 + 64 * self.sub * 2
+
+
+#: The configuration v5 launches (the fastest measured on the H200; see docs/results/).
+DEFAULT_GLUON_CONFIG = GluonConfig()
+
+
+_DESCRIPTORS: dict[tuple, object] = {}
+
+
+@dataclass(frozen=True)
+class _Address:
+    """What a TMA descriptor needs of its tensor: the address and the dtype."""
+
+    address: int
+    dtype: torch.dtype
+
+    def data_ptr(self) -> int:
+        return self.address
+
+
+def _k_descriptor(k_cache: torch.Tensor, sub: int):
+    """TMA descriptor over the cache as [num_blocks·64 rows, 576]: sub x 64 boxes, 128-byte swizzle.
+
+    A descriptor holds only the address, shape and strides, so one made for the same (address, shape, dtype) is the
+    same descriptor: a serving engine's cache tensor gets it built once. The cache keeps the address, not the
+    tensor (it must not keep gigabytes of freed caches alive).
+    """
     n, page, _, d = k_cache.shape
-    return TensorDescriptor(k_cache, [n * page, d], [d, 1], [PAGE, CHUNK], layout)
+    key = (k_cache.data_ptr(), n, k_cache.dtype, sub)
+    desc = _DESCRIPTORS.get(key)
+    if desc is None:
+        if len(_DESCRIPTORS) >= 64:
+            _DESCRIPTORS.clear()
+        layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        base = _Address(k_cache.data_ptr(), k_cache.dtype)
+        desc = _DESCRIPTORS[key] = TensorDescriptor(base, [n * page, d], [d, 1], [sub, CHUNK], layout)
+    return desc
+
+
+_LAUNCH = FastLauncher(_v5_kernel) if gluon is not None else None
 
 
 def launch_v5_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                    part_lse, err):
+                    part_lse, ok_flag, config: GluonConfig | None = None):
     """Launch the Gluon tile over the schedule `meta`; partials of split requests go to part_out/part_lse."""
-    from .common import LOG2E
-
+    cfg = config or DEFAULT_GLUON_CONFIG
     m_tiles = -(-dims.rows_per_kv // BLOCK_M)
-    _v5_kernel[(meta.shape[0], m_tiles)](
-        q, _k_descriptor(k_cache), block_table, cache_seqlens, out, lse, part_out, part_lse, meta, num_splits, err,
+    _LAUNCH(
+        (meta.shape[0], m_tiles),
+        q, _k_descriptor(k_cache, cfg.sub), block_table, cache_seqlens, out, lse, part_out, part_lse, meta,
+        num_splits, ok_flag,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0),
         dims.s_q, dims.h_q, dims.heads_per_kv, dims.rows_per_kv, m_tiles, dims.num_blocks,
         dims.scale * LOG2E,
-        CAUSAL=causal, META_COLS=meta.shape[1], num_warps=NUM_WARPS,
+        CAUSAL=causal, META_COLS=meta.shape[1], SUB=cfg.sub, STAGES=cfg.stages, MODE=cfg.mode,
+        num_warps=NUM_WARPS,
     )

@@ -18,6 +18,8 @@ import triton
 import triton.language as tl
 
 from .blocks import _cast, _visible_keys
+from .common import D_NOPE, D_ROPE, LOG2E, PAGE_SIZE, cdiv, is_interpreter
+from .launch import FastLauncher
 
 
 @triton.jit
@@ -56,7 +58,7 @@ def _dot_chunk(q_base, k_rows, valid, q_ok, col0, s, CW: tl.constexpr, UPCAST: t
 @triton.jit
 def _mla_decode_v5_small_kernel(
     q_ptr, kv_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
-    meta_ptr, num_splits_ptr, err_ptr,
+    meta_ptr, num_splits_ptr, ok_ptr,
     stride_qb, stride_qs, stride_qh,
     stride_kvb, stride_kvt, stride_kvh,
     stride_btb,
@@ -109,7 +111,7 @@ def _mla_decode_v5_small_kernel(
             start = nb * BLOCK_N
             page = tl.load(bt_row + start // PAGE).to(tl.int64)
             bad = (page < 0) | (page >= num_blocks)  # never followed: reported through err_ptr instead
-            tl.store(err_ptr, 1, mask=bad)
+            tl.store(ok_ptr, 0, mask=bad)
             page = tl.where(bad, 0, page)
             k_rows = kv_ptr + page * stride_kvb + (start % PAGE + offs_n) * stride_kvt + kv_head * stride_kvh
             keys = start + offs_n
@@ -143,14 +145,16 @@ def _mla_decode_v5_small_kernel(
                           m_i, l_i, s_q, h_q, False, D_NOPE, CW, UPCAST)
 
 
-def launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                    part_lse, err, cfg):
-    """Launch the small-tile kernel over the schedule `meta` with launch configuration `cfg` (a TileConfig)."""
-    from .common import D_NOPE, D_ROPE, LOG2E, PAGE_SIZE, cdiv, is_interpreter
+_LAUNCH = FastLauncher(_mla_decode_v5_small_kernel)
 
+
+def launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
+                    part_lse, ok_flag, cfg):
+    """Launch the small-tile kernel over the schedule `meta` with launch configuration `cfg` (a TileConfig)."""
     m_tiles = cdiv(dims.rows_per_kv, cfg.block_m)
-    _mla_decode_v5_small_kernel[(meta.shape[0], dims.h_kv * m_tiles)](
-        q, k_cache, block_table, cache_seqlens, out, lse, part_out, part_lse, meta, num_splits, err,
+    _LAUNCH(
+        (meta.shape[0], dims.h_kv * m_tiles),
+        q, k_cache, block_table, cache_seqlens, out, lse, part_out, part_lse, meta, num_splits, ok_flag,
         q.stride(0), q.stride(1), q.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_table.stride(0),
