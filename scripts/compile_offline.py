@@ -59,7 +59,7 @@ def compile_v5(dtype: str = "bf16", causal: bool = False, sub: int = 64, stages:
              "fp4_padded=False, cga_layout=[])"
     sig = {"q_ptr": f"*{dtype}", "k_desc": f"tensordesc<{dtype}[{sub}, 64],{layout}>", "block_table_ptr": "*i32",
            "seqlens_ptr": "*i32", "out_ptr": f"*{dtype}", "lse_ptr": "*fp32", "part_out_ptr": "*fp32",
-           "part_lse_ptr": "*fp32", "meta_ptr": "*i32", "num_splits_ptr": "*i32", "err_ptr": "*i32",
+           "part_lse_ptr": "*fp32", "meta_ptr": "*i32", "num_splits_ptr": "*i32", "ok_ptr": "*i32",
            "stride_qb": "i32", "stride_qs": "i32", "stride_qh": "i32", "stride_btb": "i32",
            "s_q": "i32", "h_q": "i32", "heads_per_kv": "i32", "rows_per_kv": "i32", "m_tiles": "i32",
            "num_blocks": "i32", "qk_scale": "fp32", "CAUSAL": "constexpr", "META_COLS": "constexpr", "SUB": "constexpr", "STAGES": "constexpr", "MODE": "constexpr",

@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -82,13 +83,17 @@ if gluon is not None:
                 qr_smem.store(x)
 
     @gluon.jit
-    def _v5_issue(k_desc, block_table_row, i, num_blocks, err_ptr, bar, k_buf, kr_buf,
+    def _v5_page_id(block_table_row, i, hi, SUB: gl.constexpr, PAGE: gl.constexpr):
+        """Block id of key step i (0 past the request's last step: such an id is never used)."""
+        return gl.load(block_table_row + (i * SUB) // PAGE, mask=i < hi, other=0)
+
+    @gluon.jit
+    def _v5_issue(k_desc, page, i, num_blocks, ok_ptr, bar, k_buf, kr_buf,
                   SUB: gl.constexpr, CHUNK: gl.constexpr, PAGE: gl.constexpr):
-        """Start the TMA copy of key step i (keys i·SUB .. i·SUB+SUB-1 of a request) into k_buf [SUB, 512] and
-        kr_buf [SUB, 64]; completion arrives on bar."""
-        page = gl.load(block_table_row + (i * SUB) // PAGE)
+        """Start the TMA copy of key step i (keys i·SUB .. i·SUB+SUB-1 of a request, in block `page`) into
+        k_buf [SUB, 512] and kr_buf [SUB, 64]; completion arrives on bar."""
         bad = (page < 0) | (page >= num_blocks)
-        gl.store(err_ptr, 0, mask=bad)  # a bad id is reported (the ok flag cleared), never followed
+        gl.store(ok_ptr, 0, mask=bad)  # a bad id is reported (the ok flag cleared), never followed
         row = gl.where(bad, -PAGE, page * PAGE + (i * SUB) % PAGE)  # out of bounds: the copy engine fills zeros
         mbarrier.expect(bar, SUB * 9 * CHUNK * 2)
         for c in gl.static_range(8):
@@ -98,7 +103,7 @@ if gluon is not None:
     @gluon.jit
     def _v5_kernel(
         q_ptr, k_desc, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
-        meta_ptr, num_splits_ptr, err_ptr,
+        meta_ptr, num_splits_ptr, ok_ptr,
         stride_qb, stride_qs, stride_qh, stride_btb,
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks,
         qk_scale,
@@ -164,8 +169,10 @@ if gluon is not None:
                 for d in gl.static_range(STAGES - 1):  # prologue: the first STAGES-1 steps in flight
                     if lo + d < hi:
                         slot_d = (it + d) % STAGES
-                        _v5_issue(k_desc, bt_row, lo + d, num_blocks, err_ptr, bars.index(slot_d),
-                                  k_smem.index(slot_d), kr_smem.index(slot_d), SUB, CHUNK, PAGE)
+                        _v5_issue(k_desc, _v5_page_id(bt_row, lo + d, hi, SUB, PAGE), lo + d, num_blocks, ok_ptr,
+                                  bars.index(slot_d), k_smem.index(slot_d), kr_smem.index(slot_d), SUB, CHUNK, PAGE)
+            # the block id of the next step to issue is loaded one step ahead: its latency leaves the loop's path
+            next_page = _v5_page_id(bt_row, lo + STAGES - 1, hi, SUB, PAGE)
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
                        rows_per_kv, N_CHUNKS, CHUNK, BLOCK_M, num_warps)
             fence_async_shared()
@@ -186,8 +193,9 @@ if gluon is not None:
                 if MODE != 2:
                     if i + STAGES - 1 < hi:  # that slot was released by the barrier that closed the last step
                         nslot = (it + STAGES - 1) % STAGES
-                        _v5_issue(k_desc, bt_row, i + STAGES - 1, num_blocks, err_ptr, bars.index(nslot),
+                        _v5_issue(k_desc, next_page, i + STAGES - 1, num_blocks, ok_ptr, bars.index(nslot),
                                   k_smem.index(nslot), kr_smem.index(nslot), SUB, CHUNK, PAGE)
+                    next_page = _v5_page_id(bt_row, i + STAGES, hi, SUB, PAGE)
                     mbarrier.wait(bars.index(slot), (it // STAGES) % 2)
                 if MODE != 1:
                     valid = s_k - i * SUB  # rows of this step that hold keys (< SUB only at the end)
@@ -260,6 +268,7 @@ if gluon is not None:
 GLUON_TRITON = (3, 6)
 
 
+@functools.lru_cache(maxsize=1)
 def _triton_version() -> tuple[int, int]:
     import triton
 
