@@ -19,23 +19,33 @@ from __future__ import annotations
 import torch
 
 from .combine import combine_splits
-from .common import D_NOPE, TileConfig, launch_config, validate_decode_inputs, validate_metadata
+from .common import D_NOPE, TileConfig, validate_decode_inputs, validate_metadata
 from .schedule import get_mla_metadata
 from .v4_balanced import _launch_v4
 from .v5_gluon import BLOCK_M as GLUON_BLOCK_M
 from .v5_gluon import GluonConfig, gluon_unavailable, launch_v5_gluon
-from .v5_small import launch_v5_small
+from .v5_small import launch_v5_small, small_tile_config
 
 PATHS = ("gluon", "small", "v4")
 
 
+#: Tiles of at most this many query rows per KV head run the plain-Triton small tile even where the Gluon tile can
+#: run: on the H200 (2026-12-01, b = 128, s_k = 4096) the small tile took 0.187 ms at 16 rows against 0.246 for the
+#: Gluon tile, and the two were equal at 32 rows (0.240), where the Gluon tile was faster at s_k = 1024
+#: (0.096 against 0.108 ms). docs/results/probes/v5_probe3_h200_2026-12-01.json.
+SMALL_TILE_MAX_ROWS = 16
+
+
 def kernel_choice(q: torch.Tensor, k_cache: torch.Tensor, rows_per_kv: int, h_kv: int) -> tuple[str, str]:
     """(path, reason): which tile v5 runs for these inputs here, "gluon", "small" or "v4", and why."""
-    if rows_per_kv < GLUON_BLOCK_M:
-        return "small", (f"{rows_per_kv} query rows per KV head (< 64): the register-lean plain-Triton small tile")
+    if rows_per_kv <= SMALL_TILE_MAX_ROWS:
+        return "small", (f"{rows_per_kv} query rows per KV head (<= {SMALL_TILE_MAX_ROWS}): the register-lean "
+                         f"plain-Triton small tile, the faster one measured there")
     why = gluon_unavailable(q, k_cache, h_kv)
     if why is None:
         return "gluon", f"{rows_per_kv} query rows per KV head on sm_90: the Gluon tile (TMA, async wgmma)"
+    if rows_per_kv < GLUON_BLOCK_M:
+        return "small", f"{rows_per_kv} query rows per KV head and {why}: the plain-Triton small tile"
     return "v4", f"{rows_per_kv} query rows per KV head, but {why}: v4's plain-Triton 64-row tile"
 
 
@@ -66,7 +76,7 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
         launch_v5_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                         part_out, part_lse, flag, config)
     else:
-        cfg = config or launch_config(dims.rows_per_kv, dev)
+        cfg = config or small_tile_config(dims.rows_per_kv, dev)
         launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                         part_out, part_lse, flag, cfg)
     combine_splits(part_out, part_lse, num_splits, out, lse)
