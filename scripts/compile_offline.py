@@ -89,6 +89,12 @@ def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, caus
     # pointers 16-byte aligned and the q/k_cache strides multiples of 16 (576·n), as the JIT specializes them
     attrs = {(i,): [["tt.divisibility", 16]] for i in range(16)}
     fn = v5_small._mla_decode_v5_small_kernel if small else v4._mla_decode_v4_kernel
+    if small:  # the small tile also takes the ok flag and the pool size
+        items = list(sig.items())
+        items.insert(10, ("ok_ptr", "*i32"))
+        items.insert(items.index(("m_tiles", "i32")) + 1, ("num_blocks", "i32"))
+        sig = dict(items)
+        attrs = {(i,): [["tt.divisibility", 16]] for i in range(17)}
     src = ASTSource(fn, sig, consts, attrs)
     return triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": num_stages})
 

@@ -389,3 +389,59 @@ def test_get_mla_metadata_errors():
         K.get_mla_metadata(torch.tensor([1, 2], dtype=torch.int32), 16, 0)
     with pytest.raises(TypeError, match="num_heads_per_head_k"):
         K.get_mla_metadata(torch.tensor([1, 2], dtype=torch.int32), 16.0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# FlashMLA's current API form and stale schedules
+# ---------------------------------------------------------------------------------------------
+def test_current_api_form_fills_the_metadata_once_and_reuses_it():
+    q, k_cache, block_table, seqlens = make_inputs([70, 0, 130], 2, 16, 1, torch.bfloat16, seed=21)
+    meta, none = K.get_mla_metadata()
+    assert none is None and not meta.filled
+    out1, lse1 = K.flash_mla_with_kvcache(q, k_cache, block_table, seqlens, 512, meta, None, causal=True)
+    assert meta.filled
+    first = meta.tile_scheduler_metadata
+    out2, lse2 = K.flash_mla_with_kvcache(q, k_cache, block_table, seqlens, 512, meta, None, causal=True)
+    assert meta.tile_scheduler_metadata is first  # reused, not rebuilt
+    assert torch.equal(out1, out2) and torch.equal(lse1, lse2)
+    check_against_reference(
+        lambda *a, **kw: K.flash_mla_with_kvcache(*a[:5], meta, None, **kw), q, k_cache, block_table, seqlens, True)
+
+
+@pytest.mark.parametrize("change", ["batch", "h_q", "s_q", "causal"])
+def test_current_api_form_refuses_reuse_with_another_shape(change):
+    q, k_cache, block_table, seqlens = make_inputs([70, 5, 130], 2, 16, 1, torch.bfloat16, seed=22)
+    meta, _ = K.get_mla_metadata()
+    K.flash_mla_with_kvcache(q, k_cache, block_table, seqlens, 512, meta, None, causal=True)
+    causal = True
+    if change == "batch":
+        q, block_table, seqlens = q[:2], block_table[:2], seqlens[:2]
+    elif change == "h_q":
+        q = q[:, :, :8].contiguous()
+    elif change == "s_q":
+        q = q[:, :1].contiguous()
+    else:
+        causal = False
+    with pytest.raises(ValueError, match=change):
+        K.flash_mla_with_kvcache(q, k_cache, block_table, seqlens, 512, meta, None, causal=causal)
+
+
+def test_current_api_form_argument_errors():
+    q, k_cache, block_table, seqlens = make_inputs([70], 1, 16, 1, torch.bfloat16, seed=23)
+    meta, _ = K.get_mla_metadata()
+    with pytest.raises(ValueError, match="num_splits must be None"):
+        K.flash_mla_with_kvcache(q, k_cache, block_table, seqlens, 512, meta, seqlens)
+    with pytest.raises(TypeError, match="either no arguments"):
+        K.get_mla_metadata(seqlens)
+
+
+def test_v5_flags_a_schedule_built_for_other_lengths():
+    """A schedule cut inside a request that has since shrunk, or built before a request grew, is flagged."""
+    q, k_cache, block_table, _ = make_inputs([300, 300, 450], 1, 16, 1, torch.bfloat16, seed=24)  # real pages
+    then = torch.tensor([300, 300, 300], dtype=torch.int32, device=DEVICE)  # 5 pages each
+    meta, splits = metadata_with_knobs(then, 16, 1, num_sm_parts=4, fixed_overhead=1)  # cuts inside requests
+    for now, stale in (([300, 300, 300], False), ([300, 40, 300], True), ([300, 300, 450], True)):
+        flag = torch.ones(1, dtype=torch.int32, device=DEVICE)
+        K.mla_decode_v5(q, k_cache, block_table, torch.tensor(now, dtype=torch.int32, device=DEVICE), 512,
+                        tile_scheduler_metadata=meta, num_splits=splits, error_flag=flag)
+        assert int(flag) == (0 if stale else 1), f"lengths {now}: flag {int(flag)}"

@@ -5,7 +5,9 @@ The kernel ladder (each version importable, tested and benchmarked; see each fil
     v2_head_tiled  query heads of a latent KV head form the M dim of a tensor-core tile
     v3_split_kv    + split-KV with an LSE-weighted combine kernel
     v4_balanced    + FlashMLA-style load-balanced schedule computed on the GPU (graph-capturable)
-and the public API: get_mla_metadata, flash_mla_with_kvcache (served by v4).
+    v5             the production kernel: v4's schedule with a Gluon 64-row tile on Hopper (TMA, async wgmma)
+                   and a register-lean plain-Triton small tile; `kernel_choice` says which runs and why
+and the public API: get_mla_metadata, flash_mla_with_kvcache in both of FlashMLA's forms (served by v5).
 """
 
 import os
@@ -19,6 +21,7 @@ if not torch.cuda.is_available():
 
 from .api import (  # noqa: E402
     KERNEL_VERSIONS,
+    FlashMLASchedMeta,
     flash_mla_with_kvcache,
     get_mla_metadata,
     kernel_choice,
@@ -33,6 +36,7 @@ from .common import TileConfig, choose_tile_config, device_limits  # noqa: E402
 
 __all__ = [
     "KERNEL_VERSIONS",
+    "FlashMLASchedMeta",
     "TileConfig",
     "choose_tile_config",
     "device_limits",

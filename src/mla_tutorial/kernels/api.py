@@ -1,8 +1,12 @@
-"""FlashMLA's first public decode API, served by the stage-4 Triton kernels (version 4).
+"""FlashMLA's decode API in both its public forms, served by the stage-4 Triton kernels (version 5).
 
+    # first form
     tile_scheduler_metadata, num_splits = get_mla_metadata(cache_seqlens, s_q * h_q // h_kv, h_kv)
     out, lse = flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 512,
                                       tile_scheduler_metadata, num_splits, causal=True)
+    # current form (FlashMLA @9241ae3): an empty metadata object, filled by the first call, reused by later ones
+    sched_meta, _ = get_mla_metadata()
+    out, lse = flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 512, sched_meta, None, causal=True)
 
 Same argument order, shapes and dtypes as deepseek-ai/FlashMLA's `flash_mla_interface`:
 q [b, s_q, h_q, 576] bf16/fp16; k_cache [num_blocks, 64, h_kv, 576]; block_table [b, max_blocks]
@@ -13,6 +17,8 @@ both calls can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -26,6 +32,7 @@ from .v4_balanced import mla_decode_v4
 from .v5 import _launch_v5, kernel_choice, mla_decode_v5
 
 __all__ = [
+    "FlashMLASchedMeta",
     "get_mla_metadata",
     "flash_mla_with_kvcache",
     "mla_decode_reference",
@@ -56,14 +63,42 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be >= 1, got {value}")
 
 
-def get_mla_metadata(
-    cache_seqlens: torch.Tensor, num_heads_per_head_k: int, num_heads_k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Schedule for flash_mla_with_kvcache.
+@dataclass
+class FlashMLASchedMeta:
+    """Scheduler metadata in FlashMLA's current API form: made empty by `get_mla_metadata()`, filled on the device by
+    the first `flash_mla_with_kvcache` call that receives it, and reused by later calls.
 
-    cache_seqlens [b] int32; num_heads_per_head_k = s_q * h_q // h_kv; num_heads_k = h_kv.
-    Returns (tile_scheduler_metadata [num_sm_parts, 8] int32, num_splits [b + 1] int32).
+    It records what it was built for (batch, s_q, h_q, h_kv, page size, causal, FP8 cache); a call with anything else
+    raises ValueError naming what changed, as FlashMLA does. Reuse is valid only while cache_seqlens keeps its
+    values (FlashMLA's rule): the kernels check the schedule against the lengths on the device and fail the call's
+    device-side assertion when they disagree (a stale schedule), instead of returning a wrong answer.
     """
+
+    tile_scheduler_metadata: torch.Tensor | None = None
+    num_splits: torch.Tensor | None = None
+    built_for: dict | None = None
+
+    @property
+    def filled(self) -> bool:
+        return self.tile_scheduler_metadata is not None
+
+
+def get_mla_metadata(
+    cache_seqlens: torch.Tensor | None = None, num_heads_per_head_k: int | None = None, num_heads_k: int | None = None
+):
+    """Schedule for flash_mla_with_kvcache, in either of FlashMLA's two API forms.
+
+    First form: `get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k)` with cache_seqlens [b] int32,
+    num_heads_per_head_k = s_q * h_q // h_kv, num_heads_k = h_kv returns (tile_scheduler_metadata [num_sm_parts, 8]
+    int32, num_splits [b + 1] int32), computed now on the lengths' device.
+    Current form: `get_mla_metadata()` returns (FlashMLASchedMeta(), None); pass both to flash_mla_with_kvcache.
+    """
+    given = [a is not None for a in (cache_seqlens, num_heads_per_head_k, num_heads_k)]
+    if not any(given):
+        return FlashMLASchedMeta(), None
+    if not all(given):
+        raise TypeError("get_mla_metadata takes either no arguments (FlashMLA's current form) or all three of "
+                        "cache_seqlens, num_heads_per_head_k and num_heads_k (its first form)")
     _check_tensor("cache_seqlens", cache_seqlens, 1, (torch.int32,), "[batch] int32")
     if cache_seqlens.shape[0] < 1:
         raise ValueError(f"cache_seqlens must hold at least one request, got shape {tuple(cache_seqlens.shape)}")
@@ -72,18 +107,45 @@ def get_mla_metadata(
     return _get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k)
 
 
+def _sched_meta_tensors(meta: FlashMLASchedMeta, num_splits, cache_seqlens, dims, causal: bool, is_fp8: bool):
+    """Fill (first use) or check (reuse) a FlashMLASchedMeta; returns its two tensors."""
+    if num_splits is not None:
+        raise ValueError("num_splits must be None when tile_scheduler_metadata is a FlashMLASchedMeta "
+                         "(FlashMLA's current API form); got a tensor")
+    built_for = {"batch": dims.batch, "s_q": dims.s_q, "h_q": dims.h_q, "h_kv": dims.h_kv, "page_size": 64,
+                 "causal": causal, "is_fp8_kvcache": is_fp8, "device": cache_seqlens.device}
+    if not meta.filled:
+        meta.tile_scheduler_metadata, meta.num_splits = _get_mla_metadata(cache_seqlens, dims.rows_per_kv, dims.h_kv)
+        meta.built_for = built_for
+    elif meta.built_for != built_for:
+        changed = [f"{k} {meta.built_for[k]} -> {v}" for k, v in built_for.items() if meta.built_for[k] != v]
+        raise ValueError(f"tile_scheduler_metadata was filled for another call shape ({'; '.join(changed)}); make a "
+                         f"new one with get_mla_metadata() for each distinct (batch, s_q, h_q, h_kv, causal) shape")
+    return meta.tile_scheduler_metadata, meta.num_splits
+
+
 def flash_mla_with_kvcache(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     block_table: torch.Tensor,
     cache_seqlens: torch.Tensor,
     head_dim_v: int,
-    tile_scheduler_metadata: torch.Tensor,
-    num_splits: torch.Tensor,
+    tile_scheduler_metadata: torch.Tensor | FlashMLASchedMeta,
+    num_splits: torch.Tensor | None,
     softmax_scale: float | None = None,
     causal: bool = False,
+    *,
+    check_bounds: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paged MLA decode (FlashMLA-compatible). Returns (out [b, s_q, h_q, 512], softmax_lse [b, h_q, s_q])."""
+    """Paged MLA decode (FlashMLA-compatible, both API forms). Returns (out [b, s_q, h_q, 512], lse [b, h_q, s_q]).
+
+    `check_bounds=False` (not in FlashMLA, which never checks) drops the one-launch device-side assertion on the
+    kernels' bad-block-id / stale-schedule flag; the kernels still never follow a bad id. For benchmarking.
+    """
     dims = validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
+    if isinstance(tile_scheduler_metadata, FlashMLASchedMeta):
+        tile_scheduler_metadata, num_splits = _sched_meta_tensors(tile_scheduler_metadata, num_splits,
+                                                                  cache_seqlens, dims, causal, False)
     validate_metadata(tile_scheduler_metadata, num_splits, dims.batch, q.device)
-    return _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, tile_scheduler_metadata, num_splits)
+    return _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, tile_scheduler_metadata, num_splits,
+                      check_bounds=check_bounds)

@@ -151,11 +151,19 @@ if gluon is not None:
         end_req = gl.load(meta + 2)
         end_block = gl.load(meta + 3)
         begin_split = gl.load(meta + 4)
+        # where the next part starts: a fresh schedule hands a request cut here to it (stale-schedule check below)
+        last_part = part == gl.num_programs(0) - 1
+        next_req = gl.load(meta + META_COLS, mask=not last_part, other=-1)
+        next_block = gl.load(meta + META_COLS + 1, mask=not last_part, other=-1)
 
         it = 0  # key steps consumed by this program: ring slot it % STAGES, mbarrier phase (it // STAGES) % 2
         for req in range(begin_req, end_req + 1):
             s_k = gl.load(seqlens_ptr + req)
             n_pages = gl.cdiv(s_k, PAGE)
+            # a schedule built for other lengths would skip pages or leave a partial unwritten: flag it
+            stale = (req == begin_req) & (begin_block > 0) & (begin_block >= n_pages)
+            stale |= (req == end_req) & (end_block < n_pages) & ((next_req != req) | (next_block != end_block))
+            gl.store(ok_ptr, 0, mask=stale)
             lo = gl.where(req == begin_req, begin_block, 0) * STEPS_PER_PAGE
             hi_page = gl.minimum(gl.where(req == end_req, end_block, n_pages), n_pages)  # an empty request: none
             hi = gl.minimum(hi_page * STEPS_PER_PAGE, gl.cdiv(s_k, SUB))

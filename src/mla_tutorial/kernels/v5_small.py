@@ -89,6 +89,10 @@ def _mla_decode_v5_small_kernel(
     end_req = tl.load(meta + 2)
     end_block = tl.load(meta + 3)
     begin_split = tl.load(meta + 4)
+    # where the next part starts: a fresh schedule hands a request cut here to it (stale-schedule check below)
+    last_part = part == tl.num_programs(0) - 1
+    next_req = tl.load(meta + META_COLS, mask=not last_part, other=-1)
+    next_block = tl.load(meta + META_COLS + 1, mask=not last_part, other=-1)
     STEPS_PER_PAGE: tl.constexpr = PAGE // BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
 
@@ -96,8 +100,13 @@ def _mla_decode_v5_small_kernel(
         req = tl.cast(req_i, tl.int32)
         s_k = tl.load(seqlens_ptr + req)
         n_blocks = tl.cdiv(s_k, BLOCK_N)
+        n_pages = tl.cdiv(s_k, PAGE)
         lo = tl.where(req == begin_req, begin_block, 0)
-        hi = tl.where(req == end_req, end_block, tl.cdiv(s_k, PAGE))
+        hi = tl.where(req == end_req, end_block, n_pages)
+        # A schedule built for other lengths would skip pages or leave a partial unwritten: flag it, no wrong answer
+        stale = (req == begin_req) & (begin_block > 0) & (begin_block >= n_pages)
+        stale |= (req == end_req) & (end_block < n_pages) & ((next_req != req) | (next_block != end_block))
+        tl.store(ok_ptr, 0, mask=stale)
         n_lo = lo * STEPS_PER_PAGE
         n_hi = tl.minimum(hi * STEPS_PER_PAGE, n_blocks)
         split = tl.where(req == begin_req, begin_split, 0)
