@@ -439,7 +439,7 @@ def test_v5_flags_a_schedule_built_for_other_lengths():
     """A schedule cut inside a request that has since shrunk, or built before a request grew, is flagged."""
     q, k_cache, block_table, _ = make_inputs([300, 300, 450], 1, 16, 1, torch.bfloat16, seed=24)  # real pages
     then = torch.tensor([300, 300, 300], dtype=torch.int32, device=DEVICE)  # 5 pages each
-    meta, splits = metadata_with_knobs(then, 16, 1, num_sm_parts=4, fixed_overhead=1)  # cuts inside requests
+    meta, splits = metadata_with_knobs(then, 16, 1, num_sm_parts=5, fixed_overhead=1)  # cuts inside requests
     for now, stale in (([300, 300, 300], False), ([300, 40, 300], True), ([300, 300, 450], True)):
         flag = torch.ones(1, dtype=torch.int32, device=DEVICE)
         K.mla_decode_v5(q, k_cache, block_table, torch.tensor(now, dtype=torch.int32, device=DEVICE), 512,
