@@ -50,7 +50,8 @@ def report(name: str, compiled, workdir: Path) -> dict:
     return r
 
 
-def compile_v5(dtype: str = "bf16", causal: bool = False, sub: int = 64, stages: int = 2, mode: int = 0):
+def compile_v5(dtype: str = "bf16", causal: bool = False, sub: int = 64, stages: int = 2, mode: int = 0,
+               fine: bool = False):
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from mla_tutorial.kernels import v5_gluon as v5
@@ -62,10 +63,10 @@ def compile_v5(dtype: str = "bf16", causal: bool = False, sub: int = 64, stages:
            "part_lse_ptr": "*fp32", "meta_ptr": "*i32", "num_splits_ptr": "*i32", "ok_ptr": "*i32",
            "stride_qb": "i32", "stride_qs": "i32", "stride_qh": "i32", "stride_btb": "i32",
            "s_q": "i32", "h_q": "i32", "heads_per_kv": "i32", "rows_per_kv": "i32", "m_tiles": "i32",
-           "num_blocks": "i32", "qk_scale": "fp32", "CAUSAL": "constexpr", "META_COLS": "constexpr", "SUB": "constexpr", "STAGES": "constexpr", "MODE": "constexpr",
+           "num_blocks": "i32", "qk_scale": "fp32", "CAUSAL": "constexpr", "META_COLS": "constexpr", "SUB": "constexpr", "STAGES": "constexpr", "MODE": "constexpr", "FINE": "constexpr",
            "num_warps": "constexpr"}
     src = GluonASTSource(v5._v5_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "SUB": sub, "STAGES": stages,
-                                              "MODE": mode, "num_warps": 8})
+                                              "MODE": mode, "FINE": fine, "num_warps": 8})
     return triton.compile(src, target=TARGET, options={"num_warps": 8})
 
 
@@ -109,11 +110,12 @@ def main() -> None:
     print(f"triton {triton.__version__}, target {TARGET}")
     for name in args.names:
         if name.startswith("v5g"):  # v5g[:SUB,STAGES[,MODE]]
-            sub, stages, mode = ([int(x) for x in name[4:].split(",")] + [0])[:3] if ":" in name else (64, 2, 0)
+            sub, stages, mode, fine = ([int(x) for x in name[4:].split(",")] + [0, 0])[:4] if ":" in name \
+                else (64, 2, 0, 0)
             for causal in (False, True):
-                ck = compile_v5(causal=causal, sub=sub, stages=stages, mode=mode)
-                print(f"v5g sub={sub} stages={stages} mode={mode} causal={causal}: "
-                      f"{report(f'v5g_{sub}_{stages}_{mode}_c{int(causal)}', ck, workdir)}")
+                ck = compile_v5(causal=causal, sub=sub, stages=stages, mode=mode, fine=bool(fine))
+                print(f"v5g sub={sub} stages={stages} mode={mode} fine={fine} causal={causal}: "
+                      f"{report(f'v5g_{sub}_{stages}_{mode}_{fine}_c{int(causal)}', ck, workdir)}")
         elif name.startswith(("v4:", "v5s:")):  # v4:BLOCK_M,BLOCK_N,warps,stages (v5s: the small-tile kernel)
             kind, spec = name.split(":")
             bm, bn, w, st = (int(x) for x in spec.split(","))

@@ -88,16 +88,20 @@ if gluon is not None:
         return gl.load(block_table_row + (i * SUB) // PAGE, mask=i < hi, other=0)
 
     @gluon.jit
-    def _v5_issue(k_desc, page, i, num_blocks, ok_ptr, bar, k_buf, kr_buf,
+    def _v5_issue(k_desc, page, i, num_blocks, ok_ptr, bars, slot, k_buf, kr_buf,
                   SUB: gl.constexpr, CHUNK: gl.constexpr, PAGE: gl.constexpr):
-        """Start the TMA copy of key step i (keys i·SUB .. i·SUB+SUB-1 of a request, in block `page`) into
-        k_buf [SUB, 512] and kr_buf [SUB, 64]; completion arrives on bar."""
+        """Start the TMA copies of key step i (keys i·SUB .. i·SUB+SUB-1 of a request, in block `page`) into
+        k_buf [SUB, 512] and kr_buf [SUB, 64]: nine SUB x 64 boxes, box c completing on bars[slot·9 + c], so the
+        score products can start on the first columns while the rest is still arriving."""
         bad = (page < 0) | (page >= num_blocks)
         gl.store(ok_ptr, 0, mask=bad)  # a bad id is reported (the ok flag cleared), never followed
         row = gl.where(bad, -PAGE, page * PAGE + (i * SUB) % PAGE)  # out of bounds: the copy engine fills zeros
-        mbarrier.expect(bar, SUB * 9 * CHUNK * 2)
         for c in gl.static_range(8):
+            bar = bars.index(slot * 9 + c)
+            mbarrier.expect(bar, SUB * CHUNK * 2)
             tma.async_copy_global_to_shared(k_desc, [row, c * CHUNK], bar, k_buf.slice(c * CHUNK, CHUNK, dim=1))
+        bar = bars.index(slot * 9 + 8)
+        mbarrier.expect(bar, SUB * CHUNK * 2)
         tma.async_copy_global_to_shared(k_desc, [row, 8 * CHUNK], bar, kr_buf)
 
     @gluon.jit
@@ -108,10 +112,12 @@ if gluon is not None:
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks,
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, SUB: gl.constexpr, STAGES: gl.constexpr,
-        MODE: gl.constexpr, num_warps: gl.constexpr,
+        MODE: gl.constexpr, FINE: gl.constexpr, num_warps: gl.constexpr,
     ):
         # SUB keys per step (64: a page; 32 or 16: part of one), STAGES steps in the shared-memory ring.
         # MODE 0 computes; 1 only loads (no MMA, no softmax); 2 only computes (no copies): for timing the parts.
+        # FINE: each 64-column box of a step is multiplied as soon as it lands (FlashMLA's fine-grained TMA-GEMM
+        # pipelining), instead of after the whole step.
         BLOCK_M: gl.constexpr = 64
         PAGE: gl.constexpr = 64
         CHUNK: gl.constexpr = 64
@@ -139,8 +145,8 @@ if gluon is not None:
         k_smem = gl.allocate_shared_memory(dtype, [STAGES, SUB, D_V], smem_layout)  # c_kv rows: K's latent part, V
         kr_smem = gl.allocate_shared_memory(dtype, [STAGES, SUB, CHUNK], smem_layout)  # k_rope rows
         p_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, SUB], p_layout)
-        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for st in gl.static_range(STAGES):
+        bars = gl.allocate_shared_memory(gl.int64, [STAGES * 9, 1], mbarrier.MBarrierLayout())  # per box
+        for st in gl.static_range(STAGES * 9):
             mbarrier.init(bars.index(st), count=1)
 
         part = gl.program_id(0)
@@ -178,7 +184,7 @@ if gluon is not None:
                     if lo + d < hi:
                         slot_d = (it + d) % STAGES
                         _v5_issue(k_desc, _v5_page_id(bt_row, lo + d, hi, SUB, PAGE), lo + d, num_blocks, ok_ptr,
-                                  bars.index(slot_d), k_smem.index(slot_d), kr_smem.index(slot_d), SUB, CHUNK, PAGE)
+                                  bars, slot_d, k_smem.index(slot_d), kr_smem.index(slot_d), SUB, CHUNK, PAGE)
             # the block id of the next step to issue is loaded one step ahead: its latency leaves the loop's path
             next_page = _v5_page_id(bt_row, lo + STAGES - 1, hi, SUB, PAGE)
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
@@ -201,24 +207,27 @@ if gluon is not None:
                 if MODE != 2:
                     if i + STAGES - 1 < hi:  # that slot was released by the barrier that closed the last step
                         nslot = (it + STAGES - 1) % STAGES
-                        _v5_issue(k_desc, next_page, i + STAGES - 1, num_blocks, ok_ptr, bars.index(nslot),
+                        _v5_issue(k_desc, next_page, i + STAGES - 1, num_blocks, ok_ptr, bars, nslot,
                                   k_smem.index(nslot), kr_smem.index(nslot), SUB, CHUNK, PAGE)
                     next_page = _v5_page_id(bt_row, i + STAGES, hi, SUB, PAGE)
-                    mbarrier.wait(bars.index(slot), (it // STAGES) % 2)
+                phase = (it // STAGES) % 2
+                if MODE == 1 or (MODE == 0 and not FINE):  # the whole step before any product
+                    for c in gl.static_range(9):
+                        mbarrier.wait(bars.index(slot * 9 + c), phase)
                 if MODE != 1:
-                    valid = s_k - i * SUB  # rows of this step that hold keys (< SUB only at the end)
-                    if valid < SUB:  # zero the rows past s_k in the V columns: they may hold NaN
-                        zr = gl.arange(0, SUB, layout=gl.SliceLayout(1, zl))
-                        for c in gl.static_range(N_CHUNKS - 1):
-                            view = k_buf.slice(c * CHUNK, CHUNK, dim=1)
-                            x = view.load(zl)
-                            view.store(gl.where((zr < valid)[:, None], x, gl.zeros_like(x)))
-                        fence_async_shared()
-                        gl.thread_barrier()
-
-                    # S = Q·Kᵀ over all 576 columns: warpgroup w computes keys w·SUB/2 .. (w+1)·SUB/2 - 1
+                    # S = Q·Kᵀ over all 576 columns, box by box as the boxes land: warpgroup w computes keys
+                    # w·SUB/2 .. (w+1)·SUB/2 - 1
                     s = gl.zeros([BLOCK_M, SUB], gl.float32, layout=s_layout)
-                    s = warpgroup_mma(q_smem, k_buf.permute((1, 0)), s, use_acc=False, is_async=True)
+                    if MODE == 0 and FINE:
+                        for c in gl.static_range(8):
+                            mbarrier.wait(bars.index(slot * 9 + c), phase)
+                            s = warpgroup_mma(q_smem.slice(c * CHUNK, CHUNK, dim=1),
+                                              k_buf.slice(c * CHUNK, CHUNK, dim=1).permute((1, 0)), s,
+                                              use_acc=c > 0, is_async=True)
+                    else:
+                        s = warpgroup_mma(q_smem, k_buf.permute((1, 0)), s, use_acc=False, is_async=True)
+                    if MODE == 0 and FINE:
+                        mbarrier.wait(bars.index(slot * 9 + 8), phase)
                     s = warpgroup_mma(qr_smem, kr_smem.index(slot).permute((1, 0)), s, is_async=True)
                     s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
                     keys = i * SUB + gl.arange(0, SUB, layout=s_cols)
@@ -230,8 +239,15 @@ if gluon is not None:
                     l_i = l_i * alpha + gl.sum(p, axis=1)
                     m_i = m_new
                     p_smem.store(p.to(dtype))
+                    valid = s_k - i * SUB  # rows of this step that hold keys (< SUB only at the end)
+                    if valid < SUB:  # zero the rows past s_k in the V columns before P·V: they may hold NaN
+                        zr = gl.arange(0, SUB, layout=gl.SliceLayout(1, zl))  # (their scores are masked above)
+                        for c in gl.static_range(N_CHUNKS - 1):
+                            view = k_buf.slice(c * CHUNK, CHUNK, dim=1)
+                            x = view.load(zl)
+                            view.store(gl.where((zr < valid)[:, None], x, gl.zeros_like(x)))
                     fence_async_shared()
-                    gl.thread_barrier()  # both halves of P are in shared memory
+                    gl.thread_barrier()  # both halves of P, and the zeroed rows, are in shared memory
 
                     # O = O·alpha + P·V: warpgroup w owns output columns 256w .. 256w+255
                     acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
@@ -265,7 +281,7 @@ if gluon is not None:
                 lse_p = gl.where(has_keys, lse, float("-inf"))
                 gl.store(part_lse_ptr + (pslot * s_q + tok) * h_q + head, lse_p, mask=row_ok)
 
-        for st in gl.static_range(STAGES):
+        for st in gl.static_range(STAGES * 9):
             mbarrier.invalidate(bars.index(st))
 
 
@@ -319,6 +335,7 @@ class GluonConfig:
     sub: int = 64  # keys per step: 64 (one page), 32 or 16
     stages: int = 2  # steps in flight + 1; shared memory 72 KB (Q) + stages·sub·1152 B + 64·sub·2 B (P)
     mode: int = 0  # 0: compute; 1: loads only; 2: MMAs only (timing the parts, results meaningless)
+    fine: bool = False  # multiply each 64-column box as soon as it lands
 
     def smem_bytes(self) -> int:
         return 64 * 576 * 2 + self.stages * self.sub * 576 * 2 + 64 * self.sub * 2
@@ -376,6 +393,6 @@ def launch_v5_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, 
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0),
         dims.s_q, dims.h_q, dims.heads_per_kv, dims.rows_per_kv, m_tiles, dims.num_blocks,
         dims.scale * LOG2E,
-        CAUSAL=causal, META_COLS=meta.shape[1], SUB=cfg.sub, STAGES=cfg.stages, MODE=cfg.mode,
+        CAUSAL=causal, META_COLS=meta.shape[1], SUB=cfg.sub, STAGES=cfg.stages, MODE=cfg.mode, FINE=cfg.fine,
         num_warps=NUM_WARPS,
     )
