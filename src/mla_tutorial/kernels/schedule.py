@@ -197,7 +197,7 @@ def _schedule_kernel(
         carry += tl.sum(cost, 0)
         tl.store(ends_ptr + r, ends, mask=in_b)
         first_past = tl.minimum((ends + payload - 1) // payload, parts)  # <= parts for any input (memory safety)
-        tl.atomic_add(votes_ptr + first_past, ones, mask=in_b)
+        tl.atomic_add(votes_ptr + first_past, ones, mask=in_b, sem="relaxed")  # ordered by the barrier
     tl.debug_barrier()
 
     # phase 3 (boundaries p = 0..parts): boundary p cuts request req_p at page page_p
@@ -215,7 +215,7 @@ def _schedule_kernel(
         # a request's first `overhead` units are its overhead: a cut there falls before its first page
         page = tl.minimum(tl.maximum(x - start_of_req - overhead, 0), pages)
         interior = in_p & (page > 0) & (page < pages)  # cut inside a request: it gets one more split
-        tl.atomic_add(cuts_ptr + req, ones, mask=interior)
+        tl.atomic_add(cuts_ptr + req, ones, mask=interior, sem="relaxed")
         cut_no = cut_carry + tl.cumsum(interior.to(tl.int64), 0)  # running number among all interior cuts
         cut_carry += tl.sum(interior.to(tl.int64), 0)
 
