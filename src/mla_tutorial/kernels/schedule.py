@@ -196,7 +196,8 @@ def _schedule_kernel(
         ends = carry + tl.cumsum(cost, 0)  # (BLOCK,) int64
         carry += tl.sum(cost, 0)
         tl.store(ends_ptr + r, ends, mask=in_b)
-        first_past = tl.minimum((ends + payload - 1) // payload, parts)  # <= parts for any input (memory safety)
+        first_past = (ends + payload - 1) // payload  # in [1, parts] for lengths >= 0; the clamp below only
+        first_past = tl.minimum(tl.maximum(first_past, 0), parts)  # keeps bad input (s_k < 0) in bounds
         tl.atomic_add(votes_ptr + first_past, ones, mask=in_b, sem="relaxed")  # ordered by the barrier
     tl.debug_barrier()
 
@@ -209,7 +210,7 @@ def _schedule_kernel(
         votes = tl.load(votes_ptr + p, mask=in_p, other=0)
         req = tl.minimum(req_carry + tl.cumsum(votes, 0), b)  # requests ending at or before x_p (<= b anyway)
         req_carry += tl.sum(votes, 0)
-        x = tl.minimum(p.to(tl.int64) * payload, total)
+        x = tl.minimum(p.to(tl.int64) * payload, total)  # (BLOCK,) where boundary p sits on the line
         start_of_req = tl.load(ends_ptr + req - 1, mask=in_p & (req > 0), other=0)  # total when req == b
         pages = _pages(seqlens_ptr, stride_s, req, in_p & (req < b), PAGE)  # 0 for req == b
         # a request's first `overhead` units are its overhead: a cut there falls before its first page
