@@ -1,0 +1,125 @@
+"""The schedule kernel (`get_mla_metadata`, one Triton program) against its torch reference, bit for bit.
+
+`get_mla_metadata_torch` states the algorithm in torch ops; `_schedule_kernel` computes the same schedule in one
+launch. Both are compared on a hypothesis sweep of batches, lengths (0 .. 2^20 tokens, page boundaries 63/64/65),
+part counts and per-request overheads, and on edge cases: all requests empty, one request, more parts than work
+units, long requests cut many times, batches at and across the kernel's block size, b = 2000. What a schedule
+must satisfy (every page in exactly one part, balanced work) is tested in test_kernels.py. Without a GPU the
+kernel runs in Triton's interpreter (the loader in test_kernels.py makes sure of that).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_kernels import DEVICE, K  # noqa: F401  (K: the kernel package, reloaded for the interpreter if needed)
+
+from mla_tutorial.kernels import schedule as S
+
+MAX_LEN = 2**20  # tokens per request: 16384 pages
+
+
+def assert_same_schedule(seqlens, parts: int | None, overhead: int = 5, dtype=torch.int32) -> None:
+    """Kernel and torch reference on the same lengths: equal metadata and num_splits (dtype, shape, values)."""
+    cache_seqlens = torch.as_tensor(seqlens, dtype=dtype, device=DEVICE)
+    knobs = dict(num_sm_parts=parts, fixed_overhead=overhead)
+    meta, splits = S.get_mla_metadata(cache_seqlens, 16, 1, **knobs)
+    ref_meta, ref_splits = S.get_mla_metadata_torch(cache_seqlens, 16, 1, **knobs)
+    assert meta.dtype == torch.int32 and splits.dtype == torch.int32
+    assert meta.shape == ref_meta.shape and splits.shape == (cache_seqlens.shape[0] + 1,)
+    assert torch.equal(splits, ref_splits), (splits, ref_splits)
+    bad = (meta != ref_meta).any(dim=1).nonzero().flatten().tolist()
+    assert not bad, f"rows {bad[:5]} differ: kernel {meta[bad[:5]].tolist()} torch {ref_meta[bad[:5]].tolist()}"
+
+
+# lengths: page boundaries and empty requests often, any length up to 2^20 sometimes
+LENGTHS = st.one_of(
+    st.sampled_from([0, 1, 63, 64, 65, 127, 128, 129, 4096]),
+    st.integers(0, 5000),
+    st.integers(0, MAX_LEN),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seqlens=st.lists(LENGTHS, min_size=1, max_size=40),
+    parts=st.integers(1, 300),
+    overhead=st.integers(1, 9),
+)
+def test_kernel_matches_torch_reference(seqlens, parts, overhead):
+    assert_same_schedule(seqlens, parts, overhead)
+
+
+@pytest.mark.parametrize("parts", [1, 3, 100])
+@pytest.mark.parametrize("overhead", [1, 5])
+def test_all_requests_empty(parts, overhead):
+    assert_same_schedule([0] * 7, parts, overhead)
+
+
+@pytest.mark.parametrize("length", [0, 1, 64, 65, 5000, MAX_LEN])
+@pytest.mark.parametrize("parts", [1, 5, 1000])
+def test_one_request(length, parts):
+    assert_same_schedule([length], parts, overhead=1)
+
+
+@pytest.mark.parametrize("seqlens", [[1, 0], [0, 0, 64], [130, 0, 1]])
+def test_more_parts_than_work_units(seqlens):
+    """Dozens of parts past the end of the work: each is (b, 0, b-1, pages of the last request or 1, 0)."""
+    assert_same_schedule(seqlens, 50, overhead=1)
+
+
+@pytest.mark.parametrize("parts,overhead", [(700, 1), (4096, 1), (132, 5)])
+def test_long_requests_cut_many_times(parts, overhead):
+    assert_same_schedule([MAX_LEN, 3, MAX_LEN - 1, 0, MAX_LEN], parts, overhead)
+
+
+@pytest.mark.parametrize("b", [255, 256, 257, 513])
+@pytest.mark.parametrize("parts", [1, 255, 256, 600])
+def test_block_edges(b, parts):
+    """Batches and part counts (parts + 1 boundaries) at and across the kernel's block of 256 lanes."""
+    assert S.SCHEDULE_BLOCK == 256
+    gen = torch.Generator().manual_seed(b * 1000 + parts)
+    assert_same_schedule(torch.randint(0, 3000, (b,), generator=gen), parts, overhead=5)
+
+
+@pytest.mark.parametrize("parts", [None, 132, 1000, 5000])
+def test_large_batch(parts):
+    """b = 2000 with normal and heavy-tailed lengths; None = the default part count."""
+    gen = torch.Generator().manual_seed(2000)
+    lengths = torch.randint(0, 9000, (2000,), generator=gen)
+    lengths[::97] = MAX_LEN  # a few very long requests
+    lengths[::13] = 0
+    assert_same_schedule(lengths, parts)
+
+
+def test_int64_and_strided_lengths():
+    """cache_seqlens as int64, and as a strided view (every other element of a longer tensor)."""
+    assert_same_schedule([5, 0, 70000, 64, 1], 9, dtype=torch.int64)
+    base = torch.tensor([5, -1, 0, -1, 70000, -1, 64, -1, 1], dtype=torch.int32, device=DEVICE)
+    view = base[::2]  # [5, 0, 70000, 64, 1], stride 2
+    assert view.stride(0) == 2
+    meta, splits = S.get_mla_metadata(view, 16, 1, num_sm_parts=9, fixed_overhead=5)
+    ref_meta, ref_splits = S.get_mla_metadata_torch(view.contiguous(), 16, 1, num_sm_parts=9, fixed_overhead=5)
+    assert torch.equal(meta, ref_meta) and torch.equal(splits, ref_splits)
+
+
+def test_torch_reference_serves_cpu_tensors_without_interpreter(monkeypatch):
+    """Outside the interpreter Triton cannot launch on CPU tensors: get_mla_metadata falls back to the reference."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    cache_seqlens = torch.tensor([3, 700, 0], dtype=torch.int32)
+    meta, splits = S.get_mla_metadata(cache_seqlens, 16, 1, num_sm_parts=4)
+    ref_meta, ref_splits = S.get_mla_metadata_torch(cache_seqlens, 16, 1, num_sm_parts=4)
+    assert torch.equal(meta, ref_meta) and torch.equal(splits, ref_splits)
+
+
+@pytest.mark.parametrize("fn", [S.get_mla_metadata, S.get_mla_metadata_torch])
+def test_bad_knobs_raise_before_launch(fn):
+    seqlens = torch.tensor([1, 2], dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="fixed_overhead"):
+        fn(seqlens, 16, 1, num_sm_parts=4, fixed_overhead=0)
+    with pytest.raises(ValueError, match="num_sm_parts"):
+        fn(seqlens, 16, 1, num_sm_parts=0)
+    with pytest.raises(ValueError, match="cache_seqlens"):
+        fn(seqlens[:0], 16, 1, num_sm_parts=4)
