@@ -46,6 +46,7 @@ from .common import (
     is_interpreter,
     launch_config,
 )
+from .launch import FastLauncher
 
 # tile_scheduler_metadata columns (int32), one row per SM part; "blocks" are 64-token pages
 META_BEGIN_REQ = 0  # first request of the range
@@ -290,9 +291,12 @@ def get_mla_metadata(
     meta = torch.empty((parts, METADATA_COLS), dtype=torch.int32, device=device)  # every entry written
     num_splits = torch.empty(b + 1, dtype=torch.int32, device=device)
     scratch = torch.empty(3 * b + 2 * parts + 1, dtype=torch.int64, device=device)  # layout: see the kernel
-    _schedule_kernel[(1,)](
-        cache_seqlens, meta, num_splits, scratch,
+    _LAUNCH(
+        (1,), cache_seqlens, meta, num_splits, scratch,
         cache_seqlens.stride(0), b, parts, int(fixed_overhead),
         PAGE=PAGE_SIZE, META_COLS=METADATA_COLS, BLOCK=SCHEDULE_BLOCK,
     )
     return meta, num_splits
+
+
+_LAUNCH = FastLauncher(_schedule_kernel)
