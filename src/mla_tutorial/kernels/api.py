@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .common import _check_tensor, validate_decode_inputs, validate_metadata
+from ..contract import check_contiguous, validate_paged_decode
+from .common import _check_tensor, validate_metadata
 from .reference import mla_decode_reference
 from .v1_naive import mla_decode_v1
 from .v2_head_tiled import mla_decode_v2
@@ -79,7 +80,14 @@ def flash_mla_with_kvcache(
     softmax_scale: float | None = None,
     causal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paged MLA decode (FlashMLA-compatible). Returns (out [b, s_q, h_q, 512], softmax_lse [b, h_q, s_q])."""
-    dims = validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
+    """Paged MLA decode (FlashMLA-compatible). Returns (out [b, s_q, h_q, 512], softmax_lse [b, h_q, s_q]).
+
+    Every argument is checked against the paged-decode contract (`mla_tutorial.contract`) before anything is
+    launched, bounds included: on the CPU (interpreter) on the host, on a GPU by a device-side assertion.
+    """
+    dims = validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                                 kernel=True)
     validate_metadata(tile_scheduler_metadata, num_splits, dims.batch, q.device)
+    check_contiguous("tile_scheduler_metadata", tile_scheduler_metadata)  # the kernels read both as dense arrays
+    check_contiguous("num_splits", num_splits)
     return _launch_v4(q, k_cache, block_table, cache_seqlens, dims, causal, tile_scheduler_metadata, num_splits)
