@@ -25,7 +25,7 @@ from mla_tutorial.contract import (
     check_block_table_on_host,
     validate_paged_decode,
 )
-from mla_tutorial.testing import SENTINEL_STRIDE, make_paged_inputs, normal_lengths
+from mla_tutorial.testing import SENTINEL_STRIDE, make_paged_inputs, normal_lengths, same_bits
 
 
 # ------------------------------------------------------------------ one home
@@ -183,9 +183,7 @@ def test_generator_follows_flashmla_recipe(h_kv):
             live[int(table[i, j]), : min(64, n - 64 * j)] = True
     assert torch.isnan(k_cache[~live]).all() and torch.isfinite(k_cache[live]).all()  # NaN exactly where no key
     again = make_paged_inputs(lengths, 2, 4, h_kv, torch.float16, seed=5, spare_blocks=2, spare_cols=2)
-    assert all(torch.equal(a.view(torch.uint8) if a.is_floating_point() else a,
-                           b.view(torch.uint8) if b.is_floating_point() else b)
-               for a, b in zip((q, k_cache, table, lens), again, strict=True))
+    assert all(same_bits(a, b) for a, b in zip((q, k_cache, table, lens), again, strict=True))
 
 
 def test_normal_lengths_recipe():

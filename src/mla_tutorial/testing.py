@@ -97,4 +97,13 @@ def make_paged_inputs(seqlens: Sequence[int] | torch.Tensor, s_q: int = 1, h_q: 
     return PagedInputs(q, k_cache, block_table.to(torch.int32).to(device), lengths.to(torch.int32).to(device))
 
 
-__all__ = ["PagedInputs", "make_paged_inputs", "normal_lengths", "SENTINEL_STRIDE"]
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when a and b have the same shape, dtype and bytes (NaN-safe, any strides): "nothing changed"."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype == torch.bool or not (a.is_floating_point() or a.is_complex()):
+        return torch.equal(a, b)
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+__all__ = ["PagedInputs", "make_paged_inputs", "normal_lengths", "same_bits", "SENTINEL_STRIDE"]
