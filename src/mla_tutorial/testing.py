@@ -103,7 +103,7 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     if a.dtype == torch.bool or not (a.is_floating_point() or a.is_complex()):
         return torch.equal(a, b)
-    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+    return torch.equal(a.reshape(-1).contiguous().view(torch.uint8), b.reshape(-1).contiguous().view(torch.uint8))
 
 
 __all__ = ["PagedInputs", "make_paged_inputs", "normal_lengths", "same_bits", "SENTINEL_STRIDE"]
