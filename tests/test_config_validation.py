@@ -52,8 +52,8 @@ def test_rope_and_norm_parameters_must_be_in_range(field, value):
 
 
 def test_beta_fast_must_exceed_beta_slow():
-    with pytest.raises(ValueError, match=r"MLAConfig.beta_fast must be greater than beta_slow .* got beta_fast=1.0 "
-                                         r"and beta_slow=1.0"):
+    with pytest.raises(ValueError, match=r"MLAConfig.beta_fast must be greater than MLAConfig.beta_slow .* got "
+                                         r"beta_fast=1.0 and beta_slow=1.0"):
         MLAConfig.tiny(beta_fast=1.0, beta_slow=1.0)
 
 

@@ -153,9 +153,9 @@ class MLAConfig:
                 raise ValueError(f"MLAConfig.{name} must be a finite number {bound} ({why}), got {value!r}")
             _set(self, name, float(value))
         if self.beta_fast <= self.beta_slow:
-            raise ValueError(f"MLAConfig.beta_fast must be greater than beta_slow (YaRN keeps dims rotating more than "
-                             f"beta_fast times, interpolates those below beta_slow), got beta_fast={self.beta_fast!r} "
-                             f"and beta_slow={self.beta_slow!r}")
+            raise ValueError(f"MLAConfig.beta_fast must be greater than MLAConfig.beta_slow (YaRN keeps dims rotating "
+                             f"more than beta_fast times, interpolates those below beta_slow), got "
+                             f"beta_fast={self.beta_fast!r} and beta_slow={self.beta_slow!r}")
         if not isinstance(self.rope_interleave, bool):
             raise ValueError(f"MLAConfig.rope_interleave must be a bool, got {self.rope_interleave!r}")
         if not isinstance(self.name, str):
