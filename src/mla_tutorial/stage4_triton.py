@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import torch
 
+from .contract import KERNEL_DTYPES  # dtypes the Triton kernel takes (FlashMLA's): bf16, fp16
 from .kernels import flash_mla_with_kvcache, get_mla_metadata
 from .stage3_paged import PagedLatentCache, PagedMLA
-
-#: dtypes the Triton kernel takes (FlashMLA's).
-KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 
 
 class TritonMLA(PagedMLA):
