@@ -63,8 +63,8 @@ def make_paged_inputs(seqlens: Sequence[int] | torch.Tensor, s_q: int = 1, h_q: 
     lengths = torch.as_tensor(seqlens, dtype=torch.int64).cpu()
     if lengths.dim() != 1 or lengths.numel() < 1:
         raise ValueError(f"seqlens must be a non-empty list of lengths, got shape {list(lengths.shape)}")
-    if (lengths < 0).any():
-        raise ValueError(f"seqlens must be ≥ 0, got {lengths.tolist()}")
+    if (lengths < 0).any() or (lengths > 2**31 - 1).any():
+        raise ValueError(f"seqlens must be in 0..2^31-1 (int32), got {lengths.tolist()}")
     for name, value, low in (("s_q", s_q, 1), ("h_q", h_q, 1), ("h_kv", h_kv, 1), ("page_size", page_size, 1),
                              ("head_dim", head_dim, 1), ("spare_blocks", spare_blocks, 0),
                              ("spare_cols", spare_cols, 0)):
