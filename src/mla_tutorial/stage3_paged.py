@@ -207,6 +207,8 @@ def paged_mla_attention(q: torch.Tensor, k_cache: torch.Tensor, block_table: tor
     covers the block table's full width (on the CPU, only the pages of the longest request).
     """
     dims = validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
+    if out_dtype is not None and not (isinstance(out_dtype, torch.dtype) and out_dtype.is_floating_point):
+        raise TypeError(f"out_dtype must be None or a floating-point torch.dtype, got {out_dtype!r}")
     b, s_q, h_q, d = q.shape
     page, h_kv, group = dims.page_size, dims.h_kv, dims.heads_per_kv
     if k_cache.dim() == 3:
@@ -226,7 +228,7 @@ def paged_mla_attention(q: torch.Tensor, k_cache: torch.Tensor, block_table: tor
     key_pos = torch.arange(n_pages * page, device=q.device)  # [S]
     kv = torch.where((key_pos[None, :] < lengths[:, None])[..., None, None], kv, 0).to(compute)  # [b, S, h_kv, d]
 
-    q_grouped = q.to(compute).view(b, s_q, h_kv, group, d)  # [b, s_q, h_kv, g, d]: head h = kv head h // g
+    q_grouped = q.to(compute).reshape(b, s_q, h_kv, group, d)  # [b, s_q, h_kv, g, d]: head h = kv head h // g
     scores = torch.einsum("bqkgd,bskd->bkgqs", q_grouped, kv).reshape(b, h_q, s_q, -1) * dims.scale  # [b, h_q, s_q, S]
     last = lengths[:, None] - (s_q - 1 - torch.arange(s_q, device=q.device))[None, :] if causal \
         else lengths[:, None].expand(b, s_q)  # [b, s_q]: query j sees keys < last[b, j]

@@ -36,7 +36,7 @@ class TritonMLA(PagedMLA):
         if q.dtype not in KERNEL_DTYPES:
             raise TypeError(f"TritonMLA runs its kernel in bf16 or fp16, but the module is {q.dtype}; "
                             f"use module.to(torch.bfloat16) (stage 3, PagedMLA, runs in any dtype)")
-        if torch.is_grad_enabled() and (q.requires_grad or cache.pool.requires_grad):
+        if torch.is_grad_enabled() and (q.requires_grad or cache.k_cache.requires_grad):
             # The kernel has no backward: autograd would see its output as a constant and every gradient through
             # attention would silently be zero. Refuse instead.
             raise RuntimeError("TritonMLA is inference-only: its Triton kernel has no backward pass, so gradients "
