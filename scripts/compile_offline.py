@@ -63,7 +63,7 @@ def compile_v5(dtype: str = "bf16", causal: bool = False, sub: int = 64, stages:
            "part_lse_ptr": "*fp32", "meta_ptr": "*i32", "num_splits_ptr": "*i32", "ok_ptr": "*i32",
            "stride_qb": "i32", "stride_qs": "i32", "stride_qh": "i32", "stride_btb": "i32",
            "s_q": "i32", "h_q": "i32", "heads_per_kv": "i32", "rows_per_kv": "i32", "m_tiles": "i32",
-           "num_blocks": "i32", "qk_scale": "fp32", "CAUSAL": "constexpr", "META_COLS": "constexpr", "SUB": "constexpr", "STAGES": "constexpr", "MODE": "constexpr", "FINE": "constexpr",
+           "num_blocks": "i32", "max_blocks": "i32", "qk_scale": "fp32", "CAUSAL": "constexpr", "META_COLS": "constexpr", "SUB": "constexpr", "STAGES": "constexpr", "MODE": "constexpr", "FINE": "constexpr",
            "num_warps": "constexpr"}
     src = GluonASTSource(v5._v5_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "SUB": sub, "STAGES": stages,
                                               "MODE": mode, "FINE": fine, "num_warps": 8})
@@ -94,6 +94,7 @@ def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, caus
         items = list(sig.items())
         items.insert(10, ("ok_ptr", "*i32"))
         items.insert(items.index(("m_tiles", "i32")) + 1, ("num_blocks", "i32"))
+        items.insert(items.index(("num_blocks", "i32")) + 1, ("max_blocks", "i32"))
         sig = dict(items)
         attrs = {(i,): [["tt.divisibility", 16]] for i in range(17)}
     src = ASTSource(fn, sig, consts, attrs)

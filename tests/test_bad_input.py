@@ -188,7 +188,8 @@ def test_paged_attention_accepts_the_good_inputs():
 @pytest.mark.parametrize("change, error, match", [
     (dict(q=[[0.0]]), TypeError, "q must be a torch.Tensor, got list"),
     (dict(q=torch.zeros(2, 3, 576, dtype=torch.float64)), ValueError, r"q must be \[batch, s_q, h_q, head_dim\]"),
-    (dict(k_cache=torch.zeros(4, 64, 2, 576, dtype=torch.float64)), ValueError, r"one latent head \(h_kv = 1\)"),
+    (dict(k_cache=torch.zeros(4, 64, 2, 576, dtype=torch.float64)), ValueError,
+     r"h_q \(q.shape\[2\] = 3\) must be divisible by h_kv \(k_cache.shape\[2\] = 2\)"),
     (dict(k_cache=torch.zeros(4, 64, 1, 512, dtype=torch.float64)), ValueError, r"k_cache must be \[num_blocks"),
     (dict(k_cache=torch.zeros(4, 64, 1, 576)), TypeError, "k_cache dtype torch.float32 differs from q dtype"),
     (dict(k_cache=torch.zeros(4, 64, 1, 576, dtype=torch.float64, device="meta")), ValueError,
@@ -209,7 +210,7 @@ def test_paged_attention_accepts_the_good_inputs():
      r"block_table\[1, 0\] = -1 is out of range"),
     (dict(block_table=torch.tensor([[2, SENTINEL_BLOCK], [1, 0]], dtype=torch.int32)), ValueError,
      rf"block_table\[0, 1\] = {SENTINEL_BLOCK} is out of range"),
-], ids=["q-list", "q-rank-3", "k-cache-2-heads", "k-cache-width", "k-cache-dtype", "k-cache-device",
+], ids=["q-list", "q-rank-3", "k-cache-heads-not-dividing-h_q", "k-cache-width", "k-cache-dtype", "k-cache-device",
         "head-dim-v-0", "head-dim-v-577", "table-batch", "table-rank-1", "table-float", "seqlens-shape",
         "seqlens-float", "seqlens-negative", "seqlen-past-table", "entry-past-pool", "entry-negative",
         "sentinel-in-a-live-page"])

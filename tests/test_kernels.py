@@ -1,14 +1,15 @@
 """Stage 4 (Triton kernels): FlashMLA's test recipe for every kernel version, in the Triton interpreter.
 
 Without a CUDA device the kernels run under TRITON_INTERPRET=1 on CPU tensors (set here before the
-kernel modules are (re)loaded). The data is hostile, as in FlashMLA's tests: block tables are random
-permutations, every unused cache slot is NaN, unused block-table entries are huge sentinel ids,
+kernel modules are (re)loaded). The data is hostile, as in FlashMLA's tests (`mla_tutorial.testing`): block
+tables are random permutations, every unused cache slot is NaN, unused block-table entries are huge sentinel ids,
 lengths vary (0, page boundaries 63/64/65, random), s_q in {1, 2} (s_q = 2 causal), h_kv in {1, 2},
 bf16 and fp16. Outputs and LSE are compared with FlashMLA's tolerances.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -47,45 +48,21 @@ def _load_kernels():
 
 
 K = _load_kernels()
+from mla_tutorial.contract import PAGE_SIZE  # noqa: E402
 from mla_tutorial.kernels import common  # noqa: E402
 from mla_tutorial.kernels.v4_balanced import get_mla_metadata as metadata_with_knobs  # noqa: E402
+from mla_tutorial.testing import make_paged_inputs, normal_lengths  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-PAGE = 64
-SENTINEL = 2**31 - 1  # unused block-table entries: far outside the cache, must never be dereferenced
+PAGE = PAGE_SIZE
 
 
 # ---------------------------------------------------------------------------------------------
-# hostile inputs and FlashMLA's comparison
+# hostile inputs (the shared generator, mla_tutorial.testing) and FlashMLA's comparison
 # ---------------------------------------------------------------------------------------------
-def make_inputs(seqlens, s_q, h_q, h_kv=1, dtype=torch.bfloat16, seed=0, device=DEVICE, spare_blocks=3):
-    """q, k_cache, block_table, cache_seqlens with NaN in every unused slot and sentinel table entries."""
-    gen = torch.Generator().manual_seed(seed)
-    b = len(seqlens)
-    seqlens_t = torch.tensor(seqlens, dtype=torch.int32)
-    pages = [-(-int(s) // PAGE) for s in seqlens]
-    max_blocks = max(pages) + 1  # one more column than needed: always a sentinel to avoid
-    num_blocks = sum(pages) + spare_blocks
-    perm = torch.randperm(num_blocks, generator=gen).to(torch.int32)  # random physical placement
-    block_table = torch.full((b, max_blocks), SENTINEL, dtype=torch.int32)
-    k_cache = torch.randn(num_blocks, PAGE, h_kv, 576, generator=gen).to(dtype)
-    used = torch.zeros(num_blocks, PAGE, dtype=torch.bool)
-    nxt = 0
-    for i, n in enumerate(pages):
-        block_table[i, :n] = perm[nxt : nxt + n]
-        for j in range(n):
-            used[int(perm[nxt + j]), : min(PAGE, int(seqlens[i]) - PAGE * j)] = True
-        block_table[i, n:] = SENTINEL - torch.arange(max_blocks - n, dtype=torch.int32) * 7919 - i
-        nxt += n
-    k_cache[~used] = float("nan")  # every unused slot, including the tails of partly filled pages
-    q = torch.randn(b, s_q, h_q, 576, generator=gen).to(dtype)
-    return q.to(device), k_cache.to(device), block_table.to(device), seqlens_t.to(device)
-
-
-def normal_lengths(b, mean, s_q, seed):
-    gen = torch.Generator().manual_seed(seed)
-    lens = torch.normal(float(mean), mean / 2, (b,), generator=gen).round().clamp(min=s_q)
-    return [int(x) for x in lens]
+#: make_paged_inputs on this file's device: q, k_cache, block_table, cache_seqlens with NaN in every unused slot
+#: and sentinel-like table entries past each request's pages.
+make_inputs = functools.partial(make_paged_inputs, device=DEVICE)
 
 
 def assert_close_flashmla(out, ref, name, abs_tol, rel_tol, cos_tol=None, p_bound=None):

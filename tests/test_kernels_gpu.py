@@ -17,9 +17,10 @@ pytestmark = [
 ]
 
 if torch.cuda.is_available():
-    from test_kernels import check_against_reference, make_inputs
+    from test_kernels import check_against_reference
 
     import mla_tutorial.kernels as K
+    from mla_tutorial.testing import make_paged_inputs, normal_lengths
 
 LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
 VERSIONS = ["v1_naive", "v2_head_tiled", "v3_split_kv", "v4_balanced"]
@@ -42,15 +43,14 @@ def _cases():
 @pytest.mark.parametrize("h_q,s_q,h_kv,causal,dtype", _cases())
 def test_gpu_matrix(version, h_q, s_q, h_kv, causal, dtype):
     seed = h_q * 10 + s_q
-    q, k_cache, block_table, seqlens = make_inputs(LENGTHS, s_q, h_q, h_kv, dtype, seed=seed, device="cuda")
+    q, k_cache, block_table, seqlens = make_paged_inputs(LENGTHS, s_q, h_q, h_kv, dtype, seed=seed, device="cuda")
     check_against_reference(K.KERNEL_VERSIONS[version], q, k_cache, block_table, seqlens, causal)
 
 
 def test_gpu_normal_lengths_b64_api():
     """FlashMLA's recipe at b = 64, lengths ~ N(4096, 2048), h_q = 128, s_q = 2 causal, via the API."""
-    gen = torch.Generator().manual_seed(3)
-    lens = torch.normal(4096.0, 2048.0, (64,), generator=gen).round().clamp(min=2).int().tolist()
-    q, k_cache, block_table, seqlens = make_inputs(lens, 2, 128, 1, torch.bfloat16, seed=5, device="cuda")
+    lens = normal_lengths(64, 4096, 2, seed=3)
+    q, k_cache, block_table, seqlens = make_paged_inputs(lens, 2, 128, 1, torch.bfloat16, seed=5, device="cuda")
     meta, splits = K.get_mla_metadata(seqlens, 2 * 128, 1)
 
     def call(q, k_cache, block_table, seqlens, head_dim_v, softmax_scale=None, causal=False):
@@ -65,8 +65,9 @@ def test_v4_cuda_graph_capture_and_replay():
     s_q, h_q = 2, 16
     lens_a = [100, 2000, 64, 0, 1, 900, 4096, 333]
     lens_b = [4096, 5, 0, 65, 1024, 3000, 17, 2047]  # same longest request, different everything else
-    q, k_cache, block_table, seqlens = make_inputs(lens_a, s_q, h_q, 1, torch.bfloat16, seed=1, device="cuda")
-    q2, k_cache2, block_table2, seqlens2 = make_inputs(lens_b, s_q, h_q, 1, torch.bfloat16, seed=2, device="cuda")
+    q, k_cache, block_table, seqlens = make_paged_inputs(lens_a, s_q, h_q, 1, torch.bfloat16, seed=1, device="cuda")
+    q2, k_cache2, block_table2, seqlens2 = make_paged_inputs(lens_b, s_q, h_q, 1, torch.bfloat16, seed=2,
+                                                             device="cuda")
     assert block_table2.shape == block_table.shape
     # static buffers sized for either input set
     k_static = torch.full((max(k_cache.shape[0], k_cache2.shape[0]), *k_cache.shape[1:]), float("nan"),

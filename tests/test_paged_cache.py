@@ -1,9 +1,10 @@
 """Stage 3's paged latent cache and `paged_mla_attention`, on FlashMLA-style hostile data.
 
 Decoding through pages must match stage 2 whatever the page layout: lengths at page boundaries, batches of
-different lengths, shuffled block tables, NaN in every slot no live token owns. `paged_mla_attention` is checked
-against a plain per-request loop (FlashMLA's own test recipe), and the page allocator's bookkeeping against
-its documented semantics, including all-or-nothing appends when the pool is full.
+different lengths, shuffled block tables, NaN in every slot no live token owns. `paged_mla_attention`, the
+contract's one reference implementation, is checked against a plain per-request loop (FlashMLA's own test recipe)
+on the shared hostile generator's data, and the page allocator's bookkeeping against its documented semantics,
+including all-or-nothing appends when the pool is full.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from mla_tutorial import SENTINEL_BLOCK, CacheFullError, PagedLatentCache, paged_mla_attention
 from mla_tutorial.metrics import error_metrics
+from mla_tutorial.testing import make_paged_inputs
 
 F64_REL_FROB = 1e-10  # float64: paging only changes where rows live; measured ≤ 2e-15 vs stage 2
 
@@ -132,43 +134,39 @@ def test_paged_ignores_nan_left_by_a_freed_sequence(tiny, ladder_factory, hidden
 
 
 # ------------------------------------------------------------------ paged_mla_attention vs a per-request loop
-def reference_paged_attention(q, pool, block_table, cache_seqlens, head_dim_v, scale, causal):
-    """FlashMLA's test reference, in float64: per request gather its pages, QKᵀ·scale, bottom-right causal mask,
-    softmax, ·V, log-sum-exp. Empty rows: out 0, lse +inf. pool [num_blocks, page, d]."""
+def reference_paged_attention(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal):
+    """The obviously correct loop that tests the contract's reference (`paged_mla_attention`) itself, in float64:
+    per request and query token gather its pages, QKᵀ·scale, bottom-right causal mask, softmax, ·V, log-sum-exp.
+    Empty rows: out 0, lse +inf. k_cache [num_blocks, page, h_kv, d]; query head h reads latent head h // (h_q/h_kv).
+    Only tests use it: every other comparison goes through `paged_mla_attention` (or its fp32 alias
+    `kernels.mla_decode_reference`)."""
     b, s_q, h_q, d = q.shape
-    page = pool.shape[1]
+    page, h_kv = k_cache.shape[1], k_cache.shape[2]
+    group = h_q // h_kv
     out = torch.zeros(b, s_q, h_q, head_dim_v, dtype=torch.float64)
     lse = torch.full((b, h_q, s_q), float("inf"), dtype=torch.float64)
     for i in range(b):
         n = int(cache_seqlens[i])
-        pages = [pool[int(block_table[i, j])] for j in range(math.ceil(n / page))]
-        rows = torch.cat(pages)[:n].double() if pages else pool.new_zeros(0, d).double()  # [n, d]
+        pages = [k_cache[int(block_table[i, j])] for j in range(math.ceil(n / page))]  # each [page, h_kv, d]
+        rows = torch.cat(pages)[:n].double() if pages else k_cache.new_zeros(0, h_kv, d).double()  # [n, h_kv, d]
         for j in range(s_q):
             visible = n - (s_q - 1 - j) if causal else n  # query j sees keys 0 … visible − 1
             if visible <= 0:
                 continue
-            scores = q[i, j].double() @ rows[:visible].T * scale  # [h_q, visible]
-            lse[i, :, j] = torch.logsumexp(scores, dim=-1)
-            out[i, j] = torch.softmax(scores, dim=-1) @ rows[:visible, :head_dim_v]
+            for h in range(h_q):
+                keys = rows[:visible, h // group]  # [visible, d]
+                scores = q[i, j, h].double() @ keys.T * scale  # [visible]
+                lse[i, h, j] = torch.logsumexp(scores, dim=-1)
+                out[i, j, h] = torch.softmax(scores, dim=-1) @ keys[:, :head_dim_v]
     return out, lse
 
 
-def hostile_inputs(lengths, s_q, h_q=5, page=64, dtype=torch.float64, seed=0, spare_blocks=3, spare_cols=2):
-    """q [b, s_q, h_q, 576] and a pool whose pages are handed out in a random permutation, every unused slot NaN,
-    block-table entries past each sequence's pages SENTINEL_BLOCK (FlashMLA's test recipe)."""
-    gen = torch.Generator().manual_seed(seed)
-    n_pages = [math.ceil(n / page) for n in lengths]
-    num_blocks = sum(n_pages) + spare_blocks
-    pool = torch.full((num_blocks, page, 576), float("nan"), dtype=dtype)
-    perm = torch.randperm(num_blocks, generator=gen).tolist()
-    table = torch.full((len(lengths), max(n_pages, default=0) + spare_cols), SENTINEL_BLOCK, dtype=torch.int32)
-    for i, (n, k) in enumerate(zip(lengths, n_pages, strict=True)):
-        mine, perm = perm[:k], perm[k:]
-        table[i, :k] = torch.tensor(mine, dtype=torch.int32)
-        for t in range(n):
-            pool[mine[t // page], t % page] = torch.randn(576, generator=gen, dtype=torch.float64).to(dtype)
-    q = torch.randn(len(lengths), s_q, h_q, 576, generator=gen, dtype=torch.float64).to(dtype)
-    return q, pool, table, torch.tensor(lengths, dtype=torch.int32)
+def hostile_inputs(lengths, s_q, h_q=5, h_kv=1, dtype=torch.float64, seed=0, spare_blocks=3, spare_cols=2):
+    """The shared generator (`mla_tutorial.testing.make_paged_inputs`, FlashMLA's recipe) in float64: pages handed
+    out in a random permutation, every unused slot NaN, sentinel-like block-table entries past each sequence's
+    pages (the first one SENTINEL_BLOCK)."""
+    return make_paged_inputs(lengths, s_q, h_q, h_kv, dtype, seed=seed, spare_blocks=spare_blocks,
+                             spare_cols=spare_cols)
 
 
 LENGTHS = [20, 140, 0, 64, 1, 65]  # includes an empty request, one key, and both sides of a page boundary
@@ -177,10 +175,10 @@ LENGTHS = [20, 140, 0, 64, 1, 65]  # includes an empty request, one key, and bot
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("s_q", [1, 2, 4])
 def test_paged_attention_matches_per_request_loop(s_q, causal):
-    q, pool, table, seqlens = hostile_inputs(LENGTHS, s_q)
+    q, k_cache, table, seqlens = hostile_inputs(LENGTHS, s_q)
     scale = 0.1
-    out, lse = paged_mla_attention(q, pool.unsqueeze(2), table, seqlens, 512, scale, causal=causal)
-    ref_out, ref_lse = reference_paged_attention(q, pool, table, seqlens, 512, scale, causal)
+    out, lse = paged_mla_attention(q, k_cache, table, seqlens, 512, scale, causal=causal)
+    ref_out, ref_lse = reference_paged_attention(q, k_cache, table, seqlens, 512, scale, causal)
     assert out.shape == (len(LENGTHS), s_q, 5, 512) and lse.shape == (len(LENGTHS), 5, s_q)
     assert torch.isfinite(out).all()
     assert torch.allclose(out, ref_out, rtol=0, atol=1e-12)
@@ -188,9 +186,35 @@ def test_paged_attention_matches_per_request_loop(s_q, causal):
     assert torch.allclose(lse, ref_lse, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("h_q,h_kv", [(4, 2), (6, 3), (4, 4)])
+def test_paged_attention_with_several_latent_heads_matches_per_request_loop(h_q, h_kv):
+    """h_kv > 1 (FlashMLA's layout allows it; DeepSeek uses 1): query head h reads latent head h // (h_q / h_kv)."""
+    q, k_cache, table, seqlens = hostile_inputs(LENGTHS, 2, h_q=h_q, h_kv=h_kv, seed=h_q + h_kv)
+    out, lse = paged_mla_attention(q, k_cache, table, seqlens, 512, 0.1, causal=True)
+    ref_out, ref_lse = reference_paged_attention(q, k_cache, table, seqlens, 512, 0.1, True)
+    assert torch.isfinite(out).all() and torch.allclose(out, ref_out, rtol=0, atol=1e-12)
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse)) and torch.allclose(lse, ref_lse, rtol=0, atol=1e-12)
+
+
+def test_paged_attention_fp32_output_lse_and_p_abs_v_on_request():
+    """out_dtype and return_p_abs_v (what the kernels' tests need): unrounded output, and Σ_j p_j·|v_j|."""
+    q, k_cache, table, seqlens = hostile_inputs([70, 0, 3], 2, h_q=4, dtype=torch.bfloat16, seed=9)
+    out, lse, p_abs_v = paged_mla_attention(q, k_cache, table, seqlens, 512, causal=True, out_dtype=torch.float32,
+                                            return_p_abs_v=True)
+    ref_out, ref_lse = reference_paged_attention(q, k_cache, table, seqlens, 512, 576**-0.5, True)
+    assert out.dtype == lse.dtype == p_abs_v.dtype == torch.float32 and p_abs_v.shape == out.shape
+    assert torch.allclose(out.double(), ref_out, rtol=0, atol=1e-5)
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
+    fin = torch.isfinite(ref_lse)
+    assert torch.allclose(lse.double()[fin], ref_lse[fin], rtol=0, atol=1e-5)
+    assert (p_abs_v >= out.abs() - 1e-6).all()  # |Σ p v| ≤ Σ p |v|
+    assert torch.equal(p_abs_v[1], torch.zeros_like(p_abs_v[1]))  # the empty request
+
+
 def test_paged_attention_causal_is_bottom_right_aligned():
     """s_q = 3 queries over 5 keys: query j sees keys 0 … 2 + j, so changing key 3 moves queries 1, 2 only."""
-    q, pool, table, seqlens = hostile_inputs([5], s_q=3)
+    q, k_cache, table, seqlens = hostile_inputs([5], s_q=3)
+    pool = k_cache[:, :, 0]  # [num_blocks, 64, 576]: a 3-dim pool means one latent head
     out, _ = paged_mla_attention(q, pool, table, seqlens, 512, causal=True)
     pool[int(table[0, 0]), 3] += 1.0
     moved, _ = paged_mla_attention(q, pool, table, seqlens, 512, causal=True)
@@ -200,7 +224,8 @@ def test_paged_attention_causal_is_bottom_right_aligned():
 
 def test_paged_attention_empty_requests_give_zero_output_and_infinite_lse():
     # request 0 has no keys; in request 1 (one key, causal, s_q = 2) query 0 sees nothing and query 1 the key
-    q, pool, table, seqlens = hostile_inputs([0, 1], s_q=2)
+    q, k_cache, table, seqlens = hostile_inputs([0, 1], s_q=2)
+    pool = k_cache[:, :, 0]  # [num_blocks, 64, 576]
     out, lse = paged_mla_attention(q, pool, table, seqlens, 512, causal=True)
     assert torch.equal(out[0], torch.zeros_like(out[0])) and torch.equal(out[1, 0], torch.zeros_like(out[1, 0]))
     assert torch.isposinf(lse[0]).all() and torch.isposinf(lse[1, :, 0]).all()
@@ -217,30 +242,30 @@ def test_paged_attention_with_every_request_empty_and_an_empty_block_table():
 
 
 def test_paged_attention_never_reads_block_table_entries_past_a_sequence():
-    """Entries past a sequence's pages are SENTINEL_BLOCK (reading one would raise); pointing them at a real page
-    full of NaN instead gives exactly the same result."""
-    q, pool, table, seqlens = hostile_inputs(LENGTHS, s_q=2, spare_blocks=1)
+    """Entries past a sequence's pages are SENTINEL_BLOCK and other huge ids (reading one would raise); pointing
+    them all at a real page full of NaN instead gives exactly the same result."""
+    q, k_cache, table, seqlens = hostile_inputs(LENGTHS, s_q=2, spare_blocks=1)
     assert (table == SENTINEL_BLOCK).any()
-    out, lse = paged_mla_attention(q, pool, table, seqlens, 512, causal=True)
-    nan_page = int(torch.isnan(pool).flatten(1).all(1).nonzero()[0])  # the spare page: NaN everywhere
-    out2, lse2 = paged_mla_attention(q, pool, torch.where(table == SENTINEL_BLOCK, nan_page, table), seqlens, 512,
-                                     causal=True)
+    out, lse = paged_mla_attention(q, k_cache, table, seqlens, 512, causal=True)
+    nan_page = int(torch.isnan(k_cache).flatten(1).all(1).nonzero()[0])  # the spare page: NaN everywhere
+    outside = (table < 0) | (table >= k_cache.shape[0])
+    out2, lse2 = paged_mla_attention(q, k_cache, torch.where(outside, nan_page, table), seqlens, 512, causal=True)
     assert torch.isfinite(out).all() and torch.equal(out, out2) and torch.equal(lse, lse2)
 
 
 def test_paged_attention_default_scale_is_inverse_sqrt_of_576():
-    q, pool, table, seqlens = hostile_inputs([30, 70], s_q=1)
-    out, lse = paged_mla_attention(q, pool, table, seqlens, 512)
-    ref_out, ref_lse = reference_paged_attention(q, pool, table, seqlens, 512, 576**-0.5, causal=False)
+    q, k_cache, table, seqlens = hostile_inputs([30, 70], s_q=1)
+    out, lse = paged_mla_attention(q, k_cache, table, seqlens, 512)
+    ref_out, ref_lse = reference_paged_attention(q, k_cache, table, seqlens, 512, 576**-0.5, causal=False)
     assert torch.allclose(out, ref_out, rtol=0, atol=1e-12) and torch.allclose(lse, ref_lse, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_paged_attention_in_half_precision_meets_flashmla_tolerances(dtype):
     """FlashMLA's pass criteria against a float64 reference on the same half-precision values."""
-    q, pool, table, seqlens = hostile_inputs([20, 140, 0, 4096 // 16, 65], s_q=2, h_q=16, dtype=dtype)
-    out, lse = paged_mla_attention(q, pool, table, seqlens, 512, causal=True)
-    ref_out, ref_lse = reference_paged_attention(q, pool, table, seqlens, 512, 576**-0.5, causal=True)
+    q, k_cache, table, seqlens = hostile_inputs([20, 140, 0, 4096 // 16, 65], s_q=2, h_q=16, dtype=dtype)
+    out, lse = paged_mla_attention(q, k_cache, table, seqlens, 512, causal=True)
+    ref_out, ref_lse = reference_paged_attention(q, k_cache, table, seqlens, 512, 576**-0.5, causal=True)
     assert out.dtype == dtype and lse.dtype == torch.float32
     x, y = out.double(), ref_out
     cos_diff = 1 - 2 * (x * y).sum() / (x * x + y * y).sum()
@@ -257,9 +282,9 @@ def test_paged_attention_in_half_precision_meets_flashmla_tolerances(dtype):
 @given(lengths=st.lists(st.integers(0, 150), min_size=1, max_size=4), s_q=st.integers(1, 3), causal=st.booleans(),
        seed=st.integers(0, 2**16))
 def test_paged_attention_matches_per_request_loop_for_random_requests(lengths, s_q, causal, seed):
-    q, pool, table, seqlens = hostile_inputs(lengths, s_q, h_q=3, seed=seed)
-    out, lse = paged_mla_attention(q, pool, table, seqlens, 512, 0.05, causal=causal)
-    ref_out, ref_lse = reference_paged_attention(q, pool, table, seqlens, 512, 0.05, causal)
+    q, k_cache, table, seqlens = hostile_inputs(lengths, s_q, h_q=3, seed=seed)
+    out, lse = paged_mla_attention(q, k_cache, table, seqlens, 512, 0.05, causal=causal)
+    ref_out, ref_lse = reference_paged_attention(q, k_cache, table, seqlens, 512, 0.05, causal)
     assert torch.allclose(out, ref_out, rtol=0, atol=1e-12)
     assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
     assert torch.allclose(lse, ref_lse, rtol=0, atol=1e-12)

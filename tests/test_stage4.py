@@ -33,8 +33,8 @@ BOUNDS = {  # dtype: (max_abs, rel_frob, min cosine) of stage 4 vs stage 3
 def _pair(dtype: torch.dtype, seed: int = 0, **config_overrides) -> tuple[AbsorbedMLA, PagedMLA, TritonMLA]:
     config = MLAConfig.tiny(**config_overrides)
     stage2 = linear_init_(AbsorbedMLA(config).double(), std=0.1, seed=seed).requires_grad_(False)
-    stage3 = PagedMLA.from_previous(stage2).to(device=DEVICE, dtype=dtype)
-    return stage2, stage3, TritonMLA.from_previous(stage3)
+    stage3 = PagedMLA.from_previous(stage2).to(device=DEVICE, dtype=dtype).requires_grad_(False)
+    return stage2, stage3, TritonMLA.from_previous(stage3).requires_grad_(False)  # inference only (no backward)
 
 
 def _run(module, x: torch.Tensor, prompt: int, cache=None) -> torch.Tensor:

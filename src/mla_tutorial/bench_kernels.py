@@ -31,9 +31,8 @@ from .kernels.v1_naive import mla_decode_v1
 from .kernels.v2_head_tiled import mla_decode_v2
 from .kernels.v3_split_kv import mla_decode_v3
 from .roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
+from .testing import make_paged_inputs
 
-PAGE = 64
-SENTINEL = 2**31 - 1
 V1_MAX_WORK = 128 * 64 * 4096  # b·h_q·s_q·mean_sk above which v1 is skipped (it would take > ~50 ms a call)
 
 
@@ -49,25 +48,9 @@ def make_lengths(b: int, s_k: int, dist: str, s_q: int, gen: torch.Generator) ->
 
 
 def make_inputs(seqlens: torch.Tensor, s_q: int, h_q: int, device, dtype=torch.bfloat16, seed: int = 0):
-    """q, k_cache, block_table, cache_seqlens on `device`: random data, permuted pages, NaN unused slots."""
-    gen = torch.Generator().manual_seed(seed)
-    b = seqlens.shape[0]
-    pages = (seqlens + PAGE - 1) // PAGE  # (b,)
-    max_pages = int(pages.max()) + 1
-    total = int(pages.sum())
-    num_blocks = total + 8
-    perm = torch.randperm(num_blocks, generator=gen).to(torch.int32)
-    col = torch.arange(max_pages)
-    used = col[None, :] < pages[:, None]  # (b, max_pages)
-    block_table = torch.full((b, max_pages), SENTINEL, dtype=torch.int32)
-    block_table[used] = perm[:total]
-    fill = torch.zeros(num_blocks, dtype=torch.int64)  # valid slots per physical page
-    fill[block_table[used].long()] = (seqlens[:, None].long() - PAGE * col[None, :]).clamp(0, PAGE)[used]
-    k_cache = torch.randn(num_blocks, PAGE, 1, 576, dtype=dtype, device=device)
-    unused = torch.arange(PAGE)[None, :] >= fill[:, None]  # (num_blocks, 64)
-    k_cache[unused.to(device)] = float("nan")
-    q = torch.randn(b, s_q, h_q, 576, dtype=dtype, device=device)
-    return q, k_cache, block_table.to(device), seqlens.to(device)
+    """q, k_cache, block_table, cache_seqlens on `device`: the shared hostile generator (permuted pages, NaN in
+    unused slots, sentinel-like ids past each request's pages), h_kv = 1, 8 spare pages."""
+    return make_paged_inputs(seqlens, s_q, h_q, 1, dtype, device=device, seed=seed, spare_blocks=8)
 
 
 def bench_ms(fn) -> float:

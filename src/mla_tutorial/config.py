@@ -16,8 +16,25 @@ Hugging Face `DeepseekV3Config` field names, so `MLAConfig.from_hf(hf_config)` i
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+
+def _is_int(value: Any) -> bool:
+    """An int that is not a bool (True is an int in Python; as a size it is a mistake)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if not _is_int(value) or value <= 0:
+        raise ValueError(f"MLAConfig.{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _set(config: Any, name: str, value: Any) -> None:
+    """Store a normalised value (numpy ints become ints, ints given for float fields become floats)."""
+    object.__setattr__(config, name, value)
 
 
 def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
@@ -98,19 +115,51 @@ class MLAConfig:
         raise ValueError(f"stage must be 'mha' or 'latent', got {stage!r}")
 
     def __post_init__(self) -> None:
+        """Refuse values that would give NaN, ZeroDivisionError or an error from deep inside torch later on.
+
+        Sizes are positive ints (not bools, not floats); the RoPE/YaRN parameters are finite and in range; errors
+        name the field and the value.
+        """
         for name in ("hidden_size", "num_heads", "kv_lora_rank", "qk_nope_head_dim", "v_head_dim",
-                     "page_size", "max_cache_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"MLAConfig.{name} must be a positive int, got {value!r}")
-        if not isinstance(self.qk_rope_head_dim, int) or self.qk_rope_head_dim <= 0 or self.qk_rope_head_dim % 2:
-            raise ValueError(f"MLAConfig.qk_rope_head_dim must be a positive even int, got {self.qk_rope_head_dim!r}")
-        if self.q_lora_rank is not None and (not isinstance(self.q_lora_rank, int) or self.q_lora_rank <= 0):
-            raise ValueError(f"MLAConfig.q_lora_rank must be None or a positive int, got {self.q_lora_rank!r}")
+                     "page_size", "max_cache_len", "original_max_position_embeddings", "max_position_embeddings"):
+            _set(self, name, _positive_int(name, getattr(self, name)))
+        rope_dim = self.qk_rope_head_dim
+        if not _is_int(rope_dim) or rope_dim <= 0 or rope_dim % 2:
+            raise ValueError(f"MLAConfig.qk_rope_head_dim must be a positive even int, got {rope_dim!r}")
+        _set(self, "qk_rope_head_dim", int(rope_dim))
+        if self.q_lora_rank is not None:
+            if not _is_int(self.q_lora_rank) or self.q_lora_rank <= 0:
+                raise ValueError(f"MLAConfig.q_lora_rank must be None or a positive int, got {self.q_lora_rank!r}")
+            _set(self, "q_lora_rank", int(self.q_lora_rank))
         if self.rope_type not in (None, "default", "yarn"):
             raise ValueError(f"MLAConfig.rope_type must be None, 'default' or 'yarn', got {self.rope_type!r}")
         if self.rope_type == "default":
             self.rope_type = None
+        # name: (lowest allowed, whether the lowest itself is allowed, why)
+        ranges = {
+            "rms_norm_eps": (0.0, False, "RMSNorm divides by sqrt(mean(x²) + eps)"),
+            "rope_theta": (1.0, False, "RoPE frequencies are theta^(-2i/d); theta ≤ 1 does not rotate or divides by 0"),
+            "rope_factor": (0.0, False, "YaRN divides frequencies by the factor"),
+            "beta_fast": (0.0, False, "YaRN's ramp takes log(positions / beta)"),
+            "beta_slow": (0.0, False, "YaRN's ramp takes log(positions / beta)"),
+            "mscale": (0.0, True, "0 means absent"),
+            "mscale_all_dim": (0.0, True, "0 means absent"),
+        }
+        for name, (low, inclusive, why) in ranges.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                    or value < low or (value == low and not inclusive):
+                bound = f"≥ {low:g}" if inclusive else f"> {low:g}"
+                raise ValueError(f"MLAConfig.{name} must be a finite number {bound} ({why}), got {value!r}")
+            _set(self, name, float(value))
+        if self.beta_fast <= self.beta_slow:
+            raise ValueError(f"MLAConfig.beta_fast must be greater than MLAConfig.beta_slow (YaRN keeps dims rotating "
+                             f"more than beta_fast times, interpolates those below beta_slow), got "
+                             f"beta_fast={self.beta_fast!r} and beta_slow={self.beta_slow!r}")
+        if not isinstance(self.rope_interleave, bool):
+            raise ValueError(f"MLAConfig.rope_interleave must be a bool, got {self.rope_interleave!r}")
+        if not isinstance(self.name, str):
+            raise ValueError(f"MLAConfig.name must be a str, got {self.name!r}")
 
     # ---------------------------------------------------------------- presets
     @classmethod

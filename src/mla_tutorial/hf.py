@@ -38,13 +38,17 @@ Loading from the Hub, for example DeepSeek-V2-Lite's first layer (weights in bf1
     from mla_tutorial.hf import load_safetensors
     attn = load_safetensors("path/to/DeepSeek-V2-Lite", layer=0)    # reads config.json and the index
 
-DeepSeek-V3's released weights are FP8 with block scales (`*.weight_scale_inv`); dequantize them to bf16 first.
+DeepSeek-V3's released weights are FP8 (float8_e4m3fn) with one float32 scale per 128×128 block in
+`<name>.weight_scale_inv` (the block size is `quantization_config.weight_block_size` in config.json). They are
+dequantized on load: weight[i, j] = fp8[i, j] · weight_scale_inv[i // 128, j // 128] (the last blocks of a row or
+column may be partial), in bf16 unless `dtype=` says otherwise. An FP8 weight without its scale is an error naming it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
@@ -79,6 +83,95 @@ class CheckpointMismatchError(ValueError):
     """The weights offered do not fit the module: keys missing, unexpected, or shaped differently."""
 
 
+class CheckpointFileError(OSError):
+    """A checkpoint file is missing, unreadable or not what its name says (a corrupt safetensors file, say)."""
+
+
+#: FP8 block-scale suffix: `x.weight` (float8) is dequantized with `x.weight_scale_inv` (DeepSeek's naming).
+SCALE_SUFFIX = "_scale_inv"
+#: DeepSeek-V3's `quantization_config.weight_block_size`.
+FP8_BLOCK = (128, 128)
+FP8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+                                                     "float8_e5m2fnuz") if hasattr(torch, name))
+
+#: dtype names accepted as strings (`dtype="bf16"`), with or without a "torch." prefix.
+DTYPE_NAMES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+               "half": torch.float16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+               "float64": torch.float64, "fp64": torch.float64, "double": torch.float64}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """None, a floating torch.dtype, or one of DTYPE_NAMES ("bf16", "torch.float32", …) → a torch.dtype (or None)."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key not in DTYPE_NAMES:
+            raise ValueError(f"dtype {dtype!r} is not a dtype name this loader knows; use one of "
+                             f"{sorted(DTYPE_NAMES)} or a torch.dtype")
+        return DTYPE_NAMES[key]
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype, a name such as 'bfloat16', or None, got "
+                        f"{type(dtype).__name__} {dtype!r}")
+    if not dtype.is_floating_point or dtype in FP8_DTYPES:
+        raise TypeError(f"dtype must be a floating-point dtype the stages compute in (bf16, fp16, fp32, fp64), "
+                        f"got {dtype}")
+    return dtype
+
+
+def dequantize_fp8(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int] = FP8_BLOCK,
+                   dtype: torch.dtype = torch.bfloat16, name: str = "weight") -> torch.Tensor:
+    """An FP8 weight [out, in] with block scales [⌈out/bo⌉, ⌈in/bi⌉] → weight·scale of its block, in `dtype`.
+
+    The product is formed in float32 (float64 for a float64 result) before the cast; edge blocks may be partial.
+    """
+    if weight.dim() != 2:
+        raise CheckpointMismatchError(f"FP8 weight {name!r} must be 2-dim [out, in], got shape {list(weight.shape)}")
+    rows, cols = weight.shape
+    bo, bi = block
+    want = [-(-rows // bo), -(-cols // bi)]
+    if list(scale_inv.shape) != want:
+        raise CheckpointMismatchError(f"{name + SCALE_SUFFIX!r} has shape {list(scale_inv.shape)}, expected {want} "
+                                      f"(one scale per {bo}×{bi} block of {name!r}, shape {list(weight.shape)})")
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    scale = scale_inv.to(compute).repeat_interleave(bo, 0)[:rows].repeat_interleave(bi, 1)[:, :cols]  # [out, in]
+    return (weight.to(compute) * scale).to(dtype)
+
+
+def _dequantize_state(weights: dict[str, torch.Tensor], prefix: str, block: tuple[int, int],
+                      dtype: torch.dtype) -> list[str]:
+    """Replace every FP8 weight of `weights` (names without prefix) by its dequantized value and drop its scale.
+    Returns the problems (an FP8 weight without a scale, a scale of the wrong shape); leftover scales stay, to be
+    reported as unexpected keys."""
+    problems = []
+    for name in [k for k, v in weights.items() if isinstance(v, torch.Tensor) and v.dtype in FP8_DTYPES]:
+        scale = weights.get(name + SCALE_SUFFIX)
+        if not isinstance(scale, torch.Tensor):
+            problems.append(f"FP8 weight {prefix + name!r} ({weights[name].dtype}) has no block scale "
+                            f"{prefix + name + SCALE_SUFFIX!r}: it cannot be dequantized")
+            continue
+        try:
+            weights[name] = dequantize_fp8(weights[name], scale, block, dtype, prefix + name)
+        except CheckpointMismatchError as err:
+            problems.append(str(err))
+            continue
+        del weights[name + SCALE_SUFFIX]
+    return problems
+
+
+def _fp8_block(config: Any) -> tuple[int, int]:
+    """`quantization_config.weight_block_size` of an HF config or config.json dict, else (128, 128)."""
+    quant = config.get("quantization_config") if isinstance(config, Mapping) else \
+        getattr(config, "quantization_config", None)
+    size = quant.get("weight_block_size") if isinstance(quant, Mapping) else None
+    if size is None:
+        return FP8_BLOCK
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ValueError(f"quantization_config.weight_block_size must be two positive ints, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
 # ---------------------------------------------------------------------------------------------- configs
 def mla_config(config: Any) -> MLAConfig:
     """An MLAConfig from an MLAConfig (returned as is), a transformers config, or a config.json dict."""
@@ -105,7 +198,10 @@ def find_attention_prefix(keys: Iterable[str], layer: int | None = None, prefix:
     attention stored under bare names is accepted whatever `layer` says (it has no layer number).
     """
     if prefix is not None:
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str or None, got {type(prefix).__name__} {prefix!r}")
         return prefix if prefix == "" or prefix.endswith(".") else prefix + "."
+    _check_layer(layer)
     found = sorted({k[: -len(ANCHOR)] for k in keys
                     if k.endswith(ANCHOR) and (k == ANCHOR or k[-len(ANCHOR) - 1] == ".")})
     if not found:
@@ -116,8 +212,11 @@ def find_attention_prefix(keys: Iterable[str], layer: int | None = None, prefix:
         if not matching and found == [""]:
             return ""
         if not matching:
-            raise CheckpointMismatchError(f"no attention weights for layer={layer} (no key ends with "
-                                          f"'{wanted}{ANCHOR}'); attention prefixes found: {found[:8]}"
+            ids = sorted({int(m.group(1)) for p in found if (m := re.search(r"layers\.(\d+)\.self_attn\.$", p))})
+            valid = (f"valid layers: {ids[0]}..{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1))
+                     else f"valid layers: {ids}") if ids else "no numbered layers"
+            raise CheckpointMismatchError(f"layer={layer} is out of range ({valid}): no key ends with "
+                                          f"'{wanted}{ANCHOR}'; attention prefixes found: {found[:8]}"
                                           f"{' …' if len(found) > 8 else ''}")
         found = matching
     if len(found) > 1:
@@ -126,11 +225,17 @@ def find_attention_prefix(keys: Iterable[str], layer: int | None = None, prefix:
     return found[0]
 
 
+def _check_layer(layer: object) -> None:
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
+        raise TypeError(f"layer must be an int or None, got {type(layer).__name__} {layer!r}")
+
+
 def _hint(name: str, module: MLAProjections) -> str:
     """A short explanation for an unexpected or missing attention weight name."""
     c = module.config
-    if name.endswith("weight_scale_inv"):
-        return " (an FP8 block-quantized checkpoint, like DeepSeek-V3's release: dequantize it to bf16 first)"
+    if name.endswith(SCALE_SUFFIX):
+        return (" (an FP8 block scale, but the weight it scales is missing or not FP8: FP8 weights, as in "
+                "DeepSeek-V3's release, are dequantized on load with their scales)")
     if name.endswith(".bias"):
         return " (MLA has no biases; the checkpoint's attention_bias must be False)"
     if name.split(".")[0] in ("q_proj", "q_a_proj", "q_a_layernorm", "q_b_proj"):
@@ -144,7 +249,7 @@ def _hint(name: str, module: MLAProjections) -> str:
 # ---------------------------------------------------------------------------------------------- loading
 def load_attention_state_dict(module_or_cls: M | type[M], state_dict: Mapping[str, torch.Tensor],
                               layer: int | None = None, prefix: str | None = None,
-                              config: Any = None) -> M:
+                              config: Any = None, *, fp8_block: tuple[int, int] = FP8_BLOCK) -> M:
     """Load one MLA attention's weights, named as in transformers, into a stage module; return the module.
 
     module_or_cls: a stage module (LatentMLA, AbsorbedMLA, …) to copy into, keeping its dtype and device; or a
@@ -154,8 +259,12 @@ def load_attention_state_dict(module_or_cls: M | type[M], state_dict: Mapping[st
         (`model.layers.{i}.self_attn.q_a_proj.weight`); other keys (MLPs, norms, other layers) are ignored.
     layer / prefix: which attention, when the state dict holds several (see `find_attention_prefix`).
 
+    FP8 weights (float8 with a `<name>_scale_inv` block scale, fp8_block rows × columns per scale, DeepSeek-V3's
+    release) are dequantized: into the module's dtype, or bf16 when a class is built from them.
+
     Raises CheckpointMismatchError listing every missing, unexpected or mis-shaped key with the full key name,
-    the expected shape (with its formula in config fields) and the received one.
+    the expected shape (with its formula in config fields) and the received one, and every FP8 weight without
+    its scale.
     """
     p = find_attention_prefix(state_dict.keys(), layer, prefix)
     weights = {k[len(p):]: v for k, v in state_dict.items() if k.startswith(p)}
@@ -167,14 +276,15 @@ def load_attention_state_dict(module_or_cls: M | type[M], state_dict: Mapping[st
         first = weights.get(ANCHOR)
         module = module_or_cls(mla_config(config))
         if isinstance(first, torch.Tensor):
-            module = module.to(device=first.device, dtype=first.dtype)
+            dtype = torch.bfloat16 if first.dtype in FP8_DTYPES else first.dtype
+            module = module.to(device=first.device, dtype=dtype)
     elif isinstance(module_or_cls, MLAProjections):
         module = module_or_cls
     else:
         raise TypeError(f"module_or_cls must be an MLA stage module or class, got {type(module_or_cls).__name__}")
 
+    problems = _dequantize_state(weights, p, fp8_block, next(module.parameters()).dtype)
     expected = module.state_dict()  # name → tensor; the RoPE buffer is not persistent, so weights only
-    problems = []
     for name, want in expected.items():
         if name not in weights:
             problems.append(f"missing {p + name!r}: expected shape {list(want.shape)} = "
@@ -241,24 +351,52 @@ def _find_attention(obj: nn.Module, layer: int | None) -> nn.Module:
     if layers is not None:
         if layer is None:
             raise TypeError(f"{type(obj).__name__} has {len(layers)} layers; pass layer= to pick one")
+        _check_layer(layer)
+        if not 0 <= layer < len(layers):
+            raise IndexError(f"layer={layer} is out of range: {type(obj).__name__} has {len(layers)} layers "
+                             f"(valid layers: 0..{len(layers) - 1})")
         return _find_attention(layers[layer], None)
     raise TypeError(f"expected a DeepseekV3Attention / DeepseekV2Attention (a module with kv_a_proj_with_mqa), "
                     f"a decoder layer or a model, got {type(obj).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------- safetensors
-def _safetensors_files(path: Path) -> tuple[dict[str, Path], Path]:
-    """key → file for a .safetensors file or a directory (sharded with an index, or plain files)."""
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CheckpointFileError(f"{path}: not a readable JSON file ({type(err).__name__}: {err})") from err
+
+
+def _safetensors_keys(file: Path) -> list[str]:
     from safetensors import safe_open
 
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return list(handle.keys())
+    except FileNotFoundError as err:
+        raise CheckpointFileError(f"{file}: no such checkpoint file") from err
+    except Exception as err:  # safetensors raises its own SafetensorError for a bad header
+        raise CheckpointFileError(f"{file}: not a readable safetensors file ({type(err).__name__}: {err})") from err
+
+
+def _safetensors_files(path: Path) -> tuple[dict[str, Path], Path]:
+    """key → file for a .safetensors file or a directory (sharded with an index, or plain files)."""
     if path.is_file():
         files, root = [path], path.parent
     elif path.is_dir():
         root = path
         index = path / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            return {k: path / f for k, f in weight_map.items()}, root
+            weight_map = _read_json(index)
+            weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+            if not isinstance(weight_map, dict):
+                raise CheckpointFileError(f"{index}: has no 'weight_map' object (key → shard file)")
+            where = {k: path / f for k, f in weight_map.items()}
+            for f in sorted(set(where.values())):
+                if not f.is_file():
+                    raise CheckpointFileError(f"{index} lists the shard {f.name}, but {f} does not exist")
+            return where, root
         files = sorted(path.glob("*.safetensors"))
         if not files:
             raise FileNotFoundError(f"no *.safetensors file and no model.safetensors.index.json in {path}")
@@ -266,8 +404,7 @@ def _safetensors_files(path: Path) -> tuple[dict[str, Path], Path]:
         raise FileNotFoundError(f"no such file or directory: {path}")
     where = {}
     for f in files:
-        with safe_open(str(f), framework="pt") as handle:
-            where.update(dict.fromkeys(handle.keys(), f))
+        where.update(dict.fromkeys(_safetensors_keys(f), f))
     return where, root
 
 
@@ -281,26 +418,44 @@ def load_safetensors(path: str | Path, config: Any = None, layer: int | None = 0
     config: MLAConfig, transformers config or config.json dict; None reads `config.json` next to the weights.
     layer / prefix: which attention (`model.layers.{layer}.self_attn.` by default; a file holding one attention
         under bare names loads whatever `layer` says).
-    dtype: None keeps the stored dtype (bf16 for DeepSeek's releases); device: where the module lives.
+    dtype: None keeps the stored dtype (bf16 for DeepSeek's releases; FP8 weights are dequantized to bf16), a
+        torch.dtype or a name ("bfloat16", "fp32", …); device: where the module lives.
+    FP8 weights with `<name>_scale_inv` block scales are dequantized (block size from config.json's
+    `quantization_config.weight_block_size`, else 128×128). A missing, unreadable or corrupt file is a
+    CheckpointFileError (an OSError) naming the file; a layer that is not in the checkpoint names the valid range.
     """
     from safetensors import safe_open
 
+    dtype = resolve_dtype(dtype)
+    _check_layer(layer)
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a str or pathlib.Path, got {type(path).__name__} {path!r}")
     where, root = _safetensors_files(Path(path))
     if config is None:
         config_file = root / "config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"config is None and there is no {config_file}; pass config=")
-        config = json.loads(config_file.read_text())
+        config = _read_json(config_file)
+    block = _fp8_block(config)
     config = mla_config(config)
     p = find_attention_prefix(where, layer, prefix)
     state = {}
     for f in sorted({where[k] for k in where if k.startswith(p)}):
-        with safe_open(str(f), framework="pt", device=str(device)) as handle:
-            state.update({k: handle.get_tensor(k) for k in handle.keys() if k.startswith(p)})
+        try:
+            with safe_open(str(f), framework="pt", device=str(device)) as handle:
+                state.update({k: handle.get_tensor(k) for k in handle.keys() if k.startswith(p)})
+        except Exception as err:  # a truncated file fails here, after a readable header
+            raise CheckpointFileError(f"{f}: could not read its tensors ({type(err).__name__}: {err})") from err
+    weights = {k[len(p):]: v for k, v in state.items()}
+    problems = _dequantize_state(weights, p, block, dtype or torch.bfloat16)
+    if problems:
+        raise CheckpointMismatchError(f"{len(problems)} problem(s) loading FP8 weights from {path}:\n  "
+                                      + "\n  ".join(sorted(problems)))
     if dtype is not None:
-        state = {k: v.to(dtype) for k, v in state.items()}
-    return load_attention_state_dict(cls, state, prefix=p, config=config)
+        weights = {k: v.to(dtype) for k, v in weights.items()}
+    return load_attention_state_dict(cls, {p + k: v for k, v in weights.items()}, prefix=p, config=config)
 
 
-__all__ = ["CheckpointMismatchError", "from_transformers", "load_attention_state_dict", "load_safetensors",
-           "find_attention_prefix", "mla_config", "SHAPE_FORMULAS"]
+__all__ = ["CheckpointMismatchError", "CheckpointFileError", "from_transformers", "load_attention_state_dict",
+           "load_safetensors", "find_attention_prefix", "mla_config", "dequantize_fp8", "resolve_dtype",
+           "SHAPE_FORMULAS", "FP8_BLOCK", "SCALE_SUFFIX"]

@@ -28,13 +28,10 @@ from collections.abc import Sequence
 import torch
 
 from .config import MLAConfig
+from .contract import SENTINEL_BLOCK, validate_paged_decode
 from .layers import check_hidden_states
 from .stage1_latent import LatentMLA
 from .stage2_absorbed import AbsorbedMLA
-
-#: Block-table filler for entries past a sequence's last page: an index far outside any pool, so that a read
-#: through it fails loudly instead of returning another sequence's data.
-SENTINEL_BLOCK = 2**31 - 1
 
 
 class CacheFullError(RuntimeError):
@@ -189,79 +186,50 @@ class PagedLatentCache:
         self.pool[~used.to(self.pool.device)] = value
 
 
-def check_paged_inputs(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor,
-                       cache_seqlens: torch.Tensor, head_dim_v: int) -> torch.Tensor:
-    """Validate FlashMLA-style inputs (naming the bad argument); returns k_cache as [num_blocks, page, 576]."""
-    for name, t in (("q", q), ("k_cache", k_cache), ("block_table", block_table),
-                    ("cache_seqlens", cache_seqlens)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if q.dim() != 4:
-        raise ValueError(f"q must be [batch, s_q, h_q, head_dim], got shape {list(q.shape)}")
-    if k_cache.dim() == 4:
-        if k_cache.shape[2] != 1:
-            raise ValueError(f"k_cache must have one latent head (h_kv = 1) here, got shape {list(k_cache.shape)}")
-        k_cache = k_cache.squeeze(2)
-    if k_cache.dim() != 3 or k_cache.shape[-1] != q.shape[-1]:
-        raise ValueError(f"k_cache must be [num_blocks, page_size, (1,) {q.shape[-1]}], got {list(k_cache.shape)}")
-    if not 0 < head_dim_v <= q.shape[-1]:
-        raise ValueError(f"head_dim_v must be in 1..{q.shape[-1]}, got {head_dim_v}")
-    if block_table.dim() != 2 or block_table.shape[0] != q.shape[0]:
-        raise ValueError(f"block_table must be [batch={q.shape[0]}, max_blocks], got {list(block_table.shape)}")
-    if cache_seqlens.shape != (q.shape[0],):
-        raise ValueError(f"cache_seqlens must be [batch={q.shape[0]}], got {list(cache_seqlens.shape)}")
-    for name, t in (("block_table", block_table), ("cache_seqlens", cache_seqlens)):
-        if t.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"{name} must be int32 (or int64), got {t.dtype}")
-    if k_cache.dtype != q.dtype:
-        raise TypeError(f"k_cache dtype {k_cache.dtype} differs from q dtype {q.dtype}")
-    for name, t in (("k_cache", k_cache), ("block_table", block_table), ("cache_seqlens", cache_seqlens)):
-        if t.device != q.device:
-            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
-    if cache_seqlens.numel() and int(cache_seqlens.min()) < 0:
-        raise ValueError(f"cache_seqlens must be ≥ 0, got {cache_seqlens.tolist()}")
-    pages_needed = -(-int(cache_seqlens.max()) // k_cache.shape[1]) if cache_seqlens.numel() else 0
-    if pages_needed > block_table.shape[1]:
-        raise ValueError(f"block_table has {block_table.shape[1]} columns but a sequence of "
-                         f"{int(cache_seqlens.max())} tokens needs {pages_needed} pages")
-    if pages_needed:
-        used = block_table[:, :pages_needed]
-        live = (torch.arange(pages_needed, device=q.device)[None, :] * k_cache.shape[1]) < cache_seqlens[:, None]
-        bad = live & ((used < 0) | (used >= k_cache.shape[0]))
-        if bool(bad.any()):
-            b, j = (int(i) for i in bad.nonzero()[0])
-            raise ValueError(f"block_table[{b}, {j}] = {int(used[b, j])} is out of range for a pool of "
-                             f"{k_cache.shape[0]} blocks")
-    return k_cache
-
-
 def paged_mla_attention(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor,
                         cache_seqlens: torch.Tensor, head_dim_v: int = 512, softmax_scale: float | None = None,
-                        causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                        causal: bool = False, *, out_dtype: torch.dtype | None = None, return_p_abs_v: bool = False):
     """MQA of latent queries over a paged latent cache, in torch; FlashMLA's arguments and results.
 
-    q [b, s_q, h_q, 576]; k_cache [num_blocks, page, (1,) 576]; block_table [b, max_blocks]; cache_seqlens [b].
-    Returns out [b, s_q, h_q, head_dim_v] (q's dtype) and lse [b, h_q, s_q] (natural log, float32 or float64).
-    With causal, query j of s_q sees keys 0 … s_k − s_q + j (bottom-right aligned). A request with no visible
-    keys gives out = 0 and lse = +inf. Computed in float32 (float64 for float64 inputs).
+    q [b, s_q, h_q, d]; k_cache [num_blocks, page, (h_kv,) d]; block_table [b, max_blocks] int32; cache_seqlens [b]
+    int32 (the contract, checked by `contract.validate_paged_decode`). Query head h reads latent head
+    h // (h_q / h_kv) (h_kv = 1 for DeepSeek). Returns out [b, s_q, h_q, head_dim_v] (q's dtype, or `out_dtype`)
+    and lse [b, h_q, s_q] (natural log). With causal, query j of s_q sees keys 0 … s_k − s_q + j (bottom-right
+    aligned). A query row with no visible key gives out = 0 and lse = +inf. Computed in float32 (float64 for
+    float64 inputs); lse comes in that dtype.
+
+    This is the reference implementation of the paged-decode contract: the kernels are tested against it with
+    out_dtype=torch.float32 (`kernels.mla_decode_reference`). return_p_abs_v=True also returns Σ_j p_j·|v_j|
+    [b, s_q, h_q, head_dim_v] (compute dtype), which bounds how far rounding the probabilities to 16 bits before
+    P·V can move each output element: |Δout| ≤ eps·Σ_j p_j·|v_j| (eps = 2^-8 for bf16, 2^-11 for fp16).
+
+    On a GPU nothing here waits for the device: bounds are checked by a device-side assertion and the gather
+    covers the block table's full width (on the CPU, only the pages of the longest request).
     """
-    k_cache = check_paged_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v)
+    dims = validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
+    if out_dtype is not None and not (isinstance(out_dtype, torch.dtype) and out_dtype.is_floating_point):
+        raise TypeError(f"out_dtype must be None or a floating-point torch.dtype, got {out_dtype!r}")
     b, s_q, h_q, d = q.shape
-    page = k_cache.shape[1]
-    scale = d**-0.5 if softmax_scale is None else softmax_scale
+    page, h_kv, group = dims.page_size, dims.h_kv, dims.heads_per_kv
+    if k_cache.dim() == 3:
+        k_cache = k_cache.unsqueeze(2)  # [num_blocks, page, 1, d]
     compute = torch.promote_types(q.dtype, torch.float32)
     lengths = cache_seqlens.long()  # [b]
-    n_pages = -(-int(lengths.max()) // page)  # pages of the longest sequence (0 if every request is empty)
+    if q.device.type == "cpu":  # the pages of the longest sequence (0 if every request is empty)
+        n_pages = -(-int(lengths.max()) // page)
+    else:  # no host sync: every column of the table; pages past a length are masked below, so results are equal
+        n_pages = block_table.shape[1]
 
     # Gather: pages past a sequence's end are replaced by page 0 before indexing (never follow a sentinel),
     # then every row past its length is zeroed (it may hold NaN, and 0·NaN = NaN in p·V).
     page_live = torch.arange(n_pages, device=q.device)[None, :] * page < lengths[:, None]  # [b, n_pages]
     table = torch.where(page_live, block_table[:, :n_pages].long(), 0)  # [b, n_pages]
-    kv = k_cache[table].flatten(1, 2)  # [b, n_pages·page, 576]
+    kv = k_cache[table].flatten(1, 2)  # [b, S = n_pages·page, h_kv, d]
     key_pos = torch.arange(n_pages * page, device=q.device)  # [S]
-    kv = torch.where((key_pos[None, :] < lengths[:, None])[..., None], kv, 0).to(compute)  # [b, S, 576]
+    kv = torch.where((key_pos[None, :] < lengths[:, None])[..., None, None], kv, 0).to(compute)  # [b, S, h_kv, d]
 
-    scores = torch.einsum("bqhd,bsd->bhqs", q.to(compute), kv) * scale  # [b, h_q, s_q, S]
+    q_grouped = q.to(compute).reshape(b, s_q, h_kv, group, d)  # [b, s_q, h_kv, g, d]: head h = kv head h // g
+    scores = torch.einsum("bqkgd,bskd->bkgqs", q_grouped, kv).reshape(b, h_q, s_q, -1) * dims.scale  # [b, h_q, s_q, S]
     last = lengths[:, None] - (s_q - 1 - torch.arange(s_q, device=q.device))[None, :] if causal \
         else lengths[:, None].expand(b, s_q)  # [b, s_q]: query j sees keys < last[b, j]
     visible = key_pos[None, None, :] < last[:, :, None]  # [b, s_q, S]
@@ -269,8 +237,15 @@ def paged_mla_attention(q: torch.Tensor, k_cache: torch.Tensor, block_table: tor
     lse = torch.logsumexp(scores, dim=-1)  # [b, h_q, s_q]; −inf where nothing is visible
     empty = torch.isneginf(lse)
     probs = torch.exp(scores - torch.where(empty, 0, lse)[..., None])  # exp(−inf) = 0 on empty rows
-    out = torch.einsum("bhqs,bsd->bqhd", probs, kv[..., :head_dim_v])  # [b, s_q, h_q, head_dim_v]
-    return out.to(q.dtype), torch.where(empty, float("inf"), lse)
+    probs = probs.reshape(b, h_kv, group, s_q, -1)  # [b, h_kv, g, s_q, S]
+    v = kv[..., :head_dim_v]  # [b, S, h_kv, head_dim_v]
+    out = torch.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, s_q, h_q, head_dim_v)  # [b, s_q, h_q, d_v]
+    out = out.to(q.dtype if out_dtype is None else out_dtype)
+    lse = torch.where(empty, float("inf"), lse)
+    if return_p_abs_v:
+        p_abs_v = torch.einsum("bkgqs,bskd->bqkgd", probs, v.abs()).reshape(b, s_q, h_q, head_dim_v)
+        return out, lse, p_abs_v
+    return out, lse
 
 
 class PagedMLA(AbsorbedMLA):

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import torch
 
+from .contract import KERNEL_DTYPES  # dtypes the Triton kernel takes (FlashMLA's): bf16, fp16
 from .kernels import flash_mla_with_kvcache, get_mla_metadata
 from .stage3_paged import PagedLatentCache, PagedMLA
-
-#: dtypes the Triton kernel takes (FlashMLA's).
-KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 
 
 class TritonMLA(PagedMLA):
@@ -38,6 +36,13 @@ class TritonMLA(PagedMLA):
         if q.dtype not in KERNEL_DTYPES:
             raise TypeError(f"TritonMLA runs its kernel in bf16 or fp16, but the module is {q.dtype}; "
                             f"use module.to(torch.bfloat16) (stage 3, PagedMLA, runs in any dtype)")
+        if torch.is_grad_enabled() and (q.requires_grad or cache.k_cache.requires_grad):
+            # The kernel has no backward: autograd would see its output as a constant and every gradient through
+            # attention would silently be zero. Refuse instead.
+            raise RuntimeError("TritonMLA is inference-only: its Triton kernel has no backward pass, so gradients "
+                               "through attention would silently be lost. Call it under torch.no_grad() or "
+                               "torch.inference_mode(), or call module.requires_grad_(False); to train, use "
+                               "stage 3 (PagedMLA), which computes the same attention in torch")
         B, T, H, _ = q.shape
         # The schedule: s_q·h_q query rows per latent head (h_kv = 1); computed on the GPU, no host sync.
         metadata, num_splits = get_mla_metadata(cache_seqlens, T * H, 1)

@@ -11,13 +11,24 @@ and the public API: get_mla_metadata, flash_mla_with_kvcache in both of FlashMLA
 """
 
 import os
+import warnings
 
 import torch
 
+
+class InterpreterFallbackWarning(UserWarning):
+    """No CUDA device: the Triton kernels run in Triton's interpreter (numpy on the CPU), for correctness only."""
+
+
 # Triton picks interpreter or compiler when a kernel is defined, so the choice is made here, before the kernel
 # modules are imported: with no CUDA device (a laptop, CI), kernels run on CPU tensors in Triton's interpreter.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# Said once per process, when this module makes the choice (not when the caller set TRITON_INTERPRET itself):
+# after the first import the variable is set, so a re-import stays quiet.
+if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
+    os.environ["TRITON_INTERPRET"] = "1"
+    warnings.warn("mla_tutorial.kernels: no CUDA device found, so the Triton kernels run in Triton's interpreter "
+                  "on CPU tensors (TRITON_INTERPRET=1): correct but slow, for small shapes; set TRITON_INTERPRET=1 "
+                  "yourself to silence this", InterpreterFallbackWarning, stacklevel=2)
 
 from .api import (  # noqa: E402
     KERNEL_VERSIONS,
@@ -35,6 +46,7 @@ from .api import (  # noqa: E402
 from .common import TileConfig, choose_tile_config, device_limits  # noqa: E402
 
 __all__ = [
+    "InterpreterFallbackWarning",
     "KERNEL_VERSIONS",
     "FlashMLASchedMeta",
     "TileConfig",

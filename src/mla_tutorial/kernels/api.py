@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import _check_tensor, validate_decode_inputs, validate_metadata
+from ..contract import check_contiguous, validate_paged_decode
+from .common import _check_tensor, validate_metadata
 from .reference import mla_decode_reference
 from .schedule import get_mla_metadata as _get_mla_metadata
 from .v1_naive import mla_decode_v1
@@ -139,13 +140,19 @@ def flash_mla_with_kvcache(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paged MLA decode (FlashMLA-compatible, both API forms). Returns (out [b, s_q, h_q, 512], lse [b, h_q, s_q]).
 
-    `check_bounds=False` (not in FlashMLA, which never checks) drops the one-launch device-side assertion on the
-    kernels' bad-block-id / stale-schedule flag; the kernels still never follow a bad id. For benchmarking.
+    Every argument is checked against the paged-decode contract (`mla_tutorial.contract`) before anything is
+    launched. Bounds (block ids in [0, num_blocks), lengths >= 0 that fit the table) and a schedule built for
+    other lengths: on the CPU (interpreter) on the host; on a GPU inside the v5 kernels, which never follow a bad
+    id and clear a flag that one device-side assertion checks (no host sync). `check_bounds=False` (not in
+    FlashMLA, which never checks) drops that assertion; the kernels still never read outside the pool.
     """
-    dims = validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
+    dims = validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                                 kernel=True, check_values=q.device.type != "cuda")
     if isinstance(tile_scheduler_metadata, FlashMLASchedMeta):
         tile_scheduler_metadata, num_splits = _sched_meta_tensors(tile_scheduler_metadata, num_splits,
                                                                   cache_seqlens, dims, causal, False)
     validate_metadata(tile_scheduler_metadata, num_splits, dims.batch, q.device)
+    check_contiguous("tile_scheduler_metadata", tile_scheduler_metadata)  # the kernels read both as dense arrays
+    check_contiguous("num_splits", num_splits)
     return _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, tile_scheduler_metadata, num_splits,
                       check_bounds=check_bounds)

@@ -2,7 +2,9 @@
 
 Every kernel version (v1 ... v4) and the FlashMLA-compatible API call :func:`validate_decode_inputs`
 before launching anything, so a bad argument fails with a message that names the argument, the
-expected value and the received value, never with a Triton crash or a silent wrong answer.
+expected value and the received value, never with a Triton crash or a silent wrong answer. The rules
+live in one place, `mla_tutorial.contract` (shared with stage 3's torch attention): this module
+re-exports its constants and applies its validator with the kernels' fixed geometry.
 
 Launch configurations are chosen from the device (shared memory per block, SM count) rather than
 hard-coded for an H100, so the same code runs on an A100 (164 KB of shared memory per block) or a
@@ -13,27 +15,32 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 
-# FlashMLA's fixed geometry: a 576-wide cache row = 512 latent ("nope") columns + 64 RoPE columns,
-# V is the first 512 columns of the same row, pages hold 64 tokens.
-D_QK = 576  # kv_lora_rank (512) + qk_rope_head_dim (64)
-D_NOPE = 512  # kv_lora_rank: the latent part, also V
-D_ROPE = 64  # qk_rope_head_dim: the decoupled RoPE part
-PAGE_SIZE = 64  # tokens per cache page (FlashMLA's block size)
+# FlashMLA's fixed geometry comes from the contract (re-exported here for the kernels): a 576-wide cache row =
+# 512 latent ("nope") columns + 64 RoPE columns, V is the first 512 columns of the same row, pages hold 64 tokens.
+from ..contract import (
+    D_NOPE,  # noqa: F401
+    D_QK,  # noqa: F401
+    D_ROPE,  # noqa: F401
+    KERNEL_DTYPES,  # noqa: F401
+    PAGE_SIZE,  # noqa: F401
+    SENTINEL_BLOCK,  # noqa: F401
+    DecodeDims,  # noqa: F401
+    is_interpreter,  # noqa: F401
+    validate_paged_decode,
+)
+from ..contract import check_device as _check_device
+from ..contract import check_tensor as _check_tensor
+from ..contract import describe as _describe  # noqa: F401
+
 MAX_TILE_M = 64  # query rows per program tile (one wgmma M=64 tile)
 SCHEDULE_OVERHEAD_BLOCKS = 5  # FlashMLA's fixed cost per request, in 64-token block units
 METADATA_COLS = 8  # width of FlashMLA's tile_scheduler_metadata rows
 
 LOG2E = 1.4426950408889634
-
-
-def is_interpreter() -> bool:
-    """True when Triton runs kernels in its numpy interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
 def cdiv(a: int, b: int) -> int:
@@ -47,135 +54,17 @@ def next_pow2(x: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # input validation
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DecodeDims:
-    """Sizes read off validated inputs."""
-
-    batch: int  # b
-    s_q: int  # query tokens per request (1 for plain decode, >1 for speculative/MTP decode)
-    h_q: int  # query heads
-    h_kv: int  # latent KV heads (1 for DeepSeek MLA)
-    heads_per_kv: int  # h_q // h_kv
-    rows_per_kv: int  # s_q * h_q // h_kv: the M dimension of the head tile
-    num_blocks: int  # pages in the cache
-    max_blocks: int  # block-table columns
-    head_dim_v: int  # 512
-    scale: float  # softmax scale
-
-
-def _describe(t) -> str:
-    if isinstance(t, torch.Tensor):
-        return f"tensor(shape={tuple(t.shape)}, dtype={t.dtype}, device={t.device})"
-    return f"{type(t).__name__} {t!r}"
-
-
-def _check_tensor(name: str, t, ndim: int, dtypes: tuple[torch.dtype, ...], what: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor ({what}), got {_describe(t)}")
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dims ({what}), got {t.dim()} dims: shape {tuple(t.shape)}")
-    if t.dtype not in dtypes:
-        names = " or ".join(str(d) for d in dtypes)
-        raise TypeError(f"{name} must have dtype {names}, got {t.dtype}")
-
-
-def _check_device(name: str, t: torch.Tensor, device: torch.device) -> None:
-    if t.device != device:
-        raise ValueError(f"{name} must be on {device} (the device of q), got {t.device}")
-
-
-def validate_decode_inputs(
-    q,
-    k_cache,
-    block_table,
-    cache_seqlens,
-    head_dim_v,
-    softmax_scale=None,
-    causal=False,
-    *,
-    allow_cpu: bool | None = None,
-    dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16),
-) -> DecodeDims:
-    """Check every argument of a decode call; return the sizes. Raises TypeError/ValueError, never launches.
+def validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale=None, causal=False, *,
+                           dtypes: tuple[torch.dtype, ...] | None = None, check_values: bool = True) -> DecodeDims:
+    """The contract's validator with the kernels' geometry: `validate_paged_decode(..., kernel=True)`.
 
     q [b, s_q, h_q, 576] bf16/fp16; k_cache [num_blocks, 64, h_kv, 576] same dtype; block_table
-    [b, max_blocks] int32; cache_seqlens [b] int32; head_dim_v == 512.
-    CPU tensors are accepted only under the interpreter (or with allow_cpu=True, for the reference).
+    [b, max_blocks] int32; cache_seqlens [b] int32, contiguous; head_dim_v == 512; CUDA tensors, or CPU
+    tensors under the interpreter. With check_values, block ids and lengths are bounds-checked (host check on
+    the CPU, a device-side assertion on a GPU: no host sync).
     """
-    _check_tensor("q", q, 4, dtypes, "[batch, s_q, h_q, 576]")
-    b, s_q, h_q, d = q.shape
-    if d != D_QK:
-        raise ValueError(f"q.shape[3] (head dim) must be {D_QK} (512 latent + 64 RoPE), got {d}")
-    if b < 1 or s_q < 1 or h_q < 1:
-        raise ValueError(f"q must have batch, s_q and h_q >= 1, got shape {tuple(q.shape)}")
-    if q.stride(-1) != 1:
-        raise ValueError(f"q must be contiguous in its last dim (stride 1), got stride {q.stride(-1)}")
-    device = q.device
-    if allow_cpu is None:
-        allow_cpu = is_interpreter()
-    if device.type != "cuda" and not allow_cpu:
-        raise ValueError(
-            f"q must be on a CUDA device (or run with TRITON_INTERPRET=1 for CPU tensors), got {device}"
-        )
-
-    _check_tensor("k_cache", k_cache, 4, (q.dtype,), "[num_blocks, 64, h_kv, 576], same dtype as q")
-    num_blocks, page, h_kv, dk = k_cache.shape
-    if page != PAGE_SIZE:
-        raise ValueError(f"k_cache.shape[1] (page size) must be {PAGE_SIZE}, got {page}")
-    if dk != D_QK:
-        raise ValueError(f"k_cache.shape[3] (head dim) must be {D_QK} to match q, got {dk}")
-    if h_kv < 1 or h_q % h_kv != 0:
-        raise ValueError(
-            f"h_q (q.shape[2] = {h_q}) must be divisible by h_kv (k_cache.shape[2] = {h_kv}), got {h_q} % {h_kv}"
-        )
-    if k_cache.stride(-1) != 1:
-        raise ValueError(f"k_cache must be contiguous in its last dim, got stride {k_cache.stride(-1)}")
-    _check_device("k_cache", k_cache, device)
-
-    _check_tensor("block_table", block_table, 2, (torch.int32,), "[batch, max_blocks_per_seq] int32")
-    if block_table.shape[0] != b:
-        raise ValueError(f"block_table.shape[0] must equal the batch size {b} of q, got {block_table.shape[0]}")
-    if block_table.shape[1] < 1:
-        raise ValueError(f"block_table must have at least 1 column, got shape {tuple(block_table.shape)}")
-    if block_table.stride(-1) != 1:
-        raise ValueError(f"block_table must be contiguous in its last dim, got stride {block_table.stride(-1)}")
-    _check_device("block_table", block_table, device)
-
-    _check_tensor("cache_seqlens", cache_seqlens, 1, (torch.int32,), "[batch] int32")
-    if cache_seqlens.shape[0] != b:
-        raise ValueError(
-            f"cache_seqlens.shape[0] must equal the batch size {b} of q, got {cache_seqlens.shape[0]}"
-        )
-    _check_device("cache_seqlens", cache_seqlens, device)
-
-    if isinstance(head_dim_v, bool) or not isinstance(head_dim_v, int):
-        raise TypeError(f"head_dim_v must be an int, got {_describe(head_dim_v)}")
-    if head_dim_v != D_NOPE:
-        raise ValueError(f"head_dim_v must be {D_NOPE} (V = the latent part of the cache row), got {head_dim_v}")
-
-    if softmax_scale is None:
-        scale = D_QK**-0.5
-    else:
-        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
-            raise TypeError(f"softmax_scale must be a float or None, got {_describe(softmax_scale)}")
-        scale = float(softmax_scale)
-        if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"softmax_scale must be a finite positive number, got {softmax_scale}")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {_describe(causal)}")
-
-    return DecodeDims(
-        batch=b,
-        s_q=s_q,
-        h_q=h_q,
-        h_kv=h_kv,
-        heads_per_kv=h_q // h_kv,
-        rows_per_kv=s_q * (h_q // h_kv),
-        num_blocks=num_blocks,
-        max_blocks=block_table.shape[1],
-        head_dim_v=head_dim_v,
-        scale=scale,
-    )
+    return validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                                 dtypes=dtypes, kernel=True, check_values=check_values)
 
 
 def validate_metadata(tile_scheduler_metadata, num_splits, batch: int, device: torch.device) -> None:

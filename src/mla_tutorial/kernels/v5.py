@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import torch
 
+from ..contract import check_contiguous, validate_paged_decode
 from .combine import combine_splits
-from .common import D_NOPE, TileConfig, validate_decode_inputs, validate_metadata
+from .common import D_NOPE, TileConfig, validate_metadata
 from .schedule import get_mla_metadata
 from .v4_balanced import _launch_v4
 from .v5_gluon import BLOCK_M as GLUON_BLOCK_M
@@ -108,7 +109,9 @@ def mla_decode_v5(
     GluonConfig for "gluon"). `error_flag` (int32 [1], set to 1 by the caller) is cleared by the kernel on a bad
     block id, instead of the device-side assertion: for callers that want to read it themselves.
     """
-    dims = validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
+    # on a GPU the kernels check bounds themselves (no extra launches); on the CPU the contract checks on the host
+    dims = validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                                 kernel=True, check_values=q.device.type != "cuda")
     if (tile_scheduler_metadata is None) != (num_splits is None):
         raise ValueError("tile_scheduler_metadata and num_splits must be given together (from get_mla_metadata)")
     if path is not None and path not in PATHS:
@@ -116,5 +119,7 @@ def mla_decode_v5(
     if tile_scheduler_metadata is None:
         tile_scheduler_metadata, num_splits = get_mla_metadata(cache_seqlens, dims.rows_per_kv, dims.h_kv)
     validate_metadata(tile_scheduler_metadata, num_splits, dims.batch, q.device)
+    check_contiguous("tile_scheduler_metadata", tile_scheduler_metadata)
+    check_contiguous("num_splits", num_splits)
     return _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, tile_scheduler_metadata, num_splits,
                       check_bounds=check_bounds, path=path, config=config, error_flag=error_flag)

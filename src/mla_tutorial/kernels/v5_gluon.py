@@ -109,7 +109,7 @@ if gluon is not None:
         q_ptr, k_desc, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
         meta_ptr, num_splits_ptr, ok_ptr,
         stride_qb, stride_qs, stride_qh, stride_btb,
-        s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks,
+        s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, SUB: gl.constexpr, STAGES: gl.constexpr,
         MODE: gl.constexpr, FINE: gl.constexpr, num_warps: gl.constexpr,
@@ -169,10 +169,12 @@ if gluon is not None:
             # a schedule built for other lengths would skip pages or leave a partial unwritten: flag it
             stale = (req == begin_req) & (begin_block > 0) & (begin_block >= n_pages)
             stale |= (req == end_req) & (end_block < n_pages) & ((next_req != req) | (next_block != end_block))
+            stale |= (s_k < 0) | (n_pages > max_blocks)  # a length the block table cannot hold
             gl.store(ok_ptr, 0, mask=stale)
+            n_pages = gl.minimum(n_pages, max_blocks)  # never read past the request's row of the table
             lo = gl.where(req == begin_req, begin_block, 0) * STEPS_PER_PAGE
             hi_page = gl.minimum(gl.where(req == end_req, end_block, n_pages), n_pages)  # an empty request: none
-            hi = gl.minimum(hi_page * STEPS_PER_PAGE, gl.cdiv(s_k, SUB))
+            hi = gl.minimum(hi_page * STEPS_PER_PAGE, gl.cdiv(gl.minimum(s_k, n_pages * PAGE), SUB))
             split = gl.where(req == begin_req, begin_split, 0)
             first_slot = gl.load(num_splits_ptr + req)
             pieces = gl.load(num_splits_ptr + req + 1) - first_slot
@@ -391,7 +393,7 @@ def launch_v5_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, 
         q, _k_descriptor(k_cache, cfg.sub), block_table, cache_seqlens, out, lse, part_out, part_lse, meta,
         num_splits, ok_flag,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0),
-        dims.s_q, dims.h_q, dims.heads_per_kv, dims.rows_per_kv, m_tiles, dims.num_blocks,
+        dims.s_q, dims.h_q, dims.heads_per_kv, dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks,
         dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], SUB=cfg.sub, STAGES=cfg.stages, MODE=cfg.mode, FINE=cfg.fine,
         num_warps=NUM_WARPS,

@@ -72,7 +72,7 @@ def _mla_decode_v5_small_kernel(
     stride_qb, stride_qs, stride_qh,
     stride_kvb, stride_kvt, stride_kvh,
     stride_btb,
-    s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks,
+    s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
     qk_scale,
     CAUSAL: tl.constexpr, PAGE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -99,14 +99,16 @@ def _mla_decode_v5_small_kernel(
     for req_i in range(begin_req, end_req + 1):
         req = tl.cast(req_i, tl.int32)
         s_k = tl.load(seqlens_ptr + req)
-        n_blocks = tl.cdiv(s_k, BLOCK_N)
         n_pages = tl.cdiv(s_k, PAGE)
-        lo = tl.where(req == begin_req, begin_block, 0)
-        hi = tl.where(req == end_req, end_block, n_pages)
         # A schedule built for other lengths would skip pages or leave a partial unwritten: flag it, no wrong answer
         stale = (req == begin_req) & (begin_block > 0) & (begin_block >= n_pages)
         stale |= (req == end_req) & (end_block < n_pages) & ((next_req != req) | (next_block != end_block))
+        stale |= (s_k < 0) | (n_pages > max_blocks)  # a length the block table cannot hold
         tl.store(ok_ptr, 0, mask=stale)
+        n_pages = tl.minimum(n_pages, max_blocks)  # never read past the request's row of the table
+        lo = tl.where(req == begin_req, begin_block, 0)
+        hi = tl.minimum(tl.where(req == end_req, end_block, n_pages), n_pages)
+        n_blocks = tl.cdiv(tl.minimum(s_k, n_pages * PAGE), BLOCK_N)  # key steps inside the readable pages
         n_lo = lo * STEPS_PER_PAGE
         n_hi = tl.minimum(hi * STEPS_PER_PAGE, n_blocks)
         split = tl.where(req == begin_req, begin_split, 0)
@@ -190,7 +192,7 @@ def launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, 
         q.stride(0), q.stride(1), q.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_table.stride(0),
-        dims.s_q, dims.h_q, dims.heads_per_kv, dims.rows_per_kv, m_tiles, dims.num_blocks,
+        dims.s_q, dims.h_q, dims.heads_per_kv, dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks,
         dims.scale * LOG2E,
         CAUSAL=causal, PAGE=PAGE_SIZE, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         D_NOPE=D_NOPE, D_ROPE=D_ROPE, UPCAST=is_interpreter(), NUM_STAGES=cfg.num_stages,
