@@ -30,7 +30,7 @@ from .v1_naive import mla_decode_v1
 from .v2_head_tiled import mla_decode_v2
 from .v3_split_kv import mla_decode_v3
 from .v4_balanced import mla_decode_v4
-from .v5 import _launch_v5, kernel_choice, mla_decode_v5
+from .v5 import _launch_v5, kernel_choice, mla_decode_v5, on_gpu
 
 __all__ = [
     "FlashMLASchedMeta",
@@ -147,7 +147,7 @@ def flash_mla_with_kvcache(
     FlashMLA, which never checks) drops that assertion; the kernels still never read outside the pool.
     """
     dims = validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
-                                 kernel=True, check_values=q.device.type != "cuda")
+                                 kernel=True, check_values=not on_gpu(q))
     if isinstance(tile_scheduler_metadata, FlashMLASchedMeta):
         tile_scheduler_metadata, num_splits = _sched_meta_tensors(tile_scheduler_metadata, num_splits,
                                                                   cache_seqlens, dims, causal, False)
