@@ -12,7 +12,7 @@ import json
 
 import torch
 
-from mla_tutorial.bench_kernels import bench_ms, make_inputs, make_lengths
+from mla_tutorial.measure.kernel_bench import bench_ms, make_inputs, make_lengths
 from mla_tutorial.kernels import flash_mla_with_kvcache, mla_decode_v2
 from mla_tutorial.kernels.common import device_limits
 from mla_tutorial.kernels.v4_balanced import get_mla_metadata

@@ -192,13 +192,13 @@ def test_bench_kernel_delegates_or_says_why(capsys, monkeypatch):
     import importlib
 
     try:
-        importlib.import_module("mla_tutorial.bench_kernels")
+        importlib.import_module("mla_tutorial.measure.kernel_bench")
     except ImportError:
         assert main(["bench", "--kernel"]) == 2
         assert "not available" in capsys.readouterr().err
         return
     seen = {}
-    monkeypatch.setattr("mla_tutorial.bench_kernels.main", lambda argv: seen.setdefault("argv", argv) and 0)
+    monkeypatch.setattr("mla_tutorial.measure.kernel_bench.main", lambda argv: seen.setdefault("argv", argv) and 0)
     assert main(["bench", "--kernel", "--quick", "--out", "x.json"]) == 0
     assert seen["argv"] == ["--quick", "--out", "x.json"]
 

@@ -2,7 +2,7 @@
 
     mla-tutorial tour [--config tiny] [--device cpu] ...      build, check and measure every stage (tour.py)
     mla-tutorial bench [--context 1024 4096] ...              decode benchmark of every stage on this device
-    mla-tutorial bench --kernel [--out F.json] [--quick]      the Triton kernel benchmark (bench_kernels.py)
+    mla-tutorial bench --kernel [--out F.json] [--quick]      the Triton kernel benchmark (measure/kernel_bench.py)
 
 `bench` (without --kernel) times one decode step of each stage for every context length and writes JSON with,
 per stage and shape: latency, throughput (tokens/s), the bytes and FLOPs the step must move and compute
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Decode benchmark of every stage on one device; with --kernel, "
                                             "the Triton kernel benchmark (remaining options go to it).")
     bench.add_argument("--kernel", action="store_true",
-                       help="run mla_tutorial.bench_kernels instead; other options are passed to it")
+                       help="run mla_tutorial.measure.kernel_bench instead; other options are passed to it")
     bench.add_argument("--config", default=None, choices=["tiny", "deepseek-v2-lite", "deepseek-v2", "deepseek-v3"],
                        help="model preset (default: deepseek-v3 on CUDA, tiny on CPU)")
     bench.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
@@ -208,14 +208,14 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def run_kernel_bench(rest: list[str]) -> int:
-    """Hand the remaining arguments to `mla_tutorial.bench_kernels.main`."""
+    """Hand the remaining arguments to `mla_tutorial.measure.kernel_bench.main`."""
     try:
-        bench_kernels = importlib.import_module("mla_tutorial.bench_kernels")
+        kernel_bench = importlib.import_module("mla_tutorial.measure.kernel_bench")
     except ImportError as err:
         print(f"mla-tutorial bench --kernel: the kernel benchmark is not available here "
-              f"(import mla_tutorial.bench_kernels failed: {err})", file=sys.stderr)
+              f"(import mla_tutorial.measure.kernel_bench failed: {err})", file=sys.stderr)
         return 2
-    code = bench_kernels.main(rest)
+    code = kernel_bench.main(rest)
     return 0 if code is None else int(code)
 
 

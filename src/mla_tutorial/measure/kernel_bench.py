@@ -24,13 +24,13 @@ import time
 
 import torch
 
-from .kernels import common
-from .kernels.api import flash_mla_with_kvcache, get_mla_metadata
-from .kernels.common import TileConfig, set_tile_config_override
-from .kernels.v1_naive import mla_decode_v1
-from .kernels.v2_head_tiled import mla_decode_v2
-from .kernels.v3_split_kv import mla_decode_v3
-from .roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
+from ..kernels import common
+from ..kernels.api import flash_mla_with_kvcache, get_mla_metadata
+from ..kernels.common import TileConfig, set_tile_config_override
+from ..kernels.v1_naive import mla_decode_v1
+from ..kernels.v2_head_tiled import mla_decode_v2
+from ..kernels.v3_split_kv import mla_decode_v3
+from ..roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
 
 PAGE = 64
 SENTINEL = 2**31 - 1
@@ -83,7 +83,7 @@ def cos_diff(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def _torch_paged():
     try:
-        from .stage3_paged import paged_mla_attention
+        from ..stage3_paged import paged_mla_attention
 
         return paged_mla_attention
     except Exception as e:  # not written yet
