@@ -17,14 +17,9 @@ import torch
 
 from mla_tutorial import STAGES, AbsorbedMLA, MLAConfig, NaiveMHA, PagedMLA, linear_init_, tour
 from mla_tutorial.__main__ import main
-from mla_tutorial.profiling import (
-    cost_per_million_tokens,
-    decode_step_cost,
-    peak_memory,
-    prefill,
-    time_decode,
-    weight_count,
-)
+from mla_tutorial.measure.cost import cost_per_million_tokens, decode_step_cost, weight_count
+from mla_tutorial.measure.memory import peak_memory
+from mla_tutorial.measure.timing import prefill, time_decode
 
 ROOT = Path(__file__).resolve().parents[1]
 

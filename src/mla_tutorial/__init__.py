@@ -31,7 +31,7 @@ _LAZY = {
     "TinyDecoder": "decoder",
     "error_metrics": "metrics",
 }
-_LAZY_MODULES = ("hf", "kernels", "decoder", "metrics", "profiling", "tour", "roofline")
+_LAZY_MODULES = ("hf", "kernels", "decoder", "metrics", "measure", "tour")
 
 
 def __getattr__(name: str):

@@ -6,9 +6,9 @@
 
 `bench` (without --kernel) times one decode step of each stage for every context length and writes JSON with,
 per stage and shape: latency, throughput (tokens/s), the bytes and FLOPs the step must move and compute
-(`profiling.decode_step_cost`), the bandwidth and FLOP rate that implies, the step's peak memory, the cost per
+(`measure.cost.decode_step_cost`), the bandwidth and FLOP rate that implies, the step's peak memory, the cost per
 million tokens at an assumed GPU rental price, and, on CUDA, the fraction of this machine's measured roofline
-(`roofline.measure_copy_bandwidth`, `roofline.measure_matmul_tflops`) the step reaches.
+(`measure.roofline`) the step reaches.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from . import tour
-from .profiling import DEFAULT_USD_PER_GPU_HOUR, estimate_step_memory
+from .measure.cost import DEFAULT_USD_PER_GPU_HOUR, estimate_step_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def measured_ceilings(device: torch.device, args: argparse.Namespace) -> dict[str, Any] | None:
     """The roofline of this machine: {"bytes_per_s", "flops_per_s", "source", ...}, or None when unknown.
 
-    Given values (--bandwidth-gbs, --peak-tflops) win; otherwise, on CUDA, `mla_tutorial.roofline` measures a
+    Given values (--bandwidth-gbs, --peak-tflops) win; otherwise, on CUDA, `mla_tutorial.measure.roofline` measures a
     device-to-device copy (bytes read + written) and an 8192³ bf16 matmul on this card, now.
     """
     ceilings: dict[str, Any] = {"source": "given"}
@@ -83,11 +83,11 @@ def measured_ceilings(device: torch.device, args: argparse.Namespace) -> dict[st
     flops = None if args.peak_tflops is None else args.peak_tflops * 1e12
     if (bandwidth is None or flops is None) and device.type == "cuda":
         try:
-            roofline = importlib.import_module("mla_tutorial.roofline")
+            roofline = importlib.import_module("mla_tutorial.measure.roofline")
         except ImportError as err:
             print(f"note: no measured roofline ({err}); pass --bandwidth-gbs and --peak-tflops", file=sys.stderr)
             return None
-        ceilings = {"source": "measured: device copy and 8192³ bf16 matmul (mla_tutorial.roofline)",
+        ceilings = {"source": "measured: device copy and 8192³ bf16 matmul (mla_tutorial.measure.roofline)",
                     "device_info": roofline.device_info(device)}
         if bandwidth is None:
             copy = roofline.measure_copy_bandwidth(device)
@@ -106,7 +106,8 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from .config import MLAConfig
     from .layers import linear_init_
-    from .profiling import decode_kind, element_size, profile_decode
+    from .measure.cost import decode_kind, element_size
+    from .measure.stage_bench import profile_decode
 
     device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tour.check_device(parser, device_name)
@@ -193,7 +194,7 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if any(r["interpreter"] for r in records):
         console.print("ⁱ Triton interpreter on CPU: a correctness run, not a speed.")
     console.print("MB moved / GFLOP: what the step must read, write and compute (weights included; "
-                  "profiling.decode_step_cost). $/M tok: this layer only, at the assumed price.")
+                  "measure.cost.decode_step_cost). $/M tok: this layer only, at the assumed price.")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": "mla_tutorial stage decode", "config": config.to_dict(), "device": str(device),

@@ -16,8 +16,8 @@ For each stage, in ladder order (stage 0 NaiveMHA … stage 3 PagedMLA, and stag
    config on CPU (the default), bf16 for the DeepSeek presets and on CUDA (their serving dtype), or --dtype;
 3. measure its cache: bytes per token per layer, analytic (`cache_bytes_per_token`) and measured (bytes the
    actual cache object holds ÷ tokens it holds, after the check);
-4. time one decode step at each context length (median after warm-up; `profiling.time_decode`) and measure
-   the step's peak memory (`profiling.peak_memory`).
+4. time one decode step at each context length (median after warm-up; `measure.timing.time_decode`) and measure
+   the step's peak memory (`measure.memory.peak_memory`).
 
 Then it prints a table and writes `tour.json`, `tour_cache_size.png` (cache bytes against context length per
 stage) and `tour_latency.png` into `--out` (default out/tour/). It exits 1 if any stage fails its check.
@@ -53,15 +53,10 @@ from torch import nn
 from . import STAGES
 from .config import MLAConfig
 from .layers import linear_init_
+from .measure.cost import decode_kind, element_size, estimate_step_memory, weight_count
+from .measure.memory import cache_footprint
+from .measure.stage_bench import profile_decode
 from .metrics import error_metrics
-from .profiling import (
-    cache_footprint,
-    decode_kind,
-    element_size,
-    estimate_step_memory,
-    profile_decode,
-    weight_count,
-)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
 
@@ -392,7 +387,7 @@ def environment() -> dict[str, str]:
         pass
     env["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if torch.cuda.is_available():  # card, driver, CUDA: what a GPU result must be labelled with
-        from .roofline import device_info
+        from .measure.roofline import device_info
 
         env["gpu"] = device_info()
     return env

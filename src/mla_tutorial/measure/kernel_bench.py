@@ -30,7 +30,7 @@ from ..kernels.common import TileConfig, set_tile_config_override
 from ..kernels.v1_naive import mla_decode_v1
 from ..kernels.v2_head_tiled import mla_decode_v2
 from ..kernels.v3_split_kv import mla_decode_v3
-from ..roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
+from .roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
 
 PAGE = 64
 SENTINEL = 2**31 - 1
