@@ -20,6 +20,8 @@ importing it, which `mla_tutorial.kernels` does for you when no CUDA device is p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from .kernels import flash_mla_with_kvcache, get_mla_metadata
@@ -30,7 +32,20 @@ KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 
 
 class TritonMLA(PagedMLA):
-    """Stage 4: stage 3 with its torch attention replaced by the FlashMLA-compatible Triton kernel."""
+    """Stage 4: stage 3 with its torch attention replaced by the FlashMLA-compatible Triton kernel.
+
+    A decode step that needs no new page has no host sync (the schedule is computed on the device, the cache's
+    block table and lengths live there), so it can be captured in a CUDA graph (`mla_tutorial.graphs`).
+    """
+
+    def validate(self, hidden_states: torch.Tensor, cache: PagedLatentCache | None,
+                 seq_ids: Sequence[int] | None) -> tuple[torch.Tensor, PagedLatentCache | None, list[int] | None]:
+        """Stage 3's checks plus the kernel's dtype, all before the cache is touched."""
+        weight = next(self.parameters())
+        if weight.dtype not in KERNEL_DTYPES:
+            raise TypeError(f"TritonMLA runs its kernel in bf16 or fp16, but the module is {weight.dtype}; "
+                            f"use module.to(torch.bfloat16) (stage 3, PagedMLA, runs in any dtype)")
+        return super().validate(hidden_states, cache, seq_ids)
 
     def attend(self, q: torch.Tensor, cache: PagedLatentCache, block_table: torch.Tensor,
                cache_seqlens: torch.Tensor) -> torch.Tensor:

@@ -15,17 +15,18 @@ from torch.utils._pytree import tree_flatten
 def cache_footprint(cache: Any) -> dict[str, int]:
     """Bytes a stage's cache object holds for its tokens: {"bytes": in use, "tokens": held, "reserved": allocated}.
 
-    MHACache and LatentCache hold exactly their tokens. A paged cache reserves a whole pool up front; "bytes" then
+    MHACache and LatentCache hold exactly their tokens. A StaticLatentCache reserves room for `capacity` tokens
+    per sequence; "bytes" counts the rows written. A paged cache reserves a whole pool up front; "bytes" then
     counts the pages its sequences own (a partly filled last page counts whole), "reserved" the pool.
     """
-    if hasattr(cache, "block_table") and hasattr(cache, "cache_seqlens"):  # PagedLatentCache (stages 3, 4)
-        from ..stage3_paged import SENTINEL_BLOCK
-
-        if not cache.seq_ids:
-            return {"bytes": 0, "tokens": 0, "reserved": cache.nbytes}
-        pages = int((cache.block_table() != SENTINEL_BLOCK).sum())
+    if hasattr(cache, "num_free_blocks"):  # PagedLatentCache (stages 3, 4): the allocator's own counts
         page_bytes = cache.pool[0].numel() * cache.pool.element_size()  # page_size rows of 576
-        return {"bytes": pages * page_bytes, "tokens": int(cache.cache_seqlens().sum()), "reserved": cache.nbytes}
+        pages = cache.num_blocks - cache.num_free_blocks
+        return {"bytes": pages * page_bytes, "tokens": sum(cache.host_lengths().values()), "reserved": cache.nbytes}
+    if hasattr(cache, "host_max_length"):  # StaticLatentCache (stage 2): kv [B, capacity, 576]
+        tokens = cache.kv.shape[0] * cache.host_max_length
+        return {"bytes": tokens * cache.kv.shape[-1] * cache.kv.element_size(), "tokens": tokens,
+                "reserved": cache.nbytes}
     if hasattr(cache, "k") and hasattr(cache, "v"):  # MHACache: k [B, H, S, D]
         tokens = cache.k.shape[0] * cache.k.shape[2]
     elif hasattr(cache, "kv"):  # LatentCache: kv [B, S, 576]
@@ -33,7 +34,6 @@ def cache_footprint(cache: Any) -> dict[str, int]:
     else:
         raise TypeError(f"unknown cache type {type(cache).__name__}")
     return {"bytes": cache.nbytes, "tokens": tokens, "reserved": cache.nbytes}
-
 
 
 class AllocationTracker(TorchDispatchMode):

@@ -17,7 +17,7 @@ from .cost import (
     tokens_per_second,
 )
 from .memory import cache_footprint, peak_memory
-from .timing import _rewind_point, _weights, prefill, random_hidden, time_decode
+from .timing import _weights, in_place, prefill, random_hidden, time_decode
 
 
 @torch.inference_mode()
@@ -42,16 +42,16 @@ def profile_decode(module: nn.Module, context: int, batch: int = 1, *, warmup: i
     step_memory = None
     if measure_memory:
         x = random_hidden(module, batch, 1, torch.Generator().manual_seed(seed + 2))
-        rewind = _rewind_point(cache)
+        saved = cache.state() if in_place(cache) else None
         step_memory = peak_memory(lambda: module(x, cache), w.device)
-        if rewind is not None:
-            rewind()
+        if saved is not None:
+            cache.restore(saved)
     tps = tokens_per_second(batch, timing.median_s)
     record: dict[str, Any] = {
         "kind": kind, "batch": batch, "context": context, "dtype": str(w.dtype).removeprefix("torch."),
         "device": str(w.device),
-        "latency_ms": timing.median_s * 1e3, "latency_p20_ms": timing.p20_s * 1e3,
-        "latency_p80_ms": timing.p80_s * 1e3, "timing": timing.as_dict(),
+        "latency_ms": timing.median_s * 1e3, "latency_p10_ms": timing.p10_s * 1e3,
+        "latency_p90_ms": timing.p90_s * 1e3, "timing": timing.as_dict(),
         "tokens_per_s": tps, "usd_per_gpu_hour": usd_per_gpu_hour,
         "usd_per_million_tokens": cost_per_million_tokens(tps, usd_per_gpu_hour),
         "bytes": cost.bytes, "flops": cost.flops, "intensity_flop_per_byte": cost.intensity,
