@@ -242,6 +242,22 @@ def check_targets(rows) -> list[dict]:
     return out
 
 
+def kernel_occupancy_records() -> list[dict]:
+    """Occupancy of every kernel this run compiled (registers, spills, shared memory, programs per SM, wgmma or
+    mma.sync; measure/occupancy.py), printed as a table and stored in the JSON."""
+    from .occupancy import compiled_kernels, kernel_occupancy, occupancy_table, sm_limits
+
+    try:
+        limits = sm_limits()
+        records = [kernel_occupancy(kernel, limits, name) for name, kernel in compiled_kernels().items()]
+    except Exception as e:  # an older or newer Triton without these attributes: say so, keep the timings
+        log(f"occupancy unavailable: {e!r}")
+        return [{"error": repr(e)}]
+    for line in occupancy_table(records):
+        log(line)
+    return records
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="kernels_bench.json")
@@ -299,6 +315,7 @@ def main(argv=None) -> int:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
     result["targets"] = check_targets(rows)
+    result["occupancy"] = kernel_occupancy_records()
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     for t in result["targets"]:
