@@ -39,6 +39,32 @@ DEFAULT_USD_PER_GPU_HOUR = 2.50
 KINDS = ("mha", "latent", "absorbed")
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the whole model adds to one attention layer: its layer count and its released weights."""
+
+    layers: int  # attention layers (all MLA)
+    parameters: float | None  # every parameter of the released checkpoint (MoE experts included)
+    weight_bytes: float | None  # bytes per parameter as released
+    source: str
+
+
+#: Published figures for the presets (the model cards and papers); "tiny" is the tutorial's TinyDecoder.
+MODELS = {
+    "deepseek-v3": ModelFacts(61, 671e9, 1.0, "DeepSeek-V3 (arXiv:2412.19437): 61 layers, 671B parameters; "
+                                              "weights released in FP8 (1 byte per parameter, block scales aside)"),
+    "deepseek-v2": ModelFacts(60, 236e9, 2.0, "DeepSeek-V2 (arXiv:2405.04434): 60 layers, 236B parameters, bf16"),
+    "deepseek-v2-lite": ModelFacts(27, 15.7e9, 2.0, "DeepSeek-V2-Lite model card: 27 layers, 15.7B parameters, bf16"),
+    "tiny": ModelFacts(2, None, None, "the tutorial's TinyDecoder default: 2 layers; only its attention weights"),
+}
+
+
+def model_facts(preset: str) -> ModelFacts:
+    if preset not in MODELS:
+        raise ValueError(f"no whole-model figures for preset {preset!r}; known: {sorted(MODELS)}")
+    return MODELS[preset]
+
+
 # --------------------------------------------------------------------------------------------- what a stage is
 def decode_kind(module: nn.Module) -> str:
     """Which cost model a stage module follows: "mha" (stage 0), "latent" (stage 1) or "absorbed" (stages 2–4)."""
@@ -144,22 +170,41 @@ def decode_step_cost(config: MLAConfig, kind: str, context: int, batch: int = 1,
                     activation_bytes=2 * B * c.hidden_size * e + q_and_o, attention_bytes=B * S * row + q_and_o)
 
 
-def estimate_step_memory(config: MLAConfig, kind: str, context: int, batch: int = 1, element_bytes: int = 2) -> int:
-    """A rough upper bound on the bytes a decode step of our torch stages holds at its peak (cache included).
+#: How each stage holds its cache and computes attention, for the memory estimate: (grows by torch.cat, attention).
+STAGE_MEMORY = {"NaiveMHA": ("concat", "torch"), "LatentMLA": ("concat", "expand"),
+                "AbsorbedMLA": ("in-place", "torch"), "PagedMLA": ("in-place", "gather"),
+                "TritonMLA": ("in-place", "kernel")}
 
-    Used only to skip shapes that cannot fit. Counts the cache twice (stages 0–2 grow it with torch.cat, a copy),
-    float32 copies of what attention reads, the float32 scores and probabilities, and stage 1's expansion.
+
+def estimate_step_memory(config: MLAConfig, stage: str | type, context: int, batch: int = 1,
+                         element_bytes: int = 2) -> int:
+    """A rough upper bound on the bytes one decode step of a stage holds at its peak: weights, cache, temporaries.
+
+    `stage` is a stage class or its name (NaiveMHA … TritonMLA; a subclass counts as its stage). Used only to
+    skip shapes that cannot fit (and say by how much). Stages 0 and 1 grow the cache with torch.cat, so it
+    exists twice; stage 1 also builds the expanded keys and values; the torch attentions (stages 0–3) make
+    float32 copies of what they read, and stage 3 first gathers the pages into a contiguous copy; the kernel
+    (stage 4) reads the pages where they are.
     """
+    if isinstance(stage, type):
+        stage = next((c.__name__ for c in stage.__mro__ if c.__name__ in STAGE_MEMORY), stage.__name__)
+    if stage not in STAGE_MEMORY:
+        raise ValueError(f"stage must be one of {sorted(STAGE_MEMORY)}, got {stage!r}")
+    growth, attention = STAGE_MEMORY[stage]
     c, H, B, S, e = config, config.num_heads, batch, context, element_bytes
-    per_head_row = H * (c.qk_head_dim + c.v_head_dim)
-    if kind == "mha":
+    per_head_row = H * (c.qk_head_dim + c.v_head_dim)  # numbers per token of the per-head K and V
+    latent_row = c.latent_dim
+    if stage == "NaiveMHA":
         cache, work = B * S * per_head_row * e, B * S * per_head_row * 4
-    elif kind == "latent":
-        cache, work = B * S * c.latent_dim * e, B * S * per_head_row * (2 * e + 4)
+    elif stage == "LatentMLA":
+        cache, work = B * S * latent_row * e, B * S * per_head_row * (2 * e + 4)
     else:
-        cache, work = B * S * c.latent_dim * e, B * S * c.latent_dim * 4
-    scores = 2 * B * H * S * 4
-    return 2 * cache + work + scores + weight_count(c) * e
+        cache = B * (S + 64) * latent_row * e  # room for the context and one page more
+        work = {"torch": B * S * (latent_row + c.kv_lora_rank) * 4,
+                "gather": B * S * (latent_row * e + (latent_row + c.kv_lora_rank) * 4),
+                "kernel": 0}[attention]
+    scores = 2 * B * H * S * 4 if attention != "kernel" else 0  # float32 scores and probabilities
+    return (2 if growth == "concat" else 1) * cache + work + scores + weight_count(c) * e
 
 
 # --------------------------------------------------------------------------------------------- throughput and price
@@ -177,5 +222,6 @@ def cost_per_million_tokens(tokens_per_s: float, usd_per_gpu_hour: float = DEFAU
     return usd_per_gpu_hour / 3600.0 * 1e6 / tokens_per_s
 
 
-__all__ = ["DEFAULT_USD_PER_GPU_HOUR", "KINDS", "StepCost", "cost_per_million_tokens", "decode_kind",
-           "decode_step_cost", "element_size", "estimate_step_memory", "tokens_per_second", "weight_count"]
+__all__ = ["DEFAULT_USD_PER_GPU_HOUR", "KINDS", "MODELS", "ModelFacts", "STAGE_MEMORY", "StepCost",
+           "cost_per_million_tokens", "decode_kind", "decode_step_cost", "element_size", "estimate_step_memory",
+           "model_facts", "tokens_per_second", "weight_count"]

@@ -144,12 +144,14 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 @torch.inference_mode()
 def time_decode(module: nn.Module, cache: Any = None, *, context: int | None = None, batch: int = 1,
-                warmup: int = 5, reps: int = 50, seed: int = 0, graph: bool = False) -> DecodeTiming:
+                warmup: int = 5, reps: int = 50, seed: int = 0, graph: bool = False,
+                min_time_s: float = 0.2) -> DecodeTiming:
     """Latency of one decode step (one new token per sequence) that attends to `context` keys.
 
     Pass a filled `cache`, or `context` and `batch` to have a prefix of context − 1 tokens made by `prefill`.
     Inputs are random (8 sets, in turn); every step starts from the same prefix. `graph=True` (CUDA, stages
-    2–4) times replays of the step captured in a CUDA graph.
+    2–4) times replays of the step captured in a CUDA graph. On a CPU, steps are repeated beyond `reps` (up to
+    10×) until the timed ones add up to `min_time_s`, so that short steps are not judged on a few noisy samples.
     """
     if cache is None:
         if context is None:
@@ -179,7 +181,9 @@ def time_decode(module: nn.Module, cache: Any = None, *, context: int | None = N
     host: list[float] = []
     events: list[tuple[Any, Any]] = []
     growth = 0
-    for i in range(warmup + reps):
+    i = -1
+    while i + 1 < warmup + reps:
+        i += 1
         x = inputs[i % len(inputs)]
         if on_cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -202,11 +206,14 @@ def time_decode(module: nn.Module, cache: Any = None, *, context: int | None = N
             rewind()
         elif new_cache is cache:  # a cache type we cannot rewind was extended in place: it grows, and we say so
             growth += 1
+        if not on_cuda and i == warmup + reps - 1 and sum(times) < min_time_s and len(times) < 10 * reps:
+            reps += 1  # short steps on a CPU: repeat until the timed steps add up to min_time_s (at most 10×)
     if on_cuda:
         torch.cuda.synchronize(device)
         times = [s.elapsed_time(e) / 1e3 for s, e in events]
     ordered = sorted(times)
-    return DecodeTiming(statistics.median(times), _quantile(ordered, 0.1), _quantile(ordered, 0.9), reps, warmup,
+    return DecodeTiming(statistics.median(times), _quantile(ordered, 0.1), _quantile(ordered, 0.9), len(times),
+                        warmup,
                         "cuda-graph" if graph else "cuda-events" if on_cuda else "perf_counter", graph,
                         statistics.median(host) if on_cuda and not graph else None,
                         None if on_cuda else torch.get_num_threads(), growth)
