@@ -255,3 +255,17 @@ def test_peak_memory_on_cpu_sees_a_known_allocation():
     size = 4 << 20
     peak = peak_memory(lambda: torch.ones(size // 4, dtype=torch.float32), "cpu")
     assert size <= peak < 2 * size
+
+
+def test_cpu_tour_timings_are_trustworthy(quick_tour):
+    """A fixed thread count, median with its p10–p90 spread, the roofline measured in the same run, per record."""
+    _, out = quick_tour
+    summary = json.loads((out / "tour.json").read_text())
+    assert summary["threads"] >= 1 and summary["graphs"] is False
+    assert summary["roofline"]["bytes_per_s"] > 0 and "CPU copy" in summary["roofline"]["source"]
+    for s in summary["stages"]:
+        for r in s["decode"]:
+            assert r["timing"]["threads"] == summary["threads"]
+            assert r["latency_p10_ms"] <= r["latency_ms"] <= r["latency_p90_ms"]
+            assert r["timing"]["reps"] >= (3 if s["interpreter"] else summary["reps"])
+            assert 0 < r["roofline_fraction"] and r["spread"] >= 0 and not r["graph"]

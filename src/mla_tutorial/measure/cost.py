@@ -18,8 +18,10 @@ d_v = v_head_dim (128), D = d_h + d_r (192):
 (V3 numbers in bf16.) Stage 0 is "mha", stage 1 "latent", stages 2, 3 and 4 "absorbed". Stage 1 also writes the
 expanded per-head keys and values out and reads them back (an unfused implementation has to), which is counted
 in its bytes. Projections (q, kv_a, kv_b, o) cost 2 FLOPs per weight per token, and their weights are read once
-per step. The attention-only numbers (`attention_bytes`, `attention_flops`) follow FlashMLA's benchmark formulas:
-cache read + queries read + outputs written, and 2·H·S·(576 + 512) FLOPs per sequence.
+per step. Only matrix products count as FLOPs (RMSNorm, RoPE, softmax and the other elementwise work do not), so
+the count equals torch's FLOP counter (`torch.utils.flop_counter`) on the torch stages. The attention-only
+numbers (`attention_bytes`, `attention_flops`) follow FlashMLA's benchmark formulas: cache read + queries read
++ outputs written, and 2·H·S·(576 + 512) FLOPs per sequence.
 """
 
 from __future__ import annotations
@@ -147,7 +149,8 @@ def decode_step_cost(config: MLAConfig, kind: str, context: int, batch: int = 1,
     c, H, B, S, e = config, config.num_heads, batch, context, element_bytes
     d_c, d_r, d_h, d_v, D = c.kv_lora_rank, c.qk_rope_head_dim, c.qk_nope_head_dim, c.v_head_dim, c.qk_head_dim
 
-    dense = weight_count(c) - c.kv_lora_rank * H * (d_h + d_v)  # every weight but kv_b_proj's
+    norms = c.kv_lora_rank + (c.q_lora_rank or 0)  # RMSNorm weights: elementwise, not counted as FLOPs
+    dense = weight_count(c) - c.kv_lora_rank * H * (d_h + d_v) - norms  # every matrix but kv_b_proj's
     kv_b_per_token = 2 * d_c * H * (d_h + d_v)  # FLOPs to push one token through kv_b_proj (or W_UK and W_UV)
     projection = B * 2 * dense + B * kv_b_per_token * (S if kind == "latent" else 1)
 

@@ -181,7 +181,7 @@ def time_decode(module: nn.Module, cache: Any = None, *, context: int | None = N
     host: list[float] = []
     events: list[tuple[Any, Any]] = []
     growth = 0
-    i = -1
+    i, max_reps = -1, 10 * reps
     while i + 1 < warmup + reps:
         i += 1
         x = inputs[i % len(inputs)]
@@ -206,7 +206,7 @@ def time_decode(module: nn.Module, cache: Any = None, *, context: int | None = N
             rewind()
         elif new_cache is cache:  # a cache type we cannot rewind was extended in place: it grows, and we say so
             growth += 1
-        if not on_cuda and i == warmup + reps - 1 and sum(times) < min_time_s and len(times) < 10 * reps:
+        if not on_cuda and i == warmup + reps - 1 and sum(times) < min_time_s and len(times) < max_reps:
             reps += 1  # short steps on a CPU: repeat until the timed steps add up to min_time_s (at most 10×)
     if on_cuda:
         torch.cuda.synchronize(device)
