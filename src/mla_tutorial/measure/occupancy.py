@@ -167,12 +167,14 @@ def compiled_kernels() -> dict[str, Any]:
     import pkgutil
 
     found: dict[str, Any] = {}
+    seen: set[int] = set()  # a @triton.jit function imported by several modules is one function
     for info in pkgutil.iter_modules(kernels.__path__):
         module = importlib.import_module(f"{kernels.__name__}.{info.name}")
         for attr, fn in vars(module).items():
             caches = getattr(fn, "device_caches", None)
-            if not hasattr(fn, "run") or not isinstance(caches, dict):
+            if not hasattr(fn, "run") or not isinstance(caches, dict) or id(fn) in seen:
                 continue
+            seen.add(id(fn))
             for entry in list(caches.values()):
                 for i, kernel in enumerate(entry[0].values()):
                     found[f"{info.name}.{attr}#{i}"] = kernel

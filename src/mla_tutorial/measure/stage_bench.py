@@ -60,6 +60,7 @@ def memory_budget(device: torch.device, max_memory_gb: float | None = None) -> i
     if max_memory_gb is not None:
         return int(max_memory_gb * 2**30)
     if device.type == "cuda":
+        torch.cuda.empty_cache()  # blocks cached by the allocator count as free
         free, _ = torch.cuda.mem_get_info(device)
         return int(0.9 * free)
     return 4 * 2**30
@@ -279,8 +280,11 @@ def run_stage_bench(opts: BenchOptions, console: Any = None, stage_classes: list
                                                     seed=opts.seed, usd_per_gpu_hour=opts.usd_per_gpu_hour,
                                                     ceilings=ceilings, graph=graph, layers=layers)
                             if opts.profile:
-                                record["profile"] = kernel_profile(module, context, batch, graph=graph,
-                                                                   seed=opts.seed)
+                                try:
+                                    record["profile"] = kernel_profile(module, context, batch, graph=graph,
+                                                                       seed=opts.seed)
+                                except Exception as err:  # the profiler's own failure must not lose the timing
+                                    record["profile"] = {"error": f"{type(err).__name__}: {err}"}
                         except torch.OutOfMemoryError:
                             skipped.append(where | {"reason": f"out of memory (estimated {need / 2**30:.1f} GiB)"})
                             torch.cuda.empty_cache()

@@ -73,8 +73,8 @@ def random_cache(module: nn.Module, batch: int, length: int, *, capacity: int | 
     c = module.config
     gen = torch.Generator(device=w.device).manual_seed(seed)
 
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen, device=w.device, dtype=torch.float32).to(w.dtype)
+    def randn(*shape: int) -> torch.Tensor:  # drawn in the cache's dtype: no float32 copy of a large cache
+        return torch.empty(*shape, device=w.device, dtype=w.dtype).normal_(generator=gen)
 
     if not hasattr(module, "new_cache"):
         if isinstance(module, LatentMLA):  # stage 1: [B, S, 576]
