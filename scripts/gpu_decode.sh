@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Issue 6 on a GPU machine: the decode path at serving shapes, measured. Each step is time-boxed; everything lands
 # in $WORK and is packed into $OUT/decode_results.tgz (the device machine returns at most 8 files).
-#   scripts/gpu_decode.sh            graph/sync tests, tour, bench, profile, occupancy, roofline, capacity
-#   STEPS="tests tour" scripts/gpu_decode.sh   only some steps (tests tour bench profile occupancy roofline memory)
+#   scripts/gpu_decode.sh            graph/sync tests, tour, bench (+ coverage), profile, occupancy, roofline, capacity
+#   STEPS="tests tour" scripts/gpu_decode.sh   only some steps (tests tour bench coverage profile occupancy roofline
+#                                              memory); about 4 minutes for all on an H200, one tgz in $OUT
 set -u -o pipefail
 OUT=${OUT:-out/gpu_decode}
 WORK=${WORK:-/tmp/gpu_decode}
-STEPS=${STEPS:-tests tour bench profile occupancy roofline memory}
+STEPS=${STEPS:-tests tour bench coverage profile occupancy roofline memory}
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 COLUMNS=200
 PY=${PYTHON:-python3}
@@ -28,13 +29,15 @@ has tests && step tests 100 $PY -m pytest -m gpu tests/test_graphs_gpu.py -q -p 
 has tour && step tour 120 $PY -m mla_tutorial tour "${V3[@]}" --warmup 5 --reps 30 --out "$WORK/tour"
 has bench && step bench 90 $PY -m mla_tutorial bench "${V3[@]}" --stages 2 4 --heads 128 16 --batch 1 8 64 \
   --context 4096 --graphs both --warmup 5 --reps 30 --out "$WORK/bench/stages.json"
-has profile && step profile 45 $PY -m mla_tutorial bench "${V3[@]}" --stages 2 4 --heads 128 --batch 64 \
+has coverage && step coverage 75 $PY -m mla_tutorial bench "${V3[@]}" --stages 2 4 --heads 128 16 --batch 8 64 \
+  --context 1024 16384 --graphs on --warmup 5 --reps 30 --out "$WORK/bench/coverage.json"
+has profile && step profile 90 $PY -m mla_tutorial bench "${V3[@]}" --stages 2 4 --heads 128 16 --batch 1 64 \
   --context 4096 --graphs both --warmup 3 --reps 10 --profile --out "$WORK/bench/profile.json"
 has occupancy && step occupancy 40 $PY -m mla_tutorial.measure.occupancy --json "$WORK/occupancy.json"
 has roofline && step roofline 45 $PY -m mla_tutorial roofline "${V3[@]}" --batch 64 --context 4096 --warmup 5 \
   --reps 30 --out "$WORK/roofline"
 has memory && step memory 30 $PY -m mla_tutorial memory --config deepseek-v3 --context 32768 --gpu-memory-gb 141 \
   --out "$WORK/memory"
-for name in tests tour bench profile occupancy roofline memory; do
+for name in tests tour bench coverage profile occupancy roofline memory; do
   [ -f "$WORK/$name.log" ] && { echo "----- $name (tail)"; tail -n 25 "$WORK/$name.log" | cut -c1-220; }
 done

@@ -120,7 +120,7 @@ def test_kernel_occupancy_reads_a_compiled_kernel():
     assert record["programs_per_sm"] == 2 and record["limited_by"] == "shared memory"
     assert record["tensor_cores"] == {"wgmma": 0, "mma.sync": 2, "kind": "mma.sync"}
     assert record["config"] == {"BLOCK_M": 16, "BLOCK_N": 32} and record["warp_occupancy"] == 8 / 64
-    assert "| _mla_decode_v4_kernel | BLOCK_M=16, BLOCK_N=32 | 4 | 3 | 168 | 0 |" in occupancy.occupancy_table(
+    assert "| _mla_decode_v4_kernel |  | BLOCK_M=16, BLOCK_N=32 | 4 | 3 | 168 | 0 |" in occupancy.occupancy_table(
         [record])[2]
 
 

@@ -183,11 +183,13 @@ def compiled_kernels() -> dict[str, Any]:
 
 def occupancy_table(records: list[dict[str, Any]]) -> list[str]:
     """Markdown rows (header first) of occupancy records."""
-    lines = ["| kernel | config | warps | stages | registers | spills | shared KiB | programs/SM (limit) | "
-             "tensor cores |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| kernel | launched for | config | warps | stages | registers | spills | shared KiB | "
+             "programs/SM (limit) | tensor cores |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         config = ", ".join(f"{k}={v}" for k, v in r["config"].items() if k.startswith("BLOCK") or k == "NUM_STAGES")
-        lines.append(f"| {r['kernel']} | {config} | {r['num_warps']} | {r['num_stages']} | "
+        shape = r.get("launched_for") or {}
+        launched = f"h_q={shape['h_q']}, s_q={shape['s_q']}" if shape else ""
+        lines.append(f"| {r['kernel']} | {launched} | {config} | {r['num_warps']} | {r['num_stages']} | "
                      f"{r['registers_per_thread']} | {r['spills']} | {r['shared_bytes'] / 1024:.1f} | "
                      f"{r['programs_per_sm']} ({r['limited_by']}) | {r['tensor_cores']['kind']} |")
     return lines

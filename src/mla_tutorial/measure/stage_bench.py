@@ -159,7 +159,8 @@ def kernel_profile(module: nn.Module, context: int, batch: int, *, graph: bool =
 
     kernels = [e for e in events if device_us(e) > 0] if on_cuda else []
     kernels.sort(key=device_us, reverse=True)
-    cpu_ops = sorted((e for e in events if e.key.startswith("aten::")), key=lambda e: e.count, reverse=True)
+    cpu_ops = sorted((e for e in events if e.key.startswith("aten::")), key=lambda e: e.self_cpu_time_total,
+                     reverse=True)
     return {
         "graph": graph, "steps": steps, "wall_ms_per_step_profiled": wall * 1e3,
         "device_ms_per_step": sum(device_us(e) for e in kernels) / 1e3 / steps if on_cuda else None,
@@ -167,7 +168,9 @@ def kernel_profile(module: nn.Module, context: int, batch: int, *, graph: bool =
         "top_kernels": [{"name": e.key[:120], "ms_per_step": device_us(e) / 1e3 / steps, "calls_per_step":
                          e.count / steps} for e in kernels[:top]],
         "aten_ops_per_step": sum(e.count for e in cpu_ops) / steps,
-        "top_aten_ops": [{"name": e.key, "calls_per_step": e.count / steps} for e in cpu_ops[:top]],
+        "aten_self_cpu_ms_per_step": sum(e.self_cpu_time_total for e in cpu_ops) / 1e3 / steps,
+        "top_aten_ops": [{"name": e.key, "calls_per_step": e.count / steps,
+                          "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / steps} for e in cpu_ops[:top]],
         "note": "state restores between steps are inside the profile (a few small copies per step)",
     }
 

@@ -118,7 +118,7 @@ class DecodeTiming:
     warmup: int
     method: str  # "cuda-events", "cuda-graph" or "perf_counter"
     graph: bool  # replays of a captured CUDA graph
-    host_median_s: float | None  # eager CUDA: the host's time to issue one step (perf_counter, no sync)
+    host_median_s: float | None  # CUDA: the host's time to issue one step, or one replay (perf_counter, no sync)
     threads: int | None  # CPU: torch's intra-op threads during the timing
     context_growth: int = 0  # tokens the cache grew by during the timing (0: every step at the same context)
 
@@ -215,7 +215,7 @@ def time_decode(module: nn.Module, cache: Any = None, *, context: int | None = N
     return DecodeTiming(statistics.median(times), _quantile(ordered, 0.1), _quantile(ordered, 0.9), len(times),
                         warmup,
                         "cuda-graph" if graph else "cuda-events" if on_cuda else "perf_counter", graph,
-                        statistics.median(host) if on_cuda and not graph else None,
+                        statistics.median(host) if on_cuda else None,
                         None if on_cuda else torch.get_num_threads(), growth)
 
 
