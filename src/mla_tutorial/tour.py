@@ -59,7 +59,7 @@ from .config import MLAConfig
 from .layers import linear_init_
 from .measure.cost import MODELS, decode_kind, element_size, estimate_step_memory, weight_count
 from .measure.memory import cache_footprint
-from .measure.report import device_name, fmt_bytes, fmt_ms, spread_warnings
+from .measure.report import device_name, fmt_bytes, fmt_ms
 from .measure.roofline import device_info, measure_ceilings
 from .measure.stage_bench import (
     DTYPES,
@@ -390,76 +390,10 @@ def _tour(opts: TourOptions, console: Any, device: torch.device, threads: int | 
 
 # ------------------------------------------------------------------------------------------------ output
 def print_table(summary: dict[str, Any], console: Any = None) -> None:
-    """The tour's table: per stage (and heads count), the check, the cache size and, per context, the step's
-    latency, tokens/s and fraction of the roofline; then the peak memory of the last context's step."""
-    from rich.console import Console
-    from rich.table import Table
+    """The tour's table (`measure.report.tour_table`)."""
+    from .measure.report import tour_table
 
-    console = console or Console()
-    full = {r["stage"]: r["bytes_per_token_per_layer"] for r in summary["cache_size"]["rows"]}
-    title = (f"MLA ladder — {summary['config']['name']}, {summary['dtype']}, {summary['device']} "
-             f"({summary['device_name']}), batch {summary['batch']}, graphs {'on' if summary['graphs'] else 'off'}")
-    table = Table(title=title, title_justify="left")
-    table.add_column("stage")
-    table.add_column("heads", justify="right")
-    table.add_column(f"check vs previous\nrel_frob / cosine\n(≤ {summary['check']['max_rel_frob']:g} / "
-                     f"≥ {summary['check']['min_cosine']:.10g})", justify="right")
-    table.add_column(f"cache B/token/layer\n{summary['preset']} {summary['dtype']}", justify="right")
-    table.add_column("measured\nB/token", justify="right")
-    contexts = summary["contexts"]
-    for context in contexts:
-        table.add_column(f"S={context:,}\nms ±½(p90−p10)\ntokens/s\nroofline", justify="right")
-    table.add_column(f"step peak mem\nS={contexts[-1]:,}", justify="right")
-    for row in summary["stages"]:
-        check = row["check"]
-        if "error" in row:
-            verdict = f"[red]ERROR[/red] {row['error'][:60]}"
-        elif check.get("reference"):
-            verdict = "reference"
-        else:
-            mark = "[green]PASS[/green]" if check["passed"] else "[red]FAIL[/red]"
-            verdict = f"{check['rel_frob']:.1e} / {check['cosine']:.7f} {mark}"
-        cache = row.get("cache", {})
-        measured = f"{cache['measured_bytes_per_token']:,.0f}" if cache else "–"
-        by_context = {r["context"]: r for r in row.get("decode", [])}
-        skipped = {c: s["reason"] for s in row.get("skipped", []) for c in s["contexts"]}
-        cells = []
-        for context in contexts:
-            r = by_context.get(context)
-            if r is None:
-                reason = skipped.get(context, "–")
-                cells.append("–" if reason == "–" else f"[yellow]{reason.split(' (budget')[0]}[/yellow]")
-                continue
-            mark = "ⁱ" if row["interpreter"] else "ᵍ" if r["graph"] else ""
-            cells.append(f"{fmt_ms(r)}{mark}\n{r['tokens_per_s']:,.0f}\n{r.get('roofline_fraction', 0):.1%}")
-        last = by_context.get(contexts[-1])
-        label = f"{row['stage']} {row['name']}"
-        if row.get("dtype", summary["dtype"]) != summary["dtype"]:
-            label += f" ({row['dtype']})"
-        table.add_row(label, str(row["heads"]), verdict,
-                      f"{full.get(row['stage'], 0):,}" if row["heads"] == summary["cache_size"]["heads"] else "″",
-                      measured, *cells, fmt_bytes(last["step_peak_memory_bytes"] if last else None))
-    console.print(table)
-    roof = summary["roofline"]
-    console.print(f"roofline: the least time the step's bytes and FLOPs allow at the ceilings measured in this run "
-                  f"({roof['bytes_per_s'] / 1e9:,.1f} GB/s, {roof['flops_per_s'] / 1e12:,.3g} TFLOP/s; "
-                  f"{roof['source']}) ÷ the measured time")
-    if any(r["interpreter"] for r in summary["stages"]):
-        console.print("ⁱ Triton interpreter on CPU: correct, but orders of magnitude slower than a GPU; not a speed.")
-    if any(r.get("graph") for r in summary["stages"]):
-        console.print("ᵍ replays of the step captured in a CUDA graph; stages 0 and 1 grow their caches by "
-                      "concatenation and run eagerly")
-    console.print("measured B/token: bytes the stage's cache object holds after the check ÷ tokens it holds "
-                  "(stage 3's pool is counted by the pages in use; the check fills exactly two pages)")
-    for row in summary["stages"]:
-        if row.get("dtype_note"):
-            console.print(f"stage {row['stage']} {row['name']} {row['dtype_note']}; its measured B/token is "
-                          f"for {row.get('dtype', summary['dtype'])}")
-    if summary["narrowed"]:
-        console.print(f"cache column: the full {summary['preset']} layer (meta device); the other columns: the "
-                      f"narrowed twin ({summary['config']['name']})")
-    for line in spread_warnings([r for row in summary["stages"] for r in row.get("decode", [])]):
-        console.print(f"[yellow]warning:[/yellow] {line}")
+    tour_table(summary, console)
 
 
 def write_outputs(summary: dict[str, Any], out_dir: Path) -> list[Path]:
