@@ -20,4 +20,4 @@ if [ "$RUN_TESTS" = 1 ]; then
   timeout ${TEST_TIMEOUT:-300} $PY -m pytest -m gpu tests/test_kernels_gpu.py -q --maxfail=10 -p no:cacheprovider --durations=10 2>&1 \
     | tee "$OUT/pytest_gpu.log" | tail -40
 fi
-$PY -m mla_tutorial.bench_kernels --out "$OUT/kernels_bench.json" "${BENCH_ARGS[@]}" 2>&1 | tee "$OUT/bench.log"
+$PY -m mla_tutorial.measure.kernel_bench --out "$OUT/kernels_bench.json" "${BENCH_ARGS[@]}" 2>&1 | tee "$OUT/bench.log"

@@ -115,8 +115,8 @@ def main():
     corr = RESULT.get("correctness", {})
     FLAGS_CLEAN = isinstance(corr, dict) and all(isinstance(v, dict) and v.get("err_flag", 0) == 0
                                                  for v in corr.values())
-    from mla_tutorial.bench_kernels import make_inputs as bench_inputs
-    from mla_tutorial.bench_kernels import make_lengths
+    from mla_tutorial.measure.kernel_bench import make_inputs as bench_inputs
+    from mla_tutorial.measure.kernel_bench import make_lengths
 
     def make_bench_inputs(b, h_q, s_q, s_k, dist, seed=0):
         seqlens = make_lengths(b, s_k, dist, s_q, torch.Generator().manual_seed(seed))

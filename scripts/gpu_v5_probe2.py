@@ -26,8 +26,8 @@ def main():
     from triton.testing import do_bench
 
     import mla_tutorial.kernels as K
-    from mla_tutorial.bench_kernels import make_inputs as bench_inputs
-    from mla_tutorial.bench_kernels import make_lengths
+    from mla_tutorial.measure.kernel_bench import make_inputs as bench_inputs
+    from mla_tutorial.measure.kernel_bench import make_lengths
     from mla_tutorial.kernels.common import TileConfig
     from mla_tutorial.kernels.schedule import get_mla_metadata
     from mla_tutorial.kernels.v5_gluon import GluonConfig

@@ -12,11 +12,11 @@ import json
 
 import torch
 
-from mla_tutorial.bench_kernels import bench_ms, make_inputs, make_lengths
 from mla_tutorial.kernels import flash_mla_with_kvcache, mla_decode_v2
 from mla_tutorial.kernels.common import device_limits
 from mla_tutorial.kernels.v4_balanced import get_mla_metadata
-from mla_tutorial.roofline import device_info, measure_copy_bandwidth
+from mla_tutorial.measure.kernel_bench import bench_ms, make_inputs, make_lengths
+from mla_tutorial.measure.roofline import device_info, measure_copy_bandwidth
 
 SHAPES = [  # (h_q, s_q, s_k, lengths)
     (16, 1, 1024, "fixed"), (16, 1, 4096, "fixed"), (16, 1, 8192, "fixed"), (16, 1, 4096, "normal"),

@@ -17,14 +17,9 @@ import torch
 
 from mla_tutorial import STAGES, AbsorbedMLA, MLAConfig, NaiveMHA, PagedMLA, linear_init_, tour
 from mla_tutorial.__main__ import main
-from mla_tutorial.profiling import (
-    cost_per_million_tokens,
-    decode_step_cost,
-    peak_memory,
-    prefill,
-    time_decode,
-    weight_count,
-)
+from mla_tutorial.measure.cost import cost_per_million_tokens, decode_step_cost, weight_count
+from mla_tutorial.measure.memory import peak_memory
+from mla_tutorial.measure.timing import prefill, time_decode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -192,13 +187,13 @@ def test_bench_kernel_delegates_or_says_why(capsys, monkeypatch):
     import importlib
 
     try:
-        importlib.import_module("mla_tutorial.bench_kernels")
+        importlib.import_module("mla_tutorial.measure.kernel_bench")
     except ImportError:
         assert main(["bench", "--kernel"]) == 2
         assert "not available" in capsys.readouterr().err
         return
     seen = {}
-    monkeypatch.setattr("mla_tutorial.bench_kernels.main", lambda argv: seen.setdefault("argv", argv) and 0)
+    monkeypatch.setattr("mla_tutorial.measure.kernel_bench.main", lambda argv: seen.setdefault("argv", argv) and 0)
     assert main(["bench", "--kernel", "--quick", "--out", "x.json"]) == 0
     assert seen["argv"] == ["--quick", "--out", "x.json"]
 
@@ -260,3 +255,17 @@ def test_peak_memory_on_cpu_sees_a_known_allocation():
     size = 4 << 20
     peak = peak_memory(lambda: torch.ones(size // 4, dtype=torch.float32), "cpu")
     assert size <= peak < 2 * size
+
+
+def test_cpu_tour_timings_are_trustworthy(quick_tour):
+    """A fixed thread count, median with its p10–p90 spread, the roofline measured in the same run, per record."""
+    _, out = quick_tour
+    summary = json.loads((out / "tour.json").read_text())
+    assert summary["threads"] >= 1 and summary["graphs"] is False
+    assert summary["roofline"]["bytes_per_s"] > 0 and "CPU copy" in summary["roofline"]["source"]
+    for s in summary["stages"]:
+        for r in s["decode"]:
+            assert r["timing"]["threads"] == summary["threads"]
+            assert r["latency_p10_ms"] <= r["latency_ms"] <= r["latency_p90_ms"]
+            assert r["timing"]["reps"] >= (3 if s["interpreter"] else summary["reps"])
+            assert 0 < r["roofline_fraction"] and r["spread"] >= 0 and not r["graph"]

@@ -14,7 +14,7 @@ from .layers import MLAProjections, RMSNorm, linear_init_
 from .rope import RotaryEmbedding, apply_rope
 from .stage0_naive import MHACache, NaiveMHA
 from .stage1_latent import LatentCache, LatentMLA
-from .stage2_absorbed import AbsorbedMLA
+from .stage2_absorbed import AbsorbedMLA, StaticLatentCache
 from .stage3_paged import SENTINEL_BLOCK, CacheFullError, PagedLatentCache, PagedMLA, paged_mla_attention
 
 __version__ = "0.1.0"
@@ -29,9 +29,10 @@ _LAZY = {
     "get_mla_metadata": "kernels",
     "flash_mla_with_kvcache": "kernels",
     "TinyDecoder": "decoder",
+    "CapturedDecodeStep": "graphs",
     "error_metrics": "metrics",
 }
-_LAZY_MODULES = ("hf", "kernels", "decoder", "metrics", "profiling", "tour", "roofline", "contract", "testing")
+_LAZY_MODULES = ("hf", "kernels", "decoder", "metrics", "measure", "tour", "graphs", "contract", "testing")
 
 
 def __getattr__(name: str):
@@ -45,7 +46,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "MLAConfig", "yarn_mscale", "MLAProjections", "RMSNorm", "linear_init_", "RotaryEmbedding", "apply_rope",
-    "MHACache", "NaiveMHA", "LatentCache", "LatentMLA", "AbsorbedMLA", "SENTINEL_BLOCK", "CacheFullError",
-    "PagedLatentCache", "PagedMLA", "paged_mla_attention", "STAGES", "TritonMLA", "get_mla_metadata",
-    "flash_mla_with_kvcache", "TinyDecoder", "error_metrics",
+    "MHACache", "NaiveMHA", "LatentCache", "LatentMLA", "AbsorbedMLA", "StaticLatentCache", "SENTINEL_BLOCK",
+    "CacheFullError", "PagedLatentCache", "PagedMLA", "paged_mla_attention", "STAGES", "TritonMLA", "get_mla_metadata",
+    "flash_mla_with_kvcache", "TinyDecoder", "CapturedDecodeStep", "error_metrics",
 ]

@@ -101,6 +101,17 @@ class TinyDecoder(nn.Module):
                                                        dtype=torch.float64))
         return self
 
+    def new_caches(self, batch_size: int, max_seq_len: int) -> list:
+        """One empty in-place cache per layer, with room for `max_seq_len` tokens of `batch_size` sequences.
+
+        For stages whose caches are written in place (AbsorbedMLA: StaticLatentCache; PagedMLA, TritonMLA:
+        PagedLatentCache), so that a decode step can be captured in a CUDA graph (`mla_tutorial.graphs`).
+        """
+        if not hasattr(self.layers[0].self_attn, "new_cache"):
+            raise TypeError(f"{self.stage_cls.__name__} grows its cache by concatenation and has no in-place cache; "
+                            f"use AbsorbedMLA, PagedMLA or TritonMLA")
+        return [layer.self_attn.new_cache(batch_size, max_seq_len) for layer in self.layers]
+
     def forward(self, input_ids: torch.Tensor, caches: list | None = None) -> tuple[torch.Tensor, list]:
         """input_ids [B, T] (the next T tokens of each sequence) and one cache per layer (None at first) →
         (logits [B, T, vocab], the extended caches)."""

@@ -62,12 +62,14 @@ def check_hidden_states(hidden_states: object, module: nn.Module, hidden_size: i
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                     start: int) -> torch.Tensor:
+                     start: int | torch.Tensor) -> torch.Tensor:
     """Softmax attention of T new queries over S = start + T keys, bottom-right causal.
 
     q [B, Hq, T, D], k [B, Hk, S, D], v [B, Hk, S, Dv] with Hk = Hq (MHA) or Hk = 1 (MQA, broadcast).
     Query i sits at position start + i and sees keys 0 … start + i. Scores and softmax in float32 (or
     float64), as DeepSeek's and transformers' eager code do. Returns [B, Hq, T, Dv] in q's dtype.
+    `start` may be a tensor [B] on q's device (sequences of different lengths, in a buffer of S ≥ start + T
+    rows whose rows past start + T are masked; they must be finite, since 0·NaN is NaN).
     """
     B, Hq, T, _ = q.shape
     S, out_dtype = k.shape[-2], q.dtype
@@ -80,8 +82,10 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     else:
         scores = torch.matmul(q, k.transpose(-1, -2))  # [B, Hq, T, S]
     scores = scores * scale
-    allowed = torch.arange(S, device=q.device)[None, :] <= (start + torch.arange(T, device=q.device))[:, None]
-    scores = scores.masked_fill(~allowed, float("-inf"))  # [T, S] mask broadcast over B, H
+    last = start + torch.arange(T, device=q.device) if isinstance(start, int) \
+        else start[:, None, None] + torch.arange(T, device=q.device)  # [T] or [B, 1, T]: last key each query sees
+    allowed = torch.arange(S, device=q.device) <= last[..., None]  # [T, S] or [B, 1, T, S]
+    scores = scores.masked_fill(~allowed, float("-inf"))  # mask broadcast over B and H
     probs = torch.softmax(scores, dim=-1)
     if v.shape[1] == 1 and Hq > 1:
         out = torch.bmm(probs.flatten(1, 2), v[:, 0]).unflatten(1, (Hq, T))  # [B, Hq, T, Dv]

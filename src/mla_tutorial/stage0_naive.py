@@ -49,8 +49,16 @@ class NaiveMHA(MLAProjections):
         B, T, _ = x.shape
         if cache is not None and not isinstance(cache, MHACache):
             raise TypeError(f"cache must be an MHACache (from NaiveMHA) or None, got {type(cache).__name__}")
-        if cache is not None and cache.k.shape[0] != B:
-            raise ValueError(f"cache holds batch {cache.k.shape[0]} but hidden_states has batch {B}")
+        if cache is not None:
+            H, D, Dv = c.num_heads, c.qk_head_dim, c.v_head_dim
+            got = (cache.k.shape[1], cache.k.shape[-1], cache.v.shape[-1], cache.k.dtype, cache.k.device)
+            if got != (H, D, Dv, x.dtype, x.device) or cache.v.dtype != x.dtype:
+                raise ValueError(f"cache must hold {H} heads of {D}-wide keys and {Dv}-wide values in {x.dtype} on "
+                                 f"{x.device} (this NaiveMHA, config {c.name!r}), got {got[0]} heads of "
+                                 f"{got[1]}-wide keys and {got[2]}-wide values in {cache.k.dtype}/{cache.v.dtype} "
+                                 f"on {cache.k.device}")
+            if cache.k.shape[0] != B:
+                raise ValueError(f"cache holds batch {cache.k.shape[0]} but hidden_states has batch {B}")
         start = 0 if cache is None else cache.length
         positions = self.positions(B, start, T, x.device)  # [B, T]
 

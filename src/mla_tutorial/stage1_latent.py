@@ -67,8 +67,16 @@ class LatentMLA(MLAProjections):
         if cache is not None and not isinstance(cache, LatentCache):
             raise TypeError(f"cache must be a LatentCache (from LatentMLA/AbsorbedMLA) or None, "
                             f"got {type(cache).__name__}")
-        if cache is not None and cache.kv.shape[0] != B:
-            raise ValueError(f"cache holds batch {cache.kv.shape[0]} but hidden_states has batch {B}")
+        if cache is not None:
+            c = self.config
+            if (cache.kv.shape[-1], cache.kv_lora_rank, cache.kv.dtype, cache.kv.device) != \
+                    (c.latent_dim, c.kv_lora_rank, x.dtype, x.device):
+                raise ValueError(f"cache rows must be {c.latent_dim} wide ({c.kv_lora_rank} latent) in {x.dtype} on "
+                                 f"{x.device} (this {type(self).__name__}, config {c.name!r}), got "
+                                 f"{cache.kv.shape[-1]} wide ({cache.kv_lora_rank} latent) in {cache.kv.dtype} "
+                                 f"on {cache.kv.device}")
+            if cache.kv.shape[0] != B:
+                raise ValueError(f"cache holds batch {cache.kv.shape[0]} but hidden_states has batch {B}")
         if cache is None:
             empty = x.new_zeros(B, 0, self.config.latent_dim)  # [B, 0, 576]
             cache = LatentCache(empty, self.config.kv_lora_rank)

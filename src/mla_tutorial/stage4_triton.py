@@ -20,6 +20,8 @@ importing it, which `mla_tutorial.kernels` does for you when no CUDA device is p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from .contract import KERNEL_DTYPES  # dtypes the Triton kernel takes (FlashMLA's): bf16, fp16
@@ -28,21 +30,33 @@ from .stage3_paged import PagedLatentCache, PagedMLA
 
 
 class TritonMLA(PagedMLA):
-    """Stage 4: stage 3 with its torch attention replaced by the FlashMLA-compatible Triton kernel."""
+    """Stage 4: stage 3 with its torch attention replaced by the FlashMLA-compatible Triton kernel.
 
-    def attend(self, q: torch.Tensor, cache: PagedLatentCache, block_table: torch.Tensor,
-               cache_seqlens: torch.Tensor) -> torch.Tensor:
-        """Latent attention q [B, T, H, 576] → [B, T, H, d_c] by one fused kernel call (plus combine)."""
-        if q.dtype not in KERNEL_DTYPES:
-            raise TypeError(f"TritonMLA runs its kernel in bf16 or fp16, but the module is {q.dtype}; "
+    A decode step that needs no new page has no host sync (the schedule is computed on the device, the cache's
+    block table and lengths live there), so it can be captured in a CUDA graph (`mla_tutorial.graphs`).
+    """
+
+    def validate(self, hidden_states: torch.Tensor, cache: PagedLatentCache | None,
+                 seq_ids: Sequence[int] | None) -> tuple[torch.Tensor, PagedLatentCache | None, list[int] | None]:
+        """Stage 3's checks plus the kernel's: dtype, and no gradients; all before the cache is touched."""
+        weight = next(self.parameters())
+        if weight.dtype not in KERNEL_DTYPES:
+            raise TypeError(f"TritonMLA runs its kernel in bf16 or fp16, but the module is {weight.dtype}; "
                             f"use module.to(torch.bfloat16) (stage 3, PagedMLA, runs in any dtype)")
-        if torch.is_grad_enabled() and (q.requires_grad or cache.k_cache.requires_grad):
+        needs_grad = any(p.requires_grad for p in self.parameters()) or (
+            isinstance(hidden_states, torch.Tensor) and hidden_states.requires_grad)
+        if torch.is_grad_enabled() and needs_grad:
             # The kernel has no backward: autograd would see its output as a constant and every gradient through
-            # attention would silently be zero. Refuse instead.
+            # attention would silently be zero. Refuse instead, before anything is written to the cache.
             raise RuntimeError("TritonMLA is inference-only: its Triton kernel has no backward pass, so gradients "
                                "through attention would silently be lost. Call it under torch.no_grad() or "
                                "torch.inference_mode(), or call module.requires_grad_(False); to train, use "
                                "stage 3 (PagedMLA), which computes the same attention in torch")
+        return super().validate(hidden_states, cache, seq_ids)
+
+    def attend(self, q: torch.Tensor, cache: PagedLatentCache, block_table: torch.Tensor,
+               cache_seqlens: torch.Tensor) -> torch.Tensor:
+        """Latent attention q [B, T, H, 576] → [B, T, H, d_c] by one fused kernel call (plus combine)."""
         B, T, H, _ = q.shape
         # The schedule: s_q·h_q query rows per latent head (h_kv = 1); computed on the GPU, no host sync.
         metadata, num_splits = get_mla_metadata(cache_seqlens, T * H, 1)

@@ -1,0 +1,294 @@
+"""GPU benchmark of the stage-4 kernels, beside FlashMLA when it is importable and against the measured roofline.
+
+    python -m mla_tutorial bench --kernel [--shapes targets,ablation] [--versions flashmla,v5,v4] [--out F.json]
+
+Shape sets (b = batch, h_q heads, s_q query tokens, s_k keys; page 64, bf16):
+  targets   issue 8's table at b = 128: h_q 16 (s_k 1k, 4k, 8k, lengths ~ N(4096, 2048)), h_q 64 (1k, 4k, 8k),
+            h_q 128 (1k, 4k, 8k, and s_q = 2 causal at 4k)
+  ablation  where each rung of the ladder pays: b = 1 with 32k keys (split-KV, v3), uneven lengths at b = 128
+            (the balanced schedule, v4), 128 heads (the Gluon tile, v5); every version v1-v5 there
+  standard  FlashMLA's full grid: h_q 16/32/64/128, s_q 1/2, s_k 1k-32k, fixed and uneven lengths
+Random data (never zeros), random-permutation block tables, NaN in every unused cache slot (mla_tutorial.testing).
+Each call is timed whole (Python wrapper, main kernel and combine; the scheduler metadata is made outside the timed
+region, once per decode step as a serving engine does) with `triton.testing.do_bench` (median, L2 flushed), and
+for v5 and FlashMLA also as a CUDA-graph replay of the same call: the difference is the host time not hidden behind
+the GPU. FlashMLA (its current API form) is timed in the same run whenever `import flash_mla` works.
+Reported per row: ms, GB/s (bytes = b·(s_q·h_q·576·2 + mean_sk·576·2 + s_q·h_q·512·2)), TFLOP/s
+(2·b·h_q·s_q·mean_sk·1088), the fraction of the roofline measured in the same run (the larger of bytes/copy and
+FLOPs/matmul over the time), FlashMLA's time / ours, v5's agreement with FlashMLA (cosine difference), which v5
+tile ran and why, and the occupancy of every kernel compiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from ..kernels.schedule import get_mla_metadata
+from ..kernels.v1_naive import mla_decode_v1
+from ..kernels.v2_head_tiled import mla_decode_v2
+from ..kernels.v3_split_kv import mla_decode_v3
+from ..kernels.v4_balanced import mla_decode_v4
+from ..kernels.v5 import kernel_choice, mla_decode_v5
+from ..stage3_paged import paged_mla_attention
+from ..testing import make_paged_inputs, normal_lengths
+from .roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
+
+V1_MAX_WORK = 128 * 64 * 4096  # b·h_q·s_q·mean_sk above which v1 is skipped (it would take > ~50 ms a call)
+
+TARGET_SHAPES = [(128, 16, 1, 1024, "fixed"), (128, 16, 1, 4096, "fixed"), (128, 16, 1, 8192, "fixed"),
+                 (128, 16, 1, 4096, "normal"), (128, 64, 1, 1024, "fixed"), (128, 64, 1, 4096, "fixed"),
+                 (128, 64, 1, 8192, "fixed"), (128, 128, 1, 1024, "fixed"), (128, 128, 1, 4096, "fixed"),
+                 (128, 128, 1, 8192, "fixed"), (128, 128, 2, 4096, "fixed")]
+ABLATION_SHAPES = [(1, 16, 1, 32768, "fixed"), (1, 128, 1, 32768, "fixed"), (128, 16, 1, 4096, "normal"),
+                   (128, 128, 1, 4096, "fixed")]
+STANDARD_SHAPES = [(128, h, s_q, s_k, d) for s_k in (1024, 4096, 8192, 16384, 32768) for h in (16, 32, 64, 128)
+                   for s_q in (1, 2) for d in ("fixed", "normal")]
+SHAPE_SETS = {"targets": TARGET_SHAPES, "ablation": ABLATION_SHAPES, "standard": STANDARD_SHAPES}
+
+#: Issue 8's targets: FlashMLA's time / ours, per (h_q, s_q, s_k, lengths) at b = 128.
+RATIO_TARGETS = {(16, 1, 1024, "fixed"): 0.90, (16, 1, 4096, "fixed"): 0.95, (16, 1, 8192, "fixed"): 0.95,
+                 (16, 1, 4096, "normal"): 0.95, (64, 1, 1024, "fixed"): 0.85, (64, 1, 4096, "fixed"): 0.90,
+                 (64, 1, 8192, "fixed"): 0.90, (128, 1, 1024, "fixed"): 0.80, (128, 1, 4096, "fixed"): 0.80,
+                 (128, 1, 8192, "fixed"): 0.80, (128, 2, 4096, "fixed"): 0.80}
+HOST_TARGET_MS = 0.010  # whole call minus CUDA-graph replay at h_q 16, s_k 1k
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def make_lengths(b: int, s_k: int, dist: str, s_q: int, gen: torch.Generator) -> torch.Tensor:
+    """b lengths: all s_k ("fixed"), or ~ Normal(s_k, s_k/2) clipped at >= s_q ("normal"); for scripts/."""
+    if dist == "fixed":
+        return torch.full((b,), s_k, dtype=torch.int32)
+    return torch.normal(float(s_k), s_k / 2, (b,), generator=gen).round().clamp(min=s_q).to(torch.int32)
+
+
+def make_inputs(seqlens: torch.Tensor, s_q: int, h_q: int, device, dtype=torch.bfloat16, seed: int = 0):
+    """q, k_cache, block_table, cache_seqlens on `device` from the shared hostile generator (h_kv = 1)."""
+    return make_paged_inputs(seqlens, s_q, h_q, 1, dtype, device=device, seed=seed, spare_blocks=8)
+
+
+def bench_ms(fn) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=10, rep=40, return_mode="median"))
+
+
+def graph_ms(fn) -> float:
+    """Median time of a CUDA-graph replay of fn (captured after one warm-up call on a side stream)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return bench_ms(graph.replay)
+
+
+def cos_diff(x: torch.Tensor, y: torch.Tensor) -> float:
+    """FlashMLA's cosine difference 1 - 2Σxy/Σ(x²+y²)."""
+    x, y = x.double(), y.double()
+    return float(1 - 2 * (x * y).sum() / (x * x + y * y).sum().clamp_min(1e-300))
+
+
+def shape_inputs(b, h_q, s_q, s_k, dist, seed):
+    lengths = [s_k] * b if dist == "fixed" else normal_lengths(b, s_k, s_q, seed=seed)
+    inputs = make_paged_inputs(lengths, s_q, h_q, 1, torch.bfloat16, seed=seed, device="cuda")
+    return inputs, float(sum(lengths)) / b
+
+
+def _flash_mla():
+    try:
+        import flash_mla
+
+        return flash_mla
+    except Exception as e:  # not installed: ours alone
+        log(f"FlashMLA not importable ({type(e).__name__}: {e}): timing ours alone")
+        return None
+
+
+def run_shape(b, h_q, s_q, s_k, dist, roof, versions, flash_mla, seed=0) -> dict:
+    causal = s_q > 1
+    (q, k_cache, block_table, seqlens), mean_sk = shape_inputs(b, h_q, s_q, s_k, dist, seed)
+    nbytes = b * (s_q * h_q * 576 * 2 + mean_sk * 576 * 2 + s_q * h_q * 512 * 2)
+    flops = 2 * b * h_q * s_q * mean_sk * 1088
+    meta, splits = get_mla_metadata(seqlens, s_q * h_q, 1)
+    args = (q, k_cache, block_table, seqlens, 512)
+    impls = {
+        "v5": lambda: mla_decode_v5(*args, causal=causal, tile_scheduler_metadata=meta, num_splits=splits),
+        "v4": lambda: mla_decode_v4(*args, causal=causal, tile_scheduler_metadata=meta, num_splits=splits),
+        "v3": lambda: mla_decode_v3(*args, causal=causal),
+        "v2": lambda: mla_decode_v2(*args, causal=causal),
+        "v1": lambda: mla_decode_v1(*args, causal=causal),
+        "torch_paged": lambda: paged_mla_attention(*args, causal=causal),  # stage 3's attention
+    }
+    if flash_mla is not None:
+        fm_meta, _ = flash_mla.get_mla_metadata()
+        impls = {"flashmla": lambda: flash_mla.flash_mla_with_kvcache(*args, fm_meta, None, causal=causal)} | impls
+    row = {"b": b, "h_q": h_q, "s_q": s_q, "causal": causal, "s_k": s_k, "lengths": dist, "mean_sk": mean_sk,
+           "bytes": nbytes, "flops": flops, "v5_tile": kernel_choice(q, k_cache, s_q * h_q, 1),
+           "metadata_ms": bench_ms(lambda: get_mla_metadata(seqlens, s_q * h_q, 1)), "impl": {}, "skipped": {}}
+    outputs = {}
+    for name, fn in impls.items():
+        if name not in versions and name != "flashmla":
+            continue
+        if name in ("v1", "torch_paged") and b * h_q * s_q * mean_sk > V1_MAX_WORK:
+            row["skipped"][name] = f"b*h_q*s_q*mean_sk > {V1_MAX_WORK} ({name} would take > ~50 ms a call)"
+            continue
+        try:
+            out, _ = fn()
+            torch.cuda.synchronize()
+            if name in ("flashmla", "v5"):
+                outputs[name] = out
+            ms = bench_ms(fn)
+            entry = {"ms": ms}
+            if name in ("flashmla", "v5"):
+                entry["graph_ms"] = graph_ms(fn)
+                entry["host_ms_not_hidden"] = ms - entry["graph_ms"]
+        except torch.cuda.OutOfMemoryError as e:
+            row["skipped"][name] = f"out of memory: {str(e)[:120]}"
+            torch.cuda.empty_cache()
+            continue
+        gbps, tflops = nbytes / ms / 1e6, flops / ms / 1e9
+        entry |= {"gbps": gbps, "tflops": tflops, "frac_copy": gbps / roof["copy_gbps"],
+                  "frac_matmul": tflops / roof["matmul_tflops"],
+                  "roofline_fraction": max(gbps / roof["copy_gbps"], tflops / roof["matmul_tflops"])}
+        row["impl"][name] = entry
+    if "flashmla" in row["impl"]:
+        fm = row["impl"]["flashmla"]["ms"]
+        row["flashmla_over_ours"] = {k: fm / v["ms"] for k, v in row["impl"].items() if k != "flashmla"}
+        if "v5" in outputs:
+            row["v5_vs_flashmla"] = {"cos_diff": cos_diff(outputs["v5"], outputs["flashmla"]),
+                                     "max_abs": float((outputs["v5"].float() - outputs["flashmla"].float()).abs()
+                                                      .max())}
+    return row
+
+
+def fmt_row(r) -> str:
+    parts = [f"b={r['b']:3d} h_q={r['h_q']:3d} s_q={r['s_q']} s_k={r['s_k']:5d} {r['lengths']:6s}"]
+    for name, e in r["impl"].items():
+        g = f" (graph {e['graph_ms']:.4f})" if "graph_ms" in e else ""
+        parts.append(f"{name} {e['ms']:.4f}{g} ms {e['roofline_fraction']:.2f}")
+    if "flashmla_over_ours" in r:
+        parts.append("FlashMLA/ours " + " ".join(f"{k} {v:.2f}" for k, v in r["flashmla_over_ours"].items()))
+    return " | ".join(parts)
+
+
+def check_targets(rows) -> list[dict]:
+    """Issue 8's targets: per shape FlashMLA's time / v5's (b = 128), and the host time at h_q 16, s_k 1k."""
+    out = []
+    for (h_q, s_q, s_k, dist), target in RATIO_TARGETS.items():
+        for r in rows:
+            if (r["b"], r["h_q"], r["s_q"], r["s_k"], r["lengths"]) == (128, h_q, s_q, s_k, dist):
+                got = r.get("flashmla_over_ours", {}).get("v5")
+                out.append({"h_q": h_q, "s_q": s_q, "s_k": s_k, "lengths": dist, "metric": "flashmla_ms / v5_ms",
+                            "target": target, "measured": got, "met": got is not None and got >= target,
+                            "v5_tile": r["v5_tile"][0]})
+        for r in rows:
+            if (r["b"], r["h_q"], r["s_q"], r["s_k"], r["lengths"]) == (128, 16, 1, 1024, "fixed") and \
+                    "v5" in r["impl"] and (h_q, s_q, s_k, dist) == (16, 1, 1024, "fixed"):
+                host = r["impl"]["v5"].get("host_ms_not_hidden")
+                out.append({"metric": "v5 whole call minus graph replay, h_q 16 s_k 1k (ms)", "target": HOST_TARGET_MS,
+                            "measured": host, "met": host is not None and host <= HOST_TARGET_MS})
+    return out
+
+
+def kernel_occupancy_records() -> list[dict]:
+    """Occupancy of every kernel this run compiled (registers, spills, shared memory, programs per SM, wgmma or
+    mma.sync; measure/occupancy.py), printed as a table and stored in the JSON."""
+    from .occupancy import compiled_kernels, kernel_occupancy, occupancy_table, sm_limits
+
+    try:
+        limits = sm_limits()
+        records = [kernel_occupancy(kernel, limits, name) for name, kernel in compiled_kernels().items()]
+    except Exception as e:  # an older or newer Triton without these attributes: say so, keep the timings
+        log(f"occupancy unavailable: {e!r}")
+        return [{"error": repr(e)}]
+    for line in occupancy_table(records):
+        log(line)
+    return records
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="mla-tutorial bench --kernel", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--out", default="out/bench/kernels.json", help="JSON output (default: out/bench/kernels.json)")
+    ap.add_argument("--shapes", default="targets,ablation",
+                    help=f"comma-separated shape sets among {sorted(SHAPE_SETS)} (default: targets,ablation)")
+    ap.add_argument("--versions", default="v5,v4,v3,v2,v1,torch_paged",
+                    help="our versions to time (default: all; v1-v3 and stage 3's torch attention only at the "
+                         "ablation shapes)")
+    ap.add_argument("--quick", action="store_true", help="two target shapes only")
+    args = ap.parse_args(argv)
+    sets = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    unknown = [s for s in sets if s not in SHAPE_SETS]
+    if unknown:
+        ap.error(f"--shapes: unknown set(s) {unknown}; choose among {sorted(SHAPE_SETS)}")
+    versions = {v.strip() for v in args.versions.split(",") if v.strip()}
+    known = {"v1", "v2", "v3", "v4", "v5", "torch_paged"}
+    if not versions <= known:
+        ap.error(f"--versions: unknown {sorted(versions - known)}; choose among {sorted(known)}")
+    if not torch.cuda.is_available():
+        print("mla-tutorial bench --kernel: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    out_path = args.out
+    with open(out_path, "w") as f:  # fail now, not after the run, if the path cannot be written
+        f.write("{}\n")
+    torch.manual_seed(0)
+    info = device_info()
+    log(f"device: {info}")
+    copy = measure_copy_bandwidth("cuda")
+    mm = measure_matmul_tflops("cuda", 8192)
+    roof = {"copy_gbps": copy["gbps"], "matmul_tflops": mm["tflops"], "copy": copy, "matmul": mm}
+    log(f"roofline: copy {copy['gbps']:.0f} GB/s, bf16 matmul {mm['tflops']:.0f} TFLOP/s")
+    flash_mla = _flash_mla()
+    result = {"benchmark": "mla_tutorial stage-4 kernels", "device_info": info, "roofline": roof,
+              "flash_mla": None if flash_mla is None else getattr(flash_mla, "__file__", "imported"),
+              "method": {
+                  "timer": "triton.testing.do_bench(warmup=10, rep=40, return_mode='median'), L2 flushed before "
+                           "each run; graph_ms: the same call replayed from a CUDA graph",
+                  "timed": "whole call: Python wrapper + main kernel + combine; metadata outside (metadata_ms)",
+                  "bytes": "b*(s_q*h_q*576*2 + mean_sk*576*2 + s_q*h_q*512*2)",
+                  "flops": "2*b*h_q*s_q*mean_sk*(576+512)",
+                  "data": "mla_tutorial.testing.make_paged_inputs: random bf16, random-permutation block tables, "
+                          "NaN in unused slots, sentinel table ids",
+                  "flashmla": "FlashMLA's current API form (get_mla_metadata() filled by its first call)"}}
+    shapes = []
+    for name in sets:
+        for shape in SHAPE_SETS[name]:
+            if shape not in shapes:
+                shapes.append(shape)
+    if args.quick:
+        shapes = [(128, 16, 1, 4096, "fixed"), (128, 128, 1, 4096, "fixed")]
+    rows = []
+    t0 = time.perf_counter()
+    for i, (b, h_q, s_q, s_k, dist) in enumerate(shapes):
+        in_ablation = (b, h_q, s_q, s_k, dist) in ABLATION_SHAPES and "ablation" in sets
+        shape_versions = versions if in_ablation else versions & {"v5", "v4"}
+        row = run_shape(b, h_q, s_q, s_k, dist, roof, shape_versions, flash_mla, seed=i)
+        rows.append(row)
+        log(f"[{i + 1}/{len(shapes)} {time.perf_counter() - t0:5.0f}s] {fmt_row(row)}")
+        result["rows"] = rows
+        with open(out_path, "w") as f:
+            json.dump(result, f, indent=1)
+        torch.cuda.empty_cache()
+    result["targets"] = check_targets(rows)
+    result["occupancy"] = kernel_occupancy_records()
+    with open(out_path, "w") as f:
+        json.dump(result, f, indent=1)
+    for t in result["targets"]:
+        log(f"target {t}")
+    log(f"wrote {out_path} ({len(rows)} rows, {time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

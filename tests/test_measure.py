@@ -1,0 +1,226 @@
+"""The measuring code: the cost model against direct counts, capacity against hand computations, occupancy from
+kernel metadata, timing's statistics, and the command line's handling of bad options and output paths."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mla_tutorial import AbsorbedMLA, LatentCache, LatentMLA, MLAConfig, NaiveMHA, PagedMLA, linear_init_
+from mla_tutorial.measure import occupancy
+from mla_tutorial.measure.capacity import capacity, smallest_tp
+from mla_tutorial.measure.cli import main
+from mla_tutorial.measure.cost import decode_kind, decode_step_cost, weight_count
+from mla_tutorial.measure.memory import cache_footprint
+from mla_tutorial.measure.timing import random_cache, time_decode
+
+
+# ------------------------------------------------------------------ the cost model against direct counts
+def _step_with_counter(module, cache, batch):
+    x = torch.randn(batch, 1, module.config.hidden_size, dtype=torch.float64)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        _, new_cache = module(x, cache)
+    return counter.get_total_flops(), new_cache
+
+
+@pytest.mark.parametrize("config", [MLAConfig.tiny(), MLAConfig.tiny(q_lora_rank=None)], ids=["q_lora", "q_proj"])
+@pytest.mark.parametrize("cls", [NaiveMHA, LatentMLA, AbsorbedMLA, PagedMLA])
+def test_cost_model_flops_equal_torch_flop_counter(cls, config):
+    """One decode step at context S = 128 (two whole pages, so the paged gather adds no padded keys)."""
+    module = linear_init_(cls(config).double(), seed=0)
+    B, S = 3, 128
+    if cls is PagedMLA:
+        cache = random_cache(module, B, S - 1, capacity=S)
+    else:
+        cache = random_cache(module, B, S - 1) if cls is not AbsorbedMLA else \
+            LatentCache(torch.randn(B, S - 1, config.latent_dim, dtype=torch.float64), config.kv_lora_rank)
+    flops, _ = _step_with_counter(module, cache, B)
+    cost = decode_step_cost(config, decode_kind(module), S, B, 8)
+    assert flops == cost.flops, f"{cls.__name__}: counted {flops:,}, modelled {cost.flops:,}"
+
+
+@pytest.mark.parametrize("cls", [NaiveMHA, LatentMLA, AbsorbedMLA])
+def test_cost_model_bytes_equal_direct_counts(cls, tiny):
+    """Weights: every parameter once; cache: what the cache holds after the step (S rows) plus the new row."""
+    module = linear_init_(cls(tiny).double(), seed=0)
+    B, S = 2, 40
+    cache = LatentCache(torch.randn(B, S - 1, 576, dtype=torch.float64), 512) if cls is AbsorbedMLA else \
+        random_cache(module, B, S - 1)
+    _, after = _step_with_counter(module, cache, B)
+    cost = decode_step_cost(tiny, decode_kind(module), S, B, 8)
+    assert cost.weight_bytes == sum(p.numel() * p.element_size() for p in module.parameters())
+    row = after.nbytes // (B * S)  # bytes of one token's cache row
+    assert cost.cache_bytes == cache_footprint(after)["bytes"] + B * row
+    assert cost.attention_bytes == cache_footprint(after)["bytes"] + cost.activation_bytes - 2 * B * 256 * 8
+
+
+# ------------------------------------------------------------------ capacity against hand computations
+def test_capacity_deepseek_v3_on_an_h200_by_hand():
+    r = capacity("deepseek-v3", gpu_memory_bytes=141e9, context=32768)
+    assert r["tp"] == 8 == smallest_tp("deepseek-v3", 141e9)  # 671 GB of FP8 weights: 4 GPUs hold 168 GB > 126.9
+    weights = 671e9 * 1 / 8
+    budget = 141e9 * 0.9 - weights
+    assert r["weights_per_gpu_bytes"] == weights and r["cache_budget_bytes"] == pytest.approx(budget)
+    mha = 61 * 16 * (192 + 128) * 2  # 16 heads per GPU keep their own keys and values: 624,640 B/token
+    mla = 61 * 576 * 2  # every GPU keeps the whole latent: 70,272 B/token
+    by_stage = {s["stage"]: s for s in r["stages"]}
+    assert [by_stage[i]["bytes_per_token"] for i in range(5)] == [mha] + [mla] * 4
+    assert by_stage[0]["max_sequences"] == math.floor(budget / (mha * 32768)) == 2
+    assert all(by_stage[i]["max_sequences"] == math.floor(budget / (mla * 32768)) == 18 for i in range(1, 5))
+    assert by_stage[0]["longest_context"] == math.floor(budget / mha)
+    assert by_stage[4]["longest_context"] == math.floor(budget / mla) // 64 * 64
+
+
+def test_capacity_v2_lite_pages_round_up_by_hand():
+    """4,000 tokens: the contiguous stages need 4,000 rows per sequence, the paged ones 63 pages = 4,032 rows."""
+    r = capacity("deepseek-v2-lite", gpu_memory_bytes=80e9, context=4000, tp=1, batch=8)
+    budget = 80e9 * 0.9 - 15.7e9 * 2
+    mha, mla = 27 * 16 * (192 + 128) * 2, 27 * 576 * 2
+    by_stage = {s["stage"]: s for s in r["stages"]}
+    assert by_stage[0]["max_sequences"] == math.floor(budget / (mha * 4000))
+    assert by_stage[2]["max_sequences"] == math.floor(budget / (mla * 4000))
+    assert by_stage[3]["max_sequences"] == math.floor(budget / (mla * 4032)) < by_stage[2]["max_sequences"]
+    assert by_stage[2]["longest_context"] == math.floor(budget / (8 * mla))
+
+
+def test_capacity_tiny_counts_its_attention_weights():
+    r = capacity("tiny", gpu_memory_bytes=1e9, context=1000, element_bytes=4)
+    assert r["tp"] == 1 and r["weights_per_gpu_bytes"] == 2 * weight_count(MLAConfig.tiny()) * 4
+
+
+# ------------------------------------------------------------------ occupancy from metadata
+def test_programs_per_sm_from_registers_shared_memory_and_warps():
+    # the H200 probe in REFERENCE.md: 135 registers, 4 warps, 94 KB shared memory -> 2 programs per SM
+    assert occupancy.programs_per_sm(135, 4, 94 * 1024) == (2, "shared memory")
+    # 64-row tile: 230 registers at 8 warps: one program's 8 warps take 7,424 registers each of the 65,536
+    assert occupancy.programs_per_sm(230, 8, 150 * 1024) == (1, "registers")
+    assert occupancy.programs_per_sm(24, 4, 0) == (16, "warps")  # 64 warps per SM / 4
+
+
+def test_tensor_core_instructions_from_ptx():
+    assert occupancy.tensor_core_instructions("wgmma.mma_async.sync.aligned.m64n64k16 ...\nwgmma.mma_async")[
+        "kind"] == "wgmma"
+    assert occupancy.tensor_core_instructions("mma.sync.aligned.m16n8k16.row.col ...")["kind"] == "mma.sync"
+    assert occupancy.tensor_core_instructions("ld.global.f32")["kind"] == "none"
+    assert occupancy.tensor_core_instructions(None)["kind"].startswith("unknown")
+
+
+def test_kernel_occupancy_reads_a_compiled_kernel():
+    fake = SimpleNamespace(n_regs=168, n_spills=0, name="_mla_decode_v4_kernel",
+                           metadata=SimpleNamespace(shared=100_000, num_warps=4, num_stages=3),
+                           asm={"ptx": "mma.sync.aligned x\nmma.sync.aligned y"},
+                           src=SimpleNamespace(fn=SimpleNamespace(arg_names=["q_ptr", "BLOCK_M", "BLOCK_N"]),
+                                               constants={(1,): 16, (2,): 32}))
+    record = occupancy.kernel_occupancy(fake, occupancy.HOPPER, sass=False)
+    assert record["programs_per_sm"] == 2 and record["limited_by"] == "shared memory"
+    assert record["tensor_cores"] == {"wgmma": 0, "mma.sync": 2, "kind": "mma.sync"}
+    assert record["config"] == {"BLOCK_M": 16, "BLOCK_N": 32} and record["warp_occupancy"] == 8 / 64
+    assert "| _mla_decode_v4_kernel |  | BLOCK_M=16, BLOCK_N=32 | 4 | 3 | 168 | 0 |" in occupancy.occupancy_table(
+        [record])[2]
+
+
+# ------------------------------------------------------------------ timing statistics
+def test_time_decode_reports_median_spread_and_threads(tiny):
+    module = linear_init_(AbsorbedMLA(tiny), seed=0)
+    cache = random_cache(module, 2, 30)
+    timing = time_decode(module, cache, warmup=1, reps=5, min_time_s=0.0)
+    assert timing.p10_s <= timing.median_s <= timing.p90_s and timing.reps == 5
+    assert timing.threads == torch.get_num_threads() and timing.spread >= 0 and timing.context_growth == 0
+    assert cache.host_max_length == 30 and cache.lengths.tolist() == [30, 30], "every step started from the prefix"
+    longer = time_decode(module, cache, warmup=0, reps=2, min_time_s=10.0)
+    assert longer.reps == 20, "short steps repeat, up to 10× reps, until min_time_s"
+
+
+# ------------------------------------------------------------------ the command line
+def test_memory_json_is_one_object_per_stage(capsys):
+    assert main(["memory", "--config", "deepseek-v3", "--context", "32768", "--gpu-memory-gb", "141", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    expected = capacity("deepseek-v3", gpu_memory_bytes=141e9, context=32768)
+    assert [(s["stage"], s["bytes_per_token"], s["max_sequences"]) for s in result["stages"]] == \
+        [(s["stage"], s["bytes_per_token"], s["max_sequences"]) for s in expected["stages"]]
+
+
+def test_memory_writes_its_table_json_and_plot(tmp_path, capsys):
+    assert main(["memory", "--config", "deepseek-v2-lite", "--tp", "2", "--out", str(tmp_path)]) == 0
+    assert "sequences of 32,768 tokens" in capsys.readouterr().out
+    assert json.loads((tmp_path / "memory.json").read_text())["tp"] == 2
+    assert (tmp_path / "memory.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_roofline_on_cpu_plots_every_stage_under_the_ceilings(tmp_path):
+    assert main(["roofline", "--device", "cpu", "--context", "64", "--reps", "2", "--warmup", "0", "--stages", "0",
+                 "2", "3", "--bandwidth-gbs", "10", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "roofline.json").read_text())
+    assert [r["stage"] for r in result["records"]] == [0, 2, 3]
+    assert result["roofline"]["bytes_per_s"] == 10e9 and result["roofline"]["flops_per_s"] > 0
+    assert "matmul" in result["roofline"]["source"] and result["roofline"]["given"] == {"bandwidth_gbs": 10.0}
+    for r in result["records"]:
+        assert r["intensity_flop_per_byte"] > 0 and r["achieved_tflop_per_s"] > 0 and 0 < r["roofline_fraction"]
+    assert (tmp_path / "roofline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_takes_heads_and_batches_and_says_what_does_not_fit(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--device", "cpu", "--heads", "8", "4", "--batch", "1", "2", "--context", "64", "4096",
+                 "--stages", "2", "3", "--reps", "2", "--warmup", "0", "--bandwidth-gbs", "10", "--peak-tflops", "1",
+                 "--max-memory-gb", "0.02", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {(r["heads"], r["batch"], r["context"]) for r in result["records"]} == \
+        {(h, b, 64) for h in (8, 4) for b in (1, 2)}
+    assert all(s["reason"].startswith("does not fit: needs ") and s["reason"].endswith(" GiB") and s["context"] == 4096
+               for s in result["skipped"]) and len(result["skipped"]) == 8
+    for r in result["records"]:
+        assert r["usd_per_million_tokens_model"] == pytest.approx(2 * r["usd_per_million_tokens"])  # tiny: 2 layers
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--usd-per-gpu-hour", "0"], "--usd-per-gpu-hour: expected a positive number, got '0'"),
+    (["bench", "--bandwidth-gbs", "-5"], "--bandwidth-gbs: expected a positive number"),
+    (["bench", "--warmup", "-1"], "--warmup: expected an integer ≥ 0"),
+    (["bench", "--reps", "0"], "--reps: expected a positive integer"),
+    (["bench", "--batch", "1", "x"], "--batch: expected an integer, got 'x'"),
+    (["bench", "--heads", "3", "--config", "tiny"], "--heads: 3 does not divide tiny's 8 heads"),
+    (["bench", "--graphs", "maybe"], "--graphs: expected on, off or both"),
+    (["bench", "--device", "cpu", "--graphs", "on"], "CUDA graphs need a CUDA device"),
+    (["memory", "--gpu-memory-gb", "nan"], "expected a finite number"),
+    (["memory", "--usable-fraction", "1.5"], "expected a fraction in (0, 1]"),
+    (["memory", "--tp", "3"], "--tp: 3 does not divide deepseek-v3's 128 heads"),
+    (["tour", "--threads", "0"], "--threads: expected a positive integer"),
+    (["tour", "--max-weight-mb", "-1"], "--max-weight-mb: expected a positive number"),
+    (["roofline", "--context", "1"], "context length must be ≥ 2"),
+])
+def test_user_errors_exit_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("mla_tutorial.measure.stage_bench.run_stage_bench",
+                        lambda *a, **k: pytest.fail("work started before the output path was checked"))
+    monkeypatch.setattr("mla_tutorial.tour.run_tour", lambda *a, **k: pytest.fail("the tour started"))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    cases = [(["tour", "--out", str(a_file)], "exists and is not a directory"),
+             (["tour", "--out", str(a_file / "sub")], "--out: cannot write to"),
+             (["bench", "--device", "cpu", "--out", str(tmp_path)], "is a directory; give a file name"),
+             (["bench", "--device", "cpu", "--out", str(a_file / "x.json")], "a_file' exists and is not a directory"),
+             (["roofline", "--device", "cpu", "--out", str(a_file)], "exists and is not a directory"),
+             (["memory", "--out", str(a_file)], "exists and is not a directory")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and message in err and err.count("\n") == 1, (argv, err)
+    created = tmp_path / "new" / "deeper"
+    with pytest.raises(pytest.fail.Exception, match="the tour started"):
+        main(["tour", "--out", str(created)])
+    assert created.is_dir(), "the output directory is created before the work starts"
