@@ -23,7 +23,7 @@ if torch.cuda.is_available():
     from mla_tutorial.testing import make_paged_inputs, normal_lengths
 
 LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
-VERSIONS = ["v1_naive", "v2_head_tiled", "v3_split_kv", "v4_balanced"]
+VERSIONS = ["v1_naive", "v2_head_tiled", "v3_split_kv", "v4_balanced", "v5"]
 
 
 def _cases():
@@ -45,6 +45,30 @@ def test_gpu_matrix(version, h_q, s_q, h_kv, causal, dtype):
     seed = h_q * 10 + s_q
     q, k_cache, block_table, seqlens = make_paged_inputs(LENGTHS, s_q, h_q, h_kv, dtype, seed=seed, device="cuda")
     check_against_reference(K.KERNEL_VERSIONS[version], q, k_cache, block_table, seqlens, causal)
+
+
+@pytest.mark.parametrize("path,fine", [("gluon", False), ("gluon", True), ("small", False)])
+@pytest.mark.parametrize("h_q,s_q,causal", [(16, 1, False), (64, 2, True), (126, 1, False), (128, 2, True)])
+def test_v5_each_tile(path, fine, h_q, s_q, causal):
+    """v5's tiles forced at every tile height (kernel_choice picks one per height; both must be right)."""
+    from mla_tutorial.kernels.v5_gluon import GluonConfig
+
+    q, k_cache, block_table, seqlens = make_paged_inputs(LENGTHS, s_q, h_q, 1, torch.bfloat16, seed=h_q + s_q,
+                                                         device="cuda")
+    config = GluonConfig(fine=fine) if path == "gluon" else None
+    flag = torch.ones(1, dtype=torch.int32, device="cuda")
+    check_against_reference(K.mla_decode_v5, q, k_cache, block_table, seqlens, causal, path=path, config=config,
+                            error_flag=flag)
+    assert int(flag) == 1, "a valid call raised the bounds / stale-schedule flag"
+
+
+def test_current_api_form_on_the_gpu():
+    lens = normal_lengths(32, 2048, 1, seed=4)
+    q, k_cache, block_table, seqlens = make_paged_inputs(lens, 1, 128, 1, torch.bfloat16, seed=6, device="cuda")
+    meta, _ = K.get_mla_metadata()
+    call = lambda *a, **kw: K.flash_mla_with_kvcache(*a[:5], meta, None, **kw)  # noqa: E731
+    check_against_reference(call, q, k_cache, block_table, seqlens, False)
+    check_against_reference(call, q, k_cache, block_table, seqlens, False)  # reused
 
 
 def test_gpu_normal_lengths_b64_api():
