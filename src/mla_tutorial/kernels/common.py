@@ -54,6 +54,11 @@ def next_pow2(x: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # input validation
 # ---------------------------------------------------------------------------------------------
+def _on_gpu(q) -> bool:
+    """True for a CUDA tensor (where bounds are checked by a device-side assertion, which callers may skip)."""
+    return isinstance(q, torch.Tensor) and q.device.type == "cuda"
+
+
 def validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale=None, causal=False, *,
                            dtypes: tuple[torch.dtype, ...] | None = None, check_values: bool = True) -> DecodeDims:
     """The contract's validator with the kernels' geometry: `validate_paged_decode(..., kernel=True)`.

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .blocks import _cast
-from .common import D_NOPE, D_ROPE, LOG2E, PAGE_SIZE, is_interpreter, validate_decode_inputs
+from .common import D_NOPE, D_ROPE, LOG2E, PAGE_SIZE, _on_gpu, is_interpreter, validate_decode_inputs
 
 
 @triton.jit
@@ -96,9 +96,13 @@ def mla_decode_v1(
     head_dim_v: int = D_NOPE,
     softmax_scale: float | None = None,
     causal: bool = False,
+    *,
+    check_bounds: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paged MLA decode, version 1. Returns (out [b, s_q, h_q, 512] in q.dtype, lse [b, h_q, s_q] fp32)."""
-    dims = validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
+    # check_bounds=False skips the device-side bounds assertion on a GPU (benchmarks; FlashMLA never checks)
+    dims = validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                                  check_values=check_bounds or not _on_gpu(q))
     b, s_q, h_q = dims.batch, dims.s_q, dims.h_q
     out = torch.empty(b, s_q, h_q, D_NOPE, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)

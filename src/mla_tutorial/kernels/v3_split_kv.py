@@ -27,6 +27,7 @@ from .common import (
     LOG2E,
     PAGE_SIZE,
     TileConfig,
+    _on_gpu,
     cdiv,
     device_limits,
     is_interpreter,
@@ -99,9 +100,12 @@ def mla_decode_v3(
     *,
     num_splits: int | None = None,
     config: TileConfig | None = None,
+    check_bounds: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paged MLA decode, version 3 (split-KV). Returns (out [b, s_q, h_q, 512] in q.dtype, lse [b, h_q, s_q])."""
-    dims = validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
+    # check_bounds=False skips the device-side bounds assertion on a GPU (benchmarks; FlashMLA never checks)
+    dims = validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                                  check_values=check_bounds or not _on_gpu(q))
     cfg = config or launch_config(dims.rows_per_kv, q.device)
     b, s_q, h_q = dims.batch, dims.s_q, dims.h_q
     m_tiles = cdiv(dims.rows_per_kv, cfg.block_m)

@@ -31,6 +31,7 @@ from .common import (
     LOG2E,
     PAGE_SIZE,
     TileConfig,
+    _on_gpu,
     cdiv,
     is_interpreter,
     launch_config,
@@ -112,9 +113,12 @@ def mla_decode_v4(
     tile_scheduler_metadata: torch.Tensor | None = None,
     num_splits: torch.Tensor | None = None,
     config: TileConfig | None = None,
+    check_bounds: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paged MLA decode, version 4 (balanced schedule). Computes the metadata if not given."""
-    dims = validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
+    # check_bounds=False skips the device-side bounds assertion on a GPU (benchmarks; FlashMLA never checks)
+    dims = validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                                  check_values=check_bounds or not _on_gpu(q))
     if (tile_scheduler_metadata is None) != (num_splits is None):
         raise ValueError("tile_scheduler_metadata and num_splits must be given together (from get_mla_metadata)")
     if tile_scheduler_metadata is None:

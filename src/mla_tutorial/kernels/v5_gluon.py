@@ -89,20 +89,24 @@ if gluon is not None:
 
     @gluon.jit
     def _v5_issue(k_desc, page, i, num_blocks, ok_ptr, bars, slot, k_buf, kr_buf,
-                  SUB: gl.constexpr, CHUNK: gl.constexpr, PAGE: gl.constexpr):
+                  SUB: gl.constexpr, CHUNK: gl.constexpr, PAGE: gl.constexpr, FINE: gl.constexpr):
         """Start the TMA copies of key step i (keys i·SUB .. i·SUB+SUB-1 of a request, in block `page`) into
-        k_buf [SUB, 512] and kr_buf [SUB, 64]: nine SUB x 64 boxes, box c completing on bars[slot·9 + c], so the
-        score products can start on the first columns while the rest is still arriving."""
+        k_buf [SUB, 512] and kr_buf [SUB, 64]: nine SUB x 64 boxes. FINE: box c completes on bars[slot·9 + c], so
+        the score products can start on the first columns while the rest is still arriving; else all nine on
+        bars[slot·9] (one wait per step)."""
         bad = (page < 0) | (page >= num_blocks)
         gl.store(ok_ptr, 0, mask=bad)  # a bad id is reported (the ok flag cleared), never followed
         row = gl.where(bad, -PAGE, page * PAGE + (i * SUB) % PAGE)  # out of bounds: the copy engine fills zeros
-        for c in gl.static_range(8):
-            bar = bars.index(slot * 9 + c)
-            mbarrier.expect(bar, SUB * CHUNK * 2)
-            tma.async_copy_global_to_shared(k_desc, [row, c * CHUNK], bar, k_buf.slice(c * CHUNK, CHUNK, dim=1))
-        bar = bars.index(slot * 9 + 8)
-        mbarrier.expect(bar, SUB * CHUNK * 2)
-        tma.async_copy_global_to_shared(k_desc, [row, 8 * CHUNK], bar, kr_buf)
+        if not FINE:
+            mbarrier.expect(bars.index(slot * 9), SUB * 9 * CHUNK * 2)
+        for c in gl.static_range(9):
+            bar = bars.index(slot * 9 + c) if FINE else bars.index(slot * 9)
+            if FINE:
+                mbarrier.expect(bar, SUB * CHUNK * 2)
+            if c < 8:
+                tma.async_copy_global_to_shared(k_desc, [row, c * CHUNK], bar, k_buf.slice(c * CHUNK, CHUNK, dim=1))
+            else:
+                tma.async_copy_global_to_shared(k_desc, [row, 8 * CHUNK], bar, kr_buf)
 
     @gluon.jit
     def _v5_kernel(
@@ -186,7 +190,7 @@ if gluon is not None:
                     if lo + d < hi:
                         slot_d = (it + d) % STAGES
                         _v5_issue(k_desc, _v5_page_id(bt_row, lo + d, hi, SUB, PAGE), lo + d, num_blocks, ok_ptr,
-                                  bars, slot_d, k_smem.index(slot_d), kr_smem.index(slot_d), SUB, CHUNK, PAGE)
+                                  bars, slot_d, k_smem.index(slot_d), kr_smem.index(slot_d), SUB, CHUNK, PAGE, FINE)
             # the block id of the next step to issue is loaded one step ahead: its latency leaves the loop's path
             next_page = _v5_page_id(bt_row, lo + STAGES - 1, hi, SUB, PAGE)
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
@@ -210,12 +214,14 @@ if gluon is not None:
                     if i + STAGES - 1 < hi:  # that slot was released by the barrier that closed the last step
                         nslot = (it + STAGES - 1) % STAGES
                         _v5_issue(k_desc, next_page, i + STAGES - 1, num_blocks, ok_ptr, bars, nslot,
-                                  k_smem.index(nslot), kr_smem.index(nslot), SUB, CHUNK, PAGE)
+                                  k_smem.index(nslot), kr_smem.index(nslot), SUB, CHUNK, PAGE, FINE)
                     next_page = _v5_page_id(bt_row, i + STAGES, hi, SUB, PAGE)
                 phase = (it // STAGES) % 2
-                if MODE == 1 or (MODE == 0 and not FINE):  # the whole step before any product
+                if MODE == 1 and FINE:
                     for c in gl.static_range(9):
                         mbarrier.wait(bars.index(slot * 9 + c), phase)
+                if MODE != 2 and not FINE:  # the whole step, one barrier, before any product
+                    mbarrier.wait(bars.index(slot * 9), phase)
                 if MODE != 1:
                     # S = Q·Kᵀ over all 576 columns, box by box as the boxes land: warpgroup w computes keys
                     # w·SUB/2 .. (w+1)·SUB/2 - 1

@@ -171,7 +171,7 @@ _LAUNCH = FastLauncher(_mla_decode_v5_small_kernel)
 #: (BLOCK_N, warps, stages, programs per SM) per tile height, the fastest measured on the H200 (2026-12-01, b = 128,
 #: h_q = 16: 0.187 ms at s_k = 4096 and 0.324 at 8192 against 0.217-0.23 and 0.37-0.42 for the other shapes tried).
 #: It spills 64 bytes per thread (sm_90a compile report); the spill-free (16, 4, 4) ran 0.34 ms at s_k = 4096.
-SMALL_TILE_CONFIGS = {16: (64, 4, 2, 2), 32: (64, 4, 2, 2), 64: (64, 8, 2, 1)}
+SMALL_TILE_CONFIGS = {16: (64, 4, 2, 2), 32: (64, 4, 2, 2), 64: (32, 8, 2, 1)}  # 64: 221 KB of shared memory
 
 
 def small_tile_config(rows_per_kv: int, device) -> TileConfig:

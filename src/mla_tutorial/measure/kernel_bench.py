@@ -3,6 +3,8 @@
     python -m mla_tutorial bench --kernel [--shapes targets,ablation] [--versions flashmla,v5,v4] [--out F.json]
 
 Shape sets (b = batch, h_q heads, s_q query tokens, s_k keys; page 64, bf16):
+Every version runs with check_bounds=False, as FlashMLA (which never checks); "v5_checked" is v5 with its default
+bounds / stale-schedule assertion, so the difference is that check's cost.
   targets   issue 8's table at b = 128: h_q 16 (s_k 1k, 4k, 8k, lengths ~ N(4096, 2048)), h_q 64 (1k, 4k, 8k),
             h_q 128 (1k, 4k, 8k, and s_q = 2 causal at 4k)
   ablation  where each rung of the ladder pays: b = 1 with 32k keys (split-KV, v3), uneven lengths at b = 128
@@ -122,12 +124,14 @@ def run_shape(b, h_q, s_q, s_k, dist, roof, versions, flash_mla, seed=0) -> dict
     flops = 2 * b * h_q * s_q * mean_sk * 1088
     meta, splits = get_mla_metadata(seqlens, s_q * h_q, 1)
     args = (q, k_cache, block_table, seqlens, 512)
+    off = {"check_bounds": False}  # as FlashMLA, which never checks; "v5_checked" states what the check costs
     impls = {
-        "v5": lambda: mla_decode_v5(*args, causal=causal, tile_scheduler_metadata=meta, num_splits=splits),
-        "v4": lambda: mla_decode_v4(*args, causal=causal, tile_scheduler_metadata=meta, num_splits=splits),
-        "v3": lambda: mla_decode_v3(*args, causal=causal),
-        "v2": lambda: mla_decode_v2(*args, causal=causal),
-        "v1": lambda: mla_decode_v1(*args, causal=causal),
+        "v5": lambda: mla_decode_v5(*args, causal=causal, tile_scheduler_metadata=meta, num_splits=splits, **off),
+        "v5_checked": lambda: mla_decode_v5(*args, causal=causal, tile_scheduler_metadata=meta, num_splits=splits),
+        "v4": lambda: mla_decode_v4(*args, causal=causal, tile_scheduler_metadata=meta, num_splits=splits, **off),
+        "v3": lambda: mla_decode_v3(*args, causal=causal, **off),
+        "v2": lambda: mla_decode_v2(*args, causal=causal, **off),
+        "v1": lambda: mla_decode_v1(*args, causal=causal, **off),
         "torch_paged": lambda: paged_mla_attention(*args, causal=causal),  # stage 3's attention
     }
     if flash_mla is not None:
@@ -138,7 +142,9 @@ def run_shape(b, h_q, s_q, s_k, dist, roof, versions, flash_mla, seed=0) -> dict
            "metadata_ms": bench_ms(lambda: get_mla_metadata(seqlens, s_q * h_q, 1)), "impl": {}, "skipped": {}}
     outputs = {}
     for name, fn in impls.items():
-        if name not in versions and name != "flashmla":
+        if name not in versions and name not in ("flashmla", "v5_checked"):
+            continue
+        if name == "v5_checked" and "v5" not in versions:
             continue
         if name in ("v1", "torch_paged") and b * h_q * s_q * mean_sk > V1_MAX_WORK:
             row["skipped"][name] = f"b*h_q*s_q*mean_sk > {V1_MAX_WORK} ({name} would take > ~50 ms a call)"
