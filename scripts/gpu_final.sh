@@ -25,7 +25,7 @@ step() {  # step NAME SECONDS command...
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.limit --format=csv \
   | tee "$WORK/nvidia_smi.txt"
 git rev-parse HEAD > "$WORK/commit.txt" 2>/dev/null || true
-has tests && step tests 170 env PYTHONPATH=src $PY -m pytest -m gpu tests/test_kernels_gpu.py tests/test_contract_gpu.py \
+has tests && step tests ${TEST_LIMIT:-170} env PYTHONPATH=src $PY -m pytest -m gpu tests/test_kernels_gpu.py tests/test_contract_gpu.py \
   tests/test_graphs_gpu.py -q -p no:cacheprovider --durations=8 -k "not v1_naive and not v2_head and not v3_split"
 has kernels && step kernels 200 env PYTHONPATH=$PEERS:src $PY -m mla_tutorial bench --kernel --shapes targets,ablation \
   --out "$WORK/kernels.json"
