@@ -5,10 +5,11 @@
                                       tile_scheduler_metadata, num_splits, causal=True)
 
 Same argument order, shapes and dtypes as deepseek-ai/FlashMLA's `flash_mla_interface`:
-q [b, s_q, h_q, 576] bf16/fp16; k_cache [num_blocks, 64, h_kv, 576]; block_table [b, max_blocks]
-int32; cache_seqlens [b] int32 -> out [b, s_q, h_q, 512] (q's dtype), softmax_lse [b, h_q, s_q] fp32
-(natural log; +inf for a request with no keys). Bad arguments raise TypeError/ValueError naming the
-argument before anything is launched. The metadata is computed on the GPU without a host sync, so
+q [b, s_q, h_q, 576] bf16/fp16; k_cache [num_blocks, 64, h_kv, 576] (or, with is_fp8_kvcache=True, FlashMLA's FP8
+cache [num_blocks, 64, h_kv, 656] float8_e4m3fn, q bf16); block_table [b, max_blocks] int32;
+cache_seqlens [b] int32 -> out [b, s_q, h_q, 512] (q's dtype), softmax_lse [b, h_q, s_q] fp32 (natural log;
++inf for a request with no keys). Bad arguments raise TypeError/ValueError naming the argument before anything is
+launched. The metadata is computed on the GPU without a host sync, so
 both calls can be captured in a CUDA graph.
 """
 
@@ -82,8 +83,15 @@ def flash_mla_with_kvcache(
     num_splits: torch.Tensor,
     softmax_scale: float | None = None,
     causal: bool = False,
+    is_fp8_kvcache: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paged MLA decode (FlashMLA-compatible). Returns (out [b, s_q, h_q, 512], softmax_lse [b, h_q, s_q])."""
-    dims = validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
+    """Paged MLA decode (FlashMLA-compatible). Returns (out [b, s_q, h_q, 512], softmax_lse [b, h_q, s_q]).
+
+    is_fp8_kvcache (FlashMLA's keyword): k_cache is FlashMLA's FP8 cache, float8_e4m3fn [num_blocks, 64, h_kv, 656]
+    (`mla_tutorial.quantize_k_cache`), and q is bf16; the output is bf16 as for a bf16 cache.
+    """
+    dims = validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                                  fp8_cache=is_fp8_kvcache)
     validate_metadata(tile_scheduler_metadata, num_splits, dims.batch, q.device)
-    return _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, tile_scheduler_metadata, num_splits)
+    return _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, tile_scheduler_metadata, num_splits,
+                      is_fp8=is_fp8_kvcache)

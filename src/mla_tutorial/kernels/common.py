@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..fp8 import validate_fp8_k_cache
+
 # FlashMLA's fixed geometry: a 576-wide cache row = 512 latent ("nope") columns + 64 RoPE columns,
 # V is the first 512 columns of the same row, pages hold 64 tokens.
 D_QK = 576  # kv_lora_rank (512) + qk_rope_head_dim (64)
@@ -95,13 +97,18 @@ def validate_decode_inputs(
     *,
     allow_cpu: bool | None = None,
     dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16),
+    fp8_cache: bool = False,
 ) -> DecodeDims:
     """Check every argument of a decode call; return the sizes. Raises TypeError/ValueError, never launches.
 
     q [b, s_q, h_q, 576] bf16/fp16; k_cache [num_blocks, 64, h_kv, 576] same dtype; block_table
     [b, max_blocks] int32; cache_seqlens [b] int32; head_dim_v == 512.
     CPU tensors are accepted only under the interpreter (or with allow_cpu=True, for the reference).
+    fp8_cache: k_cache is FlashMLA's FP8 cache instead, float8_e4m3fn [num_blocks, 64, h_kv, 656], q bf16
+    (`mla_tutorial.fp8.validate_fp8_k_cache`).
     """
+    if not isinstance(fp8_cache, bool):
+        raise TypeError(f"is_fp8_kvcache must be a bool, got {_describe(fp8_cache)}")
     _check_tensor("q", q, 4, dtypes, "[batch, s_q, h_q, 576]")
     b, s_q, h_q, d = q.shape
     if d != D_QK:
@@ -118,11 +125,16 @@ def validate_decode_inputs(
             f"q must be on a CUDA device (or run with TRITON_INTERPRET=1 for CPU tensors), got {device}"
         )
 
-    _check_tensor("k_cache", k_cache, 4, (q.dtype,), "[num_blocks, 64, h_kv, 576], same dtype as q")
+    if fp8_cache:
+        validate_fp8_k_cache(k_cache, q)
+    elif isinstance(k_cache, torch.Tensor) and k_cache.dtype == torch.float8_e4m3fn:
+        raise TypeError("k_cache has dtype torch.float8_e4m3fn: pass is_fp8_kvcache=True for FlashMLA's FP8 cache")
+    else:
+        _check_tensor("k_cache", k_cache, 4, (q.dtype,), "[num_blocks, 64, h_kv, 576], same dtype as q")
     num_blocks, page, h_kv, dk = k_cache.shape
     if page != PAGE_SIZE:
         raise ValueError(f"k_cache.shape[1] (page size) must be {PAGE_SIZE}, got {page}")
-    if dk != D_QK:
+    if not fp8_cache and dk != D_QK:
         raise ValueError(f"k_cache.shape[3] (head dim) must be {D_QK} to match q, got {dk}")
     if h_kv < 1 or h_q % h_kv != 0:
         raise ValueError(

@@ -10,6 +10,12 @@
 # chunk, one key chunk, the scores and the four 16x128 accumulator chunks.
 # Expected: no spills at 4 warps, two programs per SM (the probe recipe: 0.91 of copy at h16 sk4096).
 # Measured: see docs/results/ and the docstring of mla_decode_v5.
+#
+# FP8 cache (IS_FP8, FlashMLA's 656-byte rows, mla_tutorial/fp8.py): each 128-column key chunk is one scale tile,
+# so a chunk is loaded as 128 e4m3 bytes per key plus that key's float32 scale, multiplied and cast to bf16
+# (exact: e4m3 values times a power of two fit bf16), and from there on the loop is the bf16 one; the 64 RoPE
+# columns are read as bf16 from byte 528. Bytes per key: 656 instead of 1,152 (1.76x fewer); the extra work is
+# one convert and one multiply per cached value, on the CUDA cores.
 """Version 5, small-tile path: v4's schedule with a register-lean key loop (plain Triton, runs in the interpreter)."""
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..fp8 import ROPE_OFFSET, SCALE_OFFSET
 from .blocks import _cast, _visible_keys
 from .common import (
     D_NOPE,
@@ -30,6 +37,9 @@ from .common import (
     tile_block_m,
 )
 from .launch import FastLauncher
+
+FP8_SCALES_AT = tl.constexpr(SCALE_OFFSET)  # byte 512 of an FP8 row: 4 float32 scales, one per 128 values
+FP8_ROPE_AT = tl.constexpr(ROPE_OFFSET)  # byte 528: the 64 RoPE values in bf16
 
 
 @triton.jit
@@ -66,6 +76,21 @@ def _dot_chunk(q_base, k_rows, valid, q_ok, col0, s, CW: tl.constexpr, UPCAST: t
 
 
 @triton.jit
+def _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, q_ok, tile, s, CW: tl.constexpr, UPCAST: tl.constexpr):
+    """_dot_chunk for FP8 rows: key chunk `tile` = its 128 e4m3 values times the key's scale `tile`, as bf16."""
+    offs = tile * CW + tl.arange(0, CW)
+    qc = tl.load(q_base[:, None] + offs[None, :], mask=q_ok[:, None], other=0.0)
+    k8 = tl.load(k_rows[:, None] + offs[None, :], mask=valid[:, None], other=0.0)  # (BLOCK_N, CW) e4m3
+    scale = tl.load(scale_rows + tile, mask=valid, other=0.0)  # (BLOCK_N,) float32, a power of two
+    kc = k8.to(tl.float32) * scale[:, None]  # exact: 4 significant bits times a power of two
+    if UPCAST:
+        qc = qc.to(tl.float32)
+    else:
+        kc = kc.to(tl.bfloat16)  # exact too; from here on the chunk is a bf16 key (and value) tile
+    return tl.dot(qc, tl.trans(kc), s), kc
+
+
+@triton.jit
 def _mla_decode_v5_small_kernel(
     q_ptr, kv_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
     meta_ptr, num_splits_ptr, ok_ptr,
@@ -77,9 +102,9 @@ def _mla_decode_v5_small_kernel(
     CAUSAL: tl.constexpr, PAGE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     D_NOPE: tl.constexpr, D_ROPE: tl.constexpr,
-    UPCAST: tl.constexpr, NUM_STAGES: tl.constexpr, META_COLS: tl.constexpr,
+    UPCAST: tl.constexpr, NUM_STAGES: tl.constexpr, META_COLS: tl.constexpr, IS_FP8: tl.constexpr = False,
 ):
-    CW: tl.constexpr = 128  # latent columns per chunk: 4 chunks of 128 + the 64 RoPE columns
+    CW: tl.constexpr = 128  # latent columns per chunk: 4 chunks of 128 + the 64 RoPE columns (= FP8 scale tiles)
     part = tl.program_id(0)
     kv_head = tl.program_id(1) // m_tiles
     m_start = (tl.program_id(1) % m_tiles) * BLOCK_M
@@ -127,21 +152,30 @@ def _mla_decode_v5_small_kernel(
             keys = start + offs_n
             valid = (keys < s_k) & (not bad)
             s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-            s, k0 = _dot_chunk(q_base, k_rows, valid, row_ok, 0, s, CW, UPCAST)
-            s, k1 = _dot_chunk(q_base, k_rows, valid, row_ok, CW, s, CW, UPCAST)
-            s, k2 = _dot_chunk(q_base, k_rows, valid, row_ok, 2 * CW, s, CW, UPCAST)
-            s, k3 = _dot_chunk(q_base, k_rows, valid, row_ok, 3 * CW, s, CW, UPCAST)
-            s, _ = _dot_chunk(q_base, k_rows, valid, row_ok, D_NOPE, s, D_ROPE, UPCAST)
+            if IS_FP8:  # k_rows point at bytes: 512 e4m3 values, 4 float32 scales, 64 bf16 RoPE values
+                scale_rows = (k_rows + FP8_SCALES_AT).to(tl.pointer_type(tl.float32))
+                rope_rows = (k_rows + FP8_ROPE_AT).to(tl.pointer_type(tl.bfloat16))
+                s, k0 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 0, s, CW, UPCAST)
+                s, k1 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 1, s, CW, UPCAST)
+                s, k2 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 2, s, CW, UPCAST)
+                s, k3 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 3, s, CW, UPCAST)
+                s, _ = _dot_chunk(q_base + D_NOPE, rope_rows, valid, row_ok, 0, s, D_ROPE, UPCAST)
+            else:
+                s, k0 = _dot_chunk(q_base, k_rows, valid, row_ok, 0, s, CW, UPCAST)
+                s, k1 = _dot_chunk(q_base, k_rows, valid, row_ok, CW, s, CW, UPCAST)
+                s, k2 = _dot_chunk(q_base, k_rows, valid, row_ok, 2 * CW, s, CW, UPCAST)
+                s, k3 = _dot_chunk(q_base, k_rows, valid, row_ok, 3 * CW, s, CW, UPCAST)
+                s, _ = _dot_chunk(q_base, k_rows, valid, row_ok, D_NOPE, s, D_ROPE, UPCAST)
             s = tl.where(keys[None, :] < n_visible[:, None], s * qk_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp2(m_i - m_use)
             p = tl.exp2(s - m_use[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            if UPCAST:
-                p_op = _cast(p, kv_ptr.dtype.element_ty, UPCAST).to(tl.float32)
+            if UPCAST:  # P in q's dtype: the cache's, or bf16 over an FP8 cache
+                p_op = _cast(p, q_ptr.dtype.element_ty, UPCAST).to(tl.float32)
             else:
-                p_op = p.to(kv_ptr.dtype.element_ty)
+                p_op = p.to(q_ptr.dtype.element_ty)
             acc0 = tl.dot(p_op, k0, acc0 * alpha[:, None])
             acc1 = tl.dot(p_op, k1, acc1 * alpha[:, None])
             acc2 = tl.dot(p_op, k2, acc2 * alpha[:, None])
@@ -172,8 +206,10 @@ def small_tile_config(rows_per_kv: int, device) -> TileConfig:
 
 
 def launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                    part_lse, ok_flag, cfg):
-    """Launch the small-tile kernel over the schedule `meta` with launch configuration `cfg` (a TileConfig)."""
+                    part_lse, ok_flag, cfg, is_fp8=False):
+    """Launch the small-tile kernel over the schedule `meta` with launch configuration `cfg` (a TileConfig).
+
+    is_fp8: k_cache is FlashMLA's FP8 cache (float8_e4m3fn [num_blocks, 64, h_kv, 656]; strides in bytes)."""
     m_tiles = cdiv(dims.rows_per_kv, cfg.block_m)
     _LAUNCH(
         (meta.shape[0], dims.h_kv * m_tiles),
@@ -185,5 +221,5 @@ def launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, 
         dims.scale * LOG2E,
         CAUSAL=causal, PAGE=PAGE_SIZE, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         D_NOPE=D_NOPE, D_ROPE=D_ROPE, UPCAST=is_interpreter(), NUM_STAGES=cfg.num_stages,
-        META_COLS=meta.shape[1], num_warps=cfg.num_warps,
+        META_COLS=meta.shape[1], IS_FP8=is_fp8, num_warps=cfg.num_warps,
     )
