@@ -85,7 +85,7 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
         launch_v5_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                         part_out, part_lse, flag, config)
     else:
-        cfg = config or small_tile_config(dims.rows_per_kv, dev)
+        cfg = config or small_tile_config(dims.rows_per_kv, dev, is_fp8)
         launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                         part_out, part_lse, flag, cfg, is_fp8=is_fp8)
     combine_splits(part_out, part_lse, num_splits, out, lse)

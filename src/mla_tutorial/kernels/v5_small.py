@@ -197,12 +197,21 @@ _LAUNCH = FastLauncher(_mla_decode_v5_small_kernel)
 SMALL_TILE_CONFIGS = {16: (64, 4, 2, 2), 32: (64, 4, 2, 2), 64: (64, 8, 2, 1)}
 
 
-def small_tile_config(rows_per_kv: int, device) -> TileConfig:
+#: The same for an FP8 cache, chosen from sm_90a compile reports only (Triton 3.6, scripts/compile_offline.py
+#: v5s-fp8:...; not timed yet): the configs that fit the 227 KB of shared memory with the fewest spills. 16 rows
+#: (64, 4, 2): 255 registers, 108 B of spill stores, 110 KB shared (two programs per SM); 32 and 64 rows (32, 8, 2):
+#: 64 and 152 B of spill stores, 82 and 205 KB shared; (64, 8, 2) at 64 rows needs 263 KB and cannot launch.
+#: The e4m3 bytes are loaded with plain loads: Triton 3.6 does not turn a load whose value is converted before a
+#: dot into cp.async (the scales, the RoPE part and q are pipelined, the 512 bytes of c_kv are not).
+FP8_SMALL_TILE_CONFIGS = {16: (64, 4, 2, 2), 32: (32, 8, 2, 1), 64: (32, 8, 2, 1)}
+
+
+def small_tile_config(rows_per_kv: int, device, is_fp8: bool = False) -> TileConfig:
     """The small tile's launch configuration (the interpreter's cheap one on CPU)."""
     if device.type != "cuda":
         return interpreter_config(rows_per_kv)
     block_m = tile_block_m(rows_per_kv)
-    return TileConfig(block_m, *SMALL_TILE_CONFIGS[block_m])
+    return TileConfig(block_m, *(FP8_SMALL_TILE_CONFIGS if is_fp8 else SMALL_TILE_CONFIGS)[block_m])
 
 
 def launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
