@@ -7,7 +7,8 @@ Sections (all written to one JSON file, rewritten after each section):
    DeepSeek-V3's shapes, `linear_init_` weights, hidden states ~ N(0, σ²) for σ in 1, 4, 16: real residual streams
    are far from unit scale, and only k_rope follows them, since c_kv leaves an RMSNorm), for FlashMLA's per-tile
    scales and for coarser alternatives: one scale per token, one per tensor from c_kv only (RoPE in bf16, or RoPE
-   quantized with that scale as a 576-byte row would be), one per tensor from the whole row.
+   quantized with that scale as a 576-byte row would be), one per tensor from the whole row (computed from the
+   rows themselves, or fixed beforehand from the σ = 1 rows, as a cache filled token by token must fix it).
 2. attention: stage 5 (FP8 kernel) against stage 4 (bf16 kernel) with the same weights, and the split of that
    difference: kernel error (stage 5 vs stage 3's torch attention on the same FP8 cache, `FP8ReferenceMLA`) and
    quantization error (`FP8ReferenceMLA` vs stage 3 in bf16); stage 4 vs stage 3 as the bf16 baseline; and a
@@ -34,8 +35,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from test_stage5 import compare_logits, teacher_forced_logits  # noqa: E402  (one home: the tests' helpers)
 
 from mla_tutorial import AbsorbedMLA, MLAConfig, PagedMLA, linear_init_  # noqa: E402
 from mla_tutorial.decoder import TinyDecoder  # noqa: E402
@@ -56,7 +60,7 @@ def saturating_e4m3(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
 
 
-def roundtrip(rows: torch.Tensor, scheme: str) -> torch.Tensor:
+def roundtrip(rows: torch.Tensor, scheme: str, static_scale: float | None = None) -> torch.Tensor:
     """rows bf16 [N, 576] -> what the cache gives back under `scheme` (bf16 [N, 576])."""
     if scheme == "tile":  # FlashMLA: a power-of-two scale per 128 c_kv values per token, RoPE bf16
         return dequantize_rows(quantize_rows(rows))
@@ -74,10 +78,12 @@ def roundtrip(rows: torch.Tensor, scheme: str) -> torch.Tensor:
     if scheme == "tensor_all_rope_fp8":  # one scale for all 576 values from the whole tensor's amax
         scale = x.abs().amax() / FP8_MAX
         return (saturating_e4m3(x / scale) * scale).bfloat16()
+    if scheme == "static_tensor_all_rope_fp8":  # the same, with the scale fixed beforehand (calibrated at σ = 1)
+        return (saturating_e4m3(x / static_scale) * static_scale).bfloat16()
     raise ValueError(scheme)
 
 
-SCHEMES = ["tile", "token", "tensor_ckv", "tensor_ckv_rope_fp8", "tensor_all_rope_fp8"]
+SCHEMES = ["tile", "token", "tensor_ckv", "tensor_ckv_rope_fp8", "tensor_all_rope_fp8", "static_tensor_all_rope_fp8"]
 
 
 def part_stats(t: torch.Tensor) -> dict:
@@ -93,6 +99,7 @@ def rows_section(quick: bool) -> dict:
     for cname, config in configs.items():
         for std in (0.02, 0.1):
             module = linear_init_(AbsorbedMLA(config), std=std, seed=0).requires_grad_(False)
+            static_scale = None  # a per-tensor scale calibrated on the σ = 1 rows, as a cache must fix it in advance
             for sigma in (1.0, 4.0, 16.0):
                 gen = torch.Generator().manual_seed(1)
                 x = torch.randn(1, tokens, config.hidden_size, generator=gen) * sigma
@@ -100,9 +107,11 @@ def rows_section(quick: bool) -> dict:
                 with torch.no_grad():
                     c_kv, k_rope = module.project_latent(x, pos)
                 rows = torch.cat([c_kv, k_rope], -1)[0].bfloat16()  # [tokens, 576]
+                if static_scale is None:
+                    static_scale = float(rows.float().abs().amax()) / FP8_MAX
                 entry = {"c_kv": part_stats(rows[:, :512]), "k_rope": part_stats(rows[:, 512:]), "schemes": {}}
                 for scheme in SCHEMES:
-                    back = roundtrip(rows, scheme)
+                    back = roundtrip(rows, scheme, static_scale)
                     e_n = error_metrics(back[:, :512], rows[:, :512])
                     e_r = error_metrics(back[:, 512:], rows[:, 512:])
                     sat = (rows[:, 512:].float().abs() > back[:, 512:].float().abs() * 1.0625).float().mean()
@@ -191,31 +200,6 @@ def attention_section(quick: bool) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- 3. decoder
-@torch.no_grad()
-def teacher_forced_logits(decoder: TinyDecoder, ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
-    """Logits [B, steps, vocab] that `decoder` gives for each next token of ids [B, prompt + steps], one cached
-    decode step per token (the same path as generation, fed the given tokens instead of its own)."""
-    logits, caches = decoder(ids[:, :prompt_len])
-    out = [logits[:, -1]]
-    for t in range(prompt_len, ids.shape[1] - 1):
-        logits, caches = decoder(ids[:, t : t + 1], caches)
-        out.append(logits[:, -1])
-    return torch.stack(out, dim=1)
-
-
-def compare_logits(ref: torch.Tensor, other: torch.Tensor) -> dict:
-    """Top-1 agreement and KL(ref ‖ other) (natural log) per step, from logits [B, steps, vocab]."""
-    lp_ref = torch.log_softmax(ref.double(), -1)
-    lp_o = torch.log_softmax(other.double(), -1)
-    kl = (lp_ref.exp() * (lp_ref - lp_o)).sum(-1)  # [B, steps]
-    agree = (ref.argmax(-1) == other.argmax(-1)).double()
-    top2 = ref.double().topk(2, -1).values
-    return {"top1_agreement": float(agree.mean()), "kl_mean": float(kl.mean()), "kl_max": float(kl.max()),
-            "kl_p99": float(kl.flatten().kthvalue(max(1, int(0.99 * kl.numel()))).values),
-            "ref_top1_margin_median": float((top2[..., 0] - top2[..., 1]).median()),
-            "logits": error_metrics(other, ref).as_dict()}
-
-
 def first_divergence(a: torch.Tensor, b: torch.Tensor, prompt_len: int) -> list[int]:
     """Per sequence, how many generated tokens agree before the first difference."""
     out = []
@@ -282,14 +266,23 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer tokens and shapes (a smoke run)")
     ap.add_argument("--kernel-tokens", type=int, default=48,
                     help="tokens of the decoder run through the kernels (interpreter on CPU; 0 to skip)")
+    ap.add_argument("--sections", default="rows,attention,decoder",
+                    help="comma-separated sections to run; the others are kept from an existing --out file")
     args = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    RESULT["meta"] = {"date": today, "device": "cpu", "torch": torch.__version__, "python": platform.python_version(),
-                      "machine": platform.machine(), "interpreter": os.environ.get("TRITON_INTERPRET", "0"),
-                      "command": " ".join(sys.argv)}
+    sections = args.sections.split(",")
+    if set(sections) != {"rows", "attention", "decoder"} and args.out.exists():
+        RESULT.update(json.loads(args.out.read_text()))
+    meta = RESULT.setdefault("meta", {})
+    commands = meta.pop("commands", [meta.pop("command")] if "command" in meta else [])
+    meta.update(date=today, device="cpu", torch=torch.__version__, python=platform.python_version(),
+                machine=platform.machine(), interpreter=os.environ.get("TRITON_INTERPRET", "0"),
+                commands=[*commands, " ".join(sys.argv)])
     for name, fn in (("rows", lambda: rows_section(args.quick)),
                      ("attention", lambda: attention_section(args.quick)),
                      ("decoder", lambda: decoder_section(args.quick, args.kernel_tokens))):
+        if name not in sections:
+            continue
         t0 = time.perf_counter()
         RESULT[name] = fn()
         RESULT["meta"][f"{name}_seconds"] = time.perf_counter() - t0

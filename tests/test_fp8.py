@@ -338,3 +338,72 @@ def test_fp8_refuses_a_tile_that_cannot_read_it():
     with pytest.raises(ValueError, match="cannot read an FP8 cache"):
         K.mla_decode_v5(args["q"], args["k_cache"], args["block_table"], args["cache_seqlens"], 512,
                         is_fp8_kvcache=True, path="v4")
+
+
+# ---------------------------------------------------------------------------------------------
+# on a GPU (pytest -m gpu): the compiled FP8 path at real lengths, and a capturable decode step
+# ---------------------------------------------------------------------------------------------
+GPU_LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
+def test_gpu_fp8_matrix(h_q, s_q):
+    q, k8, block_table, seqlens = fp8_inputs(GPU_LENGTHS, s_q, h_q, seed=h_q * 10 + s_q)
+    check_fp8(q, k8, block_table, seqlens, s_q > 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_fp8_normal_lengths_b64_api():
+    gen = torch.Generator().manual_seed(3)
+    lens = torch.normal(4096.0, 2048.0, (64,), generator=gen).round().clamp(min=2).int().tolist()
+    q, k8, block_table, seqlens = fp8_inputs(lens, 2, 16, seed=5)
+    meta, splits = K.get_mla_metadata(seqlens, 2 * 16, 1)
+
+    def api(q, k_cache, block_table, seqlens, head_dim_v, softmax_scale=None, causal=False, is_fp8_kvcache=False):
+        return K.flash_mla_with_kvcache(q, k_cache, block_table, seqlens, head_dim_v, meta, splits,
+                                        softmax_scale=softmax_scale, causal=causal, is_fp8_kvcache=is_fp8_kvcache)
+
+    check_fp8(q, k8, block_table, seqlens, True, fn=api)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_fp8_decode_step_is_capturable():
+    """Quantize the new rows, write them into their slots, schedule, attend: one CUDA graph, replayed with new
+    rows and lengths, equals the reference on the dequantized cache."""
+    q, k8, block_table, seqlens = fp8_inputs([100, 2000, 60, 1, 4000], 1, 16, seed=9)  # room in each last page
+    new = torch.randn(5, 576, device="cuda").bfloat16()  # one new token per request
+    slots = torch.zeros(5, dtype=torch.long, device="cuda")
+
+    def place():  # the new token goes at position seqlens (those rows are NaN now), then lengths advance
+        pos = seqlens.long()
+        slots.copy_(block_table.gather(1, (pos // 64)[:, None])[:, 0].long() * 64 + pos % 64)
+
+    def step():
+        k8.view(-1, ROW_BYTES)[slots] = quantize_rows(new)
+        seqlens.add_(1)
+        meta, splits = K.get_mla_metadata(seqlens, 16, 1)
+        return K.flash_mla_with_kvcache(q, k8, block_table, seqlens, 512, meta, splits, is_fp8_kvcache=True)
+
+    place()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # compile outside the capture (it also appends one token)
+        place()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = step()
+    for _ in range(2):
+        place()
+        new.copy_(torch.randn(5, 576, device="cuda").bfloat16())
+        graph.replay()
+        torch.cuda.synchronize()
+        ref, ref_lse = K.mla_decode_reference(q, dequantize_k_cache(k8), block_table, seqlens, 512)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-4)

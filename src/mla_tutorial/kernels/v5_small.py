@@ -198,9 +198,9 @@ SMALL_TILE_CONFIGS = {16: (64, 4, 2, 2), 32: (64, 4, 2, 2), 64: (64, 8, 2, 1)}
 
 
 #: The same for an FP8 cache, chosen from sm_90a compile reports only (Triton 3.6, scripts/compile_offline.py
-#: v5s-fp8:...; not timed yet): the configs that fit the 227 KB of shared memory with the fewest spills. 16 rows
-#: (64, 4, 2): 255 registers, 108 B of spill stores, 110 KB shared (two programs per SM); 32 and 64 rows (32, 8, 2):
-#: 64 and 152 B of spill stores, 82 and 205 KB shared; (64, 8, 2) at 64 rows needs 263 KB and cannot launch.
+#: v5s-fp8:...; not timed yet): the configs that fit the 232,448 B of shared memory with the fewest spills. 16 rows
+#: (64, 4, 2): 255 registers, 108 B of spill stores, 109,568 B shared (two programs per SM); 32 and 64 rows
+#: (32, 8, 2): 64 and 152 B of spill stores, 82,432 and 205,312 B shared; (64, 8, 2) at 64 rows needs 263,168 B.
 #: The e4m3 bytes are loaded with plain loads: Triton 3.6 does not turn a load whose value is converted before a
 #: dot into cp.async (the scales, the RoPE part and q are pipelined, the 512 bytes of c_kv are not).
 FP8_SMALL_TILE_CONFIGS = {16: (64, 4, 2, 2), 32: (32, 8, 2, 1), 64: (32, 8, 2, 1)}
