@@ -19,6 +19,8 @@ import struct
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_kernels import K, check_against_reference, make_inputs, metadata_with_knobs
 
 from mla_tutorial.fp8 import (
@@ -145,6 +147,20 @@ def test_quantize_k_cache_matches_independent_quantizer_byte_for_byte():
     k8 = quantize_k_cache(k.to(DEVICE))
     assert k8.shape == (2, 64, 1, ROW_BYTES) and k8.dtype == torch.float8_e4m3fn
     assert_bytes_match(k8, k)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), exponents=st.lists(st.integers(-30, 30), min_size=5, max_size=5),
+       specials=st.lists(st.tuples(st.integers(0, 575), st.sampled_from(
+           [0.0, -0.0, float("nan"), float("inf"), float("-inf"), 3.0e38, -1e-30, 448.0, 2.0**-9])), max_size=3))
+def test_quantize_rows_matches_independent_quantizer_for_any_magnitudes(seed, exponents, specials):
+    """One token whose four c_kv tiles and RoPE part have magnitudes 2^-30 .. 2^30 apart, plus special values."""
+    gen = torch.Generator().manual_seed(seed)
+    scale = torch.tensor([2.0**e for e in exponents]).repeat_interleave(torch.tensor([128, 128, 128, 128, 64]))
+    row = (torch.randn(576, generator=gen, dtype=torch.float64) * scale).to(torch.bfloat16)
+    for index, value in specials:
+        row[index] = value
+    assert_bytes_match(quantize_rows(row[None]), row[None])
 
 
 def test_independent_quantizer_agrees_with_torch_e4m3_on_every_code_and_midpoint():
