@@ -70,7 +70,7 @@ def compile_v5(dtype: str = "bf16", causal: bool = False, sub: int = 64, stages:
 
 
 def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, causal: bool = False,
-               dtype: str = "bf16", small: bool = False, fp8: bool = False):
+               dtype: str = "bf16", small: bool = False, fp8: bool = False, tma: bool = False):
     from mla_tutorial.kernels import v4_balanced as v4
     from mla_tutorial.kernels import v5_small
 
@@ -94,8 +94,8 @@ def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, caus
         names.insert(names.index("stride_qb"), "ok_ptr")
         names.insert(names.index("qk_scale"), "num_blocks")
         sig = {n: sig.get(n, {"ok_ptr": "*i32", "num_blocks": "i32"}.get(n)) for n in names}
-        sig["IS_FP8"] = "constexpr"
-        consts["IS_FP8"] = fp8
+        sig["IS_FP8"] = sig["FP8_TMA"] = "constexpr"
+        consts["IS_FP8"], consts["FP8_TMA"] = fp8, tma
         attrs = {(i,): [["tt.divisibility", 16]] for i in range(17)}
     fn = v5_small._mla_decode_v5_small_kernel if small else v4._mla_decode_v4_kernel
     src = ASTSource(fn, sig, consts, attrs)
@@ -117,10 +117,11 @@ def main() -> None:
                 ck = compile_v5(causal=causal, sub=sub, stages=stages, mode=mode)
                 print(f"v5g sub={sub} stages={stages} mode={mode} causal={causal}: "
                       f"{report(f'v5g_{sub}_{stages}_{mode}_c{int(causal)}', ck, workdir)}")
-        elif name.startswith(("v4:", "v5s:", "v5s-fp8:")):  # v4:BLOCK_M,BLOCK_N,warps,stages (v5s: the small
-            kind, spec = name.split(":")                        # tile; v5s-fp8: the small tile on an FP8 cache)
+        elif name.startswith(("v4:", "v5s:", "v5s-fp8:", "v5s-fp8tma:")):  # v4:BLOCK_M,BLOCK_N,warps,stages (v5s:
+            kind, spec = name.split(":")  # the small tile; v5s-fp8: on an FP8 cache; v5s-fp8tma: with TMA loads)
             bm, bn, w, st = (int(x) for x in spec.split(","))
-            ck = compile_v4(bm, bn, w, st, small=kind.startswith("v5s"), fp8=kind == "v5s-fp8")
+            ck = compile_v4(bm, bn, w, st, small=kind.startswith("v5s"), fp8=kind.startswith("v5s-fp8"),
+                            tma=kind == "v5s-fp8tma")
             print(f"{kind} bm={bm} bn={bn} warps={w} stages={st}: "
                   f"{report(f'{kind}_{bm}_{bn}_{w}_{st}', ck, workdir)}")
 

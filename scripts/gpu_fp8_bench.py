@@ -6,16 +6,18 @@ Safe to run blind: every section and every shape is guarded, and the JSON is rew
 1. env: card, versions, and the copy / bf16-matmul ceilings measured in this run.
 2. correctness: the FP8 path (`mla_decode_v5(..., is_fp8_kvcache=True)`) against the fp32 reference applied to
    `dequantize_k_cache(k_fp8)` on FlashMLA's hostile recipe (lengths 0, 1, 20, 63, 64, 65, 140, 4096 in one batch;
-   NaN in unused rows, so NaN bytes and scales; sentinel ids), h_q 16/64/128, s_q 1/2, with the bf16 tolerances;
+   NaN in unused rows, so NaN bytes and scales; sentinel ids), h_q 16/64/128, s_q 1/2, both load modes, with the
+   bf16 tolerances;
    and the API at b = 64, lengths ~ N(4096, 2048). The in-kernel bounds flag is read, never asserted, here.
 3. timing: b = 128, page 64, h_q 16/64/128 at s_k 4096/8192 (fixed lengths) and h_q 16 at lengths ~ N(4096, 2048),
-   s_q 1: the FP8 path, bf16 v5 and FlashMLA (when `import flash_mla` works), each as the whole call, median of
+   s_q 1: the FP8 path (plain loads, and TMA loads: v5_small.FP8_LOADS), bf16 v5 and FlashMLA (when
+   `import flash_mla` works), each as the whole call, median of
    `triton.testing.do_bench` (L2 flushed), plus CUDA-graph replays; GB/s counts the bytes each one reads (FP8:
    656 per cached token, bf16: 1,152); ratio_vs_flashmla = FlashMLA ms / ours (the issue's targets: >= 1.5 at h16,
    >= 1.2 at h64, >= 0.8 at h128 s_k 4096). Before timing a shape, its FP8 output is compared with the bf16 v5
    output on the same (unquantized) cache: the cosine distance is the quantization's effect there.
-4. fp8_configs: other small-tile launch configurations of the FP8 path at h16 and h128, s_k 4096 (the defaults
-   in v5_small.FP8_SMALL_TILE_CONFIGS come from compile reports only).
+4. fp8_configs: other small-tile launch configurations of the FP8 path, both load modes, at h16 and h128, s_k 4096
+   (the defaults in v5_small.FP8_SMALL_TILE_CONFIGS / FP8_TMA_SMALL_TILE_CONFIGS come from compile reports only).
 5. append: the cost of quantizing one decode step's new rows (b = 128, one token each) as stage 5 does.
 
 `--smoke` runs every section on the CPU (Triton's interpreter) at tiny shapes, without graphs or timings that
@@ -79,6 +81,7 @@ def main() -> None:
 
     import mla_tutorial.kernels as K
     from mla_tutorial.fp8 import dequantize_k_cache, quantize_k_cache, quantize_rows
+    from mla_tutorial.kernels import v5_small
     from mla_tutorial.kernels.common import TileConfig
     from mla_tutorial.kernels.schedule import get_mla_metadata
 
@@ -142,8 +145,10 @@ def main() -> None:
 
     def correctness():
         out = {}
-        for h_q, s_q in ((16, 1), (16, 2)) if args.smoke else ((16, 1), (16, 2), (64, 1), (128, 1), (128, 2)):
-            name = f"h{h_q}-sq{s_q}"
+        cases = ((16, 1), (16, 2)) if args.smoke else ((16, 1), (16, 2), (64, 1), (128, 1), (128, 2))
+        for (h_q, s_q), loads in [(c, m) for c in cases for m in ("pointer", "tma")]:
+            name = f"h{h_q}-sq{s_q}-{loads}"
+            v5_small.FP8_LOADS = loads
             try:
                 q, kc, bt, sl = make_inputs(lengths, s_q, h_q, 1, torch.bfloat16, seed=h_q + s_q, device=dev)
                 k8 = quantize_k_cache(kc)
@@ -163,6 +168,8 @@ def main() -> None:
                 out[name]["choice"] = K.kernel_choice(q, k8, s_q * h_q, 1)
             except Exception as e:
                 out[name] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:800]}"}
+            finally:
+                v5_small.FP8_LOADS = "pointer"
         try:  # FlashMLA's recipe at b = 64 through the API
             gen = torch.Generator().manual_seed(3)
             n, mean = (3, 100.0) if args.smoke else (64, 4096.0)
@@ -202,9 +209,17 @@ def main() -> None:
         meta, splits = get_mla_metadata(sl, s_q * h_q, 1)
         row["choice_fp8"] = K.kernel_choice(q, k8, s_q * h_q, 1)
         row["choice_bf16"] = K.kernel_choice(q, kc, s_q * h_q, 1)
+        def fp8(loads):
+            v5_small.FP8_LOADS = loads  # read at launch: plain loads or TMA copies of the e4m3 bytes
+            try:
+                return K.mla_decode_v5(q, k8, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
+                                       check_bounds=False, is_fp8_kvcache=True)
+            finally:
+                v5_small.FP8_LOADS = "pointer"
+
         impls = {
-            "fp8": lambda: K.mla_decode_v5(q, k8, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
-                                           check_bounds=False, is_fp8_kvcache=True),
+            "fp8": lambda: fp8("pointer"),
+            "fp8_tma": lambda: fp8("tma"),
             "bf16_v5": lambda: K.mla_decode_v5(q, kc, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
                                                check_bounds=False),
         }
@@ -213,9 +228,11 @@ def main() -> None:
             impls["flashmla"] = lambda: flash_mla.flash_mla_with_kvcache(q, kc, bt, sl, 512, fm_meta, None)
         fo, _ = impls["fp8"]()
         bo, _ = impls["bf16_v5"]()
+        to, _ = impls["fp8_tma"]()
         sync()
         row["fp8_finite"] = bool(torch.isfinite(fo).all())
         row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
+        row["fp8_tma_vs_fp8_max_abs"] = float((to.float() - fo.float()).abs().max())  # should be ~0
         for name, fn in impls.items():
             try:
                 fn()
@@ -228,8 +245,9 @@ def main() -> None:
         if isinstance(ms.get("flashmla"), float):
             row["ratio_vs_flashmla"] = {k: ms["flashmla"] / v for k, v in ms.items() if isinstance(v, float)}
         if roof.get("copy_gbps"):
-            row["fraction_of_copy"] = {k: row["bytes"]["fp8" if k == "fp8" else "bf16"] / v / 1e6 / roof["copy_gbps"]
-                                       for k, v in ms.items() if isinstance(v, float)}
+            row["fraction_of_copy"] = {
+                k: row["bytes"]["fp8" if k.startswith("fp8") else "bf16"] / v / 1e6 / roof["copy_gbps"]
+                for k, v in ms.items() if isinstance(v, float)}
         print(f"h{h_q} sk{s_k} {dist}: " + ", ".join(
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} ERR" for k, v in ms.items())
             + f" | ratio {row.get('ratio_vs_flashmla')}", flush=True)
@@ -256,10 +274,15 @@ def main() -> None:
     def fp8_configs():
         out = []
         RESULT["fp8_configs"] = out
-        sweeps = {16: [(64, 4, 2, 2), (32, 4, 2, 2), (32, 4, 3, 2), (64, 4, 3, 2), (16, 4, 4, 2), (32, 8, 2, 1),
-                       (64, 8, 2, 1)],
-                  128: [(32, 8, 2, 1), (16, 8, 2, 1), (16, 8, 3, 1), (32, 8, 3, 1), (32, 4, 2, 1), (64, 8, 1, 1)]}
-        for h_q, cfgs in sweeps.items():
+        sweeps = {  # (h_q, loads): configs (BLOCK_N, warps, stages, programs per SM)
+            (16, "pointer"): [(64, 4, 2, 2), (32, 4, 2, 2), (32, 4, 3, 2), (64, 4, 3, 2), (16, 4, 4, 2), (32, 8, 2, 1),
+                              (64, 8, 2, 1)],
+            (16, "tma"): [(32, 4, 2, 2), (16, 4, 4, 2), (64, 4, 2, 1), (32, 4, 3, 1), (64, 8, 2, 1), (32, 8, 2, 1)],
+            (128, "pointer"): [(32, 8, 2, 1), (16, 8, 2, 1), (16, 8, 3, 1), (32, 8, 3, 1), (32, 4, 2, 1),
+                               (64, 8, 1, 1)],
+            (128, "tma"): [(32, 8, 2, 1), (16, 8, 2, 1), (16, 8, 3, 1), (32, 8, 3, 1)],
+        }
+        for (h_q, loads), cfgs in sweeps.items():
             cfgs = cfgs[:2] if args.smoke else cfgs
             seqlens = make_lengths(big_b, big_sk[0], "fixed", 1, torch.Generator().manual_seed(7))
             q, kc, bt, sl = bench_inputs(seqlens, 1, h_q, dev, seed=7)
@@ -267,11 +290,12 @@ def main() -> None:
             del kc
             block_m = 16 if h_q <= 16 else 64
             for bn, w, st, ctas in cfgs:
-                entry = {"h_q": h_q, "cfg": [block_m, bn, w, st, ctas]}
+                entry = {"h_q": h_q, "loads": loads, "cfg": [block_m, bn, w, st, ctas]}
                 try:
                     cfg = TileConfig(block_m, bn, w, st, ctas)
                     meta, splits = get_mla_metadata(sl, h_q, 1, num_sm_parts=132 * ctas)
 
+                    v5_small.FP8_LOADS = loads
                     fn = functools.partial(K.mla_decode_v5, q, k8, bt, sl, 512, tile_scheduler_metadata=meta,
                                            num_splits=splits, check_bounds=False, is_fp8_kvcache=True, path="small",
                                            config=cfg)
@@ -281,6 +305,8 @@ def main() -> None:
                     entry.update(ms=bench(fn), graph_ms=graph_ms(fn))
                 except Exception as e:
                     entry["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                finally:
+                    v5_small.FP8_LOADS = "pointer"
                 out.append(entry)
                 print(entry, flush=True)
                 save(args.out)

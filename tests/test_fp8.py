@@ -281,6 +281,19 @@ def test_fp8_kernel_matches_reference_on_dequantized_cache(case):
     check_fp8(q, k8, block_table, cache_seqlens, causal)
 
 
+@pytest.mark.parametrize("case", ["causal-sq2-h16-empty", "hkv2-h16"])
+def test_fp8_kernel_with_tma_loads(case, monkeypatch):
+    """FP8_LOADS = "tma": the e4m3 chunks come by tensor-descriptor copies of whole page rows, NaN rows included,
+    which the kernel must zero (the pointer loads mask them instead)."""
+    from mla_tutorial.kernels import v5_small
+
+    monkeypatch.setattr(v5_small, "FP8_LOADS", "tma")
+    seqlens, s_q, h_q, h_kv, causal = FP8_CASES[case]
+    q, k8, block_table, cache_seqlens = fp8_inputs(seqlens, s_q, h_q, h_kv, seed=23, poison_bytes=h_kv == 2)
+    assert v5_small.fp8_tma_usable(k8)
+    check_fp8(q, k8, block_table, cache_seqlens, causal)
+
+
 def test_fp8_kernel_never_reads_poisoned_bytes_of_unused_rows():
     q, k8, block_table, cache_seqlens = fp8_inputs([1, 65, 100], 2, 16, seed=5, poison_bytes=True)
     assert torch.isnan(dequantize_k_cache(k8).float()).any()
@@ -364,8 +377,12 @@ GPU_LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("loads", ["pointer", "tma"])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
-def test_gpu_fp8_matrix(h_q, s_q):
+def test_gpu_fp8_matrix(h_q, s_q, loads, monkeypatch):
+    from mla_tutorial.kernels import v5_small
+
+    monkeypatch.setattr(v5_small, "FP8_LOADS", loads)
     q, k8, block_table, seqlens = fp8_inputs(GPU_LENGTHS, s_q, h_q, seed=h_q * 10 + s_q)
     check_fp8(q, k8, block_table, seqlens, s_q > 1)
 

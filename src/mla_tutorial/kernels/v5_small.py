@@ -20,10 +20,11 @@
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
-from ..fp8 import ROPE_OFFSET, SCALE_OFFSET
+from ..fp8 import ROPE_OFFSET, ROW_BYTES, SCALE_OFFSET
 from .blocks import _cast, _visible_keys
 from .common import (
     D_NOPE,
@@ -40,6 +41,7 @@ from .launch import FastLauncher
 
 FP8_SCALES_AT = tl.constexpr(SCALE_OFFSET)  # byte 512 of an FP8 row: 4 float32 scales, one per 128 values
 FP8_ROPE_AT = tl.constexpr(ROPE_OFFSET)  # byte 528: the 64 RoPE values in bf16
+FP8_ROW = tl.constexpr(ROW_BYTES)  # 656 bytes per row
 
 
 @triton.jit
@@ -76,13 +78,24 @@ def _dot_chunk(q_base, k_rows, valid, q_ok, col0, s, CW: tl.constexpr, UPCAST: t
 
 
 @triton.jit
-def _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, q_ok, tile, s, CW: tl.constexpr, UPCAST: tl.constexpr):
-    """_dot_chunk for FP8 rows: key chunk `tile` = its 128 e4m3 values times the key's scale `tile`, as bf16."""
+def _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, q_ok, tile, s, desc, page, row0, kv_head,
+                   CW: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr):
+    """_dot_chunk for FP8 rows: key chunk `tile` = its 128 e4m3 values times the key's scale `tile`, as bf16.
+
+    TMA: the chunk comes by one tensor-descriptor copy of the page's rows [row0, row0 + BLOCK_N), which Triton
+    pipelines (a plain load converted before the dot is not turned into cp.async); rows past the request's length
+    come along (they may hold NaN) and are zeroed here.
+    """
     offs = tile * CW + tl.arange(0, CW)
     qc = tl.load(q_base[:, None] + offs[None, :], mask=q_ok[:, None], other=0.0)
-    k8 = tl.load(k_rows[:, None] + offs[None, :], mask=valid[:, None], other=0.0)  # (BLOCK_N, CW) e4m3
+    if TMA:
+        k8 = desc.load([page, row0, kv_head, tile * CW]).reshape(k_rows.shape[0], CW)  # (BLOCK_N, CW) e4m3
+    else:
+        k8 = tl.load(k_rows[:, None] + offs[None, :], mask=valid[:, None], other=0.0)  # (BLOCK_N, CW) e4m3
     scale = tl.load(scale_rows + tile, mask=valid, other=0.0)  # (BLOCK_N,) float32, a power of two
     kc = k8.to(tl.float32) * scale[:, None]  # exact: 4 significant bits times a power of two
+    if TMA:
+        kc = tl.where(valid[:, None], kc, 0.0)
     if UPCAST:
         qc = qc.to(tl.float32)
     else:
@@ -103,6 +116,7 @@ def _mla_decode_v5_small_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     D_NOPE: tl.constexpr, D_ROPE: tl.constexpr,
     UPCAST: tl.constexpr, NUM_STAGES: tl.constexpr, META_COLS: tl.constexpr, IS_FP8: tl.constexpr = False,
+    FP8_TMA: tl.constexpr = False,
 ):
     CW: tl.constexpr = 128  # latent columns per chunk: 4 chunks of 128 + the 64 RoPE columns (= FP8 scale tiles)
     part = tl.program_id(0)
@@ -116,6 +130,12 @@ def _mla_decode_v5_small_kernel(
     begin_split = tl.load(meta + 4)
     STEPS_PER_PAGE: tl.constexpr = PAGE // BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
+    if FP8_TMA:  # the FP8 pool [num_blocks, PAGE, h_kv, 656] as a TMA descriptor, one 128-byte chunk of BLOCK_N rows
+        desc = tl.make_tensor_descriptor(kv_ptr, shape=[num_blocks, PAGE, h_q // heads_per_kv, FP8_ROW],
+                                         strides=[stride_kvb, stride_kvt, stride_kvh, 1],
+                                         block_shape=[1, BLOCK_N, 1, 128])
+    else:
+        desc = kv_ptr
 
     for req_i in range(begin_req, end_req + 1):
         req = tl.cast(req_i, tl.int32)
@@ -155,10 +175,15 @@ def _mla_decode_v5_small_kernel(
             if IS_FP8:  # k_rows point at bytes: 512 e4m3 values, 4 float32 scales, 64 bf16 RoPE values
                 scale_rows = (k_rows + FP8_SCALES_AT).to(tl.pointer_type(tl.float32))
                 rope_rows = (k_rows + FP8_ROPE_AT).to(tl.pointer_type(tl.bfloat16))
-                s, k0 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 0, s, CW, UPCAST)
-                s, k1 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 1, s, CW, UPCAST)
-                s, k2 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 2, s, CW, UPCAST)
-                s, k3 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 3, s, CW, UPCAST)
+                page32, row0 = page.to(tl.int32), start % PAGE
+                s, k0 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 0, s, desc, page32, row0, kv_head,
+                                       CW, UPCAST, FP8_TMA)
+                s, k1 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 1, s, desc, page32, row0, kv_head,
+                                       CW, UPCAST, FP8_TMA)
+                s, k2 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 2, s, desc, page32, row0, kv_head,
+                                       CW, UPCAST, FP8_TMA)
+                s, k3 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 3, s, desc, page32, row0, kv_head,
+                                       CW, UPCAST, FP8_TMA)
                 s, _ = _dot_chunk(q_base + D_NOPE, rope_rows, valid, row_ok, 0, s, D_ROPE, UPCAST)
             else:
                 s, k0 = _dot_chunk(q_base, k_rows, valid, row_ok, 0, s, CW, UPCAST)
@@ -205,13 +230,38 @@ SMALL_TILE_CONFIGS = {16: (64, 4, 2, 2), 32: (64, 4, 2, 2), 64: (64, 8, 2, 1)}
 #: dot into cp.async (the scales, the RoPE part and q are pipelined, the 512 bytes of c_kv are not).
 FP8_SMALL_TILE_CONFIGS = {16: (64, 4, 2, 2), 32: (32, 8, 2, 1), 64: (32, 8, 2, 1)}
 
+#: How the FP8 tile reads the 512 e4m3 bytes of each key: "pointer" (plain loads) or "tma" (a device-side tensor
+#: descriptor, which Triton 3.6 pipelines; needs strides that are multiples of 16 bytes and a 16-byte aligned
+#: cache, else "pointer" runs). Untimed: scripts/gpu_fp8_bench.py measures both; the faster becomes the default.
+FP8_LOADS = "pointer"
+
+#: Launch configurations for FP8_LOADS = "tma", from the same compile reports: 16 rows (32, 4, 2): 16 B of spill
+#: stores, 80,440 B shared (two programs per SM; (64, 4, 2) needs 142,392 B, one per SM); 32 rows (32, 8, 2): no
+#: spills, 98,872 B; 64 rows (32, 8, 2): 196 B of spill stores, 205,368 B.
+FP8_TMA_SMALL_TILE_CONFIGS = {16: (32, 4, 2, 2), 32: (32, 8, 2, 1), 64: (32, 8, 2, 1)}
+
+
+def _tma_scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    """Global scratch for device-side tensor descriptors (Triton asks for it through triton.set_allocator)."""
+    return torch.empty(size, dtype=torch.int8, device=_SCRATCH_DEVICE[0])
+
+
+_SCRATCH_DEVICE: list = [None]
+
+
+def fp8_tma_usable(k_cache: torch.Tensor) -> bool:
+    """Whether a TMA descriptor can address this FP8 cache: 16-byte aligned start and strides."""
+    return k_cache.data_ptr() % 16 == 0 and all(st % 16 == 0 for st in k_cache.stride()[:-1])
+
 
 def small_tile_config(rows_per_kv: int, device, is_fp8: bool = False) -> TileConfig:
     """The small tile's launch configuration (the interpreter's cheap one on CPU)."""
     if device.type != "cuda":
         return interpreter_config(rows_per_kv)
     block_m = tile_block_m(rows_per_kv)
-    return TileConfig(block_m, *(FP8_SMALL_TILE_CONFIGS if is_fp8 else SMALL_TILE_CONFIGS)[block_m])
+    if not is_fp8:
+        return TileConfig(block_m, *SMALL_TILE_CONFIGS[block_m])
+    return TileConfig(block_m, *(FP8_TMA_SMALL_TILE_CONFIGS if FP8_LOADS == "tma" else FP8_SMALL_TILE_CONFIGS)[block_m])
 
 
 def launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
@@ -220,6 +270,10 @@ def launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, 
 
     is_fp8: k_cache is FlashMLA's FP8 cache (float8_e4m3fn [num_blocks, 64, h_kv, 656]; strides in bytes)."""
     m_tiles = cdiv(dims.rows_per_kv, cfg.block_m)
+    tma = is_fp8 and FP8_LOADS == "tma" and fp8_tma_usable(k_cache)
+    if tma:  # device-side descriptors need global scratch (128 bytes per program), asked of this allocator
+        _SCRATCH_DEVICE[0] = k_cache.device
+        triton.set_allocator(_tma_scratch)
     _LAUNCH(
         (meta.shape[0], dims.h_kv * m_tiles),
         q, k_cache, block_table, cache_seqlens, out, lse, part_out, part_lse, meta, num_splits, ok_flag,
@@ -230,5 +284,5 @@ def launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, 
         dims.scale * LOG2E,
         CAUSAL=causal, PAGE=PAGE_SIZE, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         D_NOPE=D_NOPE, D_ROPE=D_ROPE, UPCAST=is_interpreter(), NUM_STAGES=cfg.num_stages,
-        META_COLS=meta.shape[1], IS_FP8=is_fp8, num_warps=cfg.num_warps,
+        META_COLS=meta.shape[1], IS_FP8=is_fp8, FP8_TMA=tma, num_warps=cfg.num_warps,
     )
