@@ -15,7 +15,8 @@
 # so a chunk is loaded as 128 e4m3 bytes per key plus that key's float32 scale, multiplied and cast to bf16
 # (exact: e4m3 values times a power of two fit bf16), and from there on the loop is the bf16 one; the 64 RoPE
 # columns are read as bf16 from byte 528. Bytes per key: 656 instead of 1,152 (1.76x fewer); the extra work is
-# one convert and one multiply per cached value, on the CUDA cores.
+# one convert and one multiply per cached value, on the CUDA cores. The e4m3 bytes come by plain loads or, with
+# FP8_LOADS = "tma", by tensor-descriptor copies (which Triton pipelines; see FP8_LOADS).
 """Version 5, small-tile path: v4's schedule with a register-lean key loop (plain Triton, runs in the interpreter)."""
 
 from __future__ import annotations
