@@ -71,11 +71,12 @@ def compile_v5(dtype: str = "bf16", causal: bool = False, sub: int = 64, stages:
 
 
 def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, causal: bool = False,
-               dtype: str = "bf16", small: bool = False):
+               dtype: str = "bf16", small: bool = False, fp8: bool = False, tma: bool = False):
     from mla_tutorial.kernels import v4_balanced as v4
     from mla_tutorial.kernels import v5_small
 
-    sig = {"q_ptr": f"*{dtype}", "kv_ptr": f"*{dtype}", "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
+    kv = "fp8e4nv" if fp8 else dtype  # an FP8 cache: 656-byte rows, strides in bytes (656 = 41·16)
+    sig = {"q_ptr": f"*{dtype}", "kv_ptr": f"*{kv}", "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
            "out_ptr": f"*{dtype}", "lse_ptr": "*fp32", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
            "meta_ptr": "*i32", "num_splits_ptr": "*i32",
            "stride_qb": "i32", "stride_qs": "i32", "stride_qh": "i32",
@@ -89,6 +90,14 @@ def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, caus
               "UPCAST": False, "NUM_STAGES": num_stages, "META_COLS": 8}
     # pointers 16-byte aligned and the q/k_cache strides multiples of 16 (576·n), as the JIT specializes them
     attrs = {(i,): [["tt.divisibility", 16]] for i in range(16)}
+    if small:  # the small tile also takes the ok flag and the pool size (in-kernel block-id bounds), and IS_FP8
+        names = list(sig)
+        names.insert(names.index("stride_qb"), "ok_ptr")
+        names.insert(names.index("qk_scale"), "num_blocks")
+        sig = {n: sig.get(n, {"ok_ptr": "*i32", "num_blocks": "i32"}.get(n)) for n in names}
+        sig["IS_FP8"] = sig["FP8_TMA"] = "constexpr"
+        consts["IS_FP8"], consts["FP8_TMA"] = fp8, tma
+        attrs = {(i,): [["tt.divisibility", 16]] for i in range(17)}
     fn = v5_small._mla_decode_v5_small_kernel if small else v4._mla_decode_v4_kernel
     if small:  # the small tile also takes the ok flag and the pool size
         items = list(sig.items())
@@ -117,10 +126,11 @@ def main() -> None:
                 ck = compile_v5(causal=causal, sub=sub, stages=stages, mode=mode, fine=bool(fine))
                 print(f"v5g sub={sub} stages={stages} mode={mode} fine={fine} causal={causal}: "
                       f"{report(f'v5g_{sub}_{stages}_{mode}_{fine}_c{int(causal)}', ck, workdir)}")
-        elif name.startswith(("v4:", "v5s:")):  # v4:BLOCK_M,BLOCK_N,warps,stages (v5s: the small-tile kernel)
-            kind, spec = name.split(":")
+        elif name.startswith(("v4:", "v5s:", "v5s-fp8:", "v5s-fp8tma:")):  # v4:BLOCK_M,BLOCK_N,warps,stages (v5s:
+            kind, spec = name.split(":")  # the small tile; v5s-fp8: on an FP8 cache; v5s-fp8tma: with TMA loads)
             bm, bn, w, st = (int(x) for x in spec.split(","))
-            ck = compile_v4(bm, bn, w, st, small=kind == "v5s")
+            ck = compile_v4(bm, bn, w, st, small=kind.startswith("v5s"), fp8=kind.startswith("v5s-fp8"),
+                            tma=kind == "v5s-fp8tma")
             print(f"{kind} bm={bm} bn={bn} warps={w} stages={st}: "
                   f"{report(f'{kind}_{bm}_{bn}_{w}_{st}', ck, workdir)}")
 

@@ -49,7 +49,7 @@ def main():
     import mla_tutorial.kernels as K
     from mla_tutorial.kernels.common import TileConfig
     from mla_tutorial.kernels.schedule import get_mla_metadata
-    from mla_tutorial.roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
+    from mla_tutorial.measure.roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
     from test_kernels import check_against_reference, make_inputs
 
     try:

@@ -31,7 +31,7 @@ def main():
     from mla_tutorial.kernels.common import TileConfig
     from mla_tutorial.kernels.schedule import get_mla_metadata
     from mla_tutorial.kernels.v5_gluon import GluonConfig
-    from mla_tutorial.roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
+    from mla_tutorial.measure.roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
 
     try:
         import flash_mla

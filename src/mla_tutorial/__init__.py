@@ -7,6 +7,7 @@ The ladder, one module per stage, each built from the previous one with the same
     stage 2  AbsorbedMLA   W_UK/W_UV absorbed: MQA in latent space  (stage2_absorbed.py)
     stage 3  PagedMLA      paged latent cache, block tables         (stage3_paged.py)
     stage 4  TritonMLA     fused Triton decode kernel               (stage4_triton.py)
+    stage 5  FP8MLA        FP8 cache rows, FlashMLA's 656 bytes     (stage5_fp8.py, fp8.py)
 """
 
 from .config import MLAConfig, yarn_mscale
@@ -19,20 +20,24 @@ from .stage3_paged import SENTINEL_BLOCK, CacheFullError, PagedLatentCache, Page
 
 __version__ = "0.1.0"
 
-#: The torch stages in ladder order; stage 4 (TritonMLA) is `mla_tutorial.TritonMLA`, imported on first use.
+#: The torch stages in ladder order; stages 4 and 5 (TritonMLA, FP8MLA) are imported on first use.
 STAGES: list[type[MLAProjections]] = [NaiveMHA, LatentMLA, AbsorbedMLA, PagedMLA]
 
 # Names imported on first use, so that `import mla_tutorial` neither needs Triton nor imports it before the
 # caller has chosen between GPU and interpreter (mla_tutorial.kernels sets TRITON_INTERPRET=1 without CUDA).
 _LAZY = {
     "TritonMLA": "stage4_triton",
+    "FP8MLA": "stage5_fp8",
+    "FP8LatentCache": "stage5_fp8",
+    "quantize_k_cache": "fp8",
+    "dequantize_k_cache": "fp8",
     "get_mla_metadata": "kernels",
     "flash_mla_with_kvcache": "kernels",
     "TinyDecoder": "decoder",
     "CapturedDecodeStep": "graphs",
     "error_metrics": "metrics",
 }
-_LAZY_MODULES = ("hf", "kernels", "decoder", "metrics", "measure", "tour", "graphs", "contract", "testing")
+_LAZY_MODULES = ("hf", "kernels", "decoder", "metrics", "measure", "tour", "graphs", "contract", "testing", "fp8")
 
 
 def __getattr__(name: str):
@@ -48,5 +53,6 @@ __all__ = [
     "MLAConfig", "yarn_mscale", "MLAProjections", "RMSNorm", "linear_init_", "RotaryEmbedding", "apply_rope",
     "MHACache", "NaiveMHA", "LatentCache", "LatentMLA", "AbsorbedMLA", "StaticLatentCache", "SENTINEL_BLOCK",
     "CacheFullError", "PagedLatentCache", "PagedMLA", "paged_mla_attention", "STAGES", "TritonMLA", "get_mla_metadata",
-    "flash_mla_with_kvcache", "TinyDecoder", "CapturedDecodeStep", "error_metrics",
+    "flash_mla_with_kvcache", "TinyDecoder", "CapturedDecodeStep", "error_metrics", "FP8MLA", "FP8LatentCache",
+    "quantize_k_cache", "dequantize_k_cache",
 ]

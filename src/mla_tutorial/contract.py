@@ -178,7 +178,7 @@ def check_block_table_on_device(block_table: torch.Tensor, cache_seqlens: torch.
 # ------------------------------------------------------------------------------------------------- validator
 def validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale=None, causal=False,
                           *, dtypes: tuple[torch.dtype, ...] | None = None, kernel: bool = False,
-                          check_values: bool = True) -> DecodeDims:
+                          check_values: bool = True, fp8_cache: bool = False) -> DecodeDims:
     """Check every argument of a paged decode call against the contract; return the sizes. Never launches.
 
     kernel=False (stage 3's torch attention): q [b, s_q, h_q, d] of any floating dtype (or one of `dtypes`),
@@ -189,6 +189,8 @@ def validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, so
     check_values=True: the bounds of block_table and cache_seqlens, on the host for CPU tensors (ValueError naming
         the entry), as a device-side assertion for CUDA tensors (no host sync); a kernel that checks bounds
         itself passes False.
+    fp8_cache=True (kernel only, FlashMLA's is_fp8_kvcache): k_cache is the FP8 cache, float8_e4m3fn
+        [num_blocks, 64, h_kv, 656] in FlashMLA's layout (`mla_tutorial.fp8.validate_fp8_k_cache`), q bf16.
 
     Raises TypeError (wrong type or dtype) or ValueError (shape, device, stride, value), naming the argument, what
     was expected and what was received.
@@ -216,13 +218,24 @@ def validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, so
             raise ValueError(f"q must be on a CUDA device (or on the CPU with TRITON_INTERPRET=1), got {device}")
 
     # ---- k_cache
+    if not isinstance(fp8_cache, bool):
+        raise TypeError(f"is_fp8_kvcache must be a bool, got {describe(fp8_cache)}")
+    if fp8_cache and not kernel:
+        raise ValueError("an FP8 cache (is_fp8_kvcache=True) is read by the kernels only; dequantize it "
+                         "(mla_tutorial.dequantize_k_cache) for stage 3's torch attention")
+    if fp8_cache:
+        from .fp8 import validate_fp8_k_cache
+
+        validate_fp8_k_cache(k_cache, q)
+    elif isinstance(k_cache, torch.Tensor) and k_cache.dtype == torch.float8_e4m3fn:
+        raise TypeError("k_cache has dtype torch.float8_e4m3fn: pass is_fp8_kvcache=True for FlashMLA's FP8 cache")
     if not isinstance(k_cache, torch.Tensor):
         raise TypeError(f"k_cache must be a torch.Tensor, got {describe(k_cache)}; expected "
                         f"[num_blocks, page_size, h_kv, {d}]")
-    if k_cache.dim() not in ((4,) if kernel else (3, 4)) or k_cache.shape[-1] != d:
+    if not fp8_cache and (k_cache.dim() not in ((4,) if kernel else (3, 4)) or k_cache.shape[-1] != d):
         layout = f"[num_blocks, {PAGE_SIZE}, h_kv, {d}]" if kernel else f"[num_blocks, page_size, (h_kv,) {d}]"
         raise ValueError(f"k_cache must be {layout} (row width {d}, like q), got shape {list(k_cache.shape)}")
-    if k_cache.dtype != q.dtype:
+    if not fp8_cache and k_cache.dtype != q.dtype:
         raise TypeError(f"k_cache dtype {k_cache.dtype} differs from q dtype {q.dtype}; they must match")
     check_device("k_cache", k_cache, device)
     num_blocks, page = k_cache.shape[0], k_cache.shape[1]

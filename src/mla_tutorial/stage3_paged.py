@@ -289,7 +289,10 @@ class PagedLatentCache:
         positions = self.lengths[rows][:, None].long() + self._positions[:T]  # [B, T] token index in its sequence
         pages = self.table[rows].gather(1, positions // self.page_size)  # [B, T] page of each new row
         slots = pages.long() * self.page_size + positions % self.page_size  # [B, T] row index into the flat pool
-        self.pool.view(-1, self.latent_dim).index_copy_(0, slots.flatten(), kv.reshape(B * T, -1))  # [B·T, 576]
+        flat, rows_in = self.pool.view(-1, self.latent_dim), kv.reshape(B * T, -1)  # [N·64, 576], [B·T, 576]
+        if flat.element_size() == 1:  # FP8 rows (stage 5): index_copy_ has no float8 kernels, the bytes are the same
+            flat, rows_in = flat.view(torch.uint8), rows_in.view(torch.uint8)
+        flat.index_copy_(0, slots.flatten(), rows_in)
         if isinstance(rows, slice):
             self.lengths[rows].add_(T)  # in place, on a view
         else:
@@ -482,14 +485,7 @@ class PagedMLA(AbsorbedMLA):
             if seq_ids is not None:
                 raise ValueError(f"seq_ids={seq_ids!r} given without a cache")
             return x, None, None
-        if not isinstance(cache, PagedLatentCache):
-            raise TypeError(f"cache must be a PagedLatentCache or None, got {type(cache).__name__}")
-        c = self.config
-        if (cache.latent_dim, cache.pool.dtype, cache.pool.device, cache.page_size) != \
-                (c.latent_dim, x.dtype, x.device, c.page_size):
-            raise ValueError(f"cache rows must be {c.latent_dim} wide in {x.dtype} on {x.device} with "
-                             f"{c.page_size}-token pages (this {type(self).__name__}, config {c.name!r}), got a "
-                             f"cache {cache.describe()}")
+        self.check_cache(cache, x)
         seq_ids = cache.seq_ids if seq_ids is None else list(seq_ids)
         if len(seq_ids) != B:
             raise ValueError(f"hidden_states has batch {B} but {len(seq_ids)} sequences were given "
@@ -498,6 +494,17 @@ class PagedMLA(AbsorbedMLA):
             cache.check_known(s)
         cache.check_append(seq_ids, T)
         return x, cache, seq_ids
+
+    def check_cache(self, cache: object, x: torch.Tensor) -> None:
+        """Refuse a cache this stage cannot use (another kind, row width, dtype, device or page size), naming both."""
+        if not isinstance(cache, PagedLatentCache):
+            raise TypeError(f"cache must be a PagedLatentCache or None, got {type(cache).__name__}")
+        c = self.config
+        if (cache.latent_dim, cache.pool.dtype, cache.pool.device, cache.page_size) != \
+                (c.latent_dim, x.dtype, x.device, c.page_size):
+            raise ValueError(f"cache rows must be {c.latent_dim} wide in {x.dtype} on {x.device} with "
+                             f"{c.page_size}-token pages (this {type(self).__name__}, config {c.name!r}), got a "
+                             f"cache {cache.describe()}")
 
     def forward(self, hidden_states: torch.Tensor, cache: PagedLatentCache | None = None,
                 seq_ids: Sequence[int] | None = None) -> tuple[torch.Tensor, PagedLatentCache]:

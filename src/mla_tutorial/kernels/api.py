@@ -9,10 +9,11 @@
     out, lse = flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 512, sched_meta, None, causal=True)
 
 Same argument order, shapes and dtypes as deepseek-ai/FlashMLA's `flash_mla_interface`:
-q [b, s_q, h_q, 576] bf16/fp16; k_cache [num_blocks, 64, h_kv, 576]; block_table [b, max_blocks]
-int32; cache_seqlens [b] int32 -> out [b, s_q, h_q, 512] (q's dtype), softmax_lse [b, h_q, s_q] fp32
-(natural log; +inf for a request with no keys). Bad arguments raise TypeError/ValueError naming the
-argument before anything is launched. The metadata is computed on the GPU without a host sync, so
+q [b, s_q, h_q, 576] bf16/fp16; k_cache [num_blocks, 64, h_kv, 576] (or, with is_fp8_kvcache=True, FlashMLA's FP8
+cache [num_blocks, 64, h_kv, 656] float8_e4m3fn, q bf16); block_table [b, max_blocks] int32;
+cache_seqlens [b] int32 -> out [b, s_q, h_q, 512] (q's dtype), softmax_lse [b, h_q, s_q] fp32 (natural log;
++inf for a request with no keys). Bad arguments raise TypeError/ValueError naming the argument before anything is
+launched. The metadata is computed on the GPU without a host sync, so
 both calls can be captured in a CUDA graph.
 """
 
@@ -137,6 +138,7 @@ def flash_mla_with_kvcache(
     causal: bool = False,
     *,
     check_bounds: bool = True,
+    is_fp8_kvcache: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paged MLA decode (FlashMLA-compatible, both API forms). Returns (out [b, s_q, h_q, 512], lse [b, h_q, s_q]).
 
@@ -145,14 +147,16 @@ def flash_mla_with_kvcache(
     other lengths: on the CPU (interpreter) on the host; on a GPU inside the v5 kernels, which never follow a bad
     id and clear a flag that one device-side assertion checks (no host sync). `check_bounds=False` (not in
     FlashMLA, which never checks) drops that assertion; the kernels still never read outside the pool.
+    is_fp8_kvcache (FlashMLA's keyword): k_cache is FlashMLA's FP8 cache, float8_e4m3fn [num_blocks, 64, h_kv, 656]
+    (`mla_tutorial.quantize_k_cache`), and q is bf16; the output is bf16 as for a bf16 cache.
     """
     dims = validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
-                                 kernel=True, check_values=not on_gpu(q))
+                                 kernel=True, check_values=not on_gpu(q), fp8_cache=is_fp8_kvcache)
     if isinstance(tile_scheduler_metadata, FlashMLASchedMeta):
         tile_scheduler_metadata, num_splits = _sched_meta_tensors(tile_scheduler_metadata, num_splits,
-                                                                  cache_seqlens, dims, causal, False)
+                                                                  cache_seqlens, dims, causal, is_fp8_kvcache)
     validate_metadata(tile_scheduler_metadata, num_splits, dims.batch, q.device)
     check_contiguous("tile_scheduler_metadata", tile_scheduler_metadata)  # the kernels read both as dense arrays
     check_contiguous("num_splits", num_splits)
     return _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, tile_scheduler_metadata, num_splits,
-                      check_bounds=check_bounds)
+                      check_bounds=check_bounds, is_fp8=is_fp8_kvcache)

@@ -60,7 +60,8 @@ def _on_gpu(q) -> bool:
 
 
 def validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale=None, causal=False, *,
-                           dtypes: tuple[torch.dtype, ...] | None = None, check_values: bool = True) -> DecodeDims:
+                           dtypes: tuple[torch.dtype, ...] | None = None, check_values: bool = True,
+                           fp8_cache: bool = False) -> DecodeDims:
     """The contract's validator with the kernels' geometry: `validate_paged_decode(..., kernel=True)`.
 
     q [b, s_q, h_q, 576] bf16/fp16; k_cache [num_blocks, 64, h_kv, 576] same dtype; block_table
@@ -69,7 +70,7 @@ def validate_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, s
     the CPU, a device-side assertion on a GPU: no host sync).
     """
     return validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
-                                 dtypes=dtypes, kernel=True, check_values=check_values)
+                                 dtypes=dtypes, kernel=True, check_values=check_values, fp8_cache=fp8_cache)
 
 
 def validate_metadata(tile_scheduler_metadata, num_splits, batch: int, device: torch.device) -> None:
@@ -199,25 +200,11 @@ def interpreter_config(rows_per_kv: int) -> TileConfig:
     return TileConfig(tile_block_m(rows_per_kv), 64, 4, 1, 1)
 
 
-# Tuning hook: block_m -> TileConfig used instead of choose_tile_config (set by the benchmark's --tune).
-_CONFIG_OVERRIDES: dict[int, TileConfig] = {}
-
-
-def set_tile_config_override(block_m: int, config: TileConfig | None) -> None:
-    """Force (or with None, stop forcing) the launch config of every head tile with this BLOCK_M."""
-    if config is None:
-        _CONFIG_OVERRIDES.pop(block_m, None)
-    else:
-        if config.block_m != block_m:
-            raise ValueError(f"config.block_m must be {block_m}, got {config.block_m}")
-        _CONFIG_OVERRIDES[block_m] = config
-
-
 def launch_config(rows_per_kv: int, device: torch.device) -> TileConfig:
+    """The launch configuration for this tile height on this device (pass `config=` to a kernel to try another)."""
     if device.type != "cuda":
         return interpreter_config(rows_per_kv)
-    override = _CONFIG_OVERRIDES.get(tile_block_m(rows_per_kv))
-    return override or choose_tile_config(rows_per_kv, device)
+    return choose_tile_config(rows_per_kv, device)
 
 
 def default_scale() -> float:

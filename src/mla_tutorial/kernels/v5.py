@@ -6,7 +6,9 @@
         -> the register-lean plain-Triton small tile (v5_small.py), which the interpreter also runs.
 Both walk v4's balanced schedule (schedule.py) and share its combine kernel. Where the Gluon tile cannot run
 (no sm_90, another Triton, h_kv > 1, a cache that TMA cannot address) v4's 64-row tile runs instead;
-`kernel_choice` says which runs and why.
+`kernel_choice` says which runs and why. An FP8 cache (`is_fp8_kvcache=True`, FlashMLA's 656-byte rows,
+mla_tutorial/fp8.py) is read by the small tile at every tile height for now: it dequantizes each key chunk on load
+and keeps bf16 tensor-core work after that.
 
 A block id outside [0, num_blocks) inside a request's length is never dereferenced: the kernels skip it and
 clear a per-device "ok" flag, on which `check_bounds=True` (the default) enqueues a device-side assertion (no host
@@ -44,6 +46,10 @@ SMALL_TILE_MAX_ROWS = 16
 
 def kernel_choice(q: torch.Tensor, k_cache: torch.Tensor, rows_per_kv: int, h_kv: int) -> tuple[str, str]:
     """(path, reason): which tile v5 runs for these inputs here, "gluon", "small" or "v4", and why."""
+    if k_cache.dtype == torch.float8_e4m3fn:
+        return "small", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head: only the plain-Triton "
+                         f"small tile reads FP8 rows so far (dequantized on load to bf16); a Gluon FP8 tile may "
+                         f"follow")
     if rows_per_kv <= SMALL_TILE_MAX_ROWS:
         return "small", (f"{rows_per_kv} query rows per KV head (<= {SMALL_TILE_MAX_ROWS}): the register-lean "
                          f"plain-Triton small tile, the faster one measured there")
@@ -67,8 +73,11 @@ def ok_flag(device: torch.device) -> torch.Tensor:
 
 
 def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, *, check_bounds=True,
-               path=None, config: TileConfig | GluonConfig | None = None, error_flag: torch.Tensor | None = None):
+               path=None, config: TileConfig | GluonConfig | None = None, error_flag: torch.Tensor | None = None,
+               is_fp8: bool = False):
     path = path or kernel_choice(q, k_cache, dims.rows_per_kv, dims.h_kv)[0]
+    if is_fp8 and path != "small":
+        raise ValueError(f"path {path!r} cannot read an FP8 cache (is_fp8_kvcache=True): only 'small' can")
     if path == "v4":
         return _launch_v4(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, config)
     b, s_q, h_q, dev = dims.batch, dims.s_q, dims.h_q, q.device
@@ -82,9 +91,9 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
         launch_v5_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                         part_out, part_lse, flag, config)
     else:
-        cfg = config or small_tile_config(dims.rows_per_kv, dev)
+        cfg = config or small_tile_config(dims.rows_per_kv, dev, is_fp8)
         launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
-                        part_out, part_lse, flag, cfg)
+                        part_out, part_lse, flag, cfg, is_fp8=is_fp8)
     combine_splits(part_out, part_lse, num_splits, out, lse)
     if check_bounds and error_flag is None:
         torch._assert_async(flag, "flash_mla_with_kvcache: a block_table entry inside a request's length is "
@@ -107,16 +116,19 @@ def mla_decode_v5(
     path: str | None = None,
     config: TileConfig | GluonConfig | None = None,
     error_flag: torch.Tensor | None = None,
+    is_fp8_kvcache: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paged MLA decode, version 5. Computes the metadata if not given.
 
     `path` forces a tile (tests, tuning), `config` its launch configuration (a TileConfig for "small" and "v4", a
     GluonConfig for "gluon"). `error_flag` (int32 [1], set to 1 by the caller) is cleared by the kernel on a bad
     block id, instead of the device-side assertion: for callers that want to read it themselves.
+    `is_fp8_kvcache`: k_cache is FlashMLA's FP8 cache, float8_e4m3fn [num_blocks, 64, h_kv, 656] (from
+    `mla_tutorial.quantize_k_cache`), q bf16; the small tile reads it.
     """
     # on a GPU the kernels check bounds themselves (no extra launches); on the CPU the contract checks on the host
     dims = validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
-                                 kernel=True, check_values=not on_gpu(q))
+                                 kernel=True, check_values=not on_gpu(q), fp8_cache=is_fp8_kvcache)
     if (tile_scheduler_metadata is None) != (num_splits is None):
         raise ValueError("tile_scheduler_metadata and num_splits must be given together (from get_mla_metadata)")
     if path is not None and path not in PATHS:
@@ -127,4 +139,5 @@ def mla_decode_v5(
     check_contiguous("tile_scheduler_metadata", tile_scheduler_metadata)
     check_contiguous("num_splits", num_splits)
     return _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, tile_scheduler_metadata, num_splits,
-                      check_bounds=check_bounds, path=path, config=config, error_flag=error_flag)
+                      check_bounds=check_bounds, path=path, config=config, error_flag=error_flag,
+                      is_fp8=is_fp8_kvcache)

@@ -1,0 +1,329 @@
+"""GPU benchmark of the FP8 cache path (stage 5) beside the bf16 v5 path and FlashMLA's bf16 dense kernel.
+
+    PYTHONPATH=.peers/flashmla:src python3 scripts/gpu_fp8_bench.py --out $OUT/fp8_bench.json [--quick]
+
+Safe to run blind: every section and every shape is guarded, and the JSON is rewritten after each shape.
+1. env: card, versions, and the copy / bf16-matmul ceilings measured in this run.
+2. correctness: the FP8 path (`mla_decode_v5(..., is_fp8_kvcache=True)`) against the fp32 reference applied to
+   `dequantize_k_cache(k_fp8)` on FlashMLA's hostile recipe (lengths 0, 1, 20, 63, 64, 65, 140, 4096 in one batch;
+   NaN in unused rows, so NaN bytes and scales; sentinel ids), h_q 16/64/128, s_q 1/2, both load modes, with the
+   bf16 tolerances;
+   and the API at b = 64, lengths ~ N(4096, 2048). The in-kernel bounds flag is read, never asserted, here.
+3. timing: b = 128, page 64, h_q 16/64/128 at s_k 4096/8192 (fixed lengths) and h_q 16 at lengths ~ N(4096, 2048),
+   s_q 1: the FP8 path (plain loads, and TMA loads: v5_small.FP8_LOADS), bf16 v5 and FlashMLA (when
+   `import flash_mla` works), each as the whole call, median of
+   `triton.testing.do_bench` (L2 flushed), plus CUDA-graph replays; GB/s counts the bytes each one reads (FP8:
+   656 per cached token, bf16: 1,152); ratio_vs_flashmla = FlashMLA ms / ours (the issue's targets: >= 1.5 at h16,
+   >= 1.2 at h64, >= 0.8 at h128 s_k 4096). Before timing a shape, its FP8 output is compared with the bf16 v5
+   output on the same (unquantized) cache: the cosine distance is the quantization's effect there.
+4. fp8_configs: other small-tile launch configurations of the FP8 path, both load modes, at h16 and h128, s_k 4096
+   (the defaults in v5_small.FP8_SMALL_TILE_CONFIGS / FP8_TMA_SMALL_TILE_CONFIGS come from compile reports only).
+5. append: the cost of quantizing one decode step's new rows (b = 128, one token each) as stage 5 does.
+
+`--smoke` runs every section on the CPU (Triton's interpreter) at tiny shapes, without graphs or timings that
+mean anything: a check that the script itself works before it spends GPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "src"))
+
+RESULT: dict = {}
+
+
+def save(path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(RESULT, indent=1, default=str))
+
+
+def guarded(name: str, path: str, fn) -> None:
+    t0 = time.perf_counter()
+    try:
+        RESULT[name] = fn()
+    except Exception as e:  # keep going: one failure must not lose the rest
+        RESULT[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+    print(f"== {name} ({time.perf_counter() - t0:.1f} s): {str(RESULT[name])[:1500]}", flush=True)
+    save(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="fp8_bench.json")
+    ap.add_argument("--quick", action="store_true", help="h16 and h128 at s_k 4096 only, no config sweep")
+    ap.add_argument("--smoke", action="store_true", help="CPU, interpreter, tiny shapes: test the script itself")
+    args = ap.parse_args()
+    if args.smoke:
+        import os
+
+        os.environ["TRITON_INTERPRET"] = "1"
+    elif not torch.cuda.is_available():
+        print("needs a CUDA GPU (or --smoke)")
+        RESULT["error"] = "no CUDA device"
+        save(args.out)
+        return
+    dev = "cpu" if args.smoke else "cuda"
+    big_b, big_sk = (2, (64, 130)) if args.smoke else (128, (4096, 8192))
+
+    from test_kernels import check_against_reference, make_inputs
+    from triton.testing import do_bench
+
+    import mla_tutorial.kernels as K
+    from mla_tutorial.fp8 import dequantize_k_cache, quantize_k_cache, quantize_rows
+    from mla_tutorial.kernels import v5_small
+    from mla_tutorial.kernels.common import TileConfig
+    from mla_tutorial.kernels.schedule import get_mla_metadata
+
+    try:  # the measurement helpers may live in mla_tutorial.measure after the decode-path merge
+        from mla_tutorial.measure.roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
+    except ImportError:
+        from mla_tutorial.measure.roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
+    try:
+        from mla_tutorial.measure.kernel_bench import make_inputs as bench_inputs
+        from mla_tutorial.measure.kernel_bench import make_lengths
+    except ImportError:
+        from mla_tutorial.measure.kernel_bench import make_inputs as bench_inputs
+        from mla_tutorial.measure.kernel_bench import make_lengths
+    try:
+        import flash_mla
+    except Exception as e:
+        flash_mla = None
+        RESULT["flash_mla_import"] = repr(e)
+
+    def bench(fn) -> float:
+        if args.smoke:
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+        return float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
+
+    def sync() -> None:
+        if not args.smoke:
+            torch.cuda.synchronize()
+
+    def graph_ms(fn) -> float | None:
+        if args.smoke:
+            return None
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return bench(graph.replay)
+
+    def cos_diff(x, y) -> float:
+        x, y = x.double(), y.double()
+        return float(1 - 2 * (x * y).sum() / (x * x + y * y).sum().clamp_min(1e-30))
+
+    # ----------------------------------------------------------------------------------------- 1. env
+    def env():
+        info = device_info()
+        if args.smoke:
+            return {"info": info}
+        return {"info": info, "copy_gbps": measure_copy_bandwidth("cuda")["gbps"],
+                "matmul_tflops": measure_matmul_tflops("cuda")["tflops"]}
+
+    guarded("env", args.out, env)
+    roof = RESULT["env"] if "copy_gbps" in RESULT.get("env", {}) else {"copy_gbps": None, "matmul_tflops": None}
+
+    # ----------------------------------------------------------------------------------------- 2. correctness
+    lengths = [0, 1, 20, 63, 64, 65, 140] + ([] if args.smoke else [4096])
+
+    def correctness():
+        out = {}
+        cases = ((16, 1), (16, 2)) if args.smoke else ((16, 1), (16, 2), (64, 1), (128, 1), (128, 2))
+        for (h_q, s_q), loads in [(c, m) for c in cases for m in ("pointer", "tma")]:
+            name = f"h{h_q}-sq{s_q}-{loads}"
+            v5_small.FP8_LOADS = loads
+            try:
+                q, kc, bt, sl = make_inputs(lengths, s_q, h_q, 1, torch.bfloat16, seed=h_q + s_q, device=dev)
+                k8 = quantize_k_cache(kc)
+                flag = torch.ones(1, dtype=torch.int32, device=dev)
+
+                def fp8(q, _k, bt, sl, dv, softmax_scale=None, causal=False, k8=k8, flag=flag):
+                    return K.mla_decode_v5(q, k8, bt, sl, dv, softmax_scale=softmax_scale, causal=causal,
+                                           is_fp8_kvcache=True, error_flag=flag)
+
+                try:
+                    check_against_reference(fp8, q, dequantize_k_cache(k8), bt, sl, s_q > 1)
+                    out[name] = {"ok": True}
+                except AssertionError as e:
+                    out[name] = {"ok": False, "error": str(e)[:800]}
+                sync()
+                out[name]["flag_ok"] = int(flag.item())
+                out[name]["choice"] = K.kernel_choice(q, k8, s_q * h_q, 1)
+            except Exception as e:
+                out[name] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:800]}"}
+            finally:
+                v5_small.FP8_LOADS = "pointer"
+        try:  # FlashMLA's recipe at b = 64 through the API
+            gen = torch.Generator().manual_seed(3)
+            n, mean = (3, 100.0) if args.smoke else (64, 4096.0)
+            lens = torch.normal(mean, mean / 2, (n,), generator=gen).round().clamp(min=2).int().tolist()
+            q, kc, bt, sl = make_inputs(lens, 2, 16, 1, torch.bfloat16, seed=5, device=dev)
+            k8 = quantize_k_cache(kc)
+            meta, splits = K.get_mla_metadata(sl, 2 * 16, 1)
+
+            def api(q, _k, bt, sl, dv, softmax_scale=None, causal=False):
+                return K.flash_mla_with_kvcache(q, k8, bt, sl, dv, meta, splits, softmax_scale=softmax_scale,
+                                                causal=causal, is_fp8_kvcache=True)
+
+            check_against_reference(api, q, dequantize_k_cache(k8), bt, sl, True)
+            out["api-b64-normal-h16-sq2"] = {"ok": True}
+        except Exception as e:
+            out["api-b64-normal-h16-sq2"] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:800]}"}
+        return out
+
+    guarded("correctness", args.out, correctness)
+
+    # ----------------------------------------------------------------------------------------- 3. timing
+    sk1, sk2 = big_sk
+    shapes = [(16, sk1, "fixed"), (16, sk2, "fixed"), (16, sk1, "normal"), (64, sk1, "fixed"),
+              (64, sk2, "fixed"), (128, sk1, "fixed"), (128, sk2, "fixed")]
+    if args.quick or args.smoke:
+        shapes = [(16, sk1, "fixed"), (16, sk1, "normal"), (128, sk1, "fixed")]
+
+    def time_shape(row: dict, h_q: int, s_k: int, dist: str) -> None:
+        b, s_q = row["b"], row["s_q"]
+        seqlens = make_lengths(b, s_k, dist, s_q, torch.Generator().manual_seed(h_q + s_k))
+        q, kc, bt, sl = bench_inputs(seqlens, s_q, h_q, dev, seed=h_q + s_k)
+        k8 = quantize_k_cache(kc)
+        mean_sk = float(seqlens.float().mean())
+        q_bytes = b * s_q * h_q * (576 + 512) * 2
+        row.update(mean_sk=mean_sk, flops=2 * b * h_q * s_q * mean_sk * 1088,
+                   bytes={"fp8": q_bytes + b * mean_sk * 656, "bf16": q_bytes + b * mean_sk * 1152})
+        meta, splits = get_mla_metadata(sl, s_q * h_q, 1)
+        row["choice_fp8"] = K.kernel_choice(q, k8, s_q * h_q, 1)
+        row["choice_bf16"] = K.kernel_choice(q, kc, s_q * h_q, 1)
+        def fp8(loads):
+            v5_small.FP8_LOADS = loads  # read at launch: plain loads or TMA copies of the e4m3 bytes
+            try:
+                return K.mla_decode_v5(q, k8, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
+                                       check_bounds=False, is_fp8_kvcache=True)
+            finally:
+                v5_small.FP8_LOADS = "pointer"
+
+        impls = {
+            "fp8": lambda: fp8("pointer"),
+            "fp8_tma": lambda: fp8("tma"),
+            "bf16_v5": lambda: K.mla_decode_v5(q, kc, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
+                                               check_bounds=False),
+        }
+        if flash_mla is not None:
+            fm_meta, _ = flash_mla.get_mla_metadata()
+            impls["flashmla"] = lambda: flash_mla.flash_mla_with_kvcache(q, kc, bt, sl, 512, fm_meta, None)
+        fo, _ = impls["fp8"]()
+        bo, _ = impls["bf16_v5"]()
+        to, _ = impls["fp8_tma"]()
+        sync()
+        row["fp8_finite"] = bool(torch.isfinite(fo).all())
+        row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
+        row["fp8_tma_vs_fp8_max_abs"] = float((to.float() - fo.float()).abs().max())  # should be ~0
+        for name, fn in impls.items():
+            try:
+                fn()
+                sync()
+                row["ms"][name] = bench(fn)
+                row["graph_ms"][name] = graph_ms(fn)
+            except Exception as e:
+                row["ms"][name] = f"{type(e).__name__}: {str(e)[:300]}"
+        ms = row["ms"]
+        if isinstance(ms.get("flashmla"), float):
+            row["ratio_vs_flashmla"] = {k: ms["flashmla"] / v for k, v in ms.items() if isinstance(v, float)}
+        if roof.get("copy_gbps"):
+            row["fraction_of_copy"] = {
+                k: row["bytes"]["fp8" if k.startswith("fp8") else "bf16"] / v / 1e6 / roof["copy_gbps"]
+                for k, v in ms.items() if isinstance(v, float)}
+        print(f"h{h_q} sk{s_k} {dist}: " + ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} ERR" for k, v in ms.items())
+            + f" | ratio {row.get('ratio_vs_flashmla')}", flush=True)
+
+    def timing():
+        rows = []
+        RESULT["timing"] = rows
+        for h_q, s_k, dist in shapes:
+            row = {"b": big_b, "h_q": h_q, "s_q": 1, "s_k": s_k, "lengths": dist, "ms": {}, "graph_ms": {}}
+            rows.append(row)
+            try:
+                time_shape(row, h_q, s_k, dist)
+            except Exception as e:
+                row["error"] = f"{type(e).__name__}: {str(e)[:800]}"
+                row["traceback"] = traceback.format_exc()[-2000:]
+            save(args.out)
+            if not args.smoke:
+                torch.cuda.empty_cache()
+        return rows
+
+    guarded("timing", args.out, timing)
+
+    # ----------------------------------------------------------------------------------------- 4. fp8 configs
+    def fp8_configs():
+        out = []
+        RESULT["fp8_configs"] = out
+        sweeps = {  # (h_q, loads): configs (BLOCK_N, warps, stages, programs per SM)
+            (16, "pointer"): [(64, 4, 2, 2), (32, 4, 2, 2), (32, 4, 3, 2), (64, 4, 3, 2), (16, 4, 4, 2), (32, 8, 2, 1),
+                              (64, 8, 2, 1)],
+            (16, "tma"): [(32, 4, 2, 2), (16, 4, 4, 2), (64, 4, 2, 1), (32, 4, 3, 1), (64, 8, 2, 1), (32, 8, 2, 1)],
+            (128, "pointer"): [(32, 8, 2, 1), (16, 8, 2, 1), (16, 8, 3, 1), (32, 8, 3, 1), (32, 4, 2, 1),
+                               (64, 8, 1, 1)],
+            (128, "tma"): [(32, 8, 2, 1), (16, 8, 2, 1), (16, 8, 3, 1), (32, 8, 3, 1)],
+        }
+        for (h_q, loads), cfgs in sweeps.items():
+            cfgs = cfgs[:2] if args.smoke else cfgs
+            seqlens = make_lengths(big_b, big_sk[0], "fixed", 1, torch.Generator().manual_seed(7))
+            q, kc, bt, sl = bench_inputs(seqlens, 1, h_q, dev, seed=7)
+            k8 = quantize_k_cache(kc)
+            del kc
+            block_m = 16 if h_q <= 16 else 64
+            for bn, w, st, ctas in cfgs:
+                entry = {"h_q": h_q, "loads": loads, "cfg": [block_m, bn, w, st, ctas]}
+                try:
+                    cfg = TileConfig(block_m, bn, w, st, ctas)
+                    meta, splits = get_mla_metadata(sl, h_q, 1, num_sm_parts=132 * ctas)
+
+                    v5_small.FP8_LOADS = loads
+                    fn = functools.partial(K.mla_decode_v5, q, k8, bt, sl, 512, tile_scheduler_metadata=meta,
+                                           num_splits=splits, check_bounds=False, is_fp8_kvcache=True, path="small",
+                                           config=cfg)
+
+                    fn()
+                    sync()
+                    entry.update(ms=bench(fn), graph_ms=graph_ms(fn))
+                except Exception as e:
+                    entry["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                finally:
+                    v5_small.FP8_LOADS = "pointer"
+                out.append(entry)
+                print(entry, flush=True)
+                save(args.out)
+        return out
+
+    if not args.quick:
+        guarded("fp8_configs", args.out, fp8_configs)
+
+    # ----------------------------------------------------------------------------------------- 5. append
+    def append():
+        rows = torch.randn(128, 1, 576, device=dev).bfloat16()  # one decode step's new rows, b = 128
+        return {"quantize_rows_b128_ms": bench(lambda: quantize_rows(rows)),
+                "quantize_rows_b128_graph_ms": graph_ms(lambda: quantize_rows(rows))}
+
+    guarded("append", args.out, append)
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    main()
