@@ -33,7 +33,8 @@ def _ladder(seed: int = 0, std: float = 0.1, **overrides):
     config = MLAConfig.tiny(**overrides)
     stage2 = linear_init_(AbsorbedMLA(config).double(), std=std, seed=seed).requires_grad_(False)
     stage3 = PagedMLA.from_previous(stage2).to(device=DEVICE, dtype=torch.bfloat16)
-    stages = (stage3, TritonMLA.from_previous(stage3), FP8MLA.from_previous(stage3), FP8ReferenceMLA.from_previous(stage3))
+    stages = (stage3, TritonMLA.from_previous(stage3), FP8MLA.from_previous(stage3),
+              FP8ReferenceMLA.from_previous(stage3))
     return tuple(m.requires_grad_(False) for m in stages)  # inference only (stages 4 and 5 refuse gradients)
 
 
