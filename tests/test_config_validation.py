@@ -51,6 +51,14 @@ def test_rope_and_norm_parameters_must_be_in_range(field, value):
         MLAConfig.tiny(**{field: value})
 
 
+@pytest.mark.parametrize("factor", [1e-300, 0.5])
+def test_yarn_factor_below_one_is_refused(factor):
+    """Found by the hostile sweep: a YaRN factor of 1e-300 made every RoPE frequency inf or NaN."""
+    with pytest.raises(ValueError, match=rf"MLAConfig.rope_factor must be ≥ 1 with YaRN .* got {factor!r}"):
+        MLAConfig.tiny(rope_factor=factor)
+    assert MLAConfig.tiny(rope_type=None, rope_factor=factor).rope_factor == factor  # unused without YaRN
+
+
 def test_beta_fast_must_exceed_beta_slow():
     with pytest.raises(ValueError, match=r"MLAConfig.beta_fast must be greater than MLAConfig.beta_slow .* got "
                                          r"beta_fast=1.0 and beta_slow=1.0"):

@@ -152,6 +152,9 @@ class MLAConfig:
                 bound = f"≥ {low:g}" if inclusive else f"> {low:g}"
                 raise ValueError(f"MLAConfig.{name} must be a finite number {bound} ({why}), got {value!r}")
             _set(self, name, float(value))
+        if self.rope_type == "yarn" and self.rope_factor < 1:
+            raise ValueError(f"MLAConfig.rope_factor must be ≥ 1 with YaRN (it extends the trained context by that "
+                             f"factor; below 1 its frequency ramp divides by ~0), got {self.rope_factor!r}")
         if self.beta_fast <= self.beta_slow:
             raise ValueError(f"MLAConfig.beta_fast must be greater than MLAConfig.beta_slow (YaRN keeps dims rotating "
                              f"more than beta_fast times, interpolates those below beta_slow), got "
