@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
+from hypothesis import settings
 
 # Without CUDA, Triton kernels run in the interpreter; Triton reads this when kernels are defined, so set it
 # before anything imports them.
@@ -18,6 +19,12 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from mla_tutorial import AbsorbedMLA, LatentMLA, MLAConfig, MLAProjections, NaiveMHA, PagedMLA, linear_init_
+
+# Property tests draw the same examples on every run (CI must not pass or fail by luck); set
+# HYPOTHESIS_PROFILE=explore to let hypothesis search new inputs, as a hostile sweep should now and then.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 STAGES = [NaiveMHA, LatentMLA, AbsorbedMLA, PagedMLA]  # the torch stages 0–3 (stage 4, Triton, is tested on its own)
 
