@@ -3,8 +3,6 @@
     python -m mla_tutorial bench --kernel [--shapes targets,ablation] [--versions flashmla,v5,v4] [--out F.json]
 
 Shape sets (b = batch, h_q heads, s_q query tokens, s_k keys; page 64, bf16):
-Every version runs with check_bounds=False, as FlashMLA (which never checks); "v5_checked" is v5 with its default
-bounds / stale-schedule assertion, so the difference is that check's cost.
   targets   issue 8's table at b = 128: h_q 16 (s_k 1k, 4k, 8k, lengths ~ N(4096, 2048)), h_q 64 (1k, 4k, 8k),
             h_q 128 (1k, 4k, 8k, and s_q = 2 causal at 4k)
   ablation  where each rung of the ladder pays: b = 1 with 32k keys (split-KV, v3), uneven lengths at b = 128
@@ -15,6 +13,8 @@ Each call is timed whole (Python wrapper, main kernel and combine; the scheduler
 region, once per decode step as a serving engine does) with `triton.testing.do_bench` (median, L2 flushed), and
 for v5 and FlashMLA also as a CUDA-graph replay of the same call: the difference is the host time not hidden behind
 the GPU. FlashMLA (its current API form) is timed in the same run whenever `import flash_mla` works.
+Every version runs with check_bounds=False, as FlashMLA (which never checks); "v5_checked" is v5 with its default
+bounds / stale-schedule assertion, so the difference is that check's cost.
 Reported per row: ms, GB/s (bytes = b·(s_q·h_q·576·2 + mean_sk·576·2 + s_q·h_q·512·2)), TFLOP/s
 (2·b·h_q·s_q·mean_sk·1088), the fraction of the roofline measured in the same run (the larger of bytes/copy and
 FLOPs/matmul over the time), FlashMLA's time / ours, v5's agreement with FlashMLA (cosine difference), which v5
