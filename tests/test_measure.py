@@ -74,6 +74,9 @@ def test_capacity_deepseek_v3_on_an_h200_by_hand():
     assert all(by_stage[i]["max_sequences"] == math.floor(budget / (mla * 32768)) == 18 for i in range(1, 5))
     assert by_stage[0]["longest_context"] == math.floor(budget / mha)
     assert by_stage[4]["longest_context"] == math.floor(budget / mla) // 64 * 64
+    fp8 = 61 * 656  # stage 5: FlashMLA's FP8 row, 40,016 B/token for the model
+    assert by_stage[5]["bytes_per_token"] == fp8
+    assert by_stage[5]["max_sequences"] == math.floor(budget / (fp8 * 32768)) == 32
 
 
 def test_capacity_v2_lite_pages_round_up_by_hand():

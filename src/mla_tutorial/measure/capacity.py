@@ -12,6 +12,8 @@ Per GPU, for a whole model (every layer) served with tensor parallelism over `tp
     per token   stage 0:    layers · (H/tp)·(d_h + d^R_h + d_v)·e   (the heads split over GPUs: each keeps its own)
                 stages 1–4: layers · (d_c + d^R_h)·e              (the latent is shared by every head, so every
                                                                    tensor-parallel GPU keeps all of it)
+                stage 5:    layers · 656                          (FlashMLA's FP8 row: 512 e4m3 + 4 float32 scales
+                                                                   + 64 bf16, whatever e)
 
 Stages 0–2 keep each sequence's cache contiguous: a sequence of S tokens takes S·per_token. Stages 3–4 commit
 memory a page (64 tokens) at a time: ceil(S/64)·64·per_token. So
@@ -31,7 +33,8 @@ from ..config import MLAConfig
 from .cost import model_facts, weight_count
 
 STAGES = [(0, "NaiveMHA", "mha", False), (1, "LatentMLA", "latent", False), (2, "AbsorbedMLA", "latent", False),
-          (3, "PagedMLA", "latent", True), (4, "TritonMLA", "latent", True)]  # (stage, class, cache, paged)
+          (3, "PagedMLA", "latent", True), (4, "TritonMLA", "latent", True),
+          (5, "FP8MLA", "fp8", True)]  # (stage, class, cache, paged)
 DEFAULT_USABLE_FRACTION = 0.9
 
 
@@ -75,8 +78,13 @@ def capacity(preset: str, *, gpu_memory_bytes: float, context: int, tp: int | No
     page = config.page_size
     rows = []
     for stage, name, kind, paged in STAGES:
-        per_layer = (heads * (config.qk_head_dim + config.v_head_dim) if kind == "mha" else config.latent_dim) \
-            * element_bytes
+        if kind == "fp8":
+            from ..fp8 import ROW_BYTES
+
+            per_layer = ROW_BYTES  # 656: the FP8 row has its own byte layout
+        else:
+            per_layer = (heads * (config.qk_head_dim + config.v_head_dim) if kind == "mha" else config.latent_dim) \
+                * element_bytes
         per_token = facts.layers * per_layer
 
         def per_sequence(tokens: int, per_token: int = per_token, paged: bool = paged) -> int:
@@ -86,7 +94,8 @@ def capacity(preset: str, *, gpu_memory_bytes: float, context: int, tp: int | No
         longest = max(0, int(budget // (batch * per_token))) if budget > 0 else 0
         if paged:
             longest = longest // page * page
-        rows.append({"stage": stage, "name": name, "cache": "per-head K/V" if kind == "mha" else "latent",
+        rows.append({"stage": stage, "name": name,
+                     "cache": {"mha": "per-head K/V", "latent": "latent", "fp8": "latent, FP8 (656-byte rows)"}[kind],
                      "paged": paged, "bytes_per_token": per_token, "bytes_per_token_per_layer": per_layer,
                      "bytes_per_sequence": per_sequence(context), "max_sequences": max_sequences,
                      "longest_context": longest})
@@ -99,7 +108,8 @@ def capacity(preset: str, *, gpu_memory_bytes: float, context: int, tp: int | No
             f"weights: {weights_note} ({facts.source})",
             f"usable memory: {usable_fraction:g} of {gpu_memory_bytes / 1e9:g} GB; the rest for activations/runtime",
             f"cache in {element_bytes}-byte elements; stages 1–4 keep the whole latent on every GPU",
-            "stages 3–4 commit whole 64-token pages; activations and torch.cat's transient copy are not counted",
+            "stages 3–5 commit whole 64-token pages; activations and torch.cat's transient copy are not counted",
+            "stage 5 keeps FlashMLA's 656-byte FP8 row per token and layer, whatever the element size",
             "tensor parallelism splits the heads, not the latent: every GPU of a group holds every sequence's "
             "latent cache, so these are sequences per group of tp GPUs (engines shard sequences across GPUs with "
             "data-parallel attention instead)",
