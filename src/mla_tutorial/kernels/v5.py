@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..contract import check_contiguous, validate_paged_decode
+from ..contract import check_block_table_on_device, check_contiguous, validate_paged_decode
 from .combine import combine_splits
 from .common import D_NOPE, TileConfig, validate_metadata
 from .schedule import get_mla_metadata
@@ -78,7 +78,9 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     path = path or kernel_choice(q, k_cache, dims.rows_per_kv, dims.h_kv)[0]
     if is_fp8 and path != "small":
         raise ValueError(f"path {path!r} cannot read an FP8 cache (is_fp8_kvcache=True): only 'small' can")
-    if path == "v4":
+    if path == "v4":  # v4's kernel does not check its block ids: the contract's device-side check does, on a GPU
+        if check_bounds and on_gpu(q):
+            check_block_table_on_device(block_table, cache_seqlens, dims.num_blocks, dims.page_size)
         return _launch_v4(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, config)
     b, s_q, h_q, dev = dims.batch, dims.s_q, dims.h_q, q.device
     out = torch.empty(b, s_q, h_q, D_NOPE, dtype=q.dtype, device=dev)
