@@ -9,20 +9,17 @@ spent ~170 µs on the host for a kernel of a few µs), which at short contexts i
 directly. The specialization key is the part of Triton's own key that can change between decode calls of one
 model: per tensor, its dtype and whether its address is 16-byte aligned; per int, whether it is 1, a multiple of
 16, and whether it fits in 32 bits; the constexpr values. Under Triton's interpreter (no binaries) every call goes
-through the JIT. The compiled kernels are visible through `compiled_kernels()` (occupancy reports).
+through the JIT. (The compiled kernels stay in Triton's own caches too, where `measure.occupancy` reads them.)
 """
 
 from __future__ import annotations
 
 import inspect
-import weakref
 from typing import Any
 
 import torch
 
 from .common import is_interpreter
-
-_LAUNCHERS: weakref.WeakSet = weakref.WeakSet()
 
 
 def _spec(arg: Any) -> Any:
@@ -48,7 +45,6 @@ class FastLauncher:
         params = list(inspect.signature(getattr(fn, "fn", fn)).parameters)
         self._params = params
         self._cache: dict[Any, Any] = {}
-        _LAUNCHERS.add(self)
 
     @property
     def name(self) -> str:
@@ -73,12 +69,3 @@ class FastLauncher:
         g1 = grid[1] if len(grid) > 1 else 1
         g2 = grid[2] if len(grid) > 2 else 1
         compiled.run(grid[0], g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None, *full)
-
-
-def compiled_kernels() -> dict[str, Any]:
-    """{name: Triton CompiledKernel} for every specialization launched through a FastLauncher in this process."""
-    out = {}
-    for launcher in list(_LAUNCHERS):
-        for i, compiled in enumerate(launcher._cache.values()):
-            out[f"{launcher.name}#{i}"] = compiled
-    return out

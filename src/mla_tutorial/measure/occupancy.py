@@ -154,17 +154,12 @@ def kernel_occupancy(kernel: Any, limits: SMLimits | None = None, name: str | No
 
 
 def compiled_kernels() -> dict[str, Any]:
-    """{name: CompiledKernel} of the stage-4 kernels compiled in this process.
-
-    Uses `mla_tutorial.kernels.compiled_kernels()` where it exists; otherwise walks the kernel modules for
-    @triton.jit functions and reads their per-device caches.
-    """
-    from .. import kernels
-
-    if hasattr(kernels, "compiled_kernels"):
-        return dict(kernels.compiled_kernels())
+    """{name: CompiledKernel} of the stage-4 kernels compiled in this process: every @triton.jit (and @gluon.jit)
+    function of the kernel modules, read from Triton's per-device caches (FastLauncher's launches land there too)."""
     import importlib
     import pkgutil
+
+    from .. import kernels
 
     found: dict[str, Any] = {}
     seen: set[int] = set()  # a @triton.jit function imported by several modules is one function
