@@ -46,10 +46,6 @@ class FastLauncher:
         self._params = params
         self._cache: dict[Any, Any] = {}
 
-    @property
-    def name(self) -> str:
-        return getattr(self.fn, "__name__", None) or getattr(getattr(self.fn, "fn", None), "__name__", "kernel")
-
     def __call__(self, grid: tuple[int, ...], *args: Any, **meta: Any) -> None:
         if is_interpreter():
             self.fn[grid](*args, **meta)
