@@ -50,16 +50,16 @@ class FastLauncher:
         if is_interpreter():
             self.fn[grid](*args, **meta)
             return
-        key = (tuple(_spec(a) for a in args), tuple(sorted(meta.items())))
+        from triton.runtime import driver
+
+        device = driver.active.get_current_device()  # a compiled binary is loaded per device
+        key = (device, tuple(_spec(a) for a in args), tuple(sorted(meta.items())))
         compiled = self._cache.get(key)
         if compiled is None:  # first call of this specialization: Triton compiles (or loads) and launches
             compiled = self.fn[grid](*args, **meta)
             compiled._init_handles()
             self._cache[key] = compiled
             return
-        from triton.runtime import driver
-
-        device = driver.active.get_current_device()
         stream = driver.active.get_current_stream(device)
         full = list(args) + [meta[name] for name in self._params[len(args):] if name in meta]
         g1 = grid[1] if len(grid) > 1 else 1
