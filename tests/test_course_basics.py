@@ -118,6 +118,21 @@ def test_measured_cache_bytes_match_the_formula(tiny, ladder_factory):
         basics.measured_cache_bytes(stage0, [0])
 
 
+def test_decode_step_peak_bytes_counts_the_new_cache_and_the_temporaries(tiny, ladder_factory):
+    stage0, stage1, stage2 = ladder_factory(tiny, torch.float32)[:3]
+    from mla_tutorial.measure.timing import prefill
+
+    S = 128
+    cache0, cache1, static = prefill(stage0, 1, S), prefill(stage1, 1, S), prefill(stage2, 1, S)
+    peak0, peak1 = basics.decode_step_peak_bytes(stage0, cache0), basics.decode_step_peak_bytes(stage1, cache1)
+    assert peak0 >= cache0.nbytes  # torch.cat builds a new cache of S + 1 tokens
+    expanded = S * tiny.num_heads * (tiny.qk_nope_head_dim + tiny.v_head_dim) * 4
+    assert peak1 >= cache1.nbytes + expanded  # the new latent cache and the re-expanded K and V
+    lengths = static.lengths.clone()
+    assert basics.decode_step_peak_bytes(stage2, static) > 0
+    assert torch.equal(static.lengths, lengths)  # an in-place cache is put back
+
+
 def test_decode_step_times_has_one_positive_time_per_stage_and_context(tiny, ladder_factory):
     threads = torch.get_num_threads()
     stages = {"stage 0": ladder_factory(tiny, torch.float32)[0], "stage 2": ladder_factory(tiny, torch.float32)[2]}

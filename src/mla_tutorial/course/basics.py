@@ -5,6 +5,7 @@ The notebooks show each idea in a few lines; what they run lives here, tested in
 Helpers
     decode_steps, prefill_and_decode     the decode loop: prefill a prompt, then one token per sequence per step
     measured_cache_bytes                 bytes a stage's cache holds after prefilling S tokens through the stage (02)
+    decode_step_peak_bytes               the peak of the tensors one decode step allocates (02)
     decode_step_times                    one decode step's median time per stage and context on this machine (03)
     decode_together, decode_each_alone   stage 3's variable-length batch, and the one-sequence-at-a-time
                                          reference it must equal (04)
@@ -32,8 +33,8 @@ from torch import nn
 
 from ..config import MLAConfig
 from ..layers import MLAProjections
-from ..measure.memory import cache_footprint
-from ..measure.timing import prefill, random_cache, time_decode
+from ..measure.memory import cache_footprint, peak_memory
+from ..measure.timing import cache_batch, in_place, prefill, random_cache, random_hidden, time_decode
 from ..stage0_naive import MHACache
 from ..stage1_latent import LatentCache
 from ..stage3_paged import PagedLatentCache, PagedMLA
@@ -151,6 +152,20 @@ def measured_cache_bytes(module: nn.Module, lengths: Sequence[int], *, batch: in
     _stage(module)
     batch = _count("batch", batch, 1)
     return [cache_footprint(prefill(module, batch, _count("lengths[i]", S, 1), seed=seed))["bytes"] for S in lengths]
+
+
+def decode_step_peak_bytes(module: nn.Module, cache: Any, *, seed: int = 0) -> int:
+    """Peak bytes of the tensors one decode step allocates (one random token per sequence) over `cache`, above
+    what existed before it: the new cache when a stage grows it by torch.cat, and every temporary
+    (`measure.memory.peak_memory`). An in-place cache is put back as it was afterwards."""
+    _stage(module)
+    x = random_hidden(module, cache_batch(cache), 1, torch.Generator().manual_seed(seed))  # [B, 1, hidden]
+    with torch.inference_mode():  # caches from measure.timing are inference tensors: update them in this mode
+        saved = cache.state() if in_place(cache) else None
+        peak = peak_memory(lambda: module(x, cache), next(module.parameters()).device)
+        if saved is not None:
+            cache.restore(saved)
+    return peak
 
 
 def decode_step_times(stages: Mapping[str, nn.Module], contexts: Sequence[int], *, warmup: int = 2, reps: int = 15,
@@ -364,7 +379,7 @@ def gather_sequence(k_cache: torch.Tensor, block_table: torch.Tensor, cache_seql
 
 __all__ = [
     "decode_steps", "prefill_and_decode", "decode_together", "decode_each_alone", "measured_cache_bytes",
-    "decode_step_times", "mha_cache_bytes", "max_cached_tokens", "decode_bytes_read", "latent_saving",
-    "expand_latent_cache", "reexpansion_bytes", "absorb_query_nope", "latent_output_to_heads", "W_UQ",
-    "fused_query_weight", "query_absorb_macs", "token_row", "pages_to_take", "gather_sequence",
+    "decode_step_peak_bytes", "decode_step_times", "mha_cache_bytes", "max_cached_tokens", "decode_bytes_read",
+    "latent_saving", "expand_latent_cache", "reexpansion_bytes", "absorb_query_nope", "latent_output_to_heads",
+    "W_UQ", "fused_query_weight", "query_absorb_macs", "token_row", "pages_to_take", "gather_sequence",
 ]
