@@ -105,6 +105,8 @@ def test_decode_together_refuses_bad_input(tiny, ladder_factory, hidden_factory)
         basics.decode_together(stage3, [], x)
     with pytest.raises(ValueError, match="new_tokens has batch 2 but 1 prompts were given"):
         basics.decode_each_alone(stage2, [x[:1]], x)
+    with pytest.raises(ValueError, match="new_tokens must be a tensor"):
+        basics.decode_each_alone(stage2, [x[:1]], [1.0])
 
 
 # ------------------------------------------------------------------------------------------------ measurements
@@ -114,8 +116,8 @@ def test_measured_cache_bytes_match_the_formula(tiny, ladder_factory):
     assert basics.measured_cache_bytes(stage0, lengths, batch=2) == [2 * S * stage0.cache_bytes_per_token()
                                                                      for S in lengths]
     assert basics.measured_cache_bytes(stage1, lengths) == [S * 576 * 8 for S in lengths]
-    with pytest.raises(ValueError, match=r"lengths\[i\] must be an int ≥ 1, got 0"):
-        basics.measured_cache_bytes(stage0, [0])
+    with pytest.raises(ValueError, match=r"lengths\[1\] must be an int ≥ 1, got 0"):
+        basics.measured_cache_bytes(stage0, [3, 0])
 
 
 def test_decode_step_peak_bytes_counts_the_new_cache_and_the_temporaries(tiny, ladder_factory):
@@ -142,6 +144,8 @@ def test_decode_step_times_has_one_positive_time_per_stage_and_context(tiny, lad
     assert torch.get_num_threads() == threads  # restored
     with pytest.raises(ValueError, match="threads must be an int ≥ 1"):
         basics.decode_step_times(stages, [8], threads=0)
+    with pytest.raises(ValueError, match=r"contexts\[0\] must be an int ≥ 1, got -1"):
+        basics.decode_step_times(stages, [-1])
 
 
 # ------------------------------------------------------------------------------------------------ 01

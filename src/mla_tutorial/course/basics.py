@@ -137,7 +137,7 @@ def decode_each_alone(module: nn.Module, prompts: Sequence[torch.Tensor], new_to
 
     Returns the decode outputs [B, steps, hidden] (row k from prompts[k] and new_tokens[k]).
     """
-    _stage(module)
+    _hidden("new_tokens", new_tokens, _stage(module))
     if len(prompts) != new_tokens.shape[0]:
         raise ValueError(f"new_tokens has batch {new_tokens.shape[0]} but {len(prompts)} prompts were given")
     steps = new_tokens.shape[1]
@@ -151,7 +151,8 @@ def measured_cache_bytes(module: nn.Module, lengths: Sequence[int], *, batch: in
     sequence through the stage itself (`measure.timing.prefill`, `measure.memory.cache_footprint`)."""
     _stage(module)
     batch = _count("batch", batch, 1)
-    return [cache_footprint(prefill(module, batch, _count("lengths[i]", S, 1), seed=seed))["bytes"] for S in lengths]
+    lengths = [_count(f"lengths[{i}]", S, 1) for i, S in enumerate(lengths)]
+    return [cache_footprint(prefill(module, batch, S, seed=seed))["bytes"] for S in lengths]
 
 
 def decode_step_peak_bytes(module: nn.Module, cache: Any, *, seed: int = 0) -> int:
@@ -179,7 +180,7 @@ def decode_step_times(stages: Mapping[str, nn.Module], contexts: Sequence[int], 
     The numbers depend on the machine: tests never assert them.
     """
     _count("threads", threads, 1)
-    contexts = [_count("contexts[i]", S, 1) for S in contexts]
+    contexts = [_count(f"contexts[{i}]", S, 1) for i, S in enumerate(contexts)]
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
