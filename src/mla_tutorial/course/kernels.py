@@ -111,7 +111,8 @@ def schedule_pieces(tile_scheduler_metadata: torch.Tensor, num_splits: torch.Ten
     Row p = [begin request, its first page, end request, its end page (exclusive), split index of the first
     piece, 0, 0, 0]: part p runs from (begin request, first page) to (end request, end page); every request in
     between is whole, and a request cut by a part boundary continues in the next part with the next split index.
-    Parts with nothing to do have begin request = b. `num_splits` is only checked against the pieces found.
+    Parts with nothing to do have begin request = b. Raises ValueError if the pieces do not cover each request's
+    pages exactly once, in order, or disagree with `num_splits` (a schedule built for other lengths).
     """
     meta = tile_scheduler_metadata.tolist()
     lengths = [int(s) for s in (cache_seqlens.tolist() if isinstance(cache_seqlens, torch.Tensor) else cache_seqlens)]
@@ -127,6 +128,12 @@ def schedule_pieces(tile_scheduler_metadata: torch.Tensor, num_splits: torch.Ten
     if counts != expected:
         raise ValueError(f"the metadata's pieces per request {counts} disagree with num_splits {expected}: "
                          f"was it built for other lengths than {lengths}?")
+    for r, s_k in enumerate(lengths):  # each request's pieces must chain over exactly its pages
+        ranges = [(p.first_page, p.end_page) for p in sorted(pieces, key=lambda p: p.split) if p.request == r]
+        edges = [0] + [e for lo_hi in ranges for e in lo_hi] + [max(1, -(-s_k // PAGE_SIZE))]
+        if edges[0::2] != edges[1::2]:
+            raise ValueError(f"the metadata's pieces of request {r} cover pages {ranges}, not 0 … "
+                             f"{max(1, -(-s_k // PAGE_SIZE))} (its {s_k} tokens): was it built for other lengths?")
     return pieces
 
 

@@ -384,7 +384,7 @@ def decode_rows(source: str | Path | dict = DECODE_TOUR, *, kernel: str | None =
     kernel = kernel or STAGE4_KERNEL.get(name, "v4" if isinstance(source, (str, Path)) else None)
     if "records" in data:
         records = data["records"]
-    elif "stages" in data and isinstance(data["stages"], list):
+    elif isinstance(data.get("stages"), list) and all(isinstance(s, dict) and "decode" in s for s in data["stages"]):
         records = [d | {"stage": s["stage"], "name": s["name"], "heads": d.get("heads", s.get("heads")),
                         "graph": d.get("graph", s.get("graph", False))}
                    for s in data["stages"] for d in s.get("decode", [])]
@@ -397,7 +397,7 @@ def decode_rows(source: str | Path | dict = DECODE_TOUR, *, kernel: str | None =
 def decode_skipped(source: str | Path | dict = DECODE_TOUR) -> list[dict]:
     """The shapes a decode file did not measure, with the reason (e.g. 'does not fit: needs 321.3 GiB')."""
     data = load(source)
-    if "stages" in data:
+    if isinstance(data.get("stages"), list) and all(isinstance(s, dict) and "decode" in s for s in data["stages"]):
         return [{"stage": s["stage"], "name": s["name"], "heads": s.get("heads"), "contexts": k.get("contexts"),
                  "reason": k.get("reason")} for s in data["stages"] for k in s.get("skipped", [])]
     return list(data.get("skipped", []))
