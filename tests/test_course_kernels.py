@@ -214,9 +214,8 @@ def test_schedule_pieces_from_the_triton_schedule_and_a_stale_one():
     assert len(pieces) == int(splits[-1])
     with pytest.raises(ValueError, match="disagree with num_splits"):
         C.schedule_pieces(meta, torch.cat([splits[:1], splits[1:] + 1]), LENGTHS)
-    for stale in (LENGTHS[:7] + [100] + LENGTHS[8:], [4000] + LENGTHS[1:]):  # a split request shorter, one longer
-        with pytest.raises(ValueError, match="other lengths"):
-            C.schedule_pieces(meta, splits, stale)
+    with pytest.raises(ValueError, match="other lengths"):  # the request the schedule split is now shorter
+        C.schedule_pieces(meta, splits, LENGTHS[:7] + [100] + LENGTHS[8:])
 
 
 def _pool(lengths, dtype=torch.bfloat16, seed=0):
