@@ -157,6 +157,15 @@ def test_missing_and_foreign_files_raise_clear_errors(tmp_path, monkeypatch):
     assert R.load(path) == json.loads(path.read_text())
 
 
+def test_pick_finds_exactly_one_row():
+    rows = R.decode_rows(R.DECODE_BENCH_V5)
+    assert R.pick(rows, stage=4, heads=16, batch=64, graph=True).latency_ms == pytest.approx(0.293, abs=5e-4)
+    with pytest.raises(KeyError, match="2 rows match"):
+        R.pick(rows, stage=4, heads=16, batch=64)
+    with pytest.raises(KeyError, match="0 rows match"):
+        R.pick(rows, stage=9)
+
+
 def test_table_formats_rows():
     rows = R.fp8_speed_rows()[:2]
     text = R.table(rows, [("impl", "impl", "s"), ("ms", "ms", ".3f"), ("GB/s", lambda r: r.gbps, ",.0f")])

@@ -516,5 +516,36 @@ def capacity_and_cost(capacity: Capacity, rows: Sequence[DecodeRow]) -> Any:
     return _done(fig)
 
 
-__all__ = ["ablation_chart", "capacity_and_cost", "combine_weights", "fp8_row", "head_tile", "kernel_roofline",
-           "latency_panels", "schedule_timeline", "stage_roofline", "warpgroup_split"]
+def fp8_speed_bars(rows: Sequence[Fp8SpeedRow], ideal: dict[tuple[int, str], float] | None = None) -> Any:
+    """The FP8 benchmark: ms per call of FlashMLA (bf16), v5 on the bf16 cache (stage 4) and on the FP8 cache
+    (stage 5) at each shape, with the FP8 call's time if it read its bytes as fast as bf16 v5 does (`ideal`,
+    keyed by (h_q, lengths)); the label on each bar is its fraction of the copy bandwidth."""
+    plt = _plt()
+    shapes = sorted({(r.h_q, r.lengths) for r in rows})
+    impls = [("flashmla", "FlashMLA (bf16)", "#222222"), ("bf16_v5", "stage 4: v5, bf16 cache", STAGE_COLORS[4]),
+             ("fp8", "stage 5: v5, FP8 cache", STAGE_COLORS[5])]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.26
+    for i, (key, label, color) in enumerate(impls):
+        for j, (h_q, lengths) in enumerate(shapes):
+            row = next((r for r in rows if (r.impl, r.h_q, r.lengths) == (key, h_q, lengths)), None)
+            if row is None:
+                continue
+            x = j + (i - 1) * width
+            ax.bar(x, row.ms, width, color=color, label=label if j == 0 else None)
+            ax.text(x, row.ms * 1.02, f"{row.fraction_of_copy:.2f}", ha="center", va="bottom", fontsize=7)
+    for j, shape in enumerate(shapes):
+        if ideal and shape in ideal:
+            ax.plot([j + 0.5 * width, j + 1.5 * width], [ideal[shape]] * 2, color="black", ls="--", lw=1.2,
+                    label="FP8 if it read at bf16 v5's GB/s" if j == 0 else None)
+    ax.set_xticks(range(len(shapes)), [f"b = 128, h_q = {h}, s_k = 4,096" + (", uneven" if d != "fixed" else "")
+                                       for h, d in shapes], fontsize=8)
+    ax.set(ylabel="ms per call (whole call)", title="Stage 5's kernel today: slower than bf16 "
+                                                    "(bar labels: fraction of the copy bandwidth)")
+    ax.title.set_fontsize(10)
+    ax.legend(fontsize=7)
+    return _done(fig)
+
+
+__all__ = ["ablation_chart", "capacity_and_cost", "combine_weights", "fp8_row", "fp8_speed_bars", "head_tile",
+           "kernel_roofline", "latency_panels", "schedule_timeline", "stage_roofline", "warpgroup_split"]

@@ -597,7 +597,16 @@ def fp8_decoder_rows(source: str | Path | dict = FP8_ACCURACY) -> list[Fp8Decode
     return rows
 
 
-# --------------------------------------------------------------------------------------------- printing
+# --------------------------------------------------------------------------------------------- picking and printing
+def pick(rows: list, **where: Any):
+    """The one row whose attributes equal `where` (e.g. pick(rows, stage=4, heads=16, batch=64, graph=True));
+    KeyError naming what was asked and how many matched otherwise."""
+    found = [r for r in rows if all(getattr(r, k) == v for k, v in where.items())]
+    if len(found) != 1:
+        raise KeyError(f"{len(found)} rows match {where} (expected exactly one)")
+    return found[0]
+
+
 def table(rows: list, columns: list[tuple[str, str, str]]) -> str:
     """A plain-text table: `columns` are (header, attribute or callable's name, format spec), e.g.
     ("ms", "ms", ".3f"). An attribute may be a callable taking the row."""
@@ -618,5 +627,5 @@ __all__ = [
     "ROOFLINE", "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",
     "Fp8DecoderRow", "Fp8RowError", "Fp8SpeedRow", "KernelRow", "KernelRun", "ResultsMissing", "ablation_steps",
     "capacity_rows", "ceilings", "decode_rows", "decode_skipped", "fp8_attention_errors", "fp8_correctness",
-    "fp8_decoder_rows", "fp8_row_errors", "fp8_speed_rows", "kernel_run", "load", "results_dir", "table",
+    "fp8_decoder_rows", "fp8_row_errors", "fp8_speed_rows", "kernel_run", "load", "pick", "results_dir", "table",
 ]
