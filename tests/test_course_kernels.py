@@ -403,5 +403,6 @@ def test_drawings_return_figures():
                D.stage_roofline([r for r in tour if r.context == 4096], R.ceilings(R.DECODE_TOUR),
                                 R.fp8_speed_rows(), R.ceilings(R.FP8_BENCH)),
                D.latency_panels([r for r in tour if r.batch == 64], R.decode_rows(R.DECODE_BENCH_V5)),
-               D.capacity_and_cost(R.capacity_rows(), [r for r in tour if r.context == 4096])]
+               D.capacity_and_cost(R.capacity_rows(), [r for r in tour if r.context == 4096]),
+               D.fp8_speed_bars(R.fp8_speed_rows(), {(16, "fixed"): 0.107})]
     assert all(isinstance(f, Figure) for f in figures)
