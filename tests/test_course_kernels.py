@@ -87,6 +87,18 @@ def test_decode_rows_from_the_tour_and_the_benchmarks():
     assert R.decode_rows(R.DECODE_BENCH_V4)[0].host_ms is None  # graph replays have no host time
 
 
+def test_decode_rows_read_a_live_benchmark_result():
+    """Notebook 06's live cell reads `run_stage_bench`'s dict as it reads the committed files (here on the CPU)."""
+    from mla_tutorial.measure.stage_bench import BenchOptions, run_stage_bench
+
+    result = run_stage_bench(BenchOptions(config="tiny", device="cpu", dtype="fp32", contexts=[64], stages=[2, 3],
+                                          warmup=1, reps=2, bandwidth_gbs=100.0, peak_tflops=1.0))
+    rows = R.decode_rows(result, kernel="v5")
+    assert [(r.stage, r.context, r.batch, r.graph) for r in rows] == [(2, 64, 1, False), (3, 64, 1, False)]
+    assert all(r.latency_ms > 0 and r.kernel is None for r in rows)  # stages below 4 carry no kernel label
+    assert R.ceilings(result).copy_gbps == 100.0
+
+
 def test_capacity_rows_equal_the_capacity_model():
     from mla_tutorial.measure.capacity import capacity
 
