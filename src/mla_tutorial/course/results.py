@@ -1,0 +1,631 @@
+"""The committed GPU results (`docs/results/*.json`) as tidy rows, for notebooks 05–07.
+
+Each benchmark writes its own JSON layout (docs/results/README.md lists them). This module reads them into flat,
+typed rows so that a notebook cell is one loop over rows, not a walk through nested dictionaries:
+
+    kernel_run(name)        a kernel benchmark, either format: v4-era (`kernels_h100/h200_2026-11-27`, the API's
+                            kernel under `flash_mla_with_kvcache`) or current (`kernels_v5_*`, `flashmla`/`v5`/...);
+                            implementation names are normalised to v1 … v5, flashmla, torch_paged
+    decode_rows(name)       one decode step of a stage (the tour's file and the stage benchmark's files alike)
+    capacity_rows(name)     sequences per GPU, per stage (arithmetic, stage 5 included)
+    fp8_speed_rows(name)    the FP8 path beside bf16 v5 and FlashMLA (fp8_bench_*)
+    fp8_row_errors(name), fp8_attention_errors(name), fp8_decoder_rows(name)    fp8_accuracy_* (CPU)
+    ablation_steps()        the kernel ladder v1 → v5 told at the shapes where each idea pays
+
+`name` is a file name under docs/results (found from the working directory upwards, or from this package's
+checkout), a path, or an already-loaded dict (what `python -m mla_tutorial bench` returns, for live runs).
+A missing file raises `ResultsMissing` saying where it looked and how the file is produced; a file of another
+format raises ValueError naming the file and what was expected. Nothing here measures anything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# --------------------------------------------------------------------------------------------- the committed files
+KERNELS_V5 = "kernels_v5_h200_2026-12-02.json"  # v5 beside FlashMLA; v1–v5 and torch at the ablation shapes
+KERNELS_V4_H100 = "kernels_h100_2026-11-27.json"  # v1–v4 on FlashMLA's shape grid, H100
+KERNELS_V4_H200 = "kernels_h200_2026-11-27.json"  # the same on an H200
+DECODE_TOUR = "decode_tour_deepseek-v3_h200_2026-12-01.json"  # stages 0–4, b 64, S 4k/16k, 128 and 16 heads
+DECODE_BENCH_V4 = "decode_bench_deepseek-v3_h200_2026-12-01.json"  # stages 2, 4 (v4), b 1/8/64, S 4k, graphs on/off
+DECODE_BENCH_V5 = "decode_bench_v5_deepseek-v3_h200_2026-12-02.json"  # the same with stage 4 on v5
+DECODE_COVERAGE = "decode_coverage_deepseek-v3_h200_2026-12-02.json"  # stages 2, 4 (v4), b 8/64, S 1k/16k
+DECODE_PROFILE = "decode_profile_deepseek-v3_h200_2026-12-02.json"  # torch.profiler per step, b 1/64
+ROOFLINE = "roofline_deepseek-v3_h200_2026-12-01.json"  # stages 2–4 under the measured ceilings
+CAPACITY = "capacity_deepseek-v3_141GB.json"  # sequences per 141 GB GPU at 32k tokens (arithmetic)
+FP8_ACCURACY = "fp8_accuracy_cpu_2026-12-01.json"  # scripts/fp8_accuracy.py (CPU)
+FP8_BENCH = "fp8_bench_h200_2026-12-02.json"  # scripts/gpu_fp8_bench.py --quick (H200)
+
+#: How each committed file is produced (said when it is missing).
+PRODUCED_BY = {
+    "kernels_": "`make bench` / `python -m mla_tutorial bench --kernel --out ...` on a GPU",
+    "decode_tour": "`python -m mla_tutorial tour --device cuda` (scripts/gpu_decode.sh)",
+    "decode_": "`python -m mla_tutorial bench --heads 128 16 ... --out ...` (scripts/gpu_decode.sh)",
+    "roofline_": "`python -m mla_tutorial roofline` on a GPU (scripts/gpu_decode.sh)",
+    "capacity_": "`python -m mla_tutorial memory --config deepseek-v3 --context 32768 --gpu-memory-gb 141 --json`",
+    "fp8_accuracy": "`scripts/fp8_accuracy.py` (CPU)",
+    "fp8_bench": "`scripts/gpu_fp8_bench.py` on a GPU",
+}
+
+#: Which stage-4 kernel served the decode-step files (the README's provenance: branch issue6-decode ran v4).
+STAGE4_KERNEL = {DECODE_BENCH_V5: "v5"}
+
+#: v4-era implementation names -> the names used everywhere here.
+IMPL_ALIASES = {"flash_mla_with_kvcache": "v4", "v3_split_kv": "v3", "v2_head_tiled": "v2", "v1_naive": "v1"}
+
+#: Display names, in ladder order.
+IMPL_LABELS = {
+    "torch_paged": "stage 3 (torch)",
+    "v1": "v1 naive",
+    "v2": "v2 head-tiled",
+    "v3": "v3 split-KV",
+    "v4": "v4 balanced",
+    "v5": "v5",
+    "v5_checked": "v5 (bounds checked)",
+    "flashmla": "FlashMLA",
+}
+
+
+class ResultsMissing(FileNotFoundError):
+    """A committed results file (or docs/results itself) is not where it should be."""
+
+
+# --------------------------------------------------------------------------------------------- finding and loading
+def results_dir(start: Path | str | None = None) -> Path:
+    """docs/results: searched from `start` (default: the working directory) upwards, then from this checkout."""
+    here = Path(start) if start is not None else Path.cwd()
+    candidates = [d / "docs" / "results" for d in [here, *here.parents]]
+    candidates.append(Path(__file__).resolve().parents[3] / "docs" / "results")  # src/mla_tutorial/course -> root
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise ResultsMissing(f"no docs/results folder above {here} or in this package's checkout "
+                         f"({candidates[-1]}): the committed GPU results live there (docs/results/README.md)")
+
+
+def _produced_by(name: str) -> str:
+    return next((how for prefix, how in PRODUCED_BY.items() if name.startswith(prefix)),
+                "the command given in docs/results/README.md")
+
+
+def load(source: str | Path | dict, directory: Path | str | None = None) -> dict:
+    """The parsed JSON of `source`: a file name in docs/results, a path, or a dict (returned as it is)."""
+    if isinstance(source, dict):
+        return source
+    if not isinstance(source, (str, Path)):
+        raise TypeError(f"source must be a file name, a path or a dict, got {type(source).__name__}")
+    path = Path(source)
+    if not path.is_absolute() and not path.exists():
+        path = Path(directory) / path if directory is not None else results_dir() / path.name
+    if not path.is_file():
+        raise ResultsMissing(f"{path.name}: no such file in {path.parent}; it is produced by "
+                             f"{_produced_by(path.name)} (docs/results/README.md lists the committed files)")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
+    return data
+
+
+def _name(source: str | Path | dict) -> str:
+    return Path(source).name if isinstance(source, (str, Path)) else str(source.get("name", "(a result dict)"))
+
+
+def _need(data: dict, keys: tuple[str, ...], name: str, what: str) -> None:
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise ValueError(f"{name}: not {what} (missing key(s) {missing}; top-level keys {sorted(data)[:10]})")
+
+
+# --------------------------------------------------------------------------------------------- ceilings
+@dataclass(frozen=True)
+class Ceilings:
+    """The two roofs measured in the same run as the numbers under them."""
+
+    copy_gbps: float  # a large device-to-device copy, bytes read + written per second / 1e9
+    matmul_tflops: float  # an 8192³ bf16 matmul
+    card: str
+
+    @property
+    def ridge(self) -> float:
+        """FLOP per byte above which a kernel is compute-bound on this machine."""
+        return self.matmul_tflops * 1e12 / (self.copy_gbps * 1e9)
+
+    def floor_ms(self, flops: float, nbytes: float) -> float:
+        """The least time a call of `flops` and `nbytes` can take under these roofs."""
+        return max(nbytes / (self.copy_gbps * 1e9), flops / (self.matmul_tflops * 1e12)) * 1e3
+
+
+def ceilings(source: str | Path | dict) -> Ceilings:
+    """The ceilings of any committed file (kernel benchmarks, decode benchmarks, the FP8 benchmark)."""
+    data, name = load(source), _name(source)
+    card = (data.get("device_info") or data.get("environment") or data.get("env", {}).get("info") or {}).get(
+        "card", data.get("device_name", "?"))
+    roof = data.get("roofline")
+    if isinstance(roof, dict) and "copy_gbps" in roof:
+        return Ceilings(float(roof["copy_gbps"]), float(roof["matmul_tflops"]), card)
+    if isinstance(roof, dict) and "bytes_per_s" in roof:
+        return Ceilings(roof["bytes_per_s"] / 1e9, roof["flops_per_s"] / 1e12, card)
+    env = data.get("env")
+    if isinstance(env, dict) and "copy_gbps" in env:
+        return Ceilings(float(env["copy_gbps"]), float(env["matmul_tflops"]), card)
+    raise ValueError(f"{name}: no measured ceilings (expected 'roofline' with copy_gbps/matmul_tflops or "
+                     f"bytes_per_s/flops_per_s, or 'env' with copy_gbps)")
+
+
+# --------------------------------------------------------------------------------------------- kernel benchmarks
+@dataclass(frozen=True)
+class KernelRow:
+    """One implementation at one shape of a kernel benchmark (whole call, do_bench median, L2 flushed)."""
+
+    source: str
+    card: str
+    impl: str  # v1 … v5, v5_checked, flashmla, torch_paged
+    b: int
+    h_q: int
+    s_q: int
+    causal: bool
+    s_k: int
+    lengths: str  # "fixed" or "normal" (~ N(s_k, s_k/2))
+    mean_sk: float
+    bytes: float  # FlashMLA's formula: b·(s_q·h_q·576·2 + mean_sk·576·2 + s_q·h_q·512·2)
+    flops: float  # 2·b·h_q·s_q·mean_sk·(576 + 512)
+    ms: float
+    graph_ms: float | None  # a CUDA-graph replay of the same call (v5 and FlashMLA in the current format)
+    gbps: float
+    tflops: float
+    frac_copy: float
+    frac_matmul: float
+    tile: str | None = None  # which v5 tile ran ("small", "gluon", "v4"), for v5 rows
+
+    @property
+    def intensity(self) -> float:
+        """FLOP per byte of the call."""
+        return self.flops / self.bytes
+
+    @property
+    def roofline_fraction(self) -> float:
+        """The larger of its fractions of the copy bandwidth and of the matmul rate: of whichever roof binds."""
+        return max(self.frac_copy, self.frac_matmul)
+
+    @property
+    def shape(self) -> str:
+        text = f"b={self.b}, h_q={self.h_q}, s_q={self.s_q}, s_k={self.s_k:,}"
+        return text + (", uneven" if self.lengths != "fixed" else "") + (", causal" if self.causal else "")
+
+    def matches(self, **where: Any) -> bool:
+        return all(getattr(self, key) == value for key, value in where.items())
+
+
+@dataclass(frozen=True)
+class KernelRun:
+    """A kernel benchmark file: its card, date, ceilings, rows and targets."""
+
+    source: str
+    card: str
+    date: str
+    ceilings: Ceilings
+    rows: list[KernelRow]
+    targets: list[dict] = field(default_factory=list)
+    fmt: str = "v5"  # "v5" (kernels_v5_*) or "v4" (the v4-era files)
+
+    @property
+    def impls(self) -> list[str]:
+        """The implementations present, in ladder order."""
+        present = {r.impl for r in self.rows}
+        return [k for k in IMPL_LABELS if k in present] + sorted(present - set(IMPL_LABELS))
+
+    def select(self, **where: Any) -> list[KernelRow]:
+        return [r for r in self.rows if r.matches(**where)]
+
+    def find(self, impl: str, **where: Any) -> KernelRow:
+        """The one row of `impl` at the shape `where` (b=, h_q=, s_q=, s_k=, lengths=); KeyError if none."""
+        where = {"s_q": 1, "lengths": "fixed"} | where
+        rows = self.select(impl=impl, **where)
+        if len(rows) != 1:
+            have = sorted({(r.b, r.h_q, r.s_q, r.s_k, r.lengths) for r in self.select(impl=impl)})
+            raise KeyError(f"{self.source}: {len(rows)} rows of {impl!r} at {where}; "
+                           f"{impl!r} was measured at (b, h_q, s_q, s_k, lengths) = {have}")
+        return rows[0]
+
+
+def kernel_run(source: str | Path | dict = KERNELS_V5) -> KernelRun:
+    """A kernel-benchmark file (either format) as a KernelRun."""
+    data, name = load(source), _name(source)
+    _need(data, ("rows", "roofline"), name, "a kernel-benchmark file")
+    rows_in = data["rows"]
+    if not isinstance(rows_in, list) or not all(isinstance(r, dict) and isinstance(r.get("impl"), dict)
+                                                for r in rows_in):
+        raise ValueError(f"{name}: not a kernel-benchmark file ('rows' must be a list of objects with 'impl')")
+    info = data.get("device_info", {})
+    card = info.get("card", "?")
+    fmt = "v4" if any("flash_mla_with_kvcache" in r["impl"] for r in rows_in) else "v5"
+    rows = []
+    for r in rows_in:
+        tile = r.get("v5_tile", [None])[0] if isinstance(r.get("v5_tile"), list) else None
+        for impl_name, m in r["impl"].items():
+            if not isinstance(m, dict) or "ms" not in m:
+                continue  # skipped at this shape (the reason is in the file)
+            impl = IMPL_ALIASES.get(impl_name, impl_name)
+            rows.append(KernelRow(
+                source=name, card=card, impl=impl, b=int(r["b"]), h_q=int(r["h_q"]), s_q=int(r.get("s_q", 1)),
+                causal=bool(r.get("causal", False)), s_k=int(r["s_k"]), lengths=str(r.get("lengths", "fixed")),
+                mean_sk=float(r.get("mean_sk", r["s_k"])), bytes=float(r["bytes"]), flops=float(r["flops"]),
+                ms=float(m["ms"]), graph_ms=float(m["graph_ms"]) if m.get("graph_ms") is not None else None,
+                gbps=float(m.get("gbps", 0.0)), tflops=float(m.get("tflops", 0.0)),
+                frac_copy=float(m.get("frac_copy", 0.0)), frac_matmul=float(m.get("frac_matmul", 0.0)),
+                tile=tile if impl.startswith("v5") else None))
+    targets = [t for t in data.get("targets", []) if isinstance(t, dict)]
+    return KernelRun(source=name, card=card, date=str(info.get("date_utc", "?"))[:10], ceilings=ceilings(data),
+                     rows=rows, targets=targets, fmt=fmt)
+
+
+# --------------------------------------------------------------------------------------------- the ablation
+@dataclass(frozen=True)
+class AblationStep:
+    """One rung of the ladder at a shape where it pays (or, for `pays=False`, where it does not)."""
+
+    idea: str
+    before: KernelRow
+    after: KernelRow
+    why: str
+    pays: bool = True
+
+    @property
+    def speedup(self) -> float:
+        return self.before.ms / self.after.ms
+
+
+#: (idea, file, shape, before, after, why, pays): each rung at the shape where the committed results show it pay.
+ABLATION: list[tuple[str, str, dict, str, str, str, bool]] = [
+    ("head tiling", KERNELS_V4_H200, {"b": 128, "h_q": 16, "s_k": 4096}, "v1", "v2",
+     "v1 reads every page once per query head (16 times here); v2 stacks the 16 heads into one tile and reads each "
+     "page once, with tensor-core dots", True),
+    ("split-KV", KERNELS_V5, {"b": 1, "h_q": 16, "s_k": 32768}, "v2", "v3",
+     "one request is one program: v2 streams 512 pages through one of 132 SMs; v3 cuts the keys into splits that "
+     "run on many SMs and merges them by log-sum-exp", True),
+    ("split-KV", KERNELS_V5, {"b": 1, "h_q": 128, "s_k": 32768}, "v2", "v3",
+     "the same at 128 heads: two 64-row tiles are still only two programs", True),
+    ("balanced schedule", KERNELS_V5, {"b": 128, "h_q": 16, "s_k": 4096, "lengths": "normal"}, "v3", "v4",
+     "lengths ~ N(4096, 2048): v3 gives every request the same number of splits, so the longest requests finish "
+     "last; v4 cuts the batch's total work into equal pieces, one per program", True),
+    ("Gluon tile", KERNELS_V5, {"b": 128, "h_q": 128, "s_k": 4096}, "v4", "v5",
+     "v4's 64-row tile computes the score tile twice (both warpgroups) and spills; v5's Gluon tile splits the "
+     "scores by keys and the output by columns between the warpgroups: 40 wgmma per page against 76, no spills",
+     True),
+    ("small tile", KERNELS_V5, {"b": 128, "h_q": 16, "s_k": 4096}, "v4", "v5",
+     "at 16 rows v5 runs a register-lean plain-Triton tile that walks the 576 columns in chunks", True),
+    ("split-KV and schedule at a full, even batch", KERNELS_V4_H200, {"b": 128, "h_q": 16, "s_k": 4096}, "v2", "v4",
+     "128 equal requests already fill the GPU: splitting adds partial results and a combine, and buys nothing",
+     False),
+]
+
+
+def ablation_steps() -> list[AblationStep]:
+    """The ladder v1 → v5, each idea at a shape where it pays (and one where it does not), from the files."""
+    runs: dict[str, KernelRun] = {}
+    steps = []
+    for idea, name, where, before, after, why, pays in ABLATION:
+        run = runs.setdefault(name, kernel_run(name))
+        steps.append(AblationStep(idea, run.find(before, **where), run.find(after, **where), why, pays))
+    return steps
+
+
+# --------------------------------------------------------------------------------------------- decode steps
+@dataclass(frozen=True)
+class DecodeRow:
+    """One decode step of one stage (one DeepSeek-V3 attention layer) at one shape, from a stage benchmark."""
+
+    source: str
+    card: str
+    stage: int
+    name: str  # NaiveMHA, LatentMLA, AbsorbedMLA, PagedMLA, TritonMLA (FP8MLA when benchmarked)
+    heads: int
+    batch: int
+    context: int
+    graph: bool  # replayed from a CUDA graph
+    latency_ms: float  # median step time
+    host_ms: float | None  # host time per step (eager runs)
+    tokens_per_s: float
+    usd_per_million_tokens: float  # this layer × the model's layers (61), at usd_per_gpu_hour
+    usd_per_gpu_hour: float
+    roofline_ms: float  # the floor: max(bytes / copy, FLOPs / matmul) of the whole step
+    times_floor: float
+    roofline_fraction: float
+    intensity: float  # FLOP per byte of the whole step (weights + cache + activations)
+    achieved_tflops: float
+    achieved_gbps: float
+    bound: str  # "memory" or "compute"
+    step_bytes: float
+    step_flops: float
+    kernel: str | None = None  # the stage-4 kernel version behind this file (v4 or v5)
+    device_ms: float | None = None  # profile files: GPU time per step
+    launches: float | None = None  # profile files: GPU kernels per step
+    attention_kernel_ms: float | None = None  # profile files: the attention kernel's share
+
+    @property
+    def label(self) -> str:
+        return f"stage {self.stage} {self.name}" + (f" ({self.kernel})" if self.kernel and self.stage == 4 else "")
+
+
+def _decode_row(record: dict, name: str, card: str, kernel: str | None) -> DecodeRow:
+    profile = record.get("profile") if isinstance(record.get("profile"), dict) else {}
+    attention = next((k["ms_per_step"] for k in profile.get("top_kernels", []) if "mla_decode" in k.get("name", "")),
+                     None)
+    return DecodeRow(
+        source=name, card=card, stage=int(record["stage"]), name=str(record["name"]), heads=int(record["heads"]),
+        batch=int(record["batch"]), context=int(record["context"]), graph=bool(record["graph"]),
+        latency_ms=float(record["latency_ms"]),
+        host_ms=float(record["host_ms"]) if record.get("host_ms") is not None else None,
+        tokens_per_s=float(record["tokens_per_s"]),
+        usd_per_million_tokens=float(record.get("usd_per_million_tokens_model") or record["usd_per_million_tokens"]),
+        usd_per_gpu_hour=float(record["usd_per_gpu_hour"]), roofline_ms=float(record["roofline_ms"]),
+        times_floor=float(record["times_floor"]), roofline_fraction=float(record["roofline_fraction"]),
+        intensity=float(record["intensity_flop_per_byte"]), achieved_tflops=float(record["achieved_tflop_per_s"]),
+        achieved_gbps=float(record["achieved_gb_per_s"]), bound=str(record["bound"]),
+        step_bytes=float(record["bytes"]), step_flops=float(record["flops"]),
+        kernel=kernel if int(record["stage"]) >= 4 else None,
+        device_ms=profile.get("device_ms_per_step"), launches=profile.get("device_launches_per_step"),
+        attention_kernel_ms=attention)
+
+
+def decode_rows(source: str | Path | dict = DECODE_TOUR, *, kernel: str | None = None) -> list[DecodeRow]:
+    """Every measured decode step of a tour file (`stages[].decode[]`) or stage-benchmark file (`records`).
+
+    `kernel` labels stage 4's kernel; by default v5 for the v5 decode file and v4 for the others committed."""
+    data, name = load(source), _name(source)
+    env = data.get("environment", {})
+    card = env.get("card", data.get("device_name", "?"))
+    kernel = kernel or STAGE4_KERNEL.get(name, "v4" if isinstance(source, (str, Path)) else None)
+    if "records" in data:
+        records = data["records"]
+    elif isinstance(data.get("stages"), list) and all(isinstance(s, dict) and "decode" in s for s in data["stages"]):
+        records = [d | {"stage": s["stage"], "name": s["name"], "heads": d.get("heads", s.get("heads")),
+                        "graph": d.get("graph", s.get("graph", False))}
+                   for s in data["stages"] for d in s.get("decode", [])]
+    else:
+        raise ValueError(f"{name}: not a decode-step file (expected 'records' from `bench` or 'stages' from "
+                         f"`tour`; top-level keys {sorted(data)[:10]})")
+    return [_decode_row(r, name, card, kernel) for r in records]
+
+
+def decode_skipped(source: str | Path | dict = DECODE_TOUR) -> list[dict]:
+    """The shapes a decode file did not measure, with the reason (e.g. 'does not fit: needs 321.3 GiB')."""
+    data = load(source)
+    if isinstance(data.get("stages"), list) and all(isinstance(s, dict) and "decode" in s for s in data["stages"]):
+        return [{"stage": s["stage"], "name": s["name"], "heads": s.get("heads"), "contexts": k.get("contexts"),
+                 "reason": k.get("reason")} for s in data["stages"] for k in s.get("skipped", [])]
+    return list(data.get("skipped", []))
+
+
+# --------------------------------------------------------------------------------------------- capacity
+@dataclass(frozen=True)
+class CapacityRow:
+    stage: int
+    name: str
+    cache: str
+    bytes_per_token_per_layer: int
+    bytes_per_token: int  # all layers
+    bytes_per_sequence: int  # at the file's context
+    max_sequences: int
+    longest_context: int  # at the file's batch
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The capacity file: its assumptions and one row per stage."""
+
+    preset: str
+    gpu_memory_bytes: float
+    usable_fraction: float
+    tp: int
+    heads_per_gpu: int
+    context: int
+    layers: int
+    weights_per_gpu_bytes: float
+    cache_budget_bytes: float
+    assumptions: list[str]
+    rows: list[CapacityRow]
+
+    def row(self, stage: int) -> CapacityRow:
+        return next(r for r in self.rows if r.stage == stage)
+
+
+def capacity_rows(source: str | Path | dict = CAPACITY) -> Capacity:
+    """The capacity file (or the dict `measure.capacity.capacity` returns) as a Capacity."""
+    data, name = load(source), _name(source)
+    _need(data, ("stages", "cache_budget_bytes", "context", "tp"), name, "a capacity file")
+    rows = [CapacityRow(int(s["stage"]), str(s["name"]), str(s["cache"]), int(s["bytes_per_token_per_layer"]),
+                        int(s["bytes_per_token"]), int(s["bytes_per_sequence"]), int(s["max_sequences"]),
+                        int(s["longest_context"])) for s in data["stages"]]
+    return Capacity(str(data["preset"]), float(data["gpu_memory_bytes"]), float(data["usable_fraction"]),
+                    int(data["tp"]), int(data["heads_per_gpu"]), int(data["context"]), int(data["layers"]),
+                    float(data["weights_per_gpu_bytes"]), float(data["cache_budget_bytes"]),
+                    list(data.get("assumptions", [])), rows)
+
+
+# --------------------------------------------------------------------------------------------- FP8
+@dataclass(frozen=True)
+class Fp8SpeedRow:
+    """One implementation at one shape of the FP8 benchmark (b = 128, s_q = 1, whole call)."""
+
+    impl: str  # "fp8" (stage 5's path), "bf16_v5" (stage 4's), "flashmla" (bf16)
+    b: int
+    h_q: int
+    s_k: int
+    lengths: str
+    ms: float
+    graph_ms: float | None
+    bytes: float  # what it reads: 656 bytes per cached token for fp8, 1,152 for bf16
+    flops: float
+    fraction_of_copy: float
+    tile: str | None  # the v5 tile that ran
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes / self.ms / 1e6
+
+
+def fp8_speed_rows(source: str | Path | dict = FP8_BENCH) -> list[Fp8SpeedRow]:
+    data, name = load(source), _name(source)
+    _need(data, ("timing",), name, "an FP8 benchmark file")
+    rows = []
+    for t in data["timing"]:
+        if "ms" not in t:
+            continue  # a shape that failed (its error is in the file)
+        for impl, ms in t["ms"].items():
+            nbytes = t["bytes"]["fp8" if impl.startswith("fp8") else "bf16"]
+            choice = t.get("choice_fp8" if impl.startswith("fp8") else "choice_bf16")
+            rows.append(Fp8SpeedRow(impl, int(t["b"]), int(t["h_q"]), int(t["s_k"]), str(t["lengths"]), float(ms),
+                                    t.get("graph_ms", {}).get(impl), float(nbytes), float(t["flops"]),
+                                    float(t["fraction_of_copy"][impl]),
+                                    choice[0] if impl != "flashmla" and choice else None))
+    return rows
+
+
+def fp8_correctness(source: str | Path | dict = FP8_BENCH) -> dict[str, bool]:
+    """Case -> passed, for the FP8 benchmark's GPU correctness section (checked before anything was timed)."""
+    data = load(source)
+    return {case: bool(v.get("ok")) for case, v in data.get("correctness", {}).items()}
+
+
+@dataclass(frozen=True)
+class Fp8RowError:
+    """Quantization error of the cached rows under one scaling scheme (fp8_accuracy's "rows" section)."""
+
+    config: str  # "tiny" or "deepseek-v3" (shapes)
+    weight_std: float
+    sigma: float  # std of the hidden states fed to project_latent
+    scheme: str  # "tile" (FlashMLA's), "token", "tensor_ckv", "tensor_ckv_rope_fp8", ...
+    c_kv_rel_frob: float
+    k_rope_rel_frob: float
+    k_rope_saturated_fraction: float
+    c_kv_rms: float
+    k_rope_rms: float
+    k_rope_amax: float
+
+
+#: The scaling schemes of fp8_accuracy's rows section, in words.
+FP8_SCHEMES = {
+    "tile": "FlashMLA: a scale per token and 128 values, RoPE in bf16",
+    "token": "one scale per token for c_kv, RoPE in bf16",
+    "tensor_ckv": "one scale per tensor from c_kv, RoPE in bf16",
+    "tensor_ckv_rope_fp8": "one scale per tensor from c_kv, also used for RoPE in FP8",
+    "tensor_all_rope_fp8": "one scale per tensor from the whole row (both parts), RoPE in FP8",
+    "static_tensor_all_rope_fp8": "the same, fixed beforehand from the σ = 1 rows (calibrated)",
+}
+
+
+def fp8_row_errors(source: str | Path | dict = FP8_ACCURACY) -> list[Fp8RowError]:
+    data, name = load(source), _name(source)
+    _need(data, ("rows",), name, "an FP8 accuracy file")
+    rows = []
+    for key, entry in data["rows"].items():
+        config, std, sigma = key.split("/")  # e.g. "tiny/std0.02/sigma1"
+        for scheme, e in entry["schemes"].items():
+            rows.append(Fp8RowError(config, float(std.removeprefix("std")), float(sigma.removeprefix("sigma")),
+                                    scheme, float(e["c_kv_rel_frob"]), float(e["k_rope_rel_frob"]),
+                                    float(e["k_rope_saturated_fraction"]), float(entry["c_kv"]["rms"]),
+                                    float(entry["k_rope"]["rms"]), float(entry["k_rope"]["amax"])))
+    return rows
+
+
+@dataclass(frozen=True)
+class Fp8AttentionError:
+    """One comparison of attention outputs (fp8_accuracy's "attention" section: tiny config, prefill + 2 steps)."""
+
+    weight_std: float
+    prompt: int
+    comparison: str  # "stage5_vs_stage4", "kernel", "quantization", "bf16_kernel", "fp8_rope_too"
+    rel_frob: float
+    cosine: float
+    max_abs: float
+
+
+_ATTENTION_KEYS = {
+    "stage5_vs_stage4": "stage5_vs_stage4",
+    "stage5_vs_fp8_reference (kernel error)": "kernel",
+    "fp8_reference_vs_stage3 (quantization error)": "quantization",
+    "stage4_vs_stage3 (bf16 kernel error)": "bf16_kernel",
+    "what-if fp8 rope too_vs_stage3": "fp8_rope_too",
+}
+
+
+def fp8_attention_errors(source: str | Path | dict = FP8_ACCURACY) -> list[Fp8AttentionError]:
+    data, name = load(source), _name(source)
+    _need(data, ("attention",), name, "an FP8 accuracy file")
+    rows = []
+    for key, entry in data["attention"].items():
+        std, prompt = key.split("/")  # e.g. "std0.1/prompt63+2"
+        for long_name, short in _ATTENTION_KEYS.items():
+            if long_name in entry:
+                e = entry[long_name]
+                rows.append(Fp8AttentionError(float(std.removeprefix("std")),
+                                              int(prompt.removeprefix("prompt").split("+")[0]), short,
+                                              float(e["rel_frob"]), float(e["cosine"]), float(e["max_abs"])))
+    return rows
+
+
+@dataclass(frozen=True)
+class Fp8DecoderRow:
+    """Next-token distributions of a 2-layer TinyDecoder (fp8_accuracy's "decoder" section)."""
+
+    weight_std: float
+    comparison: str  # "fp8_vs_bf16" or "bf16_vs_f32" (the noise floor)
+    top1_agreement: float
+    kl_mean: float
+    kl_max: float
+    logits_rel_frob: float
+
+
+def fp8_decoder_rows(source: str | Path | dict = FP8_ACCURACY) -> list[Fp8DecoderRow]:
+    data, name = load(source), _name(source)
+    _need(data, ("decoder",), name, "an FP8 accuracy file")
+    rows = []
+    for key, entry in data["decoder"].items():
+        std = float(key.removeprefix("std"))
+        for long_name, short in (("fp8_teacher_forced_vs_bf16", "fp8_vs_bf16"),
+                                 ("bf16_vs_f32_teacher_forced (noise floor)", "bf16_vs_f32")):
+            e = entry[long_name]
+            rows.append(Fp8DecoderRow(std, short, float(e["top1_agreement"]), float(e["kl_mean"]),
+                                      float(e["kl_max"]), float(e["logits"]["rel_frob"])))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- picking and printing
+def pick(rows: list, **where: Any):
+    """The one row whose attributes equal `where` (e.g. pick(rows, stage=4, heads=16, batch=64, graph=True));
+    KeyError naming what was asked and how many matched otherwise."""
+    found = [r for r in rows if all(getattr(r, k) == v for k, v in where.items())]
+    if len(found) != 1:
+        raise KeyError(f"{len(found)} rows match {where} (expected exactly one)")
+    return found[0]
+
+
+def table(rows: list, columns: list[tuple[str, str, str]]) -> str:
+    """A plain-text table: `columns` are (header, attribute or callable's name, format spec), e.g.
+    ("ms", "ms", ".3f"). An attribute may be a callable taking the row."""
+    def cell(row, key, spec):
+        value = key(row) if callable(key) else getattr(row, key)
+        return "—" if value is None else format(value, spec)
+
+    body = [[cell(r, key, spec) for _, key, spec in columns] for r in rows]
+    widths = [max([len(h)] + [len(line[i]) for line in body]) for i, (h, _, _) in enumerate(columns)]
+    lines = ["  ".join(h.rjust(w) for (h, _, _), w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in body]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "ABLATION", "CAPACITY", "DECODE_BENCH_V4", "DECODE_BENCH_V5", "DECODE_COVERAGE", "DECODE_PROFILE", "DECODE_TOUR",
+    "FP8_ACCURACY", "FP8_BENCH", "FP8_SCHEMES", "IMPL_LABELS", "KERNELS_V4_H100", "KERNELS_V4_H200", "KERNELS_V5",
+    "ROOFLINE", "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",
+    "Fp8DecoderRow", "Fp8RowError", "Fp8SpeedRow", "KernelRow", "KernelRun", "ResultsMissing", "ablation_steps",
+    "capacity_rows", "ceilings", "decode_rows", "decode_skipped", "fp8_attention_errors", "fp8_correctness",
+    "fp8_decoder_rows", "fp8_row_errors", "fp8_speed_rows", "kernel_run", "load", "pick", "results_dir", "table",
+]
