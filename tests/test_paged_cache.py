@@ -373,6 +373,16 @@ def test_append_to_an_unknown_sequence_or_the_same_one_twice_raises():
         cache.append([s, s], torch.cat([rows(1, 0), rows(1, 0)]))
 
 
+def test_append_of_no_tokens_is_refused_and_changes_nothing():
+    cache = small_cache(fill_value=float("nan"))
+    s = cache.allocate()
+    cache.append([s], rows(3, 0))
+    before = pool_snapshot(cache)
+    with pytest.raises(ValueError, match=r"at least one token per sequence, got shape \[1, 0, "):
+        cache.append([s], rows(3, 0)[:, :0])
+    assert_unchanged(before, pool_snapshot(cache))
+
+
 def test_full_pool_raises_cache_full_error_and_changes_nothing():
     cache = small_cache(num_blocks=3, fill_value=float("nan"))
     a, b = cache.allocate(), cache.allocate()

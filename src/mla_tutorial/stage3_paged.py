@@ -270,6 +270,8 @@ class PagedLatentCache:
         if not isinstance(kv, torch.Tensor) or kv.dim() != 3 or kv.shape[-1] != self.latent_dim:
             got = list(kv.shape) if isinstance(kv, torch.Tensor) else type(kv).__name__
             raise ValueError(f"kv must be a tensor [batch, tokens, {self.latent_dim}], got {got}")
+        if kv.shape[1] < 1:
+            raise ValueError(f"kv must hold at least one token per sequence, got shape {list(kv.shape)}")
         if kv.shape[0] != len(seq_ids):
             raise ValueError(f"kv has batch {kv.shape[0]} but {len(seq_ids)} seq_ids were given")
         if kv.dtype != self.pool.dtype or kv.device != self.pool.device:
