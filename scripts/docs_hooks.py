@@ -1,6 +1,6 @@
 """MkDocs hooks for the docs site (mkdocs.yml: `hooks: [scripts/docs_hooks.py]`).
 
-Four jobs, each small:
+Four jobs, each small (and one rule for the Markdown: `_` is never emphasis, see `NoUnderscoreEmphasis`):
 
 1. **Notebooks.** The executed notebooks live in `notebooks/`, outside `docs/`. Every `notebooks/NN_*.ipynb` is
    added to the site (mkdocs-jupyter renders it from its committed outputs, without running it) and listed, in
@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from markdown.extensions import Extension
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 from mkdocs.utils import get_relative_url
@@ -52,7 +53,20 @@ def notebook_paths() -> list[Path]:
     return sorted(NOTEBOOKS.glob(NOTEBOOK_GLOB))
 
 
+class NoUnderscoreEmphasis(Extension):
+    """`_` never means emphasis here: the pages write the paper's subscripts in plain text (W^{UK}_i c^{KV}_j, d_c,
+    k^R_j), which Markdown would otherwise read as _italic_ runs. `*` still emphasises; `**` still bolds."""
+
+    def extendMarkdown(self, md: Any) -> None:  # noqa: N802 (Python-Markdown's name)
+        if getattr(md, "delimiters", None) is not None:  # Python-Markdown >= 3.11: one delimiter processor
+            md.delimiters.remove("_")
+        elif "em_strong2" in md.inlinePatterns:  # earlier versions: the underscore pattern
+            md.inlinePatterns.deregister("em_strong2")
+
+
+@event_priority(100)  # before mkdocstrings reads the Markdown extensions for the docstrings
 def on_config(config: Any) -> Any:
+    config["markdown_extensions"].append(NoUnderscoreEmphasis())
     for item in config["nav"] or []:
         if isinstance(item, dict) and "Notebooks" in item:
             item["Notebooks"] = [f"notebooks/{p.name}" for p in notebook_paths()]
@@ -216,7 +230,10 @@ def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
         source = (f'<p class="notebook-source">The notebook <a href="{name}" download><code>{uri}</code></a> as '
                   "committed, with the outputs of its last run (the site does not re-run it; <code>make test</code> "
                   f"does). Run it yourself: <code>jupyter lab {uri}</code>.</p>\n")
-        html = source + rewrite_html_links(html, NOTEBOOKS, page, files)
+        html = rewrite_html_links(html, NOTEBOOKS, page, files)
+        title_end = html.find("</h1>")  # under the notebook's title, else at the top
+        cut = title_end + len("</h1>") if title_end >= 0 else 0
+        html = html[:cut] + "\n" + source + html[cut:]
     return html
 
 
@@ -231,6 +248,11 @@ def _num(x: float | None, digits: int = 3) -> str:
     if abs(x) >= 10:
         return f"{x:.2f}"
     return f"{x:.{digits}f}"
+
+
+def _text(value: Any) -> str:
+    """Free text from a result file, safe in Markdown: its * and _ are characters, not emphasis."""
+    return re.sub(r"([*_\\[\]<>|])", r"\\\1", str(value))
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -381,7 +403,8 @@ def _capacity_table(data: dict) -> str:
              f"{s['bytes_per_token']:,}", s["max_sequences"], f"{s['longest_context']:,}"] for s in data["stages"]]
     intro = (f"Arithmetic, no measurement: {data['preset']}, {data['gpu_memory_bytes'] / 1e9:,.0f} GB per GPU, "
              f"tensor parallelism {data['tp']} ({data['heads_per_gpu']} heads per GPU), context "
-             f"{data['context']:,} tokens. Assumptions: " + "; ".join(data.get("assumptions", [])) + ".\n\n")
+             f"{data['context']:,} tokens. Assumptions: ")
+    intro += "; ".join(map(_text, data.get("assumptions", []))) + ".\n\n"
     return intro + _table(header, rows)
 
 
@@ -390,7 +413,7 @@ def _sm_parts_table(data: dict) -> str:
     header = ["h_q", "s_q", "s_k", "lengths"] + [k.removesuffix("_ms") + " ms" for k in keys]
     rows = [[r["h_q"], r["s_q"], f"{r['s_k']:,}", r["lengths"]] + [_num(r.get(k)) for k in keys]
             for r in data["rows"]]
-    return data.get("what", "") + "\n\n" + _table(header, rows)
+    return _text(data.get("what", "")) + "\n\n" + _table(header, rows)
 
 
 def _occupancy_table(records: list[dict]) -> str:
