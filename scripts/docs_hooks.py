@@ -39,6 +39,7 @@ NOTEBOOKS = ROOT / "notebooks"
 PACKAGE = ROOT / "src" / "mla_tutorial"
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 TABLES_PAGE = "results/tables.md"
+GENERATED = ROOT / ".cache" / "docs_hooks"  # pages written at build time (ignored by git)
 
 _MD_LINK = re.compile(r"(!?\[[^\]\n]*\])\(([^)\s]+)\)")
 _HTML_LINK = re.compile(r"""\b(href|src)="([^"]+)\"""")
@@ -79,7 +80,11 @@ def on_files(files: Files, config: Any) -> Files:
     for path in notebook_paths():
         files.append(File(f"notebooks/{path.name}", src_dir=str(ROOT), dest_dir=config["site_dir"],
                           use_directory_urls=config["use_directory_urls"]))
-    files.append(File.generated(config, TABLES_PAGE, content=tables_page()))
+    # Written to a file (not handed over as a string) so that every plugin sees a page with a source path.
+    tables = GENERATED / TABLES_PAGE
+    tables.parent.mkdir(parents=True, exist_ok=True)
+    tables.write_text(tables_page())
+    files.append(File.generated(config, TABLES_PAGE, abs_src_path=str(tables)))
     return files
 
 
