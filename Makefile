@@ -1,6 +1,8 @@
 # Two commands on a fresh machine (each does its own set-up):
 #   make tour   — builds every stage from the previous one on the tiny config, validates and profiles it
-#   make test   — the whole test suite (unit tests, Triton kernels in the interpreter on CPU, notebooks via nbval)
+#   make test   — the whole test suite (unit tests, Triton kernels in the interpreter on CPU, notebooks via nbval,
+#                 the docs site built with --strict and read in headless Chromium when it is installed)
+#   make docs   — the docs site (mkdocs.yml) into site/: open site/index.html
 # Set-up: a virtual environment in $(VENV) with this package installed editable, with its dev extra.
 
 PYTHON ?= python3
@@ -11,7 +13,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tour test lint gpu-test bench clean
+.PHONY: setup tour test lint docs gpu-test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +34,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check src tests notebooks
 
+# The docs site: docs/*.md, the notebooks as executed (not re-run), the API from the docstrings; warnings fail.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 # On a machine with a CUDA GPU:
 gpu-test: $(STAMP)
 	$(PY) -m pytest -m gpu tests
@@ -40,4 +46,4 @@ bench: $(STAMP)
 	$(PY) -m mla_tutorial bench --kernel
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site .cache/mkdocs-jupyter
