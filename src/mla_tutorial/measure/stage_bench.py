@@ -95,6 +95,8 @@ def profile_decode(module: nn.Module, context: int, batch: int = 1, *, warmup: i
         raise ValueError(f"context must be an int ≥ 2 (a prefix of context − 1 tokens and the new one), "
                          f"got {context!r}")
     cost = decode_step_cost(module.config, kind, context, batch, element_size(w.dtype))
+    if hasattr(module, "validate"):  # the paged stages' own checks first: a kernel stage refuses a dtype in its words
+        module.validate(random_hidden(module, batch, 1, torch.Generator().manual_seed(seed)), None, None)
     cache = random_cache(module, batch, context - 1, capacity=context + 64, seed=seed)
     footprint = cache_footprint(cache)
     timing = time_decode(module, cache, batch=batch, warmup=warmup, reps=reps, seed=seed, graph=graph)
