@@ -173,6 +173,62 @@ def test_kernel_occupancy_reads_a_compiled_kernel():
         [record])[2]
 
 
+# ------------------------------------------------------------------ bench --kernel, its GPU-free parts
+def test_kernel_bench_shape_times_v5_fp8_on_656_byte_rows(monkeypatch):
+    """`bench --kernel`'s work for one shape, in Triton's interpreter with stand-in timers (the GPU timings are not
+    tested here) and v5 standing in for FlashMLA: v5_fp8's bytes and GB/s count 656-byte rows, it agrees exactly
+    with v5 on the dequantized cache (its dequantization is exact) and differs from v5 on the bf16 cache by the
+    quantization, and an implementation that fails is recorded in the row while the others run."""
+    from mla_tutorial.measure import kernel_bench
+
+    def v4_fails(*args, **kwargs):
+        raise RuntimeError("v4 broke")
+
+    def timer(fn):
+        fn()
+        return 2.0
+
+    monkeypatch.setattr(kernel_bench, "mla_decode_v4", v4_fails)
+    fake_flash_mla = SimpleNamespace(get_mla_metadata=lambda: (None, None),
+                                     flash_mla_with_kvcache=lambda q, k, table, lengths, dv, meta, splits, causal:
+                                     kernel_bench.mla_decode_v5(q, k, table, lengths, dv, causal=causal))
+    b, h_q, s_k = 2, 16, 130
+    row = kernel_bench.run_shape(b, h_q, 1, s_k, "fixed", {"copy_gbps": 10.0, "matmul_tflops": 1.0},
+                                 {"v5", "v5_fp8", "v4"}, fake_flash_mla, device="cpu", timer=timer,
+                                 graph_timer=lambda fn: 1.5)
+    assert set(row["impl"]) == {"flashmla", "v5", "v5_checked", "v5_fp8"} and row["errors"] == {"v4": "RuntimeError: "
+                                                                                                     "v4 broke"}
+    fp8 = row["impl"]["v5_fp8"]
+    assert fp8["bytes"] == row["bytes_fp8"] == b * (h_q * 576 * 2 + s_k * 656 + h_q * 512 * 2)
+    assert row["impl"]["v5"]["bytes"] == row["bytes"] == b * (h_q * 576 * 2 + s_k * 1152 + h_q * 512 * 2)
+    assert fp8["gbps"] == pytest.approx(fp8["bytes"] / 2.0 / 1e6) and fp8["graph_ms"] == 1.5
+    assert fp8["roofline_fraction"] == pytest.approx(fp8["gbps"] / 10.0)
+    assert row["v5_fp8_tile"][0] == "small" and "v5_fp8" in row["flashmla_over_ours"]
+    assert row["v5_fp8_vs_v5_dequantized"] == {"cos_diff": 0.0, "max_abs": 0.0}
+    assert 1e-5 < row["v5_fp8_vs_v5"]["cos_diff"] < 2e-3  # e4m3's rounding of c_kv (measured 5.8e-4)
+    assert "v4 ERROR RuntimeError: v4 broke" in kernel_bench.fmt_row(row)
+
+
+def test_kernel_bench_checks_issue_9s_fp8_targets():
+    from mla_tutorial.measure.kernel_bench import FP8_RATIO_TARGETS, RATIO_TARGETS, check_targets
+
+    rows = [{"b": 128, "h_q": h, "s_q": sq, "s_k": sk, "lengths": d, "v5_tile": ["small", ""],
+             "v5_fp8_tile": ["small", ""], "impl": {}, "errors": {},
+             "flashmla_over_ours": {"v5": 1.0, "v5_fp8": 1.3}} for (h, sq, sk, d) in RATIO_TARGETS]
+    failed = list(RATIO_TARGETS).index((16, 1, 8192, "fixed"))  # v5_fp8 failed there: no ratio, its error kept
+    rows[failed] |= {"flashmla_over_ours": {"v5": 1.0}, "errors": {"v5_fp8": "RuntimeError: boom"}}
+    fp8 = {(t["h_q"], t["s_k"], t["lengths"]): t for t in check_targets(rows) if t["metric"] == "flashmla_ms / "
+           "v5_fp8_ms"}
+    assert {(h, sk, d) for (h, _, sk, d) in FP8_RATIO_TARGETS} == set(fp8)
+    assert [fp8[(16, 4096, "fixed")]["met"], fp8[(64, 4096, "fixed")]["met"], fp8[(128, 4096, "fixed")]["met"]] \
+        == [False, True, True]  # 1.3 against 1.5, 1.2 and 0.8
+    assert fp8[(16, 8192, "fixed")]["measured"] is None
+    assert not fp8[(16, 8192, "fixed")]["met"] and fp8[(16, 8192, "fixed")]["error"] == "RuntimeError: boom"
+    assert all(t["issue"] == 9 and t["target"] == FP8_RATIO_TARGETS[(t["h_q"], 1, t["s_k"], t["lengths"])]
+               for t in fp8.values())
+    assert len([t for t in check_targets(rows) if t.get("issue") == 8]) == len(RATIO_TARGETS)
+
+
 # ------------------------------------------------------------------ timing statistics
 def test_time_decode_reports_median_spread_and_threads(tiny):
     module = linear_init_(AbsorbedMLA(tiny), seed=0)
