@@ -22,7 +22,7 @@ stage 4 TritonMLA and stage 5 FP8MLA when they import):
    actual cache object holds ÷ tokens it holds, after the check);
 4. time one decode step at each context length over a cache of random rows (`measure.stage_bench`): median
    latency with its p10–p90 spread, tokens/s, the fraction of the roofline measured in the same run
-   (`measure.roofline`), the step's peak memory. Stages 2–4 run as replays of a CUDA graph when graphs are on
+   (`measure.roofline`), the step's peak memory. Stages 2–5 run as replays of a CUDA graph when graphs are on
    (the GPU default); stages 0 and 1 grow their caches by concatenation and always run eagerly. Stage 5's
    bytes count its 656-byte rows (`measure.cost`, kind "fp8").
 
