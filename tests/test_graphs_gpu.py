@@ -1,7 +1,8 @@
 """A decode step on the GPU: captured in a CUDA graph it gives what the eager step gives, and it never syncs.
 
-Run on a GPU machine with `pytest -m gpu tests/test_graphs_gpu.py`; skipped without CUDA. Stages 2–4 (with their
-in-place caches) and a TinyDecoder built on them; bf16 (the kernel's dtype), the tiny config.
+Run on a GPU machine with `pytest -m gpu tests/test_graphs_gpu.py`; skipped without CUDA. Stages 2–5 (with their
+in-place caches; stage 5's quantizes its new rows inside the captured step) and a TinyDecoder built on them; bf16
+(the kernels' dtype), the tiny config.
 """
 
 from __future__ import annotations
@@ -18,19 +19,24 @@ pytestmark = [
 ]
 
 DTYPE = torch.bfloat16
-STAGE_NAMES = ["AbsorbedMLA", "PagedMLA", "TritonMLA"]
+STAGE_NAMES = ["AbsorbedMLA", "PagedMLA", "TritonMLA", "FP8MLA"]
 #: graph vs eager in bf16: the same kernels on the same data, except that the captured stage-3 attention gathers
 #: the pages reserved for the whole run (a wider, zero-padded, masked copy) where the eager one gathers the pages
 #: owned so far, which can change the order of float32 sums. Measured differences are at the bf16 rounding level.
 REL_FROB = 2e-3
 
 
-def _stage(name: str, config: MLAConfig, seed: int = 0):
+def _classes() -> dict[str, type]:
     from mla_tutorial.stage4_triton import TritonMLA
+    from mla_tutorial.stage5_fp8 import FP8MLA
 
+    return {"AbsorbedMLA": AbsorbedMLA, "PagedMLA": PagedMLA, "TritonMLA": TritonMLA, "FP8MLA": FP8MLA}
+
+
+def _stage(name: str, config: MLAConfig, seed: int = 0):
     stage2 = linear_init_(AbsorbedMLA(config).double(), std=0.1, seed=seed).requires_grad_(False)
     module = stage2.to(device="cuda", dtype=DTYPE)
-    cls = {"AbsorbedMLA": AbsorbedMLA, "PagedMLA": PagedMLA, "TritonMLA": TritonMLA}[name]
+    cls = _classes()[name]
     return module if cls is AbsorbedMLA else cls.from_previous(module)
 
 
@@ -68,9 +74,8 @@ def test_graph_replay_equals_eager(name):
 def test_decoder_greedy_generation_replayed_equals_eager(name):
     from mla_tutorial.decoder import TinyDecoder
     from mla_tutorial.graphs import CapturedDecodeStep
-    from mla_tutorial.stage4_triton import TritonMLA
 
-    cls = {"AbsorbedMLA": AbsorbedMLA, "PagedMLA": PagedMLA, "TritonMLA": TritonMLA}[name]
+    cls = _classes()[name]
     base = TinyDecoder(MLAConfig.tiny(), AbsorbedMLA, num_layers=2).double().init_weights_(std=0.1, seed=0)
     decoder = TinyDecoder.from_previous(base, cls).to(device="cuda", dtype=DTYPE).requires_grad_(False)
     prompt = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(3)).cuda()
@@ -113,12 +118,11 @@ def test_decode_step_does_not_sync_when_no_page_is_allocated(name):
     assert lengths.tolist() == [74] * 4
 
 
-@pytest.mark.parametrize("name", ["PagedMLA", "TritonMLA"])
+@pytest.mark.parametrize("name", ["PagedMLA", "TritonMLA", "FP8MLA"])
 def test_decoder_step_does_not_sync(name):
     from mla_tutorial.decoder import TinyDecoder
-    from mla_tutorial.stage4_triton import TritonMLA
 
-    cls = {"PagedMLA": PagedMLA, "TritonMLA": TritonMLA}[name]
+    cls = _classes()[name]
     base = TinyDecoder(MLAConfig.tiny(), AbsorbedMLA, num_layers=2).init_weights_(std=0.1, seed=0)
     decoder = TinyDecoder.from_previous(base, cls).to(device="cuda", dtype=DTYPE).requires_grad_(False)
     ids = torch.randint(0, 256, (3, 10)).cuda()

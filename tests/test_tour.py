@@ -55,8 +55,9 @@ def test_tour_exits_0_and_prints_the_table(quick_tour):
     proc, _ = quick_tour
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "MLA ladder" in proc.stdout
-    for cls in STAGES:
-        assert cls.__name__ in proc.stdout
+    for name in [cls.__name__ for cls in STAGES] + ["TritonMLA", "FP8MLA"]:
+        assert name in proc.stdout
+    assert "FP8 cache tolerance" in proc.stdout  # stage 5's own bounds, stated
     assert "all stages agree" in proc.stdout
 
 
@@ -66,14 +67,15 @@ def test_tour_json_has_every_stage_checked_and_measured(quick_tour):
     assert summary["passed"] is True
     assert summary["preset"] == "tiny" and summary["dtype"] == "fp32" and summary["device"] == "cpu"
     stages = summary["stages"]
-    assert [s["name"] for s in stages[: len(STAGES)]] == [cls.__name__ for cls in STAGES]
+    assert [s["name"] for s in stages] == [cls.__name__ for cls in STAGES] + ["TritonMLA", "FP8MLA"]
     assert [s["stage"] for s in stages] == list(range(len(stages)))
     tiny = MLAConfig.tiny()
     for s in stages:
         assert s["check"]["passed"], s
         element = {"fp32": 4, "bf16": 2, "fp16": 2}[s["dtype"]]  # a bf16-only kernel stage runs in bf16
-        expected = tiny.cache_bytes_per_token("mha" if s["stage"] == 0 else "latent", element)
-        assert s["cache"]["analytic_bytes_per_token"] == expected  # 6,144 for stage 0, 2,304 after (fp32)
+        expected = 656 if s["name"] == "FP8MLA" else \
+            tiny.cache_bytes_per_token("mha" if s["stage"] == 0 else "latent", element)
+        assert s["cache"]["analytic_bytes_per_token"] == expected  # 6,144 for stage 0, 2,304 after (fp32), 656
         assert s["cache"]["measured_bytes_per_token"] == expected  # the check fills exactly two pages
         assert s["decode"], f"stage {s['stage']} has no timings"
         for record in s["decode"]:
@@ -82,9 +84,27 @@ def test_tour_json_has_every_stage_checked_and_measured(quick_tour):
             assert record["timing"]["context_growth"] == 0
     for s in stages[1:]:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[s["dtype"]]
-        assert s["check"]["rel_frob"] <= tour.TOLERANCES[dtype][0]
+        bound = tour.TOLERANCES_FP8 if s["name"] == "FP8MLA" else tour.TOLERANCES[dtype]
+        assert (s["check"]["max_rel_frob"], s["check"]["min_cosine"]) == bound
+        assert s["check"]["rel_frob"] <= bound[0] and s["check"]["cosine"] >= bound[1]
         assert s["check"]["vs_stage0"]["passed"]
-    assert [r["bytes_per_token_per_layer"] for r in summary["cache_size"]["rows"]][:2] == [6144, 2304]
+    assert [r["bytes_per_token_per_layer"] for r in summary["cache_size"]["rows"]] == [6144] + [2304] * 4 + [656]
+
+
+def test_tour_checks_stage5_in_bf16_against_stage4_with_the_fp8_tolerance(quick_tour):
+    """Stage 5 runs in bf16 (as stage 4 must), is compared with stage 4's bf16 outputs under TOLERANCES_FP8
+    (stated in its row and in the summary), runs in the interpreter, and its bytes count 656-byte rows."""
+    _, out = quick_tour
+    summary = json.loads((out / "tour.json").read_text())
+    stage4, stage5 = summary["stages"][4], summary["stages"][5]
+    assert (stage4["dtype"], stage5["dtype"]) == ("bf16", "bf16") and stage5["interpreter"] and stage5["kind"] == "fp8"
+    assert stage5["check"]["tolerance"] == "FP8 cache" and stage4["check"]["tolerance"] == "bf16"
+    assert summary["check"]["stage_tolerances"]["5 FP8MLA"]["max_rel_frob"] == tour.TOLERANCES_FP8[0]
+    assert stage5["check"]["rel_frob"] > stage4["check"]["rel_frob"]  # e4m3's rounding shows: the check is real
+    assert [d["context"] for d in stage5["decode"]] == [summary["contexts"][0]]  # interpreter: shortest only
+    for d in stage5["decode"]:
+        S, B = d["context"], d["batch"]
+        assert d["cost"]["cache_bytes"] == B * S * 656 + B * 656  # read S rows of 656 bytes, write the new one
 
 
 def test_tour_writes_the_plots(quick_tour):
@@ -96,10 +116,10 @@ def test_tour_writes_the_plots(quick_tour):
 
 def test_deepseek_v3_cache_bytes_without_building_weights():
     """81,920 B per token per layer for stage 0 in bf16 and 1,152 for the latent stages (meta device: no weights)."""
-    stages, _ = tour.ladder(torch.device("cpu"))  # stage 4 too, when it imports
+    stages, _ = tour.ladder(torch.device("cpu"))  # stages 4 and 5 too
     rows = tour.cache_size_rows(MLAConfig.preset("deepseek-v3"), torch.bfloat16, stages)
-    assert [r["name"] for r in rows][:4] == ["NaiveMHA", "LatentMLA", "AbsorbedMLA", "PagedMLA"]
-    assert [r["bytes_per_token_per_layer"] for r in rows] == [81_920] + [1_152] * (len(rows) - 1)
+    assert [r["name"] for r in rows] == ["NaiveMHA", "LatentMLA", "AbsorbedMLA", "PagedMLA", "TritonMLA", "FP8MLA"]
+    assert [r["bytes_per_token_per_layer"] for r in rows] == [81_920] + [1_152] * 4 + [656]
     fp32 = tour.cache_size_rows(MLAConfig.preset("deepseek-v3"), torch.float32)
     assert [r["bytes_per_token_per_layer"] for r in fp32] == [163_840] + [2_304] * (len(fp32) - 1)
 
@@ -142,6 +162,43 @@ def test_tour_exits_1_when_a_stage_disagrees(monkeypatch, tmp_path, capsys):
     captured = capsys.readouterr().out
     assert "FAIL" in captured and "check failed" in captured
     assert json.loads((tmp_path / "tour.json").read_text())["passed"] is False
+
+
+@pytest.mark.parametrize("factor, passed", [(1.04, True), (1.1, False)])
+def test_a_stage_named_fp8mla_is_held_to_the_fp8_tolerance(monkeypatch, tmp_path, capsys, factor, passed):
+    """The tolerance goes by the stage (FP8MLA and its subclasses), not the dtype: 4 % off passes under
+    TOLERANCES_FP8 (0.065) where fp32's 1e-4 would fail it, 10 % off fails."""
+    class FP8MLA(AbsorbedMLA):  # a stand-in with stage 5's name: its tolerance is looked up by name, so no kernel
+        def forward(self, hidden_states, cache=None):
+            out, cache = super().forward(hidden_states, cache)
+            return out * factor, cache
+
+    monkeypatch.setattr(tour, "ladder", lambda device: ([tour.Stage(0, NaiveMHA), tour.Stage(1, FP8MLA)], []))
+    code = main(["tour", "--out", str(tmp_path), "--context", "8", "--reps", "1", "--warmup", "0", "--bandwidth-gbs",
+                 "10", "--peak-tflops", "1"])
+    assert code == (0 if passed else 1)
+    assert "FP8 cache tolerance" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "tour.json").read_text())
+    check = summary["stages"][1]["check"]
+    assert (check["max_rel_frob"], check["min_cosine"], check["tolerance"]) == (*tour.TOLERANCES_FP8, "FP8 cache")
+    assert check["passed"] is passed and summary["check"]["max_rel_frob"] == tour.TOLERANCES[torch.float32][0]
+    assert summary["check"]["stage_tolerances"]["1 FP8MLA"]["min_cosine"] == tour.TOLERANCES_FP8[1]
+
+
+def test_stage_tolerances_by_class():
+    from mla_tutorial.stage4_triton import TritonMLA
+    from mla_tutorial.stage5_fp8 import FP8MLA, FP8ReferenceMLA
+
+    for cls in (FP8MLA, FP8ReferenceMLA):
+        assert tour.stage_tolerance(cls, torch.bfloat16) == (tour.TOLERANCES_FP8, "FP8 cache")
+    assert tour.stage_tolerance(TritonMLA, torch.bfloat16) == (tour.TOLERANCES[torch.bfloat16], "bf16")
+    assert tour.stage_tolerance(PagedMLA, torch.float32) == (tour.TOLERANCES[torch.float32], "fp32")
+    bf16, fp8 = tour.TOLERANCES[torch.bfloat16], tour.TOLERANCES_FP8
+    assert fp8[0] > 1.5 * 0.042 > bf16[0] and fp8[1] < 0.9991  # docs/fp8.md's worst measured values fit inside
+    fp16_stage5 = FP8MLA(MLAConfig.tiny()).half().requires_grad_(False)
+    with pytest.raises(TypeError) as err:  # what the tour sees at --dtype fp16: it switches stage 5 to bf16
+        fp16_stage5(torch.randn(1, 2, 256, dtype=torch.float16))
+    assert tour.rejects_dtype(err.value)
 
 
 # ------------------------------------------------------------------------------------------------ command line

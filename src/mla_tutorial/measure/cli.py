@@ -185,7 +185,7 @@ def build_parser() -> Parser:
                                                                      "CUDA, 1 on CPU)")
     t.add_argument("--heads", type=positive_int, nargs="+", default=None,
                    help="heads per GPU (tensor parallelism; default: 128 16 for DeepSeek-V3 on CUDA, all otherwise)")
-    t.add_argument("--graphs", type=on_off, default=None, help="CUDA graphs for stages 2–4: on or off "
+    t.add_argument("--graphs", type=on_off, default=None, help="CUDA graphs for stages 2–5: on or off "
                                                                 "(default: on with CUDA)")
     t.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for the timings (default: half the cores, at most 4)")
@@ -195,7 +195,8 @@ def build_parser() -> Parser:
                    help="on CPU, build the full layer even when it exceeds --max-weight-mb")
     t.add_argument("--max-weight-mb", type=positive_float, default=128.0,
                    help="on CPU, narrow the hidden size of presets whose layer weights exceed this (default 128)")
-    t.add_argument("--no-stage4", action="store_true", help="leave the Triton stage out")
+    t.add_argument("--no-stage4", action="store_true",
+                   help="leave the Triton stages out (4, and 5 which is built from it)")
     t.set_defaults(parser=t)
 
     b = commands.add_parser("bench", help="decode benchmark of every stage (or, with --kernel, of the kernels)",
@@ -215,7 +216,7 @@ def build_parser() -> Parser:
                    help="context lengths (default: 4096 16384 on CUDA, 256 1024 4096 on CPU)")
     b.add_argument("--stages", type=nonnegative_int, nargs="+", default=None, help="stage numbers (default: all)")
     b.add_argument("--graphs", type=on_off, default=None,
-                   help="CUDA graphs for stages 2–4: on, off or both (default: on with CUDA)")
+                   help="CUDA graphs for stages 2–5: on, off or both (default: on with CUDA)")
     b.add_argument("--usd-per-gpu-hour", type=positive_float, default=DEFAULT_USD_PER_GPU_HOUR,
                    help=f"GPU rental price for the cost per million tokens (default: ${DEFAULT_USD_PER_GPU_HOUR:.2f}, "
                         f"an assumption: an on-demand H100)")
@@ -253,7 +254,7 @@ def build_parser() -> Parser:
     r.add_argument("--batch", type=positive_int, default=None, help="default: 64 on CUDA, 1 on CPU")
     r.add_argument("--context", type=context_length, default=None, help="default: 4096 on CUDA, 1024 on CPU")
     r.add_argument("--stages", type=nonnegative_int, nargs="+", default=None, help="stage numbers (default: all)")
-    r.add_argument("--graphs", type=on_off, default=None, help="CUDA graphs for stages 2–4 (default: on with CUDA)")
+    r.add_argument("--graphs", type=on_off, default=None, help="CUDA graphs for stages 2–5 (default: on with CUDA)")
     r.add_argument("--out", default="out/roofline", help="directory for roofline.json and roofline.png")
     r.set_defaults(parser=r)
     return parser

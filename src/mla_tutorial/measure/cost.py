@@ -14,12 +14,17 @@ d_v = v_head_dim (128), D = d_h + d_r (192):
     "mha"       H·(D + d_v)·e  (81,920 B)     2·(D + d_v)          (640)               1 token
     "latent"    (d_c + d_r)·e  (1,152 B)      2·(D + d_v)          (640)               S tokens (re-expansion)
     "absorbed"  (d_c + d_r)·e  (1,152 B)      2·(d_c + d_r + d_c)  (2,176)             1 token's worth
+    "fp8"       d_c + 4·d_c/128 + 2·d_r       2·(d_c + d_r + d_c)  (2,176)             1 token's worth
+                (656 B, whatever e)
 
-(V3 numbers in bf16.) Stage 0 is "mha", stage 1 "latent", stages 2, 3 and 4 "absorbed". Stage 1 also writes the
-expanded per-head keys and values out and reads them back (an unfused implementation has to), which is counted
-in its bytes. Projections (q, kv_a, kv_b, o) cost 2 FLOPs per weight per token, and their weights are read once
-per step. Only matrix products count as FLOPs (RMSNorm, RoPE, softmax and the other elementwise work do not), so
-the count equals torch's FLOP counter (`torch.utils.flop_counter`) on the torch stages. The attention-only
+(V3 numbers in bf16.) Stage 0 is "mha", stage 1 "latent", stages 2, 3 and 4 "absorbed", stage 5 "fp8": the
+absorbed attention over FlashMLA's FP8 rows (512 e4m3 values of c_kv, a float32 scale per 128 of them, k_rope in
+bf16; `mla_tutorial.fp8`), dequantized on load, so its FLOPs are stage 4's and only the cache's bytes change
+(queries, outputs and weights stay in e). Stage 1 also writes the expanded per-head keys and values out and
+reads them back (an unfused implementation has to), which is counted in its bytes. Projections (q, kv_a, kv_b,
+o) cost 2 FLOPs per weight per token, and their weights are read once per step. Only matrix products count as
+FLOPs (RMSNorm, RoPE, softmax, stage 5's quantization and dequantization and the other elementwise work do not),
+so the count equals torch's FLOP counter (`torch.utils.flop_counter`) on the torch stages. The attention-only
 numbers (`attention_bytes`, `attention_flops`) follow FlashMLA's benchmark formulas: cache read + queries read
 + outputs written, and 2·H·S·(576 + 512) FLOPs per sequence.
 """
@@ -38,7 +43,10 @@ from ..config import MLAConfig
 #: magnitude for an on-demand H100 from a cloud provider (2025 list prices run from about $2 to $4); pass your own.
 DEFAULT_USD_PER_GPU_HOUR = 2.50
 
-KINDS = ("mha", "latent", "absorbed")
+KINDS = ("mha", "latent", "absorbed", "fp8")
+
+#: Stages whose cache holds FlashMLA's FP8 rows (kind "fp8"); a subclass counts as its stage.
+FP8_STAGES = ("FP8MLA",)
 
 
 @dataclass(frozen=True)
@@ -69,11 +77,14 @@ def model_facts(preset: str) -> ModelFacts:
 
 # --------------------------------------------------------------------------------------------- what a stage is
 def decode_kind(module: nn.Module) -> str:
-    """Which cost model a stage module follows: "mha" (stage 0), "latent" (stage 1) or "absorbed" (stages 2–4)."""
+    """Which cost model a stage module follows: "mha" (stage 0), "latent" (stage 1), "absorbed" (stages 2–4) or
+    "fp8" (stage 5: FP8MLA and its subclasses, found by name so that this module never imports Triton)."""
     from ..stage0_naive import NaiveMHA
     from ..stage1_latent import LatentMLA
     from ..stage2_absorbed import AbsorbedMLA
 
+    if any(cls.__name__ in FP8_STAGES for cls in type(module).__mro__):
+        return "fp8"
     if isinstance(module, AbsorbedMLA) or hasattr(module, "absorb_query"):  # PagedMLA and TritonMLA too
         return "absorbed"
     if isinstance(module, LatentMLA):
@@ -89,6 +100,19 @@ def element_size(dtype: torch.dtype) -> int:
 
 
 # --------------------------------------------------------------------------------------------- analytic cost
+def cache_row_bytes(config: MLAConfig, kind: str, element_bytes: int = 2) -> int:
+    """Bytes of one token's cache row in one layer: H·(D + d_v)·e ("mha"), (d_c + d_r)·e ("latent", "absorbed"),
+    or FlashMLA's FP8 row d_c + 4·⌈d_c/128⌉ + 2·d_r ("fp8": e4m3 values, float32 scales, bf16 RoPE; 656 bytes)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    c = config
+    if kind == "mha":
+        return c.num_heads * (c.qk_head_dim + c.v_head_dim) * element_bytes
+    if kind == "fp8":
+        return c.kv_lora_rank + 4 * -(-c.kv_lora_rank // 128) + 2 * c.qk_rope_head_dim
+    return (c.kv_lora_rank + c.qk_rope_head_dim) * element_bytes
+
+
 def weight_count(config: MLAConfig) -> int:
     """Parameters of one MLA attention layer (187,107,328 for DeepSeek-V3), without building it."""
     c, H = config, config.num_heads
@@ -154,18 +178,13 @@ def decode_step_cost(config: MLAConfig, kind: str, context: int, batch: int = 1,
     kv_b_per_token = 2 * d_c * H * (d_h + d_v)  # FLOPs to push one token through kv_b_proj (or W_UK and W_UV)
     projection = B * 2 * dense + B * kv_b_per_token * (S if kind == "latent" else 1)
 
-    if kind == "mha":
-        row = H * (D + d_v) * e  # one token's per-head keys and values
+    row = cache_row_bytes(c, kind, e)  # one token's per-head K and V, latent row [c_kv | k_rope], or its FP8 form
+    if kind in ("mha", "latent"):  # per-head attention over keys of D and values of d_v
         attention = B * 2 * H * S * (D + d_v)
         q_and_o = B * H * (D + d_v) * e
-    else:
-        row = (d_c + d_r) * e  # one latent row [c_kv | k_rope]
-        if kind == "latent":
-            attention = B * 2 * H * S * (D + d_v)
-            q_and_o = B * H * (D + d_v) * e
-        else:
-            attention = B * 2 * H * S * (d_c + d_r + d_c)
-            q_and_o = B * H * (d_c + d_r + d_c) * e
+    else:  # "absorbed", "fp8": MQA over the 576-wide latent rows (stage 5's dequantized on load), 512-wide outputs
+        attention = B * 2 * H * S * (d_c + d_r + d_c)
+        q_and_o = B * H * (d_c + d_r + d_c) * e
     cache = B * S * row + B * row  # read S rows (the new one included), write the new one
     expansion = 2 * B * S * H * (D + d_v) * e if kind == "latent" else 0
     return StepCost(kind=kind, batch=B, context=S, attention_flops=attention, projection_flops=projection,
@@ -176,18 +195,18 @@ def decode_step_cost(config: MLAConfig, kind: str, context: int, batch: int = 1,
 #: How each stage holds its cache and computes attention, for the memory estimate: (grows by torch.cat, attention).
 STAGE_MEMORY = {"NaiveMHA": ("concat", "torch"), "LatentMLA": ("concat", "expand"),
                 "AbsorbedMLA": ("in-place", "torch"), "PagedMLA": ("in-place", "gather"),
-                "TritonMLA": ("in-place", "kernel")}
+                "TritonMLA": ("in-place", "kernel"), "FP8MLA": ("in-place", "kernel")}
 
 
 def estimate_step_memory(config: MLAConfig, stage: str | type, context: int, batch: int = 1,
                          element_bytes: int = 2) -> int:
     """A rough upper bound on the bytes one decode step of a stage holds at its peak: weights, cache, temporaries.
 
-    `stage` is a stage class or its name (NaiveMHA … TritonMLA; a subclass counts as its stage). Used only to
+    `stage` is a stage class or its name (NaiveMHA … FP8MLA; a subclass counts as its stage). Used only to
     skip shapes that cannot fit (and say by how much). Stages 0 and 1 grow the cache with torch.cat, so it
     exists twice; stage 1 also builds the expanded keys and values; the torch attentions (stages 0–3) make
     float32 copies of what they read, and stage 3 first gathers the pages into a contiguous copy; the kernel
-    (stage 4) reads the pages where they are.
+    (stages 4 and 5) reads the pages where they are; stage 5's rows are 656 bytes whatever e.
     """
     if isinstance(stage, type):
         stage = next((c.__name__ for c in stage.__mro__ if c.__name__ in STAGE_MEMORY), stage.__name__)
@@ -197,12 +216,13 @@ def estimate_step_memory(config: MLAConfig, stage: str | type, context: int, bat
     c, H, B, S, e = config, config.num_heads, batch, context, element_bytes
     per_head_row = H * (c.qk_head_dim + c.v_head_dim)  # numbers per token of the per-head K and V
     latent_row = c.latent_dim
+    row_bytes = cache_row_bytes(c, "fp8" if stage in FP8_STAGES else "latent", e)  # one cached token, paged stages
     if stage == "NaiveMHA":
         cache, work = B * S * per_head_row * e, B * S * per_head_row * 4
     elif stage == "LatentMLA":
         cache, work = B * S * latent_row * e, B * S * per_head_row * (2 * e + 4)
     else:
-        cache = B * (S + 64) * latent_row * e  # room for the context and one page more
+        cache = B * (S + 64) * row_bytes  # room for the context and one page more
         work = {"torch": B * S * (latent_row + c.kv_lora_rank) * 4,
                 "gather": B * S * (latent_row * e + (latent_row + c.kv_lora_rank) * 4),
                 "kernel": 0}[attention]
@@ -225,6 +245,6 @@ def cost_per_million_tokens(tokens_per_s: float, usd_per_gpu_hour: float = DEFAU
     return usd_per_gpu_hour / 3600.0 * 1e6 / tokens_per_s
 
 
-__all__ = ["DEFAULT_USD_PER_GPU_HOUR", "KINDS", "MODELS", "ModelFacts", "STAGE_MEMORY", "StepCost",
-           "cost_per_million_tokens", "decode_kind", "decode_step_cost", "element_size", "estimate_step_memory",
-           "model_facts", "tokens_per_second", "weight_count"]
+__all__ = ["DEFAULT_USD_PER_GPU_HOUR", "FP8_STAGES", "KINDS", "MODELS", "ModelFacts", "STAGE_MEMORY", "StepCost",
+           "cache_row_bytes", "cost_per_million_tokens", "decode_kind", "decode_step_cost", "element_size",
+           "estimate_step_memory", "model_facts", "tokens_per_second", "weight_count"]

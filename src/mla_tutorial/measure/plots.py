@@ -5,8 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-STYLES = ["-", "--", "-.", ":", (0, (5, 1))]
-MARKERS = ["o", "s", "^", "D", "v"]
+STYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]  # one per stage, 0-5
+MARKERS = ["o", "s", "^", "D", "v", "P"]
+
+
+def _marker(stage: int) -> str:
+    return MARKERS[stage % len(MARKERS)]
+
+
+def _style(stage: int) -> Any:
+    return STYLES[stage % len(STYLES)]
 
 
 def _plt():
@@ -36,7 +44,7 @@ def tour_plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, r in enumerate(rows):
         per_token = r["bytes_per_token_per_layer"]
-        ax.plot(contexts, [per_token * s for s in contexts], linestyle=STYLES[i % 5], linewidth=2 - 0.3 * i,
+        ax.plot(contexts, [per_token * s for s in contexts], linestyle=_style(i), linewidth=max(0.6, 2 - 0.3 * i),
                 label=f"stage {r['stage']} {r['name']}: {per_token:,} B/token")
     if not summary["narrowed"]:  # measured points are only comparable when the run used the preset itself
         for i, row in enumerate(summary["stages"]):
@@ -45,7 +53,7 @@ def tour_plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
             points = [(d["cache_tokens_held"] / d["batch"], d["cache_bytes_held"] / d["batch"])
                       for d in row.get("decode", []) if d["cache_tokens_held"]]
             if points:
-                ax.scatter(*zip(*points, strict=True), marker=MARKERS[i % 5], s=30, zorder=3,
+                ax.scatter(*zip(*points, strict=True), marker=_marker(i), s=30, zorder=3,
                            label=f"stage {row['stage']} measured")
     sizes = [r["bytes_per_token_per_layer"] for r in rows]
     if len(sizes) > 1 and min(sizes) < max(sizes):  # say how much smaller the latent cache is
@@ -75,7 +83,7 @@ def tour_plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
             (" (interpreter)" if row["interpreter"] else "") + (" (graph)" if row.get("graph") else "")
         below, above = [a - b for a, b in zip(y, lo, strict=True)], [b - a for a, b in zip(y, hi, strict=True)]
         ax.errorbar(x, y, yerr=[below, above],
-                    marker=MARKERS[row["stage"] % 5], linestyle=STYLES[row["stage"] % 5], capsize=3, label=label)
+                    marker=_marker(row["stage"]), linestyle=_style(row["stage"]), capsize=3, label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     timed = sorted({d["context"] for row in summary["stages"] for d in row.get("decode", [])})
@@ -110,7 +118,7 @@ def bench_plot(result: dict[str, Any], path: Path) -> Path:
                 series.setdefault((r["stage"], r["name"], r["graph"]), []).append(r)
         for (stage, name, graph), recs in sorted(series.items()):
             xs = [shapes.index((r["batch"], r["context"])) for r in recs]
-            style = {"marker": MARKERS[stage % 5], "linestyle": "-" if graph else "--"}
+            style = {"marker": _marker(stage), "linestyle": "-" if graph else "--"}
             label = f"{stage} {name}" + (" graph" if graph else " eager")
             top.plot(xs, [r["latency_ms"] for r in recs], label=label, **style)
             if recs[0].get("roofline_fraction") is not None:
@@ -126,7 +134,8 @@ def bench_plot(result: dict[str, Any], path: Path) -> Path:
         bottom.set_xticks(range(len(shapes)), [f"b={b}\nS={s:,}" for b, s in shapes], fontsize=8)
         for ax in (top, bottom):
             ax.grid(True, which="both", alpha=0.3)
-        top.legend(fontsize=7)
+        if series:  # a column whose every shape was skipped has nothing to label
+            top.legend(fontsize=7)
     roof = result.get("roofline") or {}
     fig.suptitle(f"decode step, one layer, {result['environment'].get('card', result['device'])}; ceilings "
                  f"{roof.get('bytes_per_s', 0) / 1e9:,.0f} GB/s, {roof.get('flops_per_s', 0) / 1e12:,.1f} TFLOP/s "
@@ -150,7 +159,7 @@ def roofline_plot(result: dict[str, Any], path: Path) -> Path:
     ax.plot(grid, [min(x * bw, peak) / 1e12 for x in grid], "k-", linewidth=1.5,
             label=f"roofline: {bw / 1e9:,.0f} GB/s, {peak / 1e12:,.1f} TFLOP/s")
     for r in records:
-        ax.scatter(r["intensity_flop_per_byte"], r["achieved_tflop_per_s"], marker=MARKERS[r["stage"] % 5], s=50,
+        ax.scatter(r["intensity_flop_per_byte"], r["achieved_tflop_per_s"], marker=_marker(r["stage"]), s=50,
                    zorder=3, label=f"{r['stage']} {r['name']}{' (graph)' if r['graph'] else ''}: "
                                    f"{r.get('roofline_fraction', 0):.0%} of the roofline")
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte the step must move)",

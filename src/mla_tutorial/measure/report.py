@@ -134,6 +134,9 @@ def tour_table(summary: dict[str, Any], console: Any = None) -> None:
         else:
             mark = "[green]PASS[/green]" if check["passed"] else "[red]FAIL[/red]"
             verdict = f"{check['rel_frob']:.1e} / {check['cosine']:.7f} {mark}"
+            bounds = (check.get("max_rel_frob"), check.get("min_cosine"))
+            if bounds != (summary["check"]["max_rel_frob"], summary["check"]["min_cosine"]) and None not in bounds:
+                verdict += f"\n(≤ {bounds[0]:g} / ≥ {bounds[1]:.10g},\n{check.get('tolerance', 'its own')})"
         cache = row.get("cache", {})
         measured = f"{cache['measured_bytes_per_token']:,.0f}" if cache else "–"
         by_context = {r["context"]: r for r in row.get("decode", [])}
@@ -168,8 +171,12 @@ def tour_table(summary: dict[str, Any], console: Any = None) -> None:
                   "(stage 3's pool is counted by the pages in use; the check fills exactly two pages)")
     for row in summary["stages"]:
         if row.get("dtype_note"):
-            console.print(f"stage {row['stage']} {row['name']} {row['dtype_note']}; its measured B/token is "
-                          f"for {row.get('dtype', summary['dtype'])}")
+            console.print(f"stage {row['stage']} {row['name']} {row['dtype_note']}"
+                          + ("" if row.get("kind") == "fp8" else  # FP8 rows are 656 bytes whatever the dtype
+                             f"; its measured B/token is for {row.get('dtype', summary['dtype'])}"))
+    for label, own in summary["check"].get("stage_tolerances", {}).items():
+        console.print(f"stage {label} is held to the {own['tolerance']} tolerance (rel_frob ≤ {own['max_rel_frob']:g}, "
+                      f"cosine ≥ {own['min_cosine']:g}), not its dtype's: {own.get('why', '')}")
     if summary["narrowed"]:
         console.print(f"cache column: the full {summary['preset']} layer (meta device); the other columns: the "
                       f"narrowed twin ({summary['config']['name']})")

@@ -5,11 +5,16 @@
 A shape is (heads per GPU, batch, context). Heads per GPU is tensor parallelism: DeepSeek-V3's 128 heads over
 1 or 8 GPUs leave 128 or 16 on each (the layer's weights shrink with them; the latent cache does not). For each
 stage and shape, `profile_decode` fills a cache of context − 1 random rows per sequence (`timing.random_cache`),
-times one decode step (`timing.time_decode`: eager, or replays of a CUDA graph for stages 2–4), measures the
+times one decode step (`timing.time_decode`: eager, or replays of a CUDA graph for stages 2–5), measures the
 step's peak memory, and puts next to the time what the step must move and compute (`cost.decode_step_cost`),
 the roofline time that implies on this machine (`roofline.measure_ceilings`, measured in the same run), and what
 a million tokens cost at an assumed GPU price, for one layer and for the whole model (× its layers; attention
 only). A shape whose step would not fit in memory is not run: its row says "does not fit: needs X GiB".
+
+Stage 5 (FP8MLA) reads FlashMLA's 656-byte FP8 rows: its bytes, GB/s and roofline fraction are counted with
+656 bytes per cached token (`cost.decode_step_cost`, kind "fp8"). It runs in bf16 only: at another dtype its
+shapes are listed as skipped with the stage's own error. The kernel stages (4 and 5) run in Triton's interpreter
+on a CPU, timed at the shortest context only.
 """
 
 from __future__ import annotations
@@ -38,7 +43,14 @@ from .memory import cache_footprint, peak_memory
 from .timing import _weights, in_place, random_cache, random_hidden, time_decode
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
-GRAPH_STAGES = ("AbsorbedMLA", "PagedMLA", "TritonMLA")  # stages whose decode step can be captured
+GRAPH_STAGES = ("AbsorbedMLA", "PagedMLA", "TritonMLA", "FP8MLA")  # stages whose decode step can be captured
+KERNEL_STAGES = ("TritonMLA", "FP8MLA")  # stages that call the Triton kernel (the interpreter's, on a CPU)
+
+
+def is_kernel_stage(cls: type) -> bool:
+    """Whether a stage class calls the Triton kernel (TritonMLA, FP8MLA or a subclass): found by name, so that
+    nothing here imports Triton."""
+    return any(c.__name__ in KERNEL_STAGES for c in cls.__mro__)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -83,6 +95,8 @@ def profile_decode(module: nn.Module, context: int, batch: int = 1, *, warmup: i
         raise ValueError(f"context must be an int ≥ 2 (a prefix of context − 1 tokens and the new one), "
                          f"got {context!r}")
     cost = decode_step_cost(module.config, kind, context, batch, element_size(w.dtype))
+    if hasattr(module, "validate"):  # the paged stages' own checks first: a kernel stage refuses a dtype in its words
+        module.validate(random_hidden(module, batch, 1, torch.Generator().manual_seed(seed)), None, None)
     cache = random_cache(module, batch, context - 1, capacity=context + 64, seed=seed)
     footprint = cache_footprint(cache)
     timing = time_decode(module, cache, batch=batch, warmup=warmup, reps=reps, seed=seed, graph=graph)
@@ -263,7 +277,7 @@ def run_stage_bench(opts: BenchOptions, console: Any = None, stage_classes: list
             config = with_heads(preset, heads)
             for index, module in build_stages(stage_classes, config, dtype, device, opts.seed):
                 name = type(module).__name__
-                slow = name == "TritonMLA" and interpreter
+                slow = is_kernel_stage(type(module)) and interpreter
                 for (batch, context), graph in itertools.product(shapes, modes[name]):
                     where = {"stage": index, "name": name, "heads": config.num_heads, "batch": batch,
                              "context": context, "graph": graph}
@@ -314,5 +328,5 @@ def run_stage_bench(opts: BenchOptions, console: Any = None, stage_classes: list
             "environment": device_info(device)}
 
 
-__all__ = ["BenchOptions", "DTYPES", "GRAPH_STAGES", "build_stages", "default_options", "dtype_name",
-           "kernel_profile", "memory_budget", "profile_decode", "run_stage_bench", "with_heads"]
+__all__ = ["BenchOptions", "DTYPES", "GRAPH_STAGES", "KERNEL_STAGES", "build_stages", "default_options", "dtype_name",
+           "is_kernel_stage", "kernel_profile", "memory_budget", "profile_decode", "run_stage_bench", "with_heads"]

@@ -6,7 +6,7 @@ alone; the in-place caches (StaticLatentCache, PagedLatentCache) are restored af
 
 On CUDA each step is timed with a pair of CUDA events (GPU time from the step's first launch to its last
 kernel's end, which includes any time the GPU waits for the host), and the host's own time for the call is
-taken with perf_counter (no sync inside the loop). With `graph=True` (stages 2–4) the step is captured once in a
+taken with perf_counter (no sync inside the loop). With `graph=True` (stages 2–5) the step is captured once in a
 CUDA graph (`mla_tutorial.graphs`) and each replay is timed. On a CPU, perf_counter around each step, with a
 fixed thread count (`cpu_threads`), and the spread of the repetitions is reported so that a noisy run shows.
 """
@@ -46,7 +46,7 @@ def prefill(module: nn.Module, batch: int, length: int, *, seed: int = 0, capaci
     """A cache holding `length` tokens of random hidden states per sequence, built by the stage itself.
 
     The prompt goes through in chunks small enough that the float32 score matrix [B, H, chunk, S] stays under
-    `max_score_bytes`. A stage with an in-place cache (2–4) gets one with room for `capacity` tokens per sequence
+    `max_score_bytes`. A stage with an in-place cache (2–5) gets one with room for `capacity` tokens per sequence
     (default length + 64).
     """
     gen = torch.Generator().manual_seed(seed)
@@ -66,7 +66,7 @@ def random_cache(module: nn.Module, batch: int, length: int, *, capacity: int | 
 
     For timing: what a decode step costs does not depend on the values, and writing random rows is far cheaper
     than prefilling through the stage (thousands of tokens through a DeepSeek-V3 layer, with quadratic
-    attention). Stage 0 gets per-head keys and values, stage 1 a latent cache, stages 2–4 their in-place
+    attention). Stage 0 gets per-head keys and values, stage 1 a latent cache, stages 2–5 their in-place
     caches (room for `capacity` tokens, default length + 64), written `chunk_tokens` rows at a time.
     """
     w = _weights(module)
@@ -150,7 +150,7 @@ def time_decode(module: nn.Module, cache: Any = None, *, context: int | None = N
 
     Pass a filled `cache`, or `context` and `batch` to have a prefix of context − 1 tokens made by `prefill`.
     Inputs are random (8 sets, in turn); every step starts from the same prefix. `graph=True` (CUDA, stages
-    2–4) times replays of the step captured in a CUDA graph. On a CPU, steps are repeated beyond `reps` (up to
+    2–5) times replays of the step captured in a CUDA graph. On a CPU, steps are repeated beyond `reps` (up to
     10×) until the timed ones add up to `min_time_s`, so that short steps are not judged on a few noisy samples.
     """
     if cache is None:
@@ -164,7 +164,7 @@ def time_decode(module: nn.Module, cache: Any = None, *, context: int | None = N
     device = _weights(module).device
     on_cuda = device.type == "cuda"
     if graph and not (on_cuda and in_place(cache)):
-        raise ValueError("graph=True needs CUDA and a stage whose cache is written in place (stages 2–4)")
+        raise ValueError("graph=True needs CUDA and a stage whose cache is written in place (stages 2–5)")
     step: Any = None
     if graph:
         from ..graphs import CapturedDecodeStep
