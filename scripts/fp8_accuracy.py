@@ -42,6 +42,7 @@ if not torch.cuda.is_available():
 from test_stage5 import compare_logits, teacher_forced_logits  # noqa: E402  (one home: the tests' helpers)
 
 from mla_tutorial import AbsorbedMLA, MLAConfig, PagedMLA, linear_init_  # noqa: E402
+from mla_tutorial.course.basics import prefill_and_decode  # noqa: E402
 from mla_tutorial.decoder import TinyDecoder  # noqa: E402
 from mla_tutorial.fp8 import FP8_MAX, dequantize_rows, quantize_rows, tile_scales  # noqa: E402
 from mla_tutorial.metrics import error_metrics  # noqa: E402
@@ -134,12 +135,7 @@ def rows_section(quick: bool) -> dict:
 # --------------------------------------------------------------------------------------------- 2. attention
 def run_stage(module, x: torch.Tensor, prompt: int, cache=None):
     """Prefill `prompt` tokens, then decode the rest one at a time; outputs [B, T, hidden], cache."""
-    y, cache = module(x[:, :prompt], cache)
-    ys = [y]
-    for t in range(prompt, x.shape[1]):
-        y, cache = module(x[:, t : t + 1], cache)
-        ys.append(y)
-    return torch.cat(ys, dim=1), cache
+    return prefill_and_decode(module, x[:, :prompt], x[:, prompt:], cache)
 
 
 def fp8_rope_reference():

@@ -19,6 +19,7 @@ import torch
 
 import mla_tutorial
 from mla_tutorial import AbsorbedMLA, MLAConfig, PagedLatentCache, PagedMLA, TritonMLA, error_metrics, linear_init_
+from mla_tutorial.course.basics import prefill_and_decode
 from mla_tutorial.decoder import TinyDecoder
 from mla_tutorial.fp8 import ROW_BYTES, dequantize_k_cache, quantize_k_cache
 from mla_tutorial.stage5_fp8 import FP8MLA, FP8LatentCache, FP8ReferenceMLA
@@ -40,12 +41,7 @@ def _ladder(seed: int = 0, std: float = 0.1, **overrides):
 
 def _run(module, x: torch.Tensor, prompt: int, cache=None):
     """Prefill `prompt` tokens, then decode the rest one at a time; (outputs [B, T, hidden], cache)."""
-    y, cache = module(x[:, :prompt], cache)
-    ys = [y]
-    for t in range(prompt, x.shape[1]):
-        y, cache = module(x[:, t : t + 1], cache)
-        ys.append(y)
-    return torch.cat(ys, dim=1), cache
+    return prefill_and_decode(module, x[:, :prompt], x[:, prompt:], cache)
 
 
 def _within(out, ref, bounds) -> None:

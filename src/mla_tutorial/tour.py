@@ -61,6 +61,7 @@ from torch import nn
 
 from . import STAGES
 from .config import MLAConfig
+from .course.basics import prefill_and_decode
 from .layers import linear_init_
 from .measure.cost import MODELS, decode_kind, element_size, estimate_step_memory, weight_count
 from .measure.memory import cache_footprint
@@ -230,12 +231,7 @@ def rejects_dtype(err: TypeError) -> bool:
 @torch.inference_mode()
 def run_check_inputs(module: nn.Module, prompt: torch.Tensor, steps: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
     """Prefill the prompt, decode the steps; returns every output [B, T_prompt + steps, hidden] and the cache."""
-    out, cache = module(prompt)
-    outputs = [out]
-    for x in steps:
-        out, cache = module(x, cache)
-        outputs.append(out)
-    return torch.cat(outputs, dim=1), cache
+    return prefill_and_decode(module, prompt, torch.cat(steps, dim=1))
 
 
 def compare(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype,
