@@ -97,30 +97,22 @@ def test_device_bookkeeping_puts_every_row_where_the_host_model_does():
     assert cache.num_free_blocks == len(model.free) and list(cache._free) == model.free
 
 
-def _stage2_reference(absorbed, x, chunks):
-    outs, cache, start = [], None, 0
-    for n in chunks:
-        out, cache = absorbed(x[:, start : start + n], cache)
-        outs.append(out)
-        start += n
-    return torch.cat(outs, dim=1)
-
-
 def assert_rel(out: torch.Tensor, ref: torch.Tensor, what: str, bound: float = REL_1E12) -> None:
     m = error_metrics(out, ref)
     assert torch.isfinite(out).all() and m.rel_frob <= bound, f"{what}: {m}"
 
 
 @pytest.mark.parametrize("length", [63, 64, 65, 127, 128, 129])
-def test_paged_matches_stage2_to_1e12_across_page_boundaries(tiny, length, ladder_factory, hidden_factory):
+def test_paged_matches_stage2_to_1e12_across_page_boundaries(tiny, length, ladder_factory, hidden_factory, chunked):
     _, _, absorbed, paged = ladder_factory(tiny)
     x = hidden_factory(tiny, 2, length + 3)
     cache = paged.new_cache(2, 256, shuffle=True, fill_value=float("nan"))
     outs = [paged(x[:, :length], cache)[0]] + [paged(x[:, t : t + 1], cache)[0] for t in range(length, length + 3)]
-    assert_rel(torch.cat(outs, dim=1), _stage2_reference(absorbed, x, [length, 1, 1, 1]), f"length {length}")
+    assert_rel(torch.cat(outs, dim=1), chunked(absorbed, x, [length, 1, 1, 1])[0], f"length {length}")
 
 
-def test_paged_matches_stage2_with_variable_lengths_and_freed_reused_pages(tiny, ladder_factory, hidden_factory):
+def test_paged_matches_stage2_with_variable_lengths_and_freed_reused_pages(tiny, ladder_factory, hidden_factory,
+                                                                          chunked):
     """Three sequences of different lengths decode together; one ends, its pages (NaN-poisoned) go to a new one,
     and the batch (in a shuffled row order) keeps matching stage 2 run on each sequence alone."""
     _, _, absorbed, paged = ladder_factory(tiny)
@@ -150,18 +142,18 @@ def test_paged_matches_stage2_with_variable_lengths_and_freed_reused_pages(tiny,
         step(seqs)
     for s in (0, 2, 3):
         done = len(outs[s]) - 1  # decode steps taken
-        ref = _stage2_reference(absorbed, xs[s][:, : lengths[s] + done], [lengths[s]] + [1] * done)
+        ref = chunked(absorbed, xs[s][:, : lengths[s] + done], [lengths[s]] + [1] * done)[0]
         assert_rel(torch.cat(outs[s], dim=1), ref, f"sequence {s}")
 
 
-def test_static_stage2_cache_matches_the_growing_one(tiny, ladder_factory, hidden_factory):
+def test_static_stage2_cache_matches_the_growing_one(tiny, ladder_factory, hidden_factory, chunked):
     absorbed = ladder_factory(tiny)[2]
     x = hidden_factory(tiny, 3, 70)
     cache = absorbed.new_cache(3, 80)
     assert isinstance(cache, StaticLatentCache) and cache.capacity == 80
     outs = [absorbed(x[:, :64], cache)[0]] + [absorbed(x[:, t : t + 1], cache)[0] for t in range(64, 70)]
     assert cache.lengths.tolist() == [70] * 3 and cache.host_max_length == 70
-    assert_rel(torch.cat(outs, dim=1), _stage2_reference(absorbed, x, [64] + [1] * 6), "StaticLatentCache")
+    assert_rel(torch.cat(outs, dim=1), chunked(absorbed, x, [64] + [1] * 6)[0], "StaticLatentCache")
 
 
 def test_tiny_decoder_generates_the_same_tokens_with_in_place_caches(weight_std):
