@@ -133,11 +133,6 @@ def rows_section(quick: bool) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- 2. attention
-def run_stage(module, x: torch.Tensor, prompt: int, cache=None):
-    """Prefill `prompt` tokens, then decode the rest one at a time; outputs [B, T, hidden], cache."""
-    return prefill_and_decode(module, x[:, :prompt], x[:, prompt:], cache)
-
-
 def fp8_rope_reference():
     """A what-if: FP8ReferenceMLA with k_rope quantized too (its 64 values as a fifth tile with its own scale,
     592 bytes per token), to measure what keeping RoPE in bf16 buys."""
@@ -176,11 +171,9 @@ def attention_section(quick: bool) -> dict:
                             dtype=torch.float64).bfloat16()
             t0 = time.perf_counter()
             with torch.no_grad():
-                y3, _ = run_stage(stage3, x, prompt)
-                y4, _ = run_stage(stage4, x, prompt)
-                y5, _ = run_stage(stage5, x, prompt)
-                r5, _ = run_stage(ref5, x, prompt)
-                rr, _ = run_stage(rope_too, x, prompt)
+                # prefill `prompt` tokens, then decode the rest one at a time: outputs [2, prompt + 2, hidden]
+                y3, y4, y5, r5, rr = (prefill_and_decode(m, x[:, :prompt], x[:, prompt:])[0]
+                                      for m in (stage3, stage4, stage5, ref5, rope_too))
             row = {
                 "stage5_vs_stage4": error_metrics(y5, y4).as_dict(),
                 "stage5_vs_fp8_reference (kernel error)": error_metrics(y5, r5).as_dict(),
