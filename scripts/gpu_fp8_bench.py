@@ -84,17 +84,10 @@ def main() -> None:
     from mla_tutorial.kernels import v5_small
     from mla_tutorial.kernels.common import TileConfig
     from mla_tutorial.kernels.schedule import get_mla_metadata
-
-    try:  # the measurement helpers may live in mla_tutorial.measure after the decode-path merge
-        from mla_tutorial.measure.roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
-    except ImportError:
-        from mla_tutorial.measure.roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
-    try:
-        from mla_tutorial.measure.kernel_bench import make_inputs as bench_inputs
-        from mla_tutorial.measure.kernel_bench import make_lengths
-    except ImportError:
-        from mla_tutorial.measure.kernel_bench import make_inputs as bench_inputs
-        from mla_tutorial.measure.kernel_bench import make_lengths
+    from mla_tutorial.measure import kernel_bench
+    from mla_tutorial.measure.kernel_bench import cos_diff, make_lengths
+    from mla_tutorial.measure.kernel_bench import make_inputs as bench_inputs
+    from mla_tutorial.measure.roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
     try:
         import flash_mla
     except Exception as e:
@@ -112,22 +105,8 @@ def main() -> None:
         if not args.smoke:
             torch.cuda.synchronize()
 
-    def graph_ms(fn) -> float | None:
-        if args.smoke:
-            return None
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        return bench(graph.replay)
-
-    def cos_diff(x, y) -> float:
-        x, y = x.double(), y.double()
-        return float(1 - 2 * (x * y).sum() / (x * x + y * y).sum().clamp_min(1e-30))
+    def graph_ms(fn) -> float | None:  # no CUDA graphs on the CPU (--smoke)
+        return None if args.smoke else kernel_bench.graph_ms(fn, bench)
 
     # ----------------------------------------------------------------------------------------- 1. env
     def env():
