@@ -47,7 +47,7 @@ def test_gpu_matrix(version, h_q, s_q, h_kv, causal, dtype):
     check_against_reference(K.KERNEL_VERSIONS[version], q, k_cache, block_table, seqlens, causal)
 
 
-@pytest.mark.parametrize("path,fine", [("gluon", False), ("gluon", True), ("small", False)])
+@pytest.mark.parametrize("path,fine", [("seesaw", False), ("gluon", False), ("gluon", True), ("small", False)])
 @pytest.mark.parametrize("h_q,s_q,causal", [(16, 1, False), (64, 2, True), (126, 1, False), (128, 2, True)])
 def test_v5_each_tile(path, fine, h_q, s_q, causal):
     """v5's tiles forced at every tile height (kernel_choice picks one per height; both must be right)."""

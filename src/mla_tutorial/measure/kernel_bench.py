@@ -71,8 +71,10 @@ HOST_TARGET_MS = 0.010  # whole call minus CUDA-graph replay at h_q 16, s_k 1k
 #: b = 128. The ideal at the memory-bound shapes is 1,152 / 656 = 1.76x a bf16 kernel at the same bandwidth.
 FP8_RATIO_TARGETS = {(16, 1, 4096, "fixed"): 1.5, (16, 1, 8192, "fixed"): 1.5, (16, 1, 4096, "normal"): 1.5,
                      (64, 1, 4096, "fixed"): 1.2, (64, 1, 8192, "fixed"): 1.2, (128, 1, 4096, "fixed"): 0.8}
-VERSIONS = ("v5", "v5_fp8", "v4", "v3", "v2", "v1", "torch_paged")  # ours, as --versions names them
-TARGET_VERSIONS = {"v5", "v5_fp8", "v4"}  # what runs at the target shapes (all of VERSIONS at the ablation ones)
+VERSIONS = ("v5", "v5_lockstep", "v5_fp8", "v4", "v3", "v2", "v1", "torch_paged")  # ours, as --versions names them
+#: what runs at the target shapes (all of VERSIONS at the ablation ones); v5_lockstep: the Gluon tile the seesaw
+#: tile replaced, where v5 runs the seesaw tile
+TARGET_VERSIONS = {"v5", "v5_lockstep", "v5_fp8", "v4"}
 
 
 def log(msg: str) -> None:
@@ -176,6 +178,8 @@ def run_shape(b, h_q, s_q, s_k, dist, roof, versions, flash_mla, seed=0, *, devi
     fp8_args = (q, k_fp8, block_table, seqlens, 512)
     impls = {
         "v5": lambda: mla_decode_v5(*args, causal=causal, tile_scheduler_metadata=meta, num_splits=splits, **off),
+        "v5_lockstep": lambda: mla_decode_v5(*args, causal=causal, tile_scheduler_metadata=meta, num_splits=splits,
+                                             path="gluon", **off),
         "v5_checked": lambda: mla_decode_v5(*args, causal=causal, tile_scheduler_metadata=meta, num_splits=splits),
         "v5_fp8": lambda: mla_decode_v5(*fp8_args, causal=causal, tile_scheduler_metadata=meta, num_splits=splits,
                                         is_fp8_kvcache=True, **off),
@@ -191,12 +195,14 @@ def run_shape(b, h_q, s_q, s_k, dist, roof, versions, flash_mla, seed=0, *, devi
             impls = {"flashmla": lambda: flash_mla.flash_mla_with_kvcache(*args, fm_meta, None, causal=causal)} | impls
         except Exception as e:  # recorded in the row
             row["errors"]["flashmla"] = _error(e)
-    graphed = ("flashmla", "v5", "v5_fp8")  # also timed as CUDA-graph replays
+    graphed = ("flashmla", "v5", "v5_lockstep", "v5_fp8")  # also timed as CUDA-graph replays
     outputs = {}
     for name, fn in impls.items():
         if name not in versions and name not in ("flashmla", "v5_checked"):
             continue
         if name == "v5_checked" and "v5" not in versions:
+            continue
+        if name == "v5_lockstep" and row["v5_tile"][0] != "seesaw":  # only where it is what the seesaw replaced
             continue
         if name in row["errors"]:  # its inputs could not be made
             continue

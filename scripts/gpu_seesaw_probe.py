@@ -1,0 +1,135 @@
+"""GPU probe of v5's warp-specialised seesaw tile: correctness first (FlashMLA's recipe, every case in one process,
+each with a sync so that a hang or a wrong answer is named), then its speed beside the lockstep Gluon tile and
+FlashMLA, whole call and graph replay, with the ceilings measured in the same run.
+
+    PYTHONPATH=.peers/flashmla:src:tests python3 scripts/gpu_seesaw_probe.py --out probe.json [--skip-check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+
+import torch
+
+from mla_tutorial.kernels import mla_decode_v5
+from mla_tutorial.kernels.schedule import get_mla_metadata
+from mla_tutorial.kernels.v5_gluon import GluonConfig
+from mla_tutorial.measure.kernel_bench import _flash_mla, bench_ms, graph_ms, shape_inputs
+from mla_tutorial.measure.roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
+from mla_tutorial.testing import make_paged_inputs, normal_lengths
+
+# (lengths, s_q, h_q, causal, dtype): odd and even page counts, page boundaries, empty requests, two m-tiles
+LENGTHS = [0, 1, 20, 63, 64, 65, 127, 128, 129, 140, 191, 192, 193, 4096, 4097]
+CASES = [(LENGTHS, 1, 64, False, torch.bfloat16), (LENGTHS, 2, 128, True, torch.bfloat16),
+         (LENGTHS, 1, 126, False, torch.float16), (LENGTHS, 2, 64, True, torch.bfloat16),
+         (LENGTHS, 4, 16, False, torch.bfloat16), (normal_lengths(64, 4096, 2, seed=3), 2, 128, True, torch.bfloat16),
+         ([5000] * 3 + [0] * 2, 1, 128, False, torch.bfloat16)]
+
+
+def check(path: str) -> list[dict]:
+    from test_kernels import check_against_reference
+
+    results = []
+    for i, (lens, s_q, h_q, causal, dtype) in enumerate(CASES):
+        name = f"{path} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal} {str(dtype)[6:]}"
+        q, k, bt, sl = make_paged_inputs(lens, s_q, h_q, 1, dtype, seed=i, device="cuda")
+        flag = torch.ones(1, dtype=torch.int32, device="cuda")
+        t0 = time.perf_counter()
+        try:
+            check_against_reference(mla_decode_v5, q, k, bt, sl, causal, path=path, error_flag=flag)
+            torch.cuda.synchronize()
+            ok, err = int(flag) == 1, None if int(flag) == 1 else "the ok flag was cleared on valid input"
+        except Exception as e:
+            ok, err = False, f"{type(e).__name__}: {str(e)[:600]}"
+        results.append({"case": name, "ok": ok, "error": err, "s": time.perf_counter() - t0})
+        print(f"{'PASS' if ok else 'FAIL'} {name} ({time.perf_counter() - t0:.1f} s){'' if ok else ': ' + err}",
+              flush=True)
+    return results
+
+
+SHAPES = [(128, 64, 1, 1024, "fixed"), (128, 64, 1, 4096, "fixed"), (128, 64, 1, 8192, "fixed"),
+          (128, 128, 1, 1024, "fixed"), (128, 128, 1, 4096, "fixed"), (128, 128, 1, 8192, "fixed"),
+          (128, 128, 2, 4096, "fixed"), (128, 16, 1, 4096, "fixed"), (128, 32, 1, 4096, "fixed")]
+
+
+def _impls(fm, args, causal, meta, splits) -> dict:
+    kw = dict(causal=causal, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False)
+    impls = {"seesaw": lambda: mla_decode_v5(*args, path="seesaw", **kw),
+             "lockstep": lambda: mla_decode_v5(*args, path="gluon", **kw),
+             "loads_only": lambda: mla_decode_v5(*args, path="gluon", config=GluonConfig(mode=1), **kw)}
+    if fm is not None:
+        fm_meta, _ = fm.get_mla_metadata()
+        impls["flashmla"] = lambda: fm.flash_mla_with_kvcache(*args, fm_meta, None, causal=causal)
+    return impls
+
+
+def timing(roof: dict) -> list[dict]:
+    fm = _flash_mla()
+    rows = []
+    for i, (b, h_q, s_q, s_k, dist) in enumerate(SHAPES):
+        causal = s_q > 1
+        (q, k, bt, sl), mean_sk = shape_inputs(b, h_q, s_q, s_k, dist, i)
+        meta, splits = get_mla_metadata(sl, s_q * h_q, 1)
+        impls = _impls(fm, (q, k, bt, sl, 512), causal, meta, splits)
+        row = {"b": b, "h_q": h_q, "s_q": s_q, "s_k": s_k, "lengths": dist, "impl": {}}
+        outs = {}
+        for name, fn in impls.items():
+            try:
+                outs[name] = fn()[0]
+                torch.cuda.synchronize()
+                row["impl"][name] = {"ms": bench_ms(fn), "graph_ms": graph_ms(fn)}
+            except Exception as e:
+                row["impl"][name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        nbytes = b * (s_q * h_q * 576 * 2 + mean_sk * 576 * 2 + s_q * h_q * 512 * 2)
+        flops = 2 * b * h_q * s_q * mean_sk * 1088
+        for e in row["impl"].values():
+            if "ms" in e:
+                e["roofline_fraction"] = max(nbytes / e["ms"] / 1e6 / roof["copy_gbps"],
+                                             flops / e["ms"] / 1e9 / roof["matmul_tflops"])
+        if "flashmla" in outs and "seesaw" in outs:
+            x, y = outs["seesaw"].float(), outs["flashmla"].float()
+            row["seesaw_vs_flashmla_cos_diff"] = float(1 - 2 * (x * y).sum() / (x * x + y * y).sum())
+        fmt = " ".join(f"{n} {e['ms']:.4f}/{e['graph_ms']:.4f}" if "ms" in e else f"{n} ERR"
+                       for n, e in row["impl"].items())
+        if "ms" in row["impl"].get("flashmla", {}):
+            fm_ms = row["impl"]["flashmla"]["ms"]
+            row["flashmla_over"] = {n: fm_ms / e["ms"] for n, e in row["impl"].items() if "ms" in e}
+            fmt += "  FlashMLA/ours: " + " ".join(f"{n} {r:.2f}" for n, r in row["flashmla_over"].items())
+        print(f"h{h_q} s_q{s_q} sk{s_k}: {fmt}", flush=True)
+        rows.append(row)
+        del q, k, bt, sl
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--check-only", action="store_true")
+    args = ap.parse_args()
+    result = {"device_info": device_info(), "date": time.strftime("%Y-%m-%d")}
+    if not args.skip_check:
+        try:
+            result["check"] = check("seesaw")
+        except Exception:
+            traceback.print_exc()
+        json.dump(result, open(args.out, "w"), indent=1)
+        if not all(c["ok"] for c in result.get("check", [{"ok": False}])):
+            print("seesaw check failed", flush=True)
+        if args.check_only:
+            return 0
+    copy, mm = measure_copy_bandwidth("cuda"), measure_matmul_tflops("cuda", 8192)
+    result["roofline"] = {"copy_gbps": copy["gbps"], "matmul_tflops": mm["tflops"]}
+    print(f"roofline: copy {copy['gbps']:.0f} GB/s, matmul {mm['tflops']:.0f} TFLOP/s", flush=True)
+    result["rows"] = timing(result["roofline"])
+    json.dump(result, open(args.out, "w"), indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

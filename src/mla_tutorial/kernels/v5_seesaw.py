@@ -1,0 +1,420 @@
+# version 5, seesaw tile: the Gluon 64-row tile, warp-specialised, with FlashMLA's "seesaw" schedule.
+#
+# What it adds over v5_gluon.py's tile (same schedule, same semantics, same shared memory):
+#   * a producer warp (`gl.warp_specialize`, 24 registers) issues every TMA copy: Q once per request, then each
+#     page as nine 64x64 boxes, into a ring of two page slots. Each slot is released in two halves (columns
+#     0-255 and 256-575) by the warpgroup that reads that half last, so the next page starts arriving while the
+#     other half is still being multiplied;
+#   * the two consumer warpgroups (240 registers each, partitions of their own) are no longer in lockstep.
+#     Pages come in pairs (A, B). Warpgroup 0 computes the scores of A over all 576 columns, warpgroup 1 those
+#     of B, at the same time; each owns half of the output columns (0-255, 256-511):
+#         WG0: S_A = Q·K_Aᵀ; m_A = max(m, rowmax S_A); P_A = exp(S_A - m_A); O_L = O_L·e^(m-m_A) + P_A·V_A[:, :256]
+#         WG1: S_B = Q·K_Bᵀ;  (waits for m_A)  m_B = max(m_A, rowmax S_B); P_B = exp(S_B - m_B);
+#              O_R = O_R·e^(m-m_B) + P_B·V_B[:, 256:] + (P_A·e^(m_A-m_B))·V_A[:, 256:]
+#         WG0: (waits for m_B) O_L = O_L·e^(m_A-m_B) + P_B·V_B[:, :256]
+#     so one warpgroup's softmax overlaps the other's matrix products, and the row max crosses between the two
+#     warpgroups once per page pair (as a 64-float vector in shared memory) instead of a CTA barrier per page.
+#     P_A and P_B go to shared memory in place of their page's RoPE box (64x64 bf16, no longer needed once the
+#     scores are computed): no extra shared memory.
+#   Shared memory: Q 72 KB + 2 pages 144 KB + row statistics 1.5 KB.
+# Should buy (H200, b = 128): v5_gluon's tile overlaps its loads (0.187 ms alone at h64 sk4k) and compute (0.188
+#   alone) poorly (0.25 together); with the loads on their own warp and the softmax hidden under the other
+#   warpgroup's MMAs, toward max(loads, MMAs) ≈ 0.19 ms: h64 from 0.66 toward 0.9 of FlashMLA.
+# Bought: see docs/results/v5_notes.md (measured against v5_gluon's tile and FlashMLA in the same run).
+"""Version 5's warp-specialised Gluon tile: a producer warp and FlashMLA's seesaw schedule (Hopper, Triton 3.6)."""
+
+from __future__ import annotations
+
+import torch
+import triton.language as tl
+
+from .common import LOG2E
+from .launch import FastLauncher
+from .v5_gluon import (
+    CHUNK,
+    TensorDescriptor,
+    _Address,
+    _k_descriptor,
+    fence_async_shared,
+    gl,
+    gluon,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+# mbarriers, by index (module constants read inside the kernels must be constexpr)
+READY0L, READY0R, READY1L, READY1R = (tl.constexpr(i) for i in range(4))  # slot s's half L (boxes 0-3) / R
+EMPTY0L, EMPTY0R, EMPTY1L, EMPTY1R = (tl.constexpr(i) for i in range(4, 8))  # (4-7), + RoPE box: landed/released
+Q_READY, Q_EMPTY = tl.constexpr(8), tl.constexpr(9)  # Q of a request landed / both warpgroups are done with it
+P_A_READY, P_B_READY = tl.constexpr(10), tl.constexpr(11)  # a pair's P_A (and m_A) / P_B (and m_B) are in smem
+L_READY = tl.constexpr(12)  # both warpgroups' row sums of a request are in shared memory
+N_BARS = tl.constexpr(13)
+# row statistics in shared memory (64 floats each): m_A, m_B, then the row sums at STAT_L + 2·(request parity) + WG
+STAT_M_A, STAT_M_B, STAT_L = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+N_STATS = tl.constexpr(6)
+
+WS_REGS = 168  # registers per thread at launch (12 warps · 32 · 168 ≤ 65,536); setmaxnreg then moves them:
+CONSUMER_REGS = tl.constexpr(240)  # each consumer warpgroup
+PRODUCER_REGS = tl.constexpr(24)  # the producer warp's warpgroup
+
+
+if gluon is not None:
+
+    @gluon.jit
+    def _ss_part(meta_ptr, META_COLS: gl.constexpr):
+        """This program's slice of the schedule: (begin_req, begin_block, end_req, end_block, begin_split)."""
+        meta = meta_ptr + gl.program_id(0) * META_COLS
+        return gl.load(meta + 0), gl.load(meta + 1), gl.load(meta + 2), gl.load(meta + 3), gl.load(meta + 4)
+
+    @gluon.jit
+    def _ss_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks):
+        """(s_k, lo, hi): request req's length and the pages [lo, hi) this program computes (none if hi <= lo)."""
+        s_k = gl.load(seqlens_ptr + req)
+        n_pages = gl.minimum(gl.cdiv(s_k, 64), max_blocks)  # never read past the request's row of the table
+        lo = gl.where(req == begin_req, begin_block, 0)
+        hi = gl.minimum(gl.where(req == end_req, end_block, n_pages), n_pages)
+        return s_k, lo, hi
+
+    @gluon.jit
+    def _ss_copy(k_desc, row, bar, k_buf, kr_buf, FIRST: gl.constexpr, LAST: gl.constexpr, ROPE: gl.constexpr):
+        """TMA boxes FIRST..LAST-1 (64 columns each) of the page starting at cache row `row`, and the RoPE box if
+        ROPE, into one slot, all completing on `bar`."""
+        mbarrier.expect(bar, (LAST - FIRST + (1 if ROPE else 0)) * 64 * 64 * 2)
+        for c in gl.static_range(FIRST, LAST):
+            tma.async_copy_global_to_shared(k_desc, [row, c * 64], bar, k_buf.slice(c * 64, 64, dim=1))
+        if ROPE:
+            tma.async_copy_global_to_shared(k_desc, [row, 512], bar, kr_buf)
+
+    @gluon.jit
+    def _ss_row(bt_row, page_idx, num_blocks, ok_ptr):
+        """Cache row of the request's page page_idx; a bad block id is reported and replaced by a row out of
+        bounds, which the copy engine fills with zeros (never followed)."""
+        page = gl.load(bt_row + page_idx)
+        bad = (page < 0) | (page >= num_blocks)
+        gl.store(ok_ptr, 0, mask=bad)
+        return gl.where(bad, -64, page * 64)
+
+    @gluon.jit
+    def _ss_producer(q_desc, k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, rows_per_kv,
+                     m_tiles, num_blocks, max_blocks, q_smem, qr_smem, k_smem, kr_smem, bars,
+                     META_COLS: gl.constexpr):
+        """The producer warp: every copy into shared memory, in the order the consumers release the buffers."""
+        begin_req, begin_block, end_req, end_block, _ = _ss_part(meta_ptr, META_COLS)
+        last_part = gl.program_id(0) == gl.num_programs(0) - 1
+        next_req = gl.load(meta_ptr + (gl.program_id(0) + 1) * META_COLS, mask=not last_part, other=-1)
+        next_block = gl.load(meta_ptr + (gl.program_id(0) + 1) * META_COLS + 1, mask=not last_part, other=-1)
+        m_start = (gl.program_id(1) % m_tiles) * 64
+        n0 = 0  # pages that went through slot 0 / slot 1 so far: their barriers' phases
+        n1 = 0
+        for req in range(begin_req, end_req + 1):
+            s_k, lo, hi = _ss_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
+            n_pages = gl.cdiv(s_k, 64)
+            # a schedule built for other lengths would skip pages or leave a partial unwritten: flag it
+            stale = (req == begin_req) & (begin_block > 0) & (begin_block >= n_pages)
+            stale |= (req == end_req) & (end_block < n_pages) & ((next_req != req) | (next_block != end_block))
+            stale |= (s_k < 0) | (n_pages > max_blocks)  # a length the block table cannot hold
+            gl.store(ok_ptr, 0, mask=stale)
+
+            r = req - begin_req
+            mbarrier.wait(bars.index(Q_EMPTY), (r & 1) ^ 1)  # a fresh barrier counts as released
+            mbarrier.expect(bars.index(Q_READY), 64 * 576 * 2)
+            q_row = req * rows_per_kv + m_start  # q viewed as [b·s_q·h_q, 576]; rows past its end read as zeros
+            for c in gl.static_range(8):
+                tma.async_copy_global_to_shared(q_desc, [q_row, c * 64], bars.index(Q_READY),
+                                                q_smem.slice(c * 64, 64, dim=1))
+            tma.async_copy_global_to_shared(q_desc, [q_row, 512], bars.index(Q_READY), qr_smem)
+
+            bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
+            for a in range(lo, hi, 2):  # page pairs (a, a + 1); the last may be a single page
+                has_b = a + 1 < hi
+                row_a = _ss_row(bt_row, a, num_blocks, ok_ptr)
+                row_b = _ss_row(bt_row, gl.where(has_b, a + 1, a), num_blocks, ok_ptr)
+                ph0 = (n0 & 1) ^ 1
+                ph1 = (n1 & 1) ^ 1
+                # slot 0 holds A: boxes 0-3 are released by WG0 (after P_A·V_A[:, :256]), boxes 4-7 and the
+                # RoPE box (which held P_A) by WG1 (after its P_A·V_A[:, 256:]). Slot 1 holds B: boxes 4-7 by
+                # WG1 (after P_B·V_B[:, 256:]), boxes 0-3 and the RoPE box (P_B) by WG0.
+                mbarrier.wait(bars.index(EMPTY0L), ph0)
+                _ss_copy(k_desc, row_a, bars.index(READY0L), k_smem.index(0), kr_smem.index(0), 0, 4, False)
+                if has_b:
+                    mbarrier.wait(bars.index(EMPTY1R), ph1)
+                    _ss_copy(k_desc, row_b, bars.index(READY1R), k_smem.index(1), kr_smem.index(1), 4, 8, False)
+                mbarrier.wait(bars.index(EMPTY0R), ph0)
+                _ss_copy(k_desc, row_a, bars.index(READY0R), k_smem.index(0), kr_smem.index(0), 4, 8, True)
+                if has_b:
+                    mbarrier.wait(bars.index(EMPTY1L), ph1)
+                    _ss_copy(k_desc, row_b, bars.index(READY1L), k_smem.index(1), kr_smem.index(1), 0, 4, True)
+                    n1 += 1
+                n0 += 1
+
+    @gluon.jit
+    def _ss_scores(q_smem, qr_smem, k_buf, kr_buf, bar_first, bar_second, phase, s_layout: gl.constexpr,
+                   FIRST_HALF: gl.constexpr):
+        """S = Q·Kᵀ [64, 64] over the 576 columns of one page slot, starting on the half that lands first:
+        columns 0-255 (FIRST_HALF = 0) or 256-511 (1); the RoPE box arrives with the second half."""
+        s = gl.zeros([64, 64], gl.float32, layout=s_layout)
+        mbarrier.wait(bar_first, phase)
+        s = warpgroup_mma(q_smem.slice(256 * FIRST_HALF, 256, dim=1),
+                          k_buf.slice(256 * FIRST_HALF, 256, dim=1).permute((1, 0)), s, use_acc=False,
+                          is_async=True)
+        mbarrier.wait(bar_second, phase)
+        s = warpgroup_mma(q_smem.slice(256 - 256 * FIRST_HALF, 256, dim=1),
+                          k_buf.slice(256 - 256 * FIRST_HALF, 256, dim=1).permute((1, 0)), s, is_async=True)
+        s = warpgroup_mma(qr_smem, kr_buf.permute((1, 0)), s, is_async=True)
+        return warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+
+    @gluon.jit
+    def _ss_softmax(s, first_key, n_visible, m_prev, qk_scale, s_cols: gl.constexpr):
+        """Mask and scale one page's scores; (P, new running max, the max to subtract (0 for an all -inf row))."""
+        keys = first_key + gl.arange(0, 64, layout=s_cols)
+        s = gl.where(keys[None, :] < n_visible[:, None], s * qk_scale, float("-inf"))
+        m_new = gl.maximum(m_prev, gl.max(s, axis=1))
+        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+        return gl.exp2(s - m_use[:, None]), m_new, m_use
+
+    @gluon.jit
+    def _ss_zero_tail(k_buf, valid):
+        """Zero the V columns of rows >= valid of a page in shared memory (they may hold NaN; 0·NaN = NaN)."""
+        zl: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+        zr = gl.arange(0, 64, layout=gl.SliceLayout(1, zl))
+        for c in gl.static_range(8):
+            view = k_buf.slice(c * 64, 64, dim=1)
+            x = view.load(zl)
+            view.store(gl.where((zr < valid)[:, None], x, gl.zeros_like(x)))
+
+    @gluon.jit
+    def _ss_rescaled_p(p_smem, scale, s_layout: gl.constexpr, pa_layout: gl.constexpr):
+        """P_A from shared memory times a per-row scale, as the register operand of a wgmma."""
+        p = p_smem.load(s_layout).to(gl.float32) * scale[:, None]
+        return gl.convert_layout(p.to(p_smem.dtype), pa_layout)
+
+    @gluon.jit
+    def _ss_publish(bar):
+        """Make this warpgroup's shared-memory stores visible to the other partitions (and to the tensor cores),
+        then signal `bar`."""
+        gl.thread_barrier()
+        fence_async_shared()
+        mbarrier.arrive(bar)
+
+    @gluon.jit
+    def _ss_consumer(WG: gl.constexpr, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr, lse_ptr, part_out_ptr,
+                     part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks, qk_scale,
+                     q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr):
+        """Consumer warpgroup WG (0 or 1): the scores of every other page, output columns 256·WG .. 256·WG+255."""
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, 64, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, 256, 16])
+        pa_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
+        s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
+        o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+        o_cols: gl.constexpr = gl.SliceLayout(0, o_layout)
+        dtype: gl.constexpr = q_smem.dtype
+        D_V: gl.constexpr = 512
+
+        begin_req, begin_block, end_req, end_block, begin_split = _ss_part(meta_ptr, META_COLS)
+        m_start = (gl.program_id(1) % m_tiles) * 64
+        rows = m_start + gl.arange(0, 64, layout=s_rows)
+        tok = rows // heads_per_kv
+        n0 = 0  # as the producer counts them
+        n1 = 0
+        for req in range(begin_req, end_req + 1):
+            s_k, lo, hi = _ss_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
+            if CAUSAL:
+                n_visible = s_k - s_q + 1 + tok
+            else:
+                n_visible = tok * 0 + s_k
+            m_i = gl.full([64], float("-inf"), gl.float32, layout=s_rows)
+            l_i = gl.zeros([64], gl.float32, layout=s_rows)
+            acc = gl.zeros([64, 256], gl.float32, layout=o_layout)
+            r = req - begin_req
+            mbarrier.wait(bars.index(Q_READY), r & 1)
+            for a in range(lo, hi, 2):
+                has_b = a + 1 < hi
+                ph0 = n0 & 1
+                ph1 = n1 & 1
+                k_a = k_smem.index(0)
+                k_b = k_smem.index(1)
+                p_a = kr_smem.index(0)  # page A's RoPE box, reused for P_A once S_A is computed
+                p_b = kr_smem.index(1)
+                if WG == 0:
+                    s = _ss_scores(q_smem, qr_smem, k_a, p_a, bars.index(READY0L), bars.index(READY0R), ph0,
+                                   s_layout, 0)
+                    p, m_a, m_a_use = _ss_softmax(s, a * 64, n_visible, m_i, qk_scale, s_cols)
+                    alpha = gl.exp2(m_i - m_a_use)
+                    l_i = l_i * alpha + gl.sum(p, axis=1)
+                    acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                    if s_k - a * 64 < 64:
+                        _ss_zero_tail(k_a, s_k - a * 64)
+                    p_a.store(p.to(dtype))
+                    stats.index(STAT_M_A).store(m_a)
+                    _ss_publish(bars.index(P_A_READY))
+                    acc = warpgroup_mma(p_a, k_a.slice(0, 256, dim=1), acc, is_async=True)
+                    m_b = m_a
+                    if has_b:
+                        mbarrier.wait(bars.index(P_B_READY), ph1)
+                        m_b = stats.index(STAT_M_B).load(s_rows)
+                    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                    mbarrier.arrive(bars.index(EMPTY0L))
+                    if has_b:
+                        sc = gl.exp2(m_a - gl.where(m_b == float("-inf"), 0.0, m_b))
+                        l_i = l_i * sc
+                        acc = acc * gl.convert_layout(sc, o_rows)[:, None]
+                        mbarrier.wait(bars.index(READY1L), ph1)  # (landed before WG1 computed S_B)
+                        acc = warpgroup_mma(p_b, k_b.slice(0, 256, dim=1), acc, is_async=True)
+                        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                        mbarrier.arrive(bars.index(EMPTY1L))
+                        n1 += 1
+                    m_i = m_b
+                else:
+                    s = gl.zeros([64, 64], gl.float32, layout=s_layout)
+                    if has_b:
+                        s = _ss_scores(q_smem, qr_smem, k_b, p_b, bars.index(READY1R), bars.index(READY1L), ph1,
+                                       s_layout, 1)
+                    mbarrier.wait(bars.index(P_A_READY), ph0)
+                    m_a = stats.index(STAT_M_A).load(s_rows)
+                    m_b = m_a
+                    m_b_use = gl.where(m_a == float("-inf"), 0.0, m_a)
+                    if has_b:
+                        p, m_b, m_b_use = _ss_softmax(s, (a + 1) * 64, n_visible, m_a, qk_scale, s_cols)
+                        alpha = gl.exp2(m_i - m_b_use)
+                        l_i = l_i * alpha + gl.sum(p, axis=1)
+                        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                        if s_k - (a + 1) * 64 < 64:
+                            _ss_zero_tail(k_b, s_k - (a + 1) * 64)
+                        p_b.store(p.to(dtype))
+                        stats.index(STAT_M_B).store(m_b)
+                        _ss_publish(bars.index(P_B_READY))
+                        acc = warpgroup_mma(p_b, k_b.slice(256, 256, dim=1), acc, is_async=True)
+                        pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
+                        mbarrier.wait(bars.index(READY0R), ph0)  # (landed before WG0 computed S_A)
+                        acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
+                        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                    else:
+                        alpha = gl.exp2(m_i - m_b_use)
+                        l_i = l_i * alpha
+                        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                        pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
+                        mbarrier.wait(bars.index(READY0R), ph0)
+                        acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
+                        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                    mbarrier.arrive(bars.index(EMPTY0R))
+                    if has_b:
+                        mbarrier.arrive(bars.index(EMPTY1R))
+                        n1 += 1
+                    m_i = m_b
+                n0 += 1
+            mbarrier.arrive(bars.index(Q_EMPTY))
+
+            # the row sum is split between the warpgroups (each summed the P it computed): exchange it
+            stats.index(STAT_L + 2 * (r & 1) + WG).store(l_i)
+            _ss_publish(bars.index(L_READY))
+            mbarrier.wait(bars.index(L_READY), r & 1)
+            l_i += stats.index(STAT_L + 2 * (r & 1) + 1 - WG).load(s_rows)
+
+            # store: final output, or an fp32 partial for the combine kernel
+            first_slot = gl.load(num_splits_ptr + req)
+            pieces = gl.load(num_splits_ptr + req + 1) - first_slot
+            split = gl.where(req == begin_req, begin_split, 0)
+            has_keys = l_i > 0
+            l_safe = gl.where(has_keys, l_i, 1.0)
+            o = acc / gl.convert_layout(l_safe, o_rows)[:, None]
+            lse = (m_i + gl.log2(l_safe)) * 0.6931471805599453
+            o_rows_idx = m_start + gl.arange(0, 64, layout=o_rows)
+            o_ok = o_rows_idx < rows_per_kv
+            o_tok = o_rows_idx // heads_per_kv
+            o_head = o_rows_idx % heads_per_kv
+            cols = 256 * WG + gl.arange(0, 256, layout=o_cols)
+            row_ok = rows < rows_per_kv
+            head = rows % heads_per_kv
+            if pieces == 1:
+                orow = (req.to(gl.int64) * s_q + o_tok) * h_q + o_head
+                gl.store(out_ptr + orow[:, None] * D_V + cols[None, :], o.to(out_ptr.dtype.element_ty),
+                         mask=o_ok[:, None])
+                if WG == 0:
+                    gl.store(lse_ptr + (req.to(gl.int64) * h_q + head) * s_q + tok,
+                             gl.where(has_keys, lse, float("inf")), mask=row_ok)
+            else:
+                pslot = (first_slot + split).to(gl.int64)
+                orow = (pslot * s_q + o_tok) * h_q + o_head
+                gl.store(part_out_ptr + orow[:, None] * D_V + cols[None, :], o, mask=o_ok[:, None])
+                if WG == 0:
+                    gl.store(part_lse_ptr + (pslot * s_q + tok) * h_q + head,
+                             gl.where(has_keys, lse, float("-inf")), mask=row_ok)
+
+    @gluon.jit
+    def _ss_kernel(
+        q_desc, k_desc, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
+        meta_ptr, num_splits_ptr, ok_ptr,
+        stride_btb, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
+        qk_scale,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, num_warps: gl.constexpr,
+    ):
+        smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        dtype: gl.constexpr = q_desc.dtype
+        # block shapes must be powers of two: the 576 columns are kept as 512 (latent, also V) + 64 (RoPE)
+        q_smem = gl.allocate_shared_memory(dtype, [64, 512], smem_layout)
+        qr_smem = gl.allocate_shared_memory(dtype, [64, 64], smem_layout)
+        k_smem = gl.allocate_shared_memory(dtype, [2, 64, 512], smem_layout)  # page slots: c_kv rows (K, V)
+        kr_smem = gl.allocate_shared_memory(dtype, [2, 64, 64], smem_layout)  # k_rope rows, then P
+        stats = gl.allocate_shared_memory(gl.float32, [N_STATS, 64],
+                                          gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0]))
+        bars = gl.allocate_shared_memory(gl.int64, [N_BARS, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(N_BARS):
+            # the consumers' signals are arrived on by both warpgroups where both take part
+            mbarrier.init(bars.index(i), count=2 if (i == Q_EMPTY or i == L_READY) else 1)
+        fence_async_shared()
+
+        consumer_args = (seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
+                         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks, qk_scale,
+                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS)
+        gl.warp_specialize([
+            (_ss_consumer, (0,) + consumer_args),
+            (_ss_consumer, (1,) + consumer_args),
+            (_ss_producer, (q_desc, k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb,
+                            rows_per_kv, m_tiles, num_blocks, max_blocks, q_smem, qr_smem, k_smem, kr_smem, bars,
+                            META_COLS)),
+        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+
+
+# ---------------------------------------------------------------------------------------------
+# host side
+# ---------------------------------------------------------------------------------------------
+def seesaw_unavailable(q: torch.Tensor) -> str | None:
+    """Why the seesaw tile cannot read this q (None when it can): its producer copies Q by TMA, as a
+    [b·s_q·h_q, 576] matrix, so q's rows must be evenly strided and 16-byte aligned. (The Gluon tile's other
+    conditions are `v5_gluon.gluon_unavailable`'s.)"""
+    b, s_q, h_q, d = q.shape
+    if q.stride(3) != 1 or q.stride(1) != h_q * q.stride(2) or q.stride(0) != s_q * q.stride(1):
+        return f"q's rows are not evenly strided (strides {tuple(q.stride())})"
+    if (q.stride(2) * q.element_size()) % 16 or q.data_ptr() % 16:
+        return "q's rows are not 16-byte aligned"
+    return None
+
+
+def _q_descriptor(q: torch.Tensor):
+    """TMA descriptor over q as [b·s_q·h_q, 576] with 64 x 64 boxes (q changes every call: built per call)."""
+    b, s_q, h_q, d = q.shape
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    return TensorDescriptor(_Address(q.data_ptr(), q.dtype), [b * s_q * h_q, d], [q.stride(2), 1], [64, CHUNK],
+                            layout)
+
+
+_LAUNCH = FastLauncher(_ss_kernel) if gluon is not None else None
+
+
+def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
+                     part_lse, ok_flag):
+    """Launch the seesaw tile over the schedule `meta`; partials of split requests go to part_out/part_lse."""
+    m_tiles = -(-dims.rows_per_kv // 64)
+    _LAUNCH(
+        (meta.shape[0], m_tiles),
+        _q_descriptor(q), _k_descriptor(k_cache, 64), block_table, cache_seqlens, out, lse, part_out, part_lse,
+        meta, num_splits, ok_flag,
+        block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv, dims.rows_per_kv, m_tiles, dims.num_blocks,
+        dims.max_blocks, dims.scale * LOG2E,
+        CAUSAL=causal, META_COLS=meta.shape[1], num_warps=4, maxnreg=WS_REGS,
+    )
