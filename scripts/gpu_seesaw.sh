@@ -23,6 +23,9 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/nvidia_smi.txt"
 has check && step check 150 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw_probe.py --out "$OUT/check.json" \
   --check-only
+if has check && ! grep -q "^PASS" "$OUT/check.log" || grep -q "^FAIL" "$OUT/check.log" 2>/dev/null; then
+  echo "=== the seesaw check failed: tests and benchmark skipped"; STEPS="time"
+fi
 has time && step time 170 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw_probe.py --out "$OUT/time.json" \
   --skip-check
 has tests && step tests ${TEST_LIMIT:-150} env PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_kernels_gpu.py \
