@@ -78,10 +78,11 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False):
 
     layout = "NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2, transposed=False, " \
              "fp4_padded=False, cga_layout=[])"
-    sig = {"q_desc": f"tensordesc<{dtype}[64, 64],{layout}>", "k_desc": f"tensordesc<{dtype}[64, 64],{layout}>",
+    sig = {"q_ptr": f"*{dtype}", "k_desc": f"tensordesc<{dtype}[64, 64],{layout}>",
            "block_table_ptr": "*i32", "seqlens_ptr": "*i32", "out_ptr": f"*{dtype}", "lse_ptr": "*fp32",
            "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "meta_ptr": "*i32", "num_splits_ptr": "*i32",
-           "ok_ptr": "*i32", "stride_btb": "i32", "s_q": "i32", "h_q": "i32", "heads_per_kv": "i32",
+           "ok_ptr": "*i32", "stride_qb": "i32", "stride_qs": "i32", "stride_qh": "i32", "stride_btb": "i32",
+           "s_q": "i32", "h_q": "i32", "heads_per_kv": "i32",
            "rows_per_kv": "i32", "m_tiles": "i32", "num_blocks": "i32", "max_blocks": "i32", "qk_scale": "fp32",
            "CAUSAL": "constexpr", "META_COLS": "constexpr", "num_warps": "constexpr"}
     src = GluonASTSource(ss._ss_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "num_warps": 4})

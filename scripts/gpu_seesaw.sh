@@ -4,7 +4,7 @@
 # Carry .peers (FlashMLA, see ../shared/flashmla/README.md).   STEPS="check time tests bench" scripts/gpu_seesaw.sh
 set -u -o pipefail
 OUT=${OUT:-out/gpu_seesaw}
-STEPS=${STEPS:-check time tests bench}
+STEPS=${STEPS:-check time tests bench fp8}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 COLUMNS=200
 PY=${PYTHON:-python3}
@@ -24,7 +24,7 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton
 has check && step check 150 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw_probe.py --out "$OUT/check.json" \
   --check-only
 if has check && ! grep -q "^PASS" "$OUT/check.log" || grep -q "^FAIL" "$OUT/check.log" 2>/dev/null; then
-  echo "=== the seesaw check failed: tests and benchmark skipped"; STEPS="time"
+  echo "=== the seesaw check failed: tests and benchmarks skipped"; STEPS="time"
 fi
 has time && step time 170 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw_probe.py --out "$OUT/time.json" \
   --skip-check
@@ -32,4 +32,5 @@ has tests && step tests ${TEST_LIMIT:-150} env PYTHONPATH=src:tests $PY -m pytes
   tests/test_fp8.py -q -p no:cacheprovider -x --durations=5 -k "v5 or fp8 or api or graph"
 has bench && step bench 200 env PYTHONPATH=$PEERS:src $PY -m mla_tutorial bench --kernel --shapes targets \
   --out "$OUT/kernels.json"
+has fp8 && step fp8 120 env PYTHONPATH=$PEERS:src $PY scripts/gpu_fp8_bench.py --quick --out "$OUT/fp8.json"
 echo "=== done"

@@ -2,9 +2,9 @@
 
     tiles of 64+ query rows per KV head (h_q·s_q ≥ 64: DeepSeek-V3 at TP 1-2, speculative decode)
         -> the warp-specialised Gluon "seesaw" tile (v5_seesaw.py): a producer warp for the TMA copies and two
-           consumer warpgroups out of lockstep, FlashMLA's schedule; or, where q's rows cannot be copied by TMA,
-           the Gluon tile it grew from (v5_gluon.py): TMA page loads on mbarriers, async wgmma, no repeated score
-           work, both warpgroups in lockstep;
+           consumer warpgroups out of lockstep, FlashMLA's schedule. The Gluon tile it grew from (v5_gluon.py:
+           TMA page loads on mbarriers, async wgmma, no repeated score work, both warpgroups in lockstep) stays
+           as path="gluon", for comparison;
     fewer rows (h_q = 16 or 32 at s_q = 1: TP 4-8)
         -> the register-lean plain-Triton small tile (v5_small.py), which the interpreter also runs.
 Both walk v4's balanced schedule (schedule.py) and share its combine kernel. Where the Gluon tile cannot run
@@ -30,7 +30,7 @@ from .schedule import get_mla_metadata
 from .v4_balanced import _launch_v4
 from .v5_gluon import BLOCK_M as GLUON_BLOCK_M
 from .v5_gluon import GluonConfig, gluon_unavailable, launch_v5_gluon
-from .v5_seesaw import launch_v5_seesaw, seesaw_unavailable
+from .v5_seesaw import launch_v5_seesaw
 from .v5_small import launch_v5_small, small_tile_config
 
 PATHS = ("seesaw", "gluon", "small", "v4")
@@ -59,12 +59,8 @@ def kernel_choice(q: torch.Tensor, k_cache: torch.Tensor, rows_per_kv: int, h_kv
                          f"plain-Triton small tile, the faster one measured there")
     why = gluon_unavailable(q, k_cache, h_kv)
     if why is None:
-        q_why = seesaw_unavailable(q)
-        if q_why is None:
-            return "seesaw", (f"{rows_per_kv} query rows per KV head on sm_90: the warp-specialised Gluon seesaw "
-                              f"tile (producer warp, TMA, async wgmma)")
-        return "gluon", (f"{rows_per_kv} query rows per KV head on sm_90, but {q_why} (the seesaw tile copies Q by "
-                         f"TMA): the lockstep Gluon tile")
+        return "seesaw", (f"{rows_per_kv} query rows per KV head on sm_90: the warp-specialised Gluon seesaw tile "
+                          f"(producer warp, TMA, async wgmma)")
     if rows_per_kv < GLUON_BLOCK_M:
         return "small", f"{rows_per_kv} query rows per KV head and {why}: the plain-Triton small tile"
     return "v4", f"{rows_per_kv} query rows per KV head, but {why}: v4's plain-Triton 64-row tile"
@@ -99,7 +95,7 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     part_lse = torch.empty(slots, s_q * h_q, dtype=torch.float32, device=dev)
     flag = ok_flag(dev) if error_flag is None else error_flag
     if path == "seesaw":
-        why = gluon_unavailable(q, k_cache, dims.h_kv) or seesaw_unavailable(q)
+        why = gluon_unavailable(q, k_cache, dims.h_kv)
         if why is not None:
             raise ValueError(f"path 'seesaw' cannot run these inputs here: {why}")
         launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,

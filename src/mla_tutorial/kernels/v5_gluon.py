@@ -66,8 +66,10 @@ if gluon is not None:
 
     @gluon.jit
     def _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv, rows_per_kv,
-                   N_CHUNKS: gl.constexpr, CHUNK: gl.constexpr, BLOCK_M: gl.constexpr, num_warps: gl.constexpr):
-        """Q tile rows -> shared memory [64, 576] (nine 64-column blocks); rows past rows_per_kv are 0."""
+                   FIRST: gl.constexpr, LAST: gl.constexpr, CHUNK: gl.constexpr, BLOCK_M: gl.constexpr,
+                   num_warps: gl.constexpr):
+        """Q tile rows -> shared memory [64, 576], 64-column blocks FIRST..LAST-1 of the nine (block 8: RoPE);
+        rows past rows_per_kv are 0."""
         ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
         rows = m_start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ld))  # (64,)
         row_ok = rows < rows_per_kv
@@ -75,9 +77,9 @@ if gluon is not None:
         head = rows % heads_per_kv  # h_kv = 1: the KV head's query heads are all heads
         base = q_ptr + req.to(gl.int64) * stride_qb + tok * stride_qs + head * stride_qh  # (64,) pointers
         cols = gl.arange(0, CHUNK, layout=gl.SliceLayout(0, ld))
-        for c in gl.static_range(N_CHUNKS):
+        for c in gl.static_range(FIRST, LAST):
             x = gl.load(base[:, None] + (c * CHUNK + cols)[None, :], mask=row_ok[:, None], other=0.0)
-            if c < N_CHUNKS - 1:
+            if c < 8:
                 q_smem.slice(c * CHUNK, CHUNK, dim=1).store(x)
             else:
                 qr_smem.store(x)
@@ -194,7 +196,7 @@ if gluon is not None:
             # the block id of the next step to issue is loaded one step ahead: its latency leaves the loop's path
             next_page = _v5_page_id(bt_row, lo + STAGES - 1, hi, SUB, PAGE)
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
-                       rows_per_kv, N_CHUNKS, CHUNK, BLOCK_M, num_warps)
+                       rows_per_kv, 0, N_CHUNKS, CHUNK, BLOCK_M, num_warps)
             fence_async_shared()
             gl.thread_barrier()
 

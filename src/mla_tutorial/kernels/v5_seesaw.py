@@ -1,19 +1,20 @@
 # version 5, seesaw tile: the Gluon 64-row tile, warp-specialised, with FlashMLA's "seesaw" schedule.
 #
 # What it adds over v5_gluon.py's tile (same schedule, same semantics, same shared memory):
-#   * a producer warp (`gl.warp_specialize`, 24 registers) issues every TMA copy: Q once per request, then each
-#     page as nine 64x64 boxes, into a ring of two page slots. Each slot is released in two halves (columns
-#     0-255 and 256-575) by the warpgroup that reads that half last, so the next page starts arriving while the
-#     other half is still being multiplied;
+#   * a producer warp (`gl.warp_specialize`, 24 registers) issues every page copy, nine 64x64 TMA boxes through
+#     the block table, into a ring of two page slots (Q is copied by the consumers, half each, once per
+#     request). Each slot is released in two halves (columns 0-255 and 256-575) by the warpgroup that reads that
+#     half last, so the next page starts arriving while the other half is still being multiplied;
 #   * the two consumer warpgroups (240 registers each, partitions of their own) are no longer in lockstep.
 #     Pages come in pairs (A, B). Warpgroup 0 computes the scores of A over all 576 columns, warpgroup 1 those
 #     of B, at the same time; each owns half of the output columns (0-255, 256-511):
 #         WG0: S_A = Q·K_Aᵀ; m_A = max(m, rowmax S_A); P_A = exp(S_A - m_A); O_L = O_L·e^(m-m_A) + P_A·V_A[:, :256]
-#         WG1: S_B = Q·K_Bᵀ;  (waits for m_A)  m_B = max(m_A, rowmax S_B); P_B = exp(S_B - m_B);
-#              O_R = O_R·e^(m-m_B) + P_B·V_B[:, 256:] + (P_A·e^(m_A-m_B))·V_A[:, 256:]
-#         WG0: (waits for m_B) O_L = O_L·e^(m_A-m_B) + P_B·V_B[:, :256]
-#     so one warpgroup's softmax overlaps the other's matrix products, and the row max crosses between the two
-#     warpgroups once per page pair (as a 64-float vector in shared memory) instead of a CTA barrier per page.
+#         WG1: (waits for P_A, m_A) O_R = O_R·e^(m-m_A) + P_A·V_A[:, 256:]        -> page A's slot is free
+#              S_B = Q·K_Bᵀ; m_B = max(m_A, rowmax S_B); P_B = exp(S_B - m_B); O_R = O_R·e^(m_A-m_B) + P_B·V_B[:, 256:]
+#         WG0: (waits for P_B, m_B) O_L = O_L·e^(m_A-m_B) + P_B·V_B[:, :256]     -> page B's slot is free
+#     so one warpgroup's softmax overlaps the other's matrix products, the row max crosses between the two
+#     warpgroups once per page (as a 64-float vector in shared memory) instead of a CTA barrier per page, and the
+#     even page's slot is released half-way through the pair: the next even page loads while B is computed.
 #     P_A and P_B go to shared memory in place of their page's RoPE box (64x64 bf16, no longer needed once the
 #     scores are computed): no extra shared memory.
 #   Shared memory: Q 72 KB + 2 pages 144 KB + row statistics 1.5 KB.
@@ -25,16 +26,13 @@
 
 from __future__ import annotations
 
-import torch
 import triton.language as tl
 
 from .common import LOG2E
 from .launch import FastLauncher
 from .v5_gluon import (
-    CHUNK,
-    TensorDescriptor,
-    _Address,
     _k_descriptor,
+    _v5_load_q,
     fence_async_shared,
     gl,
     gluon,
@@ -97,15 +95,13 @@ if gluon is not None:
         return gl.where(bad, -64, page * 64)
 
     @gluon.jit
-    def _ss_producer(q_desc, k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, rows_per_kv,
-                     m_tiles, num_blocks, max_blocks, q_smem, qr_smem, k_smem, kr_smem, bars,
-                     META_COLS: gl.constexpr):
+    def _ss_producer(k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks, max_blocks,
+                     k_smem, kr_smem, bars, META_COLS: gl.constexpr):
         """The producer warp: every copy into shared memory, in the order the consumers release the buffers."""
         begin_req, begin_block, end_req, end_block, _ = _ss_part(meta_ptr, META_COLS)
         last_part = gl.program_id(0) == gl.num_programs(0) - 1
         next_req = gl.load(meta_ptr + (gl.program_id(0) + 1) * META_COLS, mask=not last_part, other=-1)
         next_block = gl.load(meta_ptr + (gl.program_id(0) + 1) * META_COLS + 1, mask=not last_part, other=-1)
-        m_start = (gl.program_id(1) % m_tiles) * 64
         n0 = 0  # pages that went through slot 0 / slot 1 so far: their barriers' phases
         n1 = 0
         for req in range(begin_req, end_req + 1):
@@ -117,15 +113,6 @@ if gluon is not None:
             stale |= (s_k < 0) | (n_pages > max_blocks)  # a length the block table cannot hold
             gl.store(ok_ptr, 0, mask=stale)
 
-            r = req - begin_req
-            mbarrier.wait(bars.index(Q_EMPTY), (r & 1) ^ 1)  # a fresh barrier counts as released
-            mbarrier.expect(bars.index(Q_READY), 64 * 576 * 2)
-            q_row = req * rows_per_kv + m_start  # q viewed as [b·s_q·h_q, 576]; rows past its end read as zeros
-            for c in gl.static_range(8):
-                tma.async_copy_global_to_shared(q_desc, [q_row, c * 64], bars.index(Q_READY),
-                                                q_smem.slice(c * 64, 64, dim=1))
-            tma.async_copy_global_to_shared(q_desc, [q_row, 512], bars.index(Q_READY), qr_smem)
-
             bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
             for a in range(lo, hi, 2):  # page pairs (a, a + 1); the last may be a single page
                 has_b = a + 1 < hi
@@ -133,17 +120,18 @@ if gluon is not None:
                 row_b = _ss_row(bt_row, gl.where(has_b, a + 1, a), num_blocks, ok_ptr)
                 ph0 = (n0 & 1) ^ 1
                 ph1 = (n1 & 1) ^ 1
-                # slot 0 holds A: boxes 0-3 are released by WG0 (after P_A·V_A[:, :256]), boxes 4-7 and the
-                # RoPE box (which held P_A) by WG1 (after its P_A·V_A[:, 256:]). Slot 1 holds B: boxes 4-7 by
-                # WG1 (after P_B·V_B[:, 256:]), boxes 0-3 and the RoPE box (P_B) by WG0.
+                # slot 0 holds A: boxes 0-3 are released by WG0 (after P_A·V_A[:, :256]), boxes 4-7 and the RoPE
+                # box (which held P_A) by WG1 (after P_A·V_A[:, 256:], its first product of the pair). Slot 1 holds
+                # B: boxes 4-7 are released by WG1 (after P_B·V_B[:, 256:]), boxes 0-3 and the RoPE box (P_B) by
+                # WG0 (after P_B·V_B[:, :256]). Waiting in this order also keeps each RoPE box (a P) until both
+                # warpgroups have read it.
                 mbarrier.wait(bars.index(EMPTY0L), ph0)
                 _ss_copy(k_desc, row_a, bars.index(READY0L), k_smem.index(0), kr_smem.index(0), 0, 4, False)
-                if has_b:
-                    mbarrier.wait(bars.index(EMPTY1R), ph1)
-                    _ss_copy(k_desc, row_b, bars.index(READY1R), k_smem.index(1), kr_smem.index(1), 4, 8, False)
                 mbarrier.wait(bars.index(EMPTY0R), ph0)
                 _ss_copy(k_desc, row_a, bars.index(READY0R), k_smem.index(0), kr_smem.index(0), 4, 8, True)
                 if has_b:
+                    mbarrier.wait(bars.index(EMPTY1R), ph1)
+                    _ss_copy(k_desc, row_b, bars.index(READY1R), k_smem.index(1), kr_smem.index(1), 4, 8, False)
                     mbarrier.wait(bars.index(EMPTY1L), ph1)
                     _ss_copy(k_desc, row_b, bars.index(READY1L), k_smem.index(1), kr_smem.index(1), 0, 4, True)
                     n1 += 1
@@ -185,12 +173,6 @@ if gluon is not None:
             view.store(gl.where((zr < valid)[:, None], x, gl.zeros_like(x)))
 
     @gluon.jit
-    def _ss_rescaled_p(p_smem, scale, s_layout: gl.constexpr, pa_layout: gl.constexpr):
-        """P_A from shared memory times a per-row scale, as the register operand of a wgmma."""
-        p = p_smem.load(s_layout).to(gl.float32) * scale[:, None]
-        return gl.convert_layout(p.to(p_smem.dtype), pa_layout)
-
-    @gluon.jit
     def _ss_publish(bar):
         """Make this warpgroup's shared-memory stores visible to the other partitions (and to the tensor cores),
         then signal `bar`."""
@@ -199,15 +181,15 @@ if gluon is not None:
         mbarrier.arrive(bar)
 
     @gluon.jit
-    def _ss_consumer(WG: gl.constexpr, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr, lse_ptr, part_out_ptr,
-                     part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks, qk_scale,
+    def _ss_consumer(WG: gl.constexpr, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr,
+                     num_splits_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv,
+                     rows_per_kv, m_tiles, max_blocks, qk_scale,
                      q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr):
         """Consumer warpgroup WG (0 or 1): the scores of every other page, output columns 256·WG .. 256·WG+255."""
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, 64, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, 256, 16])
-        pa_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
         s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
         o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -230,7 +212,12 @@ if gluon is not None:
             m_i = gl.full([64], float("-inf"), gl.float32, layout=s_rows)
             l_i = gl.zeros([64], gl.float32, layout=s_rows)
             acc = gl.zeros([64, 256], gl.float32, layout=o_layout)
+            # Q: each warpgroup copies half of its columns, once both are done with the previous request's
             r = req - begin_req
+            mbarrier.wait(bars.index(Q_EMPTY), (r & 1) ^ 1)  # a fresh barrier counts as released
+            _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
+                       rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4)
+            _ss_publish(bars.index(Q_READY))
             mbarrier.wait(bars.index(Q_READY), r & 1)
             for a in range(lo, hi, 2):
                 has_b = a + 1 < hi
@@ -253,13 +240,12 @@ if gluon is not None:
                     stats.index(STAT_M_A).store(m_a)
                     _ss_publish(bars.index(P_A_READY))
                     acc = warpgroup_mma(p_a, k_a.slice(0, 256, dim=1), acc, is_async=True)
+                    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                    mbarrier.arrive(bars.index(EMPTY0L))  # A's columns 0-255: the next even page may come
                     m_b = m_a
                     if has_b:
                         mbarrier.wait(bars.index(P_B_READY), ph1)
                         m_b = stats.index(STAT_M_B).load(s_rows)
-                    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                    mbarrier.arrive(bars.index(EMPTY0L))
-                    if has_b:
                         sc = gl.exp2(m_a - gl.where(m_b == float("-inf"), 0.0, m_b))
                         l_i = l_i * sc
                         acc = acc * gl.convert_layout(sc, o_rows)[:, None]
@@ -270,39 +256,32 @@ if gluon is not None:
                         n1 += 1
                     m_i = m_b
                 else:
-                    s = gl.zeros([64, 64], gl.float32, layout=s_layout)
+                    # P_A·V_A[:, 256:] first, at the scale of m_A: page A's slot is released before WG1 even
+                    # needs page B, so the next even page loads while B is computed
+                    mbarrier.wait(bars.index(P_A_READY), ph0)
+                    m_a = stats.index(STAT_M_A).load(s_rows)
+                    alpha = gl.exp2(m_i - gl.where(m_a == float("-inf"), 0.0, m_a))
+                    l_i = l_i * alpha
+                    acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                    mbarrier.wait(bars.index(READY0R), ph0)  # (landed before WG0 computed S_A)
+                    acc = warpgroup_mma(p_a, k_a.slice(256, 256, dim=1), acc, is_async=True)
+                    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                    mbarrier.arrive(bars.index(EMPTY0R))  # A's columns 256-575 (and P_A)
+                    m_b = m_a
                     if has_b:
                         s = _ss_scores(q_smem, qr_smem, k_b, p_b, bars.index(READY1R), bars.index(READY1L), ph1,
                                        s_layout, 1)
-                    mbarrier.wait(bars.index(P_A_READY), ph0)
-                    m_a = stats.index(STAT_M_A).load(s_rows)
-                    m_b = m_a
-                    m_b_use = gl.where(m_a == float("-inf"), 0.0, m_a)
-                    if has_b:
                         p, m_b, m_b_use = _ss_softmax(s, (a + 1) * 64, n_visible, m_a, qk_scale, s_cols)
-                        alpha = gl.exp2(m_i - m_b_use)
-                        l_i = l_i * alpha + gl.sum(p, axis=1)
-                        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
                         if s_k - (a + 1) * 64 < 64:
                             _ss_zero_tail(k_b, s_k - (a + 1) * 64)
                         p_b.store(p.to(dtype))
                         stats.index(STAT_M_B).store(m_b)
                         _ss_publish(bars.index(P_B_READY))
+                        sc = gl.exp2(m_a - m_b_use)
+                        l_i = l_i * sc + gl.sum(p, axis=1)
+                        acc = acc * gl.convert_layout(sc, o_rows)[:, None]
                         acc = warpgroup_mma(p_b, k_b.slice(256, 256, dim=1), acc, is_async=True)
-                        pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
-                        mbarrier.wait(bars.index(READY0R), ph0)  # (landed before WG0 computed S_A)
-                        acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
                         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                    else:
-                        alpha = gl.exp2(m_i - m_b_use)
-                        l_i = l_i * alpha
-                        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-                        pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
-                        mbarrier.wait(bars.index(READY0R), ph0)
-                        acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
-                        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                    mbarrier.arrive(bars.index(EMPTY0R))
-                    if has_b:
                         mbarrier.arrive(bars.index(EMPTY1R))
                         n1 += 1
                     m_i = m_b
@@ -347,14 +326,15 @@ if gluon is not None:
 
     @gluon.jit
     def _ss_kernel(
-        q_desc, k_desc, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
+        q_ptr, k_desc, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
         meta_ptr, num_splits_ptr, ok_ptr,
-        stride_btb, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
+        stride_qb, stride_qs, stride_qh, stride_btb, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks,
+        max_blocks,
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-        dtype: gl.constexpr = q_desc.dtype
+        dtype: gl.constexpr = q_ptr.dtype.element_ty
         # block shapes must be powers of two: the 576 columns are kept as 512 (latent, also V) + 64 (RoPE)
         q_smem = gl.allocate_shared_memory(dtype, [64, 512], smem_layout)
         qr_smem = gl.allocate_shared_memory(dtype, [64, 64], smem_layout)
@@ -365,44 +345,24 @@ if gluon is not None:
         bars = gl.allocate_shared_memory(gl.int64, [N_BARS, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(N_BARS):
             # the consumers' signals are arrived on by both warpgroups where both take part
-            mbarrier.init(bars.index(i), count=2 if (i == Q_EMPTY or i == L_READY) else 1)
+            mbarrier.init(bars.index(i), count=2 if (i == Q_READY or i == Q_EMPTY or i == L_READY) else 1)
         fence_async_shared()
 
-        consumer_args = (seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
+        consumer_args = (q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
+                         lse_ptr, part_out_ptr, part_lse_ptr,
                          s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks, qk_scale,
                          q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS)
         gl.warp_specialize([
             (_ss_consumer, (0,) + consumer_args),
             (_ss_consumer, (1,) + consumer_args),
-            (_ss_producer, (q_desc, k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb,
-                            rows_per_kv, m_tiles, num_blocks, max_blocks, q_smem, qr_smem, k_smem, kr_smem, bars,
-                            META_COLS)),
+            (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
+                            max_blocks, k_smem, kr_smem, bars, META_COLS)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
 # ---------------------------------------------------------------------------------------------
 # host side
 # ---------------------------------------------------------------------------------------------
-def seesaw_unavailable(q: torch.Tensor) -> str | None:
-    """Why the seesaw tile cannot read this q (None when it can): its producer copies Q by TMA, as a
-    [b·s_q·h_q, 576] matrix, so q's rows must be evenly strided and 16-byte aligned. (The Gluon tile's other
-    conditions are `v5_gluon.gluon_unavailable`'s.)"""
-    b, s_q, h_q, d = q.shape
-    if q.stride(3) != 1 or q.stride(1) != h_q * q.stride(2) or q.stride(0) != s_q * q.stride(1):
-        return f"q's rows are not evenly strided (strides {tuple(q.stride())})"
-    if (q.stride(2) * q.element_size()) % 16 or q.data_ptr() % 16:
-        return "q's rows are not 16-byte aligned"
-    return None
-
-
-def _q_descriptor(q: torch.Tensor):
-    """TMA descriptor over q as [b·s_q·h_q, 576] with 64 x 64 boxes (q changes every call: built per call)."""
-    b, s_q, h_q, d = q.shape
-    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    return TensorDescriptor(_Address(q.data_ptr(), q.dtype), [b * s_q * h_q, d], [q.stride(2), 1], [64, CHUNK],
-                            layout)
-
-
 _LAUNCH = FastLauncher(_ss_kernel) if gluon is not None else None
 
 
@@ -412,9 +372,9 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
     m_tiles = -(-dims.rows_per_kv // 64)
     _LAUNCH(
         (meta.shape[0], m_tiles),
-        _q_descriptor(q), _k_descriptor(k_cache, 64), block_table, cache_seqlens, out, lse, part_out, part_lse,
+        q, _k_descriptor(k_cache, 64), block_table, cache_seqlens, out, lse, part_out, part_lse,
         meta, num_splits, ok_flag,
-        block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv, dims.rows_per_kv, m_tiles, dims.num_blocks,
-        dims.max_blocks, dims.scale * LOG2E,
+        q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
+        dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], num_warps=4, maxnreg=WS_REGS,
     )
