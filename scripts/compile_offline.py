@@ -71,7 +71,7 @@ def compile_v5(dtype: str = "bf16", causal: bool = False, sub: int = 64, stages:
     return triton.compile(src, target=TARGET, options={"num_warps": 8})
 
 
-def compile_seesaw(dtype: str = "bf16", causal: bool = False):
+def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False):
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from mla_tutorial.kernels import v5_seesaw as ss
@@ -84,8 +84,8 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False):
            "ok_ptr": "*i32", "stride_qb": "i32", "stride_qs": "i32", "stride_qh": "i32", "stride_btb": "i32",
            "s_q": "i32", "h_q": "i32", "heads_per_kv": "i32",
            "rows_per_kv": "i32", "m_tiles": "i32", "num_blocks": "i32", "max_blocks": "i32", "qk_scale": "fp32",
-           "CAUSAL": "constexpr", "META_COLS": "constexpr", "num_warps": "constexpr"}
-    src = GluonASTSource(ss._ss_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "num_warps": 4})
+           "CAUSAL": "constexpr", "META_COLS": "constexpr", "FINE": "constexpr", "num_warps": "constexpr"}
+    src = GluonASTSource(ss._ss_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "FINE": fine, "num_warps": 4})
     return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": ss.WS_REGS})
 
 
@@ -145,10 +145,10 @@ def main() -> None:
                 ck = compile_v5(causal=causal, sub=sub, stages=stages, mode=mode, fine=bool(fine))
                 print(f"v5g sub={sub} stages={stages} mode={mode} fine={fine} causal={causal}: "
                       f"{report(f'v5g_{sub}_{stages}_{mode}_{fine}_c{int(causal)}', ck, workdir)}")
-        elif name == "ss":  # the warp-specialised seesaw tile
+        elif name in ("ss", "ss-fine"):  # the warp-specialised seesaw tile (fine: one mbarrier per box)
             for causal in (False, True):
-                ck = compile_seesaw(causal=causal)
-                print(f"seesaw causal={causal}: {report(f'ss_c{int(causal)}', ck, workdir)}")
+                ck = compile_seesaw(causal=causal, fine=name == "ss-fine")
+                print(f"{name} causal={causal}: {report(f'{name}_c{int(causal)}', ck, workdir)}")
         elif name.startswith(("v4:", "v5s:", "v5s-fp8:", "v5s-fp8tma:")):  # v4:BLOCK_M,BLOCK_N,warps,stages (v5s:
             kind, spec = name.split(":")  # the small tile; v5s-fp8: on an FP8 cache; v5s-fp8tma: with TMA loads)
             bm, bn, w, st = (int(x) for x in spec.split(","))

@@ -30,17 +30,18 @@ CASES = [(LENGTHS, 1, 64, False, torch.bfloat16), (LENGTHS, 2, 128, True, torch.
          ([5000] * 3 + [0] * 2, 1, 128, False, torch.bfloat16)]
 
 
-def check(path: str) -> list[dict]:
+def check(path: str, config=None) -> list[dict]:
     from test_kernels import check_against_reference
 
     results = []
     for i, (lens, s_q, h_q, causal, dtype) in enumerate(CASES):
-        name = f"{path} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal} {str(dtype)[6:]}"
+        tag = "-fine" if getattr(config, "fine", False) else ""
+        name = f"{path}{tag} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal} {str(dtype)[6:]}"
         q, k, bt, sl = make_paged_inputs(lens, s_q, h_q, 1, dtype, seed=i, device="cuda")
         flag = torch.ones(1, dtype=torch.int32, device="cuda")
         t0 = time.perf_counter()
         try:
-            check_against_reference(mla_decode_v5, q, k, bt, sl, causal, path=path, error_flag=flag)
+            check_against_reference(mla_decode_v5, q, k, bt, sl, causal, path=path, config=config, error_flag=flag)
             torch.cuda.synchronize()
             ok, err = int(flag) == 1, None if int(flag) == 1 else "the ok flag was cleared on valid input"
         except Exception as e:
@@ -59,6 +60,7 @@ SHAPES = [(128, 64, 1, 1024, "fixed"), (128, 64, 1, 4096, "fixed"), (128, 64, 1,
 def _impls(fm, args, causal, meta, splits) -> dict:
     kw = dict(causal=causal, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False)
     impls = {"seesaw": lambda: mla_decode_v5(*args, path="seesaw", **kw),
+             "seesaw_fine": lambda: mla_decode_v5(*args, path="seesaw", config=GluonConfig(fine=True), **kw),
              "lockstep": lambda: mla_decode_v5(*args, path="gluon", **kw),
              "loads_only": lambda: mla_decode_v5(*args, path="gluon", config=GluonConfig(mode=1), **kw)}
     if fm is not None:
@@ -115,7 +117,7 @@ def main() -> int:
     result = {"device_info": device_info(), "date": time.strftime("%Y-%m-%d")}
     if not args.skip_check:
         try:
-            result["check"] = check("seesaw")
+            result["check"] = check("seesaw") + check("seesaw", GluonConfig(fine=True))
         except Exception:
             traceback.print_exc()
         json.dump(result, open(args.out, "w"), indent=1)

@@ -47,7 +47,8 @@ def test_gpu_matrix(version, h_q, s_q, h_kv, causal, dtype):
     check_against_reference(K.KERNEL_VERSIONS[version], q, k_cache, block_table, seqlens, causal)
 
 
-@pytest.mark.parametrize("path,fine", [("seesaw", False), ("gluon", False), ("gluon", True), ("small", False)])
+@pytest.mark.parametrize("path,fine", [("seesaw", False), ("seesaw", True), ("gluon", False), ("gluon", True),
+                                       ("small", False)])
 @pytest.mark.parametrize("h_q,s_q,causal", [(16, 1, False), (64, 2, True), (126, 1, False), (128, 2, True)])
 def test_v5_each_tile(path, fine, h_q, s_q, causal):
     """v5's tiles forced at every tile height (kernel_choice picks one per height; both must be right)."""
@@ -55,7 +56,7 @@ def test_v5_each_tile(path, fine, h_q, s_q, causal):
 
     q, k_cache, block_table, seqlens = make_paged_inputs(LENGTHS, s_q, h_q, 1, torch.bfloat16, seed=h_q + s_q,
                                                          device="cuda")
-    config = GluonConfig(fine=fine) if path == "gluon" else None
+    config = GluonConfig(fine=fine) if path in ("gluon", "seesaw") else None
     flag = torch.ones(1, dtype=torch.int32, device="cuda")
     check_against_reference(K.mla_decode_v5, q, k_cache, block_table, seqlens, causal, path=path, config=config,
                             error_flag=flag)

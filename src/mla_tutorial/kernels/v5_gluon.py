@@ -44,13 +44,15 @@ try:  # Gluon's Hopper API as of Triton 3.6 (its names moved between 3.4, 3.6 an
         mbarrier,
         tma,
         warpgroup_mma,
+        warpgroup_mma_init,
         warpgroup_mma_wait,
     )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     GLUON_IMPORT_ERROR: str | None = None
 except Exception as err:  # pragma: no cover - depends on the installed Triton
-    gluon = gl = fence_async_shared = mbarrier = tma = warpgroup_mma = warpgroup_mma_wait = TensorDescriptor = None
+    gluon = gl = fence_async_shared = mbarrier = tma = warpgroup_mma = warpgroup_mma_init = warpgroup_mma_wait = None
+    TensorDescriptor = None
     GLUON_IMPORT_ERROR = f"{type(err).__name__}: {err}"
 
 BLOCK_M = 64  # query rows per tile: one wgmma M

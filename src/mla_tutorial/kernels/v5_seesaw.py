@@ -39,6 +39,7 @@ from .v5_gluon import (
     mbarrier,
     tma,
     warpgroup_mma,
+    warpgroup_mma_init,
     warpgroup_mma_wait,
 )
 
@@ -48,7 +49,8 @@ EMPTY0L, EMPTY0R, EMPTY1L, EMPTY1R = (tl.constexpr(i) for i in range(4, 8))  # (
 Q_READY, Q_EMPTY = tl.constexpr(8), tl.constexpr(9)  # Q of a request landed / both warpgroups are done with it
 P_A_READY, P_B_READY = tl.constexpr(10), tl.constexpr(11)  # a pair's P_A (and m_A) / P_B (and m_B) are in smem
 L_READY = tl.constexpr(12)  # both warpgroups' row sums of a request are in shared memory
-N_BARS = tl.constexpr(13)
+CHUNK_READY = tl.constexpr(13)  # FINE: box c of slot s landed, at CHUNK_READY + 9·s + c (instead of READY*)
+N_BARS = tl.constexpr(31)
 # row statistics in shared memory (64 floats each): m_A, m_B, then the row sums at STAT_L + 2·(request parity) + WG
 STAT_M_A, STAT_M_B, STAT_L = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 N_STATS = tl.constexpr(6)
@@ -76,14 +78,36 @@ if gluon is not None:
         return s_k, lo, hi
 
     @gluon.jit
-    def _ss_copy(k_desc, row, bar, k_buf, kr_buf, FIRST: gl.constexpr, LAST: gl.constexpr, ROPE: gl.constexpr):
+    def _ss_copy(k_desc, row, bars, SLOT: gl.constexpr, HALF_BAR: gl.constexpr, k_buf, kr_buf, FIRST: gl.constexpr,
+                 LAST: gl.constexpr, ROPE: gl.constexpr, FINE: gl.constexpr):
         """TMA boxes FIRST..LAST-1 (64 columns each) of the page starting at cache row `row`, and the RoPE box if
-        ROPE, into one slot, all completing on `bar`."""
-        mbarrier.expect(bar, (LAST - FIRST + (1 if ROPE else 0)) * 64 * 64 * 2)
-        for c in gl.static_range(FIRST, LAST):
-            tma.async_copy_global_to_shared(k_desc, [row, c * 64], bar, k_buf.slice(c * 64, 64, dim=1))
-        if ROPE:
-            tma.async_copy_global_to_shared(k_desc, [row, 512], bar, kr_buf)
+        ROPE, into slot SLOT: all on the half's barrier HALF_BAR, or (FINE) each box on its own."""
+        if FINE:
+            for c in gl.static_range(FIRST, LAST):
+                bar = bars.index(CHUNK_READY + 9 * SLOT + c)
+                mbarrier.expect(bar, 64 * 64 * 2)
+                tma.async_copy_global_to_shared(k_desc, [row, c * 64], bar, k_buf.slice(c * 64, 64, dim=1))
+            if ROPE:
+                bar = bars.index(CHUNK_READY + 9 * SLOT + 8)
+                mbarrier.expect(bar, 64 * 64 * 2)
+                tma.async_copy_global_to_shared(k_desc, [row, 512], bar, kr_buf)
+        else:
+            bar = bars.index(HALF_BAR)
+            mbarrier.expect(bar, (LAST - FIRST + (1 if ROPE else 0)) * 64 * 64 * 2)
+            for c in gl.static_range(FIRST, LAST):
+                tma.async_copy_global_to_shared(k_desc, [row, c * 64], bar, k_buf.slice(c * 64, 64, dim=1))
+            if ROPE:
+                tma.async_copy_global_to_shared(k_desc, [row, 512], bar, kr_buf)
+
+    @gluon.jit
+    def _ss_wait_half(bars, SLOT: gl.constexpr, HALF_BAR: gl.constexpr, phase, FIRST: gl.constexpr,
+                      LAST: gl.constexpr, FINE: gl.constexpr):
+        """Wait until boxes FIRST..LAST-1 of slot SLOT have landed (their half's barrier, or each box's)."""
+        if FINE:
+            for c in gl.static_range(FIRST, LAST):
+                mbarrier.wait(bars.index(CHUNK_READY + 9 * SLOT + c), phase)
+        else:
+            mbarrier.wait(bars.index(HALF_BAR), phase)
 
     @gluon.jit
     def _ss_row(bt_row, page_idx, num_blocks, ok_ptr):
@@ -96,7 +120,7 @@ if gluon is not None:
 
     @gluon.jit
     def _ss_producer(k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks, max_blocks,
-                     k_smem, kr_smem, bars, META_COLS: gl.constexpr):
+                     k_smem, kr_smem, bars, META_COLS: gl.constexpr, FINE: gl.constexpr):
         """The producer warp: every copy into shared memory, in the order the consumers release the buffers."""
         begin_req, begin_block, end_req, end_block, _ = _ss_part(meta_ptr, META_COLS)
         last_part = gl.program_id(0) == gl.num_programs(0) - 1
@@ -121,35 +145,45 @@ if gluon is not None:
                 ph0 = (n0 & 1) ^ 1
                 ph1 = (n1 & 1) ^ 1
                 # slot 0 holds A: boxes 0-3 are released by WG0 (after P_A·V_A[:, :256]), boxes 4-7 and the RoPE
-                # box (which held P_A) by WG1 (after P_A·V_A[:, 256:], its first product of the pair). Slot 1 holds
-                # B: boxes 4-7 are released by WG1 (after P_B·V_B[:, 256:]), boxes 0-3 and the RoPE box (P_B) by
-                # WG0 (after P_B·V_B[:, :256]). Waiting in this order also keeps each RoPE box (a P) until both
-                # warpgroups have read it.
+                # box (which held P_A) by WG1 (after P_A·V_A[:, 256:]). Slot 1 holds B: boxes 4-7 are released by
+                # WG1 (after P_B·V_B[:, 256:]), boxes 0-3 and the RoPE box (P_B) by WG0 (after P_B·V_B[:, :256]).
+                # Waiting in this order also keeps each RoPE box (a P) until both warpgroups have read it.
                 mbarrier.wait(bars.index(EMPTY0L), ph0)
-                _ss_copy(k_desc, row_a, bars.index(READY0L), k_smem.index(0), kr_smem.index(0), 0, 4, False)
-                mbarrier.wait(bars.index(EMPTY0R), ph0)
-                _ss_copy(k_desc, row_a, bars.index(READY0R), k_smem.index(0), kr_smem.index(0), 4, 8, True)
+                _ss_copy(k_desc, row_a, bars, 0, READY0L, k_smem.index(0), kr_smem.index(0), 0, 4, False, FINE)
                 if has_b:
                     mbarrier.wait(bars.index(EMPTY1R), ph1)
-                    _ss_copy(k_desc, row_b, bars.index(READY1R), k_smem.index(1), kr_smem.index(1), 4, 8, False)
+                    _ss_copy(k_desc, row_b, bars, 1, READY1R, k_smem.index(1), kr_smem.index(1), 4, 8, False, FINE)
+                mbarrier.wait(bars.index(EMPTY0R), ph0)
+                _ss_copy(k_desc, row_a, bars, 0, READY0R, k_smem.index(0), kr_smem.index(0), 4, 8, True, FINE)
+                if has_b:
                     mbarrier.wait(bars.index(EMPTY1L), ph1)
-                    _ss_copy(k_desc, row_b, bars.index(READY1L), k_smem.index(1), kr_smem.index(1), 0, 4, True)
+                    _ss_copy(k_desc, row_b, bars, 1, READY1L, k_smem.index(1), kr_smem.index(1), 0, 4, True, FINE)
                     n1 += 1
                 n0 += 1
 
     @gluon.jit
-    def _ss_scores(q_smem, qr_smem, k_buf, kr_buf, bar_first, bar_second, phase, s_layout: gl.constexpr,
-                   FIRST_HALF: gl.constexpr):
+    def _ss_scores(q_smem, qr_smem, k_buf, kr_buf, bars, SLOT: gl.constexpr, BAR_FIRST: gl.constexpr,
+                   BAR_SECOND: gl.constexpr, phase, s_layout: gl.constexpr, FIRST_HALF: gl.constexpr,
+                   FINE: gl.constexpr):
         """S = Q·Kᵀ [64, 64] over the 576 columns of one page slot, starting on the half that lands first:
-        columns 0-255 (FIRST_HALF = 0) or 256-511 (1); the RoPE box arrives with the second half."""
-        s = gl.zeros([64, 64], gl.float32, layout=s_layout)
-        mbarrier.wait(bar_first, phase)
-        s = warpgroup_mma(q_smem.slice(256 * FIRST_HALF, 256, dim=1),
-                          k_buf.slice(256 * FIRST_HALF, 256, dim=1).permute((1, 0)), s, use_acc=False,
-                          is_async=True)
-        mbarrier.wait(bar_second, phase)
-        s = warpgroup_mma(q_smem.slice(256 - 256 * FIRST_HALF, 256, dim=1),
-                          k_buf.slice(256 - 256 * FIRST_HALF, 256, dim=1).permute((1, 0)), s, is_async=True)
+        columns 0-255 (FIRST_HALF = 0) or 256-511 (1); the RoPE box arrives with the second half. FINE: box by box,
+        each as soon as it lands (FlashMLA's fine-grained TMA-GEMM pipelining)."""
+        s = warpgroup_mma_init(gl.zeros([64, 64], gl.float32, layout=s_layout))
+        if FINE:
+            for j in gl.static_range(8):  # box (j + 4·FIRST_HALF) % 8
+                mbarrier.wait(bars.index(CHUNK_READY + 9 * SLOT + (j + 4 * FIRST_HALF) % 8), phase)
+                s = warpgroup_mma(q_smem.slice(((j + 4 * FIRST_HALF) % 8) * 64, 64, dim=1),
+                                  k_buf.slice(((j + 4 * FIRST_HALF) % 8) * 64, 64, dim=1).permute((1, 0)),
+                                  s, use_acc=j > 0, is_async=True)
+            mbarrier.wait(bars.index(CHUNK_READY + 9 * SLOT + 8), phase)
+        else:
+            mbarrier.wait(bars.index(BAR_FIRST), phase)
+            s = warpgroup_mma(q_smem.slice(256 * FIRST_HALF, 256, dim=1),
+                              k_buf.slice(256 * FIRST_HALF, 256, dim=1).permute((1, 0)), s, use_acc=False,
+                              is_async=True)
+            mbarrier.wait(bars.index(BAR_SECOND), phase)
+            s = warpgroup_mma(q_smem.slice(256 - 256 * FIRST_HALF, 256, dim=1),
+                              k_buf.slice(256 - 256 * FIRST_HALF, 256, dim=1).permute((1, 0)), s, is_async=True)
         s = warpgroup_mma(qr_smem, kr_buf.permute((1, 0)), s, is_async=True)
         return warpgroup_mma_wait(num_outstanding=0, deps=(s,))
 
@@ -173,6 +207,12 @@ if gluon is not None:
             view.store(gl.where((zr < valid)[:, None], x, gl.zeros_like(x)))
 
     @gluon.jit
+    def _ss_rescaled_p(p_smem, scale, s_layout: gl.constexpr, pa_layout: gl.constexpr):
+        """P_A from shared memory times a per-row scale, as the register operand of a wgmma."""
+        p = p_smem.load(s_layout).to(gl.float32) * scale[:, None]
+        return gl.convert_layout(p.to(p_smem.dtype), pa_layout)
+
+    @gluon.jit
     def _ss_publish(bar):
         """Make this warpgroup's shared-memory stores visible to the other partitions (and to the tensor cores),
         then signal `bar`."""
@@ -184,7 +224,8 @@ if gluon is not None:
     def _ss_consumer(WG: gl.constexpr, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr,
                      num_splits_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv,
                      rows_per_kv, m_tiles, max_blocks, qk_scale,
-                     q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr):
+                     q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
+                     FINE: gl.constexpr):
         """Consumer warpgroup WG (0 or 1): the scores of every other page, output columns 256·WG .. 256·WG+255."""
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, 64, 16])
@@ -194,6 +235,7 @@ if gluon is not None:
         s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
         o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
         o_cols: gl.constexpr = gl.SliceLayout(0, o_layout)
+        pa_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         dtype: gl.constexpr = q_smem.dtype
         D_V: gl.constexpr = 512
 
@@ -228,8 +270,7 @@ if gluon is not None:
                 p_a = kr_smem.index(0)  # page A's RoPE box, reused for P_A once S_A is computed
                 p_b = kr_smem.index(1)
                 if WG == 0:
-                    s = _ss_scores(q_smem, qr_smem, k_a, p_a, bars.index(READY0L), bars.index(READY0R), ph0,
-                                   s_layout, 0)
+                    s = _ss_scores(q_smem, qr_smem, k_a, p_a, bars, 0, READY0L, READY0R, ph0, s_layout, 0, FINE)
                     p, m_a, m_a_use = _ss_softmax(s, a * 64, n_visible, m_i, qk_scale, s_cols)
                     alpha = gl.exp2(m_i - m_a_use)
                     l_i = l_i * alpha + gl.sum(p, axis=1)
@@ -249,39 +290,46 @@ if gluon is not None:
                         sc = gl.exp2(m_a - gl.where(m_b == float("-inf"), 0.0, m_b))
                         l_i = l_i * sc
                         acc = acc * gl.convert_layout(sc, o_rows)[:, None]
-                        mbarrier.wait(bars.index(READY1L), ph1)  # (landed before WG1 computed S_B)
+                        _ss_wait_half(bars, 1, READY1L, ph1, 0, 4, FINE)  # (landed before WG1 computed S_B)
                         acc = warpgroup_mma(p_b, k_b.slice(0, 256, dim=1), acc, is_async=True)
                         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                         mbarrier.arrive(bars.index(EMPTY1L))
                         n1 += 1
                     m_i = m_b
                 else:
-                    # P_A·V_A[:, 256:] first, at the scale of m_A: page A's slot is released before WG1 even
-                    # needs page B, so the next even page loads while B is computed
+                    s = gl.zeros([64, 64], gl.float32, layout=s_layout)
+                    if has_b:
+                        s = _ss_scores(q_smem, qr_smem, k_b, p_b, bars, 1, READY1R, READY1L, ph1, s_layout, 1, FINE)
                     mbarrier.wait(bars.index(P_A_READY), ph0)
                     m_a = stats.index(STAT_M_A).load(s_rows)
-                    alpha = gl.exp2(m_i - gl.where(m_a == float("-inf"), 0.0, m_a))
-                    l_i = l_i * alpha
-                    acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-                    mbarrier.wait(bars.index(READY0R), ph0)  # (landed before WG0 computed S_A)
-                    acc = warpgroup_mma(p_a, k_a.slice(256, 256, dim=1), acc, is_async=True)
-                    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                    mbarrier.arrive(bars.index(EMPTY0R))  # A's columns 256-575 (and P_A)
                     m_b = m_a
+                    m_b_use = gl.where(m_a == float("-inf"), 0.0, m_a)
                     if has_b:
-                        s = _ss_scores(q_smem, qr_smem, k_b, p_b, bars.index(READY1R), bars.index(READY1L), ph1,
-                                       s_layout, 1)
                         p, m_b, m_b_use = _ss_softmax(s, (a + 1) * 64, n_visible, m_a, qk_scale, s_cols)
+                        alpha = gl.exp2(m_i - m_b_use)
+                        l_i = l_i * alpha + gl.sum(p, axis=1)
+                        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
                         if s_k - (a + 1) * 64 < 64:
                             _ss_zero_tail(k_b, s_k - (a + 1) * 64)
                         p_b.store(p.to(dtype))
                         stats.index(STAT_M_B).store(m_b)
                         _ss_publish(bars.index(P_B_READY))
-                        sc = gl.exp2(m_a - m_b_use)
-                        l_i = l_i * sc + gl.sum(p, axis=1)
-                        acc = acc * gl.convert_layout(sc, o_rows)[:, None]
                         acc = warpgroup_mma(p_b, k_b.slice(256, 256, dim=1), acc, is_async=True)
+                        # P_A, brought to the scale of m_B, as a register operand
+                        pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
+                        _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)  # (landed before WG0 computed S_A)
+                        acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
                         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                    else:
+                        alpha = gl.exp2(m_i - m_b_use)
+                        l_i = l_i * alpha
+                        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                        pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
+                        _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)
+                        acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
+                        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                    mbarrier.arrive(bars.index(EMPTY0R))
+                    if has_b:
                         mbarrier.arrive(bars.index(EMPTY1R))
                         n1 += 1
                     m_i = m_b
@@ -331,7 +379,7 @@ if gluon is not None:
         stride_qb, stride_qs, stride_qh, stride_btb, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks,
         max_blocks,
         qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -351,12 +399,12 @@ if gluon is not None:
         consumer_args = (q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
                          lse_ptr, part_out_ptr, part_lse_ptr,
                          s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks, qk_scale,
-                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS)
+                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS, FINE)
         gl.warp_specialize([
             (_ss_consumer, (0,) + consumer_args),
             (_ss_consumer, (1,) + consumer_args),
             (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
-                            max_blocks, k_smem, kr_smem, bars, META_COLS)),
+                            max_blocks, k_smem, kr_smem, bars, META_COLS, FINE)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -367,8 +415,9 @@ _LAUNCH = FastLauncher(_ss_kernel) if gluon is not None else None
 
 
 def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                     part_lse, ok_flag):
-    """Launch the seesaw tile over the schedule `meta`; partials of split requests go to part_out/part_lse."""
+                     part_lse, ok_flag, fine: bool = False):
+    """Launch the seesaw tile over the schedule `meta`; partials of split requests go to part_out/part_lse.
+    fine: each 64-column box on its own mbarrier, multiplied as soon as it lands (else one barrier per half)."""
     m_tiles = -(-dims.rows_per_kv // 64)
     _LAUNCH(
         (meta.shape[0], m_tiles),
@@ -376,5 +425,5 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
         meta, num_splits, ok_flag,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
-        CAUSAL=causal, META_COLS=meta.shape[1], num_warps=4, maxnreg=WS_REGS,
+        CAUSAL=causal, META_COLS=meta.shape[1], FINE=fine, num_warps=4, maxnreg=WS_REGS,
     )
