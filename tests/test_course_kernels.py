@@ -56,7 +56,7 @@ def test_v5_run_matches_the_table_in_docs_kernel_md():
 def test_ablation_steps_pay_where_the_docs_say():
     steps = R.ablation_steps()
     assert [s.idea for s in steps if s.pays] == ["head tiling", "split-KV", "split-KV", "balanced schedule",
-                                                 "Gluon tile", "small tile"]
+                                                 "Gluon tile", "warp specialisation (seesaw)", "small tile"]
     by = {(s.idea, s.after.h_q, s.after.b): s for s in steps}
     split = by["split-KV", 16, 1]  # docs/kernel.md §10: v2 1.50 ms -> v3 0.090 ms at b = 1, 32k keys
     assert (round(split.before.ms, 2), round(split.after.ms, 3)) == (1.50, 0.090)
@@ -64,6 +64,9 @@ def test_ablation_steps_pay_where_the_docs_say():
         == (0.27, 0.21)
     assert (round(by["Gluon tile", 128, 128].before.ms, 2), round(by["Gluon tile", 128, 128].after.ms, 2)) \
         == (0.64, 0.48)
+    seesaw = by["warp specialisation (seesaw)", 128, 128]  # docs/kernel.md §11: 0.447 -> 0.393 ms
+    assert (round(seesaw.before.ms, 3), round(seesaw.after.ms, 3), seesaw.before.tile, seesaw.after.tile) \
+        == (0.447, 0.393, "gluon", "seesaw")
     for step in steps:
         assert step.before.matches(b=step.after.b, h_q=step.after.h_q, s_k=step.after.s_k, lengths=step.after.lengths)
         assert (step.speedup > 1.05) == step.pays, step.idea  # the one that does not pay is within noise of 1

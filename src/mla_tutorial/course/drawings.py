@@ -18,7 +18,7 @@ TOKEN_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52"]
 WG_COLORS = ["#4C72B0", "#DD8452"]  # warpgroup 0, warpgroup 1
 STAGE_COLORS = {0: "#C44E52", 1: "#DD8452", 2: "#8172B3", 3: "#937860", 4: "#4C72B0", 5: "#55A868"}
 IMPL_COLORS = {"torch_paged": "#937860", "v1": "#C44E52", "v2": "#DD8452", "v3": "#CCB974", "v4": "#8172B3",
-               "v5": "#4C72B0", "v5_checked": "#64B5CD", "flashmla": "#222222"}
+               "v5": "#4C72B0", "v5_lockstep": "#55A868", "v5_checked": "#64B5CD", "flashmla": "#222222"}
 
 
 def _plt():

@@ -27,6 +27,7 @@ from typing import Any
 
 # --------------------------------------------------------------------------------------------- the committed files
 KERNELS_V5 = "kernels_v5_h200_2026-12-02.json"  # v5 beside FlashMLA; v1–v5 and torch at the ablation shapes
+KERNELS_V5_SEESAW = "kernels_v5_seesaw_h200_2026-12-02.json"  # v5 with its seesaw tile, the lockstep tile, FlashMLA
 KERNELS_V4_H100 = "kernels_h100_2026-11-27.json"  # v1–v4 on FlashMLA's shape grid, H100
 KERNELS_V4_H200 = "kernels_h200_2026-11-27.json"  # the same on an H200
 DECODE_TOUR = "decode_tour_deepseek-v3_h200_2026-12-01.json"  # stages 0–4, b 64, S 4k/16k, 128 and 16 heads
@@ -63,6 +64,7 @@ IMPL_LABELS = {
     "v2": "v2 head-tiled",
     "v3": "v3 split-KV",
     "v4": "v4 balanced",
+    "v5_lockstep": "v5 (lockstep tile)",
     "v5": "v5",
     "v5_checked": "v5 (bounds checked)",
     "flashmla": "FlashMLA",
@@ -259,7 +261,7 @@ def kernel_run(source: str | Path | dict = KERNELS_V5) -> KernelRun:
                 ms=float(m["ms"]), graph_ms=float(m["graph_ms"]) if m.get("graph_ms") is not None else None,
                 gbps=float(m.get("gbps", 0.0)), tflops=float(m.get("tflops", 0.0)),
                 frac_copy=float(m.get("frac_copy", 0.0)), frac_matmul=float(m.get("frac_matmul", 0.0)),
-                tile=tile if impl.startswith("v5") else None))
+                tile="gluon" if impl == "v5_lockstep" else tile if impl.startswith("v5") else None))
     targets = [t for t in data.get("targets", []) if isinstance(t, dict)]
     return KernelRun(source=name, card=card, date=str(info.get("date_utc", "?"))[:10], ceilings=ceilings(data),
                      rows=rows, targets=targets, fmt=fmt)
@@ -298,6 +300,10 @@ ABLATION: list[tuple[str, str, dict, str, str, str, bool]] = [
      "v4's 64-row tile computes the score tile twice (both warpgroups) and spills; v5's Gluon tile splits the "
      "scores by keys and the output by columns between the warpgroups: 40 wgmma per page against 76, no spills",
      True),
+    ("warp specialisation (seesaw)", KERNELS_V5_SEESAW, {"b": 128, "h_q": 128, "s_k": 4096}, "v5_lockstep", "v5",
+     "the lockstep tile's two warpgroups do every phase of every page together; the seesaw tile gives the copies "
+     "to a producer warp and lets each warpgroup compute the scores of its own page while the other runs its "
+     "softmax", True),
     ("small tile", KERNELS_V5, {"b": 128, "h_q": 16, "s_k": 4096}, "v4", "v5",
      "at 16 rows v5 runs a register-lean plain-Triton tile that walks the 576 columns in chunks", True),
     ("split-KV and schedule at a full, even batch", KERNELS_V4_H200, {"b": 128, "h_q": 16, "s_k": 4096}, "v2", "v4",
@@ -624,6 +630,7 @@ def table(rows: list, columns: list[tuple[str, str, str]]) -> str:
 __all__ = [
     "ABLATION", "CAPACITY", "DECODE_BENCH_V4", "DECODE_BENCH_V5", "DECODE_COVERAGE", "DECODE_PROFILE", "DECODE_TOUR",
     "FP8_ACCURACY", "FP8_BENCH", "FP8_SCHEMES", "IMPL_LABELS", "KERNELS_V4_H100", "KERNELS_V4_H200", "KERNELS_V5",
+    "KERNELS_V5_SEESAW",
     "ROOFLINE", "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",
     "Fp8DecoderRow", "Fp8RowError", "Fp8SpeedRow", "KernelRow", "KernelRun", "ResultsMissing", "ablation_steps",
     "capacity_rows", "ceilings", "decode_rows", "decode_skipped", "fp8_attention_errors", "fp8_correctness",
