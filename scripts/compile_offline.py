@@ -84,8 +84,10 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
            "ok_ptr": "*i32", "stride_qb": "i32", "stride_qs": "i32", "stride_qh": "i32", "stride_btb": "i32",
            "s_q": "i32", "h_q": "i32", "heads_per_kv": "i32",
            "rows_per_kv": "i32", "m_tiles": "i32", "num_blocks": "i32", "max_blocks": "i32", "qk_scale": "fp32",
-           "CAUSAL": "constexpr", "META_COLS": "constexpr", "FINE": "constexpr", "num_warps": "constexpr"}
-    src = GluonASTSource(ss._ss_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "FINE": fine, "num_warps": 4})
+           "CAUSAL": "constexpr", "META_COLS": "constexpr", "FINE": "constexpr", "MODE": "constexpr",
+           "num_warps": "constexpr"}
+    src = GluonASTSource(ss._ss_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "FINE": fine, "MODE": 0,
+                                              "num_warps": 4})
     return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": ss.WS_REGS})
 
 

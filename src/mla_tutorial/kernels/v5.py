@@ -99,7 +99,8 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
         if why is not None:
             raise ValueError(f"path 'seesaw' cannot run these inputs here: {why}")
         launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
-                         part_out, part_lse, flag, fine=bool(getattr(config, "fine", False)))
+                         part_out, part_lse, flag, fine=bool(getattr(config, "fine", False)),
+                         mode=int(getattr(config, "mode", 0)))
     elif path == "gluon":
         launch_v5_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                         part_out, part_lse, flag, config)

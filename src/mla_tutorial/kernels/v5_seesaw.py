@@ -82,10 +82,19 @@ if gluon is not None:
 
     @gluon.jit
     def _ss_copy(k_desc, row, bars, SLOT: gl.constexpr, HALF_BAR: gl.constexpr, k_buf, kr_buf, FIRST: gl.constexpr,
-                 LAST: gl.constexpr, ROPE: gl.constexpr, FINE: gl.constexpr):
+                 LAST: gl.constexpr, ROPE: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr):
         """TMA boxes FIRST..LAST-1 (64 columns each) of the page starting at cache row `row`, and the RoPE box if
-        ROPE, into slot SLOT: all on the half's barrier HALF_BAR, or (FINE) each box on its own."""
-        if FINE:
+        ROPE, into slot SLOT: all on the half's barrier HALF_BAR, or (FINE) each box on its own. MODE 2 copies
+        nothing and only signals the barrier (the consumers compute on whatever the slot holds: timing only)."""
+        if MODE == 2:
+            if FINE:
+                for c in gl.static_range(FIRST, LAST):
+                    mbarrier.arrive(bars.index(CHUNK_READY + 9 * SLOT + c))
+                if ROPE:
+                    mbarrier.arrive(bars.index(CHUNK_READY + 9 * SLOT + 8))
+            else:
+                mbarrier.arrive(bars.index(HALF_BAR))
+        elif FINE:
             for c in gl.static_range(FIRST, LAST):
                 bar = bars.index(CHUNK_READY + 9 * SLOT + c)
                 mbarrier.expect(bar, 64 * 64 * 2)
@@ -123,12 +132,13 @@ if gluon is not None:
 
     @gluon.jit
     def _ss_producer(k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks, max_blocks,
-                     k_smem, kr_smem, bars, META_COLS: gl.constexpr, FINE: gl.constexpr):
+                     k_smem, kr_smem, bars, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr):
         """The producer warp: every copy into shared memory, in the order the consumers release the buffers."""
         begin_req, begin_block, end_req, end_block, _ = _ss_part(meta_ptr, META_COLS)
         last_part = gl.program_id(0) == gl.num_programs(0) - 1
         next_req = gl.load(meta_ptr + (gl.program_id(0) + 1) * META_COLS, mask=not last_part, other=-1)
         next_block = gl.load(meta_ptr + (gl.program_id(0) + 1) * META_COLS + 1, mask=not last_part, other=-1)
+        k0, kr0, k1, kr1 = k_smem.index(0), kr_smem.index(0), k_smem.index(1), kr_smem.index(1)
         n0 = 0  # pages that went through slot 0 / slot 1 so far: their barriers' phases
         n1 = 0
         for req in range(begin_req, end_req + 1):
@@ -152,15 +162,15 @@ if gluon is not None:
                 # WG1 (after P_B·V_B[:, 256:]), boxes 0-3 and the RoPE box (P_B) by WG0 (after P_B·V_B[:, :256]).
                 # Waiting in this order also keeps each RoPE box (a P) until both warpgroups have read it.
                 mbarrier.wait(bars.index(EMPTY0L), ph0)
-                _ss_copy(k_desc, row_a, bars, 0, READY0L, k_smem.index(0), kr_smem.index(0), 0, 4, False, FINE)
+                _ss_copy(k_desc, row_a, bars, 0, READY0L, k0, kr0, 0, 4, False, FINE, MODE)
                 if has_b:
                     mbarrier.wait(bars.index(EMPTY1R), ph1)
-                    _ss_copy(k_desc, row_b, bars, 1, READY1R, k_smem.index(1), kr_smem.index(1), 4, 8, False, FINE)
+                    _ss_copy(k_desc, row_b, bars, 1, READY1R, k1, kr1, 4, 8, False, FINE, MODE)
                 mbarrier.wait(bars.index(EMPTY0R), ph0)
-                _ss_copy(k_desc, row_a, bars, 0, READY0R, k_smem.index(0), kr_smem.index(0), 4, 8, True, FINE)
+                _ss_copy(k_desc, row_a, bars, 0, READY0R, k0, kr0, 4, 8, True, FINE, MODE)
                 if has_b:
                     mbarrier.wait(bars.index(EMPTY1L), ph1)
-                    _ss_copy(k_desc, row_b, bars, 1, READY1L, k_smem.index(1), kr_smem.index(1), 0, 4, True, FINE)
+                    _ss_copy(k_desc, row_b, bars, 1, READY1L, k1, kr1, 0, 4, True, FINE, MODE)
                     n1 += 1
                 n0 += 1
 
@@ -382,7 +392,8 @@ if gluon is not None:
         stride_qb, stride_qs, stride_qh, stride_btb, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks,
         max_blocks,
         qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -407,7 +418,7 @@ if gluon is not None:
             (_ss_consumer, (0,) + consumer_args),
             (_ss_consumer, (1,) + consumer_args),
             (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
-                            max_blocks, k_smem, kr_smem, bars, META_COLS, FINE)),
+                            max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -418,9 +429,10 @@ _LAUNCH = FastLauncher(_ss_kernel) if gluon is not None else None
 
 
 def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                     part_lse, ok_flag, fine: bool = False):
+                     part_lse, ok_flag, fine: bool = False, mode: int = 0):
     """Launch the seesaw tile over the schedule `meta`; partials of split requests go to part_out/part_lse.
-    fine: each 64-column box on its own mbarrier, multiplied as soon as it lands (else one barrier per half)."""
+    fine: each 64-column box on its own mbarrier, multiplied as soon as it lands (else one barrier per half).
+    mode 2: no page copies, the compute alone (results meaningless: for timing the parts, as GluonConfig.mode)."""
     m_tiles = -(-dims.rows_per_kv // 64)
     _LAUNCH(
         (meta.shape[0], m_tiles),
@@ -428,5 +440,6 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
         meta, num_splits, ok_flag,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
-        CAUSAL=causal, META_COLS=meta.shape[1], FINE=fine, num_warps=4, maxnreg=WS_REGS,
+        CAUSAL=causal, META_COLS=meta.shape[1], FINE=fine, MODE=mode, num_warps=4,
+        maxnreg=WS_REGS,
     )
