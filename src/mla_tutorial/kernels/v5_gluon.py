@@ -346,7 +346,8 @@ class GluonConfig:
 
     sub: int = 64  # keys per step: 64 (one page), 32 or 16
     stages: int = 2  # steps in flight + 1; shared memory 72 KB (Q) + stages·sub·1152 B + 64·sub·2 B (P)
-    mode: int = 0  # 0: compute; 1: loads only; 2: MMAs only (timing the parts, results meaningless)
+    mode: int = 0  # 0: compute; 1: loads only; 2: MMAs only (timing the parts, results meaningless; the seesaw
+    #                tile reads `fine` and mode 2 from this too)
     fine: bool = False  # multiply each 64-column box as soon as it lands
 
     def smem_bytes(self) -> int:

@@ -23,8 +23,8 @@
 #   warpgroup's MMAs, toward max(loads, MMAs) ≈ 0.19 ms: h64 from 0.66 toward 0.9 of FlashMLA.
 # Bought (H200, 2026-12-02, docs/results/kernels_v5_seesaw_h200_2026-12-02.json, FlashMLA in the same run): at 128
 #   heads 12-20 % over the lockstep tile (s_k 4k 0.447 → 0.393 ms, 0.60 of FlashMLA; s_q 2 causal 0.851 → 0.679, 0.65);
-#   at 64 heads 3-4 % (s_k 4k 0.253 → 0.244, 0.69). The page pipeline, not the compute, is what is left: with the
-#   compute switched off the lockstep tile's loads alone reach 0.77 of copy bandwidth (docs/kernel.md §11).
+#   at 64 heads 3-4 % (s_k 4k 0.253 → 0.244, 0.69). Its compute alone (MODE 2) takes 0.159 ms there and the pages
+#   alone stream at the copy ceiling (0.145): what is left is their overlap (docs/kernel.md §11).
 """Version 5's warp-specialised Gluon tile: a producer warp and FlashMLA's seesaw schedule (Hopper, Triton 3.6)."""
 
 from __future__ import annotations
