@@ -63,7 +63,10 @@ def main() -> None:
     ap.add_argument("--out", default="fp8_bench.json")
     ap.add_argument("--quick", action="store_true", help="h16 and h128 at s_k 4096 only, no config sweep")
     ap.add_argument("--smoke", action="store_true", help="CPU, interpreter, tiny shapes: test the script itself")
+    ap.add_argument("--sections", default="env,correctness,timing,fp8_configs,append",
+                    help="comma-separated sections to run (default: all)")
     args = ap.parse_args()
+    wanted = set(args.sections.split(","))
     if args.smoke:
         import os
 
@@ -167,7 +170,8 @@ def main() -> None:
             out["api-b64-normal-h16-sq2"] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:800]}"}
         return out
 
-    guarded("correctness", args.out, correctness)
+    if "correctness" in wanted:
+        guarded("correctness", args.out, correctness)
 
     # ----------------------------------------------------------------------------------------- 3. timing
     sk1, sk2 = big_sk
@@ -247,7 +251,8 @@ def main() -> None:
                 torch.cuda.empty_cache()
         return rows
 
-    guarded("timing", args.out, timing)
+    if "timing" in wanted:
+        guarded("timing", args.out, timing)
 
     # ----------------------------------------------------------------------------------------- 4. fp8 configs
     def fp8_configs():
@@ -291,7 +296,7 @@ def main() -> None:
                 save(args.out)
         return out
 
-    if not args.quick:
+    if not args.quick and "fp8_configs" in wanted:
         guarded("fp8_configs", args.out, fp8_configs)
 
     # ----------------------------------------------------------------------------------------- 5. append
@@ -300,7 +305,8 @@ def main() -> None:
         return {"quantize_rows_b128_ms": bench(lambda: quantize_rows(rows)),
                 "quantize_rows_b128_graph_ms": graph_ms(lambda: quantize_rows(rows))}
 
-    guarded("append", args.out, append)
+    if "append" in wanted:
+        guarded("append", args.out, append)
     print("done", flush=True)
 
 
