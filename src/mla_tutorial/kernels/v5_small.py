@@ -234,8 +234,11 @@ _LAUNCH = FastLauncher(_mla_decode_v5_small_kernel)
 SMALL_TILE_CONFIGS = {16: (64, 4, 2, 2), 32: (64, 4, 2, 2), 64: (32, 8, 2, 1)}  # 64: 221 KB of shared memory
 
 
-#: The same for an FP8 cache, chosen from sm_90a compile reports only (Triton 3.6, scripts/compile_offline.py
-#: v5s-fp8:...; not timed yet): the configs that fit the 232,448 B of shared memory with the fewest spills. 16 rows
+#: The same for an FP8 cache, chosen from sm_90a compile reports (Triton 3.6, scripts/compile_offline.py
+#: v5s-fp8:...) and then timed on the H200 (2026-12-02, b = 128, s_k = 4096, docs/results/probes/
+#: fp8_configs_h200_2026-12-02.json): at 16 rows (64, 4, 2, 2) was the fastest of 13 configurations (0.370 ms);
+#: at 64 rows (h_q 128) (64, 8, 1, 1) took 1.237 ms against 1.295 for this one (not switched: not yet checked for
+#: correctness on the GPU). The configs that fit the 232,448 B of shared memory with the fewest spills. 16 rows
 #: (64, 4, 2): 255 registers, 108 B of spill stores, 109,568 B shared (two programs per SM); 32 and 64 rows
 #: (32, 8, 2): 64 and 152 B of spill stores, 82,432 and 205,312 B shared; (64, 8, 2) at 64 rows needs 263,168 B.
 #: The e4m3 bytes are loaded with plain loads: Triton 3.6 does not turn a load whose value is converted before a
@@ -244,7 +247,8 @@ FP8_SMALL_TILE_CONFIGS = {16: (64, 4, 2, 2), 32: (32, 8, 2, 1), 64: (32, 8, 2, 1
 
 #: How the FP8 tile reads the 512 e4m3 bytes of each key: "pointer" (plain loads) or "tma" (a device-side tensor
 #: descriptor, which Triton 3.6 pipelines; needs strides that are multiples of 16 bytes and a 16-byte aligned
-#: cache, else "pointer" runs). Untimed: scripts/gpu_fp8_bench.py measures both; the faster becomes the default.
+#: cache, else "pointer" runs). Timed on the H200 (same file): plain loads were faster in every configuration
+#: (h_q 16: 0.370 against 0.410 ms at best; h_q 128: 1.295 against 1.390).
 FP8_LOADS = "pointer"
 
 #: Launch configurations for FP8_LOADS = "tma", from the same compile reports: 16 rows (32, 4, 2): 16 B of spill
