@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# One GPU call for the results the docs quote: GPU tests, the kernel benchmark beside FlashMLA, the FP8 path, and the
-# decode step at serving shapes. Each step is time-boxed and logged; everything is packed into $OUT/final.tgz after
-# every step (a cut-off run still returns what it did). Carry .peers (FlashMLA, see ../shared/flashmla/README.md)
-# and, for the FP8 step while stage 5 lives on its own branch, .h9 (a copy of that branch's src, tests, scripts).
-#   STEPS="tests kernels fp8 decode" scripts/gpu_final.sh
+# One GPU call for the results the docs quote: the seesaw tile's correctness probe and its parts against the lockstep
+# tile and FlashMLA, the GPU tests, the kernel benchmark beside FlashMLA, the FP8 path, and the decode step at serving
+# shapes. Each step is time-boxed and logged to $OUT; when the seesaw check fails, the steps after it are skipped.
+# Carry .peers (FlashMLA, see ../shared/flashmla/README.md).
+#   STEPS="check time tests kernels fp8 decode" scripts/gpu_final.sh
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
-WORK=${WORK:-/tmp/gpu_final}
-STEPS=${STEPS:-tests kernels fp8 decode}
-mkdir -p "$OUT" "$WORK"
+STEPS=${STEPS:-check time tests kernels fp8 decode}
+mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 COLUMNS=200
 PY=${PYTHON:-python3}
 PEERS=$PWD/.peers/flashmla
@@ -17,20 +16,28 @@ step() {  # step NAME SECONDS command...
   local name=$1 limit=$2; shift 2
   echo "=== $name (limit ${limit}s)"
   local t0=$SECONDS
-  timeout "$limit" "$@" >"$WORK/$name.log" 2>&1
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   echo "=== $name: exit $? after $((SECONDS - t0)) s"
-  tail -n 30 "$WORK/$name.log" | cut -c1-240
-  tar czf "$OUT/final.tgz" -C "$WORK" .
+  tail -n ${TAIL:-25} "$OUT/$name.log" | cut -c1-260
 }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.limit --format=csv \
-  | tee "$WORK/nvidia_smi.txt"
-git rev-parse HEAD > "$WORK/commit.txt" 2>/dev/null || true
-has tests && step tests ${TEST_LIMIT:-170} env PYTHONPATH=src $PY -m pytest -m gpu tests/test_kernels_gpu.py tests/test_contract_gpu.py \
-  tests/test_graphs_gpu.py -q -p no:cacheprovider --durations=8 -k "not v1_naive and not v2_head and not v3_split"
+  | tee "$OUT/nvidia_smi.txt"
+$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/nvidia_smi.txt"
+git rev-parse HEAD >> "$OUT/nvidia_smi.txt" 2>/dev/null || true
+has check && step check 150 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw_probe.py --out "$OUT/check.json" \
+  --check-only
+if has check && { ! grep -q "^PASS" "$OUT/check.log" || grep -q "^FAIL" "$OUT/check.log"; }; then
+  echo "=== the seesaw check failed: the other steps are skipped"; STEPS=""
+fi
+has time && step time 170 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw_probe.py --out "$OUT/time.json" \
+  --skip-check
+has tests && step tests ${TEST_LIMIT:-200} env PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_kernels_gpu.py \
+  tests/test_fp8.py tests/test_graphs_gpu.py tests/test_contract_gpu.py -q -p no:cacheprovider --durations=5 \
+  -k "not v1_naive and not v2_head and not v3_split"
 has kernels && step kernels 200 env PYTHONPATH=$PEERS:src $PY -m mla_tutorial bench --kernel --shapes targets,ablation \
-  --out "$WORK/kernels.json"
-has fp8 && step fp8 110 bash -c "cd .h9 && PYTHONPATH=$PEERS:src $PY scripts/gpu_fp8_bench.py --quick --out $WORK/fp8.json"
-has decode && step decode 100 env PYTHONPATH=src $PY -m mla_tutorial bench --device cuda --config deepseek-v3 \
+  --out "$OUT/kernels.json"
+has fp8 && step fp8 120 env PYTHONPATH=$PEERS:src $PY scripts/gpu_fp8_bench.py --quick --out "$OUT/fp8.json"
+has decode && step decode 150 env PYTHONPATH=src $PY -m mla_tutorial bench --device cuda --config deepseek-v3 \
   --stages 2 4 --heads 128 16 --batch 1 8 64 --context 4096 --graphs both --warmup 5 --reps 30 \
-  --out "$WORK/stages/stages.json"
+  --out "$OUT/decode.json"
 echo "=== done"
