@@ -175,6 +175,15 @@ def test_kernel_choice_says_which_tile_runs_and_why():
         assert path == "v4" and "v4's plain-Triton 64-row tile" in reason
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="on an sm_90 GPU the seesaw tile runs")
+def test_forcing_the_seesaw_tile_where_it_cannot_run_says_why():
+    """path="seesaw" (the Gluon tile v5 runs at 64+ rows on Hopper) needs CUDA, sm_90 and Triton 3.6: elsewhere a
+    clear error, before anything is launched."""
+    q, k_cache, block_table, seqlens = make_inputs([70, 3], 1, 64, 1, torch.bfloat16, seed=2)
+    with pytest.raises(ValueError, match="path 'seesaw' cannot run these inputs here"):
+        K.mla_decode_v5(q, k_cache, block_table, seqlens, 512, path="seesaw")
+
+
 @pytest.mark.parametrize("num_splits", [1, 3, 8])
 def test_split_kv_any_number_of_splits(num_splits):
     """More splits than pages leaves some splits empty (lse = -inf partials): the combine must ignore them."""
