@@ -431,3 +431,16 @@ def test_v5_flags_a_schedule_built_for_other_lengths():
         K.mla_decode_v5(q, k_cache, block_table, torch.tensor(now, dtype=torch.int32, device=DEVICE), 512,
                         tile_scheduler_metadata=meta, num_splits=splits, error_flag=flag)
         assert int(flag) == (0 if stale else 1), f"lengths {now}: flag {int(flag)}"
+
+
+def test_fast_launcher_key_is_the_jit_specialization_key():
+    """FastLauncher's per-launch key takes shortcuts for tensors and ints; it must equal the plain per-argument spec
+    (dtype and 16-byte alignment of tensors; 1, multiple of 16 and 32-bit range of ints; bools, floats and TMA
+    descriptors by kind), else a launch could reuse a binary compiled for other arguments."""
+    from mla_tutorial.kernels.launch import _key, _spec
+
+    base = torch.empty(8, dtype=torch.bfloat16)
+    args = [base, base[1:], torch.empty(3, dtype=torch.int32), torch.nn.Parameter(torch.empty(2)), 0, 1, 16, 17,
+            2**31, -(2**31) - 1, True, False, 0.5, None]
+    assert _key(args) == tuple(_spec(a) for a in args)
+    assert _key([base])[0] != _key([base[1:]])[0]  # a misaligned view is another specialization
