@@ -113,6 +113,51 @@ if gluon is not None:
                 tma.async_copy_global_to_shared(k_desc, [row, 8 * CHUNK], bar, kr_buf)
 
     @gluon.jit
+    def _v5_flag_stale(ok_ptr, req, s_k, n_pages, begin_req, begin_block, end_req, end_block, next_req, next_block,
+                       max_blocks):
+        """Clear the ok flag if this program's part of the schedule cannot have been built for request req's length
+        s_k (n_pages pages): it would skip pages or leave a partial unwritten; or if the length is negative or more
+        than the block table holds. next_req / next_block: where the next part starts (-1 for the last part)."""
+        stale = (req == begin_req) & (begin_block > 0) & (begin_block >= n_pages)
+        stale |= (req == end_req) & (end_block < n_pages) & ((next_req != req) | (next_block != end_block))
+        stale |= (s_k < 0) | (n_pages > max_blocks)  # a length the block table cannot hold
+        gl.store(ok_ptr, 0, mask=stale)
+
+    @gluon.jit
+    def _v5_store(acc, m_i, l_i, rows, tok, req, slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q,
+                  heads_per_kv, rows_per_kv, m_start, o_rows: gl.constexpr, o_cols: gl.constexpr, COL0: gl.constexpr,
+                  NCOLS: gl.constexpr, WRITE_LSE: gl.constexpr):
+        """A tile's end of a request: O / l for output columns COL0 .. COL0+NCOLS-1 (and, if WRITE_LSE, the LSE) to
+        the output when the request is one piece, else as an fp32 partial in partial slot `slot` for the combine
+        kernel. rows / tok: the tile's query rows and their tokens, in the layout of m_i and l_i."""
+        D_V: gl.constexpr = 512
+        has_keys = l_i > 0
+        l_safe = gl.where(has_keys, l_i, 1.0)
+        o = acc / gl.convert_layout(l_safe, o_rows)[:, None]
+        lse = (m_i + gl.log2(l_safe)) * 0.6931471805599453
+        o_rows_idx = m_start + gl.arange(0, 64, layout=o_rows)
+        o_ok = o_rows_idx < rows_per_kv
+        o_tok = o_rows_idx // heads_per_kv
+        o_head = o_rows_idx % heads_per_kv
+        cols = COL0 + gl.arange(0, NCOLS, layout=o_cols)
+        row_ok = rows < rows_per_kv
+        head = rows % heads_per_kv
+        if pieces == 1:
+            orow = (req.to(gl.int64) * s_q + o_tok) * h_q + o_head
+            gl.store(out_ptr + orow[:, None] * D_V + cols[None, :], o.to(out_ptr.dtype.element_ty),
+                     mask=o_ok[:, None])
+            if WRITE_LSE:
+                gl.store(lse_ptr + (req.to(gl.int64) * h_q + head) * s_q + tok, gl.where(has_keys, lse, float("inf")),
+                         mask=row_ok)
+        else:
+            pslot = slot.to(gl.int64)
+            orow = (pslot * s_q + o_tok) * h_q + o_head
+            gl.store(part_out_ptr + orow[:, None] * D_V + cols[None, :], o, mask=o_ok[:, None])
+            if WRITE_LSE:
+                gl.store(part_lse_ptr + (pslot * s_q + tok) * h_q + head, gl.where(has_keys, lse, float("-inf")),
+                         mask=row_ok)
+
+    @gluon.jit
     def _v5_kernel(
         q_ptr, k_desc, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
         meta_ptr, num_splits_ptr, ok_ptr,
@@ -174,11 +219,8 @@ if gluon is not None:
         for req in range(begin_req, end_req + 1):
             s_k = gl.load(seqlens_ptr + req)
             n_pages = gl.cdiv(s_k, PAGE)
-            # a schedule built for other lengths would skip pages or leave a partial unwritten: flag it
-            stale = (req == begin_req) & (begin_block > 0) & (begin_block >= n_pages)
-            stale |= (req == end_req) & (end_block < n_pages) & ((next_req != req) | (next_block != end_block))
-            stale |= (s_k < 0) | (n_pages > max_blocks)  # a length the block table cannot hold
-            gl.store(ok_ptr, 0, mask=stale)
+            _v5_flag_stale(ok_ptr, req, s_k, n_pages, begin_req, begin_block, end_req, end_block, next_req,
+                           next_block, max_blocks)
             n_pages = gl.minimum(n_pages, max_blocks)  # never read past the request's row of the table
             lo = gl.where(req == begin_req, begin_block, 0) * STEPS_PER_PAGE
             hi_page = gl.minimum(gl.where(req == end_req, end_block, n_pages), n_pages)  # an empty request: none
@@ -268,30 +310,8 @@ if gluon is not None:
                 gl.thread_barrier()  # both warpgroups are done with this slot and with P
                 it += 1
 
-            # store: final output, or an fp32 partial for the combine kernel
-            has_keys = l_i > 0
-            l_safe = gl.where(has_keys, l_i, 1.0)
-            o = acc / gl.convert_layout(l_safe, o_rows)[:, None]
-            lse = (m_i + gl.log2(l_safe)) * 0.6931471805599453
-            o_rows_idx = m_start + gl.arange(0, BLOCK_M, layout=o_rows)
-            o_ok = o_rows_idx < rows_per_kv
-            o_tok = o_rows_idx // heads_per_kv
-            o_head = o_rows_idx % heads_per_kv
-            cols = gl.arange(0, D_V, layout=o_cols)
-            row_ok = rows < rows_per_kv
-            head = rows % heads_per_kv
-            if pieces == 1:
-                orow = (req.to(gl.int64) * s_q + o_tok) * h_q + o_head
-                gl.store(out_ptr + orow[:, None] * D_V + cols[None, :], o.to(out_ptr.dtype.element_ty),
-                         mask=o_ok[:, None])
-                lse_f = gl.where(has_keys, lse, float("inf"))
-                gl.store(lse_ptr + (req.to(gl.int64) * h_q + head) * s_q + tok, lse_f, mask=row_ok)
-            else:
-                pslot = (first_slot + split).to(gl.int64)
-                orow = (pslot * s_q + o_tok) * h_q + o_head
-                gl.store(part_out_ptr + orow[:, None] * D_V + cols[None, :], o, mask=o_ok[:, None])
-                lse_p = gl.where(has_keys, lse, float("-inf"))
-                gl.store(part_lse_ptr + (pslot * s_q + tok) * h_q + head, lse_p, mask=row_ok)
+            _v5_store(acc, m_i, l_i, rows, tok, req, first_slot + split, pieces, out_ptr, lse_ptr, part_out_ptr,
+                      part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, o_rows, o_cols, 0, D_V, True)
 
         for st in gl.static_range(STAGES * 9):
             mbarrier.invalidate(bars.index(st))

@@ -9,12 +9,13 @@
 #     Pages come in pairs (A, B). Warpgroup 0 computes the scores of A over all 576 columns, warpgroup 1 those
 #     of B, at the same time; each owns half of the output columns (0-255, 256-511):
 #         WG0: S_A = Q·K_Aᵀ; m_A = max(m, rowmax S_A); P_A = exp(S_A - m_A); O_L = O_L·e^(m-m_A) + P_A·V_A[:, :256]
-#         WG1: (waits for P_A, m_A) O_R = O_R·e^(m-m_A) + P_A·V_A[:, 256:]        -> page A's slot is free
-#              S_B = Q·K_Bᵀ; m_B = max(m_A, rowmax S_B); P_B = exp(S_B - m_B); O_R = O_R·e^(m_A-m_B) + P_B·V_B[:, 256:]
-#         WG0: (waits for P_B, m_B) O_L = O_L·e^(m_A-m_B) + P_B·V_B[:, :256]     -> page B's slot is free
-#     so one warpgroup's softmax overlaps the other's matrix products, the row max crosses between the two
-#     warpgroups once per page (as a 64-float vector in shared memory) instead of a CTA barrier per page, and the
-#     even page's slot is released half-way through the pair: the next even page loads while B is computed.
+#         WG1: S_B = Q·K_Bᵀ; (waits for P_A, m_A) m_B = max(m_A, rowmax S_B); P_B = exp(S_B - m_B);
+#              O_R = O_R·e^(m-m_B) + P_B·V_B[:, 256:] + (P_A·e^(m_A-m_B))·V_A[:, 256:]   (P_A rescaled in registers)
+#         WG0: (waits for P_B, m_B) O_L = O_L·e^(m_A-m_B) + P_B·V_B[:, :256]
+#     so one warpgroup's softmax overlaps the other's matrix products, and the row max crosses between the two
+#     warpgroups once per page (as a 64-float vector in shared memory) instead of a CTA barrier per page.
+#     (Multiplying P_A·V_A[:, 256:] first, to free page A's slot half-way through the pair, was measured slower:
+#     docs/results/v5_notes.md, seesaw probe 2.)
 #     P_A and P_B go to shared memory in place of their page's RoPE box (64x64 bf16, no longer needed once the
 #     scores are computed): no extra shared memory.
 #   Shared memory: Q 72 KB + 2 pages 144 KB + row statistics 1.5 KB.
@@ -35,7 +36,9 @@ from .common import LOG2E
 from .launch import FastLauncher
 from .v5_gluon import (
     _k_descriptor,
+    _v5_flag_stale,
     _v5_load_q,
+    _v5_store,
     fence_async_shared,
     gl,
     gluon,
@@ -144,11 +147,8 @@ if gluon is not None:
         for req in range(begin_req, end_req + 1):
             s_k, lo, hi = _ss_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
             n_pages = gl.cdiv(s_k, 64)
-            # a schedule built for other lengths would skip pages or leave a partial unwritten: flag it
-            stale = (req == begin_req) & (begin_block > 0) & (begin_block >= n_pages)
-            stale |= (req == end_req) & (end_block < n_pages) & ((next_req != req) | (next_block != end_block))
-            stale |= (s_k < 0) | (n_pages > max_blocks)  # a length the block table cannot hold
-            gl.store(ok_ptr, 0, mask=stale)
+            _v5_flag_stale(ok_ptr, req, s_k, n_pages, begin_req, begin_block, end_req, end_block, next_req,
+                           next_block, max_blocks)
 
             bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
             for a in range(lo, hi, 2):  # page pairs (a, a + 1); the last may be a single page
@@ -250,12 +250,15 @@ if gluon is not None:
         o_cols: gl.constexpr = gl.SliceLayout(0, o_layout)
         pa_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         dtype: gl.constexpr = q_smem.dtype
-        D_V: gl.constexpr = 512
 
         begin_req, begin_block, end_req, end_block, begin_split = _ss_part(meta_ptr, META_COLS)
         m_start = (gl.program_id(1) % m_tiles) * 64
         rows = m_start + gl.arange(0, 64, layout=s_rows)
         tok = rows // heads_per_kv
+        k_a = k_smem.index(0)  # slot 0 holds the even pages (A), slot 1 the odd ones (B)
+        k_b = k_smem.index(1)
+        p_a = kr_smem.index(0)  # page A's RoPE box, reused for P_A once S_A is computed
+        p_b = kr_smem.index(1)
         n0 = 0  # as the producer counts them
         n1 = 0
         for req in range(begin_req, end_req + 1):
@@ -278,10 +281,6 @@ if gluon is not None:
                 has_b = a + 1 < hi
                 ph0 = n0 & 1
                 ph1 = n1 & 1
-                k_a = k_smem.index(0)
-                k_b = k_smem.index(1)
-                p_a = kr_smem.index(0)  # page A's RoPE box, reused for P_A once S_A is computed
-                p_b = kr_smem.index(1)
                 if WG == 0:
                     s = _ss_scores(q_smem, qr_smem, k_a, p_a, bars, 0, READY0L, READY0R, ph0, s_layout, 0, FINE)
                     p, m_a, m_a_use = _ss_softmax(s, a * 64, n_visible, m_i, qk_scale, s_cols)
@@ -359,31 +358,9 @@ if gluon is not None:
             first_slot = gl.load(num_splits_ptr + req)
             pieces = gl.load(num_splits_ptr + req + 1) - first_slot
             split = gl.where(req == begin_req, begin_split, 0)
-            has_keys = l_i > 0
-            l_safe = gl.where(has_keys, l_i, 1.0)
-            o = acc / gl.convert_layout(l_safe, o_rows)[:, None]
-            lse = (m_i + gl.log2(l_safe)) * 0.6931471805599453
-            o_rows_idx = m_start + gl.arange(0, 64, layout=o_rows)
-            o_ok = o_rows_idx < rows_per_kv
-            o_tok = o_rows_idx // heads_per_kv
-            o_head = o_rows_idx % heads_per_kv
-            cols = 256 * WG + gl.arange(0, 256, layout=o_cols)
-            row_ok = rows < rows_per_kv
-            head = rows % heads_per_kv
-            if pieces == 1:
-                orow = (req.to(gl.int64) * s_q + o_tok) * h_q + o_head
-                gl.store(out_ptr + orow[:, None] * D_V + cols[None, :], o.to(out_ptr.dtype.element_ty),
-                         mask=o_ok[:, None])
-                if WG == 0:
-                    gl.store(lse_ptr + (req.to(gl.int64) * h_q + head) * s_q + tok,
-                             gl.where(has_keys, lse, float("inf")), mask=row_ok)
-            else:
-                pslot = (first_slot + split).to(gl.int64)
-                orow = (pslot * s_q + o_tok) * h_q + o_head
-                gl.store(part_out_ptr + orow[:, None] * D_V + cols[None, :], o, mask=o_ok[:, None])
-                if WG == 0:
-                    gl.store(part_lse_ptr + (pslot * s_q + tok) * h_q + head,
-                             gl.where(has_keys, lse, float("-inf")), mask=row_ok)
+            _v5_store(acc, m_i, l_i, rows, tok, req, first_slot + split, pieces, out_ptr, lse_ptr, part_out_ptr,
+                      part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, o_rows, o_cols, 256 * WG, 256,
+                      WG == 0)
 
     @gluon.jit
     def _ss_kernel(
