@@ -175,13 +175,14 @@ def test_kernel_choice_says_which_tile_runs_and_why():
         assert path == "v4" and "v4's plain-Triton 64-row tile" in reason
 
 
-@pytest.mark.skipif(DEVICE != "cpu", reason="on an sm_90 GPU the seesaw tile runs")
-def test_forcing_the_seesaw_tile_where_it_cannot_run_says_why():
-    """path="seesaw" (the Gluon tile v5 runs at 64+ rows on Hopper) needs CUDA, sm_90 and Triton 3.6: elsewhere a
-    clear error, before anything is launched."""
+@pytest.mark.skipif(DEVICE != "cpu", reason="on an sm_90 GPU the Gluon tiles run")
+@pytest.mark.parametrize("path", ["seesaw", "gluon"])
+def test_forcing_a_gluon_tile_where_it_cannot_run_says_why(path):
+    """path="seesaw" or "gluon" (the Gluon tiles v5 runs at 64+ rows on Hopper) needs CUDA, sm_90 and Triton 3.6:
+    elsewhere a clear error, before anything is launched."""
     q, k_cache, block_table, seqlens = make_inputs([70, 3], 1, 64, 1, torch.bfloat16, seed=2)
-    with pytest.raises(ValueError, match="path 'seesaw' cannot run these inputs here"):
-        K.mla_decode_v5(q, k_cache, block_table, seqlens, 512, path="seesaw")
+    with pytest.raises(ValueError, match=f"path '{path}' cannot run these inputs here"):
+        K.mla_decode_v5(q, k_cache, block_table, seqlens, 512, path=path)
 
 
 @pytest.mark.parametrize("num_splits", [1, 3, 8])

@@ -94,10 +94,11 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     part_out = torch.empty(slots, s_q * h_q, D_NOPE, dtype=torch.float32, device=dev)
     part_lse = torch.empty(slots, s_q * h_q, dtype=torch.float32, device=dev)
     flag = ok_flag(dev) if error_flag is None else error_flag
-    if path == "seesaw":
+    if path in ("seesaw", "gluon"):  # forced (kernel_choice picks them only where they run): say why not, first
         why = gluon_unavailable(q, k_cache, dims.h_kv)
         if why is not None:
-            raise ValueError(f"path 'seesaw' cannot run these inputs here: {why}")
+            raise ValueError(f"path {path!r} cannot run these inputs here: {why}")
+    if path == "seesaw":
         launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                          part_out, part_lse, flag, fine=bool(getattr(config, "fine", False)),
                          mode=int(getattr(config, "mode", 0)))
