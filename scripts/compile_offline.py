@@ -24,6 +24,9 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
+#: The shared-memory layout of the Gluon tiles' TMA descriptors, as Triton spells it in a kernel signature.
+SMEM_LAYOUT = ("NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2, transposed=False, "
+               "fp4_padded=False, cga_layout=[])")
 
 
 def ptxas_report(ptx: str, name: str, workdir: Path) -> dict:
@@ -56,8 +59,7 @@ def compile_v5(dtype: str = "bf16", causal: bool = False, sub: int = 64, stages:
 
     from mla_tutorial.kernels import v5_gluon as v5
 
-    layout = "NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2, transposed=False, " \
-             "fp4_padded=False, cga_layout=[])"
+    layout = SMEM_LAYOUT
     sig = {"q_ptr": f"*{dtype}", "k_desc": f"tensordesc<{dtype}[{sub}, 64],{layout}>", "block_table_ptr": "*i32",
            "seqlens_ptr": "*i32", "out_ptr": f"*{dtype}", "lse_ptr": "*fp32", "part_out_ptr": "*fp32",
            "part_lse_ptr": "*fp32", "meta_ptr": "*i32", "num_splits_ptr": "*i32", "ok_ptr": "*i32",
@@ -76,8 +78,7 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
 
     from mla_tutorial.kernels import v5_seesaw as ss
 
-    layout = "NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2, transposed=False, " \
-             "fp4_padded=False, cga_layout=[])"
+    layout = SMEM_LAYOUT
     sig = {"q_ptr": f"*{dtype}", "k_desc": f"tensordesc<{dtype}[64, 64],{layout}>",
            "block_table_ptr": "*i32", "seqlens_ptr": "*i32", "out_ptr": f"*{dtype}", "lse_ptr": "*fp32",
            "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "meta_ptr": "*i32", "num_splits_ptr": "*i32",

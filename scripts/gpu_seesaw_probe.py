@@ -1,6 +1,8 @@
 """GPU probe of v5's warp-specialised seesaw tile: correctness first (FlashMLA's recipe, every case in one process,
 each with a sync so that a hang or a wrong answer is named), then its speed beside the lockstep Gluon tile and
-FlashMLA, whole call and graph replay, with the ceilings measured in the same run.
+FlashMLA, whole call and graph replay, with the ceilings measured in the same run; and each tile's parts timed apart
+(`GluonConfig(mode=...)`: seesaw_compute and lockstep_compute copy nothing, loads_only computes nothing; their
+outputs mean nothing).
 
     PYTHONPATH=.peers/flashmla:src:tests python3 scripts/gpu_seesaw_probe.py --out probe.json [--skip-check]
 """
@@ -61,8 +63,10 @@ def _impls(fm, args, causal, meta, splits) -> dict:
     kw = dict(causal=causal, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False)
     impls = {"seesaw": lambda: mla_decode_v5(*args, path="seesaw", **kw),
              "seesaw_fine": lambda: mla_decode_v5(*args, path="seesaw", config=GluonConfig(fine=True), **kw),
+             "seesaw_compute": lambda: mla_decode_v5(*args, path="seesaw", config=GluonConfig(mode=2), **kw),
              "lockstep": lambda: mla_decode_v5(*args, path="gluon", **kw),
-             "loads_only": lambda: mla_decode_v5(*args, path="gluon", config=GluonConfig(mode=1), **kw)}
+             "loads_only": lambda: mla_decode_v5(*args, path="gluon", config=GluonConfig(mode=1), **kw),
+             "lockstep_compute": lambda: mla_decode_v5(*args, path="gluon", config=GluonConfig(mode=2), **kw)}
     if fm is not None:
         fm_meta, _ = fm.get_mla_metadata()
         impls["flashmla"] = lambda: fm.flash_mla_with_kvcache(*args, fm_meta, None, causal=causal)
