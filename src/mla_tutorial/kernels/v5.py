@@ -80,9 +80,14 @@ def ok_flag(device: torch.device) -> torch.Tensor:
 def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, *, check_bounds=True,
                path=None, config: TileConfig | GluonConfig | None = None, error_flag: torch.Tensor | None = None,
                is_fp8: bool = False):
+    forced = path  # kernel_choice picks a tile only where it runs: a forced one is checked below
     path = path or kernel_choice(q, k_cache, dims.rows_per_kv, dims.h_kv)[0]
     if is_fp8 and path != "small":
         raise ValueError(f"path {path!r} cannot read an FP8 cache (is_fp8_kvcache=True): only 'small' can")
+    if forced in ("seesaw", "gluon"):  # a forced Gluon tile where it cannot run: say why, before anything is allocated
+        why = gluon_unavailable(q, k_cache, dims.h_kv)
+        if why is not None:
+            raise ValueError(f"path {path!r} cannot run these inputs here: {why}")
     if path == "v4":  # v4's kernel does not check its block ids: the contract's device-side check does, on a GPU
         if check_bounds and on_gpu(q):
             check_block_table_on_device(block_table, cache_seqlens, dims.num_blocks, dims.page_size)
@@ -94,10 +99,6 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     part_out = torch.empty(slots, s_q * h_q, D_NOPE, dtype=torch.float32, device=dev)
     part_lse = torch.empty(slots, s_q * h_q, dtype=torch.float32, device=dev)
     flag = ok_flag(dev) if error_flag is None else error_flag
-    if path in ("seesaw", "gluon"):  # forced (kernel_choice picks them only where they run): say why not, first
-        why = gluon_unavailable(q, k_cache, dims.h_kv)
-        if why is not None:
-            raise ValueError(f"path {path!r} cannot run these inputs here: {why}")
     if path == "seesaw":
         launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                          part_out, part_lse, flag, fine=bool(getattr(config, "fine", False)),
