@@ -27,7 +27,6 @@ mean anything: a check that the script itself works before it spends GPU time.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import sys
@@ -42,24 +41,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
 RESULT: dict = {}
-
-
-@contextlib.contextmanager
-def fp8_knobs(loads: str, dequant: str):
-    """Set v5_small.FP8_LOADS and FP8_DEQUANT (read at launch) for a block, then restore them."""
-    from mla_tutorial.kernels import v5_small
-
-    old = v5_small.FP8_LOADS, v5_small.FP8_DEQUANT
-    v5_small.FP8_LOADS, v5_small.FP8_DEQUANT = loads, dequant
-    try:
-        yield
-    finally:
-        v5_small.FP8_LOADS, v5_small.FP8_DEQUANT = old
-
-
-#: The FP8 variants timed and checked: (load mode, dequantization), v5_small.FP8_LOADS and FP8_DEQUANT.
-VARIANTS = [("pointer", "convert"), ("pointer", "bits"), ("pointer", "ptx"), ("tma", "convert"), ("tma", "bits"),
-            ("tma", "ptx")]
 
 
 def save(path: str) -> None:
@@ -103,6 +84,7 @@ def main() -> None:
 
     import mla_tutorial.kernels as K
     from mla_tutorial.fp8 import dequantize_k_cache, quantize_k_cache, quantize_rows
+    from mla_tutorial.kernels import v5_small
     from mla_tutorial.kernels.common import TileConfig
     from mla_tutorial.kernels.schedule import get_mla_metadata
     from mla_tutorial.measure import kernel_bench
@@ -146,8 +128,9 @@ def main() -> None:
     def correctness():
         out = {}
         cases = ((16, 1), (16, 2)) if args.smoke else ((16, 1), (16, 2), (64, 1), (128, 1), (128, 2))
-        for (h_q, s_q), (loads, dequant) in [(c, v) for c in cases for v in VARIANTS]:
-            name = f"h{h_q}-sq{s_q}-{loads}-{dequant}"
+        for (h_q, s_q), loads in [(c, m) for c in cases for m in ("pointer", "tma")]:
+            name = f"h{h_q}-sq{s_q}-{loads}"
+            v5_small.FP8_LOADS = loads
             try:
                 q, kc, bt, sl = make_inputs(lengths, s_q, h_q, 1, torch.bfloat16, seed=h_q + s_q, device=dev)
                 k8 = quantize_k_cache(kc)
@@ -157,18 +140,18 @@ def main() -> None:
                     return K.mla_decode_v5(q, k8, bt, sl, dv, softmax_scale=softmax_scale, causal=causal,
                                            is_fp8_kvcache=True, error_flag=flag)
 
-                with fp8_knobs(loads, dequant):
-                    try:
-                        check_against_reference(fp8, q, dequantize_k_cache(k8), bt, sl, s_q > 1)
-                        out[name] = {"ok": True}
-                    except AssertionError as e:
-                        out[name] = {"ok": False, "error": str(e)[:800]}
-                    sync()
+                try:
+                    check_against_reference(fp8, q, dequantize_k_cache(k8), bt, sl, s_q > 1)
+                    out[name] = {"ok": True}
+                except AssertionError as e:
+                    out[name] = {"ok": False, "error": str(e)[:800]}
+                sync()
                 out[name]["flag_ok"] = int(flag.item())
                 out[name]["choice"] = K.kernel_choice(q, k8, s_q * h_q, 1)
             except Exception as e:
                 out[name] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:800]}"}
-            print(name, out[name], flush=True)
+            finally:
+                v5_small.FP8_LOADS = "pointer"
         try:  # FlashMLA's recipe at b = 64 through the API
             gen = torch.Generator().manual_seed(3)
             n, mean = (3, 100.0) if args.smoke else (64, 4096.0)
@@ -209,31 +192,30 @@ def main() -> None:
         meta, splits = get_mla_metadata(sl, s_q * h_q, 1)
         row["choice_fp8"] = K.kernel_choice(q, k8, s_q * h_q, 1)
         row["choice_bf16"] = K.kernel_choice(q, kc, s_q * h_q, 1)
-        def fp8(loads, dequant):
-            with fp8_knobs(loads, dequant):  # read at launch
+        def fp8(loads):
+            v5_small.FP8_LOADS = loads  # read at launch: plain loads or TMA copies of the e4m3 bytes
+            try:
                 return K.mla_decode_v5(q, k8, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
                                        check_bounds=False, is_fp8_kvcache=True)
+            finally:
+                v5_small.FP8_LOADS = "pointer"
 
-        impls = {"fp8": lambda: K.mla_decode_v5(q, k8, bt, sl, 512, tile_scheduler_metadata=meta,
-                                                num_splits=splits, check_bounds=False, is_fp8_kvcache=True)}
-        impls.update({f"fp8_{lo}_{dq}": functools.partial(fp8, lo, dq) for lo, dq in VARIANTS})
-        impls["bf16_v5"] = lambda: K.mla_decode_v5(q, kc, bt, sl, 512, tile_scheduler_metadata=meta,
-                                                   num_splits=splits, check_bounds=False)
+        impls = {
+            "fp8": lambda: fp8("pointer"),
+            "fp8_tma": lambda: fp8("tma"),
+            "bf16_v5": lambda: K.mla_decode_v5(q, kc, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
+                                               check_bounds=False),
+        }
         if flash_mla is not None:
             fm_meta, _ = flash_mla.get_mla_metadata()
             impls["flashmla"] = lambda: flash_mla.flash_mla_with_kvcache(q, kc, bt, sl, 512, fm_meta, None)
         fo, _ = impls["fp8"]()
         bo, _ = impls["bf16_v5"]()
+        to, _ = impls["fp8_tma"]()
         sync()
         row["fp8_finite"] = bool(torch.isfinite(fo).all())
         row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
-        row["variant_vs_fp8_max_abs"] = {}  # each variant against the default: ~0 (same math, other order)
-        for lo, dq in VARIANTS:
-            try:
-                vo, _ = impls[f"fp8_{lo}_{dq}"]()
-                row["variant_vs_fp8_max_abs"][f"fp8_{lo}_{dq}"] = float((vo.float() - fo.float()).abs().max())
-            except Exception as e:
-                row["variant_vs_fp8_max_abs"][f"fp8_{lo}_{dq}"] = f"{type(e).__name__}: {str(e)[:300]}"
+        row["fp8_tma_vs_fp8_max_abs"] = float((to.float() - fo.float()).abs().max())  # should be ~0
         for name, fn in impls.items():
             try:
                 fn()
@@ -276,15 +258,15 @@ def main() -> None:
     def fp8_configs():
         out = []
         RESULT["fp8_configs"] = out
-        sweeps = {  # (h_q, loads, dequant): configs (BLOCK_N, warps, stages, programs per SM)
-            (16, "pointer", "ptx"): [(64, 4, 2, 2), (32, 4, 2, 2), (32, 4, 3, 2), (64, 4, 2, 1), (32, 8, 2, 1)],
-            (16, "tma", "ptx"): [(32, 4, 2, 2), (64, 4, 2, 1), (32, 4, 3, 2), (64, 8, 2, 1)],
-            (16, "pointer", "bits"): [(64, 4, 2, 2), (32, 4, 2, 2)],
-            (128, "pointer", "ptx"): [(32, 8, 2, 1), (16, 8, 2, 1), (64, 8, 1, 1)],
-            (128, "tma", "ptx"): [(32, 8, 2, 1), (16, 8, 2, 1)],
-            (128, "pointer", "convert"): [(32, 8, 2, 1), (64, 8, 1, 1)],
+        sweeps = {  # (h_q, loads): configs (BLOCK_N, warps, stages, programs per SM)
+            (16, "pointer"): [(64, 4, 2, 2), (32, 4, 2, 2), (32, 4, 3, 2), (64, 4, 3, 2), (16, 4, 4, 2), (32, 8, 2, 1),
+                              (64, 8, 2, 1)],
+            (16, "tma"): [(32, 4, 2, 2), (16, 4, 4, 2), (64, 4, 2, 1), (32, 4, 3, 1), (64, 8, 2, 1), (32, 8, 2, 1)],
+            (128, "pointer"): [(32, 8, 2, 1), (16, 8, 2, 1), (16, 8, 3, 1), (32, 8, 3, 1), (32, 4, 2, 1),
+                               (64, 8, 1, 1)],
+            (128, "tma"): [(32, 8, 2, 1), (16, 8, 2, 1), (16, 8, 3, 1), (32, 8, 3, 1)],
         }
-        for (h_q, loads, dequant), cfgs in sweeps.items():
+        for (h_q, loads), cfgs in sweeps.items():
             cfgs = cfgs[:2] if args.smoke else cfgs
             seqlens = make_lengths(big_b, big_sk[0], "fixed", 1, torch.Generator().manual_seed(7))
             q, kc, bt, sl = bench_inputs(seqlens, 1, h_q, dev, seed=7)
@@ -292,22 +274,23 @@ def main() -> None:
             del kc
             block_m = 16 if h_q <= 16 else 64
             for bn, w, st, ctas in cfgs:
-                entry = {"h_q": h_q, "loads": loads, "dequant": dequant, "cfg": [block_m, bn, w, st, ctas]}
+                entry = {"h_q": h_q, "loads": loads, "cfg": [block_m, bn, w, st, ctas]}
                 try:
                     cfg = TileConfig(block_m, bn, w, st, ctas)
                     meta, splits = get_mla_metadata(sl, h_q, 1, num_sm_parts=132 * ctas)
 
+                    v5_small.FP8_LOADS = loads
                     fn = functools.partial(K.mla_decode_v5, q, k8, bt, sl, 512, tile_scheduler_metadata=meta,
                                            num_splits=splits, check_bounds=False, is_fp8_kvcache=True, path="small",
                                            config=cfg)
-                    with fp8_knobs(loads, dequant):
-                        o, _ = fn()
-                        ref, _ = K.mla_decode_v5(q, k8, bt, sl, 512, is_fp8_kvcache=True)  # default config
-                        sync()
-                        entry["vs_default_max_abs"] = float((o.float() - ref.float()).abs().max())
-                        entry.update(ms=bench(fn), graph_ms=graph_ms(fn))
+
+                    fn()
+                    sync()
+                    entry.update(ms=bench(fn), graph_ms=graph_ms(fn))
                 except Exception as e:
                     entry["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                finally:
+                    v5_small.FP8_LOADS = "pointer"
                 out.append(entry)
                 print(entry, flush=True)
                 save(args.out)

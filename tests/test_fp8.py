@@ -19,8 +19,6 @@ import struct
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_kernels import K, check_against_reference, make_inputs, metadata_with_knobs
@@ -33,8 +31,6 @@ from mla_tutorial.fp8 import (
     quantize_rows,
     tile_scales,
 )
-from mla_tutorial.kernels.common import is_interpreter
-from mla_tutorial.kernels.v5_small import _e4m3_to_bf16
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -298,40 +294,6 @@ def test_fp8_kernel_with_tma_loads(case, monkeypatch):
     check_fp8(q, k8, block_table, cache_seqlens, causal)
 
 
-@pytest.mark.parametrize("loads", ["pointer", "tma"])
-@pytest.mark.parametrize("case", ["causal-sq2-h16-empty", "hkv2-h16", "page-boundaries-empty-h1"])
-def test_fp8_kernel_with_bit_dequantization(case, loads, monkeypatch):
-    """FP8_DEQUANT = "bits": unscaled chunks from integer bit moves, scales applied to the scores and to P; NaN bytes
-    and NaN scales in unused rows (poison_bytes) must not reach the output. ("ptx" runs the same in the interpreter.)"""
-    from mla_tutorial.kernels import v5_small
-
-    monkeypatch.setattr(v5_small, "FP8_DEQUANT", "bits")
-    monkeypatch.setattr(v5_small, "FP8_LOADS", loads)
-    seqlens, s_q, h_q, h_kv, causal = FP8_CASES[case]
-    q, k8, block_table, cache_seqlens = fp8_inputs(seqlens, s_q, h_q, h_kv, seed=31, poison_bytes=True)
-    check_fp8(q, k8, block_table, cache_seqlens, causal)
-
-
-@triton.jit
-def _dequant_codes(src, dst, UPCAST: tl.constexpr):
-    offs = tl.arange(0, 256)
-    tl.store(dst + offs, _e4m3_to_bf16(tl.load(src + offs), 1, UPCAST).to(tl.float32))
-
-
-def test_bit_dequantization_is_exact_on_every_e4m3_code():
-    """_e4m3_to_bf16 against torch's float8_e4m3fn -> float32 on all 256 bytes: equal, signed zeros included;
-    the two NaN codes read back as +-480 (a NaN tile's scale is NaN, which the kernel multiplies in)."""
-    dev = "cpu" if is_interpreter() else "cuda"
-    codes = torch.arange(256, dtype=torch.uint8, device=dev)
-    got = torch.empty(256, dtype=torch.float32, device=dev)
-    _dequant_codes[(1,)](codes.view(torch.float8_e4m3fn), got, UPCAST=is_interpreter())
-    want = codes.view(torch.float8_e4m3fn).float()
-    nan = torch.isnan(want)
-    assert nan.sum() == 2 and torch.equal(got[nan].abs().cpu(), torch.tensor([480.0, 480.0]))
-    assert torch.equal(got[~nan], want[~nan])
-    assert torch.equal(torch.signbit(got[~nan]), torch.signbit(want[~nan]))  # -0 stays -0
-
-
 def test_fp8_kernel_never_reads_poisoned_bytes_of_unused_rows():
     q, k8, block_table, cache_seqlens = fp8_inputs([1, 65, 100], 2, 16, seed=5, poison_bytes=True)
     assert torch.isnan(dequantize_k_cache(k8).float()).any()
@@ -415,14 +377,12 @@ GPU_LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dequant", ["convert", "bits", "ptx"])
 @pytest.mark.parametrize("loads", ["pointer", "tma"])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
-def test_gpu_fp8_matrix(h_q, s_q, loads, dequant, monkeypatch):
+def test_gpu_fp8_matrix(h_q, s_q, loads, monkeypatch):
     from mla_tutorial.kernels import v5_small
 
     monkeypatch.setattr(v5_small, "FP8_LOADS", loads)
-    monkeypatch.setattr(v5_small, "FP8_DEQUANT", dequant)
     q, k8, block_table, seqlens = fp8_inputs(GPU_LENGTHS, s_q, h_q, seed=h_q * 10 + s_q)
     check_fp8(q, k8, block_table, seqlens, s_q > 1)
 

@@ -78,62 +78,11 @@ def _dot_chunk(q_base, k_rows, valid, q_ok, col0, s, CW: tl.constexpr, UPCAST: t
     return tl.dot(qc, tl.trans(kc), s), kc
 
 
-#: 2^120 as the bf16 bit pattern of both halves of a 32-bit register: the factor that turns the 7 magnitude bits of
-#: an e4m3 byte, placed at bits 4..10 of a bf16, into that byte's value (e4m3's exponent bias is 7, bf16's 127).
-BF16X2_2P120 = tl.constexpr(0x7B807B80)
-
-#: Four e4m3 bytes (one 32-bit register, $2) to four bf16 values ($0: bytes 0-1, $1: bytes 2-3), exactly, with no
-#: conversion instruction: each byte goes to the top of a 16-bit lane (prmt), its sign stays at bit 15, its 7
-#: magnitude bits move down to bits 4..10 (a bf16 worth the byte's value times 2^-120, subnormals and zero included),
-#: and one packed bf16 multiply by 2^120 restores the value. The e4m3 NaN code (0x7F) reads back as 480; a NaN tile
-#: also has a NaN scale, which the caller multiplies in, so NaN still propagates.
-_E4M3X4_TO_BF16X4_PTX = tl.constexpr(f"""{{
-.reg .b32 lo, hi, sg, mg, k;
-mov.b32 k, {BF16X2_2P120.value};
-prmt.b32 lo, $2, 0, 0x1404;
-prmt.b32 hi, $2, 0, 0x3424;
-and.b32 sg, lo, 0x80008000;
-and.b32 mg, lo, 0x7F007F00;
-shr.b32 mg, mg, 4;
-or.b32 lo, sg, mg;
-and.b32 sg, hi, 0x80008000;
-and.b32 mg, hi, 0x7F007F00;
-shr.b32 mg, mg, 4;
-or.b32 hi, sg, mg;
-mul.rn.bf16x2 $0, lo, k;
-mul.rn.bf16x2 $1, hi, k;
-}}""")
-
-
-@triton.jit
-def _e4m3_to_bf16(k8, DEQUANT: tl.constexpr, UPCAST: tl.constexpr):
-    """The values of e4m3 bytes k8 as bf16 (fp32 in the interpreter), exactly, unscaled.
-
-    DEQUANT 1: with Triton integer ops (the same bit moves as the PTX above, one value per lane);
-    DEQUANT 2: with that PTX, four values per register (GPU only: the interpreter runs 1 instead).
-    """
-    if DEQUANT == 2 and not UPCAST:
-        return tl.inline_asm_elementwise(_E4M3X4_TO_BF16X4_PTX, "=r,=r,r", [k8.to(tl.uint8, bitcast=True)],
-                                         dtype=tl.bfloat16, is_pure=True, pack=4)
-    if UPCAST:  # the same moves into a float32 (the interpreter reads bf16 subnormals wrongly)
-        x = k8.to(tl.uint8, bitcast=True).to(tl.uint32)
-        v = (((x & 0x80) << 24) | ((x & 0x7F) << 20)).to(tl.float32, bitcast=True)
-        return v * 1.329227995784916e36  # 2^120
-    x = k8.to(tl.uint8, bitcast=True).to(tl.uint16)
-    bits = ((x & 0x80) << 8) | ((x & 0x7F) << 4)  # sign at bit 15, magnitude at bits 4..10: value · 2^-120
-    return bits.to(tl.bfloat16, bitcast=True) * 1.329227995784916e36  # exact: 2^120, and the products fit bf16
-
-
 @triton.jit
 def _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, q_ok, tile, s, desc, page, row0, kv_head,
-                   CW: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr, DEQUANT: tl.constexpr):
-    """_dot_chunk for FP8 rows: key chunk `tile` from its 128 e4m3 values and the key's scale `tile`.
+                   CW: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr):
+    """_dot_chunk for FP8 rows: key chunk `tile` = its 128 e4m3 values times the key's scale `tile`, as bf16.
 
-    Returns (s, the chunk as bf16, the chunk's scales). DEQUANT 0: the chunk is converted and multiplied by
-    its scales here (two conversion instructions and a multiply per value), and returned scaled. DEQUANT 1 and 2:
-    the chunk is returned unscaled (integer bit moves, no conversion instruction) and its scales are applied to the
-    products instead: the scores of this chunk times the key's scale (BLOCK_M·BLOCK_N multiplies, not BLOCK_N·128),
-    and the caller scales P the same way before P·V. Exact either way: the scales are powers of two.
     TMA: the chunk comes by one tensor-descriptor copy of the page's rows [row0, row0 + BLOCK_N), which Triton
     pipelines (a plain load converted before the dot is not turned into cp.async); rows past the request's length
     come along (they may hold NaN) and are zeroed here.
@@ -145,33 +94,14 @@ def _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, q_ok, tile, s, desc, page,
     else:
         k8 = tl.load(k_rows[:, None] + offs[None, :], mask=valid[:, None], other=0.0)  # (BLOCK_N, CW) e4m3
     scale = tl.load(scale_rows + tile, mask=valid, other=0.0)  # (BLOCK_N,) float32, a power of two
+    kc = k8.to(tl.float32) * scale[:, None]  # exact: 4 significant bits times a power of two
+    if TMA:
+        kc = tl.where(valid[:, None], kc, 0.0)
     if UPCAST:
         qc = qc.to(tl.float32)
-    if DEQUANT == 0:
-        kc = k8.to(tl.float32) * scale[:, None]  # exact: 4 significant bits times a power of two
-        if TMA:
-            kc = tl.where(valid[:, None], kc, 0.0)
-        if not UPCAST:
-            kc = kc.to(tl.bfloat16)  # exact too; from here on the chunk is a bf16 key (and value) tile
-        return tl.dot(qc, tl.trans(kc), s), kc, scale
-    # Rows past the request's length (TMA brings them; they may hold NaN bytes) are zeroed as bytes. The bit moves
-    # would turn any byte into a finite value (at most 480) and those rows' scales are 0, but without this select
-    # Triton 3.6 moves the layout conversion in front of the dequantization, runs it once per dot and spills.
-    k8 = tl.where(valid[:, None], k8.to(tl.uint8, bitcast=True), 0)
-    kc = _e4m3_to_bf16(k8, DEQUANT, UPCAST)  # (BLOCK_N, CW) unscaled
-    return s + tl.dot(qc, tl.trans(kc)) * scale[None, :], kc, scale
-
-
-@triton.jit
-def _pv_fp8(p, kc, scale, acc, alpha, DEQUANT: tl.constexpr, UPCAST: tl.constexpr, q_dtype: tl.constexpr):
-    """acc · alpha + P · V for one chunk; with an unscaled chunk (DEQUANT > 0) P's columns carry the keys' scales."""
-    if DEQUANT > 0:
-        p = p * scale[None, :]  # exact: powers of two, so rounding P·scale to bf16 is rounding P, then scaling
-    if UPCAST:
-        p_op = _cast(p, q_dtype, UPCAST).to(tl.float32)
     else:
-        p_op = p.to(q_dtype)
-    return tl.dot(p_op, kc, acc * alpha[:, None])
+        kc = kc.to(tl.bfloat16)  # exact too; from here on the chunk is a bf16 key (and value) tile
+    return tl.dot(qc, tl.trans(kc), s), kc
 
 
 @triton.jit
@@ -187,7 +117,7 @@ def _mla_decode_v5_small_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     D_NOPE: tl.constexpr, D_ROPE: tl.constexpr,
     UPCAST: tl.constexpr, NUM_STAGES: tl.constexpr, META_COLS: tl.constexpr, IS_FP8: tl.constexpr = False,
-    FP8_TMA: tl.constexpr = False, FP8_DEQUANT: tl.constexpr = 0,
+    FP8_TMA: tl.constexpr = False,
 ):
     CW: tl.constexpr = 128  # latent columns per chunk: 4 chunks of 128 + the 64 RoPE columns (= FP8 scale tiles)
     part = tl.program_id(0)
@@ -258,14 +188,14 @@ def _mla_decode_v5_small_kernel(
                 scale_rows = (k_rows + FP8_SCALES_AT).to(tl.pointer_type(tl.float32))
                 rope_rows = (k_rows + FP8_ROPE_AT).to(tl.pointer_type(tl.bfloat16))
                 page32, row0 = page.to(tl.int32), start % PAGE
-                s, k0, sc0 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 0, s, desc, page32,
-                                              row0, kv_head, CW, UPCAST, FP8_TMA, FP8_DEQUANT)
-                s, k1, sc1 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 1, s, desc, page32,
-                                              row0, kv_head, CW, UPCAST, FP8_TMA, FP8_DEQUANT)
-                s, k2, sc2 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 2, s, desc, page32,
-                                              row0, kv_head, CW, UPCAST, FP8_TMA, FP8_DEQUANT)
-                s, k3, sc3 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 3, s, desc, page32,
-                                              row0, kv_head, CW, UPCAST, FP8_TMA, FP8_DEQUANT)
+                s, k0 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 0, s, desc, page32, row0, kv_head,
+                                       CW, UPCAST, FP8_TMA)
+                s, k1 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 1, s, desc, page32, row0, kv_head,
+                                       CW, UPCAST, FP8_TMA)
+                s, k2 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 2, s, desc, page32, row0, kv_head,
+                                       CW, UPCAST, FP8_TMA)
+                s, k3 = _dot_chunk_fp8(q_base, k_rows, scale_rows, valid, row_ok, 3, s, desc, page32, row0, kv_head,
+                                       CW, UPCAST, FP8_TMA)
                 s, _ = _dot_chunk(q_base + D_NOPE, rope_rows, valid, row_ok, 0, s, D_ROPE, UPCAST)
             else:
                 s, k0 = _dot_chunk(q_base, k_rows, valid, row_ok, 0, s, CW, UPCAST)
@@ -279,21 +209,14 @@ def _mla_decode_v5_small_kernel(
             alpha = tl.exp2(m_i - m_use)
             p = tl.exp2(s - m_use[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            if IS_FP8:  # P in q's dtype (bf16), scaled per chunk when the chunks came unscaled
-                dt: tl.constexpr = q_ptr.dtype.element_ty
-                acc0 = _pv_fp8(p, k0, sc0, acc0, alpha, FP8_DEQUANT, UPCAST, dt)
-                acc1 = _pv_fp8(p, k1, sc1, acc1, alpha, FP8_DEQUANT, UPCAST, dt)
-                acc2 = _pv_fp8(p, k2, sc2, acc2, alpha, FP8_DEQUANT, UPCAST, dt)
-                acc3 = _pv_fp8(p, k3, sc3, acc3, alpha, FP8_DEQUANT, UPCAST, dt)
+            if UPCAST:  # P in q's dtype: the cache's, or bf16 over an FP8 cache
+                p_op = _cast(p, q_ptr.dtype.element_ty, UPCAST).to(tl.float32)
             else:
-                if UPCAST:  # P in the cache's dtype
-                    p_op = _cast(p, q_ptr.dtype.element_ty, UPCAST).to(tl.float32)
-                else:
-                    p_op = p.to(q_ptr.dtype.element_ty)
-                acc0 = tl.dot(p_op, k0, acc0 * alpha[:, None])
-                acc1 = tl.dot(p_op, k1, acc1 * alpha[:, None])
-                acc2 = tl.dot(p_op, k2, acc2 * alpha[:, None])
-                acc3 = tl.dot(p_op, k3, acc3 * alpha[:, None])
+                p_op = p.to(q_ptr.dtype.element_ty)
+            acc0 = tl.dot(p_op, k0, acc0 * alpha[:, None])
+            acc1 = tl.dot(p_op, k1, acc1 * alpha[:, None])
+            acc2 = tl.dot(p_op, k2, acc2 * alpha[:, None])
+            acc3 = tl.dot(p_op, k3, acc3 * alpha[:, None])
             m_i = m_new
         if pieces == 1:
             _store_chunks(out_ptr, lse_ptr, req, tok, head, row_ok, acc0, acc1, acc2, acc3, m_i, l_i, s_q, h_q,
@@ -312,29 +235,22 @@ SMALL_TILE_CONFIGS = {16: (64, 4, 2, 2), 32: (64, 4, 2, 2), 64: (32, 8, 2, 1)}  
 
 
 #: The same for an FP8 cache, chosen from sm_90a compile reports (Triton 3.6, scripts/compile_offline.py
-#: v5s-fp8:...) and then timed on the H200 (2026-12-02, b = 128, s_k = 4096, docs/results/probes/
-#: fp8_configs_h200_2026-12-02.json): at 16 rows (64, 4, 2, 2) was the fastest of 13 configurations (0.370 ms);
-#: at 64 rows (h_q 128) (64, 8, 1, 1) took 1.237 ms against 1.295 for this one (not switched: not yet checked for
-#: correctness on the GPU). The configs that fit the 232,448 B of shared memory with the fewest spills. 16 rows
-#: (64, 4, 2): 255 registers, 108 B of spill stores, 109,568 B shared (two programs per SM); 32 and 64 rows
-#: (32, 8, 2): 64 and 152 B of spill stores, 82,432 and 205,312 B shared; (64, 8, 2) at 64 rows needs 263,168 B.
-#: The e4m3 bytes are loaded with plain loads: Triton 3.6 does not turn a load whose value is converted before a
-#: dot into cp.async (the scales, the RoPE part and q are pipelined, the 512 bytes of c_kv are not).
-FP8_SMALL_TILE_CONFIGS = {16: (64, 4, 2, 2), 32: (32, 8, 2, 1), 64: (32, 8, 2, 1)}
+#: v5s-fp8:...) and then timed on the H200 (b = 128, s_k = 4096; docs/results/probes/fp8_configs_h200_2026-12-02.json
+#: and fp8_dequant_h200_2026-12-02.json): at 16 rows (64, 4, 2, 2) was the fastest of 13 configurations (0.370 ms);
+#: at 64 rows (h_q 128) (64, 8, 1, 1) took 1.237 and 1.222 ms in two runs against 1.295 and 1.297 for (32, 8, 2, 1),
+#: its output equal to (32, 8, 2, 1)'s within one bf16 ulp (0.00098). Compile reports: 16 rows (64, 4, 2): 255
+#: registers, 108 B of spill stores, 109,568 B shared (two programs per SM); 32 rows (32, 8, 2): 64 B of spill stores,
+#: 82,432 B shared; 64 rows (64, 8, 1): 420 B of spill stores (faster all the same), 81,920 B shared. The e4m3 bytes
+#: are loaded with plain loads: Triton 3.6 does not turn a load whose value is converted before a dot into cp.async
+#: (the scales, the RoPE part and q are pipelined, the 512 bytes of c_kv are not). Dequantizing by integer bit moves
+#: instead of conversions was slower (commit 9f70922, docs/results/v5_notes.md).
+FP8_SMALL_TILE_CONFIGS = {16: (64, 4, 2, 2), 32: (32, 8, 2, 1), 64: (64, 8, 1, 1)}
 
 #: How the FP8 tile reads the 512 e4m3 bytes of each key: "pointer" (plain loads) or "tma" (a device-side tensor
 #: descriptor, which Triton 3.6 pipelines; needs strides that are multiples of 16 bytes and a 16-byte aligned
 #: cache, else "pointer" runs). Timed on the H200 (same file): plain loads were faster in every configuration
 #: (h_q 16: 0.370 against 0.410 ms at best; h_q 128: 1.295 against 1.390).
 FP8_LOADS = "pointer"
-
-#: How the FP8 tile turns e4m3 bytes into bf16 tiles (read at launch):
-#: "convert": e4m3 -> f16 -> f32 conversions, times the scale, -> bf16: two conversion instructions per value, and
-#:   conversions issue at a quarter of the integer rate on Hopper (16 per clock per SM);
-#: "bits": integer bit moves and one multiply by 2^120 per value, scales applied to the scores and to P instead;
-#: "ptx": the same bit moves as inline PTX, four values per register (the interpreter runs "bits").
-FP8_DEQUANT = "convert"
-FP8_DEQUANTS = {"convert": 0, "bits": 1, "ptx": 2}
 
 #: Launch configurations for FP8_LOADS = "tma", from the same compile reports: 16 rows (32, 4, 2): 16 B of spill
 #: stores, 80,440 B shared (two programs per SM; (64, 4, 2) needs 142,392 B, one per SM); 32 rows (32, 8, 2): no
@@ -385,6 +301,5 @@ def launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, 
         dims.scale * LOG2E,
         CAUSAL=causal, PAGE=PAGE_SIZE, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         D_NOPE=D_NOPE, D_ROPE=D_ROPE, UPCAST=is_interpreter(), NUM_STAGES=cfg.num_stages,
-        META_COLS=meta.shape[1], IS_FP8=is_fp8, FP8_TMA=tma, FP8_DEQUANT=FP8_DEQUANTS[FP8_DEQUANT] if is_fp8 else 0,
-        num_warps=cfg.num_warps,
+        META_COLS=meta.shape[1], IS_FP8=is_fp8, FP8_TMA=tma, num_warps=cfg.num_warps,
     )
