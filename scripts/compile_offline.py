@@ -73,7 +73,7 @@ def compile_v5(dtype: str = "bf16", causal: bool = False, sub: int = 64, stages:
     return triton.compile(src, target=TARGET, options={"num_warps": 8})
 
 
-def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False, interleave: bool = False):
+def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False):
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from mla_tutorial.kernels import v5_seesaw as ss
@@ -86,14 +86,14 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
            "s_q": "i32", "h_q": "i32", "heads_per_kv": "i32",
            "rows_per_kv": "i32", "m_tiles": "i32", "num_blocks": "i32", "max_blocks": "i32", "qk_scale": "fp32",
            "CAUSAL": "constexpr", "META_COLS": "constexpr", "FINE": "constexpr", "MODE": "constexpr",
-           "INTERLEAVE": "constexpr", "num_warps": "constexpr"}
+           "num_warps": "constexpr"}
     src = GluonASTSource(ss._ss_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "FINE": fine, "MODE": 0,
-                                              "INTERLEAVE": interleave, "num_warps": 4})
+                                              "num_warps": 4})
     return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": ss.WS_REGS})
 
 
 def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, causal: bool = False,
-               dtype: str = "bf16", small: bool = False, fp8: bool = False, tma: bool = False):
+               dtype: str = "bf16", small: bool = False, fp8: bool = False, tma: bool = False, dequant: int = 0):
     from mla_tutorial.kernels import v4_balanced as v4
     from mla_tutorial.kernels import v5_small
 
@@ -117,8 +117,8 @@ def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, caus
         names.insert(names.index("stride_qb"), "ok_ptr")
         names.insert(names.index("qk_scale"), "num_blocks")
         sig = {n: sig.get(n, {"ok_ptr": "*i32", "num_blocks": "i32"}.get(n)) for n in names}
-        sig["IS_FP8"] = sig["FP8_TMA"] = "constexpr"
-        consts["IS_FP8"], consts["FP8_TMA"] = fp8, tma
+        sig["IS_FP8"] = sig["FP8_TMA"] = sig["FP8_DEQUANT"] = "constexpr"
+        consts["IS_FP8"], consts["FP8_TMA"], consts["FP8_DEQUANT"] = fp8, tma, dequant
         attrs = {(i,): [["tt.divisibility", 16]] for i in range(17)}
     fn = v5_small._mla_decode_v5_small_kernel if small else v4._mla_decode_v4_kernel
     if small:  # the small tile also takes the ok flag and the pool size
@@ -148,17 +148,17 @@ def main() -> None:
                 ck = compile_v5(causal=causal, sub=sub, stages=stages, mode=mode, fine=bool(fine))
                 print(f"v5g sub={sub} stages={stages} mode={mode} fine={fine} causal={causal}: "
                       f"{report(f'v5g_{sub}_{stages}_{mode}_{fine}_c{int(causal)}', ck, workdir)}")
-        elif name in ("ss", "ss-fine", "ss-il", "ss-il-fine"):  # the warp-specialised seesaw tile (fine: one
-            for causal in (False, True):  # mbarrier per box; il: INTERLEAVE, page A's right half released mid-pair)
-                ck = compile_seesaw(causal=causal, fine=name.endswith("fine"), interleave="-il" in name)
+        elif name in ("ss", "ss-fine"):  # the warp-specialised seesaw tile (fine: one mbarrier per box)
+            for causal in (False, True):
+                ck = compile_seesaw(causal=causal, fine=name == "ss-fine")
                 print(f"{name} causal={causal}: {report(f'{name}_c{int(causal)}', ck, workdir)}")
-        elif name.startswith(("v4:", "v5s:", "v5s-fp8:", "v5s-fp8tma:")):  # v4:BLOCK_M,BLOCK_N,warps,stages (v5s:
+        elif name.startswith(("v4:", "v5s:", "v5s-fp8:", "v5s-fp8tma:")):  # v4:BLOCK_M,BLOCK_N,warps,stages[,dq] (v5s:
             kind, spec = name.split(":")  # the small tile; v5s-fp8: on an FP8 cache; v5s-fp8tma: with TMA loads)
-            bm, bn, w, st = (int(x) for x in spec.split(","))
+            bm, bn, w, st, dq = ([int(x) for x in spec.split(",")] + [0])[:5]  # dq: v5_small.FP8_DEQUANTS value
             ck = compile_v4(bm, bn, w, st, small=kind.startswith("v5s"), fp8=kind.startswith("v5s-fp8"),
-                            tma=kind == "v5s-fp8tma")
-            print(f"{kind} bm={bm} bn={bn} warps={w} stages={st}: "
-                  f"{report(f'{kind}_{bm}_{bn}_{w}_{st}', ck, workdir)}")
+                            tma=kind == "v5s-fp8tma", dequant=dq)
+            print(f"{kind} bm={bm} bn={bn} warps={w} stages={st} dequant={dq}: "
+                  f"{report(f'{kind}_{bm}_{bn}_{w}_{st}_{dq}', ck, workdir)}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,7 @@
 each with a sync so that a hang or a wrong answer is named), then its speed beside the lockstep Gluon tile and
 FlashMLA, whole call and graph replay, with the ceilings measured in the same run; and each tile's parts timed apart
 (`GluonConfig(mode=...)`: seesaw_compute and lockstep_compute copy nothing, loads_only computes nothing; their
-outputs mean nothing). `seesaw_il` / `seesaw_il_compute`: the INTERLEAVE variant (`GluonConfig(interleave=True)`,
-page A's right half released mid-pair; docs/results/v5_notes.md, seesaw probe 4), checked with the same cases.
+outputs mean nothing).
 
     PYTHONPATH=.peers/flashmla:src:tests python3 scripts/gpu_seesaw_probe.py --out probe.json [--skip-check]
 """
@@ -38,8 +37,7 @@ def check(path: str, config=None) -> list[dict]:
 
     results = []
     for i, (lens, s_q, h_q, causal, dtype) in enumerate(CASES):
-        tag = ("-interleave" if getattr(config, "interleave", False) else "") + \
-            ("-fine" if getattr(config, "fine", False) else "")
+        tag = "-fine" if getattr(config, "fine", False) else ""
         name = f"{path}{tag} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal} {str(dtype)[6:]}"
         q, k, bt, sl = make_paged_inputs(lens, s_q, h_q, 1, dtype, seed=i, device="cuda")
         flag = torch.ones(1, dtype=torch.int32, device="cuda")
@@ -65,9 +63,6 @@ def _impls(fm, args, causal, meta, splits) -> dict:
     kw = dict(causal=causal, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False)
     impls = {"seesaw": lambda: mla_decode_v5(*args, path="seesaw", **kw),
              "seesaw_fine": lambda: mla_decode_v5(*args, path="seesaw", config=GluonConfig(fine=True), **kw),
-             "seesaw_il": lambda: mla_decode_v5(*args, path="seesaw", config=GluonConfig(interleave=True), **kw),
-             "seesaw_il_compute": lambda: mla_decode_v5(*args, path="seesaw",
-                                                        config=GluonConfig(mode=2, interleave=True), **kw),
              "seesaw_compute": lambda: mla_decode_v5(*args, path="seesaw", config=GluonConfig(mode=2), **kw),
              "lockstep": lambda: mla_decode_v5(*args, path="gluon", **kw),
              "loads_only": lambda: mla_decode_v5(*args, path="gluon", config=GluonConfig(mode=1), **kw),
@@ -104,9 +99,6 @@ def timing(roof: dict) -> list[dict]:
         if "flashmla" in outs and "seesaw" in outs:
             x, y = outs["seesaw"].float(), outs["flashmla"].float()
             row["seesaw_vs_flashmla_cos_diff"] = float(1 - 2 * (x * y).sum() / (x * x + y * y).sum())
-        if "seesaw_il" in outs and "seesaw" in outs:  # same inputs: the interleaved order against the default's
-            x, y = outs["seesaw_il"].float(), outs["seesaw"].float()
-            row["seesaw_il_vs_seesaw_max_abs"] = float((x - y).abs().max())
         fmt = " ".join(f"{n} {e['ms']:.4f}/{e['graph_ms']:.4f}" if "ms" in e else f"{n} ERR"
                        for n, e in row["impl"].items())
         if "ms" in row["impl"].get("flashmla", {}):
@@ -129,8 +121,7 @@ def main() -> int:
     result = {"device_info": device_info(), "date": time.strftime("%Y-%m-%d")}
     if not args.skip_check:
         try:
-            result["check"] = (check("seesaw") + check("seesaw", GluonConfig(fine=True))
-                               + check("seesaw", GluonConfig(interleave=True)))
+            result["check"] = check("seesaw") + check("seesaw", GluonConfig(fine=True))
         except Exception:
             traceback.print_exc()
         json.dump(result, open(args.out, "w"), indent=1)

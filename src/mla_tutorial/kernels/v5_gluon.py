@@ -369,7 +369,6 @@ class GluonConfig:
     mode: int = 0  # 0: compute; 1: loads only; 2: MMAs only (timing the parts, results meaningless; the seesaw
     #                tile reads `fine` and mode 2 from this too)
     fine: bool = False  # multiply each 64-column box as soon as it lands
-    interleave: bool = False  # seesaw tile only: page A's right half released mid-pair (v5_seesaw.py, INTERLEAVE)
 
     def smem_bytes(self) -> int:
         return 64 * 576 * 2 + self.stages * self.sub * 576 * 2 + 64 * self.sub * 2

@@ -26,38 +26,6 @@
 #   heads 12-20 % over the lockstep tile (s_k 4k 0.447 → 0.393 ms, 0.60 of FlashMLA; s_q 2 causal 0.851 → 0.679, 0.65);
 #   at 64 heads 3-4 % (s_k 4k 0.253 → 0.244, 0.69). Its compute alone (MODE 2) takes 0.159 ms there and the pages
 #   alone stream at the copy ceiling (0.145): what is left is their overlap (docs/kernel.md §11).
-# INTERLEAVE (opt-in, GluonConfig(interleave=True); docs/results/v5_notes.md, seesaw probe 4): with the default
-#   order both page slots stay busy to the very end of the pair (page A's right half until WG1's last product,
-#   P_A·V_A[:, 256:], after its softmax of B), so ~108 KB of the next pair (A's right half + RoPE box, all of B)
-#   is issued only then and S_B of the next pair waits for all of it. INTERLEAVE moves WG1's product on page A
-#   ahead of its softmax: WG1 issues S_B, waits for P_A (now kept at m_A's scale, read from shared memory as WG0
-#   reads it: no register conversion), brings O_R to m_A's scale, issues P_A·V_A[:, 256:], waits for S_B only
-#   (warpgroup_mma_wait(num_outstanding=1)), computes the softmax of B while that product runs on the tensor cores,
-#   then waits for it and releases page A's right half (EMPTY0R) mid-pair, then rescales O_R to m_B. The producer
-#   waits for page A's halves first (EMPTY0L, EMPTY0R, then EMPTY1R, EMPTY1L), so all of the next even page
-#   streams in while the current pair is still being computed and only page B's 72 KB is issued at the pair's end.
-#   Barrier protocol, per pair (A in slot 0, B in slot 1; n0 / n1 = pages that went through slot 0 / 1 before):
-#     producer: wait EMPTY0L(parity (n0&1)^1) → copy A 0-3 on READY0L; wait EMPTY0R((n0&1)^1) → A 4-7 + RoPE on
-#               READY0R; if B: wait EMPTY1R((n1&1)^1) → B 4-7 on READY1R; wait EMPTY1L((n1&1)^1) → B 0-3 + RoPE
-#               on READY1L.   (same barriers, same one arrive per page and barrier as the default: only WHEN
-#               EMPTY0R arrives and the order the producer waits in change.)
-#     WG0 (unchanged): wait READY0L, READY0R (n0&1) → S_A; P_A, m_A to smem, arrive P_A_READY; P_A·V_A[:, :256],
-#               wait 0, arrive EMPTY0L; if B: wait P_B_READY (n1&1), READY1L → P_B·V_B[:, :256], wait 0,
-#               arrive EMPTY1L.
-#     WG1, B:   wait READY1R, READY1L (n1&1) → issue S_B (not waited); wait P_A_READY (n0&1); O_R·e^(m-m_A);
-#               wait READY0R (n0&1) → issue P_A·V_A[:, 256:]; wait ≤ 1 group (S_B done); softmax B; wait 0;
-#               arrive EMPTY0R; O_R·e^(m_A-m_B); P_B, m_B to smem, arrive P_B_READY; P_B·V_B[:, 256:], wait 0,
-#               arrive EMPTY1R.
-#     WG1, no B (last page of an odd count): wait P_A_READY; O_R·e^(m-m_A); wait READY0R → P_A·V_A[:, 256:],
-#               wait 0, arrive EMPTY0R.
-#   Every wait has its arrive on every path: EMPTY0L/0R arrive once per pair (WG0 / WG1), EMPTY1R/1L and
-#   P_B_READY once per pair with a page B, READY* once per copy the producer issues, and the producer waits on
-#   EMPTY1* and issues page B's copies under the same `has_b` the consumers test, so a request with 0, 1 or an odd
-#   number of pages (or a split's slice of one) leaves every barrier at the phase both sides count. A RoPE box (P)
-#   is refilled only after both warpgroups have read it: slot 0's (P_A) after EMPTY0L and EMPTY0R, slot 1's (P_B)
-#   after EMPTY1R and EMPTY1L, in the producer's order. WG1 reads STAT_M_A before it publishes P_B, and WG0 writes
-#   the next pair's m_A only after it has waited for P_B (or, after a single-page pair, for the next request's Q,
-#   which needs WG1's arrive on Q_EMPTY).
 """Version 5's warp-specialised Gluon tile: a producer warp and FlashMLA's seesaw schedule (Hopper, Triton 3.6)."""
 
 from __future__ import annotations
@@ -167,8 +135,7 @@ if gluon is not None:
 
     @gluon.jit
     def _ss_producer(k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks, max_blocks,
-                     k_smem, kr_smem, bars, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
-                     INTERLEAVE: gl.constexpr):
+                     k_smem, kr_smem, bars, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr):
         """The producer warp: every copy into shared memory, in the order the consumers release the buffers."""
         begin_req, begin_block, end_req, end_block, _ = _ss_part(meta_ptr, META_COLS)
         last_part = gl.program_id(0) == gl.num_programs(0) - 1
@@ -196,25 +163,15 @@ if gluon is not None:
                 # Waiting in this order also keeps each RoPE box (a P) until both warpgroups have read it.
                 mbarrier.wait(bars.index(EMPTY0L), ph0)
                 _ss_copy(k_desc, row_a, bars, 0, READY0L, k0, kr0, 0, 4, False, FINE, MODE)
-                if INTERLEAVE:  # both of A's halves are released mid-pair (WG1 multiplies P_A·V_A before softmax B)
-                    mbarrier.wait(bars.index(EMPTY0R), ph0)
-                    _ss_copy(k_desc, row_a, bars, 0, READY0R, k0, kr0, 4, 8, True, FINE, MODE)
-                    if has_b:  # B's halves at the pair's end; its RoPE box (P_B) after both warpgroups' releases
-                        mbarrier.wait(bars.index(EMPTY1R), ph1)
-                        _ss_copy(k_desc, row_b, bars, 1, READY1R, k1, kr1, 4, 8, False, FINE, MODE)
-                        mbarrier.wait(bars.index(EMPTY1L), ph1)
-                        _ss_copy(k_desc, row_b, bars, 1, READY1L, k1, kr1, 0, 4, True, FINE, MODE)
-                        n1 += 1
-                else:
-                    if has_b:
-                        mbarrier.wait(bars.index(EMPTY1R), ph1)
-                        _ss_copy(k_desc, row_b, bars, 1, READY1R, k1, kr1, 4, 8, False, FINE, MODE)
-                    mbarrier.wait(bars.index(EMPTY0R), ph0)
-                    _ss_copy(k_desc, row_a, bars, 0, READY0R, k0, kr0, 4, 8, True, FINE, MODE)
-                    if has_b:
-                        mbarrier.wait(bars.index(EMPTY1L), ph1)
-                        _ss_copy(k_desc, row_b, bars, 1, READY1L, k1, kr1, 0, 4, True, FINE, MODE)
-                        n1 += 1
+                if has_b:
+                    mbarrier.wait(bars.index(EMPTY1R), ph1)
+                    _ss_copy(k_desc, row_b, bars, 1, READY1R, k1, kr1, 4, 8, False, FINE, MODE)
+                mbarrier.wait(bars.index(EMPTY0R), ph0)
+                _ss_copy(k_desc, row_a, bars, 0, READY0R, k0, kr0, 4, 8, True, FINE, MODE)
+                if has_b:
+                    mbarrier.wait(bars.index(EMPTY1L), ph1)
+                    _ss_copy(k_desc, row_b, bars, 1, READY1L, k1, kr1, 0, 4, True, FINE, MODE)
+                    n1 += 1
                 n0 += 1
 
     @gluon.jit
@@ -242,30 +199,6 @@ if gluon is not None:
                               k_buf.slice(256 - 256 * FIRST_HALF, 256, dim=1).permute((1, 0)), s, is_async=True)
         s = warpgroup_mma(qr_smem, kr_buf.permute((1, 0)), s, is_async=True)
         return warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-
-    @gluon.jit
-    def _ss_scores_issue(q_smem, qr_smem, k_buf, kr_buf, bars, SLOT: gl.constexpr, BAR_FIRST: gl.constexpr,
-                         BAR_SECOND: gl.constexpr, phase, s_layout: gl.constexpr, FIRST_HALF: gl.constexpr,
-                         FINE: gl.constexpr):
-        """_ss_scores without its final wait: S = Q·Kᵀ still in flight (an async accumulator), for a caller that
-        issues more wgmma behind it and waits for S alone with warpgroup_mma_wait(num_outstanding=...)."""
-        s = warpgroup_mma_init(gl.zeros([64, 64], gl.float32, layout=s_layout))
-        if FINE:
-            for j in gl.static_range(8):  # box (j + 4·FIRST_HALF) % 8
-                mbarrier.wait(bars.index(CHUNK_READY + 9 * SLOT + (j + 4 * FIRST_HALF) % 8), phase)
-                s = warpgroup_mma(q_smem.slice(((j + 4 * FIRST_HALF) % 8) * 64, 64, dim=1),
-                                  k_buf.slice(((j + 4 * FIRST_HALF) % 8) * 64, 64, dim=1).permute((1, 0)),
-                                  s, use_acc=j > 0, is_async=True)
-            mbarrier.wait(bars.index(CHUNK_READY + 9 * SLOT + 8), phase)
-        else:
-            mbarrier.wait(bars.index(BAR_FIRST), phase)
-            s = warpgroup_mma(q_smem.slice(256 * FIRST_HALF, 256, dim=1),
-                              k_buf.slice(256 * FIRST_HALF, 256, dim=1).permute((1, 0)), s, use_acc=False,
-                              is_async=True)
-            mbarrier.wait(bars.index(BAR_SECOND), phase)
-            s = warpgroup_mma(q_smem.slice(256 - 256 * FIRST_HALF, 256, dim=1),
-                              k_buf.slice(256 - 256 * FIRST_HALF, 256, dim=1).permute((1, 0)), s, is_async=True)
-        return warpgroup_mma(qr_smem, kr_buf.permute((1, 0)), s, is_async=True)
 
     @gluon.jit
     def _ss_softmax(s, first_key, n_visible, m_prev, qk_scale, s_cols: gl.constexpr):
@@ -301,42 +234,11 @@ if gluon is not None:
         mbarrier.arrive(bar)
 
     @gluon.jit
-    def _ss_wg1_pair_interleaved(q_smem, qr_smem, k_a, k_b, p_a, p_b, stats, bars, ph0, ph1, a, s_k, n_visible,
-                                 m_i, l_i, acc, qk_scale, s_layout: gl.constexpr, o_rows: gl.constexpr,
-                                 s_rows: gl.constexpr, s_cols: gl.constexpr, FINE: gl.constexpr):
-        """INTERLEAVE, warpgroup 1 on a pair (A, B): P_A·V_A[:, 256:] runs under the softmax of B, so page A's right
-        half (EMPTY0R) is released mid-pair. Returns (O_R, its part of the row sum, m_B)."""
-        s = _ss_scores_issue(q_smem, qr_smem, k_b, p_b, bars, 1, READY1R, READY1L, ph1, s_layout, 1, FINE)
-        mbarrier.wait(bars.index(P_A_READY), ph0)
-        m_a = stats.index(STAT_M_A).load(s_rows)
-        alpha = gl.exp2(m_i - gl.where(m_a == float("-inf"), 0.0, m_a))  # O_R (acc retired: idle) to m_A's scale
-        l_i = l_i * alpha
-        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-        _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)  # (landed before WG0 computed S_A)
-        acc = warpgroup_mma(p_a, k_a.slice(256, 256, dim=1), acc, is_async=True)  # P_A at m_A's scale, from smem
-        s, acc = warpgroup_mma_wait(num_outstanding=1, deps=(s, acc))  # S_B's groups retired; P_A·V_A may run on
-        p, m_b, m_b_use = _ss_softmax(s, (a + 1) * 64, n_visible, m_a, qk_scale, s_cols)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(bars.index(EMPTY0R))  # A's columns 256-511 and its RoPE box (P_A): the next even page
-        sc = gl.exp2(m_a - m_b_use)
-        l_i = l_i * sc + gl.sum(p, axis=1)
-        acc = acc * gl.convert_layout(sc, o_rows)[:, None]
-        if s_k - (a + 1) * 64 < 64:
-            _ss_zero_tail(k_b, s_k - (a + 1) * 64)
-        p_b.store(p.to(p_b.dtype))
-        stats.index(STAT_M_B).store(m_b)
-        _ss_publish(bars.index(P_B_READY))
-        acc = warpgroup_mma(p_b, k_b.slice(256, 256, dim=1), acc, is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(bars.index(EMPTY1R))
-        return acc, l_i, m_b
-
-    @gluon.jit
     def _ss_consumer(WG: gl.constexpr, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr,
                      num_splits_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv,
                      rows_per_kv, m_tiles, max_blocks, qk_scale,
                      q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
-                     FINE: gl.constexpr, INTERLEAVE: gl.constexpr):
+                     FINE: gl.constexpr):
         """Consumer warpgroup WG (0 or 1): the scores of every other page, output columns 256·WG .. 256·WG+255."""
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, 64, 16])
@@ -406,24 +308,6 @@ if gluon is not None:
                         mbarrier.arrive(bars.index(EMPTY1L))
                         n1 += 1
                     m_i = m_b
-                elif INTERLEAVE:
-                    m_b = m_i
-                    if has_b:
-                        acc, l_i, m_b = _ss_wg1_pair_interleaved(q_smem, qr_smem, k_a, k_b, p_a, p_b, stats, bars,
-                                                                 ph0, ph1, a, s_k, n_visible, m_i, l_i, acc,
-                                                                 qk_scale, s_layout, o_rows, s_rows, s_cols, FINE)
-                        n1 += 1
-                    else:  # a single page: P_A (at m_A = m_B) straight from shared memory
-                        mbarrier.wait(bars.index(P_A_READY), ph0)
-                        m_b = stats.index(STAT_M_A).load(s_rows)
-                        alpha = gl.exp2(m_i - gl.where(m_b == float("-inf"), 0.0, m_b))
-                        l_i = l_i * alpha
-                        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-                        _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)
-                        acc = warpgroup_mma(p_a, k_a.slice(256, 256, dim=1), acc, is_async=True)
-                        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                        mbarrier.arrive(bars.index(EMPTY0R))
-                    m_i = m_b
                 else:
                     s = gl.zeros([64, 64], gl.float32, layout=s_layout)
                     if has_b:
@@ -486,7 +370,7 @@ if gluon is not None:
         max_blocks,
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
-        INTERLEAVE: gl.constexpr, num_warps: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -506,12 +390,12 @@ if gluon is not None:
         consumer_args = (q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
                          lse_ptr, part_out_ptr, part_lse_ptr,
                          s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks, qk_scale,
-                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS, FINE, INTERLEAVE)
+                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS, FINE)
         gl.warp_specialize([
             (_ss_consumer, (0,) + consumer_args),
             (_ss_consumer, (1,) + consumer_args),
             (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
-                            max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, INTERLEAVE)),
+                            max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -522,11 +406,10 @@ _LAUNCH = FastLauncher(_ss_kernel) if gluon is not None else None
 
 
 def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                     part_lse, ok_flag, fine: bool = False, mode: int = 0, interleave: bool = False):
+                     part_lse, ok_flag, fine: bool = False, mode: int = 0):
     """Launch the seesaw tile over the schedule `meta`; partials of split requests go to part_out/part_lse.
     fine: each 64-column box on its own mbarrier, multiplied as soon as it lands (else one barrier per half).
-    mode 2: no page copies, the compute alone (results meaningless: for timing the parts, as GluonConfig.mode).
-    interleave: WG1 multiplies page A's right half before its softmax of B, releasing it mid-pair (INTERLEAVE)."""
+    mode 2: no page copies, the compute alone (results meaningless: for timing the parts, as GluonConfig.mode)."""
     m_tiles = -(-dims.rows_per_kv // 64)
     _LAUNCH(
         (meta.shape[0], m_tiles),
@@ -534,6 +417,6 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
         meta, num_splits, ok_flag,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
-        CAUSAL=causal, META_COLS=meta.shape[1], FINE=fine, MODE=mode, INTERLEAVE=interleave, num_warps=4,
+        CAUSAL=causal, META_COLS=meta.shape[1], FINE=fine, MODE=mode, num_warps=4,
         maxnreg=WS_REGS,
     )
