@@ -93,7 +93,7 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
 
 
 def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, causal: bool = False,
-               dtype: str = "bf16", small: bool = False, fp8: bool = False, tma: bool = False, dequant: int = 0):
+               dtype: str = "bf16", small: bool = False, fp8: bool = False, tma: bool = False):
     from mla_tutorial.kernels import v4_balanced as v4
     from mla_tutorial.kernels import v5_small
 
@@ -117,8 +117,8 @@ def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, caus
         names.insert(names.index("stride_qb"), "ok_ptr")
         names.insert(names.index("qk_scale"), "num_blocks")
         sig = {n: sig.get(n, {"ok_ptr": "*i32", "num_blocks": "i32"}.get(n)) for n in names}
-        sig["IS_FP8"] = sig["FP8_TMA"] = sig["FP8_DEQUANT"] = "constexpr"
-        consts["IS_FP8"], consts["FP8_TMA"], consts["FP8_DEQUANT"] = fp8, tma, dequant
+        sig["IS_FP8"] = sig["FP8_TMA"] = "constexpr"
+        consts["IS_FP8"], consts["FP8_TMA"] = fp8, tma
         attrs = {(i,): [["tt.divisibility", 16]] for i in range(17)}
     fn = v5_small._mla_decode_v5_small_kernel if small else v4._mla_decode_v4_kernel
     if small:  # the small tile also takes the ok flag and the pool size
@@ -152,13 +152,13 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_seesaw(causal=causal, fine=name == "ss-fine")
                 print(f"{name} causal={causal}: {report(f'{name}_c{int(causal)}', ck, workdir)}")
-        elif name.startswith(("v4:", "v5s:", "v5s-fp8:", "v5s-fp8tma:")):  # v4:BLOCK_M,BLOCK_N,warps,stages[,dq] (v5s:
+        elif name.startswith(("v4:", "v5s:", "v5s-fp8:", "v5s-fp8tma:")):  # v4:BLOCK_M,BLOCK_N,warps,stages (v5s:
             kind, spec = name.split(":")  # the small tile; v5s-fp8: on an FP8 cache; v5s-fp8tma: with TMA loads)
-            bm, bn, w, st, dq = ([int(x) for x in spec.split(",")] + [0])[:5]  # dq: v5_small.FP8_DEQUANTS value
+            bm, bn, w, st = (int(x) for x in spec.split(","))
             ck = compile_v4(bm, bn, w, st, small=kind.startswith("v5s"), fp8=kind.startswith("v5s-fp8"),
-                            tma=kind == "v5s-fp8tma", dequant=dq)
-            print(f"{kind} bm={bm} bn={bn} warps={w} stages={st} dequant={dq}: "
-                  f"{report(f'{kind}_{bm}_{bn}_{w}_{st}_{dq}', ck, workdir)}")
+                            tma=kind == "v5s-fp8tma")
+            print(f"{kind} bm={bm} bn={bn} warps={w} stages={st}: "
+                  f"{report(f'{kind}_{bm}_{bn}_{w}_{st}', ck, workdir)}")
 
 
 if __name__ == "__main__":
