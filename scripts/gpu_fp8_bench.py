@@ -77,6 +77,7 @@ def main() -> None:
         save(args.out)
         return
     dev = "cpu" if args.smoke else "cuda"
+    TILES = [("small", "pointer"), ("small", "tma")] + ([] if args.smoke else [("gluon", "pointer")])
     big_b, big_sk = (2, (64, 130)) if args.smoke else (128, (4096, 8192))
 
     from test_kernels import check_against_reference, make_inputs
@@ -128,17 +129,17 @@ def main() -> None:
     def correctness():
         out = {}
         cases = ((16, 1), (16, 2)) if args.smoke else ((16, 1), (16, 2), (64, 1), (128, 1), (128, 2))
-        for (h_q, s_q), loads in [(c, m) for c in cases for m in ("pointer", "tma")]:
-            name = f"h{h_q}-sq{s_q}-{loads}"
+        for (h_q, s_q), (tile, loads) in [(c, m) for c in cases for m in TILES]:
+            name = f"h{h_q}-sq{s_q}-{tile}-{loads}"
             v5_small.FP8_LOADS = loads
             try:
                 q, kc, bt, sl = make_inputs(lengths, s_q, h_q, 1, torch.bfloat16, seed=h_q + s_q, device=dev)
                 k8 = quantize_k_cache(kc)
                 flag = torch.ones(1, dtype=torch.int32, device=dev)
 
-                def fp8(q, _k, bt, sl, dv, softmax_scale=None, causal=False, k8=k8, flag=flag):
+                def fp8(q, _k, bt, sl, dv, softmax_scale=None, causal=False, k8=k8, flag=flag, tile=tile):
                     return K.mla_decode_v5(q, k8, bt, sl, dv, softmax_scale=softmax_scale, causal=causal,
-                                           is_fp8_kvcache=True, error_flag=flag)
+                                           is_fp8_kvcache=True, error_flag=flag, path=tile)
 
                 try:
                     check_against_reference(fp8, q, dequantize_k_cache(k8), bt, sl, s_q > 1)
@@ -152,6 +153,7 @@ def main() -> None:
                 out[name] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:800]}"}
             finally:
                 v5_small.FP8_LOADS = "pointer"
+            print(name, out[name], flush=True)
         try:  # FlashMLA's recipe at b = 64 through the API
             gen = torch.Generator().manual_seed(3)
             n, mean = (3, 100.0) if args.smoke else (64, 4096.0)
@@ -192,30 +194,35 @@ def main() -> None:
         meta, splits = get_mla_metadata(sl, s_q * h_q, 1)
         row["choice_fp8"] = K.kernel_choice(q, k8, s_q * h_q, 1)
         row["choice_bf16"] = K.kernel_choice(q, kc, s_q * h_q, 1)
-        def fp8(loads):
+        def fp8(tile, loads):
             v5_small.FP8_LOADS = loads  # read at launch: plain loads or TMA copies of the e4m3 bytes
             try:
                 return K.mla_decode_v5(q, k8, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
-                                       check_bounds=False, is_fp8_kvcache=True)
+                                       check_bounds=False, is_fp8_kvcache=True, path=tile)
             finally:
                 v5_small.FP8_LOADS = "pointer"
 
         impls = {
-            "fp8": lambda: fp8("pointer"),
-            "fp8_tma": lambda: fp8("tma"),
+            "fp8": lambda: fp8(None, "pointer"),  # the default choice
+            "fp8_small": lambda: fp8("small", "pointer"),
+            "fp8_small_tma": lambda: fp8("small", "tma"),
             "bf16_v5": lambda: K.mla_decode_v5(q, kc, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
                                                check_bounds=False),
         }
+        if not args.smoke:
+            impls["fp8_gluon"] = lambda: fp8("gluon", "pointer")
         if flash_mla is not None:
             fm_meta, _ = flash_mla.get_mla_metadata()
             impls["flashmla"] = lambda: flash_mla.flash_mla_with_kvcache(q, kc, bt, sl, 512, fm_meta, None)
-        fo, _ = impls["fp8"]()
+        fo, _ = impls["fp8_small"]()
         bo, _ = impls["bf16_v5"]()
-        to, _ = impls["fp8_tma"]()
         sync()
         row["fp8_finite"] = bool(torch.isfinite(fo).all())
         row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
-        row["fp8_tma_vs_fp8_max_abs"] = float((to.float() - fo.float()).abs().max())  # should be ~0
+        for other in ("fp8_small_tma", "fp8_gluon"):  # the same math in another order: ~0
+            if other in impls:
+                oo, _ = impls[other]()
+                row[f"{other}_vs_fp8_small_max_abs"] = float((oo.float() - fo.float()).abs().max())
         for name, fn in impls.items():
             try:
                 fn()

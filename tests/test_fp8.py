@@ -377,14 +377,17 @@ GPU_LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("loads", ["pointer", "tma"])
+@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon"])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
-def test_gpu_fp8_matrix(h_q, s_q, loads, monkeypatch):
+def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
+    """Both FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile
+    (which pads fewer than 64 rows, as FlashMLA's kernel does)."""
     from mla_tutorial.kernels import v5_small
 
-    monkeypatch.setattr(v5_small, "FP8_LOADS", loads)
-    q, k8, block_table, seqlens = fp8_inputs(GPU_LENGTHS, s_q, h_q, seed=h_q * 10 + s_q)
-    check_fp8(q, k8, block_table, seqlens, s_q > 1)
+    tile, _, loads = path.partition("-")
+    monkeypatch.setattr(v5_small, "FP8_LOADS", loads or "pointer")
+    q, k8, block_table, seqlens = fp8_inputs(GPU_LENGTHS, s_q, h_q, seed=h_q * 10 + s_q, poison_bytes=True)
+    check_fp8(q, k8, block_table, seqlens, s_q > 1, path=tile)
 
 
 @pytest.mark.gpu

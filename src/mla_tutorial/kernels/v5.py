@@ -28,6 +28,7 @@ from .combine import combine_splits
 from .common import D_NOPE, TileConfig, validate_metadata
 from .schedule import get_mla_metadata
 from .v4_balanced import _launch_v4
+from .v5_fp8_gluon import launch_v5_fp8_gluon
 from .v5_gluon import BLOCK_M as GLUON_BLOCK_M
 from .v5_gluon import GluonConfig, gluon_unavailable, launch_v5_gluon
 from .v5_seesaw import launch_v5_seesaw
@@ -47,13 +48,21 @@ def on_gpu(q) -> bool:
 #: (0.096 against 0.108 ms). docs/results/probes/v5_probe3_h200_2026-12-01.json.
 SMALL_TILE_MAX_ROWS = 16
 
+#: An FP8 cache with at least this many query rows per KV head is read by the Gluon FP8 tile (v5_fp8_gluon.py) where
+#: it can run, fewer by the small tile. (Not yet measured: set from the bf16 tiles' crossover, to be timed.)
+FP8_GLUON_MIN_ROWS = 64
+
 
 def kernel_choice(q: torch.Tensor, k_cache: torch.Tensor, rows_per_kv: int, h_kv: int) -> tuple[str, str]:
     """(path, reason): which tile v5 runs for these inputs here, "seesaw", "gluon", "small" or "v4", and why."""
     if k_cache.dtype == torch.float8_e4m3fn:
-        return "small", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head: only the plain-Triton "
-                         f"small tile reads FP8 rows so far (dequantized on load to bf16); a Gluon FP8 tile may "
-                         f"follow")
+        why = gluon_unavailable(q, k_cache, h_kv)
+        if why is None and rows_per_kv >= FP8_GLUON_MIN_ROWS:
+            return "gluon", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head on sm_90: the Gluon "
+                             f"FP8 tile (each page dequantized through registers into shared memory, async wgmma)")
+        reason = why or f"fewer than {FP8_GLUON_MIN_ROWS} query rows per KV head"
+        return "small", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head: the plain-Triton small "
+                         f"tile, dequantizing each key chunk on load ({reason})")
     if rows_per_kv <= SMALL_TILE_MAX_ROWS:
         return "small", (f"{rows_per_kv} query rows per KV head (<= {SMALL_TILE_MAX_ROWS}): the register-lean "
                          f"plain-Triton small tile, the faster one measured there")
@@ -82,8 +91,9 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
                is_fp8: bool = False):
     forced = path  # kernel_choice picks a tile only where it runs: a forced one is checked below
     path = path or kernel_choice(q, k_cache, dims.rows_per_kv, dims.h_kv)[0]
-    if is_fp8 and path != "small":
-        raise ValueError(f"path {path!r} cannot read an FP8 cache (is_fp8_kvcache=True): only 'small' can")
+    if is_fp8 and path not in ("small", "gluon"):
+        raise ValueError(f"path {path!r} cannot read an FP8 cache (is_fp8_kvcache=True): only 'small' and 'gluon' "
+                         f"can")
     if forced in ("seesaw", "gluon"):  # a forced Gluon tile where it cannot run: say why, before anything is allocated
         why = gluon_unavailable(q, k_cache, dims.h_kv)
         if why is not None:
@@ -103,6 +113,9 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
         launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                          part_out, part_lse, flag, fine=bool(getattr(config, "fine", False)),
                          mode=int(getattr(config, "mode", 0)))
+    elif path == "gluon" and is_fp8:
+        launch_v5_fp8_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
+                            part_out, part_lse, flag)
     elif path == "gluon":
         launch_v5_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                         part_out, part_lse, flag, config)

@@ -1,0 +1,277 @@
+# version 5, FP8 cache: the 64-row Gluon tile of v5_gluon.py reading FlashMLA's 656-byte rows (stage 5).
+#
+# What changes against v5_gluon.py (the lockstep tile): a page no longer arrives by TMA as bf16. Each of the 256
+# threads loads its share of the page's 656-byte rows into registers (16-byte loads: the e4m3 bytes of c_kv by
+# 64-column chunk, the four float32 scales, k_rope in bf16), converts and scales the e4m3 values there, and stores
+# the bf16 page into the same shared-memory slot layout the bf16 tile fills by TMA; from there on the tile is the
+# bf16 one (Q·Kᵀ and P·V by async wgmma, no score work repeated, V = the first 512 columns of the page).
+# The register path is software-pipelined one page ahead: page i+2's loads are issued while P·V of page i runs,
+# and page i+1 is dequantized into the other slot while S = Q·Kᵀ of page i runs, so the loads' latency and the
+# conversions sit beside the tensor-core work instead of in front of it. Rows past s_k (which may hold NaN bytes
+# and NaN scales) and pages past the request's end are never loaded (masked loads give 0), so no zeroing pass.
+#
+# Why (docs/results/v5_notes.md, FP8 dequantization): the plain-Triton small tile spends 4,224 instructions per
+# 64-key step and thread on an FP8 page against 2,576 on a bf16 one, mostly moving a key tile made in registers into
+# shared memory once per dot; here a page is written to shared memory once, for both dots, and its conversions
+# (about 2.5 instructions per value, 128 values per thread per page) are spread over 8 warps.
+# Expected (H200, b 128, s_k 4096): near the bf16 lockstep tile's compute time, 0.20 ms at h64 and 0.34 at h128
+# (the FP8 small tile: 0.675 and 1.114; FlashMLA's bf16 kernel 0.170 and 0.234); at h16, padded to 64 rows like
+# FlashMLA's kernel, about the same as h64.
+# Measured: docs/results/v5_notes.md and docs/fp8.md §5.
+"""Version 5 over an FP8 cache: the 64-row Gluon tile with each page dequantized through registers (Hopper)."""
+
+from __future__ import annotations
+
+from ..fp8 import ROPE_OFFSET, ROW_BYTES, SCALE_OFFSET
+from .common import LOG2E
+from .launch import FastLauncher
+from .v5_gluon import BLOCK_M, NUM_WARPS, fence_async_shared, gl, gluon, warpgroup_mma, warpgroup_mma_wait
+
+try:  # cp.async (Ampere's asynchronous copy, on Hopper too), for k_rope
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy
+except Exception:  # pragma: no cover - depends on the installed Triton
+    async_copy = None
+
+if gluon is not None:
+    FP8_ROW = gl.constexpr(ROW_BYTES)  # 656 bytes per token: 512 e4m3 values, 4 float32 scales, 64 bf16 values
+    FP8_SCALES_AT = gl.constexpr(SCALE_OFFSET)  # byte 512
+    FP8_ROPE_AT = gl.constexpr(ROPE_OFFSET)  # byte 528
+    #: Four e4m3 values (one int32 word, $4) times their row's float32 scale ($5, a power of two) to four bf16 ($0-$3),
+    #: exactly, with one conversion-free sequence: each byte goes to the top of a 16-bit lane (prmt), keeps its sign
+    #: at bit 15 and moves its 7 magnitude bits to bits 4..10 (a bf16 worth the value times 2^-120, subnormals and 0
+    #: included); two packed bf16 multiplies, by 2^120 and by the scale (whose bf16 is its float32's top half), give
+    #: the value times the scale. The e4m3 NaN code (0x7F) would read 480, but a tile holding a NaN has a NaN scale,
+    #: which the multiply passes on; rows past s_k load as 0 with scale 0.
+    _E4M3X4_TIMES_SCALE = gl.constexpr("""{
+.reg .b32 lo, hi, sg, mg, k, sc;
+mov.b32 k, 0x7B807B80;
+prmt.b32 sc, $5, $5, 0x3232;
+prmt.b32 lo, $4, 0, 0x1404;
+prmt.b32 hi, $4, 0, 0x3424;
+and.b32 sg, lo, 0x80008000;
+and.b32 mg, lo, 0x7F007F00;
+shr.b32 mg, mg, 4;
+or.b32 lo, sg, mg;
+and.b32 sg, hi, 0x80008000;
+and.b32 mg, hi, 0x7F007F00;
+shr.b32 mg, mg, 4;
+or.b32 hi, sg, mg;
+mul.rn.bf16x2 lo, lo, k;
+mul.rn.bf16x2 hi, hi, k;
+mul.rn.bf16x2 lo, lo, sc;
+mul.rn.bf16x2 hi, hi, sc;
+mov.b32 {$0, $1}, lo;
+mov.b32 {$2, $3}, hi;
+}""")
+    from .v5_gluon import _v5_flag_stale, _v5_load_q, _v5_store
+
+    @gluon.jit
+    def _fp8_page(bt_row, i, hi, s_k, num_blocks, ok_ptr):
+        """(block id, rows that hold keys) of page i of a request, the i-th entry of its block-table row: no rows
+        for i >= hi; a block id outside [0, num_blocks) is not followed (the ok flag is cleared, no rows)."""
+        page = gl.load(bt_row + i, mask=i < hi, other=0)
+        bad = (page < 0) | (page >= num_blocks)
+        gl.store(ok_ptr, 0, mask=bad & (i < hi))
+        n_rows = gl.where(bad | (i >= hi), 0, s_k - i * 64)
+        return gl.where(bad, 0, page).to(gl.int64), n_rows
+
+    @gluon.jit
+    def _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw: gl.constexpr):
+        """Issue the loads of a page's c_kv into registers: the e4m3 bytes of its 64 rows as eight 64-column chunks
+        of 16 int32 words (four values each: held packed until they are dequantized) and the rows' four scales.
+        Rows from n_rows on load as 0 (they may hold NaN bytes and NaN scales)."""
+        rows = gl.arange(0, 64, layout=gl.SliceLayout(1, ldw))
+        words = gl.arange(0, 16, layout=gl.SliceLayout(0, ldw))
+        ok = rows < n_rows
+        base = kv_ptr + page * stride_kvb + rows * FP8_ROW  # (64,) byte pointers to the rows
+        ptrs = base.to(gl.pointer_type(gl.int32))[:, None] + words[None, :]  # (64, 16) words of chunk 0
+        w0 = gl.load(ptrs, mask=ok[:, None], other=0)  # (64, 16) int32: bytes 4j .. 4j+3 of columns 0..63
+        w1 = gl.load(ptrs + 16, mask=ok[:, None], other=0)
+        w2 = gl.load(ptrs + 32, mask=ok[:, None], other=0)
+        w3 = gl.load(ptrs + 48, mask=ok[:, None], other=0)
+        w4 = gl.load(ptrs + 64, mask=ok[:, None], other=0)
+        w5 = gl.load(ptrs + 80, mask=ok[:, None], other=0)
+        w6 = gl.load(ptrs + 96, mask=ok[:, None], other=0)
+        w7 = gl.load(ptrs + 112, mask=ok[:, None], other=0)
+        sc = (base + FP8_SCALES_AT).to(gl.pointer_type(gl.float32))  # (64,) float32 pointers: scale t at sc + t
+        s0 = gl.load(sc, mask=ok, other=0.0)
+        s1 = gl.load(sc + 1, mask=ok, other=0.0)
+        s2 = gl.load(sc + 2, mask=ok, other=0.0)
+        s3 = gl.load(sc + 3, mask=ok, other=0.0)
+        return w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3
+
+    @gluon.jit
+    def _fp8_rope_copy(kr_buf, kv_ptr, page, n_rows, stride_kvb, ldr: gl.constexpr):
+        """Start the asynchronous copy (cp.async, no registers) of a page's k_rope, bf16 already, into kr_buf
+        [64, 64]; rows from n_rows on are not copied (their scores are masked, whatever the slot holds)."""
+        rows = gl.arange(0, 64, layout=gl.SliceLayout(1, ldr))
+        cols = gl.arange(0, 64, layout=gl.SliceLayout(0, ldr))
+        base = (kv_ptr + page * stride_kvb + rows * FP8_ROW + FP8_ROPE_AT).to(gl.pointer_type(gl.bfloat16))
+        async_copy.async_copy_global_to_shared(kr_buf, base[:, None] + cols[None, :], mask=(rows < n_rows)[:, None])
+        async_copy.commit_group()
+
+    @gluon.jit
+    def _fp8_chunk(view, w, scale, dtype: gl.constexpr):
+        """A 64-column chunk, 16 int32 words of four e4m3 values per row, times its rows' scale, as bf16 into a
+        [64, 64] shared-memory view: _E4M3X4_TIMES_SCALE per word, its four results put back in column order."""
+        v0, v1, v2, v3 = gl.inline_asm_elementwise(
+            _E4M3X4_TIMES_SCALE, "=h,=h,=h,=h,r,r", [w, scale.to(gl.int32, bitcast=True)[:, None] + w * 0],
+            dtype=(gl.bfloat16, gl.bfloat16, gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
+        x = gl.reshape(gl.join(gl.join(v0, v2), gl.join(v1, v3)), [64, 64])  # value k of word j: column 4j + k
+        view.store(x)
+
+    @gluon.jit
+    def _fp8_put(k_buf, b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype: gl.constexpr):
+        """The fetched c_kv, dequantized, into a bf16 slot k_buf [64, 512] (K's latent part and V). Scale t covers
+        columns 128·t .. 128·t + 127, i.e. chunks 2t and 2t + 1."""
+        _fp8_chunk(k_buf.slice(0, 64, dim=1), b0, s0, dtype)
+        _fp8_chunk(k_buf.slice(64, 64, dim=1), b1, s0, dtype)
+        _fp8_chunk(k_buf.slice(128, 64, dim=1), b2, s1, dtype)
+        _fp8_chunk(k_buf.slice(192, 64, dim=1), b3, s1, dtype)
+        _fp8_chunk(k_buf.slice(256, 64, dim=1), b4, s2, dtype)
+        _fp8_chunk(k_buf.slice(320, 64, dim=1), b5, s2, dtype)
+        _fp8_chunk(k_buf.slice(384, 64, dim=1), b6, s3, dtype)
+        _fp8_chunk(k_buf.slice(448, 64, dim=1), b7, s3, dtype)
+
+    @gluon.jit
+    def _v5_fp8_kernel(
+        q_ptr, kv_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
+        meta_ptr, num_splits_ptr, ok_ptr,
+        stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
+        s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
+        qk_scale,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, num_warps: gl.constexpr,
+    ):
+        BLOCK_M: gl.constexpr = 64
+        PAGE: gl.constexpr = 64
+        CHUNK: gl.constexpr = 64
+        N_CHUNKS: gl.constexpr = 9
+        D_V: gl.constexpr = 512
+        # S and O split over the two warpgroups along their columns (keys, output columns), as in v5_gluon.py
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                           instr_shape=[16, 32, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                           instr_shape=[16, 256, 16])
+        s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
+        s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
+        o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+        o_cols: gl.constexpr = gl.SliceLayout(0, o_layout)
+        smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        # a page's loads: 4 words (16 bytes) per thread and row of a 64-byte chunk (4 threads a row, 64 rows over
+        # 8 warps);
+        # k_rope: 8 bf16 per thread, 8 threads a row, 2 rows per thread
+        ldw: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [num_warps, 1], [1, 0])
+        ldr: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+        dtype: gl.constexpr = q_ptr.dtype.element_ty
+
+        q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, D_V], smem_layout)  # Q's latent part
+        qr_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, CHUNK], smem_layout)  # Q's RoPE part
+        k_smem = gl.allocate_shared_memory(dtype, [2, PAGE, D_V], smem_layout)  # two dequantized pages: c_kv
+        kr_smem = gl.allocate_shared_memory(dtype, [2, PAGE, CHUNK], smem_layout)  # and k_rope
+        p_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, PAGE], smem_layout)
+
+        part = gl.program_id(0)
+        m_start = (gl.program_id(1) % m_tiles) * BLOCK_M
+        meta = meta_ptr + part * META_COLS
+        begin_req = gl.load(meta + 0)
+        begin_block = gl.load(meta + 1)
+        end_req = gl.load(meta + 2)
+        end_block = gl.load(meta + 3)
+        begin_split = gl.load(meta + 4)
+        last_part = part == gl.num_programs(0) - 1
+        next_req = gl.load(meta + META_COLS, mask=not last_part, other=-1)
+        next_block = gl.load(meta + META_COLS + 1, mask=not last_part, other=-1)
+
+        it = 0  # pages consumed by this program: slot it % 2
+        for req in range(begin_req, end_req + 1):
+            s_k = gl.load(seqlens_ptr + req)
+            n_pages = gl.cdiv(s_k, PAGE)
+            _v5_flag_stale(ok_ptr, req, s_k, n_pages, begin_req, begin_block, end_req, end_block, next_req,
+                           next_block, max_blocks)
+            n_pages = gl.minimum(n_pages, max_blocks)  # never read past the request's row of the table
+            lo = gl.where(req == begin_req, begin_block, 0)
+            hi = gl.minimum(gl.where(req == end_req, end_block, n_pages), n_pages)  # an empty request: none
+            split = gl.where(req == begin_req, begin_split, 0)
+            first_slot = gl.load(num_splits_ptr + req)
+            pieces = gl.load(num_splits_ptr + req + 1) - first_slot
+            bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
+
+            gl.thread_barrier()  # every warp is done with the previous request's buffers
+            # prologue: page lo dequantized into this program's current slot, page lo + 1 in registers; both pages'
+            # k_rope copied asynchronously into their slots
+            page, n_rows = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
+            _fp8_rope_copy(kr_smem.index(it % 2), kv_ptr, page, n_rows, stride_kvb, ldr)
+            b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
+            _fp8_put(k_smem.index(it % 2), b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype)
+            page, n_rows = _fp8_page(bt_row, lo + 1, hi, s_k, num_blocks, ok_ptr)
+            _fp8_rope_copy(kr_smem.index((it + 1) % 2), kv_ptr, page, n_rows, stride_kvb, ldr)
+            b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
+            _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
+                       rows_per_kv, 0, N_CHUNKS, CHUNK, BLOCK_M, num_warps)
+            async_copy.wait_group(1)  # page lo's k_rope has landed (page lo + 1's may still be in flight)
+            fence_async_shared()
+            gl.thread_barrier()
+
+            rows = m_start + gl.arange(0, BLOCK_M, layout=s_rows)
+            tok = rows // heads_per_kv
+            if CAUSAL:
+                n_visible = s_k - s_q + 1 + tok
+            else:
+                n_visible = tok * 0 + s_k
+            m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=s_rows)
+            l_i = gl.zeros([BLOCK_M], gl.float32, layout=s_rows)
+            acc = gl.zeros([BLOCK_M, D_V], gl.float32, layout=o_layout)
+            for i in range(lo, hi):
+                slot = it % 2
+                k_buf = k_smem.index(slot)
+                # S = Q·Kᵀ over the 576 columns: warpgroup w computes keys 32w .. 32w + 31
+                s = gl.zeros([BLOCK_M, PAGE], gl.float32, layout=s_layout)
+                s = warpgroup_mma(q_smem, k_buf.permute((1, 0)), s, use_acc=False, is_async=True)
+                s = warpgroup_mma(qr_smem, kr_smem.index(slot).permute((1, 0)), s, is_async=True)
+                if i + 1 < hi:  # while S runs: page i+1 into the other slot (P·V of page i-1 is done with it)
+                    _fp8_put(k_smem.index(1 - slot), b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype)
+                s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                keys = i * PAGE + gl.arange(0, PAGE, layout=s_cols)
+                s = gl.where(keys[None, :] < n_visible[:, None], s * qk_scale, float("-inf"))
+                m_new = gl.maximum(m_i, gl.max(s, axis=1))  # crosses the two warpgroups
+                m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = gl.exp2(m_i - m_use)
+                p = gl.exp2(s - m_use[:, None])
+                l_i = l_i * alpha + gl.sum(p, axis=1)
+                m_i = m_new
+                p_smem.store(p.to(dtype))
+                async_copy.wait_group(0)  # page i+1's k_rope (copied during the previous step) has landed
+                fence_async_shared()
+                gl.thread_barrier()  # P, page i+1's slot, and every warpgroup's S of this slot are done
+
+                # O = O·alpha + P·V: warpgroup w owns output columns 256w .. 256w + 255
+                acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                acc = warpgroup_mma(p_smem, k_buf, acc, is_async=True)
+                # while P·V runs (it reads k_buf, not this slot's k_rope): page i+2's k_rope into this slot, its
+                # c_kv into registers (dequantized during the next step's S)
+                page, n_rows = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)
+                _fp8_rope_copy(kr_smem.index(slot), kv_ptr, page, n_rows, stride_kvb, ldr)
+                b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                gl.thread_barrier()  # both warpgroups are done with this slot and with P
+                it += 1
+
+            _v5_store(acc, m_i, l_i, rows, tok, req, first_slot + split, pieces, out_ptr, lse_ptr, part_out_ptr,
+                      part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, o_rows, o_cols, 0, D_V, True)
+
+
+_LAUNCH = FastLauncher(_v5_fp8_kernel) if gluon is not None else None
+
+
+def launch_v5_fp8_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
+                        part_lse, ok_flag):
+    """Launch the Gluon FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache, rows contiguous)."""
+    m_tiles = -(-dims.rows_per_kv // BLOCK_M)
+    _LAUNCH(
+        (meta.shape[0], m_tiles),
+        q, k_cache, block_table, cache_seqlens, out, lse, part_out, part_lse, meta, num_splits, ok_flag,
+        q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), block_table.stride(0),
+        dims.s_q, dims.h_q, dims.heads_per_kv, dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks,
+        dims.scale * LOG2E,
+        CAUSAL=causal, META_COLS=meta.shape[1], num_warps=NUM_WARPS,
+    )
