@@ -177,7 +177,7 @@ def main() -> None:
 
     # ----------------------------------------------------------------------------------------- 3. timing
     sk1, sk2 = big_sk
-    shapes = [(16, sk1, "fixed"), (16, sk2, "fixed"), (16, sk1, "normal"), (64, sk1, "fixed"),
+    shapes = [(16, sk1 // 4, "fixed"), (16, sk1, "fixed"), (16, sk2, "fixed"), (16, sk1, "normal"), (64, sk1, "fixed"),
               (64, sk2, "fixed"), (128, sk1, "fixed"), (128, sk2, "fixed")]
     if args.quick or args.smoke:
         shapes = [(16, sk1, "fixed"), (16, sk1, "normal"), (128, sk1, "fixed")]
