@@ -7,8 +7,9 @@
 # bf16 one (Q·Kᵀ and P·V by async wgmma, no score work repeated, V = the first 512 columns of the page).
 # The register path is software-pipelined one page ahead: page i+2's loads are issued while P·V of page i runs,
 # and page i+1 is dequantized into the other slot, half while S = Q·Kᵀ of page i runs and half while P·V runs, so
-# the loads' latency and the dequantization sit beside the tensor-core work instead of in front of it. Rows past s_k (which may hold NaN bytes
-# and NaN scales) and pages past the request's end are never loaded (masked loads give 0), so no zeroing pass.
+# the loads' latency and the dequantization sit beside the tensor-core work instead of in front of it. Rows past
+# s_k (which may hold NaN bytes and NaN scales) and pages past the request's end are never loaded (masked loads
+# give 0), so no zeroing pass.
 #
 # Why (docs/results/v5_notes.md, FP8 dequantization): the plain-Triton small tile spends 4,224 instructions per
 # 64-key step and thread on an FP8 page against 2,576 on a bf16 one, mostly moving a key tile made in registers into
