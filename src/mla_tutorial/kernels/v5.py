@@ -10,8 +10,9 @@
 Both walk v4's balanced schedule (schedule.py) and share its combine kernel. Where the Gluon tile cannot run
 (no sm_90, another Triton, h_kv > 1, a cache that TMA cannot address) v4's 64-row tile runs instead;
 `kernel_choice` says which runs and why. An FP8 cache (`is_fp8_kvcache=True`, FlashMLA's 656-byte rows,
-mla_tutorial/fp8.py) is read by the small tile at every tile height for now: it dequantizes each key chunk on load
-and keeps bf16 tensor-core work after that.
+mla_tutorial/fp8.py) is read on sm_90 by the Gluon FP8 tile (v5_fp8_gluon.py: each page dequantized through
+registers into the bf16 slot both products read), elsewhere and below 16 rows by the small tile, which dequantizes
+each key chunk on load; both keep bf16 tensor-core work after that.
 
 A block id outside [0, num_blocks) inside a request's length is never dereferenced: the kernels skip it and
 clear a per-device "ok" flag, on which `check_bounds=True` (the default) enqueues a device-side assertion (no host
@@ -49,8 +50,11 @@ def on_gpu(q) -> bool:
 SMALL_TILE_MAX_ROWS = 16
 
 #: An FP8 cache with at least this many query rows per KV head is read by the Gluon FP8 tile (v5_fp8_gluon.py) where
-#: it can run, fewer by the small tile. (Not yet measured: set from the bf16 tiles' crossover, to be timed.)
-FP8_GLUON_MIN_ROWS = 64
+#: it can run, fewer by the small tile. On the H200 (2026-12-02, b = 128) the Gluon FP8 tile was faster at every
+#: shape measured: 16 rows 0.343 against 0.368 ms (s_k 4096), 0.591 against 0.635 (8192); 64 rows 0.313 against
+#: 0.611; 128 rows 0.560 against 1.114 (docs/results/probes/fp8_gluon_probe1_h200_2026-12-02.json). Below 16 rows
+#: it is not measured: the small tile stays.
+FP8_GLUON_MIN_ROWS = 16
 
 
 def kernel_choice(q: torch.Tensor, k_cache: torch.Tensor, rows_per_kv: int, h_kv: int) -> tuple[str, str]:

@@ -6,10 +6,9 @@
 # the bf16 page into the same shared-memory slot layout the bf16 tile fills by TMA; from there on the tile is the
 # bf16 one (Q·Kᵀ and P·V by async wgmma, no score work repeated, V = the first 512 columns of the page).
 # The register path is software-pipelined one page ahead: page i+2's loads are issued while P·V of page i runs,
-# and page i+1 is dequantized into the other slot, half while S = Q·Kᵀ of page i runs and half while P·V runs, so
-# the loads' latency and the dequantization sit beside the tensor-core work instead of in front of it. Rows past
-# s_k (which may hold NaN bytes and NaN scales) and pages past the request's end are never loaded (masked loads
-# give 0), so no zeroing pass.
+# and page i+1 is dequantized into the other slot while S = Q·Kᵀ of page i runs, so the loads' latency and the
+# conversions sit beside the tensor-core work instead of in front of it. Rows past s_k (which may hold NaN bytes
+# and NaN scales) and pages past the request's end are never loaded (masked loads give 0), so no zeroing pass.
 #
 # Why (docs/results/v5_notes.md, FP8 dequantization): the plain-Triton small tile spends 4,224 instructions per
 # 64-key step and thread on an FP8 page against 2,576 on a bf16 one, mostly moving a key tile made in registers into
@@ -18,7 +17,11 @@
 # Expected (H200, b 128, s_k 4096): near the bf16 lockstep tile's compute time, 0.20 ms at h64 and 0.34 at h128
 # (the FP8 small tile: 0.675 and 1.114; FlashMLA's bf16 kernel 0.170 and 0.234); at h16, padded to 64 rows like
 # FlashMLA's kernel, about the same as h64.
-# Measured: docs/results/v5_notes.md and docs/fp8.md §5.
+# Measured (H200, 2026-12-02, whole call; docs/results/probes/fp8_gluon_probe1_h200_2026-12-02.json): h64 0.313 ms,
+# h128 0.560, h16 0.343: twice as fast as the FP8 small tile at 64 and 128 heads (0.611, 1.114), a little faster
+# at 16 (0.368), slower than the bf16 tiles (0.244, 0.380, 0.183). The dequantization (~700 instructions per thread
+# and page) overlaps only the short S = Q·Kᵀ; spreading half of it over P·V as well was slower (0.337 / 0.603 /
+# 0.368: the stores then compete with P·V's shared-memory reads), see docs/results/v5_notes.md.
 """Version 5 over an FP8 cache: the 64-row Gluon tile with each page dequantized through registers (Hopper)."""
 
 from __future__ import annotations
@@ -122,13 +125,17 @@ mov.b32 {$2, $3}, hi;
         view.store(x)
 
     @gluon.jit
-    def _fp8_put_half(k_buf, w0, w1, w2, w3, sa, sb, COL0: gl.constexpr, dtype: gl.constexpr):
-        """Half of a fetched page's c_kv, dequantized, into a bf16 slot k_buf [64, 512] (K's latent part and V):
-        columns COL0 .. COL0 + 255 from four chunks of words; scale sa covers the first two, sb the last two."""
-        _fp8_chunk(k_buf.slice(COL0, 64, dim=1), w0, sa, dtype)
-        _fp8_chunk(k_buf.slice(COL0 + 64, 64, dim=1), w1, sa, dtype)
-        _fp8_chunk(k_buf.slice(COL0 + 128, 64, dim=1), w2, sb, dtype)
-        _fp8_chunk(k_buf.slice(COL0 + 192, 64, dim=1), w3, sb, dtype)
+    def _fp8_put(k_buf, b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype: gl.constexpr):
+        """The fetched c_kv, dequantized, into a bf16 slot k_buf [64, 512] (K's latent part and V). Scale t covers
+        columns 128·t .. 128·t + 127, i.e. chunks 2t and 2t + 1."""
+        _fp8_chunk(k_buf.slice(0, 64, dim=1), b0, s0, dtype)
+        _fp8_chunk(k_buf.slice(64, 64, dim=1), b1, s0, dtype)
+        _fp8_chunk(k_buf.slice(128, 64, dim=1), b2, s1, dtype)
+        _fp8_chunk(k_buf.slice(192, 64, dim=1), b3, s1, dtype)
+        _fp8_chunk(k_buf.slice(256, 64, dim=1), b4, s2, dtype)
+        _fp8_chunk(k_buf.slice(320, 64, dim=1), b5, s2, dtype)
+        _fp8_chunk(k_buf.slice(384, 64, dim=1), b6, s3, dtype)
+        _fp8_chunk(k_buf.slice(448, 64, dim=1), b7, s3, dtype)
 
     @gluon.jit
     def _v5_fp8_kernel(
@@ -199,8 +206,7 @@ mov.b32 {$2, $3}, hi;
             page, n_rows = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
             _fp8_rope_copy(kr_smem.index(it % 2), kv_ptr, page, n_rows, stride_kvb, ldr)
             b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
-            _fp8_put_half(k_smem.index(it % 2), b0, b1, b2, b3, s0, s1, 0, dtype)
-            _fp8_put_half(k_smem.index(it % 2), b4, b5, b6, b7, s2, s3, 256, dtype)
+            _fp8_put(k_smem.index(it % 2), b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype)
             page, n_rows = _fp8_page(bt_row, lo + 1, hi, s_k, num_blocks, ok_ptr)
             _fp8_rope_copy(kr_smem.index((it + 1) % 2), kv_ptr, page, n_rows, stride_kvb, ldr)
             b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
@@ -226,8 +232,8 @@ mov.b32 {$2, $3}, hi;
                 s = gl.zeros([BLOCK_M, PAGE], gl.float32, layout=s_layout)
                 s = warpgroup_mma(q_smem, k_buf.permute((1, 0)), s, use_acc=False, is_async=True)
                 s = warpgroup_mma(qr_smem, kr_smem.index(slot).permute((1, 0)), s, is_async=True)
-                if i + 1 < hi:  # while S runs: page i+1's first half into the other slot (P·V of page i-1 is done
-                    _fp8_put_half(k_smem.index(1 - slot), b0, b1, b2, b3, s0, s1, 0, dtype)  # with it)
+                if i + 1 < hi:  # while S runs: page i+1 into the other slot (P·V of page i-1 is done with it)
+                    _fp8_put(k_smem.index(1 - slot), b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
                 keys = i * PAGE + gl.arange(0, PAGE, layout=s_cols)
                 s = gl.where(keys[None, :] < n_visible[:, None], s * qk_scale, float("-inf"))
@@ -245,15 +251,12 @@ mov.b32 {$2, $3}, hi;
                 # O = O·alpha + P·V: warpgroup w owns output columns 256w .. 256w + 255
                 acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
                 acc = warpgroup_mma(p_smem, k_buf, acc, is_async=True)
-                # while P·V runs (it reads k_buf, not the other slot, nor this slot's k_rope): page i+1's second half
-                # into the other slot; page i+2's k_rope into this slot, its c_kv into registers (for the next step)
-                if i + 1 < hi:
-                    _fp8_put_half(k_smem.index(1 - slot), b4, b5, b6, b7, s2, s3, 256, dtype)
+                # while P·V runs (it reads k_buf, not this slot's k_rope): page i+2's k_rope into this slot, its
+                # c_kv into registers (dequantized during the next step's S)
                 page, n_rows = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)
                 _fp8_rope_copy(kr_smem.index(slot), kv_ptr, page, n_rows, stride_kvb, ldr)
                 b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                fence_async_shared()  # page i+1's second half, for the next step's products
                 gl.thread_barrier()  # both warpgroups are done with this slot and with P
                 it += 1
 
