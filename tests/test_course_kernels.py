@@ -114,12 +114,14 @@ def test_capacity_rows_equal_the_capacity_model():
 
 def test_fp8_files():
     speed = {(r.impl, r.h_q, r.lengths): r for r in R.fp8_speed_rows()}
-    # honest numbers: the FP8 path reads 1.75x fewer bytes and is ~2x slower than bf16 v5 today
+    # honest numbers: the FP8 path reads 1.75x fewer bytes and is ~1.9x slower than bf16 v5 at h16 today; at h128
+    # the Gluon FP8 tile is twice as fast as the small tile
     fp8, bf16 = speed["fp8", 16, "fixed"], speed["bf16_v5", 16, "fixed"]
-    assert bf16.bytes / fp8.bytes == pytest.approx(1.75, abs=0.01) and fp8.ms / bf16.ms == pytest.approx(1.97, abs=0.01)
-    assert (fp8.tile, bf16.tile, speed["bf16_v5", 128, "fixed"].tile) == ("small", "small", "gluon")
+    assert bf16.bytes / fp8.bytes == pytest.approx(1.75, abs=0.01) and fp8.ms / bf16.ms == pytest.approx(1.87, abs=0.01)
+    assert (fp8.tile, bf16.tile, speed["bf16_v5", 128, "fixed"].tile) == ("gluon", "small", "seesaw")
+    assert speed["fp8_small", 128, "fixed"].ms / speed["fp8", 128, "fixed"].ms == pytest.approx(1.99, abs=0.01)
     assert fp8.gbps == pytest.approx(fp8.bytes / fp8.ms / 1e6)
-    assert all(R.fp8_correctness().values()) and len(R.fp8_correctness()) == 6
+    assert all(R.fp8_correctness().values()) and len(R.fp8_correctness()) == 16
     rows = R.fp8_row_errors()
     assert len(rows) == 72 and {r.scheme for r in rows} == set(R.FP8_SCHEMES)
     tile = [r.c_kv_rel_frob for r in rows if r.scheme == "tile"]
@@ -135,7 +137,7 @@ def test_fp8_files():
 
 
 def test_ceilings_of_every_format():
-    assert R.ceilings(R.FP8_BENCH).copy_gbps == pytest.approx(4274.79, abs=0.01)
+    assert R.ceilings(R.FP8_BENCH).copy_gbps == pytest.approx(4271.73, abs=0.01)
     assert R.ceilings(R.DECODE_TOUR).matmul_tflops == pytest.approx(699.65, abs=0.01)
     c = R.Ceilings(4000.0, 800.0, "x")
     assert c.ridge == 200.0 and c.floor_ms(800e9, 1e9) == 1.0 and c.floor_ms(1.0, 4e9) == 1.0
@@ -185,7 +187,7 @@ def test_table_formats_rows():
     rows = R.fp8_speed_rows()[:2]
     text = R.table(rows, [("impl", "impl", "s"), ("ms", "ms", ".3f"), ("GB/s", lambda r: r.gbps, ",.0f")])
     lines = text.splitlines()
-    assert lines[0].split() == ["impl", "ms", "GB/s"] and lines[1].split()[:2] == ["fp8", "0.369"]
+    assert lines[0].split() == ["impl", "ms", "GB/s"] and lines[1].split()[:2] == ["fp8", "0.344"]
     assert len({len(line) for line in lines}) == 1  # aligned columns
 
 
@@ -377,7 +379,7 @@ def test_fp8_ms_if_as_efficient():
     speed = {(r.impl, r.h_q, r.lengths): r for r in R.fp8_speed_rows()}
     fp8, bf16 = speed["fp8", 16, "fixed"], speed["bf16_v5", 16, "fixed"]
     ideal = C.fp8_ms_if_as_efficient(bf16.ms, bf16.bytes, fp8.bytes)
-    assert ideal == pytest.approx(bf16.ms / 1.7464, rel=1e-3) and round(ideal, 3) == 0.107
+    assert ideal == pytest.approx(bf16.ms / 1.7464, rel=1e-3) and round(ideal, 3) == 0.105
 
 
 def test_fp8_error_split_separates_quantization_from_the_kernel():

@@ -518,25 +518,30 @@ def capacity_and_cost(capacity: Capacity, rows: Sequence[DecodeRow]) -> Any:
 
 def fp8_speed_bars(rows: Sequence[Fp8SpeedRow], ideal: dict[tuple[int, str], float] | None = None) -> Any:
     """The FP8 benchmark: ms per call of FlashMLA (bf16), v5 on the bf16 cache (stage 4) and on the FP8 cache
-    (stage 5) at each shape, with the FP8 call's time if it read its bytes as fast as bf16 v5 does (`ideal`,
-    keyed by (h_q, lengths)); the label on each bar is its fraction of the copy bandwidth."""
+    (stage 5; and its small tile alone where the file has it) at each shape, with the FP8 call's time if it read its
+    bytes as fast as bf16 v5 does (`ideal`, keyed by (h_q, lengths)); the label on each bar is its fraction of the
+    copy bandwidth."""
     plt = _plt()
     shapes = sorted({(r.h_q, r.lengths) for r in rows})
     impls = [("flashmla", "FlashMLA (bf16)", "#222222"), ("bf16_v5", "stage 4: v5, bf16 cache", STAGE_COLORS[4]),
-             ("fp8", "stage 5: v5, FP8 cache", STAGE_COLORS[5])]
+             ("fp8", "stage 5: v5, FP8 cache", STAGE_COLORS[5]),
+             ("fp8_small", "stage 5: the small tile alone", "#c9b3e6")]
+    impls = [i for i in impls if any(r.impl == i[0] for r in rows)]
     fig, ax = plt.subplots(figsize=(9, 4))
-    width = 0.26
+    width = 0.8 / len(impls)
+    fp8_at = [k for k, _, _ in impls].index("fp8") if any(k == "fp8" for k, _, _ in impls) else 0
     for i, (key, label, color) in enumerate(impls):
         for j, (h_q, lengths) in enumerate(shapes):
             row = next((r for r in rows if (r.impl, r.h_q, r.lengths) == (key, h_q, lengths)), None)
             if row is None:
                 continue
-            x = j + (i - 1) * width
+            x = j + (i - (len(impls) - 1) / 2) * width
             ax.bar(x, row.ms, width, color=color, label=label if j == 0 else None)
             ax.text(x, row.ms * 1.02, f"{row.fraction_of_copy:.2f}", ha="center", va="bottom", fontsize=7)
     for j, shape in enumerate(shapes):
         if ideal and shape in ideal:
-            ax.plot([j + 0.5 * width, j + 1.5 * width], [ideal[shape]] * 2, color="black", ls="--", lw=1.2,
+            x = j + (fp8_at - (len(impls) - 1) / 2) * width
+            ax.plot([x - width / 2, x + width / 2], [ideal[shape]] * 2, color="black", ls="--", lw=1.2,
                     label="FP8 if it read at bf16 v5's GB/s" if j == 0 else None)
     ax.set_xticks(range(len(shapes)), [f"b = 128, h_q = {h}, s_k = 4,096" + (", uneven" if d != "fixed" else "")
                                        for h, d in shapes], fontsize=8)

@@ -38,7 +38,7 @@ DECODE_PROFILE = "decode_profile_deepseek-v3_h200_2026-12-02.json"  # torch.prof
 ROOFLINE = "roofline_deepseek-v3_h200_2026-12-01.json"  # stages 2–4 under the measured ceilings
 CAPACITY = "capacity_deepseek-v3_141GB.json"  # sequences per 141 GB GPU at 32k tokens (arithmetic)
 FP8_ACCURACY = "fp8_accuracy_cpu_2026-12-01.json"  # scripts/fp8_accuracy.py (CPU)
-FP8_BENCH = "fp8_bench_h200_2026-12-02.json"  # scripts/gpu_fp8_bench.py --quick (H200)
+FP8_BENCH = "fp8_bench_gluon_h200_2026-12-02.json"  # scripts/gpu_fp8_bench.py --quick (H200)
 
 #: How each committed file is produced (said when it is missing).
 PRODUCED_BY = {
@@ -460,7 +460,8 @@ def capacity_rows(source: str | Path | dict = CAPACITY) -> Capacity:
 class Fp8SpeedRow:
     """One implementation at one shape of the FP8 benchmark (b = 128, s_q = 1, whole call)."""
 
-    impl: str  # "fp8" (stage 5's path), "bf16_v5" (stage 4's), "flashmla" (bf16)
+    impl: str  # "fp8" (stage 5's path), "fp8_small" / "fp8_small_tma" / "fp8_gluon" (its tiles, forced), "bf16_v5"
+    #            (stage 4's), "flashmla" (bf16)
     b: int
     h_q: int
     s_k: int
@@ -477,6 +478,10 @@ class Fp8SpeedRow:
         return self.bytes / self.ms / 1e6
 
 
+#: The FP8 benchmark's implementations that force a tile (the others ran v5's choice, recorded in the file).
+_FORCED_TILES = {"fp8_small": "small", "fp8_small_tma": "small", "fp8_tma": "small", "fp8_gluon": "gluon"}
+
+
 def fp8_speed_rows(source: str | Path | dict = FP8_BENCH) -> list[Fp8SpeedRow]:
     data, name = load(source), _name(source)
     _need(data, ("timing",), name, "an FP8 benchmark file")
@@ -487,10 +492,10 @@ def fp8_speed_rows(source: str | Path | dict = FP8_BENCH) -> list[Fp8SpeedRow]:
         for impl, ms in t["ms"].items():
             nbytes = t["bytes"]["fp8" if impl.startswith("fp8") else "bf16"]
             choice = t.get("choice_fp8" if impl.startswith("fp8") else "choice_bf16")
+            tile = _FORCED_TILES.get(impl, choice[0] if impl != "flashmla" and choice else None)
             rows.append(Fp8SpeedRow(impl, int(t["b"]), int(t["h_q"]), int(t["s_k"]), str(t["lengths"]), float(ms),
                                     t.get("graph_ms", {}).get(impl), float(nbytes), float(t["flops"]),
-                                    float(t["fraction_of_copy"][impl]),
-                                    choice[0] if impl != "flashmla" and choice else None))
+                                    float(t["fraction_of_copy"][impl]), tile))
     return rows
 
 
