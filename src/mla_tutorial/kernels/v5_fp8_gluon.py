@@ -67,7 +67,7 @@ mul.rn.bf16x2 hi, hi, sc;
 mov.b32 {$0, $1}, lo;
 mov.b32 {$2, $3}, hi;
 }""")
-    from .v5_gluon import _v5_flag_stale, _v5_load_q, _v5_store
+    from .v5_gluon import _v5_flag_stale, _v5_load_q, _v5_pages, _v5_part, _v5_softmax, _v5_start, _v5_store
 
     @gluon.jit
     def _fp8_page(bt_row, i, hi, s_k, num_blocks, ok_ptr):
@@ -176,25 +176,16 @@ mov.b32 {$2, $3}, hi;
 
         part = gl.program_id(0)
         m_start = (gl.program_id(1) % m_tiles) * BLOCK_M
-        meta = meta_ptr + part * META_COLS
-        begin_req = gl.load(meta + 0)
-        begin_block = gl.load(meta + 1)
-        end_req = gl.load(meta + 2)
-        end_block = gl.load(meta + 3)
-        begin_split = gl.load(meta + 4)
-        last_part = part == gl.num_programs(0) - 1
-        next_req = gl.load(meta + META_COLS, mask=not last_part, other=-1)
-        next_block = gl.load(meta + META_COLS + 1, mask=not last_part, other=-1)
+        begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
+        last_part = part == gl.num_programs(0) - 1  # where the next part starts (stale-schedule check)
+        next_req = gl.load(meta_ptr + part * META_COLS + META_COLS, mask=not last_part, other=-1)
+        next_block = gl.load(meta_ptr + part * META_COLS + META_COLS + 1, mask=not last_part, other=-1)
 
         it = 0  # pages consumed by this program: slot it % 2
         for req in range(begin_req, end_req + 1):
-            s_k = gl.load(seqlens_ptr + req)
-            n_pages = gl.cdiv(s_k, PAGE)
-            _v5_flag_stale(ok_ptr, req, s_k, n_pages, begin_req, begin_block, end_req, end_block, next_req,
-                           next_block, max_blocks)
-            n_pages = gl.minimum(n_pages, max_blocks)  # never read past the request's row of the table
-            lo = gl.where(req == begin_req, begin_block, 0)
-            hi = gl.minimum(gl.where(req == end_req, end_block, n_pages), n_pages)  # an empty request: none
+            s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
+            _v5_flag_stale(ok_ptr, req, s_k, gl.cdiv(s_k, PAGE), begin_req, begin_block, end_req, end_block,
+                           next_req, next_block, max_blocks)
             split = gl.where(req == begin_req, begin_split, 0)
             first_slot = gl.load(num_splits_ptr + req)
             pieces = gl.load(num_splits_ptr + req + 1) - first_slot
@@ -216,15 +207,7 @@ mov.b32 {$2, $3}, hi;
             fence_async_shared()
             gl.thread_barrier()
 
-            rows = m_start + gl.arange(0, BLOCK_M, layout=s_rows)
-            tok = rows // heads_per_kv
-            if CAUSAL:
-                n_visible = s_k - s_q + 1 + tok
-            else:
-                n_visible = tok * 0 + s_k
-            m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=s_rows)
-            l_i = gl.zeros([BLOCK_M], gl.float32, layout=s_rows)
-            acc = gl.zeros([BLOCK_M, D_V], gl.float32, layout=o_layout)
+            rows, tok, n_visible, m_i, l_i, acc = _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL, s_rows, o_layout)
             for i in range(lo, hi):
                 slot = it % 2
                 k_buf = k_smem.index(slot)
@@ -235,12 +218,8 @@ mov.b32 {$2, $3}, hi;
                 if i + 1 < hi:  # while S runs: page i+1 into the other slot (P·V of page i-1 is done with it)
                     _fp8_put(k_smem.index(1 - slot), b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                keys = i * PAGE + gl.arange(0, PAGE, layout=s_cols)
-                s = gl.where(keys[None, :] < n_visible[:, None], s * qk_scale, float("-inf"))
-                m_new = gl.maximum(m_i, gl.max(s, axis=1))  # crosses the two warpgroups
-                m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+                p, m_new, m_use = _v5_softmax(s, i * PAGE, n_visible, m_i, qk_scale, s_cols, PAGE)
                 alpha = gl.exp2(m_i - m_use)
-                p = gl.exp2(s - m_use[:, None])
                 l_i = l_i * alpha + gl.sum(p, axis=1)
                 m_i = m_new
                 p_smem.store(p.to(dtype))

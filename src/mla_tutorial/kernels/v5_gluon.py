@@ -87,6 +87,45 @@ if gluon is not None:
                 qr_smem.store(x)
 
     @gluon.jit
+    def _v5_part(meta_ptr, META_COLS: gl.constexpr):
+        """This program's slice of the schedule: (begin_req, begin_block, end_req, end_block, begin_split)."""
+        meta = meta_ptr + gl.program_id(0) * META_COLS
+        return gl.load(meta + 0), gl.load(meta + 1), gl.load(meta + 2), gl.load(meta + 3), gl.load(meta + 4)
+
+    @gluon.jit
+    def _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks):
+        """(s_k, lo, hi): request req's length and the pages [lo, hi) this program computes (none if hi <= lo)."""
+        s_k = gl.load(seqlens_ptr + req)
+        n_pages = gl.minimum(gl.cdiv(s_k, 64), max_blocks)  # never read past the request's row of the table
+        lo = gl.where(req == begin_req, begin_block, 0)
+        hi = gl.minimum(gl.where(req == end_req, end_block, n_pages), n_pages)
+        return s_k, lo, hi
+
+    @gluon.jit
+    def _v5_softmax(s, first_key, n_visible, m_prev, qk_scale, s_cols: gl.constexpr, N: gl.constexpr):
+        """Mask and scale N keys' scores; (P, new running max, the max to subtract (0 for an all -inf row))."""
+        keys = first_key + gl.arange(0, N, layout=s_cols)
+        s = gl.where(keys[None, :] < n_visible[:, None], s * qk_scale, float("-inf"))
+        m_new = gl.maximum(m_prev, gl.max(s, axis=1))  # in the Gluon tiles this crosses the two warpgroups
+        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+        return gl.exp2(s - m_use[:, None]), m_new, m_use
+
+    @gluon.jit
+    def _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL: gl.constexpr, s_rows: gl.constexpr,
+                  o_layout: gl.constexpr):
+        """A 64-row tile's state at the start of a request: its rows, their tokens and visible keys (all s_k, or
+        bottom-right causal), the running max and sum, and the [64, 512] output accumulator."""
+        rows = m_start + gl.arange(0, 64, layout=s_rows)
+        tok = rows // heads_per_kv
+        if CAUSAL:
+            n_visible = s_k - s_q + 1 + tok
+        else:
+            n_visible = tok * 0 + s_k
+        m_i = gl.full([64], float("-inf"), gl.float32, layout=s_rows)
+        l_i = gl.zeros([64], gl.float32, layout=s_rows)
+        return rows, tok, n_visible, m_i, l_i, gl.zeros([64, 512], gl.float32, layout=o_layout)
+
+    @gluon.jit
     def _v5_page_id(block_table_row, i, hi, SUB: gl.constexpr, PAGE: gl.constexpr):
         """Block id of key step i (0 past the request's last step: such an id is never used)."""
         return gl.load(block_table_row + (i * SUB) // PAGE, mask=i < hi, other=0)
@@ -204,16 +243,11 @@ if gluon is not None:
 
         part = gl.program_id(0)
         m_start = (gl.program_id(1) % m_tiles) * BLOCK_M
-        meta = meta_ptr + part * META_COLS
-        begin_req = gl.load(meta + 0)
-        begin_block = gl.load(meta + 1)
-        end_req = gl.load(meta + 2)
-        end_block = gl.load(meta + 3)
-        begin_split = gl.load(meta + 4)
+        begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
         # where the next part starts: a fresh schedule hands a request cut here to it (stale-schedule check below)
         last_part = part == gl.num_programs(0) - 1
-        next_req = gl.load(meta + META_COLS, mask=not last_part, other=-1)
-        next_block = gl.load(meta + META_COLS + 1, mask=not last_part, other=-1)
+        next_req = gl.load(meta_ptr + part * META_COLS + META_COLS, mask=not last_part, other=-1)
+        next_block = gl.load(meta_ptr + part * META_COLS + META_COLS + 1, mask=not last_part, other=-1)
 
         it = 0  # key steps consumed by this program: ring slot it % STAGES, mbarrier phase (it // STAGES) % 2
         for req in range(begin_req, end_req + 1):
@@ -244,15 +278,7 @@ if gluon is not None:
             fence_async_shared()
             gl.thread_barrier()
 
-            rows = m_start + gl.arange(0, BLOCK_M, layout=s_rows)
-            tok = rows // heads_per_kv
-            if CAUSAL:
-                n_visible = s_k - s_q + 1 + tok
-            else:
-                n_visible = tok * 0 + s_k
-            m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=s_rows)
-            l_i = gl.zeros([BLOCK_M], gl.float32, layout=s_rows)
-            acc = gl.zeros([BLOCK_M, D_V], gl.float32, layout=o_layout)
+            rows, tok, n_visible, m_i, l_i, acc = _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL, s_rows, o_layout)
             for i in range(lo, hi):
                 slot = it % STAGES
                 k_buf = k_smem.index(slot)
@@ -284,12 +310,8 @@ if gluon is not None:
                         mbarrier.wait(bars.index(slot * 9 + 8), phase)
                     s = warpgroup_mma(qr_smem, kr_smem.index(slot).permute((1, 0)), s, is_async=True)
                     s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                    keys = i * SUB + gl.arange(0, SUB, layout=s_cols)
-                    s = gl.where(keys[None, :] < n_visible[:, None], s * qk_scale, float("-inf"))
-                    m_new = gl.maximum(m_i, gl.max(s, axis=1))  # crosses the two warpgroups
-                    m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+                    p, m_new, m_use = _v5_softmax(s, i * SUB, n_visible, m_i, qk_scale, s_cols, SUB)
                     alpha = gl.exp2(m_i - m_use)
-                    p = gl.exp2(s - m_use[:, None])
                     l_i = l_i * alpha + gl.sum(p, axis=1)
                     m_i = m_new
                     p_smem.store(p.to(dtype))

@@ -38,6 +38,9 @@ from .v5_gluon import (
     _k_descriptor,
     _v5_flag_stale,
     _v5_load_q,
+    _v5_pages,
+    _v5_part,
+    _v5_softmax,
     _v5_store,
     fence_async_shared,
     gl,
@@ -67,21 +70,6 @@ PRODUCER_REGS = tl.constexpr(24)  # the producer warp's warpgroup
 
 
 if gluon is not None:
-
-    @gluon.jit
-    def _ss_part(meta_ptr, META_COLS: gl.constexpr):
-        """This program's slice of the schedule: (begin_req, begin_block, end_req, end_block, begin_split)."""
-        meta = meta_ptr + gl.program_id(0) * META_COLS
-        return gl.load(meta + 0), gl.load(meta + 1), gl.load(meta + 2), gl.load(meta + 3), gl.load(meta + 4)
-
-    @gluon.jit
-    def _ss_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks):
-        """(s_k, lo, hi): request req's length and the pages [lo, hi) this program computes (none if hi <= lo)."""
-        s_k = gl.load(seqlens_ptr + req)
-        n_pages = gl.minimum(gl.cdiv(s_k, 64), max_blocks)  # never read past the request's row of the table
-        lo = gl.where(req == begin_req, begin_block, 0)
-        hi = gl.minimum(gl.where(req == end_req, end_block, n_pages), n_pages)
-        return s_k, lo, hi
 
     @gluon.jit
     def _ss_copy(k_desc, row, bars, SLOT: gl.constexpr, HALF_BAR: gl.constexpr, k_buf, kr_buf, FIRST: gl.constexpr,
@@ -137,7 +125,7 @@ if gluon is not None:
     def _ss_producer(k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks, max_blocks,
                      k_smem, kr_smem, bars, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr):
         """The producer warp: every copy into shared memory, in the order the consumers release the buffers."""
-        begin_req, begin_block, end_req, end_block, _ = _ss_part(meta_ptr, META_COLS)
+        begin_req, begin_block, end_req, end_block, _ = _v5_part(meta_ptr, META_COLS)
         last_part = gl.program_id(0) == gl.num_programs(0) - 1
         next_req = gl.load(meta_ptr + (gl.program_id(0) + 1) * META_COLS, mask=not last_part, other=-1)
         next_block = gl.load(meta_ptr + (gl.program_id(0) + 1) * META_COLS + 1, mask=not last_part, other=-1)
@@ -145,7 +133,7 @@ if gluon is not None:
         n0 = 0  # pages that went through slot 0 / slot 1 so far: their barriers' phases
         n1 = 0
         for req in range(begin_req, end_req + 1):
-            s_k, lo, hi = _ss_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
+            s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
             n_pages = gl.cdiv(s_k, 64)
             _v5_flag_stale(ok_ptr, req, s_k, n_pages, begin_req, begin_block, end_req, end_block, next_req,
                            next_block, max_blocks)
@@ -201,15 +189,6 @@ if gluon is not None:
         return warpgroup_mma_wait(num_outstanding=0, deps=(s,))
 
     @gluon.jit
-    def _ss_softmax(s, first_key, n_visible, m_prev, qk_scale, s_cols: gl.constexpr):
-        """Mask and scale one page's scores; (P, new running max, the max to subtract (0 for an all -inf row))."""
-        keys = first_key + gl.arange(0, 64, layout=s_cols)
-        s = gl.where(keys[None, :] < n_visible[:, None], s * qk_scale, float("-inf"))
-        m_new = gl.maximum(m_prev, gl.max(s, axis=1))
-        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
-        return gl.exp2(s - m_use[:, None]), m_new, m_use
-
-    @gluon.jit
     def _ss_zero_tail(k_buf, valid):
         """Zero the V columns of rows >= valid of a page in shared memory (they may hold NaN; 0·NaN = NaN)."""
         zl: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
@@ -251,7 +230,7 @@ if gluon is not None:
         pa_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         dtype: gl.constexpr = q_smem.dtype
 
-        begin_req, begin_block, end_req, end_block, begin_split = _ss_part(meta_ptr, META_COLS)
+        begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
         m_start = (gl.program_id(1) % m_tiles) * 64
         rows = m_start + gl.arange(0, 64, layout=s_rows)
         tok = rows // heads_per_kv
@@ -262,7 +241,7 @@ if gluon is not None:
         n0 = 0  # as the producer counts them
         n1 = 0
         for req in range(begin_req, end_req + 1):
-            s_k, lo, hi = _ss_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
+            s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
             if CAUSAL:
                 n_visible = s_k - s_q + 1 + tok
             else:
@@ -283,7 +262,7 @@ if gluon is not None:
                 ph1 = n1 & 1
                 if WG == 0:
                     s = _ss_scores(q_smem, qr_smem, k_a, p_a, bars, 0, READY0L, READY0R, ph0, s_layout, 0, FINE)
-                    p, m_a, m_a_use = _ss_softmax(s, a * 64, n_visible, m_i, qk_scale, s_cols)
+                    p, m_a, m_a_use = _v5_softmax(s, a * 64, n_visible, m_i, qk_scale, s_cols, 64)
                     alpha = gl.exp2(m_i - m_a_use)
                     l_i = l_i * alpha + gl.sum(p, axis=1)
                     acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
@@ -317,7 +296,7 @@ if gluon is not None:
                     m_b = m_a
                     m_b_use = gl.where(m_a == float("-inf"), 0.0, m_a)
                     if has_b:
-                        p, m_b, m_b_use = _ss_softmax(s, (a + 1) * 64, n_visible, m_a, qk_scale, s_cols)
+                        p, m_b, m_b_use = _v5_softmax(s, (a + 1) * 64, n_visible, m_a, qk_scale, s_cols, 64)
                         alpha = gl.exp2(m_i - m_b_use)
                         l_i = l_i * alpha + gl.sum(p, axis=1)
                         acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
