@@ -80,28 +80,41 @@ mov.b32 {$2, $3}, hi;
         return gl.where(bad, 0, page).to(gl.int64), n_rows
 
     @gluon.jit
-    def _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw: gl.constexpr):
-        """Issue the loads of a page's c_kv into registers: the e4m3 bytes of its 64 rows as eight 64-column chunks
-        of 16 int32 words (four values each: held packed until they are dequantized) and the rows' four scales.
-        Rows from n_rows on load as 0 (they may hold NaN bytes and NaN scales)."""
+    def _fp8_words(kv_ptr, page, n_rows, stride_kvb, C: gl.constexpr, ldw: gl.constexpr):
+        """Issue the loads of chunk C of a page's c_kv into registers: the e4m3 bytes of columns 64·C .. 64·C + 63
+        of its 64 rows as (64, 16) int32 words (four values each: held packed until they are dequantized). Rows from
+        n_rows on load as 0 (they may hold NaN bytes)."""
         rows = gl.arange(0, 64, layout=gl.SliceLayout(1, ldw))
         words = gl.arange(0, 16, layout=gl.SliceLayout(0, ldw))
-        ok = rows < n_rows
         base = kv_ptr + page * stride_kvb + rows * FP8_ROW  # (64,) byte pointers to the rows
         ptrs = base.to(gl.pointer_type(gl.int32))[:, None] + words[None, :]  # (64, 16) words of chunk 0
-        w0 = gl.load(ptrs, mask=ok[:, None], other=0)  # (64, 16) int32: bytes 4j .. 4j+3 of columns 0..63
-        w1 = gl.load(ptrs + 16, mask=ok[:, None], other=0)
-        w2 = gl.load(ptrs + 32, mask=ok[:, None], other=0)
-        w3 = gl.load(ptrs + 48, mask=ok[:, None], other=0)
-        w4 = gl.load(ptrs + 64, mask=ok[:, None], other=0)
-        w5 = gl.load(ptrs + 80, mask=ok[:, None], other=0)
-        w6 = gl.load(ptrs + 96, mask=ok[:, None], other=0)
-        w7 = gl.load(ptrs + 112, mask=ok[:, None], other=0)
+        return gl.load(ptrs + 16 * C, mask=(rows < n_rows)[:, None], other=0)
+
+    @gluon.jit
+    def _fp8_scale(kv_ptr, page, n_rows, stride_kvb, T: gl.constexpr, ldw: gl.constexpr):
+        """Issue the load of scale T (columns 128·T .. 128·T + 127) of a page's 64 rows, (64,) float32; rows from
+        n_rows on load as 0 (they may hold NaN scales)."""
+        rows = gl.arange(0, 64, layout=gl.SliceLayout(1, ldw))
+        base = kv_ptr + page * stride_kvb + rows * FP8_ROW
         sc = (base + FP8_SCALES_AT).to(gl.pointer_type(gl.float32))  # (64,) float32 pointers: scale t at sc + t
-        s0 = gl.load(sc, mask=ok, other=0.0)
-        s1 = gl.load(sc + 1, mask=ok, other=0.0)
-        s2 = gl.load(sc + 2, mask=ok, other=0.0)
-        s3 = gl.load(sc + 3, mask=ok, other=0.0)
+        return gl.load(sc + T, mask=rows < n_rows, other=0.0)
+
+    @gluon.jit
+    def _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw: gl.constexpr):
+        """Issue the loads of a whole page's c_kv into registers: its eight 64-column chunks (_fp8_words) and the
+        rows' four scales (_fp8_scale)."""
+        w0 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 0, ldw)
+        w1 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 1, ldw)
+        w2 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 2, ldw)
+        w3 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 3, ldw)
+        w4 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 4, ldw)
+        w5 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 5, ldw)
+        w6 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 6, ldw)
+        w7 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 7, ldw)
+        s0 = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, 0, ldw)
+        s1 = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, 1, ldw)
+        s2 = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, 2, ldw)
+        s3 = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, 3, ldw)
         return w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3
 
     @gluon.jit
