@@ -6,11 +6,12 @@ Safe to run blind: every section and every shape is guarded, and the JSON is rew
 1. env: card, versions, and the copy / bf16-matmul ceilings measured in this run.
 2. correctness: the FP8 path (`mla_decode_v5(..., is_fp8_kvcache=True)`) against the fp32 reference applied to
    `dequantize_k_cache(k_fp8)` on FlashMLA's hostile recipe (lengths 0, 1, 20, 63, 64, 65, 140, 4096 in one batch;
-   NaN in unused rows, so NaN bytes and scales; sentinel ids), h_q 16/64/128, s_q 1/2, both load modes, with the
-   bf16 tolerances;
+   NaN in unused rows, so NaN bytes and scales; sentinel ids), h_q 16/64/128, s_q 1/2, both load modes of the small
+   tile, the Gluon FP8 tile and its warp-specialised form (path "seesaw", v5_fp8_ws.py), with the bf16 tolerances;
    and the API at b = 64, lengths ~ N(4096, 2048). The in-kernel bounds flag is read, never asserted, here.
 3. timing: b = 128, page 64, h_q 16/64/128 at s_k 4096/8192 (fixed lengths) and h_q 16 at lengths ~ N(4096, 2048),
-   s_q 1: the FP8 path (plain loads, and TMA loads: v5_small.FP8_LOADS), bf16 v5 and FlashMLA (when
+   s_q 1: the FP8 path (plain loads, and TMA loads: v5_small.FP8_LOADS; fp8_gluon / fp8_ws: the Gluon FP8 tiles
+   forced, lockstep / warp-specialised), bf16 v5 and FlashMLA (when
    `import flash_mla` works), each as the whole call, median of
    `triton.testing.do_bench` (L2 flushed), plus CUDA-graph replays; GB/s counts the bytes each one reads (FP8:
    656 per cached token, bf16: 1,152); ratio_vs_flashmla = FlashMLA ms / ours (the issue's targets: >= 1.5 at h16,
@@ -77,7 +78,8 @@ def main() -> None:
         save(args.out)
         return
     dev = "cpu" if args.smoke else "cuda"
-    TILES = [("small", "pointer"), ("small", "tma")] + ([] if args.smoke else [("gluon", "pointer")])
+    TILES = [("small", "pointer"), ("small", "tma")] + ([] if args.smoke else [("gluon", "pointer"),
+                                                                                ("seesaw", "pointer")])
     big_b, big_sk = (2, (64, 130)) if args.smoke else (128, (4096, 8192))
 
     from test_kernels import check_against_reference, make_inputs
@@ -211,6 +213,7 @@ def main() -> None:
         }
         if not args.smoke:
             impls["fp8_gluon"] = lambda: fp8("gluon", "pointer")
+            impls["fp8_ws"] = lambda: fp8("seesaw", "pointer")  # the warp-specialised Gluon FP8 tile
         if flash_mla is not None:
             fm_meta, _ = flash_mla.get_mla_metadata()
             impls["flashmla"] = lambda: flash_mla.flash_mla_with_kvcache(q, kc, bt, sl, 512, fm_meta, None)
@@ -219,7 +222,7 @@ def main() -> None:
         sync()
         row["fp8_finite"] = bool(torch.isfinite(fo).all())
         row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
-        for other in ("fp8_small_tma", "fp8_gluon"):  # the same math in another order: ~0
+        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws"):  # the same math in another order: ~0
             if other in impls:
                 oo, _ = impls[other]()
                 row[f"{other}_vs_fp8_small_max_abs"] = float((oo.float() - fo.float()).abs().max())

@@ -369,6 +369,27 @@ def test_fp8_refuses_a_tile_that_cannot_read_it():
                         is_fp8_kvcache=True, path="v4")
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="on an sm_90 GPU the warp-specialised FP8 tile runs")
+def test_fp8_forcing_the_warp_specialised_tile_where_it_cannot_run_says_why(monkeypatch):
+    """path="seesaw" with an FP8 cache forces the warp-specialised Gluon FP8 tile (v5_fp8_ws.py), which needs CUDA,
+    sm_90 and Triton 3.6: elsewhere a ValueError that says why, before any output buffer is allocated."""
+    from mla_tutorial.kernels import v5
+
+    class NoAlloc:  # v5's view of torch, with the allocation the launch path makes first turned into a failure
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        @staticmethod
+        def empty(*args, **kwargs):
+            raise AssertionError("allocated before refusing the forced tile")
+
+    monkeypatch.setattr(v5, "torch", NoAlloc())
+    args = _fp8_good()
+    with pytest.raises(ValueError, match="path 'seesaw' cannot run these inputs here: .+"):
+        K.mla_decode_v5(args["q"], args["k_cache"], args["block_table"], args["cache_seqlens"], 512,
+                        is_fp8_kvcache=True, path="seesaw")
+
+
 # ---------------------------------------------------------------------------------------------
 # on a GPU (pytest -m gpu): the compiled FP8 path at real lengths, and a capturable decode step
 # ---------------------------------------------------------------------------------------------
@@ -377,11 +398,11 @@ GPU_LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon"])
+@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw"])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
-    """Both FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile
-    (which pads fewer than 64 rows, as FlashMLA's kernel does)."""
+    """The FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile and
+    its warp-specialised form (path "seesaw"; both pad fewer than 64 rows, as FlashMLA's kernel does)."""
     from mla_tutorial.kernels import v5_small
 
     tile, _, loads = path.partition("-")

@@ -12,7 +12,9 @@ Both walk v4's balanced schedule (schedule.py) and share its combine kernel. Whe
 `kernel_choice` says which runs and why. An FP8 cache (`is_fp8_kvcache=True`, FlashMLA's 656-byte rows,
 mla_tutorial/fp8.py) is read on sm_90 by the Gluon FP8 tile (v5_fp8_gluon.py: each page dequantized through
 registers into the bf16 slot both products read), elsewhere and below 16 rows by the small tile, which dequantizes
-each key chunk on load; both keep bf16 tensor-core work after that.
+each key chunk on load; both keep bf16 tensor-core work after that. A forced `path="seesaw"` reads an FP8 cache with
+the warp-specialised Gluon FP8 tile (v5_fp8_ws.py: a dequantizing producer partition beside two consumer
+warpgroups; not yet measured, so nothing routes to it by default).
 
 A block id outside [0, num_blocks) inside a request's length is never dereferenced: the kernels skip it and
 clear a per-device "ok" flag, on which `check_bounds=True` (the default) enqueues a device-side assertion (no host
@@ -30,6 +32,7 @@ from .common import D_NOPE, TileConfig, validate_metadata
 from .schedule import get_mla_metadata
 from .v4_balanced import _launch_v4
 from .v5_fp8_gluon import launch_v5_fp8_gluon
+from .v5_fp8_ws import launch_v5_fp8_ws
 from .v5_gluon import BLOCK_M as GLUON_BLOCK_M
 from .v5_gluon import GluonConfig, gluon_unavailable, launch_v5_gluon
 from .v5_seesaw import launch_v5_seesaw
@@ -95,9 +98,9 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
                is_fp8: bool = False):
     forced = path  # kernel_choice picks a tile only where it runs: a forced one is checked below
     path = path or kernel_choice(q, k_cache, dims.rows_per_kv, dims.h_kv)[0]
-    if is_fp8 and path not in ("small", "gluon"):
-        raise ValueError(f"path {path!r} cannot read an FP8 cache (is_fp8_kvcache=True): only 'small' and 'gluon' "
-                         f"can")
+    if is_fp8 and path not in ("small", "gluon", "seesaw"):
+        raise ValueError(f"path {path!r} cannot read an FP8 cache (is_fp8_kvcache=True): only 'small', 'gluon' and "
+                         f"'seesaw' (the warp-specialised FP8 tile) can")
     if forced in ("seesaw", "gluon"):  # a forced Gluon tile where it cannot run: say why, before anything is allocated
         why = gluon_unavailable(q, k_cache, dims.h_kv)
         if why is not None:
@@ -113,7 +116,10 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     part_out = torch.empty(slots, s_q * h_q, D_NOPE, dtype=torch.float32, device=dev)
     part_lse = torch.empty(slots, s_q * h_q, dtype=torch.float32, device=dev)
     flag = ok_flag(dev) if error_flag is None else error_flag
-    if path == "seesaw":
+    if path == "seesaw" and is_fp8:
+        launch_v5_fp8_ws(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
+                         part_lse, flag)
+    elif path == "seesaw":
         launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                          part_out, part_lse, flag, fine=bool(getattr(config, "fine", False)),
                          mode=int(getattr(config, "mode", 0)))
@@ -157,7 +163,8 @@ def mla_decode_v5(
     GluonConfig for "gluon"). `error_flag` (int32 [1], set to 1 by the caller) is cleared by the kernel on a bad
     block id, instead of the device-side assertion: for callers that want to read it themselves.
     `is_fp8_kvcache`: k_cache is FlashMLA's FP8 cache, float8_e4m3fn [num_blocks, 64, h_kv, 656] (from
-    `mla_tutorial.quantize_k_cache`), q bf16; the small tile reads it.
+    `mla_tutorial.quantize_k_cache`), q bf16; the small tile or the Gluon FP8 tile reads it (path="seesaw" forces
+    the warp-specialised Gluon FP8 tile).
     """
     # on a GPU the kernels check bounds themselves (no extra launches); on the CPU the contract checks on the host
     dims = validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
