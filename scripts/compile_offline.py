@@ -92,11 +92,12 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
     return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": ss.WS_REGS})
 
 
-def compile_v5_fp8(causal: bool = False):
-    """The Gluon FP8 tile (v5_fp8_gluon.py) over a contiguous FP8 cache."""
+def compile_v5_fp8(causal: bool = False, ws: bool = False):
+    """The Gluon FP8 tile (v5_fp8_gluon.py) over a contiguous FP8 cache, or (ws) the warp-specialised one
+    (v5_fp8_ws.py, same signature)."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from mla_tutorial.kernels import v5_fp8_gluon as vf
+    from mla_tutorial.kernels import v5_fp8_gluon, v5_fp8_ws
 
     sig = {"q_ptr": "*bf16", "kv_ptr": "*fp8e4nv", "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
            "out_ptr": "*bf16", "lse_ptr": "*fp32", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
@@ -105,26 +106,11 @@ def compile_v5_fp8(causal: bool = False):
            "heads_per_kv": "i32", "rows_per_kv": "i32", "m_tiles": "i32", "num_blocks": "i32", "max_blocks": "i32",
            "qk_scale": "fp32", "CAUSAL": "constexpr", "META_COLS": "constexpr", "num_warps": "constexpr"}
     attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 4, 14)}  # q, the cache, out; the block stride
-    src = GluonASTSource(vf._v5_fp8_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "num_warps": 8}, attrs)
-    return triton.compile(src, target=TARGET, options={"num_warps": 8})
-
-
-def compile_v5_fp8_ws(causal: bool = False):
-    """The warp-specialised Gluon FP8 tile (v5_fp8_ws.py): the signature of the lockstep FP8 tile."""
-    from triton.experimental.gluon._runtime import GluonASTSource
-
-    from mla_tutorial.kernels import v5_fp8_ws as ws
-
-    sig = {"q_ptr": "*bf16", "kv_ptr": "*fp8e4nv", "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
-           "out_ptr": "*bf16", "lse_ptr": "*fp32", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
-           "meta_ptr": "*i32", "num_splits_ptr": "*i32", "ok_ptr": "*i32", "stride_qb": "i32", "stride_qs": "i32",
-           "stride_qh": "i32", "stride_kvb": "i32", "stride_btb": "i32", "s_q": "i32", "h_q": "i32",
-           "heads_per_kv": "i32", "rows_per_kv": "i32", "m_tiles": "i32", "num_blocks": "i32", "max_blocks": "i32",
-           "qk_scale": "fp32", "CAUSAL": "constexpr", "META_COLS": "constexpr", "num_warps": "constexpr"}
-    attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 4, 14)}  # q, the cache, out; the block stride
-    src = GluonASTSource(ws._v5_fp8_ws_kernel, sig, {"CAUSAL": causal, "META_COLS": 8,
-                                                     "num_warps": ws.CONSUMER_WARPS}, attrs)
-    return triton.compile(src, target=TARGET, options={"num_warps": ws.CONSUMER_WARPS, "maxnreg": ws.WS_REGS})
+    fn = v5_fp8_ws._v5_fp8_ws_kernel if ws else v5_fp8_gluon._v5_fp8_kernel
+    warps = v5_fp8_ws.CONSUMER_WARPS if ws else 8
+    src = GluonASTSource(fn, sig, {"CAUSAL": causal, "META_COLS": 8, "num_warps": warps}, attrs)
+    options = {"num_warps": warps, "maxnreg": v5_fp8_ws.WS_REGS} if ws else {"num_warps": warps}
+    return triton.compile(src, target=TARGET, options=options)
 
 
 def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, causal: bool = False,
@@ -189,7 +175,7 @@ def main() -> None:
                 print(f"v5f causal={causal}: {report(f'v5f_c{int(causal)}', ck, workdir)}")
         elif name == "v5fws":  # the warp-specialised Gluon FP8 tile
             for causal in (False, True):
-                ck = compile_v5_fp8_ws(causal=causal)
+                ck = compile_v5_fp8(causal=causal, ws=True)
                 print(f"v5fws causal={causal}: {report(f'v5fws_c{int(causal)}', ck, workdir)}")
         elif name in ("ss", "ss-fine"):  # the warp-specialised seesaw tile (fine: one mbarrier per box)
             for causal in (False, True):

@@ -29,7 +29,17 @@ from __future__ import annotations
 from ..fp8 import ROPE_OFFSET, ROW_BYTES, SCALE_OFFSET
 from .common import LOG2E
 from .launch import FastLauncher
-from .v5_gluon import BLOCK_M, NUM_WARPS, fence_async_shared, gl, gluon, warpgroup_mma, warpgroup_mma_wait
+from .v5_gluon import (
+    BLOCK_M,
+    NUM_WARPS,
+    O_LAYOUT,
+    S_LAYOUT,
+    fence_async_shared,
+    gl,
+    gluon,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
 
 try:  # cp.async (Ampere's asynchronous copy, on Hopper too), for k_rope
     from triton.experimental.gluon.language.nvidia.ampere import async_copy
@@ -67,7 +77,7 @@ mul.rn.bf16x2 hi, hi, sc;
 mov.b32 {$0, $1}, lo;
 mov.b32 {$2, $3}, hi;
 }""")
-    from .v5_gluon import _v5_flag_stale, _v5_load_q, _v5_pages, _v5_part, _v5_softmax, _v5_start, _v5_store
+    from .v5_gluon import _v5_flag_stale, _v5_load_q, _v5_online_softmax, _v5_pages, _v5_part, _v5_start, _v5_store
 
     @gluon.jit
     def _fp8_page(bt_row, i, hi, s_k, num_blocks, ok_ptr):
@@ -165,10 +175,8 @@ mov.b32 {$2, $3}, hi;
         N_CHUNKS: gl.constexpr = 9
         D_V: gl.constexpr = 512
         # S and O split over the two warpgroups along their columns (keys, output columns), as in v5_gluon.py
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                           instr_shape=[16, 32, 16])
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                           instr_shape=[16, 256, 16])
+        s_layout: gl.constexpr = S_LAYOUT
+        o_layout: gl.constexpr = O_LAYOUT
         s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
         s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
         o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -231,10 +239,7 @@ mov.b32 {$2, $3}, hi;
                 if i + 1 < hi:  # while S runs: page i+1 into the other slot (P·V of page i-1 is done with it)
                     _fp8_put(k_smem.index(1 - slot), b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                p, m_new, m_use = _v5_softmax(s, i * PAGE, n_visible, m_i, qk_scale, s_cols, PAGE)
-                alpha = gl.exp2(m_i - m_use)
-                l_i = l_i * alpha + gl.sum(p, axis=1)
-                m_i = m_new
+                p, alpha, m_i, l_i = _v5_online_softmax(s, i * PAGE, n_visible, m_i, l_i, qk_scale, s_cols, PAGE)
                 p_smem.store(p.to(dtype))
                 async_copy.wait_group(0)  # page i+1's k_rope (copied during the previous step) has landed
                 fence_async_shared()

@@ -69,11 +69,13 @@ from .launch import FastLauncher
 from .v5_fp8_gluon import _fp8_chunk, _fp8_fetch, _fp8_page, _fp8_rope_copy, _fp8_scale, _fp8_words, async_copy
 from .v5_gluon import (
     BLOCK_M,
+    O_LAYOUT,
+    S_LAYOUT,
     _v5_flag_stale,
     _v5_load_q,
+    _v5_online_softmax,
     _v5_pages,
     _v5_part,
-    _v5_softmax,
     _v5_start,
     _v5_store,
     fence_async_shared,
@@ -161,10 +163,8 @@ if gluon is not None:
         """The default partition, two warpgroups: the lockstep tile's math on the pages the producer hands over."""
         NW: gl.constexpr = 8
         PAGE: gl.constexpr = 64
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                           instr_shape=[16, 32, 16])
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                           instr_shape=[16, 256, 16])
+        s_layout: gl.constexpr = S_LAYOUT
+        o_layout: gl.constexpr = O_LAYOUT
         s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
         s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
         o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -196,10 +196,7 @@ if gluon is not None:
                 s = warpgroup_mma(q_smem, k_buf.permute((1, 0)), s, use_acc=False, is_async=True)
                 s = warpgroup_mma(qr_smem, kr_smem.index(slot).permute((1, 0)), s, is_async=True)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                p, m_new, m_use = _v5_softmax(s, i * PAGE, n_visible, m_i, qk_scale, s_cols, PAGE)
-                alpha = gl.exp2(m_i - m_use)
-                l_i = l_i * alpha + gl.sum(p, axis=1)
-                m_i = m_new
+                p, alpha, m_i, l_i = _v5_online_softmax(s, i * PAGE, n_visible, m_i, l_i, qk_scale, s_cols, PAGE)
                 p_smem.store(p.to(dtype))
                 fence_async_shared()
                 gl.thread_barrier()  # both halves of P are in shared memory

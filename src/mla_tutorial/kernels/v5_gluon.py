@@ -64,7 +64,13 @@ NUM_WARPS = 8  # two consumer warpgroups
 NUM_STAGES = 2  # pages in the shared-memory ring
 
 
+S_LAYOUT = O_LAYOUT = None  # (below, where Gluon imports)
 if gluon is not None:
+    #: The layouts of a 64-row, 64-key step over two warpgroups (8 warps): S [64 rows, 64 keys] split between them
+    #: by keys (warpgroup w: keys 32w .. 32w + 31), O [64, 512] by output columns (256w .. 256w + 255).
+    S_LAYOUT = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, 32, 16]))
+    O_LAYOUT = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                      instr_shape=[16, 256, 16]))
 
     @gluon.jit
     def _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv, rows_per_kv,
@@ -109,6 +115,14 @@ if gluon is not None:
         m_new = gl.maximum(m_prev, gl.max(s, axis=1))  # in the Gluon tiles this crosses the two warpgroups
         m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
         return gl.exp2(s - m_use[:, None]), m_new, m_use
+
+    @gluon.jit
+    def _v5_online_softmax(s, first_key, n_visible, m_i, l_i, qk_scale, s_cols: gl.constexpr, N: gl.constexpr):
+        """One step of the online softmax over N keys' scores: (P, alpha (the old sums' and outputs' rescale), the
+        new running max, the new running sum)."""
+        p, m_new, m_use = _v5_softmax(s, first_key, n_visible, m_i, qk_scale, s_cols, N)
+        alpha = gl.exp2(m_i - m_use)
+        return p, alpha, m_new, l_i * alpha + gl.sum(p, axis=1)
 
     @gluon.jit
     def _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL: gl.constexpr, s_rows: gl.constexpr,
@@ -310,10 +324,7 @@ if gluon is not None:
                         mbarrier.wait(bars.index(slot * 9 + 8), phase)
                     s = warpgroup_mma(qr_smem, kr_smem.index(slot).permute((1, 0)), s, is_async=True)
                     s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                    p, m_new, m_use = _v5_softmax(s, i * SUB, n_visible, m_i, qk_scale, s_cols, SUB)
-                    alpha = gl.exp2(m_i - m_use)
-                    l_i = l_i * alpha + gl.sum(p, axis=1)
-                    m_i = m_new
+                    p, alpha, m_i, l_i = _v5_online_softmax(s, i * SUB, n_visible, m_i, l_i, qk_scale, s_cols, SUB)
                     p_smem.store(p.to(dtype))
                     valid = s_k - i * SUB  # rows of this step that hold keys (< SUB only at the end)
                     if valid < SUB:  # zero the rows past s_k in the V columns before P·V: they may hold NaN
