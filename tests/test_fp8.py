@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import os
 import struct
 
 import pytest
@@ -396,9 +397,15 @@ def test_fp8_forcing_the_warp_specialised_tile_where_it_cannot_run_says_why(monk
 GPU_LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
 
 
+#: The warp-specialised FP8 tile (v5_fp8_ws.py) has not yet run on a GPU: a wrong mbarrier protocol would hang, not
+#: fail, so its cases run only when asked for (MLA_FP8_WS=1, under a timeout) until a GPU run has checked it.
+UNVERIFIED_WS = pytest.mark.skipif(os.environ.get("MLA_FP8_WS") != "1",
+                                   reason="v5_fp8_ws.py not yet run on a GPU: set MLA_FP8_WS=1 (under a timeout)")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw"])
+@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", pytest.param("seesaw", marks=UNVERIFIED_WS)])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     """The FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile and
