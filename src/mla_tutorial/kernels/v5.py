@@ -14,7 +14,7 @@ mla_tutorial/fp8.py) is read on sm_90 by the Gluon FP8 tile (v5_fp8_gluon.py: ea
 registers into the bf16 slot both products read), elsewhere and below 16 rows by the small tile, which dequantizes
 each key chunk on load; both keep bf16 tensor-core work after that. A forced `path="seesaw"` reads an FP8 cache with
 the warp-specialised Gluon FP8 tile (v5_fp8_ws.py: a dequantizing producer partition beside two consumer
-warpgroups; not yet measured, so nothing routes to it by default).
+warpgroups; not yet run on a GPU, so nothing routes to it by default).
 
 A block id outside [0, num_blocks) inside a request's length is never dereferenced: the kernels skip it and
 clear a per-device "ok" flag, on which `check_bounds=True` (the default) enqueues a device-side assertion (no host
@@ -164,7 +164,7 @@ def mla_decode_v5(
     block id, instead of the device-side assertion: for callers that want to read it themselves.
     `is_fp8_kvcache`: k_cache is FlashMLA's FP8 cache, float8_e4m3fn [num_blocks, 64, h_kv, 656] (from
     `mla_tutorial.quantize_k_cache`), q bf16; the small tile or the Gluon FP8 tile reads it (path="seesaw" forces
-    the warp-specialised Gluon FP8 tile).
+    the warp-specialised Gluon FP8 tile, which has not yet run on a GPU).
     """
     # on a GPU the kernels check bounds themselves (no extra launches); on the CPU the contract checks on the host
     dims = validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
