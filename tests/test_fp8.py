@@ -327,6 +327,19 @@ def test_kernel_choice_routes_fp8_to_the_small_tile():
     assert path == "small" and "FP8" in reason and "Gluon" in reason
 
 
+@pytest.mark.parametrize("rows,expected", [(1, "small"), (15, "small"), (16, "gluon"), (64, "gluon"), (256, "gluon")])
+def test_kernel_choice_routes_fp8_by_rows_where_gluon_runs(rows, expected, monkeypatch):
+    """Where the Gluon tile can run (sm_90, Triton 3.6: faked here), an FP8 cache at FP8_GLUON_MIN_ROWS or more query
+    rows per KV head goes to the Gluon FP8 tile, fewer to the small tile; the reason says which and why."""
+    from mla_tutorial.kernels import v5
+
+    monkeypatch.setattr(v5, "gluon_unavailable", lambda q, k, h_kv: None)
+    q, k8, _, _ = fp8_inputs([5], 1, 16, seed=1)
+    path, reason = K.kernel_choice(q, k8, rows, 1)
+    assert v5.FP8_GLUON_MIN_ROWS == 16 and path == expected and "FP8" in reason
+    assert ("Gluon FP8 tile" in reason) == (expected == "gluon")
+
+
 def _fp8_good():
     q, k8, block_table, seqlens = fp8_inputs([10, 70], 1, 4, seed=29)
     meta, splits = K.get_mla_metadata(seqlens, 4, 1)
