@@ -529,7 +529,8 @@ def fp8_speed_bars(rows: Sequence[Fp8SpeedRow], ideal: dict[tuple[int, str], flo
     impls = [i for i in impls if any(r.impl == i[0] for r in rows)]
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / len(impls)
-    fp8_at = [k for k, _, _ in impls].index("fp8") if any(k == "fp8" for k, _, _ in impls) else 0
+    keys = [key for key, _, _ in impls]
+    fp8_at = keys.index("fp8") if "fp8" in keys else 0  # the bar the dashed "ideal" line sits on
     for i, (key, label, color) in enumerate(impls):
         for j, (h_q, lengths) in enumerate(shapes):
             row = next((r for r in rows if (r.impl, r.h_q, r.lengths) == (key, h_q, lengths)), None)

@@ -1,19 +1,20 @@
 # version 5, FP8 cache: the 64-row Gluon tile of v5_gluon.py reading FlashMLA's 656-byte rows (stage 5).
 #
 # What changes against v5_gluon.py (the lockstep tile): a page no longer arrives by TMA as bf16. Each of the 256
-# threads loads its share of the page's 656-byte rows into registers (16-byte loads: the e4m3 bytes of c_kv by
-# 64-column chunk, the four float32 scales, k_rope in bf16), converts and scales the e4m3 values there, and stores
-# the bf16 page into the same shared-memory slot layout the bf16 tile fills by TMA; from there on the tile is the
-# bf16 one (Q·Kᵀ and P·V by async wgmma, no score work repeated, V = the first 512 columns of the page).
+# threads loads its share of the page's c_kv into registers (16-byte loads of the e4m3 bytes, as int32 words, by
+# 64-column chunk, and the rows' four float32 scales), dequantizes there, and stores the bf16 page into the same
+# shared-memory slot layout the bf16 tile fills by TMA; k_rope, bf16 already, goes into its slot by cp.async. From
+# there on the tile is the bf16 one (Q·Kᵀ and P·V by async wgmma, no score work repeated, V = the first 512 columns
+# of the page).
 # The register path is software-pipelined one page ahead: page i+2's loads are issued while P·V of page i runs,
 # and page i+1 is dequantized into the other slot while S = Q·Kᵀ of page i runs, so the loads' latency and the
-# conversions sit beside the tensor-core work instead of in front of it. Rows past s_k (which may hold NaN bytes
+# dequantization sit beside the tensor-core work instead of in front of it. Rows past s_k (which may hold NaN bytes
 # and NaN scales) and pages past the request's end are never loaded (masked loads give 0), so no zeroing pass.
 #
 # Why (docs/results/v5_notes.md, FP8 dequantization): the plain-Triton small tile spends 4,224 instructions per
 # 64-key step and thread on an FP8 page against 2,576 on a bf16 one, mostly moving a key tile made in registers into
-# shared memory once per dot; here a page is written to shared memory once, for both dots, and its conversions
-# (about 2.5 instructions per value, 128 values per thread per page) are spread over 8 warps.
+# shared memory once per dot; here a page is written to shared memory once, for both dots, and its dequantization
+# (a conversion-free PTX sequence per four values, 128 values per thread per page) is spread over 8 warps.
 # Expected (H200, b 128, s_k 4096): near the bf16 lockstep tile's compute time, 0.20 ms at h64 and 0.34 at h128
 # (the FP8 small tile: 0.675 and 1.114; FlashMLA's bf16 kernel 0.170 and 0.234); at h16, padded to 64 rows like
 # FlashMLA's kernel, about the same as h64.
@@ -77,7 +78,16 @@ mul.rn.bf16x2 hi, hi, sc;
 mov.b32 {$0, $1}, lo;
 mov.b32 {$2, $3}, hi;
 }""")
-    from .v5_gluon import _v5_flag_stale, _v5_load_q, _v5_online_softmax, _v5_pages, _v5_part, _v5_start, _v5_store
+    from .v5_gluon import (
+        _v5_flag_stale,
+        _v5_load_q,
+        _v5_next_part,
+        _v5_online_softmax,
+        _v5_pages,
+        _v5_part,
+        _v5_start,
+        _v5_store,
+    )
 
     @gluon.jit
     def _fp8_page(bt_row, i, hi, s_k, num_blocks, ok_ptr):
@@ -195,12 +205,9 @@ mov.b32 {$2, $3}, hi;
         kr_smem = gl.allocate_shared_memory(dtype, [2, PAGE, CHUNK], smem_layout)  # and k_rope
         p_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, PAGE], smem_layout)
 
-        part = gl.program_id(0)
         m_start = (gl.program_id(1) % m_tiles) * BLOCK_M
         begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
-        last_part = part == gl.num_programs(0) - 1  # where the next part starts (stale-schedule check)
-        next_req = gl.load(meta_ptr + part * META_COLS + META_COLS, mask=not last_part, other=-1)
-        next_block = gl.load(meta_ptr + part * META_COLS + META_COLS + 1, mask=not last_part, other=-1)
+        next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
 
         it = 0  # pages consumed by this program: slot it % 2
         for req in range(begin_req, end_req + 1):

@@ -73,6 +73,7 @@ from .v5_gluon import (
     S_LAYOUT,
     _v5_flag_stale,
     _v5_load_q,
+    _v5_next_part,
     _v5_online_softmax,
     _v5_pages,
     _v5_part,
@@ -120,11 +121,8 @@ if gluon is not None:
         ldw: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [PRODUCER_WARPS, 1], [1, 0])
         ldr: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PRODUCER_WARPS, 1], [1, 0])
         dtype: gl.constexpr = k_smem.dtype
-        part = gl.program_id(0)
         begin_req, begin_block, end_req, end_block, _ = _v5_part(meta_ptr, META_COLS)
-        last_part = part == gl.num_programs(0) - 1  # where the next part starts (stale-schedule check)
-        next_req = gl.load(meta_ptr + part * META_COLS + META_COLS, mask=not last_part, other=-1)
-        next_block = gl.load(meta_ptr + part * META_COLS + META_COLS + 1, mask=not last_part, other=-1)
+        next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
 
         it = 0  # pages of this program so far: slot it % 2, that slot's use it // 2
         for req in range(begin_req, end_req + 1):

@@ -99,6 +99,15 @@ if gluon is not None:
         return gl.load(meta + 0), gl.load(meta + 1), gl.load(meta + 2), gl.load(meta + 3), gl.load(meta + 4)
 
     @gluon.jit
+    def _v5_next_part(meta_ptr, META_COLS: gl.constexpr):
+        """(next_req, next_block): where the next program's slice starts, -1 for the last program. A fresh schedule
+        hands a request cut at this program's end to the next one (the stale-schedule check, _v5_flag_stale)."""
+        last_part = gl.program_id(0) == gl.num_programs(0) - 1
+        meta = meta_ptr + gl.program_id(0) * META_COLS
+        return (gl.load(meta + META_COLS, mask=not last_part, other=-1),
+                gl.load(meta + META_COLS + 1, mask=not last_part, other=-1))
+
+    @gluon.jit
     def _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks):
         """(s_k, lo, hi): request req's length and the pages [lo, hi) this program computes (none if hi <= lo)."""
         s_k = gl.load(seqlens_ptr + req)
@@ -255,13 +264,9 @@ if gluon is not None:
         for st in gl.static_range(STAGES * 9):
             mbarrier.init(bars.index(st), count=1)
 
-        part = gl.program_id(0)
         m_start = (gl.program_id(1) % m_tiles) * BLOCK_M
         begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
-        # where the next part starts: a fresh schedule hands a request cut here to it (stale-schedule check below)
-        last_part = part == gl.num_programs(0) - 1
-        next_req = gl.load(meta_ptr + part * META_COLS + META_COLS, mask=not last_part, other=-1)
-        next_block = gl.load(meta_ptr + part * META_COLS + META_COLS + 1, mask=not last_part, other=-1)
+        next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
 
         it = 0  # key steps consumed by this program: ring slot it % STAGES, mbarrier phase (it // STAGES) % 2
         for req in range(begin_req, end_req + 1):

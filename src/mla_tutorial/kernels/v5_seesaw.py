@@ -38,6 +38,7 @@ from .v5_gluon import (
     _k_descriptor,
     _v5_flag_stale,
     _v5_load_q,
+    _v5_next_part,
     _v5_pages,
     _v5_part,
     _v5_softmax,
@@ -126,9 +127,7 @@ if gluon is not None:
                      k_smem, kr_smem, bars, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr):
         """The producer warp: every copy into shared memory, in the order the consumers release the buffers."""
         begin_req, begin_block, end_req, end_block, _ = _v5_part(meta_ptr, META_COLS)
-        last_part = gl.program_id(0) == gl.num_programs(0) - 1
-        next_req = gl.load(meta_ptr + (gl.program_id(0) + 1) * META_COLS, mask=not last_part, other=-1)
-        next_block = gl.load(meta_ptr + (gl.program_id(0) + 1) * META_COLS + 1, mask=not last_part, other=-1)
+        next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
         k0, kr0, k1, kr1 = k_smem.index(0), kr_smem.index(0), k_smem.index(1), kr_smem.index(1)
         n0 = 0  # pages that went through slot 0 / slot 1 so far: their barriers' phases
         n1 = 0
