@@ -92,9 +92,9 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
     return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": ss.WS_REGS})
 
 
-def compile_v5_fp8(causal: bool = False, ws: bool = False):
+def compile_v5_fp8(causal: bool = False, ws: bool = False, mode: int = 0):
     """The Gluon FP8 tile (v5_fp8_gluon.py) over a contiguous FP8 cache, or (ws) the warp-specialised one
-    (v5_fp8_ws.py, same signature)."""
+    (v5_fp8_ws.py, same signature and MODE: 1 the producer alone, 2 the consumers alone)."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from mla_tutorial.kernels import v5_fp8_gluon, v5_fp8_ws
@@ -108,7 +108,11 @@ def compile_v5_fp8(causal: bool = False, ws: bool = False):
     attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 4, 14)}  # q, the cache, out; the block stride
     fn = v5_fp8_ws._v5_fp8_ws_kernel if ws else v5_fp8_gluon._v5_fp8_kernel
     warps = v5_fp8_ws.CONSUMER_WARPS if ws else 8
-    src = GluonASTSource(fn, sig, {"CAUSAL": causal, "META_COLS": 8, "num_warps": warps}, attrs)
+    consts = {"CAUSAL": causal, "META_COLS": 8, "num_warps": warps}
+    if ws:
+        sig["MODE"] = "constexpr"
+        consts["MODE"] = mode
+    src = GluonASTSource(fn, sig, consts, attrs)
     options = {"num_warps": warps, "maxnreg": v5_fp8_ws.WS_REGS} if ws else {"num_warps": warps}
     return triton.compile(src, target=TARGET, options=options)
 
@@ -173,10 +177,11 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal)
                 print(f"v5f causal={causal}: {report(f'v5f_c{int(causal)}', ck, workdir)}")
-        elif name == "v5fws":  # the warp-specialised Gluon FP8 tile
+        elif name.startswith("v5fws"):  # the warp-specialised Gluon FP8 tile (v5fws:MODE: its parts alone)
+            mode = int(name.split(":")[1]) if ":" in name else 0
             for causal in (False, True):
-                ck = compile_v5_fp8(causal=causal, ws=True)
-                print(f"v5fws causal={causal}: {report(f'v5fws_c{int(causal)}', ck, workdir)}")
+                ck = compile_v5_fp8(causal=causal, ws=True, mode=mode)
+                print(f"v5fws mode={mode} causal={causal}: {report(f'v5fws{mode}_c{int(causal)}', ck, workdir)}")
         elif name in ("ss", "ss-fine"):  # the warp-specialised seesaw tile (fine: one mbarrier per box)
             for causal in (False, True):
                 ck = compile_seesaw(causal=causal, fine=name == "ss-fine")

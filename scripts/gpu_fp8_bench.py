@@ -7,8 +7,7 @@ Safe to run blind: every section and every shape is guarded, and the JSON is rew
 2. correctness: the FP8 path (`mla_decode_v5(..., is_fp8_kvcache=True)`) against the fp32 reference applied to
    `dequantize_k_cache(k_fp8)` on FlashMLA's hostile recipe (lengths 0, 1, 20, 63, 64, 65, 140, 4096 in one batch;
    NaN in unused rows, so NaN bytes and scales; sentinel ids), h_q 16/64/128, s_q 1/2, both load modes of the small
-   tile, the Gluon FP8 tile and, with --ws, its warp-specialised form (path "seesaw", v5_fp8_ws.py, not yet run
-   on a GPU: run it under a timeout), with the bf16 tolerances;
+   tile, the Gluon FP8 tile and its warp-specialised form (path "seesaw", v5_fp8_ws.py), with the bf16 tolerances;
    and the API at b = 64, lengths ~ N(4096, 2048). The in-kernel bounds flag is read, never asserted, here.
 3. timing: b = 128, page 64, h_q 16/64/128 at s_k 4096/8192 (fixed lengths) and h_q 16 at lengths ~ N(4096, 2048),
    s_q 1: the FP8 path (plain loads, and TMA loads: v5_small.FP8_LOADS; fp8_gluon / fp8_ws: the Gluon FP8 tiles
@@ -20,6 +19,9 @@ Safe to run blind: every section and every shape is guarded, and the JSON is rew
    output on the same (unquantized) cache: the cosine distance is the quantization's effect there.
 4. fp8_configs: other small-tile launch configurations of the FP8 path, both load modes, at h16 and h128, s_k 4096
    (the defaults in v5_small.FP8_SMALL_TILE_CONFIGS / FP8_TMA_SMALL_TILE_CONFIGS come from compile reports only).
+   With --parts, the warp-specialised FP8 tile's parts alone (GluonConfig(mode=1): the dequantizing producer, the
+   consumers handing each page back unread; mode=2: the consumers' math on slots the producer hands over untouched)
+   and the bf16 lockstep tile's compute alone (its mode 2): results meaningless, times for the profile.
 5. append: the cost of quantizing one decode step's new rows (b = 128, one token each) as stage 5 does.
 
 `--smoke` runs every section on the CPU (Triton's interpreter) at tiny shapes, without graphs or timings that
@@ -64,7 +66,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="fp8_bench.json")
     ap.add_argument("--quick", action="store_true", help="s_k 4096 only (h16 fixed and ~N, h64, h128), no config sweep")
-    ap.add_argument("--ws", action="store_true", help="also the warp-specialised FP8 tile (not yet run on a GPU)")
+    ap.add_argument("--parts", action="store_true",
+                    help="also the warp-specialised FP8 tile's parts alone (producer / consumers; results meaningless)")
     ap.add_argument("--smoke", action="store_true", help="CPU, interpreter, tiny shapes: test the script itself")
     ap.add_argument("--sections", default="env,correctness,timing,fp8_configs,append",
                     help="comma-separated sections to run (default: all)")
@@ -80,10 +83,8 @@ def main() -> None:
         save(args.out)
         return
     dev = "cpu" if args.smoke else "cuda"
-    # the warp-specialised FP8 tile (path "seesaw", v5_fp8_ws.py) only with --ws: it has not yet run on a GPU, and a
-    # wrong mbarrier protocol would hang the run instead of failing (run it under a timeout)
-    TILES = [("small", "pointer"), ("small", "tma")] + ([] if args.smoke else [("gluon", "pointer")]) \
-        + ([("seesaw", "pointer")] if args.ws and not args.smoke else [])
+    TILES = [("small", "pointer"), ("small", "tma")]  # the small tile, both load modes; the Gluon FP8 tiles
+    TILES += [] if args.smoke else [("gluon", "pointer"), ("seesaw", "pointer")]  # (lockstep, warp-specialised)
     big_b, big_sk = (2, (64, 130)) if args.smoke else (128, (4096, 8192))
 
     from test_kernels import check_against_reference, make_inputs
@@ -94,6 +95,7 @@ def main() -> None:
     from mla_tutorial.kernels import v5_small
     from mla_tutorial.kernels.common import TileConfig
     from mla_tutorial.kernels.schedule import get_mla_metadata
+    from mla_tutorial.kernels.v5_gluon import GluonConfig
     from mla_tutorial.measure import kernel_bench
     from mla_tutorial.measure.kernel_bench import cos_diff, make_lengths
     from mla_tutorial.measure.kernel_bench import make_inputs as bench_inputs
@@ -200,11 +202,11 @@ def main() -> None:
         meta, splits = get_mla_metadata(sl, s_q * h_q, 1)
         row["choice_fp8"] = K.kernel_choice(q, k8, s_q * h_q, 1)
         row["choice_bf16"] = K.kernel_choice(q, kc, s_q * h_q, 1)
-        def fp8(tile, loads):
+        def fp8(tile, loads, config=None):
             v5_small.FP8_LOADS = loads  # read at launch: plain loads or TMA copies of the e4m3 bytes
             try:
                 return K.mla_decode_v5(q, k8, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
-                                       check_bounds=False, is_fp8_kvcache=True, path=tile)
+                                       check_bounds=False, is_fp8_kvcache=True, path=tile, config=config)
             finally:
                 v5_small.FP8_LOADS = "pointer"
 
@@ -217,8 +219,13 @@ def main() -> None:
         }
         if not args.smoke:
             impls["fp8_gluon"] = lambda: fp8("gluon", "pointer")
-            if args.ws:
-                impls["fp8_ws"] = lambda: fp8("seesaw", "pointer")  # the warp-specialised Gluon FP8 tile
+            impls["fp8_ws"] = lambda: fp8("seesaw", "pointer")  # the warp-specialised Gluon FP8 tile
+            if args.parts:  # its parts alone (results meaningless): the dequantizing producer, the consumers' math
+                impls["fp8_ws_producer_alone"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=1))
+                impls["fp8_ws_consumers_alone"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=2))
+                impls["bf16_lockstep_compute_alone"] = lambda: K.mla_decode_v5(  # the same math, bf16 tile, no loads
+                    q, kc, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False,
+                    path="gluon", config=GluonConfig(mode=2))
         if flash_mla is not None:
             fm_meta, _ = flash_mla.get_mla_metadata()
             impls["flashmla"] = lambda: flash_mla.flash_mla_with_kvcache(q, kc, bt, sl, 512, fm_meta, None)

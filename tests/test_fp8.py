@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import math
-import os
 import struct
 
 import pytest
@@ -327,17 +326,19 @@ def test_kernel_choice_routes_fp8_to_the_small_tile():
     assert path == "small" and "FP8" in reason and "Gluon" in reason
 
 
-@pytest.mark.parametrize("rows,expected", [(1, "small"), (15, "small"), (16, "gluon"), (64, "gluon"), (256, "gluon")])
+@pytest.mark.parametrize("rows,expected", [(1, "small"), (15, "small"), (16, "seesaw"), (64, "seesaw"),
+                                           (256, "seesaw")])
 def test_kernel_choice_routes_fp8_by_rows_where_gluon_runs(rows, expected, monkeypatch):
-    """Where the Gluon tile can run (sm_90, Triton 3.6: faked here), an FP8 cache at FP8_GLUON_MIN_ROWS or more query
-    rows per KV head goes to the Gluon FP8 tile, fewer to the small tile; the reason says which and why."""
+    """Where the Gluon tiles can run (sm_90, Triton 3.6: faked here), an FP8 cache at FP8_GLUON_MIN_ROWS or more
+    query rows per KV head goes to the warp-specialised Gluon FP8 tile (path "seesaw"), fewer to the small tile; the
+    reason says which and why."""
     from mla_tutorial.kernels import v5
 
     monkeypatch.setattr(v5, "gluon_unavailable", lambda q, k, h_kv: None)
     q, k8, _, _ = fp8_inputs([5], 1, 16, seed=1)
     path, reason = K.kernel_choice(q, k8, rows, 1)
     assert v5.FP8_GLUON_MIN_ROWS == 16 and path == expected and "FP8" in reason
-    assert ("Gluon FP8 tile" in reason) == (expected == "gluon")
+    assert ("warp-specialised Gluon FP8 tile" in reason) == (expected == "seesaw")
 
 
 def _fp8_good():
@@ -410,15 +411,9 @@ def test_fp8_forcing_the_warp_specialised_tile_where_it_cannot_run_says_why(monk
 GPU_LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
 
 
-#: The warp-specialised FP8 tile (v5_fp8_ws.py) has not yet run on a GPU: a wrong mbarrier protocol would hang, not
-#: fail, so its cases run only when asked for (MLA_FP8_WS=1, under a timeout) until a GPU run has checked it.
-UNVERIFIED_WS = pytest.mark.skipif(os.environ.get("MLA_FP8_WS") != "1",
-                                   reason="v5_fp8_ws.py not yet run on a GPU: set MLA_FP8_WS=1 (under a timeout)")
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", pytest.param("seesaw", marks=UNVERIFIED_WS)])
+@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw"])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     """The FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile and

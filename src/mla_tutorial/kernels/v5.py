@@ -10,11 +10,11 @@
 Both walk v4's balanced schedule (schedule.py) and share its combine kernel. Where the Gluon tile cannot run
 (no sm_90, another Triton, h_kv > 1, a cache that TMA cannot address) v4's 64-row tile runs instead;
 `kernel_choice` says which runs and why. An FP8 cache (`is_fp8_kvcache=True`, FlashMLA's 656-byte rows,
-mla_tutorial/fp8.py) is read on sm_90 by the Gluon FP8 tile (v5_fp8_gluon.py: each page dequantized through
-registers into the bf16 slot both products read), elsewhere and below 16 rows by the small tile, which dequantizes
-each key chunk on load; both keep bf16 tensor-core work after that. A forced `path="seesaw"` reads an FP8 cache with
-the warp-specialised Gluon FP8 tile (v5_fp8_ws.py: a dequantizing producer partition beside two consumer
-warpgroups; not yet run on a GPU, so nothing routes to it by default).
+mla_tutorial/fp8.py) is read on sm_90 at 16+ rows by the warp-specialised Gluon FP8 tile (path "seesaw",
+v5_fp8_ws.py: a dequantizing producer partition fills the bf16 slots both products of two consumer warpgroups
+read), elsewhere and below 16 rows by the small tile, which dequantizes each key chunk on load; all keep bf16
+tensor-core work after that. `path="gluon"` forces the lockstep Gluon FP8 tile (v5_fp8_gluon.py: the same page work
+in the warps that do the math), 6-10 % slower on the H200.
 
 A block id outside [0, num_blocks) inside a request's length is never dereferenced: the kernels skip it and
 clear a per-device "ok" flag, on which `check_bounds=True` (the default) enqueues a device-side assertion (no host
@@ -65,8 +65,9 @@ def kernel_choice(q: torch.Tensor, k_cache: torch.Tensor, rows_per_kv: int, h_kv
     if k_cache.dtype == torch.float8_e4m3fn:
         why = gluon_unavailable(q, k_cache, h_kv)
         if why is None and rows_per_kv >= FP8_GLUON_MIN_ROWS:
-            return "gluon", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head on sm_90: the Gluon "
-                             f"FP8 tile (each page dequantized through registers into shared memory, async wgmma)")
+            return "seesaw", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head on sm_90: the "
+                              f"warp-specialised Gluon FP8 tile (a producer partition dequantizes each page into "
+                              f"shared memory, two consumer warpgroups multiply by async wgmma)")
         reason = why or f"fewer than {FP8_GLUON_MIN_ROWS} query rows per KV head"
         return "small", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head: the plain-Triton small "
                          f"tile, dequantizing each key chunk on load ({reason})")
@@ -118,7 +119,7 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     flag = ok_flag(dev) if error_flag is None else error_flag
     if path == "seesaw" and is_fp8:
         launch_v5_fp8_ws(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                         part_lse, flag)
+                         part_lse, flag, mode=int(getattr(config, "mode", 0)))
     elif path == "seesaw":
         launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                          part_out, part_lse, flag, fine=bool(getattr(config, "fine", False)),
@@ -163,8 +164,8 @@ def mla_decode_v5(
     GluonConfig for "gluon"). `error_flag` (int32 [1], set to 1 by the caller) is cleared by the kernel on a bad
     block id, instead of the device-side assertion: for callers that want to read it themselves.
     `is_fp8_kvcache`: k_cache is FlashMLA's FP8 cache, float8_e4m3fn [num_blocks, 64, h_kv, 656] (from
-    `mla_tutorial.quantize_k_cache`), q bf16; the small tile or the Gluon FP8 tile reads it (path="seesaw" forces
-    the warp-specialised Gluon FP8 tile, which has not yet run on a GPU).
+    `mla_tutorial.quantize_k_cache`), q bf16; the small tile or the warp-specialised Gluon FP8 tile (path "seesaw")
+    reads it, or, forced by path="gluon", the lockstep Gluon FP8 tile.
     """
     # on a GPU the kernels check bounds themselves (no extra launches); on the CPU the contract checks on the host
     dims = validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,

@@ -114,8 +114,9 @@ if gluon is not None:
 
     @gluon.jit
     def _ws_producer(kv_ptr, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_kvb, stride_btb, num_blocks,
-                     max_blocks, k_smem, kr_smem, bars, META_COLS: gl.constexpr):
-        """The dequantizing partition: every page of the slice into the slots, in the consumers' order."""
+                     max_blocks, k_smem, kr_smem, bars, META_COLS: gl.constexpr, MODE: gl.constexpr):
+        """The dequantizing partition: every page of the slice into the slots, in the consumers' order (MODE 2: hands
+        the slots over untouched)."""
         # a chunk's loads: 4 words (16 bytes) per thread and row (4 threads a row, 32 rows per pass over 4 warps);
         # k_rope: 8 bf16 per thread, 8 threads a row
         ldw: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [PRODUCER_WARPS, 1], [1, 0])
@@ -138,12 +139,13 @@ if gluon is not None:
                 slot = it % 2
                 k_buf = k_smem.index(slot)
                 mbarrier.wait(bars.index(EMPTY0 + slot), ((it // 2) & 1) ^ 1)  # the consumers are done with it
-                _fp8_rope_copy(kr_smem.index(slot), kv_ptr, page, n_rows, stride_kvb, ldr)
-                # page i into the slot, chunk by chunk; page i + 1's loads behind them (none past the slice)
-                w0, w1, s0 = _ws_put_pair(k_buf, 0, w0, w1, s0, kv_ptr, nxt, nxt_rows, stride_kvb, ldw, dtype)
-                w2, w3, s1 = _ws_put_pair(k_buf, 1, w2, w3, s1, kv_ptr, nxt, nxt_rows, stride_kvb, ldw, dtype)
-                w4, w5, s2 = _ws_put_pair(k_buf, 2, w4, w5, s2, kv_ptr, nxt, nxt_rows, stride_kvb, ldw, dtype)
-                w6, w7, s3 = _ws_put_pair(k_buf, 3, w6, w7, s3, kv_ptr, nxt, nxt_rows, stride_kvb, ldw, dtype)
+                if MODE != 2:
+                    _fp8_rope_copy(kr_smem.index(slot), kv_ptr, page, n_rows, stride_kvb, ldr)
+                    # page i into the slot, chunk by chunk; page i + 1's loads behind them (none past the slice)
+                    w0, w1, s0 = _ws_put_pair(k_buf, 0, w0, w1, s0, kv_ptr, nxt, nxt_rows, stride_kvb, ldw, dtype)
+                    w2, w3, s1 = _ws_put_pair(k_buf, 1, w2, w3, s1, kv_ptr, nxt, nxt_rows, stride_kvb, ldw, dtype)
+                    w4, w5, s2 = _ws_put_pair(k_buf, 2, w4, w5, s2, kv_ptr, nxt, nxt_rows, stride_kvb, ldw, dtype)
+                    w6, w7, s3 = _ws_put_pair(k_buf, 3, w6, w7, s3, kv_ptr, nxt, nxt_rows, stride_kvb, ldw, dtype)
                 page = nxt
                 n_rows = nxt_rows
                 nxt, nxt_rows = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)
@@ -157,8 +159,9 @@ if gluon is not None:
     def _ws_consumer(q_ptr, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
                      stride_qb, stride_qs, stride_qh, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks,
                      qk_scale, q_smem, qr_smem, k_smem, kr_smem, p_smem, bars, CAUSAL: gl.constexpr,
-                     META_COLS: gl.constexpr):
-        """The default partition, two warpgroups: the lockstep tile's math on the pages the producer hands over."""
+                     META_COLS: gl.constexpr, MODE: gl.constexpr):
+        """The default partition, two warpgroups: the lockstep tile's math on the pages the producer hands over (MODE
+        1: hands them back unread)."""
         NW: gl.constexpr = 8
         PAGE: gl.constexpr = 64
         s_layout: gl.constexpr = S_LAYOUT
@@ -189,20 +192,21 @@ if gluon is not None:
                 slot = it % 2
                 k_buf = k_smem.index(slot)
                 mbarrier.wait(bars.index(READY0 + slot), (it // 2) & 1)  # page i is in the slot
-                # S = Q·Kᵀ over the 576 columns: warpgroup w computes keys 32w .. 32w + 31
-                s = gl.zeros([64, PAGE], gl.float32, layout=s_layout)
-                s = warpgroup_mma(q_smem, k_buf.permute((1, 0)), s, use_acc=False, is_async=True)
-                s = warpgroup_mma(qr_smem, kr_smem.index(slot).permute((1, 0)), s, is_async=True)
-                s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                p, alpha, m_i, l_i = _v5_online_softmax(s, i * PAGE, n_visible, m_i, l_i, qk_scale, s_cols, PAGE)
-                p_smem.store(p.to(dtype))
-                fence_async_shared()
-                gl.thread_barrier()  # both halves of P are in shared memory
+                if MODE != 1:
+                    # S = Q·Kᵀ over the 576 columns: warpgroup w computes keys 32w .. 32w + 31
+                    s = gl.zeros([64, PAGE], gl.float32, layout=s_layout)
+                    s = warpgroup_mma(q_smem, k_buf.permute((1, 0)), s, use_acc=False, is_async=True)
+                    s = warpgroup_mma(qr_smem, kr_smem.index(slot).permute((1, 0)), s, is_async=True)
+                    s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                    p, alpha, m_i, l_i = _v5_online_softmax(s, i * PAGE, n_visible, m_i, l_i, qk_scale, s_cols, PAGE)
+                    p_smem.store(p.to(dtype))
+                    fence_async_shared()
+                    gl.thread_barrier()  # both halves of P are in shared memory
 
-                # O = O·alpha + P·V: warpgroup w owns output columns 256w .. 256w + 255
-                acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-                acc = warpgroup_mma(p_smem, k_buf, acc, is_async=True)
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                    # O = O·alpha + P·V: warpgroup w owns output columns 256w .. 256w + 255
+                    acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                    acc = warpgroup_mma(p_smem, k_buf, acc, is_async=True)
+                    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 gl.thread_barrier()  # both warpgroups are done with this slot and with P
                 mbarrier.arrive(bars.index(EMPTY0 + slot))  # the producer may refill it
                 it += 1
@@ -217,7 +221,7 @@ if gluon is not None:
         stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, MODE: gl.constexpr, num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -235,9 +239,9 @@ if gluon is not None:
             (_ws_consumer, (q_ptr, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr, lse_ptr, part_out_ptr,
                             part_lse_ptr, stride_qb, stride_qs, stride_qh, s_q, h_q, heads_per_kv, rows_per_kv,
                             m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, p_smem, bars, CAUSAL,
-                            META_COLS)),
+                            META_COLS, MODE)),
             (_ws_producer, (kv_ptr, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_kvb, stride_btb,
-                            num_blocks, max_blocks, k_smem, kr_smem, bars, META_COLS)),
+                            num_blocks, max_blocks, k_smem, kr_smem, bars, META_COLS, MODE)),
         ], [PRODUCER_WARPS], [PRODUCER_REGS])
 
 
@@ -245,9 +249,10 @@ _LAUNCH = FastLauncher(_v5_fp8_ws_kernel) if gluon is not None else None
 
 
 def launch_v5_fp8_ws(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                     part_lse, ok_flag):
+                     part_lse, ok_flag, mode: int = 0):
     """Launch the warp-specialised Gluon FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache, rows
-    contiguous)."""
+    contiguous). mode 1: the producer alone (the consumers hand each page back unread); mode 2: the consumers alone
+    (the producer hands each slot over untouched); results meaningless, for timing the parts (as GluonConfig.mode)."""
     m_tiles = -(-dims.rows_per_kv // BLOCK_M)
     _LAUNCH(
         (meta.shape[0], m_tiles),
@@ -255,5 +260,5 @@ def launch_v5_fp8_ws(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), block_table.stride(0),
         dims.s_q, dims.h_q, dims.heads_per_kv, dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks,
         dims.scale * LOG2E,
-        CAUSAL=causal, META_COLS=meta.shape[1], num_warps=CONSUMER_WARPS, maxnreg=WS_REGS,
+        CAUSAL=causal, META_COLS=meta.shape[1], MODE=mode, num_warps=CONSUMER_WARPS, maxnreg=WS_REGS,
     )
