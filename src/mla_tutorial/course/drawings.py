@@ -553,5 +553,41 @@ def fp8_speed_bars(rows: Sequence[Fp8SpeedRow], ideal: dict[tuple[int, str], flo
     return _done(fig)
 
 
-__all__ = ["ablation_chart", "capacity_and_cost", "combine_weights", "fp8_row", "fp8_speed_bars", "head_tile",
-           "kernel_roofline", "latency_panels", "schedule_timeline", "stage_roofline", "warpgroup_split"]
+def fp8_tile_parts(rows: Sequence[Fp8SpeedRow], targets: dict[tuple[int, str], float] | None = None) -> Any:
+    """Where the warp-specialised FP8 tile's time goes, per shape (b = 128, s_k = 4,096): its consumers' math alone,
+    its dequantizing producer alone, both together (the tile as it runs), the bf16 lockstep tile's math alone and
+    FlashMLA's bf16 call; `targets` (FlashMLA ms / ours, keyed by (h_q, lengths)) draws the time each target asks
+    for. Rows come from fp8_speed_rows(..., parts=True)."""
+    plt = _plt()
+    shapes = sorted({(r.h_q, r.lengths) for r in rows if r.impl == "fp8_ws"})
+    impls = [("fp8_ws_consumers_alone", "consumers alone (the math)", "#9ecae1"),
+             ("fp8_ws_producer_alone", "producer alone (the dequantization)", "#fdae6b"),
+             ("fp8_ws", "both: the FP8 tile as it runs", STAGE_COLORS[5]),
+             ("bf16_lockstep_compute_alone", "bf16 lockstep tile, math alone", STAGE_COLORS[4]),
+             ("flashmla", "FlashMLA (bf16), whole call", "#222222")]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(impls)
+    for i, (key, label, color) in enumerate(impls):
+        for j, shape in enumerate(shapes):
+            row = next((r for r in rows if (r.impl, r.h_q, r.lengths) == (key, *shape)), None)
+            if row is None:
+                continue
+            x = j + (i - (len(impls) - 1) / 2) * width
+            ax.bar(x, row.ms, width, color=color, label=label if j == 0 else None)
+            ax.text(x, row.ms * 1.02, f"{row.ms:.3f}", ha="center", va="bottom", fontsize=6)
+    for j, shape in enumerate(shapes):
+        flash = next((r for r in rows if (r.impl, r.h_q, r.lengths) == ("flashmla", *shape)), None)
+        if targets and shape in targets and flash is not None:
+            ax.plot([j - 0.4, j + 0.4], [flash.ms / targets[shape]] * 2, color="red", ls="--", lw=1.2,
+                    label="the time the issue's target asks for" if j == 0 else None)
+    ax.set_xticks(range(len(shapes)), [f"h_q = {h}" + (", uneven lengths" if d != "fixed" else "") for h, d in shapes],
+                  fontsize=8)
+    ax.set(ylabel="ms per call (b = 128, s_k = 4,096)",
+           title="The FP8 tile's parts: each alone is near the bf16 math, together they overlap only in part")
+    ax.title.set_fontsize(10)
+    ax.legend(fontsize=7)
+    return _done(fig)
+
+
+__all__ = ["ablation_chart", "capacity_and_cost", "combine_weights", "fp8_row", "fp8_speed_bars", "fp8_tile_parts",
+           "head_tile", "kernel_roofline", "latency_panels", "schedule_timeline", "stage_roofline", "warpgroup_split"]

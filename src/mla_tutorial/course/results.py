@@ -38,7 +38,7 @@ DECODE_PROFILE = "decode_profile_deepseek-v3_h200_2026-12-02.json"  # torch.prof
 ROOFLINE = "roofline_deepseek-v3_h200_2026-12-01.json"  # stages 2–4 under the measured ceilings
 CAPACITY = "capacity_deepseek-v3_141GB.json"  # sequences per 141 GB GPU at 32k tokens (arithmetic)
 FP8_ACCURACY = "fp8_accuracy_cpu_2026-12-01.json"  # scripts/fp8_accuracy.py (CPU)
-FP8_BENCH = "fp8_bench_gluon_h200_2026-12-02.json"  # scripts/gpu_fp8_bench.py --quick (H200)
+FP8_BENCH = "fp8_bench_ws_h200_2026-12-02.json"  # scripts/gpu_fp8_bench.py --parts (H200)
 
 #: How each committed file is produced (said when it is missing).
 PRODUCED_BY = {
@@ -460,8 +460,8 @@ def capacity_rows(source: str | Path | dict = CAPACITY) -> Capacity:
 class Fp8SpeedRow:
     """One implementation at one shape of the FP8 benchmark (b = 128, s_q = 1, whole call)."""
 
-    impl: str  # "fp8" (stage 5's path), "fp8_small" / "fp8_small_tma" / "fp8_gluon" (its tiles, forced), "bf16_v5"
-    #            (stage 4's), "flashmla" (bf16)
+    impl: str  # "fp8" (stage 5's path), "fp8_small" / "fp8_small_tma" / "fp8_gluon" / "fp8_ws" (its tiles, forced),
+    #            "bf16_v5" (stage 4's), "flashmla" (bf16); parts timed alone end in "_alone" (fp8_speed_rows' `parts`)
     b: int
     h_q: int
     s_k: int
@@ -479,17 +479,24 @@ class Fp8SpeedRow:
 
 
 #: The FP8 benchmark's implementations that force a tile (the others ran v5's choice, recorded in the file).
-_FORCED_TILES = {"fp8_small": "small", "fp8_small_tma": "small", "fp8_tma": "small", "fp8_gluon": "gluon"}
+_FORCED_TILES = {"fp8_small": "small", "fp8_small_tma": "small", "fp8_tma": "small", "fp8_gluon": "gluon",
+                 "fp8_ws": "seesaw", "fp8_ws_producer_alone": "seesaw", "fp8_ws_consumers_alone": "seesaw",
+                 "bf16_lockstep_compute_alone": "gluon"}
 
 
-def fp8_speed_rows(source: str | Path | dict = FP8_BENCH) -> list[Fp8SpeedRow]:
+def fp8_speed_rows(source: str | Path | dict = FP8_BENCH, s_k: int | None = 4096,
+                   parts: bool = False) -> list[Fp8SpeedRow]:
+    """The FP8 benchmark's whole-call times at cache length `s_k` (None: every length in the file); the parts of a
+    tile timed alone (impls ending in "_alone": results meaningless, times for the profile) only with `parts`."""
     data, name = load(source), _name(source)
     _need(data, ("timing",), name, "an FP8 benchmark file")
     rows = []
     for t in data["timing"]:
-        if "ms" not in t:
-            continue  # a shape that failed (its error is in the file)
+        if "ms" not in t or (s_k is not None and int(t["s_k"]) != s_k):
+            continue  # a shape that failed (its error is in the file), or another length
         for impl, ms in t["ms"].items():
+            if impl.endswith("_alone") and not parts:
+                continue
             nbytes = t["bytes"]["fp8" if impl.startswith("fp8") else "bf16"]
             choice = t.get("choice_fp8" if impl.startswith("fp8") else "choice_bf16")
             tile = _FORCED_TILES.get(impl, choice[0] if impl != "flashmla" and choice else None)
@@ -497,6 +504,14 @@ def fp8_speed_rows(source: str | Path | dict = FP8_BENCH) -> list[Fp8SpeedRow]:
                                     t.get("graph_ms", {}).get(impl), float(nbytes), float(t["flops"]),
                                     float(t["fraction_of_copy"][impl]), tile))
     return rows
+
+
+def fp8_targets(s_k: int = 4096) -> dict[tuple[int, str], float]:
+    """Issue 9's targets at cache length s_k (FlashMLA's bf16 ms / the FP8 path's, b = 128, s_q = 1), keyed by
+    (h_q, lengths) as the rows of fp8_speed_rows are."""
+    from ..measure.kernel_bench import FP8_RATIO_TARGETS
+
+    return {(h_q, lengths): v for (h_q, s_q, sk, lengths), v in FP8_RATIO_TARGETS.items() if sk == s_k and s_q == 1}
 
 
 def fp8_correctness(source: str | Path | dict = FP8_BENCH) -> dict[str, bool]:
@@ -639,5 +654,6 @@ __all__ = [
     "ROOFLINE", "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",
     "Fp8DecoderRow", "Fp8RowError", "Fp8SpeedRow", "KernelRow", "KernelRun", "ResultsMissing", "ablation_steps",
     "capacity_rows", "ceilings", "decode_rows", "decode_skipped", "fp8_attention_errors", "fp8_correctness",
-    "fp8_decoder_rows", "fp8_row_errors", "fp8_speed_rows", "kernel_run", "load", "pick", "results_dir", "table",
+    "fp8_decoder_rows", "fp8_row_errors", "fp8_speed_rows", "fp8_targets", "kernel_run", "load", "pick", "results_dir",
+    "table",
 ]
