@@ -158,15 +158,18 @@ xor.b32 $0, $5, t;
 }""")
 
     @gluon.jit
-    def _fp8_chunk(view, w, scale, dtype: gl.constexpr, KEEP: gl.constexpr = False, keep=0):
+    def _fp8_chunk(view, w, scale, dtype: gl.constexpr, KEEP: gl.constexpr = 0, keep=0):
         """A 64-column chunk, 16 int32 words of four e4m3 values per row, times its rows' scale, as bf16 into a
         [64, 64] shared-memory view: _E4M3X4_TIMES_SCALE per word, its four results put back in column order.
-        KEEP (a timing probe, v5_fp8_ws.py MODE 4): no store; the results are xor-ed into `keep` ((64, 16) int32,
-        w's layout), which is returned, so that they stay alive (otherwise `keep` is returned unchanged)."""
+        KEEP (timing probes, v5_fp8_ws.py MODES 4 and 5): no store; 1: the results are xor-ed into `keep` ((64, 16)
+        int32, w's layout), 2: the words themselves are (no dequantization); `keep` is returned, so that they stay
+        alive (otherwise it is returned unchanged)."""
+        if KEEP == 2:
+            return keep ^ w
         v0, v1, v2, v3 = gl.inline_asm_elementwise(
             _E4M3X4_TIMES_SCALE, "=h,=h,=h,=h,r,r", [w, scale.to(gl.int32, bitcast=True)[:, None] + w * 0],
             dtype=(gl.bfloat16, gl.bfloat16, gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
-        if KEEP:
+        if KEEP == 1:
             keep = gl.inline_asm_elementwise(
                 _XOR4_KEEP, "=r,h,h,h,h,r",
                 [v0.to(gl.int16, bitcast=True), v1.to(gl.int16, bitcast=True), v2.to(gl.int16, bitcast=True),

@@ -16,10 +16,11 @@
 #   Compiled for sm_90a (scripts/compile_offline.py v5fws, Triton 3.6): 229,924 B of shared memory, 12 warps at 168
 #   registers, setmaxnreg 192 (consumers) / 120 (producer); ptxas spills 36 / 48 bytes (causal: 68 / 80), none
 #   inside the consumers' page loop, a few words per page in the producer's (its 64 words + 8 scales in flight).
-#   MODE (launch_v5_fp8_ws's mode; 1-4 are timing probes, results meaningless): 0 the kernel; 1 the producer alone;
+#   MODE (launch_v5_fp8_ws's mode; 1-5 are timing probes, results meaningless): 0 the kernel; 1 the producer alone;
 #   2 the consumers alone; 3 the consumers + the producer's shared-memory stores alone (zeros, same chunk stores and
 #   barriers, no page loads, conversions or cp.async); 4 the consumers + the producer without its chunk stores
-#   (loads, conversions and cp.async kept; the converted words xor-ed into registers, stored under a false mask).
+#   (loads, conversions and cp.async kept; the converted words xor-ed into registers, stored under a false mask);
+#   5 as 4 without the conversions (the loaded words themselves xor-ed in).
 #
 # Barrier protocol. Both partitions walk the same pages in the same order (the schedule slice of _v5_part, each
 # request's pages [lo, hi) of _v5_pages) and count them in `it`, which runs on across requests: page `it` of the
@@ -108,8 +109,8 @@ if gluon is not None:
                      dtype: gl.constexpr, keep, KEEP: gl.constexpr):
         """Chunks 2T and 2T + 1 of the current page (words wa, wb; scale s) dequantized into the bf16 slot k_buf;
         each chunk's registers then take the loads of the same chunk of the next page (page, n_rows), and s its
-        scale T once both chunks are converted. Returns the next page's (wa, wb, s) and `keep` (KEEP, MODE 4: the
-        chunks are not stored but xor-ed into it, _fp8_chunk)."""
+        scale T once both chunks are converted. Returns the next page's (wa, wb, s) and `keep` (KEEP, MODES 4 and
+        5: the chunks, or their words, are not stored but xor-ed into it, _fp8_chunk)."""
         keep = _fp8_chunk(k_buf.slice(128 * T, 64, dim=1), wa, s, dtype, KEEP, keep)
         wa = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 2 * T, ldw)
         keep = _fp8_chunk(k_buf.slice(128 * T + 64, 64, dim=1), wb, s, dtype, KEEP, keep)
@@ -129,7 +130,7 @@ if gluon is not None:
                      max_blocks, k_smem, kr_smem, bars, META_COLS: gl.constexpr, MODE: gl.constexpr):
         """The dequantizing partition: every page of the slice into the slots, in the consumers' order (MODE 2: hands
         the slots over untouched; MODE 3: stores zeros, no page loads, conversions or k_rope copy; MODE 4: loads and
-        converts, no stores of the chunks)."""
+        converts, no stores of the chunks; MODE 5: loads only, no dequantization, no stores of the chunks)."""
         # a chunk's loads: 4 words (16 bytes) per thread and row (4 threads a row, 32 rows per pass over 4 warps);
         # k_rope: 8 bf16 per thread, 8 threads a row
         ldw: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [PRODUCER_WARPS, 1], [1, 0])
@@ -138,7 +139,8 @@ if gluon is not None:
         begin_req, begin_block, end_req, end_block, _ = _v5_part(meta_ptr, META_COLS)
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
 
-        keep = gl.zeros([64, 16], gl.int32, layout=ldw) if MODE == 4 else 0  # MODE 4: the conversions' sink
+        KEEP: gl.constexpr = 1 if MODE == 4 else (2 if MODE == 5 else 0)  # _fp8_chunk's probes
+        keep = gl.zeros([64, 16], gl.int32, layout=ldw) if KEEP else 0  # MODES 4, 5: the sink that keeps them alive
         it = 0  # pages of this program so far: slot it % 2, that slot's use it // 2
         for req in range(begin_req, end_req + 1):
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
@@ -160,13 +162,13 @@ if gluon is not None:
                     _fp8_rope_copy(kr_smem.index(slot), kv_ptr, page, n_rows, stride_kvb, ldr)
                     # page i into the slot, chunk by chunk; page i + 1's loads behind them (none past the slice)
                     w0, w1, s0, keep = _ws_put_pair(k_buf, 0, w0, w1, s0, kv_ptr, nxt, nxt_rows, stride_kvb, ldw,
-                                                    dtype, keep, MODE == 4)
+                                                    dtype, keep, KEEP)
                     w2, w3, s1, keep = _ws_put_pair(k_buf, 1, w2, w3, s1, kv_ptr, nxt, nxt_rows, stride_kvb, ldw,
-                                                    dtype, keep, MODE == 4)
+                                                    dtype, keep, KEEP)
                     w4, w5, s2, keep = _ws_put_pair(k_buf, 2, w4, w5, s2, kv_ptr, nxt, nxt_rows, stride_kvb, ldw,
-                                                    dtype, keep, MODE == 4)
+                                                    dtype, keep, KEEP)
                     w6, w7, s3, keep = _ws_put_pair(k_buf, 3, w6, w7, s3, kv_ptr, nxt, nxt_rows, stride_kvb, ldw,
-                                                    dtype, keep, MODE == 4)
+                                                    dtype, keep, KEEP)
                 page = nxt
                 n_rows = nxt_rows
                 nxt, nxt_rows = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)
@@ -175,7 +177,7 @@ if gluon is not None:
                 gl.thread_barrier()  # every producer thread's share is in
                 mbarrier.arrive(bars.index(READY0 + slot))
                 it += 1
-        if MODE == 4:  # the sink, stored under a mask that is false at run time (a page stride is never negative)
+        if KEEP:  # the sink, stored under a mask that is false at run time (a page stride is never negative)
             rows = gl.arange(0, 64, layout=gl.SliceLayout(1, ldw))
             cols = gl.arange(0, 16, layout=gl.SliceLayout(0, ldw))
             sink = kv_ptr.to(gl.pointer_type(gl.int32)) + rows[:, None] * 16 + cols[None, :]
@@ -280,8 +282,8 @@ def launch_v5_fp8_ws(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
     contiguous). mode 1: the producer alone (the consumers hand each page back unread); mode 2: the consumers alone
     (the producer hands each slot over untouched); mode 3: the consumers beside the producer's shared-memory stores
     alone (zeros, no page loads, conversions or k_rope copy); mode 4: the consumers beside the producer without its
-    chunk stores (loads, conversions and k_rope copy kept); results meaningless, for timing the parts (as
-    GluonConfig.mode)."""
+    chunk stores (loads, conversions and k_rope copy kept); mode 5: as 4 without the conversions (loads only);
+    results meaningless, for timing the parts (as GluonConfig.mode)."""
     m_tiles = -(-dims.rows_per_kv // BLOCK_M)
     _LAUNCH(
         (meta.shape[0], m_tiles),
