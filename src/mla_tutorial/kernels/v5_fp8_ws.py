@@ -61,7 +61,12 @@
 # serial S -> softmax -> P·V chain: h64 ~0.22 ms (0.313 lockstep FP8), h128 ~0.41 (0.560), h16 (padded to 64 rows)
 # ~0.25 (0.343). Risks: the producer's shared-memory stores competing with the wgmma reads (seen when half the
 # dequantization moved under P·V), and a producer slower than predicted (then ~0.27 / 0.50).
-# Measured: not yet run on a GPU.
+# Measured (H200, 2026-12-02, docs/fp8.md §5, results/fp8_bench_ws_h200_2026-12-02.json): correct on its first run;
+# h64 0.299 ms, h128 0.510, h16 0.325 (lockstep FP8 0.316 / 0.564 / 0.346): 5-10 % bought, not the ~30 % expected.
+# Its parts alone (MODES 1-5): consumers 0.195 at h64 (the bf16 lockstep tile's math, already slower than every FP8
+# target asks for the whole call), producer 0.222; together they overlap ~60 %: beside the consumers the producer's
+# stores cost +5 %, its loads +22 %, its loads and dequantization +57 % (its instruction stream on the same
+# schedulers as the consumers' serial chain). The risk named above (the stores) was not what bound it.
 """Version 5 over an FP8 cache, warp-specialised: a dequantizing producer partition and two consumer warpgroups
 (Hopper, Triton 3.6)."""
 
