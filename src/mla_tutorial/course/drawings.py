@@ -516,6 +516,22 @@ def capacity_and_cost(capacity: Capacity, rows: Sequence[DecodeRow]) -> Any:
     return _done(fig)
 
 
+def _fp8_bars(ax, rows: Sequence[Fp8SpeedRow], impls: list[tuple[str, str, str]], shapes: list[tuple[int, str]],
+              text, fontsize: int) -> float:
+    """Grouped bars of the FP8 benchmark: a group per (h_q, lengths) shape, a bar per (impl, label, color) of impls
+    where the rows have it (ms per call), each labelled text(row); returns the bar width."""
+    width = 0.8 / len(impls)
+    for i, (key, label, color) in enumerate(impls):
+        for j, shape in enumerate(shapes):
+            row = next((r for r in rows if (r.impl, r.h_q, r.lengths) == (key, *shape)), None)
+            if row is None:
+                continue
+            x = j + (i - (len(impls) - 1) / 2) * width
+            ax.bar(x, row.ms, width, color=color, label=label if j == 0 else None)
+            ax.text(x, row.ms * 1.02, text(row), ha="center", va="bottom", fontsize=fontsize)
+    return width
+
+
 def fp8_speed_bars(rows: Sequence[Fp8SpeedRow], ideal: dict[tuple[int, str], float] | None = None) -> Any:
     """The FP8 benchmark: ms per call of FlashMLA (bf16), v5 on the bf16 cache (stage 4) and on the FP8 cache
     (stage 5; and its small tile alone where the file has it) at each shape, with the FP8 call's time if it read its
@@ -528,25 +544,17 @@ def fp8_speed_bars(rows: Sequence[Fp8SpeedRow], ideal: dict[tuple[int, str], flo
              ("fp8_small", "stage 5: the small tile alone", "#c9b3e6")]
     impls = [i for i in impls if any(r.impl == i[0] for r in rows)]
     fig, ax = plt.subplots(figsize=(9, 4))
-    width = 0.8 / len(impls)
     keys = [key for key, _, _ in impls]
     fp8_at = keys.index("fp8") if "fp8" in keys else 0  # the bar the dashed "ideal" line sits on
-    for i, (key, label, color) in enumerate(impls):
-        for j, (h_q, lengths) in enumerate(shapes):
-            row = next((r for r in rows if (r.impl, r.h_q, r.lengths) == (key, h_q, lengths)), None)
-            if row is None:
-                continue
-            x = j + (i - (len(impls) - 1) / 2) * width
-            ax.bar(x, row.ms, width, color=color, label=label if j == 0 else None)
-            ax.text(x, row.ms * 1.02, f"{row.fraction_of_copy:.2f}", ha="center", va="bottom", fontsize=7)
+    width = _fp8_bars(ax, rows, impls, shapes, lambda r: f"{r.fraction_of_copy:.2f}", 7)
     for j, shape in enumerate(shapes):
         if ideal and shape in ideal:
             x = j + (fp8_at - (len(impls) - 1) / 2) * width
             ax.plot([x - width / 2, x + width / 2], [ideal[shape]] * 2, color="black", ls="--", lw=1.2,
                     label="FP8 if it read at bf16 v5's GB/s" if j == 0 else None)
-    ax.set_xticks(range(len(shapes)), [f"b = 128, h_q = {h}, s_k = 4,096" + (", uneven" if d != "fixed" else "")
+    ax.set_xticks(range(len(shapes)), [f"h_q = {h}" + (", uneven lengths" if d != "fixed" else "")
                                        for h, d in shapes], fontsize=8)
-    ax.set(ylabel="ms per call (whole call)", title="Stage 5's kernel today: slower than bf16 "
+    ax.set(ylabel="ms per call (whole call, b = 128, s_k = 4,096)", title="Stage 5's kernel today: slower than bf16 "
                                                     "(bar labels: fraction of the copy bandwidth)")
     ax.title.set_fontsize(10)
     ax.legend(fontsize=7)
@@ -566,15 +574,7 @@ def fp8_tile_parts(rows: Sequence[Fp8SpeedRow], targets: dict[tuple[int, str], f
              ("bf16_lockstep_compute_alone", "bf16 lockstep tile, math alone", STAGE_COLORS[4]),
              ("flashmla", "FlashMLA (bf16), whole call", "#222222")]
     fig, ax = plt.subplots(figsize=(9, 4))
-    width = 0.8 / len(impls)
-    for i, (key, label, color) in enumerate(impls):
-        for j, shape in enumerate(shapes):
-            row = next((r for r in rows if (r.impl, r.h_q, r.lengths) == (key, *shape)), None)
-            if row is None:
-                continue
-            x = j + (i - (len(impls) - 1) / 2) * width
-            ax.bar(x, row.ms, width, color=color, label=label if j == 0 else None)
-            ax.text(x, row.ms * 1.02, f"{row.ms:.3f}", ha="center", va="bottom", fontsize=6)
+    _fp8_bars(ax, rows, impls, shapes, lambda r: f"{r.ms:.3f}", 6)
     for j, shape in enumerate(shapes):
         flash = next((r for r in rows if (r.impl, r.h_q, r.lengths) == ("flashmla", *shape)), None)
         if targets and shape in targets and flash is not None:
