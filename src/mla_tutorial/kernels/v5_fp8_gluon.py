@@ -100,41 +100,41 @@ mov.b32 {$2, $3}, hi;
         return gl.where(bad, 0, page).to(gl.int64), n_rows
 
     @gluon.jit
-    def _fp8_words(kv_ptr, page, n_rows, stride_kvb, C: gl.constexpr, ldw: gl.constexpr, CM: gl.constexpr):
+    def _fp8_words(kv_ptr, page, n_rows, stride_kvb, C: gl.constexpr, ldw: gl.constexpr):
         """Issue the loads of chunk C of a page's c_kv into registers: the e4m3 bytes of columns 64·C .. 64·C + 63
         of its 64 rows as (64, 16) int32 words (four values each: held packed until they are dequantized). Rows from
-        n_rows on load as 0 (they may hold NaN bytes). CM: the loads' cache modifier (a probe of v5_fp8_ws.py)."""
+        n_rows on load as 0 (they may hold NaN bytes)."""
         rows = gl.arange(0, 64, layout=gl.SliceLayout(1, ldw))
         words = gl.arange(0, 16, layout=gl.SliceLayout(0, ldw))
         base = kv_ptr + page * stride_kvb + rows * FP8_ROW  # (64,) byte pointers to the rows
         ptrs = base.to(gl.pointer_type(gl.int32))[:, None] + words[None, :]  # (64, 16) words of chunk 0
-        return gl.load(ptrs + 16 * C, mask=(rows < n_rows)[:, None], other=0, cache_modifier=CM)
+        return gl.load(ptrs + 16 * C, mask=(rows < n_rows)[:, None], other=0)
 
     @gluon.jit
-    def _fp8_scale(kv_ptr, page, n_rows, stride_kvb, T: gl.constexpr, ldw: gl.constexpr, CM: gl.constexpr):
+    def _fp8_scale(kv_ptr, page, n_rows, stride_kvb, T: gl.constexpr, ldw: gl.constexpr):
         """Issue the load of scale T (columns 128·T .. 128·T + 127) of a page's 64 rows, (64,) float32; rows from
         n_rows on load as 0 (they may hold NaN scales)."""
         rows = gl.arange(0, 64, layout=gl.SliceLayout(1, ldw))
         base = kv_ptr + page * stride_kvb + rows * FP8_ROW
         sc = (base + FP8_SCALES_AT).to(gl.pointer_type(gl.float32))  # (64,) float32 pointers: scale t at sc + t
-        return gl.load(sc + T, mask=rows < n_rows, other=0.0, cache_modifier=CM)
+        return gl.load(sc + T, mask=rows < n_rows, other=0.0)
 
     @gluon.jit
-    def _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw: gl.constexpr, CM: gl.constexpr):
+    def _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw: gl.constexpr):
         """Issue the loads of a whole page's c_kv into registers: its eight 64-column chunks (_fp8_words) and the
-        rows' four scales (_fp8_scale), with cache modifier CM."""
-        w0 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 0, ldw, CM)
-        w1 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 1, ldw, CM)
-        w2 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 2, ldw, CM)
-        w3 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 3, ldw, CM)
-        w4 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 4, ldw, CM)
-        w5 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 5, ldw, CM)
-        w6 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 6, ldw, CM)
-        w7 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 7, ldw, CM)
-        s0 = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, 0, ldw, CM)
-        s1 = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, 1, ldw, CM)
-        s2 = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, 2, ldw, CM)
-        s3 = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, 3, ldw, CM)
+        rows' four scales (_fp8_scale)."""
+        w0 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 0, ldw)
+        w1 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 1, ldw)
+        w2 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 2, ldw)
+        w3 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 3, ldw)
+        w4 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 4, ldw)
+        w5 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 5, ldw)
+        w6 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 6, ldw)
+        w7 = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 7, ldw)
+        s0 = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, 0, ldw)
+        s1 = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, 1, ldw)
+        s2 = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, 2, ldw)
+        s3 = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, 3, ldw)
         return w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3
 
     @gluon.jit
@@ -246,11 +246,11 @@ xor.b32 $0, $5, t;
             # k_rope copied asynchronously into their slots
             page, n_rows = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
             _fp8_rope_copy(kr_smem.index(it % 2), kv_ptr, page, n_rows, stride_kvb, ldr)
-            b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw, "")
+            b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
             _fp8_put(k_smem.index(it % 2), b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype)
             page, n_rows = _fp8_page(bt_row, lo + 1, hi, s_k, num_blocks, ok_ptr)
             _fp8_rope_copy(kr_smem.index((it + 1) % 2), kv_ptr, page, n_rows, stride_kvb, ldr)
-            b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw, "")
+            b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
                        rows_per_kv, 0, N_CHUNKS, CHUNK, BLOCK_M, num_warps)
             async_copy.wait_group(1)  # page lo's k_rope has landed (page lo + 1's may still be in flight)
@@ -281,7 +281,7 @@ xor.b32 $0, $5, t;
                 # c_kv into registers (dequantized during the next step's S)
                 page, n_rows = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)
                 _fp8_rope_copy(kr_smem.index(slot), kv_ptr, page, n_rows, stride_kvb, ldr)
-                b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw, "")
+                b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 gl.thread_barrier()  # both warpgroups are done with this slot and with P
                 it += 1

@@ -20,8 +20,7 @@
 #   2 the consumers alone; 3 the consumers + the producer's shared-memory stores alone (zeros, same chunk stores and
 #   barriers, no page loads, conversions or cp.async); 4 the consumers + the producer without its chunk stores
 #   (loads, conversions and cp.async kept; the converted words xor-ed into registers, stored under a false mask);
-#   5 as 4 without the conversions (the loaded words themselves xor-ed in); 6 the kernel (correct results) with the
-#   page loads marked .cg (cached in L2 only, not in L1).
+#   5 as 4 without the conversions (the loaded words themselves xor-ed in).
 #
 # Barrier protocol. Both partitions walk the same pages in the same order (the schedule slice of _v5_part, each
 # request's pages [lo, hi) of _v5_pages) and count them in `it`, which runs on across requests: page `it` of the
@@ -112,16 +111,16 @@ if gluon is not None:
 
     @gluon.jit
     def _ws_put_pair(k_buf, T: gl.constexpr, wa, wb, s, kv_ptr, page, n_rows, stride_kvb, ldw: gl.constexpr,
-                     dtype: gl.constexpr, keep, KEEP: gl.constexpr, CM: gl.constexpr):
+                     dtype: gl.constexpr, keep, KEEP: gl.constexpr):
         """Chunks 2T and 2T + 1 of the current page (words wa, wb; scale s) dequantized into the bf16 slot k_buf;
         each chunk's registers then take the loads of the same chunk of the next page (page, n_rows), and s its
         scale T once both chunks are converted. Returns the next page's (wa, wb, s) and `keep` (KEEP, MODES 4 and
         5: the chunks, or their words, are not stored but xor-ed into it, _fp8_chunk)."""
         keep = _fp8_chunk(k_buf.slice(128 * T, 64, dim=1), wa, s, dtype, KEEP, keep)
-        wa = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 2 * T, ldw, CM)
+        wa = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 2 * T, ldw)
         keep = _fp8_chunk(k_buf.slice(128 * T + 64, 64, dim=1), wb, s, dtype, KEEP, keep)
-        wb = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 2 * T + 1, ldw, CM)
-        s = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, T, ldw, CM)
+        wb = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 2 * T + 1, ldw)
+        s = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, T, ldw)
         return wa, wb, s, keep
 
     @gluon.jit
@@ -147,7 +146,6 @@ if gluon is not None:
 
         KEEP: gl.constexpr = 1 if MODE == 4 else (2 if MODE == 5 else 0)  # _fp8_chunk's probes
         keep = gl.zeros([64, 16], gl.int32, layout=ldw) if KEEP else 0  # MODES 4, 5: the sink that keeps them alive
-        CM: gl.constexpr = ".cg" if MODE == 6 else ""  # MODE 6: the page loads cached in L2 only
         it = 0  # pages of this program so far: slot it % 2, that slot's use it // 2
         for req in range(begin_req, end_req + 1):
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
@@ -156,7 +154,7 @@ if gluon is not None:
             bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
             # page lo's words in flight (while the slot it goes to may still be read), page lo + 1's block id
             page, n_rows = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
-            w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw, CM)
+            w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
             nxt, nxt_rows = _fp8_page(bt_row, lo + 1, hi, s_k, num_blocks, ok_ptr)
             for i in range(lo, hi):
                 slot = it % 2
@@ -169,13 +167,13 @@ if gluon is not None:
                     _fp8_rope_copy(kr_smem.index(slot), kv_ptr, page, n_rows, stride_kvb, ldr)
                     # page i into the slot, chunk by chunk; page i + 1's loads behind them (none past the slice)
                     w0, w1, s0, keep = _ws_put_pair(k_buf, 0, w0, w1, s0, kv_ptr, nxt, nxt_rows, stride_kvb, ldw,
-                                                    dtype, keep, KEEP, CM)
+                                                    dtype, keep, KEEP)
                     w2, w3, s1, keep = _ws_put_pair(k_buf, 1, w2, w3, s1, kv_ptr, nxt, nxt_rows, stride_kvb, ldw,
-                                                    dtype, keep, KEEP, CM)
+                                                    dtype, keep, KEEP)
                     w4, w5, s2, keep = _ws_put_pair(k_buf, 2, w4, w5, s2, kv_ptr, nxt, nxt_rows, stride_kvb, ldw,
-                                                    dtype, keep, KEEP, CM)
+                                                    dtype, keep, KEEP)
                     w6, w7, s3, keep = _ws_put_pair(k_buf, 3, w6, w7, s3, kv_ptr, nxt, nxt_rows, stride_kvb, ldw,
-                                                    dtype, keep, KEEP, CM)
+                                                    dtype, keep, KEEP)
                 page = nxt
                 n_rows = nxt_rows
                 nxt, nxt_rows = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)
@@ -290,8 +288,7 @@ def launch_v5_fp8_ws(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
     (the producer hands each slot over untouched); mode 3: the consumers beside the producer's shared-memory stores
     alone (zeros, no page loads, conversions or k_rope copy); mode 4: the consumers beside the producer without its
     chunk stores (loads, conversions and k_rope copy kept); mode 5: as 4 without the conversions (loads only);
-    results meaningless, for timing the parts (as GluonConfig.mode). Mode 6: the kernel with its page loads marked
-    .cg (cached in L2 only; results correct, a probe of the loads' caching)."""
+    results meaningless, for timing the parts (as GluonConfig.mode)."""
     m_tiles = -(-dims.rows_per_kv // BLOCK_M)
     _LAUNCH(
         (meta.shape[0], m_tiles),
