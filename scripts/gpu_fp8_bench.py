@@ -242,7 +242,7 @@ def main() -> None:
         sync()
         row["fp8_finite"] = bool(torch.isfinite(fo).all())
         row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
-        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_ws_wide_loads"):  # the same math, another order: ~0
+        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_ws_wide_loads"):  # the same math in another order: ~0
             if other in impls:
                 oo, _ = impls[other]()
                 row[f"{other}_vs_fp8_small_max_abs"] = float((oo.float() - fo.float()).abs().max())
