@@ -22,8 +22,7 @@ Safe to run blind: every section and every shape is guarded, and the JSON is rew
    With --parts, the warp-specialised FP8 tile's parts alone (GluonConfig(mode=1): the dequantizing producer, the
    consumers handing each page back unread; mode=2: the consumers' math on slots the producer hands over untouched;
    mode=3: the consumers beside the producer's shared-memory stores only, zeros, no page loads or conversions;
-   mode=4: the consumers beside the producer without its chunk stores; mode=5: the same without its conversions;
-   mode=8: the tile itself loading a row's 128 bytes per instruction, 8 threads a row, one store per 128 columns)
+   mode=4: the consumers beside the producer without its chunk stores; mode=5: the same without its conversions)
    and the bf16 lockstep tile's compute alone (its mode 2): results meaningless, times for the profile.
 5. append: the cost of quantizing one decode step's new rows (b = 128, one token each) as stage 5 does.
 
@@ -230,7 +229,6 @@ def main() -> None:
                 impls["fp8_ws_stores_only_producer"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=3))
                 impls["fp8_ws_no_store_producer"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=4))
                 impls["fp8_ws_loads_only_producer"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=5))
-                impls["fp8_ws_wide_loads"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=8))  # correct results
                 impls["bf16_lockstep_compute_alone"] = lambda: K.mla_decode_v5(  # the same math, bf16 tile, no loads
                     q, kc, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False,
                     path="gluon", config=GluonConfig(mode=2))
@@ -242,7 +240,7 @@ def main() -> None:
         sync()
         row["fp8_finite"] = bool(torch.isfinite(fo).all())
         row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
-        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_ws_wide_loads"):  # the same math in another order: ~0
+        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws"):  # the same math in another order: ~0
             if other in impls:
                 oo, _ = impls[other]()
                 row[f"{other}_vs_fp8_small_max_abs"] = float((oo.float() - fo.float()).abs().max())

@@ -175,7 +175,7 @@ xor.b32 $0, $5, t;
                 [v0.to(gl.int16, bitcast=True), v1.to(gl.int16, bitcast=True), v2.to(gl.int16, bitcast=True),
                  v3.to(gl.int16, bitcast=True), keep], dtype=gl.int32, is_pure=True, pack=1)
         else:
-            x = gl.reshape(gl.join(gl.join(v0, v2), gl.join(v1, v3)), [64, 4 * w.shape[1]])  # word j, value k: 4j + k
+            x = gl.reshape(gl.join(gl.join(v0, v2), gl.join(v1, v3)), [64, 64])  # value k of word j: column 4j + k
             view.store(x)
         return keep
 

@@ -20,8 +20,7 @@
 #   2 the consumers alone; 3 the consumers + the producer's shared-memory stores alone (zeros, same chunk stores and
 #   barriers, no page loads, conversions or cp.async); 4 the consumers + the producer without its chunk stores
 #   (loads, conversions and cp.async kept; the converted words xor-ed into registers, stored under a false mask);
-#   5 as 4 without the conversions (the loaded words themselves xor-ed in); 8 the kernel (correct results) with
-#   each 128 columns of a page loaded by one instruction (8 threads a row) and stored at once (_ws_put_wide).
+#   5 as 4 without the conversions (the loaded words themselves xor-ed in).
 #
 # Barrier protocol. Both partitions walk the same pages in the same order (the schedule slice of _v5_part, each
 # request's pages [lo, hi) of _v5_pages) and count them in `it`, which runs on across requests: page `it` of the
@@ -77,16 +76,7 @@ import triton.language as tl
 
 from .common import LOG2E
 from .launch import FastLauncher
-from .v5_fp8_gluon import (
-    FP8_ROW,
-    _fp8_chunk,
-    _fp8_fetch,
-    _fp8_page,
-    _fp8_rope_copy,
-    _fp8_scale,
-    _fp8_words,
-    async_copy,
-)
+from .v5_fp8_gluon import _fp8_chunk, _fp8_fetch, _fp8_page, _fp8_rope_copy, _fp8_scale, _fp8_words, async_copy
 from .v5_gluon import (
     BLOCK_M,
     O_LAYOUT,
@@ -134,26 +124,6 @@ if gluon is not None:
         return wa, wb, s, keep
 
     @gluon.jit
-    def _ws_words(kv_ptr, page, n_rows, stride_kvb, T: gl.constexpr, ldp: gl.constexpr):
-        """MODE 8 probe: the loads of chunks 2T and 2T + 1 of a page's c_kv at once, (64, 32) int32 words, 8 threads
-        a row (each thread 16 bytes): a row's 128 bytes in one instruction, where _fp8_words takes two."""
-        rows = gl.arange(0, 64, layout=gl.SliceLayout(1, ldp))
-        words = gl.arange(0, 32, layout=gl.SliceLayout(0, ldp))
-        base = kv_ptr + page * stride_kvb + rows * FP8_ROW  # (64,) byte pointers to the rows
-        ptrs = base.to(gl.pointer_type(gl.int32))[:, None] + words[None, :]  # (64, 32) words of chunks 0 and 1
-        return gl.load(ptrs + 32 * T, mask=(rows < n_rows)[:, None], other=0)
-
-    @gluon.jit
-    def _ws_put_wide(k_buf, T: gl.constexpr, w, s, kv_ptr, page, n_rows, stride_kvb, ldp: gl.constexpr,
-                     dtype: gl.constexpr):
-        """MODE 8 probe: columns 128·T .. 128·T + 127 of the current page (words w, scale s) dequantized into the
-        bf16 slot in one store; w and s then take the loads of the same columns of the next page."""
-        _fp8_chunk(k_buf.slice(128 * T, 128, dim=1), w, s, dtype)
-        w = _ws_words(kv_ptr, page, n_rows, stride_kvb, T, ldp)
-        s = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, T, ldp)
-        return w, s
-
-    @gluon.jit
     def _ws_zero_chunk(view, ldw: gl.constexpr, dtype: gl.constexpr):
         """MODE 3 probe: zeros into a [64, 64] chunk view, in the register layout of _fp8_chunk's store (the same
         join / reshape of four (64, 16) tensors in the words' layout), so the same shared-memory stores."""
@@ -170,7 +140,6 @@ if gluon is not None:
         # k_rope: 8 bf16 per thread, 8 threads a row
         ldw: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [PRODUCER_WARPS, 1], [1, 0])
         ldr: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PRODUCER_WARPS, 1], [1, 0])
-        ldp: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [PRODUCER_WARPS, 1], [1, 0])  # MODE 8: 8 threads a row
         dtype: gl.constexpr = k_smem.dtype
         begin_req, begin_block, end_req, end_block, _ = _v5_part(meta_ptr, META_COLS)
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
@@ -185,17 +154,7 @@ if gluon is not None:
             bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
             # page lo's words in flight (while the slot it goes to may still be read), page lo + 1's block id
             page, n_rows = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
-            if MODE == 8:  # 128 columns per load
-                p0 = _ws_words(kv_ptr, page, n_rows, stride_kvb, 0, ldp)
-                p1 = _ws_words(kv_ptr, page, n_rows, stride_kvb, 1, ldp)
-                p2 = _ws_words(kv_ptr, page, n_rows, stride_kvb, 2, ldp)
-                p3 = _ws_words(kv_ptr, page, n_rows, stride_kvb, 3, ldp)
-                s0 = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, 0, ldp)
-                s1 = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, 1, ldp)
-                s2 = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, 2, ldp)
-                s3 = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, 3, ldp)
-            else:
-                w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
+            w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
             nxt, nxt_rows = _fp8_page(bt_row, lo + 1, hi, s_k, num_blocks, ok_ptr)
             for i in range(lo, hi):
                 slot = it % 2
@@ -204,12 +163,6 @@ if gluon is not None:
                 if MODE == 3:  # the stores alone: a whole page of zeros into the slot, the same chunk stores
                     for c in gl.static_range(8):
                         _ws_zero_chunk(k_buf.slice(64 * c, 64, dim=1), ldw, dtype)
-                elif MODE == 8:
-                    _fp8_rope_copy(kr_smem.index(slot), kv_ptr, page, n_rows, stride_kvb, ldr)
-                    p0, s0 = _ws_put_wide(k_buf, 0, p0, s0, kv_ptr, nxt, nxt_rows, stride_kvb, ldp, dtype)
-                    p1, s1 = _ws_put_wide(k_buf, 1, p1, s1, kv_ptr, nxt, nxt_rows, stride_kvb, ldp, dtype)
-                    p2, s2 = _ws_put_wide(k_buf, 2, p2, s2, kv_ptr, nxt, nxt_rows, stride_kvb, ldp, dtype)
-                    p3, s3 = _ws_put_wide(k_buf, 3, p3, s3, kv_ptr, nxt, nxt_rows, stride_kvb, ldp, dtype)
                 elif MODE != 2:
                     _fp8_rope_copy(kr_smem.index(slot), kv_ptr, page, n_rows, stride_kvb, ldr)
                     # page i into the slot, chunk by chunk; page i + 1's loads behind them (none past the slice)
@@ -335,8 +288,7 @@ def launch_v5_fp8_ws(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
     (the producer hands each slot over untouched); mode 3: the consumers beside the producer's shared-memory stores
     alone (zeros, no page loads, conversions or k_rope copy); mode 4: the consumers beside the producer without its
     chunk stores (loads, conversions and k_rope copy kept); mode 5: as 4 without the conversions (loads only);
-    results meaningless, for timing the parts (as GluonConfig.mode). Mode 8: the kernel (results correct) loading 128
-    columns of a page per instruction (_ws_put_wide)."""
+    results meaningless, for timing the parts (as GluonConfig.mode)."""
     m_tiles = -(-dims.rows_per_kv // BLOCK_M)
     _LAUNCH(
         (meta.shape[0], m_tiles),
