@@ -73,7 +73,7 @@ def compile_v5(dtype: str = "bf16", causal: bool = False, sub: int = 64, stages:
     return triton.compile(src, target=TARGET, options={"num_warps": 8})
 
 
-def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False):
+def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False, early: int = 0):
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from mla_tutorial.kernels import v5_seesaw as ss
@@ -86,9 +86,9 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
            "s_q": "i32", "h_q": "i32", "heads_per_kv": "i32",
            "rows_per_kv": "i32", "m_tiles": "i32", "num_blocks": "i32", "max_blocks": "i32", "qk_scale": "fp32",
            "CAUSAL": "constexpr", "META_COLS": "constexpr", "FINE": "constexpr", "MODE": "constexpr",
-           "num_warps": "constexpr"}
+           "EARLY": "constexpr", "num_warps": "constexpr"}
     src = GluonASTSource(ss._ss_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "FINE": fine, "MODE": 0,
-                                              "num_warps": 4})
+                                              "EARLY": early, "num_warps": 4})
     return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": ss.WS_REGS})
 
 
@@ -182,10 +182,11 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, ws=True, mode=mode)
                 print(f"v5fws mode={mode} causal={causal}: {report(f'v5fws{mode}_c{int(causal)}', ck, workdir)}")
-        elif name in ("ss", "ss-fine"):  # the warp-specialised seesaw tile (fine: one mbarrier per box)
+        elif name.split(":")[0] in ("ss", "ss-fine"):  # the seesaw tile (fine: one mbarrier per box; ss:EARLY)
+            base, _, early = name.partition(":")
             for causal in (False, True):
-                ck = compile_seesaw(causal=causal, fine=name == "ss-fine")
-                print(f"{name} causal={causal}: {report(f'{name}_c{int(causal)}', ck, workdir)}")
+                ck = compile_seesaw(causal=causal, fine=base == "ss-fine", early=int(early or 0))
+                print(f"{name} causal={causal}: {report(f'{base}{early}_c{int(causal)}', ck, workdir)}")
         elif name.startswith(("v4:", "v5s:", "v5s-fp8:", "v5s-fp8tma:")):  # v4:BLOCK_M,BLOCK_N,warps,stages (v5s:
             kind, spec = name.split(":")  # the small tile; v5s-fp8: on an FP8 cache; v5s-fp8tma: with TMA loads)
             bm, bn, w, st = (int(x) for x in spec.split(","))

@@ -2,7 +2,7 @@
 each with a sync so that a hang or a wrong answer is named), then its speed beside the lockstep Gluon tile and
 FlashMLA, whole call and graph replay, with the ceilings measured in the same run; and each tile's parts timed apart
 (`GluonConfig(mode=...)`: seesaw_compute and lockstep_compute copy nothing, loads_only computes nothing; their
-outputs mean nothing).
+outputs mean nothing), and the seesaw tile's EARLY probes (`GluonConfig(early=...)`, checked like the tile first).
 
     PYTHONPATH=.peers/flashmla:src:tests python3 scripts/gpu_seesaw_probe.py --out probe.json [--skip-check]
 """
@@ -32,12 +32,18 @@ CASES = [(LENGTHS, 1, 64, False, torch.bfloat16), (LENGTHS, 2, 128, True, torch.
          ([5000] * 3 + [0] * 2, 1, 128, False, torch.bfloat16)]
 
 
+#: v5_seesaw's EARLY probes: 1, 2 release a pair's right halves earlier; 3 is the tile's order compiled with
+#: constant arguments (as 1 and 2 are), so that 1 and 2 are compared with 3 as well as with the tile
+EARLY_PROBES = (1, 2, 3)
+
+
 def check(path: str, config=None) -> list[dict]:
     from test_kernels import check_against_reference
 
     results = []
     for i, (lens, s_q, h_q, causal, dtype) in enumerate(CASES):
-        tag = "-fine" if getattr(config, "fine", False) else ""
+        tag = ("-fine" if getattr(config, "fine", False) else "") + (
+            f"-early{config.early}" if getattr(config, "early", 0) else "")
         name = f"{path}{tag} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal} {str(dtype)[6:]}"
         q, k, bt, sl = make_paged_inputs(lens, s_q, h_q, 1, dtype, seed=i, device="cuda")
         flag = torch.ones(1, dtype=torch.int32, device="cuda")
@@ -64,6 +70,9 @@ def _impls(fm, args, causal, meta, splits) -> dict:
     impls = {"seesaw": lambda: mla_decode_v5(*args, path="seesaw", **kw),
              "seesaw_fine": lambda: mla_decode_v5(*args, path="seesaw", config=GluonConfig(fine=True), **kw),
              "seesaw_compute": lambda: mla_decode_v5(*args, path="seesaw", config=GluonConfig(mode=2), **kw),
+             # when warpgroup 1 releases a pair's right halves (v5_seesaw._ss_consumer_at's EARLY; results correct)
+             **{f"seesaw_early{e}": (lambda e=e: mla_decode_v5(*args, path="seesaw", config=GluonConfig(early=e), **kw))
+                for e in EARLY_PROBES},
              "lockstep": lambda: mla_decode_v5(*args, path="gluon", **kw),
              "loads_only": lambda: mla_decode_v5(*args, path="gluon", config=GluonConfig(mode=1), **kw),
              "lockstep_compute": lambda: mla_decode_v5(*args, path="gluon", config=GluonConfig(mode=2), **kw)}
@@ -121,7 +130,8 @@ def main() -> int:
     result = {"device_info": device_info(), "date": time.strftime("%Y-%m-%d")}
     if not args.skip_check:
         try:
-            result["check"] = check("seesaw") + check("seesaw", GluonConfig(fine=True))
+            result["check"] = check("seesaw") + check("seesaw", GluonConfig(fine=True)) + sum(
+                (check("seesaw", GluonConfig(early=e)) for e in EARLY_PROBES), [])
         except Exception:
             traceback.print_exc()
         json.dump(result, open(args.out, "w"), indent=1)

@@ -123,7 +123,7 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     elif path == "seesaw":
         launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                          part_out, part_lse, flag, fine=bool(getattr(config, "fine", False)),
-                         mode=int(getattr(config, "mode", 0)))
+                         mode=int(getattr(config, "mode", 0)), early=int(getattr(config, "early", 0)))
     elif path == "gluon" and is_fp8:
         launch_v5_fp8_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                             part_out, part_lse, flag)

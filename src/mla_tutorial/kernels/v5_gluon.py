@@ -407,6 +407,7 @@ class GluonConfig:
     mode: int = 0  # 0: compute; 1: loads only; 2: MMAs only (timing the parts, results meaningless; the seesaw
     #                tile reads `fine` and mode 2 from this too)
     fine: bool = False  # multiply each 64-column box as soon as it lands
+    early: int = 0  # the seesaw tile: when warpgroup 1 releases a pair's right halves (v5_seesaw._ss_consumer)
 
     def smem_bytes(self) -> int:
         return 64 * 576 * 2 + self.stages * self.sub * 576 * 2 + 64 * self.sub * 2

@@ -217,7 +217,23 @@ if gluon is not None:
                      rows_per_kv, m_tiles, max_blocks, qk_scale,
                      q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
                      FINE: gl.constexpr):
-        """Consumer warpgroup WG (0 or 1): the scores of every other page, output columns 256·WG .. 256·WG+255."""
+        """Consumer warpgroup WG (0 or 1): the scores of every other page, output columns 256·WG .. 256·WG+255
+        (_ss_consumer_at, releasing a pair's right halves at its end)."""
+        _ss_consumer_at(WG, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
+                        lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks,
+                        qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS, FINE, 0)
+
+    @gluon.jit
+    def _ss_consumer_at(WG: gl.constexpr, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr,
+                        num_splits_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv,
+                        rows_per_kv, m_tiles, max_blocks, qk_scale,
+                        q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
+                        FINE: gl.constexpr, EARLY: gl.constexpr):
+        """Consumer warpgroup WG, EARLY choosing when warpgroup 1 releases a pair's right halves after its two last
+        products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (probes, results correct; the tile runs 0): 0 waits for
+        both, then releases both; 1 releases B's right half as soon as its product is done; 2 issues A's first and
+        releases A's right half (and P_A's box) as soon as it is done; 3 as 0 (launched with every constexpr
+        argument kept constant, which 0 is not: the kernel's note on warp_specialize)."""
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, 64, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -304,12 +320,27 @@ if gluon is not None:
                         p_b.store(p.to(dtype))
                         stats.index(STAT_M_B).store(m_b)
                         _ss_publish(bars.index(P_B_READY))
-                        acc = warpgroup_mma(p_b, k_b.slice(256, 256, dim=1), acc, is_async=True)
-                        # P_A, brought to the scale of m_B, as a register operand
-                        pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
-                        _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)  # (landed before WG0 computed S_A)
-                        acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
-                        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                        if EARLY == 2:  # A's right half first, released as soon as its product is done
+                            pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
+                            _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)
+                            acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
+                            acc = warpgroup_mma(p_b, k_b.slice(256, 256, dim=1), acc, is_async=True)
+                            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+                            mbarrier.arrive(bars.index(EMPTY0R))
+                            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                            mbarrier.arrive(bars.index(EMPTY1R))
+                        else:
+                            acc = warpgroup_mma(p_b, k_b.slice(256, 256, dim=1), acc, is_async=True)
+                            # P_A, brought to the scale of m_B, as a register operand
+                            pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
+                            _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)  # (landed before WG0 computed S_A)
+                            acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
+                            if EARLY == 1:  # B's right half released as soon as its product is done
+                                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+                                mbarrier.arrive(bars.index(EMPTY1R))
+                            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                            if EARLY == 1:
+                                mbarrier.arrive(bars.index(EMPTY0R))
                     else:
                         alpha = gl.exp2(m_i - m_b_use)
                         l_i = l_i * alpha
@@ -318,9 +349,13 @@ if gluon is not None:
                         _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)
                         acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
                         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                    mbarrier.arrive(bars.index(EMPTY0R))
+                    if EARLY == 0 or EARLY == 3:
+                        mbarrier.arrive(bars.index(EMPTY0R))
+                        if has_b:
+                            mbarrier.arrive(bars.index(EMPTY1R))
+                    elif not has_b:  # (with B, released above)
+                        mbarrier.arrive(bars.index(EMPTY0R))
                     if has_b:
-                        mbarrier.arrive(bars.index(EMPTY1R))
                         n1 += 1
                     m_i = m_b
                 n0 += 1
@@ -348,7 +383,7 @@ if gluon is not None:
         max_blocks,
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
-        num_warps: gl.constexpr,
+        EARLY: gl.constexpr, num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -365,16 +400,32 @@ if gluon is not None:
             mbarrier.init(bars.index(i), count=2 if (i == Q_READY or i == Q_EMPTY or i == L_READY) else 1)
         fence_async_shared()
 
-        consumer_args = (q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
-                         lse_ptr, part_out_ptr, part_lse_ptr,
-                         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks, qk_scale,
-                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS, FINE)
-        gl.warp_specialize([
-            (_ss_consumer, (0,) + consumer_args),
-            (_ss_consumer, (1,) + consumer_args),
-            (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
-                            max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE)),
-        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+        if EARLY == 0:  # the tile
+            # (a tuple assigned to a variable reaches the partitions with its constexprs, here CAUSAL, META_COLS and
+            # FINE, turned into run-time scalars: both sides of their branches are compiled, as measured)
+            consumer_args = (q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
+                             lse_ptr, part_out_ptr, part_lse_ptr,
+                             s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks, qk_scale,
+                             q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS, FINE)
+            gl.warp_specialize([
+                (_ss_consumer, (0,) + consumer_args),
+                (_ss_consumer, (1,) + consumer_args),
+                (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
+                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE)),
+            ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+        else:  # the EARLY probes: the consumers' arguments as literals, so that every constexpr stays one
+            gl.warp_specialize([
+                (_ss_consumer_at, (0, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
+                                   out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
+                                   m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
+                                   CAUSAL, META_COLS, FINE, EARLY)),
+                (_ss_consumer_at, (1, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
+                                   out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
+                                   m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
+                                   CAUSAL, META_COLS, FINE, EARLY)),
+                (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
+                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE)),
+            ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,10 +435,11 @@ _LAUNCH = FastLauncher(_ss_kernel) if gluon is not None else None
 
 
 def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                     part_lse, ok_flag, fine: bool = False, mode: int = 0):
+                     part_lse, ok_flag, fine: bool = False, mode: int = 0, early: int = 0):
     """Launch the seesaw tile over the schedule `meta`; partials of split requests go to part_out/part_lse.
     fine: each 64-column box on its own mbarrier, multiplied as soon as it lands (else one barrier per half).
-    mode 2: no page copies, the compute alone (results meaningless: for timing the parts, as GluonConfig.mode)."""
+    mode 2: no page copies, the compute alone (results meaningless: for timing the parts, as GluonConfig.mode).
+    early: when warpgroup 1 releases a pair's right halves (_ss_consumer's EARLY; 0, the default, at the end)."""
     m_tiles = -(-dims.rows_per_kv // 64)
     _LAUNCH(
         (meta.shape[0], m_tiles),
@@ -395,6 +447,6 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
         meta, num_splits, ok_flag,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
-        CAUSAL=causal, META_COLS=meta.shape[1], FINE=fine, MODE=mode, num_warps=4,
+        CAUSAL=causal, META_COLS=meta.shape[1], FINE=fine, MODE=mode, EARLY=early, num_warps=4,
         maxnreg=WS_REGS,
     )
