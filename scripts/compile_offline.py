@@ -92,6 +92,25 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
     return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": ss.WS_REGS})
 
 
+def compile_v5_fp8_mma(causal: bool = False):
+    """The 16-row Gluon FP8 tile (v5_fp8_mma.py, mma.sync), same signature as the lockstep FP8 tile."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from mla_tutorial.kernels import v5_fp8_mma
+
+    sig = {"q_ptr": "*bf16", "kv_ptr": "*fp8e4nv", "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
+           "out_ptr": "*bf16", "lse_ptr": "*fp32", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
+           "meta_ptr": "*i32", "num_splits_ptr": "*i32", "ok_ptr": "*i32", "stride_qb": "i32", "stride_qs": "i32",
+           "stride_qh": "i32", "stride_kvb": "i32", "stride_btb": "i32", "s_q": "i32", "h_q": "i32",
+           "heads_per_kv": "i32", "rows_per_kv": "i32", "m_tiles": "i32", "num_blocks": "i32", "max_blocks": "i32",
+           "qk_scale": "fp32", "CAUSAL": "constexpr", "META_COLS": "constexpr", "num_warps": "constexpr"}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 4, 14)}
+    warps = v5_fp8_mma.MMA_WARPS
+    src = GluonASTSource(v5_fp8_mma._v5_fp8_mma_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "num_warps": warps},
+                         attrs)
+    return triton.compile(src, target=TARGET, options={"num_warps": warps})
+
+
 def compile_v5_fp8(causal: bool = False, ws: bool = False, mode: int = 0):
     """The Gluon FP8 tile (v5_fp8_gluon.py) over a contiguous FP8 cache, or (ws) the warp-specialised one
     (v5_fp8_ws.py, same signature and MODE: 1 the producer alone, 2 the consumers alone)."""
@@ -177,6 +196,10 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal)
                 print(f"v5f causal={causal}: {report(f'v5f_c{int(causal)}', ck, workdir)}")
+        elif name == "v5fmma":  # the 16-row Gluon FP8 tile (mma.sync)
+            for causal in (False, True):
+                ck = compile_v5_fp8_mma(causal=causal)
+                print(f"v5fmma causal={causal}: {report(f'v5fmma_c{int(causal)}', ck, workdir)}")
         elif name.startswith("v5fws"):  # the warp-specialised Gluon FP8 tile (v5fws:MODE: its parts alone)
             mode = int(name.split(":")[1]) if ":" in name else 0
             for causal in (False, True):

@@ -7,7 +7,8 @@ Safe to run blind: every section and every shape is guarded, and the JSON is rew
 2. correctness: the FP8 path (`mla_decode_v5(..., is_fp8_kvcache=True)`) against the fp32 reference applied to
    `dequantize_k_cache(k_fp8)` on FlashMLA's hostile recipe (lengths 0, 1, 20, 63, 64, 65, 140, 4096 in one batch;
    NaN in unused rows, so NaN bytes and scales; sentinel ids), h_q 16/64/128, s_q 1/2, both load modes of the small
-   tile, the Gluon FP8 tile and its warp-specialised form (path "seesaw", v5_fp8_ws.py), with the bf16 tolerances;
+   tile, the Gluon FP8 tile and its warp-specialised form (path "seesaw", v5_fp8_ws.py), and with --mma the 16-row
+   Gluon FP8 tile (path "mma", v5_fp8_mma.py, not yet run on a GPU), with the bf16 tolerances;
    and the API at b = 64, lengths ~ N(4096, 2048). The in-kernel bounds flag is read, never asserted, here.
 3. timing: b = 128, page 64, h_q 16/64/128 at s_k 4096/8192 (fixed lengths) and h_q 16 at lengths ~ N(4096, 2048),
    s_q 1: the FP8 path (plain loads, and TMA loads: v5_small.FP8_LOADS; fp8_gluon / fp8_ws: the Gluon FP8 tiles
@@ -68,6 +69,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="fp8_bench.json")
     ap.add_argument("--quick", action="store_true", help="s_k 4096 only (h16 fixed and ~N, h64, h128), no config sweep")
+    ap.add_argument("--mma", action="store_true",
+                    help="also the 16-row Gluon FP8 tile (path 'mma', v5_fp8_mma.py; not yet run on a GPU)")
     ap.add_argument("--parts", action="store_true",
                     help="also the warp-specialised FP8 tile's parts alone (producer / consumers; results meaningless)")
     ap.add_argument("--smoke", action="store_true", help="CPU, interpreter, tiny shapes: test the script itself")
@@ -87,6 +90,7 @@ def main() -> None:
     dev = "cpu" if args.smoke else "cuda"
     TILES = [("small", "pointer"), ("small", "tma")]  # the small tile, both load modes; the Gluon FP8 tiles
     TILES += [] if args.smoke else [("gluon", "pointer"), ("seesaw", "pointer")]  # (lockstep, warp-specialised)
+    TILES += [("mma", "pointer")] if args.mma and not args.smoke else []  # the 16-row tile
     big_b, big_sk = (2, (64, 130)) if args.smoke else (128, (4096, 8192))
 
     from test_kernels import check_against_reference, make_inputs
@@ -222,6 +226,8 @@ def main() -> None:
         if not args.smoke:
             impls["fp8_gluon"] = lambda: fp8("gluon", "pointer")
             impls["fp8_ws"] = lambda: fp8("seesaw", "pointer")  # the warp-specialised Gluon FP8 tile
+            if args.mma:
+                impls["fp8_mma"] = lambda: fp8("mma", "pointer")  # the 16-row Gluon FP8 tile
             if args.parts:  # its parts alone (results meaningless): the dequantizing producer, the consumers' math
                 impls["fp8_ws_producer_alone"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=1))
                 impls["fp8_ws_consumers_alone"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=2))
@@ -240,7 +246,7 @@ def main() -> None:
         sync()
         row["fp8_finite"] = bool(torch.isfinite(fo).all())
         row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
-        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws"):  # the same math in another order: ~0
+        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_mma"):  # the same math in another order: ~0
             if other in impls:
                 oo, _ = impls[other]()
                 row[f"{other}_vs_fp8_small_max_abs"] = float((oo.float() - fo.float()).abs().max())

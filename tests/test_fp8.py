@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import os
 import struct
 
 import pytest
@@ -384,10 +385,12 @@ def test_fp8_refuses_a_tile_that_cannot_read_it():
                         is_fp8_kvcache=True, path="v4")
 
 
-@pytest.mark.skipif(DEVICE != "cpu", reason="on an sm_90 GPU the warp-specialised FP8 tile runs")
-def test_fp8_forcing_the_warp_specialised_tile_where_it_cannot_run_says_why(monkeypatch):
-    """path="seesaw" with an FP8 cache forces the warp-specialised Gluon FP8 tile (v5_fp8_ws.py), which needs CUDA,
-    sm_90 and Triton 3.6: elsewhere a ValueError that says why, before any output buffer is allocated."""
+@pytest.mark.skipif(DEVICE != "cpu", reason="on an sm_90 GPU the forced Gluon FP8 tiles run")
+@pytest.mark.parametrize("path", ["seesaw", "mma"])
+def test_fp8_forcing_a_gluon_fp8_tile_where_it_cannot_run_says_why(path, monkeypatch):
+    """path="seesaw" / "mma" with an FP8 cache forces the warp-specialised Gluon FP8 tile (v5_fp8_ws.py) / the
+    16-row one (v5_fp8_mma.py), which need CUDA, sm_90 and Triton 3.6: elsewhere a ValueError that says why, before
+    any output buffer is allocated."""
     from mla_tutorial.kernels import v5
 
     class NoAlloc:  # v5's view of torch, with the allocation the launch path makes first turned into a failure
@@ -400,9 +403,16 @@ def test_fp8_forcing_the_warp_specialised_tile_where_it_cannot_run_says_why(monk
 
     monkeypatch.setattr(v5, "torch", NoAlloc())
     args = _fp8_good()
-    with pytest.raises(ValueError, match="path 'seesaw' cannot run these inputs here: .+"):
+    with pytest.raises(ValueError, match=f"path '{path}' cannot run these inputs here: .+"):
         K.mla_decode_v5(args["q"], args["k_cache"], args["block_table"], args["cache_seqlens"], 512,
-                        is_fp8_kvcache=True, path="seesaw")
+                        is_fp8_kvcache=True, path=path)
+
+
+def test_the_16_row_fp8_tile_reads_only_an_fp8_cache():
+    """path="mma" is the 16-row FP8 tile: on a bf16 cache it is refused by name, wherever it runs."""
+    q, k, block_table, seqlens = make_inputs([10, 70], 1, 4, 1, torch.bfloat16, seed=3)
+    with pytest.raises(ValueError, match="path 'mma' .+ reads only an FP8 cache"):
+        K.mla_decode_v5(q, k, block_table, seqlens, 512, path="mma")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,13 +421,21 @@ def test_fp8_forcing_the_warp_specialised_tile_where_it_cannot_run_says_why(monk
 GPU_LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
 
 
+#: The 16-row FP8 tile (v5_fp8_mma.py, path "mma") has not yet run on a GPU: its cases run when asked for
+#: (MLA_FP8_MMA=1) until a GPU run has checked it.
+UNVERIFIED_MMA = pytest.mark.skipif(os.environ.get("MLA_FP8_MMA") != "1",
+                                    reason="v5_fp8_mma.py not yet run on a GPU: set MLA_FP8_MMA=1")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw"])
+@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw",
+                                  pytest.param("mma", marks=UNVERIFIED_MMA)])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
-    """The FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile and
-    its warp-specialised form (path "seesaw"; both pad fewer than 64 rows, as FlashMLA's kernel does)."""
+    """The FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile, its
+    warp-specialised form (path "seesaw"; both pad fewer than 64 rows, as FlashMLA's kernel does) and the 16-row
+    Gluon FP8 tile (path "mma": 16 rows per program, m_tiles of them)."""
     from mla_tutorial.kernels import v5_small
 
     tile, _, loads = path.partition("-")

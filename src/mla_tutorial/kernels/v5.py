@@ -14,7 +14,9 @@ mla_tutorial/fp8.py) is read on sm_90 at 16+ rows by the warp-specialised Gluon 
 v5_fp8_ws.py: a dequantizing producer partition fills the bf16 slots both products of two consumer warpgroups
 read), elsewhere and below 16 rows by the small tile, which dequantizes each key chunk on load; all keep bf16
 tensor-core work after that. `path="gluon"` forces the lockstep Gluon FP8 tile (v5_fp8_gluon.py: the same page work
-in the warps that do the math), 6-10 % slower on the H200.
+in the warps that do the math), 6-10 % slower on the H200. `path="mma"` forces the 16-row FP8 tile
+(v5_fp8_mma.py: mma.sync on 16 query rows instead of wgmma on 64, one page slot, two programs per SM; not yet run on
+a GPU, so nothing routes to it).
 
 A block id outside [0, num_blocks) inside a request's length is never dereferenced: the kernels skip it and
 clear a per-device "ok" flag, on which `check_bounds=True` (the default) enqueues a device-side assertion (no host
@@ -32,13 +34,14 @@ from .common import D_NOPE, TileConfig, validate_metadata
 from .schedule import get_mla_metadata
 from .v4_balanced import _launch_v4
 from .v5_fp8_gluon import launch_v5_fp8_gluon
+from .v5_fp8_mma import launch_v5_fp8_mma
 from .v5_fp8_ws import launch_v5_fp8_ws
 from .v5_gluon import BLOCK_M as GLUON_BLOCK_M
 from .v5_gluon import GluonConfig, gluon_unavailable, launch_v5_gluon
 from .v5_seesaw import launch_v5_seesaw
 from .v5_small import launch_v5_small, small_tile_config
 
-PATHS = ("seesaw", "gluon", "small", "v4")
+PATHS = ("seesaw", "gluon", "small", "v4", "mma")  # "mma": the 16-row FP8 tile (an FP8 cache only)
 
 
 def on_gpu(q) -> bool:
@@ -99,10 +102,12 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
                is_fp8: bool = False):
     forced = path  # kernel_choice picks a tile only where it runs: a forced one is checked below
     path = path or kernel_choice(q, k_cache, dims.rows_per_kv, dims.h_kv)[0]
-    if is_fp8 and path not in ("small", "gluon", "seesaw"):
-        raise ValueError(f"path {path!r} cannot read an FP8 cache (is_fp8_kvcache=True): only 'small', 'gluon' and "
-                         f"'seesaw' (the warp-specialised FP8 tile) can")
-    if forced in ("seesaw", "gluon"):  # a forced Gluon tile where it cannot run: say why, before anything is allocated
+    if is_fp8 and path not in ("small", "gluon", "seesaw", "mma"):
+        raise ValueError(f"path {path!r} cannot read an FP8 cache (is_fp8_kvcache=True): only 'small', 'gluon', "
+                         f"'seesaw' (the warp-specialised FP8 tile) and 'mma' (the 16-row FP8 tile) can")
+    if path == "mma" and not is_fp8:
+        raise ValueError("path 'mma' (the 16-row FP8 tile) reads only an FP8 cache (is_fp8_kvcache=True)")
+    if forced in ("seesaw", "gluon", "mma"):  # a forced Gluon tile where it cannot run: say why, before allocating
         why = gluon_unavailable(q, k_cache, dims.h_kv)
         if why is not None:
             raise ValueError(f"path {path!r} cannot run these inputs here: {why}")
@@ -117,7 +122,10 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     part_out = torch.empty(slots, s_q * h_q, D_NOPE, dtype=torch.float32, device=dev)
     part_lse = torch.empty(slots, s_q * h_q, dtype=torch.float32, device=dev)
     flag = ok_flag(dev) if error_flag is None else error_flag
-    if path == "seesaw" and is_fp8:
+    if path == "mma":
+        launch_v5_fp8_mma(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
+                          part_lse, flag)
+    elif path == "seesaw" and is_fp8:
         launch_v5_fp8_ws(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                          part_lse, flag, mode=int(getattr(config, "mode", 0)))
     elif path == "seesaw":

@@ -135,18 +135,18 @@ if gluon is not None:
 
     @gluon.jit
     def _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL: gl.constexpr, s_rows: gl.constexpr,
-                  o_layout: gl.constexpr):
-        """A 64-row tile's state at the start of a request: its rows, their tokens and visible keys (all s_k, or
-        bottom-right causal), the running max and sum, and the [64, 512] output accumulator."""
-        rows = m_start + gl.arange(0, 64, layout=s_rows)
+                  o_layout: gl.constexpr, BLOCK_M: gl.constexpr = 64):
+        """A BLOCK_M-row tile's state at the start of a request: its rows, their tokens and visible keys (all s_k,
+        or bottom-right causal), the running max and sum, and the [BLOCK_M, 512] output accumulator."""
+        rows = m_start + gl.arange(0, BLOCK_M, layout=s_rows)
         tok = rows // heads_per_kv
         if CAUSAL:
             n_visible = s_k - s_q + 1 + tok
         else:
             n_visible = tok * 0 + s_k
-        m_i = gl.full([64], float("-inf"), gl.float32, layout=s_rows)
-        l_i = gl.zeros([64], gl.float32, layout=s_rows)
-        return rows, tok, n_visible, m_i, l_i, gl.zeros([64, 512], gl.float32, layout=o_layout)
+        m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=s_rows)
+        l_i = gl.zeros([BLOCK_M], gl.float32, layout=s_rows)
+        return rows, tok, n_visible, m_i, l_i, gl.zeros([BLOCK_M, 512], gl.float32, layout=o_layout)
 
     @gluon.jit
     def _v5_page_id(block_table_row, i, hi, SUB: gl.constexpr, PAGE: gl.constexpr):
@@ -188,7 +188,7 @@ if gluon is not None:
     @gluon.jit
     def _v5_store(acc, m_i, l_i, rows, tok, req, slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q,
                   heads_per_kv, rows_per_kv, m_start, o_rows: gl.constexpr, o_cols: gl.constexpr, COL0: gl.constexpr,
-                  NCOLS: gl.constexpr, WRITE_LSE: gl.constexpr):
+                  NCOLS: gl.constexpr, WRITE_LSE: gl.constexpr, BLOCK_M: gl.constexpr = 64):
         """A tile's end of a request: O / l for output columns COL0 .. COL0+NCOLS-1 (and, if WRITE_LSE, the LSE) to
         the output when the request is one piece, else as an fp32 partial in partial slot `slot` for the combine
         kernel. rows / tok: the tile's query rows and their tokens, in the layout of m_i and l_i."""
@@ -197,7 +197,7 @@ if gluon is not None:
         l_safe = gl.where(has_keys, l_i, 1.0)
         o = acc / gl.convert_layout(l_safe, o_rows)[:, None]
         lse = (m_i + gl.log2(l_safe)) * 0.6931471805599453
-        o_rows_idx = m_start + gl.arange(0, 64, layout=o_rows)
+        o_rows_idx = m_start + gl.arange(0, BLOCK_M, layout=o_rows)
         o_ok = o_rows_idx < rows_per_kv
         o_tok = o_rows_idx // heads_per_kv
         o_head = o_rows_idx % heads_per_kv

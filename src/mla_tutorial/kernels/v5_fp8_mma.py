@@ -1,0 +1,178 @@
+# version 5, FP8 cache, 16-row tiles: the Gluon FP8 tile of v5_fp8_gluon.py cut to 16 query rows, with mma.sync
+# (stage 5; prepared, not yet run on a GPU: reached only by forcing path="mma").
+#
+# What it adds over v5_fp8_gluon.py (same schedule, semantics and page work):
+#   * 16 query rows per program instead of 64. wgmma's smallest tile has 64 rows, so the Gluon FP8 tiles pad a
+#     16-head call to 64 rows and do 4x its tensor-core work: at h_q 16 their consumers' math alone (0.212 ms at
+#     b 128, s_k 4k) is slower than the whole call issue 9 asks for (0.111). Here both products are Ampere-style
+#     mma.sync (m16n8k16, `mma_v2`), whose tile has 16 rows: S = Q·Kᵀ [16, 64] with the 4 warps splitting the keys,
+#     O += P·V [16, 512] as four [16, 128] accumulators, the warps splitting each one's columns; the operands are
+#     read from shared memory (Q's nine 64-column blocks and the page's for S, 128 value columns at a time for
+#     P·V); P crosses the warps through shared memory.
+#   * one page slot, 4 warps, so that two programs share an SM (Q 18 KB + one bf16 page 74 KB + P 2 KB): while one
+#     program dequantizes, the other multiplies. The page work is the lockstep FP8 tile's: each page's e4m3 bytes
+#     are loaded one page ahead as packed words (_fp8_fetch), dequantized by the PTX sequence and stored once into
+#     the slot both products read (_fp8_put); k_rope goes by cp.async (_fp8_rope_copy).
+#   Per page: S on the slot -> softmax -> P to shared memory -> barrier -> P·V on the slot -> barrier -> page i+1
+#   (held in registers) into the slot, its k_rope copied -> barrier -> page i+2's loads issued.
+# Why (docs/fp8.md §5): h_q 16 is the shape an FP8 cache should win (bound by the bytes it reads), and at 16 rows
+# the math is a quarter of the padded tile's. Expected (H200, b 128, s_k 4096, h_q 16): ~0.12-0.15 ms against 0.325
+# for the warp-specialised FP8 tile and 0.166 for FlashMLA's bf16 call (FlashMLA / ours ~1.1-1.4; target 1.5).
+# Risks: the dequantization of a page (~1,000 instructions per thread with 4 warps) not hidden by the other
+# program's math; the per-page reloads of Q from shared memory; ptxas spills at 2 programs per SM (255 registers).
+# Measured: not yet run on a GPU.
+"""Version 5 over an FP8 cache, 16-row tiles with mma.sync (Hopper and Ampere's tensor-core instruction; Gluon,
+Triton 3.6)."""
+
+from __future__ import annotations
+
+from .common import LOG2E
+from .launch import FastLauncher
+from .v5_fp8_gluon import _fp8_fetch, _fp8_page, _fp8_put, _fp8_rope_copy, async_copy
+from .v5_gluon import (
+    _v5_flag_stale,
+    _v5_load_q,
+    _v5_next_part,
+    _v5_online_softmax,
+    _v5_pages,
+    _v5_part,
+    _v5_start,
+    _v5_store,
+    gl,
+    gluon,
+)
+
+BLOCK_M16 = 16  # query rows per program
+MMA_WARPS = 4
+
+try:  # Ampere's warp-level MMA (mma.sync), in Gluon
+    from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+except Exception:  # pragma: no cover - depends on the installed Triton
+    mma_v2 = None
+
+
+if gluon is not None:
+
+    @gluon.jit
+    def _v5_fp8_mma_kernel(
+        q_ptr, kv_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
+        meta_ptr, num_splits_ptr, ok_ptr,
+        stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
+        s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
+        qk_scale,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, num_warps: gl.constexpr,
+    ):
+        BM: gl.constexpr = 16
+        PAGE: gl.constexpr = 64
+        CHUNK: gl.constexpr = 64
+        D_V: gl.constexpr = 512
+        # one mma.sync layout for both products: the warps split the columns (S: keys, O: output columns)
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps],
+                                                      instr_shape=[16, 8])
+        a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+        b_op: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+        rows_l: gl.constexpr = gl.SliceLayout(1, mma)
+        cols_l: gl.constexpr = gl.SliceLayout(0, mma)
+        smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        # a page's loads: 4 words (16 bytes) per thread and row of a 64-byte chunk; k_rope: 8 bf16 per thread
+        ldw: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [num_warps, 1], [1, 0])
+        ldr: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+        dtype: gl.constexpr = q_ptr.dtype.element_ty
+
+        q_smem = gl.allocate_shared_memory(dtype, [BM, D_V], smem_layout)  # Q's latent part
+        qr_smem = gl.allocate_shared_memory(dtype, [BM, CHUNK], smem_layout)  # Q's RoPE part
+        k_buf = gl.allocate_shared_memory(dtype, [PAGE, D_V], smem_layout)  # the dequantized page: c_kv (K, V)
+        kr_buf = gl.allocate_shared_memory(dtype, [PAGE, CHUNK], smem_layout)  # and k_rope
+        p_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+
+        m_start = (gl.program_id(1) % m_tiles) * BM
+        begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
+        next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
+
+        for req in range(begin_req, end_req + 1):
+            s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
+            _v5_flag_stale(ok_ptr, req, s_k, gl.cdiv(s_k, PAGE), begin_req, begin_block, end_req, end_block,
+                           next_req, next_block, max_blocks)
+            split = gl.where(req == begin_req, begin_split, 0)
+            first_slot = gl.load(num_splits_ptr + req)
+            pieces = gl.load(num_splits_ptr + req + 1) - first_slot
+            bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
+
+            gl.thread_barrier()  # every warp is done with the previous request's Q and page
+            # prologue: page lo into the slot, page lo + 1's words in flight, Q into shared memory
+            page, n_rows = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
+            _fp8_rope_copy(kr_buf, kv_ptr, page, n_rows, stride_kvb, ldr)
+            b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
+            _fp8_put(k_buf, b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype)
+            page, n_rows = _fp8_page(bt_row, lo + 1, hi, s_k, num_blocks, ok_ptr)
+            b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
+            _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
+                       rows_per_kv, 0, 9, CHUNK, BM, num_warps)
+            async_copy.wait_group(0)
+            gl.thread_barrier()
+
+            rows, tok, n_visible, m_i, l_i, _ = _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL, rows_l, mma, BM)
+            # O [16, 512] as four [16, 128] accumulators (a value operand of 128 columns is 32 registers a thread;
+            # the whole page's would be 128)
+            acc0 = gl.zeros([BM, 128], gl.float32, layout=mma)
+            acc1 = gl.zeros([BM, 128], gl.float32, layout=mma)
+            acc2 = gl.zeros([BM, 128], gl.float32, layout=mma)
+            acc3 = gl.zeros([BM, 128], gl.float32, layout=mma)
+            for i in range(lo, hi):
+                # S = Q·Kᵀ [16, 64] over the 576 columns, 64 at a time: warp w computes keys 16w .. 16w + 15
+                s = gl.zeros([BM, PAGE], gl.float32, layout=mma)
+                for c in gl.static_range(8):
+                    qa = q_smem.slice(c * CHUNK, CHUNK, dim=1).load(a_op)
+                    kb = k_buf.slice(c * CHUNK, CHUNK, dim=1).permute((1, 0)).load(b_op)
+                    s = mma_v2(qa, kb, s)
+                s = mma_v2(qr_smem.load(a_op), kr_buf.permute((1, 0)).load(b_op), s)
+                p, alpha, m_i, l_i = _v5_online_softmax(s, i * PAGE, n_visible, m_i, l_i, qk_scale, cols_l, PAGE)
+                p_smem.store(p.to(dtype))
+                gl.thread_barrier()  # every warp's keys of P are in; every warp's S is done with k_rope
+                if i + 1 < hi:  # page i+1's k_rope into the slot's RoPE box (S no longer reads it)
+                    _fp8_rope_copy(kr_buf, kv_ptr, page, n_rows, stride_kvb, ldr)
+
+                # O = O·alpha + P·V [16, 512], 128 output columns at a time (the warps split each 128)
+                pa = p_smem.load(a_op)
+                acc0 = mma_v2(pa, k_buf.slice(0, 128, dim=1).load(b_op), acc0 * alpha[:, None])
+                acc1 = mma_v2(pa, k_buf.slice(128, 128, dim=1).load(b_op), acc1 * alpha[:, None])
+                acc2 = mma_v2(pa, k_buf.slice(256, 128, dim=1).load(b_op), acc2 * alpha[:, None])
+                acc3 = mma_v2(pa, k_buf.slice(384, 128, dim=1).load(b_op), acc3 * alpha[:, None])
+                gl.thread_barrier()  # every warp is done with the page and with P
+                if i + 1 < hi:  # page i+1 (its words in registers) into the slot, page i+2's loads issued
+                    _fp8_put(k_buf, b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype)
+                    page, n_rows = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)
+                    b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb,
+                                                                                ldw)
+                    async_copy.wait_group(0)  # page i+1's k_rope has landed
+                    gl.thread_barrier()  # page i+1 is in the slot
+
+            for c in gl.static_range(4):  # (static: picks accumulator c)
+                if c == 0:
+                    o = acc0
+                elif c == 1:
+                    o = acc1
+                elif c == 2:
+                    o = acc2
+                else:
+                    o = acc3
+                _v5_store(o, m_i, l_i, rows, tok, req, first_slot + split, pieces, out_ptr, lse_ptr, part_out_ptr,
+                          part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l, 128 * c, 128,
+                          c == 0, BM)
+
+
+_LAUNCH = FastLauncher(_v5_fp8_mma_kernel) if gluon is not None else None
+
+
+def launch_v5_fp8_mma(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
+                      part_lse, ok_flag):
+    """Launch the 16-row FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache, rows contiguous)."""
+    m_tiles = -(-dims.rows_per_kv // BLOCK_M16)
+    _LAUNCH(
+        (meta.shape[0], m_tiles),
+        q, k_cache, block_table, cache_seqlens, out, lse, part_out, part_lse, meta, num_splits, ok_flag,
+        q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), block_table.stride(0),
+        dims.s_q, dims.h_q, dims.heads_per_kv, dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks,
+        dims.scale * LOG2E,
+        CAUSAL=causal, META_COLS=meta.shape[1], num_warps=MMA_WARPS,
+    )
