@@ -92,31 +92,13 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
     return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": ss.WS_REGS})
 
 
-def compile_v5_fp8_mma(causal: bool = False):
-    """The 16-row Gluon FP8 tile (v5_fp8_mma.py, mma.sync), same signature as the lockstep FP8 tile."""
+def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
+    """A Gluon FP8 tile over a contiguous FP8 cache (one signature for all three): kind "gluon" the lockstep tile
+    (v5_fp8_gluon.py), "ws" the warp-specialised one (v5_fp8_ws.py; MODE: its probes, 1 the producer alone, 2 the
+    consumers alone, ...), "mma" the 16-row one (v5_fp8_mma.py)."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from mla_tutorial.kernels import v5_fp8_mma
-
-    sig = {"q_ptr": "*bf16", "kv_ptr": "*fp8e4nv", "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
-           "out_ptr": "*bf16", "lse_ptr": "*fp32", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
-           "meta_ptr": "*i32", "num_splits_ptr": "*i32", "ok_ptr": "*i32", "stride_qb": "i32", "stride_qs": "i32",
-           "stride_qh": "i32", "stride_kvb": "i32", "stride_btb": "i32", "s_q": "i32", "h_q": "i32",
-           "heads_per_kv": "i32", "rows_per_kv": "i32", "m_tiles": "i32", "num_blocks": "i32", "max_blocks": "i32",
-           "qk_scale": "fp32", "CAUSAL": "constexpr", "META_COLS": "constexpr", "num_warps": "constexpr"}
-    attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 4, 14)}
-    warps = v5_fp8_mma.MMA_WARPS
-    src = GluonASTSource(v5_fp8_mma._v5_fp8_mma_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "num_warps": warps},
-                         attrs)
-    return triton.compile(src, target=TARGET, options={"num_warps": warps})
-
-
-def compile_v5_fp8(causal: bool = False, ws: bool = False, mode: int = 0):
-    """The Gluon FP8 tile (v5_fp8_gluon.py) over a contiguous FP8 cache, or (ws) the warp-specialised one
-    (v5_fp8_ws.py, same signature and MODE: 1 the producer alone, 2 the consumers alone)."""
-    from triton.experimental.gluon._runtime import GluonASTSource
-
-    from mla_tutorial.kernels import v5_fp8_gluon, v5_fp8_ws
+    from mla_tutorial.kernels import v5_fp8_gluon, v5_fp8_mma, v5_fp8_ws
 
     sig = {"q_ptr": "*bf16", "kv_ptr": "*fp8e4nv", "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
            "out_ptr": "*bf16", "lse_ptr": "*fp32", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
@@ -125,14 +107,15 @@ def compile_v5_fp8(causal: bool = False, ws: bool = False, mode: int = 0):
            "heads_per_kv": "i32", "rows_per_kv": "i32", "m_tiles": "i32", "num_blocks": "i32", "max_blocks": "i32",
            "qk_scale": "fp32", "CAUSAL": "constexpr", "META_COLS": "constexpr", "num_warps": "constexpr"}
     attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 4, 14)}  # q, the cache, out; the block stride
-    fn = v5_fp8_ws._v5_fp8_ws_kernel if ws else v5_fp8_gluon._v5_fp8_kernel
-    warps = v5_fp8_ws.CONSUMER_WARPS if ws else 8
+    fn, warps = {"gluon": (v5_fp8_gluon._v5_fp8_kernel, 8), "ws": (v5_fp8_ws._v5_fp8_ws_kernel,
+                                                                   v5_fp8_ws.CONSUMER_WARPS),
+                 "mma": (v5_fp8_mma._v5_fp8_mma_kernel, v5_fp8_mma.MMA_WARPS)}[kind]
     consts = {"CAUSAL": causal, "META_COLS": 8, "num_warps": warps}
-    if ws:
+    if kind == "ws":
         sig["MODE"] = "constexpr"
         consts["MODE"] = mode
     src = GluonASTSource(fn, sig, consts, attrs)
-    options = {"num_warps": warps, "maxnreg": v5_fp8_ws.WS_REGS} if ws else {"num_warps": warps}
+    options = {"num_warps": warps, "maxnreg": v5_fp8_ws.WS_REGS} if kind == "ws" else {"num_warps": warps}
     return triton.compile(src, target=TARGET, options=options)
 
 
@@ -198,12 +181,12 @@ def main() -> None:
                 print(f"v5f causal={causal}: {report(f'v5f_c{int(causal)}', ck, workdir)}")
         elif name == "v5fmma":  # the 16-row Gluon FP8 tile (mma.sync)
             for causal in (False, True):
-                ck = compile_v5_fp8_mma(causal=causal)
+                ck = compile_v5_fp8(causal=causal, kind="mma")
                 print(f"v5fmma causal={causal}: {report(f'v5fmma_c{int(causal)}', ck, workdir)}")
         elif name.startswith("v5fws"):  # the warp-specialised Gluon FP8 tile (v5fws:MODE: its parts alone)
             mode = int(name.split(":")[1]) if ":" in name else 0
             for causal in (False, True):
-                ck = compile_v5_fp8(causal=causal, ws=True, mode=mode)
+                ck = compile_v5_fp8(causal=causal, kind="ws", mode=mode)
                 print(f"v5fws mode={mode} causal={causal}: {report(f'v5fws{mode}_c{int(causal)}', ck, workdir)}")
         elif name.split(":")[0] in ("ss", "ss-fine"):  # the seesaw tile (fine: one mbarrier per box; ss:EARLY)
             base, _, early = name.partition(":")

@@ -293,15 +293,21 @@ xor.b32 $0, $5, t;
 _LAUNCH = FastLauncher(_v5_fp8_kernel) if gluon is not None else None
 
 
-def launch_v5_fp8_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                        part_lse, ok_flag):
-    """Launch the Gluon FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache, rows contiguous)."""
-    m_tiles = -(-dims.rows_per_kv // BLOCK_M)
-    _LAUNCH(
-        (meta.shape[0], m_tiles),
+def fp8_tile_launch_args(block_m, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits, out, lse,
+                         part_out, part_lse, ok_flag) -> tuple[tuple[int, int], tuple]:
+    """(grid, run-time arguments) of the Gluon FP8 tiles (all three share one signature) for tiles of block_m query
+    rows over the schedule `meta`."""
+    m_tiles = -(-dims.rows_per_kv // block_m)
+    return (meta.shape[0], m_tiles), (
         q, k_cache, block_table, cache_seqlens, out, lse, part_out, part_lse, meta, num_splits, ok_flag,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), block_table.stride(0),
         dims.s_q, dims.h_q, dims.heads_per_kv, dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks,
-        dims.scale * LOG2E,
-        CAUSAL=causal, META_COLS=meta.shape[1], num_warps=NUM_WARPS,
-    )
+        dims.scale * LOG2E)
+
+
+def launch_v5_fp8_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
+                        part_lse, ok_flag):
+    """Launch the Gluon FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache, rows contiguous)."""
+    grid, args = fp8_tile_launch_args(BLOCK_M, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits, out,
+                                      lse, part_out, part_lse, ok_flag)
+    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], num_warps=NUM_WARPS)

@@ -26,9 +26,8 @@ Triton 3.6)."""
 
 from __future__ import annotations
 
-from .common import LOG2E
 from .launch import FastLauncher
-from .v5_fp8_gluon import _fp8_fetch, _fp8_page, _fp8_put, _fp8_rope_copy, async_copy
+from .v5_fp8_gluon import _fp8_fetch, _fp8_page, _fp8_put, _fp8_rope_copy, async_copy, fp8_tile_launch_args
 from .v5_gluon import (
     _v5_flag_stale,
     _v5_load_q,
@@ -167,12 +166,6 @@ _LAUNCH = FastLauncher(_v5_fp8_mma_kernel) if gluon is not None else None
 def launch_v5_fp8_mma(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                       part_lse, ok_flag):
     """Launch the 16-row FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache, rows contiguous)."""
-    m_tiles = -(-dims.rows_per_kv // BLOCK_M16)
-    _LAUNCH(
-        (meta.shape[0], m_tiles),
-        q, k_cache, block_table, cache_seqlens, out, lse, part_out, part_lse, meta, num_splits, ok_flag,
-        q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), block_table.stride(0),
-        dims.s_q, dims.h_q, dims.heads_per_kv, dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks,
-        dims.scale * LOG2E,
-        CAUSAL=causal, META_COLS=meta.shape[1], num_warps=MMA_WARPS,
-    )
+    grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
+                                      out, lse, part_out, part_lse, ok_flag)
+    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], num_warps=MMA_WARPS)

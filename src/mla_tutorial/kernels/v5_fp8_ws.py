@@ -74,9 +74,17 @@ from __future__ import annotations
 
 import triton.language as tl
 
-from .common import LOG2E
 from .launch import FastLauncher
-from .v5_fp8_gluon import _fp8_chunk, _fp8_fetch, _fp8_page, _fp8_rope_copy, _fp8_scale, _fp8_words, async_copy
+from .v5_fp8_gluon import (
+    _fp8_chunk,
+    _fp8_fetch,
+    _fp8_page,
+    _fp8_rope_copy,
+    _fp8_scale,
+    _fp8_words,
+    async_copy,
+    fp8_tile_launch_args,
+)
 from .v5_gluon import (
     BLOCK_M,
     O_LAYOUT,
@@ -289,12 +297,7 @@ def launch_v5_fp8_ws(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
     alone (zeros, no page loads, conversions or k_rope copy); mode 4: the consumers beside the producer without its
     chunk stores (loads, conversions and k_rope copy kept); mode 5: as 4 without the conversions (loads only);
     results meaningless, for timing the parts (as GluonConfig.mode)."""
-    m_tiles = -(-dims.rows_per_kv // BLOCK_M)
-    _LAUNCH(
-        (meta.shape[0], m_tiles),
-        q, k_cache, block_table, cache_seqlens, out, lse, part_out, part_lse, meta, num_splits, ok_flag,
-        q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), block_table.stride(0),
-        dims.s_q, dims.h_q, dims.heads_per_kv, dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks,
-        dims.scale * LOG2E,
-        CAUSAL=causal, META_COLS=meta.shape[1], MODE=mode, num_warps=CONSUMER_WARPS, maxnreg=WS_REGS,
-    )
+    grid, args = fp8_tile_launch_args(BLOCK_M, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits, out,
+                                      lse, part_out, part_lse, ok_flag)
+    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], MODE=mode, num_warps=CONSUMER_WARPS,
+            maxnreg=WS_REGS)
