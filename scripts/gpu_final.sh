@@ -4,6 +4,8 @@
 # shapes. Each step is time-boxed and logged to $OUT; when the seesaw check fails, the steps after it are skipped.
 # Carry .peers (FlashMLA, see ../shared/flashmla/README.md).
 #   STEPS="check time tests kernels fp8 decode" scripts/gpu_final.sh
+# Steps for the tiles not yet run on a GPU (not in the default list): mma (the 16-row FP8 tile's opt-in GPU cases,
+# then its timing beside the other FP8 tiles). The seesaw probe's check and time steps include its EARLY probes.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
 STEPS=${STEPS:-check time tests kernels fp8 decode}
@@ -29,7 +31,7 @@ has check && step check 300 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_sees
 if has check && { ! grep -q "^PASS" "$OUT/check.log" || grep -q "^FAIL" "$OUT/check.log"; }; then
   echo "=== the seesaw check failed: the other steps are skipped"; STEPS=""
 fi
-has time && step time 170 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw_probe.py --out "$OUT/time.json" \
+has time && step time 300 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw_probe.py --out "$OUT/time.json" \
   --skip-check
 has tests && step tests ${TEST_LIMIT:-200} env PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_kernels_gpu.py \
   tests/test_fp8.py tests/test_graphs_gpu.py tests/test_contract_gpu.py -q -p no:cacheprovider --durations=5 \
@@ -40,4 +42,10 @@ has fp8 && step fp8 120 env PYTHONPATH=$PEERS:src $PY scripts/gpu_fp8_bench.py -
 has decode && step decode 150 env PYTHONPATH=src $PY -m mla_tutorial bench --device cuda --config deepseek-v3 \
   --stages 2 4 --heads 128 16 --batch 1 8 64 --context 4096 --graphs both --warmup 5 --reps 30 \
   --out "$OUT/decode.json"
+has mma && step mma_tests 200 env MLA_FP8_MMA=1 PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_fp8.py -q -x \
+  -p no:cacheprovider -k "matrix and mma"
+if has mma && grep -q " passed" "$OUT/mma_tests.log" && ! grep -q "failed\|error" "$OUT/mma_tests.log"; then
+  step mma_bench 240 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma \
+    --sections env,correctness,timing --out "$OUT/mma.json"
+fi
 echo "=== done"
