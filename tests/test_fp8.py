@@ -497,3 +497,29 @@ def test_gpu_fp8_decode_step_is_capturable():
         assert torch.isfinite(out).all()
         torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
         torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-4)
+
+
+def test_the_gluon_fp8_tiles_share_the_launch_arguments_of_fp8_tile_launch_args():
+    """The three Gluon FP8 tiles (lockstep, warp-specialised, 16-row) are launched with one argument list
+    (v5_fp8_gluon.fp8_tile_launch_args): their run-time parameters must be the same, in the same order, and as many
+    as it builds. Checked on the signatures, so that a drift shows here and not as a wrong launch on a GPU."""
+    import inspect
+    from types import SimpleNamespace
+
+    from mla_tutorial.kernels import v5_fp8_gluon, v5_fp8_mma, v5_fp8_ws
+
+    if v5_fp8_gluon.gluon is None:
+        pytest.skip("Gluon does not import here")
+    kernels = [v5_fp8_gluon._v5_fp8_kernel, v5_fp8_ws._v5_fp8_ws_kernel, v5_fp8_mma._v5_fp8_mma_kernel]
+    runtime = [[p.name for p in inspect.signature(k.fn).parameters.values() if "constexpr" not in str(p.annotation)]
+               for k in kernels]
+    assert runtime[0] == runtime[1] == runtime[2]
+    q, k8, block_table, seqlens = fp8_inputs([70, 5], 2, 16, seed=3)
+    meta, splits = K.get_mla_metadata(seqlens, 32, 1)
+    dims = SimpleNamespace(rows_per_kv=32, s_q=2, h_q=16, heads_per_kv=16, num_blocks=k8.shape[0], max_blocks=2,
+                           scale=0.1)
+    for block_m, m_tiles in ((64, 1), (16, 2)):
+        grid, args = v5_fp8_gluon.fp8_tile_launch_args(block_m, q, k8, block_table, seqlens, dims, meta, splits, q,
+                                                       seqlens, q, seqlens, seqlens)
+        assert grid == (meta.shape[0], m_tiles) and len(args) == len(runtime[0])
+        assert args[runtime[0].index("m_tiles")] == m_tiles and args[runtime[0].index("kv_ptr")] is k8
