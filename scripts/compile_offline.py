@@ -111,7 +111,7 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
                                                                    v5_fp8_ws.CONSUMER_WARPS),
                  "mma": (v5_fp8_mma._v5_fp8_mma_kernel, v5_fp8_mma.MMA_WARPS)}[kind]
     consts = {"CAUSAL": causal, "META_COLS": 8, "num_warps": warps}
-    if kind == "ws":
+    if kind in ("ws", "mma"):
         sig["MODE"] = "constexpr"
         consts["MODE"] = mode
     src = GluonASTSource(fn, sig, consts, attrs)
@@ -179,10 +179,11 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal)
                 print(f"v5f causal={causal}: {report(f'v5f_c{int(causal)}', ck, workdir)}")
-        elif name == "v5fmma":  # the 16-row Gluon FP8 tile (mma.sync)
+        elif name.startswith("v5fmma"):  # the 16-row Gluon FP8 tile (mma.sync; v5fmma:MODE: its parts alone)
+            mode = int(name.split(":")[1]) if ":" in name else 0
             for causal in (False, True):
-                ck = compile_v5_fp8(causal=causal, kind="mma")
-                print(f"v5fmma causal={causal}: {report(f'v5fmma_c{int(causal)}', ck, workdir)}")
+                ck = compile_v5_fp8(causal=causal, kind="mma", mode=mode)
+                print(f"v5fmma mode={mode} causal={causal}: {report(f'v5fmma{mode}_c{int(causal)}', ck, workdir)}")
         elif name.startswith("v5fws"):  # the warp-specialised Gluon FP8 tile (v5fws:MODE: its parts alone)
             mode = int(name.split(":")[1]) if ":" in name else 0
             for causal in (False, True):

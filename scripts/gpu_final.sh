@@ -45,7 +45,7 @@ has decode && step decode 150 env PYTHONPATH=src $PY -m mla_tutorial bench --dev
 has mma && step mma_tests 200 env MLA_FP8_MMA=1 PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_fp8.py -q -x \
   -p no:cacheprovider -k "matrix and mma"
 if has mma && grep -q " passed" "$OUT/mma_tests.log" && ! grep -q "failed\|error" "$OUT/mma_tests.log"; then
-  step mma_bench 240 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma \
+  step mma_bench 300 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma --parts \
     --sections env,correctness,timing --out "$OUT/mma.json"
 fi
 echo "=== done"

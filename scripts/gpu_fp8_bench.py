@@ -228,6 +228,9 @@ def main() -> None:
             impls["fp8_ws"] = lambda: fp8("seesaw", "pointer")  # the warp-specialised Gluon FP8 tile
             if args.mma:
                 impls["fp8_mma"] = lambda: fp8("mma", "pointer")  # the 16-row Gluon FP8 tile
+                if args.parts:  # its parts alone (results meaningless): the page work, the products
+                    impls["fp8_mma_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1))
+                    impls["fp8_mma_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2))
             if args.parts:  # its parts alone (results meaningless): the dequantizing producer, the consumers' math
                 impls["fp8_ws_producer_alone"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=1))
                 impls["fp8_ws_consumers_alone"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=2))

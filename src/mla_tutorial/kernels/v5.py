@@ -124,7 +124,7 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     flag = ok_flag(dev) if error_flag is None else error_flag
     if path == "mma":
         launch_v5_fp8_mma(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                          part_lse, flag)
+                          part_lse, flag, mode=int(getattr(config, "mode", 0)))
     elif path == "seesaw" and is_fp8:
         launch_v5_fp8_ws(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                          part_lse, flag, mode=int(getattr(config, "mode", 0)))

@@ -59,8 +59,10 @@ if gluon is not None:
         stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, MODE: gl.constexpr, num_warps: gl.constexpr,
     ):
+        # MODE (timing probes, results meaningless): 0 the kernel; 1 the page work alone (no products); 2 the
+        # products alone (the slot is filled once per request, then no page loads, dequantization or k_rope copies)
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         CHUNK: gl.constexpr = 64
@@ -120,25 +122,27 @@ if gluon is not None:
             for i in range(lo, hi):
                 # S = Q·Kᵀ [16, 64] over the 576 columns, 64 at a time: warp w computes keys 16w .. 16w + 15
                 s = gl.zeros([BM, PAGE], gl.float32, layout=mma)
-                for c in gl.static_range(8):
-                    qa = q_smem.slice(c * CHUNK, CHUNK, dim=1).load(a_op)
-                    kb = k_buf.slice(c * CHUNK, CHUNK, dim=1).permute((1, 0)).load(b_op)
-                    s = mma_v2(qa, kb, s)
-                s = mma_v2(qr_smem.load(a_op), kr_buf.permute((1, 0)).load(b_op), s)
+                if MODE != 1:
+                    for c in gl.static_range(8):
+                        qa = q_smem.slice(c * CHUNK, CHUNK, dim=1).load(a_op)
+                        kb = k_buf.slice(c * CHUNK, CHUNK, dim=1).permute((1, 0)).load(b_op)
+                        s = mma_v2(qa, kb, s)
+                    s = mma_v2(qr_smem.load(a_op), kr_buf.permute((1, 0)).load(b_op), s)
                 p, alpha, m_i, l_i = _v5_online_softmax(s, i * PAGE, n_visible, m_i, l_i, qk_scale, cols_l, PAGE)
                 p_smem.store(p.to(dtype))
                 gl.thread_barrier()  # every warp's keys of P are in; every warp's S is done with k_rope
-                if i + 1 < hi:  # page i+1's k_rope into the slot's RoPE box (S no longer reads it)
+                if MODE != 2 and i + 1 < hi:  # page i+1's k_rope into the slot's RoPE box (S no longer reads it)
                     _fp8_rope_copy(kr_buf, kv_ptr, page, n_rows, stride_kvb, ldr)
 
                 # O = O·alpha + P·V [16, 512], 128 output columns at a time (the warps split each 128)
-                pa = p_smem.load(a_op)
-                acc0 = mma_v2(pa, k_buf.slice(0, 128, dim=1).load(b_op), acc0 * alpha[:, None])
-                acc1 = mma_v2(pa, k_buf.slice(128, 128, dim=1).load(b_op), acc1 * alpha[:, None])
-                acc2 = mma_v2(pa, k_buf.slice(256, 128, dim=1).load(b_op), acc2 * alpha[:, None])
-                acc3 = mma_v2(pa, k_buf.slice(384, 128, dim=1).load(b_op), acc3 * alpha[:, None])
+                if MODE != 1:
+                    pa = p_smem.load(a_op)
+                    acc0 = mma_v2(pa, k_buf.slice(0, 128, dim=1).load(b_op), acc0 * alpha[:, None])
+                    acc1 = mma_v2(pa, k_buf.slice(128, 128, dim=1).load(b_op), acc1 * alpha[:, None])
+                    acc2 = mma_v2(pa, k_buf.slice(256, 128, dim=1).load(b_op), acc2 * alpha[:, None])
+                    acc3 = mma_v2(pa, k_buf.slice(384, 128, dim=1).load(b_op), acc3 * alpha[:, None])
                 gl.thread_barrier()  # every warp is done with the page and with P
-                if i + 1 < hi:  # page i+1 (its words in registers) into the slot, page i+2's loads issued
+                if MODE != 2 and i + 1 < hi:  # page i+1 (its words in registers) into the slot, page i+2's loads
                     _fp8_put(k_buf, b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype)
                     page, n_rows = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)
                     b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb,
@@ -164,8 +168,9 @@ _LAUNCH = FastLauncher(_v5_fp8_mma_kernel) if gluon is not None else None
 
 
 def launch_v5_fp8_mma(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                      part_lse, ok_flag):
-    """Launch the 16-row FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache, rows contiguous)."""
+                      part_lse, ok_flag, mode: int = 0):
+    """Launch the 16-row FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache, rows contiguous). mode 1:
+    the page work alone, 2: the products alone (results meaningless, for timing the parts, as GluonConfig.mode)."""
     grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
                                       out, lse, part_out, part_lse, ok_flag)
-    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], num_warps=MMA_WARPS)
+    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], MODE=mode, num_warps=MMA_WARPS)
