@@ -21,9 +21,7 @@ Safe to run blind: every section and every shape is guarded, and the JSON is rew
 4. fp8_configs: other small-tile launch configurations of the FP8 path, both load modes, at h16 and h128, s_k 4096
    (the defaults in v5_small.FP8_SMALL_TILE_CONFIGS / FP8_TMA_SMALL_TILE_CONFIGS come from compile reports only).
    With --parts, the warp-specialised FP8 tile's parts alone (GluonConfig(mode=1): the dequantizing producer, the
-   consumers handing each page back unread; mode=2: the consumers' math on slots the producer hands over untouched;
-   mode=3: the consumers beside the producer's shared-memory stores only, zeros, no page loads or conversions;
-   mode=4: the consumers beside the producer without its chunk stores; mode=5: the same without its conversions)
+   consumers handing each page back unread; mode=2: the consumers' math on slots the producer hands over untouched)
    and the bf16 lockstep tile's compute alone (its mode 2): results meaningless, times for the profile.
 5. append: the cost of quantizing one decode step's new rows (b = 128, one token each) as stage 5 does.
 
@@ -235,9 +233,6 @@ def main() -> None:
                 impls["fp8_ws_producer_alone"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=1))
                 impls["fp8_ws_consumers_alone"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=2))
                 # the consumers beside the producer's shared-memory stores only / beside the producer minus its stores
-                impls["fp8_ws_stores_only_producer"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=3))
-                impls["fp8_ws_no_store_producer"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=4))
-                impls["fp8_ws_loads_only_producer"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=5))
                 impls["bf16_lockstep_compute_alone"] = lambda: K.mla_decode_v5(  # the same math, bf16 tile, no loads
                     q, kc, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False,
                     path="gluon", config=GluonConfig(mode=2))

@@ -147,37 +147,15 @@ mov.b32 {$2, $3}, hi;
         async_copy.async_copy_global_to_shared(kr_buf, base[:, None] + cols[None, :], mask=(rows < n_rows)[:, None])
         async_copy.commit_group()
 
-    #: KEEP probe of _fp8_chunk: the four bf16 of a word, packed back into two 32-bit registers, xor-ed into a
-    #: running word ($0 = $5 ^ {$1, $2} ^ {$3, $4}): one or two instructions per word instead of the stores.
-    _XOR4_KEEP = gl.constexpr("""{
-.reg .b32 t, u;
-mov.b32 t, {$1, $2};
-mov.b32 u, {$3, $4};
-xor.b32 t, t, u;
-xor.b32 $0, $5, t;
-}""")
-
     @gluon.jit
-    def _fp8_chunk(view, w, scale, dtype: gl.constexpr, KEEP: gl.constexpr = 0, keep=0):
+    def _fp8_chunk(view, w, scale, dtype: gl.constexpr):
         """A 64-column chunk, 16 int32 words of four e4m3 values per row, times its rows' scale, as bf16 into a
-        [64, 64] shared-memory view: _E4M3X4_TIMES_SCALE per word, its four results put back in column order.
-        KEEP (timing probes, v5_fp8_ws.py MODES 4 and 5): no store; 1: the results are xor-ed into `keep` ((64, 16)
-        int32, w's layout), 2: the words themselves are (no dequantization); `keep` is returned, so that they stay
-        alive (otherwise it is returned unchanged)."""
-        if KEEP == 2:
-            return keep ^ w
+        [64, 64] shared-memory view: _E4M3X4_TIMES_SCALE per word, its four results put back in column order."""
         v0, v1, v2, v3 = gl.inline_asm_elementwise(
             _E4M3X4_TIMES_SCALE, "=h,=h,=h,=h,r,r", [w, scale.to(gl.int32, bitcast=True)[:, None] + w * 0],
             dtype=(gl.bfloat16, gl.bfloat16, gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
-        if KEEP == 1:
-            keep = gl.inline_asm_elementwise(
-                _XOR4_KEEP, "=r,h,h,h,h,r",
-                [v0.to(gl.int16, bitcast=True), v1.to(gl.int16, bitcast=True), v2.to(gl.int16, bitcast=True),
-                 v3.to(gl.int16, bitcast=True), keep], dtype=gl.int32, is_pure=True, pack=1)
-        else:
-            x = gl.reshape(gl.join(gl.join(v0, v2), gl.join(v1, v3)), [64, 64])  # value k of word j: column 4j + k
-            view.store(x)
-        return keep
+        x = gl.reshape(gl.join(gl.join(v0, v2), gl.join(v1, v3)), [64, 64])  # value k of word j: column 4j + k
+        view.store(x)
 
     @gluon.jit
     def _fp8_put(k_buf, b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype: gl.constexpr):

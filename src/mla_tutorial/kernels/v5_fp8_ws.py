@@ -16,11 +16,9 @@
 #   Compiled for sm_90a (scripts/compile_offline.py v5fws, Triton 3.6): 229,924 B of shared memory, 12 warps at 168
 #   registers, setmaxnreg 192 (consumers) / 120 (producer); ptxas spills 36 / 48 bytes (causal: 68 / 80), none
 #   inside the consumers' page loop, a few words per page in the producer's (its 64 words + 8 scales in flight).
-#   MODE (launch_v5_fp8_ws's mode; 1-5 are timing probes, results meaningless): 0 the kernel; 1 the producer alone;
-#   2 the consumers alone; 3 the consumers + the producer's shared-memory stores alone (zeros, same chunk stores and
-#   barriers, no page loads, conversions or cp.async); 4 the consumers + the producer without its chunk stores
-#   (loads, conversions and cp.async kept; the converted words xor-ed into registers, stored under a false mask);
-#   5 as 4 without the conversions (the loaded words themselves xor-ed in).
+#   MODE (launch_v5_fp8_ws's mode; 1 and 2 are timing probes, results meaningless): 0 the kernel; 1 the producer
+#   alone; 2 the consumers alone. (Modes 3-5, a producer doing only part of its work beside the consumers, were
+#   measured once and removed: commit 39d97be has them, docs/fp8.md §5 their results.)
 #
 # Barrier protocol. Both partitions walk the same pages in the same order (the schedule slice of _v5_part, each
 # request's pages [lo, hi) of _v5_pages) and count them in `it`, which runs on across requests: page `it` of the
@@ -63,10 +61,10 @@
 # dequantization moved under P·V), and a producer slower than predicted (then ~0.27 / 0.50).
 # Measured (H200, 2026-12-02, docs/fp8.md §5, results/fp8_bench_ws_h200_2026-12-02.json): correct on its first run;
 # h64 0.299 ms, h128 0.510, h16 0.325 (lockstep FP8 0.316 / 0.564 / 0.346): 5-10 % bought, not the ~30 % expected.
-# Its parts alone (MODES 1-5): consumers 0.195 at h64 (the bf16 lockstep tile's math, already slower than every FP8
-# target asks for the whole call), producer 0.222; together they overlap ~60 %: beside the consumers the producer's
-# stores cost +5 %, its loads +22 %, its loads and dequantization +57 % (its instruction stream on the same
-# schedulers as the consumers' serial chain). The risk named above (the stores) was not what bound it.
+# Its parts alone (MODES 1, 2): consumers 0.195 at h64 (the bf16 lockstep tile's math, already slower than every FP8
+# target asks for the whole call), producer 0.222; together they overlap ~60 %: beside the consumers (modes 3-5)
+# the producer's stores cost +5 %, its loads +22 %, its loads and dequantization +57 % (its instruction stream on
+# the same schedulers as the consumers' serial chain). The risk named above (the stores) was not what bound it.
 """Version 5 over an FP8 cache, warp-specialised: a dequantizing producer partition and two consumer warpgroups
 (Hopper, Triton 3.6)."""
 
@@ -119,31 +117,22 @@ if gluon is not None:
 
     @gluon.jit
     def _ws_put_pair(k_buf, T: gl.constexpr, wa, wb, s, kv_ptr, page, n_rows, stride_kvb, ldw: gl.constexpr,
-                     dtype: gl.constexpr, keep, KEEP: gl.constexpr):
+                     dtype: gl.constexpr):
         """Chunks 2T and 2T + 1 of the current page (words wa, wb; scale s) dequantized into the bf16 slot k_buf;
         each chunk's registers then take the loads of the same chunk of the next page (page, n_rows), and s its
-        scale T once both chunks are converted. Returns the next page's (wa, wb, s) and `keep` (KEEP, MODES 4 and
-        5: the chunks, or their words, are not stored but xor-ed into it, _fp8_chunk)."""
-        keep = _fp8_chunk(k_buf.slice(128 * T, 64, dim=1), wa, s, dtype, KEEP, keep)
+        scale T once both chunks are converted. Returns the next page's (wa, wb, s)."""
+        _fp8_chunk(k_buf.slice(128 * T, 64, dim=1), wa, s, dtype)
         wa = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 2 * T, ldw)
-        keep = _fp8_chunk(k_buf.slice(128 * T + 64, 64, dim=1), wb, s, dtype, KEEP, keep)
+        _fp8_chunk(k_buf.slice(128 * T + 64, 64, dim=1), wb, s, dtype)
         wb = _fp8_words(kv_ptr, page, n_rows, stride_kvb, 2 * T + 1, ldw)
         s = _fp8_scale(kv_ptr, page, n_rows, stride_kvb, T, ldw)
-        return wa, wb, s, keep
-
-    @gluon.jit
-    def _ws_zero_chunk(view, ldw: gl.constexpr, dtype: gl.constexpr):
-        """MODE 3 probe: zeros into a [64, 64] chunk view, in the register layout of _fp8_chunk's store (the same
-        join / reshape of four (64, 16) tensors in the words' layout), so the same shared-memory stores."""
-        z = gl.zeros([64, 16], dtype, layout=ldw)
-        view.store(gl.reshape(gl.join(gl.join(z, z), gl.join(z, z)), [64, 64]))
+        return wa, wb, s
 
     @gluon.jit
     def _ws_producer(kv_ptr, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_kvb, stride_btb, num_blocks,
                      max_blocks, k_smem, kr_smem, bars, META_COLS: gl.constexpr, MODE: gl.constexpr):
         """The dequantizing partition: every page of the slice into the slots, in the consumers' order (MODE 2: hands
-        the slots over untouched; MODE 3: stores zeros, no page loads, conversions or k_rope copy; MODE 4: loads and
-        converts, no stores of the chunks; MODE 5: loads only, no dequantization, no stores of the chunks)."""
+        the slots over untouched)."""
         # a chunk's loads: 4 words (16 bytes) per thread and row (4 threads a row, 32 rows per pass over 4 warps);
         # k_rope: 8 bf16 per thread, 8 threads a row
         ldw: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [PRODUCER_WARPS, 1], [1, 0])
@@ -152,8 +141,6 @@ if gluon is not None:
         begin_req, begin_block, end_req, end_block, _ = _v5_part(meta_ptr, META_COLS)
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
 
-        KEEP: gl.constexpr = 1 if MODE == 4 else (2 if MODE == 5 else 0)  # _fp8_chunk's probes
-        keep = gl.zeros([64, 16], gl.int32, layout=ldw) if KEEP else 0  # MODES 4, 5: the sink that keeps them alive
         it = 0  # pages of this program so far: slot it % 2, that slot's use it // 2
         for req in range(begin_req, end_req + 1):
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
@@ -168,20 +155,13 @@ if gluon is not None:
                 slot = it % 2
                 k_buf = k_smem.index(slot)
                 mbarrier.wait(bars.index(EMPTY0 + slot), ((it // 2) & 1) ^ 1)  # the consumers are done with it
-                if MODE == 3:  # the stores alone: a whole page of zeros into the slot, the same chunk stores
-                    for c in gl.static_range(8):
-                        _ws_zero_chunk(k_buf.slice(64 * c, 64, dim=1), ldw, dtype)
-                elif MODE != 2:
+                if MODE != 2:
                     _fp8_rope_copy(kr_smem.index(slot), kv_ptr, page, n_rows, stride_kvb, ldr)
                     # page i into the slot, chunk by chunk; page i + 1's loads behind them (none past the slice)
-                    w0, w1, s0, keep = _ws_put_pair(k_buf, 0, w0, w1, s0, kv_ptr, nxt, nxt_rows, stride_kvb, ldw,
-                                                    dtype, keep, KEEP)
-                    w2, w3, s1, keep = _ws_put_pair(k_buf, 1, w2, w3, s1, kv_ptr, nxt, nxt_rows, stride_kvb, ldw,
-                                                    dtype, keep, KEEP)
-                    w4, w5, s2, keep = _ws_put_pair(k_buf, 2, w4, w5, s2, kv_ptr, nxt, nxt_rows, stride_kvb, ldw,
-                                                    dtype, keep, KEEP)
-                    w6, w7, s3, keep = _ws_put_pair(k_buf, 3, w6, w7, s3, kv_ptr, nxt, nxt_rows, stride_kvb, ldw,
-                                                    dtype, keep, KEEP)
+                    w0, w1, s0 = _ws_put_pair(k_buf, 0, w0, w1, s0, kv_ptr, nxt, nxt_rows, stride_kvb, ldw, dtype)
+                    w2, w3, s1 = _ws_put_pair(k_buf, 1, w2, w3, s1, kv_ptr, nxt, nxt_rows, stride_kvb, ldw, dtype)
+                    w4, w5, s2 = _ws_put_pair(k_buf, 2, w4, w5, s2, kv_ptr, nxt, nxt_rows, stride_kvb, ldw, dtype)
+                    w6, w7, s3 = _ws_put_pair(k_buf, 3, w6, w7, s3, kv_ptr, nxt, nxt_rows, stride_kvb, ldw, dtype)
                 page = nxt
                 n_rows = nxt_rows
                 nxt, nxt_rows = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)
@@ -190,11 +170,6 @@ if gluon is not None:
                 gl.thread_barrier()  # every producer thread's share is in
                 mbarrier.arrive(bars.index(READY0 + slot))
                 it += 1
-        if KEEP:  # the sink, stored under a mask that is false at run time (a page stride is never negative)
-            rows = gl.arange(0, 64, layout=gl.SliceLayout(1, ldw))
-            cols = gl.arange(0, 16, layout=gl.SliceLayout(0, ldw))
-            sink = kv_ptr.to(gl.pointer_type(gl.int32)) + rows[:, None] * 16 + cols[None, :]
-            gl.store(sink, keep, mask=(stride_kvb < 0) & (rows < 64)[:, None])
 
     @gluon.jit
     def _ws_consumer(q_ptr, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
@@ -293,10 +268,8 @@ def launch_v5_fp8_ws(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
                      part_lse, ok_flag, mode: int = 0):
     """Launch the warp-specialised Gluon FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache, rows
     contiguous). mode 1: the producer alone (the consumers hand each page back unread); mode 2: the consumers alone
-    (the producer hands each slot over untouched); mode 3: the consumers beside the producer's shared-memory stores
-    alone (zeros, no page loads, conversions or k_rope copy); mode 4: the consumers beside the producer without its
-    chunk stores (loads, conversions and k_rope copy kept); mode 5: as 4 without the conversions (loads only);
-    results meaningless, for timing the parts (as GluonConfig.mode)."""
+    (the producer hands each slot over untouched); results meaningless, for timing the parts (as
+    GluonConfig.mode)."""
     grid, args = fp8_tile_launch_args(BLOCK_M, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits, out,
                                       lse, part_out, part_lse, ok_flag)
     _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], MODE=mode, num_warps=CONSUMER_WARPS,
