@@ -407,7 +407,14 @@ class GluonConfig:
     mode: int = 0  # 0: compute; 1: loads only; 2: MMAs only (timing the parts, results meaningless; the seesaw
     #                tile reads `fine` and mode 2 from this too)
     fine: bool = False  # multiply each 64-column box as soon as it lands
-    early: int = 0  # the seesaw tile: when warpgroup 1 releases a pair's right halves (v5_seesaw._ss_consumer)
+    early: int = 0  # the seesaw tile: when warpgroup 1 releases a pair's right halves (v5_seesaw._ss_consumer_at)
+
+    def __post_init__(self):
+        # a value the kernels do not know would compile a tile that never releases its buffers (a hang), not an error
+        if self.mode not in (0, 1, 2):
+            raise ValueError(f"GluonConfig.mode must be 0, 1 or 2, got {self.mode!r}")
+        if self.early not in (0, 1, 2, 3):
+            raise ValueError(f"GluonConfig.early must be 0, 1, 2 or 3, got {self.early!r}")
 
     def smem_bytes(self) -> int:
         return 64 * 576 * 2 + self.stages * self.sub * 576 * 2 + 64 * self.sub * 2
