@@ -4,8 +4,9 @@
 # shapes. Each step is time-boxed and logged to $OUT; when the seesaw check fails, the steps after it are skipped.
 # Carry .peers (FlashMLA, see ../shared/flashmla/README.md).
 #   STEPS="check time tests kernels fp8 decode" scripts/gpu_final.sh
-# Steps for the tiles not yet run on a GPU (not in the default list): mma (the 16-row FP8 tile's opt-in GPU cases,
-# then its timing beside the other FP8 tiles). The seesaw probe's check and time steps include its EARLY probes.
+# Steps not in the default list: mma (the 16-row FP8 tile's GPU cases, then its timing and its parts beside the other
+# FP8 tiles), ncu (Nsight Compute's counters for the FP8 tiles; scripts/gpu_ncu_fp8.py). The seesaw probe's check and
+# time steps include its EARLY probes.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
 STEPS=${STEPS:-check time tests kernels fp8 decode}
@@ -38,14 +39,21 @@ has tests && step tests ${TEST_LIMIT:-200} env PYTHONPATH=src:tests $PY -m pytes
   -k "not v1_naive and not v2_head and not v3_split"
 has kernels && step kernels 200 env PYTHONPATH=$PEERS:src $PY -m mla_tutorial bench --kernel --shapes targets,ablation \
   --out "$OUT/kernels.json"
-has fp8 && step fp8 120 env PYTHONPATH=$PEERS:src $PY scripts/gpu_fp8_bench.py --quick --out "$OUT/fp8.json"
+has fp8 && step fp8 120 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma --parts \
+  --sections env,correctness,timing --out "$OUT/fp8.json"
 has decode && step decode 150 env PYTHONPATH=src $PY -m mla_tutorial bench --device cuda --config deepseek-v3 \
   --stages 2 4 --heads 128 16 --batch 1 8 64 --context 4096 --graphs both --warmup 5 --reps 30 \
   --out "$OUT/decode.json"
-has mma && step mma_tests 200 env MLA_FP8_MMA=1 PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_fp8.py -q -x \
+has mma && step mma_tests 200 env PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_fp8.py -q -x \
   -p no:cacheprovider -k "matrix and mma"
 if has mma && grep -q " passed" "$OUT/mma_tests.log" && ! grep -q "failed\|error" "$OUT/mma_tests.log"; then
   step mma_bench 300 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma --parts \
     --sections env,correctness,timing --out "$OUT/mma.json"
 fi
+# Nsight Compute's counters for the FP8 tiles at h16 and the bf16 seesaw tile at h64 (b 128, s_k 4k): where each
+# stalls (warp states), what each saturates (speed of light, memory and compute pipes), how many programs fit
+has ncu && step ncu ${NCU_LIMIT:-240} ncu --clock-control none -k "regex:_v5_fp8_mma_kernel|_v5_fp8_ws_kernel|_ss_kernel" \
+  -c 3 --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+  --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats \
+  env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py
 echo "=== done"

@@ -10,13 +10,12 @@
 Both walk v4's balanced schedule (schedule.py) and share its combine kernel. Where the Gluon tile cannot run
 (no sm_90, another Triton, h_kv > 1, a cache that TMA cannot address) v4's 64-row tile runs instead;
 `kernel_choice` says which runs and why. An FP8 cache (`is_fp8_kvcache=True`, FlashMLA's 656-byte rows,
-mla_tutorial/fp8.py) is read on sm_90 at 16+ rows by the warp-specialised Gluon FP8 tile (path "seesaw",
-v5_fp8_ws.py: a dequantizing producer partition fills the bf16 slots both products of two consumer warpgroups
-read), elsewhere and below 16 rows by the small tile, which dequantizes each key chunk on load; all keep bf16
-tensor-core work after that. `path="gluon"` forces the lockstep Gluon FP8 tile (v5_fp8_gluon.py: the same page work
-in the warps that do the math), 6-10 % slower on the H200. `path="mma"` forces the 16-row FP8 tile
-(v5_fp8_mma.py: mma.sync on 16 query rows instead of wgmma on 64, one page slot, two programs per SM; not yet run on
-a GPU, so nothing routes to it).
+mla_tutorial/fp8.py) is read on sm_90 by a Gluon FP8 tile: at up to 16 query rows per KV head the 16-row tile (path
+"mma", v5_fp8_mma.py: mma.sync on 16 rows instead of wgmma on 64, one page slot, two programs per SM), at more the
+warp-specialised one (path "seesaw", v5_fp8_ws.py: a dequantizing producer partition fills the bf16 slots both
+products of two consumer warpgroups read); elsewhere by the small tile, which dequantizes each key chunk on load. All
+keep bf16 tensor-core work after the dequantization. `path="gluon"` forces the lockstep Gluon FP8 tile
+(v5_fp8_gluon.py: the same page work in the warps that do the math), 6-10 % slower on the H200.
 
 A block id outside [0, num_blocks) inside a request's length is never dereferenced: the kernels skip it and
 clear a per-device "ok" flag, on which `check_bounds=True` (the default) enqueues a device-side assertion (no host
@@ -34,10 +33,10 @@ from .common import D_NOPE, TileConfig, validate_metadata
 from .schedule import get_mla_metadata
 from .v4_balanced import _launch_v4
 from .v5_fp8_gluon import launch_v5_fp8_gluon
-from .v5_fp8_mma import launch_v5_fp8_mma
+from .v5_fp8_mma import launch_v5_fp8_mma, mma_v2
 from .v5_fp8_ws import launch_v5_fp8_ws
 from .v5_gluon import BLOCK_M as GLUON_BLOCK_M
-from .v5_gluon import GluonConfig, gluon_unavailable, launch_v5_gluon
+from .v5_gluon import DEFAULT_GLUON_CONFIG, GluonConfig, gluon_unavailable, launch_v5_gluon
 from .v5_seesaw import launch_v5_seesaw
 from .v5_small import launch_v5_small, small_tile_config
 
@@ -63,10 +62,22 @@ SMALL_TILE_MAX_ROWS = 16
 FP8_GLUON_MIN_ROWS = 16
 
 
+#: An FP8 cache with at most this many query rows per KV head is read by the 16-row FP8 tile (v5_fp8_mma.py) where the
+#: Gluon tiles run. On the H200 (2026-12-02, b = 128, s_k = 4096, h_q = 16) it took 0.267 ms against 0.327 for the
+#: warp-specialised FP8 tile and 0.370 for the small tile (docs/results/fp8_bench_mma_h200_2026-12-02.json); at 64
+#: and 128 rows it runs 4 and 8 programs per page, each dequantizing it again: 0.768 and 1.409 ms against 0.300 and
+#: 0.510. Between 17 and 63 rows it is not measured: the warp-specialised tile stays.
+FP8_MMA_MAX_ROWS = 16
+
+
 def kernel_choice(q: torch.Tensor, k_cache: torch.Tensor, rows_per_kv: int, h_kv: int) -> tuple[str, str]:
-    """(path, reason): which tile v5 runs for these inputs here, "seesaw", "gluon", "small" or "v4", and why."""
+    """(path, reason): which tile v5 runs for these inputs here, "seesaw", "mma", "small" or "v4", and why."""
     if k_cache.dtype == torch.float8_e4m3fn:
         why = gluon_unavailable(q, k_cache, h_kv)
+        if why is None and rows_per_kv <= FP8_MMA_MAX_ROWS and mma_v2 is not None:
+            return "mma", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head on sm_90 (<= "
+                           f"{FP8_MMA_MAX_ROWS}): the 16-row Gluon FP8 tile (mma.sync on 16 rows, two programs per "
+                           f"SM, one dequantizing a page while the other multiplies)")
         if why is None and rows_per_kv >= FP8_GLUON_MIN_ROWS:
             return "seesaw", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head on sm_90: the "
                               f"warp-specialised Gluon FP8 tile (a producer partition dequantizes each page into "
@@ -131,7 +142,8 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     elif path == "seesaw":
         launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                          part_out, part_lse, flag, fine=bool(getattr(config, "fine", False)),
-                         mode=int(getattr(config, "mode", 0)), early=int(getattr(config, "early", 0)))
+                         mode=int(getattr(config, "mode", 0)),
+                         early=int(getattr(config, "early", DEFAULT_GLUON_CONFIG.early)))
     elif path == "gluon" and is_fp8:
         launch_v5_fp8_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                             part_out, part_lse, flag)

@@ -26,6 +26,10 @@
 #   heads 12-20 % over the lockstep tile (s_k 4k 0.447 → 0.393 ms, 0.60 of FlashMLA; s_q 2 causal 0.851 → 0.679, 0.65);
 #   at 64 heads 3-4 % (s_k 4k 0.253 → 0.244, 0.69). Its compute alone (MODE 2) takes 0.159 ms there and the pages
 #   alone stream at the copy ceiling (0.145): what is left is their overlap (docs/kernel.md §11).
+# Since then (H200, 2026-12-02, docs/results/probes/seesaw_early_h200_2026-12-02.json): warpgroup 1 releases page
+#   B's right half as soon as its product is done (EARLY 1, now the default), ~0.5 µs before the pair ends.
+#   Predicted 4 % at h64 sk4k (0.244 → 0.235); bought nothing there (0.2456 against 0.2442) and 1-4 % at 128 heads
+#   (s_k 4k 0.382 → 0.377, s_q 2 causal 0.679 → 0.647, means of two runs each).
 """Version 5's warp-specialised Gluon tile: a producer warp and FlashMLA's seesaw schedule (Hopper, Triton 3.6)."""
 
 from __future__ import annotations
@@ -230,10 +234,10 @@ if gluon is not None:
                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
                         FINE: gl.constexpr, EARLY: gl.constexpr):
         """Consumer warpgroup WG, EARLY choosing when warpgroup 1 releases a pair's right halves after its two last
-        products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (probes, results correct; the tile runs 0): 0 waits for
-        both, then releases both; 1 releases B's right half as soon as its product is done; 2 issues A's first and
-        releases A's right half (and P_A's box) as soon as it is done; 3 as 0 (launched with every constexpr
-        argument kept constant, which 0 is not: the kernel's note on warp_specialize)."""
+        products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (1 is the default; the others are probes, results correct):
+        0 waits for both, then releases both; 1 releases B's right half as soon as its product is done; 2 issues A's
+        first and releases A's right half (and P_A's box) as soon as it is done; 3 as 0 (launched with every
+        constexpr argument kept constant, which 0 is not: the kernel's note on warp_specialize)."""
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, 64, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -435,11 +439,12 @@ _LAUNCH = FastLauncher(_ss_kernel) if gluon is not None else None
 
 
 def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                     part_lse, ok_flag, fine: bool = False, mode: int = 0, early: int = 0):
+                     part_lse, ok_flag, fine: bool = False, mode: int = 0, early: int = 1):
     """Launch the seesaw tile over the schedule `meta`; partials of split requests go to part_out/part_lse.
     fine: each 64-column box on its own mbarrier, multiplied as soon as it lands (else one barrier per half).
     mode 2: no page copies, the compute alone (results meaningless: for timing the parts, as GluonConfig.mode).
-    early: when warpgroup 1 releases a pair's right halves (_ss_consumer's EARLY; 0, the default, at the end)."""
+    early: when warpgroup 1 releases a pair's right halves (_ss_consumer_at's EARLY; 1, the default, B's as soon as
+    its product is done; 0 both at the pair's end)."""
     m_tiles = -(-dims.rows_per_kv // 64)
     _LAUNCH(
         (meta.shape[0], m_tiles),
