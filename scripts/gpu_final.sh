@@ -56,4 +56,9 @@ has ncu && step ncu ${NCU_LIMIT:-240} ncu --clock-control none -k "regex:_v5_fp8
   -c 3 --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
   --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats \
   env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py
+# the same kernels' stall reasons (warps per issued instruction stalled on each reason: the warp-state chart in text)
+has stalls && step stalls ${NCU_LIMIT:-240} ncu --clock-control none \
+  -k "regex:_v5_fp8_mma_kernel|_v5_fp8_ws_kernel|_ss_kernel" -c 3 \
+  --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+  env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py
 echo "=== done"
