@@ -83,7 +83,7 @@ if gluon is not None:
         q_smem = gl.allocate_shared_memory(dtype, [BM, D_V], smem_layout)  # Q's latent part
         qr_smem = gl.allocate_shared_memory(dtype, [BM, CHUNK], smem_layout)  # Q's RoPE part
         k_buf = gl.allocate_shared_memory(dtype, [PAGE, D_V], smem_layout)  # the dequantized page: c_kv (K, V)
-        kr_buf = gl.allocate_shared_memory(dtype, [PAGE, CHUNK], smem_layout)  # and k_rope
+        kr_bufs = gl.allocate_shared_memory(dtype, [2, PAGE, CHUNK], smem_layout)  # and k_rope, two pages of it
         p_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
 
         m_start = (gl.program_id(1) % m_tiles) * BM
@@ -100,13 +100,16 @@ if gluon is not None:
             bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
 
             gl.thread_barrier()  # every warp is done with the previous request's Q and page
-            # prologue: page lo into the slot, page lo + 1's words in flight, Q into shared memory
+            # prologue: page lo into the slot, page lo + 1's words in flight, the k_rope of both copied, Q into
+            # shared memory
             page, n_rows = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
-            _fp8_rope_copy(kr_buf, kv_ptr, page, n_rows, stride_kvb, ldr)
+            _fp8_rope_copy(kr_bufs.index(0), kv_ptr, page, n_rows, stride_kvb, ldr)
             b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
             _fp8_put(k_buf, b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype)
             page, n_rows = _fp8_page(bt_row, lo + 1, hi, s_k, num_blocks, ok_ptr)
             b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
+            if lo + 1 < hi:
+                _fp8_rope_copy(kr_bufs.index(1), kv_ptr, page, n_rows, stride_kvb, ldr)
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
                        rows_per_kv, 0, 9, CHUNK, BM, num_warps)
             async_copy.wait_group(0)
@@ -120,19 +123,23 @@ if gluon is not None:
             acc2 = gl.zeros([BM, 128], gl.float32, layout=mma)
             acc3 = gl.zeros([BM, 128], gl.float32, layout=mma)
             for i in range(lo, hi):
-                # S = Q·Kᵀ [16, 64] over the 576 columns, 64 at a time: warp w computes keys 16w .. 16w + 15
+                kr_buf = kr_bufs.index((i - lo) % 2)  # page i's k_rope (page i+1's lands in the other box)
+                # S = Q·Kᵀ [16, 64] over the 576 columns, 64 at a time: warp w computes keys 16w .. 16w + 15, in
+                # two accumulators (even and odd chunks) so that each mma waits for half as many before it
                 s = gl.zeros([BM, PAGE], gl.float32, layout=mma)
+                s_odd = gl.zeros([BM, PAGE], gl.float32, layout=mma)
                 if MODE != 1:
                     for c in gl.static_range(8):
                         qa = q_smem.slice(c * CHUNK, CHUNK, dim=1).load(a_op)
                         kb = k_buf.slice(c * CHUNK, CHUNK, dim=1).permute((1, 0)).load(b_op)
-                        s = mma_v2(qa, kb, s)
-                    s = mma_v2(qr_smem.load(a_op), kr_buf.permute((1, 0)).load(b_op), s)
+                        if c % 2 == 0:
+                            s = mma_v2(qa, kb, s)
+                        else:
+                            s_odd = mma_v2(qa, kb, s_odd)
+                    s = mma_v2(qr_smem.load(a_op), kr_buf.permute((1, 0)).load(b_op), s) + s_odd
                 p, alpha, m_i, l_i = _v5_online_softmax(s, i * PAGE, n_visible, m_i, l_i, qk_scale, cols_l, PAGE)
                 p_smem.store(p.to(dtype))
-                gl.thread_barrier()  # every warp's keys of P are in; every warp's S is done with k_rope
-                if MODE != 2 and i + 1 < hi:  # page i+1's k_rope into the slot's RoPE box (S no longer reads it)
-                    _fp8_rope_copy(kr_buf, kv_ptr, page, n_rows, stride_kvb, ldr)
+                gl.thread_barrier()  # every warp's keys of P are in; every warp's S is done with page i's k_rope
 
                 # O = O·alpha + P·V [16, 512], 128 output columns at a time (the warps split each 128)
                 if MODE != 1:
@@ -145,10 +152,16 @@ if gluon is not None:
                 if MODE != 2 and i + 1 < hi:  # page i+1 (its words in registers) into the slot, page i+2's loads
                     _fp8_put(k_buf, b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype)
                     page, n_rows = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)
+                    if i + 2 < hi:  # page i+2's k_rope into page i's box (no copy past the end: a masked cp.async
+                        #             writes zeros, which could land after the next request's copy there)
+                        _fp8_rope_copy(kr_buf, kv_ptr, page, n_rows, stride_kvb, ldr)
                     b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb,
                                                                                 ldw)
-                    async_copy.wait_group(0)  # page i+1's k_rope has landed
-                    gl.thread_barrier()  # page i+1 is in the slot
+                    if i + 2 < hi:
+                        async_copy.wait_group(1)  # page i+1's k_rope (copied one page ago) has landed
+                    else:
+                        async_copy.wait_group(0)
+                    gl.thread_barrier()  # page i+1 is in the slot, its k_rope in the other box
 
             for c in gl.static_range(4):  # (static: picks accumulator c)
                 if c == 0:
