@@ -5,7 +5,7 @@
 # Carry .peers (FlashMLA, see ../shared/flashmla/README.md).
 #   STEPS="check time tests kernels fp8 decode" scripts/gpu_final.sh
 # Steps not in the default list: mma (the 16-row FP8 tile's GPU cases, then its timing and its parts beside the other
-# FP8 tiles), ncu (Nsight Compute's counters for the FP8 tiles; scripts/gpu_ncu_fp8.py). The seesaw probe's check and
+# FP8 tiles), ncu, stalls, sass (Nsight Compute's counters for the FP8 tiles; scripts/gpu_ncu_fp8.py). The seesaw probe's check and
 # time steps include its EARLY probes.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
@@ -61,4 +61,8 @@ has stalls && step stalls ${NCU_LIMIT:-240} ncu --clock-control none \
   -k "regex:_v5_fp8_mma_kernel|_v5_fp8_ws_kernel|_ss_kernel" -c 3 \
   --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
   env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py
+# the 16-row FP8 tile's stalls per SASS instruction (warp-state sampling; csv, one row per instruction)
+has sass && step sass ${NCU_LIMIT:-240} ncu --clock-control none -k "regex:_v5_fp8_mma_kernel" -c 1 \
+  --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
+  env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py --only mma
 echo "=== done"

@@ -1,6 +1,6 @@
 """Run each FP8 tile once at b 128, s_k 4096, for Nsight Compute (ncu) to read its counters: the 16-row mma.sync tile
 (v5_fp8_mma.py), the warp-specialised FP8 tile (v5_fp8_ws.py), and, for comparison, the bf16 seesaw tile at h 64.
-Nothing is timed here (ncu's replays are not timings); scripts/gpu_final.sh's ncu step wraps it:
+Nothing is timed here (ncu's replays are not timings); scripts/gpu_final.sh's ncu, stalls and sass steps wrap it:
 
     ncu --clock-control none -k regex:'_v5_fp8_mma_kernel|_v5_fp8_ws_kernel|_ss_kernel' -c 3 \
         --section SpeedOfLight --section WarpStateStats ... python3 scripts/gpu_ncu_fp8.py
@@ -22,8 +22,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--b", type=int, default=128)
     ap.add_argument("--s-k", type=int, default=4096)
+    ap.add_argument("--only", choices=["mma", "ws", "seesaw"], help="run one of the three kernels only")
     args = ap.parse_args()
-    runs = [(16, True, "mma"), (16, True, "seesaw"), (64, False, "seesaw")]  # (h_q, FP8 cache, path)
+    runs = {"mma": (16, True, "mma"), "ws": (16, True, "seesaw"), "seesaw": (64, False, "seesaw")}  # h_q, FP8, path
+    runs = [runs[args.only]] if args.only else list(runs.values())
     for h_q, fp8, path in runs:
         seqlens = make_lengths(args.b, args.s_k, "fixed", 1, torch.Generator())
         q, kc, bt, sl = make_inputs(seqlens, 1, h_q, "cuda", seed=h_q)
