@@ -62,7 +62,12 @@ has stalls && step stalls ${NCU_LIMIT:-240} ncu --clock-control none \
   --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
   env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py
 # the 16-row FP8 tile's stalls per SASS instruction (warp-state sampling; csv, one row per instruction)
-has sass && step sass ${NCU_LIMIT:-240} ncu --clock-control none -k "regex:_v5_fp8_mma_kernel" -c 1 \
-  --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
-  env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py --only mma
+sass_page() {
+  ncu --clock-control none -k "regex:_v5_fp8_mma_kernel" -c 1 --section SourceCounters --section WarpStateStats \
+    --export "$OUT/mma_sass" --force-overwrite env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py --only mma &&
+  { ncu -i "$OUT/mma_sass.ncu-rep" --page source --csv --print-source sass ||
+    ncu -i "$OUT/mma_sass.ncu-rep" --page source --csv; }
+}
+export -f sass_page; export OUT PY
+has sass && step sass ${NCU_LIMIT:-240} bash -c sass_page
 echo "=== done"
