@@ -124,14 +124,19 @@ if gluon is not None:
             acc3 = gl.zeros([BM, 128], gl.float32, layout=mma)
             for i in range(lo, hi):
                 kr_buf = kr_bufs.index((i - lo) % 2)  # page i's k_rope (page i+1's lands in the other box)
-                # S = Q·Kᵀ [16, 64] over the 576 columns, 64 at a time: warp w computes keys 16w .. 16w + 15
+                # S = Q·Kᵀ [16, 64] over the 576 columns, 64 at a time: warp w computes keys 16w .. 16w + 15, in
+                # two accumulators (even and odd chunks) so that each mma waits for half as many before it
                 s = gl.zeros([BM, PAGE], gl.float32, layout=mma)
+                s_odd = gl.zeros([BM, PAGE], gl.float32, layout=mma)
                 if MODE != 1:
                     for c in gl.static_range(8):
                         qa = q_smem.slice(c * CHUNK, CHUNK, dim=1).load(a_op)
                         kb = k_buf.slice(c * CHUNK, CHUNK, dim=1).permute((1, 0)).load(b_op)
-                        s = mma_v2(qa, kb, s)
-                    s = mma_v2(qr_smem.load(a_op), kr_buf.permute((1, 0)).load(b_op), s)
+                        if c % 2 == 0:
+                            s = mma_v2(qa, kb, s)
+                        else:
+                            s_odd = mma_v2(qa, kb, s_odd)
+                    s = mma_v2(qr_smem.load(a_op), kr_buf.permute((1, 0)).load(b_op), s) + s_odd
                 p, alpha, m_i, l_i = _v5_online_softmax(s, i * PAGE, n_visible, m_i, l_i, qk_scale, cols_l, PAGE)
                 p_smem.store(p.to(dtype))
                 gl.thread_barrier()  # every warp's keys of P are in; every warp's S is done with page i's k_rope
