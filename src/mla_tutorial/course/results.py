@@ -38,7 +38,7 @@ DECODE_PROFILE = "decode_profile_deepseek-v3_h200_2026-12-02.json"  # torch.prof
 ROOFLINE = "roofline_deepseek-v3_h200_2026-12-01.json"  # stages 2–4 under the measured ceilings
 CAPACITY = "capacity_deepseek-v3_141GB.json"  # sequences per 141 GB GPU at 32k tokens (arithmetic)
 FP8_ACCURACY = "fp8_accuracy_cpu_2026-12-01.json"  # scripts/fp8_accuracy.py (CPU)
-FP8_BENCH = "fp8_bench_ws_h200_2026-12-02.json"  # scripts/gpu_fp8_bench.py --parts (H200)
+FP8_BENCH = "fp8_bench_mma_h200_2026-12-02.json"  # scripts/gpu_fp8_bench.py --mma --parts (H200)
 
 #: How each committed file is produced (said when it is missing).
 PRODUCED_BY = {
@@ -460,8 +460,9 @@ def capacity_rows(source: str | Path | dict = CAPACITY) -> Capacity:
 class Fp8SpeedRow:
     """One implementation at one shape of the FP8 benchmark (b = 128, s_q = 1, whole call)."""
 
-    impl: str  # "fp8" (stage 5's path), "fp8_small" / "fp8_small_tma" / "fp8_gluon" / "fp8_ws" (its tiles, forced),
-    #            "bf16_v5" (stage 4's), "flashmla" (bf16); parts timed alone end in "_alone" (fp8_speed_rows' `parts`)
+    impl: str  # "fp8" (stage 5's path), "fp8_small" / "fp8_small_tma" / "fp8_gluon" / "fp8_ws" / "fp8_mma" (its tiles,
+    #            forced), "bf16_v5" (stage 4's), "flashmla" (bf16); parts timed alone end in "_alone" (fp8_speed_rows'
+    #            `parts`)
     b: int
     h_q: int
     s_k: int
@@ -481,6 +482,7 @@ class Fp8SpeedRow:
 #: The FP8 benchmark's implementations that force a tile (the others ran v5's choice, recorded in the file).
 _FORCED_TILES = {"fp8_small": "small", "fp8_small_tma": "small", "fp8_tma": "small", "fp8_gluon": "gluon",
                  "fp8_ws": "seesaw", "fp8_ws_producer_alone": "seesaw", "fp8_ws_consumers_alone": "seesaw",
+                 "fp8_mma": "mma", "fp8_mma_page_work_alone": "mma", "fp8_mma_products_alone": "mma",
                  "bf16_lockstep_compute_alone": "gluon"}
 
 

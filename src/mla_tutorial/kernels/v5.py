@@ -63,10 +63,11 @@ FP8_GLUON_MIN_ROWS = 16
 
 
 #: An FP8 cache with at most this many query rows per KV head is read by the 16-row FP8 tile (v5_fp8_mma.py) where the
-#: Gluon tiles run. On the H200 (2026-12-02, b = 128, s_k = 4096, h_q = 16) it took 0.267 ms against 0.327 for the
-#: warp-specialised FP8 tile and 0.370 for the small tile (docs/results/fp8_bench_mma_h200_2026-12-02.json); at 64
-#: and 128 rows it runs 4 and 8 programs per page, each dequantizing it again: 0.768 and 1.409 ms against 0.300 and
-#: 0.510. Between 17 and 63 rows it is not measured: the warp-specialised tile stays.
+#: Gluon tiles run. On the H200 (2026-12-02, b = 128, h_q = 16) it took 0.257 ms at s_k 4096 against 0.322 for the
+#: warp-specialised FP8 tile and 0.368 for the small tile, 0.440 against 0.554 at s_k 8192, 0.119 against 0.132 at
+#: 1024 (docs/results/fp8_bench_mma_h200_2026-12-02.json); at 64 and 128 rows it runs 4 and 8 programs per page,
+#: each dequantizing it again: 0.813 and 1.500 ms against 0.297 and 0.506. Between 17 and 63 rows it is not
+#: measured: the warp-specialised tile stays.
 FP8_MMA_MAX_ROWS = 16
 
 

@@ -1,5 +1,5 @@
 # version 5, FP8 cache, 16-row tiles: the Gluon FP8 tile of v5_fp8_gluon.py cut to 16 query rows, with mma.sync
-# (stage 5; prepared, not yet run on a GPU: reached only by forcing path="mma").
+# (stage 5; v5 runs it for an FP8 cache at up to 16 query rows per KV head on sm_90, path "mma").
 #
 # What it adds over v5_fp8_gluon.py (same schedule, semantics and page work):
 #   * 16 query rows per program instead of 64. wgmma's smallest tile has 64 rows, so the Gluon FP8 tiles pad a
@@ -9,18 +9,28 @@
 #     O += P·V [16, 512] as four [16, 128] accumulators, the warps splitting each one's columns; the operands are
 #     read from shared memory (Q's nine 64-column blocks and the page's for S, 128 value columns at a time for
 #     P·V); P crosses the warps through shared memory.
-#   * one page slot, 4 warps, so that two programs share an SM (Q 18 KB + one bf16 page 74 KB + P 2 KB): while one
-#     program dequantizes, the other multiplies. The page work is the lockstep FP8 tile's: each page's e4m3 bytes
-#     are loaded one page ahead as packed words (_fp8_fetch), dequantized by the PTX sequence and stored once into
-#     the slot both products read (_fp8_put); k_rope goes by cp.async (_fp8_rope_copy).
+#   * one page slot, 4 warps, so that two programs share an SM (Q 18 KB + one bf16 page 64 KB + two k_rope boxes
+#     16 KB + P 2 KB): while one program dequantizes, the other multiplies. The page work is the lockstep FP8 tile's:
+#     each page's e4m3 bytes are loaded one page ahead as packed words (_fp8_fetch), dequantized by the PTX sequence
+#     and stored once into the slot both products read (_fp8_put); k_rope goes by cp.async (_fp8_rope_copy), two
+#     pages ahead, into the box the page before last used.
 #   Per page: S on the slot -> softmax -> P to shared memory -> barrier -> P·V on the slot -> barrier -> page i+1
-#   (held in registers) into the slot, its k_rope copied -> barrier -> page i+2's loads issued.
+#   (held in registers) into the slot -> page i+2's loads issued, its k_rope copied -> page i+1's k_rope waited
+#   for -> barrier. S runs in two accumulators (even and odd 64-column chunks), two chains of dependent mma.
 # Why (docs/fp8.md §5): h_q 16 is the shape an FP8 cache should win (bound by the bytes it reads), and at 16 rows
 # the math is a quarter of the padded tile's. Expected (H200, b 128, s_k 4096, h_q 16): ~0.12-0.15 ms against 0.325
 # for the warp-specialised FP8 tile and 0.166 for FlashMLA's bf16 call (FlashMLA / ours ~1.1-1.4; target 1.5).
 # Risks: the dequantization of a page (~1,000 instructions per thread with 4 warps) not hidden by the other
 # program's math; the per-page reloads of Q from shared memory; ptxas spills at 2 programs per SM (255 registers).
-# Measured: not yet run on a GPU.
+# Bought (H200, 2026-12-02, docs/results/fp8_bench_mma_h200_2026-12-02.json, FlashMLA in the same run): correct on
+#   its first run (the hostile matrix, h_q 1-128, s_q 1-2); 0.267 ms at h16 s_k 4k as first written, 0.257 with the
+#   k_rope copied two pages ahead and S in two chains (0.322 for the warp-specialised tile, 0.168 for FlashMLA:
+#   0.65 of FlashMLA, target 1.5). Its page work alone takes 0.174 ms, its products alone 0.116, together 0.257:
+#   each program is latency-bound on its own chain (2 warps per scheduler; Nsight Compute: 0.24 instructions issued
+#   per cycle and scheduler), so the two programs per SM hide little of each other. Where its warps wait
+#   (docs/results/probes/ncu_fp8_mma_sass_h200_2026-12-02.csv.gz): S's mma and their operand loads 21 % of the
+#   samples, P·V 10 %, the dequantization and page loads ~38 %, a spilled loop counter reloaded from local memory at
+#   each page's end 9 %, the block-table load each page's loads wait for 3 % (docs/fp8.md §5).
 """Version 5 over an FP8 cache, 16-row tiles with mma.sync (Hopper and Ampere's tensor-core instruction; Gluon,
 Triton 3.6)."""
 
