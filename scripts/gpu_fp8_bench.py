@@ -8,7 +8,7 @@ Safe to run blind: every section and every shape is guarded, and the JSON is rew
    `dequantize_k_cache(k_fp8)` on FlashMLA's hostile recipe (lengths 0, 1, 20, 63, 64, 65, 140, 4096 in one batch;
    NaN in unused rows, so NaN bytes and scales; sentinel ids), h_q 16/64/128, s_q 1/2, both load modes of the small
    tile, the Gluon FP8 tile and its warp-specialised form (path "seesaw", v5_fp8_ws.py), and with --mma the 16-row
-   Gluon FP8 tile (path "mma", v5_fp8_mma.py, not yet run on a GPU), with the bf16 tolerances;
+   Gluon FP8 tile (path "mma", v5_fp8_mma.py; v5's choice at up to 16 rows), with the bf16 tolerances;
    and the API at b = 64, lengths ~ N(4096, 2048). The in-kernel bounds flag is read, never asserted, here.
 3. timing: b = 128, page 64, h_q 16/64/128 at s_k 4096/8192 (fixed lengths) and h_q 16 at lengths ~ N(4096, 2048),
    s_q 1: the FP8 path (plain loads, and TMA loads: v5_small.FP8_LOADS; fp8_gluon / fp8_ws: the Gluon FP8 tiles
@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--out", default="fp8_bench.json")
     ap.add_argument("--quick", action="store_true", help="s_k 4096 only (h16 fixed and ~N, h64, h128), no config sweep")
     ap.add_argument("--mma", action="store_true",
-                    help="also the 16-row Gluon FP8 tile (path 'mma', v5_fp8_mma.py; not yet run on a GPU)")
+                    help="also the 16-row Gluon FP8 tile forced (path 'mma', v5_fp8_mma.py); with --parts, its parts")
     ap.add_argument("--parts", action="store_true",
                     help="also the warp-specialised FP8 tile's parts alone (producer / consumers; results meaningless)")
     ap.add_argument("--smoke", action="store_true", help="CPU, interpreter, tiny shapes: test the script itself")
