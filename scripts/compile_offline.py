@@ -95,7 +95,7 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
 def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
     """A Gluon FP8 tile over a contiguous FP8 cache (one signature for all three): kind "gluon" the lockstep tile
     (v5_fp8_gluon.py), "ws" the warp-specialised one (v5_fp8_ws.py; MODE: its probes, 1 the producer alone, 2 the
-    consumers alone, ...), "mma" the 16-row one (v5_fp8_mma.py)."""
+    consumers alone, ...), "mma" the 16-row one (v5_fp8_mma.py), "mma8" the same with 8 warps and 128 registers."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from mla_tutorial.kernels import v5_fp8_gluon, v5_fp8_mma, v5_fp8_ws
@@ -109,13 +109,16 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
     attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 4, 14)}  # q, the cache, out; the block stride
     fn, warps = {"gluon": (v5_fp8_gluon._v5_fp8_kernel, 8), "ws": (v5_fp8_ws._v5_fp8_ws_kernel,
                                                                    v5_fp8_ws.CONSUMER_WARPS),
-                 "mma": (v5_fp8_mma._v5_fp8_mma_kernel, v5_fp8_mma.MMA_WARPS)}[kind]
+                 "mma": (v5_fp8_mma._v5_fp8_mma_kernel, v5_fp8_mma.MMA_WARPS),
+                 "mma8": (v5_fp8_mma._v5_fp8_mma_kernel, v5_fp8_mma.WIDE_WARPS)}[kind]
     consts = {"CAUSAL": causal, "META_COLS": 8, "num_warps": warps}
-    if kind in ("ws", "mma"):
+    if kind in ("ws", "mma", "mma8"):
         sig["MODE"] = "constexpr"
         consts["MODE"] = mode
     src = GluonASTSource(fn, sig, consts, attrs)
-    options = {"num_warps": warps, "maxnreg": v5_fp8_ws.WS_REGS} if kind == "ws" else {"num_warps": warps}
+    options = {"num_warps": warps}
+    if kind in ("ws", "mma8"):
+        options["maxnreg"] = v5_fp8_ws.WS_REGS if kind == "ws" else v5_fp8_mma.WIDE_MAXNREG
     return triton.compile(src, target=TARGET, options=options)
 
 
@@ -179,11 +182,13 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal)
                 print(f"v5f causal={causal}: {report(f'v5f_c{int(causal)}', ck, workdir)}")
-        elif name.startswith("v5fmma"):  # the 16-row Gluon FP8 tile (mma.sync; v5fmma:MODE: its parts alone)
-            mode = int(name.split(":")[1]) if ":" in name else 0
+        elif name.startswith("v5fmma"):  # the 16-row Gluon FP8 tile (mma.sync; v5fmma:MODE: its parts alone;
+            #                               v5fmma8[:MODE]: 8 warps per program, 128 registers)
+            base, _, mode = name.partition(":")
+            mode, kind = int(mode or 0), "mma8" if base == "v5fmma8" else "mma"
             for causal in (False, True):
-                ck = compile_v5_fp8(causal=causal, kind="mma", mode=mode)
-                print(f"v5fmma mode={mode} causal={causal}: {report(f'v5fmma{mode}_c{int(causal)}', ck, workdir)}")
+                ck = compile_v5_fp8(causal=causal, kind=kind, mode=mode)
+                print(f"{base} mode={mode} causal={causal}: {report(f'{base}{mode}_c{int(causal)}', ck, workdir)}")
         elif name.startswith("v5fws"):  # the warp-specialised Gluon FP8 tile (v5fws:MODE: its parts alone)
             mode = int(name.split(":")[1]) if ":" in name else 0
             for causal in (False, True):

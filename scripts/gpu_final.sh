@@ -44,7 +44,7 @@ has fp8 && step fp8 120 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_benc
 has decode && step decode 150 env PYTHONPATH=src $PY -m mla_tutorial bench --device cuda --config deepseek-v3 \
   --stages 2 4 --heads 128 16 --batch 1 8 64 --context 4096 --graphs both --warmup 5 --reps 30 \
   --out "$OUT/decode.json"
-has mma && step mma_tests 200 env PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_fp8.py -q -x \
+has mma && step mma_tests 200 env MLA_FP8_MMA8=1 PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_fp8.py -q -x \
   -p no:cacheprovider -k "matrix and mma"
 if has mma && grep -q " passed" "$OUT/mma_tests.log" && ! grep -q "failed\|error" "$OUT/mma_tests.log"; then
   step mma_bench 300 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma --parts \

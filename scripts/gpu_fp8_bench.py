@@ -88,7 +88,8 @@ def main() -> None:
     dev = "cpu" if args.smoke else "cuda"
     TILES = [("small", "pointer"), ("small", "tma")]  # the small tile, both load modes; the Gluon FP8 tiles
     TILES += [] if args.smoke else [("gluon", "pointer"), ("seesaw", "pointer")]  # (lockstep, warp-specialised)
-    TILES += [("mma", "pointer")] if args.mma and not args.smoke else []  # the 16-row tile
+    TILES += [("mma", "pointer"), ("mma8", "pointer")] if args.mma and not args.smoke else []  # the 16-row tile, 4 and
+    #                                                                              8 warps per program (8: prepared)
     big_b, big_sk = (2, (64, 130)) if args.smoke else (128, (4096, 8192))
 
     from test_kernels import check_against_reference, make_inputs
@@ -150,8 +151,9 @@ def main() -> None:
                 flag = torch.ones(1, dtype=torch.int32, device=dev)
 
                 def fp8(q, _k, bt, sl, dv, softmax_scale=None, causal=False, k8=k8, flag=flag, tile=tile):
+                    path, config = ("mma", GluonConfig(warps=8)) if tile == "mma8" else (tile, None)
                     return K.mla_decode_v5(q, k8, bt, sl, dv, softmax_scale=softmax_scale, causal=causal,
-                                           is_fp8_kvcache=True, error_flag=flag, path=tile)
+                                           is_fp8_kvcache=True, error_flag=flag, path=path, config=config)
 
                 try:
                     check_against_reference(fp8, q, dequantize_k_cache(k8), bt, sl, s_q > 1)
@@ -229,6 +231,10 @@ def main() -> None:
                 if args.parts:  # its parts alone (results meaningless): the page work, the products
                     impls["fp8_mma_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1))
                     impls["fp8_mma_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2))
+                impls["fp8_mma8"] = lambda: fp8("mma", "pointer", GluonConfig(warps=8))  # 8 warps (prepared)
+                if args.parts:
+                    impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))
+                    impls["fp8_mma8_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2, warps=8))
             if args.parts:  # its parts alone (results meaningless): the dequantizing producer, the consumers' math
                 impls["fp8_ws_producer_alone"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=1))
                 impls["fp8_ws_consumers_alone"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=2))
@@ -244,7 +250,7 @@ def main() -> None:
         sync()
         row["fp8_finite"] = bool(torch.isfinite(fo).all())
         row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
-        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_mma"):  # the same math in another order: ~0
+        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_mma", "fp8_mma8"):  # the same math, another order
             if other in impls:
                 oo, _ = impls[other]()
                 row[f"{other}_vs_fp8_small_max_abs"] = float((oo.float() - fo.float()).abs().max())

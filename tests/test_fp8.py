@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import os
 import struct
 
 import pytest
@@ -433,20 +434,29 @@ def test_the_16_row_fp8_tile_reads_only_an_fp8_cache():
 GPU_LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
 
 
+#: The 16-row FP8 tile with 8 warps per program (GluonConfig(warps=8), v5_fp8_mma.WIDE_WARPS) has not yet run on a
+#: GPU: its cases run when asked for (MLA_FP8_MMA8=1) until a GPU run has checked them.
+UNVERIFIED_MMA8 = pytest.mark.skipif(os.environ.get("MLA_FP8_MMA8") != "1",
+                                     reason="v5_fp8_mma.py with 8 warps not yet run on a GPU: set MLA_FP8_MMA8=1")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "mma"])
+@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "mma",
+                                  pytest.param("mma8", marks=UNVERIFIED_MMA8)])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     """The FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile, its
     warp-specialised form (path "seesaw"; both pad fewer than 64 rows, as FlashMLA's kernel does) and the 16-row
-    Gluon FP8 tile (path "mma": 16 rows per program, m_tiles of them)."""
+    Gluon FP8 tile (path "mma": 16 rows per program, m_tiles of them; "mma8": with 8 warps per program)."""
     from mla_tutorial.kernels import v5_small
+    from mla_tutorial.kernels.v5_gluon import GluonConfig
 
     tile, _, loads = path.partition("-")
     monkeypatch.setattr(v5_small, "FP8_LOADS", loads or "pointer")
     q, k8, block_table, seqlens = fp8_inputs(GPU_LENGTHS, s_q, h_q, seed=h_q * 10 + s_q, poison_bytes=True)
-    check_fp8(q, k8, block_table, seqlens, s_q > 1, path=tile)
+    config = GluonConfig(warps=8) if tile == "mma8" else None
+    check_fp8(q, k8, block_table, seqlens, s_q > 1, path="mma" if tile == "mma8" else tile, config=config)
 
 
 @pytest.mark.gpu

@@ -185,15 +185,17 @@ def test_forcing_a_gluon_tile_where_it_cannot_run_says_why(path):
         K.mla_decode_v5(q, k_cache, block_table, seqlens, 512, path=path)
 
 
-@pytest.mark.parametrize("field,value", [("mode", 3), ("mode", -1), ("early", 4), ("early", -1)])
+@pytest.mark.parametrize("field,value", [("mode", 3), ("mode", -1), ("early", 4), ("early", -1), ("warps", 6),
+                                         ("warps", 16)])
 def test_gluon_config_refuses_probe_values_the_kernels_do_not_know(field, value):
-    """GluonConfig's probe knobs (mode, early) are checked when the config is made: an unknown value would compile
-    a tile that never releases its buffers, a hang on the GPU, not an error."""
+    """GluonConfig's probe knobs (mode, early, warps) are checked when the config is made: an unknown mode or early
+    would compile a tile that never releases its buffers, a hang on the GPU, not an error; the 16-row FP8 tile's
+    layouts are written for 4 or 8 warps."""
     from mla_tutorial.kernels.v5_gluon import GluonConfig
 
     with pytest.raises(ValueError, match=f"GluonConfig.{field} must be .+, got {value}"):
         GluonConfig(**{field: value})
-    assert GluonConfig(mode=2, early=3).early == 3
+    assert GluonConfig(mode=2, early=3).early == 3 and GluonConfig(warps=8).warps == 8
 
 
 @pytest.mark.parametrize("num_splits", [1, 3, 8])

@@ -483,6 +483,7 @@ class Fp8SpeedRow:
 _FORCED_TILES = {"fp8_small": "small", "fp8_small_tma": "small", "fp8_tma": "small", "fp8_gluon": "gluon",
                  "fp8_ws": "seesaw", "fp8_ws_producer_alone": "seesaw", "fp8_ws_consumers_alone": "seesaw",
                  "fp8_mma": "mma", "fp8_mma_page_work_alone": "mma", "fp8_mma_products_alone": "mma",
+                 "fp8_mma8": "mma", "fp8_mma8_page_work_alone": "mma", "fp8_mma8_products_alone": "mma",
                  "bf16_lockstep_compute_alone": "gluon"}
 
 

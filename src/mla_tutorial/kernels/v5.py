@@ -33,7 +33,7 @@ from .common import D_NOPE, TileConfig, validate_metadata
 from .schedule import get_mla_metadata
 from .v4_balanced import _launch_v4
 from .v5_fp8_gluon import launch_v5_fp8_gluon
-from .v5_fp8_mma import launch_v5_fp8_mma, mma_v2
+from .v5_fp8_mma import MMA_WARPS, launch_v5_fp8_mma, mma_v2
 from .v5_fp8_ws import launch_v5_fp8_ws
 from .v5_gluon import BLOCK_M as GLUON_BLOCK_M
 from .v5_gluon import DEFAULT_GLUON_CONFIG, GluonConfig, gluon_unavailable, launch_v5_gluon
@@ -136,7 +136,8 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     flag = ok_flag(dev) if error_flag is None else error_flag
     if path == "mma":
         launch_v5_fp8_mma(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                          part_lse, flag, mode=int(getattr(config, "mode", 0)))
+                          part_lse, flag, mode=int(getattr(config, "mode", 0)),
+                          warps=int(getattr(config, "warps", 0)) or MMA_WARPS)
     elif path == "seesaw" and is_fp8:
         launch_v5_fp8_ws(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                          part_lse, flag, mode=int(getattr(config, "mode", 0)))

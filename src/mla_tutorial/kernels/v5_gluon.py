@@ -409,6 +409,7 @@ class GluonConfig:
     fine: bool = False  # multiply each 64-column box as soon as it lands
     early: int = 1  # the seesaw tile: when warpgroup 1 releases a pair's right halves (v5_seesaw._ss_consumer_at;
     #                 1, B's as soon as its product is done, measured 1-4 % faster than 0 at h_q 128, even at 64)
+    warps: int = 0  # the 16-row FP8 tile: warps per program (0: its default, 4; 8: v5_fp8_mma.WIDE_WARPS, prepared)
 
     def __post_init__(self):
         # a value the kernels do not know would compile a tile that never releases its buffers (a hang), not an error
@@ -416,6 +417,8 @@ class GluonConfig:
             raise ValueError(f"GluonConfig.mode must be 0, 1 or 2, got {self.mode!r}")
         if self.early not in (0, 1, 2, 3):
             raise ValueError(f"GluonConfig.early must be 0, 1, 2 or 3, got {self.early!r}")
+        if self.warps not in (0, 4, 8):
+            raise ValueError(f"GluonConfig.warps must be 0 (the tile's default), 4 or 8, got {self.warps!r}")
 
     def smem_bytes(self) -> int:
         return 64 * 576 * 2 + self.stages * self.sub * 576 * 2 + 64 * self.sub * 2
