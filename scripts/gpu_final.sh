@@ -61,13 +61,17 @@ has stalls && step stalls ${NCU_LIMIT:-240} ncu --clock-control none \
   -k "regex:_v5_fp8_mma_kernel|_v5_fp8_ws_kernel|_ss_kernel" -c 3 \
   --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
   env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py
-# the 16-row FP8 tile's stalls per SASS instruction (warp-state sampling; csv, one row per instruction)
+# one kernel's stalls per SASS instruction (warp-state sampling; csv, one row per instruction; summarise with
+# scripts/ncu_sass_summary.py): SASS_ONLY=mma (the 16-row FP8 tile, h16), ws (the warp-specialised FP8 tile, h16)
+# or seesaw (the bf16 seesaw tile, h64)
 sass_page() {
-  ncu --clock-control none -k "regex:_v5_fp8_mma_kernel" -c 1 --section SourceCounters --section WarpStateStats \
-    --export "$OUT/mma_sass" --force-overwrite env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py --only mma &&
-  { ncu -i "$OUT/mma_sass.ncu-rep" --page source --csv --print-source sass ||
-    ncu -i "$OUT/mma_sass.ncu-rep" --page source --csv; }
+  local only=${SASS_ONLY:-mma}
+  local kernel=$(case $only in mma) echo _v5_fp8_mma_kernel;; ws) echo _v5_fp8_ws_kernel;; *) echo _ss_kernel;; esac)
+  ncu --clock-control none -k "regex:$kernel" -c 1 --section SourceCounters --section WarpStateStats \
+    --export "$OUT/${only}_sass" --force-overwrite env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py --only "$only" &&
+  { ncu -i "$OUT/${only}_sass.ncu-rep" --page source --csv --print-source sass ||
+    ncu -i "$OUT/${only}_sass.ncu-rep" --page source --csv; }
 }
-export -f sass_page; export OUT PY
+export -f sass_page; export OUT PY SASS_ONLY
 has sass && step sass ${NCU_LIMIT:-240} bash -c sass_page
 echo "=== done"
