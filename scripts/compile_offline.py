@@ -194,7 +194,7 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, kind="ws", mode=mode)
                 print(f"v5fws mode={mode} causal={causal}: {report(f'v5fws{mode}_c{int(causal)}', ck, workdir)}")
-        elif name.split(":")[0] in ("ss", "ss-fine"):  # the seesaw tile (fine: one mbarrier per box; ss:EARLY)
+        elif name.split(":")[0] in ("ss", "ss-fine"):  # the seesaw tile (fine: one mbarrier per box; ss:EARLY; v5: 1)
             base, _, early = name.partition(":")
             for causal in (False, True):
                 ck = compile_seesaw(causal=causal, fine=base == "ss-fine", early=int(early or 0))
