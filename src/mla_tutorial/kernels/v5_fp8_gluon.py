@@ -140,7 +140,8 @@ mov.b32 {$2, $3}, hi;
     @gluon.jit
     def _fp8_rope_copy(kr_buf, kv_ptr, page, n_rows, stride_kvb, ldr: gl.constexpr):
         """Start the asynchronous copy (cp.async, no registers) of a page's k_rope, bf16 already, into kr_buf
-        [64, 64]; rows from n_rows on are not copied (their scores are masked, whatever the slot holds)."""
+        [64, 64]; rows from n_rows on are not read but written as zeros (cp.async's zero fill: their scores are
+        masked), so a copy with no rows still writes the whole box when it lands."""
         rows = gl.arange(0, 64, layout=gl.SliceLayout(1, ldr))
         cols = gl.arange(0, 64, layout=gl.SliceLayout(0, ldr))
         base = (kv_ptr + page * stride_kvb + rows * FP8_ROW + FP8_ROPE_AT).to(gl.pointer_type(gl.bfloat16))
