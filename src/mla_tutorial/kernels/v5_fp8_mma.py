@@ -41,7 +41,16 @@ Triton 3.6)."""
 from __future__ import annotations
 
 from .launch import FastLauncher
-from .v5_fp8_gluon import _fp8_fetch, _fp8_page, _fp8_put, _fp8_rope_copy, async_copy, fp8_tile_launch_args
+from .v5_fp8_gluon import (
+    _fp8_fetch,
+    _fp8_page,
+    _fp8_page_checked,
+    _fp8_page_id,
+    _fp8_put,
+    _fp8_rope_copy,
+    async_copy,
+    fp8_tile_launch_args,
+)
 from .v5_gluon import (
     _v5_flag_stale,
     _v5_load_q,
@@ -130,6 +139,7 @@ if gluon is not None:
             b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
             if lo + 1 < hi:
                 _fp8_rope_copy(kr_bufs.index(1), kv_ptr, page, n_rows, stride_kvb, ldr)
+            next_id = _fp8_page_id(bt_row, lo + 2, hi)  # the block id of the page after: one page early
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
                        rows_per_kv, 0, 9, CHUNK, BM, num_warps)
             async_copy.wait_group(0)
@@ -171,7 +181,8 @@ if gluon is not None:
                 gl.thread_barrier()  # every warp is done with the page and with P
                 if MODE != 2 and i + 1 < hi:  # page i+1 (its words in registers) into the slot, page i+2's loads
                     _fp8_put(k_buf, b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype)
-                    page, n_rows = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)
+                    page, n_rows = _fp8_page_checked(next_id, i + 2, hi, s_k, num_blocks, ok_ptr)
+                    next_id = _fp8_page_id(bt_row, i + 3, hi)  # (its loads wait a page for it, not at once)
                     if i + 2 < hi:  # page i+2's k_rope into page i's box (no copy past the end: a masked cp.async
                         #             writes zeros, which could land after the next request's copy there)
                         _fp8_rope_copy(kr_buf, kv_ptr, page, n_rows, stride_kvb, ldr)
