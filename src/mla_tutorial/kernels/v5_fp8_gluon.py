@@ -27,6 +27,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ..fp8 import ROPE_OFFSET, ROW_BYTES, SCALE_OFFSET
 from .common import LOG2E
 from .launch import FastLauncher
@@ -51,10 +53,11 @@ if gluon is not None:
     FP8_ROW = gl.constexpr(ROW_BYTES)  # 656 bytes per token: 512 e4m3 values, 4 float32 scales, 64 bf16 values
     FP8_SCALES_AT = gl.constexpr(SCALE_OFFSET)  # byte 512
     FP8_ROPE_AT = gl.constexpr(ROPE_OFFSET)  # byte 528
-    #: The page loads' cache operator: ".cg" caches them in L2 only. Each byte is read once, and L1 is what the
-    #: shared memory leaves of it (~28 KB at two 100 KB programs per SM), so streaming 40 KB pages through it evicts
-    #: the tiles' spilled registers: their reloads then go to L2 (v5_notes.md, sixth session).
-    STREAM = gl.constexpr(".cg")
+    #: The page loads' cache hints, a probe (v5_notes.md, sixth session): MLA_FP8_PAGE_CACHE = "" (default),
+    #: "cg" (L2 only: measured 1.2-1.6x slower) or "ef" (L1 evict-first), read at import.
+    _HINT = os.environ.get("MLA_FP8_PAGE_CACHE", "")
+    STREAM = gl.constexpr(".cg" if _HINT == "cg" else "")
+    STREAM_EVICT = gl.constexpr("evict_first" if _HINT == "ef" else "")
     #: Four e4m3 values (one int32 word, $4) times their row's float32 scale ($5, a power of two) to four bf16 ($0-$3),
     #: exactly, with one conversion-free sequence: each byte goes to the top of a 16-bit lane (prmt), keeps its sign
     #: at bit 15 and moves its 7 magnitude bits to bits 4..10 (a bf16 worth the value times 2^-120, subnormals and 0
@@ -121,7 +124,8 @@ mov.b32 {$2, $3}, hi;
         words = gl.arange(0, 16, layout=gl.SliceLayout(0, ldw))
         base = kv_ptr + page * stride_kvb + rows * FP8_ROW  # (64,) byte pointers to the rows
         ptrs = base.to(gl.pointer_type(gl.int32))[:, None] + words[None, :]  # (64, 16) words of chunk 0
-        return gl.load(ptrs + 16 * C, mask=(rows < n_rows)[:, None], other=0, cache_modifier=STREAM)
+        return gl.load(ptrs + 16 * C, mask=(rows < n_rows)[:, None], other=0, cache_modifier=STREAM,
+                       eviction_policy=STREAM_EVICT)
 
     @gluon.jit
     def _fp8_scale(kv_ptr, page, n_rows, stride_kvb, T: gl.constexpr, ldw: gl.constexpr):
@@ -130,7 +134,7 @@ mov.b32 {$2, $3}, hi;
         rows = gl.arange(0, 64, layout=gl.SliceLayout(1, ldw))
         base = kv_ptr + page * stride_kvb + rows * FP8_ROW
         sc = (base + FP8_SCALES_AT).to(gl.pointer_type(gl.float32))  # (64,) float32 pointers: scale t at sc + t
-        return gl.load(sc + T, mask=rows < n_rows, other=0.0, cache_modifier=STREAM)
+        return gl.load(sc + T, mask=rows < n_rows, other=0.0, cache_modifier=STREAM, eviction_policy=STREAM_EVICT)
 
     @gluon.jit
     def _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw: gl.constexpr):
