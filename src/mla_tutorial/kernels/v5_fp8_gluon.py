@@ -27,8 +27,6 @@
 
 from __future__ import annotations
 
-import os
-
 from ..fp8 import ROPE_OFFSET, ROW_BYTES, SCALE_OFFSET
 from .common import LOG2E
 from .launch import FastLauncher
@@ -53,11 +51,6 @@ if gluon is not None:
     FP8_ROW = gl.constexpr(ROW_BYTES)  # 656 bytes per token: 512 e4m3 values, 4 float32 scales, 64 bf16 values
     FP8_SCALES_AT = gl.constexpr(SCALE_OFFSET)  # byte 512
     FP8_ROPE_AT = gl.constexpr(ROPE_OFFSET)  # byte 528
-    #: The page loads' cache hints, a probe (v5_notes.md, sixth session): MLA_FP8_PAGE_CACHE = "" (default),
-    #: "cg" (L2 only: measured 1.2-1.6x slower) or "ef" (L1 evict-first), read at import.
-    _HINT = os.environ.get("MLA_FP8_PAGE_CACHE", "")
-    STREAM = gl.constexpr(".cg" if _HINT == "cg" else "")
-    STREAM_EVICT = gl.constexpr("evict_first" if _HINT == "ef" else "")
     #: Four e4m3 values (one int32 word, $4) times their row's float32 scale ($5, a power of two) to four bf16 ($0-$3),
     #: exactly, with one conversion-free sequence: each byte goes to the top of a 16-bit lane (prmt), keeps its sign
     #: at bit 15 and moves its 7 magnitude bits to bits 4..10 (a bf16 worth the value times 2^-120, subnormals and 0
@@ -97,19 +90,10 @@ mov.b32 {$2, $3}, hi;
     )
 
     @gluon.jit
-    def _fp8_page_id(bt_row, i, hi):
-        """Issue the load of page i's block id, the i-th entry of the request's block-table row (0 for i >= hi)."""
-        return gl.load(bt_row + i, mask=i < hi, other=0)
-
-    @gluon.jit
     def _fp8_page(bt_row, i, hi, s_k, num_blocks, ok_ptr):
         """(block id, rows that hold keys) of page i of a request, the i-th entry of its block-table row: no rows
         for i >= hi; a block id outside [0, num_blocks) is not followed (the ok flag is cleared, no rows)."""
-        return _fp8_page_checked(_fp8_page_id(bt_row, i, hi), i, hi, s_k, num_blocks, ok_ptr)
-
-    @gluon.jit
-    def _fp8_page_checked(page, i, hi, s_k, num_blocks, ok_ptr):
-        """_fp8_page for a block id already loaded (_fp8_page_id): (block id, rows that hold keys)."""
+        page = gl.load(bt_row + i, mask=i < hi, other=0)
         bad = (page < 0) | (page >= num_blocks)
         gl.store(ok_ptr, 0, mask=bad & (i < hi))
         n_rows = gl.where(bad | (i >= hi), 0, s_k - i * 64)
@@ -124,8 +108,7 @@ mov.b32 {$2, $3}, hi;
         words = gl.arange(0, 16, layout=gl.SliceLayout(0, ldw))
         base = kv_ptr + page * stride_kvb + rows * FP8_ROW  # (64,) byte pointers to the rows
         ptrs = base.to(gl.pointer_type(gl.int32))[:, None] + words[None, :]  # (64, 16) words of chunk 0
-        return gl.load(ptrs + 16 * C, mask=(rows < n_rows)[:, None], other=0, cache_modifier=STREAM,
-                       eviction_policy=STREAM_EVICT)
+        return gl.load(ptrs + 16 * C, mask=(rows < n_rows)[:, None], other=0)
 
     @gluon.jit
     def _fp8_scale(kv_ptr, page, n_rows, stride_kvb, T: gl.constexpr, ldw: gl.constexpr):
@@ -134,7 +117,7 @@ mov.b32 {$2, $3}, hi;
         rows = gl.arange(0, 64, layout=gl.SliceLayout(1, ldw))
         base = kv_ptr + page * stride_kvb + rows * FP8_ROW
         sc = (base + FP8_SCALES_AT).to(gl.pointer_type(gl.float32))  # (64,) float32 pointers: scale t at sc + t
-        return gl.load(sc + T, mask=rows < n_rows, other=0.0, cache_modifier=STREAM, eviction_policy=STREAM_EVICT)
+        return gl.load(sc + T, mask=rows < n_rows, other=0.0)
 
     @gluon.jit
     def _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw: gl.constexpr):
@@ -237,6 +220,10 @@ mov.b32 {$2, $3}, hi;
             pieces = gl.load(num_splits_ptr + req + 1) - first_slot
             bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
 
+            # the last copy of the previous request (page hi + 1's k_rope: masked, so cp.async writes zeros into the
+            # box page lo + 1's copy goes to) has landed before a new copy targets the box: copies in flight are not
+            # ordered among themselves
+            async_copy.wait_group(0)
             gl.thread_barrier()  # every warp is done with the previous request's buffers
             # prologue: page lo dequantized into this program's current slot, page lo + 1 in registers; both pages'
             # k_rope copied asynchronously into their slots
@@ -245,15 +232,11 @@ mov.b32 {$2, $3}, hi;
             b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
             _fp8_put(k_smem.index(it % 2), b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype)
             page, n_rows = _fp8_page(bt_row, lo + 1, hi, s_k, num_blocks, ok_ptr)
-            if lo + 1 < hi:  # (no copy past the request's end: see the loop)
-                _fp8_rope_copy(kr_smem.index((it + 1) % 2), kv_ptr, page, n_rows, stride_kvb, ldr)
+            _fp8_rope_copy(kr_smem.index((it + 1) % 2), kv_ptr, page, n_rows, stride_kvb, ldr)
             b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
                        rows_per_kv, 0, N_CHUNKS, CHUNK, BLOCK_M, num_warps)
-            if lo + 1 < hi:
-                async_copy.wait_group(1)  # page lo's k_rope has landed (page lo + 1's may still be in flight)
-            else:
-                async_copy.wait_group(0)  # (no copy is left pending past a request)
+            async_copy.wait_group(1)  # page lo's k_rope has landed (page lo + 1's may still be in flight)
             fence_async_shared()
             gl.thread_barrier()
 
@@ -280,9 +263,7 @@ mov.b32 {$2, $3}, hi;
                 # while P·V runs (it reads k_buf, not this slot's k_rope): page i+2's k_rope into this slot, its
                 # c_kv into registers (dequantized during the next step's S)
                 page, n_rows = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)
-                if i + 2 < hi:  # no copy past the end: a masked cp.async still writes (zeros), and that write could
-                    #             land after the next request's prologue copy into the same box
-                    _fp8_rope_copy(kr_smem.index(slot), kv_ptr, page, n_rows, stride_kvb, ldr)
+                _fp8_rope_copy(kr_smem.index(slot), kv_ptr, page, n_rows, stride_kvb, ldr)
                 b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 gl.thread_barrier()  # both warpgroups are done with this slot and with P
@@ -290,6 +271,7 @@ mov.b32 {$2, $3}, hi;
 
             _v5_store(acc, m_i, l_i, rows, tok, req, first_slot + split, pieces, out_ptr, lse_ptr, part_out_ptr,
                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, o_rows, o_cols, 0, D_V, True)
+        async_copy.wait_group(0)  # no copy into shared memory outlives the program
 
 
 _LAUNCH = FastLauncher(_v5_fp8_kernel) if gluon is not None else None

@@ -40,17 +40,12 @@ Triton 3.6)."""
 
 from __future__ import annotations
 
+import os
+
+import triton.language as tl
+
 from .launch import FastLauncher
-from .v5_fp8_gluon import (
-    _fp8_fetch,
-    _fp8_page,
-    _fp8_page_checked,
-    _fp8_page_id,
-    _fp8_put,
-    _fp8_rope_copy,
-    async_copy,
-    fp8_tile_launch_args,
-)
+from .v5_fp8_gluon import _fp8_fetch, _fp8_page, _fp8_put, _fp8_rope_copy, async_copy, fp8_tile_launch_args
 from .v5_gluon import (
     _v5_flag_stale,
     _v5_load_q,
@@ -72,6 +67,9 @@ MMA_WARPS = 4  # warps per program, the tile as measured
 #: shared memory, 68 `HMMA` per warp.
 WIDE_WARPS = 8
 WIDE_MAXNREG = 128
+#: A probe (v5_notes.md, sixth session), read at import: MLA_FP8_MMA_LOADS=start issues each page's loads at the
+#: start of the page before it (after that page's spill reloads) instead of at the end of the page before that.
+LOADS_AT_START = tl.constexpr(os.environ.get("MLA_FP8_MMA_LOADS", "end") == "start")
 
 try:  # Ampere's warp-level MMA (mma.sync), in Gluon
     from triton.experimental.gluon.language.nvidia.ampere import mma_v2
@@ -136,10 +134,10 @@ if gluon is not None:
             b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
             _fp8_put(k_buf, b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype)
             page, n_rows = _fp8_page(bt_row, lo + 1, hi, s_k, num_blocks, ok_ptr)
-            b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
+            if not LOADS_AT_START:
+                b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb, ldw)
             if lo + 1 < hi:
                 _fp8_rope_copy(kr_bufs.index(1), kv_ptr, page, n_rows, stride_kvb, ldr)
-            next_id = _fp8_page_id(bt_row, lo + 2, hi)  # the block id of the page after: one page early
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
                        rows_per_kv, 0, 9, CHUNK, BM, num_warps)
             async_copy.wait_group(0)
@@ -154,6 +152,10 @@ if gluon is not None:
             acc3 = gl.zeros([BM, 128], gl.float32, layout=mma)
             for i in range(lo, hi):
                 kr_buf = kr_bufs.index((i - lo) % 2)  # page i's k_rope (page i+1's lands in the other box)
+                if LOADS_AT_START and MODE != 2:  # page i+1's words: issued here, stored at this page's end
+                    page, n_rows = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)
+                    b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb,
+                                                                                ldw)
                 # S = Q·Kᵀ [16, 64] over the 576 columns, 64 at a time: warp w computes keys 16w .. 16w + 15, in
                 # two accumulators (even and odd chunks) so that each mma waits for half as many before it
                 s = gl.zeros([BM, PAGE], gl.float32, layout=mma)
@@ -181,13 +183,13 @@ if gluon is not None:
                 gl.thread_barrier()  # every warp is done with the page and with P
                 if MODE != 2 and i + 1 < hi:  # page i+1 (its words in registers) into the slot, page i+2's loads
                     _fp8_put(k_buf, b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3, dtype)
-                    page, n_rows = _fp8_page_checked(next_id, i + 2, hi, s_k, num_blocks, ok_ptr)
-                    next_id = _fp8_page_id(bt_row, i + 3, hi)  # (its loads wait a page for it, not at once)
+                    page, n_rows = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)
                     if i + 2 < hi:  # page i+2's k_rope into page i's box (no copy past the end: a masked cp.async
                         #             writes zeros, which could land after the next request's copy there)
                         _fp8_rope_copy(kr_buf, kv_ptr, page, n_rows, stride_kvb, ldr)
-                    b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb,
-                                                                                ldw)
+                    if not LOADS_AT_START:
+                        b0, b1, b2, b3, b4, b5, b6, b7, s0, s1, s2, s3 = _fp8_fetch(kv_ptr, page, n_rows, stride_kvb,
+                                                                                    ldw)
                     if i + 2 < hi:
                         async_copy.wait_group(1)  # page i+1's k_rope (copied one page ago) has landed
                     else:
