@@ -71,6 +71,7 @@ def main() -> None:
                     help="also the 16-row Gluon FP8 tile forced (path 'mma', v5_fp8_mma.py); with --parts, its parts")
     ap.add_argument("--parts", action="store_true",
                     help="also the warp-specialised FP8 tile's parts alone (producer / consumers; results meaningless)")
+    ap.add_argument("--heads", type=int, nargs="*", help="time only these h_q (default: every shape's)")
     ap.add_argument("--smoke", action="store_true", help="CPU, interpreter, tiny shapes: test the script itself")
     ap.add_argument("--sections", default="env,correctness,timing,fp8_configs,append",
                     help="comma-separated sections to run (default: all)")
@@ -195,6 +196,8 @@ def main() -> None:
               (64, sk2, "fixed"), (128, sk1, "fixed"), (128, sk2, "fixed")]
     if args.quick or args.smoke:
         shapes = [(16, sk1, "fixed"), (16, sk1, "normal"), (64, sk1, "fixed"), (128, sk1, "fixed")]
+    if args.heads:
+        shapes = [s for s in shapes if s[0] in args.heads]
 
     def time_shape(row: dict, h_q: int, s_k: int, dist: str) -> None:
         b, s_q = row["b"], row["s_q"]
@@ -231,6 +234,9 @@ def main() -> None:
                 if args.parts:  # its parts alone (results meaningless): the page work, the products
                     impls["fp8_mma_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1))
                     impls["fp8_mma_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2))
+                    # and the page work's two halves: its loads alone, its dequantization alone
+                    impls["fp8_mma_loads_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=3))
+                    impls["fp8_mma_dequant_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=4))
                 impls["fp8_mma8"] = lambda: fp8("mma", "pointer", GluonConfig(warps=8))  # 8 warps (prepared)
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))

@@ -134,6 +134,9 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     part_out = torch.empty(slots, s_q * h_q, D_NOPE, dtype=torch.float32, device=dev)
     part_lse = torch.empty(slots, s_q * h_q, dtype=torch.float32, device=dev)
     flag = ok_flag(dev) if error_flag is None else error_flag
+    if int(getattr(config, "mode", 0)) > 2 and path != "mma":
+        raise ValueError(f"GluonConfig.mode {config.mode} (a part alone) exists in the 16-row FP8 tile only, not in "
+                         f"path {path!r}")
     if path == "mma":
         launch_v5_fp8_mma(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                           part_lse, flag, mode=int(getattr(config, "mode", 0)),
