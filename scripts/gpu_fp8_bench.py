@@ -89,8 +89,8 @@ def main() -> None:
     dev = "cpu" if args.smoke else "cuda"
     TILES = [("small", "pointer"), ("small", "tma")]  # the small tile, both load modes; the Gluon FP8 tiles
     TILES += [] if args.smoke else [("gluon", "pointer"), ("seesaw", "pointer")]  # (lockstep, warp-specialised)
-    TILES += [("mma", "pointer"), ("mma8", "pointer")] if args.mma and not args.smoke else []  # the 16-row tile, 4 and
-    #                                                                              8 warps per program (8: prepared)
+    TILES += [("mma", "pointer"), ("mma8", "pointer"), ("tma", "pointer")] if args.mma and not args.smoke else []
+    #              the 16-row tile with 4 and 8 warps per program, and fed by TMA (v5_fp8_tma.py; prepared)
     big_b, big_sk = (2, (64, 130)) if args.smoke else (128, (4096, 8192))
 
     from test_kernels import check_against_reference, make_inputs
@@ -237,7 +237,8 @@ def main() -> None:
                     # and the page work's two halves: its loads alone, its dequantization alone
                     impls["fp8_mma_loads_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=3))
                     impls["fp8_mma_dequant_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=4))
-                impls["fp8_mma8"] = lambda: fp8("mma", "pointer", GluonConfig(warps=8))  # 8 warps (prepared)
+                impls["fp8_mma8"] = lambda: fp8("mma", "pointer", GluonConfig(warps=8))  # 8 warps (measured slower)
+                impls["fp8_tma"] = lambda: fp8("tma", "pointer")  # the 16-row tile fed by TMA (prepared)
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))
                     impls["fp8_mma8_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2, warps=8))

@@ -15,6 +15,7 @@ import torch
 import mla_tutorial.kernels as K
 from mla_tutorial.fp8 import quantize_k_cache
 from mla_tutorial.kernels.schedule import get_mla_metadata
+from mla_tutorial.kernels.v5_gluon import GluonConfig
 from mla_tutorial.measure.kernel_bench import make_inputs, make_lengths
 
 
@@ -23,7 +24,10 @@ def main() -> None:
     ap.add_argument("--b", type=int, default=128)
     ap.add_argument("--s-k", type=int, default=4096)
     ap.add_argument("--only", choices=["mma", "ws", "seesaw"], help="run one of the three kernels only")
+    ap.add_argument("--mode", type=int, default=0, help="GluonConfig.mode: a part alone (e.g. 3: the 16-row tile's "
+                    "page loads alone)")
     args = ap.parse_args()
+    config = GluonConfig(mode=args.mode) if args.mode else None
     runs = {"mma": (16, True, "mma"), "ws": (16, True, "seesaw"), "seesaw": (64, False, "seesaw")}  # h_q, FP8, path
     runs = [runs[args.only]] if args.only else list(runs.values())
     for h_q, fp8, path in runs:
@@ -32,7 +36,7 @@ def main() -> None:
         cache = quantize_k_cache(kc) if fp8 else kc
         meta, splits = get_mla_metadata(sl, h_q, 1)
         out, _ = K.mla_decode_v5(q, cache, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
-                                 check_bounds=False, is_fp8_kvcache=fp8, path=path)
+                                 check_bounds=False, is_fp8_kvcache=fp8, path=path, config=config)
         torch.cuda.synchronize()
         print(f"h{h_q} fp8={fp8} path={path}: finite={bool(torch.isfinite(out).all())}", flush=True)
 
