@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import math
-import os
 import struct
 
 import pytest
@@ -435,16 +434,9 @@ def test_the_16_row_fp8_tile_reads_only_an_fp8_cache():
 GPU_LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
 
 
-#: The TMA-fed 16-row FP8 tile (path "tma", v5_fp8_tma.py) has not yet run on a GPU: its cases run when asked for
-#: (MLA_FP8_TMA=1) until a GPU run has checked them.
-UNVERIFIED_TMA = pytest.mark.skipif(os.environ.get("MLA_FP8_TMA") != "1",
-                                    reason="v5_fp8_tma.py not yet run on a GPU: set MLA_FP8_TMA=1")
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "mma", "mma8",
-                                  pytest.param("tma", marks=UNVERIFIED_TMA)])
+@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "mma", "mma8", "tma"])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     """The FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile, its

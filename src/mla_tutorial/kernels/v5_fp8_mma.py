@@ -31,10 +31,13 @@
 #   (docs/results/probes/ncu_fp8_mma_sass_h200_2026-12-02.csv.gz): S's mma and their operand loads 21 % of the
 #   samples, P·V 10 %, the dequantization and page loads ~38 %, a spilled loop counter reloaded from local memory at
 #   each page's end 9 %, the block-table load each page's loads wait for 3 % (docs/fp8.md §5).
-# Prepared, not yet run on a GPU (GluonConfig(warps=8)): the same code with 8 warps per program and 128 registers,
-#   two programs per SM: 16 warps to hide each other's latency instead of 8, each with half a page's dequantization
-#   and half its products (S: 8 keys per warp; P·V: 16 of each 128 columns), so half the registers (no spills, causal
-#   12 / 20 B). Expected (h16, s_k 4k): ~0.17 ms (0.15-0.20) against 0.257; page work alone ~0.10, products ~0.08.
+# Since then (H200, 2026-12-02, sixth session; docs/results/v5_notes.md):
+#   * 8 warps per program (GluonConfig(warps=8), 128 registers, no spills, two programs of 8 warps per SM): correct,
+#     and slower, 0.275 ms against 0.258 (predicted ~0.17); kept as a measured ablation.
+#   * its parts split further (MODE 3 and 4): the page loads alone take 0.140 ms at 53 % of DRAM bandwidth (Nsight
+#     Compute: the load queue full, long-scoreboard stalls), the dequantization alone 0.093. Fed by TMA instead
+#     (v5_fp8_tma.py): correct and slower, 0.301 ms. Cached in L2 only (".cg") 0.346, L1 evict-first 0.269, block
+#     ids a page early 0.264, loads at the top of the page before 0.258: none kept.
 """Version 5 over an FP8 cache, 16-row tiles with mma.sync (Hopper and Ampere's tensor-core instruction; Gluon,
 Triton 3.6)."""
 
@@ -57,10 +60,8 @@ from .v5_gluon import (
 
 BLOCK_M16 = 16  # query rows per program
 MMA_WARPS = 4  # warps per program, the tile as measured
-#: Prepared, not yet run on a GPU (GluonConfig(warps=8)): 8 warps per program capped at 128 registers, so that two
-#: programs of 8 warps share an SM (16 warps instead of 8 to hide each other's latency; each warp does half a page's
-#: dequantization and half its products). sm_90a compile: 128 registers, no spills (causal 12 / 20 B), 102,912 B of
-#: shared memory, 68 `HMMA` per warp.
+#: The ablation GluonConfig(warps=8): 8 warps per program capped at 128 registers, two programs of 8 warps per SM
+#: (sm_90a: no spills, 102,912 B of shared memory). Measured slower than 4 warps (0.275 against 0.258 ms at h16 s_k 4k).
 WIDE_WARPS = 8
 WIDE_MAXNREG = 128
 
@@ -219,7 +220,7 @@ def launch_v5_fp8_mma(q, k_cache, block_table, cache_seqlens, dims, causal, meta
                       part_lse, ok_flag, mode: int = 0, warps: int = MMA_WARPS):
     """Launch the 16-row FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache, rows contiguous). mode 1:
     the page work alone, 2: the products alone (results meaningless, for timing the parts, as GluonConfig.mode);
-    warps: MMA_WARPS, or WIDE_WARPS with WIDE_MAXNREG registers (prepared, GluonConfig.warps)."""
+    warps: MMA_WARPS, or WIDE_WARPS with WIDE_MAXNREG registers (the measured-slower ablation, GluonConfig.warps)."""
     if warps not in (MMA_WARPS, WIDE_WARPS):
         raise ValueError(f"the 16-row FP8 tile runs {MMA_WARPS} or {WIDE_WARPS} warps per program, got {warps!r}")
     grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,

@@ -1,5 +1,5 @@
 # version 5, FP8 cache, 16-row tiles fed by TMA: v5_fp8_mma.py with each page's bytes brought into shared memory
-# by the copy engine instead of by each thread's loads (stage 5; forced with path "mma-tma", not yet routed).
+# by the copy engine instead of by each thread's loads (stage 5; forced with path "tma", not routed).
 #
 # What it changes against v5_fp8_mma.py (same products, softmax, schedule and semantics):
 #   * the raw 656-byte rows (e4m3 values, scales, bf16 k_rope) come by TMA, half a page (32 rows, 21 KB) per copy,
@@ -20,7 +20,13 @@
 #   ~ the dequantization (~0.09) and the whole ~0.15-0.19 ms against 0.258 for v5_fp8_mma.py and 0.168 for FlashMLA
 #   (FlashMLA / ours ~0.9-1.1; target 1.5). Risks: twice the steps (barriers, softmax) per page; ld.shared of the
 #   raw rows with 2-way bank conflicts; one k_buf, so a program's dequantization still waits for its own P·V.
-# Prepared, compiled for sm_90a (scripts/compile_offline.py v5ftma), not yet run on a GPU.
+# sm_90a (scripts/compile_offline.py v5ftma): 188 registers, no spills, 98,576 B of shared memory.
+# Bought (H200, 2026-12-02, docs/results/probes/fp8_tma_first_h200_2026-12-02.json, FlashMLA in the same run):
+#   correct on its first run (the hostile matrix: h_q 1-128, s_q 1-2, poisoned bytes) and SLOWER: 0.301 ms at h16
+#   s_k 4k (~N lengths 0.304) against 0.258 for v5_fp8_mma.py and 0.168 for FlashMLA. The loads were the floor of
+#   the page work timed alone, not of the whole: in the whole tile they already overlapped the products, and what
+#   stays serial in each program (dequantize, S, softmax, P·V, on one bf16 slot) now runs twice per page with its
+#   three barriers. Not routed; kept as the measured step (its parts alone are not yet split).
 """Version 5 over an FP8 cache, 16-row tiles with mma.sync, pages by TMA into shared memory (Gluon, Triton 3.6)."""
 
 from __future__ import annotations
