@@ -74,6 +74,50 @@ except Exception:  # pragma: no cover - depends on the installed Triton
 if gluon is not None:
 
     @gluon.jit
+    def _m16_scores(q_smem, qr_smem, k_buf, kr_buf, KEYS: gl.constexpr, mma: gl.constexpr, a_op: gl.constexpr,
+                    b_op: gl.constexpr):
+        """S = Q·Kᵀ [16, KEYS] from shared memory over the 576 columns, 64 at a time (the warps split the keys), in
+        two accumulators (even and odd chunks) so that each mma waits for half as many before it."""
+        s = gl.zeros([16, KEYS], gl.float32, layout=mma)
+        s_odd = gl.zeros([16, KEYS], gl.float32, layout=mma)
+        for c in gl.static_range(8):
+            qa = q_smem.slice(c * 64, 64, dim=1).load(a_op)
+            kb = k_buf.slice(c * 64, 64, dim=1).permute((1, 0)).load(b_op)
+            if c % 2 == 0:
+                s = mma_v2(qa, kb, s)
+            else:
+                s_odd = mma_v2(qa, kb, s_odd)
+        return mma_v2(qr_smem.load(a_op), kr_buf.permute((1, 0)).load(b_op), s) + s_odd
+
+    @gluon.jit
+    def _m16_values(p_smem, k_buf, acc0, acc1, acc2, acc3, alpha, a_op: gl.constexpr, b_op: gl.constexpr):
+        """O = O·alpha + P·V [16, 512] with V = k_buf's 512 columns, 128 output columns at a time (the warps split
+        each 128): the four accumulators."""
+        pa = p_smem.load(a_op)
+        acc0 = mma_v2(pa, k_buf.slice(0, 128, dim=1).load(b_op), acc0 * alpha[:, None])
+        acc1 = mma_v2(pa, k_buf.slice(128, 128, dim=1).load(b_op), acc1 * alpha[:, None])
+        acc2 = mma_v2(pa, k_buf.slice(256, 128, dim=1).load(b_op), acc2 * alpha[:, None])
+        acc3 = mma_v2(pa, k_buf.slice(384, 128, dim=1).load(b_op), acc3 * alpha[:, None])
+        return acc0, acc1, acc2, acc3
+
+    @gluon.jit
+    def _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, slot, pieces, out_ptr, lse_ptr, part_out_ptr,
+                   part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l: gl.constexpr,
+                   cols_l: gl.constexpr):
+        """A 16-row tile's end of a request (_v5_store), its output as four 128-column accumulators."""
+        for c in gl.static_range(4):  # (static: picks accumulator c)
+            if c == 0:
+                o = acc0
+            elif c == 1:
+                o = acc1
+            elif c == 2:
+                o = acc2
+            else:
+                o = acc3
+            _v5_store(o, m_i, l_i, rows, tok, req, slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q,
+                      h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l, 128 * c, 128, c == 0, 16)
+
+    @gluon.jit
     def _v5_fp8_mma_kernel(
         q_ptr, kv_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
         meta_ptr, num_splits_ptr, ok_ptr,
@@ -152,30 +196,18 @@ if gluon is not None:
             chk = gl.zeros([PAGE, 16], gl.int32, layout=ldw)  # MODE 3's checksum of the loaded words
             for i in range(lo, hi):
                 kr_buf = kr_bufs.index((i - lo) % 2)  # page i's k_rope (page i+1's lands in the other box)
-                # S = Q·Kᵀ [16, 64] over the 576 columns, 64 at a time: warp w computes keys 16w .. 16w + 15, in
-                # two accumulators (even and odd chunks) so that each mma waits for half as many before it
-                s = gl.zeros([BM, PAGE], gl.float32, layout=mma)
-                s_odd = gl.zeros([BM, PAGE], gl.float32, layout=mma)
+                # S = Q·Kᵀ [16, 64]: warp w computes keys 16w .. 16w + 15
                 if PRODUCTS:
-                    for c in gl.static_range(8):
-                        qa = q_smem.slice(c * CHUNK, CHUNK, dim=1).load(a_op)
-                        kb = k_buf.slice(c * CHUNK, CHUNK, dim=1).permute((1, 0)).load(b_op)
-                        if c % 2 == 0:
-                            s = mma_v2(qa, kb, s)
-                        else:
-                            s_odd = mma_v2(qa, kb, s_odd)
-                    s = mma_v2(qr_smem.load(a_op), kr_buf.permute((1, 0)).load(b_op), s) + s_odd
+                    s = _m16_scores(q_smem, qr_smem, k_buf, kr_buf, PAGE, mma, a_op, b_op)
+                else:
+                    s = gl.zeros([BM, PAGE], gl.float32, layout=mma)
                 p, alpha, m_i, l_i = _v5_online_softmax(s, i * PAGE, n_visible, m_i, l_i, qk_scale, cols_l, PAGE)
                 p_smem.store(p.to(dtype))
                 gl.thread_barrier()  # every warp's keys of P are in; every warp's S is done with page i's k_rope
 
                 # O = O·alpha + P·V [16, 512], 128 output columns at a time (the warps split each 128)
                 if PRODUCTS:
-                    pa = p_smem.load(a_op)
-                    acc0 = mma_v2(pa, k_buf.slice(0, 128, dim=1).load(b_op), acc0 * alpha[:, None])
-                    acc1 = mma_v2(pa, k_buf.slice(128, 128, dim=1).load(b_op), acc1 * alpha[:, None])
-                    acc2 = mma_v2(pa, k_buf.slice(256, 128, dim=1).load(b_op), acc2 * alpha[:, None])
-                    acc3 = mma_v2(pa, k_buf.slice(384, 128, dim=1).load(b_op), acc3 * alpha[:, None])
+                    acc0, acc1, acc2, acc3 = _m16_values(p_smem, k_buf, acc0, acc1, acc2, acc3, alpha, a_op, b_op)
                 gl.thread_barrier()  # every warp is done with the page and with P
                 if MODE != 2 and i + 1 < hi:  # page i+1 (its words in registers) into the slot, page i+2's loads
                     if DEQUANT:
@@ -199,18 +231,8 @@ if gluon is not None:
 
             if MODE == 3:  # keep the checksum (and so the loads) alive: a store that never happens in practice
                 gl.store(ok_ptr + gl.zeros([PAGE, 16], gl.int32, layout=ldw), 1, mask=chk == 0x5EED1234)
-            for c in gl.static_range(4):  # (static: picks accumulator c)
-                if c == 0:
-                    o = acc0
-                elif c == 1:
-                    o = acc1
-                elif c == 2:
-                    o = acc2
-                else:
-                    o = acc3
-                _v5_store(o, m_i, l_i, rows, tok, req, first_slot + split, pieces, out_ptr, lse_ptr, part_out_ptr,
-                          part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l, 128 * c, 128,
-                          c == 0, BM)
+            _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, first_slot + split, pieces, out_ptr, lse_ptr,
+                       part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l)
 
 
 _LAUNCH = FastLauncher(_v5_fp8_mma_kernel) if gluon is not None else None

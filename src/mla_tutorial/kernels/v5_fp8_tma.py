@@ -35,7 +35,7 @@ import torch
 
 from .launch import FastLauncher
 from .v5_fp8_gluon import _fp8_chunk, _fp8_page, fp8_tile_launch_args
-from .v5_fp8_mma import mma_v2
+from .v5_fp8_mma import _m16_scores, _m16_store, _m16_values
 from .v5_gluon import (
     TensorDescriptor,
     _Address,
@@ -46,7 +46,6 @@ from .v5_gluon import (
     _v5_pages,
     _v5_part,
     _v5_start,
-    _v5_store,
     fence_async_shared,
     gl,
     gluon,
@@ -181,42 +180,19 @@ if gluon is not None:
                                kr_bufs.index((g + NRAW) % (NRAW + 1)), bars.index(slot), bt_row, t + NRAW, hi, s_k,
                                num_blocks, ok_ptr)
 
-                # S = Q·Kᵀ [16, 32] over the 576 columns: warp w computes keys 8w .. 8w + 7
-                s = gl.zeros([BM, KEYS], gl.float32, layout=mma)
-                s_odd = gl.zeros([BM, KEYS], gl.float32, layout=mma)
-                for c in gl.static_range(8):
-                    qa = q_smem.slice(c * CHUNK, CHUNK, dim=1).load(a_op)
-                    kb = k_buf.slice(c * CHUNK, CHUNK, dim=1).permute((1, 0)).load(b_op)
-                    if c % 2 == 0:
-                        s = mma_v2(qa, kb, s)
-                    else:
-                        s_odd = mma_v2(qa, kb, s_odd)
-                s = mma_v2(qr_smem.load(a_op), kr_buf.permute((1, 0)).load(b_op), s) + s_odd
+                # S = Q·Kᵀ [16, 32]: warp w computes keys 8w .. 8w + 7
+                s = _m16_scores(q_smem, qr_smem, k_buf, kr_buf, KEYS, mma, a_op, b_op)
                 p, alpha, m_i, l_i = _v5_online_softmax(s, first_key, n_visible, m_i, l_i, qk_scale, cols_l, KEYS)
                 p_smem.store(p.to(dtype))
                 gl.thread_barrier()  # every warp's keys of P are in
 
                 # O = O·alpha + P·V [16, 512], 128 output columns at a time (the warps split each 128)
-                pa = p_smem.load(a_op)
-                acc0 = mma_v2(pa, k_buf.slice(0, 128, dim=1).load(b_op), acc0 * alpha[:, None])
-                acc1 = mma_v2(pa, k_buf.slice(128, 128, dim=1).load(b_op), acc1 * alpha[:, None])
-                acc2 = mma_v2(pa, k_buf.slice(256, 128, dim=1).load(b_op), acc2 * alpha[:, None])
-                acc3 = mma_v2(pa, k_buf.slice(384, 128, dim=1).load(b_op), acc3 * alpha[:, None])
+                acc0, acc1, acc2, acc3 = _m16_values(p_smem, k_buf, acc0, acc1, acc2, acc3, alpha, a_op, b_op)
                 gl.thread_barrier()  # every warp is done with the step's slots and with P
                 g += 1
 
-            for c in gl.static_range(4):  # (static: picks accumulator c)
-                if c == 0:
-                    o = acc0
-                elif c == 1:
-                    o = acc1
-                elif c == 2:
-                    o = acc2
-                else:
-                    o = acc3
-                _v5_store(o, m_i, l_i, rows, tok, req, first_slot + split, pieces, out_ptr, lse_ptr, part_out_ptr,
-                          part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l, 128 * c, 128,
-                          c == 0, BM)
+            _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, first_slot + split, pieces, out_ptr, lse_ptr,
+                       part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l)
         for k in gl.static_range(NRAW):
             mbarrier.invalidate(bars.index(k))
 
