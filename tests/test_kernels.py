@@ -49,6 +49,7 @@ def _load_kernels():
 
 K = _load_kernels()
 from mla_tutorial.contract import PAGE_SIZE  # noqa: E402
+from mla_tutorial.fp8 import quantize_k_cache  # noqa: E402
 from mla_tutorial.kernels import common  # noqa: E402
 from mla_tutorial.kernels.v4_balanced import get_mla_metadata as metadata_with_knobs  # noqa: E402
 from mla_tutorial.testing import make_paged_inputs, normal_lengths  # noqa: E402
@@ -185,7 +186,7 @@ def test_forcing_a_gluon_tile_where_it_cannot_run_says_why(path):
         K.mla_decode_v5(q, k_cache, block_table, seqlens, 512, path=path)
 
 
-@pytest.mark.parametrize("field,value", [("mode", 3), ("mode", -1), ("early", 4), ("early", -1), ("warps", 6),
+@pytest.mark.parametrize("field,value", [("mode", 5), ("mode", -1), ("early", 4), ("early", -1), ("warps", 6),
                                          ("warps", 16)])
 def test_gluon_config_refuses_probe_values_the_kernels_do_not_know(field, value):
     """GluonConfig's probe knobs (mode, early, warps) are checked when the config is made: an unknown mode or early
@@ -196,6 +197,19 @@ def test_gluon_config_refuses_probe_values_the_kernels_do_not_know(field, value)
     with pytest.raises(ValueError, match=f"GluonConfig.{field} must be .+, got {value}"):
         GluonConfig(**{field: value})
     assert GluonConfig(mode=2, early=3).early == 3 and GluonConfig(warps=8).warps == 8
+
+
+@pytest.mark.parametrize("path", ["small", "seesaw", "tma"])
+def test_part_alone_modes_are_refused_where_the_tile_has_none(path):
+    """GluonConfig modes 3 and 4 (page loads alone, dequantization alone) exist in the 16-row FP8 tile only (path
+    "mma"): any other path refuses them by name instead of compiling a tile that would read them as something else."""
+    from mla_tutorial.kernels.v5_gluon import GluonConfig
+
+    q, k_cache, block_table, seqlens = make_inputs([10, 70], 1, 16, 1, torch.bfloat16, seed=3)
+    k8 = quantize_k_cache(k_cache)
+    with pytest.raises(ValueError, match=f"mode 3 .+ is not a mode of path '{path}'"):
+        K.mla_decode_v5(q, k8, block_table, seqlens, 512, path=path, config=GluonConfig(mode=3),
+                        is_fp8_kvcache=True)
 
 
 @pytest.mark.parametrize("num_splits", [1, 3, 8])

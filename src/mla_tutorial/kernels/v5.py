@@ -122,6 +122,9 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
                          f"16-row FP8 tile fed by TMA) can")
     if path in ("mma", "tma") and not is_fp8:
         raise ValueError(f"path {path!r} (a 16-row FP8 tile) reads only an FP8 cache (is_fp8_kvcache=True)")
+    if int(getattr(config, "mode", 0)) > 2 and path != "mma" or path == "tma" and getattr(config, "mode", 0):
+        raise ValueError(f"GluonConfig.mode {config.mode} (a part alone) is not a mode of path {path!r} (3 and 4: "
+                         f"the 16-row FP8 tile's, path 'mma', only; the TMA-fed tile has none)")
     if forced in ("seesaw", "gluon", "mma", "tma"):  # a forced Gluon tile where it cannot run: say why, first
         why = gluon_unavailable(q, k_cache, dims.h_kv)
         if why is not None:
@@ -137,9 +140,6 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     part_out = torch.empty(slots, s_q * h_q, D_NOPE, dtype=torch.float32, device=dev)
     part_lse = torch.empty(slots, s_q * h_q, dtype=torch.float32, device=dev)
     flag = ok_flag(dev) if error_flag is None else error_flag
-    if int(getattr(config, "mode", 0)) > 2 and path != "mma" or path == "tma" and getattr(config, "mode", 0):
-        raise ValueError(f"GluonConfig.mode {config.mode} (a part alone) is not a mode of path {path!r} (3 and 4: "
-                         f"the 16-row FP8 tile's, path 'mma', only; the TMA-fed tile has none)")
     if path == "tma":
         launch_v5_fp8_tma(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                           part_lse, flag)
