@@ -98,7 +98,7 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
     consumers alone, ...), "mma" the 16-row one (v5_fp8_mma.py), "mma8" the same with 8 warps and 128 registers."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from mla_tutorial.kernels import v5_fp8_gluon, v5_fp8_mma, v5_fp8_tma, v5_fp8_ws
+    from mla_tutorial.kernels import v5_fp8_gluon, v5_fp8_mma, v5_fp8_tma, v5_fp8_ws, v5_fp8_ws16
 
     sig = {"q_ptr": "*bf16", "kv_ptr": "*fp8e4nv", "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
            "out_ptr": "*bf16", "lse_ptr": "*fp32", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
@@ -107,7 +107,7 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
            "heads_per_kv": "i32", "rows_per_kv": "i32", "m_tiles": "i32", "num_blocks": "i32", "max_blocks": "i32",
            "qk_scale": "fp32", "CAUSAL": "constexpr", "META_COLS": "constexpr", "num_warps": "constexpr"}
     attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 4, 14)}  # q, the cache, out; the block stride
-    if kind == "tma":  # the TMA-fed tile takes a descriptor of the raw rows after the cache pointer
+    if kind in ("tma", "ws16"):  # the TMA-fed tiles take descriptors of the raw rows after the cache pointer
         raw = SMEM_LAYOUT.replace("swizzle_byte_width=128, element_bitwidth=16", "swizzle_byte_width=0, "
                                   "element_bitwidth=32")
         descs = [("kv_desc", f"tensordesc<i32[32, 128],{raw}>"), ("sc_desc", f"tensordesc<i32[32, 4],{raw}>"),
@@ -118,15 +118,17 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
                                                                    v5_fp8_ws.CONSUMER_WARPS),
                  "mma": (v5_fp8_mma._v5_fp8_mma_kernel, v5_fp8_mma.MMA_WARPS),
                  "mma8": (v5_fp8_mma._v5_fp8_mma_kernel, v5_fp8_mma.WIDE_WARPS),
-                 "tma": (v5_fp8_tma._v5_fp8_tma_kernel, v5_fp8_tma.TMA_WARPS)}[kind]
+                 "tma": (v5_fp8_tma._v5_fp8_tma_kernel, v5_fp8_tma.TMA_WARPS),
+                 "ws16": (v5_fp8_ws16._v5_fp8_ws16_kernel, v5_fp8_ws16.CONSUMER_WARPS)}[kind]
     consts = {"CAUSAL": causal, "META_COLS": 8, "num_warps": warps}
     if kind in ("ws", "mma", "mma8"):
         sig["MODE"] = "constexpr"
         consts["MODE"] = mode
     src = GluonASTSource(fn, sig, consts, attrs)
     options = {"num_warps": warps}
-    if kind in ("ws", "mma8"):
-        options["maxnreg"] = v5_fp8_ws.WS_REGS if kind == "ws" else v5_fp8_mma.WIDE_MAXNREG
+    if kind in ("ws", "mma8", "ws16"):
+        options["maxnreg"] = {"ws": v5_fp8_ws.WS_REGS, "mma8": v5_fp8_mma.WIDE_MAXNREG,
+                              "ws16": v5_fp8_ws16.WS16_REGS}[kind]
     return triton.compile(src, target=TARGET, options=options)
 
 
@@ -197,10 +199,10 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, kind=kind, mode=mode)
                 print(f"{base} mode={mode} causal={causal}: {report(f'{base}{mode}_c{int(causal)}', ck, workdir)}")
-        elif name == "v5ftma":  # the TMA-fed 16-row Gluon FP8 tile
+        elif name in ("v5ftma", "v5fws16"):  # the TMA-fed 16-row Gluon FP8 tiles (ws16: warp-specialised)
             for causal in (False, True):
-                ck = compile_v5_fp8(causal=causal, kind="tma")
-                print(f"v5ftma causal={causal}: {report(f'v5ftma_c{int(causal)}', ck, workdir)}")
+                ck = compile_v5_fp8(causal=causal, kind=name[3:])
+                print(f"{name} causal={causal}: {report(f'{name}_c{int(causal)}', ck, workdir)}")
         elif name.startswith("v5fws"):  # the warp-specialised Gluon FP8 tile (v5fws:MODE: its parts alone)
             mode = int(name.split(":")[1]) if ":" in name else 0
             for causal in (False, True):

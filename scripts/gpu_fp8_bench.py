@@ -89,8 +89,9 @@ def main() -> None:
     dev = "cpu" if args.smoke else "cuda"
     TILES = [("small", "pointer"), ("small", "tma")]  # the small tile, both load modes; the Gluon FP8 tiles
     TILES += [] if args.smoke else [("gluon", "pointer"), ("seesaw", "pointer")]  # (lockstep, warp-specialised)
-    TILES += [("mma", "pointer"), ("mma8", "pointer"), ("tma", "pointer")] if args.mma and not args.smoke else []
-    #              the 16-row tile with 4 and 8 warps per program, and fed by TMA (v5_fp8_tma.py; prepared)
+    TILES += [("mma", "pointer"), ("mma8", "pointer"), ("tma", "pointer"), ("ws16", "pointer")] \
+        if args.mma and not args.smoke else []  # the 16-row tile with 4 and 8 warps per program, fed by TMA
+    #                                             (v5_fp8_tma.py), warp-specialised (v5_fp8_ws16.py; prepared)
     big_b, big_sk = (2, (64, 130)) if args.smoke else (128, (4096, 8192))
 
     from test_kernels import check_against_reference, make_inputs
@@ -211,10 +212,15 @@ def main() -> None:
         meta, splits = get_mla_metadata(sl, s_q * h_q, 1)
         row["choice_fp8"] = K.kernel_choice(q, k8, s_q * h_q, 1)
         row["choice_bf16"] = K.kernel_choice(q, kc, s_q * h_q, 1)
+        # the warp-specialised 16-row tile runs one program per SM (229 KB of shared memory): its own schedule
+        sms = torch.cuda.get_device_properties(0).multi_processor_count if dev == "cuda" else 4
+        meta_1, splits_1 = get_mla_metadata(sl, s_q * h_q, 1, num_sm_parts=sms)
+
         def fp8(tile, loads, config=None):
             v5_small.FP8_LOADS = loads  # read at launch: plain loads or TMA copies of the e4m3 bytes
+            m, n = (meta_1, splits_1) if tile == "ws16" else (meta, splits)
             try:
-                return K.mla_decode_v5(q, k8, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
+                return K.mla_decode_v5(q, k8, bt, sl, 512, tile_scheduler_metadata=m, num_splits=n,
                                        check_bounds=False, is_fp8_kvcache=True, path=tile, config=config)
             finally:
                 v5_small.FP8_LOADS = "pointer"
@@ -238,7 +244,8 @@ def main() -> None:
                     impls["fp8_mma_loads_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=3))
                     impls["fp8_mma_dequant_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=4))
                 impls["fp8_mma8"] = lambda: fp8("mma", "pointer", GluonConfig(warps=8))  # 8 warps (measured slower)
-                impls["fp8_tma"] = lambda: fp8("tma", "pointer")  # the 16-row tile fed by TMA (prepared)
+                impls["fp8_tma"] = lambda: fp8("tma", "pointer")  # the 16-row tile fed by TMA (measured slower)
+                impls["fp8_ws16"] = lambda: fp8("ws16", "pointer")  # warp-specialised (prepared)
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))
                     impls["fp8_mma8_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2, warps=8))
