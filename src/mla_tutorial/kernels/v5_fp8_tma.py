@@ -76,10 +76,10 @@ if gluon is not None:
         tma.async_copy_global_to_shared(kr_desc, [row, 264], bar, kr_buf)
 
     @gluon.jit
-    def _tma_put(kv_raw, sc_raw, kr_buf, k_buf, n_rows, dtype: gl.constexpr, num_warps: gl.constexpr):
-        """A step's raw rows in shared memory (kv_raw [32, 128] int32 words of four e4m3 values, sc_raw [32, 4]
-        float32 bits) -> c_kv dequantized into k_buf [32, 512] bf16; rows from n_rows on as zeros, in k_rope's box
-        kr_buf too (past s_k they may hold NaN bytes)."""
+    def _raw_dequant(kv_raw, sc_raw, k_buf, n_rows, dtype: gl.constexpr, num_warps: gl.constexpr):
+        """32 raw rows in shared memory (kv_raw [32, 128] int32 words of four e4m3 values, sc_raw [32, 4] float32
+        bits) -> c_kv dequantized into k_buf [32, 512] bf16; rows from n_rows on as zeros (past s_k they may hold
+        NaN bytes)."""
         # one row per lane (the 512-byte row stride puts 8 rows' 16-byte pieces on 8 bank groups... twice: 2-way
         # conflicts), the warps split the words
         ldw: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [1, num_warps], [1, 0])
@@ -92,6 +92,12 @@ if gluon is not None:
             w = kv_raw.slice(16 * c, 16, dim=1).load(ldw)  # [32, 16] words of chunk c
             scale = gl.sum(gl.where(sc_cols[None, :] == c // 2, scales, 0.0), axis=1)  # the chunk's tile scale
             _fp8_chunk(k_buf.slice(64 * c, 64, dim=1), gl.where(ok[:, None], w, 0), scale, dtype)
+
+    @gluon.jit
+    def _tma_put(kv_raw, sc_raw, kr_buf, k_buf, n_rows, dtype: gl.constexpr, num_warps: gl.constexpr):
+        """A step's raw rows -> c_kv dequantized into k_buf (_raw_dequant); rows from n_rows on as zeros, in k_rope's
+        box kr_buf [32, 64] too."""
+        _raw_dequant(kv_raw, sc_raw, k_buf, n_rows, dtype, num_warps)
         if n_rows < 32:  # the request's last step (or a bad block id): k_rope's rows past it as zeros too
             ldr: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
             rows_r = gl.arange(0, 32, layout=gl.SliceLayout(1, ldr))

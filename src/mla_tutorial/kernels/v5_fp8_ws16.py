@@ -26,9 +26,9 @@ from __future__ import annotations
 import triton.language as tl
 
 from .launch import FastLauncher
-from .v5_fp8_gluon import _fp8_chunk, _fp8_page, fp8_tile_launch_args
+from .v5_fp8_gluon import _fp8_page, fp8_tile_launch_args
 from .v5_fp8_mma import _m16_scores, _m16_store, _m16_values
-from .v5_fp8_tma import raw_descriptors
+from .v5_fp8_tma import _raw_dequant, _tma_issue, raw_descriptors
 from .v5_gluon import (
     _v5_flag_stale,
     _v5_load_q,
@@ -41,7 +41,6 @@ from .v5_gluon import (
     gl,
     gluon,
     mbarrier,
-    tma,
 )
 
 BLOCK_M16 = 16  # query rows per program
@@ -62,32 +61,12 @@ N_BARS = tl.constexpr(10)
 if gluon is not None:
 
     @gluon.jit
-    def _ws16_issue(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bars, bt_row, i, H: gl.constexpr, hi, s_k,
-                    num_blocks, ok_ptr):
-        """Start the three TMA copies of half H of page i into raw slot H (a bad block id: block 0, flag cleared)."""
-        page = _fp8_page(bt_row, i, hi, s_k, num_blocks, ok_ptr)[0]
-        row = (page * 64 + H * 32).to(gl.int32)
-        bar = bars.index(RAW0 + H)
-        mbarrier.expect(bar, 32 * 656)
-        tma.async_copy_global_to_shared(kv_desc, [row, 0], bar, kv_raw.index(H))
-        tma.async_copy_global_to_shared(sc_desc, [row, 128], bar, sc_raw.index(H))
-        tma.async_copy_global_to_shared(kr_desc, [row, 264], bar, kr_raw.index(H))
-
-    @gluon.jit
     def _ws16_put_half(kv_raw, sc_raw, kr_raw, k_buf, kr_buf, n_rows, dtype: gl.constexpr):
         """Raw half-page slot (kv_raw [32, 128] words, sc_raw [32, 4] scale bits, kr_raw [32, 64] bf16) -> 32 rows
-        of a bf16 page slot (k_buf [32, 512], kr_buf [32, 64]); rows from n_rows on as zeros."""
-        W: gl.constexpr = 4  # the producer's warps
-        ldw: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [1, W], [1, 0])  # one row per lane
-        rows = gl.arange(0, 32, layout=gl.SliceLayout(1, ldw))
-        ok = rows < n_rows
-        sc_cols = gl.arange(0, 4, layout=gl.SliceLayout(0, ldw))
-        scales = gl.where(ok[:, None], sc_raw.load(ldw).to(gl.float32, bitcast=True), 0.0)
-        for c in gl.static_range(8):
-            w = kv_raw.slice(16 * c, 16, dim=1).load(ldw)
-            scale = gl.sum(gl.where(sc_cols[None, :] == c // 2, scales, 0.0), axis=1)
-            _fp8_chunk(k_buf.slice(64 * c, 64, dim=1), gl.where(ok[:, None], w, 0), scale, dtype)
-        ldr: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [W, 1], [1, 0])
+        of a bf16 page slot (k_buf [32, 512] by _raw_dequant, kr_buf [32, 64] copied); rows from n_rows on as
+        zeros."""
+        _raw_dequant(kv_raw, sc_raw, k_buf, n_rows, dtype, 4)
+        ldr: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
         rows_r = gl.arange(0, 32, layout=gl.SliceLayout(1, ldr))
         x = kr_raw.load(ldr)
         kr_buf.store(gl.where((rows_r < n_rows)[:, None], x, gl.zeros_like(x)))
@@ -108,10 +87,9 @@ if gluon is not None:
                            next_req, next_block, max_blocks)
             bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
             if lo < hi:  # the request's first page in flight (the raw slots are free: every copy was read)
-                _ws16_issue(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bars, bt_row, lo, 0, hi, s_k,
-                            num_blocks, ok_ptr)
-                _ws16_issue(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bars, bt_row, lo, 1, hi, s_k,
-                            num_blocks, ok_ptr)
+                for h in gl.static_range(2):  # (half h of page i is step 2i + h of _tma_issue, into raw slot h)
+                    _tma_issue(kv_desc, sc_desc, kr_desc, kv_raw.index(h), sc_raw.index(h), kr_raw.index(h),
+                               bars.index(RAW0 + h), bt_row, 2 * lo + h, hi, s_k, num_blocks, ok_ptr)
             for i in range(lo, hi):
                 slot = it % 2
                 n_rows = _fp8_page(bt_row, i, hi, s_k, num_blocks, ok_ptr)[1]  # 0 for a bad block id
@@ -124,8 +102,8 @@ if gluon is not None:
                     fence_async_shared()  # this thread's reads of the raw slot before the copy engine's writes
                     gl.thread_barrier()  # every producer thread is done with raw slot h and has stored its rows
                     if i + 1 < hi:
-                        _ws16_issue(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bars, bt_row, i + 1, h, hi,
-                                    s_k, num_blocks, ok_ptr)
+                        _tma_issue(kv_desc, sc_desc, kr_desc, kv_raw.index(h), sc_raw.index(h), kr_raw.index(h),
+                                   bars.index(RAW0 + h), bt_row, 2 * i + 2 + h, hi, s_k, num_blocks, ok_ptr)
                 mbarrier.arrive(bars.index(FULL0 + slot))
                 it += 1
 
