@@ -35,7 +35,7 @@ import torch
 
 from .launch import FastLauncher
 from .v5_fp8_gluon import _fp8_chunk, _fp8_page, fp8_tile_launch_args
-from .v5_fp8_mma import _m16_scores, _m16_store, _m16_values
+from .v5_fp8_mma import BLOCK_M16, _m16_scores, _m16_store, _m16_values
 from .v5_gluon import (
     TensorDescriptor,
     _Address,
@@ -53,7 +53,6 @@ from .v5_gluon import (
     tma,
 )
 
-BLOCK_M16 = 16  # query rows per program
 TMA_WARPS = 4  # warps per program
 STEP = 32  # keys per step: half a page
 ROW_WORDS = 164  # a 656-byte FP8 row as int32 words: 128 of e4m3 values, 4 scales, 32 of bf16 k_rope pairs
@@ -230,14 +229,23 @@ def raw_descriptors(k_cache: torch.Tensor):
     return descs
 
 
+def tma_tile_launch_args(tile: str, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits, out, lse,
+                         part_out, part_lse, ok_flag) -> tuple[tuple[int, int], tuple]:
+    """(grid, run-time arguments) of the TMA-fed 16-row FP8 tiles: fp8_tile_launch_args with the raw rows' three
+    descriptors after the cache pointer. The cache must be as quantize_k_cache makes it (`tile` names the caller in
+    the error)."""
+    if k_cache.stride(1) != 656 or k_cache.stride(0) != 64 * 656 or k_cache.data_ptr() % 16:
+        raise ValueError(f"the {tile} reads its rows by TMA: k_cache must be contiguous [num_blocks, 64, 1, 656] and "
+                         f"16-byte aligned, got strides {tuple(k_cache.stride())}")
+    grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
+                                      out, lse, part_out, part_lse, ok_flag)
+    return grid, args[:2] + raw_descriptors(k_cache) + args[2:]
+
+
 def launch_v5_fp8_tma(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                       part_lse, ok_flag):
     """Launch the TMA-fed 16-row FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache, rows contiguous
     and 16-byte aligned, as quantize_k_cache makes it)."""
-    if k_cache.stride(1) != 656 or k_cache.stride(0) != 64 * 656 or k_cache.data_ptr() % 16:
-        raise ValueError("the TMA-fed FP8 tile reads its rows by TMA: k_cache must be contiguous "
-                         f"[num_blocks, 64, 1, 656] and 16-byte aligned, got strides {tuple(k_cache.stride())}")
-    grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
-                                      out, lse, part_out, part_lse, ok_flag)
-    args = args[:2] + raw_descriptors(k_cache) + args[2:]
+    grid, args = tma_tile_launch_args("TMA-fed FP8 tile", q, k_cache, block_table, cache_seqlens, dims, meta,
+                                      num_splits, out, lse, part_out, part_lse, ok_flag)
     _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], num_warps=TMA_WARPS)

@@ -26,9 +26,9 @@ from __future__ import annotations
 import triton.language as tl
 
 from .launch import FastLauncher
-from .v5_fp8_gluon import _fp8_page, fp8_tile_launch_args
+from .v5_fp8_gluon import _fp8_page
 from .v5_fp8_mma import _m16_scores, _m16_store, _m16_values
-from .v5_fp8_tma import _raw_dequant, _tma_issue, raw_descriptors
+from .v5_fp8_tma import _raw_dequant, _tma_issue, tma_tile_launch_args
 from .v5_gluon import (
     _v5_flag_stale,
     _v5_load_q,
@@ -43,7 +43,6 @@ from .v5_gluon import (
     mbarrier,
 )
 
-BLOCK_M16 = 16  # query rows per program
 CONSUMER_WARPS = 4  # the default partition: consumer warpgroup 0 (the launch's num_warps)
 WS16_REGS = 168  # registers per thread at launch (12 warps · 32 · 168 ≤ 65,536); setmaxnreg then moves them:
 CONSUMER_REGS = tl.constexpr(208)  # each consumer warpgroup
@@ -254,11 +253,8 @@ _LAUNCH = FastLauncher(_v5_fp8_ws16_kernel) if gluon is not None else None
 def launch_v5_fp8_ws16(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                        part_lse, ok_flag):
     """Launch the warp-specialised 16-row FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache, rows
-    contiguous and 16-byte aligned, as quantize_k_cache makes it)."""
-    if k_cache.stride(1) != 656 or k_cache.stride(0) != 64 * 656 or k_cache.data_ptr() % 16:
-        raise ValueError("the warp-specialised 16-row FP8 tile reads its rows by TMA: k_cache must be contiguous "
-                         f"[num_blocks, 64, 1, 656] and 16-byte aligned, got strides {tuple(k_cache.stride())}")
-    grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
-                                      out, lse, part_out, part_lse, ok_flag)
-    args = args[:2] + raw_descriptors(k_cache) + args[2:]
+    contiguous and 16-byte aligned, as quantize_k_cache makes it; one program per SM fits, so a schedule of one part
+    per SM suits it)."""
+    grid, args = tma_tile_launch_args("warp-specialised 16-row FP8 tile", q, k_cache, block_table, cache_seqlens, dims,
+                                      meta, num_splits, out, lse, part_out, part_lse, ok_flag)
     _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], num_warps=CONSUMER_WARPS, maxnreg=WS16_REGS)
