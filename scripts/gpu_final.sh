@@ -3,9 +3,9 @@
 # tile and FlashMLA, the GPU tests, the kernel benchmark beside FlashMLA, the FP8 path, and the decode step at serving
 # shapes. Each step is time-boxed and logged to $OUT; when the seesaw check fails, the steps after it are skipped.
 # Carry .peers (FlashMLA, see ../shared/flashmla/README.md).
-#   STEPS="check time tests kernels fp8 decode" scripts/gpu_final.sh   (tests: ~300 s, mostly compiles)
+#   STEPS="check time tests kernels fp8 decode" scripts/gpu_final.sh   (tests: ~330 s, mostly compiles)
 # Steps not in the default list: mma (the 16-row FP8 tile's GPU cases, then its timing and its parts beside the other
-# FP8 tiles), ncu, stalls, sass (Nsight Compute's counters for the FP8 tiles; scripts/gpu_ncu_fp8.py). The seesaw probe's check and
+# FP8 tiles), ws16 (the same for the warp-specialised 16-row FP8 tile, prepared), ncu, stalls, sass (Nsight Compute's counters for the FP8 tiles; scripts/gpu_ncu_fp8.py). The seesaw probe's check and
 # time steps include its EARLY probes.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
@@ -34,7 +34,7 @@ if has check && { ! grep -q "^PASS" "$OUT/check.log" || grep -q "^FAIL" "$OUT/ch
 fi
 has time && step time 300 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw_probe.py --out "$OUT/time.json" \
   --skip-check
-has tests && step tests ${TEST_LIMIT:-360} env PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_kernels_gpu.py \
+has tests && step tests ${TEST_LIMIT:-420} env PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_kernels_gpu.py \
   tests/test_fp8.py tests/test_graphs_gpu.py tests/test_contract_gpu.py -q -p no:cacheprovider --durations=5 \
   -k "not v1_naive and not v2_head and not v3_split"
 has kernels && step kernels 200 env PYTHONPATH=$PEERS:src $PY -m mla_tutorial bench --kernel --shapes targets,ablation \
@@ -49,6 +49,14 @@ has mma && step mma_tests 200 env MLA_FP8_MMA8=1 PYTHONPATH=src:tests $PY -m pyt
 if has mma && grep -q " passed" "$OUT/mma_tests.log" && ! grep -q "failed\|error" "$OUT/mma_tests.log"; then
   step mma_bench 300 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma --parts \
     --sections env,correctness,timing --out "$OUT/mma.json"
+fi
+# the warp-specialised 16-row FP8 tile (v5_fp8_ws16.py, prepared): its hostile GPU cases (a hang would be a barrier
+# phase: the step's limit ends it), then the h16 timing beside the other FP8 tiles and FlashMLA
+has ws16 && step ws16_tests ${WS16_LIMIT:-150} env MLA_FP8_WS16=1 PYTHONPATH=src:tests $PY -m pytest -m gpu \
+  tests/test_fp8.py -q -x -p no:cacheprovider -k "matrix and ws16"
+if has ws16 && grep -q " passed" "$OUT/ws16_tests.log" && ! grep -q "failed\|error" "$OUT/ws16_tests.log"; then
+  step ws16_bench 200 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma --heads 16 \
+    --sections env,timing --out "$OUT/ws16.json"
 fi
 # Nsight Compute's counters for the FP8 tiles at h16 and the bf16 seesaw tile at h64 (b 128, s_k 4k): where each
 # stalls (warp states), what each saturates (speed of light, memory and compute pipes), how many programs fit
