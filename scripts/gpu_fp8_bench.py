@@ -244,7 +244,7 @@ def main() -> None:
                     impls["fp8_mma_loads_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=3))
                     impls["fp8_mma_dequant_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=4))
                 impls["fp8_mma8"] = lambda: fp8("mma", "pointer", GluonConfig(warps=8))  # 8 warps (measured slower)
-                impls["fp8_tma"] = lambda: fp8("tma", "pointer")  # the 16-row tile fed by TMA (measured slower)
+                impls["fp8_tma16"] = lambda: fp8("tma", "pointer")  # the 16-row tile fed by TMA (measured slower)
                 impls["fp8_ws16"] = lambda: fp8("ws16", "pointer")  # warp-specialised (prepared)
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))

@@ -133,6 +133,15 @@ def test_fp8_files():
     math = {16: "fp8_mma_products_alone", 64: "fp8_ws_consumers_alone", 128: "fp8_ws_consumers_alone"}
     assert all(parts[math[h], h, d] > parts["flashmla", h, d] / t for (h, d), t in targets.items())
     assert len(R.fp8_speed_rows(s_k=None)) == 8 * 8 and len(R.fp8_speed_rows(s_k=8192)) == 3 * 8
+    # the 16-row tile's page work split (a later probe, docs/results/probes/; notebook 07): its page loads alone
+    # (0.140 ms) bind it, not its dequantization (0.093); the whole tile (0.258) is most of the parts' sum
+    split = {(r.impl, r.lengths): r for r in R.fp8_page_work_rows()}
+    alone = {impl: round(split[impl, "fixed"].ms, 3) for impl in ("fp8_mma_loads_alone", "fp8_mma_dequant_alone",
+                                                                 "fp8_mma_page_work_alone", "fp8_mma_products_alone",
+                                                                 "fp8_mma", "flashmla")}
+    assert list(alone.values()) == [0.140, 0.093, 0.173, 0.117, 0.258, 0.168]
+    assert split["fp8_mma_loads_alone", "fixed"].tile == split["fp8_mma_dequant_alone", "fixed"].tile == "mma"
+    assert {r.h_q for r in split.values()} == {16}
     assert fp8.gbps == pytest.approx(fp8.bytes / fp8.ms / 1e6)
     assert all(R.fp8_correctness().values()) and len(R.fp8_correctness()) == 26
     rows = R.fp8_row_errors()
@@ -435,5 +444,6 @@ def test_drawings_return_figures():
                D.latency_panels([r for r in tour if r.batch == 64], R.decode_rows(R.DECODE_BENCH_V5)),
                D.capacity_and_cost(R.capacity_rows(), [r for r in tour if r.context == 4096]),
                D.fp8_speed_bars(R.fp8_speed_rows(), {(16, "fixed"): 0.107}),
-               D.fp8_tile_parts(R.fp8_speed_rows(parts=True), R.fp8_targets())]
+               D.fp8_tile_parts(R.fp8_speed_rows(parts=True), R.fp8_targets()),
+               D.fp8_page_work_split(R.fp8_page_work_rows())]
     assert all(isinstance(f, Figure) for f in figures)

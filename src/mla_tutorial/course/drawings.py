@@ -607,5 +607,31 @@ def fp8_tile_parts(rows: Sequence[Fp8SpeedRow], targets: dict[tuple[int, str], f
     return _done(fig)
 
 
-__all__ = ["ablation_chart", "capacity_and_cost", "combine_weights", "fp8_row", "fp8_speed_bars", "fp8_tile_parts",
+#: The 16-row FP8 tile's parts, each alone (the benchmark's impl names), then the tile and FlashMLA.
+_FP8_SPLIT_BARS = [("fp8_mma_loads_alone", "its page loads alone (into registers)", "#fdd0a2"),
+                   ("fp8_mma_dequant_alone", "its dequantization alone", "#e6550d"),
+                   ("fp8_mma_page_work_alone", "its page work alone (both)", "#fdae6b"),
+                   ("fp8_mma_products_alone", "its products alone", "#9ecae1"),
+                   ("fp8_mma", "the 16-row tile as it runs", STAGE_COLORS[5]),
+                   ("flashmla", "FlashMLA (bf16), whole call", "#222222")]
+
+
+def fp8_page_work_split(rows: Sequence[Fp8SpeedRow], shapes: Sequence[tuple[int, str]] = ((16, "fixed"),)) -> Any:
+    """The 16-row FP8 tile's time at h_q 16 (b = 128, s_k = 4,096) split into its parts, each timed alone: the page
+    loads, the dequantization, both (the page work), the products; beside the tile as it runs and FlashMLA's bf16
+    call. Rows come from results.fp8_page_work_rows()."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    _fp8_bars(ax, rows, _FP8_SPLIT_BARS, list(shapes), lambda r: f"{r.ms:.3f}", 7)
+    ax.set_xticks(range(len(shapes)), [f"h_q = {h}" + (", uneven lengths" if d != "fixed" else "")
+                                       for h, d in shapes], fontsize=8)
+    ax.set(ylabel="ms per call (b = 128, s_k = 4,096)",
+           title="The 16-row FP8 tile's parts alone: its loads bind its page work, and the parts run in series")
+    ax.title.set_fontsize(10)
+    ax.legend(fontsize=7)
+    return _done(fig)
+
+
+__all__ = ["ablation_chart", "capacity_and_cost", "combine_weights", "fp8_page_work_split", "fp8_row",
+           "fp8_speed_bars", "fp8_tile_parts",
            "head_tile", "kernel_roofline", "latency_panels", "schedule_timeline", "stage_roofline", "warpgroup_split"]

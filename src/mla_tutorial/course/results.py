@@ -39,6 +39,9 @@ ROOFLINE = "roofline_deepseek-v3_h200_2026-12-01.json"  # stages 2–4 under the
 CAPACITY = "capacity_deepseek-v3_141GB.json"  # sequences per 141 GB GPU at 32k tokens (arithmetic)
 FP8_ACCURACY = "fp8_accuracy_cpu_2026-12-01.json"  # scripts/fp8_accuracy.py (CPU)
 FP8_BENCH = "fp8_bench_mma_h200_2026-12-02.json"  # scripts/gpu_fp8_bench.py --mma --parts (H200)
+#: The 16-row FP8 tile's page work split into its loads and its dequantization, each alone (docs/results/probes/;
+#: scripts/gpu_fp8_bench.py --quick --mma --parts --heads 16, H200)
+FP8_SPLIT = "fp8_mma_page_work_split_h200_2026-12-02.json"
 
 #: How each committed file is produced (said when it is missing).
 PRODUCED_BY = {
@@ -483,8 +486,9 @@ class Fp8SpeedRow:
 _FORCED_TILES = {"fp8_small": "small", "fp8_small_tma": "small", "fp8_tma": "small", "fp8_gluon": "gluon",
                  "fp8_ws": "seesaw", "fp8_ws_producer_alone": "seesaw", "fp8_ws_consumers_alone": "seesaw",
                  "fp8_mma": "mma", "fp8_mma_page_work_alone": "mma", "fp8_mma_products_alone": "mma",
+                 "fp8_mma_loads_alone": "mma", "fp8_mma_dequant_alone": "mma",
                  "fp8_mma8": "mma", "fp8_mma8_page_work_alone": "mma", "fp8_mma8_products_alone": "mma",
-                 "bf16_lockstep_compute_alone": "gluon"}
+                 "fp8_tma16": "tma", "fp8_ws16": "ws16", "bf16_lockstep_compute_alone": "gluon"}
 
 
 def fp8_speed_rows(source: str | Path | dict = FP8_BENCH, s_k: int | None = 4096,
@@ -507,6 +511,14 @@ def fp8_speed_rows(source: str | Path | dict = FP8_BENCH, s_k: int | None = 4096
                                     t.get("graph_ms", {}).get(impl), float(nbytes), float(t["flops"]),
                                     float(t["fraction_of_copy"][impl]), tile))
     return rows
+
+
+def fp8_page_work_rows(source: str | Path | dict = FP8_SPLIT, s_k: int = 4096) -> list[Fp8SpeedRow]:
+    """The probe that split the 16-row FP8 tile's page work (h_q 16, b = 128): its page loads alone
+    ("fp8_mma_loads_alone"), its dequantization alone ("fp8_mma_dequant_alone"), both ("fp8_mma_page_work_alone"),
+    its products alone, the tile as it runs and FlashMLA, as fp8_speed_rows(..., parts=True) gives them. A file name
+    is looked up in docs/results/probes/."""
+    return fp8_speed_rows(load(source, results_dir() / "probes"), s_k, parts=True)
 
 
 def fp8_targets(s_k: int = 4096) -> dict[tuple[int, str], float]:
@@ -652,11 +664,12 @@ def table(rows: list, columns: list[tuple[str, str, str]]) -> str:
 
 __all__ = [
     "ABLATION", "CAPACITY", "DECODE_BENCH_V4", "DECODE_BENCH_V5", "DECODE_COVERAGE", "DECODE_PROFILE", "DECODE_TOUR",
-    "FP8_ACCURACY", "FP8_BENCH", "FP8_SCHEMES", "IMPL_LABELS", "KERNELS_V4_H100", "KERNELS_V4_H200", "KERNELS_V5",
-    "KERNELS_V5_SEESAW",
+    "FP8_ACCURACY", "FP8_BENCH", "FP8_SCHEMES", "FP8_SPLIT", "IMPL_LABELS", "KERNELS_V4_H100", "KERNELS_V4_H200",
+    "KERNELS_V5", "KERNELS_V5_SEESAW",
     "ROOFLINE", "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",
     "Fp8DecoderRow", "Fp8RowError", "Fp8SpeedRow", "KernelRow", "KernelRun", "ResultsMissing", "ablation_steps",
     "capacity_rows", "ceilings", "decode_rows", "decode_skipped", "fp8_attention_errors", "fp8_correctness",
-    "fp8_decoder_rows", "fp8_row_errors", "fp8_speed_rows", "fp8_targets", "kernel_run", "load", "pick", "results_dir",
+    "fp8_decoder_rows", "fp8_page_work_rows", "fp8_row_errors", "fp8_speed_rows", "fp8_targets", "kernel_run",
+    "load", "pick", "results_dir",
     "table",
 ]
