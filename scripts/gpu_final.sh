@@ -55,8 +55,8 @@ fi
 has ws16 && step ws16_tests ${WS16_LIMIT:-150} env MLA_FP8_WS16=1 PYTHONPATH=src:tests $PY -m pytest -m gpu \
   tests/test_fp8.py -q -x -p no:cacheprovider -k "matrix and ws16"
 if has ws16 && grep -q " passed" "$OUT/ws16_tests.log" && ! grep -q "failed\|error" "$OUT/ws16_tests.log"; then
-  step ws16_bench 200 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma --heads 16 \
-    --sections env,timing --out "$OUT/ws16.json"
+  step ws16_bench 200 env MLA_FP8_WS16=1 PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma \
+    --heads 16 --sections env,timing --out "$OUT/ws16.json"
 fi
 # Nsight Compute's counters for the FP8 tiles at h16 and the bf16 seesaw tile at h64 (b 128, s_k 4k): where each
 # stalls (warp states), what each saturates (speed of light, memory and compute pipes), how many programs fit
