@@ -17,7 +17,9 @@
 # Expected (H200, b 128, s_k 4096, h_q 16): the slowest part, if they overlap: loads by TMA ~0.08 ms, products on
 #   two pages at a time ~0.12, dequantization by 4 warps per SM ~0.1-0.19 (0.093 with 8 warps per SM): ~0.13-0.19 ms
 #   against 0.258 for v5_fp8_mma.py and 0.168 for FlashMLA (target 1.5x FlashMLA: 0.112). Risk: the producer binds.
-# Prepared, compiled for sm_90a (scripts/compile_offline.py v5fws16), not yet run on a GPU.
+# Prepared, compiled for sm_90a (scripts/compile_offline.py v5fws16), not yet run on a GPU. Its barrier protocol
+# (phases, slots, the merge's handover) is modelled on the CPU in tests/test_ws16_protocol.py: every random
+# interleaving finishes and reads each page in place; a wrong phase there fails (a hang here).
 """Version 5 over an FP8 cache, 16-row tiles, warp-specialised: TMA, dequantizing and multiplying partitions
 (Gluon, Triton 3.6)."""
 
