@@ -107,7 +107,7 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
            "heads_per_kv": "i32", "rows_per_kv": "i32", "m_tiles": "i32", "num_blocks": "i32", "max_blocks": "i32",
            "qk_scale": "fp32", "CAUSAL": "constexpr", "META_COLS": "constexpr", "num_warps": "constexpr"}
     attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 4, 14)}  # q, the cache, out; the block stride
-    if kind in ("tma", "ws16"):  # the TMA-fed tiles take descriptors of the raw rows after the cache pointer
+    if kind in ("tma", "ws16", "ws16w"):  # the TMA-fed tiles take descriptors of the raw rows after the cache pointer
         raw = SMEM_LAYOUT.replace("swizzle_byte_width=128, element_bitwidth=16", "swizzle_byte_width=0, "
                                   "element_bitwidth=32")
         descs = [("kv_desc", f"tensordesc<i32[32, 128],{raw}>"), ("sc_desc", f"tensordesc<i32[32, 4],{raw}>"),
@@ -119,16 +119,20 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
                  "mma": (v5_fp8_mma._v5_fp8_mma_kernel, v5_fp8_mma.MMA_WARPS),
                  "mma8": (v5_fp8_mma._v5_fp8_mma_kernel, v5_fp8_mma.WIDE_WARPS),
                  "tma": (v5_fp8_tma._v5_fp8_tma_kernel, v5_fp8_tma.TMA_WARPS),
-                 "ws16": (v5_fp8_ws16._v5_fp8_ws16_kernel, v5_fp8_ws16.CONSUMER_WARPS)}[kind]
+                 "ws16": (v5_fp8_ws16._v5_fp8_ws16_kernel, v5_fp8_ws16.CONSUMER_WARPS),
+                 "ws16w": (v5_fp8_ws16._v5_fp8_ws16_kernel, v5_fp8_ws16.CONSUMER_WARPS)}[kind]
     consts = {"CAUSAL": causal, "META_COLS": 8, "num_warps": warps}
     if kind in ("ws", "mma", "mma8"):
         sig["MODE"] = "constexpr"
         consts["MODE"] = mode
+    if kind in ("ws16", "ws16w"):  # ws16w: the 8-warp producer (PW precedes num_warps in the signature)
+        sig = {k: v for k, v in sig.items() if k != "num_warps"} | {"PW": "constexpr", "num_warps": "constexpr"}
+        consts["PW"] = 8 if kind == "ws16w" else 4
     src = GluonASTSource(fn, sig, consts, attrs)
     options = {"num_warps": warps}
-    if kind in ("ws", "mma8", "ws16"):
+    if kind in ("ws", "mma8", "ws16", "ws16w"):
         options["maxnreg"] = {"ws": v5_fp8_ws.WS_REGS, "mma8": v5_fp8_mma.WIDE_MAXNREG,
-                              "ws16": v5_fp8_ws16.WS16_REGS}[kind]
+                              "ws16": v5_fp8_ws16.WS16_REGS, "ws16w": v5_fp8_ws16.WIDE_REGS}[kind]
     return triton.compile(src, target=TARGET, options=options)
 
 
@@ -199,7 +203,8 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, kind=kind, mode=mode)
                 print(f"{base} mode={mode} causal={causal}: {report(f'{base}{mode}_c{int(causal)}', ck, workdir)}")
-        elif name in ("v5ftma", "v5fws16"):  # the TMA-fed 16-row Gluon FP8 tiles (ws16: warp-specialised)
+        elif name in ("v5ftma", "v5fws16", "v5fws16w"):  # the TMA-fed 16-row Gluon FP8 tiles (ws16: warp-specialised;
+            #                                             ws16w: with an 8-warp producer)
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, kind=name[3:])
                 print(f"{name} causal={causal}: {report(f'{name}_c{int(causal)}', ck, workdir)}")

@@ -92,7 +92,7 @@ def main() -> None:
     #              the 16-row tile with 4 and 8 warps per program, fed by TMA (v5_fp8_tma.py); and warp-specialised
     #              (v5_fp8_ws16.py), not yet run on a GPU: only when asked for, as its tests (MLA_FP8_WS16=1)
     ws16 = args.mma and not args.smoke and os.environ.get("MLA_FP8_WS16") == "1"
-    TILES += [("ws16", "pointer")] if ws16 else []
+    TILES += [("ws16", "pointer"), ("ws16w", "pointer")] if ws16 else []
     big_b, big_sk = (2, (64, 130)) if args.smoke else (128, (4096, 8192))
 
     from test_kernels import check_against_reference, make_inputs
@@ -154,7 +154,8 @@ def main() -> None:
                 flag = torch.ones(1, dtype=torch.int32, device=dev)
 
                 def fp8(q, _k, bt, sl, dv, softmax_scale=None, causal=False, k8=k8, flag=flag, tile=tile):
-                    path, config = ("mma", GluonConfig(warps=8)) if tile == "mma8" else (tile, None)
+                    wide = {"mma8": "mma", "ws16w": "ws16"}  # the same tiles with 8 warps (ws16w: its producer's)
+                    path, config = (wide[tile], GluonConfig(warps=8)) if tile in wide else (tile, None)
                     return K.mla_decode_v5(q, k8, bt, sl, dv, softmax_scale=softmax_scale, causal=causal,
                                            is_fp8_kvcache=True, error_flag=flag, path=path, config=config)
 
@@ -246,8 +247,9 @@ def main() -> None:
                     impls["fp8_mma_dequant_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=4))
                 impls["fp8_mma8"] = lambda: fp8("mma", "pointer", GluonConfig(warps=8))  # 8 warps (measured slower)
                 impls["fp8_tma16"] = lambda: fp8("tma", "pointer")  # the 16-row tile fed by TMA (measured slower)
-                if ws16:
-                    impls["fp8_ws16"] = lambda: fp8("ws16", "pointer")  # warp-specialised (prepared)
+                if ws16:  # warp-specialised (prepared), with a 4- and an 8-warp producer
+                    impls["fp8_ws16"] = lambda: fp8("ws16", "pointer")
+                    impls["fp8_ws16w"] = lambda: fp8("ws16", "pointer", GluonConfig(warps=8))
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))
                     impls["fp8_mma8_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2, warps=8))

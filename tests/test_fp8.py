@@ -444,21 +444,23 @@ UNVERIFIED_WS16 = pytest.mark.skipif(os.environ.get("MLA_FP8_WS16") != "1",
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "mma", "mma8", "tma",
-                                  pytest.param("ws16", marks=UNVERIFIED_WS16)])
+                                  pytest.param("ws16", marks=UNVERIFIED_WS16),
+                                  pytest.param("ws16w", marks=UNVERIFIED_WS16)])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     """The FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile, its
     warp-specialised form (path "seesaw"; both pad fewer than 64 rows, as FlashMLA's kernel does) and the 16-row
     Gluon FP8 tile (path "mma": 16 rows per program, m_tiles of them; "mma8": with 8 warps per program; "tma": fed
-    by TMA; "ws16": warp-specialised)."""
+    by TMA; "ws16": warp-specialised, "ws16w" with an 8-warp producer)."""
     from mla_tutorial.kernels import v5_small
     from mla_tutorial.kernels.v5_gluon import GluonConfig
 
     tile, _, loads = path.partition("-")
     monkeypatch.setattr(v5_small, "FP8_LOADS", loads or "pointer")
     q, k8, block_table, seqlens = fp8_inputs(GPU_LENGTHS, s_q, h_q, seed=h_q * 10 + s_q, poison_bytes=True)
-    config = GluonConfig(warps=8) if tile == "mma8" else None
-    check_fp8(q, k8, block_table, seqlens, s_q > 1, path="mma" if tile == "mma8" else tile, config=config)
+    config = GluonConfig(warps=8) if tile in ("mma8", "ws16w") else None  # (ws16w: an 8-warp producer)
+    check_fp8(q, k8, block_table, seqlens, s_q > 1, path={"mma8": "mma", "ws16w": "ws16"}.get(tile, tile),
+              config=config)
 
 
 @pytest.mark.gpu

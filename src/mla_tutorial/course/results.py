@@ -488,7 +488,8 @@ _FORCED_TILES = {"fp8_small": "small", "fp8_small_tma": "small", "fp8_tma": "sma
                  "fp8_mma": "mma", "fp8_mma_page_work_alone": "mma", "fp8_mma_products_alone": "mma",
                  "fp8_mma_loads_alone": "mma", "fp8_mma_dequant_alone": "mma",
                  "fp8_mma8": "mma", "fp8_mma8_page_work_alone": "mma", "fp8_mma8_products_alone": "mma",
-                 "fp8_tma16": "tma", "fp8_ws16": "ws16", "bf16_lockstep_compute_alone": "gluon"}
+                 "fp8_tma16": "tma", "fp8_ws16": "ws16", "fp8_ws16w": "ws16",
+                 "bf16_lockstep_compute_alone": "gluon"}
 
 
 def fp8_speed_rows(source: str | Path | dict = FP8_BENCH, s_k: int | None = 4096,

@@ -143,7 +143,7 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     flag = ok_flag(dev) if error_flag is None else error_flag
     if path == "ws16":
         launch_v5_fp8_ws16(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                           part_lse, flag)
+                           part_lse, flag, producer_warps=int(getattr(config, "warps", 0)) or 4)
     elif path == "tma":
         launch_v5_fp8_tma(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                           part_lse, flag)

@@ -80,8 +80,8 @@ if gluon is not None:
         bits) -> c_kv dequantized into k_buf [32, 512] bf16; rows from n_rows on as zeros (past s_k they may hold
         NaN bytes)."""
         # one row per lane (the 512-byte row stride puts 8 rows' 16-byte pieces on 8 bank groups... twice: 2-way
-        # conflicts), the warps split the words
-        ldw: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [1, num_warps], [1, 0])
+        # conflicts), the warps split the words (4 or 8 warps: 4 or 2 words a thread)
+        ldw: gl.constexpr = gl.BlockedLayout([1, 16 // num_warps], [32, 1], [1, num_warps], [1, 0])
         rows = gl.arange(0, 32, layout=gl.SliceLayout(1, ldw))
         ok = rows < n_rows
         sc_cols = gl.arange(0, 4, layout=gl.SliceLayout(0, ldw))

@@ -16,7 +16,9 @@
 #   Shared memory: Q 18 KB + two bf16 slots 144 KB + raw ring 41 KB + P 4 KB + merge 16 KB = 223 KB.
 # Expected (H200, b 128, s_k 4096, h_q 16): the slowest part, if they overlap: loads by TMA ~0.08 ms, products on
 #   two pages at a time ~0.12, dequantization by 4 warps per SM ~0.1-0.19 (0.093 with 8 warps per SM): ~0.13-0.19 ms
-#   against 0.258 for v5_fp8_mma.py and 0.168 for FlashMLA (target 1.5x FlashMLA: 0.112). Risk: the producer binds.
+#   against 0.258 for v5_fp8_mma.py and 0.168 for FlashMLA (target 1.5x FlashMLA: 0.112). Risk: the producer binds;
+#   hence the variant with an 8-warp producer (GluonConfig(warps=8): 176 registers per consumer thread, 80 per
+#   producer thread), prepared beside it.
 # Prepared, compiled for sm_90a (scripts/compile_offline.py v5fws16), not yet run on a GPU. Its barrier protocol
 # (phases, slots, the merge's handover) is modelled on the CPU in tests/test_ws16_protocol.py: every random
 # interleaving finishes and reads each page in place; a wrong phase there fails (a hang here).
@@ -49,6 +51,12 @@ CONSUMER_WARPS = 4  # the default partition: consumer warpgroup 0 (the launch's 
 WS16_REGS = 168  # registers per thread at launch (12 warps · 32 · 168 ≤ 65,536); setmaxnreg then moves them:
 CONSUMER_REGS = tl.constexpr(208)  # each consumer warpgroup
 PRODUCER_REGS = tl.constexpr(96)  # the dequantizing partition ((65,536 - 2 · 128 · 208) / 128 = 96)
+#: The variant with an 8-warp producer (GluonConfig(warps=8) on path "ws16"): 16 warps, 128 registers at launch,
+#: then 176 per consumer thread and 80 per producer thread (2 · 128 · 176 + 256 · 80 = 65,536).
+WIDE_PRODUCER_WARPS = 8
+WIDE_REGS = 128
+WIDE_CONSUMER_REGS = tl.constexpr(176)
+WIDE_PRODUCER_REGS = tl.constexpr(80)
 
 # mbarriers, by index (module constants read inside the kernels must be constexpr)
 RAW0 = tl.constexpr(0)  # raw half-page slot h landed (TMA): RAW0 + h
@@ -62,12 +70,12 @@ N_BARS = tl.constexpr(10)
 if gluon is not None:
 
     @gluon.jit
-    def _ws16_put_half(kv_raw, sc_raw, kr_raw, k_buf, kr_buf, n_rows, dtype: gl.constexpr):
+    def _ws16_put_half(kv_raw, sc_raw, kr_raw, k_buf, kr_buf, n_rows, dtype: gl.constexpr, PW: gl.constexpr):
         """Raw half-page slot (kv_raw [32, 128] words, sc_raw [32, 4] scale bits, kr_raw [32, 64] bf16) -> 32 rows
-        of a bf16 page slot (k_buf [32, 512] by _raw_dequant, kr_buf [32, 64] copied); rows from n_rows on as
-        zeros."""
-        _raw_dequant(kv_raw, sc_raw, k_buf, n_rows, dtype, 4)
-        ldr: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+        of a bf16 page slot (k_buf [32, 512] by _raw_dequant, kr_buf [32, 64] copied), by the producer's PW warps;
+        rows from n_rows on as zeros."""
+        _raw_dequant(kv_raw, sc_raw, k_buf, n_rows, dtype, PW)
+        ldr: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PW, 1], [1, 0])
         rows_r = gl.arange(0, 32, layout=gl.SliceLayout(1, ldr))
         x = kr_raw.load(ldr)
         kr_buf.store(gl.where((rows_r < n_rows)[:, None], x, gl.zeros_like(x)))
@@ -75,7 +83,7 @@ if gluon is not None:
     @gluon.jit
     def _ws16_producer(kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb,
                        num_blocks, max_blocks, kv_raw, sc_raw, kr_raw, k_smem, kr_smem, bars,
-                       META_COLS: gl.constexpr):
+                       META_COLS: gl.constexpr, PW: gl.constexpr):
         """The dequantizing partition: every page of the program's slice, by half pages, from the raw ring into the
         bf16 slots, in the consumers' order; it also issues the copies (one page ahead, within a request)."""
         dtype: gl.constexpr = k_smem.dtype
@@ -99,7 +107,7 @@ if gluon is not None:
                     mbarrier.wait(bars.index(RAW0 + h), it & 1)
                     _ws16_put_half(kv_raw.index(h), sc_raw.index(h), kr_raw.index(h),
                                    k_smem.index(slot).slice(32 * h, 32, dim=0),
-                                   kr_smem.index(slot).slice(32 * h, 32, dim=0), n_rows - 32 * h, dtype)
+                                   kr_smem.index(slot).slice(32 * h, 32, dim=0), n_rows - 32 * h, dtype, PW)
                     fence_async_shared()  # this thread's reads of the raw slot before the copy engine's writes
                     gl.thread_barrier()  # every producer thread is done with raw slot h and has stored its rows
                     if i + 1 < hi:
@@ -214,8 +222,11 @@ if gluon is not None:
         stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, PW: gl.constexpr, num_warps: gl.constexpr,
     ):
+        # PW: the producer's warps, 4 (consumers 208 registers, producer 96) or 8 (176 and 80)
+        C_REGS: gl.constexpr = CONSUMER_REGS if PW == 4 else WIDE_CONSUMER_REGS
+        P_REGS: gl.constexpr = PRODUCER_REGS if PW == 4 else WIDE_PRODUCER_REGS
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         plain: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -245,18 +256,23 @@ if gluon is not None:
                               m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, p_smem, merge, stats,
                               bars, CAUSAL, META_COLS)),
             (_ws16_producer, (kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb,
-                              num_blocks, max_blocks, kv_raw, sc_raw, kr_raw, k_smem, kr_smem, bars, META_COLS)),
-        ], [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
+                              num_blocks, max_blocks, kv_raw, sc_raw, kr_raw, k_smem, kr_smem, bars, META_COLS,
+                              PW)),
+        ], [4, PW], [C_REGS, P_REGS])
 
 
 _LAUNCH = FastLauncher(_v5_fp8_ws16_kernel) if gluon is not None else None
 
 
 def launch_v5_fp8_ws16(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                       part_lse, ok_flag):
+                       part_lse, ok_flag, producer_warps: int = 4):
     """Launch the warp-specialised 16-row FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache, rows
     contiguous and 16-byte aligned, as quantize_k_cache makes it; one program per SM fits, so a schedule of one part
-    per SM suits it)."""
+    per SM suits it). producer_warps: 4, or WIDE_PRODUCER_WARPS (8) with WIDE_REGS registers at launch."""
+    if producer_warps not in (4, WIDE_PRODUCER_WARPS):
+        raise ValueError(f"the warp-specialised 16-row FP8 tile's producer has 4 or {WIDE_PRODUCER_WARPS} warps, got "
+                         f"{producer_warps!r}")
     grid, args = tma_tile_launch_args("warp-specialised 16-row FP8 tile", q, k_cache, block_table, cache_seqlens, dims,
                                       meta, num_splits, out, lse, part_out, part_lse, ok_flag)
-    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], num_warps=CONSUMER_WARPS, maxnreg=WS16_REGS)
+    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], PW=producer_warps, num_warps=CONSUMER_WARPS,
+            maxnreg=WS16_REGS if producer_warps == 4 else WIDE_REGS)
