@@ -4,6 +4,7 @@ reasons. Input: the csv that `ncu -i REPORT --page source --csv --print-source s
 sass step writes it to sass.log; gzip is fine).
 
     python scripts/ncu_sass_summary.py docs/results/probes/ncu_fp8_mma_sass_h200_2026-12-02.csv.gz [--top 14]
+        [--hot 20 [--context 2]]
 """
 
 from __future__ import annotations
@@ -66,12 +67,35 @@ def summary(rows: list[dict[str, str]], top: int = 14) -> str:
     return "\n".join(out)
 
 
+def hottest(rows: list[dict[str, str]], n: int = 20, context: int = 0) -> str:
+    """The n instructions with the most samples, in program order, each with its share, its top two stall reasons
+    and `context` instructions before it (what it waits on is usually just above)."""
+    stalls = [k for k in rows[0] if k.startswith("stall_") and "Not Issued" not in k]
+    total = sum(_num(r[SAMPLES]) for r in rows) or 1.0
+    hot = sorted(sorted(range(len(rows)), key=lambda i: -_num(rows[i][SAMPLES]))[:n])
+    out = [f"the {len(hot)} instructions with the most samples (% of all samples; top stall reasons):"]
+    for i in hot:
+        for j in range(max(0, i - context), i):
+            out.append(f"        {j:5d}        {rows[j]['Source'].strip()[:90]}")
+        r = rows[i]
+        why = ", ".join(f"{k[6:]} {100 * _num(r[k]) / total:.1f}"
+                        for k in sorted(stalls, key=lambda k: -_num(r[k]))[:2] if _num(r[k]) > 0)
+        out.append(f"  ->    {i:5d} {100 * _num(r[SAMPLES]) / total:5.1f} % {r['Source'].strip()[:90]}   [{why}]")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("csv", type=Path)
     ap.add_argument("--top", type=int, default=14)
+    ap.add_argument("--hot", type=int, default=0, help="also list the N instructions with the most samples")
+    ap.add_argument("--context", type=int, default=2, help="with --hot: instructions shown before each")
     args = ap.parse_args()
-    print(summary(read_rows(args.csv), args.top))
+    rows = read_rows(args.csv)
+    print(summary(rows, args.top))
+    if args.hot:
+        print()
+        print(hottest(rows, args.hot, args.context))
 
 
 if __name__ == "__main__":
