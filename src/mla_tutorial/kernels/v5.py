@@ -36,7 +36,7 @@ from .v5_fp8_gluon import launch_v5_fp8_gluon
 from .v5_fp8_mma import MMA_WARPS, launch_v5_fp8_mma, mma_v2
 from .v5_fp8_tma import launch_v5_fp8_tma
 from .v5_fp8_ws import launch_v5_fp8_ws
-from .v5_fp8_ws16 import launch_v5_fp8_ws16
+from .v5_fp8_ws16 import PRODUCER_WARPS, launch_v5_fp8_ws16
 from .v5_gluon import BLOCK_M as GLUON_BLOCK_M
 from .v5_gluon import DEFAULT_GLUON_CONFIG, GluonConfig, gluon_unavailable, launch_v5_gluon
 from .v5_seesaw import launch_v5_seesaw
@@ -123,8 +123,9 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
                          f"fed by TMA) and 'ws16' (the same warp-specialised) can")
     if path in ("mma", "tma", "ws16") and not is_fp8:
         raise ValueError(f"path {path!r} (a 16-row FP8 tile) reads only an FP8 cache (is_fp8_kvcache=True)")
-    if int(getattr(config, "mode", 0)) > 2 and path != "mma" or path in ("tma", "ws16") and getattr(config, "mode", 0):
-        raise ValueError(f"GluonConfig.mode {config.mode} (a part alone) is not a mode of path {path!r} (3 and 4: "
+    mode = int(getattr(config, "mode", 0))  # GluonConfig's: a part of the tile alone, for timing
+    if mode > {"mma": 4, "tma": 0, "ws16": 0}.get(path, 2):  # the highest mode each tile has
+        raise ValueError(f"GluonConfig.mode {mode} (a part alone) is not a mode of path {path!r} (3 and 4: "
                          f"the 16-row FP8 tile's, path 'mma', only; the TMA-fed tiles have none)")
     if forced in ("seesaw", "gluon", "mma", "tma", "ws16"):  # a forced Gluon tile where it cannot run: say why, first
         why = gluon_unavailable(q, k_cache, dims.h_kv)
@@ -143,21 +144,19 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     flag = ok_flag(dev) if error_flag is None else error_flag
     if path == "ws16":
         launch_v5_fp8_ws16(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                           part_lse, flag, producer_warps=int(getattr(config, "warps", 0)) or 4)
+                           part_lse, flag, producer_warps=int(getattr(config, "warps", 0)) or PRODUCER_WARPS)
     elif path == "tma":
         launch_v5_fp8_tma(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                           part_lse, flag)
     elif path == "mma":
         launch_v5_fp8_mma(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                          part_lse, flag, mode=int(getattr(config, "mode", 0)),
-                          warps=int(getattr(config, "warps", 0)) or MMA_WARPS)
+                          part_lse, flag, mode=mode, warps=int(getattr(config, "warps", 0)) or MMA_WARPS)
     elif path == "seesaw" and is_fp8:
         launch_v5_fp8_ws(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                         part_lse, flag, mode=int(getattr(config, "mode", 0)))
+                         part_lse, flag, mode=mode)
     elif path == "seesaw":
         launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
-                         part_out, part_lse, flag, fine=bool(getattr(config, "fine", False)),
-                         mode=int(getattr(config, "mode", 0)),
+                         part_out, part_lse, flag, fine=bool(getattr(config, "fine", False)), mode=mode,
                          early=int(getattr(config, "early", DEFAULT_GLUON_CONFIG.early)))
     elif path == "gluon" and is_fp8:
         launch_v5_fp8_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,

@@ -85,6 +85,7 @@ mov.b32 {$2, $3}, hi;
         _v5_online_softmax,
         _v5_pages,
         _v5_part,
+        _v5_piece,
         _v5_start,
         _v5_store,
     )
@@ -215,9 +216,7 @@ mov.b32 {$2, $3}, hi;
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
             _v5_flag_stale(ok_ptr, req, s_k, gl.cdiv(s_k, PAGE), begin_req, begin_block, end_req, end_block,
                            next_req, next_block, max_blocks)
-            split = gl.where(req == begin_req, begin_split, 0)
-            first_slot = gl.load(num_splits_ptr + req)
-            pieces = gl.load(num_splits_ptr + req + 1) - first_slot
+            part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
             bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
 
             # the last copy of the previous request (page hi + 1's k_rope: masked, so cp.async writes zeros into the
@@ -269,7 +268,7 @@ mov.b32 {$2, $3}, hi;
                 gl.thread_barrier()  # both warpgroups are done with this slot and with P
                 it += 1
 
-            _v5_store(acc, m_i, l_i, rows, tok, req, first_slot + split, pieces, out_ptr, lse_ptr, part_out_ptr,
+            _v5_store(acc, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, o_rows, o_cols, 0, D_V, True)
         async_copy.wait_group(0)  # no copy into shared memory outlives the program
 

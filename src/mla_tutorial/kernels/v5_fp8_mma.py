@@ -52,6 +52,7 @@ from .v5_gluon import (
     _v5_online_softmax,
     _v5_pages,
     _v5_part,
+    _v5_piece,
     _v5_start,
     _v5_store,
     gl,
@@ -101,7 +102,7 @@ if gluon is not None:
         return acc0, acc1, acc2, acc3
 
     @gluon.jit
-    def _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, slot, pieces, out_ptr, lse_ptr, part_out_ptr,
+    def _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
                    part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l: gl.constexpr,
                    cols_l: gl.constexpr):
         """A 16-row tile's end of a request (_v5_store), its output as four 128-column accumulators."""
@@ -114,7 +115,7 @@ if gluon is not None:
                 o = acc2
             else:
                 o = acc3
-            _v5_store(o, m_i, l_i, rows, tok, req, slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q,
+            _v5_store(o, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q,
                       h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l, 128 * c, 128, c == 0, 16)
 
     @gluon.jit
@@ -165,9 +166,7 @@ if gluon is not None:
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
             _v5_flag_stale(ok_ptr, req, s_k, gl.cdiv(s_k, PAGE), begin_req, begin_block, end_req, end_block,
                            next_req, next_block, max_blocks)
-            split = gl.where(req == begin_req, begin_split, 0)
-            first_slot = gl.load(num_splits_ptr + req)
-            pieces = gl.load(num_splits_ptr + req + 1) - first_slot
+            part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
             bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
 
             gl.thread_barrier()  # every warp is done with the previous request's Q and page
@@ -231,7 +230,7 @@ if gluon is not None:
 
             if MODE == 3:  # keep the checksum (and so the loads) alive: a store that never happens in practice
                 gl.store(ok_ptr + gl.zeros([PAGE, 16], gl.int32, layout=ldw), 1, mask=chk == 0x5EED1234)
-            _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, first_slot + split, pieces, out_ptr, lse_ptr,
+            _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr,
                        part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l)
 
 

@@ -45,6 +45,7 @@ from .v5_gluon import (
     _v5_online_softmax,
     _v5_pages,
     _v5_part,
+    _v5_piece,
     _v5_start,
     fence_async_shared,
     gl,
@@ -148,9 +149,7 @@ if gluon is not None:
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
             _v5_flag_stale(ok_ptr, req, s_k, gl.cdiv(s_k, 64), begin_req, begin_block, end_req, end_block,
                            next_req, next_block, max_blocks)
-            split = gl.where(req == begin_req, begin_split, 0)
-            first_slot = gl.load(num_splits_ptr + req)
-            pieces = gl.load(num_splits_ptr + req + 1) - first_slot
+            part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
             bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
 
             fence_async_shared()  # every thread's reads and writes of the slots come before the copy engine's
@@ -196,7 +195,7 @@ if gluon is not None:
                 gl.thread_barrier()  # every warp is done with the step's slots and with P
                 g += 1
 
-            _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, first_slot + split, pieces, out_ptr, lse_ptr,
+            _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr,
                        part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l)
         for k in gl.static_range(NRAW):
             mbarrier.invalidate(bars.index(k))

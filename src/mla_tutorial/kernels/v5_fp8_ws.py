@@ -93,6 +93,7 @@ from .v5_gluon import (
     _v5_online_softmax,
     _v5_pages,
     _v5_part,
+    _v5_piece,
     _v5_start,
     _v5_store,
     fence_async_shared,
@@ -193,9 +194,7 @@ if gluon is not None:
         it = 0  # as the producer counts
         for req in range(begin_req, end_req + 1):
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
-            split = gl.where(req == begin_req, begin_split, 0)
-            first_slot = gl.load(num_splits_ptr + req)
-            pieces = gl.load(num_splits_ptr + req + 1) - first_slot
+            part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
 
             gl.thread_barrier()  # both warpgroups are done with the previous request's Q
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
@@ -227,7 +226,7 @@ if gluon is not None:
                 mbarrier.arrive(bars.index(EMPTY0 + slot))  # the producer may refill it
                 it += 1
 
-            _v5_store(acc, m_i, l_i, rows, tok, req, first_slot + split, pieces, out_ptr, lse_ptr, part_out_ptr,
+            _v5_store(acc, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, o_rows, o_cols, 0, 512, True)
 
     @gluon.jit

@@ -40,6 +40,7 @@ from .v5_gluon import (
     _v5_online_softmax,
     _v5_pages,
     _v5_part,
+    _v5_piece,
     _v5_start,
     fence_async_shared,
     gl,
@@ -48,6 +49,7 @@ from .v5_gluon import (
 )
 
 CONSUMER_WARPS = 4  # the default partition: consumer warpgroup 0 (the launch's num_warps)
+PRODUCER_WARPS = 4  # the dequantizing partition (WIDE_PRODUCER_WARPS: the variant with 8)
 WS16_REGS = 168  # registers per thread at launch (12 warps · 32 · 168 ≤ 65,536); setmaxnreg then moves them:
 CONSUMER_REGS = tl.constexpr(208)  # each consumer warpgroup
 PRODUCER_REGS = tl.constexpr(96)  # the dequantizing partition ((65,536 - 2 · 128 · 208) / 128 = 96)
@@ -207,10 +209,8 @@ if gluon is not None:
                     gl.thread_barrier()
                     mbarrier.arrive(bars.index(MERGE_FREE))
             if WG == 0:
-                split = gl.where(req == begin_req, begin_split, 0)
-                first_slot = gl.load(num_splits_ptr + req)
-                pieces = gl.load(num_splits_ptr + req + 1) - first_slot
-                _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, first_slot + split, pieces, out_ptr,
+                part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
+                _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr,
                            lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l,
                            cols_l)
             r += 1
@@ -265,14 +265,14 @@ _LAUNCH = FastLauncher(_v5_fp8_ws16_kernel) if gluon is not None else None
 
 
 def launch_v5_fp8_ws16(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                       part_lse, ok_flag, producer_warps: int = 4):
+                       part_lse, ok_flag, producer_warps: int = PRODUCER_WARPS):
     """Launch the warp-specialised 16-row FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache, rows
     contiguous and 16-byte aligned, as quantize_k_cache makes it; one program per SM fits, so a schedule of one part
-    per SM suits it). producer_warps: 4, or WIDE_PRODUCER_WARPS (8) with WIDE_REGS registers at launch."""
-    if producer_warps not in (4, WIDE_PRODUCER_WARPS):
-        raise ValueError(f"the warp-specialised 16-row FP8 tile's producer has 4 or {WIDE_PRODUCER_WARPS} warps, got "
-                         f"{producer_warps!r}")
+    per SM suits it). producer_warps: PRODUCER_WARPS, or WIDE_PRODUCER_WARPS with WIDE_REGS registers at launch."""
+    if producer_warps not in (PRODUCER_WARPS, WIDE_PRODUCER_WARPS):
+        raise ValueError(f"the warp-specialised 16-row FP8 tile's producer has {PRODUCER_WARPS} or "
+                         f"{WIDE_PRODUCER_WARPS} warps, got {producer_warps!r}")
     grid, args = tma_tile_launch_args("warp-specialised 16-row FP8 tile", q, k_cache, block_table, cache_seqlens, dims,
                                       meta, num_splits, out, lse, part_out, part_lse, ok_flag)
     _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], PW=producer_warps, num_warps=CONSUMER_WARPS,
-            maxnreg=WS16_REGS if producer_warps == 4 else WIDE_REGS)
+            maxnreg=WS16_REGS if producer_warps == PRODUCER_WARPS else WIDE_REGS)

@@ -117,6 +117,15 @@ if gluon is not None:
         return s_k, lo, hi
 
     @gluon.jit
+    def _v5_piece(num_splits_ptr, req, begin_req, begin_split):
+        """(partial slot, pieces) of this program's piece of request req: the request is cut into `pieces` (the
+        prefix sum num_splits says how many and where their partial slots start); this program's piece is the
+        first of its slice's first request at index begin_split, else index 0."""
+        first_slot = gl.load(num_splits_ptr + req)
+        pieces = gl.load(num_splits_ptr + req + 1) - first_slot
+        return first_slot + gl.where(req == begin_req, begin_split, 0), pieces
+
+    @gluon.jit
     def _v5_softmax(s, first_key, n_visible, m_prev, qk_scale, s_cols: gl.constexpr, N: gl.constexpr):
         """Mask and scale N keys' scores; (P, new running max, the max to subtract (0 for an all -inf row))."""
         keys = first_key + gl.arange(0, N, layout=s_cols)
@@ -278,9 +287,7 @@ if gluon is not None:
             lo = gl.where(req == begin_req, begin_block, 0) * STEPS_PER_PAGE
             hi_page = gl.minimum(gl.where(req == end_req, end_block, n_pages), n_pages)  # an empty request: none
             hi = gl.minimum(hi_page * STEPS_PER_PAGE, gl.cdiv(gl.minimum(s_k, n_pages * PAGE), SUB))
-            split = gl.where(req == begin_req, begin_split, 0)
-            first_slot = gl.load(num_splits_ptr + req)
-            pieces = gl.load(num_splits_ptr + req + 1) - first_slot
+            part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
             bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
 
             gl.thread_barrier()  # every warp is done with the previous request's buffers
@@ -348,7 +355,7 @@ if gluon is not None:
                 gl.thread_barrier()  # both warpgroups are done with this slot and with P
                 it += 1
 
-            _v5_store(acc, m_i, l_i, rows, tok, req, first_slot + split, pieces, out_ptr, lse_ptr, part_out_ptr,
+            _v5_store(acc, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, o_rows, o_cols, 0, D_V, True)
 
         for st in gl.static_range(STAGES * 9):

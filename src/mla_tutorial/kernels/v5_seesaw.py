@@ -45,6 +45,7 @@ from .v5_gluon import (
     _v5_next_part,
     _v5_pages,
     _v5_part,
+    _v5_piece,
     _v5_softmax,
     _v5_store,
     fence_async_shared,
@@ -372,10 +373,8 @@ if gluon is not None:
             l_i += stats.index(STAT_L + 2 * (r & 1) + 1 - WG).load(s_rows)
 
             # store: final output, or an fp32 partial for the combine kernel
-            first_slot = gl.load(num_splits_ptr + req)
-            pieces = gl.load(num_splits_ptr + req + 1) - first_slot
-            split = gl.where(req == begin_req, begin_split, 0)
-            _v5_store(acc, m_i, l_i, rows, tok, req, first_slot + split, pieces, out_ptr, lse_ptr, part_out_ptr,
+            part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
+            _v5_store(acc, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, o_rows, o_cols, 256 * WG, 256,
                       WG == 0)
 
