@@ -98,7 +98,7 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
     consumers alone, ...), "mma" the 16-row one (v5_fp8_mma.py), "mma8" the same with 8 warps and 128 registers."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from mla_tutorial.kernels import v5_fp8_gluon, v5_fp8_mma, v5_fp8_tma, v5_fp8_ws, v5_fp8_ws16
+    from mla_tutorial.kernels import v5_fp8_gluon, v5_fp8_mma, v5_fp8_reg, v5_fp8_tma, v5_fp8_ws, v5_fp8_ws16
 
     sig = {"q_ptr": "*bf16", "kv_ptr": "*fp8e4nv", "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
            "out_ptr": "*bf16", "lse_ptr": "*fp32", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
@@ -120,7 +120,8 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
                  "mma8": (v5_fp8_mma._v5_fp8_mma_kernel, v5_fp8_mma.WIDE_WARPS),
                  "tma": (v5_fp8_tma._v5_fp8_tma_kernel, v5_fp8_tma.TMA_WARPS),
                  "ws16": (v5_fp8_ws16._v5_fp8_ws16_kernel, v5_fp8_ws16.CONSUMER_WARPS),
-                 "ws16w": (v5_fp8_ws16._v5_fp8_ws16_kernel, v5_fp8_ws16.CONSUMER_WARPS)}[kind]
+                 "ws16w": (v5_fp8_ws16._v5_fp8_ws16_kernel, v5_fp8_ws16.CONSUMER_WARPS),
+                 "reg": (v5_fp8_reg._v5_fp8_reg_kernel, v5_fp8_reg.REG_WARPS)}[kind]
     consts = {"CAUSAL": causal, "META_COLS": 8, "num_warps": warps}
     if kind in ("ws", "mma", "mma8"):
         sig["MODE"] = "constexpr"
@@ -203,8 +204,8 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, kind=kind, mode=mode)
                 print(f"{base} mode={mode} causal={causal}: {report(f'{base}{mode}_c{int(causal)}', ck, workdir)}")
-        elif name in ("v5ftma", "v5fws16", "v5fws16w"):  # the TMA-fed 16-row Gluon FP8 tiles (ws16: warp-specialised;
-            #                                             ws16w: with an 8-warp producer)
+        elif name in ("v5ftma", "v5fws16", "v5fws16w", "v5freg"):  # the other 16-row Gluon FP8 tiles (tma: fed
+            #   by TMA; ws16: warp-specialised, ws16w: with an 8-warp producer; reg: dequantizing into registers)
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, kind=name[3:])
                 print(f"{name} causal={causal}: {report(f'{name}_c{int(causal)}', ck, workdir)}")

@@ -4,8 +4,8 @@
 # shapes. Each step is time-boxed and logged to $OUT; when the seesaw check fails, the steps after it are skipped.
 # Carry .peers (FlashMLA, see ../shared/flashmla/README.md).
 #   STEPS="check time tests kernels fp8 decode" scripts/gpu_final.sh   (tests: ~330 s, mostly compiles)
-# Steps not in the default list: fp8all (every FP8 Gluon tile's GPU cases, then their timing), mma (the 16-row FP8 tile's GPU cases, then its timing and its parts beside the other
-# FP8 tiles), ws16 (the same for the warp-specialised 16-row FP8 tile, prepared), ncu, stalls, sass (Nsight Compute's counters for the FP8 tiles; scripts/gpu_ncu_fp8.py). The seesaw probe's check and
+# Steps not in the default list: fp8all (every FP8 Gluon tile's GPU cases, then their timing), reg (v5_fp8_reg.py's cases and timing), mma (the 16-row FP8 tile's GPU cases, then its timing and its parts beside the other
+# FP8 tiles), ncu, stalls, sass (Nsight Compute's counters for the FP8 tiles; scripts/gpu_ncu_fp8.py). The seesaw probe's check and
 # time steps include its EARLY probes.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
@@ -50,21 +50,21 @@ if has mma && grep -q " passed" "$OUT/mma_tests.log" && ! grep -q "failed\|error
   step mma_bench 300 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma --parts \
     --sections env,correctness,timing --out "$OUT/mma.json"
 fi
-# the warp-specialised 16-row FP8 tile (v5_fp8_ws16.py, prepared): its hostile GPU cases (a hang would be a barrier
-# phase: the step's limit ends it), then the h16 timing beside the other FP8 tiles and FlashMLA
-has ws16 && step ws16_tests ${WS16_LIMIT:-150} env MLA_FP8_WS16=1 PYTHONPATH=src:tests $PY -m pytest -m gpu \
-  tests/test_fp8.py -q -x -p no:cacheprovider -k "matrix and ws16"
-if has ws16 && grep -q " passed" "$OUT/ws16_tests.log" && ! grep -q "failed\|error" "$OUT/ws16_tests.log"; then
-  step ws16_bench 200 env MLA_FP8_WS16=1 PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma \
-    --heads 16 --sections env,timing --out "$OUT/ws16.json"
+# the 16-row FP8 tile that dequantizes into its operand registers (v5_fp8_reg.py, prepared): its hostile GPU cases,
+# then the h16 timing beside the other FP8 tiles and FlashMLA
+has reg && step reg_tests ${REG_LIMIT:-150} env MLA_FP8_REG=1 PYTHONPATH=src:tests $PY -m pytest -m gpu \
+  tests/test_fp8.py -q -x -p no:cacheprovider -k "matrix and reg"
+if has reg && grep -q " passed" "$OUT/reg_tests.log" && ! grep -q "failed\|error" "$OUT/reg_tests.log"; then
+  step reg_bench 200 env MLA_FP8_REG=1 PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma \
+    --heads 16 --sections env,timing --out "$OUT/reg.json"
 fi
 # every FP8 Gluon tile at once (after a change to the page work they share, e.g. the dequantization): their hostile
 # GPU cases (the 16-row tiles with 4 and 8 warps and the warp-specialised 16-row tile included), then their timing and
 # the 16-row tile's parts at h_q $HEADS (default 16) beside FlashMLA
-has fp8all && step fp8all_tests ${FP8ALL_LIMIT:-240} env MLA_FP8_WS16=1 MLA_FP8_MMA8=1 PYTHONPATH=src:tests $PY -m pytest \
+has fp8all && step fp8all_tests ${FP8ALL_LIMIT:-240} env MLA_FP8_REG=1 MLA_FP8_MMA8=1 PYTHONPATH=src:tests $PY -m pytest \
   -m gpu tests/test_fp8.py -q -x -p no:cacheprovider -k "matrix"
 if has fp8all && grep -q " passed" "$OUT/fp8all_tests.log" && ! grep -q "failed\|error" "$OUT/fp8all_tests.log"; then
-  step fp8all_bench 240 env MLA_FP8_WS16=1 PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma \
+  step fp8all_bench 240 env MLA_FP8_REG=1 PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma \
     --parts --heads ${HEADS:-16} --sections env,timing --out "$OUT/fp8all.json"
 fi
 # Nsight Compute's counters for the FP8 tiles at h16 and the bf16 seesaw tile at h64 (b 128, s_k 4k): where each

@@ -90,9 +90,11 @@ def main() -> None:
     TILES += [] if args.smoke else [("gluon", "pointer"), ("seesaw", "pointer")]  # (lockstep, warp-specialised)
     TILES += [("mma", "pointer"), ("mma8", "pointer"), ("tma", "pointer")] if args.mma and not args.smoke else []
     #              the 16-row tile with 4 and 8 warps per program, fed by TMA (v5_fp8_tma.py); and warp-specialised
-    #              (v5_fp8_ws16.py), not yet run on a GPU: only when asked for, as its tests (MLA_FP8_WS16=1)
-    ws16 = args.mma and not args.smoke and os.environ.get("MLA_FP8_WS16") == "1"
-    TILES += [("ws16", "pointer"), ("ws16w", "pointer")] if ws16 else []
+    #              (v5_fp8_ws16.py); dequantizing into registers (v5_fp8_reg.py), not yet run on a GPU: only when asked
+    #              for, as its tests (MLA_FP8_REG=1)
+    TILES += [("ws16", "pointer"), ("ws16w", "pointer")] if args.mma and not args.smoke else []
+    reg = args.mma and not args.smoke and os.environ.get("MLA_FP8_REG") == "1"
+    TILES += [("reg", "pointer")] if reg else []
     big_b, big_sk = (2, (64, 130)) if args.smoke else (128, (4096, 8192))
 
     from test_kernels import check_against_reference, make_inputs
@@ -247,9 +249,11 @@ def main() -> None:
                     impls["fp8_mma_dequant_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=4))
                 impls["fp8_mma8"] = lambda: fp8("mma", "pointer", GluonConfig(warps=8))  # 8 warps (measured slower)
                 impls["fp8_tma16"] = lambda: fp8("tma", "pointer")  # the 16-row tile fed by TMA (measured slower)
-                if ws16:  # warp-specialised (prepared), with a 4- and an 8-warp producer
-                    impls["fp8_ws16"] = lambda: fp8("ws16", "pointer")
-                    impls["fp8_ws16w"] = lambda: fp8("ws16", "pointer", GluonConfig(warps=8))
+                # warp-specialised, with a 4- and an 8-warp producer (measured slower than the 16-row tile)
+                impls["fp8_ws16"] = lambda: fp8("ws16", "pointer")
+                impls["fp8_ws16w"] = lambda: fp8("ws16", "pointer", GluonConfig(warps=8))
+                if reg:  # dequantizing into the operand registers (prepared)
+                    impls["fp8_reg"] = lambda: fp8("reg", "pointer")
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))
                     impls["fp8_mma8_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2, warps=8))

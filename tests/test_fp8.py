@@ -424,7 +424,7 @@ def test_fp8_forcing_a_gluon_fp8_tile_where_it_cannot_run_says_why(path, monkeyp
 def test_the_16_row_fp8_tile_reads_only_an_fp8_cache():
     """path="mma" is the 16-row FP8 tile: on a bf16 cache it is refused by name, wherever it runs."""
     q, k, block_table, seqlens = make_inputs([10, 70], 1, 4, 1, torch.bfloat16, seed=3)
-    for path in ("mma", "tma", "ws16"):
+    for path in ("mma", "tma", "ws16", "reg"):
         with pytest.raises(ValueError, match=f"path '{path}' .+ reads only an FP8 cache"):
             K.mla_decode_v5(q, k, block_table, seqlens, 512, path=path)
 
@@ -435,23 +435,23 @@ def test_the_16_row_fp8_tile_reads_only_an_fp8_cache():
 GPU_LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
 
 
-#: The warp-specialised 16-row FP8 tile (path "ws16", v5_fp8_ws16.py) has not yet run on a GPU: its cases run when
-#: asked for (MLA_FP8_WS16=1) until a GPU run has checked them.
-UNVERIFIED_WS16 = pytest.mark.skipif(os.environ.get("MLA_FP8_WS16") != "1",
-                                     reason="v5_fp8_ws16.py not yet run on a GPU: set MLA_FP8_WS16=1")
+#: The 16-row FP8 tile that dequantizes into its operand registers (path "reg", v5_fp8_reg.py) has not yet run on a
+#: GPU: its cases run when asked for (MLA_FP8_REG=1) until a GPU run has checked them.
+UNVERIFIED_REG = pytest.mark.skipif(os.environ.get("MLA_FP8_REG") != "1",
+                                    reason="v5_fp8_reg.py not yet run on a GPU: set MLA_FP8_REG=1")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "mma", "mma8", "tma",
-                                  pytest.param("ws16", marks=UNVERIFIED_WS16),
-                                  pytest.param("ws16w", marks=UNVERIFIED_WS16)])
+@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "mma", "mma8", "tma", "ws16",
+                                  "ws16w", pytest.param("reg", marks=UNVERIFIED_REG)])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     """The FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile, its
     warp-specialised form (path "seesaw"; both pad fewer than 64 rows, as FlashMLA's kernel does) and the 16-row
     Gluon FP8 tile (path "mma": 16 rows per program, m_tiles of them; "mma8": with 8 warps per program; "tma": fed
-    by TMA; "ws16": warp-specialised, "ws16w" with an 8-warp producer)."""
+    by TMA; "ws16": warp-specialised, "ws16w" with an 8-warp producer; "reg": dequantizing into its operand
+    registers)."""
     from mla_tutorial.kernels import v5_small
     from mla_tutorial.kernels.v5_gluon import GluonConfig
 

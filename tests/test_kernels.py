@@ -199,7 +199,7 @@ def test_gluon_config_refuses_probe_values_the_kernels_do_not_know(field, value)
     assert GluonConfig(mode=2, early=3).early == 3 and GluonConfig(warps=8).warps == 8
 
 
-@pytest.mark.parametrize("path", ["small", "seesaw", "tma", "ws16"])
+@pytest.mark.parametrize("path", ["small", "seesaw", "tma", "ws16", "reg"])
 def test_part_alone_modes_are_refused_where_the_tile_has_none(path):
     """GluonConfig modes 3 and 4 (page loads alone, dequantization alone) exist in the 16-row FP8 tile only (path
     "mma"): any other path refuses them by name instead of compiling a tile that would read them as something else."""

@@ -34,6 +34,7 @@ from .schedule import get_mla_metadata
 from .v4_balanced import _launch_v4
 from .v5_fp8_gluon import launch_v5_fp8_gluon
 from .v5_fp8_mma import MMA_WARPS, launch_v5_fp8_mma, mma_v2
+from .v5_fp8_reg import launch_v5_fp8_reg
 from .v5_fp8_tma import launch_v5_fp8_tma
 from .v5_fp8_ws import launch_v5_fp8_ws
 from .v5_fp8_ws16 import PRODUCER_WARPS, launch_v5_fp8_ws16
@@ -42,8 +43,9 @@ from .v5_gluon import DEFAULT_GLUON_CONFIG, GluonConfig, gluon_unavailable, laun
 from .v5_seesaw import launch_v5_seesaw
 from .v5_small import launch_v5_small, small_tile_config
 
-PATHS = ("seesaw", "gluon", "small", "v4", "mma", "tma", "ws16")  # "mma": the 16-row FP8 tile (an FP8 cache only);
-#                 "tma": the same fed by TMA (v5_fp8_tma.py), "ws16": warp-specialised (v5_fp8_ws16.py); forced only
+PATHS = ("seesaw", "gluon", "small", "v4", "mma", "tma", "ws16", "reg")  # "mma": the 16-row FP8 tile (an FP8 cache
+#                 only); "tma": the same fed by TMA (v5_fp8_tma.py), "ws16": warp-specialised (v5_fp8_ws16.py), "reg":
+#                 dequantizing into the operand registers (v5_fp8_reg.py); forced only
 
 
 def on_gpu(q) -> bool:
@@ -117,17 +119,19 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
                is_fp8: bool = False):
     forced = path  # kernel_choice picks a tile only where it runs: a forced one is checked below
     path = path or kernel_choice(q, k_cache, dims.rows_per_kv, dims.h_kv)[0]
-    if is_fp8 and path not in ("small", "gluon", "seesaw", "mma", "tma", "ws16"):
+    if is_fp8 and path not in ("small", "gluon", "seesaw", "mma", "tma", "ws16", "reg"):
         raise ValueError(f"path {path!r} cannot read an FP8 cache (is_fp8_kvcache=True): only 'small', 'gluon', "
                          f"'seesaw' (the warp-specialised FP8 tile), 'mma' (the 16-row FP8 tile), 'tma' (the same "
-                         f"fed by TMA) and 'ws16' (the same warp-specialised) can")
-    if path in ("mma", "tma", "ws16") and not is_fp8:
+                         f"fed by TMA), 'ws16' (the same warp-specialised) and 'reg' (the same dequantizing into "
+                         f"registers) can")
+    if path in ("mma", "tma", "ws16", "reg") and not is_fp8:
         raise ValueError(f"path {path!r} (a 16-row FP8 tile) reads only an FP8 cache (is_fp8_kvcache=True)")
     mode = int(getattr(config, "mode", 0))  # GluonConfig's: a part of the tile alone, for timing
-    if mode > {"mma": 4, "tma": 0, "ws16": 0}.get(path, 2):  # the highest mode each tile has
+    if mode > {"mma": 4, "tma": 0, "ws16": 0, "reg": 0}.get(path, 2):  # the highest mode each tile has
         raise ValueError(f"GluonConfig.mode {mode} (a part alone) is not a mode of path {path!r} (3 and 4: "
                          f"the 16-row FP8 tile's, path 'mma', only; the TMA-fed tiles have none)")
-    if forced in ("seesaw", "gluon", "mma", "tma", "ws16"):  # a forced Gluon tile where it cannot run: say why, first
+    if forced in ("seesaw", "gluon", "mma", "tma", "ws16", "reg"):  # a forced Gluon tile where it cannot run: say
+        #                                                            why, first
         why = gluon_unavailable(q, k_cache, dims.h_kv)
         if why is not None:
             raise ValueError(f"path {path!r} cannot run these inputs here: {why}")
@@ -142,7 +146,10 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     part_out = torch.empty(slots, s_q * h_q, D_NOPE, dtype=torch.float32, device=dev)
     part_lse = torch.empty(slots, s_q * h_q, dtype=torch.float32, device=dev)
     flag = ok_flag(dev) if error_flag is None else error_flag
-    if path == "ws16":
+    if path == "reg":
+        launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
+                          part_lse, flag)
+    elif path == "ws16":
         launch_v5_fp8_ws16(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                            part_lse, flag, producer_warps=int(getattr(config, "warps", 0)) or PRODUCER_WARPS)
     elif path == "tma":

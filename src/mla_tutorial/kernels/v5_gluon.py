@@ -197,10 +197,12 @@ if gluon is not None:
     @gluon.jit
     def _v5_store(acc, m_i, l_i, rows, tok, req, slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q,
                   heads_per_kv, rows_per_kv, m_start, o_rows: gl.constexpr, o_cols: gl.constexpr, COL0: gl.constexpr,
-                  NCOLS: gl.constexpr, WRITE_LSE: gl.constexpr, BLOCK_M: gl.constexpr = 64):
+                  NCOLS: gl.constexpr, WRITE_LSE: gl.constexpr, BLOCK_M: gl.constexpr = 64,
+                  PERM32: gl.constexpr = False):
         """A tile's end of a request: O / l for output columns COL0 .. COL0+NCOLS-1 (and, if WRITE_LSE, the LSE) to
         the output when the request is one piece, else as an fp32 partial in partial slot `slot` for the combine
-        kernel. rows / tok: the tile's query rows and their tokens, in the layout of m_i and l_i."""
+        kernel. rows / tok: the tile's query rows and their tokens, in the layout of m_i and l_i. PERM32: acc's
+        column n is output column COL0 + 4·(n % 32) + n // 32 (v5_fp8_reg.py's order inside a 128-column slice)."""
         D_V: gl.constexpr = 512
         has_keys = l_i > 0
         l_safe = gl.where(has_keys, l_i, 1.0)
@@ -210,7 +212,10 @@ if gluon is not None:
         o_ok = o_rows_idx < rows_per_kv
         o_tok = o_rows_idx // heads_per_kv
         o_head = o_rows_idx % heads_per_kv
-        cols = COL0 + gl.arange(0, NCOLS, layout=o_cols)
+        cols = gl.arange(0, NCOLS, layout=o_cols)
+        if PERM32:
+            cols = 4 * (cols % 32) + cols // 32
+        cols = COL0 + cols
         row_ok = rows < rows_per_kv
         head = rows % heads_per_kv
         if pieces == 1:

@@ -1,0 +1,320 @@
+# version 5, FP8 cache, 16-row tiles dequantized into registers: v5_fp8_mma.py's products and schedule with no bf16
+# copy of the page in shared memory (stage 5; forced with path "reg", not routed).
+#
+# What it changes against v5_fp8_mma.py (same mma.sync products on 16 rows, softmax, schedule and semantics):
+#   * the page's raw 656-byte rows come by cp.async into a ring of two raw slots (e4m3 words 32 KB with a 128-byte
+#     swizzle, scales 1 KB tile-major, k_rope 8 KB), one page in flight while the other is computed; nothing is held
+#     in registers in flight.
+#   * no dequantized page in shared memory. Each warp reads the e4m3 words its mma operands need straight from the
+#     raw slot and dequantizes them into the operand registers (_E4M3X4_TIMES_SCALE for K, _E4M3_PAIRS for V):
+#       - K, the B operand of S = Q·Kᵀ [16, 64]: a thread's k pairs (2t, 2t+1) and (2t+8, 2t+9) of each k16 step are
+#         made four consecutive columns of the cache by permuting the 576 columns inside each 64-column block (the
+#         same permutation on Q, applied once per request when Q is loaded): one 32-bit word of one key is one
+#         thread's operand of one k16 step, and a scale tile's 32 words per key are 8 per thread (two LDS.128).
+#       - V, the B operand of O += P·V [16, 512]: a thread needs consecutive key pairs of one column, i.e. bytes of
+#         two rows; prmt takes byte e of the even key's word and byte e of the odd key's word, sign-extended, so the
+#         same three integer instructions per pair dequantize a key pair of one column. The output columns are
+#         permuted inside each 128-column slice (a thread's four n8 tiles = the four columns of one word), undone
+#         where O is stored (_v5_store's PERM32).
+#     The reshape/permute from the words to each operand is a relabelling: Gluon checks it moves no data
+#     (convert_layout(assert_trivial=True)).
+#   Per page: wait for its raw slot -> S (four scale tiles of words + k_rope, two chains) -> softmax -> P to shared
+#   memory -> barrier -> P·V (four 128-column slices) -> barrier -> the slot's next copy (two pages ahead).
+# Why (docs/results/v5_notes.md, seventh session): the 16-row tile moves ~280 KB through shared memory per page (the
+#   bf16 page stored once, 64 KB, and read by both products, ~136 KB, besides Q) for a page of 42 KB, and its
+#   page work (the dequantization into the slot and its barrier) stays serial with the products. Here a page
+#   costs ~190 KB of shared-memory traffic (the raw copy, its words read twice, Q, P) and no bf16 stores; the price
+#   is dequantizing every value twice (once for K, once for V): ~4 integer instructions per word more per page.
+# Expected (H200, b 128, s_k 4096, h_q 16): ~0.15-0.20 ms against 0.247 for v5_fp8_mma.py and 0.168 for FlashMLA
+#   (FlashMLA / ours ~0.85-1.1; target 1.5). Risks: the K words' LDS.128 meet 2-way bank conflicts (two keys of a
+#   quarter-warp share the swizzle's chunk set); cp.async's ~21 copies per thread per page load the LSU like the
+#   register loads did; the doubled dequantization on the integer pipe.
+"""Version 5 over an FP8 cache, 16-row tiles with mma.sync, each page dequantized straight into the operand registers
+(Gluon, Triton 3.6)."""
+
+from __future__ import annotations
+
+from .launch import FastLauncher
+from .v5_fp8_gluon import (
+    _E4M3X4_TIMES_SCALE,
+    FP8_ROW,
+    FP8_SCALES_AT,
+    _fp8_page,
+    _fp8_rope_copy,
+    async_copy,
+    fp8_tile_launch_args,
+)
+from .v5_fp8_mma import BLOCK_M16, mma_v2
+from .v5_gluon import (
+    _v5_flag_stale,
+    _v5_next_part,
+    _v5_online_softmax,
+    _v5_pages,
+    _v5_part,
+    _v5_piece,
+    _v5_start,
+    _v5_store,
+    gl,
+    gluon,
+)
+
+REG_WARPS = 4  # warps per program (two programs per SM: ~105 KB of shared memory each)
+
+if gluon is not None:
+    #: Two keys' words ($8: the even key's four e4m3 values of columns 4x .. 4x+3, $9: the odd key's) and their
+    #: float32 scales ($10, $11) to four bf16 pairs ($0-$7: for column 4x + e, (even key, odd key)): prmt takes byte e
+    #: of both words sign-extended into the two 16-bit lanes, then the shift, mask and two multiplies of
+    #: _E4M3X4_TIMES_SCALE (the bf16 of each key's scale in its lane). The same bits as the one-key sequence.
+    _E4M3_PAIRS_TIMES_SCALES = gl.constexpr("""{
+.reg .b32 k, sc, x0, x1, x2, x3;
+mov.b32 k, 0x7B807B80;
+prmt.b32 sc, $10, $11, 0x7632;
+prmt.b32 x0, $8, $9, 0xC480;
+prmt.b32 x1, $8, $9, 0xD591;
+prmt.b32 x2, $8, $9, 0xE6A2;
+prmt.b32 x3, $8, $9, 0xF7B3;
+shl.b32 x0, x0, 4;
+shl.b32 x1, x1, 4;
+shl.b32 x2, x2, 4;
+shl.b32 x3, x3, 4;
+and.b32 x0, x0, 0x87F087F0;
+and.b32 x1, x1, 0x87F087F0;
+and.b32 x2, x2, 0x87F087F0;
+and.b32 x3, x3, 0x87F087F0;
+mul.rn.bf16x2 x0, x0, k;
+mul.rn.bf16x2 x1, x1, k;
+mul.rn.bf16x2 x2, x2, k;
+mul.rn.bf16x2 x3, x3, k;
+mul.rn.bf16x2 x0, x0, sc;
+mul.rn.bf16x2 x1, x1, sc;
+mul.rn.bf16x2 x2, x2, sc;
+mul.rn.bf16x2 x3, x3, sc;
+mov.b32 {$0, $1}, x0;
+mov.b32 {$2, $3}, x1;
+mov.b32 {$4, $5}, x2;
+mov.b32 {$6, $7}, x3;
+}""")
+
+    @gluon.jit
+    def _reg_perm(n):
+        """The cache column that logical column n of S's reduction holds, inside each 64-column block: logical
+        16j + 8a + 2t + b (a thread t's k16 step j, pair a, element b) is column 16t + 4j + 2a + b, so that a thread's
+        operands of four k16 steps are four consecutive words."""
+        j = (n // 16) % 4
+        a = (n // 8) % 2
+        t = (n // 2) % 4
+        return (n // 64) * 64 + 16 * t + 4 * j + 2 * a + n % 2
+
+    @gluon.jit
+    def _reg_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
+                    rows_per_kv, num_warps: gl.constexpr):
+        """Q's 16 rows -> shared memory, each 64-column block's columns in _reg_perm's order; rows past rows_per_kv
+        are 0."""
+        ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+        rows = m_start + gl.arange(0, 16, layout=gl.SliceLayout(1, ld))
+        row_ok = rows < rows_per_kv
+        base = q_ptr + req.to(gl.int64) * stride_qb + (rows // heads_per_kv) * stride_qs + (
+            rows % heads_per_kv) * stride_qh  # h_kv = 1
+        cols = _reg_perm(gl.arange(0, 64, layout=gl.SliceLayout(0, ld)))
+        for c in gl.static_range(9):
+            x = gl.load(base[:, None] + (c * 64 + cols)[None, :], mask=row_ok[:, None], other=0.0)
+            if c < 8:
+                q_smem.slice(c * 64, 64, dim=1).store(x)
+            else:
+                qr_smem.store(x)
+
+    @gluon.jit
+    def _reg_copy(kv_raw, sc_raw, kr_raw, kv_ptr, page, n_rows, stride_kvb, num_warps: gl.constexpr):
+        """Start the cp.async copies of a page's raw rows into a raw slot and commit them as one group: the e4m3
+        values as int32 words into kv_raw [64, 128] (16 bytes a copy), the scales tile-major into sc_raw [4, 64] (4
+        bytes a copy), k_rope into kr_raw [64, 64] (_fp8_rope_copy, which commits). Rows from n_rows on are written
+        as zeros (cp.async's zero fill): their keys are masked, and a zero scale keeps their values 0."""
+        cpw: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [num_warps, 1], [1, 0])
+        rows = gl.arange(0, 64, layout=gl.SliceLayout(1, cpw))
+        words = gl.arange(0, 128, layout=gl.SliceLayout(0, cpw))
+        base = (kv_ptr + page * stride_kvb + rows * FP8_ROW).to(gl.pointer_type(gl.int32))
+        async_copy.async_copy_global_to_shared(kv_raw, base[:, None] + words[None, :], mask=(rows < n_rows)[:, None])
+        cps: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [1, num_warps], [1, 0])
+        tiles = gl.arange(0, 4, layout=gl.SliceLayout(1, cps))
+        rows_s = gl.arange(0, 64, layout=gl.SliceLayout(0, cps))
+        sc = (kv_ptr + page * stride_kvb + rows_s * FP8_ROW + FP8_SCALES_AT).to(gl.pointer_type(gl.int32))
+        async_copy.async_copy_global_to_shared(sc_raw, sc[None, :] + tiles[:, None], mask=(rows_s < n_rows)[None, :])
+        ldr: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+        _fp8_rope_copy(kr_raw, kv_ptr, page, n_rows, stride_kvb, ldr)
+
+    @gluon.jit
+    def _reg_scales(sc_slot, T: gl.constexpr, ls: gl.constexpr, layout: gl.constexpr):
+        """Scale tile T of a raw slot's 64 keys (sc_slot [4, 64], float32 bits as int32) in `layout` ([64]), read as
+        [1, 64] in ls (the same distribution of the keys)."""
+        x = gl.reshape(sc_slot.slice(T, 1, dim=0).load(ls), [64])
+        return gl.convert_layout(x, layout, assert_trivial=True)
+
+    @gluon.jit
+    def _reg_scores(q_smem, qr_smem, kv_raw, sc_raw, kr_raw, slot, mma: gl.constexpr, a_op: gl.constexpr,
+                    b_op: gl.constexpr):
+        """S = Q·Kᵀ [16, 64] (keys in order; the warps split them, 8w + g and 32 + 8w + g) with K dequantized from the
+        raw slot into the B operand: per scale tile T, a thread's two keys' 8 words (columns 128T + 16h + 4t .. + 3,
+        h the 64-column half, t its lane's pair) times the key's scale are its operands of 8 k16 steps; then
+        k_rope's block. Two accumulators (tiles 0, 2 and k_rope; tiles 1, 3)."""
+        # the words: [64 keys, 32 words] of a scale tile, thread (g = lane // 4, t = lane % 4) of warp w holding keys
+        # 8w + g and 32 + 8w + g, words 16h + 4t + j
+        lk: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 1], [0, 2], [0, 16], [32, 0]], lane_bases=[[0, 4], [0, 8], [1, 0], [2, 0], [4, 0]],
+            warp_bases=[[8, 0], [16, 0]], block_bases=[], shape=[64, 32])
+        # k_rope: [64 keys, 64 bf16], the same keys, columns 16t .. 16t + 15
+        lr: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 1], [0, 2], [0, 4], [0, 8], [32, 0]], lane_bases=[[0, 16], [0, 32], [1, 0], [2, 0], [4, 0]],
+            warp_bases=[[8, 0], [16, 0]], block_bases=[], shape=[64, 64])
+        ls: gl.constexpr = gl.DistributedLinearLayout(  # the keys' scales, as lk holds the keys
+            reg_bases=[[0, 32]], lane_bases=[[0, 0], [0, 0], [0, 1], [0, 2], [0, 4]],
+            warp_bases=[[0, 8], [0, 16]], block_bases=[], shape=[1, 64])
+        s = gl.zeros([16, 64], gl.float32, layout=mma)
+        s_odd = gl.zeros([16, 64], gl.float32, layout=mma)
+        words = kv_raw.index(slot)
+        for tile in gl.static_range(4):
+            w = words.slice(32 * tile, 32, dim=1).load(lk)  # [64, 32] int32
+            sc = _reg_scales(sc_raw.index(slot), tile, ls, gl.SliceLayout(1, lk))  # [64] the keys' scales
+            v0, v1, v2, v3 = gl.inline_asm_elementwise(
+                _E4M3X4_TIMES_SCALE, "=h,=h,=h,=h,r,r", [w, sc[:, None] + w * 0],
+                dtype=(gl.bfloat16, gl.bfloat16, gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
+            x = gl.join(gl.join(v0, v2), gl.join(v1, v3))  # [64 keys, 32 words, a, b]: column 4·word + 2a + b
+            x = gl.reshape(x, [64, 2, 4, 4, 2, 2])  # [key, h, t, j, a, b]
+            x = gl.reshape(gl.permute(x, (1, 3, 4, 2, 5, 0)), [128, 64])  # [h, j, a, t, b, key]: logical order
+            kb = gl.convert_layout(x, b_op, assert_trivial=True)  # (a relabelling: no data moves)
+            qa = q_smem.slice(128 * tile, 128, dim=1).load(a_op)
+            if tile % 2 == 0:
+                s = mma_v2(qa, kb, s)
+            else:
+                s_odd = mma_v2(qa, kb, s_odd)
+        r = kr_raw.index(slot).load(lr)  # [64 keys, 64] bf16
+        r = gl.reshape(gl.permute(gl.reshape(r, [64, 4, 4, 2, 2]), (2, 3, 1, 4, 0)), [64, 64])
+        s = mma_v2(qr_smem.load(a_op), gl.convert_layout(r, b_op, assert_trivial=True), s)
+        return s + s_odd
+
+    @gluon.jit
+    def _reg_values(pa, kv_raw, sc_raw, slot, sl: gl.constexpr, acc, alpha, b_op: gl.constexpr):
+        """O_sl = O_sl·alpha + P·V_sl for the 128-column slice sl (= scale tile sl), V dequantized from the raw slot
+        into the B operand [64 keys, 128]: thread (g, t) of warp w reads word 8w + g of its 16 keys (2t + b + 8a + 16j)
+        and makes, per key pair, four bf16 pairs: logical column 32e + 8w + g of the slice is cache column
+        4(8w + g) + e."""
+        lv: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[1, 0], [8, 0], [16, 0], [32, 0]], lane_bases=[[2, 0], [4, 0], [0, 1], [0, 2], [0, 4]],
+            warp_bases=[[0, 8], [0, 16]], block_bases=[], shape=[64, 32])
+        w = kv_raw.index(slot).slice(32 * sl, 32, dim=1).load(lv)  # [64 keys, 32 words]
+        ls: gl.constexpr = gl.DistributedLinearLayout(  # the keys' scales, as lv holds the keys
+            reg_bases=[[0, 1], [0, 8], [0, 16], [0, 32]], lane_bases=[[0, 2], [0, 4], [0, 0], [0, 0], [0, 0]],
+            warp_bases=[[0, 0], [0, 0]], block_bases=[], shape=[1, 64])
+        sc = _reg_scales(sc_raw.index(slot), sl, ls, gl.SliceLayout(1, lv))[:, None] + w * 0
+        w_even, w_odd = gl.split(gl.permute(gl.reshape(w, [32, 2, 32]), (0, 2, 1)))  # [32 pairs, 32 words] each
+        s_even, s_odd = gl.split(gl.permute(gl.reshape(sc, [32, 2, 32]), (0, 2, 1)))
+        y00, y01, y10, y11, y20, y21, y30, y31 = gl.inline_asm_elementwise(
+            _E4M3_PAIRS_TIMES_SCALES, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r,r", [w_even, w_odd, s_even, s_odd],
+            dtype=(gl.bfloat16,) * 8, is_pure=True, pack=1)
+        z = gl.join(gl.join(gl.join(y00, y01), gl.join(y20, y21)), gl.join(gl.join(y10, y11), gl.join(y30, y31)))
+        # [pair, word, b, e_hi, e_lo] -> [pair, b, e_hi, e_lo, word] = [64 keys, 128 logical columns]
+        z = gl.reshape(gl.permute(z, (0, 2, 3, 4, 1)), [64, 128])
+        vb = gl.convert_layout(z, b_op, assert_trivial=True)
+        return mma_v2(pa, vb, acc * alpha[:, None])
+
+    @gluon.jit
+    def _v5_fp8_reg_kernel(
+        q_ptr, kv_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
+        meta_ptr, num_splits_ptr, ok_ptr,
+        stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
+        s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
+        qk_scale,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, num_warps: gl.constexpr,
+    ):
+        BM: gl.constexpr = 16
+        PAGE: gl.constexpr = 64
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps],
+                                                      instr_shape=[16, 8])
+        a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+        b_op: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+        rows_l: gl.constexpr = gl.SliceLayout(1, mma)
+        cols_l: gl.constexpr = gl.SliceLayout(0, mma)
+        smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        raw_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
+        dtype: gl.constexpr = q_ptr.dtype.element_ty
+
+        q_smem = gl.allocate_shared_memory(dtype, [BM, 512], smem_layout)  # Q's latent part (columns permuted)
+        qr_smem = gl.allocate_shared_memory(dtype, [BM, 64], smem_layout)  # Q's RoPE part (columns permuted)
+        p_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        kv_raw = gl.allocate_shared_memory(gl.int32, [2, PAGE, 128], raw_layout)  # the raw ring: e4m3 words,
+        sc_raw = gl.allocate_shared_memory(gl.int32, [2, 4, PAGE], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+        kr_raw = gl.allocate_shared_memory(dtype, [2, PAGE, 64], smem_layout)  # scales [slot, tile], k_rope
+
+        m_start = (gl.program_id(1) % m_tiles) * BM
+        begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
+        next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
+
+        for req in range(begin_req, end_req + 1):
+            s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
+            _v5_flag_stale(ok_ptr, req, s_k, gl.cdiv(s_k, PAGE), begin_req, begin_block, end_req, end_block,
+                           next_req, next_block, max_blocks)
+            part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
+            bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
+
+            gl.thread_barrier()  # every warp is done with the previous request's Q and slots
+            # prologue: pages lo and lo + 1 in flight (one group each; an empty group past the end), Q in
+            for k in gl.static_range(2):
+                if lo + k < hi:  # (no copy past the end: its zeros could land after the next request's copy)
+                    page, n_rows = _fp8_page(bt_row, lo + k, hi, s_k, num_blocks, ok_ptr)
+                    _reg_copy(kv_raw.index(k), sc_raw.index(k), kr_raw.index(k), kv_ptr, page, n_rows,
+                              stride_kvb, num_warps)
+                else:
+                    async_copy.commit_group()
+            _reg_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
+                        rows_per_kv, num_warps)
+
+            rows, tok, n_visible, m_i, l_i, _ = _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL, rows_l, mma, BM)
+            acc0 = gl.zeros([BM, 128], gl.float32, layout=mma)
+            acc1 = gl.zeros([BM, 128], gl.float32, layout=mma)
+            acc2 = gl.zeros([BM, 128], gl.float32, layout=mma)
+            acc3 = gl.zeros([BM, 128], gl.float32, layout=mma)
+            for i in range(lo, hi):
+                slot = (i - lo) % 2
+                async_copy.wait_group(1)  # page i's group has landed (page i + 1's may be in flight)
+                gl.thread_barrier()  # ... for every thread's copies, and Q is in
+                s = _reg_scores(q_smem, qr_smem, kv_raw, sc_raw, kr_raw, slot, mma, a_op, b_op)
+                p, alpha, m_i, l_i = _v5_online_softmax(s, i * PAGE, n_visible, m_i, l_i, qk_scale, cols_l, PAGE)
+                p_smem.store(p.to(dtype))
+                gl.thread_barrier()  # every warp's keys of P are in
+                pa = p_smem.load(a_op)
+                acc0 = _reg_values(pa, kv_raw, sc_raw, slot, 0, acc0, alpha, b_op)
+                acc1 = _reg_values(pa, kv_raw, sc_raw, slot, 1, acc1, alpha, b_op)
+                acc2 = _reg_values(pa, kv_raw, sc_raw, slot, 2, acc2, alpha, b_op)
+                acc3 = _reg_values(pa, kv_raw, sc_raw, slot, 3, acc3, alpha, b_op)
+                gl.thread_barrier()  # every warp is done with the slot and with P
+                if i + 2 < hi:  # page i + 2 into the slot just freed
+                    page, n_rows = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)
+                    _reg_copy(kv_raw.index(slot), sc_raw.index(slot), kr_raw.index(slot), kv_ptr, page,
+                              n_rows, stride_kvb, num_warps)
+                else:
+                    async_copy.commit_group()
+            async_copy.wait_group(0)  # nothing in flight into the slots past the request
+
+            for c in gl.static_range(4):  # (static: picks accumulator c); the slice's columns un-permuted
+                if c == 0:
+                    o = acc0
+                elif c == 1:
+                    o = acc1
+                elif c == 2:
+                    o = acc2
+                else:
+                    o = acc3
+                _v5_store(o, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
+                          part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l, 128 * c, 128,
+                          c == 0, 16, True)
+
+
+_LAUNCH = FastLauncher(_v5_fp8_reg_kernel) if gluon is not None else None
+
+
+def launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
+                      part_lse, ok_flag):
+    """Launch the register-dequantizing 16-row FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache,
+    rows contiguous)."""
+    grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
+                                      out, lse, part_out, part_lse, ok_flag)
+    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], num_warps=REG_WARPS)
