@@ -1,5 +1,6 @@
 """Run each FP8 tile once at b 128, s_k 4096, for Nsight Compute (ncu) to read its counters: the 16-row mma.sync tile
-(v5_fp8_mma.py), the warp-specialised FP8 tile (v5_fp8_ws.py), and, for comparison, the bf16 seesaw tile at h 64.
+(v5_fp8_mma.py), the warp-specialised FP8 tile (v5_fp8_ws.py; --only reg: the 16-row tile dequantizing into
+registers, v5_fp8_reg.py), and, for comparison, the bf16 seesaw tile at h 64.
 Nothing is timed here (ncu's replays are not timings); scripts/gpu_final.sh's ncu, stalls and sass steps wrap it:
 
     ncu --clock-control none -k regex:'_v5_fp8_mma_kernel|_v5_fp8_ws_kernel|_ss_kernel' -c 3 \
@@ -23,13 +24,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--b", type=int, default=128)
     ap.add_argument("--s-k", type=int, default=4096)
-    ap.add_argument("--only", choices=["mma", "ws", "seesaw"], help="run one of the three kernels only")
+    ap.add_argument("--only", choices=["mma", "ws", "seesaw", "reg"], help="run one of the kernels only (reg: "
+                    "v5_fp8_reg.py's, run only when asked for)")
     ap.add_argument("--mode", type=int, default=0, help="GluonConfig.mode: a part alone (e.g. 3: the 16-row tile's "
                     "page loads alone)")
     args = ap.parse_args()
     config = GluonConfig(mode=args.mode) if args.mode else None
-    runs = {"mma": (16, True, "mma"), "ws": (16, True, "seesaw"), "seesaw": (64, False, "seesaw")}  # h_q, FP8, path
-    runs = [runs[args.only]] if args.only else list(runs.values())
+    runs = {"mma": (16, True, "mma"), "ws": (16, True, "seesaw"), "seesaw": (64, False, "seesaw"),
+            "reg": (16, True, "reg")}  # h_q, FP8, path
+    runs = [runs[args.only]] if args.only else [v for k, v in runs.items() if k != "reg"]
     for h_q, fp8, path in runs:
         seqlens = make_lengths(args.b, args.s_k, "fixed", 1, torch.Generator())
         q, kc, bt, sl = make_inputs(seqlens, 1, h_q, "cuda", seed=h_q)
