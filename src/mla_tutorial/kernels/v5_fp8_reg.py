@@ -36,7 +36,6 @@ from __future__ import annotations
 
 from .launch import FastLauncher
 from .v5_fp8_gluon import (
-    _E4M3X4_TIMES_SCALE,
     FP8_ROW,
     FP8_SCALES_AT,
     _fp8_page,
@@ -61,14 +60,28 @@ from .v5_gluon import (
 REG_WARPS = 4  # warps per program (two programs per SM: ~105 KB of shared memory each)
 
 if gluon is not None:
-    #: Two keys' words ($8: the even key's four e4m3 values of columns 4x .. 4x+3, $9: the odd key's) and their
-    #: float32 scales ($10, $11) to four bf16 pairs ($0-$7: for column 4x + e, (even key, odd key)): prmt takes byte e
-    #: of both words sign-extended into the two 16-bit lanes, then the shift, mask and two multiplies of
-    #: _E4M3X4_TIMES_SCALE (the bf16 of each key's scale in its lane). The same bits as the one-key sequence.
-    _E4M3_PAIRS_TIMES_SCALES = gl.constexpr("""{
-.reg .b32 k, sc, x0, x1, x2, x3;
+    #: Four e4m3 values (one int32 word, $4) to four bf16 ($0-$3), exactly: _E4M3X4_TIMES_SCALE without the scale
+    #: (each tile's scale is applied to S and to P instead, per key: 4 values a key instead of 512).
+    _E4M3X4 = gl.constexpr("""{
+.reg .b32 lo, hi, k;
 mov.b32 k, 0x7B807B80;
-prmt.b32 sc, $10, $11, 0x7632;
+prmt.b32 lo, $4, 0, 0x9180;
+prmt.b32 hi, $4, 0, 0xB3A2;
+shl.b32 lo, lo, 4;
+shl.b32 hi, hi, 4;
+and.b32 lo, lo, 0x87F087F0;
+and.b32 hi, hi, 0x87F087F0;
+mul.rn.bf16x2 lo, lo, k;
+mul.rn.bf16x2 hi, hi, k;
+mov.b32 {$0, $1}, lo;
+mov.b32 {$2, $3}, hi;
+}""")
+    #: Two keys' words ($8: the even key's four e4m3 values of columns 4x .. 4x+3, $9: the odd key's) to four bf16
+    #: pairs ($0-$7: for column 4x + e, (even key, odd key)): prmt takes byte e of both words sign-extended into the
+    #: two 16-bit lanes, then _E4M3X4's shift, mask and multiply. The same bits as the one-key sequence.
+    _E4M3_PAIRS = gl.constexpr("""{
+.reg .b32 k, x0, x1, x2, x3;
+mov.b32 k, 0x7B807B80;
 prmt.b32 x0, $8, $9, 0xC480;
 prmt.b32 x1, $8, $9, 0xD591;
 prmt.b32 x2, $8, $9, 0xE6A2;
@@ -85,10 +98,6 @@ mul.rn.bf16x2 x0, x0, k;
 mul.rn.bf16x2 x1, x1, k;
 mul.rn.bf16x2 x2, x2, k;
 mul.rn.bf16x2 x3, x3, k;
-mul.rn.bf16x2 x0, x0, sc;
-mul.rn.bf16x2 x1, x1, sc;
-mul.rn.bf16x2 x2, x2, sc;
-mul.rn.bf16x2 x3, x3, sc;
 mov.b32 {$0, $1}, x0;
 mov.b32 {$2, $3}, x1;
 mov.b32 {$4, $5}, x2;
@@ -126,90 +135,89 @@ mov.b32 {$6, $7}, x3;
     @gluon.jit
     def _reg_copy(kv_raw, sc_raw, kr_raw, kv_ptr, page, n_rows, stride_kvb, num_warps: gl.constexpr):
         """Start the cp.async copies of a page's raw rows into a raw slot and commit them as one group: the e4m3
-        values as int32 words into kv_raw [64, 128] (16 bytes a copy), the scales tile-major into sc_raw [4, 64] (4
-        bytes a copy), k_rope into kr_raw [64, 64] (_fp8_rope_copy, which commits). Rows from n_rows on are written
-        as zeros (cp.async's zero fill): their keys are masked, and a zero scale keeps their values 0."""
+        values as int32 words into kv_raw [64, 128] (16 bytes a copy), the scales into sc_raw [64, 4] (8 bytes a
+        copy), k_rope into kr_raw [64, 64] (_fp8_rope_copy, which commits). Rows from n_rows on are written as zeros
+        (cp.async's zero fill): their keys are masked, and a zero scale keeps their values 0."""
         cpw: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [num_warps, 1], [1, 0])
         rows = gl.arange(0, 64, layout=gl.SliceLayout(1, cpw))
         words = gl.arange(0, 128, layout=gl.SliceLayout(0, cpw))
         base = (kv_ptr + page * stride_kvb + rows * FP8_ROW).to(gl.pointer_type(gl.int32))
         async_copy.async_copy_global_to_shared(kv_raw, base[:, None] + words[None, :], mask=(rows < n_rows)[:, None])
-        cps: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [1, num_warps], [1, 0])
-        tiles = gl.arange(0, 4, layout=gl.SliceLayout(1, cps))
-        rows_s = gl.arange(0, 64, layout=gl.SliceLayout(0, cps))
+        cps: gl.constexpr = gl.BlockedLayout([1, 2], [16, 2], [num_warps, 1], [1, 0])
+        rows_s = gl.arange(0, 64, layout=gl.SliceLayout(1, cps))
+        tiles = gl.arange(0, 4, layout=gl.SliceLayout(0, cps))
         sc = (kv_ptr + page * stride_kvb + rows_s * FP8_ROW + FP8_SCALES_AT).to(gl.pointer_type(gl.int32))
-        async_copy.async_copy_global_to_shared(sc_raw, sc[None, :] + tiles[:, None], mask=(rows_s < n_rows)[None, :])
+        async_copy.async_copy_global_to_shared(sc_raw, sc[:, None] + tiles[None, :], mask=(rows_s < n_rows)[:, None])
         ldr: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
         _fp8_rope_copy(kr_raw, kv_ptr, page, n_rows, stride_kvb, ldr)
 
     @gluon.jit
-    def _reg_scales(sc_slot, T: gl.constexpr, ls: gl.constexpr, layout: gl.constexpr):
-        """Scale tile T of a raw slot's 64 keys (sc_slot [4, 64], float32 bits as int32) in `layout` ([64]), read as
-        [1, 64] in ls (the same distribution of the keys)."""
-        x = gl.reshape(sc_slot.slice(T, 1, dim=0).load(ls), [64])
-        return gl.convert_layout(x, layout, assert_trivial=True)
+    def _reg_scales(sc_slot, keys_l: gl.constexpr):
+        """A raw slot's scales (sc_slot [64, 4], float32 bits as int32) as four [64] vectors, one per tile, in keys_l
+        (S's column layout: thread t of warp w holds keys 8w + 2t, + 1, + 32, + 33)."""
+        l4: gl.constexpr = gl.DistributedLinearLayout(  # the tiles in registers, the keys as S's columns hold them
+            reg_bases=[[0, 1], [0, 2], [1, 0], [32, 0]], lane_bases=[[2, 0], [4, 0], [0, 0], [0, 0], [0, 0]],
+            warp_bases=[[8, 0], [16, 0]], block_bases=[], shape=[64, 4])
+        x = sc_slot.load(l4).to(gl.float32, bitcast=True)
+        lo, hi = gl.split(gl.reshape(x, [64, 2, 2]))  # tiles (0, 2), (1, 3)
+        s0, s2 = gl.split(lo)
+        s1, s3 = gl.split(hi)
+        return (gl.convert_layout(s0, keys_l, assert_trivial=True), gl.convert_layout(s1, keys_l, assert_trivial=True),
+                gl.convert_layout(s2, keys_l, assert_trivial=True), gl.convert_layout(s3, keys_l, assert_trivial=True))
 
     @gluon.jit
-    def _reg_scores(q_smem, qr_smem, kv_raw, sc_raw, kr_raw, slot, mma: gl.constexpr, a_op: gl.constexpr,
-                    b_op: gl.constexpr):
-        """S = Q·Kᵀ [16, 64] (keys in order; the warps split them, 8w + g and 32 + 8w + g) with K dequantized from the
-        raw slot into the B operand: per scale tile T, a thread's two keys' 8 words (columns 128T + 16h + 4t .. + 3,
-        h the 64-column half, t its lane's pair) times the key's scale are its operands of 8 k16 steps; then
-        k_rope's block. Two accumulators (tiles 0, 2 and k_rope; tiles 1, 3)."""
+    def _reg_tile_scores(q_smem, words, tile: gl.constexpr, mma: gl.constexpr, a_op: gl.constexpr,
+                         b_op: gl.constexpr):
+        """Q_T·K8_Tᵀ [16, 64] for scale tile T with K8 the e4m3 values unscaled: a thread's two keys' 8 words
+        (columns 128T + 16h + 4t .. + 3, h the 64-column half, t its lane's pair) are its operands of 8 k16 steps."""
         # the words: [64 keys, 32 words] of a scale tile, thread (g = lane // 4, t = lane % 4) of warp w holding keys
-        # 8w + g and 32 + 8w + g, words 16h + 4t + j
+        # 8w + g and 32 + 8w + g (the keys S's B operand gives it), words 16h + 4t + j
         lk: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[0, 1], [0, 2], [0, 16], [32, 0]], lane_bases=[[0, 4], [0, 8], [1, 0], [2, 0], [4, 0]],
             warp_bases=[[8, 0], [16, 0]], block_bases=[], shape=[64, 32])
+        w = words.slice(32 * tile, 32, dim=1).load(lk)  # [64, 32] int32
+        v0, v1, v2, v3 = gl.inline_asm_elementwise(
+            _E4M3X4, "=h,=h,=h,=h,r", [w], dtype=(gl.bfloat16, gl.bfloat16, gl.bfloat16, gl.bfloat16), is_pure=True,
+            pack=1)
+        x = gl.join(gl.join(v0, v2), gl.join(v1, v3))  # [64 keys, 32 words, a, b]: column 4·word + 2a + b
+        x = gl.reshape(x, [64, 2, 4, 4, 2, 2])  # [key, h, t, j, a, b]
+        x = gl.reshape(gl.permute(x, (1, 3, 4, 2, 5, 0)), [128, 64])  # [h, j, a, t, b, key]: logical order
+        kb = gl.convert_layout(x, b_op, assert_trivial=True)  # (a relabelling: no data moves)
+        return mma_v2(q_smem.slice(128 * tile, 128, dim=1).load(a_op), kb, gl.zeros([16, 64], gl.float32, layout=mma))
+
+    @gluon.jit
+    def _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, mma: gl.constexpr, a_op: gl.constexpr,
+                    b_op: gl.constexpr):
+        """S = Q·Kᵀ [16, 64] (keys in order; the warps split them) = Σ_T scale_T[key] · Q_T·K8_Tᵀ + Q_rope·k_ropeᵀ,
+        each tile's product on the unscaled e4m3 values (_reg_tile_scores), k_rope's from the raw slot (bf16)."""
         # k_rope: [64 keys, 64 bf16], the same keys, columns 16t .. 16t + 15
         lr: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[0, 1], [0, 2], [0, 4], [0, 8], [32, 0]], lane_bases=[[0, 16], [0, 32], [1, 0], [2, 0], [4, 0]],
             warp_bases=[[8, 0], [16, 0]], block_bases=[], shape=[64, 64])
-        ls: gl.constexpr = gl.DistributedLinearLayout(  # the keys' scales, as lk holds the keys
-            reg_bases=[[0, 32]], lane_bases=[[0, 0], [0, 0], [0, 1], [0, 2], [0, 4]],
-            warp_bases=[[0, 8], [0, 16]], block_bases=[], shape=[1, 64])
-        s = gl.zeros([16, 64], gl.float32, layout=mma)
-        s_odd = gl.zeros([16, 64], gl.float32, layout=mma)
-        words = kv_raw.index(slot)
-        for tile in gl.static_range(4):
-            w = words.slice(32 * tile, 32, dim=1).load(lk)  # [64, 32] int32
-            sc = _reg_scales(sc_raw.index(slot), tile, ls, gl.SliceLayout(1, lk))  # [64] the keys' scales
-            v0, v1, v2, v3 = gl.inline_asm_elementwise(
-                _E4M3X4_TIMES_SCALE, "=h,=h,=h,=h,r,r", [w, sc[:, None] + w * 0],
-                dtype=(gl.bfloat16, gl.bfloat16, gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
-            x = gl.join(gl.join(v0, v2), gl.join(v1, v3))  # [64 keys, 32 words, a, b]: column 4·word + 2a + b
-            x = gl.reshape(x, [64, 2, 4, 4, 2, 2])  # [key, h, t, j, a, b]
-            x = gl.reshape(gl.permute(x, (1, 3, 4, 2, 5, 0)), [128, 64])  # [h, j, a, t, b, key]: logical order
-            kb = gl.convert_layout(x, b_op, assert_trivial=True)  # (a relabelling: no data moves)
-            qa = q_smem.slice(128 * tile, 128, dim=1).load(a_op)
-            if tile % 2 == 0:
-                s = mma_v2(qa, kb, s)
-            else:
-                s_odd = mma_v2(qa, kb, s_odd)
         r = kr_raw.index(slot).load(lr)  # [64 keys, 64] bf16
         r = gl.reshape(gl.permute(gl.reshape(r, [64, 4, 4, 2, 2]), (2, 3, 1, 4, 0)), [64, 64])
-        s = mma_v2(qr_smem.load(a_op), gl.convert_layout(r, b_op, assert_trivial=True), s)
-        return s + s_odd
+        s = mma_v2(qr_smem.load(a_op), gl.convert_layout(r, b_op, assert_trivial=True),
+                   gl.zeros([16, 64], gl.float32, layout=mma))
+        words = kv_raw.index(slot)
+        s = s + _reg_tile_scores(q_smem, words, 0, mma, a_op, b_op) * sc0[None, :]
+        s = s + _reg_tile_scores(q_smem, words, 1, mma, a_op, b_op) * sc1[None, :]
+        s = s + _reg_tile_scores(q_smem, words, 2, mma, a_op, b_op) * sc2[None, :]
+        return s + _reg_tile_scores(q_smem, words, 3, mma, a_op, b_op) * sc3[None, :]
 
     @gluon.jit
-    def _reg_values(pa, kv_raw, sc_raw, slot, sl: gl.constexpr, acc, alpha, b_op: gl.constexpr):
-        """O_sl = O_sl·alpha + P·V_sl for the 128-column slice sl (= scale tile sl), V dequantized from the raw slot
-        into the B operand [64 keys, 128]: thread (g, t) of warp w reads word 8w + g of its 16 keys (2t + b + 8a + 16j)
-        and makes, per key pair, four bf16 pairs: logical column 32e + 8w + g of the slice is cache column
-        4(8w + g) + e."""
+    def _reg_values(pa, kv_raw, slot, sl: gl.constexpr, acc, alpha, b_op: gl.constexpr):
+        """O_sl = O_sl·alpha + (P·scale_sl)·V8_sl for the 128-column slice sl (= scale tile sl; pa: P times the keys'
+        tile-sl scales, the A operand), V8 the unscaled e4m3 values dequantized from the raw slot into the B operand
+        [64 keys, 128]: thread (g, t) of warp w reads word 8w + g of its 16 keys (2t + b + 8a + 16j) and makes, per
+        key pair, four bf16 pairs: logical column 32e + 8w + g of the slice is cache column 4(8w + g) + e."""
         lv: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[1, 0], [8, 0], [16, 0], [32, 0]], lane_bases=[[2, 0], [4, 0], [0, 1], [0, 2], [0, 4]],
             warp_bases=[[0, 8], [0, 16]], block_bases=[], shape=[64, 32])
         w = kv_raw.index(slot).slice(32 * sl, 32, dim=1).load(lv)  # [64 keys, 32 words]
-        ls: gl.constexpr = gl.DistributedLinearLayout(  # the keys' scales, as lv holds the keys
-            reg_bases=[[0, 1], [0, 8], [0, 16], [0, 32]], lane_bases=[[0, 2], [0, 4], [0, 0], [0, 0], [0, 0]],
-            warp_bases=[[0, 0], [0, 0]], block_bases=[], shape=[1, 64])
-        sc = _reg_scales(sc_raw.index(slot), sl, ls, gl.SliceLayout(1, lv))[:, None] + w * 0
         w_even, w_odd = gl.split(gl.permute(gl.reshape(w, [32, 2, 32]), (0, 2, 1)))  # [32 pairs, 32 words] each
-        s_even, s_odd = gl.split(gl.permute(gl.reshape(sc, [32, 2, 32]), (0, 2, 1)))
         y00, y01, y10, y11, y20, y21, y30, y31 = gl.inline_asm_elementwise(
-            _E4M3_PAIRS_TIMES_SCALES, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r,r", [w_even, w_odd, s_even, s_odd],
-            dtype=(gl.bfloat16,) * 8, is_pure=True, pack=1)
+            _E4M3_PAIRS, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w_even, w_odd], dtype=(gl.bfloat16,) * 8, is_pure=True,
+            pack=1)
         z = gl.join(gl.join(gl.join(y00, y01), gl.join(y20, y21)), gl.join(gl.join(y10, y11), gl.join(y30, y31)))
         # [pair, word, b, e_hi, e_lo] -> [pair, b, e_hi, e_lo, word] = [64 keys, 128 logical columns]
         z = gl.reshape(gl.permute(z, (0, 2, 3, 4, 1)), [64, 128])
@@ -239,10 +247,10 @@ mov.b32 {$6, $7}, x3;
 
         q_smem = gl.allocate_shared_memory(dtype, [BM, 512], smem_layout)  # Q's latent part (columns permuted)
         qr_smem = gl.allocate_shared_memory(dtype, [BM, 64], smem_layout)  # Q's RoPE part (columns permuted)
-        p_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        p_smem = gl.allocate_shared_memory(dtype, [4, BM, PAGE], smem_layout)  # P times each tile's scales
         kv_raw = gl.allocate_shared_memory(gl.int32, [2, PAGE, 128], raw_layout)  # the raw ring: e4m3 words,
-        sc_raw = gl.allocate_shared_memory(gl.int32, [2, 4, PAGE], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
-        kr_raw = gl.allocate_shared_memory(dtype, [2, PAGE, 64], smem_layout)  # scales [slot, tile], k_rope
+        sc_raw = gl.allocate_shared_memory(gl.int32, [2, PAGE, 4], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+        kr_raw = gl.allocate_shared_memory(dtype, [2, PAGE, 64], smem_layout)  # scales, k_rope
 
         m_start = (gl.program_id(1) % m_tiles) * BM
         begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
@@ -276,15 +284,18 @@ mov.b32 {$6, $7}, x3;
                 slot = (i - lo) % 2
                 async_copy.wait_group(1)  # page i's group has landed (page i + 1's may be in flight)
                 gl.thread_barrier()  # ... for every thread's copies, and Q is in
-                s = _reg_scores(q_smem, qr_smem, kv_raw, sc_raw, kr_raw, slot, mma, a_op, b_op)
+                sc0, sc1, sc2, sc3 = _reg_scales(sc_raw.index(slot), cols_l)
+                s = _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, mma, a_op, b_op)
                 p, alpha, m_i, l_i = _v5_online_softmax(s, i * PAGE, n_visible, m_i, l_i, qk_scale, cols_l, PAGE)
-                p_smem.store(p.to(dtype))
+                p_smem.index(0).store((p * sc0[None, :]).to(dtype))  # (a power of two: the same bf16 as P's, scaled)
+                p_smem.index(1).store((p * sc1[None, :]).to(dtype))
+                p_smem.index(2).store((p * sc2[None, :]).to(dtype))
+                p_smem.index(3).store((p * sc3[None, :]).to(dtype))
                 gl.thread_barrier()  # every warp's keys of P are in
-                pa = p_smem.load(a_op)
-                acc0 = _reg_values(pa, kv_raw, sc_raw, slot, 0, acc0, alpha, b_op)
-                acc1 = _reg_values(pa, kv_raw, sc_raw, slot, 1, acc1, alpha, b_op)
-                acc2 = _reg_values(pa, kv_raw, sc_raw, slot, 2, acc2, alpha, b_op)
-                acc3 = _reg_values(pa, kv_raw, sc_raw, slot, 3, acc3, alpha, b_op)
+                acc0 = _reg_values(p_smem.index(0).load(a_op), kv_raw, slot, 0, acc0, alpha, b_op)
+                acc1 = _reg_values(p_smem.index(1).load(a_op), kv_raw, slot, 1, acc1, alpha, b_op)
+                acc2 = _reg_values(p_smem.index(2).load(a_op), kv_raw, slot, 2, acc2, alpha, b_op)
+                acc3 = _reg_values(p_smem.index(3).load(a_op), kv_raw, slot, 3, acc3, alpha, b_op)
                 gl.thread_barrier()  # every warp is done with the slot and with P
                 if i + 2 < hi:  # page i + 2 into the slot just freed
                     page, n_rows = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)
