@@ -4,7 +4,7 @@
 # shapes. Each step is time-boxed and logged to $OUT; when the seesaw check fails, the steps after it are skipped.
 # Carry .peers (FlashMLA, see ../shared/flashmla/README.md).
 #   STEPS="check time tests kernels fp8 decode" scripts/gpu_final.sh   (tests: ~330 s, mostly compiles)
-# Steps not in the default list: fp8all (every FP8 Gluon tile's GPU cases, then their timing), reg (v5_fp8_reg.py's cases and timing), mma (the 16-row FP8 tile's GPU cases, then its timing and its parts beside the other
+# Steps not in the default list: fp8final (the FP8 results the course shows), fp8all (every FP8 Gluon tile's GPU cases, then their timing), reg (v5_fp8_reg.py's cases and timing), mma (the 16-row FP8 tile's GPU cases, then its timing and its parts beside the other
 # FP8 tiles), ncu, stalls, sass (Nsight Compute's counters for the FP8 tiles; scripts/gpu_ncu_fp8.py). The seesaw probe's check and
 # time steps include its EARLY probes.
 set -u -o pipefail
@@ -52,19 +52,29 @@ if has mma && grep -q " passed" "$OUT/mma_tests.log" && ! grep -q "failed\|error
 fi
 # the 16-row FP8 tile that dequantizes into its operand registers (v5_fp8_reg.py, prepared): its hostile GPU cases,
 # then the h16 timing beside the other FP8 tiles and FlashMLA
-has reg && step reg_tests ${REG_LIMIT:-150} env MLA_FP8_REG=1 PYTHONPATH=src:tests $PY -m pytest -m gpu \
+has reg && step reg_tests ${REG_LIMIT:-150} env PYTHONPATH=src:tests $PY -m pytest -m gpu \
   tests/test_fp8.py -q -x -p no:cacheprovider -k "matrix and reg"
 if has reg && grep -q " passed" "$OUT/reg_tests.log" && ! grep -q "failed\|error" "$OUT/reg_tests.log"; then
-  step reg_bench 200 env MLA_FP8_REG=1 PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma \
+  step reg_bench 200 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma \
     --heads 16 --sections env,timing --out "$OUT/reg.json"
 fi
+# the FP8 results the course shows, after a change of the FP8 routing: the whole FP8 benchmark (every shape, the
+# correctness section, the tiles' parts; docs/results/fp8_bench_*), the FP8 GPU tests through v5's choice (the
+# hostile matrix of the routed 16-row tile included), then the decode step of stages 4 and 5 (decode_bench_fp8*)
+has fp8final && step fp8_full ${FP8_FULL_LIMIT:-300} env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --mma \
+  --parts --sections env,correctness,timing --out "$OUT/fp8_full.json"
+has fp8final && step fp8_tests 150 env PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_fp8.py -q -x \
+  -p no:cacheprovider -k "not matrix or reg"
+has fp8final && step decode_fp8 ${DECODE_LIMIT:-120} env PYTHONPATH=src $PY -m mla_tutorial bench --device cuda \
+  --config deepseek-v3 --stages 4 5 --heads 128 16 --batch 64 --context 4096 --graphs both --warmup 5 --reps 30 \
+  --out "$OUT/decode_fp8.json"
 # every FP8 Gluon tile at once (after a change to the page work they share, e.g. the dequantization): their hostile
 # GPU cases (the 16-row tiles with 4 and 8 warps and the warp-specialised 16-row tile included), then their timing and
 # the 16-row tile's parts at h_q $HEADS (default 16) beside FlashMLA
-has fp8all && step fp8all_tests ${FP8ALL_LIMIT:-240} env MLA_FP8_REG=1 MLA_FP8_MMA8=1 PYTHONPATH=src:tests $PY -m pytest \
+has fp8all && step fp8all_tests ${FP8ALL_LIMIT:-240} env MLA_FP8_MMA8=1 PYTHONPATH=src:tests $PY -m pytest \
   -m gpu tests/test_fp8.py -q -x -p no:cacheprovider -k "matrix"
 if has fp8all && grep -q " passed" "$OUT/fp8all_tests.log" && ! grep -q "failed\|error" "$OUT/fp8all_tests.log"; then
-  step fp8all_bench 240 env MLA_FP8_REG=1 PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma \
+  step fp8all_bench 240 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma \
     --parts --heads ${HEADS:-16} --sections env,timing --out "$OUT/fp8all.json"
 fi
 # Nsight Compute's counters for the FP8 tiles at h16 and the bf16 seesaw tile at h64 (b 128, s_k 4k): where each

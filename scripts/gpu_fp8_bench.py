@@ -90,11 +90,8 @@ def main() -> None:
     TILES += [] if args.smoke else [("gluon", "pointer"), ("seesaw", "pointer")]  # (lockstep, warp-specialised)
     TILES += [("mma", "pointer"), ("mma8", "pointer"), ("tma", "pointer")] if args.mma and not args.smoke else []
     #              the 16-row tile with 4 and 8 warps per program, fed by TMA (v5_fp8_tma.py); and warp-specialised
-    #              (v5_fp8_ws16.py); dequantizing into registers (v5_fp8_reg.py), not yet run on a GPU: only when asked
-    #              for, as its tests (MLA_FP8_REG=1)
-    TILES += [("ws16", "pointer"), ("ws16w", "pointer")] if args.mma and not args.smoke else []
-    reg = args.mma and not args.smoke and os.environ.get("MLA_FP8_REG") == "1"
-    TILES += [("reg", "pointer")] if reg else []
+    #              (v5_fp8_ws16.py); dequantizing into registers (v5_fp8_reg.py: v5's choice at up to 16 rows)
+    TILES += [("ws16", "pointer"), ("ws16w", "pointer"), ("reg", "pointer")] if args.mma and not args.smoke else []
     big_b, big_sk = (2, (64, 130)) if args.smoke else (128, (4096, 8192))
 
     from test_kernels import check_against_reference, make_inputs
@@ -252,8 +249,7 @@ def main() -> None:
                 # warp-specialised, with a 4- and an 8-warp producer (measured slower than the 16-row tile)
                 impls["fp8_ws16"] = lambda: fp8("ws16", "pointer")
                 impls["fp8_ws16w"] = lambda: fp8("ws16", "pointer", GluonConfig(warps=8))
-                if reg:  # dequantizing into the operand registers (prepared)
-                    impls["fp8_reg"] = lambda: fp8("reg", "pointer")
+                impls["fp8_reg"] = lambda: fp8("reg", "pointer")  # dequantizing into registers (v5's choice)
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))
                     impls["fp8_mma8_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2, warps=8))
@@ -272,7 +268,8 @@ def main() -> None:
         sync()
         row["fp8_finite"] = bool(torch.isfinite(fo).all())
         row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
-        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_mma", "fp8_mma8"):  # the same math, another order
+        # the same math, another order
+        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_mma", "fp8_mma8", "fp8_reg"):
             if other in impls:
                 oo, _ = impls[other]()
                 row[f"{other}_vs_fp8_small_max_abs"] = float((oo.float() - fo.float()).abs().max())

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import math
-import os
 import struct
 
 import pytest
@@ -327,20 +326,20 @@ def test_kernel_choice_routes_fp8_to_the_small_tile():
     assert path == "small" and "FP8" in reason and "Gluon" in reason
 
 
-@pytest.mark.parametrize("rows,expected", [(1, "mma"), (15, "mma"), (16, "mma"), (17, "seesaw"), (64, "seesaw"),
+@pytest.mark.parametrize("rows,expected", [(1, "reg"), (15, "reg"), (16, "reg"), (17, "seesaw"), (64, "seesaw"),
                                            (256, "seesaw")])
 def test_kernel_choice_routes_fp8_by_rows_where_gluon_runs(rows, expected, monkeypatch):
-    """Where the Gluon tiles can run (sm_90, Triton 3.6: faked here), an FP8 cache at up to FP8_MMA_MAX_ROWS query
-    rows per KV head goes to the 16-row Gluon FP8 tile (path "mma"), more to the warp-specialised one (path
-    "seesaw"); the reason says which and why."""
+    """Where the Gluon tiles can run (sm_90, Triton 3.6: faked here), an FP8 cache at up to FP8_REG_MAX_ROWS query
+    rows per KV head goes to the 16-row Gluon FP8 tile that dequantizes into registers (path "reg"), more to the
+    warp-specialised one (path "seesaw"); the reason says which and why."""
     from mla_tutorial.kernels import v5
 
     monkeypatch.setattr(v5, "gluon_unavailable", lambda q, k, h_kv: None)
     q, k8, _, _ = fp8_inputs([5], 1, 16, seed=1)
     path, reason = K.kernel_choice(q, k8, rows, 1)
-    assert v5.FP8_MMA_MAX_ROWS == 16 and path == expected and "FP8" in reason
+    assert v5.FP8_REG_MAX_ROWS == 16 and path == expected and "FP8" in reason
     assert ("warp-specialised Gluon FP8 tile" in reason) == (expected == "seesaw")
-    assert ("16-row Gluon FP8 tile" in reason) == (expected == "mma")
+    assert ("16-row Gluon FP8 tile dequantizing into registers" in reason) == (expected == "reg")
 
 
 def test_kernel_choice_routes_fp8_without_mma_v2_to_the_larger_tiles(monkeypatch):
@@ -435,16 +434,10 @@ def test_the_16_row_fp8_tile_reads_only_an_fp8_cache():
 GPU_LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
 
 
-#: The 16-row FP8 tile that dequantizes into its operand registers (path "reg", v5_fp8_reg.py) has not yet run on a
-#: GPU: its cases run when asked for (MLA_FP8_REG=1) until a GPU run has checked them.
-UNVERIFIED_REG = pytest.mark.skipif(os.environ.get("MLA_FP8_REG") != "1",
-                                    reason="v5_fp8_reg.py not yet run on a GPU: set MLA_FP8_REG=1")
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "mma", "mma8", "tma", "ws16",
-                                  "ws16w", pytest.param("reg", marks=UNVERIFIED_REG)])
+                                  "ws16w", "reg"])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     """The FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile, its

@@ -67,23 +67,26 @@ SMALL_TILE_MAX_ROWS = 16
 FP8_GLUON_MIN_ROWS = 16
 
 
-#: An FP8 cache with at most this many query rows per KV head is read by the 16-row FP8 tile (v5_fp8_mma.py) where the
-#: Gluon tiles run. On the H200 (2026-12-02, b = 128, h_q = 16) it took 0.257 ms at s_k 4096 against 0.322 for the
-#: warp-specialised FP8 tile and 0.368 for the small tile, 0.440 against 0.554 at s_k 8192, 0.119 against 0.132 at
-#: 1024 (docs/results/fp8_bench_mma_h200_2026-12-02.json); at 64 and 128 rows it runs 4 and 8 programs per page,
-#: each dequantizing it again: 0.813 and 1.500 ms against 0.297 and 0.506. Between 17 and 63 rows it is not
-#: measured: the warp-specialised tile stays.
-FP8_MMA_MAX_ROWS = 16
+#: An FP8 cache with at most this many query rows per KV head is read by the 16-row FP8 tile that dequantizes into its
+#: operand registers (v5_fp8_reg.py) where the Gluon tiles run. On the H200 (2026-12-02, b = 128, h_q = 16, s_k 4096)
+#: it took 0.201 ms against 0.248 for the 16-row tile with a bf16 page in shared memory (v5_fp8_mma.py, routed here
+#: before: 0.257 against 0.322 for the warp-specialised FP8 tile, 0.440 against 0.554 at s_k 8192, 0.119 against
+#: 0.132 at 1024; docs/results/fp8_bench_mma_h200_2026-12-02.json), 0.205 against 0.251 at ~N(4096, 2048) lengths
+#: (docs/results/probes/fp8_reg_h200_2026-12-02.json); at 64 and 128 rows the 16-row tiles run 4 and 8 programs per
+#: page, each dequantizing it again (v5_fp8_mma.py: 0.813 and 1.500 ms against 0.297 and 0.506). Between 17 and 63
+#: rows they are not measured: the warp-specialised tile stays.
+FP8_REG_MAX_ROWS = 16
 
 
 def kernel_choice(q: torch.Tensor, k_cache: torch.Tensor, rows_per_kv: int, h_kv: int) -> tuple[str, str]:
-    """(path, reason): which tile v5 runs for these inputs here, "seesaw", "mma", "small" or "v4", and why."""
+    """(path, reason): which tile v5 runs for these inputs here, "seesaw", "reg", "small" or "v4", and why."""
     if k_cache.dtype == torch.float8_e4m3fn:
         why = gluon_unavailable(q, k_cache, h_kv)
-        if why is None and rows_per_kv <= FP8_MMA_MAX_ROWS and mma_v2 is not None:
-            return "mma", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head on sm_90 (<= "
-                           f"{FP8_MMA_MAX_ROWS}): the 16-row Gluon FP8 tile (mma.sync on 16 rows, two programs per "
-                           f"SM, one dequantizing a page while the other multiplies)")
+        if why is None and rows_per_kv <= FP8_REG_MAX_ROWS and mma_v2 is not None:
+            return "reg", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head on sm_90 (<= "
+                           f"{FP8_REG_MAX_ROWS}): the 16-row Gluon FP8 tile dequantizing into registers (mma.sync on "
+                           f"16 rows, each warp turning the e4m3 bytes its operands need into bf16 in registers: no "
+                           f"bf16 page in shared memory)")
         if why is None and rows_per_kv >= FP8_GLUON_MIN_ROWS:
             return "seesaw", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head on sm_90: the "
                               f"warp-specialised Gluon FP8 tile (a producer partition dequantizes each page into "
