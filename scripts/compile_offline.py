@@ -131,8 +131,8 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
         consts["PW"] = 8 if kind == "ws16w" else 4
     src = GluonASTSource(fn, sig, consts, attrs)
     options = {"num_warps": warps}
-    if kind in ("ws", "mma8", "ws16", "ws16w"):
-        options["maxnreg"] = {"ws": v5_fp8_ws.WS_REGS, "mma8": v5_fp8_mma.WIDE_MAXNREG,
+    if kind in ("ws", "mma8", "ws16", "ws16w", "reg"):
+        options["maxnreg"] = {"ws": v5_fp8_ws.WS_REGS, "mma8": v5_fp8_mma.WIDE_MAXNREG, "reg": v5_fp8_reg.REG_MAXNREG,
                               "ws16": v5_fp8_ws16.WS16_REGS, "ws16w": v5_fp8_ws16.WIDE_REGS}[kind]
     return triton.compile(src, target=TARGET, options=options)
 

@@ -226,6 +226,14 @@ def main() -> None:
             finally:
                 v5_small.FP8_LOADS = "pointer"
 
+        def reg_ptxas_regs():  # v5_fp8_reg.py's tile without its maxnreg (read at launch)
+            from mla_tutorial.kernels import v5_fp8_reg
+            saved, v5_fp8_reg.REG_MAXNREG = v5_fp8_reg.REG_MAXNREG, None
+            try:
+                return fp8("reg", "pointer")
+            finally:
+                v5_fp8_reg.REG_MAXNREG = saved
+
         impls = {
             "fp8": lambda: fp8(None, "pointer"),  # the default choice
             "fp8_small": lambda: fp8("small", "pointer"),
@@ -250,6 +258,7 @@ def main() -> None:
                 impls["fp8_ws16"] = lambda: fp8("ws16", "pointer")
                 impls["fp8_ws16w"] = lambda: fp8("ws16", "pointer", GluonConfig(warps=8))
                 impls["fp8_reg"] = lambda: fp8("reg", "pointer")  # dequantizing into registers (v5's choice)
+                impls["fp8_reg_ptxas_regs"] = reg_ptxas_regs  # the same with ptxas's own register cap (168)
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))
                     impls["fp8_mma8_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2, warps=8))

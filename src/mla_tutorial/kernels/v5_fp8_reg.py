@@ -57,7 +57,10 @@ from .v5_gluon import (
     gluon,
 )
 
-REG_WARPS = 4  # warps per program (two programs per SM: ~105 KB of shared memory each)
+REG_WARPS = 4  # warps per program (two programs per SM: ~110 KB of shared memory each)
+#: Registers per thread: shared memory holds two programs per SM, whose 256 threads may use 240 each. Left to itself
+#: ptxas caps the tile at 168 (three programs' worth) and spills.
+REG_MAXNREG = 240
 
 if gluon is not None:
     #: Four e4m3 values (one int32 word, $4) to four bf16 ($0-$3), exactly: _E4M3X4_TIMES_SCALE without the scale
@@ -328,4 +331,4 @@ def launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta
     rows contiguous)."""
     grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
                                       out, lse, part_out, part_lse, ok_flag)
-    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], num_warps=REG_WARPS)
+    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], num_warps=REG_WARPS, maxnreg=REG_MAXNREG)
