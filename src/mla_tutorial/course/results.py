@@ -488,7 +488,8 @@ _FORCED_TILES = {"fp8_small": "small", "fp8_small_tma": "small", "fp8_tma": "sma
                  "fp8_mma": "mma", "fp8_mma_page_work_alone": "mma", "fp8_mma_products_alone": "mma",
                  "fp8_mma_loads_alone": "mma", "fp8_mma_dequant_alone": "mma",
                  "fp8_mma8": "mma", "fp8_mma8_page_work_alone": "mma", "fp8_mma8_products_alone": "mma",
-                 "fp8_tma16": "tma", "fp8_ws16": "ws16", "fp8_ws16w": "ws16", "fp8_reg": "reg", "fp8_reg_ptxas_regs": "reg",
+                 "fp8_tma16": "tma", "fp8_ws16": "ws16", "fp8_ws16w": "ws16", "fp8_reg": "reg",
+                 "fp8_reg_ptxas_regs": "reg",
                  "bf16_lockstep_compute_alone": "gluon"}
 
 
