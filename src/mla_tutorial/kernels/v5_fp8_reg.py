@@ -1,12 +1,13 @@
 # version 5, FP8 cache, 16-row tiles dequantized into registers: v5_fp8_mma.py's products and schedule with no bf16
-# copy of the page in shared memory (stage 5; forced with path "reg", not routed).
+# copy of the page in shared memory (stage 5; v5 runs it for an FP8 cache at up to 16 query rows per KV head on sm_90,
+# path "reg").
 #
 # What it changes against v5_fp8_mma.py (same mma.sync products on 16 rows, softmax, schedule and semantics):
 #   * the page's raw 656-byte rows come by cp.async into a ring of two raw slots (e4m3 words 32 KB with a 128-byte
-#     swizzle, scales 1 KB tile-major, k_rope 8 KB), one page in flight while the other is computed; nothing is held
+#     swizzle, scales 1 KB, k_rope 8 KB), one page in flight while the other is computed; nothing is held
 #     in registers in flight.
 #   * no dequantized page in shared memory. Each warp reads the e4m3 words its mma operands need straight from the
-#     raw slot and dequantizes them into the operand registers (_E4M3X4_TIMES_SCALE for K, _E4M3_PAIRS for V):
+#     raw slot and dequantizes them, unscaled, into the operand registers (_E4M3X4 for K, _E4M3_PAIRS for V):
 #       - K, the B operand of S = Q·Kᵀ [16, 64]: a thread's k pairs (2t, 2t+1) and (2t+8, 2t+9) of each k16 step are
 #         made four consecutive columns of the cache by permuting the 576 columns inside each 64-column block (the
 #         same permutation on Q, applied once per request when Q is loaded): one 32-bit word of one key is one
@@ -18,8 +19,13 @@
 #         where O is stored (_v5_store's PERM32).
 #     The reshape/permute from the words to each operand is a relabelling: Gluon checks it moves no data
 #     (convert_layout(assert_trivial=True)).
-#   Per page: wait for its raw slot -> S (four scale tiles of words + k_rope, two chains) -> softmax -> P to shared
-#   memory -> barrier -> P·V (four 128-column slices) -> barrier -> the slot's next copy (two pages ahead).
+#   * each tile's scale (a power of two) multiplies S and P per key instead of every value: S = Σ_T scale_T[key] ·
+#     Q_T·K8_Tᵀ + Q_rope·k_ropeᵀ, and P·V_T = (P·scale_T[key])·V8_T with four scaled copies of P in shared memory
+#     (the same bf16 products as P times the dequantized V).
+#   * 240 registers a thread (REG_MAXNREG): shared memory holds two programs per SM anyway.
+#   Per page: wait for its raw slot -> S (four scale tiles of words, then k_rope) -> softmax -> P times each tile's
+#   scales to shared memory -> barrier -> P·V (four 128-column slices) -> barrier -> the slot's next copy (two pages
+#   ahead).
 # Why (docs/results/v5_notes.md, seventh session): the 16-row tile moves ~280 KB through shared memory per page (the
 #   bf16 page stored once, 64 KB, and read by both products, ~136 KB, besides Q) for a page of 42 KB, and its
 #   page work (the dequantization into the slot and its barrier) stays serial with the products. Here a page
@@ -29,6 +35,11 @@
 #   (FlashMLA / ours ~0.85-1.1; target 1.5). Risks: the K words' LDS.128 meet 2-way bank conflicts (two keys of a
 #   quarter-warp share the swizzle's chunk set); cp.async's ~21 copies per thread per page load the LSU like the
 #   register loads did; the doubled dequantization on the integer pipe.
+# Bought (H200, 2026-12-02, seventh session; docs/results/v5_notes.md, FlashMLA in each run): correct on its first
+#   run (the hostile matrix, h_q 1-128, s_q 1-2) and faster: 0.211 ms at h16 s_k 4k against 0.247 for v5_fp8_mma.py;
+#   the scales moved from every value to S and P: 0.201; 240 registers instead of ptxas's 168: 0.190 (0.203 at 168
+#   in the same run): 1.04x bf16 v5 (0.182), FlashMLA / ours 0.87 (target 1.5). Nsight Compute (first version):
+#   issue-bound on the dequantization with 1.7 warps per scheduler (0.5 eligible), DRAM at 36 % of peak.
 """Version 5 over an FP8 cache, 16-row tiles with mma.sync, each page dequantized straight into the operand registers
 (Gluon, Triton 3.6)."""
 

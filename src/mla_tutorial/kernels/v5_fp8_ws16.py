@@ -19,9 +19,12 @@
 #   against 0.258 for v5_fp8_mma.py and 0.168 for FlashMLA (target 1.5x FlashMLA: 0.112). Risk: the producer binds;
 #   hence the variant with an 8-warp producer (GluonConfig(warps=8): 176 registers per consumer thread, 80 per
 #   producer thread), prepared beside it.
-# Prepared, compiled for sm_90a (scripts/compile_offline.py v5fws16), not yet run on a GPU. Its barrier protocol
-# (phases, slots, the merge's handover) is modelled on the CPU in tests/test_ws16_protocol.py: every random
-# interleaving finishes and reads each page in place; a wrong phase there fails (a hang here).
+# Its barrier protocol (phases, slots, the merge's handover) is modelled on the CPU in tests/test_ws16_protocol.py:
+# every random interleaving finishes and reads each page in place; a wrong phase there fails (a hang here).
+# Bought (H200, 2026-12-02, seventh session; docs/results/probes/fp8_ws16_first_h200_2026-12-02.json): correct on its
+#   first run (the hostile matrix, no hang) and slower: 0.289 ms at h16 s_k 4k (the 8-warp producer 0.407) against
+#   0.260 for v5_fp8_mma.py; 0.271 after the three-instruction dequantization. One program per SM leaves one 4-warp
+#   producer to dequantize for two consumer warpgroups, and the raw ring holds one page. Not routed.
 """Version 5 over an FP8 cache, 16-row tiles, warp-specialised: TMA, dequantizing and multiplying partitions
 (Gluon, Triton 3.6)."""
 
