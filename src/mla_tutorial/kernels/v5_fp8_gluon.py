@@ -77,13 +77,11 @@ mov.b32 {$0, $1}, lo;
 mov.b32 {$2, $3}, hi;
 }""")
     from .v5_gluon import (
-        _v5_flag_stale,
         _v5_load_q,
         _v5_next_part,
         _v5_online_softmax,
-        _v5_pages,
         _v5_part,
-        _v5_piece,
+        _v5_request,
         _v5_start,
         _v5_store,
     )
@@ -211,11 +209,9 @@ mov.b32 {$2, $3}, hi;
 
         it = 0  # pages consumed by this program: slot it % 2
         for req in range(begin_req, end_req + 1):
-            s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
-            _v5_flag_stale(ok_ptr, req, s_k, gl.cdiv(s_k, PAGE), begin_req, begin_block, end_req, end_block,
-                           next_req, next_block, max_blocks)
-            part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
-            bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
+            s_k, lo, hi, part_slot, pieces, bt_row = _v5_request(
+                seqlens_ptr, ok_ptr, num_splits_ptr, block_table_ptr, stride_btb, req, begin_req, begin_block, end_req,
+                end_block, begin_split, next_req, next_block, max_blocks)
 
             # the last copy of the previous request (page hi + 1's k_rope: masked, so cp.async writes zeros into the
             # box page lo + 1's copy goes to) has landed before a new copy targets the box: copies in flight are not

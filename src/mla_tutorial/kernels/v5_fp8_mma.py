@@ -48,13 +48,11 @@ from __future__ import annotations
 from .launch import FastLauncher
 from .v5_fp8_gluon import _fp8_fetch, _fp8_page, _fp8_put, _fp8_rope_copy, async_copy, fp8_tile_launch_args
 from .v5_gluon import (
-    _v5_flag_stale,
     _v5_load_q,
     _v5_next_part,
     _v5_online_softmax,
-    _v5_pages,
     _v5_part,
-    _v5_piece,
+    _v5_request,
     _v5_start,
     _v5_store,
     gl,
@@ -165,11 +163,9 @@ if gluon is not None:
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
 
         for req in range(begin_req, end_req + 1):
-            s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
-            _v5_flag_stale(ok_ptr, req, s_k, gl.cdiv(s_k, PAGE), begin_req, begin_block, end_req, end_block,
-                           next_req, next_block, max_blocks)
-            part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
-            bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
+            s_k, lo, hi, part_slot, pieces, bt_row = _v5_request(
+                seqlens_ptr, ok_ptr, num_splits_ptr, block_table_ptr, stride_btb, req, begin_req, begin_block, end_req,
+                end_block, begin_split, next_req, next_block, max_blocks)
 
             gl.thread_barrier()  # every warp is done with the previous request's Q and page
             # prologue: page lo into the slot, page lo + 1's words in flight, the k_rope of both copied, Q into

@@ -56,12 +56,10 @@ from .v5_fp8_gluon import (
 )
 from .v5_fp8_mma import BLOCK_M16, mma_v2
 from .v5_gluon import (
-    _v5_flag_stale,
     _v5_next_part,
     _v5_online_softmax,
-    _v5_pages,
     _v5_part,
-    _v5_piece,
+    _v5_request,
     _v5_start,
     _v5_store,
     gl,
@@ -271,11 +269,9 @@ mov.b32 {$6, $7}, x3;
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
 
         for req in range(begin_req, end_req + 1):
-            s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
-            _v5_flag_stale(ok_ptr, req, s_k, gl.cdiv(s_k, PAGE), begin_req, begin_block, end_req, end_block,
-                           next_req, next_block, max_blocks)
-            part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
-            bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
+            s_k, lo, hi, part_slot, pieces, bt_row = _v5_request(
+                seqlens_ptr, ok_ptr, num_splits_ptr, block_table_ptr, stride_btb, req, begin_req, begin_block, end_req,
+                end_block, begin_split, next_req, next_block, max_blocks)
 
             gl.thread_barrier()  # every warp is done with the previous request's Q and slots
             # prologue: pages lo and lo + 1 in flight (one group each; an empty group past the end), Q in

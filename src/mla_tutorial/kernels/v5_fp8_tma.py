@@ -39,13 +39,11 @@ from .v5_fp8_mma import BLOCK_M16, _m16_scores, _m16_store, _m16_values
 from .v5_gluon import (
     TensorDescriptor,
     _Address,
-    _v5_flag_stale,
     _v5_load_q,
     _v5_next_part,
     _v5_online_softmax,
-    _v5_pages,
     _v5_part,
-    _v5_piece,
+    _v5_request,
     _v5_start,
     fence_async_shared,
     gl,
@@ -146,11 +144,9 @@ if gluon is not None:
         g = 0  # steps consumed so far by this program: step g is in raw slot g % NRAW, phase (g // NRAW) % 2
 
         for req in range(begin_req, end_req + 1):
-            s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
-            _v5_flag_stale(ok_ptr, req, s_k, gl.cdiv(s_k, 64), begin_req, begin_block, end_req, end_block,
-                           next_req, next_block, max_blocks)
-            part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
-            bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
+            s_k, lo, hi, part_slot, pieces, bt_row = _v5_request(
+                seqlens_ptr, ok_ptr, num_splits_ptr, block_table_ptr, stride_btb, req, begin_req, begin_block, end_req,
+                end_block, begin_split, next_req, next_block, max_blocks)
 
             fence_async_shared()  # every thread's reads and writes of the slots come before the copy engine's
             gl.thread_barrier()  # writes, and every warp is done with the previous request's Q and slots

@@ -195,6 +195,18 @@ if gluon is not None:
         gl.store(ok_ptr, 0, mask=stale)
 
     @gluon.jit
+    def _v5_request(seqlens_ptr, ok_ptr, num_splits_ptr, block_table_ptr, stride_btb, req, begin_req, begin_block,
+                    end_req, end_block, begin_split, next_req, next_block, max_blocks):
+        """A page-at-a-time tile's start of request req: (s_k, lo, hi, part_slot, pieces, bt_row), its length and the
+        pages this program computes (_v5_pages), its partial slot and pieces (_v5_piece) and its block-table row,
+        after the stale-schedule check (_v5_flag_stale)."""
+        s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
+        _v5_flag_stale(ok_ptr, req, s_k, gl.cdiv(s_k, 64), begin_req, begin_block, end_req, end_block, next_req,
+                       next_block, max_blocks)
+        part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
+        return s_k, lo, hi, part_slot, pieces, block_table_ptr + req.to(gl.int64) * stride_btb
+
+    @gluon.jit
     def _v5_store(acc, m_i, l_i, rows, tok, req, slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q,
                   heads_per_kv, rows_per_kv, m_start, o_rows: gl.constexpr, o_cols: gl.constexpr, COL0: gl.constexpr,
                   NCOLS: gl.constexpr, WRITE_LSE: gl.constexpr, BLOCK_M: gl.constexpr = 64,
