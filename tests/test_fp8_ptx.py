@@ -130,7 +130,7 @@ def test_pair_sequence_is_exact_on_every_pair_of_codes():
     even, odd = (g.ravel() for g in np.meshgrid(codes, codes, indexing="ij"))
     junk = np.uint32(0x5A)  # the other bytes of the words: must not leak into the pair
     for e in range(4):
-        def word(c):
+        def word(c, e=e):
             w = np.full_like(c, junk | junk << 8 | junk << 16 | junk << 24)
             return (w & ~np.uint32(0xFF << (8 * e))) | (c << (8 * e))
 
