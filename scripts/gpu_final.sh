@@ -4,7 +4,7 @@
 # shapes. Each step is time-boxed and logged to $OUT; when the seesaw check fails, the steps after it are skipped.
 # Carry .peers (FlashMLA, see ../shared/flashmla/README.md).
 #   STEPS="check time tests kernels fp8 decode" scripts/gpu_final.sh   (tests: ~330 s, mostly compiles)
-# Steps not in the default list: fp8final (the FP8 results the course shows), fp8all (every FP8 Gluon tile's GPU cases, then their timing), reg (v5_fp8_reg.py's cases and timing), mma (the 16-row FP8 tile's GPU cases, then its timing and its parts beside the other
+# Steps not in the default list: regvar (v5_fp8_reg.py's prepared variants), fp8final (the FP8 results the course shows), fp8all (every FP8 Gluon tile's GPU cases, then their timing), reg (v5_fp8_reg.py's cases and timing), mma (the 16-row FP8 tile's GPU cases, then its timing and its parts beside the other
 # FP8 tiles), ncu, stalls, sass (Nsight Compute's counters for the FP8 tiles; scripts/gpu_ncu_fp8.py). The seesaw probe's check and
 # time steps include its EARLY probes.
 set -u -o pipefail
@@ -68,6 +68,14 @@ has fp8final && step fp8_tests 150 env PYTHONPATH=src:tests $PY -m pytest -m gpu
 has fp8final && step decode_fp8 ${DECODE_LIMIT:-120} env PYTHONPATH=src $PY -m mla_tutorial bench --device cuda \
   --config deepseek-v3 --stages 4 5 --heads 128 16 --batch 64 --context 4096 --graphs both --warmup 5 --reps 30 \
   --out "$OUT/decode_fp8.json"
+# the register tile's prepared variants (v5_fp8_reg.py: one raw slot for three programs per SM; block ids loaded
+# before S): their hostile GPU cases, then the h16 timing beside the default
+has regvar && step regvar_tests ${REG_LIMIT:-150} env MLA_FP8_REG_VARIANTS=1 PYTHONPATH=src:tests $PY -m pytest -m gpu \
+  tests/test_fp8.py -q -x -p no:cacheprovider -k "matrix and (reg1 or reg-early)"
+if has regvar && grep -q " passed" "$OUT/regvar_tests.log" && ! grep -q "failed\|error" "$OUT/regvar_tests.log"; then
+  step regvar_bench 200 env MLA_FP8_REG_VARIANTS=1 PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick \
+    --mma --heads 16 --sections env,timing --out "$OUT/regvar.json"
+fi
 # every FP8 Gluon tile at once (after a change to the page work they share, e.g. the dequantization): their hostile
 # GPU cases (the 16-row tiles with 4 and 8 warps and the warp-specialised 16-row tile included), then their timing and
 # the 16-row tile's parts at h_q $HEADS (default 16) beside FlashMLA

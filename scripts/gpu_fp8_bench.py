@@ -226,13 +226,21 @@ def main() -> None:
             finally:
                 v5_small.FP8_LOADS = "pointer"
 
-        def reg_ptxas_regs():  # v5_fp8_reg.py's tile without its maxnreg (read at launch)
+        def reg_variant(**knobs):  # v5_fp8_reg.py's tile with module knobs changed (read at launch)
             from mla_tutorial.kernels import v5_fp8_reg
-            saved, v5_fp8_reg.REG_MAXNREG = v5_fp8_reg.REG_MAXNREG, None
-            try:
-                return fp8("reg", "pointer")
-            finally:
-                v5_fp8_reg.REG_MAXNREG = saved
+
+            def run():
+                saved = {k: getattr(v5_fp8_reg, k) for k in knobs}
+                for k, v in knobs.items():
+                    setattr(v5_fp8_reg, k, v)
+                try:
+                    return fp8("reg", "pointer")
+                finally:
+                    for k, v in saved.items():
+                        setattr(v5_fp8_reg, k, v)
+            return run
+
+        reg_ptxas_regs = reg_variant(REG_MAXNREG=None)  # without its maxnreg
 
         impls = {
             "fp8": lambda: fp8(None, "pointer"),  # the default choice
@@ -259,6 +267,9 @@ def main() -> None:
                 impls["fp8_ws16w"] = lambda: fp8("ws16", "pointer", GluonConfig(warps=8))
                 impls["fp8_reg"] = lambda: fp8("reg", "pointer")  # dequantizing into registers (v5's choice)
                 impls["fp8_reg_ptxas_regs"] = reg_ptxas_regs  # the same with ptxas's own register cap (168)
+                if os.environ.get("MLA_FP8_REG_VARIANTS") == "1":  # prepared variants, not yet measured
+                    impls["fp8_reg_1slot"] = reg_variant(REG_RAW_SLOTS=1)  # one raw slot, three programs per SM
+                    impls["fp8_reg_early_ids"] = reg_variant(REG_EARLY_IDS=True)  # block ids loaded before S
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))
                     impls["fp8_mma8_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2, warps=8))

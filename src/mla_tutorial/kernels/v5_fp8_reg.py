@@ -70,6 +70,12 @@ REG_WARPS = 4  # warps per program (two programs per SM: ~110 KB of shared memor
 #: Registers per thread: shared memory holds two programs per SM, whose 256 threads may use 240 each. Left to itself
 #: ptxas caps the tile at 168 (three programs' worth) and spills.
 REG_MAXNREG = 240
+#: Prepared variants, not yet measured (read at launch; scripts/gpu_fp8_bench.py times them beside the default):
+#: one raw slot instead of two (69 KB of shared memory: three programs of 4 warps per SM, at 168 registers), and each
+#: page's block id loaded before S (Nsight Compute put 2.8 % of the samples on the wait for it after P·V).
+REG_RAW_SLOTS = 2
+REG_EARLY_IDS = False
+MAXNREG_THREE_PER_SM = 168
 
 if gluon is not None:
     #: Four e4m3 values (one int32 word, $4) to four bf16 ($0-$3), exactly: _E4M3X4_TIMES_SCALE without the scale
@@ -243,8 +249,13 @@ mov.b32 {$6, $7}, x3;
         stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, EARLY_IDS: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
+        # RAW: raw page slots in the ring (2: one page in flight while one is computed; 1: none, for three programs
+        # per SM). EARLY_IDS: each page's block id for the copy RAW pages ahead is loaded before S, not after P·V
+        # (its latency then hides under the products). Both variants prepared, not yet measured (REG_RAW_SLOTS,
+        # REG_EARLY_IDS).
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps],
@@ -260,9 +271,9 @@ mov.b32 {$6, $7}, x3;
         q_smem = gl.allocate_shared_memory(dtype, [BM, 512], smem_layout)  # Q's latent part (columns permuted)
         qr_smem = gl.allocate_shared_memory(dtype, [BM, 64], smem_layout)  # Q's RoPE part (columns permuted)
         p_smem = gl.allocate_shared_memory(dtype, [4, BM, PAGE], smem_layout)  # P times each tile's scales
-        kv_raw = gl.allocate_shared_memory(gl.int32, [2, PAGE, 128], raw_layout)  # the raw ring: e4m3 words,
-        sc_raw = gl.allocate_shared_memory(gl.int32, [2, PAGE, 4], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
-        kr_raw = gl.allocate_shared_memory(dtype, [2, PAGE, 64], smem_layout)  # scales, k_rope
+        kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 128], raw_layout)  # the raw ring: e4m3 words,
+        sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+        kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], smem_layout)  # scales, k_rope
 
         m_start = (gl.program_id(1) % m_tiles) * BM
         begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
@@ -274,8 +285,8 @@ mov.b32 {$6, $7}, x3;
                 end_block, begin_split, next_req, next_block, max_blocks)
 
             gl.thread_barrier()  # every warp is done with the previous request's Q and slots
-            # prologue: pages lo and lo + 1 in flight (one group each; an empty group past the end), Q in
-            for k in gl.static_range(2):
+            # prologue: pages lo .. lo + RAW - 1 in flight (one group each; an empty group past the end), Q in
+            for k in gl.static_range(RAW):
                 if lo + k < hi:  # (no copy past the end: its zeros could land after the next request's copy)
                     page, n_rows = _fp8_page(bt_row, lo + k, hi, s_k, num_blocks, ok_ptr)
                     _reg_copy(kv_raw.index(k), sc_raw.index(k), kr_raw.index(k), kv_ptr, page, n_rows,
@@ -291,8 +302,10 @@ mov.b32 {$6, $7}, x3;
             acc2 = gl.zeros([BM, 128], gl.float32, layout=mma)
             acc3 = gl.zeros([BM, 128], gl.float32, layout=mma)
             for i in range(lo, hi):
-                slot = (i - lo) % 2
-                async_copy.wait_group(1)  # page i's group has landed (page i + 1's may be in flight)
+                slot = (i - lo) % RAW
+                if EARLY_IDS:  # the block id of the page to copy next, loaded now
+                    page, n_rows = _fp8_page(bt_row, i + RAW, hi, s_k, num_blocks, ok_ptr)
+                async_copy.wait_group(RAW - 1)  # page i's group has landed (page i + 1's may be in flight)
                 gl.thread_barrier()  # ... for every thread's copies, and Q is in
                 sc0, sc1, sc2, sc3 = _reg_scales(sc_raw.index(slot), cols_l)
                 s = _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, mma, a_op, b_op)
@@ -307,8 +320,9 @@ mov.b32 {$6, $7}, x3;
                 acc2 = _reg_values(p_smem.index(2).load(a_op), kv_raw, slot, 2, acc2, alpha, b_op)
                 acc3 = _reg_values(p_smem.index(3).load(a_op), kv_raw, slot, 3, acc3, alpha, b_op)
                 gl.thread_barrier()  # every warp is done with the slot and with P
-                if i + 2 < hi:  # page i + 2 into the slot just freed
-                    page, n_rows = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)
+                if i + RAW < hi:  # page i + RAW into the slot just freed
+                    if not EARLY_IDS:
+                        page, n_rows = _fp8_page(bt_row, i + RAW, hi, s_k, num_blocks, ok_ptr)
                     _reg_copy(kv_raw.index(slot), sc_raw.index(slot), kr_raw.index(slot), kv_ptr, page,
                               n_rows, stride_kvb, num_warps)
                 else:
@@ -338,4 +352,8 @@ def launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta
     rows contiguous)."""
     grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
                                       out, lse, part_out, part_lse, ok_flag)
-    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], num_warps=REG_WARPS, maxnreg=REG_MAXNREG)
+    if REG_RAW_SLOTS not in (1, 2):
+        raise ValueError(f"v5_fp8_reg.REG_RAW_SLOTS must be 1 or 2, got {REG_RAW_SLOTS!r}")
+    regs = REG_MAXNREG if REG_RAW_SLOTS == 2 or REG_MAXNREG is None else MAXNREG_THREE_PER_SM
+    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, EARLY_IDS=bool(REG_EARLY_IDS),
+            num_warps=REG_WARPS, maxnreg=regs)
