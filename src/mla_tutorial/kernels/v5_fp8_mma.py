@@ -104,8 +104,9 @@ if gluon is not None:
     @gluon.jit
     def _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
                    part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l: gl.constexpr,
-                   cols_l: gl.constexpr):
-        """A 16-row tile's end of a request (_v5_store), its output as four 128-column accumulators."""
+                   cols_l: gl.constexpr, PERM32: gl.constexpr = False):
+        """A 16-row tile's end of a request (_v5_store), its output as four 128-column accumulators (PERM32: each
+        slice's columns in v5_fp8_reg.py's order, un-permuted here)."""
         for c in gl.static_range(4):  # (static: picks accumulator c)
             if c == 0:
                 o = acc0
@@ -116,7 +117,7 @@ if gluon is not None:
             else:
                 o = acc3
             _v5_store(o, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q,
-                      h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l, 128 * c, 128, c == 0, 16)
+                      h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l, 128 * c, 128, c == 0, 16, PERM32)
 
     @gluon.jit
     def _v5_fp8_mma_kernel(

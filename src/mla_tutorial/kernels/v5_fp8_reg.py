@@ -54,14 +54,13 @@ from .v5_fp8_gluon import (
     async_copy,
     fp8_tile_launch_args,
 )
-from .v5_fp8_mma import BLOCK_M16, mma_v2
+from .v5_fp8_mma import BLOCK_M16, _m16_store, mma_v2
 from .v5_gluon import (
     _v5_next_part,
     _v5_online_softmax,
     _v5_part,
     _v5_request,
     _v5_start,
-    _v5_store,
     gl,
     gluon,
 )
@@ -329,18 +328,9 @@ mov.b32 {$6, $7}, x3;
                     async_copy.commit_group()
             async_copy.wait_group(0)  # nothing in flight into the slots past the request
 
-            for c in gl.static_range(4):  # (static: picks accumulator c); the slice's columns un-permuted
-                if c == 0:
-                    o = acc0
-                elif c == 1:
-                    o = acc1
-                elif c == 2:
-                    o = acc2
-                else:
-                    o = acc3
-                _v5_store(o, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
-                          part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l, 128 * c, 128,
-                          c == 0, 16, True)
+            _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr,
+                       part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l,
+                       True)  # (each slice's columns un-permuted)
 
 
 _LAUNCH = FastLauncher(_v5_fp8_reg_kernel) if gluon is not None else None
