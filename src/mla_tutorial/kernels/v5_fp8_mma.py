@@ -102,6 +102,15 @@ if gluon is not None:
         return acc0, acc1, acc2, acc3
 
     @gluon.jit
+    def _m16_start(m_start, heads_per_kv, s_k, s_q, CAUSAL: gl.constexpr, rows_l: gl.constexpr, mma: gl.constexpr):
+        """A 16-row tile's state at the start of a request (_v5_start), its output O [16, 512] as four [16, 128]
+        accumulators (a value operand of 128 columns is 32 registers a thread; the whole page's would be 128):
+        (rows, tok, n_visible, m_i, l_i, acc0, acc1, acc2, acc3)."""
+        rows, tok, n_visible, m_i, l_i, _ = _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL, rows_l, mma, 16)
+        acc = gl.zeros([16, 128], gl.float32, layout=mma)
+        return rows, tok, n_visible, m_i, l_i, acc, acc, acc, acc
+
+    @gluon.jit
     def _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
                    part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l: gl.constexpr,
                    cols_l: gl.constexpr, PERM32: gl.constexpr = False):
@@ -184,13 +193,8 @@ if gluon is not None:
             async_copy.wait_group(0)
             gl.thread_barrier()
 
-            rows, tok, n_visible, m_i, l_i, _ = _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL, rows_l, mma, BM)
-            # O [16, 512] as four [16, 128] accumulators (a value operand of 128 columns is 32 registers a thread;
-            # the whole page's would be 128)
-            acc0 = gl.zeros([BM, 128], gl.float32, layout=mma)
-            acc1 = gl.zeros([BM, 128], gl.float32, layout=mma)
-            acc2 = gl.zeros([BM, 128], gl.float32, layout=mma)
-            acc3 = gl.zeros([BM, 128], gl.float32, layout=mma)
+            rows, tok, n_visible, m_i, l_i, acc0, acc1, acc2, acc3 = _m16_start(m_start, heads_per_kv, s_k, s_q,
+                                                                                CAUSAL, rows_l, mma)
             chk = gl.zeros([PAGE, 16], gl.int32, layout=ldw)  # MODE 3's checksum of the loaded words
             for i in range(lo, hi):
                 kr_buf = kr_bufs.index((i - lo) % 2)  # page i's k_rope (page i+1's lands in the other box)

@@ -54,13 +54,12 @@ from .v5_fp8_gluon import (
     async_copy,
     fp8_tile_launch_args,
 )
-from .v5_fp8_mma import BLOCK_M16, _m16_store, mma_v2
+from .v5_fp8_mma import BLOCK_M16, _m16_start, _m16_store, mma_v2
 from .v5_gluon import (
     _v5_next_part,
     _v5_online_softmax,
     _v5_part,
     _v5_request,
-    _v5_start,
     gl,
     gluon,
 )
@@ -295,11 +294,8 @@ mov.b32 {$6, $7}, x3;
             _reg_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
                         rows_per_kv, num_warps)
 
-            rows, tok, n_visible, m_i, l_i, _ = _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL, rows_l, mma, BM)
-            acc0 = gl.zeros([BM, 128], gl.float32, layout=mma)
-            acc1 = gl.zeros([BM, 128], gl.float32, layout=mma)
-            acc2 = gl.zeros([BM, 128], gl.float32, layout=mma)
-            acc3 = gl.zeros([BM, 128], gl.float32, layout=mma)
+            rows, tok, n_visible, m_i, l_i, acc0, acc1, acc2, acc3 = _m16_start(m_start, heads_per_kv, s_k, s_q,
+                                                                                CAUSAL, rows_l, mma)
             for i in range(lo, hi):
                 slot = (i - lo) % RAW
                 if EARLY_IDS:  # the block id of the page to copy next, loaded now

@@ -35,7 +35,7 @@ import torch
 
 from .launch import FastLauncher
 from .v5_fp8_gluon import _fp8_chunk, _fp8_page, fp8_tile_launch_args
-from .v5_fp8_mma import BLOCK_M16, _m16_scores, _m16_store, _m16_values
+from .v5_fp8_mma import BLOCK_M16, _m16_scores, _m16_start, _m16_store, _m16_values
 from .v5_gluon import (
     TensorDescriptor,
     _Address,
@@ -44,7 +44,6 @@ from .v5_gluon import (
     _v5_online_softmax,
     _v5_part,
     _v5_request,
-    _v5_start,
     fence_async_shared,
     gl,
     gluon,
@@ -159,11 +158,8 @@ if gluon is not None:
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
                        rows_per_kv, 0, 9, CHUNK, BM, num_warps)
 
-            rows, tok, n_visible, m_i, l_i, _ = _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL, rows_l, mma, BM)
-            acc0 = gl.zeros([BM, 128], gl.float32, layout=mma)
-            acc1 = gl.zeros([BM, 128], gl.float32, layout=mma)
-            acc2 = gl.zeros([BM, 128], gl.float32, layout=mma)
-            acc3 = gl.zeros([BM, 128], gl.float32, layout=mma)
+            rows, tok, n_visible, m_i, l_i, acc0, acc1, acc2, acc3 = _m16_start(m_start, heads_per_kv, s_k, s_q,
+                                                                                CAUSAL, rows_l, mma)
             for t in range(2 * lo, 2 * hi):
                 slot = g % NRAW
                 first_key = t * KEYS

@@ -34,7 +34,7 @@ import triton.language as tl
 
 from .launch import FastLauncher
 from .v5_fp8_gluon import _fp8_page
-from .v5_fp8_mma import _m16_scores, _m16_store, _m16_values
+from .v5_fp8_mma import _m16_scores, _m16_start, _m16_store, _m16_values
 from .v5_fp8_tma import _raw_dequant, _tma_issue, tma_tile_launch_args
 from .v5_gluon import (
     _v5_flag_stale,
@@ -44,7 +44,6 @@ from .v5_gluon import (
     _v5_pages,
     _v5_part,
     _v5_piece,
-    _v5_start,
     fence_async_shared,
     gl,
     gluon,
@@ -153,11 +152,8 @@ if gluon is not None:
                 mbarrier.arrive(bars.index(Q_READY))
             mbarrier.wait(bars.index(Q_READY), r & 1)
 
-            rows, tok, n_visible, m_i, l_i, _ = _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL, rows_l, mma, BM)
-            acc0 = gl.zeros([BM, 128], gl.float32, layout=mma)
-            acc1 = gl.zeros([BM, 128], gl.float32, layout=mma)
-            acc2 = gl.zeros([BM, 128], gl.float32, layout=mma)
-            acc3 = gl.zeros([BM, 128], gl.float32, layout=mma)
+            rows, tok, n_visible, m_i, l_i, acc0, acc1, acc2, acc3 = _m16_start(m_start, heads_per_kv, s_k, s_q,
+                                                                                CAUSAL, rows_l, mma)
             for i in range(lo, hi):
                 if it % 2 == WG:  # this warpgroup's page (its slot is WG)
                     mbarrier.wait(bars.index(FULL0 + WG), (it // 2) & 1)
