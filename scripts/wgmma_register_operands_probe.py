@@ -30,6 +30,21 @@ from mla_tutorial.kernels.v5_fp8_reg import _E4M3_PAIRS, _E4M3X4  # noqa: E402
 
 
 @gluon.jit
+def _times_b_tile(a, b_ptr, out_ptr, M: gl.constexpr, acc_l: gl.constexpr, num_warps: gl.constexpr):
+    """a (the register A operand, [M, 64]) times a [64, 64] bf16 tile read into shared memory, by wgmma; stored."""
+    smem_l: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    r = gl.arange(0, 64, layout=gl.SliceLayout(1, ld))
+    c = gl.arange(0, 64, layout=gl.SliceLayout(0, ld))
+    b_smem = gl.allocate_shared_memory(gl.bfloat16, [64, 64], smem_l, gl.load(b_ptr + r[:, None] * 64 + c[None, :]))
+    acc = warpgroup_mma(a, b_smem, gl.zeros([M, 64], gl.float32, layout=acc_l), is_async=True)
+    acc = warpgroup_mma_wait(0, deps=[acc])
+    ro = gl.arange(0, M, layout=gl.SliceLayout(1, acc_l))
+    co = gl.arange(0, 64, layout=gl.SliceLayout(0, acc_l))
+    gl.store(out_ptr + ro[:, None] * 64 + co[None, :], acc)
+
+
+@gluon.jit
 def _k_operand(w_ptr, q_ptr, out_ptr, num_warps: gl.constexpr):
     acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
     a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_l, k_width=2)
@@ -49,19 +64,7 @@ def _k_operand(w_ptr, q_ptr, out_ptr, num_warps: gl.constexpr):
     x = gl.reshape(x, [64, 64])
     gl.static_print(x.type.layout)
     ka = gl.convert_layout(x, a_op, assert_trivial=True)
-    # B = Q^T [64 k, 64 heads] in shared memory
-    smem_l: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-    r = gl.arange(0, 64, layout=gl.SliceLayout(1, ld))
-    c = gl.arange(0, 64, layout=gl.SliceLayout(0, ld))
-    qt = gl.load(q_ptr + r[:, None] * 64 + c[None, :])
-    q_smem = gl.allocate_shared_memory(gl.bfloat16, [64, 64], smem_l, qt)
-    acc = warpgroup_mma(ka, q_smem, gl.zeros([64, 64], gl.float32, layout=acc_l), is_async=True)
-    acc = warpgroup_mma_wait(0, deps=[acc])
-    ro = gl.arange(0, 64, layout=gl.SliceLayout(1, acc_l))
-    co = gl.arange(0, 64, layout=gl.SliceLayout(0, acc_l))
-    gl.store(out_ptr + ro[:, None] * 64 + co[None, :], acc)
-
+    _times_b_tile(ka, q_ptr, out_ptr, 64, acc_l, num_warps)  # B = Q^T [64 columns, 64 heads]
 
 @gluon.jit
 def _v_operand(w_ptr, p_ptr, out_ptr, num_warps: gl.constexpr):
@@ -85,18 +88,7 @@ def _v_operand(w_ptr, p_ptr, out_ptr, num_warps: gl.constexpr):
     z = gl.reshape(z, [128, 64])
     gl.static_print(z.type.layout)
     va = gl.convert_layout(z, a_op, assert_trivial=True)
-    smem_l: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-    r = gl.arange(0, 64, layout=gl.SliceLayout(1, ld))
-    c = gl.arange(0, 64, layout=gl.SliceLayout(0, ld))
-    pt = gl.load(p_ptr + r[:, None] * 64 + c[None, :])  # P^T [64 keys, 64 heads]
-    p_smem = gl.allocate_shared_memory(gl.bfloat16, [64, 64], smem_l, pt)
-    acc = warpgroup_mma(va, p_smem, gl.zeros([128, 64], gl.float32, layout=acc_l), is_async=True)
-    acc = warpgroup_mma_wait(0, deps=[acc])
-    ro = gl.arange(0, 128, layout=gl.SliceLayout(1, acc_l))
-    co = gl.arange(0, 64, layout=gl.SliceLayout(0, acc_l))
-    gl.store(out_ptr + ro[:, None] * 64 + co[None, :], acc)
-
+    _times_b_tile(va, p_ptr, out_ptr, 128, acc_l, num_warps)  # B = P^T [64 keys, 64 heads]
 
 
 def main() -> None:
