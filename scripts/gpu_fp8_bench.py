@@ -270,6 +270,7 @@ def main() -> None:
                 if os.environ.get("MLA_FP8_REG_VARIANTS") == "1":  # prepared variants, not yet measured
                     impls["fp8_reg_1slot"] = reg_variant(REG_RAW_SLOTS=1)  # one raw slot, three programs per SM
                     impls["fp8_reg_early_ids"] = reg_variant(REG_EARLY_IDS=True)  # block ids loaded before S
+                    impls["fp8_reg_pair_swizzle"] = reg_variant(REG_PAIR_SWIZZLE=True)  # K's reads conflict-free
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))
                     impls["fp8_mma8_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2, warps=8))

@@ -435,26 +435,29 @@ def test_the_16_row_fp8_tile_reads_only_an_fp8_cache():
 GPU_LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
 
 
-#: The register tile's prepared variants (v5_fp8_reg.REG_RAW_SLOTS = 1, REG_EARLY_IDS) have not yet run on a GPU:
+#: The register tile's prepared variants (v5_fp8_reg.REG_RAW_SLOTS = 1, REG_EARLY_IDS, REG_PAIR_SWIZZLE) have not yet
+#: run on a GPU:
 #: their cases run when asked for (MLA_FP8_REG_VARIANTS=1) until a GPU run has checked them.
 UNVERIFIED_REG_VARIANTS = pytest.mark.skipif(os.environ.get("MLA_FP8_REG_VARIANTS") != "1",
                                              reason="v5_fp8_reg.py's variants not yet run on a GPU: set "
                                                     "MLA_FP8_REG_VARIANTS=1")
-REG_VARIANTS = {"reg1": {"REG_RAW_SLOTS": 1}, "reg-early": {"REG_EARLY_IDS": True}}
+REG_VARIANTS = {"reg1": {"REG_RAW_SLOTS": 1}, "reg-early": {"REG_EARLY_IDS": True},
+                "reg-swz": {"REG_PAIR_SWIZZLE": True}}
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "mma", "mma8", "tma", "ws16",
                                   "ws16w", "reg", pytest.param("reg1", marks=UNVERIFIED_REG_VARIANTS),
-                                  pytest.param("reg-early", marks=UNVERIFIED_REG_VARIANTS)])
+                                  pytest.param("reg-early", marks=UNVERIFIED_REG_VARIANTS),
+                                  pytest.param("reg-swz", marks=UNVERIFIED_REG_VARIANTS)])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     """The FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile, its
     warp-specialised form (path "seesaw"; both pad fewer than 64 rows, as FlashMLA's kernel does) and the 16-row
     Gluon FP8 tile (path "mma": 16 rows per program, m_tiles of them; "mma8": with 8 warps per program; "tma": fed
     by TMA; "ws16": warp-specialised, "ws16w" with an 8-warp producer; "reg": dequantizing into its operand
-    registers, "reg1" / "reg-early" its prepared variants)."""
+    registers, "reg1" / "reg-early" / "reg-swz" its prepared variants)."""
     from mla_tutorial.kernels import v5_fp8_reg, v5_small
     from mla_tutorial.kernels.v5_gluon import GluonConfig
 

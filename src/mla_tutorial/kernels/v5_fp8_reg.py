@@ -73,6 +73,9 @@ REG_MAXNREG = 240
 #: page's block id loaded before S (Nsight Compute put 2.8 % of the samples on the wait for it after P·V).
 REG_RAW_SLOTS = 2
 REG_EARLY_IDS = False
+#: A third: the raw words in a layout of their own (RAW_PAIR_SWIZZLE) that gives K's 16-byte reads no bank conflict
+#: (Gluon's gl.bank_conflicts: 1 excess access per wavefront with the 128-byte swizzle, 0 with this one; V's 0 in both).
+REG_PAIR_SWIZZLE = False
 MAXNREG_THREE_PER_SM = 168
 
 if gluon is not None:
@@ -119,6 +122,14 @@ mov.b32 {$2, $3}, x1;
 mov.b32 {$4, $5}, x2;
 mov.b32 {$6, $7}, x3;
 }""")
+
+    #: The raw words [64 keys, 128 words] (int32) as a linear shared layout: memory offset bit i holds the (key, word)
+    #: of basis i. It is the 128-byte swizzle (a 16-byte chunk's index XOR the key's low three bits, in four 128-byte
+    #: column blocks) except that an odd key also flips the chunk's top bit: key bit 0 moves the word by 20, not 4.
+    #: Then the two keys of a quarter-warp in K's 16-byte reads (8w + g, g even and odd) use disjoint chunk sets, and
+    #: V's 4-byte reads (keys 2t + c, word 8w + g) still spread over all 32 banks.
+    RAW_PAIR_SWIZZLE = gl.constexpr(gl.SharedLinearLayout(offset_bases=[
+        [0, 1], [0, 2], [0, 4], [0, 8], [0, 16], [1, 20], [2, 8], [4, 16], [8, 0], [16, 0], [32, 0], [0, 32], [0, 64]]))
 
     @gluon.jit
     def _reg_perm(n):
@@ -248,12 +259,13 @@ mov.b32 {$6, $7}, x3;
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, EARLY_IDS: gl.constexpr,
-        num_warps: gl.constexpr,
+        PAIR_SWIZZLE: gl.constexpr, num_warps: gl.constexpr,
     ):
         # RAW: raw page slots in the ring (2: one page in flight while one is computed; 1: none, for three programs
         # per SM). EARLY_IDS: each page's block id for the copy RAW pages ahead is loaded before S, not after P·V
-        # (its latency then hides under the products). Both variants prepared, not yet measured (REG_RAW_SLOTS,
-        # REG_EARLY_IDS).
+        # (its latency then hides under the products). PAIR_SWIZZLE: the raw words in RAW_PAIR_SWIZZLE's layout
+        # instead of the 128-byte swizzle. The three variants prepared, not yet measured (REG_RAW_SLOTS,
+        # REG_EARLY_IDS, REG_PAIR_SWIZZLE).
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps],
@@ -263,7 +275,8 @@ mov.b32 {$6, $7}, x3;
         rows_l: gl.constexpr = gl.SliceLayout(1, mma)
         cols_l: gl.constexpr = gl.SliceLayout(0, mma)
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-        raw_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
+        raw_layout: gl.constexpr = RAW_PAIR_SWIZZLE if PAIR_SWIZZLE else gl.NVMMASharedLayout(
+            swizzle_byte_width=128, element_bitwidth=32, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
 
         q_smem = gl.allocate_shared_memory(dtype, [BM, 512], smem_layout)  # Q's latent part (columns permuted)
@@ -342,4 +355,4 @@ def launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta
         raise ValueError(f"v5_fp8_reg.REG_RAW_SLOTS must be 1 or 2, got {REG_RAW_SLOTS!r}")
     regs = REG_MAXNREG if REG_RAW_SLOTS == 2 or REG_MAXNREG is None else MAXNREG_THREE_PER_SM
     _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, EARLY_IDS=bool(REG_EARLY_IDS),
-            num_warps=REG_WARPS, maxnreg=regs)
+            PAIR_SWIZZLE=bool(REG_PAIR_SWIZZLE), num_warps=REG_WARPS, maxnreg=regs)
