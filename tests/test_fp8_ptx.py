@@ -24,6 +24,7 @@ from mla_tutorial.course.ptx import (
 
 v5_fp8_gluon = pytest.importorskip("mla_tutorial.kernels.v5_fp8_gluon")
 v5_fp8_reg = pytest.importorskip("mla_tutorial.kernels.v5_fp8_reg")
+v5_gluon = pytest.importorskip("mla_tutorial.kernels.v5_gluon")
 if not hasattr(v5_fp8_gluon, "_E4M3X4_TIMES_SCALE"):  # pragma: no cover - a Triton without Gluon
     pytest.skip("this Triton has no Gluon: the PTX constants are not defined", allow_module_level=True)
 
@@ -91,7 +92,7 @@ def test_nan_codes_read_as_480_and_a_nan_scale_passes_through():
 
 
 def test_register_tile_column_maps_are_the_kernels_and_make_each_operand_one_word():
-    """The register tile's permutations (course/ptx.py's maps, the kernel's _reg_perm and _v5_store's PERM32): a lane
+    """The register tile's permutations (course/ptx.py's maps, the kernel's _v5_perm64 and _v5_store's PERM32): a lane
     pair's K operands of a k16 step are four consecutive cache columns (one word), a lane's four V n8 tiles too, and
     each map is a permutation."""
     k = [register_tile_k_columns(t) for t in range(4)]
@@ -99,7 +100,7 @@ def test_register_tile_column_maps_are_the_kernels_and_make_each_operand_one_wor
     assert sorted(c for t in range(4) for cols in k[t] for c in cols) == list(range(64))
     column = {16 * j + o: k[t][j][i] for t in range(4) for j in range(4)  # logical reduction index -> cache column
               for i, o in enumerate((2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9))}
-    perm = getattr(getattr(v5_fp8_reg, "_reg_perm", None), "fn", None)  # the kernel's own formula, run as Python
+    perm = getattr(getattr(v5_gluon, "_v5_perm64", None), "fn", None)  # the kernel's own formula, run as Python
     if perm is not None:
         assert all(perm(64 * c + n) == 64 * c + column[n] for c in range(9) for n in range(64))
     v = {(w, g): register_tile_v_columns(w, g) for w in range(4) for g in range(8)}

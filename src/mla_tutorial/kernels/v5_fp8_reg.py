@@ -10,8 +10,8 @@
 #     raw slot and dequantizes them, unscaled, into the operand registers (_E4M3X4 for K, _E4M3_PAIRS for V):
 #       - K, the B operand of S = Q·Kᵀ [16, 64]: a thread's k pairs (2t, 2t+1) and (2t+8, 2t+9) of each k16 step are
 #         made four consecutive columns of the cache by permuting the 576 columns inside each 64-column block (the
-#         same permutation on Q, applied once per request when Q is loaded): one 32-bit word of one key is one
-#         thread's operand of one k16 step, and a scale tile's 32 words per key are 8 per thread (two LDS.128).
+#         same permutation on Q, applied once per request when Q is loaded: _v5_perm64): one 32-bit word of one key
+#         is one thread's operand of one k16 step, and a scale tile's 32 words per key are 8 per thread (two LDS.128).
 #       - V, the B operand of O += P·V [16, 512]: a thread needs consecutive key pairs of one column, i.e. bytes of
 #         two rows; prmt takes byte e of the even key's word and byte e of the odd key's word, sign-extended, so the
 #         same three integer instructions per pair dequantize a key pair of one column. The output columns are
@@ -56,6 +56,7 @@ from .v5_fp8_gluon import (
 )
 from .v5_fp8_mma import BLOCK_M16, _m16_start, _m16_store, mma_v2
 from .v5_gluon import (
+    _v5_load_q,
     _v5_next_part,
     _v5_online_softmax,
     _v5_part,
@@ -130,34 +131,6 @@ mov.b32 {$6, $7}, x3;
     #: V's 4-byte reads (keys 2t + c, word 8w + g) still spread over all 32 banks.
     RAW_PAIR_SWIZZLE = gl.constexpr(gl.SharedLinearLayout(offset_bases=[
         [0, 1], [0, 2], [0, 4], [0, 8], [0, 16], [1, 20], [2, 8], [4, 16], [8, 0], [16, 0], [32, 0], [0, 32], [0, 64]]))
-
-    @gluon.jit
-    def _reg_perm(n):
-        """The cache column that logical column n of S's reduction holds, inside each 64-column block: logical
-        16j + 8a + 2t + b (a thread t's k16 step j, pair a, element b) is column 16t + 4j + 2a + b, so that a thread's
-        operands of four k16 steps are four consecutive words."""
-        j = (n // 16) % 4
-        a = (n // 8) % 2
-        t = (n // 2) % 4
-        return (n // 64) * 64 + 16 * t + 4 * j + 2 * a + n % 2
-
-    @gluon.jit
-    def _reg_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
-                    rows_per_kv, num_warps: gl.constexpr):
-        """Q's 16 rows -> shared memory, each 64-column block's columns in _reg_perm's order; rows past rows_per_kv
-        are 0."""
-        ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-        rows = m_start + gl.arange(0, 16, layout=gl.SliceLayout(1, ld))
-        row_ok = rows < rows_per_kv
-        base = q_ptr + req.to(gl.int64) * stride_qb + (rows // heads_per_kv) * stride_qs + (
-            rows % heads_per_kv) * stride_qh  # h_kv = 1
-        cols = _reg_perm(gl.arange(0, 64, layout=gl.SliceLayout(0, ld)))
-        for c in gl.static_range(9):
-            x = gl.load(base[:, None] + (c * 64 + cols)[None, :], mask=row_ok[:, None], other=0.0)
-            if c < 8:
-                q_smem.slice(c * 64, 64, dim=1).store(x)
-            else:
-                qr_smem.store(x)
 
     @gluon.jit
     def _reg_copy(kv_raw, sc_raw, kr_raw, kv_ptr, page, n_rows, stride_kvb, num_warps: gl.constexpr):
@@ -304,8 +277,8 @@ mov.b32 {$6, $7}, x3;
                               stride_kvb, num_warps)
                 else:
                     async_copy.commit_group()
-            _reg_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
-                        rows_per_kv, num_warps)
+            _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
+                       rows_per_kv, 0, 9, 64, BM, num_warps, True)  # (its columns in _v5_perm64's order)
 
             rows, tok, n_visible, m_i, l_i, acc0, acc1, acc2, acc3 = _m16_start(m_start, heads_per_kv, s_k, s_q,
                                                                                 CAUSAL, rows_l, mma)
