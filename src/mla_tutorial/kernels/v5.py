@@ -43,9 +43,14 @@ from .v5_gluon import DEFAULT_GLUON_CONFIG, GluonConfig, gluon_unavailable, laun
 from .v5_seesaw import launch_v5_seesaw
 from .v5_small import launch_v5_small, small_tile_config
 
-PATHS = ("seesaw", "gluon", "small", "v4", "mma", "tma", "ws16", "reg")  # "mma": the 16-row FP8 tile (an FP8 cache
-#                 only); "tma": the same fed by TMA (v5_fp8_tma.py), "ws16": warp-specialised (v5_fp8_ws16.py), "reg":
-#                 dequantizing into the operand registers (v5_fp8_reg.py); forced only
+#: The 16-row FP8 tiles (an FP8 cache only): "mma" (v5_fp8_mma.py), "tma" the same fed by TMA (v5_fp8_tma.py), "ws16"
+#: warp-specialised (v5_fp8_ws16.py), "reg" dequantizing into the operand registers (v5_fp8_reg.py, v5's choice at up
+#: to FP8_REG_MAX_ROWS rows); the others are forced only. Their timing modes (GluonConfig.mode): up to 4 for "mma",
+#: none for the others.
+FP8_16ROW_PATHS = {"mma": 4, "tma": 0, "ws16": 0, "reg": 0}
+GLUON_PATHS = ("seesaw", "gluon", *FP8_16ROW_PATHS)  # the Gluon tiles (sm_90, Triton 3.6)
+FP8_PATHS = ("small", *GLUON_PATHS)  # the tiles that read an FP8 cache
+PATHS = ("seesaw", "gluon", "small", "v4", *FP8_16ROW_PATHS)
 
 
 def on_gpu(q) -> bool:
@@ -122,19 +127,18 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
                is_fp8: bool = False):
     forced = path  # kernel_choice picks a tile only where it runs: a forced one is checked below
     path = path or kernel_choice(q, k_cache, dims.rows_per_kv, dims.h_kv)[0]
-    if is_fp8 and path not in ("small", "gluon", "seesaw", "mma", "tma", "ws16", "reg"):
+    if is_fp8 and path not in FP8_PATHS:
         raise ValueError(f"path {path!r} cannot read an FP8 cache (is_fp8_kvcache=True): only 'small', 'gluon', "
                          f"'seesaw' (the warp-specialised FP8 tile), 'mma' (the 16-row FP8 tile), 'tma' (the same "
                          f"fed by TMA), 'ws16' (the same warp-specialised) and 'reg' (the same dequantizing into "
                          f"registers) can")
-    if path in ("mma", "tma", "ws16", "reg") and not is_fp8:
+    if path in FP8_16ROW_PATHS and not is_fp8:
         raise ValueError(f"path {path!r} (a 16-row FP8 tile) reads only an FP8 cache (is_fp8_kvcache=True)")
     mode = int(getattr(config, "mode", 0))  # GluonConfig's: a part of the tile alone, for timing
-    if mode > {"mma": 4, "tma": 0, "ws16": 0, "reg": 0}.get(path, 2):  # the highest mode each tile has
+    if mode > FP8_16ROW_PATHS.get(path, 2):  # the highest mode each tile has
         raise ValueError(f"GluonConfig.mode {mode} (a part alone) is not a mode of path {path!r} (3 and 4: "
-                         f"the 16-row FP8 tile's, path 'mma', only; the TMA-fed tiles have none)")
-    if forced in ("seesaw", "gluon", "mma", "tma", "ws16", "reg"):  # a forced Gluon tile where it cannot run: say
-        #                                                            why, first
+                         f"the 16-row FP8 tile's, path 'mma', only; the other 16-row tiles have none)")
+    if forced in GLUON_PATHS:  # a forced Gluon tile where it cannot run: say why, first
         why = gluon_unavailable(q, k_cache, dims.h_kv)
         if why is not None:
             raise ValueError(f"path {path!r} cannot run these inputs here: {why}")
