@@ -271,6 +271,10 @@ def main() -> None:
                     impls["fp8_reg_1slot"] = reg_variant(REG_RAW_SLOTS=1)  # one raw slot, three programs per SM
                     impls["fp8_reg_early_ids"] = reg_variant(REG_EARLY_IDS=True)  # block ids loaded before S
                     impls["fp8_reg_pair_swizzle"] = reg_variant(REG_PAIR_SWIZZLE=True)  # K's reads conflict-free
+                    # and together (each alone has its GPU cases; the sum checked below against fp8_small)
+                    impls["fp8_reg_early_swizzle"] = reg_variant(REG_EARLY_IDS=True, REG_PAIR_SWIZZLE=True)
+                    impls["fp8_reg_1slot_early_swizzle"] = reg_variant(REG_RAW_SLOTS=1, REG_EARLY_IDS=True,
+                                                                       REG_PAIR_SWIZZLE=True)
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))
                     impls["fp8_mma8_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2, warps=8))
@@ -290,7 +294,9 @@ def main() -> None:
         row["fp8_finite"] = bool(torch.isfinite(fo).all())
         row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
         # the same math, another order
-        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_mma", "fp8_mma8", "fp8_reg"):
+        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_mma", "fp8_mma8", "fp8_reg", "fp8_reg_1slot",
+                      "fp8_reg_early_ids", "fp8_reg_pair_swizzle", "fp8_reg_early_swizzle",
+                      "fp8_reg_1slot_early_swizzle"):
             if other in impls:
                 oo, _ = impls[other]()
                 row[f"{other}_vs_fp8_small_max_abs"] = float((oo.float() - fo.float()).abs().max())
