@@ -267,14 +267,8 @@ def main() -> None:
                 impls["fp8_ws16w"] = lambda: fp8("ws16", "pointer", GluonConfig(warps=8))
                 impls["fp8_reg"] = lambda: fp8("reg", "pointer")  # dequantizing into registers (v5's choice)
                 impls["fp8_reg_ptxas_regs"] = reg_ptxas_regs  # the same with ptxas's own register cap (168)
-                if os.environ.get("MLA_FP8_REG_VARIANTS") == "1":  # prepared variants, not yet measured
-                    impls["fp8_reg_1slot"] = reg_variant(REG_RAW_SLOTS=1)  # one raw slot, three programs per SM
-                    impls["fp8_reg_early_ids"] = reg_variant(REG_EARLY_IDS=True)  # block ids loaded before S
-                    impls["fp8_reg_pair_swizzle"] = reg_variant(REG_PAIR_SWIZZLE=True)  # K's reads conflict-free
-                    # and together (each alone has its GPU cases; the sum checked below against fp8_small)
-                    impls["fp8_reg_early_swizzle"] = reg_variant(REG_EARLY_IDS=True, REG_PAIR_SWIZZLE=True)
-                    impls["fp8_reg_1slot_early_swizzle"] = reg_variant(REG_RAW_SLOTS=1, REG_EARLY_IDS=True,
-                                                                       REG_PAIR_SWIZZLE=True)
+                if os.environ.get("MLA_FP8_REG_VARIANTS") == "1":  # the prepared variant, not yet measured
+                    impls["fp8_reg_fold"] = reg_variant(REG_FOLD_BIAS=True)  # no multiply by 2^120 per value
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))
                     impls["fp8_mma8_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2, warps=8))
@@ -294,9 +288,7 @@ def main() -> None:
         row["fp8_finite"] = bool(torch.isfinite(fo).all())
         row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
         # the same math, another order
-        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_mma", "fp8_mma8", "fp8_reg", "fp8_reg_1slot",
-                      "fp8_reg_early_ids", "fp8_reg_pair_swizzle", "fp8_reg_early_swizzle",
-                      "fp8_reg_1slot_early_swizzle"):
+        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_mma", "fp8_mma8", "fp8_reg", "fp8_reg_fold"):
             if other in impls:
                 try:
                     oo, _ = impls[other]()

@@ -69,15 +69,16 @@ REG_WARPS = 4  # warps per program (two programs per SM: ~110 KB of shared memor
 #: Registers per thread: shared memory holds two programs per SM, whose 256 threads may use 240 each. Left to itself
 #: ptxas caps the tile at 168 (three programs' worth) and spills.
 REG_MAXNREG = 240
-#: Prepared variants, not yet measured (read at launch; scripts/gpu_fp8_bench.py times them beside the default):
-#: one raw slot instead of two (69 KB of shared memory: three programs of 4 warps per SM, at 168 registers), and each
-#: page's block id loaded before S (Nsight Compute put 2.8 % of the samples on the wait for it after P·V).
-REG_RAW_SLOTS = 2
-REG_EARLY_IDS = False
-#: A third: the raw words in a layout of their own (RAW_PAIR_SWIZZLE) that gives K's 16-byte reads no bank conflict
-#: (Gluon's gl.bank_conflicts: 1 excess access per wavefront with the 128-byte swizzle, 0 with this one; V's 0 in both).
-REG_PAIR_SWIZZLE = False
-MAXNREG_THREE_PER_SM = 168
+REG_RAW_SLOTS = 2  # raw page slots in the ring (one in flight while one is computed; one slot measured slower)
+#: Prepared variant, not yet measured (read at launch; scripts/gpu_fp8_bench.py times it beside the default): the
+#: dequantization without its multiply by 2^120 (_E4M3X4_BIASED, _E4M3_PAIRS_BIASED: each value comes out times
+#: 2^-120), the factor folded into Q (stored times 2^60), into the tile scales applied to S and P (times 2^60) and
+#: into O (times 2^60 once per request). The bf16 products are the same values times powers of two, so the result
+#: is the same to the bit as long as nothing leaves float32's or bf16's range: |q| < 2^67 and tile scales < 2^67
+#: (c_kv below ~6e22), and the tensor cores take e4m3's subnormals, which become bf16 subnormals, as they are.
+#: Removes 2 of the 8 integer/bf16 instructions per word in both products.
+REG_FOLD_BIAS = False
+BIAS_SPLIT = 2.0**60  # the 2^120 split between Q (or P) and the scales (or O): no bf16 or float32 overflow either side
 
 if gluon is not None:
     #: Four e4m3 values (one int32 word, $4) to four bf16 ($0-$3), exactly: _E4M3X4_TIMES_SCALE without the scale
@@ -124,6 +125,14 @@ mov.b32 {$4, $5}, x2;
 mov.b32 {$6, $7}, x3;
 }""")
 
+    #: The same two sequences without the multiply by 2^120 (REG_FOLD_BIAS): each value comes out as its bits placed in
+    #: bf16's exponent and mantissa, i.e. the e4m3 value times 2^-120 (e4m3's subnormals as bf16 subnormals).
+    _BIAS_SPLIT = gl.constexpr(BIAS_SPLIT)
+    _E4M3X4_BIASED = gl.constexpr("\n".join(
+        line for line in _E4M3X4.value.splitlines() if "mul.rn" not in line and "mov.b32 k" not in line))
+    _E4M3_PAIRS_BIASED = gl.constexpr("\n".join(
+        line for line in _E4M3_PAIRS.value.splitlines() if "mul.rn" not in line and "mov.b32 k" not in line))
+
     #: The raw words [64 keys, 128 words] (int32) as a linear shared layout: memory offset bit i holds the (key, word)
     #: of basis i. It is the 128-byte swizzle (a 16-byte chunk's index XOR the key's low three bits, in four 128-byte
     #: column blocks) except that an odd key also flips the chunk's top bit: key bit 0 moves the word by 20, not 4.
@@ -167,7 +176,7 @@ mov.b32 {$6, $7}, x3;
 
     @gluon.jit
     def _reg_tile_scores(q_smem, words, tile: gl.constexpr, mma: gl.constexpr, a_op: gl.constexpr,
-                         b_op: gl.constexpr):
+                         b_op: gl.constexpr, FOLD: gl.constexpr):
         """Q_T·K8_Tᵀ [16, 64] for scale tile T with K8 the e4m3 values unscaled: a thread's two keys' 8 words
         (columns 128T + 16h + 4t .. + 3, h the 64-column half, t its lane's pair) are its operands of 8 k16 steps."""
         # the words: [64 keys, 32 words] of a scale tile, thread (g = lane // 4, t = lane % 4) of warp w holding keys
@@ -177,8 +186,8 @@ mov.b32 {$6, $7}, x3;
             warp_bases=[[8, 0], [16, 0]], block_bases=[], shape=[64, 32])
         w = words.slice(32 * tile, 32, dim=1).load(lk)  # [64, 32] int32
         v0, v1, v2, v3 = gl.inline_asm_elementwise(
-            _E4M3X4, "=h,=h,=h,=h,r", [w], dtype=(gl.bfloat16, gl.bfloat16, gl.bfloat16, gl.bfloat16), is_pure=True,
-            pack=1)
+            _E4M3X4_BIASED if FOLD else _E4M3X4, "=h,=h,=h,=h,r", [w],
+            dtype=(gl.bfloat16, gl.bfloat16, gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
         x = gl.join(gl.join(v0, v2), gl.join(v1, v3))  # [64 keys, 32 words, a, b]: column 4·word + 2a + b
         x = gl.reshape(x, [64, 2, 4, 4, 2, 2])  # [key, h, t, j, a, b]
         x = gl.reshape(gl.permute(x, (1, 3, 4, 2, 5, 0)), [128, 64])  # [h, j, a, t, b, key]: logical order
@@ -187,7 +196,7 @@ mov.b32 {$6, $7}, x3;
 
     @gluon.jit
     def _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, mma: gl.constexpr, a_op: gl.constexpr,
-                    b_op: gl.constexpr):
+                    b_op: gl.constexpr, FOLD: gl.constexpr):
         """S = Q·Kᵀ [16, 64] (keys in order; the warps split them) = Σ_T scale_T[key] · Q_T·K8_Tᵀ + Q_rope·k_ropeᵀ,
         each tile's product on the unscaled e4m3 values (_reg_tile_scores), k_rope's from the raw slot (bf16)."""
         # k_rope: [64 keys, 64 bf16], the same keys, columns 16t .. 16t + 15
@@ -199,13 +208,13 @@ mov.b32 {$6, $7}, x3;
         s = mma_v2(qr_smem.load(a_op), gl.convert_layout(r, b_op, assert_trivial=True),
                    gl.zeros([16, 64], gl.float32, layout=mma))
         words = kv_raw.index(slot)
-        s = s + _reg_tile_scores(q_smem, words, 0, mma, a_op, b_op) * sc0[None, :]
-        s = s + _reg_tile_scores(q_smem, words, 1, mma, a_op, b_op) * sc1[None, :]
-        s = s + _reg_tile_scores(q_smem, words, 2, mma, a_op, b_op) * sc2[None, :]
-        return s + _reg_tile_scores(q_smem, words, 3, mma, a_op, b_op) * sc3[None, :]
+        s = s + _reg_tile_scores(q_smem, words, 0, mma, a_op, b_op, FOLD) * sc0[None, :]
+        s = s + _reg_tile_scores(q_smem, words, 1, mma, a_op, b_op, FOLD) * sc1[None, :]
+        s = s + _reg_tile_scores(q_smem, words, 2, mma, a_op, b_op, FOLD) * sc2[None, :]
+        return s + _reg_tile_scores(q_smem, words, 3, mma, a_op, b_op, FOLD) * sc3[None, :]
 
     @gluon.jit
-    def _reg_values(pa, kv_raw, slot, sl: gl.constexpr, acc, alpha, b_op: gl.constexpr):
+    def _reg_values(pa, kv_raw, slot, sl: gl.constexpr, acc, alpha, b_op: gl.constexpr, FOLD: gl.constexpr):
         """O_sl = O_sl·alpha + (P·scale_sl)·V8_sl for the 128-column slice sl (= scale tile sl; pa: P times the keys'
         tile-sl scales, the A operand), V8 the unscaled e4m3 values dequantized from the raw slot into the B operand
         [64 keys, 128]: thread (g, t) of warp w reads word 8w + g of its 16 keys (2t + b + 8a + 16j) and makes, per
@@ -216,8 +225,8 @@ mov.b32 {$6, $7}, x3;
         w = kv_raw.index(slot).slice(32 * sl, 32, dim=1).load(lv)  # [64 keys, 32 words]
         w_even, w_odd = gl.split(gl.permute(gl.reshape(w, [32, 2, 32]), (0, 2, 1)))  # [32 pairs, 32 words] each
         y00, y01, y10, y11, y20, y21, y30, y31 = gl.inline_asm_elementwise(
-            _E4M3_PAIRS, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w_even, w_odd], dtype=(gl.bfloat16,) * 8, is_pure=True,
-            pack=1)
+            _E4M3_PAIRS_BIASED if FOLD else _E4M3_PAIRS, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w_even, w_odd],
+            dtype=(gl.bfloat16,) * 8, is_pure=True, pack=1)
         z = gl.join(gl.join(gl.join(y00, y01), gl.join(y20, y21)), gl.join(gl.join(y10, y11), gl.join(y30, y31)))
         # [pair, word, b, e_hi, e_lo] -> [pair, b, e_hi, e_lo, word] = [64 keys, 128 logical columns]
         z = gl.reshape(gl.permute(z, (0, 2, 3, 4, 1)), [64, 128])
@@ -231,14 +240,11 @@ mov.b32 {$6, $7}, x3;
         stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, EARLY_IDS: gl.constexpr,
-        PAIR_SWIZZLE: gl.constexpr, num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, FOLD: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
-        # RAW: raw page slots in the ring (2: one page in flight while one is computed; 1: none, for three programs
-        # per SM). EARLY_IDS: each page's block id for the copy RAW pages ahead is loaded before S, not after P·V
-        # (its latency then hides under the products). PAIR_SWIZZLE: the raw words in RAW_PAIR_SWIZZLE's layout
-        # instead of the 128-byte swizzle. The three variants prepared, not yet measured (REG_RAW_SLOTS,
-        # REG_EARLY_IDS, REG_PAIR_SWIZZLE).
+        # RAW: raw page slots in the ring (2: one page in flight while one is computed). FOLD: REG_FOLD_BIAS (the
+        # dequantization's multiply by 2^120 folded into Q, the tile scales and O; prepared, not yet measured).
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps],
@@ -248,8 +254,7 @@ mov.b32 {$6, $7}, x3;
         rows_l: gl.constexpr = gl.SliceLayout(1, mma)
         cols_l: gl.constexpr = gl.SliceLayout(0, mma)
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-        raw_layout: gl.constexpr = RAW_PAIR_SWIZZLE if PAIR_SWIZZLE else gl.NVMMASharedLayout(
-            swizzle_byte_width=128, element_bitwidth=32, rank=2)
+        raw_layout: gl.constexpr = RAW_PAIR_SWIZZLE  # (K's 16-byte reads meet no bank conflict)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
 
         q_smem = gl.allocate_shared_memory(dtype, [BM, 512], smem_layout)  # Q's latent part (columns permuted)
@@ -278,37 +283,45 @@ mov.b32 {$6, $7}, x3;
                 else:
                     async_copy.commit_group()
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
-                       rows_per_kv, 0, 9, 64, BM, num_warps, True)  # (its columns in _v5_perm64's order)
+                       rows_per_kv, 0, 9, 64, BM, num_warps, True,
+                       _BIAS_SPLIT if FOLD else 1.0)  # (its columns in _v5_perm64's order)
 
             rows, tok, n_visible, m_i, l_i, acc0, acc1, acc2, acc3 = _m16_start(m_start, heads_per_kv, s_k, s_q,
                                                                                 CAUSAL, rows_l, mma)
             for i in range(lo, hi):
                 slot = (i - lo) % RAW
-                if EARLY_IDS:  # the block id of the page to copy next, loaded now
-                    page, n_rows = _fp8_page(bt_row, i + RAW, hi, s_k, num_blocks, ok_ptr)
                 async_copy.wait_group(RAW - 1)  # page i's group has landed (page i + 1's may be in flight)
                 gl.thread_barrier()  # ... for every thread's copies, and Q is in
                 sc0, sc1, sc2, sc3 = _reg_scales(sc_raw.index(slot), cols_l)
-                s = _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, mma, a_op, b_op)
+                if FOLD:  # (the dequantized values are times 2^-120, Q times 2^60: the scales take the other 2^60)
+                    sc0 = sc0 * _BIAS_SPLIT
+                    sc1 = sc1 * _BIAS_SPLIT
+                    sc2 = sc2 * _BIAS_SPLIT
+                    sc3 = sc3 * _BIAS_SPLIT
+                s = _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, mma, a_op, b_op, FOLD)
                 p, alpha, m_i, l_i = _v5_online_softmax(s, i * PAGE, n_visible, m_i, l_i, qk_scale, cols_l, PAGE)
                 p_smem.index(0).store((p * sc0[None, :]).to(dtype))  # (a power of two: the same bf16 as P's, scaled)
                 p_smem.index(1).store((p * sc1[None, :]).to(dtype))
                 p_smem.index(2).store((p * sc2[None, :]).to(dtype))
                 p_smem.index(3).store((p * sc3[None, :]).to(dtype))
                 gl.thread_barrier()  # every warp's keys of P are in
-                acc0 = _reg_values(p_smem.index(0).load(a_op), kv_raw, slot, 0, acc0, alpha, b_op)
-                acc1 = _reg_values(p_smem.index(1).load(a_op), kv_raw, slot, 1, acc1, alpha, b_op)
-                acc2 = _reg_values(p_smem.index(2).load(a_op), kv_raw, slot, 2, acc2, alpha, b_op)
-                acc3 = _reg_values(p_smem.index(3).load(a_op), kv_raw, slot, 3, acc3, alpha, b_op)
+                acc0 = _reg_values(p_smem.index(0).load(a_op), kv_raw, slot, 0, acc0, alpha, b_op, FOLD)
+                acc1 = _reg_values(p_smem.index(1).load(a_op), kv_raw, slot, 1, acc1, alpha, b_op, FOLD)
+                acc2 = _reg_values(p_smem.index(2).load(a_op), kv_raw, slot, 2, acc2, alpha, b_op, FOLD)
+                acc3 = _reg_values(p_smem.index(3).load(a_op), kv_raw, slot, 3, acc3, alpha, b_op, FOLD)
                 gl.thread_barrier()  # every warp is done with the slot and with P
                 if i + RAW < hi:  # page i + RAW into the slot just freed
-                    if not EARLY_IDS:
-                        page, n_rows = _fp8_page(bt_row, i + RAW, hi, s_k, num_blocks, ok_ptr)
+                    page, n_rows = _fp8_page(bt_row, i + RAW, hi, s_k, num_blocks, ok_ptr)
                     _reg_copy(kv_raw.index(slot), sc_raw.index(slot), kr_raw.index(slot), kv_ptr, page,
                               n_rows, stride_kvb, num_warps)
                 else:
                     async_copy.commit_group()
             async_copy.wait_group(0)  # nothing in flight into the slots past the request
+            if FOLD:  # (P was times 2^60 and V times 2^-120: O is times 2^-60)
+                acc0 = acc0 * _BIAS_SPLIT
+                acc1 = acc1 * _BIAS_SPLIT
+                acc2 = acc2 * _BIAS_SPLIT
+                acc3 = acc3 * _BIAS_SPLIT
 
             _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr,
                        part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l,
@@ -324,8 +337,5 @@ def launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta
     rows contiguous)."""
     grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
                                       out, lse, part_out, part_lse, ok_flag)
-    if REG_RAW_SLOTS not in (1, 2):
-        raise ValueError(f"v5_fp8_reg.REG_RAW_SLOTS must be 1 or 2, got {REG_RAW_SLOTS!r}")
-    regs = REG_MAXNREG if REG_RAW_SLOTS == 2 or REG_MAXNREG is None else MAXNREG_THREE_PER_SM
-    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, EARLY_IDS=bool(REG_EARLY_IDS),
-            PAIR_SWIZZLE=bool(REG_PAIR_SWIZZLE), num_warps=REG_WARPS, maxnreg=regs)
+    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, FOLD=bool(REG_FOLD_BIAS),
+            num_warps=REG_WARPS, maxnreg=REG_MAXNREG)
