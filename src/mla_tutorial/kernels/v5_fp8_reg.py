@@ -3,9 +3,9 @@
 # path "reg").
 #
 # What it changes against v5_fp8_mma.py (same mma.sync products on 16 rows, softmax, schedule and semantics):
-#   * the page's raw 656-byte rows come by cp.async into a ring of two raw slots (e4m3 words 32 KB with a 128-byte
-#     swizzle, scales 1 KB, k_rope 8 KB), one page in flight while the other is computed; nothing is held
-#     in registers in flight.
+#   * the page's raw 656-byte rows come by cp.async into a ring of two raw slots (e4m3 words 32 KB in a swizzle of
+#     their own, RAW_PAIR_SWIZZLE, scales 1 KB, k_rope 8 KB), one page in flight while the other is computed;
+#     nothing is held in registers in flight.
 #   * no dequantized page in shared memory. Each warp reads the e4m3 words its mma operands need straight from the
 #     raw slot and dequantizes them, unscaled, into the operand registers (_E4M3X4 for K, _E4M3_PAIRS for V):
 #       - K, the B operand of S = Q·Kᵀ [16, 64]: a thread's k pairs (2t, 2t+1) and (2t+8, 2t+9) of each k16 step are
@@ -39,7 +39,10 @@
 #   run (the hostile matrix, h_q 1-128, s_q 1-2) and faster: 0.211 ms at h16 s_k 4k against 0.247 for v5_fp8_mma.py;
 #   the scales moved from every value to S and P: 0.201; 240 registers instead of ptxas's 168: 0.190 (0.203 at 168
 #   in the same run): 1.04x bf16 v5 (0.182), FlashMLA / ours 0.87 (target 1.5). Nsight Compute (first version):
-#   issue-bound on the dequantization with 1.7 warps per scheduler (0.5 eligible), DRAM at 36 % of peak.
+#   issue-bound on the dequantization with 1.7 warps per scheduler (0.5 eligible), DRAM at 36 % of peak. Eighth
+#   session: the raw words in RAW_PAIR_SWIZZLE (K's 16-byte reads conflict-free): 0.1906 -> 0.1853 ms (bf16 v5
+#   0.184, FlashMLA / ours 0.91); one raw slot for three programs per SM (0.207 at 168 registers) and each page's
+#   block id loaded before S (0.195) measured slower and removed.
 """Version 5 over an FP8 cache, 16-row tiles with mma.sync, each page dequantized straight into the operand registers
 (Gluon, Triton 3.6)."""
 
