@@ -269,6 +269,9 @@ def main() -> None:
                 impls["fp8_reg_ptxas_regs"] = reg_ptxas_regs  # the same with ptxas's own register cap (168)
                 if os.environ.get("MLA_FP8_REG_VARIANTS") == "1":  # the prepared variant, not yet measured
                     impls["fp8_reg_fold"] = reg_variant(REG_FOLD_BIAS=True)  # no multiply by 2^120 per value
+                    # 255 registers (the most a thread has; two programs of 128 threads still fit an SM's 64 K)
+                    impls["fp8_reg_255"] = reg_variant(REG_MAXNREG=255)
+                    impls["fp8_reg_fold_255"] = reg_variant(REG_FOLD_BIAS=True, REG_MAXNREG=255)
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))
                     impls["fp8_mma8_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2, warps=8))
