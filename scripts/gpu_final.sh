@@ -68,10 +68,11 @@ has fp8final && step fp8_tests 150 env PYTHONPATH=src:tests $PY -m pytest -m gpu
 has fp8final && step decode_fp8 ${DECODE_LIMIT:-120} env PYTHONPATH=src $PY -m mla_tutorial bench --device cuda \
   --config deepseek-v3 --stages 4 5 --heads 128 16 --batch 64 --context 4096 --graphs both --warmup 5 --reps 30 \
   --out "$OUT/decode_fp8.json"
-# the register tile's prepared variant (v5_fp8_reg.py's REG_FOLD_BIAS: the multiply by 2^120 folded into Q, the
-# scales and O): its hostile GPU cases and its bit-for-bit check against the default, then the h16 timing beside it
+# the register tile's prepared variants (v5_fp8_reg.py's REG_FOLD_BIAS: the multiply by 2^120 folded into Q, the
+# scales and O; REG_LEAN_PAGE: 5 barriers a page instead of 11): their hostile GPU cases and the fold's bit-for-bit
+# check against the default, then the h16 timing beside it
 has regvar && step regvar_tests ${REG_LIMIT:-150} env MLA_FP8_REG_VARIANTS=1 PYTHONPATH=src:tests $PY -m pytest -m gpu \
-  tests/test_fp8.py -q -x -p no:cacheprovider -k "(matrix and reg-fold) or reg_fold"
+  tests/test_fp8.py -q -x -p no:cacheprovider -k "(matrix and (reg-fold or reg-lean)) or reg_fold"
 if has regvar && grep -q " passed" "$OUT/regvar_tests.log" && ! grep -q "failed\|error" "$OUT/regvar_tests.log"; then
   step regvar_bench 200 env MLA_FP8_REG_VARIANTS=1 PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick \
     --mma --heads 16 --sections env,timing --out "$OUT/regvar.json"
