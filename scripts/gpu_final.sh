@@ -100,18 +100,20 @@ has stalls && step stalls ${NCU_LIMIT:-240} ncu --clock-control none \
 # one kernel's stalls per SASS instruction (warp-state sampling; csv, one row per instruction; summarise with
 # scripts/ncu_sass_summary.py): SASS_ONLY=mma (the 16-row FP8 tile, h16), ws (the warp-specialised FP8 tile, h16),
 # reg (the 16-row tile dequantizing into registers, h16) or seesaw (the bf16 seesaw tile, h64); SASS_SECTIONS: more
-# ncu sections in the same pass (their details page to ${only}_details.txt)
+# ncu sections in the same pass (their details page to ${only}_details.txt); SASS_SET: v5_fp8_reg.py's knobs for it
+# (e.g. "REG_LEAN_PAGE=1")
 sass_page() {
   local only=${SASS_ONLY:-mma}
   local kernel=$(case $only in mma) echo _v5_fp8_mma_kernel;; ws) echo _v5_fp8_ws_kernel;; reg) echo _v5_fp8_reg_kernel;;
     *) echo _ss_kernel;; esac)
   ncu --clock-control none -k "regex:$kernel" -c 1 --section SourceCounters --section WarpStateStats \
     ${SASS_SECTIONS:-} \
-    --export "$OUT/${only}_sass" --force-overwrite env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py --only "$only" &&
+    --export "$OUT/${only}_sass" --force-overwrite env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py --only "$only" \
+    ${SASS_SET:+--set $SASS_SET} &&
   { [ -z "${SASS_SECTIONS:-}" ] || ncu -i "$OUT/${only}_sass.ncu-rep" --page details > "$OUT/${only}_details.txt"; } &&
   { ncu -i "$OUT/${only}_sass.ncu-rep" --page source --csv --print-source sass ||
     ncu -i "$OUT/${only}_sass.ncu-rep" --page source --csv; }
 }
-export -f sass_page; export OUT PY SASS_ONLY SASS_SECTIONS
+export -f sass_page; export OUT PY SASS_ONLY SASS_SECTIONS SASS_SET
 has sass && step sass ${NCU_LIMIT:-240} bash -c sass_page
 echo "=== done"
