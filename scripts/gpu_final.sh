@@ -4,7 +4,7 @@
 # shapes. Each step is time-boxed and logged to $OUT; when the seesaw check fails, the steps after it are skipped.
 # Carry .peers (FlashMLA, see ../shared/flashmla/README.md).
 #   STEPS="check time tests kernels fp8 decode" scripts/gpu_final.sh   (tests: ~330 s, mostly compiles)
-# Steps not in the default list: regvar (v5_fp8_reg.py's prepared variants), fp8final (the FP8 results the course shows), fp8all (every FP8 Gluon tile's GPU cases, then their timing), reg (v5_fp8_reg.py's cases and timing), mma (the 16-row FP8 tile's GPU cases, then its timing and its parts beside the other
+# Steps not in the default list: regvar (v5_fp8_reg.py's prepared variants), regpick (the fastest of them for the steps after), fp8final (the FP8 results the course shows), fp8all (every FP8 Gluon tile's GPU cases, then their timing), reg (v5_fp8_reg.py's cases and timing), mma (the 16-row FP8 tile's GPU cases, then its timing and its parts beside the other
 # FP8 tiles), ncu, stalls, sass (Nsight Compute's counters for the FP8 tiles; scripts/gpu_ncu_fp8.py). The seesaw probe's check and
 # time steps include its EARLY probes.
 set -u -o pipefail
@@ -58,16 +58,6 @@ if has reg && grep -q " passed" "$OUT/reg_tests.log" && ! grep -q "failed\|error
   step reg_bench 200 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma \
     --heads 16 --sections env,timing --out "$OUT/reg.json"
 fi
-# the FP8 results the course shows, after a change of the FP8 routing: the whole FP8 benchmark (every shape, the
-# correctness section, the tiles' parts; docs/results/fp8_bench_*), the FP8 GPU tests through v5's choice (the
-# hostile matrix of the routed 16-row tile included), then the decode step of stages 4 and 5 (decode_bench_fp8*)
-has fp8final && step fp8_full ${FP8_FULL_LIMIT:-300} env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --mma \
-  --parts --sections env,correctness,timing --out "$OUT/fp8_full.json"
-has fp8final && step fp8_tests 150 env PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_fp8.py -q -x \
-  -p no:cacheprovider -k "not matrix or reg"
-has fp8final && step decode_fp8 ${DECODE_LIMIT:-120} env PYTHONPATH=src $PY -m mla_tutorial bench --device cuda \
-  --config deepseek-v3 --stages 4 5 --heads 128 16 --batch 64 --context 4096 --graphs both --warmup 5 --reps 30 \
-  --out "$OUT/decode_fp8.json"
 # the register tile's prepared variants (v5_fp8_reg.py's REG_FOLD_BIAS: the multiply by 2^120 folded into Q, the
 # scales and O; REG_LEAN_PAGE: 5 barriers a page instead of 11): their hostile GPU cases and the fold's bit-for-bit
 # check against the default, then the h16 timing beside it
@@ -77,6 +67,38 @@ if has regvar && grep -q " passed" "$OUT/regvar_tests.log" && ! grep -q "failed\
   step regvar_bench 200 env MLA_FP8_REG_VARIANTS=1 PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick \
     --mma --heads 16 --sections env,timing --out "$OUT/regvar.json"
 fi
+# regpick (after regvar): the fastest of the register tile's variants at h16 (mean of both shapes, at least 1 %
+# faster than the default, its GPU cases passed) becomes REG_KNOBS, which the fp8final and sass steps then run with
+# (scripts/with_knobs.py; a commit makes it the default afterwards)
+REG_KNOBS=${REG_KNOBS:-}
+if has regpick && [ -s "$OUT/regvar.json" ]; then
+  REG_KNOBS=$($PY - "$OUT/regvar.json" <<'PY'
+import json, sys
+rows = json.load(open(sys.argv[1]))["timing"]
+knobs = {"fp8_reg": "", "fp8_reg_fold": "REG_FOLD_BIAS=1", "fp8_reg_lean": "REG_LEAN_PAGE=1",
+         "fp8_reg_lean_fold": "REG_LEAN_PAGE=1 REG_FOLD_BIAS=1", "fp8_reg_255": "REG_MAXNREG=255",
+         "fp8_reg_lean_255": "REG_LEAN_PAGE=1 REG_MAXNREG=255"}
+def mean(name):
+    ms = [r["ms"].get(name) for r in rows]
+    return sum(ms) / len(ms) if ms and all(isinstance(m, float) for m in ms) else None
+timed = {k: mean(k) for k in knobs if mean(k) is not None}
+best = min(timed, key=timed.get)
+print(knobs[best] if "fp8_reg" in timed and timed[best] < 0.99 * timed["fp8_reg"] else "")
+PY
+)
+  echo "=== regpick: REG_KNOBS='$REG_KNOBS'" | tee "$OUT/regpick.txt"
+fi
+KN="scripts/with_knobs.py $REG_KNOBS --"
+# the FP8 results the course shows, after a change of the FP8 routing: the whole FP8 benchmark (every shape, the
+# correctness section, the tiles' parts; docs/results/fp8_bench_*), the FP8 GPU tests through v5's choice (the
+# hostile matrix of the routed 16-row tile included), then the decode step of stages 4 and 5 (decode_bench_fp8*)
+has fp8final && step fp8_full ${FP8_FULL_LIMIT:-300} env PYTHONPATH=$PEERS:src:tests $PY $KN scripts/gpu_fp8_bench.py \
+  --mma --parts --sections env,correctness,timing --out "$OUT/fp8_full.json"
+has fp8final && step fp8_tests 150 env PYTHONPATH=src:tests $PY $KN -m pytest -m gpu tests/test_fp8.py \
+  -q -x -p no:cacheprovider -k "not matrix or reg"
+has fp8final && step decode_fp8 ${DECODE_LIMIT:-120} env PYTHONPATH=src $PY $KN -m mla_tutorial bench \
+  --device cuda --config deepseek-v3 --stages 4 5 --heads 128 16 --batch 64 --context 4096 --graphs both --warmup 5 --reps 30 \
+  --out "$OUT/decode_fp8.json"
 # every FP8 Gluon tile at once (after a change to the page work they share, e.g. the dequantization): their hostile
 # GPU cases (the 16-row tiles with 4 and 8 warps and the warp-specialised 16-row tile included), then their timing and
 # the 16-row tile's parts at h_q $HEADS (default 16) beside FlashMLA
@@ -109,11 +131,11 @@ sass_page() {
   ncu --clock-control none -k "regex:$kernel" -c 1 --section SourceCounters --section WarpStateStats \
     ${SASS_SECTIONS:-} \
     --export "$OUT/${only}_sass" --force-overwrite env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py --only "$only" \
-    ${SASS_SET:+--set $SASS_SET} &&
+    ${SASS_SET:+--set $SASS_SET} ${REG_KNOBS:+--set $REG_KNOBS} &&
   { [ -z "${SASS_SECTIONS:-}" ] || ncu -i "$OUT/${only}_sass.ncu-rep" --page details > "$OUT/${only}_details.txt"; } &&
   { ncu -i "$OUT/${only}_sass.ncu-rep" --page source --csv --print-source sass ||
     ncu -i "$OUT/${only}_sass.ncu-rep" --page source --csv; }
 }
-export -f sass_page; export OUT PY SASS_ONLY SASS_SECTIONS SASS_SET
+export -f sass_page; export OUT PY SASS_ONLY SASS_SECTIONS SASS_SET REG_KNOBS
 has sass && step sass ${NCU_LIMIT:-240} bash -c sass_page
 echo "=== done"

@@ -130,6 +130,12 @@ def main() -> None:
     # ----------------------------------------------------------------------------------------- 1. env
     def env():
         info = device_info()
+        try:  # the register tile's knobs as this run has them (scripts/with_knobs.py may have set some)
+            from mla_tutorial.kernels import v5_fp8_reg
+
+            info["v5_fp8_reg_knobs"] = {k: getattr(v5_fp8_reg, k) for k in dir(v5_fp8_reg) if k.startswith("REG_")}
+        except ImportError:  # (no Gluon)
+            pass
         if args.smoke:
             return {"info": info}
         return {"info": info, "copy_gbps": measure_copy_bandwidth("cuda")["gbps"],

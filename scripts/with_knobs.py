@@ -1,0 +1,40 @@
+"""Run a script or a module with kernels/v5_fp8_reg.py's module knobs set, in this one process: what a GPU call
+measures before a commit makes a variant the default (scripts/gpu_final.sh's regpick step).
+
+    python scripts/with_knobs.py REG_LEAN_PAGE=1 REG_FOLD_BIAS=0 -- scripts/gpu_fp8_bench.py --mma --out x.json
+    python scripts/with_knobs.py REG_LEAN_PAGE=1 -- -m pytest -m gpu tests/test_fp8.py -k "matrix and reg"
+    python scripts/with_knobs.py -- -m mla_tutorial bench ...        (no knobs: the defaults)
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+
+def main(argv: list[str]) -> None:
+    if "--" not in argv:
+        raise SystemExit("usage: with_knobs.py [KNOB=INT ...] -- (SCRIPT | -m MODULE) [ARGS ...]")
+    split = argv.index("--")
+    knobs, rest = argv[:split], argv[split + 1:]
+    from mla_tutorial.kernels import v5_fp8_reg
+
+    for item in knobs:
+        name, eq, value = item.partition("=")
+        if not eq or not name.startswith("REG_") or not hasattr(v5_fp8_reg, name):
+            raise SystemExit(f"with_knobs.py: {item!r} is not KNOB=INT for a REG_* knob of v5_fp8_reg")
+        setattr(v5_fp8_reg, name, int(value))
+    print("v5_fp8_reg knobs:", {k: getattr(v5_fp8_reg, k) for k in dir(v5_fp8_reg) if k.startswith("REG_")},
+          flush=True)
+    if not rest:
+        raise SystemExit("with_knobs.py: nothing to run after --")
+    if rest[0] == "-m":
+        sys.argv = [rest[1], *rest[2:]]
+        runpy.run_module(rest[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = rest
+        runpy.run_path(rest[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
