@@ -273,13 +273,9 @@ def main() -> None:
                 impls["fp8_ws16w"] = lambda: fp8("ws16", "pointer", GluonConfig(warps=8))
                 impls["fp8_reg"] = lambda: fp8("reg", "pointer")  # dequantizing into registers (v5's choice)
                 impls["fp8_reg_ptxas_regs"] = reg_ptxas_regs  # the same with ptxas's own register cap (168)
-                if os.environ.get("MLA_FP8_REG_VARIANTS") == "1":  # the prepared variant, not yet measured
+                if os.environ.get("MLA_FP8_REG_VARIANTS") == "1":  # the prepared variant, not yet timed
                     impls["fp8_reg_fold"] = reg_variant(REG_FOLD_BIAS=True)  # no multiply by 2^120 per value
-                    impls["fp8_reg_lean"] = reg_variant(REG_LEAN_PAGE=True)  # 5 barriers a page instead of 11
-                    impls["fp8_reg_lean_fold"] = reg_variant(REG_LEAN_PAGE=True, REG_FOLD_BIAS=True)
-                    # 255 registers (the most a thread has; two programs of 128 threads still fit an SM's 64 K)
-                    impls["fp8_reg_255"] = reg_variant(REG_MAXNREG=255)
-                    impls["fp8_reg_lean_255"] = reg_variant(REG_LEAN_PAGE=True, REG_MAXNREG=255)
+                    impls["fp8_reg_240"] = reg_variant(REG_MAXNREG=240)  # the seventh session's register cap
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))
                     impls["fp8_mma8_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2, warps=8))
@@ -299,8 +295,7 @@ def main() -> None:
         row["fp8_finite"] = bool(torch.isfinite(fo).all())
         row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
         # the same math, another order
-        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_mma", "fp8_mma8", "fp8_reg", "fp8_reg_fold",
-                      "fp8_reg_lean", "fp8_reg_lean_fold"):
+        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_mma", "fp8_mma8", "fp8_reg", "fp8_reg_fold"):
             if other in impls:
                 try:
                     oo, _ = impls[other]()

@@ -61,7 +61,6 @@ from .v5_fp8_mma import BLOCK_M16, _m16_start, _m16_store, mma_v2
 from .v5_gluon import (
     _v5_load_q,
     _v5_next_part,
-    _v5_online_softmax,
     _v5_part,
     _v5_request,
     _v5_softmax,
@@ -70,23 +69,20 @@ from .v5_gluon import (
 )
 
 REG_WARPS = 4  # warps per program (two programs per SM: ~110 KB of shared memory each)
-#: Registers per thread: shared memory holds two programs per SM, whose 256 threads may use 240 each. Left to itself
-#: ptxas caps the tile at 168 (three programs' worth) and spills.
-REG_MAXNREG = 240
+#: Registers per thread: shared memory holds two programs per SM, whose 256 threads may use up to 255 each (the
+#: register file's 64 K). Left to itself ptxas caps the tile at 168 (three programs' worth) and spills; 240 bought
+#: 6 % (seventh session), 255 with the lean page a little more (eighth: the pick of six variants).
+REG_MAXNREG = 255
 REG_RAW_SLOTS = 2  # raw page slots in the ring (one in flight while one is computed; one slot measured slower)
-#: Prepared variant, not yet measured (read at launch; scripts/gpu_fp8_bench.py times it beside the default): the
+#: Prepared variant, not yet timed (read at launch; scripts/gpu_fp8_bench.py times it beside the default): the
 #: dequantization without its multiply by 2^120 (_E4M3X4_BIASED, _E4M3_PAIRS_BIASED: each value comes out times
 #: 2^-120), the factor folded into Q (stored times 2^60), into the tile scales applied to S and P (times 2^60) and
 #: into O (times 2^60 once per request). The bf16 products are the same values times powers of two, so the result
 #: is the same to the bit as long as nothing leaves float32's or bf16's range: |q| < 2^67 and tile scales < 2^67
-#: (c_kv below ~6e22), and the tensor cores take e4m3's subnormals, which become bf16 subnormals, as they are.
+#: (c_kv below ~6e22), and the tensor cores take e4m3's subnormals, which become bf16 subnormals, as they are
+#: (checked on an H200: the same output and LSE to the bit on a cache whose values are half subnormals).
 #: Removes 2 of the 8 integer/bf16 instructions per word in both products.
 REG_FOLD_BIAS = False
-#: A second prepared variant: fewer barriers per page. Triton 3.6 puts a barrier after each of P's four scaled copies
-#: (one allocation indexed four times: its barrier analysis cannot tell the copies apart), and the running row sum
-#: crosses the four warps every page (a shared-memory reduction, two more barriers). REG_LEAN_PAGE gives the copies
-#: four allocations and keeps each warp's sums per key, [16, 64] (l ← l·alpha + P), summed once per request.
-REG_LEAN_PAGE = False
 BIAS_SPLIT = 2.0**60  # the 2^120 split between Q (or P) and the scales (or O): no bf16 or float32 overflow either side
 
 if gluon is not None:
@@ -250,11 +246,10 @@ mov.b32 {$6, $7}, x3;
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, FOLD: gl.constexpr,
-        LEAN: gl.constexpr, num_warps: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
         # RAW: raw page slots in the ring (2: one page in flight while one is computed). FOLD: REG_FOLD_BIAS (the
         # dequantization's multiply by 2^120 folded into Q, the tile scales and O; prepared, not yet measured).
-        # LEAN: REG_LEAN_PAGE (P's copies in four allocations, the row sums per key; prepared, not yet measured).
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps],
@@ -269,13 +264,12 @@ mov.b32 {$6, $7}, x3;
 
         q_smem = gl.allocate_shared_memory(dtype, [BM, 512], smem_layout)  # Q's latent part (columns permuted)
         qr_smem = gl.allocate_shared_memory(dtype, [BM, 64], smem_layout)  # Q's RoPE part (columns permuted)
-        if LEAN:  # P times each tile's scales: four allocations
-            p0_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
-            p1_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
-            p2_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
-            p3_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
-        else:
-            p_smem = gl.allocate_shared_memory(dtype, [4, BM, PAGE], smem_layout)  # P times each tile's scales
+        # P times each tile's scales, four allocations: Triton's barrier analysis cannot tell the copies of one
+        # allocation indexed four times apart and puts a barrier after each store
+        p0_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        p1_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        p2_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        p3_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
         kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 128], raw_layout)  # the raw ring: e4m3 words,
         sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
         kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], smem_layout)  # scales, k_rope
@@ -304,8 +298,8 @@ mov.b32 {$6, $7}, x3;
 
             rows, tok, n_visible, m_i, l_i, acc0, acc1, acc2, acc3 = _m16_start(m_start, heads_per_kv, s_k, s_q,
                                                                                 CAUSAL, rows_l, mma)
-            if LEAN:
-                l_keys = gl.zeros([BM, PAGE], gl.float32, layout=mma)  # each warp's row sums per key
+            # each warp's row sums per key, summed across the warps once per request (not a reduction every page)
+            l_keys = gl.zeros([BM, PAGE], gl.float32, layout=mma)
             for i in range(lo, hi):
                 slot = (i - lo) % RAW
                 async_copy.wait_group(RAW - 1)  # page i's group has landed (page i + 1's may be in flight)
@@ -317,32 +311,19 @@ mov.b32 {$6, $7}, x3;
                     sc2 = sc2 * _BIAS_SPLIT
                     sc3 = sc3 * _BIAS_SPLIT
                 s = _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, mma, a_op, b_op, FOLD)
-                if LEAN:
-                    p, m_new, m_use = _v5_softmax(s, i * PAGE, n_visible, m_i, qk_scale, cols_l, PAGE)
-                    alpha = gl.exp2(m_i - m_use)
-                    m_i = m_new
-                    l_keys = l_keys * alpha[:, None] + p  # (no reduction across the warps until the request ends)
-                    p0_smem.store((p * sc0[None, :]).to(dtype))
-                    p1_smem.store((p * sc1[None, :]).to(dtype))
-                    p2_smem.store((p * sc2[None, :]).to(dtype))
-                    p3_smem.store((p * sc3[None, :]).to(dtype))
-                    gl.thread_barrier()  # every warp's keys of P are in
-                    acc0 = _reg_values(p0_smem.load(a_op), kv_raw, slot, 0, acc0, alpha, b_op, FOLD)
-                    acc1 = _reg_values(p1_smem.load(a_op), kv_raw, slot, 1, acc1, alpha, b_op, FOLD)
-                    acc2 = _reg_values(p2_smem.load(a_op), kv_raw, slot, 2, acc2, alpha, b_op, FOLD)
-                    acc3 = _reg_values(p3_smem.load(a_op), kv_raw, slot, 3, acc3, alpha, b_op, FOLD)
-                else:
-                    p, alpha, m_i, l_i = _v5_online_softmax(s, i * PAGE, n_visible, m_i, l_i, qk_scale, cols_l,
-                                                            PAGE)
-                    p_smem.index(0).store((p * sc0[None, :]).to(dtype))  # (a power of two: P's bf16, scaled)
-                    p_smem.index(1).store((p * sc1[None, :]).to(dtype))
-                    p_smem.index(2).store((p * sc2[None, :]).to(dtype))
-                    p_smem.index(3).store((p * sc3[None, :]).to(dtype))
-                    gl.thread_barrier()  # every warp's keys of P are in
-                    acc0 = _reg_values(p_smem.index(0).load(a_op), kv_raw, slot, 0, acc0, alpha, b_op, FOLD)
-                    acc1 = _reg_values(p_smem.index(1).load(a_op), kv_raw, slot, 1, acc1, alpha, b_op, FOLD)
-                    acc2 = _reg_values(p_smem.index(2).load(a_op), kv_raw, slot, 2, acc2, alpha, b_op, FOLD)
-                    acc3 = _reg_values(p_smem.index(3).load(a_op), kv_raw, slot, 3, acc3, alpha, b_op, FOLD)
+                p, m_new, m_use = _v5_softmax(s, i * PAGE, n_visible, m_i, qk_scale, cols_l, PAGE)
+                alpha = gl.exp2(m_i - m_use)  # (the old sums' and outputs' rescale)
+                m_i = m_new
+                l_keys = l_keys * alpha[:, None] + p
+                p0_smem.store((p * sc0[None, :]).to(dtype))  # (a power of two: P's bf16, scaled)
+                p1_smem.store((p * sc1[None, :]).to(dtype))
+                p2_smem.store((p * sc2[None, :]).to(dtype))
+                p3_smem.store((p * sc3[None, :]).to(dtype))
+                gl.thread_barrier()  # every warp's keys of P are in
+                acc0 = _reg_values(p0_smem.load(a_op), kv_raw, slot, 0, acc0, alpha, b_op, FOLD)
+                acc1 = _reg_values(p1_smem.load(a_op), kv_raw, slot, 1, acc1, alpha, b_op, FOLD)
+                acc2 = _reg_values(p2_smem.load(a_op), kv_raw, slot, 2, acc2, alpha, b_op, FOLD)
+                acc3 = _reg_values(p3_smem.load(a_op), kv_raw, slot, 3, acc3, alpha, b_op, FOLD)
                 gl.thread_barrier()  # every warp is done with the slot and with P
                 if i + RAW < hi:  # page i + RAW into the slot just freed
                     page, n_rows = _fp8_page(bt_row, i + RAW, hi, s_k, num_blocks, ok_ptr)
@@ -351,8 +332,7 @@ mov.b32 {$6, $7}, x3;
                 else:
                     async_copy.commit_group()
             async_copy.wait_group(0)  # nothing in flight into the slots past the request
-            if LEAN:
-                l_i = gl.sum(l_keys, axis=1)
+            l_i = gl.sum(l_keys, axis=1)
             if FOLD:  # (P was times 2^60 and V times 2^-120: O is times 2^-60)
                 acc0 = acc0 * _BIAS_SPLIT
                 acc1 = acc1 * _BIAS_SPLIT
@@ -374,4 +354,4 @@ def launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta
     grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
                                       out, lse, part_out, part_lse, ok_flag)
     _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, FOLD=bool(REG_FOLD_BIAS),
-            LEAN=bool(REG_LEAN_PAGE), num_warps=REG_WARPS, maxnreg=REG_MAXNREG)
+            num_warps=REG_WARPS, maxnreg=REG_MAXNREG)
