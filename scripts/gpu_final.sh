@@ -58,11 +58,11 @@ if has reg && grep -q " passed" "$OUT/reg_tests.log" && ! grep -q "failed\|error
   step reg_bench 200 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma \
     --heads 16 --sections env,timing --out "$OUT/reg.json"
 fi
-# the register tile's prepared variant (v5_fp8_reg.py's REG_FOLD_BIAS: the multiply by 2^120 folded into Q, the
-# scales and O): its hostile GPU cases and its bit-for-bit check against the default, then the h16 timing beside it
-# (and beside the default at the seventh session's 240 registers)
+# the register tile's prepared variants (v5_fp8_reg.py's REG_FOLD_BIAS: the multiply by 2^120 folded into Q, the
+# scales and O; REG_THREE_BARRIERS: 3 barriers a page instead of 5): their hostile GPU cases and the fold's
+# bit-for-bit check against the default, then the h16 timing beside it (and the default at 240 registers)
 has regvar && step regvar_tests ${REG_LIMIT:-150} env MLA_FP8_REG_VARIANTS=1 PYTHONPATH=src:tests $PY -m pytest -m gpu \
-  tests/test_fp8.py -q -x -p no:cacheprovider -k "(matrix and reg-fold) or reg_fold"
+  tests/test_fp8.py -q -x -p no:cacheprovider -k "(matrix and (reg-fold or reg-sync3)) or reg_fold"
 if has regvar && grep -q " passed" "$OUT/regvar_tests.log" && ! grep -q "failed\|error" "$OUT/regvar_tests.log"; then
   step regvar_bench 200 env MLA_FP8_REG_VARIANTS=1 PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick \
     --mma --heads 16 --sections env,timing --out "$OUT/regvar.json"
@@ -75,7 +75,8 @@ if has regpick && [ -s "$OUT/regvar.json" ]; then
   REG_KNOBS=$($PY - "$OUT/regvar.json" <<'PY'
 import json, sys
 rows = json.load(open(sys.argv[1]))["timing"]
-knobs = {"fp8_reg": "", "fp8_reg_fold": "REG_FOLD_BIAS=1", "fp8_reg_240": "REG_MAXNREG=240"}
+knobs = {"fp8_reg": "", "fp8_reg_fold": "REG_FOLD_BIAS=1", "fp8_reg_240": "REG_MAXNREG=240",
+         "fp8_reg_sync3": "REG_THREE_BARRIERS=1", "fp8_reg_sync3_fold": "REG_THREE_BARRIERS=1 REG_FOLD_BIAS=1"}
 def mean(name):
     ms = [r["ms"].get(name) for r in rows]
     return sum(ms) / len(ms) if ms and all(isinstance(m, float) for m in ms) else None

@@ -435,12 +435,12 @@ def test_the_16_row_fp8_tile_reads_only_an_fp8_cache():
 GPU_LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
 
 
-#: The register tile's prepared variant (v5_fp8_reg.REG_FOLD_BIAS) ran correct on an H200 once (its matrix and its
-#: bit-for-bit test) but is not timed yet: its cases run when asked for (MLA_FP8_REG_VARIANTS=1).
+#: The register tile's prepared variants: REG_FOLD_BIAS ran correct on an H200 once (its matrix and its bit-for-bit
+#: test) but is not timed yet; REG_THREE_BARRIERS has not run. Their cases run when asked for (MLA_FP8_REG_VARIANTS=1).
 UNVERIFIED_REG_VARIANTS = pytest.mark.skipif(os.environ.get("MLA_FP8_REG_VARIANTS") != "1",
                                              reason="v5_fp8_reg.py's variant not yet timed on a GPU: set "
                                                     "MLA_FP8_REG_VARIANTS=1")
-REG_VARIANTS = {"reg-fold": {"REG_FOLD_BIAS": True}}
+REG_VARIANTS = {"reg-fold": {"REG_FOLD_BIAS": True}, "reg-sync3": {"REG_THREE_BARRIERS": True}}
 
 
 @pytest.mark.gpu
@@ -454,7 +454,7 @@ def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     warp-specialised form (path "seesaw"; both pad fewer than 64 rows, as FlashMLA's kernel does) and the 16-row
     Gluon FP8 tile (path "mma": 16 rows per program, m_tiles of them; "mma8": with 8 warps per program; "tma": fed
     by TMA; "ws16": warp-specialised, "ws16w" with an 8-warp producer; "reg": dequantizing into its operand
-    registers, "reg-fold" its prepared variant)."""
+    registers, "reg-fold" / "reg-sync3" its prepared variants)."""
     from mla_tutorial.kernels import v5_fp8_reg, v5_small
     from mla_tutorial.kernels.v5_gluon import GluonConfig
 

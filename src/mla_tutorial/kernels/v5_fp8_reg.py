@@ -60,8 +60,10 @@ from .v5_fp8_gluon import (
 from .v5_fp8_mma import BLOCK_M16, _m16_start, _m16_store, mma_v2
 from .v5_gluon import (
     _v5_load_q,
+    _v5_masked_scores,
     _v5_next_part,
     _v5_part,
+    _v5_probs,
     _v5_request,
     _v5_softmax,
     gl,
@@ -83,6 +85,11 @@ REG_RAW_SLOTS = 2  # raw page slots in the ring (one in flight while one is comp
 #: (checked on an H200: the same output and LSE to the bit on a cache whose values are half subnormals).
 #: Removes 2 of the 8 integer/bf16 instructions per word in both products.
 REG_FOLD_BIAS = False
+#: A second prepared variant: 3 barriers a page instead of 5. Each page's copy is issued right after the barrier at
+#: the top of the page before it (all warps are then done with that slot), not after a barrier of its own at the end
+#: of P·V; and S's row max crosses the warps with one barrier (each warp's partial max to 256 bytes of shared memory,
+#: a barrier, every thread reads its rows' four) instead of Gluon's reduction (two).
+REG_THREE_BARRIERS = False
 BIAS_SPLIT = 2.0**60  # the 2^120 split between Q (or P) and the scales (or O): no bf16 or float32 overflow either side
 
 if gluon is not None:
@@ -145,6 +152,19 @@ mov.b32 {$6, $7}, x3;
     #: V's 4-byte reads (keys 2t + c, word 8w + g) still spread over all 32 banks.
     RAW_PAIR_SWIZZLE = gl.constexpr(gl.SharedLinearLayout(offset_bases=[
         [0, 1], [0, 2], [0, 4], [0, 8], [0, 16], [1, 20], [2, 8], [4, 16], [8, 0], [16, 0], [32, 0], [0, 32], [0, 64]]))
+
+    @gluon.jit
+    def _reg_row_max(s, scratch, rows_l: gl.constexpr):
+        """S's row max [16] across the four warps with one barrier: each warp's partial max over its 16 keys (S's
+        columns 8w .. 8w + 7 and 32 + 8w .. 32 + 8w + 7) into scratch [16, 4], a barrier, then every thread reads its
+        rows' four partials. (The scratch is written again only after the next page's first barrier.)"""
+        x = gl.reshape(s, [16, 2, 4, 8])  # [row, 32-key half, warp, key of 8]: (a relabelling of S's layout)
+        scratch.store(gl.max(gl.max(x, axis=3), axis=1))  # [16, 4]: within each warp only
+        gl.thread_barrier()
+        rl: gl.constexpr = gl.DistributedLinearLayout(  # a thread's two rows (g, g + 8), all four partials of each
+            reg_bases=[[0, 1], [0, 2], [8, 0]], lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0], [4, 0]],
+            warp_bases=[[0, 0], [0, 0]], block_bases=[], shape=[16, 4])
+        return gl.convert_layout(gl.max(scratch.load(rl), axis=1), rows_l, assert_trivial=True)
 
     @gluon.jit
     def _reg_copy(kv_raw, sc_raw, kr_raw, kv_ptr, page, n_rows, stride_kvb, num_warps: gl.constexpr):
@@ -246,10 +266,12 @@ mov.b32 {$6, $7}, x3;
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, FOLD: gl.constexpr,
-        num_warps: gl.constexpr,
+        SYNC3: gl.constexpr, num_warps: gl.constexpr,
     ):
         # RAW: raw page slots in the ring (2: one page in flight while one is computed). FOLD: REG_FOLD_BIAS (the
         # dequantization's multiply by 2^120 folded into Q, the tile scales and O; prepared, not yet measured).
+        # SYNC3: REG_THREE_BARRIERS (each page's copy issued after the previous page's first barrier; S's row max
+        # across the warps with one barrier; prepared, not yet measured).
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps],
@@ -273,6 +295,8 @@ mov.b32 {$6, $7}, x3;
         kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 128], raw_layout)  # the raw ring: e4m3 words,
         sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
         kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], smem_layout)  # scales, k_rope
+        if SYNC3:  # each warp's partial row max
+            mx_smem = gl.allocate_shared_memory(gl.float32, [BM, 4], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
 
         m_start = (gl.program_id(1) % m_tiles) * BM
         begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
@@ -285,7 +309,7 @@ mov.b32 {$6, $7}, x3;
 
             gl.thread_barrier()  # every warp is done with the previous request's Q and slots
             # prologue: pages lo .. lo + RAW - 1 in flight (one group each; an empty group past the end), Q in
-            for k in gl.static_range(RAW):
+            for k in gl.static_range(1 if SYNC3 else RAW):  # (SYNC3: page lo + 1 goes after page lo's barrier)
                 if lo + k < hi:  # (no copy past the end: its zeros could land after the next request's copy)
                     page, n_rows = _fp8_page(bt_row, lo + k, hi, s_k, num_blocks, ok_ptr)
                     _reg_copy(kv_raw.index(k), sc_raw.index(k), kr_raw.index(k), kv_ptr, page, n_rows,
@@ -302,8 +326,12 @@ mov.b32 {$6, $7}, x3;
             l_keys = gl.zeros([BM, PAGE], gl.float32, layout=mma)
             for i in range(lo, hi):
                 slot = (i - lo) % RAW
-                async_copy.wait_group(RAW - 1)  # page i's group has landed (page i + 1's may be in flight)
-                gl.thread_barrier()  # ... for every thread's copies, and Q is in
+                if SYNC3:
+                    async_copy.wait_group(0)  # page i's group has landed (nothing else is in flight)
+                    gl.thread_barrier()  # ... for every thread's copies, Q is in, and page i - 1's slot is free
+                else:
+                    async_copy.wait_group(RAW - 1)  # page i's group has landed (page i + 1's may be in flight)
+                    gl.thread_barrier()  # ... for every thread's copies, and Q is in
                 sc0, sc1, sc2, sc3 = _reg_scales(sc_raw.index(slot), cols_l)
                 if FOLD:  # (the dequantized values are times 2^-120, Q times 2^60: the scales take the other 2^60)
                     sc0 = sc0 * _BIAS_SPLIT
@@ -311,7 +339,11 @@ mov.b32 {$6, $7}, x3;
                     sc2 = sc2 * _BIAS_SPLIT
                     sc3 = sc3 * _BIAS_SPLIT
                 s = _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, mma, a_op, b_op, FOLD)
-                p, m_new, m_use = _v5_softmax(s, i * PAGE, n_visible, m_i, qk_scale, cols_l, PAGE)
+                if SYNC3:
+                    s = _v5_masked_scores(s, i * PAGE, n_visible, qk_scale, cols_l, PAGE)
+                    p, m_new, m_use = _v5_probs(s, m_i, _reg_row_max(s, mx_smem, rows_l))
+                else:
+                    p, m_new, m_use = _v5_softmax(s, i * PAGE, n_visible, m_i, qk_scale, cols_l, PAGE)
                 alpha = gl.exp2(m_i - m_use)  # (the old sums' and outputs' rescale)
                 m_i = m_new
                 l_keys = l_keys * alpha[:, None] + p
@@ -319,18 +351,26 @@ mov.b32 {$6, $7}, x3;
                 p1_smem.store((p * sc1[None, :]).to(dtype))
                 p2_smem.store((p * sc2[None, :]).to(dtype))
                 p3_smem.store((p * sc3[None, :]).to(dtype))
+                if SYNC3:
+                    if i + 1 < hi:  # page i + 1 into page i - 1's slot, in flight during P·V (issued before P's
+                        #             barrier: Triton's barrier analysis would otherwise add one of its own after it)
+                        page, n_rows = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)
+                        nxt = (i + 1 - lo) % RAW
+                        _reg_copy(kv_raw.index(nxt), sc_raw.index(nxt), kr_raw.index(nxt), kv_ptr, page, n_rows,
+                                  stride_kvb, num_warps)
                 gl.thread_barrier()  # every warp's keys of P are in
                 acc0 = _reg_values(p0_smem.load(a_op), kv_raw, slot, 0, acc0, alpha, b_op, FOLD)
                 acc1 = _reg_values(p1_smem.load(a_op), kv_raw, slot, 1, acc1, alpha, b_op, FOLD)
                 acc2 = _reg_values(p2_smem.load(a_op), kv_raw, slot, 2, acc2, alpha, b_op, FOLD)
                 acc3 = _reg_values(p3_smem.load(a_op), kv_raw, slot, 3, acc3, alpha, b_op, FOLD)
-                gl.thread_barrier()  # every warp is done with the slot and with P
-                if i + RAW < hi:  # page i + RAW into the slot just freed
-                    page, n_rows = _fp8_page(bt_row, i + RAW, hi, s_k, num_blocks, ok_ptr)
-                    _reg_copy(kv_raw.index(slot), sc_raw.index(slot), kr_raw.index(slot), kv_ptr, page,
-                              n_rows, stride_kvb, num_warps)
-                else:
-                    async_copy.commit_group()
+                if not SYNC3:
+                    gl.thread_barrier()  # every warp is done with the slot and with P
+                    if i + RAW < hi:  # page i + RAW into the slot just freed
+                        page, n_rows = _fp8_page(bt_row, i + RAW, hi, s_k, num_blocks, ok_ptr)
+                        _reg_copy(kv_raw.index(slot), sc_raw.index(slot), kr_raw.index(slot), kv_ptr, page,
+                                  n_rows, stride_kvb, num_warps)
+                    else:
+                        async_copy.commit_group()
             async_copy.wait_group(0)  # nothing in flight into the slots past the request
             l_i = gl.sum(l_keys, axis=1)
             if FOLD:  # (P was times 2^60 and V times 2^-120: O is times 2^-60)
@@ -354,4 +394,4 @@ def launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta
     grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
                                       out, lse, part_out, part_lse, ok_flag)
     _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, FOLD=bool(REG_FOLD_BIAS),
-            num_warps=REG_WARPS, maxnreg=REG_MAXNREG)
+            SYNC3=bool(REG_THREE_BARRIERS), num_warps=REG_WARPS, maxnreg=REG_MAXNREG)

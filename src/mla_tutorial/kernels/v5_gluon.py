@@ -143,9 +143,19 @@ if gluon is not None:
     @gluon.jit
     def _v5_softmax(s, first_key, n_visible, m_prev, qk_scale, s_cols: gl.constexpr, N: gl.constexpr):
         """Mask and scale N keys' scores; (P, new running max, the max to subtract (0 for an all -inf row))."""
+        s = _v5_masked_scores(s, first_key, n_visible, qk_scale, s_cols, N)
+        return _v5_probs(s, m_prev, gl.max(s, axis=1))  # (in the Gluon tiles the max crosses the two warpgroups)
+
+    @gluon.jit
+    def _v5_masked_scores(s, first_key, n_visible, qk_scale, s_cols: gl.constexpr, N: gl.constexpr):
+        """N keys' scores scaled (log2 units), -inf past each row's visible keys."""
         keys = first_key + gl.arange(0, N, layout=s_cols)
-        s = gl.where(keys[None, :] < n_visible[:, None], s * qk_scale, float("-inf"))
-        m_new = gl.maximum(m_prev, gl.max(s, axis=1))  # in the Gluon tiles this crosses the two warpgroups
+        return gl.where(keys[None, :] < n_visible[:, None], s * qk_scale, float("-inf"))
+
+    @gluon.jit
+    def _v5_probs(s, m_prev, m_tile):
+        """(P, new running max, the max to subtract (0 for an all -inf row)) from masked scores and their row max."""
+        m_new = gl.maximum(m_prev, m_tile)
         m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
         return gl.exp2(s - m_use[:, None]), m_new, m_use
 
