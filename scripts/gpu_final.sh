@@ -58,11 +58,10 @@ if has reg && grep -q " passed" "$OUT/reg_tests.log" && ! grep -q "failed\|error
   step reg_bench 200 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma \
     --heads 16 --sections env,timing --out "$OUT/reg.json"
 fi
-# the register tile's prepared variants (v5_fp8_reg.py's REG_FOLD_BIAS: the multiply by 2^120 folded into Q, the
-# scales and O; REG_THREE_BARRIERS: 3 barriers a page instead of 5): their hostile GPU cases and the fold's
-# bit-for-bit check against the default, then the h16 timing beside it (and the default at 240 registers)
+# the register tile's prepared variants (v5_fp8_reg.py's module knobs, opt-in with MLA_FP8_REG_VARIANTS=1; none
+# prepared now but the default at 240 registers): their hostile GPU cases, then the h16 timing beside the default
 has regvar && step regvar_tests ${REG_LIMIT:-150} env MLA_FP8_REG_VARIANTS=1 PYTHONPATH=src:tests $PY -m pytest -m gpu \
-  tests/test_fp8.py -q -x -p no:cacheprovider -k "(matrix and (reg-fold or reg-sync3)) or reg_fold"
+  tests/test_fp8.py -q -x -p no:cacheprovider -k "matrix and reg"
 if has regvar && grep -q " passed" "$OUT/regvar_tests.log" && ! grep -q "failed\|error" "$OUT/regvar_tests.log"; then
   step regvar_bench 200 env MLA_FP8_REG_VARIANTS=1 PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick \
     --mma --heads 16 --sections env,timing --out "$OUT/regvar.json"
@@ -75,8 +74,7 @@ if has regpick && [ -s "$OUT/regvar.json" ]; then
   REG_KNOBS=$($PY - "$OUT/regvar.json" <<'PY'
 import json, sys
 rows = json.load(open(sys.argv[1]))["timing"]
-knobs = {"fp8_reg": "", "fp8_reg_fold": "REG_FOLD_BIAS=1", "fp8_reg_240": "REG_MAXNREG=240",
-         "fp8_reg_sync3": "REG_THREE_BARRIERS=1", "fp8_reg_sync3_fold": "REG_THREE_BARRIERS=1 REG_FOLD_BIAS=1"}
+knobs = {"fp8_reg": "", "fp8_reg_240": "REG_MAXNREG=240"}  # (add a prepared variant's impl and knobs here)
 def mean(name):
     ms = [r["ms"].get(name) for r in rows]
     return sum(ms) / len(ms) if ms and all(isinstance(m, float) for m in ms) else None
@@ -122,7 +120,7 @@ has stalls && step stalls ${NCU_LIMIT:-240} ncu --clock-control none \
 # scripts/ncu_sass_summary.py): SASS_ONLY=mma (the 16-row FP8 tile, h16), ws (the warp-specialised FP8 tile, h16),
 # reg (the 16-row tile dequantizing into registers, h16) or seesaw (the bf16 seesaw tile, h64); SASS_SECTIONS: more
 # ncu sections in the same pass (their details page to ${only}_details.txt); SASS_SET: v5_fp8_reg.py's knobs for it
-# (e.g. "REG_LEAN_PAGE=1")
+# (e.g. "REG_MAXNREG=240")
 sass_page() {
   local only=${SASS_ONLY:-mma}
   local kernel=$(case $only in mma) echo _v5_fp8_mma_kernel;; ws) echo _v5_fp8_ws_kernel;; reg) echo _v5_fp8_reg_kernel;;

@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--mode", type=int, default=0, help="GluonConfig.mode: a part alone (e.g. 3: the 16-row tile's "
                     "page loads alone)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KNOB=INT",
-                    help="v5_fp8_reg.py's module knobs for this run, e.g. REG_LEAN_PAGE=1 REG_MAXNREG=255")
+                    help="v5_fp8_reg.py's module knobs for this run, e.g. REG_MAXNREG=240")
     args = ap.parse_args()
     if args.set:
         from mla_tutorial.kernels import v5_fp8_reg

@@ -1,8 +1,8 @@
 """Run a script or a module with kernels/v5_fp8_reg.py's module knobs set, in this one process: what a GPU call
 measures before a commit makes a variant the default (scripts/gpu_final.sh's regpick step).
 
-    python scripts/with_knobs.py REG_LEAN_PAGE=1 REG_FOLD_BIAS=0 -- scripts/gpu_fp8_bench.py --mma --out x.json
-    python scripts/with_knobs.py REG_LEAN_PAGE=1 -- -m pytest -m gpu tests/test_fp8.py -k "matrix and reg"
+    python scripts/with_knobs.py REG_MAXNREG=240 REG_RAW_SLOTS=2 -- scripts/gpu_fp8_bench.py --mma --out x.json
+    python scripts/with_knobs.py REG_MAXNREG=240 -- -m pytest -m gpu tests/test_fp8.py -k "matrix and reg"
     python scripts/with_knobs.py -- -m mla_tutorial bench ...        (no knobs: the defaults)
 """
 

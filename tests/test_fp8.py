@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import math
-import os
 import struct
 
 import pytest
@@ -435,68 +434,28 @@ def test_the_16_row_fp8_tile_reads_only_an_fp8_cache():
 GPU_LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
 
 
-#: The register tile's prepared variants: REG_FOLD_BIAS ran correct on an H200 once (its matrix and its bit-for-bit
-#: test) but is not timed yet; REG_THREE_BARRIERS has not run. Their cases run when asked for (MLA_FP8_REG_VARIANTS=1).
-UNVERIFIED_REG_VARIANTS = pytest.mark.skipif(os.environ.get("MLA_FP8_REG_VARIANTS") != "1",
-                                             reason="v5_fp8_reg.py's variant not yet timed on a GPU: set "
-                                                    "MLA_FP8_REG_VARIANTS=1")
-REG_VARIANTS = {"reg-fold": {"REG_FOLD_BIAS": True}, "reg-sync3": {"REG_THREE_BARRIERS": True}}
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "mma", "mma8", "tma", "ws16",
-                                  "ws16w", "reg",
-                                  *(pytest.param(v, marks=UNVERIFIED_REG_VARIANTS) for v in REG_VARIANTS)])
+                                  "ws16w", "reg"])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     """The FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile, its
     warp-specialised form (path "seesaw"; both pad fewer than 64 rows, as FlashMLA's kernel does) and the 16-row
     Gluon FP8 tile (path "mma": 16 rows per program, m_tiles of them; "mma8": with 8 warps per program; "tma": fed
     by TMA; "ws16": warp-specialised, "ws16w" with an 8-warp producer; "reg": dequantizing into its operand
-    registers, "reg-fold" / "reg-sync3" its prepared variants)."""
-    from mla_tutorial.kernels import v5_fp8_reg, v5_small
+    registers)."""
+    from mla_tutorial.kernels import v5_small
     from mla_tutorial.kernels.v5_gluon import GluonConfig
 
-    for knob, value in REG_VARIANTS.get(path, {}).items():
-        monkeypatch.setattr(v5_fp8_reg, knob, value)
-    tile, _, loads = ("reg", "", "") if path in REG_VARIANTS else path.partition("-")
+    tile, _, loads = path.partition("-")
     monkeypatch.setattr(v5_small, "FP8_LOADS", loads or "pointer")
     q, k8, block_table, seqlens = fp8_inputs(GPU_LENGTHS, s_q, h_q, seed=h_q * 10 + s_q, poison_bytes=True)
     config = GluonConfig(warps=8) if tile in ("mma8", "ws16w") else None  # (ws16w: an 8-warp producer)
     check_fp8(q, k8, block_table, seqlens, s_q > 1, path={"mma8": "mma", "ws16w": "ws16"}.get(tile, tile),
               config=config)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@UNVERIFIED_REG_VARIANTS
-def test_gpu_fp8_reg_fold_is_the_default_to_the_bit(monkeypatch):
-    """v5_fp8_reg.REG_FOLD_BIAS moves the dequantization's factor 2^120 into Q, the tile scales and O: the same bf16
-    products times powers of two, so the same output and LSE to the bit. On a cache where half the values are e4m3
-    subnormals, which the folded sequence hands the tensor cores as bf16 subnormals: they must take them as they
-    are."""
-    from mla_tutorial.kernels import v5_fp8_reg
-
-    q, k8, block_table, seqlens = fp8_inputs([1, 63, 64, 65, 200, 4096], 1, 16, seed=21, poison_bytes=True)
-    raw = k8.view(torch.uint8)
-    gen = torch.Generator().manual_seed(4)
-    shape = raw.shape[:-1] + (512,)
-    sign = torch.randint(0, 2, shape, generator=gen) << 7
-    subnormal = torch.randint(1, 8, shape, generator=gen) | sign  # exponent field 0
-    normal = torch.randint(8, 0x7F, shape, generator=gen) | sign  # (0x7F: NaN)
-    codes = torch.where(torch.rand(shape, generator=gen) < 0.5, subnormal, normal).to(torch.uint8).to(raw.device)
-    poisoned = (raw == 0xFF).all(-1, keepdim=True)
-    raw[..., :512] = torch.where(poisoned, raw[..., :512], codes)
-
-    def run(fold):
-        monkeypatch.setattr(v5_fp8_reg, "REG_FOLD_BIAS", fold)
-        return K.mla_decode_v5(q, k8, block_table, seqlens, 512, is_fp8_kvcache=True, path="reg")
-
-    (out, lse), (out_fold, lse_fold) = run(False), run(True)
-    assert torch.equal(out, out_fold) and torch.equal(lse, lse_fold), (
-        f"max abs {(out.float() - out_fold.float()).abs().max().item()}")
-    check_fp8(q, k8, block_table, seqlens, False, path="reg")  # (folded) and both against the reference
 
 
 @pytest.mark.gpu

@@ -80,23 +80,6 @@ def test_pair_sequence_is_exact_on_every_pair_of_codes():
         assert np.array_equal(got_odd, float_to_bf16_bits(_e4m3_value(odd))), f"position {e}, odd key"
 
 
-def test_biased_sequences_are_the_values_times_2_to_the_minus_120():
-    """_E4M3X4_BIASED and _E4M3_PAIRS_BIASED (the register tile's REG_FOLD_BIAS: no multiply): each code's bits land in
-    bf16's exponent and mantissa, i.e. its value times 2^-120, exactly; e4m3's subnormals become bf16 subnormals."""
-    codes = np.array([c for c in range(256) if c not in NAN_CODES], dtype=np.uint32)
-    words = np.stack([np.roll(codes, 5 * k) for k in range(4)], axis=1)
-    out = run_ptx(v5_fp8_reg._E4M3X4_BIASED.value, {4: pack_words(words)})
-    for k in range(4):
-        assert np.array_equal(out[k], e4m3_bits_to_bf16(words[:, k], 2.0**-120)), f"byte {k}"
-    subnormal = out[0][(words[:, 0] & 0x78) == 0]
-    assert ((subnormal & 0x7F80) == 0).all() and (subnormal & 0x7F).any()  # (they are bf16 subnormals)
-    other = np.roll(words, 1, 0)  # the odd key's words
-    out = run_ptx(v5_fp8_reg._E4M3_PAIRS_BIASED.value, {8: pack_words(words), 9: pack_words(other)})
-    for e in range(4):  # position e: (even key's byte e, odd key's byte e)
-        assert np.array_equal(out[2 * e], e4m3_bits_to_bf16(words[:, e], 2.0**-120)), f"position {e}, even key"
-        assert np.array_equal(out[2 * e + 1], e4m3_bits_to_bf16(other[:, e], 2.0**-120)), f"position {e}, odd key"
-
-
 def test_nan_codes_read_as_480_and_a_nan_scale_passes_through():
     """The documented edge: e4m3's NaN code reads ±480 (no NaN check in the sequences); the quantizer gives a tile
     holding a NaN a NaN scale, which the multiply passes on."""

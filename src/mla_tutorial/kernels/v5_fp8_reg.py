@@ -4,7 +4,7 @@
 #
 # What it changes against v5_fp8_mma.py (same mma.sync products on 16 rows, softmax, schedule and semantics):
 #   * the page's raw 656-byte rows come by cp.async into a ring of two raw slots (e4m3 words 32 KB in a swizzle of
-#     their own, RAW_PAIR_SWIZZLE, scales 1 KB, k_rope 8 KB), one page in flight while the other is computed;
+#     their own, RAW_PAIR_SWIZZLE, scales 1 KB, k_rope 8 KB): page i + 1 in flight while page i's P·V runs;
 #     nothing is held in registers in flight.
 #   * no dequantized page in shared memory. Each warp reads the e4m3 words its mma operands need straight from the
 #     raw slot and dequantizes them, unscaled, into the operand registers (_E4M3X4 for K, _E4M3_PAIRS for V):
@@ -22,10 +22,11 @@
 #   * each tile's scale (a power of two) multiplies S and P per key instead of every value: S = Σ_T scale_T[key] ·
 #     Q_T·K8_Tᵀ + Q_rope·k_ropeᵀ, and P·V_T = (P·scale_T[key])·V8_T with four scaled copies of P in shared memory
 #     (the same bf16 products as P times the dequantized V).
-#   * 240 registers a thread (REG_MAXNREG): shared memory holds two programs per SM anyway.
-#   Per page: wait for its raw slot -> S (four scale tiles of words, then k_rope) -> softmax -> P times each tile's
-#   scales to shared memory -> barrier -> P·V (four 128-column slices) -> barrier -> the slot's next copy (two pages
-#   ahead).
+#   * 255 registers a thread allowed (REG_MAXNREG): shared memory holds two programs per SM anyway.
+#   * three barriers a page: page i is in (and page i - 1's slot free) -> S (four scale tiles of words, then k_rope)
+#     -> S's row max across the warps (_reg_row_max: one barrier) -> P times each tile's scales to four shared
+#     allocations, page i + 1's copy into page i - 1's slot -> P's barrier -> P·V (four 128-column slices). The row
+#     sums stay per key in each warp until the request ends.
 # Why (docs/results/v5_notes.md, seventh session): the 16-row tile moves ~280 KB through shared memory per page (the
 #   bf16 page stored once, 64 KB, and read by both products, ~136 KB, besides Q) for a page of 42 KB, and its
 #   page work (the dequantization into the slot and its barrier) stays serial with the products. Here a page
@@ -42,7 +43,13 @@
 #   issue-bound on the dequantization with 1.7 warps per scheduler (0.5 eligible), DRAM at 36 % of peak. Eighth
 #   session: the raw words in RAW_PAIR_SWIZZLE (K's 16-byte reads conflict-free): 0.1906 -> 0.1853 ms (bf16 v5
 #   0.184, FlashMLA / ours 0.91); one raw slot for three programs per SM (0.207 at 168 registers) and each page's
-#   block id loaded before S (0.195) measured slower and removed.
+#   block id loaded before S (0.195) measured slower and removed. Then 11 barriers a page -> 5 (Triton 3.6's barrier
+#   analysis put one after each of P's scaled copies in one allocation indexed four times, and the row sums crossed
+#   the warps every page) with 255 registers: 0.179; -> 3 (the row max through 256 bytes of shared memory with one
+#   barrier, the next page's copy issued before P's barrier): 0.177 ms at s_k 4k, 0.295 at 8k (FlashMLA / ours 0.95,
+#   1.07; bf16 v5 0.185 / 0.321). The multiply by 2^120 folded into Q, the scales and O instead (no HMUL2, but ptxas
+#   added ~140 register moves to pair the operands) was 6 % slower, and removed; it did show that the tensor cores
+#   take bf16 subnormal inputs as they are (the same output to the bit on a cache of half e4m3 subnormals).
 """Version 5 over an FP8 cache, 16-row tiles with mma.sync, each page dequantized straight into the operand registers
 (Gluon, Triton 3.6)."""
 
@@ -65,7 +72,6 @@ from .v5_gluon import (
     _v5_part,
     _v5_probs,
     _v5_request,
-    _v5_softmax,
     gl,
     gluon,
 )
@@ -73,24 +79,9 @@ from .v5_gluon import (
 REG_WARPS = 4  # warps per program (two programs per SM: ~110 KB of shared memory each)
 #: Registers per thread: shared memory holds two programs per SM, whose 256 threads may use up to 255 each (the
 #: register file's 64 K). Left to itself ptxas caps the tile at 168 (three programs' worth) and spills; 240 bought
-#: 6 % (seventh session), 255 with the lean page a little more (eighth: the pick of six variants).
+#: 6 % (seventh session); 255 and 240 measured the same on the eighth session's tile (0.1809 / 0.1797 ms).
 REG_MAXNREG = 255
-REG_RAW_SLOTS = 2  # raw page slots in the ring (one in flight while one is computed; one slot measured slower)
-#: Prepared variant, not yet timed (read at launch; scripts/gpu_fp8_bench.py times it beside the default): the
-#: dequantization without its multiply by 2^120 (_E4M3X4_BIASED, _E4M3_PAIRS_BIASED: each value comes out times
-#: 2^-120), the factor folded into Q (stored times 2^60), into the tile scales applied to S and P (times 2^60) and
-#: into O (times 2^60 once per request). The bf16 products are the same values times powers of two, so the result
-#: is the same to the bit as long as nothing leaves float32's or bf16's range: |q| < 2^67 and tile scales < 2^67
-#: (c_kv below ~6e22), and the tensor cores take e4m3's subnormals, which become bf16 subnormals, as they are
-#: (checked on an H200: the same output and LSE to the bit on a cache whose values are half subnormals).
-#: Removes 2 of the 8 integer/bf16 instructions per word in both products.
-REG_FOLD_BIAS = False
-#: A second prepared variant: 3 barriers a page instead of 5. Each page's copy is issued right after the barrier at
-#: the top of the page before it (all warps are then done with that slot), not after a barrier of its own at the end
-#: of P·V; and S's row max crosses the warps with one barrier (each warp's partial max to 256 bytes of shared memory,
-#: a barrier, every thread reads its rows' four) instead of Gluon's reduction (two).
-REG_THREE_BARRIERS = False
-BIAS_SPLIT = 2.0**60  # the 2^120 split between Q (or P) and the scales (or O): no bf16 or float32 overflow either side
+REG_RAW_SLOTS = 2  # raw page slots in the ring (the loop's slot arithmetic assumes two; one slot measured slower)
 
 if gluon is not None:
     #: Four e4m3 values (one int32 word, $4) to four bf16 ($0-$3), exactly: _E4M3X4_TIMES_SCALE without the scale
@@ -136,14 +127,6 @@ mov.b32 {$2, $3}, x1;
 mov.b32 {$4, $5}, x2;
 mov.b32 {$6, $7}, x3;
 }""")
-
-    #: The same two sequences without the multiply by 2^120 (REG_FOLD_BIAS): each value comes out as its bits placed in
-    #: bf16's exponent and mantissa, i.e. the e4m3 value times 2^-120 (e4m3's subnormals as bf16 subnormals).
-    _BIAS_SPLIT = gl.constexpr(BIAS_SPLIT)
-    _E4M3X4_BIASED = gl.constexpr("\n".join(
-        line for line in _E4M3X4.value.splitlines() if "mul.rn" not in line and "mov.b32 k" not in line))
-    _E4M3_PAIRS_BIASED = gl.constexpr("\n".join(
-        line for line in _E4M3_PAIRS.value.splitlines() if "mul.rn" not in line and "mov.b32 k" not in line))
 
     #: The raw words [64 keys, 128 words] (int32) as a linear shared layout: memory offset bit i holds the (key, word)
     #: of basis i. It is the 128-byte swizzle (a 16-byte chunk's index XOR the key's low three bits, in four 128-byte
@@ -201,7 +184,7 @@ mov.b32 {$6, $7}, x3;
 
     @gluon.jit
     def _reg_tile_scores(q_smem, words, tile: gl.constexpr, mma: gl.constexpr, a_op: gl.constexpr,
-                         b_op: gl.constexpr, FOLD: gl.constexpr):
+                         b_op: gl.constexpr):
         """Q_T·K8_Tᵀ [16, 64] for scale tile T with K8 the e4m3 values unscaled: a thread's two keys' 8 words
         (columns 128T + 16h + 4t .. + 3, h the 64-column half, t its lane's pair) are its operands of 8 k16 steps."""
         # the words: [64 keys, 32 words] of a scale tile, thread (g = lane // 4, t = lane % 4) of warp w holding keys
@@ -211,7 +194,7 @@ mov.b32 {$6, $7}, x3;
             warp_bases=[[8, 0], [16, 0]], block_bases=[], shape=[64, 32])
         w = words.slice(32 * tile, 32, dim=1).load(lk)  # [64, 32] int32
         v0, v1, v2, v3 = gl.inline_asm_elementwise(
-            _E4M3X4_BIASED if FOLD else _E4M3X4, "=h,=h,=h,=h,r", [w],
+            _E4M3X4, "=h,=h,=h,=h,r", [w],
             dtype=(gl.bfloat16, gl.bfloat16, gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
         x = gl.join(gl.join(v0, v2), gl.join(v1, v3))  # [64 keys, 32 words, a, b]: column 4·word + 2a + b
         x = gl.reshape(x, [64, 2, 4, 4, 2, 2])  # [key, h, t, j, a, b]
@@ -221,7 +204,7 @@ mov.b32 {$6, $7}, x3;
 
     @gluon.jit
     def _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, mma: gl.constexpr, a_op: gl.constexpr,
-                    b_op: gl.constexpr, FOLD: gl.constexpr):
+                    b_op: gl.constexpr):
         """S = Q·Kᵀ [16, 64] (keys in order; the warps split them) = Σ_T scale_T[key] · Q_T·K8_Tᵀ + Q_rope·k_ropeᵀ,
         each tile's product on the unscaled e4m3 values (_reg_tile_scores), k_rope's from the raw slot (bf16)."""
         # k_rope: [64 keys, 64 bf16], the same keys, columns 16t .. 16t + 15
@@ -233,13 +216,13 @@ mov.b32 {$6, $7}, x3;
         s = mma_v2(qr_smem.load(a_op), gl.convert_layout(r, b_op, assert_trivial=True),
                    gl.zeros([16, 64], gl.float32, layout=mma))
         words = kv_raw.index(slot)
-        s = s + _reg_tile_scores(q_smem, words, 0, mma, a_op, b_op, FOLD) * sc0[None, :]
-        s = s + _reg_tile_scores(q_smem, words, 1, mma, a_op, b_op, FOLD) * sc1[None, :]
-        s = s + _reg_tile_scores(q_smem, words, 2, mma, a_op, b_op, FOLD) * sc2[None, :]
-        return s + _reg_tile_scores(q_smem, words, 3, mma, a_op, b_op, FOLD) * sc3[None, :]
+        s = s + _reg_tile_scores(q_smem, words, 0, mma, a_op, b_op) * sc0[None, :]
+        s = s + _reg_tile_scores(q_smem, words, 1, mma, a_op, b_op) * sc1[None, :]
+        s = s + _reg_tile_scores(q_smem, words, 2, mma, a_op, b_op) * sc2[None, :]
+        return s + _reg_tile_scores(q_smem, words, 3, mma, a_op, b_op) * sc3[None, :]
 
     @gluon.jit
-    def _reg_values(pa, kv_raw, slot, sl: gl.constexpr, acc, alpha, b_op: gl.constexpr, FOLD: gl.constexpr):
+    def _reg_values(pa, kv_raw, slot, sl: gl.constexpr, acc, alpha, b_op: gl.constexpr):
         """O_sl = O_sl·alpha + (P·scale_sl)·V8_sl for the 128-column slice sl (= scale tile sl; pa: P times the keys'
         tile-sl scales, the A operand), V8 the unscaled e4m3 values dequantized from the raw slot into the B operand
         [64 keys, 128]: thread (g, t) of warp w reads word 8w + g of its 16 keys (2t + b + 8a + 16j) and makes, per
@@ -250,7 +233,7 @@ mov.b32 {$6, $7}, x3;
         w = kv_raw.index(slot).slice(32 * sl, 32, dim=1).load(lv)  # [64 keys, 32 words]
         w_even, w_odd = gl.split(gl.permute(gl.reshape(w, [32, 2, 32]), (0, 2, 1)))  # [32 pairs, 32 words] each
         y00, y01, y10, y11, y20, y21, y30, y31 = gl.inline_asm_elementwise(
-            _E4M3_PAIRS_BIASED if FOLD else _E4M3_PAIRS, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w_even, w_odd],
+            _E4M3_PAIRS, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w_even, w_odd],
             dtype=(gl.bfloat16,) * 8, is_pure=True, pack=1)
         z = gl.join(gl.join(gl.join(y00, y01), gl.join(y20, y21)), gl.join(gl.join(y10, y11), gl.join(y30, y31)))
         # [pair, word, b, e_hi, e_lo] -> [pair, b, e_hi, e_lo, word] = [64 keys, 128 logical columns]
@@ -265,13 +248,9 @@ mov.b32 {$6, $7}, x3;
         stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, FOLD: gl.constexpr,
-        SYNC3: gl.constexpr, num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, num_warps: gl.constexpr,
     ):
-        # RAW: raw page slots in the ring (2: one page in flight while one is computed). FOLD: REG_FOLD_BIAS (the
-        # dequantization's multiply by 2^120 folded into Q, the tile scales and O; prepared, not yet measured).
-        # SYNC3: REG_THREE_BARRIERS (each page's copy issued after the previous page's first barrier; S's row max
-        # across the warps with one barrier; prepared, not yet measured).
+        # RAW: raw page slots in the ring (2: page i + 1 in flight while page i is computed)
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps],
@@ -295,8 +274,8 @@ mov.b32 {$6, $7}, x3;
         kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 128], raw_layout)  # the raw ring: e4m3 words,
         sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
         kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], smem_layout)  # scales, k_rope
-        if SYNC3:  # each warp's partial row max
-            mx_smem = gl.allocate_shared_memory(gl.float32, [BM, 4], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+        mx_smem = gl.allocate_shared_memory(gl.float32, [BM, 4], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+        # (mx_smem: each warp's partial row max, _reg_row_max)
 
         m_start = (gl.program_id(1) % m_tiles) * BM
         begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
@@ -308,42 +287,28 @@ mov.b32 {$6, $7}, x3;
                 end_block, begin_split, next_req, next_block, max_blocks)
 
             gl.thread_barrier()  # every warp is done with the previous request's Q and slots
-            # prologue: pages lo .. lo + RAW - 1 in flight (one group each; an empty group past the end), Q in
-            for k in gl.static_range(1 if SYNC3 else RAW):  # (SYNC3: page lo + 1 goes after page lo's barrier)
-                if lo + k < hi:  # (no copy past the end: its zeros could land after the next request's copy)
-                    page, n_rows = _fp8_page(bt_row, lo + k, hi, s_k, num_blocks, ok_ptr)
-                    _reg_copy(kv_raw.index(k), sc_raw.index(k), kr_raw.index(k), kv_ptr, page, n_rows,
-                              stride_kvb, num_warps)
-                else:
-                    async_copy.commit_group()
+            if lo < hi:  # prologue: page lo in flight (page lo + 1 goes after page lo's first barrier), Q in
+                page, n_rows = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
+                _reg_copy(kv_raw.index(0), sc_raw.index(0), kr_raw.index(0), kv_ptr, page, n_rows, stride_kvb,
+                          num_warps)
+            else:
+                async_copy.commit_group()
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
-                       rows_per_kv, 0, 9, 64, BM, num_warps, True,
-                       _BIAS_SPLIT if FOLD else 1.0)  # (its columns in _v5_perm64's order)
+                       rows_per_kv, 0, 9, 64, BM, num_warps, True)  # (its columns in _v5_perm64's order)
 
             rows, tok, n_visible, m_i, l_i, acc0, acc1, acc2, acc3 = _m16_start(m_start, heads_per_kv, s_k, s_q,
                                                                                 CAUSAL, rows_l, mma)
             # each warp's row sums per key, summed across the warps once per request (not a reduction every page)
             l_keys = gl.zeros([BM, PAGE], gl.float32, layout=mma)
+            # three barriers a page: the page is in (and page i - 1's slot free), S's row max, P
             for i in range(lo, hi):
                 slot = (i - lo) % RAW
-                if SYNC3:
-                    async_copy.wait_group(0)  # page i's group has landed (nothing else is in flight)
-                    gl.thread_barrier()  # ... for every thread's copies, Q is in, and page i - 1's slot is free
-                else:
-                    async_copy.wait_group(RAW - 1)  # page i's group has landed (page i + 1's may be in flight)
-                    gl.thread_barrier()  # ... for every thread's copies, and Q is in
+                async_copy.wait_group(0)  # page i's group has landed (nothing else is in flight)
+                gl.thread_barrier()  # ... for every thread's copies, Q is in, and page i - 1's slot is free
                 sc0, sc1, sc2, sc3 = _reg_scales(sc_raw.index(slot), cols_l)
-                if FOLD:  # (the dequantized values are times 2^-120, Q times 2^60: the scales take the other 2^60)
-                    sc0 = sc0 * _BIAS_SPLIT
-                    sc1 = sc1 * _BIAS_SPLIT
-                    sc2 = sc2 * _BIAS_SPLIT
-                    sc3 = sc3 * _BIAS_SPLIT
-                s = _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, mma, a_op, b_op, FOLD)
-                if SYNC3:
-                    s = _v5_masked_scores(s, i * PAGE, n_visible, qk_scale, cols_l, PAGE)
-                    p, m_new, m_use = _v5_probs(s, m_i, _reg_row_max(s, mx_smem, rows_l))
-                else:
-                    p, m_new, m_use = _v5_softmax(s, i * PAGE, n_visible, m_i, qk_scale, cols_l, PAGE)
+                s = _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, mma, a_op, b_op)
+                s = _v5_masked_scores(s, i * PAGE, n_visible, qk_scale, cols_l, PAGE)
+                p, m_new, m_use = _v5_probs(s, m_i, _reg_row_max(s, mx_smem, rows_l))
                 alpha = gl.exp2(m_i - m_use)  # (the old sums' and outputs' rescale)
                 m_i = m_new
                 l_keys = l_keys * alpha[:, None] + p
@@ -351,33 +316,19 @@ mov.b32 {$6, $7}, x3;
                 p1_smem.store((p * sc1[None, :]).to(dtype))
                 p2_smem.store((p * sc2[None, :]).to(dtype))
                 p3_smem.store((p * sc3[None, :]).to(dtype))
-                if SYNC3:
-                    if i + 1 < hi:  # page i + 1 into page i - 1's slot, in flight during P·V (issued before P's
-                        #             barrier: Triton's barrier analysis would otherwise add one of its own after it)
-                        page, n_rows = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)
-                        nxt = (i + 1 - lo) % RAW
-                        _reg_copy(kv_raw.index(nxt), sc_raw.index(nxt), kr_raw.index(nxt), kv_ptr, page, n_rows,
-                                  stride_kvb, num_warps)
+                if i + 1 < hi:  # page i + 1 into page i - 1's slot, in flight during P·V (issued before P's barrier:
+                    #             after the first one, Triton's barrier analysis would add one of its own after it)
+                    page, n_rows = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)
+                    nxt = (i + 1 - lo) % RAW
+                    _reg_copy(kv_raw.index(nxt), sc_raw.index(nxt), kr_raw.index(nxt), kv_ptr, page, n_rows,
+                              stride_kvb, num_warps)
                 gl.thread_barrier()  # every warp's keys of P are in
-                acc0 = _reg_values(p0_smem.load(a_op), kv_raw, slot, 0, acc0, alpha, b_op, FOLD)
-                acc1 = _reg_values(p1_smem.load(a_op), kv_raw, slot, 1, acc1, alpha, b_op, FOLD)
-                acc2 = _reg_values(p2_smem.load(a_op), kv_raw, slot, 2, acc2, alpha, b_op, FOLD)
-                acc3 = _reg_values(p3_smem.load(a_op), kv_raw, slot, 3, acc3, alpha, b_op, FOLD)
-                if not SYNC3:
-                    gl.thread_barrier()  # every warp is done with the slot and with P
-                    if i + RAW < hi:  # page i + RAW into the slot just freed
-                        page, n_rows = _fp8_page(bt_row, i + RAW, hi, s_k, num_blocks, ok_ptr)
-                        _reg_copy(kv_raw.index(slot), sc_raw.index(slot), kr_raw.index(slot), kv_ptr, page,
-                                  n_rows, stride_kvb, num_warps)
-                    else:
-                        async_copy.commit_group()
+                acc0 = _reg_values(p0_smem.load(a_op), kv_raw, slot, 0, acc0, alpha, b_op)
+                acc1 = _reg_values(p1_smem.load(a_op), kv_raw, slot, 1, acc1, alpha, b_op)
+                acc2 = _reg_values(p2_smem.load(a_op), kv_raw, slot, 2, acc2, alpha, b_op)
+                acc3 = _reg_values(p3_smem.load(a_op), kv_raw, slot, 3, acc3, alpha, b_op)
             async_copy.wait_group(0)  # nothing in flight into the slots past the request
             l_i = gl.sum(l_keys, axis=1)
-            if FOLD:  # (P was times 2^60 and V times 2^-120: O is times 2^-60)
-                acc0 = acc0 * _BIAS_SPLIT
-                acc1 = acc1 * _BIAS_SPLIT
-                acc2 = acc2 * _BIAS_SPLIT
-                acc3 = acc3 * _BIAS_SPLIT
 
             _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr,
                        part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l,
@@ -393,5 +344,5 @@ def launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta
     rows contiguous)."""
     grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
                                       out, lse, part_out, part_lse, ok_flag)
-    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, FOLD=bool(REG_FOLD_BIAS),
-            SYNC3=bool(REG_THREE_BARRIERS), num_warps=REG_WARPS, maxnreg=REG_MAXNREG)
+    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, num_warps=REG_WARPS,
+            maxnreg=REG_MAXNREG)

@@ -85,10 +85,9 @@ if gluon is not None:
     @gluon.jit
     def _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv, rows_per_kv,
                    FIRST: gl.constexpr, LAST: gl.constexpr, CHUNK: gl.constexpr, BLOCK_M: gl.constexpr,
-                   num_warps: gl.constexpr, PERM64: gl.constexpr = False, Q_MUL: gl.constexpr = 1.0):
+                   num_warps: gl.constexpr, PERM64: gl.constexpr = False):
         """Q tile rows -> shared memory [64, 576], 64-column blocks FIRST..LAST-1 of the nine (block 8: RoPE);
-        rows past rows_per_kv are 0. PERM64 (CHUNK 64): each block's columns in _v5_perm64's order (v5_fp8_reg.py).
-        Q_MUL (a power of two): the latent blocks (not RoPE's) stored times it (v5_fp8_reg.py's REG_FOLD_BIAS)."""
+        rows past rows_per_kv are 0. PERM64 (CHUNK 64): each block's columns in _v5_perm64's order (v5_fp8_reg.py)."""
         ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
         rows = m_start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ld))  # (64,)
         row_ok = rows < rows_per_kv
@@ -101,8 +100,6 @@ if gluon is not None:
         for c in gl.static_range(FIRST, LAST):
             x = gl.load(base[:, None] + (c * CHUNK + cols)[None, :], mask=row_ok[:, None], other=0.0)
             if c < 8:
-                if Q_MUL != 1.0:
-                    x = (x.to(gl.float32) * Q_MUL).to(x.dtype)  # (a power of two: exact)
                 q_smem.slice(c * CHUNK, CHUNK, dim=1).store(x)
             else:
                 qr_smem.store(x)
