@@ -82,10 +82,6 @@ REG_WARPS = 4  # warps per program (two programs per SM: ~110 KB of shared memor
 #: 6 % (seventh session); 255 and 240 measured the same on the eighth session's tile (0.1809 / 0.1797 ms).
 REG_MAXNREG = 255
 REG_RAW_SLOTS = 2  # raw page slots in the ring (the loop's slot arithmetic assumes two; one slot measured slower)
-#: Prepared variant, not yet run (read at launch): each warp's cp.async of the e4m3 words covers one row's 512
-#: contiguous bytes instead of 128 bytes of four rows. A 656-byte row starts 16 bytes off a 32-byte sector, so each
-#: 128-byte piece touches 5 sectors (Nsight Compute: 41 % of the copies' sectors excess); 512 bytes touch 17 for 16.
-REG_ROW_COPY = False
 
 if gluon is not None:
     #: Four e4m3 values (one int32 word, $4) to four bf16 ($0-$3), exactly: _E4M3X4_TIMES_SCALE without the scale
@@ -154,14 +150,12 @@ mov.b32 {$6, $7}, x3;
         return gl.convert_layout(gl.max(scratch.load(rl), axis=1), rows_l, assert_trivial=True)
 
     @gluon.jit
-    def _reg_copy(kv_raw, sc_raw, kr_raw, kv_ptr, page, n_rows, stride_kvb, num_warps: gl.constexpr,
-                  ROWCOPY: gl.constexpr = False):
+    def _reg_copy(kv_raw, sc_raw, kr_raw, kv_ptr, page, n_rows, stride_kvb, num_warps: gl.constexpr):
         """Start the cp.async copies of a page's raw rows into a raw slot and commit them as one group: the e4m3
         values as int32 words into kv_raw [64, 128] (16 bytes a copy), the scales into sc_raw [64, 4] (8 bytes a
         copy), k_rope into kr_raw [64, 64] (_fp8_rope_copy, which commits). Rows from n_rows on are written as zeros
         (cp.async's zero fill): their keys are masked, and a zero scale keeps their values 0."""
-        # (ROWCOPY: REG_ROW_COPY, a warp's 32 copies of 16 bytes one row's 512 bytes, not 128 bytes of four rows)
-        cpw: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32] if ROWCOPY else [4, 8], [num_warps, 1], [1, 0])
+        cpw: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [num_warps, 1], [1, 0])
         rows = gl.arange(0, 64, layout=gl.SliceLayout(1, cpw))
         words = gl.arange(0, 128, layout=gl.SliceLayout(0, cpw))
         base = (kv_ptr + page * stride_kvb + rows * FP8_ROW).to(gl.pointer_type(gl.int32))
@@ -254,10 +248,9 @@ mov.b32 {$6, $7}, x3;
         stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, ROWCOPY: gl.constexpr,
-        num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, num_warps: gl.constexpr,
     ):
-        # RAW: raw page slots in the ring (2: page i + 1 in flight while page i is computed); ROWCOPY: REG_ROW_COPY
+        # RAW: raw page slots in the ring (2: page i + 1 in flight while page i is computed)
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps],
@@ -297,7 +290,7 @@ mov.b32 {$6, $7}, x3;
             if lo < hi:  # prologue: page lo in flight (page lo + 1 goes after page lo's first barrier), Q in
                 page, n_rows = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
                 _reg_copy(kv_raw.index(0), sc_raw.index(0), kr_raw.index(0), kv_ptr, page, n_rows, stride_kvb,
-                          num_warps, ROWCOPY)
+                          num_warps)
             else:
                 async_copy.commit_group()
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
@@ -328,7 +321,7 @@ mov.b32 {$6, $7}, x3;
                     page, n_rows = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)
                     nxt = (i + 1 - lo) % RAW
                     _reg_copy(kv_raw.index(nxt), sc_raw.index(nxt), kr_raw.index(nxt), kv_ptr, page, n_rows,
-                              stride_kvb, num_warps, ROWCOPY)
+                              stride_kvb, num_warps)
                 gl.thread_barrier()  # every warp's keys of P are in
                 acc0 = _reg_values(p0_smem.load(a_op), kv_raw, slot, 0, acc0, alpha, b_op)
                 acc1 = _reg_values(p1_smem.load(a_op), kv_raw, slot, 1, acc1, alpha, b_op)
@@ -351,5 +344,5 @@ def launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta
     rows contiguous)."""
     grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
                                       out, lse, part_out, part_lse, ok_flag)
-    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, ROWCOPY=bool(REG_ROW_COPY),
-            num_warps=REG_WARPS, maxnreg=REG_MAXNREG)
+    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, num_warps=REG_WARPS,
+            maxnreg=REG_MAXNREG)
