@@ -48,7 +48,9 @@ def report(name: str, compiled, workdir: Path) -> dict:
     r = ptxas_report(ptx, name, workdir)
     r.update(shared=compiled.metadata.shared, num_warps=compiled.metadata.num_warps,
              wgmma=ptx.count("wgmma.mma_async"), mma_sync=len(re.findall(r"\bmma\.sync", ptx)),
-             tma=ptx.count("cp.async.bulk.tensor"), cp_async=len(re.findall(r"cp\.async\.(ca|cg)", ptx)))
+             tma=ptx.count("cp.async.bulk.tensor"), cp_async=len(re.findall(r"cp\.async\.(ca|cg)", ptx)),
+             # every CTA barrier in the kernel, written or inserted by Triton's barrier analysis (docs/kernel.md §12)
+             bar_sync=len(re.findall(r"\b(?:bar|barrier)\.sync\b", ptx)))
     (workdir / f"{name}.ttgir").write_text(compiled.asm["ttgir"])
     return r
 
