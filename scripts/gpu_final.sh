@@ -58,10 +58,10 @@ if has reg && grep -q " passed" "$OUT/reg_tests.log" && ! grep -q "failed\|error
   step reg_bench 200 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma \
     --heads 16 --sections env,timing --out "$OUT/reg.json"
 fi
-# the register tile's prepared variants (v5_fp8_reg.py's module knobs, opt-in with MLA_FP8_REG_VARIANTS=1; none
-# prepared now but the default at 240 registers): their hostile GPU cases, then the h16 timing beside the default
+# the register tile's prepared variants (v5_fp8_reg.py's module knobs, opt-in with MLA_FP8_REG_VARIANTS=1; now
+# REG_EARLY_COPY): their hostile GPU cases, then the h16 timing beside the default
 has regvar && step regvar_tests ${REG_LIMIT:-150} env MLA_FP8_REG_VARIANTS=1 PYTHONPATH=src:tests $PY -m pytest -m gpu \
-  tests/test_fp8.py -q -x -p no:cacheprovider -k "matrix and reg"
+  tests/test_fp8.py -q -x -p no:cacheprovider -k "matrix and reg-early"
 if has regvar && grep -q " passed" "$OUT/regvar_tests.log" && ! grep -q "failed\|error" "$OUT/regvar_tests.log"; then
   step regvar_bench 200 env MLA_FP8_REG_VARIANTS=1 PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick \
     --mma --heads 16 --sections env,timing --out "$OUT/regvar.json"
@@ -74,7 +74,7 @@ if has regpick && [ -s "$OUT/regvar.json" ]; then
   REG_KNOBS=$($PY - "$OUT/regvar.json" <<'PY'
 import json, sys
 rows = json.load(open(sys.argv[1]))["timing"]
-knobs = {"fp8_reg": "", "fp8_reg_240": "REG_MAXNREG=240"}  # (add a prepared variant's impl and knobs here)
+knobs = {"fp8_reg": "", "fp8_reg_early_copy": "REG_EARLY_COPY=1"}  # (a prepared variant's bench impl, its knobs)
 def mean(name):
     ms = [r["ms"].get(name) for r in rows]
     return sum(ms) / len(ms) if ms and all(isinstance(m, float) for m in ms) else None

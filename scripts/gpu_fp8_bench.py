@@ -273,8 +273,8 @@ def main() -> None:
                 impls["fp8_ws16w"] = lambda: fp8("ws16", "pointer", GluonConfig(warps=8))
                 impls["fp8_reg"] = lambda: fp8("reg", "pointer")  # dequantizing into registers (v5's choice)
                 impls["fp8_reg_ptxas_regs"] = reg_ptxas_regs  # the same with ptxas's own register cap (168)
-                if os.environ.get("MLA_FP8_REG_VARIANTS") == "1":  # variants of its knobs (none prepared now)
-                    impls["fp8_reg_240"] = reg_variant(REG_MAXNREG=240)  # the seventh session's register cap
+                if os.environ.get("MLA_FP8_REG_VARIANTS") == "1":  # the prepared variant, not yet run
+                    impls["fp8_reg_early_copy"] = reg_variant(REG_EARLY_COPY=True)  # next page in flight a whole page
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))
                     impls["fp8_mma8_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2, warps=8))
@@ -294,7 +294,7 @@ def main() -> None:
         row["fp8_finite"] = bool(torch.isfinite(fo).all())
         row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
         # the same math, another order
-        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_mma", "fp8_mma8", "fp8_reg"):
+        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_mma", "fp8_mma8", "fp8_reg", "fp8_reg_early_copy"):
             if other in impls:
                 try:
                     oo, _ = impls[other]()

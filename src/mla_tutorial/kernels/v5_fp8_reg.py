@@ -82,6 +82,11 @@ REG_WARPS = 4  # warps per program (two programs per SM: ~110 KB of shared memor
 #: 6 % (seventh session); 255 and 240 measured the same on the eighth session's tile (0.1809 / 0.1797 ms).
 REG_MAXNREG = 255
 REG_RAW_SLOTS = 2  # raw page slots in the ring (the loop's slot arithmetic assumes two; one slot measured slower)
+#: Prepared variant, not yet run (read at launch): page i + 1's copy issued right after page i's first barrier, so it
+#: is in flight for a whole page instead of P·V only, with no barrier of its own: the two raw slots become separate
+#: allocations (Triton's barrier analysis then tells them apart) and the page loop is unrolled by two so that each
+#: page names its slot statically. Still 3 barriers a page.
+REG_EARLY_COPY = False
 
 if gluon is not None:
     #: Four e4m3 values (one int32 word, $4) to four bf16 ($0-$3), exactly: _E4M3X4_TIMES_SCALE without the scale
@@ -242,15 +247,62 @@ mov.b32 {$6, $7}, x3;
         return mma_v2(pa, vb, acc * alpha[:, None])
 
     @gluon.jit
+    def _reg_page(i, lo, hi, kv_cur, sc_cur, kr_cur, kv_nxt, sc_nxt, kr_nxt, q_smem, qr_smem, p0_smem,
+                  p1_smem, p2_smem, p3_smem, mx_smem, bt_row, s_k, num_blocks, ok_ptr, kv_ptr, stride_kvb, n_visible,
+                  qk_scale, m_i, l_keys, acc0, acc1, acc2, acc3, mma: gl.constexpr, a_op: gl.constexpr,
+                  b_op: gl.constexpr, rows_l: gl.constexpr, cols_l: gl.constexpr, num_warps: gl.constexpr,
+                  SLOTS: gl.constexpr, EARLY: gl.constexpr):
+        """Page i of a request, its raw rows in slot (i - lo) % SLOTS of (kv_cur, sc_cur, kr_cur); page i + 1's copy
+        goes into slot (i + 1 - lo) % SLOTS of (kv_nxt, sc_nxt, kr_nxt), which page i - 1 has left: right after the
+        first barrier (EARLY) or just before P's. Three barriers: the page is in (and page i - 1's slot free), S's row
+        max, P. Returns the running max, the per-key row sums and the four output accumulators."""
+        PAGE: gl.constexpr = 64
+        dtype: gl.constexpr = q_smem.dtype
+        cur = (i - lo) % SLOTS
+        async_copy.wait_group(0)  # page i's group has landed (nothing else is in flight)
+        gl.thread_barrier()  # ... for every thread's copies, Q is in, and page i - 1's slot is free
+        if EARLY:
+            if i + 1 < hi:  # page i + 1, in flight during all of page i
+                page, n_rows = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)
+                nxt = (i + 1 - lo) % SLOTS
+                _reg_copy(kv_nxt.index(nxt), sc_nxt.index(nxt), kr_nxt.index(nxt), kv_ptr, page, n_rows, stride_kvb,
+                          num_warps)
+        sc0, sc1, sc2, sc3 = _reg_scales(sc_cur.index(cur), cols_l)
+        s = _reg_scores(q_smem, qr_smem, kv_cur, kr_cur, cur, sc0, sc1, sc2, sc3, mma, a_op, b_op)
+        s = _v5_masked_scores(s, i * PAGE, n_visible, qk_scale, cols_l, PAGE)
+        p, m_new, m_use = _v5_probs(s, m_i, _reg_row_max(s, mx_smem, rows_l))
+        alpha = gl.exp2(m_i - m_use)  # (the old sums' and outputs' rescale)
+        l_keys = l_keys * alpha[:, None] + p
+        p0_smem.store((p * sc0[None, :]).to(dtype))  # (a power of two: P's bf16, scaled)
+        p1_smem.store((p * sc1[None, :]).to(dtype))
+        p2_smem.store((p * sc2[None, :]).to(dtype))
+        p3_smem.store((p * sc3[None, :]).to(dtype))
+        if not EARLY:
+            if i + 1 < hi:  # page i + 1, in flight during P·V (issued before P's barrier: after the first one, with
+                #             the ring's slots one allocation, Triton's barrier analysis would add one of its own)
+                page, n_rows = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)
+                nxt = (i + 1 - lo) % SLOTS
+                _reg_copy(kv_nxt.index(nxt), sc_nxt.index(nxt), kr_nxt.index(nxt), kv_ptr, page, n_rows, stride_kvb,
+                          num_warps)
+        gl.thread_barrier()  # every warp's keys of P are in
+        acc0 = _reg_values(p0_smem.load(a_op), kv_cur, cur, 0, acc0, alpha, b_op)
+        acc1 = _reg_values(p1_smem.load(a_op), kv_cur, cur, 1, acc1, alpha, b_op)
+        acc2 = _reg_values(p2_smem.load(a_op), kv_cur, cur, 2, acc2, alpha, b_op)
+        acc3 = _reg_values(p3_smem.load(a_op), kv_cur, cur, 3, acc3, alpha, b_op)
+        return m_new, l_keys, acc0, acc1, acc2, acc3
+
+    @gluon.jit
     def _v5_fp8_reg_kernel(
         q_ptr, kv_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
         meta_ptr, num_splits_ptr, ok_ptr,
         stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, EARLY_COPY: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
-        # RAW: raw page slots in the ring (2: page i + 1 in flight while page i is computed)
+        # RAW: raw page slots in the ring (2: page i + 1 in flight while page i is computed). EARLY_COPY:
+        # REG_EARLY_COPY (two separate slots, the loop unrolled by two; prepared, not yet run)
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps],
@@ -271,9 +323,18 @@ mov.b32 {$6, $7}, x3;
         p1_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
         p2_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
         p3_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
-        kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 128], raw_layout)  # the raw ring: e4m3 words,
-        sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
-        kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], smem_layout)  # scales, k_rope
+        sc_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
+        if EARLY_COPY:  # two slots of one page each, separate allocations (slot A: pages lo, lo + 2, ...)
+            kv_a = gl.allocate_shared_memory(gl.int32, [1, PAGE, 128], raw_layout)
+            sc_a = gl.allocate_shared_memory(gl.int32, [1, PAGE, 4], sc_layout)
+            kr_a = gl.allocate_shared_memory(dtype, [1, PAGE, 64], smem_layout)
+            kv_b = gl.allocate_shared_memory(gl.int32, [1, PAGE, 128], raw_layout)
+            sc_b = gl.allocate_shared_memory(gl.int32, [1, PAGE, 4], sc_layout)
+            kr_b = gl.allocate_shared_memory(dtype, [1, PAGE, 64], smem_layout)
+        else:
+            kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 128], raw_layout)  # the raw ring: e4m3 words,
+            sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], sc_layout)
+            kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], smem_layout)  # scales, k_rope
         mx_smem = gl.allocate_shared_memory(gl.float32, [BM, 4], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
         # (mx_smem: each warp's partial row max, _reg_row_max)
 
@@ -289,8 +350,11 @@ mov.b32 {$6, $7}, x3;
             gl.thread_barrier()  # every warp is done with the previous request's Q and slots
             if lo < hi:  # prologue: page lo in flight (page lo + 1 goes after page lo's first barrier), Q in
                 page, n_rows = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
-                _reg_copy(kv_raw.index(0), sc_raw.index(0), kr_raw.index(0), kv_ptr, page, n_rows, stride_kvb,
-                          num_warps)
+                if EARLY_COPY:
+                    _reg_copy(kv_a.index(0), sc_a.index(0), kr_a.index(0), kv_ptr, page, n_rows, stride_kvb, num_warps)
+                else:
+                    _reg_copy(kv_raw.index(0), sc_raw.index(0), kr_raw.index(0), kv_ptr, page, n_rows, stride_kvb,
+                              num_warps)
             else:
                 async_copy.commit_group()
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
@@ -300,33 +364,25 @@ mov.b32 {$6, $7}, x3;
                                                                                 CAUSAL, rows_l, mma)
             # each warp's row sums per key, summed across the warps once per request (not a reduction every page)
             l_keys = gl.zeros([BM, PAGE], gl.float32, layout=mma)
-            # three barriers a page: the page is in (and page i - 1's slot free), S's row max, P
-            for i in range(lo, hi):
-                slot = (i - lo) % RAW
-                async_copy.wait_group(0)  # page i's group has landed (nothing else is in flight)
-                gl.thread_barrier()  # ... for every thread's copies, Q is in, and page i - 1's slot is free
-                sc0, sc1, sc2, sc3 = _reg_scales(sc_raw.index(slot), cols_l)
-                s = _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, mma, a_op, b_op)
-                s = _v5_masked_scores(s, i * PAGE, n_visible, qk_scale, cols_l, PAGE)
-                p, m_new, m_use = _v5_probs(s, m_i, _reg_row_max(s, mx_smem, rows_l))
-                alpha = gl.exp2(m_i - m_use)  # (the old sums' and outputs' rescale)
-                m_i = m_new
-                l_keys = l_keys * alpha[:, None] + p
-                p0_smem.store((p * sc0[None, :]).to(dtype))  # (a power of two: P's bf16, scaled)
-                p1_smem.store((p * sc1[None, :]).to(dtype))
-                p2_smem.store((p * sc2[None, :]).to(dtype))
-                p3_smem.store((p * sc3[None, :]).to(dtype))
-                if i + 1 < hi:  # page i + 1 into page i - 1's slot, in flight during P·V (issued before P's barrier:
-                    #             after the first one, Triton's barrier analysis would add one of its own after it)
-                    page, n_rows = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)
-                    nxt = (i + 1 - lo) % RAW
-                    _reg_copy(kv_raw.index(nxt), sc_raw.index(nxt), kr_raw.index(nxt), kv_ptr, page, n_rows,
-                              stride_kvb, num_warps)
-                gl.thread_barrier()  # every warp's keys of P are in
-                acc0 = _reg_values(p0_smem.load(a_op), kv_raw, slot, 0, acc0, alpha, b_op)
-                acc1 = _reg_values(p1_smem.load(a_op), kv_raw, slot, 1, acc1, alpha, b_op)
-                acc2 = _reg_values(p2_smem.load(a_op), kv_raw, slot, 2, acc2, alpha, b_op)
-                acc3 = _reg_values(p3_smem.load(a_op), kv_raw, slot, 3, acc3, alpha, b_op)
+            if EARLY_COPY:  # two pages a turn, each naming its slot statically
+                for i in range(lo, hi, 2):
+                    m_i, l_keys, acc0, acc1, acc2, acc3 = _reg_page(
+                        i, lo, hi, kv_a, sc_a, kr_a, kv_b, sc_b, kr_b, q_smem, qr_smem, p0_smem, p1_smem, p2_smem,
+                        p3_smem, mx_smem, bt_row, s_k, num_blocks, ok_ptr, kv_ptr, stride_kvb, n_visible, qk_scale, m_i,
+                        l_keys, acc0, acc1, acc2, acc3, mma, a_op, b_op, rows_l, cols_l, num_warps, 1, True)
+                    if i + 1 < hi:
+                        m_i, l_keys, acc0, acc1, acc2, acc3 = _reg_page(
+                            i + 1, lo, hi, kv_b, sc_b, kr_b, kv_a, sc_a, kr_a, q_smem, qr_smem, p0_smem, p1_smem,
+                            p2_smem, p3_smem, mx_smem, bt_row, s_k, num_blocks, ok_ptr, kv_ptr, stride_kvb, n_visible,
+                            qk_scale, m_i, l_keys, acc0, acc1, acc2, acc3, mma, a_op, b_op, rows_l, cols_l, num_warps,
+                            1, True)
+            else:
+                for i in range(lo, hi):
+                    m_i, l_keys, acc0, acc1, acc2, acc3 = _reg_page(
+                        i, lo, hi, kv_raw, sc_raw, kr_raw, kv_raw, sc_raw, kr_raw, q_smem, qr_smem, p0_smem, p1_smem,
+                        p2_smem, p3_smem, mx_smem, bt_row, s_k, num_blocks, ok_ptr, kv_ptr, stride_kvb, n_visible,
+                        qk_scale, m_i, l_keys, acc0, acc1, acc2, acc3, mma, a_op, b_op, rows_l, cols_l, num_warps, RAW,
+                        False)
             async_copy.wait_group(0)  # nothing in flight into the slots past the request
             l_i = gl.sum(l_keys, axis=1)
 
@@ -344,5 +400,5 @@ def launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta
     rows contiguous)."""
     grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
                                       out, lse, part_out, part_lse, ok_flag)
-    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, num_warps=REG_WARPS,
-            maxnreg=REG_MAXNREG)
+    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, EARLY_COPY=bool(REG_EARLY_COPY),
+            num_warps=REG_WARPS, maxnreg=REG_MAXNREG)
