@@ -73,8 +73,10 @@ REG_KNOBS=${REG_KNOBS:-}
 if has regpick && [ -s "$OUT/regvar.json" ]; then
   REG_KNOBS=$($PY - "$OUT/regvar.json" <<'PY'
 import json, sys
-rows = json.load(open(sys.argv[1]))["timing"]
-knobs = {"fp8_reg": "", "fp8_reg_early_copy": "REG_EARLY_COPY=1"}  # (a prepared variant's bench impl, its knobs)
+run = json.load(open(sys.argv[1]))
+rows = run["timing"]
+knobs = {"fp8_reg": ""} | {name: " ".join(f"{k}={int(v)}" for k, v in set_.items())  # (gpu_fp8_bench's REG_VARIANTS)
+                           for name, set_ in run["env"]["info"].get("reg_variants", {}).items()}
 def mean(name):
     ms = [r["ms"].get(name) for r in rows]
     return sum(ms) / len(ms) if ms and all(isinstance(m, float) for m in ms) else None
@@ -119,21 +121,21 @@ has stalls && step stalls ${NCU_LIMIT:-240} ncu --clock-control none \
 # one kernel's stalls per SASS instruction (warp-state sampling; csv, one row per instruction; summarise with
 # scripts/ncu_sass_summary.py): SASS_ONLY=mma (the 16-row FP8 tile, h16), ws (the warp-specialised FP8 tile, h16),
 # reg (the 16-row tile dequantizing into registers, h16) or seesaw (the bf16 seesaw tile, h64); SASS_SECTIONS: more
-# ncu sections in the same pass (their details page to ${only}_details.txt); SASS_SET: v5_fp8_reg.py's knobs for it
-# (e.g. "REG_MAXNREG=240")
+# ncu sections in the same pass (their details page to ${only}_details.txt); REG_KNOBS (or regpick's pick):
+# v5_fp8_reg.py's knobs for it, through scripts/with_knobs.py (e.g. "REG_MAXNREG=240")
 sass_page() {
   local only=${SASS_ONLY:-mma}
   local kernel=$(case $only in mma) echo _v5_fp8_mma_kernel;; ws) echo _v5_fp8_ws_kernel;; reg) echo _v5_fp8_reg_kernel;;
     *) echo _ss_kernel;; esac)
   ncu --clock-control none -k "regex:$kernel" -c 1 --section SourceCounters --section WarpStateStats \
     ${SASS_SECTIONS:-} \
-    --export "$OUT/${only}_sass" --force-overwrite env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py --only "$only" \
-    ${SASS_SET:+--set $SASS_SET} ${REG_KNOBS:+--set $REG_KNOBS} &&
+    --export "$OUT/${only}_sass" --force-overwrite env PYTHONPATH=src $PY scripts/with_knobs.py ${REG_KNOBS:-} -- \
+    scripts/gpu_ncu_fp8.py --only "$only" &&
   { [ -z "${SASS_SECTIONS:-}" ] || ncu -i "$OUT/${only}_sass.ncu-rep" --page details > "$OUT/${only}_details.txt"; } &&
   { ncu -i "$OUT/${only}_sass.ncu-rep" --page source --csv --print-source sass ||
     ncu -i "$OUT/${only}_sass.ncu-rep" --page source --csv; }
 }
-export -f sass_page; export OUT PY SASS_ONLY SASS_SECTIONS SASS_SET REG_KNOBS
+export -f sass_page; export OUT PY SASS_ONLY SASS_SECTIONS REG_KNOBS
 has sass && step sass ${NCU_LIMIT:-240} bash -c sass_page
 # everything in one file first in name order (a call brings back at most 8 files; the eighth session lost 5 logs)
 tar czf "$OUT/00_all.tgz" -C "$OUT" --exclude=00_all.tgz --exclude='*.ncu-rep' . 2>/dev/null

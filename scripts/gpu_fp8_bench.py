@@ -45,8 +45,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from with_knobs import current_knobs  # noqa: E402
 
 RESULT: dict = {}
+#: The register tile's prepared variants timed with MLA_FP8_REG_VARIANTS=1: bench name -> v5_fp8_reg knobs (read at
+#: launch). Recorded in the env section, where gpu_final.sh's regpick step reads them.
+REG_VARIANTS = {"fp8_reg_early_copy": {"REG_EARLY_COPY": True}}  # the next page in flight for a whole page
 
 
 def save(path: str) -> None:
@@ -130,12 +136,9 @@ def main() -> None:
     # ----------------------------------------------------------------------------------------- 1. env
     def env():
         info = device_info()
-        try:  # the register tile's knobs as this run has them (scripts/with_knobs.py may have set some)
-            from mla_tutorial.kernels import v5_fp8_reg
-
-            info["v5_fp8_reg_knobs"] = {k: getattr(v5_fp8_reg, k) for k in dir(v5_fp8_reg) if k.startswith("REG_")}
-        except ImportError:  # (no Gluon)
-            pass
+        info["v5_fp8_reg_knobs"] = current_knobs()  # the register tile's, as this run has them (with_knobs.py)
+        if os.environ.get("MLA_FP8_REG_VARIANTS") == "1":
+            info["reg_variants"] = REG_VARIANTS  # (gpu_final.sh's regpick reads each variant's knobs here)
         if args.smoke:
             return {"info": info}
         return {"info": info, "copy_gbps": measure_copy_bandwidth("cuda")["gbps"],
@@ -273,8 +276,8 @@ def main() -> None:
                 impls["fp8_ws16w"] = lambda: fp8("ws16", "pointer", GluonConfig(warps=8))
                 impls["fp8_reg"] = lambda: fp8("reg", "pointer")  # dequantizing into registers (v5's choice)
                 impls["fp8_reg_ptxas_regs"] = reg_ptxas_regs  # the same with ptxas's own register cap (168)
-                if os.environ.get("MLA_FP8_REG_VARIANTS") == "1":  # the prepared variant, not yet run
-                    impls["fp8_reg_early_copy"] = reg_variant(REG_EARLY_COPY=True)  # next page in flight a whole page
+                if os.environ.get("MLA_FP8_REG_VARIANTS") == "1":  # the prepared variants, not yet run
+                    impls |= {name: reg_variant(**knobs) for name, knobs in REG_VARIANTS.items()}
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))
                     impls["fp8_mma8_products_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=2, warps=8))
@@ -294,7 +297,7 @@ def main() -> None:
         row["fp8_finite"] = bool(torch.isfinite(fo).all())
         row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
         # the same math, another order
-        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_mma", "fp8_mma8", "fp8_reg", "fp8_reg_early_copy"):
+        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_mma", "fp8_mma8", "fp8_reg", *REG_VARIANTS):
             if other in impls:
                 try:
                     oo, _ = impls[other]()

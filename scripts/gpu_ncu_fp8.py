@@ -28,17 +28,7 @@ def main() -> None:
                     "v5_fp8_reg.py's, run only when asked for)")
     ap.add_argument("--mode", type=int, default=0, help="GluonConfig.mode: a part alone (e.g. 3: the 16-row tile's "
                     "page loads alone)")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KNOB=INT",
-                    help="v5_fp8_reg.py's module knobs for this run, e.g. REG_MAXNREG=240")
     args = ap.parse_args()
-    if args.set:
-        from mla_tutorial.kernels import v5_fp8_reg
-
-        for item in args.set:
-            knob, _, value = item.partition("=")
-            if not hasattr(v5_fp8_reg, knob):
-                raise SystemExit(f"--set: v5_fp8_reg has no knob {knob!r}")
-            setattr(v5_fp8_reg, knob, int(value))
     config = GluonConfig(mode=args.mode) if args.mode else None
     runs = {"mma": (16, True, "mma"), "ws": (16, True, "seesaw"), "seesaw": (64, False, "seesaw"),
             "reg": (16, True, "reg")}  # h_q, FP8, path
