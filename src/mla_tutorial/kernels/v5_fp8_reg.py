@@ -335,7 +335,7 @@ mov.b32 {$6, $7}, x3;
             kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 128], raw_layout)  # the raw ring: e4m3 words,
             sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], sc_layout)
             kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], smem_layout)  # scales, k_rope
-        mx_smem = gl.allocate_shared_memory(gl.float32, [BM, 4], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+        mx_smem = gl.allocate_shared_memory(gl.float32, [BM, 4], sc_layout)
         # (mx_smem: each warp's partial row max, _reg_row_max)
 
         m_start = (gl.program_id(1) % m_tiles) * BM
