@@ -123,26 +123,31 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
                  "tma": (v5_fp8_tma._v5_fp8_tma_kernel, v5_fp8_tma.TMA_WARPS),
                  "ws16": (v5_fp8_ws16._v5_fp8_ws16_kernel, v5_fp8_ws16.CONSUMER_WARPS),
                  "ws16w": (v5_fp8_ws16._v5_fp8_ws16_kernel, v5_fp8_ws16.CONSUMER_WARPS),
-                 "reg": (v5_fp8_reg._v5_fp8_reg_kernel, v5_fp8_reg.REG_WARPS),
-                 "reg-early": (v5_fp8_reg._v5_fp8_reg_kernel, v5_fp8_reg.REG_WARPS)}[kind]
+                 **{k: (v5_fp8_reg._v5_fp8_reg_kernel, v5_fp8_reg.REG_WARPS) for k in REG_KINDS}}[kind]
     consts = {"CAUSAL": causal, "META_COLS": 8, "num_warps": warps}
     if kind in ("ws", "mma", "mma8"):
         sig["MODE"] = "constexpr"
         consts["MODE"] = mode
-    if kind in ("reg", "reg-early"):  # reg-early: REG_EARLY_COPY
+    if kind in REG_KINDS:  # reg-early: REG_EARLY_COPY, reg-f16k: REG_F16_K, reg-f16v: REG_F16_V, reg-f16: both
         sig = {k: v for k, v in sig.items() if k != "num_warps"} | {"RAW": "constexpr", "EARLY_COPY": "constexpr",
+                                                                   "F16K": "constexpr", "F16V": "constexpr",
                                                                    "num_warps": "constexpr"}
-        consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS, "EARLY_COPY": kind == "reg-early"}
+        consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS, "EARLY_COPY": kind == "reg-early",
+                   "F16K": kind in ("reg-f16k", "reg-f16"), "F16V": kind in ("reg-f16v", "reg-f16")}
     if kind in ("ws16", "ws16w"):  # ws16w: the 8-warp producer (PW precedes num_warps in the signature)
         sig = {k: v for k, v in sig.items() if k != "num_warps"} | {"PW": "constexpr", "num_warps": "constexpr"}
         consts["PW"] = 8 if kind == "ws16w" else 4
     src = GluonASTSource(fn, sig, consts, attrs)
     options = {"num_warps": warps}
-    if kind in ("ws", "mma8", "ws16", "ws16w", "reg", "reg-early"):
-        options["maxnreg"] = {"ws": v5_fp8_ws.WS_REGS, "mma8": v5_fp8_mma.WIDE_MAXNREG, "reg": v5_fp8_reg.REG_MAXNREG,
-                              "reg-early": v5_fp8_reg.REG_MAXNREG,
-                              "ws16": v5_fp8_ws16.WS16_REGS, "ws16w": v5_fp8_ws16.WIDE_REGS}[kind]
+    if kind in ("ws", "mma8", "ws16", "ws16w", *REG_KINDS):
+        options["maxnreg"] = {"ws": v5_fp8_ws.WS_REGS, "mma8": v5_fp8_mma.WIDE_MAXNREG,
+                              "ws16": v5_fp8_ws16.WS16_REGS, "ws16w": v5_fp8_ws16.WIDE_REGS}.get(
+                                  kind, v5_fp8_reg.REG_MAXNREG)
     return triton.compile(src, target=TARGET, options=options)
+
+
+#: The register tile (v5_fp8_reg.py) and its prepared variants' names here.
+REG_KINDS = ("reg", "reg-early", "reg-f16k", "reg-f16v", "reg-f16")
 
 
 def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, causal: bool = False,
@@ -212,9 +217,9 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, kind=kind, mode=mode)
                 print(f"{base} mode={mode} causal={causal}: {report(f'{base}{mode}_c{int(causal)}', ck, workdir)}")
-        elif name in ("v5ftma", "v5fws16", "v5fws16w", "v5freg", "v5freg-early"):  # the other 16-row Gluon FP8
-            # tiles (tma: fed by TMA; ws16: warp-specialised, ws16w: with an 8-warp producer; reg: dequantizing into
-            # registers, reg-early: with REG_EARLY_COPY)
+        elif name in ("v5ftma", "v5fws16", "v5fws16w", *(f"v5f{k}" for k in REG_KINDS)):  # the other 16-row
+            # Gluon FP8 tiles (tma: fed by TMA; ws16: warp-specialised, ws16w: with an 8-warp producer; reg:
+            # dequantizing into registers, and its variants)
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, kind=name[3:])
                 print(f"{name} causal={causal}: {report(f'{name}_c{int(causal)}', ck, workdir)}")

@@ -58,13 +58,22 @@ if has reg && grep -q " passed" "$OUT/reg_tests.log" && ! grep -q "failed\|error
   step reg_bench 200 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma \
     --heads 16 --sections env,timing --out "$OUT/reg.json"
 fi
-# the register tile's prepared variants (v5_fp8_reg.py's module knobs, opt-in with MLA_FP8_REG_VARIANTS=1; now
-# REG_EARLY_COPY): their hostile GPU cases, then the h16 timing beside the default
-has regvar && step regvar_tests ${REG_LIMIT:-150} env MLA_FP8_REG_VARIANTS=1 PYTHONPATH=src:tests $PY -m pytest -m gpu \
-  tests/test_fp8.py -q -x -p no:cacheprovider -k "matrix and reg-early"
-if has regvar && grep -q " passed" "$OUT/regvar_tests.log" && ! grep -q "failed\|error" "$OUT/regvar_tests.log"; then
-  step regvar_bench 200 env MLA_FP8_REG_VARIANTS=1 PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick \
-    --mma --heads 16 --sections env,timing --out "$OUT/regvar.json"
+# the register tile's prepared variants (v5_fp8_reg.REG_VARIANTS, opt-in with MLA_FP8_REG_VARIANTS=1): their hostile
+# GPU cases in one run (no -x: each variant's failures are listed), then the h16 timing of those that passed all
+# theirs beside the default
+if has regvar; then
+  VARIANTS=$(PYTHONPATH=src $PY -c "from mla_tutorial.kernels.v5_fp8_reg import REG_VARIANTS; print(*REG_VARIANTS)")
+  step regvar_tests ${REG_LIMIT:-300} env MLA_FP8_REG_VARIANTS=1 PYTHONPATH=src:tests $PY -m pytest -m gpu \
+    tests/test_fp8.py -q -rfE -p no:cacheprovider -k "(matrix or wide_ranges) and reg-"
+  PASSED=""
+  if grep -qE "[0-9]+ (passed|failed)" "$OUT/regvar_tests.log"; then  # the run finished
+    for v in $VARIANTS; do
+      grep -qE "^(FAILED|ERROR) .*reg-$v\]" "$OUT/regvar_tests.log" || PASSED="$PASSED $v"  # (ids end in the path)
+    done
+  fi
+  echo "=== regvar: variants that passed their GPU cases:${PASSED:- none}" | tee "$OUT/regvar_passed.txt"
+  [ -n "$PASSED" ] && step regvar_bench 240 env MLA_FP8_REG_VARIANTS="$PASSED" PYTHONPATH=$PEERS:src:tests $PY \
+    scripts/gpu_fp8_bench.py --quick --mma --heads 16 --sections env,timing --out "$OUT/regvar.json"
 fi
 # regpick (after regvar): the fastest of the register tile's variants at h16 (mean of both shapes, at least 1 %
 # faster than the default, its GPU cases passed) becomes REG_KNOBS, which the fp8final and sass steps then run with

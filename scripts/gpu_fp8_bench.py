@@ -49,10 +49,15 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from with_knobs import current_knobs  # noqa: E402
 
+from mla_tutorial.kernels import v5_fp8_reg  # noqa: E402
+
 RESULT: dict = {}
-#: The register tile's prepared variants timed with MLA_FP8_REG_VARIANTS=1: bench name -> v5_fp8_reg knobs (read at
-#: launch). Recorded in the env section, where gpu_final.sh's regpick step reads them.
-REG_VARIANTS = {"fp8_reg_early_copy": {"REG_EARLY_COPY": True}}  # the next page in flight for a whole page
+#: The register tile's prepared variants (v5_fp8_reg.REG_VARIANTS) timed with MLA_FP8_REG_VARIANTS=1 (all) or
+#: ="NAME ..." (those): bench name -> v5_fp8_reg knobs (read at launch). Recorded in the env section, where
+#: gpu_final.sh's regpick step reads them.
+_ASKED = os.environ.get("MLA_FP8_REG_VARIANTS", "").split()
+REG_VARIANTS = {f"fp8_reg_{name}": knobs for name, knobs in v5_fp8_reg.REG_VARIANTS.items()
+                if _ASKED == ["1"] or name in _ASKED}
 
 
 def save(path: str) -> None:
@@ -137,7 +142,7 @@ def main() -> None:
     def env():
         info = device_info()
         info["v5_fp8_reg_knobs"] = current_knobs()  # the register tile's, as this run has them (with_knobs.py)
-        if os.environ.get("MLA_FP8_REG_VARIANTS") == "1":
+        if REG_VARIANTS:
             info["reg_variants"] = REG_VARIANTS  # (gpu_final.sh's regpick reads each variant's knobs here)
         if args.smoke:
             return {"info": info}
@@ -276,7 +281,7 @@ def main() -> None:
                 impls["fp8_ws16w"] = lambda: fp8("ws16", "pointer", GluonConfig(warps=8))
                 impls["fp8_reg"] = lambda: fp8("reg", "pointer")  # dequantizing into registers (v5's choice)
                 impls["fp8_reg_ptxas_regs"] = reg_ptxas_regs  # the same with ptxas's own register cap (168)
-                if os.environ.get("MLA_FP8_REG_VARIANTS") == "1":  # the prepared variants, not yet run
+                if REG_VARIANTS:  # the prepared variants, not yet run
                     impls |= {name: reg_variant(**knobs) for name, knobs in REG_VARIANTS.items()}
                 if args.parts:
                     impls["fp8_mma8_page_work_alone"] = lambda: fp8("mma", "pointer", GluonConfig(mode=1, warps=8))

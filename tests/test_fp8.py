@@ -32,6 +32,7 @@ from mla_tutorial.fp8 import (
     quantize_rows,
     tile_scales,
 )
+from mla_tutorial.kernels import v5_fp8_reg
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -434,12 +435,12 @@ def test_the_16_row_fp8_tile_reads_only_an_fp8_cache():
 # ---------------------------------------------------------------------------------------------
 GPU_LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
 
-#: The register tile's prepared variant (v5_fp8_reg.REG_EARLY_COPY) has not yet run on a GPU: its cases run when asked
-#: for (MLA_FP8_REG_VARIANTS=1) until a GPU run has checked them.
+#: The register tile's prepared variants (v5_fp8_reg.REG_VARIANTS) have not yet run on a GPU: their cases run when
+#: asked for (MLA_FP8_REG_VARIANTS=1) until a GPU run has checked them.
 UNVERIFIED_REG_VARIANTS = pytest.mark.skipif(os.environ.get("MLA_FP8_REG_VARIANTS") != "1",
                                              reason="v5_fp8_reg.py's variant not yet run on a GPU: set "
                                                     "MLA_FP8_REG_VARIANTS=1")
-REG_VARIANTS = {"reg-early": {"REG_EARLY_COPY": True}}
+REG_VARIANTS = {f"reg-{name}": knobs for name, knobs in v5_fp8_reg.REG_VARIANTS.items()}
 
 
 
@@ -467,6 +468,26 @@ def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     config = GluonConfig(warps=8) if tile in ("mma8", "ws16w") else None  # (ws16w: an 8-warp producer)
     check_fp8(q, k8, block_table, seqlens, s_q > 1, path={"mma8": "mma", "ws16w": "ws16"}.get(tile, tile),
               config=config)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("path", ["reg", *(pytest.param(v, marks=UNVERIFIED_REG_VARIANTS) for v in REG_VARIANTS)])
+def test_gpu_fp8_reg_wide_ranges(path, monkeypatch):
+    """The register tile on values far from 1: query rows with |q| from 2^-20 to 2^20 (past fp16's 65,504) and cache
+    rows whose tile scales span 2^-31 .. 2^5 within each request (REG_F16_K scales Q's rows into fp16's range;
+    REG_F16_V keeps P's fp16 copies in [0, 1] against each tile's largest scale so far)."""
+    from mla_tutorial.kernels import v5_fp8_reg
+
+    for knob, value in REG_VARIANTS.get(path, {}).items():
+        monkeypatch.setattr(v5_fp8_reg, knob, value)
+    q, k_cache, block_table, seqlens = make_inputs([1, 65, 300, 4096], 1, 16, 1, torch.bfloat16, seed=31)
+    gen = torch.Generator().manual_seed(31)
+    q_exp = torch.randint(-20, 21, q.shape[:3], generator=gen).float()  # [b, s_q, h_q]: a power of two per row
+    q = (q.float() * torch.exp2(q_exp)[..., None].to(q.device)).bfloat16()
+    k_exp = torch.randint(-24, 13, k_cache.shape[:3], generator=gen).float()  # [num_blocks, 64, h_kv]: per token
+    k8 = quantize_k_cache((k_cache.float() * torch.exp2(k_exp)[..., None].to(k_cache.device)).bfloat16())
+    check_fp8(q, k8, block_table, seqlens, False, path="reg")
 
 
 @pytest.mark.gpu
