@@ -128,12 +128,9 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
     if kind in ("ws", "mma", "mma8"):
         sig["MODE"] = "constexpr"
         consts["MODE"] = mode
-    if kind in REG_KINDS:  # reg-early: REG_EARLY_COPY, reg-f16k: REG_F16_K, reg-f16v: REG_F16_V, reg-f16: both
-        sig = {k: v for k, v in sig.items() if k != "num_warps"} | {"RAW": "constexpr", "EARLY_COPY": "constexpr",
-                                                                   "F16K": "constexpr", "F16V": "constexpr",
-                                                                   "num_warps": "constexpr"}
-        consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS, "EARLY_COPY": kind == "reg-early",
-                   "F16K": kind in ("reg-f16k", "reg-f16"), "F16V": kind in ("reg-f16v", "reg-f16")}
+    if kind in REG_KINDS:
+        sig = {k: v for k, v in sig.items() if k != "num_warps"} | {"RAW": "constexpr", "num_warps": "constexpr"}
+        consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS}
     if kind in ("ws16", "ws16w"):  # ws16w: the 8-warp producer (PW precedes num_warps in the signature)
         sig = {k: v for k, v in sig.items() if k != "num_warps"} | {"PW": "constexpr", "num_warps": "constexpr"}
         consts["PW"] = 8 if kind == "ws16w" else 4
@@ -146,8 +143,9 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
     return triton.compile(src, target=TARGET, options=options)
 
 
-#: The register tile (v5_fp8_reg.py) and its prepared variants' names here.
-REG_KINDS = ("reg", "reg-early", "reg-f16k", "reg-f16v", "reg-f16")
+#: The register tile (v5_fp8_reg.py) and its prepared variants' names here ("reg-NAME": a variant's constexprs go
+#: into compile_v5_fp8's consts; none now).
+REG_KINDS = ("reg",)
 
 
 def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, causal: bool = False,

@@ -26,17 +26,19 @@ from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma, warpgroup_mma_wait  # noqa: E402
 
-from mla_tutorial.kernels.v5_fp8_reg import _E4M3_PAIRS, _E4M3X4  # noqa: E402
+from mla_tutorial.kernels.v5_fp8_reg import _E4M3_PAIRS, _E4M3X4_F16  # noqa: E402
 
 
 @gluon.jit
 def _times_b_tile(a, b_ptr, out_ptr, M: gl.constexpr, acc_l: gl.constexpr, num_warps: gl.constexpr):
-    """a (the register A operand, [M, 64]) times a [64, 64] bf16 tile read into shared memory, by wgmma; stored."""
+    """a (the register A operand, [M, 64]) times a [64, 64] tile of a's dtype read into shared memory, by wgmma;
+    stored."""
     smem_l: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
     r = gl.arange(0, 64, layout=gl.SliceLayout(1, ld))
     c = gl.arange(0, 64, layout=gl.SliceLayout(0, ld))
-    b_smem = gl.allocate_shared_memory(gl.bfloat16, [64, 64], smem_l, gl.load(b_ptr + r[:, None] * 64 + c[None, :]))
+    b_smem = gl.allocate_shared_memory(a.dtype, [64, 64], smem_l,
+                                       gl.load(b_ptr + r[:, None] * 64 + c[None, :]).to(a.dtype))
     acc = warpgroup_mma(a, b_smem, gl.zeros([M, 64], gl.float32, layout=acc_l), is_async=True)
     acc = warpgroup_mma_wait(0, deps=[acc])
     ro = gl.arange(0, M, layout=gl.SliceLayout(1, acc_l))
@@ -57,7 +59,7 @@ def _k_operand(w_ptr, q_ptr, out_ptr, num_warps: gl.constexpr):
     words = gl.arange(0, 16, layout=gl.SliceLayout(0, LW))
     w = gl.load(w_ptr + keys[:, None] * 164 + words[None, :])
     v0, v1, v2, v3 = gl.inline_asm_elementwise(
-        _E4M3X4, "=h,=h,=h,=h,r", [w], dtype=(gl.bfloat16,) * 4, is_pure=True, pack=1)
+        _E4M3X4_F16, "=h,=h,=h,=h,r", [w], dtype=(gl.float16,) * 4, is_pure=True, pack=1)  # (fp16, as the tile's K)
     x = gl.join(gl.join(v0, v2), gl.join(v1, v3))  # [key, word, a, b]
     x = gl.reshape(x, [64, 4, 4, 2, 2])  # [key, t, j, a, b]
     x = gl.permute(x, (0, 2, 3, 1, 4))  # [key, j, a, t, b]

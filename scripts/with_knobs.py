@@ -16,7 +16,8 @@ def current_knobs() -> dict:
     """v5_fp8_reg's REG_* knobs as this process has them."""
     from mla_tutorial.kernels import v5_fp8_reg
 
-    return {k: getattr(v5_fp8_reg, k) for k in dir(v5_fp8_reg) if k.startswith("REG_")}
+    return {k: v for k in dir(v5_fp8_reg) if k.startswith("REG_")
+            and isinstance(v := getattr(v5_fp8_reg, k), (bool, int, float))}  # (not its tables and layouts)
 
 
 def set_knobs(items: list[str]) -> dict:

@@ -475,8 +475,8 @@ def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
 @pytest.mark.parametrize("path", ["reg", *(pytest.param(v, marks=UNVERIFIED_REG_VARIANTS) for v in REG_VARIANTS)])
 def test_gpu_fp8_reg_wide_ranges(path, monkeypatch):
     """The register tile on values far from 1: query rows with |q| from 2^-20 to 2^20 (past fp16's 65,504) and cache
-    rows whose tile scales span 2^-31 .. 2^5 within each request (REG_F16_K scales Q's rows into fp16's range;
-    REG_F16_V keeps P's fp16 copies in [0, 1] against each tile's largest scale so far)."""
+    rows whose tile scales span 2^-31 .. 2^5 within each request (S's latent part is an fp16 product: Q's rows are
+    scaled into fp16's range by powers of two, and the scores scaled back)."""
     from mla_tutorial.kernels import v5_fp8_reg
 
     for knob, value in REG_VARIANTS.get(path, {}).items():

@@ -14,7 +14,7 @@ import torch
 
 from mla_tutorial.course.ptx import (
     bf16_bits_to_float,
-    e4m3_bits_to_bf16,
+    e4m3_bits_to_fp16,
     float_to_bf16_bits,
     pack_words,
     register_tile_k_columns,
@@ -53,14 +53,17 @@ def test_one_key_sequence_is_exact_on_every_code(scale):
         assert torch.equal(got.view(torch.int16), want.view(torch.int16)), f"byte {k}, scale {scale}"
 
 
-def test_unscaled_sequence_is_the_value_in_bf16():
-    """_E4M3X4 (the register tile's K operand, the scale applied to S instead): bf16(value), exactly."""
-    codes = np.array([c for c in range(256) if c not in NAN_CODES], dtype=np.uint32)
+def test_k_sequence_is_the_value_in_fp16():
+    """_E4M3X4_F16 (the register tile's K operand, the scale applied to S instead): fp16(value) by the hardware
+    conversion, exactly, for every code (NaN as NaN) in each of the word's four bytes."""
+    codes = np.arange(256, dtype=np.uint32)
     words = np.stack([np.roll(codes, 3 * k) for k in range(4)], axis=1)
     word = pack_words(words)
-    out = run_ptx(v5_fp8_reg._E4M3X4.value, {4: word})
+    out = run_ptx(v5_fp8_reg._E4M3X4_F16.value, {4: word})
     for k in range(4):
-        assert np.array_equal(out[k], e4m3_bits_to_bf16(words[:, k])), f"byte {k}"
+        assert np.array_equal(out[k], e4m3_bits_to_fp16(words[:, k])), f"byte {k}"
+        got = torch.from_numpy(out[k].astype(np.int16)).view(torch.float16).float()
+        assert torch.equal(got.nan_to_num(7.0), _e4m3_value(words[:, k]).nan_to_num(7.0)), f"byte {k}"
 
 
 def test_pair_sequence_is_exact_on_every_pair_of_codes():

@@ -1,16 +1,17 @@
-"""The FP8 Gluon tiles' dequantization, readable and runnable on a CPU: a tiny interpreter of the five PTX instructions
+"""The FP8 Gluon tiles' dequantization, readable and runnable on a CPU: a tiny interpreter of the six PTX instructions
 their inline assembly uses, and the column maps of the register tile (kernels/v5_fp8_reg.py).
 
 No GPU runs those kernels in CI or on a laptop (Gluon has no interpreter), so this is how a reader (notebook 07) and
 the tests (tests/test_fp8_ptx.py) run the very PTX text the kernels carry:
 
     run_ptx(asm, {4: words})            the outputs ($n -> uint32 arrays) of one inline-PTX block over arrays of inputs
-    e4m3_bits_to_bf16(codes)            what those blocks must give: torch's e4m3 value, rounded to bf16 (bits)
+    e4m3_bits_to_fp16(codes)            what the K operand's block must give: torch's e4m3 value in fp16 (bits)
     register_tile_k_columns(t)          for lane pair t, the cache columns of its K operand in each k16 step
     register_tile_v_columns(w, g)       for warp w, lane group g, the cache columns of its four V n8 tiles
 
-Understood instructions: mov.b32 (an immediate, or a 32-bit register split into two 16-bit outputs), prmt.b32 in its
-default mode (sign replication included), shl.b32, and.b32, mul.rn.bf16x2. Anything else raises.
+Understood instructions: mov.b32 (an immediate, or a 32-bit register split into two 16-bit outputs or registers),
+prmt.b32 in its default mode (sign replication included), shl.b32, and.b32, mul.rn.bf16x2, and cvt.rn.f16x2.e4m3x2
+(the hardware conversion of two e4m3 codes in a 16-bit register into two fp16). Anything else raises.
 """
 
 from __future__ import annotations
@@ -31,10 +32,15 @@ def float_to_bf16_bits(x: torch.Tensor) -> np.ndarray:
     return x.to(torch.bfloat16).view(torch.int16).numpy().astype(np.uint32) & 0xFFFF
 
 
-def e4m3_bits_to_bf16(codes: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """The reference the PTX must meet: each e4m3 code's value (torch's float8_e4m3fn) times `scale`, as bf16 bits."""
-    value = torch.from_numpy(np.asarray(codes).astype(np.uint8)).view(torch.float8_e4m3fn).float()
-    return float_to_bf16_bits(value * scale)
+def e4m3_bits_to_fp16(codes: np.ndarray) -> np.ndarray:
+    """Each e4m3 code's value (torch's float8_e4m3fn, NaN included) as fp16 bits (uint32): exact, e4m3 ⊂ fp16."""
+    value = torch.from_numpy(np.asarray(codes).astype(np.uint8)).view(torch.float8_e4m3fn).to(torch.float16)
+    return value.view(torch.int16).numpy().astype(np.uint32) & 0xFFFF
+
+
+def _cvt_f16x2_e4m3x2(a: np.ndarray) -> np.ndarray:
+    """cvt.rn.f16x2.e4m3x2: the two e4m3 codes of a 16-bit value (low byte -> low lane) as two fp16 lanes."""
+    return e4m3_bits_to_fp16(a & 0xFF) | e4m3_bits_to_fp16((a >> 8) & 0xFF) << 16
 
 
 def _mul_bf16x2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -80,9 +86,14 @@ def run_ptx(asm: str, inputs: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
             continue
         op, rest = line.split(None, 1)
         args = [t.strip() for t in re.split(r",(?![^{]*})", rest)]
-        if op == "mov.b32" and args[0].startswith("{"):  # split a 32-bit register into two 16-bit outputs
-            lo, hi = (int(t.strip()[1:]) for t in args[0].strip("{}").split(","))
-            outs[lo], outs[hi] = regs[args[1]] & 0xFFFF, regs[args[1]] >> 16
+        if op == "mov.b32" and args[0].startswith("{"):  # split a 32-bit register into two 16-bit halves
+            lo, hi = (t.strip() for t in args[0].strip("{}").split(","))
+            x = val(args[1])
+            for name, half in ((lo, x & 0xFFFF), (hi, x >> 16)):
+                if name.startswith("$"):  # an output operand
+                    outs[int(name[1:])] = half
+                else:  # a .b16 register of the block
+                    regs[name] = half
         elif op == "mov.b32":
             regs[args[0]] = val(args[1])
         elif op == "prmt.b32":
@@ -93,6 +104,8 @@ def run_ptx(asm: str, inputs: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
             regs[args[0]] = val(args[1]) & val(args[2])
         elif op == "mul.rn.bf16x2":
             regs[args[0]] = _mul_bf16x2(val(args[1]), val(args[2]))
+        elif op == "cvt.rn.f16x2.e4m3x2":
+            regs[args[0]] = _cvt_f16x2_e4m3x2(val(args[1]))
         else:
             raise NotImplementedError(f"PTX instruction {op!r} (in {line!r}) is not one this interpreter knows")
     return outs

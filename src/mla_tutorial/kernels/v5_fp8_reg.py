@@ -7,16 +7,20 @@
 #     their own, RAW_PAIR_SWIZZLE, scales 1 KB, k_rope 8 KB): page i + 1 in flight while page i's P·V runs;
 #     nothing is held in registers in flight.
 #   * no dequantized page in shared memory. Each warp reads the e4m3 words its mma operands need straight from the
-#     raw slot and dequantizes them, unscaled, into the operand registers (_E4M3X4 for K, _E4M3_PAIRS for V):
+#     raw slot and dequantizes them, unscaled, into the operand registers (_E4M3X4_F16 for K, _E4M3_PAIRS for V):
 #       - K, the B operand of S = Q·Kᵀ [16, 64]: a thread's k pairs (2t, 2t+1) and (2t+8, 2t+9) of each k16 step are
 #         made four consecutive columns of the cache by permuting the 576 columns inside each 64-column block (the
-#         same permutation on Q, applied once per request when Q is loaded: _v5_perm64): one 32-bit word of one key
+#         same permutation on Q, applied once per request when Q is loaded: _reg_perm64): one 32-bit word of one key
 #         is one thread's operand of one k16 step, and a scale tile's 32 words per key are 8 per thread (two LDS.128).
+#         S's latent part is an fp16 product: the hardware conversion (cvt.rn.f16x2.e4m3x2) turns two codes into two
+#         fp16 in one instruction, exactly. Q's latent part is stored in fp16 once per request, each row times the
+#         power of two that puts its largest |q| in [2^14, 2^15) (_reg_load_q16; the RoPE part times the same, in
+#         bf16), and qk_scale undoes it.
 #       - V, the B operand of O += P·V [16, 512]: a thread needs consecutive key pairs of one column, i.e. bytes of
-#         two rows; prmt takes byte e of the even key's word and byte e of the odd key's word, sign-extended, so the
-#         same three integer instructions per pair dequantize a key pair of one column. The output columns are
-#         permuted inside each 128-column slice (a thread's four n8 tiles = the four columns of one word), undone
-#         where O is stored (_v5_store's PERM32).
+#         two rows; prmt takes byte e of the even key's word and byte e of the odd key's word, sign-extended, then a
+#         shift, a mask and a multiply by 2^120 make the bf16 pair (P stays bf16: an fp16 P·V measured no faster).
+#         The output columns are permuted inside each 128-column slice (a thread's four n8 tiles = the four columns
+#         of one word), undone where O is stored (_v5_store's PERM32).
 #     The reshape/permute from the words to each operand is a relabelling: Gluon checks it moves no data
 #     (convert_layout(assert_trivial=True)).
 #   * each tile's scale (a power of two) multiplies S and P per key instead of every value: S = Σ_T scale_T[key] ·
@@ -49,7 +53,13 @@
 #   barrier, the next page's copy issued before P's barrier): 0.177 ms at s_k 4k, 0.295 at 8k (FlashMLA / ours 0.95,
 #   1.07; bf16 v5 0.185 / 0.321). The multiply by 2^120 folded into Q, the scales and O instead (no HMUL2, but ptxas
 #   added ~140 register moves to pair the operands) was 6 % slower, and removed; it did show that the tensor cores
-#   take bf16 subnormal inputs as they are (the same output to the bit on a cache of half e4m3 subnormals).
+#   take bf16 subnormal inputs as they are (the same output to the bit on a cache of half e4m3 subnormals). Ninth
+#   session: S's latent part in fp16 by the hardware conversion (page loop 1,651 -> 1,274 instructions): 0.1775 ->
+#   0.1713 ms (predicted 0.160-0.172), in the full benchmark 0.173 at s_k 4k, 0.286 at 8k (FlashMLA / ours 0.96,
+#   1.08); P·V in fp16 as well (1,089 instructions, P's copies against each tile's running largest scale) 0.1704,
+#   alone 0.1861, and the next page's copy issued a page earlier 0.1848: removed. The instruction count is not
+#   the limit: Nsight Compute's samples sit on the operand chains (short scoreboard), the copies' issue (LSU
+#   throttle, 16 % of them) and the block id's load.
 """Version 5 over an FP8 cache, 16-row tiles with mma.sync, each page dequantized straight into the operand registers
 (Gluon, Triton 3.6)."""
 
@@ -66,11 +76,9 @@ from .v5_fp8_gluon import (
 )
 from .v5_fp8_mma import BLOCK_M16, _m16_start, _m16_store, mma_v2
 from .v5_gluon import (
-    _v5_load_q,
     _v5_masked_scores,
     _v5_next_part,
     _v5_part,
-    _v5_perm64,
     _v5_probs,
     _v5_request,
     gl,
@@ -83,46 +91,15 @@ REG_WARPS = 4  # warps per program (two programs per SM: ~110 KB of shared memor
 #: 6 % (seventh session); 255 and 240 measured the same on the eighth session's tile (0.1809 / 0.1797 ms).
 REG_MAXNREG = 255
 REG_RAW_SLOTS = 2  # raw page slots in the ring (the loop's slot arithmetic assumes two; one slot measured slower)
-#: Prepared variant, not yet run (read at launch): page i + 1's copy issued right after page i's first barrier, so it
-#: is in flight for a whole page instead of P·V only, with no barrier of its own: the two raw slots become separate
-#: allocations (Triton's barrier analysis then tells them apart) and the page loop is unrolled by two so that each
-#: page names its slot statically. Still 3 barriers a page.
-REG_EARLY_COPY = False
-#: Prepared variant, not yet run (read at launch): S's latent part multiplied in fp16. The hardware conversion
-#: (cvt.rn.f16x2.e4m3x2, exact: e4m3 is a subset of fp16) makes two values in one instruction where the bf16 path
-#: takes four (prmt, shift, mask, multiply by 2^120); Q's latent part goes to shared memory in fp16 once per request,
-#: each row times a power of two that puts its largest |q| in [2^14, 2^15) (fp16's range), its RoPE part times the
-#: same in bf16, and the scores are multiplied back (folded into qk_scale). P and V stay bf16.
-REG_F16_K = False
-#: Prepared variant, not yet run (read at launch): P·V in fp16 too. V's key pairs by one prmt and the hardware
-#: conversion (1.5 instructions per two values instead of 4); P times each tile's scales, divided by the largest of
-#: that tile's scales seen so far in the request (a running reference per tile, like the running max: P's fp16 copies
-#: stay in [0, 1], and a tile's output is rescaled when its reference grows), so that no scale can take fp16 out of
-#: range. Independent of REG_F16_K.
-REG_F16_V = False
 #: The prepared variants by name, with the knobs each sets: the GPU tests (ids "reg-NAME", opt-in with
-#: MLA_FP8_REG_VARIANTS=1) and the FP8 benchmark (impls "fp8_reg_NAME") read this table.
-REG_VARIANTS = {"early": {"REG_EARLY_COPY": True}, "f16k": {"REG_F16_K": True}, "f16v": {"REG_F16_V": True},
-                "f16": {"REG_F16_K": True, "REG_F16_V": True}}
+#: MLA_FP8_REG_VARIANTS=1) and the FP8 benchmark (impls "fp8_reg_NAME") read this table. None now: the ninth
+#: session's (an earlier copy of the next page, P·V in fp16) measured slower or no faster and were removed
+#: (docs/results/v5_notes.md; commit 8e29e30 has them).
+REG_VARIANTS: dict[str, dict] = {}
 
 if gluon is not None:
-    #: Four e4m3 values (one int32 word, $4) to four bf16 ($0-$3), exactly: _E4M3X4_TIMES_SCALE without the scale
-    #: (each tile's scale is applied to S and to P instead, per key: 4 values a key instead of 512).
-    _E4M3X4 = gl.constexpr("""{
-.reg .b32 lo, hi, k;
-mov.b32 k, 0x7B807B80;
-prmt.b32 lo, $4, 0, 0x9180;
-prmt.b32 hi, $4, 0, 0xB3A2;
-shl.b32 lo, lo, 4;
-shl.b32 hi, hi, 4;
-and.b32 lo, lo, 0x87F087F0;
-and.b32 hi, hi, 0x87F087F0;
-mul.rn.bf16x2 lo, lo, k;
-mul.rn.bf16x2 hi, hi, k;
-mov.b32 {$0, $1}, lo;
-mov.b32 {$2, $3}, hi;
-}""")
-    #: Four e4m3 values (one int32 word, $4) to four fp16 ($0-$3) by the hardware conversion, exactly (REG_F16_K).
+    #: Four e4m3 values (one int32 word, $4) to four fp16 ($0-$3) by the hardware conversion (cvt.rn.f16x2.e4m3x2, two
+    #: values an instruction), exactly: e4m3 is a subset of fp16. Unscaled: each tile's scale is applied to S per key.
     _E4M3X4_F16 = gl.constexpr("""{
 .reg .b16 l, h;
 .reg .b32 lo, hi;
@@ -133,8 +110,10 @@ mov.b32 {$0, $1}, lo;
 mov.b32 {$2, $3}, hi;
 }""")
     #: Two keys' words ($8: the even key's four e4m3 values of columns 4x .. 4x+3, $9: the odd key's) to four bf16
-    #: pairs ($0-$7: for column 4x + e, (even key, odd key)): prmt takes byte e of both words sign-extended into the
-    #: two 16-bit lanes, then _E4M3X4's shift, mask and multiply. The same bits as the one-key sequence.
+    #: pairs ($0-$7: for column 4x + e, (even key, odd key)), exactly: prmt takes byte e of both words sign-extended
+    #: into the two 16-bit lanes; shifted left by 4 and masked, each lane holds the byte's sign and 7 magnitude bits
+    #: as a bf16 of the value times 2^-120 (e4m3's exponent bias is 7, bf16's 127; subnormals included), and one
+    #: packed multiply by 2^120 makes it the value.
     _E4M3_PAIRS = gl.constexpr("""{
 .reg .b32 k, x0, x1, x2, x3;
 mov.b32 k, 0x7B807B80;
@@ -160,25 +139,6 @@ mov.b32 {$4, $5}, x2;
 mov.b32 {$6, $7}, x3;
 }""")
 
-    #: REG_F16_V's _E4M3_PAIRS: the two keys' bytes of columns (4x, 4x + 1) and (4x + 2, 4x + 3) side by side by
-    #: two prmt, then four hardware conversions of a key pair each: the same pairs, in fp16.
-    _E4M3_PAIRS_F16 = gl.constexpr("""{
-.reg .b32 x01, x23, y0, y1, y2, y3;
-.reg .b16 a, b, c, d;
-prmt.b32 x01, $8, $9, 0x5140;
-prmt.b32 x23, $8, $9, 0x7362;
-mov.b32 {a, b}, x01;
-mov.b32 {c, d}, x23;
-cvt.rn.f16x2.e4m3x2 y0, a;
-cvt.rn.f16x2.e4m3x2 y1, b;
-cvt.rn.f16x2.e4m3x2 y2, c;
-cvt.rn.f16x2.e4m3x2 y3, d;
-mov.b32 {$0, $1}, y0;
-mov.b32 {$2, $3}, y1;
-mov.b32 {$4, $5}, y2;
-mov.b32 {$6, $7}, y3;
-}""")
-
     #: The raw words [64 keys, 128 words] (int32) as a linear shared layout: memory offset bit i holds the (key, word)
     #: of basis i. It is the 128-byte swizzle (a 16-byte chunk's index XOR the key's low three bits, in four 128-byte
     #: column blocks) except that an odd key also flips the chunk's top bit: key bit 0 moves the word by 20, not 4.
@@ -186,11 +146,6 @@ mov.b32 {$6, $7}, y3;
     #: V's 4-byte reads (keys 2t + c, word 8w + g) still spread over all 32 banks.
     RAW_PAIR_SWIZZLE = gl.constexpr(gl.SharedLinearLayout(offset_bases=[
         [0, 1], [0, 2], [0, 4], [0, 8], [0, 16], [1, 20], [2, 8], [4, 16], [8, 0], [16, 0], [32, 0], [0, 32], [0, 64]]))
-
-    #: REG_F16_V's view of a slot's scales [64 keys, 4 tiles]: a lane's two keys' four tiles, the warps alike.
-    REG_SC4 = gl.constexpr(gl.DistributedLinearLayout(
-        reg_bases=[[0, 1], [0, 2], [32, 0]], lane_bases=[[1, 0], [2, 0], [4, 0], [8, 0], [16, 0]],
-        warp_bases=[[0, 0], [0, 0]], block_bases=[], shape=[64, 4]))
 
     @gluon.jit
     def _reg_row_max(s, scratch, rows_l: gl.constexpr):
@@ -206,11 +161,21 @@ mov.b32 {$6, $7}, y3;
         return gl.convert_layout(gl.max(scratch.load(rl), axis=1), rows_l, assert_trivial=True)
 
     @gluon.jit
+    def _reg_perm64(n):
+        """The cache column that logical column n of S's reduction holds here, inside each 64-column block: logical
+        16j + 8a + 2t + b (a thread t's k16 step j, pair a, element b) is column 16t + 4j + 2a + b, so that a thread's
+        operands of four k16 steps are four consecutive words."""
+        j = (n // 16) % 4
+        a = (n // 8) % 2
+        t = (n // 2) % 4
+        return (n // 64) * 64 + 16 * t + 4 * j + 2 * a + n % 2
+
+    @gluon.jit
     def _reg_load_q16(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
                       rows_per_kv, rows_l: gl.constexpr, num_warps: gl.constexpr):
-        """REG_F16_K's Q: the tile's 16 rows times 2^k_row (k_row such that the row's largest |q| lands in
+        """Q for S's fp16 product: the tile's 16 rows times 2^k_row (k_row such that the row's largest |q| lands in
         [2^14, 2^15): exact, and inside fp16's range) into shared memory, the latent part in fp16 (q_smem), the RoPE
-        part in bf16 (qr_smem), columns in _v5_perm64's order; rows past rows_per_kv are 0. Returns 2^-k_row [16]
+        part in bf16 (qr_smem), columns in _reg_perm64's order; rows past rows_per_kv are 0. Returns 2^-k_row [16]
         (rows_l), which multiplies the scores back."""
         ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
         rows = m_start + gl.arange(0, 16, layout=gl.SliceLayout(1, ld))  # (16,)
@@ -218,7 +183,7 @@ mov.b32 {$6, $7}, y3;
         tok = rows // heads_per_kv
         head = rows % heads_per_kv
         base = q_ptr + req.to(gl.int64) * stride_qb + tok * stride_qs + head * stride_qh  # (16,) pointers
-        cols = _v5_perm64(gl.arange(0, 64, layout=gl.SliceLayout(0, ld)))
+        cols = _reg_perm64(gl.arange(0, 64, layout=gl.SliceLayout(0, ld)))
         amax = gl.zeros([16], gl.float32, layout=gl.SliceLayout(1, ld))
         for c in gl.static_range(9):  # the row's largest |q|, latent and RoPE parts
             x = gl.load(base[:, None] + (c * 64 + cols)[None, :], mask=row_ok[:, None], other=0.0)
@@ -271,36 +236,19 @@ mov.b32 {$6, $7}, y3;
                 gl.convert_layout(s2, keys_l, assert_trivial=True), gl.convert_layout(s3, keys_l, assert_trivial=True))
 
     @gluon.jit
-    def _reg_scale_ref(sc_slot, ref):
-        """REG_F16_V: each tile's reference scale after this page, max(ref, the page's largest scale of the tile), [4]
-        (every warp reduces the 64 keys itself, by shuffles: no barrier)."""
-        return gl.maximum(ref, gl.max(sc_slot.load(REG_SC4).to(gl.float32, bitcast=True), axis=0))
-
-    @gluon.jit
-    def _reg_pick(v, t: gl.constexpr):
-        """Element t of a [4] vector every thread holds whole, as a scalar."""
-        return gl.sum(gl.where(gl.arange(0, 4, layout=v.type.layout) == t, v, 0.0), axis=0)
-
-    @gluon.jit
     def _reg_tile_scores(q_smem, words, tile: gl.constexpr, mma: gl.constexpr, a_op: gl.constexpr,
                          b_op: gl.constexpr):
         """Q_T·K8_Tᵀ [16, 64] for scale tile T with K8 the e4m3 values unscaled: a thread's two keys' 8 words
-        (columns 128T + 16h + 4t .. + 3, h the 64-column half, t its lane's pair) are its operands of 8 k16 steps.
-        K8 in Q's shared dtype: bf16 by the bit moves, fp16 by the hardware conversion (REG_F16_K)."""
+        (columns 128T + 16h + 4t .. + 3, h the 64-column half, t its lane's pair) are its operands of 8 k16 steps,
+        in fp16 (Q's latent part is fp16 in shared memory: _reg_load_q16)."""
         # the words: [64 keys, 32 words] of a scale tile, thread (g = lane // 4, t = lane % 4) of warp w holding keys
         # 8w + g and 32 + 8w + g (the keys S's B operand gives it), words 16h + 4t + j
         lk: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[0, 1], [0, 2], [0, 16], [32, 0]], lane_bases=[[0, 4], [0, 8], [1, 0], [2, 0], [4, 0]],
             warp_bases=[[8, 0], [16, 0]], block_bases=[], shape=[64, 32])
         w = words.slice(32 * tile, 32, dim=1).load(lk)  # [64, 32] int32
-        if q_smem.dtype == gl.float16:
-            v0, v1, v2, v3 = gl.inline_asm_elementwise(
-                _E4M3X4_F16, "=h,=h,=h,=h,r", [w],
-                dtype=(gl.float16, gl.float16, gl.float16, gl.float16), is_pure=True, pack=1)
-        else:
-            v0, v1, v2, v3 = gl.inline_asm_elementwise(
-                _E4M3X4, "=h,=h,=h,=h,r", [w],
-                dtype=(gl.bfloat16, gl.bfloat16, gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
+        v0, v1, v2, v3 = gl.inline_asm_elementwise(
+            _E4M3X4_F16, "=h,=h,=h,=h,r", [w], dtype=(gl.float16,) * 4, is_pure=True, pack=1)
         x = gl.join(gl.join(v0, v2), gl.join(v1, v3))  # [64 keys, 32 words, a, b]: column 4·word + 2a + b
         x = gl.reshape(x, [64, 2, 4, 4, 2, 2])  # [key, h, t, j, a, b]
         x = gl.reshape(gl.permute(x, (1, 3, 4, 2, 5, 0)), [128, 64])  # [h, j, a, t, b, key]: logical order
@@ -331,21 +279,15 @@ mov.b32 {$6, $7}, y3;
         """O_sl = O_sl·alpha + (P·scale_sl)·V8_sl for the 128-column slice sl (= scale tile sl; pa: P times the keys'
         tile-sl scales, the A operand), V8 the unscaled e4m3 values dequantized from the raw slot into the B operand
         [64 keys, 128]: thread (g, t) of warp w reads word 8w + g of its 16 keys (2t + b + 8a + 16j) and makes, per
-        key pair, four bf16 pairs (fp16 where P is: REG_F16_V): logical column 32e + 8w + g of the slice is cache
-        column 4(8w + g) + e."""
+        key pair, four bf16 pairs: logical column 32e + 8w + g of the slice is cache column 4(8w + g) + e."""
         lv: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[1, 0], [8, 0], [16, 0], [32, 0]], lane_bases=[[2, 0], [4, 0], [0, 1], [0, 2], [0, 4]],
             warp_bases=[[0, 8], [0, 16]], block_bases=[], shape=[64, 32])
         w = kv_raw.index(slot).slice(32 * sl, 32, dim=1).load(lv)  # [64 keys, 32 words]
         w_even, w_odd = gl.split(gl.permute(gl.reshape(w, [32, 2, 32]), (0, 2, 1)))  # [32 pairs, 32 words] each
-        if pa.dtype == gl.float16:  # REG_F16_V
-            y00, y01, y10, y11, y20, y21, y30, y31 = gl.inline_asm_elementwise(
-                _E4M3_PAIRS_F16, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w_even, w_odd],
-                dtype=(gl.float16,) * 8, is_pure=True, pack=1)
-        else:
-            y00, y01, y10, y11, y20, y21, y30, y31 = gl.inline_asm_elementwise(
-                _E4M3_PAIRS, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w_even, w_odd],
-                dtype=(gl.bfloat16,) * 8, is_pure=True, pack=1)
+        y00, y01, y10, y11, y20, y21, y30, y31 = gl.inline_asm_elementwise(
+            _E4M3_PAIRS, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w_even, w_odd],
+            dtype=(gl.bfloat16,) * 8, is_pure=True, pack=1)
         z = gl.join(gl.join(gl.join(y00, y01), gl.join(y20, y21)), gl.join(gl.join(y10, y11), gl.join(y30, y31)))
         # [pair, word, b, e_hi, e_lo] -> [pair, b, e_hi, e_lo, word] = [64 keys, 128 logical columns]
         z = gl.reshape(gl.permute(z, (0, 2, 3, 4, 1)), [64, 128])
@@ -353,71 +295,41 @@ mov.b32 {$6, $7}, y3;
         return mma_v2(pa, vb, acc * alpha[:, None])
 
     @gluon.jit
-    def _reg_page(i, lo, hi, kv_cur, sc_cur, kr_cur, kv_nxt, sc_nxt, kr_nxt, q_smem, qr_smem, p0_smem,
-                  p1_smem, p2_smem, p3_smem, mx_smem, bt_row, s_k, num_blocks, ok_ptr, kv_ptr, stride_kvb, n_visible,
-                  qk_scale, m_i, l_keys, ref, acc0, acc1, acc2, acc3, mma: gl.constexpr, a_op: gl.constexpr,
-                  b_op: gl.constexpr, rows_l: gl.constexpr, cols_l: gl.constexpr, num_warps: gl.constexpr,
-                  SLOTS: gl.constexpr, EARLY: gl.constexpr):
-        """Page i of a request, its raw rows in slot (i - lo) % SLOTS of (kv_cur, sc_cur, kr_cur); page i + 1's copy
-        goes into slot (i + 1 - lo) % SLOTS of (kv_nxt, sc_nxt, kr_nxt), which page i - 1 has left: right after the
-        first barrier (EARLY) or just before P's. Three barriers: the page is in (and page i - 1's slot free), S's row
-        max, P. Returns the running max, the per-key row sums, the tiles' reference scales (ref, REG_F16_V: P's fp16
-        copies are P times a key's scale over its tile's reference, and the accumulators are in units of it) and the
-        four output accumulators."""
+    def _reg_page(i, lo, hi, kv_raw, sc_raw, kr_raw, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, mx_smem,
+                  bt_row, s_k, num_blocks, ok_ptr, kv_ptr, stride_kvb, n_visible, qk_scale, m_i, l_keys, acc0, acc1,
+                  acc2, acc3, mma: gl.constexpr, a_op: gl.constexpr, b_op: gl.constexpr, rows_l: gl.constexpr,
+                  cols_l: gl.constexpr, num_warps: gl.constexpr, SLOTS: gl.constexpr):
+        """Page i of a request, its raw rows in slot (i - lo) % SLOTS of the ring (kv_raw, sc_raw, kr_raw); page
+        i + 1's copy goes into the slot page i - 1 has left, just before P's barrier (issued after the first barrier,
+        Triton's barrier analysis would add one of its own, as it cannot tell the ring's slots apart). Three barriers:
+        the page is in (and page i - 1's slot free), S's row max, P. Returns the running max, the per-key row sums and
+        the four output accumulators."""
         PAGE: gl.constexpr = 64
-        dtype: gl.constexpr = qr_smem.dtype  # (Q's dtype: q_smem is fp16 with REG_F16_K)
+        dtype: gl.constexpr = qr_smem.dtype  # (Q's dtype, P's: q_smem holds Q's latent part in fp16)
         cur = (i - lo) % SLOTS
         async_copy.wait_group(0)  # page i's group has landed (nothing else is in flight)
         gl.thread_barrier()  # ... for every thread's copies, Q is in, and page i - 1's slot is free
-        if EARLY:
-            if i + 1 < hi:  # page i + 1, in flight during all of page i
-                page, n_rows = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)
-                nxt = (i + 1 - lo) % SLOTS
-                _reg_copy(kv_nxt.index(nxt), sc_nxt.index(nxt), kr_nxt.index(nxt), kv_ptr, page, n_rows, stride_kvb,
-                          num_warps)
-        sc0, sc1, sc2, sc3 = _reg_scales(sc_cur.index(cur), cols_l)
-        if p0_smem.dtype == gl.float16:  # REG_F16_V (read before S's row max, whose barrier then orders it before
-            #                              the next copy into the other slot of the same allocation)
-            ref_new = _reg_scale_ref(sc_cur.index(cur), ref)
-        s = _reg_scores(q_smem, qr_smem, kv_cur, kr_cur, cur, sc0, sc1, sc2, sc3, mma, a_op, b_op)
+        sc0, sc1, sc2, sc3 = _reg_scales(sc_raw.index(cur), cols_l)
+        s = _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, cur, sc0, sc1, sc2, sc3, mma, a_op, b_op)
         s = _v5_masked_scores(s, i * PAGE, n_visible, qk_scale, cols_l, PAGE)
         p, m_new, m_use = _v5_probs(s, m_i, _reg_row_max(s, mx_smem, rows_l))
         alpha = gl.exp2(m_i - m_use)  # (the old sums' and outputs' rescale)
         l_keys = l_keys * alpha[:, None] + p
-        if p0_smem.dtype == gl.float16:  # REG_F16_V: each tile's scales over its reference (P's copies in [0, 1])
-            inv = 1.0 / gl.where(ref_new > 0, ref_new, 1.0)  # [4] (a tile of zero scales so far: its outputs are 0)
-            beta = ref * inv  # [4]: the accumulators' rescale to the new references (0 at a request's first page)
-            ref = ref_new
-            p0_smem.store((p * (sc0 * _reg_pick(inv, 0))[None, :]).to(gl.float16))
-            p1_smem.store((p * (sc1 * _reg_pick(inv, 1))[None, :]).to(gl.float16))
-            p2_smem.store((p * (sc2 * _reg_pick(inv, 2))[None, :]).to(gl.float16))
-            p3_smem.store((p * (sc3 * _reg_pick(inv, 3))[None, :]).to(gl.float16))
-            a0 = alpha * _reg_pick(beta, 0)
-            a1 = alpha * _reg_pick(beta, 1)
-            a2 = alpha * _reg_pick(beta, 2)
-            a3 = alpha * _reg_pick(beta, 3)
-        else:
-            p0_smem.store((p * sc0[None, :]).to(dtype))  # (a power of two: P's bf16, scaled)
-            p1_smem.store((p * sc1[None, :]).to(dtype))
-            p2_smem.store((p * sc2[None, :]).to(dtype))
-            p3_smem.store((p * sc3[None, :]).to(dtype))
-            a0 = alpha
-            a1 = alpha
-            a2 = alpha
-            a3 = alpha
-        if not EARLY:
-            if i + 1 < hi:  # page i + 1, in flight during P·V (issued before P's barrier: after the first one, with
-                #             the ring's slots one allocation, Triton's barrier analysis would add one of its own)
-                page, n_rows = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)
-                nxt = (i + 1 - lo) % SLOTS
-                _reg_copy(kv_nxt.index(nxt), sc_nxt.index(nxt), kr_nxt.index(nxt), kv_ptr, page, n_rows, stride_kvb,
-                          num_warps)
+        p0_smem.store((p * sc0[None, :]).to(dtype))  # (a power of two: P's bf16, scaled)
+        p1_smem.store((p * sc1[None, :]).to(dtype))
+        p2_smem.store((p * sc2[None, :]).to(dtype))
+        p3_smem.store((p * sc3[None, :]).to(dtype))
+        if i + 1 < hi:  # page i + 1, in flight during P·V
+            page, n_rows = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)
+            nxt = (i + 1 - lo) % SLOTS
+            _reg_copy(kv_raw.index(nxt), sc_raw.index(nxt), kr_raw.index(nxt), kv_ptr, page, n_rows, stride_kvb,
+                      num_warps)
         gl.thread_barrier()  # every warp's keys of P are in
-        acc0 = _reg_values(p0_smem.load(a_op), kv_cur, cur, 0, acc0, a0, b_op)
-        acc1 = _reg_values(p1_smem.load(a_op), kv_cur, cur, 1, acc1, a1, b_op)
-        acc2 = _reg_values(p2_smem.load(a_op), kv_cur, cur, 2, acc2, a2, b_op)
-        acc3 = _reg_values(p3_smem.load(a_op), kv_cur, cur, 3, acc3, a3, b_op)
-        return m_new, l_keys, ref, acc0, acc1, acc2, acc3
+        acc0 = _reg_values(p0_smem.load(a_op), kv_raw, cur, 0, acc0, alpha, b_op)
+        acc1 = _reg_values(p1_smem.load(a_op), kv_raw, cur, 1, acc1, alpha, b_op)
+        acc2 = _reg_values(p2_smem.load(a_op), kv_raw, cur, 2, acc2, alpha, b_op)
+        acc3 = _reg_values(p3_smem.load(a_op), kv_raw, cur, 3, acc3, alpha, b_op)
+        return m_new, l_keys, acc0, acc1, acc2, acc3
 
     @gluon.jit
     def _v5_fp8_reg_kernel(
@@ -426,12 +338,9 @@ mov.b32 {$6, $7}, y3;
         stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, EARLY_COPY: gl.constexpr,
-        F16K: gl.constexpr, F16V: gl.constexpr, num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, num_warps: gl.constexpr,
     ):
-        # RAW: raw page slots in the ring (2: page i + 1 in flight while page i is computed). EARLY_COPY:
-        # REG_EARLY_COPY (two separate slots, the loop unrolled by two; prepared, not yet run). F16K: REG_F16_K (S's
-        # latent part in fp16; prepared, not yet run). F16V: REG_F16_V (P·V in fp16; prepared, not yet run)
+        # RAW: raw page slots in the ring (2: page i + 1 in flight while page i is computed)
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps],
@@ -444,28 +353,19 @@ mov.b32 {$6, $7}, y3;
         raw_layout: gl.constexpr = RAW_PAIR_SWIZZLE  # (K's 16-byte reads meet no bank conflict)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
 
-        q_dtype: gl.constexpr = gl.float16 if F16K else dtype
-        q_smem = gl.allocate_shared_memory(q_dtype, [BM, 512], smem_layout)  # Q's latent part (columns permuted)
-        qr_smem = gl.allocate_shared_memory(dtype, [BM, 64], smem_layout)  # Q's RoPE part (columns permuted)
+        # Q's latent part in fp16 (each row scaled into fp16's range), its RoPE part in Q's dtype (columns permuted)
+        q_smem = gl.allocate_shared_memory(gl.float16, [BM, 512], smem_layout)
+        qr_smem = gl.allocate_shared_memory(dtype, [BM, 64], smem_layout)
         # P times each tile's scales, four allocations: Triton's barrier analysis cannot tell the copies of one
         # allocation indexed four times apart and puts a barrier after each store
-        p_dtype: gl.constexpr = gl.float16 if F16V else dtype
-        p0_smem = gl.allocate_shared_memory(p_dtype, [BM, PAGE], smem_layout)
-        p1_smem = gl.allocate_shared_memory(p_dtype, [BM, PAGE], smem_layout)
-        p2_smem = gl.allocate_shared_memory(p_dtype, [BM, PAGE], smem_layout)
-        p3_smem = gl.allocate_shared_memory(p_dtype, [BM, PAGE], smem_layout)
+        p0_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        p1_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        p2_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        p3_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
         sc_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
-        if EARLY_COPY:  # two slots of one page each, separate allocations (slot A: pages lo, lo + 2, ...)
-            kv_a = gl.allocate_shared_memory(gl.int32, [1, PAGE, 128], raw_layout)
-            sc_a = gl.allocate_shared_memory(gl.int32, [1, PAGE, 4], sc_layout)
-            kr_a = gl.allocate_shared_memory(dtype, [1, PAGE, 64], smem_layout)
-            kv_b = gl.allocate_shared_memory(gl.int32, [1, PAGE, 128], raw_layout)
-            sc_b = gl.allocate_shared_memory(gl.int32, [1, PAGE, 4], sc_layout)
-            kr_b = gl.allocate_shared_memory(dtype, [1, PAGE, 64], smem_layout)
-        else:
-            kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 128], raw_layout)  # the raw ring: e4m3 words,
-            sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], sc_layout)
-            kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], smem_layout)  # scales, k_rope
+        kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 128], raw_layout)  # the raw ring: e4m3 words,
+        sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], sc_layout)
+        kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], smem_layout)  # scales, k_rope
         mx_smem = gl.allocate_shared_memory(gl.float32, [BM, 4], sc_layout)
         # (mx_smem: each warp's partial row max, _reg_row_max)
 
@@ -479,54 +379,27 @@ mov.b32 {$6, $7}, y3;
                 end_block, begin_split, next_req, next_block, max_blocks)
 
             gl.thread_barrier()  # every warp is done with the previous request's Q and slots
-            if lo < hi:  # prologue: page lo in flight (page lo + 1 goes after page lo's first barrier), Q in
+            if lo < hi:  # prologue: page lo in flight (page lo + 1 goes during page lo's P·V), Q in
                 page, n_rows = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
-                if EARLY_COPY:
-                    _reg_copy(kv_a.index(0), sc_a.index(0), kr_a.index(0), kv_ptr, page, n_rows, stride_kvb, num_warps)
-                else:
-                    _reg_copy(kv_raw.index(0), sc_raw.index(0), kr_raw.index(0), kv_ptr, page, n_rows, stride_kvb,
-                              num_warps)
+                _reg_copy(kv_raw.index(0), sc_raw.index(0), kr_raw.index(0), kv_ptr, page, n_rows, stride_kvb,
+                          num_warps)
             else:
                 async_copy.commit_group()
-            if F16K:  # Q scaled per row into fp16's range; the scale undone with qk_scale
-                q_scale = qk_scale * _reg_load_q16(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs,
-                                                   stride_qh, heads_per_kv, rows_per_kv, rows_l, num_warps)[:, None]
-            else:
-                _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
-                           rows_per_kv, 0, 9, 64, BM, num_warps, True)  # (its columns in _v5_perm64's order)
-                q_scale = qk_scale
+            # Q's rows scaled into fp16's range; the scale is undone with qk_scale ([16, 1])
+            q_scale = qk_scale * _reg_load_q16(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh,
+                                               heads_per_kv, rows_per_kv, rows_l, num_warps)[:, None]
 
             rows, tok, n_visible, m_i, l_i, acc0, acc1, acc2, acc3 = _m16_start(m_start, heads_per_kv, s_k, s_q,
                                                                                 CAUSAL, rows_l, mma)
             # each warp's row sums per key, summed across the warps once per request (not a reduction every page)
             l_keys = gl.zeros([BM, PAGE], gl.float32, layout=mma)
-            ref = gl.zeros([4], gl.float32, layout=gl.SliceLayout(0, REG_SC4))  # (REG_F16_V's reference scales)
-            if EARLY_COPY:  # two pages a turn, each naming its slot statically
-                for i in range(lo, hi, 2):
-                    m_i, l_keys, ref, acc0, acc1, acc2, acc3 = _reg_page(
-                        i, lo, hi, kv_a, sc_a, kr_a, kv_b, sc_b, kr_b, q_smem, qr_smem, p0_smem, p1_smem, p2_smem,
-                        p3_smem, mx_smem, bt_row, s_k, num_blocks, ok_ptr, kv_ptr, stride_kvb, n_visible, q_scale, m_i,
-                        l_keys, ref, acc0, acc1, acc2, acc3, mma, a_op, b_op, rows_l, cols_l, num_warps, 1, True)
-                    if i + 1 < hi:
-                        m_i, l_keys, ref, acc0, acc1, acc2, acc3 = _reg_page(
-                            i + 1, lo, hi, kv_b, sc_b, kr_b, kv_a, sc_a, kr_a, q_smem, qr_smem, p0_smem, p1_smem,
-                            p2_smem, p3_smem, mx_smem, bt_row, s_k, num_blocks, ok_ptr, kv_ptr, stride_kvb, n_visible,
-                            q_scale, m_i, l_keys, ref, acc0, acc1, acc2, acc3, mma, a_op, b_op, rows_l, cols_l,
-                            num_warps, 1, True)
-            else:
-                for i in range(lo, hi):
-                    m_i, l_keys, ref, acc0, acc1, acc2, acc3 = _reg_page(
-                        i, lo, hi, kv_raw, sc_raw, kr_raw, kv_raw, sc_raw, kr_raw, q_smem, qr_smem, p0_smem, p1_smem,
-                        p2_smem, p3_smem, mx_smem, bt_row, s_k, num_blocks, ok_ptr, kv_ptr, stride_kvb, n_visible,
-                        q_scale, m_i, l_keys, ref, acc0, acc1, acc2, acc3, mma, a_op, b_op, rows_l, cols_l,
-                        num_warps, RAW, False)
+            for i in range(lo, hi):
+                m_i, l_keys, acc0, acc1, acc2, acc3 = _reg_page(
+                    i, lo, hi, kv_raw, sc_raw, kr_raw, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, mx_smem,
+                    bt_row, s_k, num_blocks, ok_ptr, kv_ptr, stride_kvb, n_visible, q_scale, m_i, l_keys, acc0, acc1,
+                    acc2, acc3, mma, a_op, b_op, rows_l, cols_l, num_warps, RAW)
             async_copy.wait_group(0)  # nothing in flight into the slots past the request
             l_i = gl.sum(l_keys, axis=1)
-            if F16V:  # the accumulators from units of each tile's reference scale
-                acc0 = acc0 * _reg_pick(ref, 0)
-                acc1 = acc1 * _reg_pick(ref, 1)
-                acc2 = acc2 * _reg_pick(ref, 2)
-                acc3 = acc3 * _reg_pick(ref, 3)
 
             _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr,
                        part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l,
@@ -542,5 +415,5 @@ def launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta
     rows contiguous)."""
     grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
                                       out, lse, part_out, part_lse, ok_flag)
-    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, EARLY_COPY=bool(REG_EARLY_COPY),
-            F16K=bool(REG_F16_K), F16V=bool(REG_F16_V), num_warps=REG_WARPS, maxnreg=REG_MAXNREG)
+    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, num_warps=REG_WARPS,
+            maxnreg=REG_MAXNREG)

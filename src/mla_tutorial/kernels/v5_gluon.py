@@ -73,21 +73,11 @@ if gluon is not None:
                                                       instr_shape=[16, 256, 16]))
 
     @gluon.jit
-    def _v5_perm64(n):
-        """The cache column that logical column n of S's reduction holds in v5_fp8_reg.py, inside each 64-column
-        block: logical 16j + 8a + 2t + b (a thread t's k16 step j, pair a, element b) is column 16t + 4j + 2a + b, so
-        that a thread's operands of four k16 steps are four consecutive words."""
-        j = (n // 16) % 4
-        a = (n // 8) % 2
-        t = (n // 2) % 4
-        return (n // 64) * 64 + 16 * t + 4 * j + 2 * a + n % 2
-
-    @gluon.jit
     def _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv, rows_per_kv,
                    FIRST: gl.constexpr, LAST: gl.constexpr, CHUNK: gl.constexpr, BLOCK_M: gl.constexpr,
-                   num_warps: gl.constexpr, PERM64: gl.constexpr = False):
+                   num_warps: gl.constexpr):
         """Q tile rows -> shared memory [64, 576], 64-column blocks FIRST..LAST-1 of the nine (block 8: RoPE);
-        rows past rows_per_kv are 0. PERM64 (CHUNK 64): each block's columns in _v5_perm64's order (v5_fp8_reg.py)."""
+        rows past rows_per_kv are 0."""
         ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
         rows = m_start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ld))  # (64,)
         row_ok = rows < rows_per_kv
@@ -95,8 +85,6 @@ if gluon is not None:
         head = rows % heads_per_kv  # h_kv = 1: the KV head's query heads are all heads
         base = q_ptr + req.to(gl.int64) * stride_qb + tok * stride_qs + head * stride_qh  # (64,) pointers
         cols = gl.arange(0, CHUNK, layout=gl.SliceLayout(0, ld))
-        if PERM64:
-            cols = _v5_perm64(cols)
         for c in gl.static_range(FIRST, LAST):
             x = gl.load(base[:, None] + (c * CHUNK + cols)[None, :], mask=row_ok[:, None], other=0.0)
             if c < 8:
