@@ -575,7 +575,8 @@ def fp8_tile_parts(rows: Sequence[Fp8SpeedRow], targets: dict[tuple[int, str], f
     """Where the FP8 tile stage 5 runs at each shape (b = 128, s_k = 4,096) spends its time: its math alone, its
     page work (loads and dequantization) alone, both together (the tile as it runs), the bf16 lockstep tile's math
     alone and FlashMLA's bf16 call; `targets` (FlashMLA ms / ours, keyed by (h_q, lengths)) draws the time each
-    target asks for. The tile is the one v5 chose (the "fp8" rows' `tile`: the 16-row tile at h_q 16, the
+    target asks for. The parts alone are drawn at their GPU time (Fp8SpeedRow.kernel_ms: a short part's whole call
+    can be host-bound), the tile and FlashMLA at their whole call's. The tile is the one v5 chose (the "fp8" rows' `tile`: the 16-row tile at h_q 16, the
     warp-specialised one above; where v5 runs a tile whose parts were not timed apart, _FP8_PARTS_OF names the tile
     whose parts are drawn: at h_q 16 the 16-row tile's, v5_fp8_mma.py). Rows come from fp8_speed_rows(...,
     parts=True)."""
@@ -593,10 +594,12 @@ def fp8_tile_parts(rows: Sequence[Fp8SpeedRow], targets: dict[tuple[int, str], f
         tile = chosen.get((r.h_q, r.lengths))
         if tile is None:
             continue
+        part = r.impl.endswith("_alone")  # a part alone: the GPU's time (Fp8SpeedRow.kernel_ms)
         if r.impl in _FP8_PARTS[tile]:
-            picked.append(replace(r, impl=generic[_FP8_PARTS[tile].index(r.impl)][0]))
+            picked.append(replace(r, impl=generic[_FP8_PARTS[tile].index(r.impl)][0],
+                                  ms=r.kernel_ms if part else r.ms))
         elif r.impl in ("bf16_lockstep_compute_alone", "flashmla"):
-            picked.append(r)
+            picked.append(replace(r, ms=r.kernel_ms) if part else r)
     fig, ax = plt.subplots(figsize=(9, 4))
     _fp8_bars(ax, picked, generic, shapes, lambda r: f"{r.ms:.3f}", 6)
     for j, shape in enumerate(shapes):

@@ -27,6 +27,11 @@ def bf16_bits_to_float(bits: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(bits).astype(np.int16)).view(torch.bfloat16).float()
 
 
+def fp16_bits_to_float(bits: np.ndarray) -> torch.Tensor:
+    """16-bit patterns (any integer array) as float32 values of the fp16 they encode."""
+    return torch.from_numpy(np.asarray(bits).astype(np.int16)).view(torch.float16).float()
+
+
 def float_to_bf16_bits(x: torch.Tensor) -> np.ndarray:
     """Round float values to bf16 (to nearest even, as torch does) and return the 16-bit patterns as uint32."""
     return x.to(torch.bfloat16).view(torch.int16).numpy().astype(np.uint32) & 0xFFFF

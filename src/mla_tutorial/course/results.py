@@ -38,7 +38,7 @@ DECODE_PROFILE = "decode_profile_deepseek-v3_h200_2026-12-02.json"  # torch.prof
 ROOFLINE = "roofline_deepseek-v3_h200_2026-12-01.json"  # stages 2–4 under the measured ceilings
 CAPACITY = "capacity_deepseek-v3_141GB.json"  # sequences per 141 GB GPU at 32k tokens (arithmetic)
 FP8_ACCURACY = "fp8_accuracy_cpu_2026-12-01.json"  # scripts/fp8_accuracy.py (CPU)
-FP8_BENCH = "fp8_bench_sync3_h200_2026-12-02.json"  # scripts/gpu_fp8_bench.py --mma --parts (H200)
+FP8_BENCH = "fp8_bench_f16k_h200_2026-12-02.json"  # scripts/gpu_fp8_bench.py --mma --parts (H200)
 #: The 16-row FP8 tile's page work split into its loads and its dequantization, each alone (docs/results/probes/;
 #: scripts/gpu_fp8_bench.py --quick --mma --parts --heads 16, H200)
 FP8_SPLIT = "fp8_mma_page_work_split_h200_2026-12-02.json"
@@ -480,6 +480,13 @@ class Fp8SpeedRow:
     @property
     def gbps(self) -> float:
         return self.bytes / self.ms / 1e6
+
+    @property
+    def kernel_ms(self) -> float:
+        """The GPU's time alone: replayed from a CUDA graph where the file has it, else the whole call. A part timed
+        alone is short enough for its whole call to be host-bound on a slow host (the products alone at h_q 16 in
+        fp8_bench_f16k_*: 0.142 ms a call, 0.116 replayed)."""
+        return self.ms if self.graph_ms is None else self.graph_ms
 
 
 #: The FP8 benchmark's implementations that force a tile (the others ran v5's choice, recorded in the file).
