@@ -576,10 +576,10 @@ def fp8_tile_parts(rows: Sequence[Fp8SpeedRow], targets: dict[tuple[int, str], f
     page work (loads and dequantization) alone, both together (the tile as it runs), the bf16 lockstep tile's math
     alone and FlashMLA's bf16 call; `targets` (FlashMLA ms / ours, keyed by (h_q, lengths)) draws the time each
     target asks for. The parts alone are drawn at their GPU time (Fp8SpeedRow.kernel_ms: a short part's whole call
-    can be host-bound), the tile and FlashMLA at their whole call's. The tile is the one v5 chose (the "fp8" rows' `tile`: the 16-row tile at h_q 16, the
-    warp-specialised one above; where v5 runs a tile whose parts were not timed apart, _FP8_PARTS_OF names the tile
-    whose parts are drawn: at h_q 16 the 16-row tile's, v5_fp8_mma.py). Rows come from fp8_speed_rows(...,
-    parts=True)."""
+    can be host-bound), the tile and FlashMLA at their whole call's. The tile is the one v5 chose (the "fp8" rows'
+    `tile`: the 16-row tile at h_q 16, the warp-specialised one above; where v5 runs a tile whose parts were not timed
+    apart, _FP8_PARTS_OF names the tile whose parts are drawn: at h_q 16 the 16-row tile's, v5_fp8_mma.py). Rows come
+    from fp8_speed_rows(..., parts=True)."""
     plt = _plt()
     chosen = {(r.h_q, r.lengths): _FP8_PARTS_OF.get(r.tile, r.tile) for r in rows if r.impl == "fp8"}
     chosen = {shape: tile for shape, tile in chosen.items() if tile in _FP8_PARTS}
