@@ -75,14 +75,18 @@ from .v5_fp8_gluon import (
     fp8_tile_launch_args,
 )
 from .v5_fp8_mma import BLOCK_M16, _m16_start, _m16_store, mma_v2
+from .v5_fp8_tma import tma_tile_launch_args
 from .v5_gluon import (
     _v5_masked_scores,
     _v5_next_part,
     _v5_part,
     _v5_probs,
     _v5_request,
+    fence_async_shared,
     gl,
     gluon,
+    mbarrier,
+    tma,
 )
 
 REG_WARPS = 4  # warps per program (two programs per SM: ~110 KB of shared memory each)
@@ -95,7 +99,13 @@ REG_RAW_SLOTS = 2  # raw page slots in the ring (the loop's slot arithmetic assu
 #: MLA_FP8_REG_VARIANTS=1) and the FP8 benchmark (impls "fp8_reg_NAME") read this table. None now: the ninth
 #: session's (an earlier copy of the next page, P·V in fp16) measured slower or no faster and were removed
 #: (docs/results/v5_notes.md; commit 8e29e30 has them).
-REG_VARIANTS: dict[str, dict] = {}
+REG_VARIANTS: dict[str, dict] = {"tma": {"REG_TMA": True}}
+#: Prepared variant, not yet run (read at launch): each page's raw rows by TMA (6 copies issued by one thread: the
+#: e4m3 words as four [64, 32] boxes in the 128-byte swizzle, the scales, k_rope) on an mbarrier per slot, instead
+#: of 21 cp.async a thread (Nsight Compute: 16 % of the samples in issuing them, the load-store queue throttled).
+#: TMA copies every row, so the rows past a request's keys are zeroed in shared memory after they land. Costs: K's
+#: 16-byte reads meet 2-way bank conflicts in that swizzle (RAW_PAIR_SWIZZLE bought 2.8 % over it).
+REG_TMA = False
 
 if gluon is not None:
     #: Four e4m3 values (one int32 word, $4) to four fp16 ($0-$3) by the hardware conversion (cvt.rn.f16x2.e4m3x2, two
@@ -222,6 +232,44 @@ mov.b32 {$6, $7}, x3;
         _fp8_rope_copy(kr_raw, kv_ptr, page, n_rows, stride_kvb, ldr)
 
     @gluon.jit
+    def _reg_expect_tma(bw, bs, br, slot):
+        """REG_TMA: arm raw slot `slot`'s three mbarriers for a page's copies (_reg_issue_tma): its e4m3 words, its
+        scales, its k_rope. Three barriers, one per copy, in three allocations: Triton's barrier analysis puts a
+        bar.sync between two operations on one mbarrier allocation (an expect and a copy, or two copies)."""
+        mbarrier.expect(bw.index(slot), 64 * 512)
+        mbarrier.expect(bs.index(slot), 64 * 16)
+        mbarrier.expect(br.index(slot), 64 * 128)
+
+    @gluon.jit
+    def _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, slot, page):
+        """REG_TMA: start the TMA copies of a page's 64 raw rows into raw slot `slot` (armed by _reg_expect_tma):
+        the e4m3 words as one [4 tiles, 64 rows, 32 words] box (the 128-byte swizzle), the scales [64, 4], k_rope
+        [64, 64]. Every row is copied; the rows past the request's keys (all of a bad block id's, block 0 read
+        instead) are zeroed once they land (_reg_zero_tail)."""
+        row = (page * 64).to(gl.int32)
+        tma.async_copy_global_to_shared(kv_desc, [0, row, 0], bw.index(slot), kv_raw.index(slot))
+        tma.async_copy_global_to_shared(sc_desc, [row, 128], bs.index(slot), sc_raw.index(slot))
+        tma.async_copy_global_to_shared(kr_desc, [row, 264], br.index(slot), kr_raw.index(slot))
+
+    @gluon.jit
+    def _reg_zero_tail(kv_raw, sc_raw, kr_raw, slot, n_rows, num_warps: gl.constexpr):
+        """REG_TMA: rows n_rows .. 63 of raw slot `slot` as zeros, as cp.async's zero fill leaves them (they may hold
+        NaN bytes: their scores are masked, but P·V must multiply zeros, and their scales must be 0)."""
+        lw: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [num_warps, 1], [1, 0])  # [64, 32] words, [64, 64] bf16
+        rows = gl.arange(0, 64, layout=gl.SliceLayout(1, lw))
+        keep = (rows < n_rows)[:, None]
+        for t in gl.static_range(4):
+            box = _reg_tma_blocks(kv_raw).index(4 * slot + t)
+            box.store(gl.where(keep, box.load(lw), 0))
+        ls: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [num_warps, 1], [1, 0])  # [64, 4] scales
+        keep_s = (gl.arange(0, 64, layout=gl.SliceLayout(1, ls)) < n_rows)[:, None]
+        sc = sc_raw.index(slot)
+        sc.store(gl.where(keep_s, sc.load(ls), 0))
+        kr = kr_raw.index(slot)
+        kr.store(gl.where(keep, kr.load(lw), 0.0))
+        fence_async_shared()  # (these generic stores before the slot's next TMA write)
+
+    @gluon.jit
     def _reg_scales(sc_slot, keys_l: gl.constexpr):
         """A raw slot's scales (sc_slot [64, 4], float32 bits as int32) as four [64] vectors, one per tile, in keys_l
         (S's column layout: thread t of warp w holds keys 8w + 2t, + 1, + 32, + 33)."""
@@ -236,6 +284,22 @@ mov.b32 {$6, $7}, x3;
                 gl.convert_layout(s2, keys_l, assert_trivial=True), gl.convert_layout(s3, keys_l, assert_trivial=True))
 
     @gluon.jit
+    def _reg_tma_blocks(kv_raw):
+        """REG_TMA's word ring [slots, 4 tiles, 64, 32] (the copies' rank-3 layout) as [slots · 4, 64, 32] blocks of
+        the same bytes and the same 128-byte swizzle, which index to one tile's [64, 32]."""
+        layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
+        return kv_raw._reinterpret(gl.int32, [kv_raw.shape[0] * 4, 64, 32], layout)
+
+    @gluon.jit
+    def _reg_words(kv_raw, slot, tile: gl.constexpr, TMA: gl.constexpr):
+        """Raw slot `slot`'s e4m3 words of scale tile `tile`, [64 keys, 32 words]: a slice of the slot's [64, 128]
+        (RAW_PAIR_SWIZZLE), or with REG_TMA its own [64, 32] block (the 128-byte swizzle: [slot, tile, 64, 32])."""
+        if TMA:
+            return _reg_tma_blocks(kv_raw).index(4 * slot + tile)
+        else:
+            return kv_raw.index(slot).slice(32 * tile, 32, dim=1)
+
+    @gluon.jit
     def _reg_tile_scores(q_smem, words, tile: gl.constexpr, mma: gl.constexpr, a_op: gl.constexpr,
                          b_op: gl.constexpr):
         """Q_T·K8_Tᵀ [16, 64] for scale tile T with K8 the e4m3 values unscaled: a thread's two keys' 8 words
@@ -246,7 +310,7 @@ mov.b32 {$6, $7}, x3;
         lk: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[0, 1], [0, 2], [0, 16], [32, 0]], lane_bases=[[0, 4], [0, 8], [1, 0], [2, 0], [4, 0]],
             warp_bases=[[8, 0], [16, 0]], block_bases=[], shape=[64, 32])
-        w = words.slice(32 * tile, 32, dim=1).load(lk)  # [64, 32] int32
+        w = words.load(lk)  # [64, 32] int32 (the tile's words: _reg_words)
         v0, v1, v2, v3 = gl.inline_asm_elementwise(
             _E4M3X4_F16, "=h,=h,=h,=h,r", [w], dtype=(gl.float16,) * 4, is_pure=True, pack=1)
         x = gl.join(gl.join(v0, v2), gl.join(v1, v3))  # [64 keys, 32 words, a, b]: column 4·word + 2a + b
@@ -257,7 +321,7 @@ mov.b32 {$6, $7}, x3;
 
     @gluon.jit
     def _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, mma: gl.constexpr, a_op: gl.constexpr,
-                    b_op: gl.constexpr):
+                    b_op: gl.constexpr, TMA: gl.constexpr):
         """S = Q·Kᵀ [16, 64] (keys in order; the warps split them) = Σ_T scale_T[key] · Q_T·K8_Tᵀ + Q_rope·k_ropeᵀ,
         each tile's product on the unscaled e4m3 values (_reg_tile_scores), k_rope's from the raw slot (bf16)."""
         # k_rope: [64 keys, 64 bf16], the same keys, columns 16t .. 16t + 15
@@ -268,14 +332,13 @@ mov.b32 {$6, $7}, x3;
         r = gl.reshape(gl.permute(gl.reshape(r, [64, 4, 4, 2, 2]), (2, 3, 1, 4, 0)), [64, 64])
         s = mma_v2(qr_smem.load(a_op), gl.convert_layout(r, b_op, assert_trivial=True),
                    gl.zeros([16, 64], gl.float32, layout=mma))
-        words = kv_raw.index(slot)
-        s = s + _reg_tile_scores(q_smem, words, 0, mma, a_op, b_op) * sc0[None, :]
-        s = s + _reg_tile_scores(q_smem, words, 1, mma, a_op, b_op) * sc1[None, :]
-        s = s + _reg_tile_scores(q_smem, words, 2, mma, a_op, b_op) * sc2[None, :]
-        return s + _reg_tile_scores(q_smem, words, 3, mma, a_op, b_op) * sc3[None, :]
+        s = s + _reg_tile_scores(q_smem, _reg_words(kv_raw, slot, 0, TMA), 0, mma, a_op, b_op) * sc0[None, :]
+        s = s + _reg_tile_scores(q_smem, _reg_words(kv_raw, slot, 1, TMA), 1, mma, a_op, b_op) * sc1[None, :]
+        s = s + _reg_tile_scores(q_smem, _reg_words(kv_raw, slot, 2, TMA), 2, mma, a_op, b_op) * sc2[None, :]
+        return s + _reg_tile_scores(q_smem, _reg_words(kv_raw, slot, 3, TMA), 3, mma, a_op, b_op) * sc3[None, :]
 
     @gluon.jit
-    def _reg_values(pa, kv_raw, slot, sl: gl.constexpr, acc, alpha, b_op: gl.constexpr):
+    def _reg_values(pa, kv_raw, slot, sl: gl.constexpr, acc, alpha, b_op: gl.constexpr, TMA: gl.constexpr):
         """O_sl = O_sl·alpha + (P·scale_sl)·V8_sl for the 128-column slice sl (= scale tile sl; pa: P times the keys'
         tile-sl scales, the A operand), V8 the unscaled e4m3 values dequantized from the raw slot into the B operand
         [64 keys, 128]: thread (g, t) of warp w reads word 8w + g of its 16 keys (2t + b + 8a + 16j) and makes, per
@@ -283,7 +346,7 @@ mov.b32 {$6, $7}, x3;
         lv: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[1, 0], [8, 0], [16, 0], [32, 0]], lane_bases=[[2, 0], [4, 0], [0, 1], [0, 2], [0, 4]],
             warp_bases=[[0, 8], [0, 16]], block_bases=[], shape=[64, 32])
-        w = kv_raw.index(slot).slice(32 * sl, 32, dim=1).load(lv)  # [64 keys, 32 words]
+        w = _reg_words(kv_raw, slot, sl, TMA).load(lv)  # [64 keys, 32 words]
         w_even, w_odd = gl.split(gl.permute(gl.reshape(w, [32, 2, 32]), (0, 2, 1)))  # [32 pairs, 32 words] each
         y00, y01, y10, y11, y20, y21, y30, y31 = gl.inline_asm_elementwise(
             _E4M3_PAIRS, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w_even, w_odd],
@@ -297,50 +360,77 @@ mov.b32 {$6, $7}, x3;
     @gluon.jit
     def _reg_page(i, lo, hi, kv_raw, sc_raw, kr_raw, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, mx_smem,
                   bt_row, s_k, num_blocks, ok_ptr, kv_ptr, stride_kvb, n_visible, qk_scale, m_i, l_keys, acc0, acc1,
-                  acc2, acc3, mma: gl.constexpr, a_op: gl.constexpr, b_op: gl.constexpr, rows_l: gl.constexpr,
-                  cols_l: gl.constexpr, num_warps: gl.constexpr, SLOTS: gl.constexpr):
+                  acc2, acc3, kv_desc, sc_desc, kr_desc, bw, bs, br, g, n_cur, mma: gl.constexpr, a_op: gl.constexpr,
+                  b_op: gl.constexpr, rows_l: gl.constexpr, cols_l: gl.constexpr, num_warps: gl.constexpr,
+                  SLOTS: gl.constexpr, TMA: gl.constexpr):
         """Page i of a request, its raw rows in slot (i - lo) % SLOTS of the ring (kv_raw, sc_raw, kr_raw); page
         i + 1's copy goes into the slot page i - 1 has left, just before P's barrier (issued after the first barrier,
         Triton's barrier analysis would add one of its own, as it cannot tell the ring's slots apart). Three barriers:
         the page is in (and page i - 1's slot free), S's row max, P. Returns the running max, the per-key row sums and
-        the four output accumulators."""
+        the four output accumulators, and page i + 1's rows that hold keys (REG_TMA: the copies by TMA on the
+        mbarriers bw, bs, br, slot g % 2 for the program's g-th page, whose rows n_cur hold keys; page i + 1's copies
+        are issued right after S's row-max barrier, in flight during the softmax, P and P·V)."""
         PAGE: gl.constexpr = 64
         dtype: gl.constexpr = qr_smem.dtype  # (Q's dtype, P's: q_smem holds Q's latent part in fp16)
-        cur = (i - lo) % SLOTS
-        async_copy.wait_group(0)  # page i's group has landed (nothing else is in flight)
+        if TMA:
+            cur = g % SLOTS
+            phase = (g // SLOTS) % 2
+            mbarrier.wait(bw.index(cur), phase)  # page i has landed: its words, scales and k_rope
+            mbarrier.wait(bs.index(cur), phase)
+            mbarrier.wait(br.index(cur), phase)
+            if n_cur < PAGE:  # the request's last page (or a bad block id): its rows past the keys as zeros
+                _reg_zero_tail(kv_raw, sc_raw, kr_raw, cur, n_cur, num_warps)
+        else:
+            cur = (i - lo) % SLOTS
+            async_copy.wait_group(0)  # page i's group has landed (nothing else is in flight)
         gl.thread_barrier()  # ... for every thread's copies, Q is in, and page i - 1's slot is free
         sc0, sc1, sc2, sc3 = _reg_scales(sc_raw.index(cur), cols_l)
-        s = _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, cur, sc0, sc1, sc2, sc3, mma, a_op, b_op)
+        s = _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, cur, sc0, sc1, sc2, sc3, mma, a_op, b_op, TMA)
         s = _v5_masked_scores(s, i * PAGE, n_visible, qk_scale, cols_l, PAGE)
-        p, m_new, m_use = _v5_probs(s, m_i, _reg_row_max(s, mx_smem, rows_l))
+        if TMA:  # page i + 1's block id and its slot's mbarriers armed before the row max's barrier, its copies
+            #      issued after it (no barrier of Triton's own: nothing touches the slot, the copies' allocations
+            #      differ, and the next read of the ring is past P's barrier)
+            nxt = (g + 1) % SLOTS
+            page_n, n_next = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)
+            if i + 1 < hi:
+                _reg_expect_tma(bw, bs, br, nxt)
+            row_max = _reg_row_max(s, mx_smem, rows_l)
+            if i + 1 < hi:
+                _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, nxt, page_n)
+        else:
+            n_next = n_cur
+            row_max = _reg_row_max(s, mx_smem, rows_l)
+        p, m_new, m_use = _v5_probs(s, m_i, row_max)
         alpha = gl.exp2(m_i - m_use)  # (the old sums' and outputs' rescale)
         l_keys = l_keys * alpha[:, None] + p
         p0_smem.store((p * sc0[None, :]).to(dtype))  # (a power of two: P's bf16, scaled)
         p1_smem.store((p * sc1[None, :]).to(dtype))
         p2_smem.store((p * sc2[None, :]).to(dtype))
         p3_smem.store((p * sc3[None, :]).to(dtype))
-        if i + 1 < hi:  # page i + 1, in flight during P·V
-            page, n_rows = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)
-            nxt = (i + 1 - lo) % SLOTS
-            _reg_copy(kv_raw.index(nxt), sc_raw.index(nxt), kr_raw.index(nxt), kv_ptr, page, n_rows, stride_kvb,
-                      num_warps)
+        if not TMA:
+            if i + 1 < hi:  # page i + 1, in flight during P·V
+                page, n_rows = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)
+                nxt = (i + 1 - lo) % SLOTS
+                _reg_copy(kv_raw.index(nxt), sc_raw.index(nxt), kr_raw.index(nxt), kv_ptr, page, n_rows, stride_kvb,
+                          num_warps)
         gl.thread_barrier()  # every warp's keys of P are in
-        acc0 = _reg_values(p0_smem.load(a_op), kv_raw, cur, 0, acc0, alpha, b_op)
-        acc1 = _reg_values(p1_smem.load(a_op), kv_raw, cur, 1, acc1, alpha, b_op)
-        acc2 = _reg_values(p2_smem.load(a_op), kv_raw, cur, 2, acc2, alpha, b_op)
-        acc3 = _reg_values(p3_smem.load(a_op), kv_raw, cur, 3, acc3, alpha, b_op)
-        return m_new, l_keys, acc0, acc1, acc2, acc3
+        acc0 = _reg_values(p0_smem.load(a_op), kv_raw, cur, 0, acc0, alpha, b_op, TMA)
+        acc1 = _reg_values(p1_smem.load(a_op), kv_raw, cur, 1, acc1, alpha, b_op, TMA)
+        acc2 = _reg_values(p2_smem.load(a_op), kv_raw, cur, 2, acc2, alpha, b_op, TMA)
+        acc3 = _reg_values(p3_smem.load(a_op), kv_raw, cur, 3, acc3, alpha, b_op, TMA)
+        return m_new, l_keys, acc0, acc1, acc2, acc3, n_next
 
     @gluon.jit
     def _v5_fp8_reg_kernel(
-        q_ptr, kv_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
-        meta_ptr, num_splits_ptr, ok_ptr,
+        q_ptr, kv_ptr, kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr,
+        part_lse_ptr, meta_ptr, num_splits_ptr, ok_ptr,
         stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, TMA: gl.constexpr, num_warps: gl.constexpr,
     ):
-        # RAW: raw page slots in the ring (2: page i + 1 in flight while page i is computed)
+        # RAW: raw page slots in the ring (2: page i + 1 in flight while page i is computed). TMA: REG_TMA (the raw
+        # rows by TMA through kv_desc, sc_desc, kr_desc, None otherwise; prepared, not yet run)
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps],
@@ -363,15 +453,32 @@ mov.b32 {$6, $7}, x3;
         p2_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
         p3_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
         sc_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
-        kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 128], raw_layout)  # the raw ring: e4m3 words,
-        sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], sc_layout)
-        kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], smem_layout)  # scales, k_rope
+        if TMA:  # the raw ring as the copies land: [4 tiles, 64, 32] words a slot, the scales, k_rope; three
+            #     mbarriers a slot (_reg_expect_tma)
+            kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, 4, PAGE, 32], kv_desc.layout)
+            sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], sc_desc.layout)
+            kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], kr_desc.layout)
+            bw = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
+            bs = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
+            br = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
+            for k in gl.static_range(RAW):
+                mbarrier.init(bw.index(k), count=1)
+                mbarrier.init(bs.index(k), count=1)
+                mbarrier.init(br.index(k), count=1)
+        else:
+            kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 128], raw_layout)  # the raw ring: e4m3 words,
+            sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], sc_layout)
+            kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], smem_layout)  # scales, k_rope
+            bw = None
+            bs = None
+            br = None
         mx_smem = gl.allocate_shared_memory(gl.float32, [BM, 4], sc_layout)
         # (mx_smem: each warp's partial row max, _reg_row_max)
 
         m_start = (gl.program_id(1) % m_tiles) * BM
         begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
+        g = 0  # (REG_TMA: the program's pages so far, across requests: page g's slot g % 2 and its mbarrier phase)
 
         for req in range(begin_req, end_req + 1):
             s_k, lo, hi, part_slot, pieces, bt_row = _v5_request(
@@ -379,12 +486,19 @@ mov.b32 {$6, $7}, x3;
                 end_block, begin_split, next_req, next_block, max_blocks)
 
             gl.thread_barrier()  # every warp is done with the previous request's Q and slots
-            if lo < hi:  # prologue: page lo in flight (page lo + 1 goes during page lo's P·V), Q in
-                page, n_rows = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
-                _reg_copy(kv_raw.index(0), sc_raw.index(0), kr_raw.index(0), kv_ptr, page, n_rows, stride_kvb,
-                          num_warps)
+            n_cur = 0
+            if TMA:
+                if lo < hi:  # prologue: page lo in flight (page lo + 1 goes during page lo's P·V)
+                    page, n_cur = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
+                    _reg_expect_tma(bw, bs, br, g % RAW)
+                    _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, g % RAW, page)
             else:
-                async_copy.commit_group()
+                if lo < hi:  # prologue: page lo in flight (page lo + 1 goes during page lo's P·V), Q in
+                    page, n_rows = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
+                    _reg_copy(kv_raw.index(0), sc_raw.index(0), kr_raw.index(0), kv_ptr, page, n_rows, stride_kvb,
+                              num_warps)
+                else:
+                    async_copy.commit_group()
             # Q's rows scaled into fp16's range; the scale is undone with qk_scale ([16, 1])
             q_scale = qk_scale * _reg_load_q16(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh,
                                                heads_per_kv, rows_per_kv, rows_l, num_warps)[:, None]
@@ -394,16 +508,25 @@ mov.b32 {$6, $7}, x3;
             # each warp's row sums per key, summed across the warps once per request (not a reduction every page)
             l_keys = gl.zeros([BM, PAGE], gl.float32, layout=mma)
             for i in range(lo, hi):
-                m_i, l_keys, acc0, acc1, acc2, acc3 = _reg_page(
+                m_i, l_keys, acc0, acc1, acc2, acc3, n_cur = _reg_page(
                     i, lo, hi, kv_raw, sc_raw, kr_raw, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, mx_smem,
                     bt_row, s_k, num_blocks, ok_ptr, kv_ptr, stride_kvb, n_visible, q_scale, m_i, l_keys, acc0, acc1,
-                    acc2, acc3, mma, a_op, b_op, rows_l, cols_l, num_warps, RAW)
-            async_copy.wait_group(0)  # nothing in flight into the slots past the request
+                    acc2, acc3, kv_desc, sc_desc, kr_desc, bw, bs, br, g, n_cur, mma, a_op, b_op, rows_l, cols_l,
+                    num_warps, RAW, TMA)
+                if TMA:
+                    g += 1
+            if not TMA:
+                async_copy.wait_group(0)  # nothing in flight into the slots past the request
             l_i = gl.sum(l_keys, axis=1)
 
             _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr,
                        part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l,
                        True)  # (each slice's columns un-permuted)
+        if TMA:
+            for k in gl.static_range(RAW):
+                mbarrier.invalidate(bw.index(k))
+                mbarrier.invalidate(bs.index(k))
+                mbarrier.invalidate(br.index(k))
 
 
 _LAUNCH = FastLauncher(_v5_fp8_reg_kernel) if gluon is not None else None
@@ -413,7 +536,13 @@ def launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta
                       part_lse, ok_flag):
     """Launch the register-dequantizing 16-row FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache,
     rows contiguous)."""
-    grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
-                                      out, lse, part_out, part_lse, ok_flag)
-    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, num_warps=REG_WARPS,
-            maxnreg=REG_MAXNREG)
+    if REG_TMA:  # the raw rows' descriptors after the cache pointer: 64-row boxes, the words [4, 64, 32]
+        grid, args = tma_tile_launch_args("register tile with REG_TMA", q, k_cache, block_table, cache_seqlens, dims,
+                                          meta, num_splits, out, lse, part_out, part_lse, ok_flag, rows=64,
+                                          tiled_words=True)
+    else:
+        grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
+                                          out, lse, part_out, part_lse, ok_flag)
+        args = args[:2] + (None, None, None) + args[2:]
+    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, TMA=bool(REG_TMA),
+            num_warps=REG_WARPS, maxnreg=REG_MAXNREG)

@@ -197,13 +197,14 @@ _LAUNCH = FastLauncher(_v5_fp8_tma_kernel) if gluon is not None else None
 _RAW_DESCRIPTORS: dict[tuple, object] = {}
 
 
-def raw_descriptors(k_cache: torch.Tensor):
-    """TMA descriptors over an FP8 cache [num_blocks, 64, 1, 656] (rows contiguous), 32 rows a box: its e4m3 values
-    as int32 [num_blocks·64, 128] and its scales as int32 [.., 4] (row stride 164 words; no swizzle), its k_rope as
-    bf16 [.., 64] (row stride 328; 128-byte swizzle, the products' layout). Cached by (address, blocks), as
-    v5_gluon's bf16 descriptors."""
+def raw_descriptors(k_cache: torch.Tensor, rows: int = STEP, tiled_words: bool = False):
+    """TMA descriptors over an FP8 cache [num_blocks, 64, 1, 656] (rows contiguous), `rows` rows a box: its e4m3
+    values as int32 [num_blocks·64, 128] (no swizzle; tiled_words: as [4 scale tiles, num_blocks·64, 32], one
+    [4, rows, 32] box in the 128-byte swizzle), its scales as int32 [.., 4] (row stride 164 words; no swizzle), its
+    k_rope as bf16 [.., 64] (row stride 328; 128-byte swizzle, the products' layout). Cached by (address, blocks,
+    box), as v5_gluon's bf16 descriptors."""
     n = k_cache.shape[0]
-    key = (k_cache.data_ptr(), n)
+    key = (k_cache.data_ptr(), n, rows, tiled_words)
     descs = _RAW_DESCRIPTORS.get(key)
     if descs is None:
         if len(_RAW_DESCRIPTORS) >= 64:
@@ -212,25 +213,31 @@ def raw_descriptors(k_cache: torch.Tensor):
         halves = _Address(k_cache.data_ptr(), torch.bfloat16)
         plain = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
         swizzled = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        if tiled_words:  # (a tile's 32 words of a row are 128 bytes: the swizzle's span)
+            tiles = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=3)
+            word_desc = TensorDescriptor(words, [4, n * 64, 32], [32, ROW_WORDS, 1], [4, rows, 32], tiles)
+        else:
+            word_desc = TensorDescriptor(words, [n * 64, 128], [ROW_WORDS, 1], [rows, 128], plain)
         descs = _RAW_DESCRIPTORS[key] = (
-            TensorDescriptor(words, [n * 64, 128], [ROW_WORDS, 1], [STEP, 128], plain),
-            TensorDescriptor(words, [n * 64, 132], [ROW_WORDS, 1], [STEP, 4], plain),
-            TensorDescriptor(halves, [n * 64, 2 * ROW_WORDS], [2 * ROW_WORDS, 1], [STEP, 64], swizzled),
+            word_desc,
+            TensorDescriptor(words, [n * 64, 132], [ROW_WORDS, 1], [rows, 4], plain),
+            TensorDescriptor(halves, [n * 64, 2 * ROW_WORDS], [2 * ROW_WORDS, 1], [rows, 64], swizzled),
         )
     return descs
 
 
 def tma_tile_launch_args(tile: str, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits, out, lse,
-                         part_out, part_lse, ok_flag) -> tuple[tuple[int, int], tuple]:
+                         part_out, part_lse, ok_flag, rows: int = STEP,
+                         tiled_words: bool = False) -> tuple[tuple[int, int], tuple]:
     """(grid, run-time arguments) of the TMA-fed 16-row FP8 tiles: fp8_tile_launch_args with the raw rows' three
-    descriptors after the cache pointer. The cache must be as quantize_k_cache makes it (`tile` names the caller in
-    the error)."""
+    descriptors (raw_descriptors': `rows` rows a box, `tiled_words`) after the cache pointer. The cache must be as
+    quantize_k_cache makes it (`tile` names the caller in the error)."""
     if k_cache.stride(1) != 656 or k_cache.stride(0) != 64 * 656 or k_cache.data_ptr() % 16:
         raise ValueError(f"the {tile} reads its rows by TMA: k_cache must be contiguous [num_blocks, 64, 1, 656] and "
                          f"16-byte aligned, got strides {tuple(k_cache.stride())}")
     grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
                                       out, lse, part_out, part_lse, ok_flag)
-    return grid, args[:2] + raw_descriptors(k_cache) + args[2:]
+    return grid, args[:2] + raw_descriptors(k_cache, rows, tiled_words) + args[2:]
 
 
 def launch_v5_fp8_tma(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
