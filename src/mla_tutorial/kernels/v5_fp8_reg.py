@@ -3,9 +3,10 @@
 # path "reg").
 #
 # What it changes against v5_fp8_mma.py (same mma.sync products on 16 rows, softmax, schedule and semantics):
-#   * the page's raw 656-byte rows come by cp.async into a ring of two raw slots (e4m3 words 32 KB in a swizzle of
-#     their own, RAW_PAIR_SWIZZLE, scales 1 KB, k_rope 8 KB): page i + 1 in flight while page i's P·V runs;
-#     nothing is held in registers in flight.
+#   * the page's raw 656-byte rows come by TMA into a ring of two raw slots (e4m3 words 32 KB as [4 scale tiles,
+#     64 rows, 32 words] in the 128-byte swizzle, scales 1 KB, k_rope 8 KB): three copies a page issued by one
+#     thread, each on its own mbarrier; page i + 1 in flight from S's row max of page i on; nothing is held in
+#     registers in flight. TMA copies whole pages, so the rows past a request's keys are zeroed once they land.
 #   * no dequantized page in shared memory. Each warp reads the e4m3 words its mma operands need straight from the
 #     raw slot and dequantizes them, unscaled, into the operand registers (_E4M3X4_F16 for K, _E4M3_PAIRS for V):
 #       - K, the B operand of S = Q·Kᵀ [16, 64]: a thread's k pairs (2t, 2t+1) and (2t+8, 2t+9) of each k16 step are
@@ -27,10 +28,10 @@
 #     Q_T·K8_Tᵀ + Q_rope·k_ropeᵀ, and P·V_T = (P·scale_T[key])·V8_T with four scaled copies of P in shared memory
 #     (the same bf16 products as P times the dequantized V).
 #   * 255 registers a thread allowed (REG_MAXNREG): shared memory holds two programs per SM anyway.
-#   * three barriers a page: page i is in (and page i - 1's slot free) -> S (four scale tiles of words, then k_rope)
-#     -> S's row max across the warps (_reg_row_max: one barrier) -> P times each tile's scales to four shared
-#     allocations, page i + 1's copy into page i - 1's slot -> P's barrier -> P·V (four 128-column slices). The row
-#     sums stay per key in each warp until the request ends.
+#   * three barriers a page: page i is in (and page i - 1's slot free) -> S (four scale tiles of words, then k_rope),
+#     page i + 1's mbarriers armed -> S's row max across the warps (_reg_row_max: one barrier) -> page i + 1's
+#     copies into page i - 1's slot, P times each tile's scales to four shared allocations -> P's barrier -> P·V
+#     (four 128-column slices). The row sums stay per key in each warp until the request ends.
 # Why (docs/results/v5_notes.md, seventh session): the 16-row tile moves ~280 KB through shared memory per page (the
 #   bf16 page stored once, 64 KB, and read by both products, ~136 KB, besides Q) for a page of 42 KB, and its
 #   page work (the dequantization into the slot and its barrier) stays serial with the products. Here a page
@@ -57,24 +58,21 @@
 #   session: S's latent part in fp16 by the hardware conversion (page loop 1,651 -> 1,274 instructions): 0.1775 ->
 #   0.1713 ms (predicted 0.160-0.172), in the full benchmark 0.173 at s_k 4k, 0.286 at 8k (FlashMLA / ours 0.96,
 #   1.08); P·V in fp16 as well (1,089 instructions, P's copies against each tile's running largest scale) 0.1704,
-#   alone 0.1861, and the next page's copy issued a page earlier 0.1848: removed. The instruction count is not
-#   the limit: Nsight Compute's samples sit on the operand chains (short scoreboard), the copies' issue (LSU
-#   throttle, 16 % of them) and the block id's load.
+#   alone 0.1861, and the next page's cp.async copy issued a page earlier 0.1848: removed. The instruction count is
+#   not the limit: Nsight Compute's samples sat on the operand chains (short scoreboard), the copies' issue (21
+#   cp.async a thread, the load-store queue throttled: 16 % of them) and the block id's load. The copies by TMA
+#   instead (one thread, three copies, in flight from the row max on; K's 16-byte reads now meet 2-way bank
+#   conflicts, which the cp.async ring's own swizzle had removed for 2.8 %): 0.1707 -> 0.1533 ms in the same run
+#   (predicted 0.160-0.172), 0.154 at s_k 4k and 0.249 at 8k in the full benchmark: FlashMLA / ours 1.09 and 1.26,
+#   0.83 of bf16 v5's time.
 """Version 5 over an FP8 cache, 16-row tiles with mma.sync, each page dequantized straight into the operand registers
 (Gluon, Triton 3.6)."""
 
 from __future__ import annotations
 
 from .launch import FastLauncher
-from .v5_fp8_gluon import (
-    FP8_ROW,
-    FP8_SCALES_AT,
-    _fp8_page,
-    _fp8_rope_copy,
-    async_copy,
-    fp8_tile_launch_args,
-)
-from .v5_fp8_mma import BLOCK_M16, _m16_start, _m16_store, mma_v2
+from .v5_fp8_gluon import _fp8_page
+from .v5_fp8_mma import _m16_start, _m16_store, mma_v2
 from .v5_fp8_tma import tma_tile_launch_args
 from .v5_gluon import (
     _v5_masked_scores,
@@ -94,18 +92,12 @@ REG_WARPS = 4  # warps per program (two programs per SM: ~110 KB of shared memor
 #: register file's 64 K). Left to itself ptxas caps the tile at 168 (three programs' worth) and spills; 240 bought
 #: 6 % (seventh session); 255 and 240 measured the same on the eighth session's tile (0.1809 / 0.1797 ms).
 REG_MAXNREG = 255
-REG_RAW_SLOTS = 2  # raw page slots in the ring (the loop's slot arithmetic assumes two; one slot measured slower)
+REG_RAW_SLOTS = 2  # raw page slots in the ring (one slot, with cp.async copies, measured slower)
 #: The prepared variants by name, with the knobs each sets: the GPU tests (ids "reg-NAME", opt-in with
-#: MLA_FP8_REG_VARIANTS=1) and the FP8 benchmark (impls "fp8_reg_NAME") read this table. None now: the ninth
-#: session's (an earlier copy of the next page, P·V in fp16) measured slower or no faster and were removed
-#: (docs/results/v5_notes.md; commit 8e29e30 has them).
-REG_VARIANTS: dict[str, dict] = {"tma": {"REG_TMA": True}}
-#: Prepared variant, not yet run (read at launch): each page's raw rows by TMA (6 copies issued by one thread: the
-#: e4m3 words as four [64, 32] boxes in the 128-byte swizzle, the scales, k_rope) on an mbarrier per slot, instead
-#: of 21 cp.async a thread (Nsight Compute: 16 % of the samples in issuing them, the load-store queue throttled).
-#: TMA copies every row, so the rows past a request's keys are zeroed in shared memory after they land. Costs: K's
-#: 16-byte reads meet 2-way bank conflicts in that swizzle (RAW_PAIR_SWIZZLE bought 2.8 % over it).
-REG_TMA = False
+#: MLA_FP8_REG_VARIANTS=1) and the FP8 benchmark (impls "fp8_reg_NAME") read this table. None now: of the ninth
+#: session's, S in fp16 and the copies by TMA became the tile; an earlier copy of the next page and P·V in fp16
+#: measured slower or no faster and were removed (docs/results/v5_notes.md; commits 8e29e30 and b5262e7 have them).
+REG_VARIANTS: dict[str, dict] = {}
 
 if gluon is not None:
     #: Four e4m3 values (one int32 word, $4) to four fp16 ($0-$3) by the hardware conversion (cvt.rn.f16x2.e4m3x2, two
@@ -148,14 +140,6 @@ mov.b32 {$2, $3}, x1;
 mov.b32 {$4, $5}, x2;
 mov.b32 {$6, $7}, x3;
 }""")
-
-    #: The raw words [64 keys, 128 words] (int32) as a linear shared layout: memory offset bit i holds the (key, word)
-    #: of basis i. It is the 128-byte swizzle (a 16-byte chunk's index XOR the key's low three bits, in four 128-byte
-    #: column blocks) except that an odd key also flips the chunk's top bit: key bit 0 moves the word by 20, not 4.
-    #: Then the two keys of a quarter-warp in K's 16-byte reads (8w + g, g even and odd) use disjoint chunk sets, and
-    #: V's 4-byte reads (keys 2t + c, word 8w + g) still spread over all 32 banks.
-    RAW_PAIR_SWIZZLE = gl.constexpr(gl.SharedLinearLayout(offset_bases=[
-        [0, 1], [0, 2], [0, 4], [0, 8], [0, 16], [1, 20], [2, 8], [4, 16], [8, 0], [16, 0], [32, 0], [0, 32], [0, 64]]))
 
     @gluon.jit
     def _reg_row_max(s, scratch, rows_l: gl.constexpr):
@@ -213,27 +197,8 @@ mov.b32 {$6, $7}, x3;
         return gl.convert_layout(down, rows_l)
 
     @gluon.jit
-    def _reg_copy(kv_raw, sc_raw, kr_raw, kv_ptr, page, n_rows, stride_kvb, num_warps: gl.constexpr):
-        """Start the cp.async copies of a page's raw rows into a raw slot and commit them as one group: the e4m3
-        values as int32 words into kv_raw [64, 128] (16 bytes a copy), the scales into sc_raw [64, 4] (8 bytes a
-        copy), k_rope into kr_raw [64, 64] (_fp8_rope_copy, which commits). Rows from n_rows on are written as zeros
-        (cp.async's zero fill): their keys are masked, and a zero scale keeps their values 0."""
-        cpw: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [num_warps, 1], [1, 0])
-        rows = gl.arange(0, 64, layout=gl.SliceLayout(1, cpw))
-        words = gl.arange(0, 128, layout=gl.SliceLayout(0, cpw))
-        base = (kv_ptr + page * stride_kvb + rows * FP8_ROW).to(gl.pointer_type(gl.int32))
-        async_copy.async_copy_global_to_shared(kv_raw, base[:, None] + words[None, :], mask=(rows < n_rows)[:, None])
-        cps: gl.constexpr = gl.BlockedLayout([1, 2], [16, 2], [num_warps, 1], [1, 0])
-        rows_s = gl.arange(0, 64, layout=gl.SliceLayout(1, cps))
-        tiles = gl.arange(0, 4, layout=gl.SliceLayout(0, cps))
-        sc = (kv_ptr + page * stride_kvb + rows_s * FP8_ROW + FP8_SCALES_AT).to(gl.pointer_type(gl.int32))
-        async_copy.async_copy_global_to_shared(sc_raw, sc[:, None] + tiles[None, :], mask=(rows_s < n_rows)[:, None])
-        ldr: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-        _fp8_rope_copy(kr_raw, kv_ptr, page, n_rows, stride_kvb, ldr)
-
-    @gluon.jit
     def _reg_expect_tma(bw, bs, br, slot):
-        """REG_TMA: arm raw slot `slot`'s three mbarriers for a page's copies (_reg_issue_tma): its e4m3 words, its
+        """Arm raw slot `slot`'s three mbarriers for a page's copies (_reg_issue_tma): its e4m3 words, its
         scales, its k_rope. Three barriers, one per copy, in three allocations: Triton's barrier analysis puts a
         bar.sync between two operations on one mbarrier allocation (an expect and a copy, or two copies)."""
         mbarrier.expect(bw.index(slot), 64 * 512)
@@ -242,7 +207,7 @@ mov.b32 {$6, $7}, x3;
 
     @gluon.jit
     def _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, slot, page):
-        """REG_TMA: start the TMA copies of a page's 64 raw rows into raw slot `slot` (armed by _reg_expect_tma):
+        """Start the TMA copies of a page's 64 raw rows into raw slot `slot` (armed by _reg_expect_tma):
         the e4m3 words as one [4 tiles, 64 rows, 32 words] box (the 128-byte swizzle), the scales [64, 4], k_rope
         [64, 64]. Every row is copied; the rows past the request's keys (all of a bad block id's, block 0 read
         instead) are zeroed once they land (_reg_zero_tail)."""
@@ -253,8 +218,8 @@ mov.b32 {$6, $7}, x3;
 
     @gluon.jit
     def _reg_zero_tail(kv_raw, sc_raw, kr_raw, slot, n_rows, num_warps: gl.constexpr):
-        """REG_TMA: rows n_rows .. 63 of raw slot `slot` as zeros, as cp.async's zero fill leaves them (they may hold
-        NaN bytes: their scores are masked, but P·V must multiply zeros, and their scales must be 0)."""
+        """Rows n_rows .. 63 of raw slot `slot` as zeros (TMA copies whole pages: past a request's keys they may hold
+        NaN bytes; their scores are masked, but P·V must multiply zeros, and their scales must be 0)."""
         lw: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [num_warps, 1], [1, 0])  # [64, 32] words, [64, 64] bf16
         rows = gl.arange(0, 64, layout=gl.SliceLayout(1, lw))
         keep = (rows < n_rows)[:, None]
@@ -285,19 +250,15 @@ mov.b32 {$6, $7}, x3;
 
     @gluon.jit
     def _reg_tma_blocks(kv_raw):
-        """REG_TMA's word ring [slots, 4 tiles, 64, 32] (the copies' rank-3 layout) as [slots · 4, 64, 32] blocks of
+        """The word ring [slots, 4 tiles, 64, 32] (the copies' rank-3 layout) as [slots · 4, 64, 32] blocks of
         the same bytes and the same 128-byte swizzle, which index to one tile's [64, 32]."""
         layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
         return kv_raw._reinterpret(gl.int32, [kv_raw.shape[0] * 4, 64, 32], layout)
 
     @gluon.jit
-    def _reg_words(kv_raw, slot, tile: gl.constexpr, TMA: gl.constexpr):
-        """Raw slot `slot`'s e4m3 words of scale tile `tile`, [64 keys, 32 words]: a slice of the slot's [64, 128]
-        (RAW_PAIR_SWIZZLE), or with REG_TMA its own [64, 32] block (the 128-byte swizzle: [slot, tile, 64, 32])."""
-        if TMA:
-            return _reg_tma_blocks(kv_raw).index(4 * slot + tile)
-        else:
-            return kv_raw.index(slot).slice(32 * tile, 32, dim=1)
+    def _reg_words(kv_raw, slot, tile: gl.constexpr):
+        """Raw slot `slot`'s e4m3 words of scale tile `tile`, [64 keys, 32 words] (the 128-byte swizzle)."""
+        return _reg_tma_blocks(kv_raw).index(4 * slot + tile)
 
     @gluon.jit
     def _reg_tile_scores(q_smem, words, tile: gl.constexpr, mma: gl.constexpr, a_op: gl.constexpr,
@@ -321,7 +282,7 @@ mov.b32 {$6, $7}, x3;
 
     @gluon.jit
     def _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, mma: gl.constexpr, a_op: gl.constexpr,
-                    b_op: gl.constexpr, TMA: gl.constexpr):
+                    b_op: gl.constexpr):
         """S = Q·Kᵀ [16, 64] (keys in order; the warps split them) = Σ_T scale_T[key] · Q_T·K8_Tᵀ + Q_rope·k_ropeᵀ,
         each tile's product on the unscaled e4m3 values (_reg_tile_scores), k_rope's from the raw slot (bf16)."""
         # k_rope: [64 keys, 64 bf16], the same keys, columns 16t .. 16t + 15
@@ -332,13 +293,13 @@ mov.b32 {$6, $7}, x3;
         r = gl.reshape(gl.permute(gl.reshape(r, [64, 4, 4, 2, 2]), (2, 3, 1, 4, 0)), [64, 64])
         s = mma_v2(qr_smem.load(a_op), gl.convert_layout(r, b_op, assert_trivial=True),
                    gl.zeros([16, 64], gl.float32, layout=mma))
-        s = s + _reg_tile_scores(q_smem, _reg_words(kv_raw, slot, 0, TMA), 0, mma, a_op, b_op) * sc0[None, :]
-        s = s + _reg_tile_scores(q_smem, _reg_words(kv_raw, slot, 1, TMA), 1, mma, a_op, b_op) * sc1[None, :]
-        s = s + _reg_tile_scores(q_smem, _reg_words(kv_raw, slot, 2, TMA), 2, mma, a_op, b_op) * sc2[None, :]
-        return s + _reg_tile_scores(q_smem, _reg_words(kv_raw, slot, 3, TMA), 3, mma, a_op, b_op) * sc3[None, :]
+        s = s + _reg_tile_scores(q_smem, _reg_words(kv_raw, slot, 0), 0, mma, a_op, b_op) * sc0[None, :]
+        s = s + _reg_tile_scores(q_smem, _reg_words(kv_raw, slot, 1), 1, mma, a_op, b_op) * sc1[None, :]
+        s = s + _reg_tile_scores(q_smem, _reg_words(kv_raw, slot, 2), 2, mma, a_op, b_op) * sc2[None, :]
+        return s + _reg_tile_scores(q_smem, _reg_words(kv_raw, slot, 3), 3, mma, a_op, b_op) * sc3[None, :]
 
     @gluon.jit
-    def _reg_values(pa, kv_raw, slot, sl: gl.constexpr, acc, alpha, b_op: gl.constexpr, TMA: gl.constexpr):
+    def _reg_values(pa, kv_raw, slot, sl: gl.constexpr, acc, alpha, b_op: gl.constexpr):
         """O_sl = O_sl·alpha + (P·scale_sl)·V8_sl for the 128-column slice sl (= scale tile sl; pa: P times the keys'
         tile-sl scales, the A operand), V8 the unscaled e4m3 values dequantized from the raw slot into the B operand
         [64 keys, 128]: thread (g, t) of warp w reads word 8w + g of its 16 keys (2t + b + 8a + 16j) and makes, per
@@ -346,7 +307,7 @@ mov.b32 {$6, $7}, x3;
         lv: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[1, 0], [8, 0], [16, 0], [32, 0]], lane_bases=[[2, 0], [4, 0], [0, 1], [0, 2], [0, 4]],
             warp_bases=[[0, 8], [0, 16]], block_bases=[], shape=[64, 32])
-        w = _reg_words(kv_raw, slot, sl, TMA).load(lv)  # [64 keys, 32 words]
+        w = _reg_words(kv_raw, slot, sl).load(lv)  # [64 keys, 32 words]
         w_even, w_odd = gl.split(gl.permute(gl.reshape(w, [32, 2, 32]), (0, 2, 1)))  # [32 pairs, 32 words] each
         y00, y01, y10, y11, y20, y21, y30, y31 = gl.inline_asm_elementwise(
             _E4M3_PAIRS, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w_even, w_odd],
@@ -358,48 +319,37 @@ mov.b32 {$6, $7}, x3;
         return mma_v2(pa, vb, acc * alpha[:, None])
 
     @gluon.jit
-    def _reg_page(i, lo, hi, kv_raw, sc_raw, kr_raw, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, mx_smem,
-                  bt_row, s_k, num_blocks, ok_ptr, kv_ptr, stride_kvb, n_visible, qk_scale, m_i, l_keys, acc0, acc1,
-                  acc2, acc3, kv_desc, sc_desc, kr_desc, bw, bs, br, g, n_cur, mma: gl.constexpr, a_op: gl.constexpr,
-                  b_op: gl.constexpr, rows_l: gl.constexpr, cols_l: gl.constexpr, num_warps: gl.constexpr,
-                  SLOTS: gl.constexpr, TMA: gl.constexpr):
-        """Page i of a request, its raw rows in slot (i - lo) % SLOTS of the ring (kv_raw, sc_raw, kr_raw); page
-        i + 1's copy goes into the slot page i - 1 has left, just before P's barrier (issued after the first barrier,
-        Triton's barrier analysis would add one of its own, as it cannot tell the ring's slots apart). Three barriers:
-        the page is in (and page i - 1's slot free), S's row max, P. Returns the running max, the per-key row sums and
-        the four output accumulators, and page i + 1's rows that hold keys (REG_TMA: the copies by TMA on the
-        mbarriers bw, bs, br, slot g % 2 for the program's g-th page, whose rows n_cur hold keys; page i + 1's copies
-        are issued right after S's row-max barrier, in flight during the softmax, P and P·V)."""
+    def _reg_page(i, hi, kv_raw, sc_raw, kr_raw, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, mx_smem, bt_row,
+                  s_k, num_blocks, ok_ptr, n_visible, qk_scale, m_i, l_keys, acc0, acc1, acc2, acc3, kv_desc, sc_desc,
+                  kr_desc, bw, bs, br, g, n_cur, mma: gl.constexpr, a_op: gl.constexpr, b_op: gl.constexpr,
+                  rows_l: gl.constexpr, cols_l: gl.constexpr, num_warps: gl.constexpr, SLOTS: gl.constexpr):
+        """Page i of a request, the program's g-th page: its raw rows in slot g % SLOTS of the ring (kv_raw, sc_raw,
+        kr_raw), landed on that slot's mbarriers (bw, bs, br), n_cur of them keys. Page i + 1's copies go into the
+        slot page i - 1 has left: its mbarriers armed before S's row-max barrier, its copies issued right after it
+        (Triton's barrier analysis then adds none: nothing touches that slot, each copy has its own mbarrier
+        allocation, and the ring's next read is past P's barrier), in flight during the softmax, P and P·V. Three
+        barriers a page: the page is in (and page i - 1's slot free), S's row max, P. Returns the running max, the
+        per-key row sums, the four output accumulators and page i + 1's rows that hold keys."""
         PAGE: gl.constexpr = 64
         dtype: gl.constexpr = qr_smem.dtype  # (Q's dtype, P's: q_smem holds Q's latent part in fp16)
-        if TMA:
-            cur = g % SLOTS
-            phase = (g // SLOTS) % 2
-            mbarrier.wait(bw.index(cur), phase)  # page i has landed: its words, scales and k_rope
-            mbarrier.wait(bs.index(cur), phase)
-            mbarrier.wait(br.index(cur), phase)
-            if n_cur < PAGE:  # the request's last page (or a bad block id): its rows past the keys as zeros
-                _reg_zero_tail(kv_raw, sc_raw, kr_raw, cur, n_cur, num_warps)
-        else:
-            cur = (i - lo) % SLOTS
-            async_copy.wait_group(0)  # page i's group has landed (nothing else is in flight)
-        gl.thread_barrier()  # ... for every thread's copies, Q is in, and page i - 1's slot is free
+        cur = g % SLOTS
+        phase = (g // SLOTS) % 2
+        mbarrier.wait(bw.index(cur), phase)  # page i has landed: its words, scales and k_rope
+        mbarrier.wait(bs.index(cur), phase)
+        mbarrier.wait(br.index(cur), phase)
+        if n_cur < PAGE:  # the request's last page (or a bad block id): its rows past the keys as zeros
+            _reg_zero_tail(kv_raw, sc_raw, kr_raw, cur, n_cur, num_warps)
+        gl.thread_barrier()  # ... for every thread, Q is in, and page i - 1's slot is free
         sc0, sc1, sc2, sc3 = _reg_scales(sc_raw.index(cur), cols_l)
-        s = _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, cur, sc0, sc1, sc2, sc3, mma, a_op, b_op, TMA)
+        s = _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, cur, sc0, sc1, sc2, sc3, mma, a_op, b_op)
         s = _v5_masked_scores(s, i * PAGE, n_visible, qk_scale, cols_l, PAGE)
-        if TMA:  # page i + 1's block id and its slot's mbarriers armed before the row max's barrier, its copies
-            #      issued after it (no barrier of Triton's own: nothing touches the slot, the copies' allocations
-            #      differ, and the next read of the ring is past P's barrier)
-            nxt = (g + 1) % SLOTS
-            page_n, n_next = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)
-            if i + 1 < hi:
-                _reg_expect_tma(bw, bs, br, nxt)
-            row_max = _reg_row_max(s, mx_smem, rows_l)
-            if i + 1 < hi:
-                _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, nxt, page_n)
-        else:
-            n_next = n_cur
-            row_max = _reg_row_max(s, mx_smem, rows_l)
+        nxt = (g + 1) % SLOTS
+        page_n, n_next = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)  # (none past the slice: masked)
+        if i + 1 < hi:
+            _reg_expect_tma(bw, bs, br, nxt)
+        row_max = _reg_row_max(s, mx_smem, rows_l)
+        if i + 1 < hi:  # page i + 1, in flight from here
+            _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, nxt, page_n)
         p, m_new, m_use = _v5_probs(s, m_i, row_max)
         alpha = gl.exp2(m_i - m_use)  # (the old sums' and outputs' rescale)
         l_keys = l_keys * alpha[:, None] + p
@@ -407,17 +357,11 @@ mov.b32 {$6, $7}, x3;
         p1_smem.store((p * sc1[None, :]).to(dtype))
         p2_smem.store((p * sc2[None, :]).to(dtype))
         p3_smem.store((p * sc3[None, :]).to(dtype))
-        if not TMA:
-            if i + 1 < hi:  # page i + 1, in flight during P·V
-                page, n_rows = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)
-                nxt = (i + 1 - lo) % SLOTS
-                _reg_copy(kv_raw.index(nxt), sc_raw.index(nxt), kr_raw.index(nxt), kv_ptr, page, n_rows, stride_kvb,
-                          num_warps)
         gl.thread_barrier()  # every warp's keys of P are in
-        acc0 = _reg_values(p0_smem.load(a_op), kv_raw, cur, 0, acc0, alpha, b_op, TMA)
-        acc1 = _reg_values(p1_smem.load(a_op), kv_raw, cur, 1, acc1, alpha, b_op, TMA)
-        acc2 = _reg_values(p2_smem.load(a_op), kv_raw, cur, 2, acc2, alpha, b_op, TMA)
-        acc3 = _reg_values(p3_smem.load(a_op), kv_raw, cur, 3, acc3, alpha, b_op, TMA)
+        acc0 = _reg_values(p0_smem.load(a_op), kv_raw, cur, 0, acc0, alpha, b_op)
+        acc1 = _reg_values(p1_smem.load(a_op), kv_raw, cur, 1, acc1, alpha, b_op)
+        acc2 = _reg_values(p2_smem.load(a_op), kv_raw, cur, 2, acc2, alpha, b_op)
+        acc3 = _reg_values(p3_smem.load(a_op), kv_raw, cur, 3, acc3, alpha, b_op)
         return m_new, l_keys, acc0, acc1, acc2, acc3, n_next
 
     @gluon.jit
@@ -427,10 +371,11 @@ mov.b32 {$6, $7}, x3;
         stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, TMA: gl.constexpr, num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, num_warps: gl.constexpr,
     ):
-        # RAW: raw page slots in the ring (2: page i + 1 in flight while page i is computed). TMA: REG_TMA (the raw
-        # rows by TMA through kv_desc, sc_desc, kr_desc, None otherwise; prepared, not yet run)
+        # RAW: raw page slots in the ring (2: page i + 1 in flight while page i is computed). The raw rows come by
+        # TMA through kv_desc (the e4m3 words, [4 tiles, 64 rows, 32 words] a box), sc_desc (the scales) and kr_desc
+        # (k_rope); kv_ptr and stride_kvb are not read (the FP8 tiles' shared signature)
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps],
@@ -440,7 +385,6 @@ mov.b32 {$6, $7}, x3;
         rows_l: gl.constexpr = gl.SliceLayout(1, mma)
         cols_l: gl.constexpr = gl.SliceLayout(0, mma)
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-        raw_layout: gl.constexpr = RAW_PAIR_SWIZZLE  # (K's 16-byte reads meet no bank conflict)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
 
         # Q's latent part in fp16 (each row scaled into fp16's range), its RoPE part in Q's dtype (columns permuted)
@@ -452,33 +396,26 @@ mov.b32 {$6, $7}, x3;
         p1_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
         p2_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
         p3_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        # the raw ring as the copies land: [4 tiles, 64, 32] words a slot, the scales, k_rope; three mbarriers a slot
+        # (_reg_expect_tma)
+        kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, 4, PAGE, 32], kv_desc.layout)
+        sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], sc_desc.layout)
+        kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], kr_desc.layout)
+        bw = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
+        bs = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
+        br = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
+        for k in gl.static_range(RAW):
+            mbarrier.init(bw.index(k), count=1)
+            mbarrier.init(bs.index(k), count=1)
+            mbarrier.init(br.index(k), count=1)
         sc_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
-        if TMA:  # the raw ring as the copies land: [4 tiles, 64, 32] words a slot, the scales, k_rope; three
-            #     mbarriers a slot (_reg_expect_tma)
-            kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, 4, PAGE, 32], kv_desc.layout)
-            sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], sc_desc.layout)
-            kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], kr_desc.layout)
-            bw = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
-            bs = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
-            br = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
-            for k in gl.static_range(RAW):
-                mbarrier.init(bw.index(k), count=1)
-                mbarrier.init(bs.index(k), count=1)
-                mbarrier.init(br.index(k), count=1)
-        else:
-            kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 128], raw_layout)  # the raw ring: e4m3 words,
-            sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], sc_layout)
-            kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], smem_layout)  # scales, k_rope
-            bw = None
-            bs = None
-            br = None
         mx_smem = gl.allocate_shared_memory(gl.float32, [BM, 4], sc_layout)
         # (mx_smem: each warp's partial row max, _reg_row_max)
 
         m_start = (gl.program_id(1) % m_tiles) * BM
         begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
-        g = 0  # (REG_TMA: the program's pages so far, across requests: page g's slot g % 2 and its mbarrier phase)
+        g = 0  # the program's pages so far, across requests: page g's slot g % 2 and its mbarriers' phase
 
         for req in range(begin_req, end_req + 1):
             s_k, lo, hi, part_slot, pieces, bt_row = _v5_request(
@@ -487,18 +424,10 @@ mov.b32 {$6, $7}, x3;
 
             gl.thread_barrier()  # every warp is done with the previous request's Q and slots
             n_cur = 0
-            if TMA:
-                if lo < hi:  # prologue: page lo in flight (page lo + 1 goes during page lo's P·V)
-                    page, n_cur = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
-                    _reg_expect_tma(bw, bs, br, g % RAW)
-                    _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, g % RAW, page)
-            else:
-                if lo < hi:  # prologue: page lo in flight (page lo + 1 goes during page lo's P·V), Q in
-                    page, n_rows = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
-                    _reg_copy(kv_raw.index(0), sc_raw.index(0), kr_raw.index(0), kv_ptr, page, n_rows, stride_kvb,
-                              num_warps)
-                else:
-                    async_copy.commit_group()
+            if lo < hi:  # prologue: page lo in flight (page lo + 1 goes during page lo)
+                page, n_cur = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
+                _reg_expect_tma(bw, bs, br, g % RAW)
+                _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, g % RAW, page)
             # Q's rows scaled into fp16's range; the scale is undone with qk_scale ([16, 1])
             q_scale = qk_scale * _reg_load_q16(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh,
                                                heads_per_kv, rows_per_kv, rows_l, num_warps)[:, None]
@@ -509,24 +438,19 @@ mov.b32 {$6, $7}, x3;
             l_keys = gl.zeros([BM, PAGE], gl.float32, layout=mma)
             for i in range(lo, hi):
                 m_i, l_keys, acc0, acc1, acc2, acc3, n_cur = _reg_page(
-                    i, lo, hi, kv_raw, sc_raw, kr_raw, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, mx_smem,
-                    bt_row, s_k, num_blocks, ok_ptr, kv_ptr, stride_kvb, n_visible, q_scale, m_i, l_keys, acc0, acc1,
-                    acc2, acc3, kv_desc, sc_desc, kr_desc, bw, bs, br, g, n_cur, mma, a_op, b_op, rows_l, cols_l,
-                    num_warps, RAW, TMA)
-                if TMA:
-                    g += 1
-            if not TMA:
-                async_copy.wait_group(0)  # nothing in flight into the slots past the request
+                    i, hi, kv_raw, sc_raw, kr_raw, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, mx_smem,
+                    bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, acc0, acc1, acc2, acc3, kv_desc,
+                    sc_desc, kr_desc, bw, bs, br, g, n_cur, mma, a_op, b_op, rows_l, cols_l, num_warps, RAW)
+                g += 1
             l_i = gl.sum(l_keys, axis=1)
 
             _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr,
                        part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l,
                        True)  # (each slice's columns un-permuted)
-        if TMA:
-            for k in gl.static_range(RAW):
-                mbarrier.invalidate(bw.index(k))
-                mbarrier.invalidate(bs.index(k))
-                mbarrier.invalidate(br.index(k))
+        for k in gl.static_range(RAW):
+            mbarrier.invalidate(bw.index(k))
+            mbarrier.invalidate(bs.index(k))
+            mbarrier.invalidate(br.index(k))
 
 
 _LAUNCH = FastLauncher(_v5_fp8_reg_kernel) if gluon is not None else None
@@ -536,13 +460,7 @@ def launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta
                       part_lse, ok_flag):
     """Launch the register-dequantizing 16-row FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache,
     rows contiguous)."""
-    if REG_TMA:  # the raw rows' descriptors after the cache pointer: 64-row boxes, the words [4, 64, 32]
-        grid, args = tma_tile_launch_args("register tile with REG_TMA", q, k_cache, block_table, cache_seqlens, dims,
-                                          meta, num_splits, out, lse, part_out, part_lse, ok_flag, rows=64,
-                                          tiled_words=True)
-    else:
-        grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
-                                          out, lse, part_out, part_lse, ok_flag)
-        args = args[:2] + (None, None, None) + args[2:]
-    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, TMA=bool(REG_TMA),
+    grid, args = tma_tile_launch_args("register FP8 tile", q, k_cache, block_table, cache_seqlens, dims, meta,
+                                      num_splits, out, lse, part_out, part_lse, ok_flag, rows=64, tiled_words=True)
+    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS,
             num_warps=REG_WARPS, maxnreg=REG_MAXNREG)
