@@ -74,8 +74,8 @@ FP8_GLUON_MIN_ROWS = 16
 
 #: An FP8 cache with at most this many query rows per KV head is read by the 16-row FP8 tile that dequantizes into its
 #: operand registers (v5_fp8_reg.py) where the Gluon tiles run. On the H200 (2026-12-02, b = 128, h_q = 16, s_k 4096)
-#: it took 0.201 ms (0.173 after the eighth and ninth sessions' changes;
-#: docs/results/fp8_bench_f16k_h200_2026-12-02.json)
+#: it took 0.201 ms (0.154 after the eighth and ninth sessions' changes;
+#: docs/results/fp8_bench_tma_h200_2026-12-02.json)
 #: against 0.248 for the 16-row tile with a bf16 page in shared memory (v5_fp8_mma.py, routed here
 #: before: 0.257 against 0.322 for the warp-specialised FP8 tile, 0.440 against 0.554 at s_k 8192, 0.119 against
 #: 0.132 at 1024; docs/results/fp8_bench_mma_h200_2026-12-02.json), 0.205 against 0.251 at ~N(4096, 2048) lengths
