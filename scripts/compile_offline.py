@@ -128,15 +128,16 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
     if kind in ("ws", "mma", "mma8"):
         sig["MODE"] = "constexpr"
         consts["MODE"] = mode
-    if kind in REG_KINDS:  # the raw rows' descriptors after the cache pointer (v5_fp8_reg.launch_v5_fp8_reg)
+    if kind in REG_KINDS:  # the raw rows' descriptors after the cache pointer (v5_fp8_reg.launch_v5_fp8_reg);
+        # reg-early: REG_EARLY_TMA
         sw32 = SMEM_LAYOUT.replace("element_bitwidth=16, rank=2", "element_bitwidth=32, rank=3")
         plain = SMEM_LAYOUT.replace("swizzle_byte_width=128, element_bitwidth=16", "swizzle_byte_width=0, "
                                     "element_bitwidth=32")
         descs = [("kv_desc", f"tensordesc<i32[4, 64, 32],{sw32}>"), ("sc_desc", f"tensordesc<i32[64, 4],{plain}>"),
                  ("kr_desc", f"tensordesc<bf16[64, 64],{SMEM_LAYOUT}>")]
         sig = dict(list(sig.items())[:2] + descs + [kv for kv in list(sig.items())[2:] if kv[0] != "num_warps"])
-        sig |= {"RAW": "constexpr", "num_warps": "constexpr"}
-        consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS}
+        sig |= {"RAW": "constexpr", "EARLY": "constexpr", "num_warps": "constexpr"}
+        consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS, "EARLY": kind == "reg-early"}
         attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 7, 17)}  # (the descriptors' places counted)
     if kind in ("ws16", "ws16w"):  # ws16w: the 8-warp producer (PW precedes num_warps in the signature)
         sig = {k: v for k, v in sig.items() if k != "num_warps"} | {"PW": "constexpr", "num_warps": "constexpr"}
@@ -152,7 +153,7 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
 
 #: The register tile (v5_fp8_reg.py) and its prepared variants' names here ("reg-NAME": a variant's constexprs go
 #: into compile_v5_fp8's consts; none now).
-REG_KINDS = ("reg",)
+REG_KINDS = ("reg", "reg-early")
 
 
 def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, causal: bool = False,
