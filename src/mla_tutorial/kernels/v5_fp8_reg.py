@@ -94,9 +94,9 @@ REG_WARPS = 4  # warps per program (two programs per SM: ~110 KB of shared memor
 REG_MAXNREG = 255
 REG_RAW_SLOTS = 2  # raw page slots in the ring (one slot, with cp.async copies, measured slower)
 #: The prepared variants by name, with the knobs each sets: the GPU tests (ids "reg-NAME", opt-in with
-#: MLA_FP8_REG_VARIANTS=1) and the FP8 benchmark (impls "fp8_reg_NAME") read this table. None now: of the ninth
-#: session's, S in fp16 and the copies by TMA became the tile; an earlier copy of the next page and P·V in fp16
-#: measured slower or no faster and were removed (docs/results/v5_notes.md; commits 8e29e30 and b5262e7 have them).
+#: MLA_FP8_REG_VARIANTS=1) and the FP8 benchmark (impls "fp8_reg_NAME") read this table. Of the ninth session's
+#: earlier ones, S in fp16 and the copies by TMA became the tile; the next page's cp.async copy a page earlier and P·V
+#: in fp16 measured slower or no faster and were removed (docs/results/v5_notes.md; commits 8e29e30 and b5262e7).
 REG_VARIANTS: dict[str, dict] = {"early": {"REG_EARLY_TMA": True}}
 #: Prepared variant, not yet run (read at launch): page i + 1's copies issued right after page i's first barrier, in
 #: flight for the whole page instead of from S's row max on. Each of the two raw slots gets allocations of its own
