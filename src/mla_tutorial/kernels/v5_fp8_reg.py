@@ -79,6 +79,7 @@ from .v5_gluon import (
     _v5_next_part,
     _v5_part,
     _v5_probs,
+    _v5_q_rows,
     _v5_request,
     fence_async_shared,
     gl,
@@ -178,11 +179,8 @@ mov.b32 {$6, $7}, x3;
         part in bf16 (qr_smem), columns in _reg_perm64's order; rows past rows_per_kv are 0. Returns 2^-k_row [16]
         (rows_l), which multiplies the scores back."""
         ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-        rows = m_start + gl.arange(0, 16, layout=gl.SliceLayout(1, ld))  # (16,)
-        row_ok = rows < rows_per_kv
-        tok = rows // heads_per_kv
-        head = rows % heads_per_kv
-        base = q_ptr + req.to(gl.int64) * stride_qb + tok * stride_qs + head * stride_qh  # (16,) pointers
+        base, row_ok = _v5_q_rows(q_ptr, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv, rows_per_kv, 16,
+                                  ld)  # (16,) pointers
         cols = _reg_perm64(gl.arange(0, 64, layout=gl.SliceLayout(0, ld)))
         amax = gl.zeros([16], gl.float32, layout=gl.SliceLayout(1, ld))
         for c in gl.static_range(9):  # the row's largest |q|, latent and RoPE parts
@@ -230,7 +228,7 @@ mov.b32 {$6, $7}, x3;
         rows = gl.arange(0, 64, layout=gl.SliceLayout(1, lw))
         keep = (rows < n_rows)[:, None]
         for t in gl.static_range(4):
-            box = _reg_tma_blocks(kv_raw).index(4 * slot + t)
+            box = _reg_words(kv_raw, slot, t)
             box.store(gl.where(keep, box.load(lw), 0))
         ls: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [num_warps, 1], [1, 0])  # [64, 4] scales
         keep_s = (gl.arange(0, 64, layout=gl.SliceLayout(1, ls)) < n_rows)[:, None]
@@ -255,16 +253,12 @@ mov.b32 {$6, $7}, x3;
                 gl.convert_layout(s2, keys_l, assert_trivial=True), gl.convert_layout(s3, keys_l, assert_trivial=True))
 
     @gluon.jit
-    def _reg_tma_blocks(kv_raw):
-        """The word ring [slots, 4 tiles, 64, 32] (the copies' rank-3 layout) as [slots · 4, 64, 32] blocks of
-        the same bytes and the same 128-byte swizzle, which index to one tile's [64, 32]."""
-        layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
-        return kv_raw._reinterpret(gl.int32, [kv_raw.shape[0] * 4, 64, 32], layout)
-
-    @gluon.jit
     def _reg_words(kv_raw, slot, tile: gl.constexpr):
-        """Raw slot `slot`'s e4m3 words of scale tile `tile`, [64 keys, 32 words] (the 128-byte swizzle)."""
-        return _reg_tma_blocks(kv_raw).index(4 * slot + tile)
+        """Raw slot `slot`'s e4m3 words of scale tile `tile`, [64 keys, 32 words]: the word ring [slots, 4 tiles, 64,
+        32] (the copies' rank-3 layout) seen as [slots · 4, 64, 32] blocks of the same bytes in the same 128-byte
+        swizzle, indexed."""
+        layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
+        return kv_raw._reinterpret(gl.int32, [kv_raw.shape[0] * 4, 64, 32], layout).index(4 * slot + tile)
 
     @gluon.jit
     def _reg_tile_scores(q_smem, words, tile: gl.constexpr, mma: gl.constexpr, a_op: gl.constexpr,

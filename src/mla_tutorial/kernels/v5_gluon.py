@@ -73,17 +73,25 @@ if gluon is not None:
                                                       instr_shape=[16, 256, 16]))
 
     @gluon.jit
+    def _v5_q_rows(q_ptr, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv, rows_per_kv,
+                   BLOCK_M: gl.constexpr, ld: gl.constexpr):
+        """(pointers to the starts of the tile's BLOCK_M query rows of request req, which of them exist) in the rows'
+        slice of ld: row m_start + r is token r // heads_per_kv, head r % heads_per_kv."""
+        rows = m_start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ld))  # (BLOCK_M,)
+        row_ok = rows < rows_per_kv
+        tok = rows // heads_per_kv
+        head = rows % heads_per_kv  # h_kv = 1: the KV head's query heads are all heads
+        return q_ptr + req.to(gl.int64) * stride_qb + tok * stride_qs + head * stride_qh, row_ok
+
+    @gluon.jit
     def _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv, rows_per_kv,
                    FIRST: gl.constexpr, LAST: gl.constexpr, CHUNK: gl.constexpr, BLOCK_M: gl.constexpr,
                    num_warps: gl.constexpr):
         """Q tile rows -> shared memory [64, 576], 64-column blocks FIRST..LAST-1 of the nine (block 8: RoPE);
         rows past rows_per_kv are 0."""
         ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-        rows = m_start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ld))  # (64,)
-        row_ok = rows < rows_per_kv
-        tok = rows // heads_per_kv
-        head = rows % heads_per_kv  # h_kv = 1: the KV head's query heads are all heads
-        base = q_ptr + req.to(gl.int64) * stride_qb + tok * stride_qs + head * stride_qh  # (64,) pointers
+        base, row_ok = _v5_q_rows(q_ptr, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv, rows_per_kv,
+                                  BLOCK_M, ld)
         cols = gl.arange(0, CHUNK, layout=gl.SliceLayout(0, ld))
         for c in gl.static_range(FIRST, LAST):
             x = gl.load(base[:, None] + (c * CHUNK + cols)[None, :], mask=row_ok[:, None], other=0.0)
