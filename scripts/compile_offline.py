@@ -152,7 +152,7 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
 
 
 #: The register tile (v5_fp8_reg.py) and its prepared variants' names here ("reg-NAME": a variant's constexprs go
-#: into compile_v5_fp8's consts; none now).
+#: into compile_v5_fp8's consts; reg-early: REG_EARLY_TMA).
 REG_KINDS = ("reg", "reg-early")
 
 

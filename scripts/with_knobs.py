@@ -24,10 +24,11 @@ def set_knobs(items: list[str]) -> dict:
     """Set v5_fp8_reg's knobs from "KNOB=INT" strings (a REG_* name the module has); returns current_knobs()."""
     from mla_tutorial.kernels import v5_fp8_reg
 
+    knobs = current_knobs()
     for item in items:
         name, eq, value = item.partition("=")
-        if not eq or not name.startswith("REG_") or not hasattr(v5_fp8_reg, name):
-            raise SystemExit(f"with_knobs.py: {item!r} is not KNOB=INT for a REG_* knob of v5_fp8_reg")
+        if not eq or name not in knobs:
+            raise SystemExit(f"with_knobs.py: {item!r} is not KNOB=INT for one of v5_fp8_reg's knobs {sorted(knobs)}")
         setattr(v5_fp8_reg, name, int(value))
     return current_knobs()
 
