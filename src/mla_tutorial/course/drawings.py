@@ -594,12 +594,11 @@ def fp8_tile_parts(rows: Sequence[Fp8SpeedRow], targets: dict[tuple[int, str], f
         tile = chosen.get((r.h_q, r.lengths))
         if tile is None:
             continue
-        part = r.impl.endswith("_alone")  # a part alone: the GPU's time (Fp8SpeedRow.kernel_ms)
+        ms = r.kernel_ms if r.impl.endswith("_alone") else r.ms  # a part alone: the GPU's time
         if r.impl in _FP8_PARTS[tile]:
-            picked.append(replace(r, impl=generic[_FP8_PARTS[tile].index(r.impl)][0],
-                                  ms=r.kernel_ms if part else r.ms))
+            picked.append(replace(r, impl=generic[_FP8_PARTS[tile].index(r.impl)][0], ms=ms))
         elif r.impl in ("bf16_lockstep_compute_alone", "flashmla"):
-            picked.append(replace(r, ms=r.kernel_ms) if part else r)
+            picked.append(replace(r, ms=ms))
     fig, ax = plt.subplots(figsize=(9, 4))
     _fp8_bars(ax, picked, generic, shapes, lambda r: f"{r.ms:.3f}", 6)
     for j, shape in enumerate(shapes):
