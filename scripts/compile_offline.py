@@ -94,6 +94,28 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
     return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": ss.WS_REGS})
 
 
+def compile_m16(variant: str, causal: bool = False, dtype: str = "bf16"):
+    """The TMA-fed 16-row bf16 tile (v5_m16.py), variant `variant` of M16_VARIANTS."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from mla_tutorial.kernels import v5_m16
+
+    keys, slots, warps, _ = v5_m16.m16_variant(variant)
+    chunks = SMEM_LAYOUT.replace("rank=2", "rank=3")
+    sig = {"q_ptr": f"*{dtype}", "ckv_desc": f"tensordesc<{dtype}[8, {keys}, 64],{chunks}>",
+           "kr_desc": f"tensordesc<{dtype}[{keys}, 64],{SMEM_LAYOUT}>", "block_table_ptr": "*i32",
+           "seqlens_ptr": "*i32", "out_ptr": f"*{dtype}", "lse_ptr": "*fp32", "part_out_ptr": "*fp32",
+           "part_lse_ptr": "*fp32", "meta_ptr": "*i32", "num_splits_ptr": "*i32", "ok_ptr": "*i32",
+           "stride_qb": "i32", "stride_qs": "i32", "stride_qh": "i32", "stride_btb": "i32",
+           "s_q": "i32", "h_q": "i32", "heads_per_kv": "i32", "rows_per_kv": "i32", "m_tiles": "i32",
+           "num_blocks": "i32", "max_blocks": "i32", "qk_scale": "fp32", "CAUSAL": "constexpr",
+           "META_COLS": "constexpr", "KEYS": "constexpr", "SLOTS": "constexpr", "num_warps": "constexpr"}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 5)}  # q, out
+    src = GluonASTSource(v5_m16._v5_m16_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "KEYS": keys,
+                                                       "SLOTS": slots, "num_warps": warps}, attrs)
+    return triton.compile(src, target=TARGET, options={"num_warps": warps, "maxnreg": v5_m16.M16_MAXNREG})
+
+
 def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
     """A Gluon FP8 tile over a contiguous FP8 cache (one signature for all three): kind "gluon" the lockstep tile
     (v5_fp8_gluon.py), "ws" the warp-specialised one (v5_fp8_ws.py; MODE: its probes, 1 the producer alone, 2 the
@@ -229,6 +251,11 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, kind=name[3:])
                 print(f"{name} causal={causal}: {report(f'{name}_c{int(causal)}', ck, workdir)}")
+        elif name.startswith("m16"):  # the TMA-fed 16-row bf16 tile (v5_m16.py): m16[:VARIANT]
+            variant = name.partition(":")[2] or None
+            for causal in (False, True):
+                ck = compile_m16(variant, causal=causal)
+                print(f"{name} causal={causal}: {report(f'm16_{variant}_c{int(causal)}', ck, workdir)}")
         elif name.startswith("v5fws"):  # the warp-specialised Gluon FP8 tile (v5fws:MODE: its parts alone)
             mode = int(name.split(":")[1]) if ":" in name else 0
             for causal in (False, True):

@@ -48,7 +48,7 @@ def test_gpu_matrix(version, h_q, s_q, h_kv, causal, dtype):
 
 
 @pytest.mark.parametrize("path,fine", [("seesaw", False), ("seesaw", True), ("gluon", False), ("gluon", True),
-                                       ("small", False)])
+                                       ("small", False), ("m16", False)])
 @pytest.mark.parametrize("h_q,s_q,causal", [(16, 1, False), (64, 2, True), (126, 1, False), (128, 2, True)])
 def test_v5_each_tile(path, fine, h_q, s_q, causal):
     """v5's tiles forced at every tile height (kernel_choice picks one per height; both must be right)."""
@@ -61,6 +61,36 @@ def test_v5_each_tile(path, fine, h_q, s_q, causal):
     check_against_reference(K.mla_decode_v5, q, k_cache, block_table, seqlens, causal, path=path, config=config,
                             error_flag=flag)
     assert int(flag) == 1, "a valid call raised the bounds / stale-schedule flag"
+
+
+def _m16_variants():
+    from mla_tutorial.kernels.v5_m16 import M16_VARIANTS
+
+    return list(M16_VARIANTS)
+
+
+@pytest.mark.parametrize("variant", _m16_variants() if torch.cuda.is_available() else [])
+@pytest.mark.parametrize("h_q,s_q,causal,dtype", [(16, 1, False, torch.bfloat16), (1, 1, False, torch.float16),
+                                                  (9, 2, True, torch.bfloat16), (64, 1, False, torch.bfloat16)])
+def test_gpu_m16_variants(variant, h_q, s_q, causal, dtype, monkeypatch):
+    """The TMA-fed 16-row bf16 tile (path "m16"), each variant (keys a step, warps), on every length of the matrix
+    (page boundaries, an empty request, NaN in unused slots) and on a bad block id: the flag is cleared and the other
+    requests stay right."""
+    from mla_tutorial.kernels import v5_m16
+
+    monkeypatch.setattr(v5_m16, "M16_DEFAULT", variant)
+    q, k_cache, block_table, seqlens = make_paged_inputs(LENGTHS, s_q, h_q, 1, dtype, seed=h_q + 7 * s_q,
+                                                         device="cuda")
+    flag = torch.ones(1, dtype=torch.int32, device="cuda")
+    check_against_reference(K.mla_decode_v5, q, k_cache, block_table, seqlens, causal, path="m16", error_flag=flag)
+    assert int(flag) == 1, "a valid call raised the bounds / stale-schedule flag"
+    bad = block_table.clone()
+    bad[7, 3] = k_cache.shape[0]  # inside request 7's 4,096 keys
+    out, _ = K.mla_decode_v5(q, k_cache, bad, seqlens, 512, causal=causal, path="m16", error_flag=flag)
+    ref, _ = K.mla_decode_reference(q, k_cache, block_table, seqlens, 512, causal=causal)
+    assert int(flag) == 0, "a bad block id did not clear the flag"
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[:7].float(), ref[:7].float(), atol=2e-2, rtol=2e-2)
 
 
 def test_current_api_form_on_the_gpu():

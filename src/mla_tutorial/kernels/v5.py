@@ -40,6 +40,7 @@ from .v5_fp8_ws import launch_v5_fp8_ws
 from .v5_fp8_ws16 import PRODUCER_WARPS, launch_v5_fp8_ws16
 from .v5_gluon import BLOCK_M as GLUON_BLOCK_M
 from .v5_gluon import DEFAULT_GLUON_CONFIG, GluonConfig, gluon_unavailable, launch_v5_gluon
+from .v5_m16 import launch_v5_m16
 from .v5_seesaw import launch_v5_seesaw
 from .v5_small import launch_v5_small, small_tile_config
 
@@ -48,9 +49,11 @@ from .v5_small import launch_v5_small, small_tile_config
 #: to FP8_REG_MAX_ROWS rows); the others are forced only. Their timing modes (GluonConfig.mode): up to 4 for "mma",
 #: none for the others.
 FP8_16ROW_PATHS = {"mma": 4, "tma": 0, "ws16": 0, "reg": 0}
-GLUON_PATHS = ("seesaw", "gluon", *FP8_16ROW_PATHS)  # the Gluon tiles (sm_90, Triton 3.6)
-FP8_PATHS = ("small", *GLUON_PATHS)  # the tiles that read an FP8 cache
-PATHS = ("seesaw", "gluon", "small", "v4", *FP8_16ROW_PATHS)
+#: "m16": the TMA-fed 16-row tile on a bf16 cache (v5_m16.py; forced only, its variant v5_m16.M16_DEFAULT)
+GLUON_PATHS = ("seesaw", "gluon", "m16", *FP8_16ROW_PATHS)  # the Gluon tiles (sm_90, Triton 3.6)
+FP8_PATHS = ("small", "seesaw", "gluon", *FP8_16ROW_PATHS)  # the tiles that read an FP8 cache
+PATHS = ("seesaw", "gluon", "small", "v4", "m16", *FP8_16ROW_PATHS)
+_MAX_MODE = {**FP8_16ROW_PATHS, "m16": 0}  # the highest GluonConfig.mode (a part alone) of each tile; else 2
 
 
 def on_gpu(q) -> bool:
@@ -137,7 +140,7 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     if path in FP8_16ROW_PATHS and not is_fp8:
         raise ValueError(f"path {path!r} (a 16-row FP8 tile) reads only an FP8 cache (is_fp8_kvcache=True)")
     mode = int(getattr(config, "mode", 0))  # GluonConfig's: a part of the tile alone, for timing
-    if mode > FP8_16ROW_PATHS.get(path, 2):  # the highest mode each tile has
+    if mode > _MAX_MODE.get(path, 2):  # the highest mode each tile has
         raise ValueError(f"GluonConfig.mode {mode} (a part alone) is not a mode of path {path!r} (3 and 4: "
                          f"the 16-row FP8 tile's, path 'mma', only; the other 16-row tiles have none)")
     if forced in GLUON_PATHS:  # a forced Gluon tile where it cannot run: say why, first
@@ -155,7 +158,10 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     part_out = torch.empty(slots, s_q * h_q, D_NOPE, dtype=torch.float32, device=dev)
     part_lse = torch.empty(slots, s_q * h_q, dtype=torch.float32, device=dev)
     flag = ok_flag(dev) if error_flag is None else error_flag
-    if path == "reg":
+    if path == "m16":
+        launch_v5_m16(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
+                      part_lse, flag)
+    elif path == "reg":
         launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                           part_lse, flag)
     elif path == "ws16":
