@@ -122,7 +122,15 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
     consumers alone, ...), "mma" the 16-row one (v5_fp8_mma.py), "mma8" the same with 8 warps and 128 registers."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from mla_tutorial.kernels import v5_fp8_gluon, v5_fp8_mma, v5_fp8_reg, v5_fp8_tma, v5_fp8_ws, v5_fp8_ws16
+    from mla_tutorial.kernels import (
+        v5_fp8_gluon,
+        v5_fp8_ksplit,
+        v5_fp8_mma,
+        v5_fp8_reg,
+        v5_fp8_tma,
+        v5_fp8_ws,
+        v5_fp8_ws16,
+    )
 
     sig = {"q_ptr": "*bf16", "kv_ptr": "*fp8e4nv", "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
            "out_ptr": "*bf16", "lse_ptr": "*fp32", "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32",
@@ -145,30 +153,35 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
                  "tma": (v5_fp8_tma._v5_fp8_tma_kernel, v5_fp8_tma.TMA_WARPS),
                  "ws16": (v5_fp8_ws16._v5_fp8_ws16_kernel, v5_fp8_ws16.CONSUMER_WARPS),
                  "ws16w": (v5_fp8_ws16._v5_fp8_ws16_kernel, v5_fp8_ws16.CONSUMER_WARPS),
+                 "ksplit": (v5_fp8_ksplit._v5_fp8_ksplit_kernel, v5_fp8_ksplit.KS_WARPS),
                  **{k: (v5_fp8_reg._v5_fp8_reg_kernel, v5_fp8_reg.REG_WARPS) for k in REG_KINDS}}[kind]
     consts = {"CAUSAL": causal, "META_COLS": 8, "num_warps": warps}
     if kind in ("ws", "mma", "mma8"):
         sig["MODE"] = "constexpr"
         consts["MODE"] = mode
-    if kind in REG_KINDS:  # the raw rows' descriptors after the cache pointer (v5_fp8_reg.launch_v5_fp8_reg);
-        # reg-early: REG_EARLY_TMA
+    if kind in (*REG_KINDS, "ksplit"):  # the raw rows' descriptors after the cache pointer
+        # (v5_fp8_reg.launch_v5_fp8_reg); reg-early: REG_EARLY_TMA; ksplit: v5_fp8_ksplit.py (no EARLY)
         sw32 = SMEM_LAYOUT.replace("element_bitwidth=16, rank=2", "element_bitwidth=32, rank=3")
         plain = SMEM_LAYOUT.replace("swizzle_byte_width=128, element_bitwidth=16", "swizzle_byte_width=0, "
                                     "element_bitwidth=32")
         descs = [("kv_desc", f"tensordesc<i32[4, 64, 32],{sw32}>"), ("sc_desc", f"tensordesc<i32[64, 4],{plain}>"),
                  ("kr_desc", f"tensordesc<bf16[64, 64],{SMEM_LAYOUT}>")]
         sig = dict(list(sig.items())[:2] + descs + [kv for kv in list(sig.items())[2:] if kv[0] != "num_warps"])
-        sig |= {"RAW": "constexpr", "EARLY": "constexpr", "num_warps": "constexpr"}
-        consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS, "EARLY": kind == "reg-early"}
+        if kind == "ksplit":
+            sig |= {"num_warps": "constexpr"}
+        else:
+            sig |= {"RAW": "constexpr", "EARLY": "constexpr", "num_warps": "constexpr"}
+            consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS, "EARLY": kind == "reg-early"}
         attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 7, 17)}  # (the descriptors' places counted)
     if kind in ("ws16", "ws16w"):  # ws16w: the 8-warp producer (PW precedes num_warps in the signature)
         sig = {k: v for k, v in sig.items() if k != "num_warps"} | {"PW": "constexpr", "num_warps": "constexpr"}
         consts["PW"] = 8 if kind == "ws16w" else 4
     src = GluonASTSource(fn, sig, consts, attrs)
     options = {"num_warps": warps}
-    if kind in ("ws", "mma8", "ws16", "ws16w", *REG_KINDS):
+    if kind in ("ws", "mma8", "ws16", "ws16w", "ksplit", *REG_KINDS):
         options["maxnreg"] = {"ws": v5_fp8_ws.WS_REGS, "mma8": v5_fp8_mma.WIDE_MAXNREG,
-                              "ws16": v5_fp8_ws16.WS16_REGS, "ws16w": v5_fp8_ws16.WIDE_REGS}.get(
+                              "ws16": v5_fp8_ws16.WS16_REGS, "ws16w": v5_fp8_ws16.WIDE_REGS,
+                              "ksplit": v5_fp8_ksplit.KS_MAXNREG}.get(
                                   kind, v5_fp8_reg.REG_MAXNREG)
     return triton.compile(src, target=TARGET, options=options)
 
@@ -245,9 +258,9 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, kind=kind, mode=mode)
                 print(f"{base} mode={mode} causal={causal}: {report(f'{base}{mode}_c{int(causal)}', ck, workdir)}")
-        elif name in ("v5ftma", "v5fws16", "v5fws16w", *(f"v5f{k}" for k in REG_KINDS)):  # the other 16-row
-            # Gluon FP8 tiles (tma: fed by TMA; ws16: warp-specialised, ws16w: with an 8-warp producer; reg:
-            # dequantizing into registers, and its variants)
+        elif name in ("v5ftma", "v5fws16", "v5fws16w", "v5fksplit", *(f"v5f{k}" for k in REG_KINDS)):
+            # the other 16-row Gluon FP8 tiles (tma: fed by TMA; ws16: warp-specialised, ws16w: with an 8-warp
+            # producer; reg: dequantizing into registers, and its variants; ksplit: its warps splitting S's reduction)
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, kind=name[3:])
                 print(f"{name} causal={causal}: {report(f'{name}_c{int(causal)}', ck, workdir)}")

@@ -425,7 +425,7 @@ def test_fp8_forcing_a_gluon_fp8_tile_where_it_cannot_run_says_why(path, monkeyp
 def test_the_16_row_fp8_tile_reads_only_an_fp8_cache():
     """path="mma" is the 16-row FP8 tile: on a bf16 cache it is refused by name, wherever it runs."""
     q, k, block_table, seqlens = make_inputs([10, 70], 1, 4, 1, torch.bfloat16, seed=3)
-    for path in ("mma", "tma", "ws16", "reg"):
+    for path in ("mma", "tma", "ws16", "reg", "ksplit"):
         with pytest.raises(ValueError, match=f"path '{path}' .+ reads only an FP8 cache"):
             K.mla_decode_v5(q, k, block_table, seqlens, 512, path=path)
 
@@ -448,7 +448,7 @@ REG_VARIANTS = {f"reg-{name}": knobs for name, knobs in v5_fp8_reg.REG_VARIANTS.
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "mma", "mma8", "tma", "ws16",
-                                  "ws16w", "reg",
+                                  "ws16w", "reg", "ksplit",
                                   *(pytest.param(v, marks=UNVERIFIED_REG_VARIANTS) for v in REG_VARIANTS)])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
@@ -456,7 +456,7 @@ def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     warp-specialised form (path "seesaw"; both pad fewer than 64 rows, as FlashMLA's kernel does) and the 16-row
     Gluon FP8 tile (path "mma": 16 rows per program, m_tiles of them; "mma8": with 8 warps per program; "tma": fed
     by TMA; "ws16": warp-specialised, "ws16w" with an 8-warp producer; "reg": dequantizing into its operand
-    registers, "reg-early" its prepared variant)."""
+    registers, "reg-early" its prepared variant; "ksplit": that tile with the warps splitting S's reduction)."""
     from mla_tutorial.kernels import v5_fp8_reg, v5_small
     from mla_tutorial.kernels.v5_gluon import GluonConfig
 
@@ -472,7 +472,8 @@ def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("path", ["reg", *(pytest.param(v, marks=UNVERIFIED_REG_VARIANTS) for v in REG_VARIANTS)])
+@pytest.mark.parametrize("path", ["reg", "ksplit",
+                                  *(pytest.param(v, marks=UNVERIFIED_REG_VARIANTS) for v in REG_VARIANTS)])
 def test_gpu_fp8_reg_wide_ranges(path, monkeypatch):
     """The register tile on values far from 1: query rows with |q| from 2^-20 to 2^20 (past fp16's 65,504) and cache
     rows whose tile scales span 2^-31 .. 2^5 within each request (S's latent part is an fp16 product: Q's rows are
@@ -487,7 +488,7 @@ def test_gpu_fp8_reg_wide_ranges(path, monkeypatch):
     q = (q.float() * torch.exp2(q_exp)[..., None].to(q.device)).bfloat16()
     k_exp = torch.randint(-24, 13, k_cache.shape[:3], generator=gen).float()  # [num_blocks, 64, h_kv]: per token
     k8 = quantize_k_cache((k_cache.float() * torch.exp2(k_exp)[..., None].to(k_cache.device)).bfloat16())
-    check_fp8(q, k8, block_table, seqlens, False, path="reg")
+    check_fp8(q, k8, block_table, seqlens, False, path="ksplit" if path == "ksplit" else "reg")
 
 
 @pytest.mark.gpu

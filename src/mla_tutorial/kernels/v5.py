@@ -33,6 +33,7 @@ from .common import D_NOPE, TileConfig, validate_metadata
 from .schedule import get_mla_metadata
 from .v4_balanced import _launch_v4
 from .v5_fp8_gluon import launch_v5_fp8_gluon
+from .v5_fp8_ksplit import launch_v5_fp8_ksplit
 from .v5_fp8_mma import MMA_WARPS, launch_v5_fp8_mma, mma_v2
 from .v5_fp8_reg import launch_v5_fp8_reg
 from .v5_fp8_tma import launch_v5_fp8_tma
@@ -46,9 +47,10 @@ from .v5_small import launch_v5_small, small_tile_config
 
 #: The 16-row FP8 tiles (an FP8 cache only): "mma" (v5_fp8_mma.py), "tma" the same fed by TMA (v5_fp8_tma.py), "ws16"
 #: warp-specialised (v5_fp8_ws16.py), "reg" dequantizing into the operand registers (v5_fp8_reg.py, v5's choice at up
-#: to FP8_REG_MAX_ROWS rows); the others are forced only. Their timing modes (GluonConfig.mode): up to 4 for "mma",
+#: to FP8_REG_MAX_ROWS rows), "ksplit" the same with the warps splitting S's reduction (v5_fp8_ksplit.py); the others
+#: are forced only. Their timing modes (GluonConfig.mode): up to 4 for "mma",
 #: none for the others.
-FP8_16ROW_PATHS = {"mma": 4, "tma": 0, "ws16": 0, "reg": 0}
+FP8_16ROW_PATHS = {"mma": 4, "tma": 0, "ws16": 0, "reg": 0, "ksplit": 0}
 #: "m16": the TMA-fed 16-row tile on a bf16 cache (v5_m16.py; forced only, its variant v5_m16.M16_DEFAULT)
 GLUON_PATHS = ("seesaw", "gluon", "m16", *FP8_16ROW_PATHS)  # the Gluon tiles (sm_90, Triton 3.6)
 FP8_PATHS = ("small", "seesaw", "gluon", *FP8_16ROW_PATHS)  # the tiles that read an FP8 cache
@@ -135,8 +137,8 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     if is_fp8 and path not in FP8_PATHS:
         raise ValueError(f"path {path!r} cannot read an FP8 cache (is_fp8_kvcache=True): only 'small', 'gluon', "
                          f"'seesaw' (the warp-specialised FP8 tile), 'mma' (the 16-row FP8 tile), 'tma' (the same "
-                         f"fed by TMA), 'ws16' (the same warp-specialised) and 'reg' (the same dequantizing into "
-                         f"registers) can")
+                         f"fed by TMA), 'ws16' (the same warp-specialised), 'reg' (the same dequantizing into "
+                         f"registers) and 'ksplit' (that with the warps splitting the reduction) can")
     if path in FP8_16ROW_PATHS and not is_fp8:
         raise ValueError(f"path {path!r} (a 16-row FP8 tile) reads only an FP8 cache (is_fp8_kvcache=True)")
     mode = int(getattr(config, "mode", 0))  # GluonConfig's: a part of the tile alone, for timing
@@ -161,6 +163,9 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     if path == "m16":
         launch_v5_m16(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                       part_lse, flag)
+    elif path == "ksplit":
+        launch_v5_fp8_ksplit(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
+                             part_out, part_lse, flag)
     elif path == "reg":
         launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                           part_lse, flag)
