@@ -160,7 +160,7 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
         sig["MODE"] = "constexpr"
         consts["MODE"] = mode
     if kind in (*REG_KINDS, "ksplit"):  # the raw rows' descriptors after the cache pointer
-        # (v5_fp8_reg.launch_v5_fp8_reg); reg-early: REG_EARLY_TMA; ksplit: v5_fp8_ksplit.py (no EARLY)
+        # (v5_fp8_reg.launch_v5_fp8_reg); ksplit: v5_fp8_ksplit.py
         sw32 = SMEM_LAYOUT.replace("element_bitwidth=16, rank=2", "element_bitwidth=32, rank=3")
         plain = SMEM_LAYOUT.replace("swizzle_byte_width=128, element_bitwidth=16", "swizzle_byte_width=0, "
                                     "element_bitwidth=32")
@@ -170,8 +170,8 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
         if kind == "ksplit":
             sig |= {"num_warps": "constexpr"}
         else:
-            sig |= {"RAW": "constexpr", "EARLY": "constexpr", "num_warps": "constexpr"}
-            consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS, "EARLY": kind == "reg-early"}
+            sig |= {"RAW": "constexpr", "num_warps": "constexpr"}
+            consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS}
         attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 7, 17)}  # (the descriptors' places counted)
     if kind in ("ws16", "ws16w"):  # ws16w: the 8-warp producer (PW precedes num_warps in the signature)
         sig = {k: v for k, v in sig.items() if k != "num_warps"} | {"PW": "constexpr", "num_warps": "constexpr"}
@@ -187,8 +187,8 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
 
 
 #: The register tile (v5_fp8_reg.py) and its prepared variants' names here ("reg-NAME": a variant's constexprs go
-#: into compile_v5_fp8's consts; reg-early: REG_EARLY_TMA).
-REG_KINDS = ("reg", "reg-early")
+#: into compile_v5_fp8's consts; none prepared now).
+REG_KINDS = ("reg",)
 
 
 def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, causal: bool = False,

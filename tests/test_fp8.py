@@ -456,7 +456,7 @@ def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     warp-specialised form (path "seesaw"; both pad fewer than 64 rows, as FlashMLA's kernel does) and the 16-row
     Gluon FP8 tile (path "mma": 16 rows per program, m_tiles of them; "mma8": with 8 warps per program; "tma": fed
     by TMA; "ws16": warp-specialised, "ws16w" with an 8-warp producer; "reg": dequantizing into its operand
-    registers, "reg-early" its prepared variant; "ksplit": that tile with the warps splitting S's reduction)."""
+    registers, "reg-NAME" its prepared variants; "ksplit": that tile with the warps splitting S's reduction)."""
     from mla_tutorial.kernels import v5_fp8_reg, v5_small
     from mla_tutorial.kernels.v5_gluon import GluonConfig
 

@@ -95,16 +95,12 @@ REG_WARPS = 4  # warps per program (two programs per SM: ~110 KB of shared memor
 REG_MAXNREG = 255
 REG_RAW_SLOTS = 2  # raw page slots in the ring (one slot, with cp.async copies, measured slower)
 #: The prepared variants by name, with the knobs each sets: the GPU tests (ids "reg-NAME", opt-in with
-#: MLA_FP8_REG_VARIANTS=1) and the FP8 benchmark (impls "fp8_reg_NAME") read this table. Of the ninth session's
-#: earlier ones, S in fp16 and the copies by TMA became the tile; the next page's cp.async copy a page earlier and P·V
-#: in fp16 measured slower or no faster and were removed (docs/results/v5_notes.md; commits 8e29e30 and b5262e7).
-REG_VARIANTS: dict[str, dict] = {"early": {"REG_EARLY_TMA": True}}
-#: Prepared variant, not yet run (read at launch): page i + 1's copies issued right after page i's first barrier, in
-#: flight for the whole page instead of from S's row max on. Each of the two raw slots gets allocations of its own
-#: (words, scales, k_rope, three mbarriers) and the page loop is unrolled by two so that each page names its slot
-#: statically: the copies into the other slot then meet no read of their allocations before P's barrier, and Triton's
-#: barrier analysis adds none (still 3 barriers a page).
-REG_EARLY_TMA = False
+#: MLA_FP8_REG_VARIANTS=1) and the FP8 benchmark (impls "fp8_reg_NAME") read this table (empty: none prepared). Of
+#: the ninth and tenth sessions' ones, S in fp16 and the copies by TMA became the tile; the next page's cp.async copy
+#: a page earlier, P·V in fp16 and the next page's TMA copies right after the page's first barrier (0.1570 against
+#: 0.1538 ms) measured slower or no faster and were removed (docs/results/v5_notes.md; commits 8e29e30, b5262e7 and
+#: the tenth session's).
+REG_VARIANTS: dict[str, dict] = {}
 
 if gluon is not None:
     #: Four e4m3 values (one int32 word, $4) to four fp16 ($0-$3) by the hardware conversion (cvt.rn.f16x2.e4m3x2, two
@@ -319,51 +315,38 @@ mov.b32 {$6, $7}, x3;
         return mma_v2(pa, vb, acc * alpha[:, None])
 
     @gluon.jit
-    def _reg_page(i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, kv_nx, sc_nx, kr_nx, bw_nx, bs_nx, br_nx, q_smem,
-                  qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible,
-                  qk_scale, m_i, l_keys, acc0, acc1, acc2, acc3, kv_desc, sc_desc, kr_desc, n_cur,
-                  mma: gl.constexpr, a_op: gl.constexpr, b_op: gl.constexpr, rows_l: gl.constexpr,
-                  cols_l: gl.constexpr, num_warps: gl.constexpr, SLOTS: gl.constexpr, EARLY: gl.constexpr):
-        """Page i of a request, the g-th page of its slot set: its raw rows in slot g % SLOTS of (kv_raw, sc_raw,
+    def _reg_page(i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
+                  mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, qk_scale, m_i, l_keys, acc0, acc1, acc2, acc3,
+                  kv_desc, sc_desc, kr_desc, n_cur, mma: gl.constexpr, a_op: gl.constexpr, b_op: gl.constexpr,
+                  rows_l: gl.constexpr, cols_l: gl.constexpr, num_warps: gl.constexpr, SLOTS: gl.constexpr):
+        """Page i of a request, the program's g-th page: its raw rows in slot g % SLOTS of the ring (kv_raw, sc_raw,
         kr_raw), landed on that slot's mbarriers (bw, bs, br) at phase (g // SLOTS) % 2, n_cur of them keys. Page
-        i + 1's copies go into slot (g + 1) % SLOTS of (kv_nx, ..., br_nx), which page i - 1 has left (the same ring;
-        with REG_EARLY_TMA the other slot's own allocations, SLOTS 1 and g that slot's count of pages): its
-        mbarriers armed before S's row-max barrier, its copies issued right after it (Triton's barrier analysis then
-        adds none: nothing touches that slot, each copy has its own mbarrier allocation, and the ring's next read is
-        past P's barrier), in flight during the softmax, P and P·V. EARLY: armed before the page's first barrier and
-        issued right after it, in flight for the whole page (the slot's own allocations: this page's reads are of
-        others). Three barriers a page: the page is in (and page i - 1's slot free), S's row max, P. Returns the
-        running max, the per-key row sums, the four output accumulators and page i + 1's rows that hold keys."""
+        i + 1's copies go into slot (g + 1) % SLOTS, which page i - 1 has left: its mbarriers armed before S's row-max
+        barrier, its copies issued right after it (Triton's barrier analysis then adds none: nothing touches that
+        slot, each copy has its own mbarrier allocation, and the ring's next read is past P's barrier), in flight
+        during the softmax, P and P·V. Three barriers a page: the page is in (and page i - 1's slot free), S's row
+        max, P. Returns the running max, the per-key row sums, the four output accumulators and page i + 1's rows
+        that hold keys."""
         PAGE: gl.constexpr = 64
         dtype: gl.constexpr = qr_smem.dtype  # (Q's dtype, P's: q_smem holds Q's latent part in fp16)
         cur = g % SLOTS
         phase = (g // SLOTS) % 2
-        if EARLY:
-            nxt = (g + 1) % SLOTS
-            page_n, n_next = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)  # (none past the slice: masked)
-            if i + 1 < hi:
-                _reg_expect_tma(bw_nx, bs_nx, br_nx, nxt)
         mbarrier.wait(bw.index(cur), phase)  # page i has landed: its words, scales and k_rope
         mbarrier.wait(bs.index(cur), phase)
         mbarrier.wait(br.index(cur), phase)
         if n_cur < PAGE:  # the request's last page (or a bad block id): its rows past the keys as zeros
             _reg_zero_tail(kv_raw, sc_raw, kr_raw, cur, n_cur, num_warps)
         gl.thread_barrier()  # ... for every thread, Q is in, and page i - 1's slot is free
-        if EARLY:
-            if i + 1 < hi:  # page i + 1, in flight from here
-                _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_nx, sc_nx, kr_nx, bw_nx, bs_nx, br_nx, nxt, page_n)
         sc0, sc1, sc2, sc3 = _reg_scales(sc_raw.index(cur), cols_l)
         s = _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, cur, sc0, sc1, sc2, sc3, mma, a_op, b_op)
         s = _v5_masked_scores(s, i * PAGE, n_visible, qk_scale, cols_l, PAGE)
-        if not EARLY:
-            nxt = (g + 1) % SLOTS
-            page_n, n_next = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)  # (none past the slice: masked)
-            if i + 1 < hi:
-                _reg_expect_tma(bw_nx, bs_nx, br_nx, nxt)
+        nxt = (g + 1) % SLOTS
+        page_n, n_next = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)  # (none past the slice: masked)
+        if i + 1 < hi:
+            _reg_expect_tma(bw, bs, br, nxt)
         row_max = _reg_row_max(s, mx_smem, rows_l)
-        if not EARLY:
-            if i + 1 < hi:  # page i + 1, in flight from here
-                _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_nx, sc_nx, kr_nx, bw_nx, bs_nx, br_nx, nxt, page_n)
+        if i + 1 < hi:  # page i + 1, in flight from here
+            _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, nxt, page_n)
         p, m_new, m_use = _v5_probs(s, m_i, row_max)
         alpha = gl.exp2(m_i - m_use)  # (the old sums' and outputs' rescale)
         l_keys = l_keys * alpha[:, None] + p
@@ -385,13 +368,11 @@ mov.b32 {$6, $7}, x3;
         stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, EARLY: gl.constexpr,
-        num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, num_warps: gl.constexpr,
     ):
         # RAW: raw page slots in the ring (2: page i + 1 in flight while page i is computed). The raw rows come by
         # TMA through kv_desc (the e4m3 words, [4 tiles, 64 rows, 32 words] a box), sc_desc (the scales) and kr_desc
-        # (k_rope); kv_ptr and stride_kvb are not read (the FP8 tiles' shared signature). EARLY: REG_EARLY_TMA (each
-        # slot in allocations of its own, the loop unrolled by two; prepared, not yet run)
+        # (k_rope); kv_ptr and stride_kvb are not read (the FP8 tiles' shared signature)
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps],
@@ -414,7 +395,7 @@ mov.b32 {$6, $7}, x3;
         p3_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
         # the raw ring as the copies land: [4 tiles, 64, 32] words a slot, the scales, k_rope; three mbarriers a slot
         # (_reg_expect_tma)
-        NS: gl.constexpr = 1 if EARLY else RAW  # slots an allocation holds (EARLY: two sets of one slot each)
+        NS: gl.constexpr = RAW
         kv_raw = gl.allocate_shared_memory(gl.int32, [NS, 4, PAGE, 32], kv_desc.layout)
         sc_raw = gl.allocate_shared_memory(gl.int32, [NS, PAGE, 4], sc_desc.layout)
         kr_raw = gl.allocate_shared_memory(dtype, [NS, PAGE, 64], kr_desc.layout)
@@ -425,16 +406,6 @@ mov.b32 {$6, $7}, x3;
             mbarrier.init(bw.index(k), count=1)
             mbarrier.init(bs.index(k), count=1)
             mbarrier.init(br.index(k), count=1)
-        if EARLY:  # slot B's own allocations (slot A: the above)
-            kv_b = gl.allocate_shared_memory(gl.int32, [1, 4, PAGE, 32], kv_desc.layout)
-            sc_b = gl.allocate_shared_memory(gl.int32, [1, PAGE, 4], sc_desc.layout)
-            kr_b = gl.allocate_shared_memory(dtype, [1, PAGE, 64], kr_desc.layout)
-            bw_b = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
-            bs_b = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
-            br_b = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
-            mbarrier.init(bw_b.index(0), count=1)
-            mbarrier.init(bs_b.index(0), count=1)
-            mbarrier.init(br_b.index(0), count=1)
         sc_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
         mx_smem = gl.allocate_shared_memory(gl.float32, [BM, 4], sc_layout)
         # (mx_smem: each warp's partial row max, _reg_row_max)
@@ -443,8 +414,6 @@ mov.b32 {$6, $7}, x3;
         begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
         g = 0  # the program's pages so far, across requests: page g's slot g % 2 and its mbarriers' phase
-        u_a = 0  # (EARLY: the pages slot A and slot B have held so far, their mbarriers' phases)
-        u_b = 0
 
         for req in range(begin_req, end_req + 1):
             s_k, lo, hi, part_slot, pieces, bt_row = _v5_request(
@@ -453,9 +422,9 @@ mov.b32 {$6, $7}, x3;
 
             gl.thread_barrier()  # every warp is done with the previous request's Q and slots
             n_cur = 0
-            if lo < hi:  # prologue: page lo in flight (page lo + 1 goes during page lo); EARLY: into slot A
+            if lo < hi:  # prologue: page lo in flight (page lo + 1 goes during page lo)
                 page, n_cur = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
-                first = 0 if EARLY else g % RAW
+                first = g % RAW
                 _reg_expect_tma(bw, bs, br, first)
                 _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, first, page)
             # Q's rows scaled into fp16's range; the scale is undone with qk_scale ([16, 1])
@@ -466,29 +435,12 @@ mov.b32 {$6, $7}, x3;
                                                                                 CAUSAL, rows_l, mma)
             # each warp's row sums per key, summed across the warps once per request (not a reduction every page)
             l_keys = gl.zeros([BM, PAGE], gl.float32, layout=mma)
-            if EARLY:  # two pages a turn: slot A's, then slot B's, each naming its slot's allocations statically
-                for i in range(lo, hi, 2):
-                    m_i, l_keys, acc0, acc1, acc2, acc3, n_cur = _reg_page(
-                        i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, u_a, kv_b, sc_b, kr_b, bw_b, bs_b, br_b, q_smem,
-                        qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, mx_smem, bt_row, s_k, num_blocks, ok_ptr,
-                        n_visible, q_scale, m_i, l_keys, acc0, acc1, acc2, acc3, kv_desc, sc_desc, kr_desc, n_cur, mma,
-                        a_op, b_op, rows_l, cols_l, num_warps, 1, True)
-                    u_a += 1
-                    if i + 1 < hi:
-                        m_i, l_keys, acc0, acc1, acc2, acc3, n_cur = _reg_page(
-                            i + 1, hi, kv_b, sc_b, kr_b, bw_b, bs_b, br_b, u_b, kv_raw, sc_raw, kr_raw, bw, bs, br,
-                            q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, mx_smem, bt_row, s_k, num_blocks,
-                            ok_ptr, n_visible, q_scale, m_i, l_keys, acc0, acc1, acc2, acc3, kv_desc, sc_desc, kr_desc,
-                            n_cur, mma, a_op, b_op, rows_l, cols_l, num_warps, 1, True)
-                        u_b += 1
-            else:
-                for i in range(lo, hi):
-                    m_i, l_keys, acc0, acc1, acc2, acc3, n_cur = _reg_page(
-                        i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, kv_raw, sc_raw, kr_raw, bw, bs, br, q_smem,
-                        qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, mx_smem, bt_row, s_k, num_blocks, ok_ptr,
-                        n_visible, q_scale, m_i, l_keys, acc0, acc1, acc2, acc3, kv_desc, sc_desc, kr_desc, n_cur, mma,
-                        a_op, b_op, rows_l, cols_l, num_warps, RAW, False)
-                    g += 1
+            for i in range(lo, hi):
+                m_i, l_keys, acc0, acc1, acc2, acc3, n_cur = _reg_page(
+                    i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
+                    mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, acc0, acc1, acc2, acc3,
+                    kv_desc, sc_desc, kr_desc, n_cur, mma, a_op, b_op, rows_l, cols_l, num_warps, RAW)
+                g += 1
             l_i = gl.sum(l_keys, axis=1)
 
             _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr,
@@ -498,10 +450,6 @@ mov.b32 {$6, $7}, x3;
             mbarrier.invalidate(bw.index(k))
             mbarrier.invalidate(bs.index(k))
             mbarrier.invalidate(br.index(k))
-        if EARLY:
-            mbarrier.invalidate(bw_b.index(0))
-            mbarrier.invalidate(bs_b.index(0))
-            mbarrier.invalidate(br_b.index(0))
 
 
 _LAUNCH = FastLauncher(_v5_fp8_reg_kernel) if gluon is not None else None
@@ -513,5 +461,5 @@ def launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta
     rows contiguous)."""
     grid, args = tma_tile_launch_args("register FP8 tile", q, k_cache, block_table, cache_seqlens, dims, meta,
                                       num_splits, out, lse, part_out, part_lse, ok_flag, rows=64, tiled_words=True)
-    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS, EARLY=bool(REG_EARLY_TMA),
+    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS,
             num_warps=REG_WARPS, maxnreg=REG_MAXNREG)

@@ -26,6 +26,16 @@
 #   ms against 0.184 for the small tile and ~0.168 for FlashMLA (FlashMLA / ours ~1.0-1.1; issue 8's target 0.95).
 #   Risks: the products alone of the 16-row tile took 0.117 ms (v5_fp8_mma.py, sixth session), so the tile is not
 #   far from compute-bound; 32-key steps double the per-key barriers and softmax.
+# sm_90a (scripts/compile_offline.py m16:k32w4 / m16:k64w8): 234 / 165 registers, no spills, 93,728 / 168,992 B of
+#   shared memory, 3 barriers a step.
+# Bought (H200, 2026-12-02, tenth session; docs/results/probes/m16_first_h200_2026-12-02.json, FlashMLA in the same
+#   run, copy 4,272 GB/s): correct on its first run (12 GPU cases: the hostile lengths, h_q 1-128, s_q 1-2, fp16, a
+#   bad block id) and SLOWER than the small tile it would replace: b 128, h16, s_k 4k 0.194 ms (k32w4) and 0.202
+#   (k64w8) against 0.184 for v5's small tile and 0.168 for FlashMLA; 8k 0.336 / 0.364 against 0.321 / 0.315; ~N
+#   0.196 / 0.210 against 0.187 / 0.175. At 0.74 of the copy ceiling it streams less than the small tile (0.77) and
+#   FlashMLA (0.85): one 32-key step (36 KB) in flight per program, two programs per SM, is less than the bytes in
+#   flight the copy ceiling needs, and a 64-key step leaves room for one program per SM only. Not routed; kept as the
+#   measured step (path "m16").
 """Version 5 over a bf16 cache, 16-row tiles with mma.sync, steps brought in by TMA (Gluon, Triton 3.6)."""
 
 from __future__ import annotations
