@@ -44,6 +44,7 @@ from .v5_gluon import (
     _v5_online_softmax,
     _v5_part,
     _v5_request,
+    cached_descriptors,
     fence_async_shared,
     gl,
     gluon,
@@ -194,21 +195,15 @@ if gluon is not None:
 
 
 _LAUNCH = FastLauncher(_v5_fp8_tma_kernel) if gluon is not None else None
-_RAW_DESCRIPTORS: dict[tuple, object] = {}
-
-
 def raw_descriptors(k_cache: torch.Tensor, rows: int = STEP, tiled_words: bool = False):
     """TMA descriptors over an FP8 cache [num_blocks, 64, 1, 656] (rows contiguous), `rows` rows a box: its e4m3
     values as int32 [num_blocks·64, 128] (no swizzle; tiled_words: as [4 scale tiles, num_blocks·64, 32], one
     [4, rows, 32] box in the 128-byte swizzle), its scales as int32 [.., 4] (row stride 164 words; no swizzle), its
     k_rope as bf16 [.., 64] (row stride 328; 128-byte swizzle, the products' layout). Cached by (address, blocks,
-    box), as v5_gluon's bf16 descriptors."""
+    box), as v5_gluon's bf16 descriptors (cached_descriptors)."""
     n = k_cache.shape[0]
-    key = (k_cache.data_ptr(), n, rows, tiled_words)
-    descs = _RAW_DESCRIPTORS.get(key)
-    if descs is None:
-        if len(_RAW_DESCRIPTORS) >= 64:
-            _RAW_DESCRIPTORS.clear()
+
+    def build():
         words = _Address(k_cache.data_ptr(), torch.int32)
         halves = _Address(k_cache.data_ptr(), torch.bfloat16)
         plain = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
@@ -218,12 +213,10 @@ def raw_descriptors(k_cache: torch.Tensor, rows: int = STEP, tiled_words: bool =
             word_desc = TensorDescriptor(words, [4, n * 64, 32], [32, ROW_WORDS, 1], [4, rows, 32], tiles)
         else:
             word_desc = TensorDescriptor(words, [n * 64, 128], [ROW_WORDS, 1], [rows, 128], plain)
-        descs = _RAW_DESCRIPTORS[key] = (
-            word_desc,
-            TensorDescriptor(words, [n * 64, 132], [ROW_WORDS, 1], [rows, 4], plain),
-            TensorDescriptor(halves, [n * 64, 2 * ROW_WORDS], [2 * ROW_WORDS, 1], [rows, 64], swizzled),
-        )
-    return descs
+        return (word_desc,
+                TensorDescriptor(words, [n * 64, 132], [ROW_WORDS, 1], [rows, 4], plain),
+                TensorDescriptor(halves, [n * 64, 2 * ROW_WORDS], [2 * ROW_WORDS, 1], [rows, 64], swizzled))
+    return cached_descriptors(("raw", k_cache.data_ptr(), n, rows, tiled_words), build)
 
 
 def tma_tile_launch_args(tile: str, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits, out, lse,

@@ -487,23 +487,29 @@ class _Address:
         return self.address
 
 
-def _k_descriptor(k_cache: torch.Tensor, sub: int):
-    """TMA descriptor over the cache as [num_blocks·64 rows, 576]: sub x 64 boxes, 128-byte swizzle.
-
-    A descriptor holds only the address, shape and strides, so one made for the same (address, shape, dtype) is the
-    same descriptor: a serving engine's cache tensor gets it built once. The cache keeps the address, not the
-    tensor (it must not keep gigabytes of freed caches alive).
-    """
-    n, page, _, d = k_cache.shape
-    key = (k_cache.data_ptr(), n, k_cache.dtype, sub)
+def cached_descriptors(key: tuple, build):
+    """The TMA descriptor(s) `build()` makes for `key` (the cache's address first, then what else shapes them), built
+    once: a descriptor holds only the address, shape and strides, so one made for the same key is the same
+    descriptor, and a serving engine's cache tensor gets it built once. The cache keeps the address, not the tensor
+    (it must not keep gigabytes of freed caches alive), and forgets everything past 64 keys."""
     desc = _DESCRIPTORS.get(key)
     if desc is None:
         if len(_DESCRIPTORS) >= 64:
             _DESCRIPTORS.clear()
-        layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-        base = _Address(k_cache.data_ptr(), k_cache.dtype)
-        desc = _DESCRIPTORS[key] = TensorDescriptor(base, [n * page, d], [d, 1], [sub, CHUNK], layout)
+        desc = _DESCRIPTORS[key] = build()
     return desc
+
+
+def _k_descriptor(k_cache: torch.Tensor, sub: int):
+    """TMA descriptor over the cache as [num_blocks·64 rows, 576]: sub x 64 boxes, 128-byte swizzle (cached:
+    cached_descriptors)."""
+    n, page, _, d = k_cache.shape
+
+    def build():
+        layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        return TensorDescriptor(_Address(k_cache.data_ptr(), k_cache.dtype), [n * page, d], [d, 1], [sub, CHUNK],
+                                layout)
+    return cached_descriptors(("k", k_cache.data_ptr(), n, k_cache.dtype, sub), build)
 
 
 _LAUNCH = FastLauncher(_v5_kernel) if gluon is not None else None

@@ -56,6 +56,7 @@ from .v5_gluon import (
     _v5_part,
     _v5_probs,
     _v5_request,
+    cached_descriptors,
     fence_async_shared,
     gl,
     gluon,
@@ -229,23 +230,19 @@ if gluon is not None:
 
 
 _LAUNCH = FastLauncher(_v5_m16_kernel) if gluon is not None else None
-_CKV_DESCRIPTORS: dict[tuple, object] = {}
 
 
 def ckv_descriptor(k_cache: torch.Tensor, keys: int):
     """TMA descriptor over a bf16 (or fp16) cache [num_blocks, 64, 1, 576] (rows contiguous) as [8 chunks,
     num_blocks·64 rows, 64]: chunk stride 64 values, row stride 576, one [8, keys, 64] box in the 128-byte swizzle (the
-    bytes of a [keys, 512] slot, chunk after chunk). Cached by (address, blocks, dtype, box), as v5_gluon's."""
+    bytes of a [keys, 512] slot, chunk after chunk). Cached (v5_gluon.cached_descriptors)."""
     n = k_cache.shape[0]
-    key = (k_cache.data_ptr(), n, k_cache.dtype, keys)
-    desc = _CKV_DESCRIPTORS.get(key)
-    if desc is None:
-        if len(_CKV_DESCRIPTORS) >= 64:
-            _CKV_DESCRIPTORS.clear()
+
+    def build():
         layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
-        base = _Address(k_cache.data_ptr(), k_cache.dtype)
-        desc = _CKV_DESCRIPTORS[key] = TensorDescriptor(base, [8, n * 64, 64], [64, 576, 1], [8, keys, 64], layout)
-    return desc
+        return TensorDescriptor(_Address(k_cache.data_ptr(), k_cache.dtype), [8, n * 64, 64], [64, 576, 1],
+                                [8, keys, 64], layout)
+    return cached_descriptors(("ckv", k_cache.data_ptr(), n, k_cache.dtype, keys), build)
 
 
 def m16_variant(name: str | None = None) -> tuple[int, int, int, int]:
