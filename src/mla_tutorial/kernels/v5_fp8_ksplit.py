@@ -49,6 +49,17 @@ KS_MAXNREG = 255  # two programs per SM (~110 KB of shared memory each)
 if gluon is not None:
 
     @gluon.jit
+    def _ks_scales(sc_slot, parent: gl.constexpr):
+        """A raw slot's scales (sc_slot [64 keys, 4 tiles], float32 bits as int32) as [4 tiles, 64 keys] in
+        SliceLayout(1, parent) (parent: the [4, 16, 64] batch's mma layout, warp w holding tile w): loaded in that
+        layout's transpose from the slot as it lies, then transposed in registers (no data moves)."""
+        lt: gl.constexpr = gl.DistributedLinearLayout(  # keys as S's columns hold them, warp w: tile w
+            reg_bases=[[1, 0], [8, 0], [16, 0], [32, 0]], lane_bases=[[2, 0], [4, 0], [0, 0], [0, 0], [0, 0]],
+            warp_bases=[[0, 1], [0, 2]], block_bases=[], shape=[64, 4])
+        x = sc_slot.load(lt).to(gl.float32, bitcast=True)
+        return gl.convert_layout(gl.permute(x, (1, 0)), gl.SliceLayout(1, parent), assert_trivial=True)
+
+    @gluon.jit
     def _ks_scores(q3, qr3, kv_raw, kr_raw, sc_slot, slot, mma3: gl.constexpr, b3: gl.constexpr):
         """Warp w's partial S_w [16, 64] = scale_w[key] · Q_w·K8_wᵀ + Qr_w·Kr_wᵀ as a [4, 16, 64] batch (warp w: batch
         w): Q_w its tile's 128 columns (fp16, in registers), K8_w the tile's e4m3 words dequantized unscaled to fp16
@@ -74,7 +85,7 @@ if gluon is not None:
         r = kr_raw.index(slot).load(lr)  # [64 keys, 64] bf16
         r = gl.reshape(gl.permute(gl.reshape(r, [64, 4, 4, 2, 2]), (2, 3, 1, 4, 0)), [4, 16, 64])  # [j, (a, t, b), key]
         s = mma_v2(qr3, gl.convert_layout(r, b3, assert_trivial=True), gl.zeros([4, 16, 64], gl.float32, layout=mma3))
-        sc = sc_slot.permute((1, 0)).load(gl.SliceLayout(1, mma3)).to(gl.float32, bitcast=True)  # [4 tiles, 64 keys]
+        sc = _ks_scales(sc_slot, mma3)  # [4 tiles, 64 keys]
         return s + mma_v2(q3, kb, gl.zeros([4, 16, 64], gl.float32, layout=mma3)) * gl.expand_dims(sc, 1)
 
     @gluon.jit
@@ -167,7 +178,7 @@ if gluon is not None:
         alpha = gl.exp2(m_i - m_use)
         l_i = l_i * alpha + gl.sum(p, axis=1)
         # P times each warp's tile scales, the A operand of its P·V (from the registers of S: no shared memory)
-        sc = sc_c.index(0).permute((1, 0)).load(gl.SliceLayout(1, mma3)).to(gl.float32, bitcast=True)
+        sc = _ks_scales(sc_c.index(0), mma3)
         p3 = gl.convert_layout((gl.expand_dims(p, 0) * gl.expand_dims(sc, 1)).to(dtype), a3)
         r3_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(2, mma3))
         alpha3 = gl.expand_dims(gl.expand_dims(gl.convert_layout(alpha, r3_l, assert_trivial=True), 0), 2)
