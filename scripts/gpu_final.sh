@@ -129,13 +129,14 @@ has stalls && step stalls ${NCU_LIMIT:-240} ncu --clock-control none \
   env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py
 # one kernel's stalls per SASS instruction (warp-state sampling; csv, one row per instruction; summarise with
 # scripts/ncu_sass_summary.py): SASS_ONLY=mma (the 16-row FP8 tile, h16), ws (the warp-specialised FP8 tile, h16),
-# reg (the 16-row tile dequantizing into registers, h16) or seesaw (the bf16 seesaw tile, h64); SASS_SECTIONS: more
+# reg (the 16-row tile dequantizing into registers, h16), ksplit (that tile with the warps splitting S's reduction) or
+# seesaw (the bf16 seesaw tile, h64); SASS_SECTIONS: more
 # ncu sections in the same pass (their details page to ${only}_details.txt); REG_KNOBS (or regpick's pick):
 # v5_fp8_reg.py's knobs for it, through scripts/with_knobs.py (e.g. "REG_MAXNREG=240")
 sass_page() {
   local only=${SASS_ONLY:-mma}
   local kernel=$(case $only in mma) echo _v5_fp8_mma_kernel;; ws) echo _v5_fp8_ws_kernel;; reg) echo _v5_fp8_reg_kernel;;
-    *) echo _ss_kernel;; esac)
+    ksplit) echo _v5_fp8_ksplit_kernel;; *) echo _ss_kernel;; esac)
   ncu --clock-control none -k "regex:$kernel" -c 1 --section SourceCounters --section WarpStateStats \
     ${SASS_SECTIONS:-} \
     --export "$OUT/${only}_sass" --force-overwrite env PYTHONPATH=src $PY scripts/with_knobs.py ${REG_KNOBS:-} -- \
