@@ -25,6 +25,15 @@
 #   ~1,280): 136 HMMA, 128 F2FP, 128 PRMT, 128 HMUL2, 34 MUFU.EX2, 88 LDS.64 (the partial scores), 2 BAR.SYNC.
 # Expected (H200, b 128, s_k 4096, h_q 16): 0.140-0.165 ms against 0.154 for v5_fp8_reg.py (FlashMLA ~0.167): the
 #   tile is latency-bound, so a barrier and the Q reloads fewer may pay for ~40 % more instructions, or not.
+# Bought (H200, 2026-12-02, tenth session; docs/results/v5_notes.md, FlashMLA in the same run): its first GPU run
+#   failed every case (a quarter of the output right): the scales had been read through a permuted view of the
+#   non-swizzled slot; read as v5_fp8_reg.py reads them, the hostile matrix (h_q 1-128, s_q 1-2) and the wide-range
+#   test pass. And it is SLOWER: 0.242 ms at h16 s_k 4k (~N 0.244) against 0.154 (0.157) for v5_fp8_reg.py and 0.165
+#   for FlashMLA (probes/fp8_ksplit_h200_2026-12-02.json). Nsight Compute (probes/ncu_fp8_ksplit_sass_h200_*):
+#   58 % of the samples in the stretch after the partial scores' barrier, the FADD chain summing the four partials
+#   waiting on their 88 LDS.64 (FADD 21 % of all samples, short scoreboard; LDS 12.5 %, MIO throttle): every warp
+#   reads all four partials, 64 KB of shared memory a page a program, in a dependent chain. 1.74 active and 0.41
+#   eligible warps per scheduler, issue slots busy 33 % of cycles, DRAM at 32 %. Not routed; kept as the measured step.
 """Version 5 over an FP8 cache, 16-row register tile whose warps split the reduction (Gluon, Triton 3.6)."""
 
 from __future__ import annotations

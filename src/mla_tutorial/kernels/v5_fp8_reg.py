@@ -99,12 +99,9 @@ REG_RAW_SLOTS = 2  # raw page slots in the ring (one slot, with cp.async copies,
 #: the ninth and tenth sessions' ones, S in fp16 and the copies by TMA became the tile; the next page's cp.async copy
 #: a page earlier, P·V in fp16 and the next page's TMA copies right after the page's first barrier (0.1570 against
 #: 0.1538 ms) measured slower or no faster and were removed (docs/results/v5_notes.md; commits 8e29e30, b5262e7 and
-#: the tenth session's).
-REG_VARIANTS: dict[str, dict] = {"ksplit": {"REG_KSPLIT": True}}
-#: Prepared variant, not yet run (read at launch): path "reg" runs v5_fp8_ksplit.py's tile instead, whose warps split
-#: S's reduction (one scale tile each) instead of its keys; the same tile path "ksplit" forces. A knob here so that
-#: gpu_final.sh's regvar / regpick / fp8final steps time it and, if it wins, run the FP8 results with it as v5's choice.
-REG_KSPLIT = False
+#: the tenth session's); the warps splitting S's reduction instead of its keys is a tile of its own, measured slower
+#: (v5_fp8_ksplit.py, path "ksplit").
+REG_VARIANTS: dict[str, dict] = {}
 
 if gluon is not None:
     #: Four e4m3 values (one int32 word, $4) to four fp16 ($0-$3) by the hardware conversion (cvt.rn.f16x2.e4m3x2, two
@@ -462,12 +459,7 @@ _LAUNCH = FastLauncher(_v5_fp8_reg_kernel) if gluon is not None else None
 def launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                       part_lse, ok_flag):
     """Launch the register-dequantizing 16-row FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache,
-    rows contiguous); with REG_KSPLIT, v5_fp8_ksplit.py's."""
-    if REG_KSPLIT:
-        from .v5_fp8_ksplit import launch_v5_fp8_ksplit  # (it imports this module's pieces)
-
-        return launch_v5_fp8_ksplit(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
-                                    part_out, part_lse, ok_flag)
+    rows contiguous)."""
     grid, args = tma_tile_launch_args("register FP8 tile", q, k_cache, block_table, cache_seqlens, dims, meta,
                                       num_splits, out, lse, part_out, part_lse, ok_flag, rows=64, tiled_words=True)
     _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS,
