@@ -48,8 +48,8 @@ from .v5_fp8_reg import (
     _reg_issue_tma,
     _reg_load_q16,
     _reg_zero_tail,
+    launch_page_tile,
 )
-from .v5_fp8_tma import tma_tile_launch_args
 from .v5_gluon import _v5_next_part, _v5_part, _v5_probs, _v5_request, gl, gluon, mbarrier
 
 KS_WARPS = 4  # one warp per scale tile
@@ -305,7 +305,5 @@ def launch_v5_fp8_ksplit(q, k_cache, block_table, cache_seqlens, dims, causal, m
                          part_lse, ok_flag):
     """Launch the reduction-split 16-row FP8 register tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache,
     rows contiguous)."""
-    grid, args = tma_tile_launch_args("reduction-split FP8 tile", q, k_cache, block_table, cache_seqlens, dims, meta,
-                                      num_splits, out, lse, part_out, part_lse, ok_flag, rows=64, tiled_words=True)
-    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], num_warps=KS_WARPS,
-            maxnreg=KS_MAXNREG)
+    launch_page_tile(_LAUNCH, "reduction-split FP8 tile", q, k_cache, block_table, cache_seqlens, dims, causal, meta,
+                     num_splits, out, lse, part_out, part_lse, ok_flag, num_warps=KS_WARPS, maxnreg=KS_MAXNREG)

@@ -456,11 +456,20 @@ mov.b32 {$6, $7}, x3;
 _LAUNCH = FastLauncher(_v5_fp8_reg_kernel) if gluon is not None else None
 
 
+def launch_page_tile(launcher, tile: str, q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits,
+                     out, lse, part_out, part_lse, ok_flag, **consts):
+    """Launch a 16-row FP8 tile that takes whole pages' raw rows by TMA (this one, v5_fp8_ksplit.py's) over the
+    schedule `meta`: the three descriptors of 64-row boxes, the words as [4 tiles, 64, 32] (`tile` names it in the
+    error on a cache TMA cannot read); consts: its constexprs and launch options."""
+    grid, args = tma_tile_launch_args(tile, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits, out, lse,
+                                      part_out, part_lse, ok_flag, rows=64, tiled_words=True)
+    launcher(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], **consts)
+
+
 def launch_v5_fp8_reg(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                       part_lse, ok_flag):
     """Launch the register-dequantizing 16-row FP8 tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache,
     rows contiguous)."""
-    grid, args = tma_tile_launch_args("register FP8 tile", q, k_cache, block_table, cache_seqlens, dims, meta,
-                                      num_splits, out, lse, part_out, part_lse, ok_flag, rows=64, tiled_words=True)
-    _LAUNCH(grid, *args, CAUSAL=causal, META_COLS=meta.shape[1], RAW=REG_RAW_SLOTS,
-            num_warps=REG_WARPS, maxnreg=REG_MAXNREG)
+    launch_page_tile(_LAUNCH, "register FP8 tile", q, k_cache, block_table, cache_seqlens, dims, causal, meta,
+                     num_splits, out, lse, part_out, part_lse, ok_flag, RAW=REG_RAW_SLOTS, num_warps=REG_WARPS,
+                     maxnreg=REG_MAXNREG)
