@@ -48,8 +48,7 @@ from .v5_small import launch_v5_small, small_tile_config
 #: The 16-row FP8 tiles (an FP8 cache only): "mma" (v5_fp8_mma.py), "tma" the same fed by TMA (v5_fp8_tma.py), "ws16"
 #: warp-specialised (v5_fp8_ws16.py), "reg" dequantizing into the operand registers (v5_fp8_reg.py, v5's choice at up
 #: to FP8_REG_MAX_ROWS rows), "ksplit" the same with the warps splitting S's reduction (v5_fp8_ksplit.py); the others
-#: are forced only. Their timing modes (GluonConfig.mode): up to 4 for "mma",
-#: none for the others.
+#: are forced only. Their timing modes (GluonConfig.mode): up to 4 for "mma", none for the others.
 FP8_16ROW_PATHS = {"mma": 4, "tma": 0, "ws16": 0, "reg": 0, "ksplit": 0}
 #: "m16": the TMA-fed 16-row tile on a bf16 cache (v5_m16.py; forced only, its variant v5_m16.M16_DEFAULT)
 GLUON_PATHS = ("seesaw", "gluon", "m16", *FP8_16ROW_PATHS)  # the Gluon tiles (sm_90, Triton 3.6)

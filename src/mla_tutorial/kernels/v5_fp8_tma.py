@@ -195,6 +195,8 @@ if gluon is not None:
 
 
 _LAUNCH = FastLauncher(_v5_fp8_tma_kernel) if gluon is not None else None
+
+
 def raw_descriptors(k_cache: torch.Tensor, rows: int = STEP, tiled_words: bool = False):
     """TMA descriptors over an FP8 cache [num_blocks, 64, 1, 656] (rows contiguous), `rows` rows a box: its e4m3
     values as int32 [num_blocks·64, 128] (no swizzle; tiled_words: as [4 scale tiles, num_blocks·64, 32], one

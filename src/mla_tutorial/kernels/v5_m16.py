@@ -1,6 +1,6 @@
 # version 5, bf16 cache, 16-row tiles fed by TMA: the FP8 register tile's schedule (v5_fp8_reg.py) on a bf16 cache
-# (stage 4; forced with path "m16", not yet routed: v5 runs the plain-Triton small tile, v5_small.py, at up to 16
-# query rows per KV head).
+# (stage 4; forced with path "m16", not routed: measured slower than the plain-Triton small tile, v5_small.py, which
+# v5 runs at up to 16 query rows per KV head).
 #
 # What it changes against v5_small.py, the tile v5 runs at h_q 16 today (same schedule, combine and semantics):
 #   * Gluon instead of plain Triton: mma.sync on 16 query rows (v5_fp8_mma.py's products, _m16_scores and
