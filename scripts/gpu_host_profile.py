@@ -5,6 +5,9 @@ tile, at b = 128, s_k = 1024 (where the host time is not hidden behind the GPU).
 
 --fp8: the FP8 cache at h16 instead, v5's routed call beside the same tile forced (path="reg"), each timed on the host
 and profiled (the ninth session's routed call took 0.164 ms at s_k 1k against 0.075 forced, both 0.074 replayed).
+--parts: the FP8 call at h16 and each piece of its host path alone, many times with no sync (µs a call): the
+validation, the routing, the four output allocations, the register tile's launch, the combine's launch, the bounds
+assertion, and the Triton launcher of the tile with its specialisation key and TMA descriptors already made.
 """
 
 from __future__ import annotations
@@ -35,6 +38,70 @@ def make_call(h_q: int, fp8_path: str | None = None):
                              check_bounds=checked, is_fp8_kvcache=fp8, path=path)
     return call
 
+
+def host_parts() -> None:
+    """--parts: each piece of v5's FP8 call at h16, s_k 1k, alone on the host."""
+    from mla_tutorial.contract import validate_paged_decode
+    from mla_tutorial.kernels import v5, v5_fp8_reg
+    from mla_tutorial.kernels.combine import combine_splits
+    from mla_tutorial.kernels.launch import _key
+    from mla_tutorial.kernels.v5_fp8_tma import tma_tile_launch_args
+
+    (q, k, bt, sl), _ = shape_inputs(128, 16, 1, 1024, "fixed", 0)
+    k8 = quantize_k_cache(k)
+    meta, splits = get_mla_metadata(sl, 16, 1)
+    dims = validate_paged_decode(q, k8, bt, sl, 512, None, False, kernel=True, check_values=False, fp8_cache=True)
+    out = torch.empty(128, 1, 16, 512, dtype=q.dtype, device=q.device)
+    lse = torch.empty(128, 16, 1, dtype=torch.float32, device=q.device)
+    part_out = torch.empty(128 + meta.shape[0], 16, 512, dtype=torch.float32, device=q.device)
+    part_lse = torch.empty(128 + meta.shape[0], 16, dtype=torch.float32, device=q.device)
+    flag = v5.ok_flag(q.device)
+    grid, args = tma_tile_launch_args("register FP8 tile", q, k8, bt, sl, dims, meta, splits, out, lse, part_out,
+                                      part_lse, flag, rows=64, tiled_words=True)
+    consts = dict(CAUSAL=False, META_COLS=meta.shape[1], RAW=v5_fp8_reg.REG_RAW_SLOTS,
+                  num_warps=v5_fp8_reg.REG_WARPS, maxnreg=v5_fp8_reg.REG_MAXNREG)
+    v5_fp8_reg._LAUNCH(grid, *args, **consts)  # (compiled and cached)
+    compiled = next(iter(v5_fp8_reg._LAUNCH._cache.values()))
+    from triton.runtime import driver
+
+    stream = driver.active.get_current_stream(q.device.index or 0)
+    full = list(args) + [consts[n] for n in v5_fp8_reg._LAUNCH._params[len(args):] if n in consts]
+    pieces = {
+        "whole call (mla_decode_v5, check_bounds)": lambda: mla_decode_v5(
+            q, k8, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits, is_fp8_kvcache=True),
+        "validate_paged_decode": lambda: validate_paged_decode(q, k8, bt, sl, 512, None, False, kernel=True,
+                                                               check_values=False, fp8_cache=True),
+        "kernel_choice": lambda: v5.kernel_choice(q, k8, 16, 1),
+        "four torch.empty": lambda: [torch.empty(128, 1, 16, 512, dtype=q.dtype, device=q.device),
+                                     torch.empty(128, 16, 1, dtype=torch.float32, device=q.device),
+                                     torch.empty(392, 16, 512, dtype=torch.float32, device=q.device),
+                                     torch.empty(392, 16, dtype=torch.float32, device=q.device)],
+        "tma_tile_launch_args (descriptors cached)": lambda: tma_tile_launch_args(
+            "register FP8 tile", q, k8, bt, sl, dims, meta, splits, out, lse, part_out, part_lse, flag, rows=64,
+            tiled_words=True),
+        "FastLauncher key (_key)": lambda: _key(args),
+        "register tile launch (FastLauncher, whole)": lambda: v5_fp8_reg._LAUNCH(grid, *args, **consts),
+        "register tile launch (Triton's launcher only)": lambda: compiled.run(
+            grid[0], grid[1], 1, stream, compiled.function, compiled.packed_metadata, None, None, None, *full),
+        "combine_splits launch": lambda: combine_splits(part_out, part_lse, splits, out, lse),
+        "torch._assert_async(flag)": lambda: torch._assert_async(flag, "x"),
+    }
+    for name, fn in pieces.items():
+        for _ in range(50):
+            fn()
+        torch.cuda.synchronize()
+        n = 500
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        dt = (time.perf_counter() - t0) / n
+        torch.cuda.synchronize()
+        print(f"{name:48s} {dt * 1e6:7.1f} us/call", flush=True)
+
+
+if "--parts" in sys.argv:
+    host_parts()
+    sys.exit(0)
 
 CASES = [(16, "routed"), (16, "reg")] * 2 if "--fp8" in sys.argv else [(16, None), (64, None)]
 for h_q, fp8_path in CASES:
