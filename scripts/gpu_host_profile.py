@@ -61,11 +61,11 @@ def host_parts() -> None:
     consts = dict(CAUSAL=False, META_COLS=meta.shape[1], RAW=v5_fp8_reg.REG_RAW_SLOTS,
                   num_warps=v5_fp8_reg.REG_WARPS, maxnreg=v5_fp8_reg.REG_MAXNREG)
     v5_fp8_reg._LAUNCH(grid, *args, **consts)  # (compiled and cached)
-    compiled = next(iter(v5_fp8_reg._LAUNCH._cache.values()))
+    compiled, tail = next(iter(v5_fp8_reg._LAUNCH._cache.values()))  # (FastLauncher's entry: binary, constexprs)
     from triton.runtime import driver
 
     stream = driver.active.get_current_stream(q.device.index or 0)
-    full = list(args) + [consts[n] for n in v5_fp8_reg._LAUNCH._params[len(args):] if n in consts]
+    full = [*args, *tail]
     pieces = {
         "whole call (mla_decode_v5, check_bounds)": lambda: mla_decode_v5(
             q, k8, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits, is_fp8_kvcache=True),

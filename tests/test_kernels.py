@@ -472,3 +472,49 @@ def test_fast_launcher_key_is_the_jit_specialization_key():
             2**31, -(2**31) - 1, True, False, 0.5, None]
     assert _key(args) == tuple(_spec(a) for a in args)
     assert _key([base])[0] != _key([base[1:]])[0]  # a misaligned view is another specialization
+    distinct = [1, 16, 17, 2**31, True, False, 0.5, None, base, base[1:], base.float()]  # (0 specializes as 16)
+    specs = [_key([a])[0] for a in distinct]
+    assert len(set(specs)) == len(specs), specs  # each of these is its own specialization
+
+
+def test_fast_launcher_launches_the_cached_binary_with_its_constexprs(monkeypatch):
+    """FastLauncher's fast path, with a stand-in for the JIT function (no GPU here): the first call of a specialization
+    goes through the JIT dispatch; later ones call the binary with the runtime arguments followed by the constexprs
+    the kernel declares after them, in the kernel's order (not the caller's); another specialization (an int that
+    becomes 1, another constexpr value) goes through the dispatch again."""
+    import mla_tutorial.kernels.launch as L
+
+    runs, dispatches = [], []
+
+    class Binary:
+        function, packed_metadata = "fn", "md"
+
+        def _init_handles(self):
+            pass
+
+        def run(self, g0, g1, g2, stream, function, packed_metadata, *rest):
+            runs.append(((g0, g1, g2), stream, rest[3:]))  # (rest[:3]: the launcher's hooks, None here)
+
+    class Kernel:
+        @staticmethod
+        def fn(x_ptr, n, A: int, B: int):  # the signature FastLauncher reads
+            pass
+
+        def __getitem__(self, grid):
+            def dispatch(*args, **meta):
+                dispatches.append((grid, args, meta))
+                return Binary()
+            return dispatch
+
+    monkeypatch.setattr(L, "is_interpreter", lambda: False)
+    launcher = L.FastLauncher(Kernel())
+    launcher._device_and_stream = (lambda: 0, lambda device: 7)
+    x = torch.empty(4)
+    launcher((2,), x, 5, B=3, A=9, num_warps=4)  # dispatch
+    launcher((2,), x, 5, B=3, A=9, num_warps=4)  # the binary: args, then A, B in the kernel's order
+    assert len(dispatches) == 1 and runs == [((2, 1, 1), 7, (x, 5, 9, 3))]
+    launcher((2, 3), x, 6, B=3, A=9, num_warps=4)  # 6 specializes like 5: the same binary
+    assert len(dispatches) == 1 and runs[-1] == ((2, 3, 1), 7, (x, 6, 9, 3))
+    launcher((2,), x, 1, B=3, A=9, num_warps=4)  # n = 1 is another specialization
+    launcher((2,), x, 5, B=4, A=9, num_warps=4)  # so is another constexpr
+    assert len(dispatches) == 3 and len(runs) == 2
