@@ -35,6 +35,9 @@ def _spec(arg: Any) -> Any:
     return type(arg).__name__, None if block_shape is None else tuple(block_shape)
 
 
+_TENSOR = torch.Tensor
+
+
 def _key(args) -> tuple:
     """`_spec` of every argument, with the two common types (tensors, ints) tested first by exact type, in one
     comprehension: this runs on every launch, ~27 arguments a decode kernel, and on the GPU machines' hosts it cost
@@ -42,9 +45,6 @@ def _key(args) -> tuple:
     return tuple([(a.dtype, not a.data_ptr() & 15) if type(a) is _TENSOR else
                   (a == 1, not a & 15, -2147483648 <= a < 2147483648) if type(a) is int else _spec(a)
                   for a in args])
-
-
-_TENSOR = torch.Tensor
 
 
 class FastLauncher:

@@ -44,7 +44,9 @@ from .v5_fp8_mma import mma_v2
 from .v5_fp8_reg import (
     _E4M3_PAIRS,
     _E4M3X4_F16,
+    _reg_drop_bars,
     _reg_expect_tma,
+    _reg_init_bars,
     _reg_issue_tma,
     _reg_load_q16,
     _reg_zero_tail,
@@ -119,7 +121,7 @@ if gluon is not None:
         return mma_v2(p3, gl.convert_layout(z, b3, assert_trivial=True), acc * alpha3)
 
     @gluon.jit
-    def _ks_store(acc, m_i, l_i, n_visible, req, slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q,
+    def _ks_store(acc, m_i, l_i, req, slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q,
                   h_q, heads_per_kv, rows_per_kv, m_start, mma3: gl.constexpr, rows_l: gl.constexpr):
         """The request's end (v5_gluon._v5_store's, for the [4, 16, 128] batch of slices): O / l to the output when
         the request is one piece, else an fp32 partial in slot `slot` for the combine kernel; the LSE likewise."""
@@ -229,13 +231,8 @@ if gluon is not None:
         bw_b = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
         bs_b = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
         br_b = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
-        for bar in gl.static_range(1):
-            mbarrier.init(bw_a.index(bar), count=1)
-            mbarrier.init(bs_a.index(bar), count=1)
-            mbarrier.init(br_a.index(bar), count=1)
-            mbarrier.init(bw_b.index(bar), count=1)
-            mbarrier.init(bs_b.index(bar), count=1)
-            mbarrier.init(br_b.index(bar), count=1)
+        _reg_init_bars(bw_a, bs_a, br_a, 1)
+        _reg_init_bars(bw_b, bs_b, br_b, 1)
         # the warps' partial scores [4, 16, 64] fp32, row-major, in Q's bytes (Q is in the registers from a request's
         # first barrier on, and the next request's Q comes after its own); ps_each: the same as four [16, 64]
         ps_smem = q_smem._reinterpret(gl.float32, [4, BM, PAGE], gl.SwizzledSharedLayout(1, 1, 1, order=[2, 1, 0]))
@@ -287,15 +284,10 @@ if gluon is not None:
                         kv_desc, sc_desc, kr_desc, n_cur, mma3, a3, b3, num_warps)
                     u_b += 1
 
-            _ks_store(acc, m_i, l_i, n_visible, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
+            _ks_store(acc, m_i, l_i, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
                       s_q, h_q, heads_per_kv, rows_per_kv, m_start, mma3, rows_l)
-        for bar in gl.static_range(1):
-            mbarrier.invalidate(bw_a.index(bar))
-            mbarrier.invalidate(bs_a.index(bar))
-            mbarrier.invalidate(br_a.index(bar))
-            mbarrier.invalidate(bw_b.index(bar))
-            mbarrier.invalidate(bs_b.index(bar))
-            mbarrier.invalidate(br_b.index(bar))
+        _reg_drop_bars(bw_a, bs_a, br_a, 1)
+        _reg_drop_bars(bw_b, bs_b, br_b, 1)
 
 
 _LAUNCH = FastLauncher(_v5_fp8_ksplit_kernel) if gluon is not None else None

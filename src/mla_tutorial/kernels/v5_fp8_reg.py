@@ -198,6 +198,22 @@ mov.b32 {$6, $7}, x3;
         return gl.convert_layout(down, rows_l)
 
     @gluon.jit
+    def _reg_init_bars(bw, bs, br, SLOTS: gl.constexpr):
+        """Initialise the three mbarrier allocations of a raw ring (_reg_expect_tma), SLOTS slots each."""
+        for k in gl.static_range(SLOTS):
+            mbarrier.init(bw.index(k), count=1)
+            mbarrier.init(bs.index(k), count=1)
+            mbarrier.init(br.index(k), count=1)
+
+    @gluon.jit
+    def _reg_drop_bars(bw, bs, br, SLOTS: gl.constexpr):
+        """Invalidate what _reg_init_bars initialised."""
+        for k in gl.static_range(SLOTS):
+            mbarrier.invalidate(bw.index(k))
+            mbarrier.invalidate(bs.index(k))
+            mbarrier.invalidate(br.index(k))
+
+    @gluon.jit
     def _reg_expect_tma(bw, bs, br, slot):
         """Arm raw slot `slot`'s three mbarriers for a page's copies (_reg_issue_tma): its e4m3 words, its
         scales, its k_rope. Three barriers, one per copy, in three allocations: Triton's barrier analysis puts a
@@ -396,17 +412,13 @@ mov.b32 {$6, $7}, x3;
         p3_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
         # the raw ring as the copies land: [4 tiles, 64, 32] words a slot, the scales, k_rope; three mbarriers a slot
         # (_reg_expect_tma)
-        NS: gl.constexpr = RAW
-        kv_raw = gl.allocate_shared_memory(gl.int32, [NS, 4, PAGE, 32], kv_desc.layout)
-        sc_raw = gl.allocate_shared_memory(gl.int32, [NS, PAGE, 4], sc_desc.layout)
-        kr_raw = gl.allocate_shared_memory(dtype, [NS, PAGE, 64], kr_desc.layout)
-        bw = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
-        bs = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
-        br = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
-        for k in gl.static_range(NS):
-            mbarrier.init(bw.index(k), count=1)
-            mbarrier.init(bs.index(k), count=1)
-            mbarrier.init(br.index(k), count=1)
+        kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, 4, PAGE, 32], kv_desc.layout)
+        sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], sc_desc.layout)
+        kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], kr_desc.layout)
+        bw = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
+        bs = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
+        br = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
+        _reg_init_bars(bw, bs, br, RAW)
         sc_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
         mx_smem = gl.allocate_shared_memory(gl.float32, [BM, 4], sc_layout)
         # (mx_smem: each warp's partial row max, _reg_row_max)
@@ -447,10 +459,7 @@ mov.b32 {$6, $7}, x3;
             _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr,
                        part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l,
                        True)  # (each slice's columns un-permuted)
-        for k in gl.static_range(NS):
-            mbarrier.invalidate(bw.index(k))
-            mbarrier.invalidate(bs.index(k))
-            mbarrier.invalidate(br.index(k))
+        _reg_drop_bars(bw, bs, br, RAW)
 
 
 _LAUNCH = FastLauncher(_v5_fp8_reg_kernel) if gluon is not None else None
