@@ -243,16 +243,19 @@ def main() -> None:
 
         def reg_variant(**knobs):  # v5_fp8_reg.py's tile with module knobs changed (read at launch)
             from mla_tutorial.kernels import v5_fp8_reg
+            from mla_tutorial.kernels.plan import clear_plans
 
-            def run():
+            def run():  # (call plans replay the launches of the knobs they were made with: none are kept here)
                 saved = {k: getattr(v5_fp8_reg, k) for k in knobs}
                 for k, v in knobs.items():
                     setattr(v5_fp8_reg, k, v)
+                clear_plans()
                 try:
                     return fp8("reg", "pointer")
                 finally:
                     for k, v in saved.items():
                         setattr(v5_fp8_reg, k, v)
+                    clear_plans()
             return run
 
         reg_ptxas_regs = reg_variant(REG_MAXNREG=None)  # without its maxnreg

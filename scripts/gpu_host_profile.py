@@ -8,6 +8,8 @@ and profiled (the ninth session's routed call took 0.164 ms at s_k 1k against 0.
 --parts: the FP8 call at h16 and each piece of its host path alone, many times with no sync (µs a call): the
 validation, the routing, the four output allocations, the register tile's launch, the combine's launch, the bounds
 assertion, and the Triton launcher of the tile with its specialisation key and TMA descriptors already made.
+--plans: the call replayed from its call plan (kernels/plan.py) against the full path, bf16 and FP8 at h16, bf16 at
+h64, with the plan's pieces.
 """
 
 from __future__ import annotations
@@ -99,6 +101,62 @@ def host_parts() -> None:
         print(f"{name:48s} {dt * 1e6:7.1f} us/call", flush=True)
 
 
+def _per_call(fn, n: int = 500) -> float:
+    """µs of host time a call of fn, many calls with no sync in between (after 50 to warm up)."""
+    for _ in range(50):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    dt = (time.perf_counter() - t0) / n
+    torch.cuda.synchronize()
+    return dt * 1e6
+
+
+def host_plans() -> None:
+    """--plans: v5's call replayed from its call plan (kernels/plan.py) against the full path (plans dropped before
+    each call), at b 128, s_k 1k: bf16 h16 (the small tile), FP8 h16 (the register tile), bf16 h64 (the seesaw
+    tile); and the plan's pieces (its key, the replay)."""
+    for label, h_q, fp8 in (("bf16 h16", 16, False), ("fp8 h16", 16, True), ("bf16 h64", 64, False)):
+        _plan_case(label, h_q, fp8)
+
+
+def _plan_case(label: str, h_q: int, fp8: bool) -> None:
+    from mla_tutorial.kernels import flash_mla_with_kvcache, plan
+
+    (q, k, bt, sl), _ = shape_inputs(128, h_q, 1, 1024, "fixed", 0)
+    k = quantize_k_cache(k) if fp8 else k
+    meta, splits = get_mla_metadata(sl, h_q, 1)
+
+    def call():
+        return flash_mla_with_kvcache(q, k, bt, sl, 512, meta, splits, is_fp8_kvcache=fp8)
+
+    def full():
+        plan.clear_plans()
+        return call()
+
+    call()
+    call_plan = next((p for p in plan.PLANS.values() if p is not None), None)
+    tensors = (q, k, bt, sl, meta, splits)
+    scalars = (512, None, False, True, None, None, fp8, False)
+    pieces = {
+        "planned call (flash_mla_with_kvcache)": call,
+        "full path (plans dropped before each call)": full,
+    }
+    if call_plan is not None:
+        pieces["plan.signature"] = lambda: plan.signature((*tensors, None), scalars)
+        pieces["CallPlan.run (allocations, launches, assertion)"] = lambda: call_plan.run(tensors, None)
+        pieces["planned call again"] = call
+    print(f"--- {label}: {'planned' if call_plan else 'NOT planned'}, "
+          f"{len(call_plan.launches) if call_plan else 0} launches", flush=True)
+    for name, fn in pieces.items():
+        print(f"{label:9s} {name:50s} {_per_call(fn):7.1f} us/call", flush=True)
+
+
+if "--plans" in sys.argv:
+    host_plans()
+    sys.exit(0)
 if "--parts" in sys.argv:
     host_parts()
     sys.exit(0)

@@ -70,6 +70,17 @@ def run_in_chunks(module: MLAProjections, x: torch.Tensor, chunks: Sequence[int]
     return torch.cat(outs, dim=1), cache
 
 
+@pytest.fixture(autouse=True)
+def _fresh_call_plans():
+    """Each test starts with no v5 call plans (kernels/plan.py): a plan replays the launches of the module knobs it
+    was made with, and tests change knobs (monkeypatch) between calls of one shape."""
+    from mla_tutorial.kernels.plan import clear_plans
+
+    clear_plans()
+    yield
+    clear_plans()
+
+
 @pytest.fixture(params=list(CONFIGS))
 def config(request) -> MLAConfig:
     """Each config of CONFIGS in turn."""

@@ -25,6 +25,7 @@ import torch
 
 from ..contract import check_contiguous, validate_paged_decode
 from .common import _check_tensor, validate_metadata
+from .plan import PLANS, lookup, signature
 from .reference import mla_decode_reference
 from .schedule import get_mla_metadata as _get_mla_metadata
 from .v1_naive import mla_decode_v1
@@ -150,13 +151,30 @@ def flash_mla_with_kvcache(
     is_fp8_kvcache (FlashMLA's keyword): k_cache is FlashMLA's FP8 cache, float8_e4m3fn [num_blocks, 64, h_kv, 656]
     (`mla_tutorial.quantize_k_cache`), and q is bf16; the output is bf16 as for a bf16 cache.
     """
+    sched = tile_scheduler_metadata if isinstance(tile_scheduler_metadata, FlashMLASchedMeta) else None
+    if sched is None:
+        tensors = (q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits)
+    else:  # (an unfilled one is filled by the full path; num_splits must be None, which the full path checks)
+        tensors = (q, k_cache, block_table, cache_seqlens, sched.tile_scheduler_metadata, sched.num_splits)
+    key = None
+    if tensors[4] is not None and (sched is None or num_splits is None):
+        key = signature((*tensors, None), (head_dim_v, softmax_scale, causal, check_bounds, None, None,
+                                           is_fp8_kvcache, sched is not None))
+        call_plan = lookup(key)
+        # (a FlashMLASchedMeta must also have been filled for this call's shape, as the full path checks)
+        if call_plan is not None and (sched is None or sched.built_for == call_plan.built_for):
+            result = call_plan.run(tensors, None)
+            if result is not None:
+                return result
+            PLANS.pop(key, None)  # the cache moved since its TMA descriptors were made: the full path plans anew
     dims = validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
                                  kernel=True, check_values=not on_gpu(q), fp8_cache=is_fp8_kvcache)
-    if isinstance(tile_scheduler_metadata, FlashMLASchedMeta):
+    if sched is not None:
         tile_scheduler_metadata, num_splits = _sched_meta_tensors(tile_scheduler_metadata, num_splits,
                                                                   cache_seqlens, dims, causal, is_fp8_kvcache)
     validate_metadata(tile_scheduler_metadata, num_splits, dims.batch, q.device)
     check_contiguous("tile_scheduler_metadata", tile_scheduler_metadata)  # the kernels read both as dense arrays
     check_contiguous("num_splits", num_splits)
     return _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, tile_scheduler_metadata, num_splits,
-                      check_bounds=check_bounds, is_fp8=is_fp8_kvcache)
+                      check_bounds=check_bounds, is_fp8=is_fp8_kvcache, plan_key=key,
+                      built_for=None if sched is None else sched.built_for)

@@ -10,11 +10,16 @@ directly. The specialization key is the part of Triton's own key that can change
 model: per tensor, its dtype and whether its address is 16-byte aligned; per int, whether it is 1, a multiple of
 16, and whether it fits in 32 bits; the constexpr values. Under Triton's interpreter (no binaries) every call goes
 through the JIT. (The compiled kernels stay in Triton's own caches too, where `measure.occupancy` reads them.)
+
+`recording()` collects what each launch handed to the compiled binary (the binary, grid, arguments), from which
+`plan.py` builds a call plan that later calls of the same shape replay without any of this.
 """
 
 from __future__ import annotations
 
 import inspect
+import threading
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -45,6 +50,25 @@ def _key(args) -> tuple:
     return tuple([(a.dtype, not a.data_ptr() & 15) if type(a) is _TENSOR else
                   (a == 1, not a & 15, -2147483648 <= a < 2147483648) if type(a) is int else _spec(a)
                   for a in args])
+
+
+class _Recorder(threading.local):
+    launches: list | None = None  # (compiled, grid, runtime args, constexpr tail) of each launch while recording
+
+
+_RECORDER = _Recorder()
+
+
+@contextmanager
+def recording():
+    """Collect every FastLauncher launch made in this thread inside the block: yields the list it fills with
+    (compiled binary, grid, runtime arguments, constexpr tail). Under the interpreter it stays empty."""
+    launches: list = []
+    outer, _RECORDER.launches = _RECORDER.launches, launches
+    try:
+        yield launches
+    finally:
+        _RECORDER.launches = outer
 
 
 class FastLauncher:
@@ -79,8 +103,12 @@ class FastLauncher:
             # the constexprs and options the binary takes after the runtime arguments, fixed for this key
             tail = tuple(meta[name] for name in self._params[len(args):] if name in meta)
             self._cache[key] = (compiled, tail)
+            if _RECORDER.launches is not None:
+                _RECORDER.launches.append((compiled, grid, args, tail))
             return
         compiled, tail = entry
+        if _RECORDER.launches is not None:
+            _RECORDER.launches.append((compiled, grid, args, tail))
         g1 = grid[1] if len(grid) > 1 else 1
         g2 = grid[2] if len(grid) > 2 else 1
         compiled.run(grid[0], g1, g2, current_stream(device), compiled.function, compiled.packed_metadata, None, None,

@@ -25,11 +25,15 @@ sync; one launch of a one-element kernel). A failing assertion surfaces at the n
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from ..contract import check_block_table_on_device, check_contiguous, validate_paged_decode
 from .combine import combine_splits
-from .common import D_NOPE, TileConfig, validate_metadata
+from .common import D_NOPE, TileConfig, is_interpreter, validate_metadata
+from .launch import recording
+from .plan import BOUNDS_MESSAGE, PLANS, is_new, lookup, make_plan, remember, signature
 from .schedule import get_mla_metadata
 from .v4_balanced import _launch_v4
 from .v5_fp8_gluon import launch_v5_fp8_gluon
@@ -128,9 +132,30 @@ def ok_flag(device: torch.device) -> torch.Tensor:
     return flag
 
 
+#: the tiles whose launch code (`_launch_tile`) issues nothing but FastLauncher launches: a call plan can replay
+#: them (plan.py). v4's path also launches the contract's bounds check, written in torch.
+PLANNED_PATHS = frozenset(PATHS) - {"v4"}
+
+
+def _outputs(dims, q, meta):
+    """out, lse and the split partials part_out, part_lse: the partials in one allocation (part_out's values, then
+    part_lse's), as a call plan makes them (plan.CallPlan.run)."""
+    b, s_q, h_q, dev = dims.batch, dims.s_q, dims.h_q, q.device
+    out = torch.empty(b, s_q, h_q, D_NOPE, dtype=q.dtype, device=dev)
+    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=dev)
+    slots, rows = b + meta.shape[0], s_q * h_q  # at most b + parts - 1 pieces: no sync needed to size the partials
+    part = torch.empty(slots * rows * (D_NOPE + 1), dtype=torch.float32, device=dev)
+    part_out = part[:slots * rows * D_NOPE].view(slots, rows, D_NOPE)  # [slots, s_q·h_q, 512]
+    part_lse = part[slots * rows * D_NOPE:].view(slots, rows)  # [slots, s_q·h_q]
+    return out, lse, part_out, part_lse
+
+
 def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, *, check_bounds=True,
                path=None, config: TileConfig | GluonConfig | None = None, error_flag: torch.Tensor | None = None,
-               is_fp8: bool = False):
+               is_fp8: bool = False, plan_key: tuple | None = None, built_for: dict | None = None):
+    """The full path of a v5 call after validation: route, check a forced tile, allocate, launch the tile and the
+    combine, enqueue the bounds assertion. With `plan_key` (plan.signature of the call) it also records the launches
+    and leaves a call plan that later calls with that signature replay (plan.py)."""
     forced = path  # kernel_choice picks a tile only where it runs: a forced one is checked below
     path = path or kernel_choice(q, k_cache, dims.rows_per_kv, dims.h_kv)[0]
     if is_fp8 and path not in FP8_PATHS:
@@ -152,13 +177,26 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
         if check_bounds and on_gpu(q):
             check_block_table_on_device(block_table, cache_seqlens, dims.num_blocks, dims.page_size)
         return _launch_v4(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, config)
-    b, s_q, h_q, dev = dims.batch, dims.s_q, dims.h_q, q.device
-    out = torch.empty(b, s_q, h_q, D_NOPE, dtype=q.dtype, device=dev)
-    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=dev)
-    slots = b + meta.shape[0]  # at most b + parts - 1 pieces: no sync needed to size the partials
-    part_out = torch.empty(slots, s_q * h_q, D_NOPE, dtype=torch.float32, device=dev)
-    part_lse = torch.empty(slots, s_q * h_q, dtype=torch.float32, device=dev)
-    flag = ok_flag(dev) if error_flag is None else error_flag
+    out, lse, part_out, part_lse = _outputs(dims, q, meta)
+    flag = ok_flag(q.device) if error_flag is None else error_flag
+    planned = is_new(plan_key) and path in PLANNED_PATHS and not is_interpreter()
+    with recording() if planned else nullcontext() as records:
+        _launch_tile(path, q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
+                     part_out, part_lse, flag, config, mode, is_fp8)
+        combine_splits(part_out, part_lse, num_splits, out, lse)
+    assert_bounds = check_bounds and error_flag is None
+    if planned:
+        remember(plan_key, make_plan(records, (q, k_cache, block_table, cache_seqlens, meta, num_splits, out, lse,
+                                               part_out, part_lse, flag), out, lse, part_out, part_lse, flag,
+                                     error_flag is not None, assert_bounds, built_for))
+    if assert_bounds:
+        torch._assert_async(flag, BOUNDS_MESSAGE)
+    return out, lse
+
+
+def _launch_tile(path, q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
+                 part_lse, flag, config, mode, is_fp8):
+    """Launch tile `path` over the schedule (FastLauncher launches only: a call plan replays what this issues)."""
     if path == "m16":
         launch_v5_m16(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                       part_lse, flag)
@@ -191,14 +229,9 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
         launch_v5_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                         part_out, part_lse, flag, config)
     else:
-        cfg = config or small_tile_config(dims.rows_per_kv, dev, is_fp8)
+        cfg = config or small_tile_config(dims.rows_per_kv, q.device, is_fp8)
         launch_v5_small(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                         part_out, part_lse, flag, cfg, is_fp8=is_fp8)
-    combine_splits(part_out, part_lse, num_splits, out, lse)
-    if check_bounds and error_flag is None:
-        torch._assert_async(flag, "flash_mla_with_kvcache: a block_table entry inside a request's length is "
-                                  "outside [0, num_blocks) (the kernel did not follow it)")
-    return out, lse
 
 
 def mla_decode_v5(
@@ -227,6 +260,17 @@ def mla_decode_v5(
     `mla_tutorial.quantize_k_cache`), q bf16; the small tile or the warp-specialised Gluon FP8 tile (path "seesaw")
     reads it, or, forced by path="gluon", the lockstep Gluon FP8 tile.
     """
+    key = None
+    if tile_scheduler_metadata is not None:  # (a call that builds its own schedule is never planned)
+        tensors = (q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits)
+        key = signature((*tensors, error_flag), (head_dim_v, softmax_scale, causal, check_bounds, path, config,
+                                                 is_fp8_kvcache, False))
+        call_plan = lookup(key)
+        if call_plan is not None:  # this call's shape was validated and launched before: replay its launches
+            result = call_plan.run(tensors, error_flag)
+            if result is not None:
+                return result
+            PLANS.pop(key, None)  # the cache moved since its TMA descriptors were made: the full path plans anew
     # on a GPU the kernels check bounds themselves (no extra launches); on the CPU the contract checks on the host
     dims = validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
                                  kernel=True, check_values=not on_gpu(q), fp8_cache=is_fp8_kvcache)
@@ -241,4 +285,4 @@ def mla_decode_v5(
     check_contiguous("num_splits", num_splits)
     return _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, tile_scheduler_metadata, num_splits,
                       check_bounds=check_bounds, path=path, config=config, error_flag=error_flag,
-                      is_fp8=is_fp8_kvcache)
+                      is_fp8=is_fp8_kvcache, plan_key=key)
