@@ -231,6 +231,17 @@ def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, caus
     return triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": num_stages})
 
 
+def compile_combine(rows: int, block_d: int, splits: int):
+    from mla_tutorial.kernels import combine
+
+    sig = {"part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "split_offsets_ptr": "*i32", "out_ptr": "*bf16",
+           "lse_ptr": "*fp32", "s_q": "i32", "h_q": "i32", "ROWS": "constexpr", "D": "constexpr",
+           "BLOCK_D": "constexpr", "SPLITS": "constexpr", "UPCAST": "constexpr", "USE_PDL": "constexpr"}
+    consts = {"ROWS": rows, "D": 512, "BLOCK_D": block_d, "SPLITS": splits, "UPCAST": False, "USE_PDL": True}
+    src = ASTSource(combine._combine_kernel, sig, consts, {(i,): [["tt.divisibility", 16]] for i in range(5)})
+    return triton.compile(src, target=TARGET, options={"num_warps": 4})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--keep", default="/tmp/compile_offline")
@@ -279,6 +290,11 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_seesaw(causal=causal, fine=base == "ss-fine", early=int(early or 0))
                 print(f"{name} causal={causal}: {report(f'{base}{early}_c{int(causal)}', ck, workdir)}")
+        elif name.startswith("combine"):  # the combine kernel: combine[:ROWS,BLOCK_D,SPLITS] (default: its own)
+            from mla_tutorial.kernels.combine import COMBINE_SHAPE
+
+            shape = tuple(int(x) for x in name[8:].split(",")) if ":" in name else COMBINE_SHAPE
+            print(f"combine rows, block_d, splits = {shape}: {report(f'combine_{shape[0]}_{shape[1]}_{shape[2]}', compile_combine(*shape), workdir)}")
         elif name.startswith(("v4:", "v5s:", "v5s-fp8:", "v5s-fp8tma:")):  # v4:BLOCK_M,BLOCK_N,warps,stages (v5s:
             kind, spec = name.split(":")  # the small tile; v5s-fp8: on an FP8 cache; v5s-fp8tma: with TMA loads)
             bm, bn, w, st = (int(x) for x in spec.split(","))

@@ -1,4 +1,4 @@
-# combine kernel (used by v3 and v4): merge the fp32 partial results of a split request.
+# combine kernel (used by v3, v4 and v5): merge the fp32 partial results of a split request.
 #
 # Split i of a request produced o_i = Σ_j p_ij·v_j / l_i and lse_i = log(l_i) (natural log, with the
 # running max folded in). The full result is
@@ -10,6 +10,14 @@
 # between the two kernels disappears. (The interpreter has no PDL: the constexpr keeps it out there.)
 # Bytes: reads n_splits·(512·4 + 4) B and writes 512·2 + 4 B per query row: for h_q=128, b=128 and
 #   2 splits, ~70 MB, ~25 µs at 3 TB/s: small next to the main kernel, but not free at small s_k.
+#
+# Latency, not bytes, bounds it when one request has many splits (batch 1, a long context: 264 splits of 16 rows
+# at h_q 16). Its first form walked a request's splits one at a time, 8 rows x 512 columns a program: two programs
+# at b 1, h_q 16, each waiting on 264 dependent loads, took 64 µs on the H200 against 29 for FlashMLA's combine
+# and 31 for our main kernel (scripts/gpu_kernel_split.py, 2026-12-02). Now each program owns ROWS rows x BLOCK_D
+# columns and loads SPLITS splits at once, [SPLITS, ROWS, BLOCK_D], merging them into the running max and sums
+# chunk by chunk: at b 1, h_q 16, 16 programs each wait on 264 / 8 = 33 loads instead of 2 on 264. (The
+# interpreter gets whole rows and fewer programs: it runs one program at a time.)
 """Combine kernel: merges split-KV partial outputs by their log-sum-exp."""
 
 from __future__ import annotations
@@ -23,7 +31,10 @@ from .blocks import _cast
 from .common import is_interpreter
 from .launch import FastLauncher
 
-COMBINE_ROWS = 8  # query rows per combine program
+# (rows a program, columns a program, splits a step): on a GPU 4 x 128 x 8 (a [4, 8, 128] fp32 step is 32 registers
+# a thread at 4 warps); under the interpreter 8 x 512 x 8 (its time is per program)
+COMBINE_SHAPE = (4, 128, 8)
+INTERPRETER_COMBINE_SHAPE = (8, 512, 8)
 
 
 @triton.jit
@@ -34,7 +45,8 @@ def _combine_kernel(
     out_ptr,  # [b, s_q, h_q, 512] in q's dtype
     lse_ptr,  # [b, h_q, s_q] fp32
     s_q, h_q,
-    ROWS: tl.constexpr, D: tl.constexpr, UPCAST: tl.constexpr, USE_PDL: tl.constexpr,
+    ROWS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS: tl.constexpr, UPCAST: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     if USE_PDL:
         gdc_wait()  # the main kernel's partials and outputs are visible after this
@@ -45,31 +57,38 @@ def _combine_kernel(
         n_rows = s_q * h_q
         rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)  # (ROWS,) row = token * h_q + head
         row_ok = rows < n_rows
-        offs_d = tl.arange(0, D)
-        m = tl.full([ROWS], float("-inf"), tl.float32)  # running max of lse_i
-        w_sum = tl.zeros([ROWS], tl.float32)  # Σ exp(lse_i - m)
-        acc = tl.zeros([ROWS, D], tl.float32)  # Σ exp(lse_i - m) · o_i
-        for slot in range(begin, end):
-            base = rows.to(tl.int64) + slot * n_rows  # (ROWS,) int64
-            lse_i = tl.load(part_lse_ptr + base, mask=row_ok, other=float("-inf"))
-            o_i = tl.load(part_out_ptr + base[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-            m_new = tl.maximum(m, lse_i)
+        offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+        # a step's partials are [ROWS, SPLITS, BLOCK_D] with the splits in the middle: Triton's default layout then
+        # gives the warps the rows and each thread all SPLITS of its columns, so the sums over the splits stay in
+        # registers (sm_90a: 64 registers, no shared memory in the loop; scripts/compile_offline.py combine)
+        m = tl.full([ROWS, 1], float("-inf"), tl.float32)  # running max of lse_i, a row's
+        w_sum = tl.zeros([ROWS, 1], tl.float32)  # Σ exp(lse_i - m)
+        acc = tl.zeros([ROWS, BLOCK_D], tl.float32)  # Σ exp(lse_i - m) · o_i
+        for first in range(begin, end, SPLITS):
+            slot = first + tl.arange(0, SPLITS)  # (SPLITS,)
+            ok = (row_ok[:, None] & (slot < end)[None, :])[:, :, None]  # (ROWS, SPLITS, 1)
+            base = (rows[:, None] + slot.to(tl.int64)[None, :] * n_rows)[:, :, None]  # (ROWS, SPLITS, 1) int64
+            lse_i = tl.load(part_lse_ptr + base, mask=ok, other=float("-inf"))  # (ROWS, SPLITS, 1)
+            o_i = tl.load(part_out_ptr + base * D + offs_d[None, None, :], mask=ok, other=0.0)
+            m_new = tl.maximum(m, tl.max(lse_i, axis=1))  # (ROWS, SPLITS, 1) -> (ROWS, 1)
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp(m - m_use)
-            w = tl.exp(lse_i - m_use)
-            w_sum = w_sum * alpha + w
-            acc = acc * alpha[:, None] + o_i * w[:, None]
+            w = tl.exp(lse_i - m_use[:, None, :])  # 0 for a split with no key
+            w_sum = w_sum * alpha + tl.sum(w, axis=1)
+            acc = acc * alpha + tl.sum(o_i * w, axis=1)
             m = m_new
         has_keys = w_sum > 0
         w_safe = tl.where(has_keys, w_sum, 1.0)
-        o = acc / w_safe[:, None]
-        lse = tl.where(has_keys, m + tl.log(w_safe), float("inf"))
+        o = acc / w_safe
         out_rows = req.to(tl.int64) * n_rows + rows
         tl.store(out_ptr + out_rows[:, None] * D + offs_d[None, :], _cast(o, out_ptr.dtype.element_ty, UPCAST),
                  mask=row_ok[:, None])
-        tok = rows // h_q
-        head = rows % h_q
-        tl.store(lse_ptr + (req.to(tl.int64) * h_q + head) * s_q + tok, lse, mask=row_ok)
+        if tl.program_id(2) == 0:  # one column block writes the LSE
+            lse = tl.where(has_keys, m + tl.log(w_safe), float("inf"))  # (ROWS, 1)
+            tok = rows // h_q
+            head = rows % h_q
+            lse_at = lse_ptr + (req.to(tl.int64) * h_q + head) * s_q + tok  # (ROWS,)
+            tl.store(lse_at[:, None], lse, mask=row_ok[:, None])
 
 
 def combine_splits(
@@ -81,11 +100,12 @@ def combine_splits(
 ) -> None:
     """Merge partials into out [b, s_q, h_q, 512] and lse [b, h_q, s_q] for requests with > 1 split."""
     b, s_q, h_q, d = out.shape
-    grid = (b, triton.cdiv(s_q * h_q, COMBINE_ROWS))
     interpret = is_interpreter()
+    rows, block_d, splits = INTERPRETER_COMBINE_SHAPE if interpret else COMBINE_SHAPE
+    grid = (b, triton.cdiv(s_q * h_q, rows), d // block_d)
     pdl = {} if interpret else {"launch_pdl": _pdl_supported(out.device)}
-    _LAUNCH(grid, part_out, part_lse, split_offsets, out, lse, s_q, h_q, ROWS=COMBINE_ROWS, D=d,
-            UPCAST=interpret, USE_PDL=bool(pdl.get("launch_pdl")), num_warps=4, **pdl)
+    _LAUNCH(grid, part_out, part_lse, split_offsets, out, lse, s_q, h_q, ROWS=rows, D=d, BLOCK_D=block_d,
+            SPLITS=splits, UPCAST=interpret, USE_PDL=bool(pdl.get("launch_pdl")), num_warps=4, **pdl)
 
 
 def _pdl_supported(device: torch.device) -> bool:

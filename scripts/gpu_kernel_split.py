@@ -1,0 +1,76 @@
+"""Where a decode call's GPU time goes, kernel by kernel: torch.profiler's device time of each kernel of v5's call
+(the tile, the combine, the bounds assertion) and of FlashMLA's (when importable), with the L2 flushed before each
+call, at the shapes where the whole call is furthest from FlashMLA's after the host's share was removed (call plans):
+short contexts at b 128 and one long request.
+
+    PYTHONPATH=.peers/flashmla:src python3 scripts/gpu_kernel_split.py [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from mla_tutorial.fp8 import quantize_k_cache
+from mla_tutorial.kernels import flash_mla_with_kvcache
+from mla_tutorial.kernels.schedule import get_mla_metadata
+from mla_tutorial.measure.kernel_bench import shape_inputs
+
+try:
+    import flash_mla
+except ImportError:  # (timed beside ours only where it is installed)
+    flash_mla = None
+
+SHAPES = [  # (b, h_q, s_k, fp8)
+    (128, 16, 1024, False), (128, 16, 1024, True), (1, 16, 32768, False), (128, 64, 1024, False),
+    (128, 128, 1024, False), (128, 16, 4096, False),
+]
+REPS = 30
+
+
+def kernel_times(call) -> dict[str, dict]:
+    """Average device µs and count per call of each kernel `call()` launches (the L2 flush between calls left out)."""
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    for _ in range(5):
+        call()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(REPS):
+            flush.zero_()
+            call()
+        torch.cuda.synchronize()
+    times: dict[str, dict] = {}
+    for evt in prof.key_averages():
+        total = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+        if not total or "fill" in evt.key.lower() or "memset" in evt.key.lower() or evt.count < REPS:
+            continue
+        times[evt.key[:90]] = {"us": round(total / REPS, 2), "per_call": evt.count / REPS}
+    return times
+
+
+def main() -> None:
+    rows = []
+    for b, h_q, s_k, fp8 in SHAPES:
+        (q, k, bt, sl), _ = shape_inputs(b, h_q, 1, s_k, "fixed", 0)
+        k8 = quantize_k_cache(k) if fp8 else k
+        meta, splits = get_mla_metadata(sl, h_q, 1)
+        label = f"b{b} h{h_q} sk{s_k}{' fp8' if fp8 else ''}"
+        row = {"b": b, "h_q": h_q, "s_k": s_k, "fp8": fp8, "parts": int(meta.shape[0]),
+               "ours": kernel_times(lambda: flash_mla_with_kvcache(q, k8, bt, sl, 512, meta, splits,
+                                                                   is_fp8_kvcache=fp8))}
+        if flash_mla is not None and not fp8:
+            sched, _ = flash_mla.get_mla_metadata()
+            row["flashmla"] = kernel_times(lambda: flash_mla.flash_mla_with_kvcache(q, k, bt, sl, 512, sched, None))
+        rows.append(row)
+        for who in ("ours", "flashmla"):
+            for name, t in row.get(who, {}).items():
+                print(f"{label:22s} {who:8s} {t['us']:8.2f} us  x{t['per_call']:.0f}  {name}", flush=True)
+    if "--out" in sys.argv:
+        with open(sys.argv[sys.argv.index("--out") + 1], "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
