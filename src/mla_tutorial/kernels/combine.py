@@ -97,11 +97,13 @@ def combine_splits(
     split_offsets: torch.Tensor,
     out: torch.Tensor,
     lse: torch.Tensor,
+    shape: tuple[int, int, int] | None = None,
 ) -> None:
-    """Merge partials into out [b, s_q, h_q, 512] and lse [b, h_q, s_q] for requests with > 1 split."""
+    """Merge partials into out [b, s_q, h_q, 512] and lse [b, h_q, s_q] for requests with > 1 split. `shape`: the
+    kernel's (ROWS, BLOCK_D, SPLITS) instead of its default (for measuring them)."""
     b, s_q, h_q, d = out.shape
     interpret = is_interpreter()
-    rows, block_d, splits = INTERPRETER_COMBINE_SHAPE if interpret else COMBINE_SHAPE
+    rows, block_d, splits = shape or (INTERPRETER_COMBINE_SHAPE if interpret else COMBINE_SHAPE)
     grid = (b, triton.cdiv(s_q * h_q, rows), d // block_d)
     pdl = {} if interpret else {"launch_pdl": _pdl_supported(out.device)}
     _LAUNCH(grid, part_out, part_lse, split_offsets, out, lse, s_q, h_q, ROWS=rows, D=d, BLOCK_D=block_d,
