@@ -291,10 +291,11 @@ def main() -> None:
                 ck = compile_seesaw(causal=causal, fine=base == "ss-fine", early=int(early or 0))
                 print(f"{name} causal={causal}: {report(f'{base}{early}_c{int(causal)}', ck, workdir)}")
         elif name.startswith("combine"):  # the combine kernel: combine[:ROWS,BLOCK_D,SPLITS] (default: its own)
-            from mla_tutorial.kernels.combine import COMBINE_SHAPE
+            from mla_tutorial.kernels.combine import MANY_SPLITS_SHAPE
 
-            shape = tuple(int(x) for x in name[8:].split(",")) if ":" in name else COMBINE_SHAPE
-            print(f"combine rows, block_d, splits = {shape}: {report(f'combine_{shape[0]}_{shape[1]}_{shape[2]}', compile_combine(*shape), workdir)}")
+            shape = tuple(int(x) for x in name[8:].split(",")) if ":" in name else MANY_SPLITS_SHAPE
+            name = "combine_" + "_".join(map(str, shape))
+            print(f"combine rows, block_d, splits = {shape}: {report(name, compile_combine(*shape), workdir)}")
         elif name.startswith(("v4:", "v5s:", "v5s-fp8:", "v5s-fp8tma:")):  # v4:BLOCK_M,BLOCK_N,warps,stages (v5s:
             kind, spec = name.split(":")  # the small tile; v5s-fp8: on an FP8 cache; v5s-fp8tma: with TMA loads)
             bm, bn, w, st = (int(x) for x in spec.split(","))

@@ -4,6 +4,7 @@ call, at the shapes where the whole call is furthest from FlashMLA's after the h
 short contexts at b 128 and one long request.
 
     PYTHONPATH=.peers/flashmla:src python3 scripts/gpu_kernel_split.py [--out FILE.json]
+    PYTHONPATH=src python3 scripts/gpu_kernel_split.py --combine     (the combine's shapes inside the call)
 """
 
 from __future__ import annotations
@@ -50,7 +51,36 @@ def kernel_times(call) -> dict[str, dict]:
     return times
 
 
+def _ours(q, k, bt, sl, meta, splits, fp8: bool):
+    return lambda: flash_mla_with_kvcache(q, k, bt, sl, 512, meta, splits, is_fp8_kvcache=fp8)
+
+
+def combine_sweep() -> None:
+    """--combine: the combine kernel's device time inside the whole call (after the main kernel, PDL) for each of its
+    shapes, at the calls where each kind of shape is chosen."""
+    from mla_tutorial.kernels import combine, plan
+
+    few, many = combine.FEW_SPLITS_SHAPE, combine.MANY_SPLITS_SHAPE
+    sweep = {"few": [(8, 512, 2), (8, 512, 1), (8, 256, 4), (4, 128, 4), (4, 128, 8)],
+             "many": [(4, 128, 16), (4, 128, 8), (8, 128, 8), (2, 128, 16)]}
+    for b, h_q, s_k in [(128, 16, 1024), (128, 64, 1024), (128, 128, 1024), (1, 16, 32768), (8, 64, 16384)]:
+        (q, k, bt, sl), _ = shape_inputs(b, h_q, 1, s_k, "fixed", 0)
+        meta, splits = get_mla_metadata(sl, h_q, 1)
+        kind = "many" if combine.combine_shape(b, b + int(meta.shape[0])) == many else "few"
+        for shape in sweep[kind]:
+            combine.FEW_SPLITS_SHAPE = combine.MANY_SPLITS_SHAPE = shape
+            plan.clear_plans()
+            times = kernel_times(_ours(q, k, bt, sl, meta, splits, False))
+            us = next((t["us"] for name, t in times.items() if "combine" in name), None)
+            print(f"combine b{b} h{h_q} sk{s_k} ({kind} splits) {shape}: {us} us", flush=True)
+        combine.FEW_SPLITS_SHAPE, combine.MANY_SPLITS_SHAPE = few, many
+        plan.clear_plans()
+
+
 def main() -> None:
+    if "--combine" in sys.argv:
+        combine_sweep()
+        return
     rows = []
     for b, h_q, s_k, fp8 in SHAPES:
         (q, k, bt, sl), _ = shape_inputs(b, h_q, 1, s_k, "fixed", 0)
@@ -58,11 +88,11 @@ def main() -> None:
         meta, splits = get_mla_metadata(sl, h_q, 1)
         label = f"b{b} h{h_q} sk{s_k}{' fp8' if fp8 else ''}"
         row = {"b": b, "h_q": h_q, "s_k": s_k, "fp8": fp8, "parts": int(meta.shape[0]),
-               "ours": kernel_times(lambda: flash_mla_with_kvcache(q, k8, bt, sl, 512, meta, splits,
-                                                                   is_fp8_kvcache=fp8))}
+               "ours": kernel_times(_ours(q, k8, bt, sl, meta, splits, fp8))}
         if flash_mla is not None and not fp8:
             sched, _ = flash_mla.get_mla_metadata()
-            row["flashmla"] = kernel_times(lambda: flash_mla.flash_mla_with_kvcache(q, k, bt, sl, 512, sched, None))
+            row["flashmla"] = kernel_times(lambda args=(q, k, bt, sl, 512, sched, None):
+                                           flash_mla.flash_mla_with_kvcache(*args))
         rows.append(row)
         for who in ("ours", "flashmla"):
             for name, t in row.get(who, {}).items():

@@ -15,9 +15,9 @@
 # at h_q 16). Its first form walked a request's splits one at a time, 8 rows x 512 columns a program: two programs
 # at b 1, h_q 16, each waiting on 264 dependent loads, took 64 µs on the H200 against 29 for FlashMLA's combine
 # and 31 for our main kernel (scripts/gpu_kernel_split.py, 2026-12-02). Now each program owns ROWS rows x BLOCK_D
-# columns and loads SPLITS splits at once, [SPLITS, ROWS, BLOCK_D], merging them into the running max and sums
-# chunk by chunk: at b 1, h_q 16, 16 programs each wait on 264 / 8 = 33 loads instead of 2 on 264. (The
-# interpreter gets whole rows and fewer programs: it runs one program at a time.)
+# columns and loads SPLITS splits at once, [ROWS, SPLITS, BLOCK_D], merging them into the running max and sums
+# step by step: at b 1, h_q 16, 16 programs each wait on a few steps of 16 splits instead of 2 on 264 loads
+# (combine_shape picks the shape from the splits a request has).
 """Combine kernel: merges split-KV partial outputs by their log-sum-exp."""
 
 from __future__ import annotations
@@ -31,10 +31,22 @@ from .blocks import _cast
 from .common import is_interpreter
 from .launch import FastLauncher
 
-# (rows a program, columns a program, splits a step): on a GPU 4 x 128 x 8 (a [4, 8, 128] fp32 step is 32 registers
-# a thread at 4 warps); under the interpreter 8 x 512 x 8 (its time is per program)
-COMBINE_SHAPE = (4, 128, 8)
+# (rows a program, columns a program, splits a step). On a GPU two shapes (scripts/gpu_combine_probe.py and
+# gpu_kernel_split.py, H200, 2026-12-02): where requests have many splits (the parts outnumber the requests
+# MANY_SPLITS times or more: batch 1-16 with long contexts) 4 x 128 x 16, latency first (128 registers); else (two or
+# three splits a request at b 128) 8 x 512 x 2: fewer, wider programs, each waiting once for the main kernel.
+# Under the interpreter 8 x 512 x 8 (its time is per program).
+MANY_SPLITS = 4
+MANY_SPLITS_SHAPE = (4, 128, 16)
+FEW_SPLITS_SHAPE = (8, 512, 2)
 INTERPRETER_COMBINE_SHAPE = (8, 512, 8)
+
+
+def combine_shape(batch: int, slots: int) -> tuple[int, int, int]:
+    """The combine kernel's (ROWS, BLOCK_D, SPLITS) for `batch` requests with `slots` rows of partials (b + parts)."""
+    if is_interpreter():
+        return INTERPRETER_COMBINE_SHAPE
+    return MANY_SPLITS_SHAPE if slots - batch >= MANY_SPLITS * batch else FEW_SPLITS_SHAPE
 
 
 @triton.jit
@@ -103,7 +115,7 @@ def combine_splits(
     kernel's (ROWS, BLOCK_D, SPLITS) instead of its default (for measuring them)."""
     b, s_q, h_q, d = out.shape
     interpret = is_interpreter()
-    rows, block_d, splits = shape or (INTERPRETER_COMBINE_SHAPE if interpret else COMBINE_SHAPE)
+    rows, block_d, splits = shape or combine_shape(b, part_out.shape[0])
     grid = (b, triton.cdiv(s_q * h_q, rows), d // block_d)
     pdl = {} if interpret else {"launch_pdl": _pdl_supported(out.device)}
     _LAUNCH(grid, part_out, part_lse, split_offsets, out, lse, s_q, h_q, ROWS=rows, D=d, BLOCK_D=block_d,
