@@ -28,6 +28,7 @@ from typing import Any
 # --------------------------------------------------------------------------------------------- the committed files
 KERNELS_V5 = "kernels_v5_h200_2026-12-02.json"  # v5 beside FlashMLA; v1–v5 and torch at the ablation shapes
 KERNELS_V5_SEESAW = "kernels_v5_seesaw_h200_2026-12-02.json"  # v5 with its seesaw tile, the lockstep tile, FlashMLA
+KERNELS_V5_PLANS = "kernels_v5_plans_h200_2026-12-02.json"  # the same with call plans and the combine's two shapes
 KERNELS_V4_H100 = "kernels_h100_2026-11-27.json"  # v1–v4 on FlashMLA's shape grid, H100
 KERNELS_V4_H200 = "kernels_h200_2026-11-27.json"  # the same on an H200
 DECODE_TOUR = "decode_tour_deepseek-v3_h200_2026-12-01.json"  # stages 0–4, b 64, S 4k/16k, 128 and 16 heads
