@@ -7,9 +7,6 @@ flushed), µs.
 
 from __future__ import annotations
 
-import json
-import sys
-
 import torch
 from triton.testing import do_bench
 
@@ -17,7 +14,7 @@ from mla_tutorial.contract import validate_paged_decode
 from mla_tutorial.kernels.combine import combine_splits
 from mla_tutorial.kernels.schedule import get_mla_metadata
 from mla_tutorial.kernels.v5 import _launch_tile, _outputs, kernel_choice, ok_flag
-from mla_tutorial.measure.kernel_bench import shape_inputs
+from mla_tutorial.measure.kernel_bench import save_probe, shape_inputs
 
 CALLS = [(128, 16, 1024), (128, 64, 1024), (128, 128, 1024), (128, 16, 4096), (1, 16, 32768), (8, 64, 16384),
          (32, 128, 4096), (1, 128, 32768)]  # (b, h_q, s_k)
@@ -48,9 +45,7 @@ def main() -> None:
             print(f"b{b:<4d} h{h_q:<4d} sk{s_k:<6d} parts {row['parts']:4d} max splits {row['max_splits']:4d} "
                   f"{str(shape):16s} {us:7.2f} us  (max |diff| vs default {err:.2e})", flush=True)
         rows.append(row)
-    if "--out" in sys.argv:
-        with open(sys.argv[sys.argv.index("--out") + 1], "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+    save_probe(rows)
 
 
 if __name__ == "__main__":

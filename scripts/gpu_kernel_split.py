@@ -9,7 +9,6 @@ short contexts at b 128 and one long request.
 
 from __future__ import annotations
 
-import json
 import sys
 
 import torch
@@ -17,7 +16,7 @@ import torch
 from mla_tutorial.fp8 import quantize_k_cache
 from mla_tutorial.kernels import flash_mla_with_kvcache
 from mla_tutorial.kernels.schedule import get_mla_metadata
-from mla_tutorial.measure.kernel_bench import shape_inputs
+from mla_tutorial.measure.kernel_bench import save_probe, shape_inputs
 
 try:
     import flash_mla
@@ -97,9 +96,7 @@ def main() -> None:
         for who in ("ours", "flashmla"):
             for name, t in row.get(who, {}).items():
                 print(f"{label:22s} {who:8s} {t['us']:8.2f} us  x{t['per_call']:.0f}  {name}", flush=True)
-    if "--out" in sys.argv:
-        with open(sys.argv[sys.argv.index("--out") + 1], "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+    save_probe(rows)
 
 
 if __name__ == "__main__":

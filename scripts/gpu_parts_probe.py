@@ -7,15 +7,10 @@ fixed costs (Q, the pipeline's fill, the partials) weigh most? b 128, L2 flushed
 
 from __future__ import annotations
 
-import json
-import sys
-
-import torch
-
 from mla_tutorial.fp8 import quantize_k_cache
 from mla_tutorial.kernels import flash_mla_with_kvcache
 from mla_tutorial.kernels.schedule import get_mla_metadata
-from mla_tutorial.measure.kernel_bench import bench_ms, shape_inputs
+from mla_tutorial.measure.kernel_bench import bench_ms, save_probe, shape_inputs
 
 try:
     import flash_mla
@@ -50,9 +45,7 @@ def main() -> None:
                     print(f"s_k {s_k} {dist:6s} {key:32s} {ms:.4f} ms  (FlashMLA {row.get('flashmla_ms', 0):.4f})",
                           flush=True)
         rows.append(row)
-    if "--out" in sys.argv:
-        with open(sys.argv[sys.argv.index("--out") + 1], "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+    save_probe(rows)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ if torch.cuda.is_available():
     from mla_tutorial.fp8 import quantize_k_cache
     from mla_tutorial.kernels import plan
     from mla_tutorial.kernels.v5 import kernel_choice
+    from mla_tutorial.measure.kernel_bench import capture_graph
     from mla_tutorial.testing import make_paged_inputs, same_bits
 
 LENGTHS = [0, 1, 20, 63, 64, 65, 140, 4096]
@@ -122,14 +123,7 @@ def test_gpu_a_planned_call_is_captured_in_a_cuda_graph(fp8):
 
     call()
     call()  # planned
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = call()
+    graph, captured = capture_graph(call)
     q_new = torch.randn_like(q)
     static_q.copy_(q_new)
     graph.replay()

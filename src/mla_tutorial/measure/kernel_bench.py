@@ -99,8 +99,8 @@ def bench_ms(fn) -> float:
     return float(do_bench(fn, warmup=10, rep=40, return_mode="median"))
 
 
-def graph_ms(fn, timer=bench_ms) -> float:
-    """Median time (by `timer`) of a CUDA-graph replay of fn (captured after one warm-up call on a side stream)."""
+def capture_graph(fn):
+    """(graph, what fn returned inside the capture): fn called once on a side stream to warm up, then captured."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -108,8 +108,23 @@ def graph_ms(fn, timer=bench_ms) -> float:
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        fn()
+        result = fn()
+    return graph, result
+
+
+def graph_ms(fn, timer=bench_ms) -> float:
+    """Median time (by `timer`) of a CUDA-graph replay of fn (captured after one warm-up call on a side stream)."""
+    graph, _ = capture_graph(fn)
     return timer(graph.replay)
+
+
+def save_probe(rows: list, argv: list[str] | None = None) -> None:
+    """A probe script's rows to the file named after `--out` in argv (sys.argv by default), if any, labelled with the
+    device, driver, torch and Triton versions and the date (roofline.device_info)."""
+    argv = sys.argv if argv is None else argv
+    if "--out" in argv:
+        with open(argv[argv.index("--out") + 1], "w") as f:
+            json.dump({"device": device_info(), "rows": rows}, f, indent=1)
 
 
 def cos_diff(x: torch.Tensor, y: torch.Tensor) -> float:
