@@ -150,6 +150,9 @@ def flash_mla_with_kvcache(
     FlashMLA, which never checks) drops that assertion; the kernels still never read outside the pool.
     is_fp8_kvcache (FlashMLA's keyword): k_cache is FlashMLA's FP8 cache, float8_e4m3fn [num_blocks, 64, h_kv, 656]
     (`mla_tutorial.quantize_k_cache`), and q is bf16; the output is bf16 as for a bf16 cache.
+    On a GPU the first call of each argument signature (shapes, strides, dtypes, devices, scalars) leaves a call plan
+    that later calls with that signature replay: the checks, the routing and the launch packing are done once
+    (`mla_tutorial.kernels.plan`; the outputs are new tensors at every call).
     """
     sched = tile_scheduler_metadata if isinstance(tile_scheduler_metadata, FlashMLASchedMeta) else None
     if sched is None:

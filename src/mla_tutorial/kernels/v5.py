@@ -17,6 +17,10 @@ products of two consumer warpgroups read); elsewhere by the small tile, which de
 keep bf16 tensor-core work after the dequantization. `path="gluon"` forces the lockstep Gluon FP8 tile
 (v5_fp8_gluon.py: the same page work in the warps that do the math), 6-10 % slower on the H200.
 
+On a GPU the Python around the kernels runs once per argument signature: the first call leaves a call plan (plan.py)
+that later calls with the same shapes, strides, dtypes and scalars replay (new outputs, new addresses, the packed
+launches), so a call costs the host ~30-60 µs instead of ~120-230 on the GPU machines (docs/kernel.md §13).
+
 A block id outside [0, num_blocks) inside a request's length is never dereferenced: the kernels skip it and
 clear a per-device "ok" flag, on which `check_bounds=True` (the default) enqueues a device-side assertion (no host
 sync; one launch of a one-element kernel). A failing assertion surfaces at the next synchronisation as a CUDA error
