@@ -53,6 +53,18 @@ def test_v5_run_matches_the_table_in_docs_kernel_md():
         run.find("v1", b=128, h_q=128, s_k=4096)  # v1 was skipped there (too slow)
 
 
+def test_host_time_rows_match_docs_kernel_md():
+    """The call plans' host time (kernel.md §13: 28-59 µs replayed, 129-282 through the full path) and, in the call
+    that also timed the kernels, a replayed call shorter than its kernels and a full path longer than them."""
+    everything = R.host_plan_rows(run=None)
+    assert {r.run for r in everything} == {"call 1", "call 2"}
+    assert all(27.5 <= r.planned_us <= 59.5 and 128 <= r.full_path_us <= 283 for r in everything)
+    for row in R.host_plan_rows():
+        assert row.planned_us < row.gpu_us < row.full_path_us, row
+    with pytest.raises(ValueError, match="no rows of run 'call 9'"):
+        R.host_plan_rows(run="call 9")
+
+
 def test_ablation_steps_pay_where_the_docs_say():
     steps = R.ablation_steps()
     assert [s.idea for s in steps if s.pays] == ["head tiling", "split-KV", "split-KV", "balanced schedule",
@@ -454,5 +466,6 @@ def test_drawings_return_figures():
                D.capacity_and_cost(R.capacity_rows(), [r for r in tour if r.context == 4096]),
                D.fp8_speed_bars(R.fp8_speed_rows(), {(16, "fixed"): 0.107}),
                D.fp8_tile_parts(R.fp8_speed_rows(parts=True), R.fp8_targets()),
-               D.fp8_page_work_split(R.fp8_page_work_rows())]
+               D.fp8_page_work_split(R.fp8_page_work_rows()),
+               D.host_time_bars(R.host_plan_rows())]
     assert all(isinstance(f, Figure) for f in figures)

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from .kernels import HeadTiles, Piece, fp8_fields
-from .results import IMPL_LABELS, AblationStep, Capacity, Ceilings, DecodeRow, Fp8SpeedRow, KernelRun
+from .results import IMPL_LABELS, AblationStep, Capacity, Ceilings, DecodeRow, Fp8SpeedRow, HostPlanRow, KernelRun
 
 TOKEN_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52"]
 WG_COLORS = ["#4C72B0", "#DD8452"]  # warpgroup 0, warpgroup 1
@@ -640,6 +640,36 @@ def fp8_page_work_split(rows: Sequence[Fp8SpeedRow], shapes: Sequence[tuple[int,
     return _done(fig)
 
 
+def host_time_bars(rows: Sequence[HostPlanRow]) -> Any:
+    """Per call shape: the host time of a v5 call through the full path and replayed from its call plan, beside the
+    device time of the call's kernels (and FlashMLA's). While the host takes longer than the device, the GPU waits for
+    Python; below it, the launches run ahead and the whole call costs what its kernels cost. Rows come from
+    results.host_plan_rows()."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    bars = [("full_path_us", "host, full path (checks, routing, launch packing)", "#d62728"),
+            ("planned_us", "host, replayed from the call plan", "#2ca02c"),
+            ("gpu_us", "GPU, the call's kernels", "#1f77b4"),
+            ("flashmla_gpu_us", "GPU, FlashMLA's kernels", "#7f7f7f")]
+    width = 0.8 / len(bars)
+    for j, (field, label, color) in enumerate(bars):
+        xs = [i + (j - (len(bars) - 1) / 2) * width for i in range(len(rows))]
+        values = [getattr(r, field) for r in rows]
+        shown = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
+        ax.bar([x for x, _ in shown], [v for _, v in shown], width, color=color, label=label)
+        for x, v in shown:
+            ax.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(rows)), [r.label for r in rows], fontsize=8)
+    top = max(v for r in rows for v in (r.full_path_us, r.planned_us, r.gpu_us, r.flashmla_gpu_us) if v is not None)
+    ax.set_ylim(0, top * 1.4)  # (room for the legend above the bars)
+    ax.set(ylabel="µs per call (b = 128, s_k = 1,024)",
+           title="A v5 call: Python on the host against the kernels on the GPU")
+    ax.title.set_fontsize(10)
+    ax.legend(fontsize=7, ncol=2, loc="upper center")
+    return _done(fig)
+
+
 __all__ = ["ablation_chart", "capacity_and_cost", "combine_weights", "fp8_page_work_split", "fp8_row",
            "fp8_speed_bars", "fp8_tile_parts",
-           "head_tile", "kernel_roofline", "latency_panels", "schedule_timeline", "stage_roofline", "warpgroup_split"]
+           "head_tile", "host_time_bars", "kernel_roofline", "latency_panels", "schedule_timeline", "stage_roofline",
+           "warpgroup_split"]

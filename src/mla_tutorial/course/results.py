@@ -29,6 +29,7 @@ from typing import Any
 KERNELS_V5 = "kernels_v5_h200_2026-12-02.json"  # v5 beside FlashMLA; v1–v5 and torch at the ablation shapes
 KERNELS_V5_SEESAW = "kernels_v5_seesaw_h200_2026-12-02.json"  # v5 with its seesaw tile, the lockstep tile, FlashMLA
 KERNELS_V5_PLANS = "kernels_v5_plans_h200_2026-12-02.json"  # the same with call plans and the combine's two shapes
+HOST_PLANS = "host_time_plans_h200_2026-12-02.json"  # host time of a v5 call, planned against the full path
 KERNELS_V4_H100 = "kernels_h100_2026-11-27.json"  # v1–v4 on FlashMLA's shape grid, H100
 KERNELS_V4_H200 = "kernels_h200_2026-11-27.json"  # the same on an H200
 DECODE_TOUR = "decode_tour_deepseek-v3_h200_2026-12-01.json"  # stages 0–4, b 64, S 4k/16k, 128 and 16 heads
@@ -53,6 +54,7 @@ PRODUCED_BY = {
     "capacity_": "`python -m mla_tutorial memory --config deepseek-v3 --context 32768 --gpu-memory-gb 141 --json`",
     "fp8_accuracy": "`scripts/fp8_accuracy.py` (CPU)",
     "fp8_bench": "`scripts/gpu_fp8_bench.py` on a GPU",
+    "host_time": "`scripts/gpu_host_profile.py --plans` and `scripts/gpu_kernel_split.py` on a GPU",
 }
 
 #: Which stage-4 kernel served the decode-step files (the README's provenance: branch issue6-decode ran v4).
@@ -572,6 +574,40 @@ FP8_SCHEMES = {
 }
 
 
+@dataclass(frozen=True)
+class HostPlanRow:
+    """Host time of one v5 call, µs, replayed from its call plan and through the full path, beside the device time of
+    the call's kernels (kernels/plan.py; one GPU call of host_time_plans_*)."""
+
+    run: str  # which device call ("call 1", "call 2": two lent machines)
+    h_q: int
+    cache: str  # "bf16" or "fp8"
+    planned_us: float  # a whole call replayed from its plan
+    full_path_us: float  # the same call with no plan (checks, routing, launches packed anew)
+    signature_us: float  # the plan's key alone
+    replay_us: float | None  # CallPlan.run alone (allocations, launches, the bounds assertion)
+    gpu_us: float | None  # device time of the call's kernels (None where not measured in that call)
+    flashmla_gpu_us: float | None  # FlashMLA's kernels, the same way
+
+    @property
+    def label(self) -> str:
+        return f"h_q {self.h_q}, {self.cache} cache"
+
+
+def host_plan_rows(source: str | Path | dict = HOST_PLANS, run: str | None = "call 2") -> list[HostPlanRow]:
+    """The host-time rows of one device call (`run`; None: all), b = 128, s_k = 1,024."""
+    data = load(source)
+    name = _name(source)
+    _need(data, ("rows", "device"), name, "a host-time file (host_time_plans_*)")
+    rows = [HostPlanRow(run=r["run"], h_q=int(r["h_q"]), cache=r["cache"], planned_us=float(r["planned_us"]),
+                        full_path_us=float(r["full_path_us"]), signature_us=float(r["signature_us"]),
+                        replay_us=r.get("replay_us"), gpu_us=r.get("gpu_us"), flashmla_gpu_us=r.get("flashmla_gpu_us"))
+            for r in data["rows"] if run is None or r["run"] == run]
+    if not rows:
+        raise ValueError(f"{name}: no rows of run {run!r} (runs: {sorted({r['run'] for r in data['rows']})})")
+    return rows
+
+
 def fp8_row_errors(source: str | Path | dict = FP8_ACCURACY) -> list[Fp8RowError]:
     data, name = load(source), _name(source)
     _need(data, ("rows",), name, "an FP8 accuracy file")
@@ -675,8 +711,9 @@ def table(rows: list, columns: list[tuple[str, str, str]]) -> str:
 __all__ = [
     "ABLATION", "CAPACITY", "DECODE_BENCH_V4", "DECODE_BENCH_V5", "DECODE_COVERAGE", "DECODE_PROFILE", "DECODE_TOUR",
     "FP8_ACCURACY", "FP8_BENCH", "FP8_SCHEMES", "FP8_SPLIT", "IMPL_LABELS", "KERNELS_V4_H100", "KERNELS_V4_H200",
-    "KERNELS_V5", "KERNELS_V5_SEESAW",
-    "ROOFLINE", "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",
+    "HOST_PLANS", "KERNELS_V5", "KERNELS_V5_PLANS", "KERNELS_V5_SEESAW",
+    "ROOFLINE", "HostPlanRow", "host_plan_rows",
+    "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",
     "Fp8DecoderRow", "Fp8RowError", "Fp8SpeedRow", "KernelRow", "KernelRun", "ResultsMissing", "ablation_steps",
     "capacity_rows", "ceilings", "decode_rows", "decode_skipped", "fp8_attention_errors", "fp8_correctness",
     "fp8_decoder_rows", "fp8_page_work_rows", "fp8_row_errors", "fp8_speed_rows", "fp8_targets", "kernel_run",
