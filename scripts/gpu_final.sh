@@ -35,7 +35,8 @@ fi
 has time && step time 300 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw_probe.py --out "$OUT/time.json" \
   --skip-check
 has tests && step tests ${TEST_LIMIT:-420} env PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_kernels_gpu.py \
-  tests/test_fp8.py tests/test_graphs_gpu.py tests/test_contract_gpu.py -q -p no:cacheprovider --durations=5 \
+  tests/test_fp8.py tests/test_graphs_gpu.py tests/test_contract_gpu.py tests/test_plan_gpu.py -q -p no:cacheprovider \
+  --durations=5 \
   -k "not v1_naive and not v2_head and not v3_split"
 # call plans (kernels/plan.py): their GPU cases beside v5's and the graph tests, then host time planned against the
 # full path (scripts/gpu_host_profile.py --plans)
