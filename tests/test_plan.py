@@ -156,3 +156,19 @@ def test_cpu_calls_leave_no_plan(entry):
         fn(q, k, bt, sl, 512, meta, splits) if entry != "mla_decode_v5" else fn(
             q, k, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits)
     assert plan.PLANS == {}
+
+
+def test_the_full_path_lays_the_partials_out_as_a_plan_replays_them():
+    """CallPlan.run allocates the partials as one buffer and hands the kernels part_lse at part_out's end: the full
+    path (v5._outputs) must lay them out the same way, or a replay would write the LSEs where it reads the outputs."""
+    from mla_tutorial.contract import validate_paged_decode
+    from mla_tutorial.kernels.v5 import _outputs
+
+    q, k, bt, sl, meta, *_ = _tensors()
+    dims = validate_paged_decode(q, k, bt, sl, 512, None, False, kernel=True, check_values=False)
+    out, lse, part_out, part_lse = _outputs(dims, q, meta)
+    assert part_out.untyped_storage().data_ptr() == part_lse.untyped_storage().data_ptr()
+    assert part_lse.data_ptr() - part_out.data_ptr() == part_out.numel() * 4
+    assert part_out.is_contiguous() and part_lse.is_contiguous()
+    assert part_out.shape == (2 + 8, 16, 512) and part_lse.shape == (2 + 8, 16)
+    assert out.shape == (2, 1, 16, 512) and lse.shape == (2, 16, 1)

@@ -174,7 +174,8 @@ class CallPlan:
         self.part_numel, self.lse_offset = part_out_numel + part_lse_numel, part_out_numel * 4
         self.flag, self.assert_bounds, self.built_for = flag, assert_bounds, built_for
         self.pinned = tuple(p for launch in launches for p in launch.pinned)
-        self.device_index = device.index
+        # the stream is the current device's, as FastLauncher's (the current device is part of the key)
+        self.stream_device = torch.cuda.current_device()
 
     def run(self, tensors: tuple, error_flag: torch.Tensor | None):
         """Replay for `tensors` (q, k_cache, block_table, cache_seqlens, metadata, num_splits): (out, lse), or None
@@ -189,7 +190,7 @@ class CallPlan:
         p = part.data_ptr()
         ptrs = (*[t.data_ptr() for t in tensors], out.data_ptr(), lse.data_ptr(), p, p + self.lse_offset,
                 flag.data_ptr())
-        stream = torch._C._cuda_getCurrentRawStream(self.device_index)
+        stream = torch._C._cuda_getCurrentRawStream(self.stream_device)
         for launch in self.launches:
             launch(ptrs, stream)
         if self.assert_bounds:
