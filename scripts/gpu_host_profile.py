@@ -8,8 +8,8 @@ and profiled (the ninth session's routed call took 0.164 ms at s_k 1k against 0.
 --parts: the FP8 call at h16 and each piece of its host path alone, many times with no sync (µs a call): the
 validation, the routing, the four output allocations, the register tile's launch, the combine's launch, the bounds
 assertion, and the Triton launcher of the tile with its specialisation key and TMA descriptors already made.
---plans: the call replayed from its call plan (kernels/plan.py) against the full path, bf16 and FP8 at h16, bf16 at
-h64, with the plan's pieces.
+--plans [--out FILE.json]: the call replayed from its call plan (kernels/plan.py) against the full path, bf16 and
+FP8 at h16, bf16 at h64, with the plan's pieces.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from mla_tutorial.fp8 import quantize_k_cache
 from mla_tutorial.kernels import mla_decode_v5
 from mla_tutorial.kernels.schedule import get_mla_metadata
-from mla_tutorial.measure.kernel_bench import shape_inputs
+from mla_tutorial.measure.kernel_bench import save_probe, shape_inputs
 
 
 def make_call(h_q: int, fp8_path: str | None = None):
@@ -118,11 +118,12 @@ def host_plans() -> None:
     """--plans: v5's call replayed from its call plan (kernels/plan.py) against the full path (plans dropped before
     each call), at b 128, s_k 1k: bf16 h16 (the small tile), FP8 h16 (the register tile), bf16 h64 (the seesaw
     tile); and the plan's pieces (its key, the replay)."""
-    for label, h_q, fp8 in (("bf16 h16", 16, False), ("fp8 h16", 16, True), ("bf16 h64", 64, False)):
-        _plan_case(label, h_q, fp8)
+    rows = [_plan_case(label, h_q, fp8) for label, h_q, fp8 in
+            (("bf16 h16", 16, False), ("fp8 h16", 16, True), ("bf16 h64", 64, False))]
+    save_probe(rows)  # (--out FILE: the rows of docs/results/host_time_plans_*, without the kernels' device time)
 
 
-def _plan_case(label: str, h_q: int, fp8: bool) -> None:
+def _plan_case(label: str, h_q: int, fp8: bool) -> dict:
     from mla_tutorial.kernels import flash_mla_with_kvcache, plan
 
     plan.clear_plans()  # (the case's plan is then the only one)
@@ -154,8 +155,16 @@ def _plan_case(label: str, h_q: int, fp8: bool) -> None:
         pieces["planned call again"] = call
     print(f"--- {label}: {'planned' if call_plan else 'NOT planned'}, "
           f"{len(call_plan.launches) if call_plan else 0} launches", flush=True)
+    us = {}
     for name, fn in pieces.items():
-        print(f"{label:9s} {name:50s} {_per_call(fn):7.1f} us/call", flush=True)
+        us[name] = _per_call(fn)
+        print(f"{label:9s} {name:50s} {us[name]:7.1f} us/call", flush=True)
+    return {"run": "this run", "b": 128, "h_q": h_q, "s_q": 1, "s_k": 1024, "cache": "fp8" if fp8 else "bf16",
+            "planned_us": us["planned call (flash_mla_with_kvcache)"],
+            "full_path_us": us["full path (plans dropped before each call)"],
+            "signature_us": us.get("plan.signature"),
+            "replay_us": us.get("CallPlan.run (allocations, launches, assertion)"),
+            "planned_again_us": us.get("planned call again")}
 
 
 if "--plans" in sys.argv:
