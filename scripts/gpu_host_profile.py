@@ -89,16 +89,7 @@ def host_parts() -> None:
         "torch._assert_async(flag)": lambda: torch._assert_async(flag, "x"),
     }
     for name, fn in pieces.items():
-        for _ in range(50):
-            fn()
-        torch.cuda.synchronize()
-        n = 500
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        dt = (time.perf_counter() - t0) / n
-        torch.cuda.synchronize()
-        print(f"{name:48s} {dt * 1e6:7.1f} us/call", flush=True)
+        print(f"{name:48s} {_per_call(fn):7.1f} us/call", flush=True)
 
 
 def _per_call(fn, n: int = 500) -> float:

@@ -108,7 +108,7 @@ def test_what_a_plan_cannot_replay_is_refused():
     assert plan._Launch.from_record(_compiled(raw), (1,), (view,), (), slots) is None
     assert plan._Launch.from_record(_compiled(raw), (1,), (object(),), (), slots) is None
     assert plan._Launch.from_record(_compiled(raw, scratch=128), (1,), (slots[0],), (), slots) is None
-    assert plan.make_plan([], slots, *slots[6:10], slots[10], False, True, None) is None
+    assert plan.make_plan([], slots, False, True, None) is None
 
 
 def test_a_tma_descriptor_is_encoded_once_and_pinned_to_its_tensor(monkeypatch):

@@ -25,7 +25,7 @@ import torch
 
 from ..contract import check_contiguous, validate_paged_decode
 from .common import _check_tensor, validate_metadata
-from .plan import PLANS, lookup, signature
+from .plan import replay, signature
 from .reference import mla_decode_reference
 from .schedule import get_mla_metadata as _get_mla_metadata
 from .v1_naive import mla_decode_v1
@@ -163,13 +163,10 @@ def flash_mla_with_kvcache(
     if tensors[4] is not None and (sched is None or num_splits is None):
         key = signature((*tensors, None), (head_dim_v, softmax_scale, causal, check_bounds, None, None,
                                            is_fp8_kvcache, sched is not None))
-        call_plan = lookup(key)
         # (a FlashMLASchedMeta must also have been filled for this call's shape, as the full path checks)
-        if call_plan is not None and (sched is None or sched.built_for == call_plan.built_for):
-            result = call_plan.run(tensors, None)
-            if result is not None:
-                return result
-            PLANS.pop(key, None)  # the cache moved since its TMA descriptors were made: the full path plans anew
+        result = replay(key, tensors, built_for=None if sched is None else sched.built_for)
+        if result is not None:
+            return result
     dims = validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
                                  kernel=True, check_values=not on_gpu(q), fp8_cache=is_fp8_kvcache)
     if sched is not None:

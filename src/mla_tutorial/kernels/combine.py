@@ -43,9 +43,8 @@ INTERPRETER_COMBINE_SHAPE = (8, 512, 8)
 
 
 def combine_shape(batch: int, slots: int) -> tuple[int, int, int]:
-    """The combine kernel's (ROWS, BLOCK_D, SPLITS) for `batch` requests with `slots` rows of partials (b + parts)."""
-    if is_interpreter():
-        return INTERPRETER_COMBINE_SHAPE
+    """The combine kernel's (ROWS, BLOCK_D, SPLITS) on a GPU for `batch` requests with `slots` rows of partials
+    (b + parts)."""
     return MANY_SPLITS_SHAPE if slots - batch >= MANY_SPLITS * batch else FEW_SPLITS_SHAPE
 
 
@@ -115,7 +114,7 @@ def combine_splits(
     kernel's (ROWS, BLOCK_D, SPLITS) instead of its default (for measuring them)."""
     b, s_q, h_q, d = out.shape
     interpret = is_interpreter()
-    rows, block_d, splits = shape or combine_shape(b, part_out.shape[0])
+    rows, block_d, splits = shape or (INTERPRETER_COMBINE_SHAPE if interpret else combine_shape(b, part_out.shape[0]))
     grid = (b, triton.cdiv(s_q * h_q, rows), d // block_d)
     pdl = {} if interpret else {"launch_pdl": _pdl_supported(out.device)}
     _LAUNCH(grid, part_out, part_lse, split_offsets, out, lse, s_q, h_q, ROWS=rows, D=d, BLOCK_D=block_d,

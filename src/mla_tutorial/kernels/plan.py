@@ -202,8 +202,7 @@ BOUNDS_MESSAGE = ("flash_mla_with_kvcache: a block_table entry inside a request'
                   "(the kernel did not follow it)")
 
 
-def make_plan(records: list, slots: tuple, out: torch.Tensor, lse: torch.Tensor, part_out: torch.Tensor,
-              part_lse: torch.Tensor, flag: torch.Tensor, error_flag_given: bool, assert_bounds: bool,
+def make_plan(records: list, slots: tuple, error_flag_given: bool, assert_bounds: bool,
               built_for: dict | None) -> CallPlan | None:
     """A CallPlan from the launches recorded during one full call (None if any cannot be replayed, or none was
     recorded). `slots`: the call's tensors in SLOTS order, as the launches received them."""
@@ -212,8 +211,24 @@ def make_plan(records: list, slots: tuple, out: torch.Tensor, lse: torch.Tensor,
     launches = [_Launch.from_record(*record, slots) for record in records]
     if any(launch is None for launch in launches):
         return None
+    out, lse, part_out, part_lse, flag = slots[6:]
     return CallPlan(launches, tuple(out.shape), tuple(lse.shape), part_out.numel(), part_lse.numel(), out.dtype,
                     out.device, None if error_flag_given else flag, assert_bounds, built_for)
+
+
+def replay(key: tuple | None, tensors: tuple, error_flag: torch.Tensor | None = None,
+           built_for: dict | None = None):
+    """(out, lse) from the plan of `key` for `tensors` (q, k_cache, block_table, cache_seqlens, metadata,
+    num_splits), or None: no plan, a FlashMLASchedMeta filled for another shape (`built_for`, its record), or a cache
+    that moved since the plan's TMA descriptors were made (the plan is dropped). On None the caller takes the full
+    path, which checks everything and plans anew."""
+    call_plan = lookup(key)
+    if call_plan is None or (built_for is not None and built_for != call_plan.built_for):
+        return None
+    result = call_plan.run(tensors, error_flag)
+    if result is None:
+        PLANS.pop(key, None)
+    return result
 
 
 def remember(key: tuple, plan: CallPlan | None) -> None:

@@ -37,7 +37,7 @@ from ..contract import check_block_table_on_device, check_contiguous, validate_p
 from .combine import combine_splits
 from .common import D_NOPE, TileConfig, is_interpreter, validate_metadata
 from .launch import recording
-from .plan import BOUNDS_MESSAGE, PLANS, is_new, lookup, make_plan, remember, signature
+from .plan import BOUNDS_MESSAGE, is_new, make_plan, remember, replay, signature
 from .schedule import get_mla_metadata
 from .v4_balanced import _launch_v4
 from .v5_fp8_gluon import launch_v5_fp8_gluon
@@ -191,8 +191,8 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     assert_bounds = check_bounds and error_flag is None
     if planned:
         remember(plan_key, make_plan(records, (q, k_cache, block_table, cache_seqlens, meta, num_splits, out, lse,
-                                               part_out, part_lse, flag), out, lse, part_out, part_lse, flag,
-                                     error_flag is not None, assert_bounds, built_for))
+                                               part_out, part_lse, flag), error_flag is not None, assert_bounds,
+                                     built_for))
     if assert_bounds:
         torch._assert_async(flag, BOUNDS_MESSAGE)
     return out, lse
@@ -269,12 +269,9 @@ def mla_decode_v5(
         tensors = (q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits)
         key = signature((*tensors, error_flag), (head_dim_v, softmax_scale, causal, check_bounds, path, config,
                                                  is_fp8_kvcache, False))
-        call_plan = lookup(key)
-        if call_plan is not None:  # this call's shape was validated and launched before: replay its launches
-            result = call_plan.run(tensors, error_flag)
-            if result is not None:
-                return result
-            PLANS.pop(key, None)  # the cache moved since its TMA descriptors were made: the full path plans anew
+        result = replay(key, tensors, error_flag)  # this call's shape was validated and launched before
+        if result is not None:
+            return result
     # on a GPU the kernels check bounds themselves (no extra launches); on the CPU the contract checks on the host
     dims = validate_paged_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
                                  kernel=True, check_values=not on_gpu(q), fp8_cache=is_fp8_kvcache)
