@@ -75,7 +75,7 @@ def compile_v5(dtype: str = "bf16", causal: bool = False, sub: int = 64, stages:
     return triton.compile(src, target=TARGET, options={"num_warps": 8})
 
 
-def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False, early: int = 0):
+def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False, early: int = 0, trace: bool = False):
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from mla_tutorial.kernels import v5_seesaw as ss
@@ -84,13 +84,13 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
     sig = {"q_ptr": f"*{dtype}", "k_desc": f"tensordesc<{dtype}[64, 64],{layout}>",
            "block_table_ptr": "*i32", "seqlens_ptr": "*i32", "out_ptr": f"*{dtype}", "lse_ptr": "*fp32",
            "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "meta_ptr": "*i32", "num_splits_ptr": "*i32",
-           "ok_ptr": "*i32", "stride_qb": "i32", "stride_qs": "i32", "stride_qh": "i32", "stride_btb": "i32",
-           "s_q": "i32", "h_q": "i32", "heads_per_kv": "i32",
+           "ok_ptr": "*i32", "trace_ptr": "*i64" if trace else "*i32", "stride_qb": "i32", "stride_qs": "i32",
+           "stride_qh": "i32", "stride_btb": "i32", "s_q": "i32", "h_q": "i32", "heads_per_kv": "i32",
            "rows_per_kv": "i32", "m_tiles": "i32", "num_blocks": "i32", "max_blocks": "i32", "qk_scale": "fp32",
            "CAUSAL": "constexpr", "META_COLS": "constexpr", "FINE": "constexpr", "MODE": "constexpr",
-           "EARLY": "constexpr", "num_warps": "constexpr"}
+           "EARLY": "constexpr", "TRACE": "constexpr", "num_warps": "constexpr"}
     src = GluonASTSource(ss._ss_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "FINE": fine, "MODE": 0,
-                                              "EARLY": early, "num_warps": 4})
+                                              "EARLY": early, "TRACE": trace, "num_warps": 4})
     return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": ss.WS_REGS})
 
 
@@ -285,10 +285,11 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, kind="ws", mode=mode)
                 print(f"v5fws mode={mode} causal={causal}: {report(f'v5fws{mode}_c{int(causal)}', ck, workdir)}")
-        elif name.split(":")[0] in ("ss", "ss-fine"):  # the seesaw tile (fine: one mbarrier per box; ss:EARLY; v5: 1)
-            base, _, early = name.partition(":")
+        elif name.split(":")[0] in ("ss", "ss-fine", "ss-trace"):  # the seesaw tile (fine: one mbarrier per box;
+            base, _, early = name.partition(":")  # trace: its cycle stamps; ss:EARLY, v5's is 1)
             for causal in (False, True):
-                ck = compile_seesaw(causal=causal, fine=base == "ss-fine", early=int(early or 0))
+                ck = compile_seesaw(causal=causal, fine=base == "ss-fine", early=int(early or 0),
+                                    trace=base == "ss-trace")
                 print(f"{name} causal={causal}: {report(f'{base}{early}_c{int(causal)}', ck, workdir)}")
         elif name.startswith("combine"):  # the combine kernel: combine[:ROWS,BLOCK_D,SPLITS] (default: its own)
             from mla_tutorial.kernels.combine import MANY_SPLITS_SHAPE

@@ -69,6 +69,8 @@ N_BARS = tl.constexpr(31)
 # row statistics in shared memory (64 floats each): m_A, m_B, then the row sums at STAT_L + 2·(request parity) + WG
 STAT_M_A, STAT_M_B, STAT_L = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 N_STATS = tl.constexpr(6)
+# the TRACE probe's buffer: int64 [programs, TRACE_PAIRS, TRACE_EVENTS] (events: scripts/gpu_seesaw_trace.py)
+TRACE_PAIRS, TRACE_EVENTS = tl.constexpr(48), tl.constexpr(32)
 
 WS_REGS = 168  # registers per thread at launch (12 warps · 32 · 168 ≤ 65,536); setmaxnreg then moves them:
 CONSUMER_REGS = tl.constexpr(240)  # each consumer warpgroup
@@ -128,8 +130,18 @@ if gluon is not None:
         return gl.where(bad, -64, page * 64)
 
     @gluon.jit
+    def _ss_stamp(trace_ptr, pair, EVENT: gl.constexpr, TRACE: gl.constexpr):
+        """TRACE (a probe, off in the tile): the SM's cycle counter at event EVENT of the program's pair `pair`, in
+        trace[program, pair, EVENT] (TRACE_PAIRS pairs of TRACE_EVENTS events a program; later pairs are not kept)."""
+        if TRACE:
+            t = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)
+            prog = gl.program_id(1) * gl.num_programs(0) + gl.program_id(0)
+            gl.store(trace_ptr + (prog * TRACE_PAIRS + pair) * TRACE_EVENTS + EVENT, t, mask=pair < TRACE_PAIRS)
+
+    @gluon.jit
     def _ss_producer(k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks, max_blocks,
-                     k_smem, kr_smem, bars, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr):
+                     k_smem, kr_smem, bars, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
+                     trace_ptr, TRACE: gl.constexpr):
         """The producer warp: every copy into shared memory, in the order the consumers release the buffers."""
         begin_req, begin_block, end_req, end_block, _ = _v5_part(meta_ptr, META_COLS)
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
@@ -153,15 +165,20 @@ if gluon is not None:
                 # box (which held P_A) by WG1 (after P_A·V_A[:, 256:]). Slot 1 holds B: boxes 4-7 are released by
                 # WG1 (after P_B·V_B[:, 256:]), boxes 0-3 and the RoPE box (P_B) by WG0 (after P_B·V_B[:, :256]).
                 # Waiting in this order also keeps each RoPE box (a P) until both warpgroups have read it.
+                _ss_stamp(trace_ptr, n0, 16, TRACE)
                 mbarrier.wait(bars.index(EMPTY0L), ph0)
+                _ss_stamp(trace_ptr, n0, 17, TRACE)
                 _ss_copy(k_desc, row_a, bars, 0, READY0L, k0, kr0, 0, 4, False, FINE, MODE)
                 if has_b:
                     mbarrier.wait(bars.index(EMPTY1R), ph1)
+                    _ss_stamp(trace_ptr, n0, 18, TRACE)
                     _ss_copy(k_desc, row_b, bars, 1, READY1R, k1, kr1, 4, 8, False, FINE, MODE)
                 mbarrier.wait(bars.index(EMPTY0R), ph0)
+                _ss_stamp(trace_ptr, n0, 19, TRACE)
                 _ss_copy(k_desc, row_a, bars, 0, READY0R, k0, kr0, 4, 8, True, FINE, MODE)
                 if has_b:
                     mbarrier.wait(bars.index(EMPTY1L), ph1)
+                    _ss_stamp(trace_ptr, n0, 20, TRACE)
                     _ss_copy(k_desc, row_b, bars, 1, READY1L, k1, kr1, 0, 4, True, FINE, MODE)
                     n1 += 1
                 n0 += 1
@@ -169,7 +186,7 @@ if gluon is not None:
     @gluon.jit
     def _ss_scores(q_smem, qr_smem, k_buf, kr_buf, bars, SLOT: gl.constexpr, BAR_FIRST: gl.constexpr,
                    BAR_SECOND: gl.constexpr, phase, s_layout: gl.constexpr, FIRST_HALF: gl.constexpr,
-                   FINE: gl.constexpr):
+                   FINE: gl.constexpr, trace_ptr, pair, EV: gl.constexpr, TRACE: gl.constexpr):
         """S = Q·Kᵀ [64, 64] over the 576 columns of one page slot, starting on the half that lands first:
         columns 0-255 (FIRST_HALF = 0) or 256-511 (1); the RoPE box arrives with the second half. FINE: box by box,
         each as soon as it lands (FlashMLA's fine-grained TMA-GEMM pipelining)."""
@@ -183,10 +200,12 @@ if gluon is not None:
             mbarrier.wait(bars.index(CHUNK_READY + 9 * SLOT + 8), phase)
         else:
             mbarrier.wait(bars.index(BAR_FIRST), phase)
+            _ss_stamp(trace_ptr, pair, EV, TRACE)
             s = warpgroup_mma(q_smem.slice(256 * FIRST_HALF, 256, dim=1),
                               k_buf.slice(256 * FIRST_HALF, 256, dim=1).permute((1, 0)), s, use_acc=False,
                               is_async=True)
             mbarrier.wait(bars.index(BAR_SECOND), phase)
+            _ss_stamp(trace_ptr, pair, EV + 1, TRACE)
             s = warpgroup_mma(q_smem.slice(256 - 256 * FIRST_HALF, 256, dim=1),
                               k_buf.slice(256 - 256 * FIRST_HALF, 256, dim=1).permute((1, 0)), s, is_async=True)
         s = warpgroup_mma(qr_smem, kr_buf.permute((1, 0)), s, is_async=True)
@@ -226,14 +245,15 @@ if gluon is not None:
         (_ss_consumer_at, releasing a pair's right halves at its end)."""
         _ss_consumer_at(WG, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
                         lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks,
-                        qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS, FINE, 0)
+                        qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS, FINE, 0,
+                        num_splits_ptr, False)
 
     @gluon.jit
     def _ss_consumer_at(WG: gl.constexpr, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr,
                         num_splits_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv,
                         rows_per_kv, m_tiles, max_blocks, qk_scale,
                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
-                        FINE: gl.constexpr, EARLY: gl.constexpr):
+                        FINE: gl.constexpr, EARLY: gl.constexpr, trace_ptr, TRACE: gl.constexpr):
         """Consumer warpgroup WG, EARLY choosing when warpgroup 1 releases a pair's right halves after its two last
         products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (1 is the default; the others are probes, results correct):
         0 waits for both, then releases both; 1 releases B's right half as soon as its product is done; 2 issues A's
@@ -271,17 +291,22 @@ if gluon is not None:
             acc = gl.zeros([64, 256], gl.float32, layout=o_layout)
             # Q: each warpgroup copies half of its columns, once both are done with the previous request's
             r = req - begin_req
+            _ss_stamp(trace_ptr, n0, 24 + 4 * WG, TRACE)
             mbarrier.wait(bars.index(Q_EMPTY), (r & 1) ^ 1)  # a fresh barrier counts as released
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
                        rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4)
             _ss_publish(bars.index(Q_READY))
             mbarrier.wait(bars.index(Q_READY), r & 1)
+            _ss_stamp(trace_ptr, n0, 25 + 4 * WG, TRACE)
             for a in range(lo, hi, 2):
                 has_b = a + 1 < hi
                 ph0 = n0 & 1
                 ph1 = n1 & 1
+                _ss_stamp(trace_ptr, n0, 8 * WG, TRACE)
                 if WG == 0:
-                    s = _ss_scores(q_smem, qr_smem, k_a, p_a, bars, 0, READY0L, READY0R, ph0, s_layout, 0, FINE)
+                    s = _ss_scores(q_smem, qr_smem, k_a, p_a, bars, 0, READY0L, READY0R, ph0, s_layout, 0, FINE,
+                                   trace_ptr, n0, 6, TRACE)
+                    _ss_stamp(trace_ptr, n0, 1, TRACE)
                     p, m_a, m_a_use = _v5_softmax(s, a * 64, n_visible, m_i, qk_scale, s_cols, 64)
                     alpha = gl.exp2(m_i - m_a_use)
                     l_i = l_i * alpha + gl.sum(p, axis=1)
@@ -291,12 +316,15 @@ if gluon is not None:
                     p_a.store(p.to(dtype))
                     stats.index(STAT_M_A).store(m_a)
                     _ss_publish(bars.index(P_A_READY))
+                    _ss_stamp(trace_ptr, n0, 2, TRACE)
                     acc = warpgroup_mma(p_a, k_a.slice(0, 256, dim=1), acc, is_async=True)
                     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                    mbarrier.arrive(bars.index(EMPTY0L))  # A's columns 0-255: the next even page may come
+                    mbarrier.arrive(bars.index(EMPTY0L))
+                    _ss_stamp(trace_ptr, n0, 3, TRACE)  # A's columns 0-255: the next even page may come
                     m_b = m_a
                     if has_b:
                         mbarrier.wait(bars.index(P_B_READY), ph1)
+                        _ss_stamp(trace_ptr, n0, 4, TRACE)
                         m_b = stats.index(STAT_M_B).load(s_rows)
                         sc = gl.exp2(m_a - gl.where(m_b == float("-inf"), 0.0, m_b))
                         l_i = l_i * sc
@@ -305,13 +333,17 @@ if gluon is not None:
                         acc = warpgroup_mma(p_b, k_b.slice(0, 256, dim=1), acc, is_async=True)
                         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                         mbarrier.arrive(bars.index(EMPTY1L))
+                        _ss_stamp(trace_ptr, n0, 5, TRACE)
                         n1 += 1
                     m_i = m_b
                 else:
                     s = gl.zeros([64, 64], gl.float32, layout=s_layout)
                     if has_b:
-                        s = _ss_scores(q_smem, qr_smem, k_b, p_b, bars, 1, READY1R, READY1L, ph1, s_layout, 1, FINE)
+                        s = _ss_scores(q_smem, qr_smem, k_b, p_b, bars, 1, READY1R, READY1L, ph1, s_layout, 1, FINE,
+                                       trace_ptr, n0, 13, TRACE)
+                    _ss_stamp(trace_ptr, n0, 9, TRACE)
                     mbarrier.wait(bars.index(P_A_READY), ph0)
+                    _ss_stamp(trace_ptr, n0, 10, TRACE)
                     m_a = stats.index(STAT_M_A).load(s_rows)
                     m_b = m_a
                     m_b_use = gl.where(m_a == float("-inf"), 0.0, m_a)
@@ -325,6 +357,7 @@ if gluon is not None:
                         p_b.store(p.to(dtype))
                         stats.index(STAT_M_B).store(m_b)
                         _ss_publish(bars.index(P_B_READY))
+                        _ss_stamp(trace_ptr, n0, 11, TRACE)
                         if EARLY == 2:  # A's right half first, released as soon as its product is done
                             pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
                             _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)
@@ -363,8 +396,10 @@ if gluon is not None:
                     if has_b:
                         n1 += 1
                     m_i = m_b
+                    _ss_stamp(trace_ptr, n0, 12, TRACE)
                 n0 += 1
             mbarrier.arrive(bars.index(Q_EMPTY))
+            _ss_stamp(trace_ptr, n0, 26 + 4 * WG, TRACE)
 
             # the row sum is split between the warpgroups (each summed the P it computed): exchange it
             stats.index(STAT_L + 2 * (r & 1) + WG).store(l_i)
@@ -377,16 +412,17 @@ if gluon is not None:
             _v5_store(acc, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, o_rows, o_cols, 256 * WG, 256,
                       WG == 0)
+            _ss_stamp(trace_ptr, n0, 27 + 4 * WG, TRACE)
 
     @gluon.jit
     def _ss_kernel(
         q_ptr, k_desc, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
-        meta_ptr, num_splits_ptr, ok_ptr,
+        meta_ptr, num_splits_ptr, ok_ptr, trace_ptr,
         stride_qb, stride_qs, stride_qh, stride_btb, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks,
         max_blocks,
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
-        EARLY: gl.constexpr, num_warps: gl.constexpr,
+        EARLY: gl.constexpr, TRACE: gl.constexpr, num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -414,20 +450,20 @@ if gluon is not None:
                 (_ss_consumer, (0,) + consumer_args),
                 (_ss_consumer, (1,) + consumer_args),
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
-                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE)),
+                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, ok_ptr, False)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
         else:  # the EARLY probes: the consumers' arguments as literals, so that every constexpr stays one
             gl.warp_specialize([
                 (_ss_consumer_at, (0, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
-                                   CAUSAL, META_COLS, FINE, EARLY)),
+                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE)),
                 (_ss_consumer_at, (1, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
-                                   CAUSAL, META_COLS, FINE, EARLY)),
+                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE)),
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
-                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE)),
+                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, trace_ptr, TRACE)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -435,6 +471,9 @@ if gluon is not None:
 # host side
 # ---------------------------------------------------------------------------------------------
 _LAUNCH = FastLauncher(_ss_kernel) if gluon is not None else None
+#: the TRACE probe (scripts/gpu_seesaw_trace.py): an int64 tensor of at least [programs, TRACE_PAIRS, TRACE_EVENTS]
+#: that the tile's launches fill with cycle stamps while it is set (None: the tile, no stamps)
+TRACE_BUFFER = None
 
 
 def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
@@ -448,9 +487,9 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
     _LAUNCH(
         (meta.shape[0], m_tiles),
         q, _k_descriptor(k_cache, 64), block_table, cache_seqlens, out, lse, part_out, part_lse,
-        meta, num_splits, ok_flag,
+        meta, num_splits, ok_flag, ok_flag if TRACE_BUFFER is None else TRACE_BUFFER,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
-        CAUSAL=causal, META_COLS=meta.shape[1], FINE=fine, MODE=mode, EARLY=early, num_warps=4,
-        maxnreg=WS_REGS,
+        CAUSAL=causal, META_COLS=meta.shape[1], FINE=fine, MODE=mode, EARLY=early, TRACE=TRACE_BUFFER is not None,
+        num_warps=4, maxnreg=WS_REGS,
     )

@@ -1,0 +1,155 @@
+"""GPU probe: a timeline of the seesaw tile, from cycle stamps written by the kernel itself (v5_seesaw's TRACE).
+
+Each program stamps its SM's cycle counter (%clock64) at fixed points of every page pair, for its first
+TRACE_PAIRS pairs: when each warpgroup starts the pair, when each half of its page has landed (its mbarrier wait
+returned), when its scores are done, when P is published and received, when each P·V product is done; and when
+the producer warp passed each "slot released" wait. The medians over the steady-state pairs of every program say
+where a pair's time goes: waiting for pages, waiting for the other warpgroup, or computing. Run with the copies
+(mode 0) and without (mode 2, the compute alone).
+
+    PYTHONPATH=src python3 scripts/gpu_seesaw_trace.py --out trace.json [--shapes 64:4096,128:4096]
+
+The stamps cost a few cycles each (the stamped tile's time is printed beside the plain tile's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import torch
+
+#: event index -> name (v5_seesaw's _ss_stamp calls): WG0 0-7, WG1 8-15, producer 16-20, request edges 24-31
+EVENTS = {0: "wg0_start", 6: "wg0_A_left_landed", 7: "wg0_A_right_landed", 1: "wg0_S_A_done", 2: "wg0_P_A_published",
+          3: "wg0_PV_A_left_done", 4: "wg0_P_B_received", 5: "wg0_PV_B_left_done",
+          8: "wg1_start", 13: "wg1_B_right_landed", 14: "wg1_B_left_landed", 9: "wg1_S_B_done",
+          10: "wg1_P_A_received", 11: "wg1_P_B_published", 12: "wg1_done",
+          16: "prod_start", 17: "prod_A_left_free", 18: "prod_B_right_free", 19: "prod_A_right_free",
+          20: "prod_B_left_free", 24: "wg0_req_start", 25: "wg0_q_ready", 26: "wg0_req_pages_done",
+          27: "wg0_req_stored", 28: "wg1_req_start", 29: "wg1_q_ready", 30: "wg1_req_pages_done", 31: "wg1_req_stored"}
+
+#: intervals reported: name -> (from event, to event, pair offset of the second event)
+INTERVALS = {
+    "pair period (wg0 start to next start)": (0, 0, 1),
+    "wg0 wait A left": (0, 6, 0), "wg0 wait A right": (6, 7, 0), "wg0 S_A after landing": (7, 1, 0),
+    "wg0 softmax + publish P_A": (1, 2, 0), "wg0 P_A V_A left": (2, 3, 0), "wg0 wait P_B": (3, 4, 0),
+    "wg0 P_B V_B left": (4, 5, 0), "wg0 end to next start": (5, 0, 1),
+    "wg1 wait B right": (8, 13, 0), "wg1 wait B left": (13, 14, 0), "wg1 S_B after landing": (14, 9, 0),
+    "wg1 wait P_A": (9, 10, 0), "wg1 softmax + publish P_B": (10, 11, 0),
+    "wg1 P_B V_B right + P_A V_A right": (11, 12, 0),
+    "wg1 end to next start": (12, 8, 1),
+    "prod wait A left free": (16, 17, 0), "prod then B right free": (17, 18, 0), "prod then A right free": (18, 19, 0),
+    "prod then B left free": (19, 20, 0),
+    # across the partitions
+    "A left: released (wg0) to producer issue (next pair)": (3, 17, 1),
+    "A left: producer issue to landed seen by wg0": (17, 6, 0),
+    "A right: released (wg1) to landed seen by wg0 (next pair)": (12, 7, 1),
+    "B left: released (wg0) to landed seen by wg1 (next pair)": (5, 14, 1),
+    "wg1 start minus wg0 start": (0, 8, 0),
+}
+
+
+def summarize(trace: torch.Tensor, skip: int = 2) -> dict:
+    """Median and 10th/90th percentiles (cycles) of each interval over the pairs that have both stamps, leaving out
+    each program's first `skip` pairs and any pair followed by a request edge (its Q and stores)."""
+    t = trace.cpu().long()  # [programs, pairs, events]
+    progs, pairs, _ = t.shape
+    edge = (t[:, :, 24] != 0) | (t[:, :, 28] != 0)  # a request starts before this pair
+    out = {}
+    for name, (a, b, off) in INTERVALS.items():
+        x = t[:, skip:pairs - off, a]
+        y = t[:, skip + off:pairs, b]
+        ok = (x != 0) & (y != 0)
+        if off:
+            ok &= ~edge[:, skip + off:pairs]
+        d = (y - x)[ok].double()
+        if d.numel():
+            q = torch.quantile(d, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
+            out[name] = {"p10": q[0], "median": q[1], "p90": q[2], "n": int(d.numel())}
+    return out
+
+
+def sm_clock_mhz() -> float | None:
+    try:
+        text = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=20).stdout
+        return float(text.split()[0])
+    except Exception:
+        return None
+
+
+def run(h_q: int, s_k: int, mode: int, b: int = 128) -> dict:
+    from mla_tutorial.kernels import mla_decode_v5, plan, v5_seesaw
+    from mla_tutorial.kernels.schedule import get_mla_metadata
+    from mla_tutorial.kernels.v5_gluon import GluonConfig
+    from mla_tutorial.measure.kernel_bench import bench_ms, shape_inputs
+
+    (q, k, bt, sl), _ = shape_inputs(b, h_q, 1, s_k, "fixed", seed=h_q + s_k)
+    meta, splits = get_mla_metadata(sl, h_q, 1)
+    config = GluonConfig(mode=mode)
+    call = lambda: mla_decode_v5(q, k, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,  # noqa: E731
+                                 path="seesaw", config=config, check_bounds=False)
+    plain_ref = call()[0].clone()
+    plain_ms = bench_ms(call)
+    m_tiles = -(-h_q // 64)
+    trace = torch.zeros(meta.shape[0] * m_tiles, int(v5_seesaw.TRACE_PAIRS), int(v5_seesaw.TRACE_EVENTS),
+                        dtype=torch.int64, device="cuda")
+    plan.clear_plans()
+    v5_seesaw.TRACE_BUFFER = trace
+    try:
+        traced_ms = bench_ms(call)
+        trace.zero_()
+        out = call()[0]
+        torch.cuda.synchronize()
+    finally:
+        v5_seesaw.TRACE_BUFFER = None
+        plan.clear_plans()
+    row = {"h_q": h_q, "s_k": s_k, "b": b, "mode": mode, "programs": trace.shape[0], "plain_ms": plain_ms,
+           "traced_ms": traced_ms, "traced_equals_plain": bool(torch.equal(out, plain_ref) or mode == 2),
+           "intervals_cycles": summarize(trace)}
+    # per program: first to last stamp (cycles), for the clock's sanity against the kernel's time
+    t = trace.cpu()
+    spans = [(int(p[p != 0].max()) - int(p[p != 0].min())) for p in t if (p != 0).any()]
+    row["program_span_cycles_median"] = float(torch.tensor(spans, dtype=torch.float64).median()) if spans else None
+    row["raw_first_programs"] = t[:2].tolist()  # two programs' whole traces, for a closer look
+    return row
+
+
+def main() -> int:
+    from mla_tutorial.measure.kernel_bench import save_probe
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out")
+    ap.add_argument("--shapes", default="64:4096,128:4096,64:1024")
+    ap.add_argument("--modes", default="0,2")
+    args = ap.parse_args()
+    rows = []
+    clock = sm_clock_mhz()
+    print(f"SM clock now: {clock} MHz", flush=True)
+    for shape in args.shapes.split(","):
+        h_q, s_k = (int(x) for x in shape.split(":"))
+        for mode in (int(m) for m in args.modes.split(",")):
+            try:
+                row = run(h_q, s_k, mode)
+            except Exception as e:  # keep the other shapes
+                row = {"h_q": h_q, "s_k": s_k, "mode": mode, "error": f"{type(e).__name__}: {str(e)[:500]}"}
+                print(f"h{h_q} sk{s_k} mode {mode}: {row['error']}", flush=True)
+                rows.append(row)
+                continue
+            row["sm_clock_mhz"] = clock
+            rows.append(row)
+            print(f"h{h_q} sk{s_k} mode {mode}: plain {row['plain_ms']:.4f} ms, traced {row['traced_ms']:.4f} ms, "
+                  f"same output {row['traced_equals_plain']}, program span {row['program_span_cycles_median']}",
+                  flush=True)
+            for name, v in row["intervals_cycles"].items():
+                print(f"   {name:58s} {v['median']:8.0f}  [{v['p10']:.0f}, {v['p90']:.0f}]  n={v['n']}", flush=True)
+    save_probe(rows, sys.argv)
+    if args.out is None:
+        json.dump(rows, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
