@@ -1,8 +1,8 @@
 """GPU probe of v5's warp-specialised seesaw tile: correctness first (FlashMLA's recipe, every case in one process,
-each with a sync so that a hang or a wrong answer is named), then its speed beside the lockstep Gluon tile and
-FlashMLA, whole call and graph replay, with the ceilings measured in the same run; and each tile's parts timed apart
-(`GluonConfig(mode=...)`: seesaw_compute and lockstep_compute copy nothing, loads_only computes nothing; their
-outputs mean nothing), and the seesaw tile's EARLY probes (`GluonConfig(early=...)`, checked like the tile first).
+each with a sync so that a hang or a wrong answer is named), then its speed beside FlashMLA, whole call and graph
+replay, with the ceilings measured in the same run; its compute alone (`GluonConfig(mode=2)`: no copies, outputs
+meaningless), and its VARIANTS (checked like the tile first). Earlier probes' variants (the lockstep tile's parts,
+FINE, EARLY) are in git before this docstring.
 
     PYTHONPATH=.peers/flashmla:src:tests python3 scripts/gpu_seesaw_probe.py --out probe.json [--skip-check]
 """
@@ -32,9 +32,9 @@ CASES = [(LENGTHS, 1, 64, False, torch.bfloat16), (LENGTHS, 2, 128, True, torch.
          ([5000] * 3 + [0] * 2, 1, 128, False, torch.bfloat16)]
 
 
-#: v5_seesaw's EARLY probes: 1, 2 release a pair's right halves earlier; 3 is the tile's order compiled with
-#: constant arguments (as 1 and 2 are), so that 1 and 2 are compared with 3 as well as with the tile
-EARLY_PROBES = (1, 2, 3)
+#: the seesaw tile's variants checked and timed beside it (GluonConfig fields; results correct): MAX_FIRST publishes
+#: the row max before P, Q_FIRST requests pages once the first Q is loaded (v5_seesaw._ss_consumer_at)
+VARIANTS = {"mf": {"max_first": True}, "qf": {"q_first": True}, "mfqf": {"max_first": True, "q_first": True}}
 
 
 def check(path: str, config=None) -> list[dict]:
@@ -42,8 +42,8 @@ def check(path: str, config=None) -> list[dict]:
 
     results = []
     for i, (lens, s_q, h_q, causal, dtype) in enumerate(CASES):
-        tag = ("-fine" if getattr(config, "fine", False) else "") + (
-            f"-early{config.early}" if getattr(config, "early", 0) else "")
+        tag = "" if config is None else "-" + ",".join(f"{k}={v}" for k, v in vars(config).items()
+                                                       if v != getattr(GluonConfig(), k))
         name = f"{path}{tag} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal} {str(dtype)[6:]}"
         q, k, bt, sl = make_paged_inputs(lens, s_q, h_q, 1, dtype, seed=i, device="cuda")
         flag = torch.ones(1, dtype=torch.int32, device="cuda")
@@ -62,20 +62,17 @@ def check(path: str, config=None) -> list[dict]:
 
 SHAPES = [(128, 64, 1, 1024, "fixed"), (128, 64, 1, 4096, "fixed"), (128, 64, 1, 8192, "fixed"),
           (128, 128, 1, 1024, "fixed"), (128, 128, 1, 4096, "fixed"), (128, 128, 1, 8192, "fixed"),
-          (128, 128, 2, 4096, "fixed"), (128, 16, 1, 4096, "fixed"), (128, 32, 1, 4096, "fixed")]
+          (128, 128, 2, 4096, "fixed")]
 
 
 def _impls(fm, args, causal, meta, splits) -> dict:
     kw = dict(causal=causal, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False)
     impls = {"seesaw": lambda: mla_decode_v5(*args, path="seesaw", **kw),
-             "seesaw_fine": lambda: mla_decode_v5(*args, path="seesaw", config=GluonConfig(fine=True), **kw),
              "seesaw_compute": lambda: mla_decode_v5(*args, path="seesaw", config=GluonConfig(mode=2), **kw),
-             # when warpgroup 1 releases a pair's right halves (v5_seesaw._ss_consumer_at's EARLY; results correct)
-             **{f"seesaw_early{e}": (lambda e=e: mla_decode_v5(*args, path="seesaw", config=GluonConfig(early=e), **kw))
-                for e in EARLY_PROBES},
-             "lockstep": lambda: mla_decode_v5(*args, path="gluon", **kw),
-             "loads_only": lambda: mla_decode_v5(*args, path="gluon", config=GluonConfig(mode=1), **kw),
-             "lockstep_compute": lambda: mla_decode_v5(*args, path="gluon", config=GluonConfig(mode=2), **kw)}
+             **{f"seesaw_{n}": (lambda c=c: mla_decode_v5(*args, path="seesaw", config=GluonConfig(**c), **kw))
+                for n, c in VARIANTS.items()},
+             "seesaw_mf_compute": lambda: mla_decode_v5(*args, path="seesaw",
+                                                        config=GluonConfig(mode=2, max_first=True), **kw)}
     if fm is not None:
         fm_meta, _ = fm.get_mla_metadata()
         impls["flashmla"] = lambda: fm.flash_mla_with_kvcache(*args, fm_meta, None, causal=causal)
@@ -130,8 +127,8 @@ def main() -> int:
     result = {"device_info": device_info(), "date": time.strftime("%Y-%m-%d")}
     if not args.skip_check:
         try:
-            result["check"] = check("seesaw") + check("seesaw", GluonConfig(fine=True)) + sum(
-                (check("seesaw", GluonConfig(early=e)) for e in EARLY_PROBES), [])
+            result["check"] = check("seesaw") + sum(
+                (check("seesaw", GluonConfig(**c)) for c in VARIANTS.values()), [])
         except Exception:
             traceback.print_exc()
         json.dump(result, open(args.out, "w"), indent=1)

@@ -27,7 +27,8 @@ EVENTS = {0: "wg0_start", 6: "wg0_A_left_landed", 7: "wg0_A_right_landed", 1: "w
           8: "wg1_start", 13: "wg1_B_right_landed", 14: "wg1_B_left_landed", 9: "wg1_S_B_done",
           10: "wg1_P_A_received", 11: "wg1_P_B_published", 12: "wg1_done",
           16: "prod_start", 17: "prod_A_left_free", 18: "prod_B_right_free", 19: "prod_A_right_free",
-          20: "prod_B_left_free", 24: "wg0_req_start", 25: "wg0_q_ready", 26: "wg0_req_pages_done",
+          20: "prod_B_left_free", 21: "wg0_entry", 22: "wg1_entry", 23: "prod_entry", 24: "wg0_req_start",
+          25: "wg0_q_ready", 26: "wg0_req_pages_done",
           27: "wg0_req_stored", 28: "wg1_req_start", 29: "wg1_q_ready", 30: "wg1_req_pages_done", 31: "wg1_req_stored"}
 
 #: intervals reported: name -> (from event, to event, pair offset of the second event)
@@ -49,6 +50,17 @@ INTERVALS = {
     "B left: released (wg0) to landed seen by wg1 (next pair)": (5, 14, 1),
     "wg1 start minus wg0 start": (0, 8, 0),
 }
+#: the program's start (pair 0 only): name -> (from event, to event)
+START = {"wg0 entry to request start": (21, 24), "wg1 entry to request start": (22, 28),
+         "wg1 entry minus wg0 entry": (21, 22), "producer entry minus wg0 entry": (21, 23),
+         "wg0 request start to Q ready": (24, 25), "wg1 request start to Q ready": (28, 29),
+         "wg0 entry to first pair start": (21, 0), "producer entry to first pair's A left free": (23, 17)}
+#: a request's end (its last pair's index + 1): pages done to stored, and to the next request's first pair
+END = {"wg0 pages done to stored": (26, 27), "wg1 pages done to stored": (30, 31),
+       "wg0 stored to next Q ready": (27, 25), "wg0 pages done to next first pair": (26, 0)}
+
+#: the variants traced (GluonConfig fields)
+CONFIGS = {"base": {}, "mf": {"max_first": True}, "qf": {"q_first": True}, "mfqf": {"max_first": True, "q_first": True}}
 
 
 def summarize(trace: torch.Tensor, skip: int = 2) -> dict:
@@ -68,6 +80,13 @@ def summarize(trace: torch.Tensor, skip: int = 2) -> dict:
         if d.numel():
             q = torch.quantile(d, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
             out[name] = {"p10": q[0], "median": q[1], "p90": q[2], "n": int(d.numel())}
+    for table, where in ((START, t[:, 0, :]), (END, t.reshape(-1, t.shape[2]))):
+        for name, (a, b) in table.items():
+            ok = (where[:, a] != 0) & (where[:, b] != 0)
+            d = (where[:, b] - where[:, a])[ok].double()
+            if d.numel():
+                q = torch.quantile(d, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
+                out[name] = {"p10": q[0], "median": q[1], "p90": q[2], "n": int(d.numel())}
     return out
 
 
@@ -80,7 +99,7 @@ def sm_clock_mhz() -> float | None:
         return None
 
 
-def run(h_q: int, s_k: int, mode: int, b: int = 128) -> dict:
+def run(h_q: int, s_k: int, mode: int, config_name: str = "base", b: int = 128) -> dict:
     from mla_tutorial.kernels import mla_decode_v5, plan, v5_seesaw
     from mla_tutorial.kernels.schedule import get_mla_metadata
     from mla_tutorial.kernels.v5_gluon import GluonConfig
@@ -88,7 +107,7 @@ def run(h_q: int, s_k: int, mode: int, b: int = 128) -> dict:
 
     (q, k, bt, sl), _ = shape_inputs(b, h_q, 1, s_k, "fixed", seed=h_q + s_k)
     meta, splits = get_mla_metadata(sl, h_q, 1)
-    config = GluonConfig(mode=mode)
+    config = GluonConfig(mode=mode, **CONFIGS[config_name])
     call = lambda: mla_decode_v5(q, k, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,  # noqa: E731
                                  path="seesaw", config=config, check_bounds=False)
     plain_ref = call()[0].clone()
@@ -106,7 +125,8 @@ def run(h_q: int, s_k: int, mode: int, b: int = 128) -> dict:
     finally:
         v5_seesaw.TRACE_BUFFER = None
         plan.clear_plans()
-    row = {"h_q": h_q, "s_k": s_k, "b": b, "mode": mode, "programs": trace.shape[0], "plain_ms": plain_ms,
+    row = {"h_q": h_q, "s_k": s_k, "b": b, "mode": mode, "config": config_name, "programs": trace.shape[0],
+           "plain_ms": plain_ms,
            "traced_ms": traced_ms, "traced_equals_plain": bool(torch.equal(out, plain_ref) or mode == 2),
            "intervals_cycles": summarize(trace)}
     # per program: first to last stamp (cycles), for the clock's sanity against the kernel's time
@@ -124,23 +144,26 @@ def main() -> int:
     ap.add_argument("--out")
     ap.add_argument("--shapes", default="64:4096,128:4096,64:1024")
     ap.add_argument("--modes", default="0,2")
+    ap.add_argument("--configs", default="base", help=f"comma-separated, of {sorted(CONFIGS)}")
     args = ap.parse_args()
     rows = []
     clock = sm_clock_mhz()
     print(f"SM clock now: {clock} MHz", flush=True)
     for shape in args.shapes.split(","):
         h_q, s_k = (int(x) for x in shape.split(":"))
-        for mode in (int(m) for m in args.modes.split(",")):
+        for config_name, mode in ((c, int(m)) for c in args.configs.split(",") for m in args.modes.split(",")):
             try:
-                row = run(h_q, s_k, mode)
+                row = run(h_q, s_k, mode, config_name)
             except Exception as e:  # keep the other shapes
-                row = {"h_q": h_q, "s_k": s_k, "mode": mode, "error": f"{type(e).__name__}: {str(e)[:500]}"}
-                print(f"h{h_q} sk{s_k} mode {mode}: {row['error']}", flush=True)
+                row = {"h_q": h_q, "s_k": s_k, "mode": mode, "config": config_name,
+                       "error": f"{type(e).__name__}: {str(e)[:500]}"}
+                print(f"h{h_q} sk{s_k} {config_name} mode {mode}: {row['error']}", flush=True)
                 rows.append(row)
                 continue
             row["sm_clock_mhz"] = clock
             rows.append(row)
-            print(f"h{h_q} sk{s_k} mode {mode}: plain {row['plain_ms']:.4f} ms, traced {row['traced_ms']:.4f} ms, "
+            print(f"h{h_q} sk{s_k} {config_name} mode {mode}: plain {row['plain_ms']:.4f} ms, "
+                  f"traced {row['traced_ms']:.4f} ms, "
                   f"same output {row['traced_equals_plain']}, program span {row['program_span_cycles_median']}",
                   flush=True)
             for name, v in row["intervals_cycles"].items():

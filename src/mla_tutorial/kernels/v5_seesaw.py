@@ -42,10 +42,12 @@ from .v5_gluon import (
     _k_descriptor,
     _v5_flag_stale,
     _v5_load_q,
+    _v5_masked_scores,
     _v5_next_part,
     _v5_pages,
     _v5_part,
     _v5_piece,
+    _v5_probs,
     _v5_softmax,
     _v5_store,
     fence_async_shared,
@@ -65,7 +67,9 @@ Q_READY, Q_EMPTY = tl.constexpr(8), tl.constexpr(9)  # Q of a request landed / b
 P_A_READY, P_B_READY = tl.constexpr(10), tl.constexpr(11)  # a pair's P_A (and m_A) / P_B (and m_B) are in smem
 L_READY = tl.constexpr(12)  # both warpgroups' row sums of a request are in shared memory
 CHUNK_READY = tl.constexpr(13)  # FINE: box c of slot s landed, at CHUNK_READY + 9·s + c (instead of READY*)
-N_BARS = tl.constexpr(31)
+M_A_READY = tl.constexpr(31)  # MAX_FIRST: a pair's m_A is in shared memory (before P_A is)
+FIRST_Q = tl.constexpr(32)  # Q_FIRST: both warpgroups hold their first request's Q (arrived once per program)
+N_BARS = tl.constexpr(33)
 # row statistics in shared memory (64 floats each): m_A, m_B, then the row sums at STAT_L + 2·(request parity) + WG
 STAT_M_A, STAT_M_B, STAT_L = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 N_STATS = tl.constexpr(6)
@@ -141,8 +145,11 @@ if gluon is not None:
     @gluon.jit
     def _ss_producer(k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks, max_blocks,
                      k_smem, kr_smem, bars, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
-                     trace_ptr, TRACE: gl.constexpr):
-        """The producer warp: every copy into shared memory, in the order the consumers release the buffers."""
+                     trace_ptr, TRACE: gl.constexpr, Q_FIRST: gl.constexpr):
+        """The producer warp: every copy into shared memory, in the order the consumers release the buffers.
+        Q_FIRST: the first page is requested only once the consumers hold their first Q (so that Q's loads are not
+        queued behind every program's first pages at the kernel's start)."""
+        _ss_stamp(trace_ptr, 0, 23, TRACE)
         begin_req, begin_block, end_req, end_block, _ = _v5_part(meta_ptr, META_COLS)
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
         k0, kr0, k1, kr1 = k_smem.index(0), kr_smem.index(0), k_smem.index(1), kr_smem.index(1)
@@ -155,6 +162,9 @@ if gluon is not None:
                            next_block, max_blocks)
 
             bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
+            if Q_FIRST:
+                if req == begin_req:  # (FIRST_Q completes once: its phase 0)
+                    mbarrier.wait(bars.index(FIRST_Q), 0)
             for a in range(lo, hi, 2):  # page pairs (a, a + 1); the last may be a single page
                 has_b = a + 1 < hi
                 row_a = _ss_row(bt_row, a, num_blocks, ok_ptr)
@@ -246,19 +256,26 @@ if gluon is not None:
         _ss_consumer_at(WG, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
                         lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks,
                         qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS, FINE, 0,
-                        num_splits_ptr, False)
+                        num_splits_ptr, False, False, False)
 
     @gluon.jit
     def _ss_consumer_at(WG: gl.constexpr, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr,
                         num_splits_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv,
                         rows_per_kv, m_tiles, max_blocks, qk_scale,
                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
-                        FINE: gl.constexpr, EARLY: gl.constexpr, trace_ptr, TRACE: gl.constexpr):
+                        FINE: gl.constexpr, EARLY: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
+                        MAX_FIRST: gl.constexpr, Q_FIRST: gl.constexpr):
         """Consumer warpgroup WG, EARLY choosing when warpgroup 1 releases a pair's right halves after its two last
         products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (1 is the default; the others are probes, results correct):
         0 waits for both, then releases both; 1 releases B's right half as soon as its product is done; 2 issues A's
         first and releases A's right half (and P_A's box) as soon as it is done; 3 as 0 (launched with every
-        constexpr argument kept constant, which 0 is not: the kernel's note on warp_specialize)."""
+        constexpr argument kept constant, which 0 is not: the kernel's note on warp_specialize).
+        MAX_FIRST: warpgroup 0 publishes m_A as soon as S_A's row max is known, before computing and storing P_A,
+        and warpgroup 1 takes m_A (not P_A) before its softmax of B and multiplies P_B·V_B[:, 256:] before it waits
+        for P_A: the pair's chain S_A → softmax A → softmax B → products no longer holds WG0's exponentials and
+        P_A's store. Q_FIRST: arrive on FIRST_Q once the first request's Q is in shared memory (the producer waits).
+        """
+        _ss_stamp(trace_ptr, 0, 21 + WG, TRACE)
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, 64, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -296,6 +313,9 @@ if gluon is not None:
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
                        rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4)
             _ss_publish(bars.index(Q_READY))
+            if Q_FIRST:
+                if r == 0:
+                    mbarrier.arrive(bars.index(FIRST_Q))
             mbarrier.wait(bars.index(Q_READY), r & 1)
             _ss_stamp(trace_ptr, n0, 25 + 4 * WG, TRACE)
             for a in range(lo, hi, 2):
@@ -307,14 +327,22 @@ if gluon is not None:
                     s = _ss_scores(q_smem, qr_smem, k_a, p_a, bars, 0, READY0L, READY0R, ph0, s_layout, 0, FINE,
                                    trace_ptr, n0, 6, TRACE)
                     _ss_stamp(trace_ptr, n0, 1, TRACE)
-                    p, m_a, m_a_use = _v5_softmax(s, a * 64, n_visible, m_i, qk_scale, s_cols, 64)
+                    if MAX_FIRST:  # m_A to warpgroup 1 first
+                        s = _v5_masked_scores(s, a * 64, n_visible, qk_scale, s_cols, 64)
+                        m_tile = gl.max(s, axis=1)
+                        stats.index(STAT_M_A).store(gl.maximum(m_i, m_tile))
+                        _ss_publish(bars.index(M_A_READY))
+                        p, m_a, m_a_use = _v5_probs(s, m_i, m_tile)
+                    else:
+                        p, m_a, m_a_use = _v5_softmax(s, a * 64, n_visible, m_i, qk_scale, s_cols, 64)
                     alpha = gl.exp2(m_i - m_a_use)
                     l_i = l_i * alpha + gl.sum(p, axis=1)
                     acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
                     if s_k - a * 64 < 64:
                         _ss_zero_tail(k_a, s_k - a * 64)
                     p_a.store(p.to(dtype))
-                    stats.index(STAT_M_A).store(m_a)
+                    if not MAX_FIRST:
+                        stats.index(STAT_M_A).store(m_a)
                     _ss_publish(bars.index(P_A_READY))
                     _ss_stamp(trace_ptr, n0, 2, TRACE)
                     acc = warpgroup_mma(p_a, k_a.slice(0, 256, dim=1), acc, is_async=True)
@@ -336,6 +364,51 @@ if gluon is not None:
                         _ss_stamp(trace_ptr, n0, 5, TRACE)
                         n1 += 1
                     m_i = m_b
+                elif MAX_FIRST:  # warpgroup 1, m_A first (see the docstring)
+                    s = gl.zeros([64, 64], gl.float32, layout=s_layout)
+                    if has_b:
+                        s = _ss_scores(q_smem, qr_smem, k_b, p_b, bars, 1, READY1R, READY1L, ph1, s_layout, 1, FINE,
+                                       trace_ptr, n0, 13, TRACE)
+                    _ss_stamp(trace_ptr, n0, 9, TRACE)
+                    mbarrier.wait(bars.index(M_A_READY), ph0)
+                    _ss_stamp(trace_ptr, n0, 10, TRACE)
+                    m_a = stats.index(STAT_M_A).load(s_rows)
+                    m_b = m_a
+                    m_b_use = gl.where(m_a == float("-inf"), 0.0, m_a)
+                    if has_b:
+                        s = _v5_masked_scores(s, (a + 1) * 64, n_visible, qk_scale, s_cols, 64)
+                        p, m_b, m_b_use = _v5_probs(s, m_a, gl.max(s, axis=1))
+                        alpha = gl.exp2(m_i - m_b_use)
+                        l_i = l_i * alpha + gl.sum(p, axis=1)
+                        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                        if s_k - (a + 1) * 64 < 64:
+                            _ss_zero_tail(k_b, s_k - (a + 1) * 64)
+                        p_b.store(p.to(dtype))
+                        stats.index(STAT_M_B).store(m_b)
+                        _ss_publish(bars.index(P_B_READY))
+                        _ss_stamp(trace_ptr, n0, 11, TRACE)
+                        acc = warpgroup_mma(p_b, k_b.slice(256, 256, dim=1), acc, is_async=True)
+                        # then P_A, brought to the scale of m_B, as a register operand
+                        mbarrier.wait(bars.index(P_A_READY), ph0)
+                        pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
+                        _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)  # (landed before WG0 computed S_A)
+                        acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
+                        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+                        mbarrier.arrive(bars.index(EMPTY1R))  # B's right half, as soon as its product is done
+                        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                        n1 += 1
+                    else:
+                        alpha = gl.exp2(m_i - m_b_use)
+                        l_i = l_i * alpha
+                        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                        mbarrier.wait(bars.index(P_A_READY), ph0)
+                        pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
+                        _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)
+                        acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
+                        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                    mbarrier.arrive(bars.index(EMPTY0R))
+                    m_i = m_b
+                    _ss_stamp(trace_ptr, n0, 12, TRACE)
                 else:
                     s = gl.zeros([64, 64], gl.float32, layout=s_layout)
                     if has_b:
@@ -422,7 +495,8 @@ if gluon is not None:
         max_blocks,
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
-        EARLY: gl.constexpr, TRACE: gl.constexpr, num_warps: gl.constexpr,
+        EARLY: gl.constexpr, TRACE: gl.constexpr, MAX_FIRST: gl.constexpr, Q_FIRST: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -436,7 +510,8 @@ if gluon is not None:
         bars = gl.allocate_shared_memory(gl.int64, [N_BARS, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(N_BARS):
             # the consumers' signals are arrived on by both warpgroups where both take part
-            mbarrier.init(bars.index(i), count=2 if (i == Q_READY or i == Q_EMPTY or i == L_READY) else 1)
+            mbarrier.init(bars.index(i), count=2 if (i == Q_READY or i == Q_EMPTY or i == L_READY or i == FIRST_Q)
+                          else 1)
         fence_async_shared()
 
         if EARLY == 0:  # the tile
@@ -450,20 +525,21 @@ if gluon is not None:
                 (_ss_consumer, (0,) + consumer_args),
                 (_ss_consumer, (1,) + consumer_args),
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
-                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, ok_ptr, False)),
+                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, ok_ptr, False, False)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
         else:  # the EARLY probes: the consumers' arguments as literals, so that every constexpr stays one
             gl.warp_specialize([
                 (_ss_consumer_at, (0, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
-                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE)),
+                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, Q_FIRST)),
                 (_ss_consumer_at, (1, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
-                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE)),
+                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, Q_FIRST)),
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
-                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, trace_ptr, TRACE)),
+                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, trace_ptr, TRACE,
+                                Q_FIRST)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -477,12 +553,16 @@ TRACE_BUFFER = None
 
 
 def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                     part_lse, ok_flag, fine: bool = False, mode: int = 0, early: int = 1):
+                     part_lse, ok_flag, fine: bool = False, mode: int = 0, early: int = 1, max_first: bool = False,
+                     q_first: bool = False):
     """Launch the seesaw tile over the schedule `meta`; partials of split requests go to part_out/part_lse.
     fine: each 64-column box on its own mbarrier, multiplied as soon as it lands (else one barrier per half).
     mode 2: no page copies, the compute alone (results meaningless: for timing the parts, as GluonConfig.mode).
     early: when warpgroup 1 releases a pair's right halves (_ss_consumer_at's EARLY; 1, the default, B's as soon as
-    its product is done; 0 both at the pair's end)."""
+    its product is done; 0 both at the pair's end). max_first, q_first: _ss_consumer_at's MAX_FIRST and Q_FIRST
+    (early must not be 0 with them)."""
+    if early == 0 and (max_first or q_first):
+        raise ValueError("the seesaw tile's max_first and q_first need early != 0 (early 0 compiles without them)")
     m_tiles = -(-dims.rows_per_kv // 64)
     _LAUNCH(
         (meta.shape[0], m_tiles),
@@ -491,5 +571,5 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], FINE=fine, MODE=mode, EARLY=early, TRACE=TRACE_BUFFER is not None,
-        num_warps=4, maxnreg=WS_REGS,
+        MAX_FIRST=max_first, Q_FIRST=q_first, num_warps=4, maxnreg=WS_REGS,
     )
