@@ -33,8 +33,10 @@ CASES = [(LENGTHS, 1, 64, False, torch.bfloat16), (LENGTHS, 2, 128, True, torch.
 
 
 #: the seesaw tile's variants checked and timed beside it (GluonConfig fields; results correct): MAX_FIRST publishes
-#: the row max before P, Q_FIRST requests pages once the first Q is loaded (v5_seesaw._ss_consumer_at)
-VARIANTS = {"mf": {"max_first": True}, "qf": {"q_first": True}, "mfqf": {"max_first": True, "q_first": True}}
+#: the row max before P, A_FIRST then releases page A's right half before B's, FINE one mbarrier per box
+#: (v5_seesaw._ss_consumer_at; Q_FIRST was measured in the previous call: no change)
+VARIANTS = {"mf": {"max_first": True}, "mfaf": {"max_first": True, "a_first": True},
+            "mfaf_fine": {"max_first": True, "a_first": True, "fine": True}}
 
 
 def check(path: str, config=None) -> list[dict]:

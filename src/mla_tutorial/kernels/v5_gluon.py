@@ -454,6 +454,7 @@ class GluonConfig:
     #                 1, B's as soon as its product is done, measured 1-4 % faster than 0 at h_q 128, even at 64)
     max_first: bool = False  # the seesaw tile: warpgroup 0 publishes the row max before P (v5_seesaw's MAX_FIRST)
     q_first: bool = False  # the seesaw tile: pages are requested once the first Q is loaded (v5_seesaw's Q_FIRST)
+    a_first: bool = False  # the seesaw tile, with max_first: page A's right half multiplied and released before B's
     warps: int = 0  # the 16-row FP8 tile: warps per program (0: its default, 4; 8: v5_fp8_mma.WIDE_WARPS, slower);
     #                 the warp-specialised 16-row tile (path "ws16"): its producer's warps (0: 4; 8: prepared)
 
