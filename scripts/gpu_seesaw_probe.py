@@ -32,11 +32,10 @@ CASES = [(LENGTHS, 1, 64, False, torch.bfloat16), (LENGTHS, 2, 128, True, torch.
          ([5000] * 3 + [0] * 2, 1, 128, False, torch.bfloat16)]
 
 
-#: the seesaw tile's variants checked and timed beside it (GluonConfig fields; results correct): MAX_FIRST publishes
-#: the row max before P, A_FIRST then releases page A's right half before B's, FINE one mbarrier per box
-#: (v5_seesaw._ss_consumer_at; Q_FIRST was measured in the previous call: no change)
-VARIANTS = {"mf": {"max_first": True}, "mfaf": {"max_first": True, "a_first": True},
-            "mfaf_fine": {"max_first": True, "a_first": True, "fine": True}}
+#: the seesaw tile's variants checked and timed beside it (GluonConfig fields; results correct): MAX_FIRST forced on
+#: and off (v5_seesaw._ss_consumer_at; the tile's default turns it on with two or more 64-row tiles a KV head). Earlier
+#: variants (Q_FIRST, A_FIRST: docs/results/v5_notes.md, twelfth session) are in git at bfcadde.
+VARIANTS = {"mf": {"max_first": True}, "nomf": {"max_first": False}}
 
 
 def check(path: str, config=None) -> list[dict]:

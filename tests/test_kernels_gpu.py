@@ -47,16 +47,18 @@ def test_gpu_matrix(version, h_q, s_q, h_kv, causal, dtype):
     check_against_reference(K.KERNEL_VERSIONS[version], q, k_cache, block_table, seqlens, causal)
 
 
-@pytest.mark.parametrize("path,fine", [("seesaw", False), ("seesaw", True), ("gluon", False), ("gluon", True),
-                                       ("small", False), ("m16", False)])
+@pytest.mark.parametrize("path,options", [("seesaw", {}), ("seesaw", {"fine": True}), ("seesaw", {"max_first": True}),
+                                          ("seesaw", {"max_first": False}), ("gluon", {}), ("gluon", {"fine": True}),
+                                          ("small", None), ("m16", None)], ids=str)
 @pytest.mark.parametrize("h_q,s_q,causal", [(16, 1, False), (64, 2, True), (126, 1, False), (128, 2, True)])
-def test_v5_each_tile(path, fine, h_q, s_q, causal):
-    """v5's tiles forced at every tile height (kernel_choice picks one per height; both must be right)."""
+def test_v5_each_tile(path, options, h_q, s_q, causal):
+    """v5's tiles forced at every tile height (kernel_choice picks one per height; both must be right), the seesaw
+    tile's MAX_FIRST forced on and off (its default depends on the tile count)."""
     from mla_tutorial.kernels.v5_gluon import GluonConfig
 
     q, k_cache, block_table, seqlens = make_paged_inputs(LENGTHS, s_q, h_q, 1, torch.bfloat16, seed=h_q + s_q,
                                                          device="cuda")
-    config = GluonConfig(fine=fine) if path in ("gluon", "seesaw") else None
+    config = None if options is None else GluonConfig(**options)
     flag = torch.ones(1, dtype=torch.int32, device="cuda")
     check_against_reference(K.mla_decode_v5, q, k_cache, block_table, seqlens, causal, path=path, config=config,
                             error_flag=flag)

@@ -226,9 +226,7 @@ def _launch_tile(path, q, k_cache, block_table, cache_seqlens, dims, causal, met
         launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                          part_out, part_lse, flag, fine=bool(getattr(config, "fine", False)), mode=mode,
                          early=int(getattr(config, "early", DEFAULT_GLUON_CONFIG.early)),
-                         max_first=bool(getattr(config, "max_first", DEFAULT_GLUON_CONFIG.max_first)),
-                         q_first=bool(getattr(config, "q_first", DEFAULT_GLUON_CONFIG.q_first)),
-                         a_first=bool(getattr(config, "a_first", DEFAULT_GLUON_CONFIG.a_first)))
+                         max_first=getattr(config, "max_first", DEFAULT_GLUON_CONFIG.max_first))
     elif path == "gluon" and is_fp8:
         launch_v5_fp8_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                             part_out, part_lse, flag)

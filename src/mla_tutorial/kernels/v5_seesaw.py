@@ -68,8 +68,7 @@ P_A_READY, P_B_READY = tl.constexpr(10), tl.constexpr(11)  # a pair's P_A (and m
 L_READY = tl.constexpr(12)  # both warpgroups' row sums of a request are in shared memory
 CHUNK_READY = tl.constexpr(13)  # FINE: box c of slot s landed, at CHUNK_READY + 9·s + c (instead of READY*)
 M_A_READY = tl.constexpr(31)  # MAX_FIRST: a pair's m_A is in shared memory (before P_A is)
-FIRST_Q = tl.constexpr(32)  # Q_FIRST: both warpgroups hold their first request's Q (arrived once per program)
-N_BARS = tl.constexpr(33)
+N_BARS = tl.constexpr(32)
 # row statistics in shared memory (64 floats each): m_A, m_B, then the row sums at STAT_L + 2·(request parity) + WG
 STAT_M_A, STAT_M_B, STAT_L = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 N_STATS = tl.constexpr(6)
@@ -145,10 +144,8 @@ if gluon is not None:
     @gluon.jit
     def _ss_producer(k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks, max_blocks,
                      k_smem, kr_smem, bars, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
-                     trace_ptr, TRACE: gl.constexpr, Q_FIRST: gl.constexpr, A_FIRST: gl.constexpr):
-        """The producer warp: every copy into shared memory, in the order the consumers release the buffers.
-        Q_FIRST: the first page is requested only once the consumers hold their first Q (so that Q's loads are not
-        queued behind every program's first pages at the kernel's start). A_FIRST: A's right half before B's."""
+                     trace_ptr, TRACE: gl.constexpr):
+        """The producer warp: every copy into shared memory, in the order the consumers release the buffers."""
         _ss_stamp(trace_ptr, 0, 23, TRACE)
         begin_req, begin_block, end_req, end_block, _ = _v5_part(meta_ptr, META_COLS)
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
@@ -162,9 +159,6 @@ if gluon is not None:
                            next_block, max_blocks)
 
             bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
-            if Q_FIRST:
-                if req == begin_req:  # (FIRST_Q completes once: its phase 0)
-                    mbarrier.wait(bars.index(FIRST_Q), 0)
             for a in range(lo, hi, 2):  # page pairs (a, a + 1); the last may be a single page
                 has_b = a + 1 < hi
                 row_a = _ss_row(bt_row, a, num_blocks, ok_ptr)
@@ -179,18 +173,13 @@ if gluon is not None:
                 mbarrier.wait(bars.index(EMPTY0L), ph0)
                 _ss_stamp(trace_ptr, n0, 17, TRACE)
                 _ss_copy(k_desc, row_a, bars, 0, READY0L, k0, kr0, 0, 4, False, FINE, MODE)
-                if A_FIRST:
-                    mbarrier.wait(bars.index(EMPTY0R), ph0)
-                    _ss_stamp(trace_ptr, n0, 19, TRACE)
-                    _ss_copy(k_desc, row_a, bars, 0, READY0R, k0, kr0, 4, 8, True, FINE, MODE)
                 if has_b:
                     mbarrier.wait(bars.index(EMPTY1R), ph1)
                     _ss_stamp(trace_ptr, n0, 18, TRACE)
                     _ss_copy(k_desc, row_b, bars, 1, READY1R, k1, kr1, 4, 8, False, FINE, MODE)
-                if not A_FIRST:
-                    mbarrier.wait(bars.index(EMPTY0R), ph0)
-                    _ss_stamp(trace_ptr, n0, 19, TRACE)
-                    _ss_copy(k_desc, row_a, bars, 0, READY0R, k0, kr0, 4, 8, True, FINE, MODE)
+                mbarrier.wait(bars.index(EMPTY0R), ph0)
+                _ss_stamp(trace_ptr, n0, 19, TRACE)
+                _ss_copy(k_desc, row_a, bars, 0, READY0R, k0, kr0, 4, 8, True, FINE, MODE)
                 if has_b:
                     mbarrier.wait(bars.index(EMPTY1L), ph1)
                     _ss_stamp(trace_ptr, n0, 20, TRACE)
@@ -261,7 +250,7 @@ if gluon is not None:
         _ss_consumer_at(WG, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
                         lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks,
                         qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS, FINE, 0,
-                        num_splits_ptr, False, False, False, False)
+                        num_splits_ptr, False, False)
 
     @gluon.jit
     def _ss_consumer_at(WG: gl.constexpr, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr,
@@ -269,7 +258,7 @@ if gluon is not None:
                         rows_per_kv, m_tiles, max_blocks, qk_scale,
                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
                         FINE: gl.constexpr, EARLY: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
-                        MAX_FIRST: gl.constexpr, Q_FIRST: gl.constexpr, A_FIRST: gl.constexpr):
+                        MAX_FIRST: gl.constexpr):
         """Consumer warpgroup WG, EARLY choosing when warpgroup 1 releases a pair's right halves after its two last
         products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (1 is the default; the others are probes, results correct):
         0 waits for both, then releases both; 1 releases B's right half as soon as its product is done; 2 issues A's
@@ -278,10 +267,7 @@ if gluon is not None:
         MAX_FIRST: warpgroup 0 publishes m_A as soon as S_A's row max is known, before computing and storing P_A,
         and warpgroup 1 takes m_A (not P_A) before its softmax of B and multiplies P_B·V_B[:, 256:] before it waits
         for P_A: the pair's chain S_A → softmax A → softmax B → products no longer holds WG0's exponentials and
-        P_A's store. Q_FIRST: arrive on FIRST_Q once the first request's Q is in shared memory (the producer waits).
-        A_FIRST (with MAX_FIRST): warpgroup 1 multiplies P_A·V_A[:, 256:] before P_B·V_B[:, 256:] and the producer
-        asks for A's right half before B's: page A, which the next pair's critical chain (S_A → m_A → softmax B)
-        needs first, is released first and not queued behind B.
+        P_A's store.
         """
         _ss_stamp(trace_ptr, 0, 21 + WG, TRACE)
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -321,9 +307,6 @@ if gluon is not None:
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
                        rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4)
             _ss_publish(bars.index(Q_READY))
-            if Q_FIRST:
-                if r == 0:
-                    mbarrier.arrive(bars.index(FIRST_Q))
             mbarrier.wait(bars.index(Q_READY), r & 1)
             _ss_stamp(trace_ptr, n0, 25 + 4 * WG, TRACE)
             for a in range(lo, hi, 2):
@@ -395,27 +378,16 @@ if gluon is not None:
                         stats.index(STAT_M_B).store(m_b)
                         _ss_publish(bars.index(P_B_READY))
                         _ss_stamp(trace_ptr, n0, 11, TRACE)
-                        if A_FIRST:  # P_A·V_A[:, 256:] first: page A's right half is released first
-                            mbarrier.wait(bars.index(P_A_READY), ph0)
-                            pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
-                            _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)
-                            acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
-                            acc = warpgroup_mma(p_b, k_b.slice(256, 256, dim=1), acc, is_async=True)
-                            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-                            mbarrier.arrive(bars.index(EMPTY0R))
-                            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                            mbarrier.arrive(bars.index(EMPTY1R))
-                        else:
-                            acc = warpgroup_mma(p_b, k_b.slice(256, 256, dim=1), acc, is_async=True)
-                            # then P_A, brought to the scale of m_B, as a register operand
-                            mbarrier.wait(bars.index(P_A_READY), ph0)
-                            pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
-                            _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)  # (landed before WG0 computed S_A)
-                            acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
-                            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-                            mbarrier.arrive(bars.index(EMPTY1R))  # B's right half, as soon as its product is done
-                            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                            mbarrier.arrive(bars.index(EMPTY0R))
+                        acc = warpgroup_mma(p_b, k_b.slice(256, 256, dim=1), acc, is_async=True)
+                        # then P_A, brought to the scale of m_B, as a register operand
+                        mbarrier.wait(bars.index(P_A_READY), ph0)
+                        pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
+                        _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)  # (landed before WG0 computed S_A)
+                        acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
+                        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+                        mbarrier.arrive(bars.index(EMPTY1R))  # B's right half, as soon as its product is done
+                        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                        mbarrier.arrive(bars.index(EMPTY0R))
                         n1 += 1
                     else:
                         alpha = gl.exp2(m_i - m_b_use)
@@ -515,8 +487,7 @@ if gluon is not None:
         max_blocks,
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
-        EARLY: gl.constexpr, TRACE: gl.constexpr, MAX_FIRST: gl.constexpr, Q_FIRST: gl.constexpr,
-        A_FIRST: gl.constexpr, num_warps: gl.constexpr,
+        EARLY: gl.constexpr, TRACE: gl.constexpr, MAX_FIRST: gl.constexpr, num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -530,8 +501,7 @@ if gluon is not None:
         bars = gl.allocate_shared_memory(gl.int64, [N_BARS, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(N_BARS):
             # the consumers' signals are arrived on by both warpgroups where both take part
-            mbarrier.init(bars.index(i), count=2 if (i == Q_READY or i == Q_EMPTY or i == L_READY or i == FIRST_Q)
-                          else 1)
+            mbarrier.init(bars.index(i), count=2 if (i == Q_READY or i == Q_EMPTY or i == L_READY) else 1)
         fence_async_shared()
 
         if EARLY == 0:  # the tile
@@ -545,24 +515,20 @@ if gluon is not None:
                 (_ss_consumer, (0,) + consumer_args),
                 (_ss_consumer, (1,) + consumer_args),
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
-                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, ok_ptr, False, False,
-                                False)),
+                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, ok_ptr, False)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
         else:  # the EARLY probes: the consumers' arguments as literals, so that every constexpr stays one
             gl.warp_specialize([
                 (_ss_consumer_at, (0, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
-                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, Q_FIRST,
-                                   A_FIRST)),
+                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST)),
                 (_ss_consumer_at, (1, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
-                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, Q_FIRST,
-                                   A_FIRST)),
+                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST)),
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
-                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, trace_ptr, TRACE,
-                                Q_FIRST, A_FIRST)),
+                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, trace_ptr, TRACE)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -576,20 +542,19 @@ TRACE_BUFFER = None
 
 
 def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                     part_lse, ok_flag, fine: bool = False, mode: int = 0, early: int = 1, max_first: bool = False,
-                     q_first: bool = False, a_first: bool = False):
+                     part_lse, ok_flag, fine: bool = False, mode: int = 0, early: int = 1,
+                     max_first: bool | None = None):
     """Launch the seesaw tile over the schedule `meta`; partials of split requests go to part_out/part_lse.
     fine: each 64-column box on its own mbarrier, multiplied as soon as it lands (else one barrier per half).
     mode 2: no page copies, the compute alone (results meaningless: for timing the parts, as GluonConfig.mode).
     early: when warpgroup 1 releases a pair's right halves (_ss_consumer_at's EARLY; 1, the default, B's as soon as
-    its product is done; 0 both at the pair's end). max_first, q_first, a_first: _ss_consumer_at's MAX_FIRST,
-    Q_FIRST and A_FIRST (early must not be 0 with them; a_first needs max_first)."""
-    if early == 0 and (max_first or q_first or a_first):
-        raise ValueError("the seesaw tile's max_first, q_first and a_first need early != 0 (early 0 compiles without "
-                         "them)")
-    if a_first and not max_first:
-        raise ValueError("the seesaw tile's a_first needs max_first")
+    its product is done; 0 both at the pair's end). max_first: _ss_consumer_at's MAX_FIRST (None: on where there
+    are two or more 64-row tiles per KV head, the measured choice; early must not be 0 with it)."""
     m_tiles = -(-dims.rows_per_kv // 64)
+    if max_first is None:
+        max_first = early != 0 and m_tiles >= 2
+    if early == 0 and max_first:
+        raise ValueError("the seesaw tile's max_first needs early != 0 (early 0 compiles without it)")
     _LAUNCH(
         (meta.shape[0], m_tiles),
         q, _k_descriptor(k_cache, 64), block_table, cache_seqlens, out, lse, part_out, part_lse,
@@ -597,5 +562,5 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], FINE=fine, MODE=mode, EARLY=early, TRACE=TRACE_BUFFER is not None,
-        MAX_FIRST=max_first, Q_FIRST=q_first, A_FIRST=a_first, num_warps=4, maxnreg=WS_REGS,
+        MAX_FIRST=max_first, num_warps=4, maxnreg=WS_REGS,
     )
