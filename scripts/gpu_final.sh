@@ -28,7 +28,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/nvidia_smi.txt"
 git rev-parse HEAD >> "$OUT/nvidia_smi.txt" 2>/dev/null || true
 has check && step check 300 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw_probe.py --out "$OUT/check.json" \
-  --check-only
+  --check-only --check-variants "${CHECK_VARIANTS-mf,nomf,hoist}"
 if has check && { ! grep -q "^PASS" "$OUT/check.log" || grep -q "^FAIL" "$OUT/check.log"; }; then
   echo "=== the seesaw check failed: the other steps are skipped"; STEPS=""
 fi
@@ -37,7 +37,7 @@ has time && step time 300 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw
 has tests && step tests ${TEST_LIMIT:-420} env PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_kernels_gpu.py \
   tests/test_fp8.py tests/test_graphs_gpu.py tests/test_contract_gpu.py tests/test_plan_gpu.py -q -p no:cacheprovider \
   --durations=5 \
-  -k "not v1_naive and not v2_head and not v3_split"
+  -k "${TEST_K:-not v1_naive and not v2_head and not v3_split}"
 # call plans (kernels/plan.py): their GPU cases beside v5's and the graph tests, then host time planned against the
 # full path (scripts/gpu_host_profile.py --plans)
 has plans && step plan_tests ${PLAN_LIMIT:-300} env PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_plan_gpu.py \

@@ -33,9 +33,10 @@ CASES = [(LENGTHS, 1, 64, False, torch.bfloat16), (LENGTHS, 2, 128, True, torch.
 
 
 #: the seesaw tile's variants checked and timed beside it (GluonConfig fields; results correct): MAX_FIRST forced on
-#: and off (v5_seesaw._ss_consumer_at; the tile's default turns it on with two or more 64-row tiles a KV head). Earlier
+#: and off (v5_seesaw._ss_consumer_at; the tile's default turns it on with two or more 64-row tiles a KV head), and
+#: OPAQUE off ("hoist": the slot views' descriptors hoisted out of the loops, as before). Earlier
 #: variants (Q_FIRST, A_FIRST: docs/results/v5_notes.md, twelfth session) are in git at bfcadde.
-VARIANTS = {"mf": {"max_first": True}, "nomf": {"max_first": False}}
+VARIANTS = {"mf": {"max_first": True}, "nomf": {"max_first": False}, "hoist": {"opaque_views": False}}
 
 
 def check(path: str, config=None) -> list[dict]:
@@ -124,12 +125,13 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--check-only", action="store_true")
+    ap.add_argument("--check-variants", default=",".join(VARIANTS), help="VARIANTS checked after the default")
     args = ap.parse_args()
     result = {"device_info": device_info(), "date": time.strftime("%Y-%m-%d")}
     if not args.skip_check:
         try:
             result["check"] = check("seesaw") + sum(
-                (check("seesaw", GluonConfig(**c)) for c in VARIANTS.values()), [])
+                (check("seesaw", GluonConfig(**VARIANTS[n])) for n in args.check_variants.split(",") if n), [])
         except Exception:
             traceback.print_exc()
         json.dump(result, open(args.out, "w"), indent=1)

@@ -455,6 +455,7 @@ class GluonConfig:
     max_first: bool | None = None  # the seesaw tile: warpgroup 0 publishes the row max before P (v5_seesaw's
     #                                MAX_FIRST); None: where a KV head has two or more 64-row tiles (measured faster
     #                                there, slower with one: docs/results/v5_notes.md, twelfth session)
+    opaque_views: bool = True  # the seesaw tile: its page slots' views rebuilt at every pair (v5_seesaw's OPAQUE)
     warps: int = 0  # the 16-row FP8 tile: warps per program (0: its default, 4; 8: v5_fp8_mma.WIDE_WARPS, slower);
     #                 the warp-specialised 16-row tile (path "ws16"): its producer's warps (0: 4; 8: prepared)
 

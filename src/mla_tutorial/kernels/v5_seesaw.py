@@ -250,7 +250,7 @@ if gluon is not None:
         _ss_consumer_at(WG, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
                         lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks,
                         qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS, FINE, 0,
-                        num_splits_ptr, False, False)
+                        num_splits_ptr, False, False, False)
 
     @gluon.jit
     def _ss_consumer_at(WG: gl.constexpr, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr,
@@ -258,7 +258,7 @@ if gluon is not None:
                         rows_per_kv, m_tiles, max_blocks, qk_scale,
                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
                         FINE: gl.constexpr, EARLY: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
-                        MAX_FIRST: gl.constexpr):
+                        MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr):
         """Consumer warpgroup WG, EARLY choosing when warpgroup 1 releases a pair's right halves after its two last
         products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (1 is the default; the others are probes, results correct):
         0 waits for both, then releases both; 1 releases B's right half as soon as its product is done; 2 issues A's
@@ -267,7 +267,10 @@ if gluon is not None:
         MAX_FIRST: warpgroup 0 publishes m_A as soon as S_A's row max is known, before computing and storing P_A,
         and warpgroup 1 takes m_A (not P_A) before its softmax of B and multiplies P_B·V_B[:, 256:] before it waits
         for P_A: the pair's chain S_A → softmax A → softmax B → products no longer holds WG0's exponentials and
-        P_A's store.
+        P_A's store. OPAQUE: warpgroup 0 rebuilds the page slots' views at every pair from an index the compiler
+        cannot fold, so that their wgmma descriptors are computed where they are used instead of hoisted out of the
+        loops and spilled (it reloaded ~20 spilled descriptors from local memory before every S_A, behind the page
+        copies' traffic; sm_90a spills 328 → 168 bytes a thread, none left in either consumer's pair loop).
         """
         _ss_stamp(trace_ptr, 0, 21 + WG, TRACE)
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -313,6 +316,13 @@ if gluon is not None:
                 has_b = a + 1 < hi
                 ph0 = n0 & 1
                 ph1 = n1 & 1
+                if OPAQUE and WG == 0:  # the slots' views rebuilt from a value the compiler cannot fold (OPAQUE)
+                    zero = gl.inline_asm_elementwise("mov.u32 $0, 0;", "=r", [], dtype=gl.int32, is_pure=False,
+                                                     pack=1)
+                    k_a = k_smem.index(zero)
+                    k_b = k_smem.index(zero + 1)
+                    p_a = kr_smem.index(zero)
+                    p_b = kr_smem.index(zero + 1)
                 _ss_stamp(trace_ptr, n0, 8 * WG, TRACE)
                 if WG == 0:
                     s = _ss_scores(q_smem, qr_smem, k_a, p_a, bars, 0, READY0L, READY0R, ph0, s_layout, 0, FINE,
@@ -487,7 +497,8 @@ if gluon is not None:
         max_blocks,
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
-        EARLY: gl.constexpr, TRACE: gl.constexpr, MAX_FIRST: gl.constexpr, num_warps: gl.constexpr,
+        EARLY: gl.constexpr, TRACE: gl.constexpr, MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -522,11 +533,11 @@ if gluon is not None:
                 (_ss_consumer_at, (0, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
-                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST)),
+                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE)),
                 (_ss_consumer_at, (1, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
-                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST)),
+                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE)),
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
                                 max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, trace_ptr, TRACE)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -543,13 +554,14 @@ TRACE_BUFFER = None
 
 def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                      part_lse, ok_flag, fine: bool = False, mode: int = 0, early: int = 1,
-                     max_first: bool | None = None):
+                     max_first: bool | None = None, opaque: bool = True):
     """Launch the seesaw tile over the schedule `meta`; partials of split requests go to part_out/part_lse.
     fine: each 64-column box on its own mbarrier, multiplied as soon as it lands (else one barrier per half).
     mode 2: no page copies, the compute alone (results meaningless: for timing the parts, as GluonConfig.mode).
     early: when warpgroup 1 releases a pair's right halves (_ss_consumer_at's EARLY; 1, the default, B's as soon as
     its product is done; 0 both at the pair's end). max_first: _ss_consumer_at's MAX_FIRST (None: on where there
-    are two or more 64-row tiles per KV head, the measured choice; early must not be 0 with it)."""
+    are two or more 64-row tiles per KV head, the measured choice; early must not be 0 with it). opaque:
+    _ss_consumer_at's OPAQUE (ignored with early 0)."""
     m_tiles = -(-dims.rows_per_kv // 64)
     if max_first is None:
         max_first = early != 0 and m_tiles >= 2
@@ -562,5 +574,5 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], FINE=fine, MODE=mode, EARLY=early, TRACE=TRACE_BUFFER is not None,
-        MAX_FIRST=max_first, num_warps=4, maxnreg=WS_REGS,
+        MAX_FIRST=max_first, OPAQUE=opaque, num_warps=4, maxnreg=WS_REGS,
     )
