@@ -452,9 +452,7 @@ class GluonConfig:
     fine: bool = False  # multiply each 64-column box as soon as it lands
     early: int = 1  # the seesaw tile: when warpgroup 1 releases a pair's right halves (v5_seesaw._ss_consumer_at;
     #                 1, B's as soon as its product is done, measured 1-4 % faster than 0 at h_q 128, even at 64)
-    max_first: bool | None = None  # the seesaw tile: warpgroup 0 publishes the row max before P (v5_seesaw's
-    #                                MAX_FIRST); None: where a KV head has two or more 64-row tiles (measured faster
-    #                                there, slower with one: docs/results/v5_notes.md, twelfth session)
+    max_first: bool = True  # the seesaw tile: warpgroup 0 publishes the row max before P (v5_seesaw's MAX_FIRST)
     opaque_views: bool = True  # the seesaw tile: its page slots' views rebuilt at every pair (v5_seesaw's OPAQUE)
     warps: int = 0  # the 16-row FP8 tile: warps per program (0: its default, 4; 8: v5_fp8_mma.WIDE_WARPS, slower);
     #                 the warp-specialised 16-row tile (path "ws16"): its producer's warps (0: 4; 8: prepared)
@@ -466,8 +464,9 @@ class GluonConfig:
                              f"{self.mode!r}")
         if self.early not in (0, 1, 2, 3):
             raise ValueError(f"GluonConfig.early must be 0, 1, 2 or 3, got {self.early!r}")
-        if self.max_first not in (None, False, True):
-            raise ValueError(f"GluonConfig.max_first must be None, False or True, got {self.max_first!r}")
+        for name in ("fine", "max_first", "opaque_views"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GluonConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.warps not in (0, 4, 8):
             raise ValueError(f"GluonConfig.warps must be 0 (the tile's default), 4 or 8, got {self.warps!r}")
 

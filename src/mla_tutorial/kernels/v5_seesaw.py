@@ -554,19 +554,14 @@ TRACE_BUFFER = None
 
 def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                      part_lse, ok_flag, fine: bool = False, mode: int = 0, early: int = 1,
-                     max_first: bool | None = None, opaque: bool = True):
+                     max_first: bool = True, opaque: bool = True):
     """Launch the seesaw tile over the schedule `meta`; partials of split requests go to part_out/part_lse.
     fine: each 64-column box on its own mbarrier, multiplied as soon as it lands (else one barrier per half).
     mode 2: no page copies, the compute alone (results meaningless: for timing the parts, as GluonConfig.mode).
     early: when warpgroup 1 releases a pair's right halves (_ss_consumer_at's EARLY; 1, the default, B's as soon as
-    its product is done; 0 both at the pair's end). max_first: _ss_consumer_at's MAX_FIRST (None: on where there
-    are two or more 64-row tiles per KV head, the measured choice; early must not be 0 with it). opaque:
-    _ss_consumer_at's OPAQUE (ignored with early 0)."""
+    its product is done; 0 both at the pair's end). max_first, opaque: _ss_consumer_at's MAX_FIRST and OPAQUE
+    (both measured faster, on by default; early 0 compiles without them)."""
     m_tiles = -(-dims.rows_per_kv // 64)
-    if max_first is None:
-        max_first = early != 0 and m_tiles >= 2
-    if early == 0 and max_first:
-        raise ValueError("the seesaw tile's max_first needs early != 0 (early 0 compiles without it)")
     _LAUNCH(
         (meta.shape[0], m_tiles),
         q, _k_descriptor(k_cache, 64), block_table, cache_seqlens, out, lse, part_out, part_lse,
