@@ -32,11 +32,11 @@ CASES = [(LENGTHS, 1, 64, False, torch.bfloat16), (LENGTHS, 2, 128, True, torch.
          ([5000] * 3 + [0] * 2, 1, 128, False, torch.bfloat16)]
 
 
-#: the seesaw tile's variants checked and timed beside it (GluonConfig fields; results correct): MAX_FIRST forced on
-#: and off (v5_seesaw._ss_consumer_at; the tile's default turns it on with two or more 64-row tiles a KV head), and
-#: OPAQUE off ("hoist": the slot views' descriptors hoisted out of the loops, as before). Earlier
+#: the seesaw tile's variants checked and timed beside it (GluonConfig fields; results correct): each of its default
+#: switches turned off (v5_seesaw._ss_consumer_at): MAX_FIRST, OPAQUE ("hoist": the slot views' descriptors hoisted
+#: out of the loops and spilled), Q_ASYNC ("syncq": Q by loads and stores, one 64-column block after the other). Earlier
 #: variants (Q_FIRST, A_FIRST: docs/results/v5_notes.md, twelfth session) are in git at bfcadde.
-VARIANTS = {"mf": {"max_first": True}, "nomf": {"max_first": False}, "hoist": {"opaque_views": False}}
+VARIANTS = {"nomf": {"max_first": False}, "hoist": {"opaque_views": False}, "syncq": {"q_async": False}}
 
 
 def check(path: str, config=None) -> list[dict]:
@@ -73,8 +73,7 @@ def _impls(fm, args, causal, meta, splits) -> dict:
              "seesaw_compute": lambda: mla_decode_v5(*args, path="seesaw", config=GluonConfig(mode=2), **kw),
              **{f"seesaw_{n}": (lambda c=c: mla_decode_v5(*args, path="seesaw", config=GluonConfig(**c), **kw))
                 for n, c in VARIANTS.items()},
-             "seesaw_mf_compute": lambda: mla_decode_v5(*args, path="seesaw",
-                                                        config=GluonConfig(mode=2, max_first=True), **kw)}
+             }
     if fm is not None:
         fm_meta, _ = fm.get_mla_metadata()
         impls["flashmla"] = lambda: fm.flash_mla_with_kvcache(*args, fm_meta, None, causal=causal)

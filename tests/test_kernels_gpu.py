@@ -65,6 +65,17 @@ def test_v5_each_tile(path, options, h_q, s_q, causal):
     assert int(flag) == 1, "a valid call raised the bounds / stale-schedule flag"
 
 
+@pytest.mark.parametrize("row", [576, 577, 584, 592])
+def test_v5_seesaw_q_views(row):
+    """The seesaw tile copies Q by cp.async only where every row of q is provably 16-byte aligned (its address and
+    outer strides multiples of 16 elements): q as a view of wider rows (577, 584: the loads; 592: cp.async on a
+    non-contiguous q) gives the reference's answer either way."""
+    q, k_cache, block_table, seqlens = make_paged_inputs(LENGTHS, 2, 64, 1, torch.bfloat16, seed=row, device="cuda")
+    wide = torch.full((*q.shape[:3], row), float("nan"), dtype=q.dtype, device="cuda")
+    wide[..., :576] = q
+    check_against_reference(K.mla_decode_v5, wide[..., :576], k_cache, block_table, seqlens, True, path="seesaw")
+
+
 def _m16_variants():
     from mla_tutorial.kernels.v5_m16 import M16_VARIANTS
 

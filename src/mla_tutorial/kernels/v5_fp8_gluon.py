@@ -35,17 +35,13 @@ from .v5_gluon import (
     NUM_WARPS,
     O_LAYOUT,
     S_LAYOUT,
+    async_copy,
     fence_async_shared,
     gl,
     gluon,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
-
-try:  # cp.async (Ampere's asynchronous copy, on Hopper too), for k_rope
-    from triton.experimental.gluon.language.nvidia.ampere import async_copy
-except Exception:  # pragma: no cover - depends on the installed Triton
-    async_copy = None
 
 if gluon is not None:
     FP8_ROW = gl.constexpr(ROW_BYTES)  # 656 bytes per token: 512 e4m3 values, 4 float32 scales, 64 bf16 values

@@ -55,6 +55,11 @@ except Exception as err:  # pragma: no cover - depends on the installed Triton
     TensorDescriptor = None
     GLUON_IMPORT_ERROR = f"{type(err).__name__}: {err}"
 
+try:  # cp.async (Ampere's asynchronous copy, on Hopper too): k_rope in the FP8 tiles, Q in the seesaw tile
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy
+except Exception:  # pragma: no cover - depends on the installed Triton
+    async_copy = None
+
 BLOCK_M = 64  # query rows per tile: one wgmma M
 PAGE = 64  # tokens per page
 CHUNK = 64  # columns per TMA box / 128-byte swizzle block (bf16)
@@ -86,19 +91,31 @@ if gluon is not None:
     @gluon.jit
     def _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv, rows_per_kv,
                    FIRST: gl.constexpr, LAST: gl.constexpr, CHUNK: gl.constexpr, BLOCK_M: gl.constexpr,
-                   num_warps: gl.constexpr):
+                   num_warps: gl.constexpr, ASYNC: gl.constexpr = False):
         """Q tile rows -> shared memory [64, 576], 64-column blocks FIRST..LAST-1 of the nine (block 8: RoPE);
-        rows past rows_per_kv are 0."""
+        rows past rows_per_kv are 0. ASYNC: by cp.async, every block in flight at once (no registers), waited for
+        before returning; else each block loaded into registers and stored, one round trip after the other."""
         ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
         base, row_ok = _v5_q_rows(q_ptr, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv, rows_per_kv,
                                   BLOCK_M, ld)
         cols = gl.arange(0, CHUNK, layout=gl.SliceLayout(0, ld))
-        for c in gl.static_range(FIRST, LAST):
-            x = gl.load(base[:, None] + (c * CHUNK + cols)[None, :], mask=row_ok[:, None], other=0.0)
-            if c < 8:
-                q_smem.slice(c * CHUNK, CHUNK, dim=1).store(x)
-            else:
-                qr_smem.store(x)
+        if ASYNC:  # (masked rows are written as zeros by cp.async's zero fill)
+            for c in gl.static_range(FIRST, LAST):
+                ptrs = base[:, None] + (c * CHUNK + cols)[None, :]
+                if c < 8:
+                    async_copy.async_copy_global_to_shared(q_smem.slice(c * CHUNK, CHUNK, dim=1), ptrs,
+                                                           mask=row_ok[:, None])
+                else:
+                    async_copy.async_copy_global_to_shared(qr_smem, ptrs, mask=row_ok[:, None])
+            async_copy.commit_group()
+            async_copy.wait_group(0)
+        else:
+            for c in gl.static_range(FIRST, LAST):
+                x = gl.load(base[:, None] + (c * CHUNK + cols)[None, :], mask=row_ok[:, None], other=0.0)
+                if c < 8:
+                    q_smem.slice(c * CHUNK, CHUNK, dim=1).store(x)
+                else:
+                    qr_smem.store(x)
 
     @gluon.jit
     def _v5_part(meta_ptr, META_COLS: gl.constexpr):
@@ -454,6 +471,7 @@ class GluonConfig:
     #                 1, B's as soon as its product is done, measured 1-4 % faster than 0 at h_q 128, even at 64)
     max_first: bool = True  # the seesaw tile: warpgroup 0 publishes the row max before P (v5_seesaw's MAX_FIRST)
     opaque_views: bool = True  # the seesaw tile: its page slots' views rebuilt at every pair (v5_seesaw's OPAQUE)
+    q_async: bool = True  # the seesaw tile: Q copied by cp.async (v5_seesaw's Q_ASYNC)
     warps: int = 0  # the 16-row FP8 tile: warps per program (0: its default, 4; 8: v5_fp8_mma.WIDE_WARPS, slower);
     #                 the warp-specialised 16-row tile (path "ws16"): its producer's warps (0: 4; 8: prepared)
 
@@ -464,7 +482,7 @@ class GluonConfig:
                              f"{self.mode!r}")
         if self.early not in (0, 1, 2, 3):
             raise ValueError(f"GluonConfig.early must be 0, 1, 2 or 3, got {self.early!r}")
-        for name in ("fine", "max_first", "opaque_views"):
+        for name in ("fine", "max_first", "opaque_views", "q_async"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GluonConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.warps not in (0, 4, 8):

@@ -250,7 +250,7 @@ if gluon is not None:
         _ss_consumer_at(WG, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
                         lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks,
                         qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS, FINE, 0,
-                        num_splits_ptr, False, False, False)
+                        num_splits_ptr, False, False, False, False)
 
     @gluon.jit
     def _ss_consumer_at(WG: gl.constexpr, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr,
@@ -258,7 +258,7 @@ if gluon is not None:
                         rows_per_kv, m_tiles, max_blocks, qk_scale,
                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
                         FINE: gl.constexpr, EARLY: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
-                        MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr):
+                        MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr, Q_ASYNC: gl.constexpr):
         """Consumer warpgroup WG, EARLY choosing when warpgroup 1 releases a pair's right halves after its two last
         products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (1 is the default; the others are probes, results correct):
         0 waits for both, then releases both; 1 releases B's right half as soon as its product is done; 2 issues A's
@@ -271,6 +271,8 @@ if gluon is not None:
         cannot fold, so that their wgmma descriptors are computed where they are used instead of hoisted out of the
         loops and spilled (it reloaded ~20 spilled descriptors from local memory before every S_A, behind the page
         copies' traffic; sm_90a spills 328 → 168 bytes a thread, none left in either consumer's pair loop).
+        Q_ASYNC: each request's Q copied by cp.async, all its blocks in flight at once (_v5_load_q's ASYNC), instead
+        of one load-and-store round trip per 64-column block.
         """
         _ss_stamp(trace_ptr, 0, 21 + WG, TRACE)
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -308,7 +310,7 @@ if gluon is not None:
             _ss_stamp(trace_ptr, n0, 24 + 4 * WG, TRACE)
             mbarrier.wait(bars.index(Q_EMPTY), (r & 1) ^ 1)  # a fresh barrier counts as released
             _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
-                       rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4)
+                       rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4, ASYNC=Q_ASYNC)
             _ss_publish(bars.index(Q_READY))
             mbarrier.wait(bars.index(Q_READY), r & 1)
             _ss_stamp(trace_ptr, n0, 25 + 4 * WG, TRACE)
@@ -498,7 +500,7 @@ if gluon is not None:
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
         EARLY: gl.constexpr, TRACE: gl.constexpr, MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr,
-        num_warps: gl.constexpr,
+        Q_ASYNC: gl.constexpr, num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -533,11 +535,11 @@ if gluon is not None:
                 (_ss_consumer_at, (0, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
-                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE)),
+                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE, Q_ASYNC)),
                 (_ss_consumer_at, (1, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
-                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE)),
+                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE, Q_ASYNC)),
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
                                 max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, trace_ptr, TRACE)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -554,14 +556,17 @@ TRACE_BUFFER = None
 
 def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                      part_lse, ok_flag, fine: bool = False, mode: int = 0, early: int = 1,
-                     max_first: bool = True, opaque: bool = True):
+                     max_first: bool = True, opaque: bool = True, q_async: bool = True):
     """Launch the seesaw tile over the schedule `meta`; partials of split requests go to part_out/part_lse.
     fine: each 64-column box on its own mbarrier, multiplied as soon as it lands (else one barrier per half).
     mode 2: no page copies, the compute alone (results meaningless: for timing the parts, as GluonConfig.mode).
     early: when warpgroup 1 releases a pair's right halves (_ss_consumer_at's EARLY; 1, the default, B's as soon as
-    its product is done; 0 both at the pair's end). max_first, opaque: _ss_consumer_at's MAX_FIRST and OPAQUE
-    (both measured faster, on by default; early 0 compiles without them)."""
+    its product is done; 0 both at the pair's end). max_first, opaque, q_async: _ss_consumer_at's MAX_FIRST, OPAQUE
+    and Q_ASYNC (on by default; early 0 compiles without them)."""
     m_tiles = -(-dims.rows_per_kv // 64)
+    # cp.async copies 16 bytes a thread: only where Triton's specialization proves each row of q 16-byte aligned
+    # (its address and its three outer strides multiples of 16 elements, as for a contiguous q; else the loads)
+    q_async = q_async and not q.data_ptr() & 15 and all(st % 16 == 0 for st in q.stride()[:3])
     _LAUNCH(
         (meta.shape[0], m_tiles),
         q, _k_descriptor(k_cache, 64), block_table, cache_seqlens, out, lse, part_out, part_lse,
@@ -569,5 +574,5 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], FINE=fine, MODE=mode, EARLY=early, TRACE=TRACE_BUFFER is not None,
-        MAX_FIRST=max_first, OPAQUE=opaque, num_warps=4, maxnreg=WS_REGS,
+        MAX_FIRST=max_first, OPAQUE=opaque, Q_ASYNC=q_async, num_warps=4, maxnreg=WS_REGS,
     )
