@@ -29,6 +29,8 @@ from typing import Any
 KERNELS_V5 = "kernels_v5_h200_2026-12-02.json"  # v5 beside FlashMLA; v1–v5 and torch at the ablation shapes
 KERNELS_V5_SEESAW = "kernels_v5_seesaw_h200_2026-12-02.json"  # v5 with its seesaw tile, the lockstep tile, FlashMLA
 KERNELS_V5_PLANS = "kernels_v5_plans_h200_2026-12-02.json"  # the same with call plans and the combine's two shapes
+#: the same after the twelfth session's seesaw changes (no spilled descriptors, m_A first, Q by cp.async): the newest
+KERNELS_V5_QASYNC = "kernels_v5_qasync_h200_2026-12-02.json"
 HOST_PLANS = "host_time_plans_h200_2026-12-02.json"  # host time of a v5 call, planned against the full path
 KERNELS_V4_H100 = "kernels_h100_2026-11-27.json"  # v1–v4 on FlashMLA's shape grid, H100
 KERNELS_V4_H200 = "kernels_h200_2026-11-27.json"  # the same on an H200
@@ -711,7 +713,7 @@ def table(rows: list, columns: list[tuple[str, str, str]]) -> str:
 __all__ = [
     "ABLATION", "CAPACITY", "DECODE_BENCH_V4", "DECODE_BENCH_V5", "DECODE_COVERAGE", "DECODE_PROFILE", "DECODE_TOUR",
     "FP8_ACCURACY", "FP8_BENCH", "FP8_SCHEMES", "FP8_SPLIT", "IMPL_LABELS", "KERNELS_V4_H100", "KERNELS_V4_H200",
-    "HOST_PLANS", "KERNELS_V5", "KERNELS_V5_PLANS", "KERNELS_V5_SEESAW",
+    "HOST_PLANS", "KERNELS_V5", "KERNELS_V5_PLANS", "KERNELS_V5_QASYNC", "KERNELS_V5_SEESAW",
     "ROOFLINE", "HostPlanRow", "host_plan_rows",
     "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",
     "Fp8DecoderRow", "Fp8RowError", "Fp8SpeedRow", "KernelRow", "KernelRun", "ResultsMissing", "ablation_steps",
