@@ -30,6 +30,15 @@
 #   B's right half as soon as its product is done (EARLY 1, now the default), ~0.5 µs before the pair ends.
 #   Predicted 4 % at h64 sk4k (0.244 → 0.235); bought nothing there (0.2456 against 0.2442) and 1-4 % at 128 heads
 #   (s_k 4k 0.382 → 0.377, s_q 2 causal 0.679 → 0.647, means of two runs each).
+# Twelfth session (H200, 2026-12-02, docs/kernel.md §14, docs/results/v5_notes.md): three changes, each predicted from
+#   the tile's own cycle stamps (TRACE, scripts/gpu_seesaw_trace.py) or its SASS, each on by default:
+#   * MAX_FIRST: m_A crosses to warpgroup 1 before P_A is computed, and warpgroup 1 multiplies P_B·V_B before it
+#     waits for P_A (the compute alone 4-11 % faster);
+#   * OPAQUE: warpgroup 0's slot views rebuilt every pair, so its wgmma descriptors are no longer spilled and reloaded
+#     from local memory behind the page copies (h_q 64, s_k 4k 0.249 → 0.209 ms; 10-17 % of the whole call);
+#   * Q_ASYNC: Q by cp.async, all blocks at once (1-6 %).
+#   Bought: FlashMLA / v5 at b = 128 0.67 → 0.83 (h_q 64, s_k 4k), 0.70 → 0.87 (8k), 0.59 → 0.70 (h_q 128, 4k),
+#   0.60 → 0.74 (8k), 0.68 → 0.75 (s_q 2 causal) (docs/results/kernels_v5_qasync_h200_2026-12-02.json).
 """Version 5's warp-specialised Gluon tile: a producer warp and FlashMLA's seesaw schedule (Hopper, Triton 3.6)."""
 
 from __future__ import annotations
