@@ -60,7 +60,8 @@ END = {"wg0 pages done to stored": (26, 27), "wg1 pages done to stored": (30, 31
        "wg0 stored to next Q ready": (27, 25), "wg0 pages done to next first pair": (26, 0)}
 
 #: the variants traced (GluonConfig fields)
-CONFIGS = {"base": {}, "nomf": {"max_first": False}, "hoist": {"opaque_views": False}, "syncq": {"q_async": False}}
+CONFIGS = {"base": {}, "nomf": {"max_first": False}, "hoist": {"opaque_views": False}, "syncq": {"q_async": False},
+           "start": {"start_sync": True}}
 
 
 def summarize(trace: torch.Tensor, skip: int = 2) -> dict:

@@ -77,10 +77,12 @@ P_A_READY, P_B_READY = tl.constexpr(10), tl.constexpr(11)  # a pair's P_A (and m
 L_READY = tl.constexpr(12)  # both warpgroups' row sums of a request are in shared memory
 CHUNK_READY = tl.constexpr(13)  # FINE: box c of slot s landed, at CHUNK_READY + 9·s + c (instead of READY*)
 M_A_READY = tl.constexpr(31)  # MAX_FIRST: a pair's m_A is in shared memory (before P_A is)
-N_BARS = tl.constexpr(32)
+START = tl.constexpr(32)  # START_SYNC: both warpgroups hold their first request's schedule row and length (once)
+N_BARS = tl.constexpr(32)  # (+1 with START_SYNC)
 # row statistics in shared memory (64 floats each): m_A, m_B, then the row sums at STAT_L + 2·(request parity) + WG
 STAT_M_A, STAT_M_B, STAT_L = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
-N_STATS = tl.constexpr(6)
+STAT_START = tl.constexpr(6)  # START_SYNC: each warpgroup's first length (written only to order its arrive)
+N_STATS = tl.constexpr(6)  # (+2 with START_SYNC)
 # the TRACE probe's buffer: int64 [programs, TRACE_PAIRS, TRACE_EVENTS] (events: scripts/gpu_seesaw_trace.py)
 TRACE_PAIRS, TRACE_EVENTS = tl.constexpr(48), tl.constexpr(32)
 
@@ -153,8 +155,9 @@ if gluon is not None:
     @gluon.jit
     def _ss_producer(k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks, max_blocks,
                      k_smem, kr_smem, bars, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
-                     trace_ptr, TRACE: gl.constexpr):
-        """The producer warp: every copy into shared memory, in the order the consumers release the buffers."""
+                     trace_ptr, TRACE: gl.constexpr, START_SYNC: gl.constexpr):
+        """The producer warp: every copy into shared memory, in the order the consumers release the buffers.
+        START_SYNC: its first copy waits until both consumers hold their first request's schedule row and length."""
         _ss_stamp(trace_ptr, 0, 23, TRACE)
         begin_req, begin_block, end_req, end_block, _ = _v5_part(meta_ptr, META_COLS)
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
@@ -168,6 +171,9 @@ if gluon is not None:
                            next_block, max_blocks)
 
             bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
+            if START_SYNC:
+                if req == begin_req:  # (START completes once: its phase 0)
+                    mbarrier.wait(bars.index(START), 0)
             for a in range(lo, hi, 2):  # page pairs (a, a + 1); the last may be a single page
                 has_b = a + 1 < hi
                 row_a = _ss_row(bt_row, a, num_blocks, ok_ptr)
@@ -259,7 +265,7 @@ if gluon is not None:
         _ss_consumer_at(WG, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
                         lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks,
                         qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS, FINE, 0,
-                        num_splits_ptr, False, False, False, False)
+                        num_splits_ptr, False, False, False, False, False)
 
     @gluon.jit
     def _ss_consumer_at(WG: gl.constexpr, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr,
@@ -267,7 +273,8 @@ if gluon is not None:
                         rows_per_kv, m_tiles, max_blocks, qk_scale,
                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
                         FINE: gl.constexpr, EARLY: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
-                        MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr, Q_ASYNC: gl.constexpr):
+                        MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr, Q_ASYNC: gl.constexpr,
+                        START_SYNC: gl.constexpr):
         """Consumer warpgroup WG, EARLY choosing when warpgroup 1 releases a pair's right halves after its two last
         products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (1 is the default; the others are probes, results correct):
         0 waits for both, then releases both; 1 releases B's right half as soon as its product is done; 2 issues A's
@@ -281,7 +288,9 @@ if gluon is not None:
         loops and spilled (it reloaded ~20 spilled descriptors from local memory before every S_A, behind the page
         copies' traffic; sm_90a spills 328 → 168 bytes a thread, none left in either consumer's pair loop).
         Q_ASYNC: each request's Q copied by cp.async, all its blocks in flight at once (_v5_load_q's ASYNC), instead
-        of one load-and-store round trip per 64-column block.
+        of one load-and-store round trip per 64-column block. START_SYNC (prepared, not yet measured): arrive on START
+        once the first request's schedule row and length have arrived, so that these dependent loads do not queue
+        behind every program's first page copies (the producer waits for it before its first copy).
         """
         _ss_stamp(trace_ptr, 0, 21 + WG, TRACE)
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -307,6 +316,12 @@ if gluon is not None:
         n1 = 0
         for req in range(begin_req, end_req + 1):
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
+            if START_SYNC:
+                if req == begin_req:
+                    # the length itself stored first: the store waits for the load, and the arrive (a release) is
+                    # ordered after the store (an arrive that used nothing loaded could be issued before it returns)
+                    stats.index(STAT_START + WG).store((tok * 0 + s_k).to(gl.float32))
+                    mbarrier.arrive(bars.index(START))
             if CAUSAL:
                 n_visible = s_k - s_q + 1 + tok
             else:
@@ -509,7 +524,7 @@ if gluon is not None:
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
         EARLY: gl.constexpr, TRACE: gl.constexpr, MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr,
-        Q_ASYNC: gl.constexpr, num_warps: gl.constexpr,
+        Q_ASYNC: gl.constexpr, START_SYNC: gl.constexpr, num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -518,12 +533,12 @@ if gluon is not None:
         qr_smem = gl.allocate_shared_memory(dtype, [64, 64], smem_layout)
         k_smem = gl.allocate_shared_memory(dtype, [2, 64, 512], smem_layout)  # page slots: c_kv rows (K, V)
         kr_smem = gl.allocate_shared_memory(dtype, [2, 64, 64], smem_layout)  # k_rope rows, then P
-        stats = gl.allocate_shared_memory(gl.float32, [N_STATS, 64],
+        stats = gl.allocate_shared_memory(gl.float32, [N_STATS + 2 * START_SYNC, 64],
                                           gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0]))
-        bars = gl.allocate_shared_memory(gl.int64, [N_BARS, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(N_BARS):
+        bars = gl.allocate_shared_memory(gl.int64, [N_BARS + START_SYNC, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(N_BARS + START_SYNC):
             # the consumers' signals are arrived on by both warpgroups where both take part
-            mbarrier.init(bars.index(i), count=2 if (i == Q_READY or i == Q_EMPTY or i == L_READY) else 1)
+            mbarrier.init(bars.index(i), count=2 if (i == Q_READY or i == Q_EMPTY or i == L_READY or i == START) else 1)
         fence_async_shared()
 
         if EARLY == 0:  # the tile
@@ -537,20 +552,23 @@ if gluon is not None:
                 (_ss_consumer, (0,) + consumer_args),
                 (_ss_consumer, (1,) + consumer_args),
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
-                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, ok_ptr, False)),
+                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, ok_ptr, False, False)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
         else:  # the EARLY probes: the consumers' arguments as literals, so that every constexpr stays one
             gl.warp_specialize([
                 (_ss_consumer_at, (0, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
-                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE, Q_ASYNC)),
+                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE, Q_ASYNC,
+                                   START_SYNC)),
                 (_ss_consumer_at, (1, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
-                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE, Q_ASYNC)),
+                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE, Q_ASYNC,
+                                   START_SYNC)),
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
-                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, trace_ptr, TRACE)),
+                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, trace_ptr, TRACE,
+                                START_SYNC)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -565,13 +583,13 @@ TRACE_BUFFER = None
 
 def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                      part_lse, ok_flag, fine: bool = False, mode: int = 0, early: int = 1,
-                     max_first: bool = True, opaque: bool = True, q_async: bool = True):
+                     max_first: bool = True, opaque: bool = True, q_async: bool = True, start_sync: bool = False):
     """Launch the seesaw tile over the schedule `meta`; partials of split requests go to part_out/part_lse.
     fine: each 64-column box on its own mbarrier, multiplied as soon as it lands (else one barrier per half).
     mode 2: no page copies, the compute alone (results meaningless: for timing the parts, as GluonConfig.mode).
     early: when warpgroup 1 releases a pair's right halves (_ss_consumer_at's EARLY; 1, the default, B's as soon as
     its product is done; 0 both at the pair's end). max_first, opaque, q_async: _ss_consumer_at's MAX_FIRST, OPAQUE
-    and Q_ASYNC (on by default; early 0 compiles without them)."""
+    and Q_ASYNC (on by default; early 0 compiles without them); start_sync: START_SYNC (prepared, off)."""
     m_tiles = -(-dims.rows_per_kv // 64)
     # cp.async copies 16 bytes a thread: only where Triton's specialization proves each row of q 16-byte aligned
     # (its address and its three outer strides multiples of 16 elements, as for a contiguous q; else the loads)
@@ -583,5 +601,6 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], FINE=fine, MODE=mode, EARLY=early, TRACE=TRACE_BUFFER is not None,
-        MAX_FIRST=max_first, OPAQUE=opaque, Q_ASYNC=q_async, num_warps=4, maxnreg=WS_REGS,
+        MAX_FIRST=max_first, OPAQUE=opaque, Q_ASYNC=q_async, START_SYNC=start_sync and early != 0, num_warps=4,
+        maxnreg=WS_REGS,
     )
