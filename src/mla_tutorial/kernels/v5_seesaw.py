@@ -391,59 +391,14 @@ if gluon is not None:
                         _ss_stamp(trace_ptr, n0, 5, TRACE)
                         n1 += 1
                     m_i = m_b
-                elif MAX_FIRST:  # warpgroup 1, m_A first (see the docstring)
+                else:  # warpgroup 1
                     s = gl.zeros([64, 64], gl.float32, layout=s_layout)
                     if has_b:
                         s = _ss_scores(q_smem, qr_smem, k_b, p_b, bars, 1, READY1R, READY1L, ph1, s_layout, 1, FINE,
                                        trace_ptr, n0, 13, TRACE)
                     _ss_stamp(trace_ptr, n0, 9, TRACE)
-                    mbarrier.wait(bars.index(M_A_READY), ph0)
-                    _ss_stamp(trace_ptr, n0, 10, TRACE)
-                    m_a = stats.index(STAT_M_A).load(s_rows)
-                    m_b = m_a
-                    m_b_use = gl.where(m_a == float("-inf"), 0.0, m_a)
-                    if has_b:
-                        s = _v5_masked_scores(s, (a + 1) * 64, n_visible, qk_scale, s_cols, 64)
-                        p, m_b, m_b_use = _v5_probs(s, m_a, gl.max(s, axis=1))
-                        alpha = gl.exp2(m_i - m_b_use)
-                        l_i = l_i * alpha + gl.sum(p, axis=1)
-                        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-                        if s_k - (a + 1) * 64 < 64:
-                            _ss_zero_tail(k_b, s_k - (a + 1) * 64)
-                        p_b.store(p.to(dtype))
-                        stats.index(STAT_M_B).store(m_b)
-                        _ss_publish(bars.index(P_B_READY))
-                        _ss_stamp(trace_ptr, n0, 11, TRACE)
-                        acc = warpgroup_mma(p_b, k_b.slice(256, 256, dim=1), acc, is_async=True)
-                        # then P_A, brought to the scale of m_B, as a register operand
-                        mbarrier.wait(bars.index(P_A_READY), ph0)
-                        pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
-                        _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)  # (landed before WG0 computed S_A)
-                        acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
-                        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-                        mbarrier.arrive(bars.index(EMPTY1R))  # B's right half, as soon as its product is done
-                        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                        mbarrier.arrive(bars.index(EMPTY0R))
-                        n1 += 1
-                    else:
-                        alpha = gl.exp2(m_i - m_b_use)
-                        l_i = l_i * alpha
-                        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-                        mbarrier.wait(bars.index(P_A_READY), ph0)
-                        pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
-                        _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)
-                        acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
-                        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                        mbarrier.arrive(bars.index(EMPTY0R))
-                    m_i = m_b
-                    _ss_stamp(trace_ptr, n0, 12, TRACE)
-                else:
-                    s = gl.zeros([64, 64], gl.float32, layout=s_layout)
-                    if has_b:
-                        s = _ss_scores(q_smem, qr_smem, k_b, p_b, bars, 1, READY1R, READY1L, ph1, s_layout, 1, FINE,
-                                       trace_ptr, n0, 13, TRACE)
-                    _ss_stamp(trace_ptr, n0, 9, TRACE)
-                    mbarrier.wait(bars.index(P_A_READY), ph0)
+                    # m_A: on a barrier of its own with MAX_FIRST (P_A comes later), else with P_A
+                    mbarrier.wait(bars.index(M_A_READY if MAX_FIRST else P_A_READY), ph0)
                     _ss_stamp(trace_ptr, n0, 10, TRACE)
                     m_a = stats.index(STAT_M_A).load(s_rows)
                     m_b = m_a
@@ -460,6 +415,8 @@ if gluon is not None:
                         _ss_publish(bars.index(P_B_READY))
                         _ss_stamp(trace_ptr, n0, 11, TRACE)
                         if EARLY == 2:  # A's right half first, released as soon as its product is done
+                            if MAX_FIRST:
+                                mbarrier.wait(bars.index(P_A_READY), ph0)
                             pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
                             _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)
                             acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
@@ -470,6 +427,8 @@ if gluon is not None:
                             mbarrier.arrive(bars.index(EMPTY1R))
                         else:
                             acc = warpgroup_mma(p_b, k_b.slice(256, 256, dim=1), acc, is_async=True)
+                            if MAX_FIRST:  # (P_A is published after m_A)
+                                mbarrier.wait(bars.index(P_A_READY), ph0)
                             # P_A, brought to the scale of m_B, as a register operand
                             pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
                             _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)  # (landed before WG0 computed S_A)
@@ -484,6 +443,8 @@ if gluon is not None:
                         alpha = gl.exp2(m_i - m_b_use)
                         l_i = l_i * alpha
                         acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                        if MAX_FIRST:
+                            mbarrier.wait(bars.index(P_A_READY), ph0)
                         pa = _ss_rescaled_p(p_a, gl.exp2(m_a - m_b_use), s_layout, pa_layout)
                         _ss_wait_half(bars, 0, READY0R, ph0, 4, 8, FINE)
                         acc = warpgroup_mma(pa, k_a.slice(256, 256, dim=1), acc, is_async=True)
