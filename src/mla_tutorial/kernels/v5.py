@@ -229,7 +229,8 @@ def _launch_tile(path, q, k_cache, block_table, cache_seqlens, dims, causal, met
                          max_first=bool(getattr(config, "max_first", DEFAULT_GLUON_CONFIG.max_first)),
                          opaque=bool(getattr(config, "opaque_views", DEFAULT_GLUON_CONFIG.opaque_views)),
                          q_async=bool(getattr(config, "q_async", DEFAULT_GLUON_CONFIG.q_async)),
-                         start_sync=bool(getattr(config, "start_sync", DEFAULT_GLUON_CONFIG.start_sync)))
+                         start_sync=bool(getattr(config, "start_sync", DEFAULT_GLUON_CONFIG.start_sync)),
+                         piece_early=bool(getattr(config, "piece_early", DEFAULT_GLUON_CONFIG.piece_early)))
     elif path == "gluon" and is_fp8:
         launch_v5_fp8_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                             part_out, part_lse, flag)

@@ -473,6 +473,7 @@ class GluonConfig:
     opaque_views: bool = True  # the seesaw tile: its page slots' views rebuilt at every pair (v5_seesaw's OPAQUE)
     q_async: bool = True  # the seesaw tile: Q copied by cp.async (v5_seesaw's Q_ASYNC)
     start_sync: bool = False  # the seesaw tile: pages after the first schedule row is read (START_SYNC; prepared)
+    piece_early: bool = False  # the seesaw tile: the output's slot asked at the request's start (PIECE_EARLY; prepared)
     warps: int = 0  # the 16-row FP8 tile: warps per program (0: its default, 4; 8: v5_fp8_mma.WIDE_WARPS, slower);
     #                 the warp-specialised 16-row tile (path "ws16"): its producer's warps (0: 4; 8: prepared)
 
@@ -483,7 +484,7 @@ class GluonConfig:
                              f"{self.mode!r}")
         if self.early not in (0, 1, 2, 3):
             raise ValueError(f"GluonConfig.early must be 0, 1, 2 or 3, got {self.early!r}")
-        for name in ("fine", "max_first", "opaque_views", "q_async", "start_sync"):
+        for name in ("fine", "max_first", "opaque_views", "q_async", "start_sync", "piece_early"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GluonConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.warps not in (0, 4, 8):

@@ -265,7 +265,7 @@ if gluon is not None:
         _ss_consumer_at(WG, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
                         lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks,
                         qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS, FINE, 0,
-                        num_splits_ptr, False, False, False, False, False)
+                        num_splits_ptr, False, False, False, False, False, False)
 
     @gluon.jit
     def _ss_consumer_at(WG: gl.constexpr, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr,
@@ -274,7 +274,7 @@ if gluon is not None:
                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
                         FINE: gl.constexpr, EARLY: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
                         MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr, Q_ASYNC: gl.constexpr,
-                        START_SYNC: gl.constexpr):
+                        START_SYNC: gl.constexpr, PIECE_EARLY: gl.constexpr):
         """Consumer warpgroup WG, EARLY choosing when warpgroup 1 releases a pair's right halves after its two last
         products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (1 is the default; the others are probes, results correct):
         0 waits for both, then releases both; 1 releases B's right half as soon as its product is done; 2 issues A's
@@ -290,7 +290,9 @@ if gluon is not None:
         Q_ASYNC: each request's Q copied by cp.async, all its blocks in flight at once (_v5_load_q's ASYNC), instead
         of one load-and-store round trip per 64-column block. START_SYNC (prepared, not yet measured): arrive on START
         once the first request's schedule row and length have arrived, so that these dependent loads do not queue
-        behind every program's first page copies (the producer waits for it before its first copy).
+        behind every program's first page copies (the producer waits for it before its first copy). PIECE_EARLY
+        (prepared, not yet measured): the request's partial slot and piece count (two loads of num_splits) asked at
+        the request's start instead of after its pages, where they wait behind the copies before the store can start.
         """
         _ss_stamp(trace_ptr, 0, 21 + WG, TRACE)
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -322,6 +324,8 @@ if gluon is not None:
                     # ordered after the store (an arrive that used nothing loaded could be issued before it returns)
                     stats.index(STAT_START + WG).store((tok * 0 + s_k).to(gl.float32))
                     mbarrier.arrive(bars.index(START))
+            if PIECE_EARLY:  # where the request's output goes, asked now and used after its pages
+                part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
             if CAUSAL:
                 n_visible = s_k - s_q + 1 + tok
             else:
@@ -470,7 +474,8 @@ if gluon is not None:
             l_i += stats.index(STAT_L + 2 * (r & 1) + 1 - WG).load(s_rows)
 
             # store: final output, or an fp32 partial for the combine kernel
-            part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
+            if not PIECE_EARLY:
+                part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
             _v5_store(acc, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, o_rows, o_cols, 256 * WG, 256,
                       WG == 0)
@@ -485,7 +490,7 @@ if gluon is not None:
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
         EARLY: gl.constexpr, TRACE: gl.constexpr, MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr,
-        Q_ASYNC: gl.constexpr, START_SYNC: gl.constexpr, num_warps: gl.constexpr,
+        Q_ASYNC: gl.constexpr, START_SYNC: gl.constexpr, PIECE_EARLY: gl.constexpr, num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -521,12 +526,12 @@ if gluon is not None:
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
                                    CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE, Q_ASYNC,
-                                   START_SYNC)),
+                                   START_SYNC, PIECE_EARLY)),
                 (_ss_consumer_at, (1, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
                                    CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE, Q_ASYNC,
-                                   START_SYNC)),
+                                   START_SYNC, PIECE_EARLY)),
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
                                 max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, trace_ptr, TRACE,
                                 START_SYNC)),
@@ -544,13 +549,15 @@ TRACE_BUFFER = None
 
 def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                      part_lse, ok_flag, fine: bool = False, mode: int = 0, early: int = 1,
-                     max_first: bool = True, opaque: bool = True, q_async: bool = True, start_sync: bool = False):
+                     max_first: bool = True, opaque: bool = True, q_async: bool = True, start_sync: bool = False,
+                     piece_early: bool = False):
     """Launch the seesaw tile over the schedule `meta`; partials of split requests go to part_out/part_lse.
     fine: each 64-column box on its own mbarrier, multiplied as soon as it lands (else one barrier per half).
     mode 2: no page copies, the compute alone (results meaningless: for timing the parts, as GluonConfig.mode).
     early: when warpgroup 1 releases a pair's right halves (_ss_consumer_at's EARLY; 1, the default, B's as soon as
     its product is done; 0 both at the pair's end). max_first, opaque, q_async: _ss_consumer_at's MAX_FIRST, OPAQUE
-    and Q_ASYNC (on by default; early 0 compiles without them); start_sync: START_SYNC (prepared, off)."""
+    and Q_ASYNC (on by default; early 0 compiles without them); start_sync, piece_early: START_SYNC and PIECE_EARLY
+    (prepared, off)."""
     m_tiles = -(-dims.rows_per_kv // 64)
     # cp.async copies 16 bytes a thread: only where Triton's specialization proves each row of q 16-byte aligned
     # (its address and its three outer strides multiples of 16 elements, as for a contiguous q; else the loads)
@@ -562,6 +569,6 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], FINE=fine, MODE=mode, EARLY=early, TRACE=TRACE_BUFFER is not None,
-        MAX_FIRST=max_first, OPAQUE=opaque, Q_ASYNC=q_async, START_SYNC=start_sync and early != 0, num_warps=4,
-        maxnreg=WS_REGS,
+        MAX_FIRST=max_first, OPAQUE=opaque, Q_ASYNC=q_async, START_SYNC=start_sync and early != 0,
+        PIECE_EARLY=piece_early, num_warps=4, maxnreg=WS_REGS,
     )
