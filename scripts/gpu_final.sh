@@ -28,7 +28,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/nvidia_smi.txt"
 git rev-parse HEAD >> "$OUT/nvidia_smi.txt" 2>/dev/null || true
 has check && step check 300 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw_probe.py --out "$OUT/check.json" \
-  --check-only --check-variants "${CHECK_VARIANTS-mf,nomf,hoist}"
+  --check-only --check-variants "${CHECK_VARIANTS-nomf,hoist,syncq,start,piece,start_piece}"
 if has check && { ! grep -q "^PASS" "$OUT/check.log" || grep -q "^FAIL" "$OUT/check.log"; }; then
   echo "=== the seesaw check failed: the other steps are skipped"; STEPS=""
 fi

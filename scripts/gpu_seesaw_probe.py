@@ -129,6 +129,9 @@ def main() -> int:
     ap.add_argument("--check-only", action="store_true")
     ap.add_argument("--check-variants", default=",".join(VARIANTS), help="VARIANTS checked after the default")
     args = ap.parse_args()
+    unknown = [n for n in args.check_variants.split(",") if n and n not in VARIANTS]
+    if unknown:
+        ap.error(f"--check-variants: unknown {unknown}; VARIANTS are {sorted(VARIANTS)}")
     result = {"device_info": device_info(), "date": time.strftime("%Y-%m-%d")}
     if not args.skip_check:
         try:
