@@ -147,6 +147,9 @@ def main() -> int:
     ap.add_argument("--modes", default="0,2")
     ap.add_argument("--configs", default="base", help=f"comma-separated, of {sorted(CONFIGS)}")
     args = ap.parse_args()
+    unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
+    if unknown:
+        ap.error(f"--configs: unknown {unknown}; CONFIGS are {sorted(CONFIGS)}")
     rows = []
     clock = sm_clock_mhz()
     print(f"SM clock now: {clock} MHz", flush=True)
