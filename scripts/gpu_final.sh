@@ -45,7 +45,7 @@ has plans && step plan_tests ${PLAN_LIMIT:-300} env PYTHONPATH=src:tests $PY -m 
   -k "plan or graph or (matrix and v5) or (matrix and reg) or api"
 has plans && step host_plans 150 env PYTHONPATH=src $PY scripts/gpu_host_profile.py --plans
 has trace && step trace 300 env PYTHONPATH=src $PY scripts/gpu_seesaw_trace.py --out "$OUT/trace.json" \
-  --configs ${TRACE_CONFIGS:-base,mf} --modes ${TRACE_MODES:-0,2} --shapes ${TRACE_SHAPES:-64:4096,128:4096,64:1024}
+  --configs ${TRACE_CONFIGS:-base,start,piece} --modes ${TRACE_MODES:-0} --shapes ${TRACE_SHAPES:-64:4096,128:4096,64:1024}
 has kernels && step kernels 200 env PYTHONPATH=$PEERS:src $PY -m mla_tutorial bench --kernel --shapes targets,ablation \
   --out "$OUT/kernels.json"
 has fp8 && step fp8 120 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma --parts \
