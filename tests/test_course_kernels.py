@@ -65,6 +65,23 @@ def test_host_time_rows_match_docs_kernel_md():
         R.host_plan_rows(run="call 9")
 
 
+def test_seesaw_pair_phases_match_docs_kernel_md():
+    """The traced pair (kernel.md §14): the tile's pair shorter than with its descriptors spilled (7,616 against 9,590
+    cycles as medians; one steady pair of program 0 here), each lane's phases in order, the producer's asks instants."""
+    phases, periods = R.seesaw_pair_phases()
+    assert set(periods) == {"tile", "hoist"} and 7_000 < periods["tile"] < 8_000 < 9_000 < periods["hoist"] < 10_000
+    for config in periods:
+        for lane in ("warpgroup 0", "warpgroup 1"):
+            own = [p for p in phases if p.config == config and p.lane == lane]
+            assert all(a.end == b.start for a, b in zip(own, own[1:], strict=False))
+            assert all(p.start < p.end for p in own)
+        asks = [p for p in phases if p.config == config and p.lane == "producer"]
+        assert [p.label for p in asks] == ["A left", "B right", "A right", "B left"]
+        assert all(p.start == p.end for p in asks)
+    with pytest.raises(ValueError, match="not a seesaw trace"):
+        R.seesaw_pair_phases({"name": "x.json", "device": {}})
+
+
 def test_ablation_steps_pay_where_the_docs_say():
     steps = R.ablation_steps()
     assert [s.idea for s in steps if s.pays] == ["head tiling", "split-KV", "split-KV", "balanced schedule",
@@ -467,5 +484,5 @@ def test_drawings_return_figures():
                D.fp8_speed_bars(R.fp8_speed_rows(), {(16, "fixed"): 0.107}),
                D.fp8_tile_parts(R.fp8_speed_rows(parts=True), R.fp8_targets()),
                D.fp8_page_work_split(R.fp8_page_work_rows()),
-               D.host_time_bars(R.host_plan_rows())]
+               D.host_time_bars(R.host_plan_rows()), D.seesaw_pair_timeline(*R.seesaw_pair_phases())]
     assert all(isinstance(f, Figure) for f in figures)

@@ -13,7 +13,17 @@ from dataclasses import replace
 from typing import Any
 
 from .kernels import HeadTiles, Piece, fp8_fields
-from .results import IMPL_LABELS, AblationStep, Capacity, Ceilings, DecodeRow, Fp8SpeedRow, HostPlanRow, KernelRun
+from .results import (
+    IMPL_LABELS,
+    AblationStep,
+    Capacity,
+    Ceilings,
+    DecodeRow,
+    Fp8SpeedRow,
+    HostPlanRow,
+    KernelRun,
+    PairPhase,
+)
 
 TOKEN_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52"]
 WG_COLORS = ["#4C72B0", "#DD8452"]  # warpgroup 0, warpgroup 1
@@ -669,7 +679,52 @@ def host_time_bars(rows: Sequence[HostPlanRow]) -> Any:
     return _done(fig)
 
 
+#: the seesaw pair's phases, by kind: (color, hatch)
+PHASE_STYLE = {"waits for pages": ("#bbbbbb", None), "scores": ("#4C72B0", None), "softmax": ("#DD8452", None),
+               "products": ("#55A868", None), "waits for the other warpgroup": ("#e8e8e8", "//")}
+
+
+def seesaw_pair_timeline(phases: Sequence[PairPhase], periods: dict[str, int]) -> Any:
+    """One page pair of the seesaw tile per traced config, one lane per partition, from the tile's own cycle stamps
+    (results.seesaw_pair_phases): what each warpgroup does when, and when the producer asks for the next pair's half
+    pages (triangles). The dashed line is where warpgroup 0 starts the next pair. Boxes marked ¹: the scores' first
+    half, issued while the second half's copy is still awaited (so they include that wait)."""
+    plt = _plt()
+    configs = [c for c in ("hoist", "tile") if c in periods] + [c for c in periods if c not in ("hoist", "tile")]
+    lanes = ["warpgroup 0", "warpgroup 1", "producer"]
+    end = max(max(p.end for p in phases), max(periods.values())) * 1.05
+    fig, axes = plt.subplots(len(configs), 1, figsize=(10, 1.7 * len(configs) + 0.8), sharex=True, squeeze=False)
+    titles = {"hoist": "descriptors spilled and reloaded (before)", "tile": "descriptors rebuilt where used (now)"}
+    for ax, config in zip(axes[:, 0], configs, strict=True):
+        for p in (p for p in phases if p.config == config):
+            y = len(lanes) - 1 - lanes.index(p.lane)
+            if p.kind == "asks":
+                ax.plot([p.start], [y + 0.5], marker="v", color="black", markersize=6)
+                ax.text(p.start, y + 0.8, p.label, ha="center", va="bottom", fontsize=7)
+                continue
+            color, hatch = PHASE_STYLE[p.kind]
+            wide = p.end - p.start > 0.06 * end
+            _box(ax, p.start, y + 0.1, p.end - p.start, 0.8, color, p.label if wide else None, hatch=hatch,
+                 fontsize=7, textcolor="black" if p.kind.startswith("waits") else "white")
+        ax.axvline(periods[config], color="black", linestyle="--", linewidth=1)
+        ax.text(periods[config], len(lanes) + 0.05, f" next pair: {periods[config]:,} cycles", fontsize=8,
+                va="bottom")
+        ax.set_yticks([len(lanes) - 1 - i + 0.5 for i in range(len(lanes))], lanes, fontsize=8)
+        ax.set_ylim(0, len(lanes) + 0.6)
+        ax.set_title(titles.get(config, config), fontsize=9, loc="left")
+    axes[-1, 0].set_xlim(0, end)
+    axes[-1, 0].set_xlabel("SM cycles from warpgroup 0's start of the pair")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=c, hatch=h, edgecolor="black", label=k) for k, (c, h) in PHASE_STYLE.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle("The seesaw tile, one page pair at h_q 64, s_k 4k, b 128 (its own %clock64 stamps)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    plt.close(fig)
+    return fig
+
+
 __all__ = ["ablation_chart", "capacity_and_cost", "combine_weights", "fp8_page_work_split", "fp8_row",
            "fp8_speed_bars", "fp8_tile_parts",
-           "head_tile", "host_time_bars", "kernel_roofline", "latency_panels", "schedule_timeline", "stage_roofline",
-           "warpgroup_split"]
+           "head_tile", "host_time_bars", "kernel_roofline", "latency_panels", "schedule_timeline",
+           "seesaw_pair_timeline", "stage_roofline", "warpgroup_split"]

@@ -32,6 +32,9 @@ KERNELS_V5_PLANS = "kernels_v5_plans_h200_2026-12-02.json"  # the same with call
 #: the same after the twelfth session's seesaw changes (no spilled descriptors, m_A first, Q by cp.async): the newest
 KERNELS_V5_QASYNC = "kernels_v5_qasync_h200_2026-12-02.json"
 HOST_PLANS = "host_time_plans_h200_2026-12-02.json"  # host time of a v5 call, planned against the full path
+#: the seesaw tile's cycle stamps at h_q 64, s_k 4k, b 128: the tile and `hoist` (its descriptors spilled, as before
+#: the twelfth session), in docs/results/probes (scripts/gpu_seesaw_trace.py)
+SEESAW_TRACE = "seesaw_trace_opaque_h200_2026-12-02.json"
 KERNELS_V4_H100 = "kernels_h100_2026-11-27.json"  # v1–v4 on FlashMLA's shape grid, H100
 KERNELS_V4_H200 = "kernels_h200_2026-11-27.json"  # the same on an H200
 DECODE_TOUR = "decode_tour_deepseek-v3_h200_2026-12-01.json"  # stages 0–4, b 64, S 4k/16k, 128 and 16 heads
@@ -610,6 +613,66 @@ def host_plan_rows(source: str | Path | dict = HOST_PLANS, run: str | None = "ca
     return rows
 
 
+@dataclass(frozen=True)
+class PairPhase:
+    """One stretch of one page pair of the seesaw tile, from its cycle stamps (v5_seesaw's TRACE): cycles counted from
+    warpgroup 0's start of the pair. The producer's rows are instants (start == end): when it asked for a half page
+    of the next pair."""
+
+    config: str  # "hoist" (the descriptors spilled: before the twelfth session) or "tile" (as it runs now)
+    lane: str  # "warpgroup 0", "warpgroup 1" or "producer"
+    kind: str  # "waits for pages", "scores", "softmax", "products", "waits for the other warpgroup", "asks"
+    label: str
+    start: int
+    end: int
+
+
+#: (lane, kind, label, from event, to event) of a pair (events: scripts/gpu_seesaw_trace.py's EVENTS)
+_PAIR_PHASES = (
+    ("warpgroup 0", "waits for pages", "A left", 0, 6), ("warpgroup 0", "scores", "S_A ¹", 6, 7),
+    ("warpgroup 0", "scores", "S_A", 7, 1), ("warpgroup 0", "softmax", "softmax A", 1, 2),
+    ("warpgroup 0", "products", "P_A·V_A", 2, 3), ("warpgroup 0", "waits for the other warpgroup", "P_B", 3, 4),
+    ("warpgroup 0", "products", "P_B·V_B", 4, 5),
+    ("warpgroup 1", "waits for pages", "B right", 8, 13), ("warpgroup 1", "scores", "S_B ¹", 13, 14),
+    ("warpgroup 1", "scores", "S_B", 14, 9), ("warpgroup 1", "waits for the other warpgroup", "m_A", 9, 10),
+    ("warpgroup 1", "softmax", "softmax B", 10, 11), ("warpgroup 1", "products", "P·V", 11, 12),
+)
+#: the producer's stamps when it asked for the next pair's halves
+_NEXT_PAIR_ASKS = ((17, "A left"), (18, "B right"), (19, "A right"), (20, "B left"))
+
+
+def seesaw_pair_phases(source: str | Path | dict = SEESAW_TRACE, program: int = 0) -> tuple[list[PairPhase],
+                                                                                               dict[str, int]]:
+    """(phases, period per config) of one steady-state page pair of each traced config (the pair of `program` whose
+    period is the median of its pairs 4-27 without a request edge): what each warpgroup does when, and when the
+    producer asks for the next pair's pages. ¹ marks the scores' first half, which runs while the second half's
+    copy is still awaited."""
+    data = load(source, results_dir() / "probes") if isinstance(source, (str, Path)) else load(source)
+    name = _name(source)
+    _need(data, ("rows",), name, "a seesaw trace (scripts/gpu_seesaw_trace.py)")
+    phases, periods = [], {}
+    for row in data["rows"]:
+        if "raw_first_programs" not in row or row.get("mode", 0) != 0:
+            continue
+        stamps = row["raw_first_programs"][program]
+        config = "hoist" if row["config"] == "hoist" else "tile" if row["config"] == "base" else row["config"]
+        steady = [p for p in range(4, 28) if all(stamps[q][0] and not stamps[q][24] for q in (p, p + 1))]
+        if not steady:
+            raise ValueError(f"{name}: no steady-state pair in program {program} of config {row['config']!r}")
+        by_period = sorted(steady, key=lambda p: stamps[p + 1][0] - stamps[p][0])
+        pair = by_period[len(by_period) // 2]
+        t0 = stamps[pair][0]
+        periods[config] = stamps[pair + 1][0] - t0
+        for lane, kind, label, a, b in _PAIR_PHASES:
+            phases.append(PairPhase(config, lane, kind, label, stamps[pair][a] - t0, stamps[pair][b] - t0))
+        for event, label in _NEXT_PAIR_ASKS:
+            t = stamps[pair + 1][event] - t0
+            phases.append(PairPhase(config, "producer", "asks", label, t, t))
+    if not periods:
+        raise ValueError(f"{name}: no traced config with copies (mode 0) and raw stamps")
+    return phases, periods
+
+
 def fp8_row_errors(source: str | Path | dict = FP8_ACCURACY) -> list[Fp8RowError]:
     data, name = load(source), _name(source)
     _need(data, ("rows",), name, "an FP8 accuracy file")
@@ -714,7 +777,7 @@ __all__ = [
     "ABLATION", "CAPACITY", "DECODE_BENCH_V4", "DECODE_BENCH_V5", "DECODE_COVERAGE", "DECODE_PROFILE", "DECODE_TOUR",
     "FP8_ACCURACY", "FP8_BENCH", "FP8_SCHEMES", "FP8_SPLIT", "IMPL_LABELS", "KERNELS_V4_H100", "KERNELS_V4_H200",
     "HOST_PLANS", "KERNELS_V5", "KERNELS_V5_PLANS", "KERNELS_V5_QASYNC", "KERNELS_V5_SEESAW",
-    "ROOFLINE", "HostPlanRow", "host_plan_rows",
+    "ROOFLINE", "HostPlanRow", "host_plan_rows", "SEESAW_TRACE", "PairPhase", "seesaw_pair_phases",
     "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",
     "Fp8DecoderRow", "Fp8RowError", "Fp8SpeedRow", "KernelRow", "KernelRun", "ResultsMissing", "ablation_steps",
     "capacity_rows", "ceilings", "decode_rows", "decode_skipped", "fp8_attention_errors", "fp8_correctness",
