@@ -50,3 +50,20 @@ def test_trace_summary_reads_the_stamps():
     assert period["median"] == 5000 and period["n"] == 3 * (40 - 2 - 1 - 1)  # skip 2, the last, the edge at 20
     assert s["wg0 wait A left"]["median"] == 600  # event 6 - event 0
     assert s["wg0 entry to request start"]["median"] == 390 and s["wg0 request start to Q ready"]["median"] == 500
+
+
+@pytest.mark.parametrize("buffer", [torch.zeros(10, dtype=torch.int64), torch.zeros(4 * 48 * 32, dtype=torch.int32),
+                                    torch.zeros(4 * 48 * 64, dtype=torch.int64)[::2]])
+def test_trace_buffer_is_checked_before_any_launch(buffer, monkeypatch):
+    """The TRACE probe's buffer (too small, not int64, not contiguous) is refused before the kernel could write past
+    it; the check comes before anything is launched, so it runs on the CPU too."""
+    from types import SimpleNamespace
+
+    from mla_tutorial.kernels import v5_seesaw
+
+    monkeypatch.setattr(v5_seesaw, "TRACE_BUFFER", buffer)
+    dims = SimpleNamespace(rows_per_kv=64)
+    meta = torch.zeros(4, 8, dtype=torch.int32)
+    q = torch.zeros(1, 1, 64, 576, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="TRACE_BUFFER must be a contiguous int64 tensor"):
+        v5_seesaw.launch_v5_seesaw(q, None, None, None, dims, False, meta, None, None, None, None, None, None)

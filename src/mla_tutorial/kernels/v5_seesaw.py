@@ -43,6 +43,7 @@
 
 from __future__ import annotations
 
+import torch
 import triton.language as tl
 
 from .common import LOG2E
@@ -559,6 +560,13 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
     and Q_ASYNC (on by default; early 0 compiles without them); start_sync, piece_early: START_SYNC and PIECE_EARLY
     (prepared, off)."""
     m_tiles = -(-dims.rows_per_kv // 64)
+    if TRACE_BUFFER is not None:  # the probe's buffer: refused before the kernel could write past it
+        need = meta.shape[0] * m_tiles * int(TRACE_PAIRS) * int(TRACE_EVENTS)
+        buf = TRACE_BUFFER
+        if buf.dtype != torch.int64 or buf.device != q.device or not buf.is_contiguous() or buf.numel() < need:
+            raise ValueError(f"v5_seesaw.TRACE_BUFFER must be a contiguous int64 tensor on {q.device} of at least "
+                             f"{need} elements ([programs, TRACE_PAIRS, TRACE_EVENTS]), got {buf.dtype} on "
+                             f"{buf.device} with {buf.numel()}")
     # cp.async copies 16 bytes a thread: only where Triton's specialization proves each row of q 16-byte aligned
     # (its address and its three outer strides multiples of 16 elements, as for a contiguous q; else the loads)
     q_async = q_async and not q.data_ptr() & 15 and all(st % 16 == 0 for st in q.stride()[:3])
