@@ -48,7 +48,7 @@ from .v5_fp8_tma import launch_v5_fp8_tma
 from .v5_fp8_ws import launch_v5_fp8_ws
 from .v5_fp8_ws16 import PRODUCER_WARPS, launch_v5_fp8_ws16
 from .v5_gluon import BLOCK_M as GLUON_BLOCK_M
-from .v5_gluon import DEFAULT_GLUON_CONFIG, GluonConfig, gluon_unavailable, launch_v5_gluon
+from .v5_gluon import GluonConfig, gluon_unavailable, launch_v5_gluon
 from .v5_m16 import launch_v5_m16
 from .v5_seesaw import launch_v5_seesaw
 from .v5_small import launch_v5_small, small_tile_config
@@ -224,13 +224,7 @@ def _launch_tile(path, q, k_cache, block_table, cache_seqlens, dims, causal, met
                          part_lse, flag, mode=mode)
     elif path == "seesaw":
         launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
-                         part_out, part_lse, flag, fine=bool(getattr(config, "fine", False)), mode=mode,
-                         early=int(getattr(config, "early", DEFAULT_GLUON_CONFIG.early)),
-                         max_first=bool(getattr(config, "max_first", DEFAULT_GLUON_CONFIG.max_first)),
-                         opaque=bool(getattr(config, "opaque_views", DEFAULT_GLUON_CONFIG.opaque_views)),
-                         q_async=bool(getattr(config, "q_async", DEFAULT_GLUON_CONFIG.q_async)),
-                         start_sync=bool(getattr(config, "start_sync", DEFAULT_GLUON_CONFIG.start_sync)),
-                         piece_early=bool(getattr(config, "piece_early", DEFAULT_GLUON_CONFIG.piece_early)))
+                         part_out, part_lse, flag, config if isinstance(config, GluonConfig) else None)
     elif path == "gluon" and is_fp8:
         launch_v5_fp8_gluon(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                             part_out, part_lse, flag)

@@ -49,6 +49,8 @@ import triton.language as tl
 from .common import LOG2E
 from .launch import FastLauncher
 from .v5_gluon import (
+    DEFAULT_GLUON_CONFIG,
+    GluonConfig,
     _k_descriptor,
     _v5_flag_stale,
     _v5_load_q,
@@ -508,7 +510,7 @@ if gluon is not None:
             mbarrier.init(bars.index(i), count=2 if (i == Q_READY or i == Q_EMPTY or i == L_READY or i == START) else 1)
         fence_async_shared()
 
-        if EARLY == 0:  # the tile
+        if EARLY == 0:  # the first release order, kept as a probe, launched as it was first measured:
             # (a tuple assigned to a variable reaches the partitions with its constexprs, here CAUSAL, META_COLS and
             # FINE, turned into run-time scalars: both sides of their branches are compiled, as measured)
             consumer_args = (q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
@@ -521,7 +523,8 @@ if gluon is not None:
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
                                 max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, ok_ptr, False, False)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
-        else:  # the EARLY probes: the consumers' arguments as literals, so that every constexpr stays one
+        else:  # the tile (EARLY 1) and the other EARLY probes: the consumers' arguments as literals, so that every
+            # constexpr stays one
             gl.warp_specialize([
                 (_ss_consumer_at, (0, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
@@ -549,16 +552,15 @@ TRACE_BUFFER = None
 
 
 def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                     part_lse, ok_flag, fine: bool = False, mode: int = 0, early: int = 1,
-                     max_first: bool = True, opaque: bool = True, q_async: bool = True, start_sync: bool = False,
-                     piece_early: bool = False):
-    """Launch the seesaw tile over the schedule `meta`; partials of split requests go to part_out/part_lse.
-    fine: each 64-column box on its own mbarrier, multiplied as soon as it lands (else one barrier per half).
-    mode 2: no page copies, the compute alone (results meaningless: for timing the parts, as GluonConfig.mode).
-    early: when warpgroup 1 releases a pair's right halves (_ss_consumer_at's EARLY; 1, the default, B's as soon as
-    its product is done; 0 both at the pair's end). max_first, opaque, q_async: _ss_consumer_at's MAX_FIRST, OPAQUE
-    and Q_ASYNC (on by default; early 0 compiles without them); start_sync, piece_early: START_SYNC and PIECE_EARLY
-    (prepared, off)."""
+                     part_lse, ok_flag, config: GluonConfig | None = None):
+    """Launch the seesaw tile over the schedule `meta`; partials of split requests go to part_out/part_lse. The
+    tile's switches come from `config` (GluonConfig, its defaults where None): fine, each 64-column box on its own
+    mbarrier, multiplied as soon as it lands (else one barrier per half); mode 2, no page copies, the compute alone
+    (results meaningless: for timing the parts); early, when warpgroup 1 releases a pair's right halves
+    (_ss_consumer_at's EARLY; 1, the default, B's as soon as its product is done; 0 both at the pair's end);
+    max_first, opaque_views, q_async: _ss_consumer_at's MAX_FIRST, OPAQUE and Q_ASYNC (on by default; early 0
+    compiles without them); start_sync, piece_early: START_SYNC and PIECE_EARLY (prepared, off)."""
+    cfg = config or DEFAULT_GLUON_CONFIG
     m_tiles = -(-dims.rows_per_kv // 64)
     if TRACE_BUFFER is not None:  # the probe's buffer: refused before the kernel could write past it
         need = meta.shape[0] * m_tiles * int(TRACE_PAIRS) * int(TRACE_EVENTS)
@@ -569,14 +571,14 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
                              f"{buf.device} with {buf.numel()}")
     # cp.async copies 16 bytes a thread: only where Triton's specialization proves each row of q 16-byte aligned
     # (its address and its three outer strides multiples of 16 elements, as for a contiguous q; else the loads)
-    q_async = q_async and not q.data_ptr() & 15 and all(st % 16 == 0 for st in q.stride()[:3])
+    q_async = cfg.q_async and not q.data_ptr() & 15 and all(st % 16 == 0 for st in q.stride()[:3])
     _LAUNCH(
         (meta.shape[0], m_tiles),
         q, _k_descriptor(k_cache, 64), block_table, cache_seqlens, out, lse, part_out, part_lse,
         meta, num_splits, ok_flag, ok_flag if TRACE_BUFFER is None else TRACE_BUFFER,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
-        CAUSAL=causal, META_COLS=meta.shape[1], FINE=fine, MODE=mode, EARLY=early, TRACE=TRACE_BUFFER is not None,
-        MAX_FIRST=max_first, OPAQUE=opaque, Q_ASYNC=q_async, START_SYNC=start_sync and early != 0,
-        PIECE_EARLY=piece_early, num_warps=4, maxnreg=WS_REGS,
+        CAUSAL=causal, META_COLS=meta.shape[1], FINE=cfg.fine, MODE=cfg.mode, EARLY=cfg.early,
+        TRACE=TRACE_BUFFER is not None, MAX_FIRST=cfg.max_first, OPAQUE=cfg.opaque_views, Q_ASYNC=q_async,
+        START_SYNC=cfg.start_sync and cfg.early != 0, PIECE_EARLY=cfg.piece_early, num_warps=4, maxnreg=WS_REGS,
     )
