@@ -20,7 +20,7 @@ import torch
 from mla_tutorial.kernels import mla_decode_v5
 from mla_tutorial.kernels.schedule import get_mla_metadata
 from mla_tutorial.kernels.v5_gluon import GluonConfig
-from mla_tutorial.measure.kernel_bench import _flash_mla, bench_ms, graph_ms, shape_inputs
+from mla_tutorial.measure.kernel_bench import _flash_mla, bench_ms, cos_diff, graph_ms, shape_bytes, shape_inputs
 from mla_tutorial.measure.roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
 from mla_tutorial.testing import make_paged_inputs, normal_lengths
 
@@ -100,15 +100,14 @@ def timing(roof: dict) -> list[dict]:
                 row["impl"][name] = {"ms": bench_ms(fn), "graph_ms": graph_ms(fn)}
             except Exception as e:
                 row["impl"][name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-        nbytes = b * (s_q * h_q * 576 * 2 + mean_sk * 576 * 2 + s_q * h_q * 512 * 2)
+        nbytes = shape_bytes(b, h_q, s_q, mean_sk)
         flops = 2 * b * h_q * s_q * mean_sk * 1088
         for e in row["impl"].values():
             if "ms" in e:
                 e["roofline_fraction"] = max(nbytes / e["ms"] / 1e6 / roof["copy_gbps"],
                                              flops / e["ms"] / 1e9 / roof["matmul_tflops"])
         if "flashmla" in outs and "seesaw" in outs:
-            x, y = outs["seesaw"].float(), outs["flashmla"].float()
-            row["seesaw_vs_flashmla_cos_diff"] = float(1 - 2 * (x * y).sum() / (x * x + y * y).sum())
+            row["seesaw_vs_flashmla_cos_diff"] = cos_diff(outs["seesaw"], outs["flashmla"])
         fmt = " ".join(f"{n} {e['ms']:.4f}/{e['graph_ms']:.4f}" if "ms" in e else f"{n} ERR"
                        for n, e in row["impl"].items())
         if "ms" in row["impl"].get("flashmla", {}):

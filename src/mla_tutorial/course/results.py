@@ -647,7 +647,7 @@ def seesaw_pair_phases(source: str | Path | dict = SEESAW_TRACE, program: int = 
     period is the median of its pairs 4-27 without a request edge): what each warpgroup does when, and when the
     producer asks for the next pair's pages. ¹ marks the scores' first half, which runs while the second half's
     copy is still awaited."""
-    data = load(source, results_dir() / "probes") if isinstance(source, (str, Path)) else load(source)
+    data = load(source, results_dir() / "probes")  # (a probe file: docs/results/probes)
     name = _name(source)
     _need(data, ("rows",), name, "a seesaw trace (scripts/gpu_seesaw_trace.py)")
     phases, periods = [], {}
