@@ -62,6 +62,7 @@ from .v5_gluon import (
     _v5_probs,
     _v5_softmax,
     _v5_store,
+    async_copy,
     fence_async_shared,
     gl,
     gluon,
@@ -80,12 +81,10 @@ P_A_READY, P_B_READY = tl.constexpr(10), tl.constexpr(11)  # a pair's P_A (and m
 L_READY = tl.constexpr(12)  # both warpgroups' row sums of a request are in shared memory
 CHUNK_READY = tl.constexpr(13)  # FINE: box c of slot s landed, at CHUNK_READY + 9·s + c (instead of READY*)
 M_A_READY = tl.constexpr(31)  # MAX_FIRST: a pair's m_A is in shared memory (before P_A is)
-START = tl.constexpr(32)  # START_SYNC: both warpgroups hold their first request's schedule row and length (once)
-N_BARS = tl.constexpr(32)  # (+1 with START_SYNC)
+N_BARS = tl.constexpr(32)
 # row statistics in shared memory (64 floats each): m_A, m_B, then the row sums at STAT_L + 2·(request parity) + WG
 STAT_M_A, STAT_M_B, STAT_L = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
-STAT_START = tl.constexpr(6)  # START_SYNC: each warpgroup's first length (written only to order its arrive)
-N_STATS = tl.constexpr(6)  # (+2 with START_SYNC)
+N_STATS = tl.constexpr(6)
 # the TRACE probe's buffer: int64 [programs, TRACE_PAIRS, TRACE_EVENTS] (events: scripts/gpu_seesaw_trace.py)
 TRACE_PAIRS, TRACE_EVENTS = tl.constexpr(48), tl.constexpr(32)
 
@@ -158,9 +157,8 @@ if gluon is not None:
     @gluon.jit
     def _ss_producer(k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks, max_blocks,
                      k_smem, kr_smem, bars, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
-                     trace_ptr, TRACE: gl.constexpr, START_SYNC: gl.constexpr):
-        """The producer warp: every copy into shared memory, in the order the consumers release the buffers.
-        START_SYNC: its first copy waits until both consumers hold their first request's schedule row and length."""
+                     trace_ptr, TRACE: gl.constexpr):
+        """The producer warp: every copy into shared memory, in the order the consumers release the buffers."""
         _ss_stamp(trace_ptr, 0, 23, TRACE)
         begin_req, begin_block, end_req, end_block, _ = _v5_part(meta_ptr, META_COLS)
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
@@ -174,9 +172,6 @@ if gluon is not None:
                            next_block, max_blocks)
 
             bt_row = block_table_ptr + req.to(gl.int64) * stride_btb
-            if START_SYNC:
-                if req == begin_req:  # (START completes once: its phase 0)
-                    mbarrier.wait(bars.index(START), 0)
             for a in range(lo, hi, 2):  # page pairs (a, a + 1); the last may be a single page
                 has_b = a + 1 < hi
                 row_a = _ss_row(bt_row, a, num_blocks, ok_ptr)
@@ -268,7 +263,7 @@ if gluon is not None:
         _ss_consumer_at(WG, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
                         lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks,
                         qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS, FINE, 0,
-                        num_splits_ptr, False, False, False, False, False, False)
+                        num_splits_ptr, False, False, False, False, False)
 
     @gluon.jit
     def _ss_consumer_at(WG: gl.constexpr, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr,
@@ -277,7 +272,7 @@ if gluon is not None:
                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
                         FINE: gl.constexpr, EARLY: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
                         MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr, Q_ASYNC: gl.constexpr,
-                        START_SYNC: gl.constexpr, PIECE_EARLY: gl.constexpr):
+                        Q_AHEAD: gl.constexpr):
         """Consumer warpgroup WG, EARLY choosing when warpgroup 1 releases a pair's right halves after its two last
         products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (1 is the default; the others are probes, results correct):
         0 waits for both, then releases both; 1 releases B's right half as soon as its product is done; 2 issues A's
@@ -291,11 +286,10 @@ if gluon is not None:
         loops and spilled (it reloaded ~20 spilled descriptors from local memory before every S_A, behind the page
         copies' traffic; sm_90a spills 328 → 168 bytes a thread, none left in either consumer's pair loop).
         Q_ASYNC: each request's Q copied by cp.async, all its blocks in flight at once (_v5_load_q's ASYNC), instead
-        of one load-and-store round trip per 64-column block. START_SYNC (prepared, not yet measured): arrive on START
-        once the first request's schedule row and length have arrived, so that these dependent loads do not queue
-        behind every program's first page copies (the producer waits for it before its first copy). PIECE_EARLY
-        (prepared, not yet measured): the request's partial slot and piece count (two loads of num_splits) asked at
-        the request's start instead of after its pages, where they wait behind the copies before the store can start.
+        of one load-and-store round trip per 64-column block. Q_AHEAD (with Q_ASYNC; prepared, not yet measured): the
+        next request's Q copies issued as soon as both warpgroups are done with this one's (Q_EMPTY), before this
+        request's row sums are exchanged and its output stored, so that they land during the store instead of after
+        it (the trace's "stored to next Q ready", ~6,000 cycles at each request boundary).
         """
         _ss_stamp(trace_ptr, 0, 21 + WG, TRACE)
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -321,14 +315,6 @@ if gluon is not None:
         n1 = 0
         for req in range(begin_req, end_req + 1):
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
-            if START_SYNC:
-                if req == begin_req:
-                    # the length itself stored first: the store waits for the load, and the arrive (a release) is
-                    # ordered after the store (an arrive that used nothing loaded could be issued before it returns)
-                    stats.index(STAT_START + WG).store((tok * 0 + s_k).to(gl.float32))
-                    mbarrier.arrive(bars.index(START))
-            if PIECE_EARLY:  # where the request's output goes, asked now and used after its pages
-                part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
             if CAUSAL:
                 n_visible = s_k - s_q + 1 + tok
             else:
@@ -339,9 +325,15 @@ if gluon is not None:
             # Q: each warpgroup copies half of its columns, once both are done with the previous request's
             r = req - begin_req
             _ss_stamp(trace_ptr, n0, 24 + 4 * WG, TRACE)
-            mbarrier.wait(bars.index(Q_EMPTY), (r & 1) ^ 1)  # a fresh barrier counts as released
-            _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
-                       rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4, ASYNC=Q_ASYNC)
+            if Q_AHEAD:  # issued at the previous request's end (the first request's here), waited for here
+                if req == begin_req:
+                    _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
+                               rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4, ASYNC=True, WAIT=False)
+                async_copy.wait_group(0)
+            else:
+                mbarrier.wait(bars.index(Q_EMPTY), (r & 1) ^ 1)  # a fresh barrier counts as released
+                _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
+                           rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4, ASYNC=Q_ASYNC)
             _ss_publish(bars.index(Q_READY))
             mbarrier.wait(bars.index(Q_READY), r & 1)
             _ss_stamp(trace_ptr, n0, 25 + 4 * WG, TRACE)
@@ -468,6 +460,11 @@ if gluon is not None:
                     _ss_stamp(trace_ptr, n0, 12, TRACE)
                 n0 += 1
             mbarrier.arrive(bars.index(Q_EMPTY))
+            if Q_AHEAD:
+                if req < end_req:  # the next request's Q, in flight while this one's output is stored
+                    mbarrier.wait(bars.index(Q_EMPTY), r & 1)  # (the other warpgroup is done with this one's)
+                    _v5_load_q(q_ptr, q_smem, qr_smem, req + 1, m_start, stride_qb, stride_qs, stride_qh,
+                               heads_per_kv, rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4, ASYNC=True, WAIT=False)
             _ss_stamp(trace_ptr, n0, 26 + 4 * WG, TRACE)
 
             # the row sum is split between the warpgroups (each summed the P it computed): exchange it
@@ -477,8 +474,7 @@ if gluon is not None:
             l_i += stats.index(STAT_L + 2 * (r & 1) + 1 - WG).load(s_rows)
 
             # store: final output, or an fp32 partial for the combine kernel
-            if not PIECE_EARLY:
-                part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
+            part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
             _v5_store(acc, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, o_rows, o_cols, 256 * WG, 256,
                       WG == 0)
@@ -493,7 +489,7 @@ if gluon is not None:
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
         EARLY: gl.constexpr, TRACE: gl.constexpr, MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr,
-        Q_ASYNC: gl.constexpr, START_SYNC: gl.constexpr, PIECE_EARLY: gl.constexpr, num_warps: gl.constexpr,
+        Q_ASYNC: gl.constexpr, Q_AHEAD: gl.constexpr, num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -502,12 +498,12 @@ if gluon is not None:
         qr_smem = gl.allocate_shared_memory(dtype, [64, 64], smem_layout)
         k_smem = gl.allocate_shared_memory(dtype, [2, 64, 512], smem_layout)  # page slots: c_kv rows (K, V)
         kr_smem = gl.allocate_shared_memory(dtype, [2, 64, 64], smem_layout)  # k_rope rows, then P
-        stats = gl.allocate_shared_memory(gl.float32, [N_STATS + 2 * START_SYNC, 64],
+        stats = gl.allocate_shared_memory(gl.float32, [N_STATS, 64],
                                           gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0]))
-        bars = gl.allocate_shared_memory(gl.int64, [N_BARS + START_SYNC, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(N_BARS + START_SYNC):
+        bars = gl.allocate_shared_memory(gl.int64, [N_BARS, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(N_BARS):
             # the consumers' signals are arrived on by both warpgroups where both take part
-            mbarrier.init(bars.index(i), count=2 if (i == Q_READY or i == Q_EMPTY or i == L_READY or i == START) else 1)
+            mbarrier.init(bars.index(i), count=2 if (i == Q_READY or i == Q_EMPTY or i == L_READY) else 1)
         fence_async_shared()
 
         if EARLY == 0:  # the first release order, kept as a probe, launched as it was first measured:
@@ -521,7 +517,7 @@ if gluon is not None:
                 (_ss_consumer, (0,) + consumer_args),
                 (_ss_consumer, (1,) + consumer_args),
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
-                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, ok_ptr, False, False)),
+                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, ok_ptr, False)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
         else:  # the tile (EARLY 1) and the other EARLY probes: the consumers' arguments as literals, so that every
             # constexpr stays one
@@ -530,15 +526,14 @@ if gluon is not None:
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
                                    CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE, Q_ASYNC,
-                                   START_SYNC, PIECE_EARLY)),
+                                   Q_AHEAD)),
                 (_ss_consumer_at, (1, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
                                    CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE, Q_ASYNC,
-                                   START_SYNC, PIECE_EARLY)),
+                                   Q_AHEAD)),
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
-                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, trace_ptr, TRACE,
-                                START_SYNC)),
+                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, trace_ptr, TRACE)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -559,7 +554,7 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
     (results meaningless: for timing the parts); early, when warpgroup 1 releases a pair's right halves
     (_ss_consumer_at's EARLY; 1, the default, B's as soon as its product is done; 0 both at the pair's end);
     max_first, opaque_views, q_async: _ss_consumer_at's MAX_FIRST, OPAQUE and Q_ASYNC (on by default; early 0
-    compiles without them); start_sync, piece_early: START_SYNC and PIECE_EARLY (prepared, off)."""
+    compiles without them); q_ahead: Q_AHEAD (prepared, off; with q_async only)."""
     cfg = config or DEFAULT_GLUON_CONFIG
     m_tiles = -(-dims.rows_per_kv // 64)
     if TRACE_BUFFER is not None:  # the probe's buffer: refused before the kernel could write past it
@@ -580,5 +575,5 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], FINE=cfg.fine, MODE=cfg.mode, EARLY=cfg.early,
         TRACE=TRACE_BUFFER is not None, MAX_FIRST=cfg.max_first, OPAQUE=cfg.opaque_views, Q_ASYNC=q_async,
-        START_SYNC=cfg.start_sync and cfg.early != 0, PIECE_EARLY=cfg.piece_early, num_warps=4, maxnreg=WS_REGS,
+        Q_AHEAD=cfg.q_ahead and q_async and cfg.early != 0, num_warps=4, maxnreg=WS_REGS,
     )
