@@ -29,7 +29,8 @@ EVENTS = {0: "wg0_start", 6: "wg0_A_left_landed", 7: "wg0_A_right_landed", 1: "w
           16: "prod_start", 17: "prod_A_left_free", 18: "prod_B_right_free", 19: "prod_A_right_free",
           20: "prod_B_left_free", 21: "wg0_entry", 22: "wg1_entry", 23: "prod_entry", 24: "wg0_req_start",
           25: "wg0_q_ready", 26: "wg0_req_pages_done",
-          27: "wg0_req_stored", 28: "wg1_req_start", 29: "wg1_q_ready", 30: "wg1_req_pages_done", 31: "wg1_req_stored"}
+          27: "wg0_req_stored", 28: "wg1_req_start", 29: "wg1_q_ready", 30: "wg1_req_pages_done", 31: "wg1_req_stored",
+          32: "wg0_entry_ns", 33: "wg0_last_stored_ns"}  # (32-33 in nanoseconds, %globaltimer, at pair 0)
 
 #: intervals reported: name -> (from event, to event, pair offset of the second event)
 INTERVALS = {
@@ -91,6 +92,23 @@ def summarize(trace: torch.Tensor, skip: int = 2) -> dict:
     return out
 
 
+def wall_clock(t: torch.Tensor) -> dict:
+    """From the nanosecond stamps (warpgroup 0's entry and last store, events 32-33) and the cycle stamps of the same
+    moments (21 and the last 27): the SM clock during the kernel, the kernel's span from the first program's entry to
+    the last program's last store, how far apart the programs started and ended, and a program's own span (µs)."""
+    ns0, ns1 = t[:, 0, 32].double(), t[:, 0, 33].double()
+    ok = (ns0 != 0) & (ns1 != 0)
+    if not ok.any():
+        return {}
+    cycles = (t[:, :, 27].max(dim=1).values - t[:, 0, 21]).double()
+    ns0, ns1, cycles = ns0[ok], ns1[ok], cycles[ok]
+    return {"sm_clock_in_kernel_mhz": float((cycles / (ns1 - ns0)).median() * 1e3),
+            "kernel_span_us": float(ns1.max() - ns0.min()) / 1e3,
+            "program_starts_spread_us": float(ns0.max() - ns0.min()) / 1e3,
+            "program_ends_spread_us": float(ns1.max() - ns1.min()) / 1e3,
+            "program_span_us_median": float((ns1 - ns0).median()) / 1e3}
+
+
 def sm_clock_mhz() -> float | None:
     try:
         text = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm", "--format=csv,noheader,nounits"],
@@ -132,8 +150,9 @@ def run(h_q: int, s_k: int, mode: int, config_name: str = "base", b: int = 128) 
            "intervals_cycles": summarize(trace)}
     # per program: first to last stamp (cycles), for the clock's sanity against the kernel's time
     t = trace.cpu()
-    spans = [(int(p[p != 0].max()) - int(p[p != 0].min())) for p in t if (p != 0).any()]
+    spans = [(int(p[p != 0].max()) - int(p[p != 0].min())) for p in t[:, :, :32] if (p != 0).any()]
     row["program_span_cycles_median"] = float(torch.tensor(spans, dtype=torch.float64).median()) if spans else None
+    row.update(wall_clock(t))
     row["raw_first_programs"] = t[:2].tolist()  # two programs' whole traces, for a closer look
     return row
 
@@ -170,6 +189,11 @@ def main() -> int:
                   f"traced {row['traced_ms']:.4f} ms, "
                   f"same output {row['traced_equals_plain']}, program span {row['program_span_cycles_median']}",
                   flush=True)
+            if "kernel_span_us" in row:
+                print(f"   SM clock in the kernel {row['sm_clock_in_kernel_mhz']:.0f} MHz; tile kernel (first entry to "
+                      f"last store) {row['kernel_span_us']:.1f} µs, a program {row['program_span_us_median']:.1f} µs, "
+                      f"starts spread over {row['program_starts_spread_us']:.1f} µs, ends over "
+                      f"{row['program_ends_spread_us']:.1f} µs", flush=True)
             for name, v in row["intervals_cycles"].items():
                 print(f"   {name:58s} {v['median']:8.0f}  [{v['p10']:.0f}, {v['p90']:.0f}]  n={v['n']}", flush=True)
     save_probe(rows, sys.argv)

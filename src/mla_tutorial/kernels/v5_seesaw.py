@@ -85,8 +85,9 @@ N_BARS = tl.constexpr(32)
 # row statistics in shared memory (64 floats each): m_A, m_B, then the row sums at STAT_L + 2·(request parity) + WG
 STAT_M_A, STAT_M_B, STAT_L = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 N_STATS = tl.constexpr(6)
-# the TRACE probe's buffer: int64 [programs, TRACE_PAIRS, TRACE_EVENTS] (events: scripts/gpu_seesaw_trace.py)
-TRACE_PAIRS, TRACE_EVENTS = tl.constexpr(48), tl.constexpr(32)
+# the TRACE probe's buffer: int64 [programs, TRACE_PAIRS, TRACE_EVENTS] (events: scripts/gpu_seesaw_trace.py;
+# 0-31 cycle stamps, 32-33 nanoseconds: warpgroup 0's entry and its last store, at pair 0)
+TRACE_PAIRS, TRACE_EVENTS = tl.constexpr(48), tl.constexpr(34)
 
 WS_REGS = 168  # registers per thread at launch (12 warps · 32 · 168 ≤ 65,536); setmaxnreg then moves them:
 CONSUMER_REGS = tl.constexpr(240)  # each consumer warpgroup
@@ -146,11 +147,18 @@ if gluon is not None:
         return gl.where(bad, -64, page * 64)
 
     @gluon.jit
-    def _ss_stamp(trace_ptr, pair, EVENT: gl.constexpr, TRACE: gl.constexpr):
+    def _ss_stamp(trace_ptr, pair, EVENT: gl.constexpr, TRACE: gl.constexpr, NS: gl.constexpr = False):
         """TRACE (a probe, off in the tile): the SM's cycle counter at event EVENT of the program's pair `pair`, in
-        trace[program, pair, EVENT] (TRACE_PAIRS pairs of TRACE_EVENTS events a program; later pairs are not kept)."""
+        trace[program, pair, EVENT] (TRACE_PAIRS pairs of TRACE_EVENTS events a program; later pairs are not kept).
+        NS: the GPU's nanosecond timer instead (%globaltimer: one time base for every SM, and with the cycles of the
+        same moments, the SM clock during the kernel)."""
         if TRACE:
-            t = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)
+            if NS:
+                t = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False,
+                                              pack=1)
+            else:
+                t = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l", [], dtype=gl.int64, is_pure=False,
+                                              pack=1)
             prog = gl.program_id(1) * gl.num_programs(0) + gl.program_id(0)
             gl.store(trace_ptr + (prog * TRACE_PAIRS + pair) * TRACE_EVENTS + EVENT, t, mask=pair < TRACE_PAIRS)
 
@@ -292,6 +300,8 @@ if gluon is not None:
         it (the trace's "stored to next Q ready", ~6,000 cycles at each request boundary).
         """
         _ss_stamp(trace_ptr, 0, 21 + WG, TRACE)
+        if WG == 0:
+            _ss_stamp(trace_ptr, 0, 32, TRACE, NS=True)
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, 64, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -479,6 +489,8 @@ if gluon is not None:
                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, o_rows, o_cols, 256 * WG, 256,
                       WG == 0)
             _ss_stamp(trace_ptr, n0, 27 + 4 * WG, TRACE)
+            if WG == 0:  # (overwritten at each request: the last one's stays)
+                _ss_stamp(trace_ptr, 0, 33, TRACE, NS=True)
 
     @gluon.jit
     def _ss_kernel(
