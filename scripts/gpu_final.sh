@@ -33,7 +33,7 @@ if has check && { ! grep -q "^PASS" "$OUT/check.log" || grep -q "^FAIL" "$OUT/ch
   echo "=== the seesaw check failed: the other steps are skipped"; STEPS=""
 fi
 has time && step time 300 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw_probe.py --out "$OUT/time.json" \
-  --skip-check
+  --skip-check --time-variants "${TIME_VARIANTS-nomf,hoist,syncq,noahead,fine}"
 has tests && step tests ${TEST_LIMIT:-420} env PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_kernels_gpu.py \
   tests/test_fp8.py tests/test_graphs_gpu.py tests/test_contract_gpu.py tests/test_plan_gpu.py -q -p no:cacheprovider \
   --durations=5 \

@@ -72,12 +72,12 @@ SHAPES = [(128, 64, 1, 1024, "fixed"), (128, 64, 1, 4096, "fixed"), (128, 64, 1,
           (128, 128, 2, 4096, "fixed")]
 
 
-def _impls(fm, args, causal, meta, splits) -> dict:
+def _impls(fm, args, causal, meta, splits, variants) -> dict:
     kw = dict(causal=causal, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False)
     impls = {"seesaw": lambda: mla_decode_v5(*args, path="seesaw", **kw),
              "seesaw_compute": lambda: mla_decode_v5(*args, path="seesaw", config=GluonConfig(mode=2), **kw),
              **{f"seesaw_{n}": (lambda c=c: mla_decode_v5(*args, path="seesaw", config=GluonConfig(**c), **kw))
-                for n, c in VARIANTS.items()},
+                for n, c in VARIANTS.items() if n in variants},
              }
     if fm is not None:
         fm_meta, _ = fm.get_mla_metadata()
@@ -85,14 +85,14 @@ def _impls(fm, args, causal, meta, splits) -> dict:
     return impls
 
 
-def timing(roof: dict) -> list[dict]:
+def timing(roof: dict, variants=tuple(VARIANTS)) -> list[dict]:
     fm = _flash_mla()
     rows = []
     for i, (b, h_q, s_q, s_k, dist) in enumerate(SHAPES):
         causal = s_q > 1
         (q, k, bt, sl), mean_sk = shape_inputs(b, h_q, s_q, s_k, dist, i)
         meta, splits = get_mla_metadata(sl, s_q * h_q, 1)
-        impls = _impls(fm, (q, k, bt, sl, 512), causal, meta, splits)
+        impls = _impls(fm, (q, k, bt, sl, 512), causal, meta, splits, variants)
         row = {"b": b, "h_q": h_q, "s_q": s_q, "s_k": s_k, "lengths": dist, "impl": {}}
         outs = {}
         for name, fn in impls.items():
@@ -129,10 +129,11 @@ def main() -> int:
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--check-only", action="store_true")
     ap.add_argument("--check-variants", default=",".join(VARIANTS), help="VARIANTS checked after the default")
+    ap.add_argument("--time-variants", default=",".join(VARIANTS), help="VARIANTS timed beside the default")
     args = ap.parse_args()
-    unknown = [n for n in args.check_variants.split(",") if n and n not in VARIANTS]
+    unknown = [n for n in (args.check_variants + "," + args.time_variants).split(",") if n and n not in VARIANTS]
     if unknown:
-        ap.error(f"--check-variants: unknown {unknown}; VARIANTS are {sorted(VARIANTS)}")
+        ap.error(f"--check-variants / --time-variants: unknown {unknown}; VARIANTS are {sorted(VARIANTS)}")
     result = {"device_info": device_info(), "date": time.strftime("%Y-%m-%d")}
     if not args.skip_check:
         try:
@@ -148,7 +149,7 @@ def main() -> int:
     copy, mm = measure_copy_bandwidth("cuda"), measure_matmul_tflops("cuda", 8192)
     result["roofline"] = {"copy_gbps": copy["gbps"], "matmul_tflops": mm["tflops"]}
     print(f"roofline: copy {copy['gbps']:.0f} GB/s, matmul {mm['tflops']:.0f} TFLOP/s", flush=True)
-    result["rows"] = timing(result["roofline"])
+    result["rows"] = timing(result["roofline"], [n for n in args.time_variants.split(",") if n])
     json.dump(result, open(args.out, "w"), indent=1)
     return 0
 
