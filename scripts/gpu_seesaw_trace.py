@@ -62,7 +62,7 @@ END = {"wg0 pages done to stored": (26, 27), "wg1 pages done to stored": (30, 31
 
 #: the variants traced (GluonConfig fields)
 CONFIGS = {"base": {}, "nomf": {"max_first": False}, "hoist": {"opaque_views": False}, "syncq": {"q_async": False},
-           "noahead": {"q_ahead": False}}
+           "noahead": {"q_ahead": False}, "ahead": {"q_ahead": True}}
 
 
 def summarize(trace: torch.Tensor, skip: int = 2) -> dict:

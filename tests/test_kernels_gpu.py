@@ -49,13 +49,13 @@ def test_gpu_matrix(version, h_q, s_q, h_kv, causal, dtype):
 
 @pytest.mark.parametrize("path,options", [("seesaw", {}), ("seesaw", {"fine": True}), ("seesaw", {"max_first": True}),
                                           ("seesaw", {"max_first": False}), ("seesaw", {"opaque_views": False}),
-                                          ("seesaw", {"q_async": False}), ("seesaw", {"q_ahead": False}),
+                                          ("seesaw", {"q_async": False}), ("seesaw", {"q_ahead": True}),
                                           ("gluon", {}), ("gluon", {"fine": True}),
                                           ("small", None), ("m16", None)], ids=str)
 @pytest.mark.parametrize("h_q,s_q,causal", [(16, 1, False), (64, 2, True), (126, 1, False), (128, 2, True)])
 def test_v5_each_tile(path, options, h_q, s_q, causal):
     """v5's tiles forced at every tile height (kernel_choice picks one per height; both must be right), each of the
-    seesaw tile's switches turned away from its default."""
+    seesaw tile's switches turned away from its default (Q_AHEAD, prepared, on)."""
     from mla_tutorial.kernels.v5_gluon import GluonConfig
 
     q, k_cache, block_table, seqlens = make_paged_inputs(LENGTHS, s_q, h_q, 1, torch.bfloat16, seed=h_q + s_q,

@@ -474,7 +474,7 @@ class GluonConfig:
     max_first: bool = True  # the seesaw tile: warpgroup 0 publishes the row max before P (v5_seesaw's MAX_FIRST)
     opaque_views: bool = True  # the seesaw tile: its page slots' views rebuilt at every pair (v5_seesaw's OPAQUE)
     q_async: bool = True  # the seesaw tile: Q copied by cp.async (v5_seesaw's Q_ASYNC)
-    q_ahead: bool = True  # the seesaw tile: the next request's Q copied while this one's output is stored (Q_AHEAD)
+    q_ahead: bool = False  # the seesaw tile: the next request's Q copied while this one's output is stored (Q_AHEAD)
     warps: int = 0  # the 16-row FP8 tile: warps per program (0: its default, 4; 8: v5_fp8_mma.WIDE_WARPS, slower);
     #                 the warp-specialised 16-row tile (path "ws16"): its producer's warps (0: 4; 8: prepared)
 

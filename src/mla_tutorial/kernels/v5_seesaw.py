@@ -294,8 +294,8 @@ if gluon is not None:
         loops and spilled (it reloaded ~20 spilled descriptors from local memory before every S_A, behind the page
         copies' traffic; sm_90a spills 328 → 168 bytes a thread, none left in either consumer's pair loop).
         Q_ASYNC: each request's Q copied by cp.async, all its blocks in flight at once (_v5_load_q's ASYNC), instead
-        of one load-and-store round trip per 64-column block. Q_AHEAD (with Q_ASYNC; on by default): the
-        next request's Q copies issued as soon as both warpgroups are done with this one's (Q_EMPTY), before this
+        of one load-and-store round trip per 64-column block. Q_AHEAD (with Q_ASYNC; prepared, off until measured):
+        the next request's Q copies issued as soon as both warpgroups are done with this one's (Q_EMPTY), before this
         request's row sums are exchanged and its output stored, so that they land during the store instead of after
         it (the trace's "stored to next Q ready", ~6,000 cycles at each request boundary).
         """
@@ -566,7 +566,7 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
     (results meaningless: for timing the parts); early, when warpgroup 1 releases a pair's right halves
     (_ss_consumer_at's EARLY; 1, the default, B's as soon as its product is done; 0 both at the pair's end);
     max_first, opaque_views, q_async: _ss_consumer_at's MAX_FIRST, OPAQUE and Q_ASYNC (on by default; early 0
-    compiles without them); q_ahead: Q_AHEAD (on by default; with q_async only)."""
+    compiles without them); q_ahead: Q_AHEAD (prepared, off until measured; with q_async only)."""
     cfg = config or DEFAULT_GLUON_CONFIG
     m_tiles = -(-dims.rows_per_kv // 64)
     if TRACE_BUFFER is not None:  # the probe's buffer: refused before the kernel could write past it
