@@ -76,7 +76,7 @@ def compile_v5(dtype: str = "bf16", causal: bool = False, sub: int = 64, stages:
 
 
 def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False, early: int = 0, trace: bool = False,
-                   max_first: bool = False, opaque: bool = True, q_async: bool = True, q_ahead: bool = False):
+                   max_first: bool = False, opaque: bool = True, q_async: bool = True):
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from mla_tutorial.kernels import v5_seesaw as ss
@@ -90,13 +90,12 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
            "rows_per_kv": "i32", "m_tiles": "i32", "num_blocks": "i32", "max_blocks": "i32", "qk_scale": "fp32",
            "CAUSAL": "constexpr", "META_COLS": "constexpr", "FINE": "constexpr", "MODE": "constexpr",
            "EARLY": "constexpr", "TRACE": "constexpr", "MAX_FIRST": "constexpr",
-           "OPAQUE": "constexpr", "Q_ASYNC": "constexpr", "Q_AHEAD": "constexpr", "num_warps": "constexpr"}
+           "OPAQUE": "constexpr", "Q_ASYNC": "constexpr", "num_warps": "constexpr"}
     # q and its strides 16-byte aligned (as Triton specializes them for a contiguous q): the cp.async of Q needs it
     attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 4, 12, 13, 14)}
     src = GluonASTSource(ss._ss_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "FINE": fine, "MODE": 0,
                                               "EARLY": early, "TRACE": trace, "MAX_FIRST": max_first,
-                                              "OPAQUE": opaque, "Q_ASYNC": q_async, "Q_AHEAD": q_ahead,
-                                              "num_warps": 4}, attrs)
+                                              "OPAQUE": opaque, "Q_ASYNC": q_async, "num_warps": 4}, attrs)
     return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": ss.WS_REGS})
 
 
@@ -293,11 +292,10 @@ def main() -> None:
                 print(f"v5fws mode={mode} causal={causal}: {report(f'v5fws{mode}_c{int(causal)}', ck, workdir)}")
         elif name.split(":")[0].split("-")[0] == "ss":  # the seesaw tile, ss[-OPTION...][:EARLY] (v5's EARLY is 1);
             base, _, early = name.partition(":")  # options: fine (one mbarrier per box), trace (its cycle stamps),
-            opts = base.split("-")[1:]  # mf (MAX_FIRST), hoist (OPAQUE off), syncq (Q_ASYNC off), ahead (Q_AHEAD)
+            opts = base.split("-")[1:]  # mf (MAX_FIRST), hoist (OPAQUE off), syncq (Q_ASYNC off)
             for causal in (False, True):
                 ck = compile_seesaw(causal=causal, fine="fine" in opts, early=int(early or 0), trace="trace" in opts,
-                                    max_first="mf" in opts, opaque="hoist" not in opts, q_async="syncq" not in opts,
-                                    q_ahead="ahead" in opts)
+                                    max_first="mf" in opts, opaque="hoist" not in opts, q_async="syncq" not in opts)
                 print(f"{name} causal={causal}: {report(f'{base}{early}_c{int(causal)}', ck, workdir)}")
         elif name.startswith("combine"):  # the combine kernel: combine[:ROWS,BLOCK_D,SPLITS] (default: its own)
             from mla_tutorial.kernels.combine import MANY_SPLITS_SHAPE

@@ -28,12 +28,12 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/nvidia_smi.txt"
 git rev-parse HEAD >> "$OUT/nvidia_smi.txt" 2>/dev/null || true
 has check && step check 300 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw_probe.py --out "$OUT/check.json" \
-  --check-only --check-variants "${CHECK_VARIANTS-nomf,hoist,syncq,ahead}"
+  --check-only --check-variants "${CHECK_VARIANTS-nomf,hoist,syncq}"
 if has check && { ! grep -q "^PASS" "$OUT/check.log" || grep -q "^FAIL" "$OUT/check.log"; }; then
   echo "=== the seesaw check failed: the other steps are skipped"; STEPS=""
 fi
 has time && step time 300 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw_probe.py --out "$OUT/time.json" \
-  --skip-check --time-variants "${TIME_VARIANTS-nomf,hoist,syncq,ahead,fine}"
+  --skip-check --time-variants "${TIME_VARIANTS-nomf,hoist,syncq}"
 has tests && step tests ${TEST_LIMIT:-420} env PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_kernels_gpu.py \
   tests/test_fp8.py tests/test_graphs_gpu.py tests/test_contract_gpu.py tests/test_plan_gpu.py -q -p no:cacheprovider \
   --durations=5 \
@@ -45,7 +45,7 @@ has plans && step plan_tests ${PLAN_LIMIT:-300} env PYTHONPATH=src:tests $PY -m 
   -k "plan or graph or (matrix and v5) or (matrix and reg) or api"
 has plans && step host_plans 150 env PYTHONPATH=src $PY scripts/gpu_host_profile.py --plans
 has trace && step trace 300 env PYTHONPATH=src $PY scripts/gpu_seesaw_trace.py --out "$OUT/trace.json" \
-  --configs ${TRACE_CONFIGS:-base,ahead} --modes ${TRACE_MODES:-0} --shapes ${TRACE_SHAPES:-64:4096,128:4096,64:1024}
+  --configs ${TRACE_CONFIGS:-base} --modes ${TRACE_MODES:-0} --shapes ${TRACE_SHAPES:-64:4096,128:4096,64:1024}
 has kernels && step kernels 200 env PYTHONPATH=$PEERS:src $PY -m mla_tutorial bench --kernel --shapes targets,ablation \
   --out "$OUT/kernels.json"
 has fp8 && step fp8 120 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma --parts \

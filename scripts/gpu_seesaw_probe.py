@@ -34,13 +34,13 @@ CASES = [(LENGTHS, 1, 64, False, torch.bfloat16), (LENGTHS, 2, 128, True, torch.
 
 #: the seesaw tile's variants checked and timed beside it (GluonConfig fields; results correct): each of its default
 #: switches turned off (v5_seesaw._ss_consumer_at): MAX_FIRST, OPAQUE ("hoist": the slot views' descriptors hoisted
-#: out of the loops and spilled), Q_ASYNC ("syncq": Q by loads and stores, one 64-column block after the other),
-#: Q_AHEAD ("noahead": the next request's Q asked for after the store; "ahead" while it is prepared and off); and
+#: out of the loops and spilled), Q_ASYNC ("syncq": Q by loads and stores, one 64-column block after the other); and
 #: FINE (one mbarrier per 64-column box, each multiplied as it lands: FlashMLA's "fine-grained TMA copy - GEMM
-#: pipelining"), last timed before MAX_FIRST and OPAQUE. Earlier variants (Q_FIRST, A_FIRST: docs/results/v5_notes.md,
-#: twelfth session) are in git at bfcadde; START_SYNC and PIECE_EARLY (thirteenth session) at 5e38d3b.
+#: pipelining"; 45 % slower at h_q 64, s_k 4k in the thirteenth session). Earlier variants: Q_FIRST, A_FIRST
+#: (docs/results/v5_notes.md, twelfth session) in git at bfcadde; START_SYNC, PIECE_EARLY (thirteenth session) at
+#: 5e38d3b; Q_AHEAD (the same session) at a037a18.
 VARIANTS = {"nomf": {"max_first": False}, "hoist": {"opaque_views": False}, "syncq": {"q_async": False},
-            "noahead": {"q_ahead": False}, "ahead": {"q_ahead": True}, "fine": {"fine": True}}
+            "fine": {"fine": True}}
 
 
 def check(path: str, config=None) -> list[dict]:

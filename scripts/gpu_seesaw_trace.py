@@ -30,7 +30,8 @@ EVENTS = {0: "wg0_start", 6: "wg0_A_left_landed", 7: "wg0_A_right_landed", 1: "w
           20: "prod_B_left_free", 21: "wg0_entry", 22: "wg1_entry", 23: "prod_entry", 24: "wg0_req_start",
           25: "wg0_q_ready", 26: "wg0_req_pages_done",
           27: "wg0_req_stored", 28: "wg1_req_start", 29: "wg1_q_ready", 30: "wg1_req_pages_done", 31: "wg1_req_stored",
-          32: "wg0_entry_ns", 33: "wg0_last_stored_ns"}  # (32-33 in nanoseconds, %globaltimer, at pair 0)
+          15: "wg0_last_stored", 32: "wg0_entry_ns", 33: "wg0_last_stored_ns"}
+#: (15, 32 and 33 are stamped at pair 0 only; 32 and 33 in nanoseconds, %globaltimer, the others in SM cycles)
 
 #: intervals reported: name -> (from event, to event, pair offset of the second event)
 INTERVALS = {
@@ -62,7 +63,7 @@ END = {"wg0 pages done to stored": (26, 27), "wg1 pages done to stored": (30, 31
 
 #: the variants traced (GluonConfig fields)
 CONFIGS = {"base": {}, "nomf": {"max_first": False}, "hoist": {"opaque_views": False}, "syncq": {"q_async": False},
-           "noahead": {"q_ahead": False}, "ahead": {"q_ahead": True}}
+           "fine": {"fine": True}}
 
 
 def summarize(trace: torch.Tensor, skip: int = 2) -> dict:
@@ -94,13 +95,13 @@ def summarize(trace: torch.Tensor, skip: int = 2) -> dict:
 
 def wall_clock(t: torch.Tensor) -> dict:
     """From the nanosecond stamps (warpgroup 0's entry and last store, events 32-33) and the cycle stamps of the same
-    moments (21 and the last 27): the SM clock during the kernel, the kernel's span from the first program's entry to
+    moments (21 and 15, at pair 0): the SM clock during the kernel, the kernel's span from the first program's entry to
     the last program's last store, how far apart the programs started and ended, and a program's own span (µs)."""
     ns0, ns1 = t[:, 0, 32].double(), t[:, 0, 33].double()
     ok = (ns0 != 0) & (ns1 != 0)
     if not ok.any():
         return {}
-    cycles = (t[:, :, 27].max(dim=1).values - t[:, 0, 21]).double()
+    cycles = (t[:, 0, 15] - t[:, 0, 21]).double()
     ns0, ns1, cycles = ns0[ok], ns1[ok], cycles[ok]
     return {"sm_clock_in_kernel_mhz": float((cycles / (ns1 - ns0)).median() * 1e3),
             "kernel_span_us": float(ns1.max() - ns0.min()) / 1e3,

@@ -49,13 +49,13 @@ def test_gpu_matrix(version, h_q, s_q, h_kv, causal, dtype):
 
 @pytest.mark.parametrize("path,options", [("seesaw", {}), ("seesaw", {"fine": True}), ("seesaw", {"max_first": True}),
                                           ("seesaw", {"max_first": False}), ("seesaw", {"opaque_views": False}),
-                                          ("seesaw", {"q_async": False}), ("seesaw", {"q_ahead": True}),
+                                          ("seesaw", {"q_async": False}),
                                           ("gluon", {}), ("gluon", {"fine": True}),
                                           ("small", None), ("m16", None)], ids=str)
 @pytest.mark.parametrize("h_q,s_q,causal", [(16, 1, False), (64, 2, True), (126, 1, False), (128, 2, True)])
 def test_v5_each_tile(path, options, h_q, s_q, causal):
     """v5's tiles forced at every tile height (kernel_choice picks one per height; both must be right), each of the
-    seesaw tile's switches turned away from its default (Q_AHEAD, prepared, on)."""
+    seesaw tile's switches turned away from its default."""
     from mla_tutorial.kernels.v5_gluon import GluonConfig
 
     q, k_cache, block_table, seqlens = make_paged_inputs(LENGTHS, s_q, h_q, 1, torch.bfloat16, seed=h_q + s_q,
@@ -67,20 +67,15 @@ def test_v5_each_tile(path, options, h_q, s_q, causal):
     assert int(flag) == 1, "a valid call raised the bounds / stale-schedule flag"
 
 
-@pytest.mark.parametrize("q_ahead", [False, True])
 @pytest.mark.parametrize("row", [576, 577, 584, 592])
-def test_v5_seesaw_q_views(row, q_ahead):
+def test_v5_seesaw_q_views(row):
     """The seesaw tile copies Q by cp.async only where every row of q is provably 16-byte aligned (its address and
     outer strides multiples of 16 elements): q as a view of wider rows (577, 584: the loads; 592: cp.async on a
-    non-contiguous q) gives the reference's answer either way, with Q_AHEAD too (it needs cp.async: off with the
-    loads)."""
-    from mla_tutorial.kernels.v5_gluon import GluonConfig
-
+    non-contiguous q) gives the reference's answer either way."""
     q, k_cache, block_table, seqlens = make_paged_inputs(LENGTHS, 2, 64, 1, torch.bfloat16, seed=row, device="cuda")
     wide = torch.full((*q.shape[:3], row), float("nan"), dtype=q.dtype, device="cuda")
     wide[..., :576] = q
-    check_against_reference(K.mla_decode_v5, wide[..., :576], k_cache, block_table, seqlens, True, path="seesaw",
-                            config=GluonConfig(q_ahead=q_ahead))
+    check_against_reference(K.mla_decode_v5, wide[..., :576], k_cache, block_table, seqlens, True, path="seesaw")
 
 
 def _m16_variants():

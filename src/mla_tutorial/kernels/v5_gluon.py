@@ -91,11 +91,10 @@ if gluon is not None:
     @gluon.jit
     def _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv, rows_per_kv,
                    FIRST: gl.constexpr, LAST: gl.constexpr, CHUNK: gl.constexpr, BLOCK_M: gl.constexpr,
-                   num_warps: gl.constexpr, ASYNC: gl.constexpr = False, WAIT: gl.constexpr = True):
+                   num_warps: gl.constexpr, ASYNC: gl.constexpr = False):
         """Q tile rows -> shared memory [64, 576], 64-column blocks FIRST..LAST-1 of the nine (block 8: RoPE);
         rows past rows_per_kv are 0. ASYNC: by cp.async, every block in flight at once (no registers), waited for
-        before returning unless WAIT is False (then the caller waits: async_copy.wait_group(0)); else each block
-        loaded into registers and stored, one round trip after the other."""
+        before returning; else each block loaded into registers and stored, one round trip after the other."""
         ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
         base, row_ok = _v5_q_rows(q_ptr, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv, rows_per_kv,
                                   BLOCK_M, ld)
@@ -109,8 +108,7 @@ if gluon is not None:
                 else:
                     async_copy.async_copy_global_to_shared(qr_smem, ptrs, mask=row_ok[:, None])
             async_copy.commit_group()
-            if WAIT:
-                async_copy.wait_group(0)
+            async_copy.wait_group(0)
         else:
             for c in gl.static_range(FIRST, LAST):
                 x = gl.load(base[:, None] + (c * CHUNK + cols)[None, :], mask=row_ok[:, None], other=0.0)
@@ -474,7 +472,6 @@ class GluonConfig:
     max_first: bool = True  # the seesaw tile: warpgroup 0 publishes the row max before P (v5_seesaw's MAX_FIRST)
     opaque_views: bool = True  # the seesaw tile: its page slots' views rebuilt at every pair (v5_seesaw's OPAQUE)
     q_async: bool = True  # the seesaw tile: Q copied by cp.async (v5_seesaw's Q_ASYNC)
-    q_ahead: bool = False  # the seesaw tile: the next request's Q copied while this one's output is stored (Q_AHEAD)
     warps: int = 0  # the 16-row FP8 tile: warps per program (0: its default, 4; 8: v5_fp8_mma.WIDE_WARPS, slower);
     #                 the warp-specialised 16-row tile (path "ws16"): its producer's warps (0: 4; 8: prepared)
 
@@ -485,7 +482,7 @@ class GluonConfig:
                              f"{self.mode!r}")
         if self.early not in (0, 1, 2, 3):
             raise ValueError(f"GluonConfig.early must be 0, 1, 2 or 3, got {self.early!r}")
-        for name in ("fine", "max_first", "opaque_views", "q_async", "q_ahead"):
+        for name in ("fine", "max_first", "opaque_views", "q_async"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GluonConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.warps not in (0, 4, 8):

@@ -62,7 +62,6 @@ from .v5_gluon import (
     _v5_probs,
     _v5_softmax,
     _v5_store,
-    async_copy,
     fence_async_shared,
     gl,
     gluon,
@@ -86,7 +85,7 @@ N_BARS = tl.constexpr(32)
 STAT_M_A, STAT_M_B, STAT_L = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 N_STATS = tl.constexpr(6)
 # the TRACE probe's buffer: int64 [programs, TRACE_PAIRS, TRACE_EVENTS] (events: scripts/gpu_seesaw_trace.py;
-# 0-31 cycle stamps, 32-33 nanoseconds: warpgroup 0's entry and its last store, at pair 0)
+# 0-31 cycle stamps, 32-33 nanoseconds: warpgroup 0's entry and its last store, at pair 0, as 21 and 15 in cycles)
 TRACE_PAIRS, TRACE_EVENTS = tl.constexpr(48), tl.constexpr(34)
 
 WS_REGS = 168  # registers per thread at launch (12 warps · 32 · 168 ≤ 65,536); setmaxnreg then moves them:
@@ -271,7 +270,7 @@ if gluon is not None:
         _ss_consumer_at(WG, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
                         lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, max_blocks,
                         qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL, META_COLS, FINE, 0,
-                        num_splits_ptr, False, False, False, False, False)
+                        num_splits_ptr, False, False, False, False)
 
     @gluon.jit
     def _ss_consumer_at(WG: gl.constexpr, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr,
@@ -280,7 +279,7 @@ if gluon is not None:
                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
                         FINE: gl.constexpr, EARLY: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
                         MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr, Q_ASYNC: gl.constexpr,
-                        Q_AHEAD: gl.constexpr):
+                        ):
         """Consumer warpgroup WG, EARLY choosing when warpgroup 1 releases a pair's right halves after its two last
         products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (1 is the default; the others are probes, results correct):
         0 waits for both, then releases both; 1 releases B's right half as soon as its product is done; 2 issues A's
@@ -294,10 +293,7 @@ if gluon is not None:
         loops and spilled (it reloaded ~20 spilled descriptors from local memory before every S_A, behind the page
         copies' traffic; sm_90a spills 328 → 168 bytes a thread, none left in either consumer's pair loop).
         Q_ASYNC: each request's Q copied by cp.async, all its blocks in flight at once (_v5_load_q's ASYNC), instead
-        of one load-and-store round trip per 64-column block. Q_AHEAD (with Q_ASYNC; prepared, off until measured):
-        the next request's Q copies issued as soon as both warpgroups are done with this one's (Q_EMPTY), before this
-        request's row sums are exchanged and its output stored, so that they land during the store instead of after
-        it (the trace's "stored to next Q ready", ~6,000 cycles at each request boundary).
+        of one load-and-store round trip per 64-column block.
         """
         _ss_stamp(trace_ptr, 0, 21 + WG, TRACE)
         if WG == 0:
@@ -335,15 +331,9 @@ if gluon is not None:
             # Q: each warpgroup copies half of its columns, once both are done with the previous request's
             r = req - begin_req
             _ss_stamp(trace_ptr, n0, 24 + 4 * WG, TRACE)
-            if Q_AHEAD:  # issued at the previous request's end (the first request's here), waited for here
-                if req == begin_req:
-                    _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
-                               rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4, ASYNC=True, WAIT=False)
-                async_copy.wait_group(0)
-            else:
-                mbarrier.wait(bars.index(Q_EMPTY), (r & 1) ^ 1)  # a fresh barrier counts as released
-                _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
-                           rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4, ASYNC=Q_ASYNC)
+            mbarrier.wait(bars.index(Q_EMPTY), (r & 1) ^ 1)  # a fresh barrier counts as released
+            _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
+                       rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4, ASYNC=Q_ASYNC)
             _ss_publish(bars.index(Q_READY))
             mbarrier.wait(bars.index(Q_READY), r & 1)
             _ss_stamp(trace_ptr, n0, 25 + 4 * WG, TRACE)
@@ -470,11 +460,6 @@ if gluon is not None:
                     _ss_stamp(trace_ptr, n0, 12, TRACE)
                 n0 += 1
             mbarrier.arrive(bars.index(Q_EMPTY))
-            if Q_AHEAD:
-                if req < end_req:  # the next request's Q, in flight while this one's output is stored
-                    mbarrier.wait(bars.index(Q_EMPTY), r & 1)  # (the other warpgroup is done with this one's)
-                    _v5_load_q(q_ptr, q_smem, qr_smem, req + 1, m_start, stride_qb, stride_qs, stride_qh,
-                               heads_per_kv, rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4, ASYNC=True, WAIT=False)
             _ss_stamp(trace_ptr, n0, 26 + 4 * WG, TRACE)
 
             # the row sum is split between the warpgroups (each summed the P it computed): exchange it
@@ -489,7 +474,8 @@ if gluon is not None:
                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, o_rows, o_cols, 256 * WG, 256,
                       WG == 0)
             _ss_stamp(trace_ptr, n0, 27 + 4 * WG, TRACE)
-            if WG == 0:  # (overwritten at each request: the last one's stays)
+            if WG == 0:  # (overwritten at each request: the last one's stays, whatever the pair count)
+                _ss_stamp(trace_ptr, 0, 15, TRACE)
                 _ss_stamp(trace_ptr, 0, 33, TRACE, NS=True)
 
     @gluon.jit
@@ -501,7 +487,7 @@ if gluon is not None:
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
         EARLY: gl.constexpr, TRACE: gl.constexpr, MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr,
-        Q_ASYNC: gl.constexpr, Q_AHEAD: gl.constexpr, num_warps: gl.constexpr,
+        Q_ASYNC: gl.constexpr, num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -537,13 +523,13 @@ if gluon is not None:
                 (_ss_consumer_at, (0, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
-                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE, Q_ASYNC,
-                                   Q_AHEAD)),
+                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE,
+                                   Q_ASYNC)),
                 (_ss_consumer_at, (1, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
-                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE, Q_ASYNC,
-                                   Q_AHEAD)),
+                                   CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE,
+                                   Q_ASYNC)),
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
                                 max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, trace_ptr, TRACE)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -566,7 +552,7 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
     (results meaningless: for timing the parts); early, when warpgroup 1 releases a pair's right halves
     (_ss_consumer_at's EARLY; 1, the default, B's as soon as its product is done; 0 both at the pair's end);
     max_first, opaque_views, q_async: _ss_consumer_at's MAX_FIRST, OPAQUE and Q_ASYNC (on by default; early 0
-    compiles without them); q_ahead: Q_AHEAD (prepared, off until measured; with q_async only)."""
+    compiles without them)."""
     cfg = config or DEFAULT_GLUON_CONFIG
     m_tiles = -(-dims.rows_per_kv // 64)
     if TRACE_BUFFER is not None:  # the probe's buffer: refused before the kernel could write past it
@@ -587,5 +573,5 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], FINE=cfg.fine, MODE=cfg.mode, EARLY=cfg.early,
         TRACE=TRACE_BUFFER is not None, MAX_FIRST=cfg.max_first, OPAQUE=cfg.opaque_views, Q_ASYNC=q_async,
-        Q_AHEAD=cfg.q_ahead and q_async and cfg.early != 0, num_warps=4, maxnreg=WS_REGS,
+        num_warps=4, maxnreg=WS_REGS,
     )
