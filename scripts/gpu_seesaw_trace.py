@@ -154,6 +154,12 @@ def run(h_q: int, s_k: int, mode: int, config_name: str = "base", b: int = 128) 
     spans = [(int(p[p != 0].max()) - int(p[p != 0].min())) for p in t[:, :, :32] if (p != 0).any()]
     row["program_span_cycles_median"] = float(torch.tensor(spans, dtype=torch.float64).median()) if spans else None
     row.update(wall_clock(t))
+    # per program (index program_id(1) * parts + program_id(0)): its entry and last store in ns and its cycles between
+    # them, beside the schedule rows of its part (begin_req, begin_block, end_req, end_block, ...): what a program's
+    # time is made of (pages, request pieces) and which programs end last
+    row["per_program"] = {"ns_entry": t[:, 0, 32].tolist(), "ns_last_store": t[:, 0, 33].tolist(),
+                          "cycles": (t[:, 0, 15] - t[:, 0, 21]).tolist(), "meta": meta.cpu().tolist(),
+                          "seqlens": sl.cpu().tolist()}
     row["raw_first_programs"] = t[:2].tolist()  # two programs' whole traces, for a closer look
     return row
 
