@@ -312,8 +312,8 @@ def test_metadata_covers_every_page_once(parts, overhead):
 def test_metadata_balances_work(lengths):
     """With FlashMLA's cost (pages + 5 per piece: every piece, a continued request's too, loads a Q and stores an
     output), no part gets more than an even share of the line plus one overhead for the piece it continues and one
-    for a cut request it ends in; and every part has work (FlashMLA's payload, ceil(total / parts) + 5 units on this
-    line, left 28 of 132 parts idle at b 128, s_k 1k)."""
+    for a cut request it ends in; and all parts but the rounding's tail have work (FlashMLA's payload,
+    ceil(total / parts) + 5 units on this line, left 28 of 132 parts idle at b 128, s_k 1k)."""
     seqlens = {"normal": normal_lengths(128, 4096, 1, seed=0), "fixed1k": [1024] * 128,
                "fixed4k": [4096] * 128}[lengths]
     cache_seqlens = torch.tensor(seqlens, dtype=torch.int32)
@@ -327,7 +327,8 @@ def test_metadata_balances_work(lengths):
     total = sum(-(-s // PAGE) + 5 for s in seqlens)
     share = -(-total // parts)
     assert max(work) <= share + 5, (max(work), share)
-    assert min(work) >= total // parts - 5, (min(work), total // parts)
+    busy = sum(w > 0 for w in work)  # all but the rounding's tail
+    assert busy >= total // share, (busy, total // share)
     assert int(splits[-1]) <= len(seqlens) + parts - 1
 
 

@@ -2,16 +2,17 @@
 
 All work of a decode call is laid out on one line: request r costs ceil(s_k_r / 64) page units plus a fixed
 overhead of 5 units (query load, output store), and the line is cut into num_sm_parts contiguous ranges of equal
-cost, one per program of the kernel's single wave: boundary p sits at floor(p · total / parts). A range may hold the
+cost, payload = ceil(total / parts) units each, one per program of the kernel's single wave. A range may hold the
 tail of one request, several whole requests and the head of the next; only requests cut by a range boundary are split
 and go through the combine.
 
-What changed from FlashMLA's rule, and why: FlashMLA gives each part payload = ceil(total / parts) + 5 units and
-charges every piece, a continued request's included, its 5 units of overhead as it walks the parts. On this line a
-request's overhead is charged once, at its start, so that payload left ~5 units of every part unspent and the line ran
-out before the last parts: on an H200 at b 128, 28 of 132 programs had nothing to do at h_q 64, s_k 1k, and 9 at 4k
-(the seesaw tile's own stamps, docs/results/v5_notes.md, thirteenth session). Cutting at p · total / parts uses every
-part; a part that continues a request carries that piece's overhead uncharged, which nearly all parts do alike.
+What changed from FlashMLA's rule, and why: FlashMLA gives each part ceil(total / parts) + 5 units and charges every
+piece, a continued request's included, its 5 units of overhead as it walks the parts. On this line a request's
+overhead is charged once, at its start, so those 5 extra units per part went unspent and the line ran out before the
+last parts: on an H200 at b 128, 28 of 132 programs had nothing to do at h_q 64, s_k 1k, and 9 at 4k (the seesaw
+tile's own stamps, docs/results/v5_notes.md, thirteenth session). Without them at most a part or two at the end stay
+idle (the rounding up); a part that continues a request carries that piece's overhead uncharged, as nearly all parts
+do alike.
 
 Two implementations with identical results (bit for bit, tests/test_schedule.py):
 - `get_mla_metadata_torch`: ~20 torch ops, the readable statement of the algorithm.
@@ -26,10 +27,10 @@ that read what an earlier phase wrote to global scratch are separated by `tl.deb
 block-wide barrier orders them). Neither version syncs with the host or builds tensors from Python lists, so the
 metadata and the decode kernels can be captured in a CUDA graph and replayed with new lengths.
 
-The kernel's phases (b requests; boundaries p = 0..num_sm_parts at x_p = floor(p * total / parts) on the line):
-1. requests: the total cost; zero the two counters in scratch.
+The kernel's phases (b requests; boundaries p = 0..num_sm_parts at x_p = min(p * payload, total) on the line):
+1. requests: total cost -> payload = ceil(total / parts); zero the two counters in scratch.
 2. requests: ends = prefix sum of the costs (int64, to scratch). Each request votes for the first boundary at or
-   after its end, k_r = ceil(ends_r * parts / total): boundary p lies past request r's end exactly when k_r <= p.
+   after its end, k_r = ceil(ends_r / payload): boundary p lies past request r's end exactly when k_r <= p.
 3. boundaries: req_p = prefix sum of the votes = the requests that end at or before x_p (torch's
    `searchsorted(ends, x, right=True)`); the page of req_p holding the cut, whether the cut is interior (then
    req_p gets one more split: a counter per request, by atomic add), and the cut's running number among all
@@ -118,9 +119,10 @@ def get_mla_metadata_torch(
     ends = torch.cumsum(cost, 0)  # (b,) where each request's units end on the line
     total = ends[-1:]  # (1,)
     starts = ends - cost
+    payload = (total + parts - 1) // parts  # units per part (FlashMLA's rule adds fixed_overhead: see the docstring)
 
-    # range boundaries x_p = floor(p·total / parts) on the line of units, p = 0..parts -> (request, page) cut points
-    x = torch.arange(parts + 1, device=device, dtype=torch.int64) * total // parts
+    # range boundaries x_p = p·payload on the line of units, p = 0..parts -> (request, page) cut points
+    x = torch.minimum(torch.arange(parts + 1, device=device, dtype=torch.int64) * payload, total)
     req = torch.searchsorted(ends, x, right=True)  # (parts+1,) request holding unit x; b at the end
     zero = torch.zeros(1, dtype=torch.int64, device=device)
     starts_pad = torch.cat([starts, total])  # (b+1,)
@@ -181,7 +183,7 @@ def _schedule_kernel(
     ones = tl.full([BLOCK], 1, tl.int64)
     overhead = fixed_overhead.to(tl.int64)
 
-    # phase 1 (requests): the total cost; zero the counters of phases 2 and 3
+    # phase 1 (requests): the total cost, hence each part's payload; zero the counters of phases 2 and 3
     total = tl.zeros([], tl.int64)
     for start in range(0, b, BLOCK):
         r = start + lanes  # (BLOCK,) request ids
@@ -192,7 +194,7 @@ def _schedule_kernel(
     for start in range(0, parts + 1, BLOCK):
         p = start + lanes  # (BLOCK,) boundary ids
         tl.store(votes_ptr + p, zeros, mask=p <= parts)
-    parts64 = parts.to(tl.int64)
+    payload = (total + parts - 1) // parts  # units per part (FlashMLA's rule adds the overhead: module docstring)
     tl.debug_barrier()
 
     # phase 2 (requests): where each request ends on the line; it votes for the first boundary at or past its end
@@ -204,7 +206,7 @@ def _schedule_kernel(
         ends = carry + tl.cumsum(cost, 0)  # (BLOCK,) int64
         carry += tl.sum(cost, 0)
         tl.store(ends_ptr + r, ends, mask=in_b)
-        first_past = (ends * parts64 + total - 1) // total  # in [1, parts] for lengths >= 0; the clamp below only
+        first_past = (ends + payload - 1) // payload  # in [1, parts] for lengths >= 0; the clamp below only
         first_past = tl.minimum(tl.maximum(first_past, 0), parts)  # keeps bad input (s_k < 0) in bounds
         tl.atomic_add(votes_ptr + first_past, ones, mask=in_b, sem="relaxed")  # ordered by the barrier
     tl.debug_barrier()
@@ -218,7 +220,7 @@ def _schedule_kernel(
         votes = tl.load(votes_ptr + p, mask=in_p, other=0)
         req = tl.minimum(req_carry + tl.cumsum(votes, 0), b)  # requests ending at or before x_p (<= b anyway)
         req_carry += tl.sum(votes, 0)
-        x = p.to(tl.int64) * total // parts64  # (BLOCK,) where boundary p sits on the line
+        x = tl.minimum(p.to(tl.int64) * payload, total)  # (BLOCK,) where boundary p sits on the line
         start_of_req = tl.load(ends_ptr + req - 1, mask=in_p & (req > 0), other=0)  # total when req == b
         pages = _pages(seqlens_ptr, stride_s, req, in_p & (req < b), PAGE)  # 0 for req == b
         # a request's first `overhead` units are its overhead: a cut there falls before its first page
