@@ -21,10 +21,10 @@ from mla_tutorial.kernels import schedule as S
 MAX_LEN = 2**20  # tokens per request: 16384 pages
 
 
-def assert_same_schedule(seqlens, parts: int | None, overhead: int = 5, dtype=torch.int32) -> None:
+def assert_same_schedule(seqlens, parts: int | None, overhead: int = 5, dtype=torch.int32, slack: int = 5) -> None:
     """Kernel and torch reference on the same lengths: equal metadata and num_splits (dtype, shape, values)."""
     cache_seqlens = torch.as_tensor(seqlens, dtype=dtype, device=DEVICE)
-    knobs = dict(num_sm_parts=parts, fixed_overhead=overhead)
+    knobs = dict(num_sm_parts=parts, fixed_overhead=overhead, payload_slack=slack)
     meta, splits = S.get_mla_metadata(cache_seqlens, 16, 1, **knobs)
     ref_meta, ref_splits = S.get_mla_metadata_torch(cache_seqlens, 16, 1, **knobs)
     assert meta.dtype == torch.int32 and splits.dtype == torch.int32
@@ -47,9 +47,10 @@ LENGTHS = st.one_of(
     seqlens=st.lists(LENGTHS, min_size=1, max_size=40),
     parts=st.integers(1, 300),
     overhead=st.integers(1, 9),
+    slack=st.sampled_from([0, 5, 9]),
 )
-def test_kernel_matches_torch_reference(seqlens, parts, overhead):
-    assert_same_schedule(seqlens, parts, overhead)
+def test_kernel_matches_torch_reference(seqlens, parts, overhead, slack):
+    assert_same_schedule(seqlens, parts, overhead, slack=slack)
 
 
 @pytest.mark.parametrize("parts", [1, 3, 100])
@@ -121,5 +122,7 @@ def test_bad_knobs_raise_before_launch(fn):
         fn(seqlens, 16, 1, num_sm_parts=4, fixed_overhead=0)
     with pytest.raises(ValueError, match="num_sm_parts"):
         fn(seqlens, 16, 1, num_sm_parts=0)
+    with pytest.raises(ValueError, match="payload_slack"):
+        fn(seqlens, 16, 1, num_sm_parts=4, payload_slack=-1)
     with pytest.raises(ValueError, match="cache_seqlens"):
         fn(seqlens[:0], 16, 1, num_sm_parts=4)

@@ -1,18 +1,17 @@
 """The load-balanced split-KV schedule (FlashMLA's `get_mla_metadata`), computed on the GPU by one small kernel.
 
 All work of a decode call is laid out on one line: request r costs ceil(s_k_r / 64) page units plus a fixed
-overhead of 5 units (query load, output store), and the line is cut into num_sm_parts contiguous ranges of equal
-cost, payload = ceil(total / parts) units each, one per program of the kernel's single wave. A range may hold the
+overhead of 5 units (query load, output store), and the line is cut into num_sm_parts contiguous ranges of
+payload = ceil(total / parts) + payload_slack units, one per program of the kernel's single wave. A range may hold the
 tail of one request, several whole requests and the head of the next; only requests cut by a range boundary are split
 and go through the combine.
 
-What changed from FlashMLA's rule, and why: FlashMLA gives each part ceil(total / parts) + 5 units and charges every
-piece, a continued request's included, its 5 units of overhead as it walks the parts. On this line a request's
-overhead is charged once, at its start, so those 5 extra units per part went unspent and the line ran out before the
-last parts: on an H200 at b 128, 28 of 132 programs had nothing to do at h_q 64, s_k 1k, and 9 at 4k (the seesaw
-tile's own stamps, docs/results/v5_notes.md, thirteenth session). Without them at most a part or two at the end stay
-idle (the rounding up); a part that continues a request carries that piece's overhead uncharged, as nearly all parts
-do alike.
+payload_slack is 5 by default, FlashMLA's rule. FlashMLA's walk over the parts charges every piece, a continued
+request's included, its 5 units of overhead, which those 5 units pay for; on this line a request's overhead is charged
+once, at its start, so they go unspent and the line runs out before the last parts: on an H200 at b 128, 28 of 132
+programs had nothing to do at h_q 64, s_k 1k, and 9 at 4k (the seesaw tile's own stamps, docs/results/v5_notes.md,
+thirteenth session). payload_slack=0, the even share, leaves only the rounding's tail idle (4 of 132 there); it is
+prepared and not yet timed on a GPU, so the default stays FlashMLA's rule until it is.
 
 Two implementations with identical results (bit for bit, tests/test_schedule.py):
 - `get_mla_metadata_torch`: ~20 torch ops, the readable statement of the algorithm.
@@ -28,7 +27,7 @@ block-wide barrier orders them). Neither version syncs with the host or builds t
 metadata and the decode kernels can be captured in a CUDA graph and replayed with new lengths.
 
 The kernel's phases (b requests; boundaries p = 0..num_sm_parts at x_p = min(p * payload, total) on the line):
-1. requests: total cost -> payload = ceil(total / parts); zero the two counters in scratch.
+1. requests: total cost -> payload = ceil(total / parts) + payload_slack; zero the two counters in scratch.
 2. requests: ends = prefix sum of the costs (int64, to scratch). Each request votes for the first boundary at or
    after its end, k_r = ceil(ends_r / payload): boundary p lies past request r's end exactly when k_r <= p.
 3. boundaries: req_p = prefix sum of the votes = the requests that end at or before x_p (torch's
@@ -81,9 +80,11 @@ def default_num_sm_parts(num_heads_per_head_k: int, num_heads_k: int, device) ->
     return max(1, limits.sm_count * cfg.ctas_per_sm // (num_heads_k * m_tiles))
 
 
-def _check_knobs(cache_seqlens: torch.Tensor, num_sm_parts: int, fixed_overhead: int) -> None:
+def _check_knobs(cache_seqlens: torch.Tensor, num_sm_parts: int, fixed_overhead: int, payload_slack: int) -> None:
     if fixed_overhead < 1:  # an empty request must occupy at least one unit, or no part would own it
         raise ValueError(f"fixed_overhead must be >= 1, got {fixed_overhead}")
+    if payload_slack < 0:
+        raise ValueError(f"payload_slack must be >= 0, got {payload_slack}")
     if num_sm_parts < 1:
         raise ValueError(f"num_sm_parts must be >= 1, got {num_sm_parts}")
     if cache_seqlens.dim() != 1 or cache_seqlens.shape[0] < 1:
@@ -100,16 +101,18 @@ def get_mla_metadata_torch(
     *,
     num_sm_parts: int | None = None,
     fixed_overhead: int = SCHEDULE_OVERHEAD_BLOCKS,
+    payload_slack: int = SCHEDULE_OVERHEAD_BLOCKS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Balanced split-KV schedule, computed with torch ops on cache_seqlens' device (no host sync).
 
     Returns (tile_scheduler_metadata [num_sm_parts, 8] int32, num_splits [b+1] int32), where
     num_splits is the prefix sum of the number of pieces each request is cut into.
-    `num_sm_parts` and `fixed_overhead` (units per request) are knobs for tests and tuning.
+    `num_sm_parts`, `fixed_overhead` (units per request) and `payload_slack` (units added to each part's even
+    share; the module docstring says why 5, and what 0 would buy) are knobs for tests and tuning.
     """
     if num_sm_parts is None:
         num_sm_parts = default_num_sm_parts(num_heads_per_head_k, num_heads_k, cache_seqlens.device)
-    _check_knobs(cache_seqlens, num_sm_parts, fixed_overhead)
+    _check_knobs(cache_seqlens, num_sm_parts, fixed_overhead, payload_slack)
     device = cache_seqlens.device
     parts = int(num_sm_parts)
     b = cache_seqlens.shape[0]
@@ -119,7 +122,7 @@ def get_mla_metadata_torch(
     ends = torch.cumsum(cost, 0)  # (b,) where each request's units end on the line
     total = ends[-1:]  # (1,)
     starts = ends - cost
-    payload = (total + parts - 1) // parts  # units per part (FlashMLA's rule adds fixed_overhead: see the docstring)
+    payload = (total + parts - 1) // parts + payload_slack  # units per part (FlashMLA's rule: slack 5)
 
     # range boundaries x_p = p·payload on the line of units, p = 0..parts -> (request, page) cut points
     x = torch.minimum(torch.arange(parts + 1, device=device, dtype=torch.int64) * payload, total)
@@ -166,10 +169,10 @@ def _pages(seqlens_ptr, stride_s, r, valid, PAGE: tl.constexpr):
     return (s_k + PAGE - 1) // PAGE
 
 
-@triton.jit(do_not_specialize=["stride_s", "b", "parts", "fixed_overhead"])
+@triton.jit(do_not_specialize=["stride_s", "b", "parts", "fixed_overhead", "payload_slack"])
 def _schedule_kernel(
     seqlens_ptr, meta_ptr, num_splits_ptr, scratch_ptr,
-    stride_s, b, parts, fixed_overhead,
+    stride_s, b, parts, fixed_overhead, payload_slack,
     PAGE: tl.constexpr, META_COLS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # scratch (int64): ends [b] | votes [parts+1] | cuts [b] | cuts_before [b] | cut_no [parts]
@@ -194,7 +197,7 @@ def _schedule_kernel(
     for start in range(0, parts + 1, BLOCK):
         p = start + lanes  # (BLOCK,) boundary ids
         tl.store(votes_ptr + p, zeros, mask=p <= parts)
-    payload = (total + parts - 1) // parts  # units per part (FlashMLA's rule adds the overhead: module docstring)
+    payload = (total + parts - 1) // parts + payload_slack.to(tl.int64)  # units per part (FlashMLA's rule: slack 5)
     tl.debug_barrier()
 
     # phase 2 (requests): where each request ends on the line; it votes for the first boundary at or past its end
@@ -280,21 +283,23 @@ def get_mla_metadata(
     *,
     num_sm_parts: int | None = None,
     fixed_overhead: int = SCHEDULE_OVERHEAD_BLOCKS,
+    payload_slack: int = SCHEDULE_OVERHEAD_BLOCKS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Balanced split-KV schedule, computed by one launch of `_schedule_kernel` (no host sync).
 
     Returns (tile_scheduler_metadata [num_sm_parts, 8] int32, num_splits [b+1] int32), where
     num_splits is the prefix sum of the number of pieces each request is cut into; equal, bit for bit, to
-    `get_mla_metadata_torch`. `num_sm_parts` and `fixed_overhead` (units per request) are knobs for tests and
-    tuning. A CPU tensor outside the interpreter (Triton cannot launch on it) takes the torch reference.
+    `get_mla_metadata_torch`. `num_sm_parts`, `fixed_overhead` (units per request) and `payload_slack` are knobs for
+    tests and tuning. A CPU tensor outside the interpreter (Triton cannot launch on it) takes the torch reference.
     """
     if num_sm_parts is None:
         num_sm_parts = default_num_sm_parts(num_heads_per_head_k, num_heads_k, cache_seqlens.device)
-    _check_knobs(cache_seqlens, num_sm_parts, fixed_overhead)
+    _check_knobs(cache_seqlens, num_sm_parts, fixed_overhead, payload_slack)
     device = cache_seqlens.device
     if device.type == "cpu" and not is_interpreter():
         return get_mla_metadata_torch(cache_seqlens, num_heads_per_head_k, num_heads_k,
-                                      num_sm_parts=num_sm_parts, fixed_overhead=fixed_overhead)
+                                      num_sm_parts=num_sm_parts, fixed_overhead=fixed_overhead,
+                                      payload_slack=payload_slack)
     parts = int(num_sm_parts)
     b = cache_seqlens.shape[0]
     meta = torch.empty((parts, METADATA_COLS), dtype=torch.int32, device=device)  # every entry written
@@ -302,7 +307,7 @@ def get_mla_metadata(
     scratch = torch.empty(3 * b + 2 * parts + 1, dtype=torch.int64, device=device)  # layout: see the kernel
     _LAUNCH(
         (1,), cache_seqlens, meta, num_splits, scratch,
-        cache_seqlens.stride(0), b, parts, int(fixed_overhead),
+        cache_seqlens.stride(0), b, parts, int(fixed_overhead), int(payload_slack),
         PAGE=PAGE_SIZE, META_COLS=METADATA_COLS, BLOCK=SCHEDULE_BLOCK,
     )
     return meta, num_splits
