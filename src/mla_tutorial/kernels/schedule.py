@@ -6,12 +6,14 @@ payload = ceil(total / parts) + payload_slack units, one per program of the kern
 tail of one request, several whole requests and the head of the next; only requests cut by a range boundary are split
 and go through the combine.
 
-payload_slack is 5 by default, FlashMLA's rule. FlashMLA's walk over the parts charges every piece, a continued
-request's included, its 5 units of overhead, which those 5 units pay for; on this line a request's overhead is charged
-once, at its start, so they go unspent and the line runs out before the last parts: on an H200 at b 128, 28 of 132
-programs had nothing to do at h_q 64, s_k 1k, and 9 at 4k (the seesaw tile's own stamps, docs/results/v5_notes.md,
-thirteenth session). payload_slack=0, the even share, leaves only the rounding's tail idle (4 of 132 there); it is
-prepared and not yet timed on a GPU, so the default stays FlashMLA's rule until it is.
+payload_slack is 0 by default: each range gets the even share. FlashMLA adds 5 units (its rule, payload_slack=5):
+its walk over the parts charges every piece, a continued request's included, its 5 units of overhead, which those 5
+units pay for. On this line a request's overhead is charged once, at its start, so with FlashMLA's 5 they go unspent
+and the line runs out before the last parts: on an H200 at b 128, 28 of 132 programs had nothing to do at h_q 64,
+s_k 1k, and 9 at 4k (the seesaw tile's own stamps, docs/results/v5_notes.md, thirteenth session); the even share
+leaves only the rounding's tail idle (4 of 132 there). Measured on an H200 (2026-12-03, whole call, b 128, beside
+FlashMLA in the same run): FlashMLA / v5 went from 0.61 to 0.78 at h_q 64, s_k 1k, 0.67 to 0.74 at h_q 16 1k, 0.63 to
+0.67 at h_q 128 1k, and by 1-5 % at 4k and 8k (within the runs' spread there).
 
 Two implementations with identical results (bit for bit, tests/test_schedule.py):
 - `get_mla_metadata_torch`: ~20 torch ops, the readable statement of the algorithm.
@@ -49,6 +51,7 @@ from .common import (
     METADATA_COLS,
     PAGE_SIZE,
     SCHEDULE_OVERHEAD_BLOCKS,
+    SCHEDULE_PAYLOAD_SLACK,
     cdiv,
     device_limits,
     is_interpreter,
@@ -101,14 +104,15 @@ def get_mla_metadata_torch(
     *,
     num_sm_parts: int | None = None,
     fixed_overhead: int = SCHEDULE_OVERHEAD_BLOCKS,
-    payload_slack: int = SCHEDULE_OVERHEAD_BLOCKS,
+    payload_slack: int = SCHEDULE_PAYLOAD_SLACK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Balanced split-KV schedule, computed with torch ops on cache_seqlens' device (no host sync).
 
     Returns (tile_scheduler_metadata [num_sm_parts, 8] int32, num_splits [b+1] int32), where
     num_splits is the prefix sum of the number of pieces each request is cut into.
     `num_sm_parts`, `fixed_overhead` (units per request) and `payload_slack` (units added to each part's even
-    share; the module docstring says why 5, and what 0 would buy) are knobs for tests and tuning.
+    share: 0 by default; FlashMLA adds 5: the module docstring says why, and what each measured) are knobs for tests
+    and tuning.
     """
     if num_sm_parts is None:
         num_sm_parts = default_num_sm_parts(num_heads_per_head_k, num_heads_k, cache_seqlens.device)
@@ -122,7 +126,7 @@ def get_mla_metadata_torch(
     ends = torch.cumsum(cost, 0)  # (b,) where each request's units end on the line
     total = ends[-1:]  # (1,)
     starts = ends - cost
-    payload = (total + parts - 1) // parts + payload_slack  # units per part (FlashMLA's rule: slack 5)
+    payload = (total + parts - 1) // parts + payload_slack  # units per part (even share: slack 0; FlashMLA's rule: 5)
 
     # range boundaries x_p = p·payload on the line of units, p = 0..parts -> (request, page) cut points
     x = torch.minimum(torch.arange(parts + 1, device=device, dtype=torch.int64) * payload, total)
@@ -197,7 +201,7 @@ def _schedule_kernel(
     for start in range(0, parts + 1, BLOCK):
         p = start + lanes  # (BLOCK,) boundary ids
         tl.store(votes_ptr + p, zeros, mask=p <= parts)
-    payload = (total + parts - 1) // parts + payload_slack.to(tl.int64)  # units per part (FlashMLA's rule: slack 5)
+    payload = (total + parts - 1) // parts + payload_slack.to(tl.int64)  # units per part (FlashMLA adds 5)
     tl.debug_barrier()
 
     # phase 2 (requests): where each request ends on the line; it votes for the first boundary at or past its end
@@ -283,7 +287,7 @@ def get_mla_metadata(
     *,
     num_sm_parts: int | None = None,
     fixed_overhead: int = SCHEDULE_OVERHEAD_BLOCKS,
-    payload_slack: int = SCHEDULE_OVERHEAD_BLOCKS,
+    payload_slack: int = SCHEDULE_PAYLOAD_SLACK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Balanced split-KV schedule, computed by one launch of `_schedule_kernel` (no host sync).
 
