@@ -245,16 +245,47 @@ if gluon is not None:
     def _v5_store(acc, m_i, l_i, rows, tok, req, slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q,
                   heads_per_kv, rows_per_kv, m_start, o_rows: gl.constexpr, o_cols: gl.constexpr, COL0: gl.constexpr,
                   NCOLS: gl.constexpr, WRITE_LSE: gl.constexpr, BLOCK_M: gl.constexpr = 64,
-                  PERM32: gl.constexpr = False):
+                  PERM32: gl.constexpr = False, LINES: gl.constexpr = False):
         """A tile's end of a request: O / l for output columns COL0 .. COL0+NCOLS-1 (and, if WRITE_LSE, the LSE) to
         the output when the request is one piece, else as an fp32 partial in partial slot `slot` for the combine
         kernel. rows / tok: the tile's query rows and their tokens, in the layout of m_i and l_i. PERM32: acc's
-        column n is output column COL0 + 4·(n % 32) + n // 32 (v5_fp8_reg.py's order inside a 128-column slice)."""
-        D_V: gl.constexpr = 512
+        column n is output column COL0 + 4·(n % 32) + n // 32 (v5_fp8_reg.py's order inside a 128-column slice).
+        LINES (a [64, 256] tile of one warpgroup, acc in the wgmma layout): O is first moved, by shuffles inside each
+        warp (each warp keeps its 16 rows), to a layout in which 8 lanes hold 32 consecutive columns of a row, 4
+        each: a store instruction then writes 4 whole 128-byte lines of the fp32 partial (2 bytes · 32 columns of
+        the bf16 output: 4 half lines) instead of 32-byte pieces of 8 lines from the accumulator's layout."""
         has_keys = l_i > 0
         l_safe = gl.where(has_keys, l_i, 1.0)
         o = acc / gl.convert_layout(l_safe, o_rows)[:, None]
         lse = (m_i + gl.log2(l_safe)) * 0.6931471805599453
+        if LINES:
+            st: gl.constexpr = gl.DistributedLinearLayout(
+                reg_bases=[[0, 1], [0, 2], [8, 0], [0, 16], [0, 32], [0, 64], [0, 128]],
+                lane_bases=[[0, 8], [0, 4], [1, 0], [2, 0], [4, 0]], warp_bases=[[16, 0], [32, 0]], block_bases=[],
+                shape=[64, 256])
+            _v5_store_o(gl.convert_layout(o, st), req, slot, pieces, out_ptr, part_out_ptr, s_q, h_q, heads_per_kv,
+                        rows_per_kv, m_start, gl.SliceLayout(1, st), gl.SliceLayout(0, st), COL0, NCOLS, BLOCK_M,
+                        PERM32)
+        else:
+            _v5_store_o(o, req, slot, pieces, out_ptr, part_out_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start,
+                        o_rows, o_cols, COL0, NCOLS, BLOCK_M, PERM32)
+        if WRITE_LSE:
+            row_ok = rows < rows_per_kv
+            head = rows % heads_per_kv
+            if pieces == 1:
+                gl.store(lse_ptr + (req.to(gl.int64) * h_q + head) * s_q + tok, gl.where(has_keys, lse, float("inf")),
+                         mask=row_ok)
+            else:
+                gl.store(part_lse_ptr + (slot.to(gl.int64) * s_q + tok) * h_q + head,
+                         gl.where(has_keys, lse, float("-inf")), mask=row_ok)
+
+    @gluon.jit
+    def _v5_store_o(o, req, slot, pieces, out_ptr, part_out_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start,
+                    o_rows: gl.constexpr, o_cols: gl.constexpr, COL0: gl.constexpr, NCOLS: gl.constexpr,
+                    BLOCK_M: gl.constexpr, PERM32: gl.constexpr):
+        """_v5_store's output columns: o (O / l, in the layout whose row and column slices are o_rows, o_cols) to the
+        output (one piece) or to partial slot `slot` (fp32)."""
+        D_V: gl.constexpr = 512
         o_rows_idx = m_start + gl.arange(0, BLOCK_M, layout=o_rows)
         o_ok = o_rows_idx < rows_per_kv
         o_tok = o_rows_idx // heads_per_kv
@@ -263,22 +294,13 @@ if gluon is not None:
         if PERM32:
             cols = 4 * (cols % 32) + cols // 32
         cols = COL0 + cols
-        row_ok = rows < rows_per_kv
-        head = rows % heads_per_kv
         if pieces == 1:
             orow = (req.to(gl.int64) * s_q + o_tok) * h_q + o_head
             gl.store(out_ptr + orow[:, None] * D_V + cols[None, :], o.to(out_ptr.dtype.element_ty),
                      mask=o_ok[:, None])
-            if WRITE_LSE:
-                gl.store(lse_ptr + (req.to(gl.int64) * h_q + head) * s_q + tok, gl.where(has_keys, lse, float("inf")),
-                         mask=row_ok)
         else:
-            pslot = slot.to(gl.int64)
-            orow = (pslot * s_q + o_tok) * h_q + o_head
+            orow = (slot.to(gl.int64) * s_q + o_tok) * h_q + o_head
             gl.store(part_out_ptr + orow[:, None] * D_V + cols[None, :], o, mask=o_ok[:, None])
-            if WRITE_LSE:
-                gl.store(part_lse_ptr + (pslot * s_q + tok) * h_q + head, gl.where(has_keys, lse, float("-inf")),
-                         mask=row_ok)
 
     @gluon.jit
     def _v5_kernel(
@@ -472,6 +494,7 @@ class GluonConfig:
     max_first: bool = True  # the seesaw tile: warpgroup 0 publishes the row max before P (v5_seesaw's MAX_FIRST)
     opaque_views: bool = True  # the seesaw tile: its page slots' views rebuilt at every pair (v5_seesaw's OPAQUE)
     q_async: bool = True  # the seesaw tile: Q copied by cp.async (v5_seesaw's Q_ASYNC)
+    store_lines: bool = False  # the seesaw tile: O moved to whole-line stores first (v5_gluon._v5_store's LINES; probe)
     warps: int = 0  # the 16-row FP8 tile: warps per program (0: its default, 4; 8: v5_fp8_mma.WIDE_WARPS, slower);
     #                 the warp-specialised 16-row tile (path "ws16"): its producer's warps (0: 4; 8: prepared)
 
@@ -482,7 +505,7 @@ class GluonConfig:
                              f"{self.mode!r}")
         if self.early not in (0, 1, 2, 3):
             raise ValueError(f"GluonConfig.early must be 0, 1, 2 or 3, got {self.early!r}")
-        for name in ("fine", "max_first", "opaque_views", "q_async"):
+        for name in ("fine", "max_first", "opaque_views", "q_async", "store_lines"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GluonConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.warps not in (0, 4, 8):

@@ -39,6 +39,10 @@
 #   * Q_ASYNC: Q by cp.async, all blocks at once (1-6 %).
 #   Bought: FlashMLA / v5 at b = 128 0.67 → 0.83 (h_q 64, s_k 4k), 0.70 → 0.87 (8k), 0.59 → 0.70 (h_q 128, 4k),
 #   0.60 → 0.74 (8k), 0.68 → 0.75 (s_q 2 causal) (docs/results/kernels_v5_qasync_h200_2026-12-02.json).
+# Thirteenth/fourteenth session: the tile's stamps found 7-21 % of its programs idle (the schedule's payload, FlashMLA's
+#   share + 5 units, ran out before the last parts); the schedule's even share (schedule.py, payload_slack 0) bought
+#   FlashMLA / v5 0.62 → 0.77 (h_q 64, s_k 1k), 0.63 → 0.67 (h_q 128, 1k), 0.83 → 0.85 (64, 4k), within the runs'
+#   spread at 8k (docs/results/kernels_v5_even_h200_2026-12-03.json, FlashMLA's rule timed beside it).
 """Version 5's warp-specialised Gluon tile: a producer warp and FlashMLA's seesaw schedule (Hopper, Triton 3.6)."""
 
 from __future__ import annotations
@@ -279,6 +283,7 @@ if gluon is not None:
                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
                         FINE: gl.constexpr, EARLY: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
                         MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr, Q_ASYNC: gl.constexpr,
+                        LINES: gl.constexpr = False,
                         ):
         """Consumer warpgroup WG, EARLY choosing when warpgroup 1 releases a pair's right halves after its two last
         products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (1 is the default; the others are probes, results correct):
@@ -294,6 +299,7 @@ if gluon is not None:
         copies' traffic; sm_90a spills 328 → 168 bytes a thread, none left in either consumer's pair loop).
         Q_ASYNC: each request's Q copied by cp.async, all its blocks in flight at once (_v5_load_q's ASYNC), instead
         of one load-and-store round trip per 64-column block.
+        LINES: the output (or its fp32 partial) moved by shuffles to whole-line stores first (_v5_store's LINES).
         """
         _ss_stamp(trace_ptr, 0, 21 + WG, TRACE)
         if WG == 0:
@@ -472,7 +478,7 @@ if gluon is not None:
             part_slot, pieces = _v5_piece(num_splits_ptr, req, begin_req, begin_split)
             _v5_store(acc, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, o_rows, o_cols, 256 * WG, 256,
-                      WG == 0)
+                      WG == 0, LINES=LINES)
             _ss_stamp(trace_ptr, n0, 27 + 4 * WG, TRACE)
             if WG == 0:  # (overwritten at each request: the last one's stays, whatever the pair count)
                 _ss_stamp(trace_ptr, 0, 15, TRACE)
@@ -487,7 +493,7 @@ if gluon is not None:
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
         EARLY: gl.constexpr, TRACE: gl.constexpr, MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr,
-        Q_ASYNC: gl.constexpr, num_warps: gl.constexpr,
+        Q_ASYNC: gl.constexpr, STORE_LINES: gl.constexpr, num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -524,12 +530,12 @@ if gluon is not None:
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
                                    CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE,
-                                   Q_ASYNC)),
+                                   Q_ASYNC, STORE_LINES)),
                 (_ss_consumer_at, (1, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
                                    CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE,
-                                   Q_ASYNC)),
+                                   Q_ASYNC, STORE_LINES)),
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
                                 max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, trace_ptr, TRACE)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -552,7 +558,7 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
     (results meaningless: for timing the parts); early, when warpgroup 1 releases a pair's right halves
     (_ss_consumer_at's EARLY; 1, the default, B's as soon as its product is done; 0 both at the pair's end);
     max_first, opaque_views, q_async: _ss_consumer_at's MAX_FIRST, OPAQUE and Q_ASYNC (on by default; early 0
-    compiles without them)."""
+    compiles without them); store_lines, its LINES (off: a probe)."""
     cfg = config or DEFAULT_GLUON_CONFIG
     m_tiles = -(-dims.rows_per_kv // 64)
     if TRACE_BUFFER is not None:  # the probe's buffer: refused before the kernel could write past it
@@ -573,5 +579,6 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], FINE=cfg.fine, MODE=cfg.mode, EARLY=cfg.early,
         TRACE=TRACE_BUFFER is not None, MAX_FIRST=cfg.max_first, OPAQUE=cfg.opaque_views, Q_ASYNC=q_async,
+        STORE_LINES=cfg.store_lines,
         num_warps=4, maxnreg=WS_REGS,
     )
