@@ -76,7 +76,7 @@ def compile_v5(dtype: str = "bf16", causal: bool = False, sub: int = 64, stages:
 
 
 def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False, early: int = 0, trace: bool = False,
-                   max_first: bool = False, opaque: bool = True, q_async: bool = True, lines: bool = False):
+                   max_first: bool = False, opaque: bool = True, q_async: bool = True, lines: bool = True):
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from mla_tutorial.kernels import v5_seesaw as ss
@@ -296,11 +296,11 @@ def main() -> None:
                 print(f"v5fws mode={mode} causal={causal}: {report(f'v5fws{mode}_c{int(causal)}', ck, workdir)}")
         elif name.split(":")[0].split("-")[0] == "ss":  # the seesaw tile, ss[-OPTION...][:EARLY] (v5's EARLY is 1);
             base, _, early = name.partition(":")  # options: fine (one mbarrier per box), trace (its cycle stamps),
-            opts = base.split("-")[1:]  # mf (MAX_FIRST), hoist (OPAQUE off), syncq (Q_ASYNC off), lines (STORE_LINES)
+            opts = base.split("-")[1:]  # mf, hoist (OPAQUE off), syncq (Q_ASYNC off), narrow (STORE_LINES off)
             for causal in (False, True):
                 ck = compile_seesaw(causal=causal, fine="fine" in opts, early=int(early or 0), trace="trace" in opts,
                                     max_first="mf" in opts, opaque="hoist" not in opts, q_async="syncq" not in opts,
-                                    lines="lines" in opts)
+                                    lines="narrow" not in opts)
                 print(f"{name} causal={causal}: {report(f'{base}{early}_c{int(causal)}', ck, workdir)}")
         elif name.startswith("combine"):  # the combine kernel: combine[:ROWS,BLOCK_D,SPLITS] (default: its own)
             from mla_tutorial.kernels.combine import MANY_SPLITS_SHAPE

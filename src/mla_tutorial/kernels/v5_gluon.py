@@ -494,7 +494,7 @@ class GluonConfig:
     max_first: bool = True  # the seesaw tile: warpgroup 0 publishes the row max before P (v5_seesaw's MAX_FIRST)
     opaque_views: bool = True  # the seesaw tile: its page slots' views rebuilt at every pair (v5_seesaw's OPAQUE)
     q_async: bool = True  # the seesaw tile: Q copied by cp.async (v5_seesaw's Q_ASYNC)
-    store_lines: bool = False  # the seesaw tile: O moved to whole-line stores first (v5_gluon._v5_store's LINES; probe)
+    store_lines: bool = True  # the seesaw tile: O moved to 16-byte stores first (v5_gluon._v5_store's LINES)
     warps: int = 0  # the 16-row FP8 tile: warps per program (0: its default, 4; 8: v5_fp8_mma.WIDE_WARPS, slower);
     #                 the warp-specialised 16-row tile (path "ws16"): its producer's warps (0: 4; 8: prepared)
 

@@ -558,7 +558,7 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
     (results meaningless: for timing the parts); early, when warpgroup 1 releases a pair's right halves
     (_ss_consumer_at's EARLY; 1, the default, B's as soon as its product is done; 0 both at the pair's end);
     max_first, opaque_views, q_async: _ss_consumer_at's MAX_FIRST, OPAQUE and Q_ASYNC (on by default; early 0
-    compiles without them); store_lines, its LINES (off: a probe)."""
+    compiles without them); store_lines, its LINES (on by default)."""
     cfg = config or DEFAULT_GLUON_CONFIG
     m_tiles = -(-dims.rows_per_kv // 64)
     if TRACE_BUFFER is not None:  # the probe's buffer: refused before the kernel could write past it
