@@ -495,6 +495,7 @@ class GluonConfig:
     opaque_views: bool = True  # the seesaw tile: its page slots' views rebuilt at every pair (v5_seesaw's OPAQUE)
     q_async: bool = True  # the seesaw tile: Q copied by cp.async (v5_seesaw's Q_ASYNC)
     store_lines: bool = True  # the seesaw tile: O moved to 16-byte stores first (v5_gluon._v5_store's LINES)
+    trigger: bool = False  # the seesaw tile: each program lets the combine's PDL launch go at its start (probe)
     warps: int = 0  # the 16-row FP8 tile: warps per program (0: its default, 4; 8: v5_fp8_mma.WIDE_WARPS, slower);
     #                 the warp-specialised 16-row tile (path "ws16"): its producer's warps (0: 4; 8: prepared)
 
@@ -505,7 +506,7 @@ class GluonConfig:
                              f"{self.mode!r}")
         if self.early not in (0, 1, 2, 3):
             raise ValueError(f"GluonConfig.early must be 0, 1, 2 or 3, got {self.early!r}")
-        for name in ("fine", "max_first", "opaque_views", "q_async", "store_lines"):
+        for name in ("fine", "max_first", "opaque_views", "q_async", "store_lines", "trigger"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GluonConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.warps not in (0, 4, 8):

@@ -493,8 +493,11 @@ if gluon is not None:
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
         EARLY: gl.constexpr, TRACE: gl.constexpr, MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr,
-        Q_ASYNC: gl.constexpr, STORE_LINES: gl.constexpr, num_warps: gl.constexpr,
+        Q_ASYNC: gl.constexpr, STORE_LINES: gl.constexpr, TRIGGER: gl.constexpr, num_warps: gl.constexpr,
     ):
+        if TRIGGER:  # the combine (launched with PDL) may be scheduled now; it waits at gdc_wait for this grid's end
+            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32,
+                                      is_pure=False, pack=1)
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
         # block shapes must be powers of two: the 576 columns are kept as 512 (latent, also V) + 64 (RoPE)
@@ -558,7 +561,9 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
     (results meaningless: for timing the parts); early, when warpgroup 1 releases a pair's right halves
     (_ss_consumer_at's EARLY; 1, the default, B's as soon as its product is done; 0 both at the pair's end);
     max_first, opaque_views, q_async: _ss_consumer_at's MAX_FIRST, OPAQUE and Q_ASYNC (on by default; early 0
-    compiles without them); store_lines, its LINES (on by default)."""
+    compiles without them); store_lines, its LINES (on by default); trigger,
+    griddepcontrol.launch_dependents at the start of every program (the combine's PDL launch then need not wait
+    for the last program to end before its programs are placed; a probe)."""
     cfg = config or DEFAULT_GLUON_CONFIG
     m_tiles = -(-dims.rows_per_kv // 64)
     if TRACE_BUFFER is not None:  # the probe's buffer: refused before the kernel could write past it
@@ -579,6 +584,6 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], FINE=cfg.fine, MODE=cfg.mode, EARLY=cfg.early,
         TRACE=TRACE_BUFFER is not None, MAX_FIRST=cfg.max_first, OPAQUE=cfg.opaque_views, Q_ASYNC=q_async,
-        STORE_LINES=cfg.store_lines,
+        STORE_LINES=cfg.store_lines, TRIGGER=cfg.trigger,
         num_warps=4, maxnreg=WS_REGS,
     )
