@@ -40,7 +40,7 @@ CASES = [(LENGTHS, 1, 64, False, torch.bfloat16), (LENGTHS, 2, 128, True, torch.
 #: (docs/results/v5_notes.md, twelfth session) in git at bfcadde; START_SYNC, PIECE_EARLY (thirteenth session) at
 #: 5e38d3b; Q_AHEAD (the same session) at ab7d0d7.
 VARIANTS = {"nomf": {"max_first": False}, "hoist": {"opaque_views": False}, "syncq": {"q_async": False},
-            "narrow": {"store_lines": False}, "trigger": {"trigger": True}, "fine": {"fine": True}}
+            "narrow": {"store_lines": False}, "outonly": {"lines_partials": False}, "fine": {"fine": True}}
 
 
 def check(path: str, config=None) -> list[dict]:

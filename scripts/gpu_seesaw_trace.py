@@ -63,7 +63,7 @@ END = {"wg0 pages done to stored": (26, 27), "wg1 pages done to stored": (30, 31
 
 #: the variants traced (GluonConfig fields)
 CONFIGS = {"base": {}, "nomf": {"max_first": False}, "hoist": {"opaque_views": False}, "syncq": {"q_async": False},
-           "narrow": {"store_lines": False}, "trigger": {"trigger": True}, "fine": {"fine": True}}
+           "narrow": {"store_lines": False}, "outonly": {"lines_partials": False}, "fine": {"fine": True}}
 
 
 def summarize(trace: torch.Tensor, skip: int = 2) -> dict:

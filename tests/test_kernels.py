@@ -189,7 +189,7 @@ def test_forcing_a_gluon_tile_where_it_cannot_run_says_why(path):
 @pytest.mark.parametrize("field,value", [("mode", 5), ("mode", -1), ("early", 4), ("early", -1), ("warps", 6),
                                          ("warps", 16), ("max_first", 2), ("max_first", None), ("opaque_views", 1),
                                          ("fine", 0.0), ("q_async", 0), ("store_lines", 1),
-                                         ("trigger", 1)])
+                                         ("lines_partials", 1)])
 def test_gluon_config_refuses_probe_values_the_kernels_do_not_know(field, value):
     """GluonConfig's probe knobs (mode, early, warps, and the seesaw tile's switches) are checked when the config is
     made: an unknown mode or early would compile a tile that never releases its buffers, a hang on the GPU, not an

@@ -50,7 +50,7 @@ def test_gpu_matrix(version, h_q, s_q, h_kv, causal, dtype):
 @pytest.mark.parametrize("path,options", [("seesaw", {}), ("seesaw", {"fine": True}), ("seesaw", {"max_first": True}),
                                           ("seesaw", {"max_first": False}), ("seesaw", {"opaque_views": False}),
                                           ("seesaw", {"q_async": False}), ("seesaw", {"store_lines": False}),
-                                          ("seesaw", {"trigger": True}),
+                                          ("seesaw", {"lines_partials": False}),
                                           ("gluon", {}), ("gluon", {"fine": True}),
                                           ("small", None), ("m16", None)], ids=str)
 @pytest.mark.parametrize("h_q,s_q,causal", [(16, 1, False), (64, 2, True), (126, 1, False), (128, 2, True)])

@@ -245,24 +245,25 @@ if gluon is not None:
     def _v5_store(acc, m_i, l_i, rows, tok, req, slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q,
                   heads_per_kv, rows_per_kv, m_start, o_rows: gl.constexpr, o_cols: gl.constexpr, COL0: gl.constexpr,
                   NCOLS: gl.constexpr, WRITE_LSE: gl.constexpr, BLOCK_M: gl.constexpr = 64,
-                  PERM32: gl.constexpr = False, LINES: gl.constexpr = False):
+                  PERM32: gl.constexpr = False, LINES: gl.constexpr = 0):
         """A tile's end of a request: O / l for output columns COL0 .. COL0+NCOLS-1 (and, if WRITE_LSE, the LSE) to
         the output when the request is one piece, else as an fp32 partial in partial slot `slot` for the combine
         kernel. rows / tok: the tile's query rows and their tokens, in the layout of m_i and l_i. PERM32: acc's
         column n is output column COL0 + 4·(n % 32) + n // 32 (v5_fp8_reg.py's order inside a 128-column slice).
-        LINES (a [64, 256] tile of one warpgroup, acc in the wgmma layout): O is first moved, by shuffles inside each
-        warp (each warp keeps its 16 rows), to a layout in which 8 lanes hold 32 consecutive columns of a row, 4
-        each: a store instruction then writes 4 whole 128-byte lines of the fp32 partial (2 bytes · 32 columns of
-        the bf16 output: 4 half lines) instead of 32-byte pieces of 8 lines from the accumulator's layout."""
+        LINES (a [64, 256] tile of one warpgroup, acc in the wgmma layout, where a thread holds 2 adjacent columns):
+        O is first moved by shuffles inside each warp (one lane bit swapped with one register bit, the one exchange
+        Triton 3.6 lowers without shared memory) so that a thread holds 4 adjacent columns: half the store
+        instructions, 16 bytes each for the fp32 partial (8 for the bf16 output). LINES 0: the accumulator's layout;
+        1: moved for the output and the partials; 2: for the output only."""
         has_keys = l_i > 0
         l_safe = gl.where(has_keys, l_i, 1.0)
         o = acc / gl.convert_layout(l_safe, o_rows)[:, None]
         lse = (m_i + gl.log2(l_safe)) * 0.6931471805599453
-        if LINES:
-            st: gl.constexpr = gl.DistributedLinearLayout(
-                reg_bases=[[0, 1], [0, 2], [8, 0], [0, 16], [0, 32], [0, 64], [0, 128]],
-                lane_bases=[[0, 8], [0, 4], [1, 0], [2, 0], [4, 0]], warp_bases=[[16, 0], [32, 0]], block_bases=[],
-                shape=[64, 256])
+        st: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 1], [0, 2], [8, 0], [0, 16], [0, 32], [0, 64], [0, 128]],
+            lane_bases=[[0, 8], [0, 4], [1, 0], [2, 0], [4, 0]], warp_bases=[[16, 0], [32, 0]], block_bases=[],
+            shape=[64, 256])
+        if LINES == 1 or (LINES == 2 and pieces == 1):
             _v5_store_o(gl.convert_layout(o, st), req, slot, pieces, out_ptr, part_out_ptr, s_q, h_q, heads_per_kv,
                         rows_per_kv, m_start, gl.SliceLayout(1, st), gl.SliceLayout(0, st), COL0, NCOLS, BLOCK_M,
                         PERM32)
@@ -495,7 +496,7 @@ class GluonConfig:
     opaque_views: bool = True  # the seesaw tile: its page slots' views rebuilt at every pair (v5_seesaw's OPAQUE)
     q_async: bool = True  # the seesaw tile: Q copied by cp.async (v5_seesaw's Q_ASYNC)
     store_lines: bool = True  # the seesaw tile: O moved to 16-byte stores first (v5_gluon._v5_store's LINES)
-    trigger: bool = False  # the seesaw tile: each program lets the combine's PDL launch go at its start (probe)
+    lines_partials: bool = True  # with store_lines: the fp32 partials moved too, not only the output (probe: off)
     warps: int = 0  # the 16-row FP8 tile: warps per program (0: its default, 4; 8: v5_fp8_mma.WIDE_WARPS, slower);
     #                 the warp-specialised 16-row tile (path "ws16"): its producer's warps (0: 4; 8: prepared)
 
@@ -506,7 +507,7 @@ class GluonConfig:
                              f"{self.mode!r}")
         if self.early not in (0, 1, 2, 3):
             raise ValueError(f"GluonConfig.early must be 0, 1, 2 or 3, got {self.early!r}")
-        for name in ("fine", "max_first", "opaque_views", "q_async", "store_lines", "trigger"):
+        for name in ("fine", "max_first", "opaque_views", "q_async", "store_lines", "lines_partials"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GluonConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.warps not in (0, 4, 8):

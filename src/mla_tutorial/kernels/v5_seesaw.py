@@ -283,7 +283,7 @@ if gluon is not None:
                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
                         FINE: gl.constexpr, EARLY: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
                         MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr, Q_ASYNC: gl.constexpr,
-                        LINES: gl.constexpr = False,
+                        LINES: gl.constexpr = 0,
                         ):
         """Consumer warpgroup WG, EARLY choosing when warpgroup 1 releases a pair's right halves after its two last
         products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (1 is the default; the others are probes, results correct):
@@ -299,7 +299,7 @@ if gluon is not None:
         copies' traffic; sm_90a spills 328 → 168 bytes a thread, none left in either consumer's pair loop).
         Q_ASYNC: each request's Q copied by cp.async, all its blocks in flight at once (_v5_load_q's ASYNC), instead
         of one load-and-store round trip per 64-column block.
-        LINES: the output (or its fp32 partial) moved by shuffles to whole-line stores first (_v5_store's LINES).
+        LINES: the output (or its fp32 partial) moved by shuffles to 16-byte stores first (_v5_store's LINES).
         """
         _ss_stamp(trace_ptr, 0, 21 + WG, TRACE)
         if WG == 0:
@@ -493,11 +493,8 @@ if gluon is not None:
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
         EARLY: gl.constexpr, TRACE: gl.constexpr, MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr,
-        Q_ASYNC: gl.constexpr, STORE_LINES: gl.constexpr, TRIGGER: gl.constexpr, num_warps: gl.constexpr,
+        Q_ASYNC: gl.constexpr, STORE_LINES: gl.constexpr, num_warps: gl.constexpr,
     ):
-        if TRIGGER:  # the combine (launched with PDL) may be scheduled now; it waits at gdc_wait for this grid's end
-            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32,
-                                      is_pure=False, pack=1)
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
         # block shapes must be powers of two: the 576 columns are kept as 512 (latent, also V) + 64 (RoPE)
@@ -561,9 +558,8 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
     (results meaningless: for timing the parts); early, when warpgroup 1 releases a pair's right halves
     (_ss_consumer_at's EARLY; 1, the default, B's as soon as its product is done; 0 both at the pair's end);
     max_first, opaque_views, q_async: _ss_consumer_at's MAX_FIRST, OPAQUE and Q_ASYNC (on by default; early 0
-    compiles without them); store_lines, its LINES (on by default); trigger,
-    griddepcontrol.launch_dependents at the start of every program (the combine's PDL launch then need not wait
-    for the last program to end before its programs are placed; a probe)."""
+    compiles without them); store_lines and lines_partials, its LINES (1: on for the output and the partials,
+    the default; 2: for the output only; 0: off)."""
     cfg = config or DEFAULT_GLUON_CONFIG
     m_tiles = -(-dims.rows_per_kv // 64)
     if TRACE_BUFFER is not None:  # the probe's buffer: refused before the kernel could write past it
@@ -584,6 +580,6 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], FINE=cfg.fine, MODE=cfg.mode, EARLY=cfg.early,
         TRACE=TRACE_BUFFER is not None, MAX_FIRST=cfg.max_first, OPAQUE=cfg.opaque_views, Q_ASYNC=q_async,
-        STORE_LINES=cfg.store_lines, TRIGGER=cfg.trigger,
+        STORE_LINES=(1 if cfg.lines_partials else 2) if cfg.store_lines else 0,
         num_warps=4, maxnreg=WS_REGS,
     )
