@@ -43,6 +43,9 @@
 #   share + 5 units, ran out before the last parts); the schedule's even share (schedule.py, payload_slack 0) bought
 #   FlashMLA / v5 0.62 → 0.77 (h_q 64, s_k 1k), 0.63 → 0.67 (h_q 128, 1k), 0.83 → 0.85 (64, 4k), within the runs'
 #   spread at 8k (docs/results/kernels_v5_even_h200_2026-12-03.json, FlashMLA's rule timed beside it).
+#   LINES (store_lines): O moved by one in-warp shuffle exchange to 16-byte stores: h_q 64, s_k 1k 0.77 → 0.84 of
+#   FlashMLA (the end's output store 14,900 → 6,000 cycles); 1-3 % slower at 4k / 8k in two of three paired rounds
+#   (docs/results/kernels_v5_lines_h200_2026-12-03.json, v5_notes.md fourteenth session).
 """Version 5's warp-specialised Gluon tile: a producer warp and FlashMLA's seesaw schedule (Hopper, Triton 3.6)."""
 
 from __future__ import annotations
