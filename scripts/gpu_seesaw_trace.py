@@ -30,7 +30,8 @@ EVENTS = {0: "wg0_start", 6: "wg0_A_left_landed", 7: "wg0_A_right_landed", 1: "w
           20: "prod_B_left_free", 21: "wg0_entry", 22: "wg1_entry", 23: "prod_entry", 24: "wg0_req_start",
           25: "wg0_q_ready", 26: "wg0_req_pages_done",
           27: "wg0_req_stored", 28: "wg1_req_start", 29: "wg1_q_ready", 30: "wg1_req_pages_done", 31: "wg1_req_stored",
-          15: "wg0_last_stored", 32: "wg0_entry_ns", 33: "wg0_last_stored_ns"}
+          15: "wg0_last_stored", 32: "wg0_entry_ns", 33: "wg0_last_stored_ns", 34: "wg0_req_loop",
+          35: "wg1_req_loop"}
 #: (15, 32 and 33 are stamped at pair 0 only; 32 and 33 in nanoseconds, %globaltimer, the others in SM cycles)
 
 #: intervals reported: name -> (from event, to event, pair offset of the second event)
@@ -54,6 +55,8 @@ INTERVALS = {
 }
 #: the program's start (pair 0 only): name -> (from event, to event)
 START = {"wg0 entry to request start": (21, 24), "wg1 entry to request start": (22, 28),
+         "wg0 entry to its schedule row (loop entered)": (21, 34), "wg0 loop entered to request start": (34, 24),
+         "wg1 entry to its schedule row (loop entered)": (22, 35), "wg1 loop entered to request start": (35, 28),
          "wg1 entry minus wg0 entry": (21, 22), "producer entry minus wg0 entry": (21, 23),
          "wg0 request start to Q ready": (24, 25), "wg1 request start to Q ready": (28, 29),
          "wg0 entry to first pair start": (21, 0), "producer entry to first pair's A left free": (23, 17)}
@@ -68,9 +71,10 @@ CONFIGS = {"base": {}, "nomf": {"max_first": False}, "hoist": {"opaque_views": F
 
 def summarize(trace: torch.Tensor, skip: int = 2) -> dict:
     """Median and 10th/90th percentiles (cycles) of each interval over the pairs that have both stamps, leaving out
-    each program's first `skip` pairs and any pair followed by a request edge (its Q and stores)."""
+    each program's first `skip` pairs and any pair followed by a request edge (its Q and stores). A buffer written
+    before an event existed (fewer events) leaves that event's intervals out."""
     t = trace.cpu().long()  # [programs, pairs, events]
-    progs, pairs, _ = t.shape
+    progs, pairs, n_events = t.shape
     edge = (t[:, :, 24] != 0) | (t[:, :, 28] != 0)  # a request starts before this pair
     out = {}
     for name, (a, b, off) in INTERVALS.items():
@@ -85,6 +89,8 @@ def summarize(trace: torch.Tensor, skip: int = 2) -> dict:
             out[name] = {"p10": q[0], "median": q[1], "p90": q[2], "n": int(d.numel())}
     for table, where in ((START, t[:, 0, :]), (END, t.reshape(-1, t.shape[2]))):
         for name, (a, b) in table.items():
+            if max(a, b) >= n_events:
+                continue
             ok = (where[:, a] != 0) & (where[:, b] != 0)
             d = (where[:, b] - where[:, a])[ok].double()
             if d.numel():

@@ -50,6 +50,13 @@ def test_trace_summary_reads_the_stamps():
     assert period["median"] == 5000 and period["n"] == 3 * (40 - 2 - 1 - 1)  # skip 2, the last, the edge at 20
     assert s["wg0 wait A left"]["median"] == 600  # event 6 - event 0
     assert s["wg0 entry to request start"]["median"] == 390 and s["wg0 request start to Q ready"]["median"] == 500
+    assert "wg0 entry to its schedule row (loop entered)" not in s  # a 32-event buffer: stamped before events 34-35
+    t36 = torch.cat([t, torch.zeros(3, 48, 4, dtype=torch.int64)], dim=2)
+    t36[:, 0, 34:36] = torch.tensor([200, 40])  # the loop entered: wg0 190 cycles after its entry, wg1 20
+    s = gpu_seesaw_trace.summarize(t36)
+    assert s["wg0 entry to its schedule row (loop entered)"]["median"] == 190
+    assert s["wg0 loop entered to request start"]["median"] == 200
+    assert s["wg1 loop entered to request start"]["median"] == 410
 
 
 @pytest.mark.parametrize("buffer", [torch.zeros(10, dtype=torch.int64), torch.zeros(4 * 48 * 32, dtype=torch.int32),

@@ -92,8 +92,9 @@ N_BARS = tl.constexpr(32)
 STAT_M_A, STAT_M_B, STAT_L = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 N_STATS = tl.constexpr(6)
 # the TRACE probe's buffer: int64 [programs, TRACE_PAIRS, TRACE_EVENTS] (events: scripts/gpu_seesaw_trace.py;
-# 0-31 cycle stamps, 32-33 nanoseconds: warpgroup 0's entry and its last store, at pair 0, as 21 and 15 in cycles)
-TRACE_PAIRS, TRACE_EVENTS = tl.constexpr(48), tl.constexpr(34)
+# 0-31 and 34-35 cycle stamps, 32-33 nanoseconds: warpgroup 0's entry and its last store, at pair 0, as 21 and 15 in
+# cycles)
+TRACE_PAIRS, TRACE_EVENTS = tl.constexpr(48), tl.constexpr(36)
 
 WS_REGS = 168  # registers per thread at launch (12 warps · 32 · 168 ≤ 65,536); setmaxnreg then moves them:
 CONSUMER_REGS = tl.constexpr(240)  # each consumer warpgroup
@@ -329,6 +330,7 @@ if gluon is not None:
         n0 = 0  # as the producer counts them
         n1 = 0
         for req in range(begin_req, end_req + 1):
+            _ss_stamp(trace_ptr, n0, 34 + WG, TRACE)  # (the loop is entered once the schedule row has come)
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
             if CAUSAL:
                 n_visible = s_k - s_q + 1 + tok
