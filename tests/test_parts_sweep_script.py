@@ -1,0 +1,36 @@
+"""scripts/gpu_parts_sweep.py on the CPU (Triton's interpreter, a stand-in timer): every knob pair of its grid runs,
+the default first, and every schedule it tries gives the default's output (up to bf16 rounding of the combine)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import gpu_parts_sweep  # noqa: E402
+
+
+def test_knob_grid_puts_the_default_first_without_repeats():
+    grid = gpu_parts_sweep.knob_grid(8)
+    assert grid[0] == (8, 5) and len(grid) == len(set(grid)) == 5
+    assert (4, 5) in grid and (6, 5) in grid and (8, 2) in grid and (8, 10) in grid
+    assert gpu_parts_sweep.knob_grid(1) == [(1, 5), (1, 2), (1, 10)]  # fractions of one part round back to it
+
+
+def test_sweep_runs_every_knob_pair_and_agrees_with_the_default():
+    shapes = [(3, 16, 1, 130), (2, 64, 1, 65)]
+    rows = gpu_parts_sweep.sweep(shapes, device="cpu", timer=lambda fn: (fn(), 1.0)[1], log=lambda m: None)
+    per_shape = len(rows) // len(shapes)
+    assert per_shape == len(gpu_parts_sweep.knob_grid(rows[0]["num_sm_parts"]))
+    for i, (b, *_rest) in enumerate(shapes):
+        mine = rows[i * per_shape:(i + 1) * per_shape]
+        assert mine[0]["default"] and mine[0]["cos_diff_vs_default"] == 0.0
+        for r in mine:
+            assert r["ms"] == 1.0 and r["flashmla_ms"] is None
+            assert 1 <= r["busy_parts"] <= r["num_sm_parts"] and r["pieces"] >= b
+            assert r["cos_diff_vs_default"] < 1e-5, r
