@@ -259,6 +259,8 @@ if gluon is not None:
         l_safe = gl.where(has_keys, l_i, 1.0)
         o = acc / gl.convert_layout(l_safe, o_rows)[:, None]
         lse = (m_i + gl.log2(l_safe)) * 0.6931471805599453
+        if LINES != 0:  # the moved layout below is written for one warpgroup's [64, 256] accumulator
+            gl.static_assert(BLOCK_M == 64 and NCOLS == 256, "_v5_store: LINES needs BLOCK_M 64 and NCOLS 256")
         st: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[0, 1], [0, 2], [8, 0], [0, 16], [0, 32], [0, 64], [0, 128]],
             lane_bases=[[0, 8], [0, 4], [1, 0], [2, 0], [4, 0]], warp_bases=[[16, 0], [32, 0]], block_bases=[],
