@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 import torch
+from gpu_seesaw_probe import VARIANTS  # (scripts/: this script's own directory)
 
 #: event index -> name (v5_seesaw's _ss_stamp calls): WG0 0-7, WG1 8-15, producer 16-20, request edges 24-31
 EVENTS = {0: "wg0_start", 6: "wg0_A_left_landed", 7: "wg0_A_right_landed", 1: "wg0_S_A_done", 2: "wg0_P_A_published",
@@ -64,9 +65,8 @@ START = {"wg0 entry to request start": (21, 24), "wg1 entry to request start": (
 END = {"wg0 pages done to stored": (26, 27), "wg1 pages done to stored": (30, 31),
        "wg0 stored to next Q ready": (27, 25), "wg0 pages done to next first pair": (26, 0)}
 
-#: the variants traced (GluonConfig fields)
-CONFIGS = {"base": {}, "nomf": {"max_first": False}, "hoist": {"opaque_views": False}, "syncq": {"q_async": False},
-           "narrow": {"store_lines": False}, "outonly": {"lines_partials": False}, "fine": {"fine": True}}
+#: the variants traced (GluonConfig fields): the tile itself and the probe's VARIANTS, each a switch turned off
+CONFIGS = {"base": {}, **VARIANTS}
 
 
 def summarize(trace: torch.Tensor, skip: int = 2) -> dict:

@@ -13,7 +13,7 @@ and the line runs out before the last parts: on an H200 at b 128, 28 of 132 prog
 s_k 1k, and 9 at 4k (the seesaw tile's own stamps, docs/results/v5_notes.md, thirteenth session); the even share
 leaves only the rounding's tail idle (4 of 132 there). Measured on an H200 (2026-12-03, whole call, b 128, beside
 FlashMLA in the same run): FlashMLA / v5 went from 0.61 to 0.78 at h_q 64, s_k 1k, 0.67 to 0.74 at h_q 16 1k, 0.63 to
-0.67 at h_q 128 1k, and by 1-5 % at 4k and 8k (within the runs' spread there).
+0.67 at h_q 128 1k, and between -1 % and +4 % at 4k and 8k (within the runs' spread there).
 
 Two implementations with identical results (bit for bit, tests/test_schedule.py):
 - `get_mla_metadata_torch`: ~20 torch ops, the readable statement of the algorithm.
