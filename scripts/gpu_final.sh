@@ -7,7 +7,7 @@
 # Steps not in the default list: plans (call plans' GPU cases and host time), regvar (v5_fp8_reg.py's prepared variants), regpick (the fastest of them for the steps after), fp8final (the FP8 results the course shows), fp8all (every FP8 Gluon tile's GPU cases, then their timing), reg (v5_fp8_reg.py's cases and timing), mma (the 16-row FP8 tile's GPU cases, then its timing and its parts beside the other
 # FP8 tiles), ncu, stalls, sass (Nsight Compute's counters for the FP8 tiles; scripts/gpu_ncu_fp8.py), trace (the seesaw
 # tile's cycle stamps, scripts/gpu_seesaw_trace.py), parts (the schedule's part count and fixed overhead timed beside
-# FlashMLA, scripts/gpu_parts_sweep.py). The seesaw probe's check and time steps include its VARIANTS.
+# FlashMLA, scripts/gpu_parts_sweep.py; PARTS_ARGS="--grid wide --rounds 2" for the wide grid), split (each kernel's device time in v5's call and FlashMLA's, scripts/gpu_kernel_split.py). The seesaw probe's check and time steps include its VARIANTS.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
 STEPS=${STEPS:-check time tests kernels fp8 decode}
@@ -47,7 +47,9 @@ has plans && step plan_tests ${PLAN_LIMIT:-300} env PYTHONPATH=src:tests $PY -m 
 has plans && step host_plans 150 env PYTHONPATH=src $PY scripts/gpu_host_profile.py --plans
 has trace && step trace 300 env PYTHONPATH=src $PY scripts/gpu_seesaw_trace.py --out "$OUT/trace.json" \
   --configs ${TRACE_CONFIGS:-base} --modes ${TRACE_MODES:-0} --shapes ${TRACE_SHAPES:-64:4096,128:4096,64:1024}
-has parts && step parts 150 env PYTHONPATH=$PEERS:src $PY scripts/gpu_parts_sweep.py --out "$OUT/parts.json"
+has parts && step parts ${PARTS_LIMIT:-150} env PYTHONPATH=$PEERS:src $PY scripts/gpu_parts_sweep.py \
+  --out "$OUT/parts.json" ${PARTS_ARGS:-}
+has split && step split 150 env PYTHONPATH=$PEERS:src $PY scripts/gpu_kernel_split.py --out "$OUT/split.json"
 has kernels && step kernels 200 env PYTHONPATH=$PEERS:src $PY -m mla_tutorial bench --kernel --shapes targets,ablation \
   --out "$OUT/kernels.json"
 has fp8 && step fp8 120 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma --parts \

@@ -2,7 +2,7 @@
 (`num_sm_parts`, default: FlashMLA's count, 264 for the small tile on an H200, 132 for the seesaw tile at 64 rows)
 and the units a request's fixed work costs on it (`fixed_overhead`, FlashMLA's 5).
 
-    PYTHONPATH=.peers/flashmla:src python scripts/gpu_parts_sweep.py --out sweep.json
+    PYTHONPATH=.peers/flashmla:src python scripts/gpu_parts_sweep.py --out sweep.json [--grid wide --rounds 2]
 
 Why (docs/results/v5_notes.md, fourteenth session): at h_q 16, b 128, s_k 1k the small tile's 264 parts cut every
 request in two (21 units a request, a payload of 11), so the combine runs for all of them, where 132 parts would
@@ -29,6 +29,20 @@ SHAPES = [(128, 16, 1, 1024), (128, 16, 1, 4096), (128, 64, 1, 1024), (128, 128,
 #: the knobs tried at every shape: a fraction of the default part count, and fixed_overhead at the default count
 PART_FRACTIONS = (1.0, 0.75, 0.5)
 OVERHEADS = (5, 2, 10)
+#: --grid wide (fifteenth session, after the first sweep put fixed_overhead 2 ahead for the small tile): per shape
+#: (b, h_q, s_q, s_k, lengths), the (num_sm_parts or None for the default count, fixed_overhead) pairs to time;
+#: 128 / 64 parts are "one whole request (two at 128 heads) a part, no combine"
+WIDE = {
+    (128, 16, 1, 1024, "fixed"): [(None, 5), (None, 1), (None, 2), (None, 3), (None, 4), (256, 2), (128, 5)],
+    (128, 16, 1, 4096, "fixed"): [(None, 5), (None, 1), (None, 2), (None, 3), (256, 2)],
+    (128, 16, 1, 8192, "fixed"): [(None, 5), (None, 2), (None, 3)],
+    (128, 16, 1, 4096, "normal"): [(None, 5), (None, 2), (None, 3)],
+    (128, 64, 1, 1024, "fixed"): [(None, 5), (None, 2), (128, 5)],
+    (128, 64, 1, 4096, "fixed"): [(None, 5), (None, 2), (None, 10), (128, 5)],
+    (128, 64, 1, 8192, "fixed"): [(None, 5), (None, 2), (128, 5)],
+    (128, 128, 1, 1024, "fixed"): [(None, 5), (None, 2), (64, 5)],
+    (128, 128, 1, 4096, "fixed"): [(None, 5), (None, 2), (64, 5)],
+}
 
 
 def knob_grid(default_parts: int) -> list[tuple[int, int]]:
@@ -39,11 +53,15 @@ def knob_grid(default_parts: int) -> list[tuple[int, int]]:
     return list(dict.fromkeys(grid))
 
 
-def sweep(shapes=SHAPES, *, device="cuda", timer=bench_ms, flash_mla=None, log=print) -> list[dict]:
-    """Every shape with every knob pair: parts with work, pieces, ms, FlashMLA / ours, agreement with the default."""
+def sweep(shapes=SHAPES, *, device="cuda", timer=bench_ms, flash_mla=None, log=print, grid=None,
+          round_=0) -> list[dict]:
+    """Every shape with every knob pair: parts with work, pieces, ms, FlashMLA / ours, agreement with the default.
+    `grid` maps a shape (b, h_q, s_q, s_k, lengths) to its knob pairs (WIDE); without it, `shapes` (fixed lengths)
+    each with knob_grid's pairs."""
     rows = []
-    for i, (b, h_q, s_q, s_k) in enumerate(shapes):
-        (q, k, bt, sl), _ = shape_inputs(b, h_q, s_q, s_k, "fixed", i, device)
+    items = list(grid.items()) if grid is not None else [(tuple(s) + ("fixed",), None) for s in shapes]
+    for i, ((b, h_q, s_q, s_k, dist), pairs) in enumerate(items):
+        (q, k, bt, sl), _ = shape_inputs(b, h_q, s_q, s_k, dist, i, device)
         args = (q, k, bt, sl, 512)
         causal = s_q > 1
         default_parts = default_num_sm_parts(s_q * h_q, 1, sl.device)
@@ -52,7 +70,8 @@ def sweep(shapes=SHAPES, *, device="cuda", timer=bench_ms, flash_mla=None, log=p
             fm_meta, _ = flash_mla.get_mla_metadata()
             fm_ms = timer(partial(flash_mla.flash_mla_with_kvcache, *args, fm_meta, None, causal=causal))
         ref = None
-        for parts, overhead in knob_grid(default_parts):
+        pairs = knob_grid(default_parts) if pairs is None else [(p or default_parts, o) for p, o in pairs]
+        for parts, overhead in pairs:
             meta, splits = get_mla_metadata(sl, s_q * h_q, 1, num_sm_parts=parts, fixed_overhead=overhead)
             busy = int((meta[:, 0] < b).sum())
             pieces = int(splits[-1])
@@ -61,14 +80,15 @@ def sweep(shapes=SHAPES, *, device="cuda", timer=bench_ms, flash_mla=None, log=p
             out = call()[0]
             ref = out if ref is None else ref
             ms = timer(call)
-            row = {"b": b, "h_q": h_q, "s_q": s_q, "s_k": s_k, "num_sm_parts": parts, "fixed_overhead": overhead,
+            row = {"round": round_, "b": b, "h_q": h_q, "s_q": s_q, "s_k": s_k, "lengths": dist,
+                   "num_sm_parts": parts, "fixed_overhead": overhead,
                    "default": (parts, overhead) == (default_parts, OVERHEADS[0]), "busy_parts": busy,
                    "pieces": pieces, "ms": ms, "flashmla_ms": fm_ms,
                    "flashmla_over_ours": None if fm_ms is None else fm_ms / ms,
                    "cos_diff_vs_default": cos_diff(out, ref)}
             rows.append(row)
             ratio = "" if fm_ms is None else f"  FlashMLA/ours {fm_ms / ms:.3f}"
-            log(f"h{h_q} s_q{s_q} sk{s_k}: parts {parts:>3} overhead {overhead:>2}: busy {busy:>3}, "
+            log(f"h{h_q} s_q{s_q} sk{s_k} {dist}: parts {parts:>3} overhead {overhead:>2}: busy {busy:>3}, "
                 f"pieces {pieces:>3}, {ms:.4f} ms{ratio}  cos_diff {row['cos_diff_vs_default']:.1e}")
     return rows
 
@@ -76,10 +96,17 @@ def sweep(shapes=SHAPES, *, device="cuda", timer=bench_ms, flash_mla=None, log=p
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--grid", choices=["first", "wide"], default="first",
+                    help="first: SHAPES x knob_grid (the fourteenth session's); wide: WIDE's shapes and pairs")
+    ap.add_argument("--rounds", type=int, default=1, help="time the whole grid this many times (the spread)")
     args = ap.parse_args()
     copy = measure_copy_bandwidth("cuda")
     print(f"copy {copy['gbps']:.0f} GB/s", flush=True)
-    rows = sweep(flash_mla=_flash_mla(), log=lambda m: print(m, flush=True))
+    rows, fm = [], _flash_mla()
+    for r in range(args.rounds):
+        print(f"round {r + 1} of {args.rounds}", flush=True)
+        rows += sweep(flash_mla=fm, log=lambda m: print(m, flush=True), grid=WIDE if args.grid == "wide" else None,
+                      round_=r)
     with open(args.out, "w") as f:
         json.dump({"device": device_info(), "copy": copy, "rows": rows}, f, indent=1)
     return 0

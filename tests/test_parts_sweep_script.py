@@ -34,3 +34,13 @@ def test_sweep_runs_every_knob_pair_and_agrees_with_the_default():
             assert r["ms"] == 1.0 and r["flashmla_ms"] is None
             assert 1 <= r["busy_parts"] <= r["num_sm_parts"] and r["pieces"] >= b
             assert r["cos_diff_vs_default"] < 1e-5, r
+
+
+def test_sweep_takes_a_grid_of_shapes_with_their_own_pairs():
+    grid = {(2, 16, 1, 130, "normal"): [(None, 5), (None, 2), (3, 2)], (2, 64, 1, 65, "fixed"): [(None, 5)]}
+    rows = gpu_parts_sweep.sweep(device="cpu", timer=lambda fn: (fn(), 1.0)[1], log=lambda m: None, grid=grid,
+                                 round_=1)
+    assert [(r["h_q"], r["fixed_overhead"]) for r in rows] == [(16, 5), (16, 2), (16, 2), (64, 5)]
+    assert rows[0]["default"] and rows[2]["num_sm_parts"] == 3 and rows[0]["lengths"] == "normal"
+    assert all(r["round"] == 1 and r["cos_diff_vs_default"] < 1e-5 for r in rows)
+    assert all(len(pairs) == len(set(pairs)) for pairs in gpu_parts_sweep.WIDE.values())
