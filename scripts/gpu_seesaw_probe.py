@@ -71,17 +71,13 @@ SHAPES = [(128, 64, 1, 1024, "fixed"), (128, 64, 1, 4096, "fixed"), (128, 64, 1,
           (128, 128, 2, 4096, "fixed")]
 
 
-def _impls(fm, args, causal, meta, splits, variants, slack5=None) -> dict:
+def _impls(fm, args, causal, meta, splits, variants) -> dict:
     kw = dict(causal=causal, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False)
-    # the schedule on FlashMLA's payload rule, payload_slack 5 (schedule.py: the default was until 2026-12-03)
-    kw_slack5 = dict(kw, tile_scheduler_metadata=slack5[0], num_splits=slack5[1]) if slack5 is not None else None
     impls = {"seesaw": lambda: mla_decode_v5(*args, path="seesaw", **kw),
              "seesaw_compute": lambda: mla_decode_v5(*args, path="seesaw", config=GluonConfig(mode=2), **kw),
              **{f"seesaw_{n}": (lambda c=c: mla_decode_v5(*args, path="seesaw", config=GluonConfig(**c), **kw))
                 for n, c in VARIANTS.items() if n in variants},
              }
-    if kw_slack5 is not None:
-        impls["seesaw_slack5"] = lambda: mla_decode_v5(*args, path="seesaw", **kw_slack5)
     if fm is not None:
         fm_meta, _ = fm.get_mla_metadata()
         impls["flashmla"] = lambda: fm.flash_mla_with_kvcache(*args, fm_meta, None, causal=causal)
@@ -95,8 +91,7 @@ def timing(roof: dict, variants=tuple(VARIANTS)) -> list[dict]:
         causal = s_q > 1
         (q, k, bt, sl), mean_sk = shape_inputs(b, h_q, s_q, s_k, dist, i)
         meta, splits = get_mla_metadata(sl, s_q * h_q, 1)
-        slack5 = get_mla_metadata(sl, s_q * h_q, 1, payload_slack=5)
-        impls = _impls(fm, (q, k, bt, sl, 512), causal, meta, splits, variants, slack5)
+        impls = _impls(fm, (q, k, bt, sl, 512), causal, meta, splits, variants)
         row = {"b": b, "h_q": h_q, "s_q": s_q, "s_k": s_k, "lengths": dist, "impl": {}}
         outs = {}
         for name, fn in impls.items():

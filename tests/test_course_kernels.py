@@ -286,9 +286,10 @@ def test_schedule_pieces_cover_every_page_once(parts):
         keys = [k for p in mine for k in range(*p.keys)]
         assert keys == list(range(s_k))  # every key once, in order
         assert sum(p.pages for p in mine) == -(-s_k // 64)
-    units = C.part_units(pieces, parts)
-    total = sum(-(-s // 64) + 5 for s in LENGTHS)
-    assert sum(units) == total and max(units) <= -(-total // parts) + 5 + 5
+    units = C.part_units(pieces, parts, 2)  # (16 rows: the small tile's 2 units a piece)
+    pages = sum(-(-s // 64) for s in LENGTHS)
+    assert sum(units) == pages + 2 * len(pieces)
+    assert max(units) <= -(-(pages + 2 * len(LENGTHS)) // parts) + 2  # FlashMLA's walk: at most the payload
 
 
 def test_schedule_pieces_from_the_triton_schedule_and_a_stale_one():
@@ -459,9 +460,9 @@ def test_drawings_return_figures():
     seqlens = torch.tensor(LENGTHS, dtype=torch.int32)
     meta, splits = get_mla_metadata_torch(seqlens, 16, 1, num_sm_parts=8)
     pieces = C.schedule_pieces(meta, splits, seqlens)
-    fig = D.schedule_timeline(pieces, 8, LENGTHS, payload=20)
+    fig = D.schedule_timeline(pieces, 8, LENGTHS, overhead=2, payload=20)
     boxes = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
-    assert len(boxes) == sum(1 for p in pieces if p.pages) + sum(1 for p in pieces if p.starts_request)
+    assert len(boxes) == sum(1 for p in pieces if p.pages) + len(pieces)  # pages, and every piece's fixed cost
     row8 = quantize_rows(C.latent_rows(MLAConfig.tiny(), 1)[0])
     fig = D.fp8_row(row8)
     assert sum(isinstance(p, Rectangle) for p in fig.axes[0].patches) == 656

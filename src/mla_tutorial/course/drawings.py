@@ -152,7 +152,7 @@ def schedule_timeline(pieces: Sequence[Piece], num_parts: int, lengths: Sequence
     """The split-KV schedule from a real `get_mla_metadata` output.
 
     Top: one row per SM part (one program of the kernel's single wave), its pieces laid left to right on a time
-    axis in work units (a page is one unit, a request's fixed cost `overhead` units, hatched). Bottom: one row per
+    axis in work units (a page is one unit, a piece's fixed cost `overhead` units, hatched). Bottom: one row per
     request, its pages coloured by the part that reads them; a request cut into several pieces goes through the
     combine."""
     plt = _plt()
@@ -164,10 +164,9 @@ def schedule_timeline(pieces: Sequence[Piece], num_parts: int, lengths: Sequence
         x = 0.0
         for piece in (p for p in pieces if p.part == part):
             c = colors[piece.request]
-            if piece.starts_request:
-                _box(ax1, x, part - 0.4, overhead, 0.8, c, f"r{piece.request}", alpha=0.35, hatch="///", lw=0.4,
-                     fontsize=7, textcolor="black")
-                x += overhead
+            _box(ax1, x, part - 0.4, overhead, 0.8, c, f"r{piece.request}", alpha=0.35, hatch="///", lw=0.4,
+                 fontsize=7, textcolor="black")  # every piece loads its Q and stores its output
+            x += overhead
             if piece.pages:
                 whole = piece.starts_request and piece.end_page >= -(-piece.s_k // 64)
                 label = f"r{piece.request}" + ("" if whole else f" piece {piece.split}")
@@ -178,7 +177,7 @@ def schedule_timeline(pieces: Sequence[Piece], num_parts: int, lengths: Sequence
     if payload:
         ax1.axvline(payload, color="black", ls="--", lw=1)
         ax1.text(payload, num_parts - 0.6, f" payload: {payload:g} units per part", fontsize=7, va="bottom")
-    ax1.set(ylim=(num_parts - 0.5, -0.6), xlabel="work units ≈ time (a page = 1 unit; a request's fixed cost = "
+    ax1.set(ylim=(num_parts - 0.5, -0.6), xlabel="work units ≈ time (a page = 1 unit; a piece's fixed cost = "
                                                  f"{overhead} units, hatched)", ylabel="SM part (one program)")
     ax1.set_yticks(range(num_parts))
     ax1.set_xlim(left=0)

@@ -145,16 +145,13 @@ def pieces_per_request(pieces: Sequence[Piece], batch: int) -> list[int]:
     return counts
 
 
-def part_units(pieces: Sequence[Piece], parts: int, overhead: int | None = None) -> list[int]:
-    """Work units per SM part: its pages, plus `overhead` for each request that starts in it (the schedule's
-    cost model: a request costs ceil(s_k / 64) + 5 units; default the schedule's own overhead)."""
-    if overhead is None:
-        from ..kernels.common import SCHEDULE_OVERHEAD_BLOCKS
-
-        overhead = SCHEDULE_OVERHEAD_BLOCKS
+def part_units(pieces: Sequence[Piece], parts: int, overhead: int) -> list[int]:
+    """Work units per SM part in the schedule's cost model: its pages, plus `overhead` for every piece it holds
+    (each piece loads its Q and stores its output; `kernels.schedule.default_fixed_overhead` gives the value the
+    schedule used)."""
     units = [0] * parts
     for piece in pieces:
-        units[piece.part] += piece.pages + (overhead if piece.starts_request else 0)
+        units[piece.part] += piece.pages + overhead
     return units
 
 

@@ -37,9 +37,8 @@ from ..contract import check_tensor as _check_tensor
 from ..contract import describe as _describe  # noqa: F401
 
 MAX_TILE_M = 64  # query rows per program tile (one wgmma M=64 tile)
-SCHEDULE_OVERHEAD_BLOCKS = 5  # FlashMLA's fixed cost per request, in 64-token block units
-# units added to each SM part's even share of the work line (FlashMLA adds 5; schedule.py's docstring says why 0)
-SCHEDULE_PAYLOAD_SLACK = 0
+SCHEDULE_OVERHEAD_BLOCKS = 5  # FlashMLA's fixed cost per piece of a request, in 64-token page units
+SCHEDULE_OVERHEAD_BLOCKS_SMALL = 2  # the same for the small tile (below 64 query rows): schedule.py says why
 METADATA_COLS = 8  # width of FlashMLA's tile_scheduler_metadata rows
 
 LOG2E = 1.4426950408889634
