@@ -40,12 +40,16 @@
 #   Bought: FlashMLA / v5 at b = 128 0.67 → 0.83 (h_q 64, s_k 4k), 0.70 → 0.87 (8k), 0.59 → 0.70 (h_q 128, 4k),
 #   0.60 → 0.74 (8k), 0.68 → 0.75 (s_q 2 causal) (docs/results/kernels_v5_qasync_h200_2026-12-02.json).
 # Thirteenth/fourteenth session: the tile's stamps found 7-21 % of its programs idle (the schedule's payload, FlashMLA's
-#   share + 5 units, ran out before the last parts); the schedule's even share (schedule.py, payload_slack 0) bought
+#   share + 5 units over a line of units, ran out before the last parts); an even cut of that line bought
 #   FlashMLA / v5 0.62 → 0.77 (h_q 64, s_k 1k), 0.63 → 0.67 (h_q 128, 1k), 0.83 → 0.85 (64, 4k), within the runs'
 #   spread at 8k (docs/results/kernels_v5_even_h200_2026-12-03.json, FlashMLA's rule timed beside it).
 #   LINES (store_lines): O moved by one in-warp shuffle exchange to 16-byte stores: h_q 64, s_k 1k 0.77 → 0.84 of
 #   FlashMLA (the end's output store 14,900 → 6,000 cycles); 1-3 % slower at 4k / 8k in two of three paired rounds
 #   (docs/results/kernels_v5_lines_h200_2026-12-03.json, v5_notes.md fourteenth session).
+# Fifteenth session: not the tile but its schedule. FlashMLA's walk (schedule.py) holds a whole request (two at 128
+#   heads) a program where the even cut had split nearly every request between two programs: FlashMLA / v5 0.84 →
+#   0.94 (h_q 64, s_k 4k), 0.85 → 0.92 (8k), 0.67 → 0.77 (h_q 128, 1k), 0.69 → 0.75 (4k), 0.72 → 0.78 (s_q 2 causal)
+#   (docs/results/kernels_v5_walk_h200_2026-12-03.json).
 """Version 5's warp-specialised Gluon tile: a producer warp and FlashMLA's seesaw schedule (Hopper, Triton 3.6)."""
 
 from __future__ import annotations
