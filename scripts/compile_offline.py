@@ -76,13 +76,15 @@ def compile_v5(dtype: str = "bf16", causal: bool = False, sub: int = 64, stages:
 
 
 def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False, early: int = 0, trace: bool = False,
-                   max_first: bool = False, opaque: bool = True, q_async: bool = True, lines: int = 1):
+                   max_first: bool = False, opaque: bool = True, q_async: bool = True, lines: int = 1,
+                   q_tma: bool = False):
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from mla_tutorial.kernels import v5_seesaw as ss
 
     layout = SMEM_LAYOUT
     sig = {"q_ptr": f"*{dtype}", "k_desc": f"tensordesc<{dtype}[64, 64],{layout}>",
+           "q_desc": f"tensordesc<{dtype}[64, 64],{layout}>",
            "block_table_ptr": "*i32", "seqlens_ptr": "*i32", "out_ptr": f"*{dtype}", "lse_ptr": "*fp32",
            "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "meta_ptr": "*i32", "num_splits_ptr": "*i32",
            "ok_ptr": "*i32", "trace_ptr": "*i64" if trace else "*i32", "stride_qb": "i32", "stride_qs": "i32",
@@ -90,16 +92,17 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
            "rows_per_kv": "i32", "m_tiles": "i32", "num_blocks": "i32", "max_blocks": "i32", "qk_scale": "fp32",
            "CAUSAL": "constexpr", "META_COLS": "constexpr", "FINE": "constexpr", "MODE": "constexpr",
            "EARLY": "constexpr", "TRACE": "constexpr", "MAX_FIRST": "constexpr",
-           "OPAQUE": "constexpr", "Q_ASYNC": "constexpr", "STORE_LINES": "constexpr", "num_warps": "constexpr"}
+           "OPAQUE": "constexpr", "Q_ASYNC": "constexpr", "STORE_LINES": "constexpr", "Q_TMA": "constexpr",
+           "num_warps": "constexpr"}
     # every pointer 16-byte aligned and q's strides multiples of 16, as Triton (and FastLauncher's key) specialize
     # them on the GPU for fresh tensors; the cp.async of Q needs q's, and the partials' 8-byte stores part_out's
     # (before the thirteenth session only q and out were marked: 4-byte partial stores, 176 / 240 B of spills, against
     # the GPU's 8-byte stores and 216 / 316 B)
-    attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)}
     src = GluonASTSource(ss._ss_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "FINE": fine, "MODE": 0,
                                               "EARLY": early, "TRACE": trace, "MAX_FIRST": max_first,
                                               "OPAQUE": opaque, "Q_ASYNC": q_async, "STORE_LINES": lines,
-                                              "num_warps": 4}, attrs)
+                                              "Q_TMA": q_tma, "num_warps": 4}, attrs)
     return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": ss.WS_REGS})
 
 
@@ -296,11 +299,12 @@ def main() -> None:
                 print(f"v5fws mode={mode} causal={causal}: {report(f'v5fws{mode}_c{int(causal)}', ck, workdir)}")
         elif name.split(":")[0].split("-")[0] == "ss":  # the seesaw tile, ss[-OPTION...][:EARLY] (v5's EARLY is 1);
             base, _, early = name.partition(":")  # options: fine (one mbarrier per box), trace (its cycle stamps),
-            opts = base.split("-")[1:]  # mf, hoist, syncq, narrow / outonly (STORE_LINES 0 / 2)
+            opts = base.split("-")[1:]  # mf, hoist, syncq, narrow / outonly (STORE_LINES 0 / 2), qtma (Q_TMA)
             for causal in (False, True):
                 ck = compile_seesaw(causal=causal, fine="fine" in opts, early=int(early or 0), trace="trace" in opts,
                                     max_first="mf" in opts, opaque="hoist" not in opts, q_async="syncq" not in opts,
-                                    lines=0 if "narrow" in opts else 2 if "outonly" in opts else 1)
+                                    lines=0 if "narrow" in opts else 2 if "outonly" in opts else 1,
+                                    q_tma="qtma" in opts)
                 print(f"{name} causal={causal}: {report(f'{base}{early}_c{int(causal)}', ck, workdir)}")
         elif name.startswith("combine"):  # the combine kernel: combine[:ROWS,BLOCK_D,SPLITS] (default: its own)
             from mla_tutorial.kernels.combine import MANY_SPLITS_SHAPE

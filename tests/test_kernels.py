@@ -189,7 +189,7 @@ def test_forcing_a_gluon_tile_where_it_cannot_run_says_why(path):
 @pytest.mark.parametrize("field,value", [("mode", 5), ("mode", -1), ("early", 4), ("early", -1), ("warps", 6),
                                          ("warps", 16), ("max_first", 2), ("max_first", None), ("opaque_views", 1),
                                          ("fine", 0.0), ("q_async", 0), ("store_lines", 1),
-                                         ("lines_partials", 1)])
+                                         ("lines_partials", 1), ("q_tma", 1)])
 def test_gluon_config_refuses_probe_values_the_kernels_do_not_know(field, value):
     """GluonConfig's probe knobs (mode, early, warps, and the seesaw tile's switches) are checked when the config is
     made: an unknown mode or early would compile a tile that never releases its buffers, a hang on the GPU, not an
@@ -527,3 +527,20 @@ def test_fast_launcher_launches_the_cached_binary_with_its_constexprs(monkeypatc
     launcher((2,), x, 1, B=3, A=9, num_warps=4)  # n = 1 is another specialization
     launcher((2,), x, 5, B=4, A=9, num_warps=4)  # so is another constexpr
     assert len(dispatches) == 3 and len(runs) == 2
+
+
+def test_seesaw_q_by_tma_only_where_q_is_one_matrix_of_rows():
+    """GluonConfig(q_tma=True) copies Q by TMA only where q [b, s_q, h_q, 576] is one row-major [b·s_q·h_q, 576]
+    matrix (one kv head, 16-byte aligned); anything else keeps the consumers' copies (v5_seesaw._q_rows_2d)."""
+    from types import SimpleNamespace
+
+    from mla_tutorial.kernels.v5_seesaw import _q_rows_2d
+
+    one = SimpleNamespace(h_kv=1)
+    q = torch.zeros(3, 2, 16, 576, dtype=torch.bfloat16)
+    assert _q_rows_2d(q, one)
+    assert not _q_rows_2d(q, SimpleNamespace(h_kv=2))
+    assert not _q_rows_2d(torch.zeros(3, 2, 16, 584, dtype=torch.bfloat16)[..., :576], one)  # rows of a wider tensor
+    assert not _q_rows_2d(q.transpose(1, 2).contiguous().transpose(1, 2), one)  # heads outer
+    assert not _q_rows_2d(q.float(), one)
+    assert not _q_rows_2d(torch.zeros(3 * 2 * 16 * 576 + 1, dtype=torch.bfloat16)[1:].view(3, 2, 16, 576), one)

@@ -499,6 +499,8 @@ class GluonConfig:
     q_async: bool = True  # the seesaw tile: Q copied by cp.async (v5_seesaw's Q_ASYNC)
     store_lines: bool = True  # the seesaw tile: O moved to 16-byte stores first (v5_gluon._v5_store's LINES)
     lines_partials: bool = True  # with store_lines: the fp32 partials moved too, not only the output (probe: off)
+    q_tma: bool = False  # the seesaw tile: each request's Q copied by the producer warp's TMA, issued once the
+    #                      previous request's pages are done (v5_seesaw's Q_TMA; prepared, not yet measured)
     warps: int = 0  # the 16-row FP8 tile: warps per program (0: its default, 4; 8: v5_fp8_mma.WIDE_WARPS, slower);
     #                 the warp-specialised 16-row tile (path "ws16"): its producer's warps (0: 4; 8: prepared)
 
@@ -509,7 +511,7 @@ class GluonConfig:
                              f"{self.mode!r}")
         if self.early not in (0, 1, 2, 3):
             raise ValueError(f"GluonConfig.early must be 0, 1, 2 or 3, got {self.early!r}")
-        for name in ("fine", "max_first", "opaque_views", "q_async", "store_lines", "lines_partials"):
+        for name in ("fine", "max_first", "opaque_views", "q_async", "store_lines", "lines_partials", "q_tma"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GluonConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.warps not in (0, 4, 8):

@@ -62,6 +62,8 @@ from .launch import FastLauncher
 from .v5_gluon import (
     DEFAULT_GLUON_CONFIG,
     GluonConfig,
+    TensorDescriptor,
+    _Address,
     _k_descriptor,
     _v5_flag_stale,
     _v5_load_q,
@@ -73,6 +75,7 @@ from .v5_gluon import (
     _v5_probs,
     _v5_softmax,
     _v5_store,
+    cached_descriptors,
     fence_async_shared,
     gl,
     gluon,
@@ -176,8 +179,11 @@ if gluon is not None:
     @gluon.jit
     def _ss_producer(k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks, max_blocks,
                      k_smem, kr_smem, bars, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
-                     trace_ptr, TRACE: gl.constexpr):
-        """The producer warp: every copy into shared memory, in the order the consumers release the buffers."""
+                     trace_ptr, TRACE: gl.constexpr, q_desc=None, q_smem=None, qr_smem=None, rows_per_kv=0,
+                     m_tiles=1, Q_TMA: gl.constexpr = False):
+        """The producer warp: every copy into shared memory, in the order the consumers release the buffers. Q_TMA:
+        each request's Q too, by TMA from `q_desc` (q as [b·s_q·h_q rows, 576]), once both consumers are done with
+        the previous request's (Q_EMPTY), before the request's pages."""
         _ss_stamp(trace_ptr, 0, 23, TRACE)
         begin_req, begin_block, end_req, end_block, _ = _v5_part(meta_ptr, META_COLS)
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
@@ -185,6 +191,15 @@ if gluon is not None:
         n0 = 0  # pages that went through slot 0 / slot 1 so far: their barriers' phases
         n1 = 0
         for req in range(begin_req, end_req + 1):
+            if Q_TMA:  # this request's Q rows m_start .. m_start + 63 (rows past its own are the next request's or,
+                # past the tensor, zeros: scores of rows the store skips)
+                mbarrier.wait(bars.index(Q_EMPTY), ((req - begin_req) & 1) ^ 1)  # a fresh barrier counts as released
+                q_row = req * rows_per_kv + (gl.program_id(1) % m_tiles) * 64
+                q_bar = bars.index(Q_READY)
+                mbarrier.expect(q_bar, 9 * 64 * 64 * 2)
+                for c in gl.static_range(8):
+                    tma.async_copy_global_to_shared(q_desc, [q_row, c * 64], q_bar, q_smem.slice(c * 64, 64, dim=1))
+                tma.async_copy_global_to_shared(q_desc, [q_row, 512], q_bar, qr_smem)
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
             n_pages = gl.cdiv(s_k, 64)
             _v5_flag_stale(ok_ptr, req, s_k, n_pages, begin_req, begin_block, end_req, end_block, next_req,
@@ -291,7 +306,7 @@ if gluon is not None:
                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
                         FINE: gl.constexpr, EARLY: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
                         MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr, Q_ASYNC: gl.constexpr,
-                        LINES: gl.constexpr = 0,
+                        LINES: gl.constexpr = 0, Q_TMA: gl.constexpr = False,
                         ):
         """Consumer warpgroup WG, EARLY choosing when warpgroup 1 releases a pair's right halves after its two last
         products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (1 is the default; the others are probes, results correct):
@@ -308,6 +323,8 @@ if gluon is not None:
         Q_ASYNC: each request's Q copied by cp.async, all its blocks in flight at once (_v5_load_q's ASYNC), instead
         of one load-and-store round trip per 64-column block.
         LINES: the output (or its fp32 partial) moved by shuffles to 16-byte stores first (_v5_store's LINES).
+        Q_TMA: each request's Q is copied by the producer warp (TMA, issued as soon as both warpgroups are done with
+        the previous request's pages, so it lands while they store): the consumers only wait for it.
         """
         _ss_stamp(trace_ptr, 0, 21 + WG, TRACE)
         if WG == 0:
@@ -346,10 +363,11 @@ if gluon is not None:
             # Q: each warpgroup copies half of its columns, once both are done with the previous request's
             r = req - begin_req
             _ss_stamp(trace_ptr, n0, 24 + 4 * WG, TRACE)
-            mbarrier.wait(bars.index(Q_EMPTY), (r & 1) ^ 1)  # a fresh barrier counts as released
-            _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
-                       rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4, ASYNC=Q_ASYNC)
-            _ss_publish(bars.index(Q_READY))
+            if not Q_TMA:
+                mbarrier.wait(bars.index(Q_EMPTY), (r & 1) ^ 1)  # a fresh barrier counts as released
+                _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
+                           rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4, ASYNC=Q_ASYNC)
+                _ss_publish(bars.index(Q_READY))
             mbarrier.wait(bars.index(Q_READY), r & 1)
             _ss_stamp(trace_ptr, n0, 25 + 4 * WG, TRACE)
             for a in range(lo, hi, 2):
@@ -495,14 +513,14 @@ if gluon is not None:
 
     @gluon.jit
     def _ss_kernel(
-        q_ptr, k_desc, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
+        q_ptr, k_desc, q_desc, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
         meta_ptr, num_splits_ptr, ok_ptr, trace_ptr,
         stride_qb, stride_qs, stride_qh, stride_btb, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks,
         max_blocks,
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
         EARLY: gl.constexpr, TRACE: gl.constexpr, MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr,
-        Q_ASYNC: gl.constexpr, STORE_LINES: gl.constexpr, num_warps: gl.constexpr,
+        Q_ASYNC: gl.constexpr, STORE_LINES: gl.constexpr, Q_TMA: gl.constexpr, num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -516,7 +534,9 @@ if gluon is not None:
         bars = gl.allocate_shared_memory(gl.int64, [N_BARS, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(N_BARS):
             # the consumers' signals are arrived on by both warpgroups where both take part
-            mbarrier.init(bars.index(i), count=2 if (i == Q_READY or i == Q_EMPTY or i == L_READY) else 1)
+            # (Q_READY: the producer's one arrival with its bytes where it copies Q, Q_TMA)
+            mbarrier.init(bars.index(i), count=2 if ((i == Q_READY and not Q_TMA) or i == Q_EMPTY or i == L_READY)
+                          else 1)
         fence_async_shared()
 
         if EARLY == 0:  # the first release order, kept as a probe, launched as it was first measured:
@@ -539,14 +559,15 @@ if gluon is not None:
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
                                    CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE,
-                                   Q_ASYNC, STORE_LINES)),
+                                   Q_ASYNC, STORE_LINES, Q_TMA)),
                 (_ss_consumer_at, (1, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                    m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
                                    CAUSAL, META_COLS, FINE, EARLY, trace_ptr, TRACE, MAX_FIRST, OPAQUE,
-                                   Q_ASYNC, STORE_LINES)),
+                                   Q_ASYNC, STORE_LINES, Q_TMA)),
                 (_ss_producer, (k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks,
-                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, trace_ptr, TRACE)),
+                                max_blocks, k_smem, kr_smem, bars, META_COLS, FINE, MODE, trace_ptr, TRACE, q_desc,
+                                q_smem, qr_smem, rows_per_kv, m_tiles, Q_TMA)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -581,14 +602,36 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
     # cp.async copies 16 bytes a thread: only where Triton's specialization proves each row of q 16-byte aligned
     # (its address and its three outer strides multiples of 16 elements, as for a contiguous q; else the loads)
     q_async = cfg.q_async and not q.data_ptr() & 15 and all(st % 16 == 0 for st in q.stride()[:3])
+    k_desc = _k_descriptor(k_cache, 64)
+    # Q by TMA (the producer): where q's rows of one kv head are [b·s_q·h_q, 576] rows of one 2-D tensor
+    q_tma = cfg.q_tma and _q_rows_2d(q, dims)
     _LAUNCH(
         (meta.shape[0], m_tiles),
-        q, _k_descriptor(k_cache, 64), block_table, cache_seqlens, out, lse, part_out, part_lse,
+        q, k_desc, _q_descriptor(q) if q_tma else k_desc, block_table, cache_seqlens, out, lse, part_out, part_lse,
         meta, num_splits, ok_flag, ok_flag if TRACE_BUFFER is None else TRACE_BUFFER,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], FINE=cfg.fine, MODE=cfg.mode, EARLY=cfg.early,
         TRACE=TRACE_BUFFER is not None, MAX_FIRST=cfg.max_first, OPAQUE=cfg.opaque_views, Q_ASYNC=q_async,
-        STORE_LINES=(1 if cfg.lines_partials else 2) if cfg.store_lines else 0,
+        STORE_LINES=(1 if cfg.lines_partials else 2) if cfg.store_lines else 0, Q_TMA=q_tma,
         num_warps=4, maxnreg=WS_REGS,
     )
+
+
+def _q_rows_2d(q: torch.Tensor, dims) -> bool:
+    """Whether q [b, s_q, h_q, 576] is one [b·s_q·h_q, 576] row-major matrix whose rows a TMA descriptor can walk
+    (one kv head, contiguous rows, 16-byte aligned): then a request's Q tile is 64 consecutive rows of it."""
+    b, s_q, h_q, d = q.shape
+    return (dims.h_kv == 1 and q.stride() == (s_q * h_q * d, h_q * d, d, 1) and not q.data_ptr() & 15
+            and q.dtype in (torch.bfloat16, torch.float16))
+
+
+def _q_descriptor(q: torch.Tensor):
+    """TMA descriptor over q as [b·s_q·h_q rows, 576]: 64 x 64 boxes, 128-byte swizzle (as the cache's), cached by
+    address like the cache's (cached_descriptors)."""
+    rows, d = q.shape[0] * q.shape[1] * q.shape[2], q.shape[3]
+
+    def build():
+        layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        return TensorDescriptor(_Address(q.data_ptr(), q.dtype), [rows, d], [d, 1], [64, 64], layout)
+    return cached_descriptors(("q", q.data_ptr(), rows, q.dtype), build)
