@@ -2,14 +2,16 @@
 #
 # v3 cuts every request into the same number of splits, so with uneven lengths (s_k ~ N(4096, 2048))
 # the program holding the longest request's split finishes last while other SMs idle, and short
-# requests pay the partial/combine traffic for nothing. v4 instead lays all work out on one line:
-#   request r costs ceil(s_k_r / 64) page units + 5 units of fixed overhead (q load, output store),
-# and cuts that line into num_sm_parts ≈ #SMs·(programs per SM) / h_kv / ceil(s_q·h_q/h_kv / 64)
-# contiguous ranges of equal cost. A range may cover the tail of one request, several whole requests
-# and the head of the next; only requests cut by a range boundary are split and need the combine.
-# One wave of programs (grid = num_sm_parts x h_kv·tiles), each with the same amount of work.
-# The schedule (get_mla_metadata) uses only torch ops on the device: no host sync, so the metadata
-# and the kernels can be captured in a CUDA graph and replayed with new lengths.
+# requests pay the partial/combine traffic for nothing. v4 instead gives every program of one wave the same
+# amount of work (get_mla_metadata, FlashMLA's walk; schedule.py): a piece of request r costs its pages plus a
+# fixed overhead (q load, output store; 5 units for 64-row tiles, 2 for the small tile), each of num_sm_parts ≈
+# #SMs·(programs per SM) / h_kv / ceil(s_q·h_q/h_kv / 64) parts gets the even share plus one overhead, and parts
+# take whole requests in order, cutting one only where at least a page fits. A part may cover the tail of one
+# request, several whole requests and the head of the next; only cut requests are split and need the combine.
+# One wave of programs (grid = num_sm_parts x h_kv·tiles). (Until 2026-12-03 the schedule cut one line of units
+# into exact even shares: the measurements below were made on that.) The schedule is computed on the device by one
+# small kernel: no host sync, so the metadata and the kernels can be captured in a CUDA graph and replayed with new
+# lengths.
 # Bytes/FLOPs: as v2, plus partials only for the <= num_sm_parts requests that are cut.
 # Expected: ~1.0-1.3x over v3 for uneven lengths at b=128 (the tail wave disappears), equal for fixed
 #   lengths; at b=1..8 like v3.
