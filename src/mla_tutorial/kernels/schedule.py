@@ -25,10 +25,14 @@ Two implementations with identical results (bit for bit, tests/test_schedule.py)
 - `get_mla_metadata` (used by v4 and v5): the same walk in one Triton program, `_schedule_kernel`.
 
 Why a kernel: the host must not wait for the lengths (no sync in a decode step, and the schedule must be capturable
-in a CUDA graph and replayed with new lengths), and each torch op costs a few µs of host time to dispatch. The walk is
-sequential (where a part starts depends on where the one before it stopped), but short: one step per part and per
-request, O(b + num_sm_parts) scalar steps in one program of one warp, as FlashMLA's own metadata kernel does it.
-First the program sums the costs block by block (SCHEDULE_BLOCK lanes at a time), then it walks.
+in a CUDA graph and replayed with new lengths), and each torch op costs a few µs of host time to dispatch. The walk
+looks sequential (where a part starts depends on where the one before stopped), and run step by step in one warp it
+took 25-50 µs on the H200 (fifteenth session: a dependent chain of a few hundred cycles per part, 264 parts at 16
+heads). `_schedule_kernel` computes the same walk in parallel on a line of units: from a request's start the parts'
+ends advance by the same number of units until one falls within a request's first `overhead` units, where the walk
+stops and the next part starts at that request; each such run has a closed form per starting request, so the runs
+are found for all requests at once, chained from request 0 in one short step per run, and each part's row follows
+from its run (the kernel's comments). (Timed on a GPU: not yet; the step-by-step kernel that was measured is in git at 1183257.)
 """
 
 from __future__ import annotations
@@ -154,72 +158,162 @@ def get_mla_metadata_torch(
 # ---------------------------------------------------------------------------------------------
 @triton.jit
 def _pages(seqlens_ptr, stride_s, r, valid, PAGE: tl.constexpr):
-    """ceil(s_k / PAGE) of requests r (int32, negative lengths as 0); 0 where not valid."""
+    """ceil(s_k / PAGE) of requests r (int64, negative lengths as 0); 0 where not valid."""
     s_k = tl.load(seqlens_ptr + r.to(tl.int64) * stride_s, mask=valid, other=0).to(tl.int64)
-    return tl.maximum((s_k + PAGE - 1) // PAGE, 0).to(tl.int32)
+    return tl.maximum((s_k + PAGE - 1) // PAGE, 0)
+
+
+@triton.jit
+def _max(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _containing(starts_ptr, x, lo, hi, active):
+    """Per lane, the request j in [lo, hi] with starts[j] <= x < starts[j + 1] (binary search; starts rise)."""
+    going = active & (lo < hi)
+    while tl.max(going.to(tl.int32), 0) > 0:
+        mid = (lo + hi + 1) // 2
+        right = tl.load(starts_ptr + mid, mask=going, other=0) <= x
+        lo = tl.where(going & right, mid, lo)
+        hi = tl.where(going & (right == 0), mid - 1, hi)
+        going = active & (lo < hi)
+    return lo
 
 
 @triton.jit(do_not_specialize=["stride_s", "b", "parts", "overhead"])
 def _schedule_kernel(
-    seqlens_ptr, meta_ptr, num_splits_ptr,
+    seqlens_ptr, meta_ptr, num_splits_ptr, scratch_ptr,
     stride_s, b, parts, overhead,
     PAGE: tl.constexpr, META_COLS: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    # the costs' sum, a block of requests at a time (int64: 2^31 units would take 2^37 tokens, but lengths are
-    # the caller's), hence each part's payload
+    # The walk of get_mla_metadata_torch, computed in parallel on a line of units: request r occupies
+    # [S_r, S_r + n_r + o) (n_r pages, o = overhead, charged once per request here), T = the line's end. A part that
+    # starts at a request's start has payload P = ceil(T / parts) + o units, one that starts inside a request (a
+    # continued piece, which pays o again) P - o = Q on this line. So from a request start S_r the parts end at
+    # c_k = S_r + o + k·Q (k = 1, 2, ...) until one of them falls in a request j's first o units, [S_j, S_j + o]
+    # (an empty request: [S_j, S_j + o - 1]): there the walk stops the part at S_j (fewer than a page paid for) and
+    # the next part starts at a request start again; or until c_k >= T. Each such run is found for every request in
+    # parallel (phase 2), the runs are chained from request 0 (phase 3, one short step per run), and each part's row
+    # follows from where its run started (phase 4).
+    # scratch (int64): S [b + 1] | n [b] | run's next request [b] | run's parts [b] | run's first part [b] |
+    #                  run of each part [parts] | cuts per request [b]
+    s_ptr = scratch_ptr
+    n_ptr = s_ptr + b + 1
+    next_ptr = n_ptr + b
+    len_ptr = next_ptr + b
+    off_ptr = len_ptr + b
+    run_ptr = off_ptr + b
+    cuts_ptr = run_ptr + parts
     lanes = tl.arange(0, BLOCK)
-    total = tl.zeros([], tl.int64)
+    o = overhead.to(tl.int64)
+
+    # phase 1 (requests): starts on the line, pages; the end T; the payload
+    carry = tl.zeros([], tl.int64)
     for start in range(0, b, BLOCK):
         r = start + lanes
         in_b = r < b
-        total += tl.sum(tl.where(in_b, _pages(seqlens_ptr, stride_s, r, in_b, PAGE) + overhead, 0).to(tl.int64), 0)
-    payload = ((total + parts - 1) // parts + overhead).to(tl.int32)
+        n = _pages(seqlens_ptr, stride_s, r, in_b, PAGE)
+        cost = tl.where(in_b, n + o, 0)
+        tl.store(s_ptr + r, carry + tl.cumsum(cost, 0) - cost, mask=in_b)
+        tl.store(n_ptr + r, n, mask=in_b)
+        tl.store(cuts_ptr + r, tl.zeros([BLOCK], tl.int64), mask=in_b)
+        carry += tl.sum(cost, 0)
+    total = carry
+    tl.store(s_ptr + b, total)
+    for start in range(0, parts, BLOCK):
+        p = start + lanes
+        tl.store(run_ptr + p, tl.full([BLOCK], -1, tl.int64), mask=p < parts)
+    q = (total + parts - 1) // parts  # P - o: a continued part's advance on the line (>= 1)
+    tl.debug_barrier()
 
-    # the walk (get_mla_metadata_torch, step by step): req, page, split = where it stands; pieces = num_splits so far.
-    # The pages of BLOCK requests at a time stay in registers (`chunk`, from request `base`), read one by one with a
-    # masked sum: a global load per request would put its latency (~0.5 µs from L2) on every step of the walk.
+    # phase 2 (requests): the run from each request's start: the first request j > r whose first o units a c_k
+    # falls in (then the run has k parts and the next starts at S_j), else the parts it takes to reach T
+    for start in range(0, b, BLOCK):
+        r = start + lanes
+        in_b = r < b
+        s_r = tl.load(s_ptr + r, mask=in_b, other=0)
+        j = r.to(tl.int64) + 1
+        k_snap = tl.zeros([BLOCK], tl.int64)
+        found = r < 0
+        active = in_b & (j < b)
+        while tl.max(active.to(tl.int32), 0) > 0:
+            s_j = tl.load(s_ptr + j, mask=active, other=0)
+            n_j = tl.load(n_ptr + j, mask=active, other=0)
+            k_lo = tl.maximum((s_j - s_r - o + q - 1) // q, 1)  # first k with c_k >= S_j (S_j - S_r - o >= 0)
+            last = s_j + o - (n_j == 0).to(tl.int64) - s_r - o  # c_k <= S_j + o (or + o - 1) <=> k·q <= last
+            hit = active & (last >= 0) & (k_lo * q <= last)
+            k_snap = tl.where(hit, k_lo, k_snap)
+            found = found | hit
+            j = tl.where(active & (hit == 0), j + 1, j)
+            active = in_b & (found == 0) & (j < b)
+        to_end = tl.maximum((total - s_r - o + q - 1) // q, 1)  # first k with c_k >= T
+        tl.store(next_ptr + r, tl.where(found, j, b), mask=in_b)
+        tl.store(len_ptr + r, tl.where(found, k_snap, to_end), mask=in_b)
+    tl.debug_barrier()
+
+    # phase 3: the runs the walk takes, from request 0: each run's first part, and the run at that part
+    req = tl.zeros([], tl.int64)
+    used = tl.zeros([], tl.int64)
+    while req < b:
+        tl.store(off_ptr + req, used)
+        tl.store(run_ptr + used, req, mask=used < parts)  # (the runs' parts never exceed `parts`)
+        used += tl.load(len_ptr + req)
+        req = tl.load(next_ptr + req)
+    tl.debug_barrier()
+
+    # phase 4 (parts): each part's run (the last run started at or before it), its place in the run, its start x
+    # and end y on the line, and from them the row
     tl.store(num_splits_ptr, 0)
-    zero = tl.zeros([], tl.int32)
-    req = zero
-    page = zero
-    split = zero
-    pieces = zero
-    base = zero
-    chunk = _pages(seqlens_ptr, stride_s, lanes, lanes < b, PAGE)  # pages of requests base .. base + BLOCK - 1
-    n_req = tl.sum(tl.where(lanes == 0, chunk, 0), 0)  # pages of request `req`
-    n_prev = zero  # pages of request `req` - 1
-    pad = tl.arange(0, 4) + 4  # columns 4..7: the split index, then zeros
-    for p in range(0, parts):
-        row = meta_ptr + p * META_COLS  # (p < 2^28: an int32 product)
-        tl.store(row + _BEGIN_REQ, req)
-        tl.store(row + _BEGIN_BLOCK, page)
-        tl.store(row + pad, tl.where(pad == _BEGIN_SPLIT, split, 0))
-        left = payload
-        going = req < b
-        while going:
-            rest = n_req - page
-            if left >= rest + overhead:  # the rest fits: the request ends in this part
-                pieces += split + 1
-                tl.store(num_splits_ptr + req + 1, pieces)
-                left -= rest + overhead
-                req += 1
-                page = zero
-                split = zero
-                if req - base >= BLOCK:  # the next BLOCK requests' pages
-                    base += BLOCK
-                    chunk = _pages(seqlens_ptr, stride_s, base + lanes, base + lanes < b, PAGE)
-                n_prev = n_req
-                n_req = tl.sum(tl.where(lanes == req - base, chunk, 0), 0)  # 0 past the last request
-                going = req < b
-            else:  # cut where this part's units run out, if they pay for one page at least
-                if left > overhead:
-                    page += left - overhead
-                    split += 1
-                going = req < 0
-        # the part ends inside request `req` (page > 0) or at the end of the request before it (an empty one counts
-        # as one page, as in the reference)
-        tl.store(row + _END_REQ, tl.where(page > 0, req, req - 1))
-        tl.store(row + _END_BLOCK, tl.where(page > 0, page, tl.maximum(n_prev, 1)))
+    last_b = tl.maximum(tl.load(n_ptr + b - 1), 1)  # an idle part "ends" at the last request, as the walk says
+    run_carry = tl.zeros([], tl.int64)
+    for start in range(0, parts, BLOCK):
+        p = start + lanes
+        in_p = p < parts
+        run = tl.maximum(tl.associative_scan(tl.load(run_ptr + p, mask=in_p, other=-1), 0, _max), run_carry)
+        run_carry = tl.max(run, 0)
+        busy = in_p & (p < used)
+        run = tl.where(busy, run, 0)
+        k = p - tl.load(off_ptr + run, mask=busy, other=0)  # the part's place in its run
+        s_r = tl.load(s_ptr + run, mask=busy, other=0)
+        n_run = tl.load(len_ptr + run, mask=busy, other=1)
+        nxt = tl.load(next_ptr + run, mask=busy, other=0)
+        x = tl.where(k == 0, s_r, s_r + o + k * q)
+        y_in_run = busy & (k + 1 < n_run)  # the part ends inside a request (a cut); else where the next run starts
+        y = tl.where(y_in_run, s_r + o + (k + 1) * q, tl.load(s_ptr + nxt, mask=busy, other=0))
+        last_req = tl.minimum(nxt, b) - 1
+        # begin: a run's first part at its request's start, the others inside the request their x falls in
+        cut_in = busy & (k > 0)
+        jb = _containing(s_ptr, x, run, last_req, cut_in)
+        s_jb = tl.load(s_ptr + jb, mask=cut_in, other=0)
+        begin_req = tl.where(busy, tl.where(cut_in, jb, run), b)
+        begin_page = tl.where(cut_in, x - s_jb - o, 0)
+        begin_split = tl.where(cut_in, k - (s_jb - s_r) // q, 0)  # pieces of jb before: its cuts in this run
+        tl.atomic_add(cuts_ptr + jb, tl.full([BLOCK], 1, tl.int64), mask=cut_in, sem="relaxed")
+        # end: inside the request y falls in, or at the end of the request before the next run's
+        je = _containing(s_ptr, y, run, last_req, y_in_run)
+        s_je = tl.load(s_ptr + je, mask=y_in_run, other=0)
+        whole = tl.maximum(tl.load(n_ptr + last_req, mask=busy & (last_req >= 0), other=1), 1)
+        end_req = tl.where(busy, tl.where(y_in_run, je, last_req), b - 1)
+        end_page = tl.where(busy, tl.where(y_in_run, y - s_je - o, whole), last_b)
+        row = meta_ptr + p * META_COLS
+        tl.store(row + _BEGIN_REQ, begin_req.to(tl.int32), mask=in_p)
+        tl.store(row + _BEGIN_BLOCK, begin_page.to(tl.int32), mask=in_p)
+        tl.store(row + _END_REQ, end_req.to(tl.int32), mask=in_p)
+        tl.store(row + _END_BLOCK, end_page.to(tl.int32), mask=in_p)
+        pad = tl.arange(0, 4) + 4  # columns 4..7: the split index, then zeros
+        tl.store(row[:, None] + pad[None, :], tl.where(pad[None, :] == _BEGIN_SPLIT, begin_split[:, None], 0)
+                 .to(tl.int32), mask=in_p[:, None])
+    tl.debug_barrier()
+
+    # phase 5 (requests): pieces = 1 + cuts -> num_splits, their prefix sum
+    carry = tl.zeros([], tl.int64)
+    for start in range(0, b, BLOCK):
+        r = start + lanes
+        in_b = r < b
+        pieces = tl.where(in_b, 1 + tl.load(cuts_ptr + r, mask=in_b, other=0), 0)
+        tl.store(num_splits_ptr + r + 1, (carry + tl.cumsum(pieces, 0)).to(tl.int32), mask=in_b)
+        carry += tl.sum(pieces, 0)
 
 
 def get_mla_metadata(
@@ -246,10 +340,11 @@ def get_mla_metadata(
     b = cache_seqlens.shape[0]
     meta = torch.empty((parts, METADATA_COLS), dtype=torch.int32, device=device)  # every entry written
     num_splits = torch.empty(b + 1, dtype=torch.int32, device=device)
+    scratch = torch.empty(6 * b + 1 + parts, dtype=torch.int64, device=device)  # layout: see the kernel
     _LAUNCH(
-        (1,), cache_seqlens, meta, num_splits,
+        (1,), cache_seqlens, meta, num_splits, scratch,
         cache_seqlens.stride(0), b, parts, overhead,
-        PAGE=PAGE_SIZE, META_COLS=METADATA_COLS, BLOCK=SCHEDULE_BLOCK, num_warps=1,
+        PAGE=PAGE_SIZE, META_COLS=METADATA_COLS, BLOCK=SCHEDULE_BLOCK, num_warps=4,
     )
     return meta, num_splits
 
