@@ -32,7 +32,8 @@ heads). `_schedule_kernel` computes the same walk in parallel on a line of units
 ends advance by the same number of units until one falls within a request's first `overhead` units, where the walk
 stops and the next part starts at that request; each such run has a closed form per starting request, so the runs
 are found for all requests at once, chained from request 0 in one short step per run, and each part's row follows
-from its run (the kernel's comments). (Timed on a GPU: not yet; the step-by-step kernel that was measured is in git at 1183257.)
+from its run (the kernel's comments). Timed on a GPU: not yet (the step-by-step kernel that was measured is in git
+at 1183257).
 """
 
 from __future__ import annotations
