@@ -3,14 +3,14 @@
 # tile and FlashMLA, the GPU tests, the kernel benchmark beside FlashMLA, the FP8 path, and the decode step at serving
 # shapes. Each step is time-boxed and logged to $OUT; when the seesaw check fails, the steps after it are skipped.
 # Carry .peers (FlashMLA, see ../shared/flashmla/README.md).
-#   STEPS="check time tests kernels fp8 decode" scripts/gpu_final.sh   (tests: ~330 s, mostly compiles)
+#   STEPS="sched check time tests kernels fp8 decode" scripts/gpu_final.sh   (tests: ~330 s, mostly compiles)
 # Steps not in the default list: plans (call plans' GPU cases and host time), regvar (v5_fp8_reg.py's prepared variants), regpick (the fastest of them for the steps after), fp8final (the FP8 results the course shows), fp8all (every FP8 Gluon tile's GPU cases, then their timing), reg (v5_fp8_reg.py's cases and timing), mma (the 16-row FP8 tile's GPU cases, then its timing and its parts beside the other
 # FP8 tiles), ncu, stalls, sass (Nsight Compute's counters for the FP8 tiles; scripts/gpu_ncu_fp8.py), trace (the seesaw
 # tile's cycle stamps, scripts/gpu_seesaw_trace.py), parts (the schedule's part count and fixed overhead timed beside
 # FlashMLA, scripts/gpu_parts_sweep.py; PARTS_ARGS="--grid wide --rounds 2" for the wide grid), split (each kernel's device time in v5's call and FlashMLA's, scripts/gpu_kernel_split.py). The seesaw probe's check and time steps include its VARIANTS.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
-STEPS=${STEPS:-check time tests kernels fp8 decode}
+STEPS=${STEPS:-sched check time tests kernels fp8 decode}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 COLUMNS=200
 PY=${PYTHON:-python3}
@@ -28,6 +28,9 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,
   | tee "$OUT/nvidia_smi.txt"
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/nvidia_smi.txt"
 git rev-parse HEAD >> "$OUT/nvidia_smi.txt" 2>/dev/null || true
+# the schedule kernel against its Python reference on the GPU (tests/test_schedule.py is not marked gpu: it runs on
+# whatever device there is, the interpreter's on a CPU)
+has sched && step sched 120 env PYTHONPATH=src:tests $PY -m pytest tests/test_schedule.py -q -p no:cacheprovider
 has check && step check 300 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_seesaw_probe.py --out "$OUT/check.json" \
   --check-only --check-variants "${CHECK_VARIANTS-nomf,hoist,syncq}"
 if has check && { ! grep -q "^PASS" "$OUT/check.log" || grep -q "^FAIL" "$OUT/check.log"; }; then
