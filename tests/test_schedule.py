@@ -161,3 +161,18 @@ def test_default_overhead_by_tile():
         got = S.get_mla_metadata(seqlens, rows, 1, num_sm_parts=10)
         want = S.get_mla_metadata(seqlens, rows, 1, num_sm_parts=10, fixed_overhead=S.default_fixed_overhead(rows))
         assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("seqlens,parts,overhead", [
+    ([4096] * 134, 132, 5),  # a little more work than one request a part: long runs of cuts before a stop
+    ([4096] * 131, 132, 5),  # a little less: one whole request a part, one part idle
+    ([64] * 300, 7, 5),  # many one-page requests a part: a run stops within a few requests
+    ([1] * 50 + [2**20] + [1] * 50, 64, 1),  # one long request cut into a long run between short ones
+    ([0, 2**20, 0, 0, 2**20 - 1, 0], 1000, 9),  # empty requests where a run would stop
+    ([65] * 257, 256, 2),  # runs across the kernel's block of 256 requests
+])
+def test_runs_of_cuts(seqlens, parts, overhead):
+    """The kernel finds the walk's runs (from a request's start, cuts until a part's units run out within a request's
+    first `overhead` units) in parallel: lengths where runs are long, short, cross its block of requests, or end at
+    empty requests."""
+    assert_same_schedule(seqlens, parts, overhead)
