@@ -71,11 +71,13 @@ HOST_TARGET_MS = 0.010  # whole call minus CUDA-graph replay at h_q 16, s_k 1k
 #: b = 128. The ideal at the memory-bound shapes is 1,152 / 656 = 1.76x a bf16 kernel at the same bandwidth.
 FP8_RATIO_TARGETS = {(16, 1, 4096, "fixed"): 1.5, (16, 1, 8192, "fixed"): 1.5, (16, 1, 4096, "normal"): 1.5,
                      (64, 1, 4096, "fixed"): 1.2, (64, 1, 8192, "fixed"): 1.2, (128, 1, 4096, "fixed"): 0.8}
-VERSIONS = ("v5", "v5_o5", "v5_lockstep", "v5_fp8", "v4", "v3", "v2", "v1", "torch_paged")  # as --versions names
+# (as --versions names)
+VERSIONS = ("v5", "v5_o5", "v5_lockstep", "v5_fp8", "v5_fp8_o5", "v4", "v3", "v2", "v1", "torch_paged")
 #: what runs at the target shapes (all of VERSIONS at the ablation ones); v5_lockstep: the Gluon tile the seesaw
 #: tile replaced, where v5 runs the seesaw tile; v5_o5: v5 on FlashMLA's own schedule (its walk with 5 units a piece,
-#: get_mla_metadata(..., fixed_overhead=5)), timed only where the default overhead differs (the small tile's 2)
-TARGET_VERSIONS = {"v5", "v5_o5", "v5_lockstep", "v5_fp8", "v4"}
+#: get_mla_metadata(..., fixed_overhead=5)), timed only where the default overhead differs (the small tile's 2);
+#: v5_fp8_o5: the same for the FP8 path
+TARGET_VERSIONS = {"v5", "v5_o5", "v5_lockstep", "v5_fp8", "v5_fp8_o5", "v4"}
 
 
 def log(msg: str) -> None:
@@ -174,7 +176,8 @@ def run_shape(b, h_q, s_q, s_k, dist, roof, versions, flash_mla, seed=0, *, devi
     causal = s_q > 1
     (q, k_cache, block_table, seqlens), mean_sk = shape_inputs(b, h_q, s_q, s_k, dist, seed, device)
     nbytes = shape_bytes(b, h_q, s_q, mean_sk)
-    row_bytes = {"v5_fp8": FP8_ROW_BYTES}  # bytes per cached token read, where not bf16's 1,152
+    # bytes per cached token read, where not bf16's 1,152
+    row_bytes = {"v5_fp8": FP8_ROW_BYTES, "v5_fp8_o5": FP8_ROW_BYTES}
     flops = 2 * b * h_q * s_q * mean_sk * 1088
     meta, splits = get_mla_metadata(seqlens, s_q * h_q, 1)
     o5_meta, o5_splits = get_mla_metadata(seqlens, s_q * h_q, 1, fixed_overhead=5)  # FlashMLA's own schedule
@@ -185,7 +188,7 @@ def run_shape(b, h_q, s_q, s_k, dist, roof, versions, flash_mla, seed=0, *, devi
            "metadata_ms": timer(lambda: get_mla_metadata(seqlens, s_q * h_q, 1)), "impl": {}, "skipped": {},
            "errors": {}}
     k_fp8 = None
-    if "v5_fp8" in versions:
+    if "v5_fp8" in versions or "v5_fp8_o5" in versions:
         try:  # quantized once, outside the timed region: the cache a serving engine would hold
             k_fp8 = quantize_k_cache(k_cache)
             row["bytes_fp8"] = shape_bytes(b, h_q, s_q, mean_sk, FP8_ROW_BYTES)
@@ -202,6 +205,8 @@ def run_shape(b, h_q, s_q, s_k, dist, roof, versions, flash_mla, seed=0, *, devi
         "v5_checked": lambda: mla_decode_v5(*args, causal=causal, tile_scheduler_metadata=meta, num_splits=splits),
         "v5_fp8": lambda: mla_decode_v5(*fp8_args, causal=causal, tile_scheduler_metadata=meta, num_splits=splits,
                                         is_fp8_kvcache=True, **off),
+        "v5_fp8_o5": lambda: mla_decode_v5(*fp8_args, causal=causal, tile_scheduler_metadata=o5_meta,
+                                           num_splits=o5_splits, is_fp8_kvcache=True, **off),
         "v4": lambda: mla_decode_v4(*args, causal=causal, tile_scheduler_metadata=meta, num_splits=splits, **off),
         "v3": lambda: mla_decode_v3(*args, causal=causal, **off),
         "v2": lambda: mla_decode_v2(*args, causal=causal, **off),
@@ -214,7 +219,7 @@ def run_shape(b, h_q, s_q, s_k, dist, roof, versions, flash_mla, seed=0, *, devi
             impls = {"flashmla": lambda: flash_mla.flash_mla_with_kvcache(*args, fm_meta, None, causal=causal)} | impls
         except Exception as e:  # recorded in the row
             row["errors"]["flashmla"] = _error(e)
-    graphed = ("flashmla", "v5", "v5_o5", "v5_lockstep", "v5_fp8")  # also timed as CUDA-graph replays
+    graphed = ("flashmla", "v5", "v5_o5", "v5_lockstep", "v5_fp8", "v5_fp8_o5")  # also timed as CUDA-graph replays
     outputs = {}
     for name, fn in impls.items():
         if name not in versions and name not in ("flashmla", "v5_checked"):
@@ -223,7 +228,9 @@ def run_shape(b, h_q, s_q, s_k, dist, roof, versions, flash_mla, seed=0, *, devi
             continue
         if name == "v5_lockstep" and row["v5_tile"][0] != "seesaw":  # only where it is what the seesaw replaced
             continue
-        if name == "v5_o5" and default_fixed_overhead(s_q * h_q) == 5:  # the same schedule as v5's
+        if name in ("v5_o5", "v5_fp8_o5") and default_fixed_overhead(s_q * h_q) == 5:  # the same schedule as v5's
+            continue
+        if name == "v5_fp8_o5" and "v5_fp8" in row["errors"]:  # (its cache could not be made)
             continue
         if name in row["errors"]:  # its inputs could not be made
             continue
@@ -379,6 +386,7 @@ def main(argv=None) -> int:
                             "bf16 cache (the quantization's)",
                   "v5_o5": "v5 on get_mla_metadata(..., fixed_overhead=5): FlashMLA's own schedule, where the "
                            "default overhead is not 5 (the small tile's 2; kernels/schedule.py's docstring)",
+                  "v5_fp8_o5": "v5_fp8 on the same schedule as v5_o5",
                   "flops": "2*b*h_q*s_q*mean_sk*(576+512)",
                   "data": "mla_tutorial.testing.make_paged_inputs: random bf16, random-permutation block tables, "
                           "NaN in unused slots, sentinel table ids",
