@@ -1,11 +1,12 @@
-"""The schedule kernel (`get_mla_metadata`, one Triton program) against its torch reference, bit for bit.
+"""The schedule kernels (`get_mla_metadata`, one Triton program) against their reference, bit for bit.
 
-`get_mla_metadata_torch` states FlashMLA's walk in plain Python; `_schedule_kernel` computes the same schedule in
-one launch. Both are compared on a hypothesis sweep of batches, lengths (0 .. 2^20 tokens, page boundaries 63/64/65),
-part counts and per-request overheads, and on edge cases: all requests empty, one request, more parts than work
-units, long requests cut many times, batches at and across the kernel's block size, b = 2000. What a schedule
-must satisfy (every page in exactly one part, balanced work) is tested in test_kernels.py. Without a GPU the
-kernel runs in Triton's interpreter (the loader in test_kernels.py makes sure of that).
+`get_mla_metadata_torch` states FlashMLA's walk in plain Python; `_step_kernel` (step by step) and `_runs_kernel`
+(in parallel) compute the same schedule in one launch, and both are checked here: on a hypothesis sweep of batches,
+lengths (0 .. 2^20 tokens, page boundaries 63/64/65), part counts and per-request overheads, and on edge cases: all
+requests empty, one request, more parts than work units, long requests cut many times, batches at and across the
+kernels' block size, b = 2000, the parallel kernel's runs. What a schedule must satisfy (every page in exactly one
+part, balanced work) is tested in test_kernels.py. Without a GPU the kernels run in Triton's interpreter (the loader
+in test_kernels.py makes sure of that); on a GPU this file checks the compiled kernels (gpu_final.sh's `sched`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ def assert_same_schedule(seqlens, parts: int | None, overhead: int | None = 5, d
     """Kernel and reference on the same lengths: equal metadata and num_splits (dtype, shape, values)."""
     cache_seqlens = torch.as_tensor(seqlens, dtype=dtype, device=DEVICE)
     knobs = dict(num_sm_parts=parts, fixed_overhead=overhead)
-    meta, splits = S.get_mla_metadata(cache_seqlens, 16, 1, **knobs)
     ref_meta, ref_splits = S.get_mla_metadata_torch(cache_seqlens, 16, 1, **knobs)
-    assert meta.dtype == torch.int32 and splits.dtype == torch.int32
-    assert meta.shape == ref_meta.shape and splits.shape == (cache_seqlens.shape[0] + 1,)
-    assert torch.equal(splits, ref_splits), (splits, ref_splits)
-    bad = (meta != ref_meta).any(dim=1).nonzero().flatten().tolist()
-    assert not bad, f"rows {bad[:5]} differ: kernel {meta[bad[:5]].tolist()} torch {ref_meta[bad[:5]].tolist()}"
+    for parallel in (False, True):  # both kernels: step by step, and the runs in parallel
+        meta, splits = S.get_mla_metadata(cache_seqlens, 16, 1, parallel=parallel, **knobs)
+        assert meta.dtype == torch.int32 and splits.dtype == torch.int32
+        assert meta.shape == ref_meta.shape and splits.shape == (cache_seqlens.shape[0] + 1,)
+        assert torch.equal(splits, ref_splits), (parallel, splits, ref_splits)
+        bad = (meta != ref_meta).any(dim=1).nonzero().flatten().tolist()
+        assert not bad, (f"parallel={parallel}: rows {bad[:5]} differ: kernel {meta[bad[:5]].tolist()} reference "
+                         f"{ref_meta[bad[:5]].tolist()}")
 
 
 # lengths: page boundaries and empty requests often, any length up to 2^20 sometimes
@@ -100,9 +103,10 @@ def test_int64_and_strided_lengths():
     base = torch.tensor([5, -1, 0, -1, 70000, -1, 64, -1, 1], dtype=torch.int32, device=DEVICE)
     view = base[::2]  # [5, 0, 70000, 64, 1], stride 2
     assert view.stride(0) == 2
-    meta, splits = S.get_mla_metadata(view, 16, 1, num_sm_parts=9, fixed_overhead=5)
     ref_meta, ref_splits = S.get_mla_metadata_torch(view.contiguous(), 16, 1, num_sm_parts=9, fixed_overhead=5)
-    assert torch.equal(meta, ref_meta) and torch.equal(splits, ref_splits)
+    for parallel in (False, True):
+        meta, splits = S.get_mla_metadata(view, 16, 1, num_sm_parts=9, fixed_overhead=5, parallel=parallel)
+        assert torch.equal(meta, ref_meta) and torch.equal(splits, ref_splits)
 
 
 def test_torch_reference_serves_cpu_tensors_without_interpreter(monkeypatch):

@@ -22,21 +22,24 @@ cut it at shifting offsets into two or three pieces. Hence `default_fixed_overhe
 
 Two implementations with identical results (bit for bit, tests/test_schedule.py):
 - `get_mla_metadata_torch`: the walk in plain Python over the lengths (read to the host), the readable statement.
-- `get_mla_metadata` (used by v4 and v5): the same walk in one Triton program, `_schedule_kernel`.
+- `get_mla_metadata` (used by v4 and v5): the same walk in one Triton program: `_step_kernel`, step by step (the
+  default), or `_runs_kernel`, in parallel (PARALLEL_SCHEDULE, not yet run on a GPU).
 
 Why a kernel: the host must not wait for the lengths (no sync in a decode step, and the schedule must be capturable
 in a CUDA graph and replayed with new lengths), and each torch op costs a few µs of host time to dispatch. The walk
 looks sequential (where a part starts depends on where the one before stopped), and run step by step in one warp it
 took 25-50 µs on the H200 (fifteenth session: a dependent chain of a few hundred cycles per part, 264 parts at 16
-heads). `_schedule_kernel` computes the same walk in parallel on a line of units: from a request's start the parts'
+heads). `_runs_kernel` computes the same walk in parallel on a line of units: from a request's start the parts'
 ends advance by the same number of units until one falls within a request's first `overhead` units, where the walk
 stops and the next part starts at that request; each such run has a closed form per starting request, so the runs
 are found for all requests at once, chained from request 0 in one short step per run, and each part's row follows
-from its run (the kernel's comments). Timed on a GPU: not yet (the step-by-step kernel that was measured is in git
-at 1183257).
+from its run (the kernel's comments). It is equal to the reference on the CPU tests but has not yet run on a GPU,
+so the step-by-step kernel stays the default until it has (PARALLEL_SCHEDULE).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -183,7 +186,71 @@ def _containing(starts_ptr, x, lo, hi, active):
 
 
 @triton.jit(do_not_specialize=["stride_s", "b", "parts", "overhead"])
-def _schedule_kernel(
+def _step_kernel(
+    seqlens_ptr, meta_ptr, num_splits_ptr,
+    stride_s, b, parts, overhead,
+    PAGE: tl.constexpr, META_COLS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # The walk step by step, as get_mla_metadata_torch states it (one warp; GPU-checked and timed: 25-50 µs a call).
+    # the costs' sum, a block of requests at a time (int64: 2^31 units would take 2^37 tokens, but lengths are
+    # the caller's), hence each part's payload
+    lanes = tl.arange(0, BLOCK)
+    total = tl.zeros([], tl.int64)
+    for start in range(0, b, BLOCK):
+        r = start + lanes
+        in_b = r < b
+        total += tl.sum(tl.where(in_b, _pages(seqlens_ptr, stride_s, r, in_b, PAGE) + overhead, 0), 0)
+    payload = ((total + parts - 1) // parts + overhead).to(tl.int32)
+
+    # the walk (get_mla_metadata_torch, step by step): req, page, split = where it stands; pieces = num_splits so far.
+    # The pages of BLOCK requests at a time stay in registers (`chunk`, from request `base`), read one by one with a
+    # masked sum: a global load per request would put its latency (~0.5 µs from L2) on every step of the walk.
+    tl.store(num_splits_ptr, 0)
+    zero = tl.zeros([], tl.int32)
+    req = zero
+    page = zero
+    split = zero
+    pieces = zero
+    base = zero
+    chunk = _pages(seqlens_ptr, stride_s, lanes, lanes < b, PAGE).to(tl.int32)  # pages of requests base ..
+    n_req = tl.sum(tl.where(lanes == 0, chunk, 0), 0)  # pages of request `req`
+    n_prev = zero  # pages of request `req` - 1
+    pad = tl.arange(0, 4) + 4  # columns 4..7: the split index, then zeros
+    for p in range(0, parts):
+        row = meta_ptr + p * META_COLS  # (p < 2^28: an int32 product)
+        tl.store(row + _BEGIN_REQ, req)
+        tl.store(row + _BEGIN_BLOCK, page)
+        tl.store(row + pad, tl.where(pad == _BEGIN_SPLIT, split, 0))
+        left = payload
+        going = req < b
+        while going:
+            rest = n_req - page
+            if left >= rest + overhead:  # the rest fits: the request ends in this part
+                pieces += split + 1
+                tl.store(num_splits_ptr + req + 1, pieces)
+                left -= rest + overhead
+                req += 1
+                page = zero
+                split = zero
+                if req - base >= BLOCK:  # the next BLOCK requests' pages
+                    base += BLOCK
+                    chunk = _pages(seqlens_ptr, stride_s, base + lanes, base + lanes < b, PAGE).to(tl.int32)
+                n_prev = n_req
+                n_req = tl.sum(tl.where(lanes == req - base, chunk, 0), 0)  # 0 past the last request
+                going = req < b
+            else:  # cut where this part's units run out, if they pay for one page at least
+                if left > overhead:
+                    page += left - overhead
+                    split += 1
+                going = req < 0
+        # the part ends inside request `req` (page > 0) or at the end of the request before it (an empty one counts
+        # as one page, as in the reference)
+        tl.store(row + _END_REQ, tl.where(page > 0, req, req - 1))
+        tl.store(row + _END_BLOCK, tl.where(page > 0, page, tl.maximum(n_prev, 1)))
+
+
+@triton.jit(do_not_specialize=["stride_s", "b", "parts", "overhead"])
+def _runs_kernel(
     seqlens_ptr, meta_ptr, num_splits_ptr, scratch_ptr,
     stride_s, b, parts, overhead,
     PAGE: tl.constexpr, META_COLS: tl.constexpr, BLOCK: tl.constexpr,
@@ -317,6 +384,11 @@ def _schedule_kernel(
         carry += tl.sum(pieces, 0)
 
 
+#: which kernel computes the walk on a GPU: False, the step-by-step one (checked and timed on the H200); True, the
+#: parallel one (`_runs_kernel`: equal on the CPU tests, not yet run on a GPU). MLA_SCHEDULE_RUNS=1 chooses it.
+PARALLEL_SCHEDULE = os.environ.get("MLA_SCHEDULE_RUNS") == "1"
+
+
 def get_mla_metadata(
     cache_seqlens: torch.Tensor,
     num_heads_per_head_k: int,
@@ -324,14 +396,15 @@ def get_mla_metadata(
     *,
     num_sm_parts: int | None = None,
     fixed_overhead: int | None = None,
+    parallel: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Balanced split-KV schedule, computed by one launch of `_schedule_kernel` (no host sync).
+    """Balanced split-KV schedule, computed by one launch of a Triton kernel (no host sync).
 
     Returns (tile_scheduler_metadata [num_sm_parts, 8] int32, num_splits [b+1] int32), where
     num_splits is the prefix sum of the number of pieces each request is cut into; equal, bit for bit, to
     `get_mla_metadata_torch`. `num_sm_parts` and `fixed_overhead` (units a piece costs beyond its pages; default
-    `default_fixed_overhead`) are knobs for tests and tuning. A CPU tensor outside the interpreter (Triton cannot
-    launch on it) takes the reference.
+    `default_fixed_overhead`) are knobs for tests and tuning; `parallel` picks the kernel (default
+    PARALLEL_SCHEDULE). A CPU tensor outside the interpreter (Triton cannot launch on it) takes the reference.
     """
     parts, overhead = _knobs(cache_seqlens, num_heads_per_head_k, num_heads_k, num_sm_parts, fixed_overhead)
     device = cache_seqlens.device
@@ -341,13 +414,21 @@ def get_mla_metadata(
     b = cache_seqlens.shape[0]
     meta = torch.empty((parts, METADATA_COLS), dtype=torch.int32, device=device)  # every entry written
     num_splits = torch.empty(b + 1, dtype=torch.int32, device=device)
-    scratch = torch.empty(6 * b + 1 + parts, dtype=torch.int64, device=device)  # layout: see the kernel
-    _LAUNCH(
-        (1,), cache_seqlens, meta, num_splits, scratch,
-        cache_seqlens.stride(0), b, parts, overhead,
-        PAGE=PAGE_SIZE, META_COLS=METADATA_COLS, BLOCK=SCHEDULE_BLOCK, num_warps=4,
-    )
+    if PARALLEL_SCHEDULE if parallel is None else parallel:
+        scratch = torch.empty(6 * b + 1 + parts, dtype=torch.int64, device=device)  # layout: see the kernel
+        _LAUNCH_RUNS(
+            (1,), cache_seqlens, meta, num_splits, scratch,
+            cache_seqlens.stride(0), b, parts, overhead,
+            PAGE=PAGE_SIZE, META_COLS=METADATA_COLS, BLOCK=SCHEDULE_BLOCK, num_warps=4,
+        )
+    else:
+        _LAUNCH_STEP(
+            (1,), cache_seqlens, meta, num_splits,
+            cache_seqlens.stride(0), b, parts, overhead,
+            PAGE=PAGE_SIZE, META_COLS=METADATA_COLS, BLOCK=SCHEDULE_BLOCK, num_warps=1,
+        )
     return meta, num_splits
 
 
-_LAUNCH = FastLauncher(_schedule_kernel)
+_LAUNCH_STEP = FastLauncher(_step_kernel)
+_LAUNCH_RUNS = FastLauncher(_runs_kernel)
