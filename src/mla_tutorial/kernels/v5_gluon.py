@@ -552,16 +552,21 @@ def cached_descriptors(key: tuple, build):
     return desc
 
 
-def _k_descriptor(k_cache: torch.Tensor, sub: int):
-    """TMA descriptor over the cache as [num_blocks·64 rows, 576]: sub x 64 boxes, 128-byte swizzle (cached:
-    cached_descriptors)."""
-    n, page, _, d = k_cache.shape
+def rows_descriptor(name: str, t: torch.Tensor, rows: int, box_rows: int):
+    """TMA descriptor over `t` (16-bit, contiguous rows of 576) as one [rows, 576] matrix: box_rows x 64 boxes,
+    128-byte swizzle; cached by `name`, address, rows, dtype and box (cached_descriptors)."""
+    d = t.shape[-1]
 
     def build():
         layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-        return TensorDescriptor(_Address(k_cache.data_ptr(), k_cache.dtype), [n * page, d], [d, 1], [sub, CHUNK],
-                                layout)
-    return cached_descriptors(("k", k_cache.data_ptr(), n, k_cache.dtype, sub), build)
+        return TensorDescriptor(_Address(t.data_ptr(), t.dtype), [rows, d], [d, 1], [box_rows, CHUNK], layout)
+    return cached_descriptors((name, t.data_ptr(), rows, t.dtype, box_rows), build)
+
+
+def _k_descriptor(k_cache: torch.Tensor, sub: int):
+    """TMA descriptor over the cache as [num_blocks·64 rows, 576]: sub x 64 boxes (rows_descriptor)."""
+    n, page = k_cache.shape[:2]
+    return rows_descriptor("k", k_cache, n * page, sub)
 
 
 _LAUNCH = FastLauncher(_v5_kernel) if gluon is not None else None

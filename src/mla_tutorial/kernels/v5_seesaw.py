@@ -66,8 +66,6 @@ from .launch import FastLauncher
 from .v5_gluon import (
     DEFAULT_GLUON_CONFIG,
     GluonConfig,
-    TensorDescriptor,
-    _Address,
     _k_descriptor,
     _v5_flag_stale,
     _v5_load_q,
@@ -79,11 +77,11 @@ from .v5_gluon import (
     _v5_probs,
     _v5_softmax,
     _v5_store,
-    cached_descriptors,
     fence_async_shared,
     gl,
     gluon,
     mbarrier,
+    rows_descriptor,
     tma,
     warpgroup_mma,
     warpgroup_mma_init,
@@ -631,11 +629,5 @@ def _q_rows_2d(q: torch.Tensor, dims) -> bool:
 
 
 def _q_descriptor(q: torch.Tensor):
-    """TMA descriptor over q as [b·s_q·h_q rows, 576]: 64 x 64 boxes, 128-byte swizzle (as the cache's), cached by
-    address like the cache's (cached_descriptors)."""
-    rows, d = q.shape[0] * q.shape[1] * q.shape[2], q.shape[3]
-
-    def build():
-        layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-        return TensorDescriptor(_Address(q.data_ptr(), q.dtype), [rows, d], [d, 1], [64, 64], layout)
-    return cached_descriptors(("q", q.data_ptr(), rows, q.dtype), build)
+    """TMA descriptor over q as [b·s_q·h_q rows, 576]: 64 x 64 boxes, as the cache's (rows_descriptor)."""
+    return rows_descriptor("q", q, q.shape[0] * q.shape[1] * q.shape[2], 64)
