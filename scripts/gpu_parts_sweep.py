@@ -100,6 +100,8 @@ def main() -> int:
                     help="first: SHAPES x knob_grid (the fourteenth session's); wide: WIDE's shapes and pairs")
     ap.add_argument("--rounds", type=int, default=1, help="time the whole grid this many times (the spread)")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds must be >= 1, got {args.rounds}")
     copy = measure_copy_bandwidth("cuda")
     print(f"copy {copy['gbps']:.0f} GB/s", flush=True)
     rows, fm = [], _flash_mla()
