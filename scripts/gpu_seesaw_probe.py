@@ -38,12 +38,11 @@ CASES = [(LENGTHS, 1, 64, False, torch.bfloat16), (LENGTHS, 2, 128, True, torch.
 #: FINE (one mbarrier per 64-column box, each multiplied as it lands: FlashMLA's "fine-grained TMA copy - GEMM
 #: pipelining"; 45 % slower at h_q 64, s_k 4k in the thirteenth session). Earlier variants: Q_FIRST, A_FIRST
 #: (docs/results/v5_notes.md, twelfth session) in git at bfcadde; START_SYNC, PIECE_EARLY (thirteenth session) at
-#: 5e38d3b; Q_AHEAD (the same session) at ab7d0d7. Prepared (fifteenth session, off by default): "qtma", Q_TMA (each
-#: request's Q copied by the producer warp's TMA once the previous request's pages are done, landing while the
-#: consumers store).
+#: 5e38d3b; Q_AHEAD (the same session) at ab7d0d7. "noqtma": Q_TMA off (each request's Q copied by the consumers
+#: after their store, as before the sixteenth session; it was the variant "qtma" while off by default).
 VARIANTS = {"nomf": {"max_first": False}, "hoist": {"opaque_views": False}, "syncq": {"q_async": False},
             "narrow": {"store_lines": False}, "outonly": {"lines_partials": False}, "fine": {"fine": True},
-            "qtma": {"q_tma": True}}
+            "noqtma": {"q_tma": False}}
 
 
 def check(path: str, config=None) -> list[dict]:

@@ -111,14 +111,14 @@ def test_what_a_plan_cannot_replay_is_refused():
     assert plan.make_plan([], slots, False, True, None) is None
 
 
-def test_a_tma_descriptor_is_encoded_once_and_pinned_to_its_tensor(monkeypatch):
+def test_a_tma_descriptor_is_encoded_once_per_address_of_its_tensor(monkeypatch):
     calls, expanded = [], []
     slots = _slots()
     k = slots[1]
 
     def expand(desc, meta):
-        expanded.append(meta)
-        return ["MAP", *desc.shape, *desc.strides]
+        expanded.append(desc.base.data_ptr())
+        return [f"MAP@{desc.base.data_ptr()}", *desc.shape, *desc.strides]
 
     monkeypatch.setattr(plan, "_expand_descriptor", expand)
 
@@ -134,11 +134,22 @@ def test_a_tma_descriptor_is_encoded_once_and_pinned_to_its_tensor(monkeypatch):
     wrapper = make_wrapper(raw, {1}, [{"swizzle": 3}])
     launch = plan._Launch.from_record(_compiled(wrapper), (4,), (slots[0], desc, 7), (), slots)
     assert launch is not None and launch.pinned == ((1, k.data_ptr()),)
-    assert expanded == [{"swizzle": 3}]
-    launch(tuple(range(11)), 5)
-    launch(tuple(range(11)), 5)
-    assert expanded == [{"swizzle": 3}]  # encoded when the plan was made, not at each replay
-    assert calls[0][13:] == (0, "MAP", 256, 576, 576, 1, 7)
+    assert expanded == [k.data_ptr()]
+    here = tuple(t.data_ptr() for t in slots)
+    launch(here, 5)
+    launch(here, 5)
+    assert expanded == [k.data_ptr()]  # encoded when the plan was made, not at each replay
+    assert calls[-1][13:] == (slots[0].data_ptr(), f"MAP@{k.data_ptr()}", 256, 576, 576, 1, 7)
+    moved = (here[0], 4096, *here[2:])  # the cache at another address: its descriptor encoded there, once
+    launch(moved, 5)
+    launch(moved, 5)
+    assert expanded == [k.data_ptr(), 4096]
+    assert calls[-1][13:] == (slots[0].data_ptr(), "MAP@4096", 256, 576, 576, 1, 7)
+    launch(here, 5)  # back where it was recorded: the recorded encoding
+    assert expanded == [k.data_ptr(), 4096] and calls[-1][14] == f"MAP@{k.data_ptr()}"
+    for address in range(8192, 8192 + 16 * 20, 16):  # many addresses: the kept encodings start over, stay bounded
+        launch((here[0], address, *here[2:]), 5)
+    assert len(launch.encoded[0]) <= plan._Launch.MAX_ENCODED and calls[-1][14] == f"MAP@{8192 + 16 * 19}"
     stray = SimpleNamespace(base=SimpleNamespace(data_ptr=lambda: 16), shape=[1], strides=[1])
     assert plan._Launch.from_record(_compiled(wrapper), (4,), (slots[0], stray, 7), (), slots) is None
 

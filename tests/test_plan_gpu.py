@@ -71,8 +71,9 @@ def test_gpu_a_planned_call_equals_the_full_path(h_q, s_q, fp8):
     k2 = torch.empty_like(k)
     k2[perm] = k
     bt2 = torch.where(bt < n, perm[bt.clamp(max=n - 1).long()].int(), bt)  # (the sentinels stay)
-    moved = call(q=q2, k=k2, bt=bt2)  # a TMA tile's plan is pinned to the old pool: the full path plans anew
+    moved = call(q=q2, k=k2, bt=bt2)  # a TMA tile's plan encodes its descriptors at the moved pool's address
     moved_again = call(q=q2, k=k2, bt=bt2)
+    assert _only_plan() is call_plan, "a moved q or cache made a new plan instead of re-encoding the descriptors"
     expected = _full(lambda: call(q=q2))
     for result in (replayed, moved, moved_again):
         _same(expected, result)

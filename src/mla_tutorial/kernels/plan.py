@@ -18,8 +18,10 @@ kernels check block ids and lengths on the device, as before.
 
 What stays exact: the signature holds everything the checks and the launch arguments read, so a call that would
 fail validation can never match a plan made by one that passed (a bool is not an int here, as it is not for the
-checks). TMA descriptors hold an address: a plan built with one is used only while that tensor (the cache) keeps
-its address, else the call takes the full path and leaves a new plan. Only tiles whose launch code issues nothing
+checks). TMA descriptors hold an address: a plan keeps each descriptor it was built with, encoded, and when its
+tensor (the cache; q, where the seesaw tile copies Q by TMA) comes at another address it encodes the same descriptor
+at the new one (a few µs; the last few addresses of each are kept, as a serving loop's q alternates between a
+handful of its allocator's blocks). Only tiles whose launch code issues nothing
 but FastLauncher launches are planned (`_launch_v5` keeps it so); v4's path, the interpreter, CPU tensors and
 calls that build their own schedule always take the full path. `clear_plans()` drops every plan (tests that
 change module-level knobs between calls of one shape call it).
@@ -27,11 +29,12 @@ change module-level knobs between calls of one shape call it).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 
-from .v5_gluon import _triton_version
+from .v5_gluon import _Address, _triton_version
 
 #: the Triton whose compiled-kernel launcher the plans call directly (its argument layout is not a public API)
 PLANNED_TRITON = (3, 6)
@@ -103,12 +106,23 @@ def _closure(fn) -> dict[str, Any]:
 
 class _Launch:
     """One recorded launch, replayable: the compiled binary's raw launcher with its arguments packed once; the
-    places of the call's tensors are filled with their addresses at each call."""
+    places of the call's tensors are filled with their addresses at each call, and each TMA descriptor is encoded
+    anew for a tensor that has moved (`descs`)."""
 
-    __slots__ = ("raw", "head", "args", "places", "pinned")
+    __slots__ = ("raw", "head", "args", "places", "descs", "encoded")
 
-    def __init__(self, raw, head: tuple, args: list, places: tuple, pinned: tuple):
-        self.raw, self.head, self.args, self.places, self.pinned = raw, head, args, places, pinned
+    #: encodings kept per descriptor (addresses a tensor has had); past this they start over
+    MAX_ENCODED = 8
+
+    def __init__(self, raw, head: tuple, args: list, places: tuple, descs: tuple):
+        self.raw, self.head, self.args, self.places, self.descs = raw, head, args, places, descs
+        # per descriptor: address -> its encoded arguments (the address it was recorded at: those in `args`)
+        self.encoded: list[dict[int, list]] = [{} for _ in descs]
+
+    @property
+    def pinned(self) -> tuple:
+        """(slot, address) of each descriptor as recorded: the tensors whose address its encoding holds."""
+        return tuple((slot, base) for _, _, slot, base, _, _ in self.descs)
 
     @classmethod
     def from_record(cls, compiled, grid: tuple, args: tuple, tail: tuple, slots: tuple) -> _Launch | None:
@@ -128,15 +142,18 @@ class _Launch:
             desc_meta = list(cells.get("tensordesc_meta") or [None] * len(desc_places))
         packed: list = []
         places: list[tuple[int, int]] = []
-        pinned: list[tuple[int, int]] = []
+        descs: list[tuple] = []
         for i, arg in enumerate((*args, *tail)):
             if i in desc_places:
                 base = arg.base.data_ptr()
                 slot = next((j for j, t in enumerate(slots) if t is not None and t.data_ptr() == base), None)
                 if slot is None:
                     return None
-                pinned.append((slot, base))  # the descriptor holds this address: replay only while it holds
-                packed.extend(_expand_descriptor(arg, desc_meta.pop(0)))
+                meta = desc_meta.pop(0)
+                encoded = _expand_descriptor(arg, meta)
+                # (where in `packed`, how many arguments, the call's tensor, its address, the descriptor, its meta)
+                descs.append((len(packed), len(encoded), slot, base, arg, meta))
+                packed.extend(encoded)
             elif isinstance(arg, torch.Tensor):
                 slot = next((j for j, t in enumerate(slots) if t is arg), None)
                 if slot is None:
@@ -152,12 +169,28 @@ class _Launch:
         head = (grid[0], g1, g2)
         tail_head = (compiled.function, run.launch_cooperative_grid, run.launch_pdl, None, None,
                      compiled.packed_metadata, None, None, None)
-        return cls(raw, (head, tail_head), packed, tuple(places), tuple(pinned))
+        return cls(raw, (head, tail_head), packed, tuple(places), tuple(descs))
+
+    def _rebased(self, k: int, address: int) -> list:
+        """Descriptor k's launcher arguments for its tensor at `address` (encoded once per address)."""
+        seen = self.encoded[k]
+        encoded = seen.get(address)
+        if encoded is None:
+            _, _, _, _, desc, meta = self.descs[k]
+            moved = copy.copy(desc)  # the same shape, strides, box and layout (the signature holds them) ...
+            object.__setattr__(moved, "base", _Address(address, getattr(desc.base, "dtype", None)))  # ... here
+            if len(seen) >= self.MAX_ENCODED:
+                seen.clear()
+            encoded = seen[address] = _expand_descriptor(moved, meta)
+        return encoded
 
     def __call__(self, ptrs: tuple, stream: int) -> None:
         args = self.args.copy()
         for place, slot in self.places:
             args[place] = ptrs[slot]
+        for k, (place, n, slot, base, _, _) in enumerate(self.descs):
+            if ptrs[slot] != base:  # the tensor has moved: its descriptor, encoded at the new address
+                args[place:place + n] = self._rebased(k, ptrs[slot])
         grid, rest = self.head
         self.raw(*grid, stream, *rest, *args)
 
@@ -173,16 +206,11 @@ class CallPlan:
         self.out_shape, self.lse_shape, self.dtype, self.device = out_shape, lse_shape, dtype, device
         self.part_numel, self.lse_offset = part_out_numel + part_lse_numel, part_out_numel * 4
         self.flag, self.assert_bounds, self.built_for = flag, assert_bounds, built_for
-        self.pinned = tuple(p for launch in launches for p in launch.pinned)
         # the stream is the current device's, as FastLauncher's (the current device is part of the key)
         self.stream_device = torch.cuda.current_device()
 
     def run(self, tensors: tuple, error_flag: torch.Tensor | None):
-        """Replay for `tensors` (q, k_cache, block_table, cache_seqlens, metadata, num_splits): (out, lse), or None
-        when a descriptor's tensor has moved (the caller takes the full path)."""
-        for slot, address in self.pinned:
-            if tensors[slot].data_ptr() != address:
-                return None
+        """Replay for `tensors` (q, k_cache, block_table, cache_seqlens, metadata, num_splits): (out, lse)."""
         out = torch.empty(self.out_shape, dtype=self.dtype, device=self.device)
         lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device)
         part = torch.empty(self.part_numel, dtype=torch.float32, device=self.device)  # part_out, then part_lse
@@ -219,16 +247,12 @@ def make_plan(records: list, slots: tuple, error_flag_given: bool, assert_bounds
 def replay(key: tuple | None, tensors: tuple, error_flag: torch.Tensor | None = None,
            built_for: dict | None = None):
     """(out, lse) from the plan of `key` for `tensors` (q, k_cache, block_table, cache_seqlens, metadata,
-    num_splits), or None: no plan, a FlashMLASchedMeta filled for another shape (`built_for`, its record), or a cache
-    that moved since the plan's TMA descriptors were made (the plan is dropped). On None the caller takes the full
-    path, which checks everything and plans anew."""
+    num_splits), or None: no plan, or a FlashMLASchedMeta filled for another shape (`built_for`, its record). On None
+    the caller takes the full path, which checks everything and plans anew."""
     call_plan = lookup(key)
     if call_plan is None or (built_for is not None and built_for != call_plan.built_for):
         return None
-    result = call_plan.run(tensors, error_flag)
-    if result is None:
-        PLANS.pop(key, None)
-    return result
+    return call_plan.run(tensors, error_flag)
 
 
 def remember(key: tuple, plan: CallPlan | None) -> None:

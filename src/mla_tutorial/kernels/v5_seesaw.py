@@ -50,10 +50,14 @@
 #   heads) a program where the even cut had split nearly every request between two programs: FlashMLA / v5 0.84 →
 #   0.94 (h_q 64, s_k 4k), 0.85 → 0.92 (8k), 0.67 → 0.77 (h_q 128, 1k), 0.69 → 0.75 (4k), 0.72 → 0.78 (s_q 2 causal)
 #   (docs/results/kernels_v5_walk_h200_2026-12-03.json).
-#   Prepared, not yet run on a GPU: Q_TMA (GluonConfig(q_tma=True), off): the producer copies each request's Q by
-#   TMA as soon as both consumers are done with the previous request's pages, so the next Q lands while they store
-#   (a request boundary waited ~8,300 cycles for the consumers' own Q copies after the store). Should buy ~5 % where
-#   a program holds two or more requests (h_q 128 at 1k, s_q 2), nothing where it holds one.
+# Sixteenth session: Q_TMA (GluonConfig(q_tma=True), the default): the producer copies each request's Q by TMA as
+#   soon as both consumers are done with the previous request's pages, so the next Q lands while they store (a
+#   request boundary waited ~8,300 cycles for the consumers' own Q copies after the store). Predicted ~5 % where a
+#   program holds two or more requests (h_q 128 at 1k, s_q 2), nothing where it holds one. Bought (seesaw probe,
+#   b 128, FlashMLA / tile): h_q 128 1k 0.76 → 0.79, s_q 2 causal 0.80 → 0.85, h_q 64 1k 0.84 → 0.88, 4k-8k +1-3 %;
+#   the boundary (pages done to the next request's first pair) 15,500 → 13,900 cycles, not the ~9,000 predicted:
+#   the next request's first pages now wait for the last pair, and a pair takes 6 % longer with the producer's
+#   extra copies (docs/results/v5_notes.md, sixteenth session).
 """Version 5's warp-specialised Gluon tile: a producer warp and FlashMLA's seesaw schedule (Hopper, Triton 3.6)."""
 
 from __future__ import annotations

@@ -189,6 +189,11 @@ def run_shape(b, h_q, s_q, s_k, dist, roof, versions, flash_mla, seed=0, *, devi
            "bytes": nbytes, "flops": flops, "v5_tile": kernel_choice(q, k_cache, s_q * h_q, 1),
            "metadata_ms": timer(lambda: get_mla_metadata(seqlens, s_q * h_q, 1)), "impl": {}, "skipped": {},
            "errors": {}}
+    # both schedule kernels, as a call (host launch included) and as a graph replay (device time alone)
+    row["metadata"] = {name: {"call_ms": timer(lambda p=parallel: get_mla_metadata(seqlens, s_q * h_q, 1, parallel=p)),
+                              "graph_ms": graph_timer(lambda p=parallel: get_mla_metadata(seqlens, s_q * h_q, 1,
+                                                                                           parallel=p))}
+                       for name, parallel in (("step", False), ("runs", True))}
     k_fp8 = None
     if "v5_fp8" in versions or "v5_fp8_o5" in versions:
         try:  # quantized once, outside the timed region: the cache a serving engine would hold
@@ -287,6 +292,9 @@ def _agreement(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
 
 def fmt_row(r) -> str:
     parts = [f"b={r['b']:3d} h_q={r['h_q']:3d} s_q={r['s_q']} s_k={r['s_k']:5d} {r['lengths']:6s}"]
+    if "metadata" in r:  # the schedule kernels' µs, call / graph replay
+        parts.append("schedule µs " + " ".join(f"{k} {1e3 * m['call_ms']:.1f}/{1e3 * m['graph_ms']:.1f}"
+                                               for k, m in r["metadata"].items()))
     for name, e in r.get("impl", {}).items():
         g = f" (graph {e['graph_ms']:.4f})" if "graph_ms" in e else ""
         parts.append(f"{name} {e['ms']:.4f}{g} ms {e['roofline_fraction']:.2f}")
