@@ -56,7 +56,7 @@ has trace && step trace 300 env PYTHONPATH=src $PY scripts/gpu_seesaw_trace.py -
 has parts && step parts ${PARTS_LIMIT:-150} env PYTHONPATH=$PEERS:src $PY scripts/gpu_parts_sweep.py \
   --out "$OUT/parts.json" ${PARTS_ARGS:-}
 has split && step split 150 env PYTHONPATH=$PEERS:src $PY scripts/gpu_kernel_split.py --out "$OUT/split.json"
-has kernels && step kernels 200 env PYTHONPATH=$PEERS:src $PY -m mla_tutorial bench --kernel --shapes targets,ablation \
+has kernels && step kernels ${KERNELS_LIMIT:-300} env PYTHONPATH=$PEERS:src $PY -m mla_tutorial bench --kernel --shapes targets,ablation \
   --out "$OUT/kernels.json"
 has fp8 && step fp8 120 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma --parts \
   --sections env,correctness,timing --out "$OUT/fp8.json"

@@ -210,6 +210,27 @@ def test_kernel_bench_shape_times_v5_fp8_on_656_byte_rows(monkeypatch):
     assert "v4 ERROR RuntimeError: v4 broke" in kernel_bench.fmt_row(row)
 
 
+def test_kernel_bench_times_each_implementation_in_rounds_of_changing_order():
+    """Every implementation timed once a round, forward, reversed, then from the middle: the first in a fixed order
+    is not always first (a power-bound shape favours it); each keeps the median of its rounds."""
+    from mla_tutorial.measure import kernel_bench
+
+    clock = iter(range(1, 100))
+    fake_flash_mla = SimpleNamespace(get_mla_metadata=lambda: (None, None),
+                                     flash_mla_with_kvcache=lambda q, k, table, lengths, dv, meta, splits, causal:
+                                     kernel_bench.mla_decode_v5(q, k, table, lengths, dv, causal=causal))
+    row = kernel_bench.run_shape(1, 16, 1, 65, "fixed", {"copy_gbps": 10.0, "matmul_tflops": 1.0}, {"v5"},
+                                 fake_flash_mla, device="cpu", timer=lambda fn: float(next(clock)),
+                                 graph_timer=lambda fn: 0.5, rounds=3)
+    rounds = {name: e["ms_rounds"] for name, e in row["impl"].items()}
+    # (the schedule's three calls take 1-3; then flashmla, v5, v5_checked: 4-6, 7-9 reversed, 10-12 from v5)
+    assert rounds == {"flashmla": [4.0, 9.0, 12.0], "v5": [5.0, 8.0, 10.0], "v5_checked": [6.0, 7.0, 11.0]}
+    assert [row["impl"][n]["ms"] for n in rounds] == [9.0, 8.0, 7.0]
+    assert row["impl"]["v5"]["graph_ms"] == 0.5 and row["impl"]["v5"]["host_ms_not_hidden"] == 7.5
+    with pytest.raises(ValueError, match="rounds"):
+        kernel_bench.run_shape(1, 16, 1, 65, "fixed", {}, {"v5"}, None, device="cpu", rounds=0)
+
+
 def test_kernel_bench_checks_issue_9s_fp8_targets():
     from mla_tutorial.measure.kernel_bench import FP8_RATIO_TARGETS, RATIO_TARGETS, check_targets
 
