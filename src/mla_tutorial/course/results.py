@@ -35,8 +35,11 @@ KERNELS_V5_QASYNC = "kernels_v5_qasync_h200_2026-12-02.json"
 KERNELS_V5_EVEN = "kernels_v5_even_h200_2026-12-03.json"
 #: the same with the seesaw tile's 16-byte stores (store_lines, the default since)
 KERNELS_V5_LINES = "kernels_v5_lines_h200_2026-12-03.json"
-#: the same on FlashMLA's walk (the schedule since; 5 units a piece for 64-row tiles, 2 for the small tile): the newest
+#: the same on FlashMLA's walk (the schedule since; 5 units a piece for 64-row tiles, 2 for the small tile)
 KERNELS_V5_WALK = "kernels_v5_walk_h200_2026-12-03.json"
+#: the same with Q copied by the seesaw tile's producer (Q_TMA), every implementation timed in three rounds of
+#: changing order (the median kept): the newest
+KERNELS_V5_QTMA = "kernels_v5_qtma_h200_2026-12-03.json"
 HOST_PLANS = "host_time_plans_h200_2026-12-02.json"  # host time of a v5 call, planned against the full path
 #: the seesaw tile's cycle stamps at h_q 64, s_k 4k, b 128: the tile and `hoist` (its descriptors spilled, as before
 #: the twelfth session), in docs/results/probes (scripts/gpu_seesaw_trace.py)
@@ -783,7 +786,7 @@ __all__ = [
     "ABLATION", "CAPACITY", "DECODE_BENCH_V4", "DECODE_BENCH_V5", "DECODE_COVERAGE", "DECODE_PROFILE", "DECODE_TOUR",
     "FP8_ACCURACY", "FP8_BENCH", "FP8_SCHEMES", "FP8_SPLIT", "IMPL_LABELS", "KERNELS_V4_H100", "KERNELS_V4_H200",
     "HOST_PLANS", "KERNELS_V5", "KERNELS_V5_PLANS", "KERNELS_V5_QASYNC", "KERNELS_V5_EVEN", "KERNELS_V5_LINES",
-    "KERNELS_V5_WALK",
+    "KERNELS_V5_QTMA", "KERNELS_V5_WALK",
     "KERNELS_V5_SEESAW", "ROOFLINE", "HostPlanRow", "host_plan_rows", "SEESAW_TRACE", "PairPhase", "seesaw_pair_phases",
     "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",
     "Fp8DecoderRow", "Fp8RowError", "Fp8SpeedRow", "KernelRow", "KernelRun", "ResultsMissing", "ablation_steps",
