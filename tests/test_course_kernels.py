@@ -53,6 +53,18 @@ def test_v5_run_matches_the_table_in_docs_kernel_md():
         run.find("v1", b=128, h_q=128, s_k=4096)  # v1 was skipped there (too slow)
 
 
+def test_the_newest_v5_run_matches_the_readme_and_docs_kernel_md():
+    """kernels_v5_qtma (three rounds a shape): the ratios README, kernel.md §14 and notebook 05 quote; the newest
+    decode step: the README's stage-4 figure and notebook 06's."""
+    run = R.kernel_run(R.KERNELS_V5_QTMA)
+    ratio = {(h, s): run.find("flashmla", b=128, h_q=h, s_k=s).ms / run.find("v5", b=128, h_q=h, s_k=s).ms
+             for h in (16, 64, 128) for s in (1024, 4096, 8192)}
+    assert [round(ratio[k], 2) for k in sorted(ratio)] == [0.81, 1.01, 1.04, 0.86, 0.97, 0.95, 0.77, 0.79, 0.77]
+    assert sum(t["met"] for t in run.targets if t.get("issue", 8) == 8) == 7
+    step = R.pick(R.decode_rows(R.DECODE_BENCH_V5_QTMA), stage=4, heads=128, batch=64, graph=True)
+    assert (round(step.latency_ms, 3), step.kernel) == (0.448, "v5")
+
+
 def test_host_time_rows_match_docs_kernel_md():
     """The call plans' host time (kernel.md §13: 28-59 µs replayed, 129-282 through the full path) and, in the call
     that also timed the kernels, a replayed call shorter than its kernels and a full path longer than them."""

@@ -49,6 +49,8 @@ KERNELS_V4_H200 = "kernels_h200_2026-11-27.json"  # the same on an H200
 DECODE_TOUR = "decode_tour_deepseek-v3_h200_2026-12-01.json"  # stages 0–4, b 64, S 4k/16k, 128 and 16 heads
 DECODE_BENCH_V4 = "decode_bench_deepseek-v3_h200_2026-12-01.json"  # stages 2, 4 (v4), b 1/8/64, S 4k, graphs on/off
 DECODE_BENCH_V5 = "decode_bench_v5_deepseek-v3_h200_2026-12-02.json"  # the same with stage 4 on v5
+#: the same again with v5's seesaw tile on FlashMLA's walk and Q_TMA (sixteenth session): the newest decode step
+DECODE_BENCH_V5_QTMA = "decode_bench_v5qtma_deepseek-v3_h200_2026-12-03.json"
 DECODE_COVERAGE = "decode_coverage_deepseek-v3_h200_2026-12-02.json"  # stages 2, 4 (v4), b 8/64, S 1k/16k
 DECODE_PROFILE = "decode_profile_deepseek-v3_h200_2026-12-02.json"  # torch.profiler per step, b 1/64
 ROOFLINE = "roofline_deepseek-v3_h200_2026-12-01.json"  # stages 2–4 under the measured ceilings
@@ -72,7 +74,7 @@ PRODUCED_BY = {
 }
 
 #: Which stage-4 kernel served the decode-step files (the README's provenance: branch issue6-decode ran v4).
-STAGE4_KERNEL = {DECODE_BENCH_V5: "v5"}
+STAGE4_KERNEL = {DECODE_BENCH_V5: "v5", DECODE_BENCH_V5_QTMA: "v5"}
 
 #: v4-era implementation names -> the names used everywhere here.
 IMPL_ALIASES = {"flash_mla_with_kvcache": "v4", "v3_split_kv": "v3", "v2_head_tiled": "v2", "v1_naive": "v1"}
@@ -783,7 +785,7 @@ def table(rows: list, columns: list[tuple[str, str, str]]) -> str:
 
 
 __all__ = [
-    "ABLATION", "CAPACITY", "DECODE_BENCH_V4", "DECODE_BENCH_V5", "DECODE_COVERAGE", "DECODE_PROFILE", "DECODE_TOUR",
+    "ABLATION", "CAPACITY", "DECODE_BENCH_V4", "DECODE_BENCH_V5", "DECODE_BENCH_V5_QTMA", "DECODE_COVERAGE", "DECODE_PROFILE", "DECODE_TOUR",
     "FP8_ACCURACY", "FP8_BENCH", "FP8_SCHEMES", "FP8_SPLIT", "IMPL_LABELS", "KERNELS_V4_H100", "KERNELS_V4_H200",
     "HOST_PLANS", "KERNELS_V5", "KERNELS_V5_PLANS", "KERNELS_V5_QASYNC", "KERNELS_V5_EVEN", "KERNELS_V5_LINES",
     "KERNELS_V5_QTMA", "KERNELS_V5_WALK",
