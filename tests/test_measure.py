@@ -213,6 +213,7 @@ def test_kernel_bench_shape_times_v5_fp8_on_656_byte_rows(monkeypatch):
 def test_kernel_bench_times_each_implementation_in_rounds_of_changing_order():
     """Every implementation timed once a round, forward, reversed, then from the middle: the first in a fixed order
     is not always first (a power-bound shape favours it); each keeps the median of its rounds."""
+    from mla_tutorial.kernels import schedule
     from mla_tutorial.measure import kernel_bench
 
     clock = iter(range(1, 100))
@@ -223,10 +224,13 @@ def test_kernel_bench_times_each_implementation_in_rounds_of_changing_order():
                                  fake_flash_mla, device="cpu", timer=lambda fn: float(next(clock)),
                                  graph_timer=lambda fn: 0.5, rounds=3)
     rounds = {name: e["ms_rounds"] for name, e in row["impl"].items()}
-    # (the schedule's three calls take 1-3; then flashmla, v5, v5_checked: 4-6, 7-9 reversed, 10-12 from v5)
-    assert rounds == {"flashmla": [4.0, 9.0, 12.0], "v5": [5.0, 8.0, 10.0], "v5_checked": [6.0, 7.0, 11.0]}
-    assert [row["impl"][n]["ms"] for n in rounds] == [9.0, 8.0, 7.0]
-    assert row["impl"]["v5"]["graph_ms"] == 0.5 and row["impl"]["v5"]["host_ms_not_hidden"] == 7.5
+    # (the two schedule kernels' calls take 1-2; then flashmla, v5, v5_checked: 3-5, 6-8 reversed, 9-11 from v5)
+    assert rounds == {"flashmla": [3.0, 8.0, 11.0], "v5": [4.0, 7.0, 9.0], "v5_checked": [5.0, 6.0, 10.0]}
+    assert [row["impl"][n]["ms"] for n in rounds] == [8.0, 7.0, 6.0]
+    assert row["impl"]["v5"]["graph_ms"] == 0.5 and row["impl"]["v5"]["host_ms_not_hidden"] == 6.5
+    default = "runs" if schedule.PARALLEL_SCHEDULE else "step"  # metadata_ms: the default kernel's call, timed once
+    assert row["metadata"] == {"step": {"call_ms": 1.0, "graph_ms": 0.5}, "runs": {"call_ms": 2.0, "graph_ms": 0.5}}
+    assert row["metadata_ms"] == row["metadata"][default]["call_ms"]
     with pytest.raises(ValueError, match="rounds"):
         kernel_bench.run_shape(1, 16, 1, 65, "fixed", {}, {"v5"}, None, device="cpu", rounds=0)
 
