@@ -34,9 +34,11 @@ ends advance by the same number of units until one falls within a request's firs
 stops and the next part starts at that request; each such run has a closed form per starting request, so the runs
 are found for all requests at once, chained from request 0 in one short step per run, and each part's row follows
 from its run (the kernel's comments). Both equal the reference on the GPU too (sixteenth session). Timed as CUDA
-graph replays on the H200 (device time alone; b 128 unless said): `_runs_kernel` 14-20 µs where `_step_kernel` takes
-26-50, but 34-46 µs where it takes 22-50 at h_q 128 s_k 8k, s_q 2 and uneven lengths at h_q 16 (more, shorter runs
-to chain); 10 of 13 benchmark shapes faster, so it is the default (PARALLEL_SCHEDULE). Each step of either is a
+graph replays on the H200 (device time alone, the benchmark's 13 shapes): `_runs_kernel` 8-28 µs, `_step_kernel`
+13-50; the parallel one faster at 12 of 13 (not at h_q 128, s_q 2: 26.0 against 22.8), so it is the default
+(PARALLEL_SCHEDULE). Its phase 2 once looked at one later request a step, 34-46 µs where runs pass dozens of requests
+(h_q 128 s_k 8k, s_q 2, uneven lengths at h_q 16); looking at 16 at once took those to 26-28 and the others from
+14-20 to 17-25 (docs/results/kernels_v5_qtma_h200_2026-12-03.json, `metadata`). Each step of either is a
 dependent chain of global loads and cross-warp reductions; FlashMLA's (not timed here: its current API fills the
 schedule in the first call of a step and reuses it) walks in one thread over lengths held in shared memory.
 """
