@@ -106,6 +106,34 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
     return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": ss.WS_REGS})
 
 
+def compile_fp8_seesaw(causal: bool = False, mode: int = 0):
+    """The FP8 seesaw tile (v5_fp8_seesaw.py) with v5's switches (MAX_FIRST, OPAQUE, Q_ASYNC, LINES 1, Q_TMA)."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from mla_tutorial.kernels import v5_fp8_seesaw as fs
+
+    sw32 = SMEM_LAYOUT.replace("element_bitwidth=16, rank=2", "element_bitwidth=32, rank=3")
+    plain = SMEM_LAYOUT.replace("swizzle_byte_width=128, element_bitwidth=16", "swizzle_byte_width=0, "
+                                "element_bitwidth=32")
+    sig = {"q_ptr": "*bf16", "kv_desc": f"tensordesc<i32[4, 64, 32],{sw32}>",
+           "sc_desc": f"tensordesc<i32[64, 4],{plain}>", "kr_desc": f"tensordesc<bf16[64, 64],{SMEM_LAYOUT}>",
+           "q_desc": f"tensordesc<bf16[64, 64],{SMEM_LAYOUT}>",
+           "block_table_ptr": "*i32", "seqlens_ptr": "*i32", "out_ptr": "*bf16", "lse_ptr": "*fp32",
+           "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "meta_ptr": "*i32", "num_splits_ptr": "*i32",
+           "ok_ptr": "*i32", "stride_qb": "i32", "stride_qs": "i32", "stride_qh": "i32", "stride_btb": "i32",
+           "s_q": "i32", "h_q": "i32", "heads_per_kv": "i32", "rows_per_kv": "i32", "m_tiles": "i32",
+           "num_blocks": "i32", "max_blocks": "i32", "qk_scale": "fp32",
+           "CAUSAL": "constexpr", "META_COLS": "constexpr", "MODE": "constexpr", "MAX_FIRST": "constexpr",
+           "OPAQUE": "constexpr", "Q_ASYNC": "constexpr", "STORE_LINES": "constexpr", "Q_TMA": "constexpr",
+           "num_warps": "constexpr"}
+    # every pointer 16-byte aligned and q's strides multiples of 16 (as compile_seesaw)
+    attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17)}
+    src = GluonASTSource(fs._fs_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "MODE": mode, "MAX_FIRST": True,
+                                              "OPAQUE": True, "Q_ASYNC": True, "STORE_LINES": 1, "Q_TMA": True,
+                                              "num_warps": 4}, attrs)
+    return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": fs.WS_REGS})
+
+
 def compile_m16(variant: str, causal: bool = False, dtype: str = "bf16"):
     """The TMA-fed 16-row bf16 tile (v5_m16.py), variant `variant` of M16_VARIANTS."""
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -306,6 +334,11 @@ def main() -> None:
                                     lines=0 if "narrow" in opts else 2 if "outonly" in opts else 1,
                                     q_tma="qtma" in opts)
                 print(f"{name} causal={causal}: {report(f'{base}{early}_c{int(causal)}', ck, workdir)}")
+        elif name.startswith("fss"):  # the FP8 seesaw tile (v5_fp8_seesaw.py): fss[:MODE]
+            mode = int(name.partition(":")[2] or 0)
+            for causal in (False, True):
+                ck = compile_fp8_seesaw(causal=causal, mode=mode)
+                print(f"{name} causal={causal}: {report(f'fss{mode}_c{int(causal)}', ck, workdir)}")
         elif name.startswith("combine"):  # the combine kernel: combine[:ROWS,BLOCK_D,SPLITS] (default: its own)
             from mla_tutorial.kernels.combine import MANY_SPLITS_SHAPE
 

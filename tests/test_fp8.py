@@ -400,7 +400,7 @@ def test_fp8_refuses_a_tile_that_cannot_read_it():
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="on an sm_90 GPU the forced Gluon FP8 tiles run")
-@pytest.mark.parametrize("path", ["seesaw", "mma"])
+@pytest.mark.parametrize("path", ["seesaw", "mma", "fp8ss"])
 def test_fp8_forcing_a_gluon_fp8_tile_where_it_cannot_run_says_why(path, monkeypatch):
     """path="seesaw" / "mma" with an FP8 cache forces the warp-specialised Gluon FP8 tile (v5_fp8_ws.py) / the
     16-row one (v5_fp8_mma.py), which need CUDA, sm_90 and Triton 3.6: elsewhere a ValueError that says why, before
@@ -423,9 +423,10 @@ def test_fp8_forcing_a_gluon_fp8_tile_where_it_cannot_run_says_why(path, monkeyp
 
 
 def test_the_16_row_fp8_tile_reads_only_an_fp8_cache():
-    """path="mma" is the 16-row FP8 tile: on a bf16 cache it is refused by name, wherever it runs."""
+    """path="mma" is the 16-row FP8 tile: on a bf16 cache it is refused by name, wherever it runs (as the other
+    FP8-only tiles)."""
     q, k, block_table, seqlens = make_inputs([10, 70], 1, 4, 1, torch.bfloat16, seed=3)
-    for path in ("mma", "tma", "ws16", "reg", "ksplit"):
+    for path in ("mma", "tma", "ws16", "reg", "ksplit", "fp8ss"):
         with pytest.raises(ValueError, match=f"path '{path}' .+ reads only an FP8 cache"):
             K.mla_decode_v5(q, k, block_table, seqlens, 512, path=path)
 
@@ -447,13 +448,14 @@ REG_VARIANTS = {f"reg-{name}": knobs for name, knobs in v5_fp8_reg.REG_VARIANTS.
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "mma", "mma8", "tma", "ws16",
-                                  "ws16w", "reg", "ksplit",
+@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "fp8ss", "mma", "mma8", "tma",
+                                  "ws16", "ws16w", "reg", "ksplit",
                                   *(pytest.param(v, marks=UNVERIFIED_REG_VARIANTS) for v in REG_VARIANTS)])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     """The FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile, its
-    warp-specialised form (path "seesaw"; both pad fewer than 64 rows, as FlashMLA's kernel does) and the 16-row
+    warp-specialised form (path "seesaw"; both pad fewer than 64 rows, as FlashMLA's kernel does), the bf16 seesaw
+    tile's consumers fed by a producer that dequantizes each page in place (path "fp8ss"; padded too) and the 16-row
     Gluon FP8 tile (path "mma": 16 rows per program, m_tiles of them; "mma8": with 8 warps per program; "tma": fed
     by TMA; "ws16": warp-specialised, "ws16w" with an 8-warp producer; "reg": dequantizing into its operand
     registers, "reg-NAME" its prepared variants; "ksplit": that tile with the warps splitting S's reduction)."""

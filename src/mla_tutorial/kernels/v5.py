@@ -44,6 +44,7 @@ from .v5_fp8_gluon import launch_v5_fp8_gluon
 from .v5_fp8_ksplit import launch_v5_fp8_ksplit
 from .v5_fp8_mma import MMA_WARPS, launch_v5_fp8_mma, mma_v2
 from .v5_fp8_reg import launch_v5_fp8_reg
+from .v5_fp8_seesaw import launch_v5_fp8_seesaw
 from .v5_fp8_tma import launch_v5_fp8_tma
 from .v5_fp8_ws import launch_v5_fp8_ws
 from .v5_fp8_ws16 import PRODUCER_WARPS, launch_v5_fp8_ws16
@@ -59,9 +60,12 @@ from .v5_small import launch_v5_small, small_tile_config
 #: are forced only. Their timing modes (GluonConfig.mode): up to 4 for "mma", none for the others.
 FP8_16ROW_PATHS = {"mma": 4, "tma": 0, "ws16": 0, "reg": 0, "ksplit": 0}
 #: "m16": the TMA-fed 16-row tile on a bf16 cache (v5_m16.py; forced only, its variant v5_m16.M16_DEFAULT)
-GLUON_PATHS = ("seesaw", "gluon", "m16", *FP8_16ROW_PATHS)  # the Gluon tiles (sm_90, Triton 3.6)
-FP8_PATHS = ("small", "seesaw", "gluon", *FP8_16ROW_PATHS)  # the tiles that read an FP8 cache
-PATHS = ("seesaw", "gluon", "small", "v4", "m16", *FP8_16ROW_PATHS)
+#: FP8-only tiles of 64 rows: "fp8ss", the bf16 seesaw tile's consumers fed by a dequantizing producer
+#: (v5_fp8_seesaw.py)
+FP8_ONLY_PATHS = (*FP8_16ROW_PATHS, "fp8ss")
+GLUON_PATHS = ("seesaw", "gluon", "m16", *FP8_ONLY_PATHS)  # the Gluon tiles (sm_90, Triton 3.6)
+FP8_PATHS = ("small", "seesaw", "gluon", *FP8_ONLY_PATHS)  # the tiles that read an FP8 cache
+PATHS = ("seesaw", "gluon", "small", "v4", "m16", *FP8_ONLY_PATHS)
 _MAX_MODE = {**FP8_16ROW_PATHS, "m16": 0}  # the highest GluonConfig.mode (a part alone) of each tile; else 2
 
 
@@ -166,9 +170,11 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
         raise ValueError(f"path {path!r} cannot read an FP8 cache (is_fp8_kvcache=True): only 'small', 'gluon', "
                          f"'seesaw' (the warp-specialised FP8 tile), 'mma' (the 16-row FP8 tile), 'tma' (the same "
                          f"fed by TMA), 'ws16' (the same warp-specialised), 'reg' (the same dequantizing into "
-                         f"registers) and 'ksplit' (that with the warps splitting the reduction) can")
-    if path in FP8_16ROW_PATHS and not is_fp8:
-        raise ValueError(f"path {path!r} (a 16-row FP8 tile) reads only an FP8 cache (is_fp8_kvcache=True)")
+                         f"registers), 'ksplit' (that with the warps splitting the reduction) and 'fp8ss' (the "
+                         f"seesaw tile's consumers fed by a dequantizing producer) can")
+    if path in FP8_ONLY_PATHS and not is_fp8:
+        kind = "the FP8 seesaw tile" if path == "fp8ss" else "a 16-row FP8 tile"
+        raise ValueError(f"path {path!r} ({kind}) reads only an FP8 cache (is_fp8_kvcache=True)")
     mode = int(getattr(config, "mode", 0))  # GluonConfig's: a part of the tile alone, for timing
     if mode > _MAX_MODE.get(path, 2):  # the highest mode each tile has
         raise ValueError(f"GluonConfig.mode {mode} (a part alone) is not a mode of path {path!r} (3 and 4: "
@@ -219,6 +225,9 @@ def _launch_tile(path, q, k_cache, block_table, cache_seqlens, dims, causal, met
     elif path == "mma":
         launch_v5_fp8_mma(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                           part_lse, flag, mode=mode, warps=int(getattr(config, "warps", 0)) or MMA_WARPS)
+    elif path == "fp8ss":
+        launch_v5_fp8_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
+                             part_out, part_lse, flag, config if isinstance(config, GluonConfig) else None)
     elif path == "seesaw" and is_fp8:
         launch_v5_fp8_ws(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                          part_lse, flag, mode=mode)

@@ -143,12 +143,14 @@ mov.b32 {$2, $3}, hi;
 
     @gluon.jit
     def _fp8_chunk(view, w, scale, dtype: gl.constexpr):
-        """A 64-column chunk, 16 int32 words of four e4m3 values per row, times its rows' scale, as bf16 into a
-        [rows, 64] shared-memory view: _E4M3X4_TIMES_SCALE per word, its four results put back in column order."""
+        """A chunk of int32 words [rows, n] (four e4m3 values each; 16 words for a 64-column box), times its rows'
+        scale, as bf16 into a [rows, 4·n] shared-memory view: _E4M3X4_TIMES_SCALE per word, its four results put back
+        in column order."""
         v0, v1, v2, v3 = gl.inline_asm_elementwise(
             _E4M3X4_TIMES_SCALE, "=h,=h,=h,=h,r,r", [w, scale.to(gl.int32, bitcast=True)[:, None] + w * 0],
             dtype=(gl.bfloat16, gl.bfloat16, gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
-        x = gl.reshape(gl.join(gl.join(v0, v2), gl.join(v1, v3)), [w.shape[0], 64])  # word j's k-th: column 4j + k
+        # word j's k-th value: column 4j + k
+        x = gl.reshape(gl.join(gl.join(v0, v2), gl.join(v1, v3)), [w.shape[0], 4 * w.shape[1]])
         view.store(x)
 
     @gluon.jit

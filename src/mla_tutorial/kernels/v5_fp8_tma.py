@@ -227,12 +227,19 @@ def tma_tile_launch_args(tile: str, q, k_cache, block_table, cache_seqlens, dims
     """(grid, run-time arguments) of the TMA-fed 16-row FP8 tiles: fp8_tile_launch_args with the raw rows' three
     descriptors (raw_descriptors': `rows` rows a box, `tiled_words`) after the cache pointer. The cache must be as
     quantize_k_cache makes it (`tile` names the caller in the error)."""
+    descs = checked_raw_descriptors(tile, k_cache, rows, tiled_words)
+    grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
+                                      out, lse, part_out, part_lse, ok_flag)
+    return grid, args[:2] + descs + args[2:]
+
+
+def checked_raw_descriptors(tile: str, k_cache: torch.Tensor, rows: int = STEP, tiled_words: bool = False):
+    """raw_descriptors, after checking that the cache is as quantize_k_cache makes it (rows contiguous, 16-byte
+    aligned: what a TMA descriptor needs); `tile` names the caller in the error."""
     if k_cache.stride(1) != 656 or k_cache.stride(0) != 64 * 656 or k_cache.data_ptr() % 16:
         raise ValueError(f"the {tile} reads its rows by TMA: k_cache must be contiguous [num_blocks, 64, 1, 656] and "
                          f"16-byte aligned, got strides {tuple(k_cache.stride())}")
-    grid, args = fp8_tile_launch_args(BLOCK_M16, q, k_cache, block_table, cache_seqlens, dims, meta, num_splits,
-                                      out, lse, part_out, part_lse, ok_flag)
-    return grid, args[:2] + raw_descriptors(k_cache, rows, tiled_words) + args[2:]
+    return raw_descriptors(k_cache, rows, tiled_words)
 
 
 def launch_v5_fp8_tma(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,

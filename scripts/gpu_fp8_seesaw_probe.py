@@ -1,0 +1,150 @@
+"""GPU probe of the FP8 seesaw tile (path "fp8ss", v5_fp8_seesaw.py): correctness first (FlashMLA's recipe on an FP8
+cache with every unused byte 0xFF, each case synced so that a hang or a wrong answer is named), then its speed beside
+FlashMLA's bf16 dense kernel, bf16 v5 and v5's FP8 choice, whole call and graph replay, the ceilings measured in the
+same run, and its consumers alone (GluonConfig(mode=2): the producer copies and dequantizes nothing; outputs
+meaningless). Each shape is timed in two rounds, forward and reversed order, and each implementation keeps the mean
+of its two medians (the order moved ratios by up to 10 % at 128 heads: docs/results/v5_notes.md).
+
+    PYTHONPATH=.peers/flashmla:src:tests python3 scripts/gpu_fp8_seesaw_probe.py --out probe.json [--skip-check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+
+import torch
+
+from mla_tutorial import quantize_k_cache
+from mla_tutorial.kernels import mla_decode_v5
+from mla_tutorial.kernels.schedule import get_mla_metadata
+from mla_tutorial.kernels.v5_gluon import GluonConfig
+from mla_tutorial.measure.kernel_bench import _flash_mla, bench_ms, cos_diff, graph_ms, shape_bytes, shape_inputs
+from mla_tutorial.measure.roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
+from mla_tutorial.testing import normal_lengths
+
+# (lengths, s_q, h_q, causal): odd and even page counts, page boundaries, empty requests, two m-tiles, padded rows
+LENGTHS = [0, 1, 20, 63, 64, 65, 127, 128, 129, 140, 191, 192, 193, 4096, 4097]
+CASES = [(LENGTHS, 1, 64, False), (LENGTHS, 2, 128, True), (LENGTHS, 1, 128, False), (LENGTHS, 2, 64, True),
+         (LENGTHS, 4, 16, False), (LENGTHS, 1, 16, False), (normal_lengths(64, 4096, 2, seed=3), 2, 128, True),
+         ([5000] * 3 + [0] * 2, 1, 128, False)]
+
+
+def check(path: str = "fp8ss", config=None) -> list[dict]:
+    from test_fp8 import check_fp8, fp8_inputs
+
+    results = []
+    for i, (lens, s_q, h_q, causal) in enumerate(CASES):
+        name = f"{path} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal}"
+        q, k8, bt, sl = fp8_inputs(lens, s_q, h_q, seed=i, poison_bytes=True)
+        flag = torch.ones(1, dtype=torch.int32, device="cuda")
+        t0 = time.perf_counter()
+        try:
+            check_fp8(q, k8, bt, sl, causal, path=path, config=config, error_flag=flag)
+            torch.cuda.synchronize()
+            ok, err = int(flag) == 1, None if int(flag) == 1 else "the ok flag was cleared on valid input"
+        except Exception as e:
+            ok, err = False, f"{type(e).__name__}: {str(e)[:600]}"
+        results.append({"case": name, "ok": ok, "error": err, "s": time.perf_counter() - t0})
+        print(f"{'PASS' if ok else 'FAIL'} {name} ({time.perf_counter() - t0:.1f} s){'' if ok else ': ' + err}",
+              flush=True)
+    return results
+
+
+SHAPES = [(128, 64, 1, 4096, "fixed"), (128, 64, 1, 8192, "fixed"), (128, 128, 1, 4096, "fixed"),
+          (128, 128, 1, 8192, "fixed"), (128, 128, 2, 4096, "fixed"), (128, 64, 1, 1024, "fixed"),
+          (128, 16, 1, 4096, "fixed")]
+
+
+def _impls(fm, args, k8, causal, meta, splits) -> dict:
+    kw = dict(causal=causal, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False)
+    fargs = (args[0], k8, *args[2:])
+    impls = {
+        "fp8ss": lambda: mla_decode_v5(*fargs, path="fp8ss", is_fp8_kvcache=True, **kw),
+        "fp8ss_compute": lambda: mla_decode_v5(*fargs, path="fp8ss", is_fp8_kvcache=True,
+                                               config=GluonConfig(mode=2), **kw),
+        "v5_fp8": lambda: mla_decode_v5(*fargs, is_fp8_kvcache=True, **kw),
+        "v5": lambda: mla_decode_v5(*args, **kw),
+    }
+    if fm is not None:
+        fm_meta, _ = fm.get_mla_metadata()
+        impls["flashmla"] = lambda: fm.flash_mla_with_kvcache(*args, fm_meta, None, causal=causal)
+    return impls
+
+
+def timing(roof: dict) -> list[dict]:
+    fm = _flash_mla()
+    rows = []
+    for i, (b, h_q, s_q, s_k, dist) in enumerate(SHAPES):
+        causal = s_q > 1
+        (q, k, bt, sl), mean_sk = shape_inputs(b, h_q, s_q, s_k, dist, i)
+        k8 = quantize_k_cache(k)
+        meta, splits = get_mla_metadata(sl, s_q * h_q, 1)
+        impls = _impls(fm, (q, k, bt, sl, 512), k8, causal, meta, splits)
+        row = {"b": b, "h_q": h_q, "s_q": s_q, "s_k": s_k, "lengths": dist, "impl": {}}
+        outs, times = {}, {n: [] for n in impls}
+        for name, fn in impls.items():
+            try:
+                outs[name] = fn()[0]
+                torch.cuda.synchronize()
+            except Exception as e:
+                row["impl"][name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        ok = [n for n in impls if n in outs]
+        for order in (ok, ok[::-1]):
+            for name in order:
+                times[name].append(bench_ms(impls[name]))
+        for name in ok:
+            row["impl"][name] = {"ms": sum(times[name]) / len(times[name]), "ms_rounds": times[name],
+                                 "graph_ms": graph_ms(impls[name])}
+        flops = 2 * b * h_q * s_q * mean_sk * 1088
+        for name, e in row["impl"].items():
+            if "ms" in e:
+                nbytes = shape_bytes(b, h_q, s_q, mean_sk, 656 if name.startswith(("fp8", "v5_fp8")) else 1152)
+                e["roofline_fraction"] = max(nbytes / e["ms"] / 1e6 / roof["copy_gbps"],
+                                             flops / e["ms"] / 1e9 / roof["matmul_tflops"])
+        for a, b_ in (("fp8ss", "v5_fp8"), ("fp8ss", "v5"), ("fp8ss", "flashmla")):
+            if a in outs and b_ in outs:
+                row[f"{a}_vs_{b_}_cos_diff"] = cos_diff(outs[a], outs[b_])
+        fmt = " ".join(f"{n} {e['ms']:.4f}/{e['graph_ms']:.4f}" if "ms" in e else f"{n} ERR"
+                       for n, e in row["impl"].items())
+        if "ms" in row["impl"].get("flashmla", {}):
+            fm_ms = row["impl"]["flashmla"]["ms"]
+            row["flashmla_over"] = {n: fm_ms / e["ms"] for n, e in row["impl"].items() if "ms" in e}
+            fmt += "  FlashMLA/ours: " + " ".join(f"{n} {r:.2f}" for n, r in row["flashmla_over"].items())
+        print(f"h{h_q} s_q{s_q} sk{s_k}: {fmt}", flush=True)
+        rows.append(row)
+        del q, k, k8, bt, sl
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--check-only", action="store_true")
+    args = ap.parse_args()
+    result = {"device_info": device_info(), "date": time.strftime("%Y-%m-%d")}
+    if not args.skip_check:
+        try:
+            result["check"] = check()
+        except Exception:
+            traceback.print_exc()
+        json.dump(result, open(args.out, "w"), indent=1)
+        if not all(c["ok"] for c in result.get("check", [{"ok": False}])):
+            print("fp8ss check failed", flush=True)
+        if args.check_only:
+            return 0
+    copy, mm = measure_copy_bandwidth("cuda"), measure_matmul_tflops("cuda", 8192)
+    result["roofline"] = {"copy_gbps": copy["gbps"], "matmul_tflops": mm["tflops"]}
+    print(f"roofline: copy {copy['gbps']:.0f} GB/s, matmul {mm['tflops']:.0f} TFLOP/s", flush=True)
+    result["rows"] = timing(result["roofline"])
+    json.dump(result, open(args.out, "w"), indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
