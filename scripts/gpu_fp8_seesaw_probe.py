@@ -19,7 +19,7 @@ import traceback
 import torch
 
 from mla_tutorial import quantize_k_cache
-from mla_tutorial.kernels import mla_decode_v5
+from mla_tutorial.kernels import mla_decode_v5, v5_fp8_seesaw
 from mla_tutorial.kernels.schedule import get_mla_metadata
 from mla_tutorial.kernels.v5_gluon import GluonConfig
 from mla_tutorial.measure.kernel_bench import _flash_mla, bench_ms, cos_diff, graph_ms, shape_bytes, shape_inputs
@@ -33,12 +33,13 @@ CASES = [(LENGTHS, 1, 64, False), (LENGTHS, 2, 128, True), (LENGTHS, 1, 128, Fal
          ([5000] * 3 + [0] * 2, 1, 128, False)]
 
 
-def check(path: str = "fp8ss", config=None) -> list[dict]:
+def check(path: str = "fp8ss", config=None, tps: int = 1, cases: int = len(CASES)) -> list[dict]:
     from test_fp8 import check_fp8, fp8_inputs
 
     results = []
-    for i, (lens, s_q, h_q, causal) in enumerate(CASES):
-        name = f"{path} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal}"
+    v5_fp8_seesaw.TILES_PER_STEP = tps
+    for i, (lens, s_q, h_q, causal) in enumerate(CASES[:cases]):
+        name = f"{path} tps={tps} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal}"
         q, k8, bt, sl = fp8_inputs(lens, s_q, h_q, seed=i, poison_bytes=True)
         flag = torch.ones(1, dtype=torch.int32, device="cuda")
         t0 = time.perf_counter()
@@ -59,13 +60,23 @@ SHAPES = [(128, 64, 1, 4096, "fixed"), (128, 64, 1, 8192, "fixed"), (128, 128, 1
           (128, 16, 1, 4096, "fixed")]
 
 
-def _impls(fm, args, k8, causal, meta, splits) -> dict:
+def _with_tps(tps, fn):
+    """fn with v5_fp8_seesaw.TILES_PER_STEP = tps during the call (read at launch)."""
+    def run():
+        v5_fp8_seesaw.TILES_PER_STEP = tps
+        return fn()
+    return run
+
+
+def _impls(fm, args, k8, causal, meta, splits, tps_variants=()) -> dict:
     kw = dict(causal=causal, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False)
     fargs = (args[0], k8, *args[2:])
     impls = {
-        "fp8ss": lambda: mla_decode_v5(*fargs, path="fp8ss", is_fp8_kvcache=True, **kw),
-        "fp8ss_compute": lambda: mla_decode_v5(*fargs, path="fp8ss", is_fp8_kvcache=True,
-                                               config=GluonConfig(mode=2), **kw),
+        "fp8ss": _with_tps(1, lambda: mla_decode_v5(*fargs, path="fp8ss", is_fp8_kvcache=True, **kw)),
+        **{f"fp8ss_t{t}": _with_tps(t, lambda: mla_decode_v5(*fargs, path="fp8ss", is_fp8_kvcache=True, **kw))
+           for t in tps_variants},
+        "fp8ss_compute": _with_tps(1, lambda: mla_decode_v5(*fargs, path="fp8ss", is_fp8_kvcache=True,
+                                                             config=GluonConfig(mode=2), **kw)),
         "v5_fp8": lambda: mla_decode_v5(*fargs, is_fp8_kvcache=True, **kw),
         "v5": lambda: mla_decode_v5(*args, **kw),
     }
@@ -75,15 +86,15 @@ def _impls(fm, args, k8, causal, meta, splits) -> dict:
     return impls
 
 
-def timing(roof: dict) -> list[dict]:
+def timing(roof: dict, shapes=SHAPES, tps_variants=()) -> list[dict]:
     fm = _flash_mla()
     rows = []
-    for i, (b, h_q, s_q, s_k, dist) in enumerate(SHAPES):
+    for i, (b, h_q, s_q, s_k, dist) in enumerate(shapes):
         causal = s_q > 1
         (q, k, bt, sl), mean_sk = shape_inputs(b, h_q, s_q, s_k, dist, i)
         k8 = quantize_k_cache(k)
         meta, splits = get_mla_metadata(sl, s_q * h_q, 1)
-        impls = _impls(fm, (q, k, bt, sl, 512), k8, causal, meta, splits)
+        impls = _impls(fm, (q, k, bt, sl, 512), k8, causal, meta, splits, tps_variants)
         row = {"b": b, "h_q": h_q, "s_q": s_q, "s_k": s_k, "lengths": dist, "impl": {}}
         outs, times = {}, {n: [] for n in impls}
         for name, fn in impls.items():
@@ -126,11 +137,16 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--check-only", action="store_true")
+    ap.add_argument("--tps", default="", help="TILES_PER_STEP values (besides 1) checked on the first 3 cases and "
+                                              "timed as fp8ss_tN, comma-separated")
+    ap.add_argument("--shapes", default="", help="indices into SHAPES to time (default: all)")
     args = ap.parse_args()
+    tps = [int(t) for t in args.tps.split(",") if t]
+    shapes = [SHAPES[int(i)] for i in args.shapes.split(",") if i] or SHAPES
     result = {"device_info": device_info(), "date": time.strftime("%Y-%m-%d")}
     if not args.skip_check:
         try:
-            result["check"] = check()
+            result["check"] = check() + sum((check(tps=t, cases=3) for t in tps), [])
         except Exception:
             traceback.print_exc()
         json.dump(result, open(args.out, "w"), indent=1)
@@ -141,7 +157,7 @@ def main() -> int:
     copy, mm = measure_copy_bandwidth("cuda"), measure_matmul_tflops("cuda", 8192)
     result["roofline"] = {"copy_gbps": copy["gbps"], "matmul_tflops": mm["tflops"]}
     print(f"roofline: copy {copy['gbps']:.0f} GB/s, matmul {mm['tflops']:.0f} TFLOP/s", flush=True)
-    result["rows"] = timing(result["roofline"])
+    result["rows"] = timing(result["roofline"], shapes, tps)
     json.dump(result, open(args.out, "w"), indent=1)
     return 0
 

@@ -5,7 +5,7 @@
 #     softmax under the other's products, MAX_FIRST, OPAQUE, LINES, Q by the producer's TMA), reading bf16 page slots
 #     through the same mbarriers and releasing them in the same halves. At h_q 64, s_k 4k their math alone took
 #     124 µs where v5_fp8_ws.py's consumers took 196 (docs/fp8.md §5; v5_notes.md, sixteenth session);
-#   * the producer is a warpgroup (4 warps, PRODUCER_REGS registers) instead of one TMA warp. The seesaw's shared
+#   * the producer is a warpgroup (4 warps, 24-56 registers: STEP_REGS) instead of one TMA warp. The seesaw's shared
 #     memory (Q 72 KB + two 72 KB bf16 slots) leaves 9 KB, no room for a raw FP8 page, so each page's raw rows are
 #     copied by TMA *into the bf16 slot they will become*: the 32 KB of e4m3 words into the half of the slot that
 #     the consumers release first (slot 0 (A): columns 0-255, released by warpgroup 0 mid-pair; slot 1 (B): columns
@@ -50,7 +50,6 @@ from .v5_gluon import (
     tma,
 )
 from .v5_seesaw import (
-    CONSUMER_REGS,
     EMPTY0L,
     EMPTY0R,
     EMPTY1L,
@@ -72,9 +71,12 @@ from .v5_seesaw import (
 )
 
 PRODUCER_WARPS = tl.constexpr(4)
-#: the producer warpgroup's registers: the consumers keep the seesaw's 240 each, and 12 warps at WS_REGS (168) leave
-#: (168·384 - 240·256) / 128 = 24 (setmaxnreg's floor)
-PRODUCER_REGS = tl.constexpr(24)
+#: Scale tiles whose words the producer loads before it stores them (1, 2 or 4; read at launch): 12 warps at WS_REGS
+#: (168) registers hold 168·384 = 2·128·C + 128·P, so the producer's P grows by 16 per 8 that each consumer warpgroup
+#: gives up: (consumers, producer) registers for each. 1: the seesaw's consumers keep their 240 and the producer
+#: has setmaxnreg's floor, 24.
+TILES_PER_STEP = 1
+STEP_REGS = {1: (240, 24), 2: (232, 40), 4: (224, 56)}
 RAW_BAR = tl.constexpr(N_BARS)  # RAW_BAR + s: slot s's raw words and scales landed
 N_ALL_BARS = tl.constexpr(N_BARS + 2)
 
@@ -119,17 +121,53 @@ if gluon is not None:
                 gl.convert_layout(s3, rows_l))
 
     @gluon.jit
-    def _fs_tile(boxes, page, sc, SLOT: gl.constexpr, T: gl.constexpr, RB: gl.constexpr, ldw: gl.constexpr):
-        """Rows 16·RB .. 16·RB + 15 of scale tile T of slot SLOT: its words (box 12·SLOT + T of `boxes`, where _fs_raw
-        put them) times the rows' scales `sc`, into columns 128·T .. 128·T + 127 of the bf16 page."""
-        w = boxes.index(12 * SLOT + T).slice(16 * RB, 16, dim=0).load(ldw)  # [16, 32]
+    def _fs_words(boxes, SLOT: gl.constexpr, T: gl.constexpr, RB: gl.constexpr, ldw: gl.constexpr):
+        """Rows 16·RB .. 16·RB + 15 of scale tile T's words of slot SLOT ([16, 32]; box 12·SLOT + T of `boxes`, where
+        _fs_raw put them)."""
+        return boxes.index(12 * SLOT + T).slice(16 * RB, 16, dim=0).load(ldw)
+
+    @gluon.jit
+    def _fs_put(page, w, sc, T: gl.constexpr, RB: gl.constexpr):
+        """Words w of rows 16·RB .. 16·RB + 15 of scale tile T times the rows' scales `sc`, into columns
+        128·T .. 128·T + 127 of the bf16 page."""
         _fp8_chunk(page.slice(128 * T, 128, dim=1).slice(16 * RB, 16, dim=0), w, sc, page.dtype)
 
     @gluon.jit
-    def _fs_dequant(k_smem, sc_smem, SLOT: gl.constexpr, MODE: gl.constexpr):
+    def _fs_step(boxes, page, sc_a, sc_b, sc_c, sc_d, SLOT: gl.constexpr, A: gl.constexpr, B: gl.constexpr,
+                 C: gl.constexpr, D: gl.constexpr, RB: gl.constexpr, TPS: gl.constexpr, ldw: gl.constexpr):
+        """Tiles A, B, C, D (in this order) of a 16-row block, TPS tiles' words loaded before their stores (Triton's
+        barrier analysis puts a barrier between a step's loads and its stores, and between its stores and the next
+        step's loads: the words and the page are one allocation)."""
+        if TPS == 1:
+            _fs_put(page, _fs_words(boxes, SLOT, A, RB, ldw), sc_a, A, RB)
+            _fs_put(page, _fs_words(boxes, SLOT, B, RB, ldw), sc_b, B, RB)
+            _fs_put(page, _fs_words(boxes, SLOT, C, RB, ldw), sc_c, C, RB)
+            _fs_put(page, _fs_words(boxes, SLOT, D, RB, ldw), sc_d, D, RB)
+        elif TPS == 2:
+            wa = _fs_words(boxes, SLOT, A, RB, ldw)
+            wb = _fs_words(boxes, SLOT, B, RB, ldw)
+            _fs_put(page, wa, sc_a, A, RB)
+            _fs_put(page, wb, sc_b, B, RB)
+            wc = _fs_words(boxes, SLOT, C, RB, ldw)
+            wd = _fs_words(boxes, SLOT, D, RB, ldw)
+            _fs_put(page, wc, sc_c, C, RB)
+            _fs_put(page, wd, sc_d, D, RB)
+        else:
+            wa = _fs_words(boxes, SLOT, A, RB, ldw)
+            wb = _fs_words(boxes, SLOT, B, RB, ldw)
+            wc = _fs_words(boxes, SLOT, C, RB, ldw)
+            wd = _fs_words(boxes, SLOT, D, RB, ldw)
+            _fs_put(page, wa, sc_a, A, RB)
+            _fs_put(page, wb, sc_b, B, RB)
+            _fs_put(page, wc, sc_c, C, RB)
+            _fs_put(page, wd, sc_d, D, RB)
+
+    @gluon.jit
+    def _fs_dequant(k_smem, sc_smem, SLOT: gl.constexpr, MODE: gl.constexpr, TPS: gl.constexpr):
         """Slot SLOT's raw words (in the half _fs_raw put them) and scales into its bf16 [64, 512] page, in place:
         16 rows at a time, scale tile by scale tile in the order that reads every word before it is overwritten
-        (slot 0: tiles 3, 2, 1, 0, its words in boxes 0-3; slot 1: 0, 1, 2, 3, its words in boxes 4-7)."""
+        (slot 0: tiles 3, 2, 1, 0, its words in boxes 0-3; slot 1: 0, 1, 2, 3, its words in boxes 4-7), TPS tiles'
+        words at a time."""
         if MODE != 2:
             # a 16-row step of a tile: 4 words (16 e4m3 values, one 16-byte load) a thread, 8 threads a row, each
             # warp 4 rows; the words' rows are the bf16 rows written (a tile's words never move to another row)
@@ -140,15 +178,9 @@ if gluon is not None:
             for rb in gl.static_range(4):
                 s0, s1, s2, s3 = _fs_scales(sc_smem.index(SLOT), rb, gl.SliceLayout(1, ldw))
                 if SLOT == 0:
-                    _fs_tile(boxes, page, s3, SLOT, 3, rb, ldw)
-                    _fs_tile(boxes, page, s2, SLOT, 2, rb, ldw)
-                    _fs_tile(boxes, page, s1, SLOT, 1, rb, ldw)
-                    _fs_tile(boxes, page, s0, SLOT, 0, rb, ldw)
+                    _fs_step(boxes, page, s3, s2, s1, s0, SLOT, 3, 2, 1, 0, rb, TPS, ldw)
                 else:
-                    _fs_tile(boxes, page, s0, SLOT, 0, rb, ldw)
-                    _fs_tile(boxes, page, s1, SLOT, 1, rb, ldw)
-                    _fs_tile(boxes, page, s2, SLOT, 2, rb, ldw)
-                    _fs_tile(boxes, page, s3, SLOT, 3, rb, ldw)
+                    _fs_step(boxes, page, s0, s1, s2, s3, SLOT, 0, 1, 2, 3, rb, TPS, ldw)
 
     @gluon.jit
     def _fs_ready(bars, FIRST: gl.constexpr, SECOND: gl.constexpr):
@@ -162,7 +194,8 @@ if gluon is not None:
     @gluon.jit
     def _fs_producer(kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb,
                      num_blocks, max_blocks, k_smem, kr_smem, sc_smem, bars, META_COLS: gl.constexpr,
-                     MODE: gl.constexpr, q_desc, q_smem, qr_smem, rows_per_kv, m_tiles, Q_TMA: gl.constexpr):
+                     MODE: gl.constexpr, q_desc, q_smem, qr_smem, rows_per_kv, m_tiles, Q_TMA: gl.constexpr,
+                     TPS: gl.constexpr):
         """The producer warpgroup: Q (Q_TMA) and every page of the slice into the slots, in the order the consumers
         release them (v5_seesaw._ss_producer's order), each page copied raw into its slot's first-released half and
         dequantized once the other half is released too."""
@@ -200,13 +233,13 @@ if gluon is not None:
                 mbarrier.wait(bars.index(EMPTY0R), ph0)
                 _fs_rope(kr_desc, kr_smem.index(0), bars.index(READY0R), row_a, MODE)
                 mbarrier.wait(bars.index(RAW_BAR), n0 & 1)
-                _fs_dequant(k_smem, sc_smem, 0, MODE)
+                _fs_dequant(k_smem, sc_smem, 0, MODE, TPS)
                 _fs_ready(bars, READY0R, READY0L)
                 if has_b:  # B: the same once warpgroup 0 releases its columns 0-255 and the RoPE box (P_B)
                     mbarrier.wait(bars.index(EMPTY1L), ph1)
                     _fs_rope(kr_desc, kr_smem.index(1), bars.index(READY1L), row_b, MODE)
                     mbarrier.wait(bars.index(RAW_BAR + 1), n1 & 1)
-                    _fs_dequant(k_smem, sc_smem, 1, MODE)
+                    _fs_dequant(k_smem, sc_smem, 1, MODE, TPS)
                     _fs_ready(bars, READY1L, READY1R)
                     n1 += 1
                 n0 += 1
@@ -220,7 +253,7 @@ if gluon is not None:
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, MODE: gl.constexpr, MAX_FIRST: gl.constexpr,
         OPAQUE: gl.constexpr, Q_ASYNC: gl.constexpr, STORE_LINES: gl.constexpr, Q_TMA: gl.constexpr,
-        num_warps: gl.constexpr,
+        TPS: gl.constexpr, C_REGS: gl.constexpr, P_REGS: gl.constexpr, num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -252,8 +285,8 @@ if gluon is not None:
                                Q_ASYNC, STORE_LINES, Q_TMA)),
             (_fs_producer, (kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb,
                             num_blocks, max_blocks, k_smem, kr_smem, sc_smem, bars, META_COLS, MODE, q_desc, q_smem,
-                            qr_smem, rows_per_kv, m_tiles, Q_TMA)),
-        ], [4, PRODUCER_WARPS], [CONSUMER_REGS, PRODUCER_REGS])
+                            qr_smem, rows_per_kv, m_tiles, Q_TMA, TPS)),
+        ], [4, PRODUCER_WARPS], [C_REGS, P_REGS])
 
 
 _LAUNCH = FastLauncher(_fs_kernel) if gluon is not None else None
@@ -270,6 +303,9 @@ def launch_v5_fp8_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, m
     m_tiles = -(-dims.rows_per_kv // 64)
     q_async = cfg.q_async and not q.data_ptr() & 15 and all(st % 16 == 0 for st in q.stride()[:3])
     q_tma = cfg.q_tma and _q_rows_2d(q, dims)
+    if TILES_PER_STEP not in STEP_REGS:
+        raise ValueError(f"v5_fp8_seesaw.TILES_PER_STEP must be one of {sorted(STEP_REGS)}, got {TILES_PER_STEP!r}")
+    c_regs, p_regs = STEP_REGS[TILES_PER_STEP]
     _LAUNCH(
         (meta.shape[0], m_tiles),
         q, kv_desc, sc_desc, kr_desc, _q_descriptor(q) if q_tma else kr_desc, block_table, cache_seqlens, out, lse,
@@ -278,5 +314,5 @@ def launch_v5_fp8_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, m
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], MODE=cfg.mode, MAX_FIRST=cfg.max_first, OPAQUE=cfg.opaque_views,
         Q_ASYNC=q_async, STORE_LINES=(1 if cfg.lines_partials else 2) if cfg.store_lines else 0, Q_TMA=q_tma,
-        num_warps=4, maxnreg=WS_REGS,
+        TPS=TILES_PER_STEP, C_REGS=c_regs, P_REGS=p_regs, num_warps=4, maxnreg=WS_REGS,
     )
