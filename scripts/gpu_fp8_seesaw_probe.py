@@ -39,7 +39,9 @@ def check(path: str = "fp8ss", config=None, tps: int = 1, cases: int = len(CASES
     results = []
     v5_fp8_seesaw.TILES_PER_STEP = tps
     for i, (lens, s_q, h_q, causal) in enumerate(CASES[:cases]):
-        name = f"{path} tps={tps} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal}"
+        tag = "" if config is None else " " + ",".join(f"{k}={v}" for k, v in vars(config).items()
+                                                        if v != getattr(GluonConfig(), k))
+        name = f"{path}{tag} tps={tps} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal}"
         q, k8, bt, sl = fp8_inputs(lens, s_q, h_q, seed=i, poison_bytes=True)
         flag = torch.ones(1, dtype=torch.int32, device="cuda")
         t0 = time.perf_counter()
@@ -60,6 +62,13 @@ SHAPES = [(128, 64, 1, 4096, "fixed"), (128, 64, 1, 8192, "fixed"), (128, 128, 1
           (128, 16, 1, 4096, "fixed")]
 
 
+#: fp8ss variants timed beside it with --variants (GluonConfig fields): "early2", warpgroup 1 multiplies and releases
+#: A's right half first (slot 0 free for the next page's dequantization earlier; results correct, checked with
+#: --tps's cases); "nodeq", the producer copies the raw rows but dequantizes nothing (mode 3); "quarter", it
+#: dequantizes each page's first 16 rows only (mode 4): timing probes, results meaningless
+VARIANTS = {"early2": {"early": 2}, "nodeq": {"mode": 3}, "quarter": {"mode": 4}}
+
+
 def _with_tps(tps, fn):
     """fn with v5_fp8_seesaw.TILES_PER_STEP = tps during the call (read at launch)."""
     def run():
@@ -68,13 +77,16 @@ def _with_tps(tps, fn):
     return run
 
 
-def _impls(fm, args, k8, causal, meta, splits, tps_variants=()) -> dict:
+def _impls(fm, args, k8, causal, meta, splits, tps_variants=(), variants=()) -> dict:
     kw = dict(causal=causal, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False)
     fargs = (args[0], k8, *args[2:])
     impls = {
         "fp8ss": _with_tps(1, lambda: mla_decode_v5(*fargs, path="fp8ss", is_fp8_kvcache=True, **kw)),
         **{f"fp8ss_t{t}": _with_tps(t, lambda: mla_decode_v5(*fargs, path="fp8ss", is_fp8_kvcache=True, **kw))
            for t in tps_variants},
+        **{f"fp8ss_{n}": _with_tps(1, lambda c=VARIANTS[n]: mla_decode_v5(*fargs, path="fp8ss", is_fp8_kvcache=True,
+                                                                           config=GluonConfig(**c), **kw))
+           for n in variants},
         "fp8ss_compute": _with_tps(1, lambda: mla_decode_v5(*fargs, path="fp8ss", is_fp8_kvcache=True,
                                                              config=GluonConfig(mode=2), **kw)),
         "v5_fp8": lambda: mla_decode_v5(*fargs, is_fp8_kvcache=True, **kw),
@@ -86,7 +98,7 @@ def _impls(fm, args, k8, causal, meta, splits, tps_variants=()) -> dict:
     return impls
 
 
-def timing(roof: dict, shapes=SHAPES, tps_variants=()) -> list[dict]:
+def timing(roof: dict, shapes=SHAPES, tps_variants=(), variants=()) -> list[dict]:
     fm = _flash_mla()
     rows = []
     for i, (b, h_q, s_q, s_k, dist) in enumerate(shapes):
@@ -94,7 +106,7 @@ def timing(roof: dict, shapes=SHAPES, tps_variants=()) -> list[dict]:
         (q, k, bt, sl), mean_sk = shape_inputs(b, h_q, s_q, s_k, dist, i)
         k8 = quantize_k_cache(k)
         meta, splits = get_mla_metadata(sl, s_q * h_q, 1)
-        impls = _impls(fm, (q, k, bt, sl, 512), k8, causal, meta, splits, tps_variants)
+        impls = _impls(fm, (q, k, bt, sl, 512), k8, causal, meta, splits, tps_variants, variants)
         row = {"b": b, "h_q": h_q, "s_q": s_q, "s_k": s_k, "lengths": dist, "impl": {}}
         outs, times = {}, {n: [] for n in impls}
         for name, fn in impls.items():
@@ -140,13 +152,19 @@ def main() -> int:
     ap.add_argument("--tps", default="", help="TILES_PER_STEP values (besides 1) checked on the first 3 cases and "
                                               "timed as fp8ss_tN, comma-separated")
     ap.add_argument("--shapes", default="", help="indices into SHAPES to time (default: all)")
+    ap.add_argument("--variants", default="", help=f"VARIANTS timed as fp8ss_NAME, comma-separated: {list(VARIANTS)}")
+    ap.add_argument("--check-early2", action="store_true", help="also check fp8ss with early=2 on all cases")
     args = ap.parse_args()
     tps = [int(t) for t in args.tps.split(",") if t]
     shapes = [SHAPES[int(i)] for i in args.shapes.split(",") if i] or SHAPES
+    variants = [n for n in args.variants.split(",") if n]
+    if any(n not in VARIANTS for n in variants):
+        ap.error(f"--variants: unknown {[n for n in variants if n not in VARIANTS]}; VARIANTS are {list(VARIANTS)}")
     result = {"device_info": device_info(), "date": time.strftime("%Y-%m-%d")}
     if not args.skip_check:
         try:
-            result["check"] = check() + sum((check(tps=t, cases=3) for t in tps), [])
+            result["check"] = check() + sum((check(tps=t, cases=3) for t in tps), []) + (
+                check(config=GluonConfig(early=2)) if args.check_early2 else [])
         except Exception:
             traceback.print_exc()
         json.dump(result, open(args.out, "w"), indent=1)
@@ -157,7 +175,7 @@ def main() -> int:
     copy, mm = measure_copy_bandwidth("cuda"), measure_matmul_tflops("cuda", 8192)
     result["roofline"] = {"copy_gbps": copy["gbps"], "matmul_tflops": mm["tflops"]}
     print(f"roofline: copy {copy['gbps']:.0f} GB/s, matmul {mm['tflops']:.0f} TFLOP/s", flush=True)
-    result["rows"] = timing(result["roofline"], shapes, tps)
+    result["rows"] = timing(result["roofline"], shapes, tps, variants)
     json.dump(result, open(args.out, "w"), indent=1)
     return 0
 

@@ -66,7 +66,8 @@ FP8_ONLY_PATHS = (*FP8_16ROW_PATHS, "fp8ss")
 GLUON_PATHS = ("seesaw", "gluon", "m16", *FP8_ONLY_PATHS)  # the Gluon tiles (sm_90, Triton 3.6)
 FP8_PATHS = ("small", "seesaw", "gluon", *FP8_ONLY_PATHS)  # the tiles that read an FP8 cache
 PATHS = ("seesaw", "gluon", "small", "v4", "m16", *FP8_ONLY_PATHS)
-_MAX_MODE = {**FP8_16ROW_PATHS, "m16": 0}  # the highest GluonConfig.mode (a part alone) of each tile; else 2
+_MAX_MODE = {**FP8_16ROW_PATHS, "m16": 0, "fp8ss": 4}  # the highest GluonConfig.mode (a part alone) of each tile;
+#                                                       else 2
 
 
 def on_gpu(q) -> bool:
@@ -178,7 +179,8 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     mode = int(getattr(config, "mode", 0))  # GluonConfig's: a part of the tile alone, for timing
     if mode > _MAX_MODE.get(path, 2):  # the highest mode each tile has
         raise ValueError(f"GluonConfig.mode {mode} (a part alone) is not a mode of path {path!r} (3 and 4: "
-                         f"the 16-row FP8 tile's, path 'mma', only; the other 16-row tiles have none)")
+                         f"the 16-row FP8 tile's, path 'mma', and the FP8 seesaw tile's, 'fp8ss', only; the "
+                         f"other 16-row tiles have none)")
     if forced in GLUON_PATHS:  # a forced Gluon tile where it cannot run: say why, first
         why = gluon_unavailable(q, k_cache, dims.h_kv)
         if why is not None:

@@ -168,14 +168,14 @@ if gluon is not None:
         16 rows at a time, scale tile by scale tile in the order that reads every word before it is overwritten
         (slot 0: tiles 3, 2, 1, 0, its words in boxes 0-3; slot 1: 0, 1, 2, 3, its words in boxes 4-7), TPS tiles'
         words at a time."""
-        if MODE != 2:
+        if MODE != 2 and MODE != 3:  # (mode 4: the first 16-row block only)
             # a 16-row step of a tile: 4 words (16 e4m3 values, one 16-byte load) a thread, 8 threads a row, each
             # warp 4 rows; the words' rows are the bf16 rows written (a tile's words never move to another row)
             ldw: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [PRODUCER_WARPS, 1], [1, 0])
             words_l: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
             boxes = k_smem._reinterpret(gl.int32, [16, 64, 32], words_l)  # box c of slot s: [64 rows, 32 words]
             page = k_smem.index(SLOT)
-            for rb in gl.static_range(4):
+            for rb in gl.static_range(1 if MODE == 4 else 4):
                 s0, s1, s2, s3 = _fs_scales(sc_smem.index(SLOT), rb, gl.SliceLayout(1, ldw))
                 if SLOT == 0:
                     _fs_step(boxes, page, s3, s2, s1, s0, SLOT, 3, 2, 1, 0, rb, TPS, ldw)
@@ -253,7 +253,7 @@ if gluon is not None:
         qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, MODE: gl.constexpr, MAX_FIRST: gl.constexpr,
         OPAQUE: gl.constexpr, Q_ASYNC: gl.constexpr, STORE_LINES: gl.constexpr, Q_TMA: gl.constexpr,
-        TPS: gl.constexpr, C_REGS: gl.constexpr, P_REGS: gl.constexpr, num_warps: gl.constexpr,
+        TPS: gl.constexpr, C_REGS: gl.constexpr, P_REGS: gl.constexpr, EARLY: gl.constexpr, num_warps: gl.constexpr,
     ):
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -276,12 +276,12 @@ if gluon is not None:
             (_ss_consumer_at, (0, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
-                               CAUSAL, META_COLS, False, 1, ok_ptr, False, MAX_FIRST, OPAQUE,
+                               CAUSAL, META_COLS, False, EARLY, ok_ptr, False, MAX_FIRST, OPAQUE,
                                Q_ASYNC, STORE_LINES, Q_TMA)),
             (_ss_consumer_at, (1, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
-                               CAUSAL, META_COLS, False, 1, ok_ptr, False, MAX_FIRST, OPAQUE,
+                               CAUSAL, META_COLS, False, EARLY, ok_ptr, False, MAX_FIRST, OPAQUE,
                                Q_ASYNC, STORE_LINES, Q_TMA)),
             (_fs_producer, (kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb,
                             num_blocks, max_blocks, k_smem, kr_smem, sc_smem, bars, META_COLS, MODE, q_desc, q_smem,
@@ -296,8 +296,10 @@ def launch_v5_fp8_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, m
                          part_lse, ok_flag, config: GluonConfig | None = None):
     """Launch the FP8 seesaw tile over the schedule `meta` (k_cache: FlashMLA's FP8 cache, rows contiguous and
     16-byte aligned, as quantize_k_cache makes it). From `config` (GluonConfig): mode 2 (the consumers alone, the
-    producer hands the slots over untouched: timing only), max_first, opaque_views, q_async, store_lines,
-    lines_partials and q_tma as for v5_seesaw's tile (fine and early are the tile's own: off, 1)."""
+    producer hands the slots over untouched), 3 (the producer copies the raw rows but dequantizes nothing), 4 (it
+    dequantizes the first 16 rows of each page only) — timing probes, results meaningless; early 1 or 2 (when
+    warpgroup 1 releases a pair's right halves: v5_seesaw._ss_consumer_at; others run as 1), max_first,
+    opaque_views, q_async, store_lines, lines_partials and q_tma as for v5_seesaw's tile (fine is off)."""
     cfg = config or DEFAULT_GLUON_CONFIG
     kv_desc, sc_desc, kr_desc = checked_raw_descriptors("FP8 seesaw tile", k_cache, 64, tiled_words=True)
     m_tiles = -(-dims.rows_per_kv // 64)
@@ -314,5 +316,6 @@ def launch_v5_fp8_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, m
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], MODE=cfg.mode, MAX_FIRST=cfg.max_first, OPAQUE=cfg.opaque_views,
         Q_ASYNC=q_async, STORE_LINES=(1 if cfg.lines_partials else 2) if cfg.store_lines else 0, Q_TMA=q_tma,
-        TPS=TILES_PER_STEP, C_REGS=c_regs, P_REGS=p_regs, num_warps=4, maxnreg=WS_REGS,
+        TPS=TILES_PER_STEP, C_REGS=c_regs, P_REGS=p_regs, EARLY=cfg.early if cfg.early in (1, 2) else 1,
+        num_warps=4, maxnreg=WS_REGS,
     )

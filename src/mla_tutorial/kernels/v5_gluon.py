@@ -490,7 +490,8 @@ class GluonConfig:
     stages: int = 2  # steps in flight + 1; shared memory 72 KB (Q) + stages·sub·1152 B + 64·sub·2 B (P)
     mode: int = 0  # 0: compute; 1: loads only; 2: MMAs only (timing the parts, results meaningless; the seesaw
     #                tile reads `fine` and mode 2 from this too); the 16-row FP8 tile only: 3 its page loads alone,
-    #                4 its dequantization alone
+    #                4 its dequantization alone; the FP8 seesaw tile (v5_fp8_seesaw.py): 3 no dequantization, 4 a
+    #                quarter of it
     fine: bool = False  # multiply each 64-column box as soon as it lands
     early: int = 1  # the seesaw tile: when warpgroup 1 releases a pair's right halves (v5_seesaw._ss_consumer_at;
     #                 1, B's as soon as its product is done, measured 1-4 % faster than 0 at h_q 128, even at 64)
@@ -507,8 +508,8 @@ class GluonConfig:
     def __post_init__(self):
         # a value the kernels do not know would compile a tile that never releases its buffers (a hang), not an error
         if self.mode not in (0, 1, 2, 3, 4):
-            raise ValueError(f"GluonConfig.mode must be 0, 1, 2, 3 or 4 (3 and 4: the 16-row FP8 tile only), got "
-                             f"{self.mode!r}")
+            raise ValueError(f"GluonConfig.mode must be 0, 1, 2, 3 or 4 (3 and 4: the 16-row FP8 tile and the FP8 "
+                             f"seesaw tile only), got {self.mode!r}")
         if self.early not in (0, 1, 2, 3):
             raise ValueError(f"GluonConfig.early must be 0, 1, 2 or 3, got {self.early!r}")
         for name in ("fine", "max_first", "opaque_views", "q_async", "store_lines", "lines_partials", "q_tma"):
