@@ -10,12 +10,14 @@
 Both walk v4's balanced schedule (schedule.py) and share its combine kernel. Where the Gluon tile cannot run
 (no sm_90, another Triton, h_kv > 1, a cache that TMA cannot address) v4's 64-row tile runs instead;
 `kernel_choice` says which runs and why. An FP8 cache (`is_fp8_kvcache=True`, FlashMLA's 656-byte rows,
-mla_tutorial/fp8.py) is read on sm_90 by a Gluon FP8 tile: at up to 16 query rows per KV head the 16-row tile (path
-"mma", v5_fp8_mma.py: mma.sync on 16 rows instead of wgmma on 64, one page slot, two programs per SM), at more the
-warp-specialised one (path "seesaw", v5_fp8_ws.py: a dequantizing producer partition fills the bf16 slots both
-products of two consumer warpgroups read); elsewhere by the small tile, which dequantizes each key chunk on load. All
-keep bf16 tensor-core work after the dequantization. `path="gluon"` forces the lockstep Gluon FP8 tile
-(v5_fp8_gluon.py: the same page work in the warps that do the math), 6-10 % slower on the H200.
+mla_tutorial/fp8.py) is read on sm_90 by a Gluon FP8 tile: at up to 16 query rows per KV head the 16-row tile that
+dequantizes into its operand registers (path "reg", v5_fp8_reg.py: mma.sync on 16 rows instead of wgmma on 64; its
+forerunners "mma", "tma", "ws16" and "ksplit" stay as paths), at more the warp-specialised one (path "seesaw",
+v5_fp8_ws.py: a dequantizing producer partition fills the bf16 slots both products of two consumer warpgroups read);
+elsewhere by the small tile, which dequantizes each key chunk on load. All keep bf16 tensor-core work after the
+dequantization. `path="gluon"` forces the lockstep Gluon FP8 tile (v5_fp8_gluon.py: the same page work in the warps
+that do the math), 6-10 % slower on the H200; `path="fp8ss"` the bf16 seesaw tile's consumers fed by a producer that
+dequantizes each page in place in its slot (v5_fp8_seesaw.py), no faster than "seesaw" (docs/fp8.md §5).
 
 On a GPU the Python around the kernels runs once per argument signature: the first call leaves a call plan (plan.py)
 that later calls with the same shapes, strides, dtypes and scalars replay (new outputs, new addresses, the packed
