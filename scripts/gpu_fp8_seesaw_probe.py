@@ -10,20 +10,17 @@ of its two medians (the order moved ratios by up to 10 % at 128 heads: docs/resu
 
 from __future__ import annotations
 
-import argparse
-import json
+import functools
 import sys
-import time
-import traceback
 
 import torch
+from gpu_seesaw_probe import checked_case, config_tag, probe_parser, run_probe, summarize
 
 from mla_tutorial import quantize_k_cache
 from mla_tutorial.kernels import mla_decode_v5, v5_fp8_seesaw
 from mla_tutorial.kernels.schedule import get_mla_metadata
 from mla_tutorial.kernels.v5_gluon import GluonConfig
-from mla_tutorial.measure.kernel_bench import _flash_mla, bench_ms, cos_diff, graph_ms, shape_bytes, shape_inputs
-from mla_tutorial.measure.roofline import device_info, measure_copy_bandwidth, measure_matmul_tflops
+from mla_tutorial.measure.kernel_bench import _flash_mla, bench_ms, cos_diff, graph_ms, shape_inputs
 from mla_tutorial.testing import normal_lengths
 
 # (lengths, s_q, h_q, causal): odd and even page counts, page boundaries, empty requests, two m-tiles, padded rows
@@ -39,21 +36,10 @@ def check(path: str = "fp8ss", config=None, tps: int = 1, cases: int = len(CASES
     results = []
     v5_fp8_seesaw.TILES_PER_STEP = tps
     for i, (lens, s_q, h_q, causal) in enumerate(CASES[:cases]):
-        tag = "" if config is None else " " + ",".join(f"{k}={v}" for k, v in vars(config).items()
-                                                        if v != getattr(GluonConfig(), k))
-        name = f"{path}{tag} tps={tps} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal}"
+        name = f"{path}{config_tag(config, ' ')} tps={tps} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal}"
         q, k8, bt, sl = fp8_inputs(lens, s_q, h_q, seed=i, poison_bytes=True)
-        flag = torch.ones(1, dtype=torch.int32, device="cuda")
-        t0 = time.perf_counter()
-        try:
-            check_fp8(q, k8, bt, sl, causal, path=path, config=config, error_flag=flag)
-            torch.cuda.synchronize()
-            ok, err = int(flag) == 1, None if int(flag) == 1 else "the ok flag was cleared on valid input"
-        except Exception as e:
-            ok, err = False, f"{type(e).__name__}: {str(e)[:600]}"
-        results.append({"case": name, "ok": ok, "error": err, "s": time.perf_counter() - t0})
-        print(f"{'PASS' if ok else 'FAIL'} {name} ({time.perf_counter() - t0:.1f} s){'' if ok else ': ' + err}",
-              flush=True)
+        results.append(checked_case(name, functools.partial(check_fp8, q, k8, bt, sl, causal, path=path,
+                                                            config=config)))
     return results
 
 
@@ -122,22 +108,10 @@ def timing(roof: dict, shapes=SHAPES, tps_variants=(), variants=()) -> list[dict
         for name in ok:
             row["impl"][name] = {"ms": sum(times[name]) / len(times[name]), "ms_rounds": times[name],
                                  "graph_ms": graph_ms(impls[name])}
-        flops = 2 * b * h_q * s_q * mean_sk * 1088
-        for name, e in row["impl"].items():
-            if "ms" in e:
-                nbytes = shape_bytes(b, h_q, s_q, mean_sk, 656 if name.startswith(("fp8", "v5_fp8")) else 1152)
-                e["roofline_fraction"] = max(nbytes / e["ms"] / 1e6 / roof["copy_gbps"],
-                                             flops / e["ms"] / 1e9 / roof["matmul_tflops"])
         for a, b_ in (("fp8ss", "v5_fp8"), ("fp8ss", "v5"), ("fp8ss", "flashmla")):
             if a in outs and b_ in outs:
                 row[f"{a}_vs_{b_}_cos_diff"] = cos_diff(outs[a], outs[b_])
-        fmt = " ".join(f"{n} {e['ms']:.4f}/{e['graph_ms']:.4f}" if "ms" in e else f"{n} ERR"
-                       for n, e in row["impl"].items())
-        if "ms" in row["impl"].get("flashmla", {}):
-            fm_ms = row["impl"]["flashmla"]["ms"]
-            row["flashmla_over"] = {n: fm_ms / e["ms"] for n, e in row["impl"].items() if "ms" in e}
-            fmt += "  FlashMLA/ours: " + " ".join(f"{n} {r:.2f}" for n, r in row["flashmla_over"].items())
-        print(f"h{h_q} s_q{s_q} sk{s_k}: {fmt}", flush=True)
+        summarize(row, roof, mean_sk, lambda name: 656 if name.startswith(("fp8", "v5_fp8")) else 1152)
         rows.append(row)
         del q, k, k8, bt, sl
         torch.cuda.empty_cache()
@@ -145,10 +119,7 @@ def timing(roof: dict, shapes=SHAPES, tps_variants=(), variants=()) -> list[dict
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--skip-check", action="store_true")
-    ap.add_argument("--check-only", action="store_true")
+    ap = probe_parser()
     ap.add_argument("--tps", default="", help="TILES_PER_STEP values (besides 1) checked on the first 3 cases and "
                                               "timed as fp8ss_tN, comma-separated")
     ap.add_argument("--shapes", default="", help="indices into SHAPES to time (default: all)")
@@ -160,24 +131,9 @@ def main() -> int:
     variants = [n for n in args.variants.split(",") if n]
     if any(n not in VARIANTS for n in variants):
         ap.error(f"--variants: unknown {[n for n in variants if n not in VARIANTS]}; VARIANTS are {list(VARIANTS)}")
-    result = {"device_info": device_info(), "date": time.strftime("%Y-%m-%d")}
-    if not args.skip_check:
-        try:
-            result["check"] = check() + sum((check(tps=t, cases=3) for t in tps), []) + (
-                check(config=GluonConfig(early=2)) if args.check_early2 else [])
-        except Exception:
-            traceback.print_exc()
-        json.dump(result, open(args.out, "w"), indent=1)
-        if not all(c["ok"] for c in result.get("check", [{"ok": False}])):
-            print("fp8ss check failed", flush=True)
-        if args.check_only:
-            return 0
-    copy, mm = measure_copy_bandwidth("cuda"), measure_matmul_tflops("cuda", 8192)
-    result["roofline"] = {"copy_gbps": copy["gbps"], "matmul_tflops": mm["tflops"]}
-    print(f"roofline: copy {copy['gbps']:.0f} GB/s, matmul {mm['tflops']:.0f} TFLOP/s", flush=True)
-    result["rows"] = timing(result["roofline"], shapes, tps, variants)
-    json.dump(result, open(args.out, "w"), indent=1)
-    return 0
+    return run_probe(args, "fp8ss", lambda: check() + sum((check(tps=t, cases=3) for t in tps), []) + (
+        check(config=GluonConfig(early=2)) if args.check_early2 else []),
+        lambda roof: timing(roof, shapes, tps, variants))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ FINE, EARLY) are in git before this docstring.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -45,26 +46,37 @@ VARIANTS = {"nomf": {"max_first": False}, "hoist": {"opaque_views": False}, "syn
             "noqtma": {"q_tma": False}}
 
 
+def config_tag(config, sep: str = "-") -> str:
+    """The GluonConfig fields that differ from the defaults, as "sep" + "name=value,...", or "" for none."""
+    return "" if config is None else sep + ",".join(f"{k}={v}" for k, v in vars(config).items()
+                                                    if v != getattr(GluonConfig(), k))
+
+
+def checked_case(name: str, run) -> dict:
+    """Run one GPU check, run(error_flag=flag) with a fresh ok flag, synced so that a hang or an error is named: the
+    case's result {"case", "ok", "error", "s"}, printed as PASS / FAIL."""
+    flag = torch.ones(1, dtype=torch.int32, device="cuda")
+    t0 = time.perf_counter()
+    try:
+        run(error_flag=flag)
+        torch.cuda.synchronize()
+        ok, err = int(flag) == 1, None if int(flag) == 1 else "the ok flag was cleared on valid input"
+    except Exception as e:
+        ok, err = False, f"{type(e).__name__}: {str(e)[:600]}"
+    print(f"{'PASS' if ok else 'FAIL'} {name} ({time.perf_counter() - t0:.1f} s){'' if ok else ': ' + err}",
+          flush=True)
+    return {"case": name, "ok": ok, "error": err, "s": time.perf_counter() - t0}
+
+
 def check(path: str, config=None) -> list[dict]:
     from test_kernels import check_against_reference
 
     results = []
     for i, (lens, s_q, h_q, causal, dtype) in enumerate(CASES):
-        tag = "" if config is None else "-" + ",".join(f"{k}={v}" for k, v in vars(config).items()
-                                                       if v != getattr(GluonConfig(), k))
-        name = f"{path}{tag} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal} {str(dtype)[6:]}"
+        name = f"{path}{config_tag(config)} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal} {str(dtype)[6:]}"
         q, k, bt, sl = make_paged_inputs(lens, s_q, h_q, 1, dtype, seed=i, device="cuda")
-        flag = torch.ones(1, dtype=torch.int32, device="cuda")
-        t0 = time.perf_counter()
-        try:
-            check_against_reference(mla_decode_v5, q, k, bt, sl, causal, path=path, config=config, error_flag=flag)
-            torch.cuda.synchronize()
-            ok, err = int(flag) == 1, None if int(flag) == 1 else "the ok flag was cleared on valid input"
-        except Exception as e:
-            ok, err = False, f"{type(e).__name__}: {str(e)[:600]}"
-        results.append({"case": name, "ok": ok, "error": err, "s": time.perf_counter() - t0})
-        print(f"{'PASS' if ok else 'FAIL'} {name} ({time.perf_counter() - t0:.1f} s){'' if ok else ': ' + err}",
-              flush=True)
+        results.append(checked_case(name, functools.partial(check_against_reference, mla_decode_v5, q, k, bt, sl,
+                                                            causal, path=path, config=config)))
     return results
 
 
@@ -86,6 +98,24 @@ def _impls(fm, args, causal, meta, splits, variants) -> dict:
     return impls
 
 
+def summarize(row: dict, roof: dict, mean_sk: float, row_bytes=lambda name: 1152) -> None:
+    """Each timed implementation's roofline fraction (row_bytes(name) bytes a cached token) and FlashMLA's time over
+    its, into the shape's row; printed on one line."""
+    b, h_q, s_q = row["b"], row["h_q"], row["s_q"]
+    flops = 2 * b * h_q * s_q * mean_sk * 1088
+    for name, e in row["impl"].items():
+        if "ms" in e:
+            e["roofline_fraction"] = max(shape_bytes(b, h_q, s_q, mean_sk, row_bytes(name)) / e["ms"] / 1e6
+                                         / roof["copy_gbps"], flops / e["ms"] / 1e9 / roof["matmul_tflops"])
+    fmt = " ".join(f"{n} {e['ms']:.4f}/{e['graph_ms']:.4f}" if "ms" in e else f"{n} ERR"
+                   for n, e in row["impl"].items())
+    if "ms" in row["impl"].get("flashmla", {}):
+        fm_ms = row["impl"]["flashmla"]["ms"]
+        row["flashmla_over"] = {n: fm_ms / e["ms"] for n, e in row["impl"].items() if "ms" in e}
+        fmt += "  FlashMLA/ours: " + " ".join(f"{n} {r:.2f}" for n, r in row["flashmla_over"].items())
+    print(f"h{h_q} s_q{s_q} sk{row['s_k']}: {fmt}", flush=True)
+
+
 def timing(roof: dict, variants=tuple(VARIANTS)) -> list[dict]:
     fm = _flash_mla()
     rows = []
@@ -103,21 +133,9 @@ def timing(roof: dict, variants=tuple(VARIANTS)) -> list[dict]:
                 row["impl"][name] = {"ms": bench_ms(fn), "graph_ms": graph_ms(fn)}
             except Exception as e:
                 row["impl"][name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-        nbytes = shape_bytes(b, h_q, s_q, mean_sk)
-        flops = 2 * b * h_q * s_q * mean_sk * 1088
-        for e in row["impl"].values():
-            if "ms" in e:
-                e["roofline_fraction"] = max(nbytes / e["ms"] / 1e6 / roof["copy_gbps"],
-                                             flops / e["ms"] / 1e9 / roof["matmul_tflops"])
         if "flashmla" in outs and "seesaw" in outs:
             row["seesaw_vs_flashmla_cos_diff"] = cos_diff(outs["seesaw"], outs["flashmla"])
-        fmt = " ".join(f"{n} {e['ms']:.4f}/{e['graph_ms']:.4f}" if "ms" in e else f"{n} ERR"
-                       for n, e in row["impl"].items())
-        if "ms" in row["impl"].get("flashmla", {}):
-            fm_ms = row["impl"]["flashmla"]["ms"]
-            row["flashmla_over"] = {n: fm_ms / e["ms"] for n, e in row["impl"].items() if "ms" in e}
-            fmt += "  FlashMLA/ours: " + " ".join(f"{n} {r:.2f}" for n, r in row["flashmla_over"].items())
-        print(f"h{h_q} s_q{s_q} sk{s_k}: {fmt}", flush=True)
+        summarize(row, roof, mean_sk)
         rows.append(row)
         del q, k, bt, sl
         torch.cuda.empty_cache()
@@ -125,32 +143,45 @@ def timing(roof: dict, variants=tuple(VARIANTS)) -> list[dict]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--skip-check", action="store_true")
-    ap.add_argument("--check-only", action="store_true")
+    ap = probe_parser()
     ap.add_argument("--check-variants", default=",".join(VARIANTS), help="VARIANTS checked after the default")
     ap.add_argument("--time-variants", default=",".join(VARIANTS), help="VARIANTS timed beside the default")
     args = ap.parse_args()
     unknown = [n for n in (args.check_variants + "," + args.time_variants).split(",") if n and n not in VARIANTS]
     if unknown:
         ap.error(f"--check-variants / --time-variants: unknown {unknown}; VARIANTS are {sorted(VARIANTS)}")
+    return run_probe(args, "seesaw", lambda: check("seesaw") + sum(
+        (check("seesaw", GluonConfig(**VARIANTS[n])) for n in args.check_variants.split(",") if n), []),
+        lambda roof: timing(roof, [n for n in args.time_variants.split(",") if n]))
+
+
+def probe_parser() -> argparse.ArgumentParser:
+    """The probes' common options: --out (the JSON), --skip-check, --check-only."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--check-only", action="store_true")
+    return ap
+
+
+def run_probe(args, label: str, checks, timed) -> int:
+    """A probe's run: checks() (unless args.skip_check; the JSON written right after, and the run stops there with
+    args.check_only), then the ceilings and timed(roofline) as the JSON's rows, into args.out."""
     result = {"device_info": device_info(), "date": time.strftime("%Y-%m-%d")}
     if not args.skip_check:
         try:
-            result["check"] = check("seesaw") + sum(
-                (check("seesaw", GluonConfig(**VARIANTS[n])) for n in args.check_variants.split(",") if n), [])
+            result["check"] = checks()
         except Exception:
             traceback.print_exc()
         json.dump(result, open(args.out, "w"), indent=1)
         if not all(c["ok"] for c in result.get("check", [{"ok": False}])):
-            print("seesaw check failed", flush=True)
+            print(f"{label} check failed", flush=True)
         if args.check_only:
             return 0
     copy, mm = measure_copy_bandwidth("cuda"), measure_matmul_tflops("cuda", 8192)
     result["roofline"] = {"copy_gbps": copy["gbps"], "matmul_tflops": mm["tflops"]}
     print(f"roofline: copy {copy['gbps']:.0f} GB/s, matmul {mm['tflops']:.0f} TFLOP/s", flush=True)
-    result["rows"] = timing(result["roofline"], [n for n in args.time_variants.split(",") if n])
+    result["rows"] = timed(result["roofline"])
     json.dump(result, open(args.out, "w"), indent=1)
     return 0
 

@@ -1,4 +1,4 @@
-"""The seesaw tile's GPU probe scripts, on the CPU: their variant tables name real GluonConfig switches, an unknown
+"""The seesaw tiles' GPU probe scripts (bf16 and FP8), on the CPU: their variant tables name real GluonConfig switches, an unknown
 name is refused before any GPU work, and the trace's summary reads cycle stamps as intended (a synthetic trace)."""
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from mla_tutorial.kernels.v5_gluon import GluonConfig
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
+import gpu_fp8_seesaw_probe  # noqa: E402
 import gpu_seesaw_probe  # noqa: E402
 import gpu_seesaw_trace  # noqa: E402
 
 
-@pytest.mark.parametrize("table", [gpu_seesaw_probe.VARIANTS, gpu_seesaw_trace.CONFIGS])
+@pytest.mark.parametrize("table", [gpu_seesaw_probe.VARIANTS, gpu_seesaw_trace.CONFIGS,
+                                   gpu_fp8_seesaw_probe.VARIANTS])
 def test_every_variant_is_a_valid_config(table):
     for name, fields in table.items():
         config = GluonConfig(**fields)
@@ -28,7 +30,8 @@ def test_every_variant_is_a_valid_config(table):
 
 
 @pytest.mark.parametrize("script,args", [("gpu_seesaw_probe.py", ["--out", "x.json", "--check-variants", "nope"]),
-                                         ("gpu_seesaw_trace.py", ["--configs", "base,nope"])])
+                                         ("gpu_seesaw_trace.py", ["--configs", "base,nope"]),
+                                         ("gpu_fp8_seesaw_probe.py", ["--out", "x.json", "--variants", "nope"])])
 def test_unknown_variant_is_refused_before_any_gpu_work(script, args, tmp_path):
     env_path = f"{SCRIPTS.parent / 'src'}:{SCRIPTS.parent / 'tests'}"
     done = subprocess.run([sys.executable, str(SCRIPTS / script), *args], capture_output=True, text=True,

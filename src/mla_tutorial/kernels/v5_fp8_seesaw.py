@@ -80,6 +80,7 @@ from .v5_seesaw import (
     _q_descriptor,
     _q_rows_2d,
     _ss_consumer_at,
+    _ss_copy_q,
     _ss_row,
 )
 
@@ -217,14 +218,8 @@ if gluon is not None:
         n0 = 0  # pages that went through slot 0 / slot 1 so far: their barriers' phases
         n1 = 0
         for req in range(begin_req, end_req + 1):
-            if Q_TMA:  # as v5_seesaw._ss_producer
-                mbarrier.wait(bars.index(Q_EMPTY), ((req - begin_req) & 1) ^ 1)
-                q_row = req * rows_per_kv + (gl.program_id(1) % m_tiles) * 64
-                q_bar = bars.index(Q_READY)
-                mbarrier.expect(q_bar, 9 * 64 * 64 * 2)
-                for c in gl.static_range(8):
-                    tma.async_copy_global_to_shared(q_desc, [q_row, c * 64], q_bar, q_smem.slice(c * 64, 64, dim=1))
-                tma.async_copy_global_to_shared(q_desc, [q_row, 512], q_bar, qr_smem)
+            if Q_TMA:
+                _ss_copy_q(q_desc, q_smem, qr_smem, bars, req, begin_req, rows_per_kv, m_tiles)
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
             _v5_flag_stale(ok_ptr, req, s_k, gl.cdiv(s_k, 64), begin_req, begin_block, end_req, end_block, next_req,
                            next_block, max_blocks)

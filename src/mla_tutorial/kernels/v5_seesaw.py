@@ -183,6 +183,19 @@ if gluon is not None:
             gl.store(trace_ptr + (prog * TRACE_PAIRS + pair) * TRACE_EVENTS + EVENT, t, mask=pair < TRACE_PAIRS)
 
     @gluon.jit
+    def _ss_copy_q(q_desc, q_smem, qr_smem, bars, req, begin_req, rows_per_kv, m_tiles):
+        """Q_TMA: request req's Q rows m_start .. m_start + 63 by TMA from `q_desc` (q as [b·s_q·h_q rows, 576]) into
+        q_smem / qr_smem on Q_READY, once both consumers are done with the previous request's (Q_EMPTY). Rows past
+        the request's own are the next request's or, past the tensor, zeros: scores of rows the store skips."""
+        mbarrier.wait(bars.index(Q_EMPTY), ((req - begin_req) & 1) ^ 1)  # a fresh barrier counts as released
+        q_row = req * rows_per_kv + (gl.program_id(1) % m_tiles) * 64
+        q_bar = bars.index(Q_READY)
+        mbarrier.expect(q_bar, 9 * 64 * 64 * 2)
+        for c in gl.static_range(8):
+            tma.async_copy_global_to_shared(q_desc, [q_row, c * 64], q_bar, q_smem.slice(c * 64, 64, dim=1))
+        tma.async_copy_global_to_shared(q_desc, [q_row, 512], q_bar, qr_smem)
+
+    @gluon.jit
     def _ss_producer(k_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb, num_blocks, max_blocks,
                      k_smem, kr_smem, bars, META_COLS: gl.constexpr, FINE: gl.constexpr, MODE: gl.constexpr,
                      trace_ptr, TRACE: gl.constexpr, q_desc=None, q_smem=None, qr_smem=None, rows_per_kv=0,
@@ -197,15 +210,8 @@ if gluon is not None:
         n0 = 0  # pages that went through slot 0 / slot 1 so far: their barriers' phases
         n1 = 0
         for req in range(begin_req, end_req + 1):
-            if Q_TMA:  # this request's Q rows m_start .. m_start + 63 (rows past its own are the next request's or,
-                # past the tensor, zeros: scores of rows the store skips)
-                mbarrier.wait(bars.index(Q_EMPTY), ((req - begin_req) & 1) ^ 1)  # a fresh barrier counts as released
-                q_row = req * rows_per_kv + (gl.program_id(1) % m_tiles) * 64
-                q_bar = bars.index(Q_READY)
-                mbarrier.expect(q_bar, 9 * 64 * 64 * 2)
-                for c in gl.static_range(8):
-                    tma.async_copy_global_to_shared(q_desc, [q_row, c * 64], q_bar, q_smem.slice(c * 64, 64, dim=1))
-                tma.async_copy_global_to_shared(q_desc, [q_row, 512], q_bar, qr_smem)
+            if Q_TMA:
+                _ss_copy_q(q_desc, q_smem, qr_smem, bars, req, begin_req, rows_per_kv, m_tiles)
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
             n_pages = gl.cdiv(s_k, 64)
             _v5_flag_stale(ok_ptr, req, s_k, n_pages, begin_req, begin_block, end_req, end_block, next_req,
