@@ -572,3 +572,14 @@ def test_the_gluon_fp8_tiles_share_the_launch_arguments_of_fp8_tile_launch_args(
                                                        seqlens, q, seqlens, seqlens)
         assert grid == (meta.shape[0], m_tiles) and len(args) == len(runtime[0])
         assert args[runtime[0].index("m_tiles")] == m_tiles and args[runtime[0].index("kv_ptr")] is k8
+
+
+def test_fp8_seesaw_register_split_fits_its_launch():
+    """The FP8 seesaw tile's setmaxnreg split (v5_fp8_seesaw.STEP_REGS): two consumer warpgroups and the producer
+    warpgroup within the 12 warps' registers at launch (WS_REGS each), multiples of 8 within setmaxnreg's 24-256."""
+    from mla_tutorial.kernels import v5_fp8_seesaw as fs
+
+    assert fs.TILES_PER_STEP in fs.STEP_REGS
+    for tps, (consumer, producer) in fs.STEP_REGS.items():
+        assert 2 * 128 * consumer + 128 * producer <= 384 * fs.WS_REGS, tps
+        assert all(r % 8 == 0 and 24 <= r <= 256 for r in (consumer, producer)), tps
