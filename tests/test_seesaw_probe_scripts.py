@@ -1,5 +1,6 @@
-"""The seesaw tiles' GPU probe scripts (bf16 and FP8), on the CPU: their variant tables name real GluonConfig switches, an unknown
-name is refused before any GPU work, and the trace's summary reads cycle stamps as intended (a synthetic trace)."""
+"""The seesaw tiles' GPU probe scripts (bf16 and FP8), on the CPU: their variant tables name real GluonConfig
+switches, an unknown name is refused before any GPU work, and the trace's summary reads cycle stamps as intended (a
+synthetic trace)."""
 
 from __future__ import annotations
 
