@@ -192,6 +192,12 @@ def test_fp8_files():
     assert list(alone.values()) == [0.140, 0.093, 0.173, 0.117, 0.258, 0.168]
     assert split["fp8_mma_loads_alone", "fixed"].tile == split["fp8_mma_dequant_alone", "fixed"].tile == "mma"
     assert {r.h_q for r in split.values()} == {16}
+    # the FP8 seesaw tile and its parts (seventeenth session; docs/fp8.md §5, notebook 07): FlashMLA / it at h64 4k,
+    # h128 4k, h64 1k, as the docs quote them
+    fss = {(r.impl, r.h_q, r.s_k): round(r.vs_flashmla, 2) for r in R.fp8_seesaw_parts()}
+    quoted = {"fp8ss": (0.68, 0.53, 0.66), "fp8ss_compute": (1.31, 1.00, 1.18), "fp8ss_nodeq": (1.06, 0.87, 0.98),
+              "fp8ss_quarter": (1.02, 0.81, 0.91), "v5_fp8": (0.69, 0.57, 0.64), "v5": (0.97, 0.82, 0.88)}
+    assert {i: tuple(fss[i, h, k] for h, k in ((64, 4096), (128, 4096), (64, 1024))) for i in quoted} == quoted
     assert fp8.gbps == pytest.approx(fp8.bytes / fp8.ms / 1e6)
     assert all(R.fp8_correctness().values()) and len(R.fp8_correctness()) == 51
     rows = R.fp8_row_errors()
@@ -497,5 +503,6 @@ def test_drawings_return_figures():
                D.fp8_speed_bars(R.fp8_speed_rows(), {(16, "fixed"): 0.107}),
                D.fp8_tile_parts(R.fp8_speed_rows(parts=True), R.fp8_targets()),
                D.fp8_page_work_split(R.fp8_page_work_rows()),
-               D.host_time_bars(R.host_plan_rows()), D.seesaw_pair_timeline(*R.seesaw_pair_phases())]
+               D.host_time_bars(R.host_plan_rows()), D.seesaw_pair_timeline(*R.seesaw_pair_phases()),
+               D.fp8_seesaw_parts(R.fp8_seesaw_parts(), {64: 1.2, 128: 0.8})]
     assert all(isinstance(f, Figure) for f in figures)

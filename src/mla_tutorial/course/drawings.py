@@ -23,6 +23,7 @@ from .results import (
     HostPlanRow,
     KernelRun,
     PairPhase,
+    ProbeTiming,
 )
 
 TOKEN_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52"]
@@ -646,6 +647,48 @@ def fp8_page_work_split(rows: Sequence[Fp8SpeedRow], shapes: Sequence[tuple[int,
            title="The 16-row FP8 tile's parts alone: its loads bind its page work, and the parts run in series")
     ax.title.set_fontsize(10)
     ax.legend(fontsize=7)
+    return _done(fig)
+
+
+#: the FP8 seesaw probe's bars: (impl, label, color)
+_FP8_SEESAW_BARS = [("fp8ss_compute", "its consumers alone (no page copied)", "#9ecae1"),
+                    ("fp8ss_nodeq", "raw rows copied, nothing dequantized", "#4292c6"),
+                    ("fp8ss_quarter", "a quarter of each page dequantized", "#2171b5"),
+                    ("fp8ss", "the FP8 seesaw tile", "#d62728"),
+                    ("v5_fp8", "v5's FP8 choice (warp-specialised tile)", "#ff9896"),
+                    ("v5", "bf16 v5", "#2ca02c"),
+                    ("flashmla", "FlashMLA, bf16", "#7f7f7f")]
+
+
+def fp8_seesaw_parts(rows: Sequence[ProbeTiming], targets: dict[int, float] | None = None) -> Any:
+    """The FP8 seesaw tile (v5_fp8_seesaw.py) at each shape of its probe, beside its parts (consumers alone, the raw
+    copies with no dequantization, a quarter of the dequantization), v5's FP8 choice, bf16 v5 and FlashMLA; with
+    `targets` ({h_q: issue 9's FlashMLA / ours at s_k 4k}) a dashed line at the time each target asks for. Rows come
+    from results.fp8_seesaw_parts()."""
+    plt = _plt()
+    shapes = sorted({(r.h_q, r.s_q, r.s_k) for r in rows}, key=lambda k: (k[2] != 4096, k))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    width = 0.8 / len(_FP8_SEESAW_BARS)
+    for j, (impl, label, color) in enumerate(_FP8_SEESAW_BARS):
+        for i, shape in enumerate(shapes):
+            r = next((r for r in rows if r.impl == impl and (r.h_q, r.s_q, r.s_k) == shape), None)
+            if r is None:
+                continue
+            x = i + (j - (len(_FP8_SEESAW_BARS) - 1) / 2) * width
+            ax.bar(x, r.ms, width, color=color, label=label if i == 0 else None)
+            ax.text(x, r.ms, f"{r.vs_flashmla:.2f}", ha="center", va="bottom", fontsize=6, rotation=90)
+    for i, (h_q, s_q, s_k) in enumerate(shapes):
+        fm = next((r.ms for r in rows if r.impl == "flashmla" and (r.h_q, r.s_q, r.s_k) == (h_q, s_q, s_k)), None)
+        if targets and h_q in targets and s_k == 4096 and s_q == 1 and fm is not None:
+            ax.hlines(fm / targets[h_q], i - 0.45, i + 0.45, colors="black", linestyles="dashed",
+                      label="issue 9's target" if i == 0 else None)
+    ax.set_xticks(range(len(shapes)), [f"h_q {h}, s_k {k // 1024}k" + (f", s_q {q}" if q > 1 else "")
+                                       for h, q, k in shapes], fontsize=8)
+    ax.set_ylim(0, max(r.ms for r in rows) * 1.3)
+    ax.set(ylabel="ms per call (b = 128); above each bar: FlashMLA / it",
+           title="The FP8 seesaw tile: free dequantization would still miss 1.2× at 64 heads")
+    ax.title.set_fontsize(10)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
     return _done(fig)
 
 

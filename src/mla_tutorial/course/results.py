@@ -60,6 +60,9 @@ FP8_BENCH = "fp8_bench_tma_h200_2026-12-02.json"  # scripts/gpu_fp8_bench.py --m
 #: The 16-row FP8 tile's page work split into its loads and its dequantization, each alone (docs/results/probes/;
 #: scripts/gpu_fp8_bench.py --quick --mma --parts --heads 16, H200)
 FP8_SPLIT = "fp8_mma_page_work_split_h200_2026-12-02.json"
+#: The FP8 seesaw tile (v5_fp8_seesaw.py) and its parts beside v5's FP8 choice, bf16 v5 and FlashMLA (docs/results/
+#: probes/; scripts/gpu_fp8_seesaw_probe.py --variants early2,nodeq,quarter, H200)
+FP8_SEESAW_PARTS = "fp8_seesaw_parts_h200_2026-12-03.json"
 
 #: How each committed file is produced (said when it is missing).
 PRODUCED_BY = {
@@ -70,6 +73,7 @@ PRODUCED_BY = {
     "capacity_": "`python -m mla_tutorial memory --config deepseek-v3 --context 32768 --gpu-memory-gb 141 --json`",
     "fp8_accuracy": "`scripts/fp8_accuracy.py` (CPU)",
     "fp8_bench": "`scripts/gpu_fp8_bench.py` on a GPU",
+    "fp8_seesaw": "`scripts/gpu_fp8_seesaw_probe.py` on a GPU",
     "host_time": "`scripts/gpu_host_profile.py --plans` and `scripts/gpu_kernel_split.py` on a GPU",
 }
 
@@ -547,6 +551,30 @@ def fp8_page_work_rows(source: str | Path | dict = FP8_SPLIT, s_k: int = 4096) -
     its products alone, the tile as it runs and FlashMLA, as fp8_speed_rows(..., parts=True) gives them. A file name
     is looked up in docs/results/probes/."""
     return fp8_speed_rows(load(source, results_dir() / "probes"), s_k, parts=True)
+
+
+@dataclass(frozen=True)
+class ProbeTiming:
+    """One implementation at one shape of a probe that timed it beside FlashMLA (b = 128, whole call)."""
+
+    impl: str  # the probe's name for it, e.g. "fp8ss", "fp8ss_nodeq", "v5_fp8", "v5", "flashmla"
+    h_q: int
+    s_q: int
+    s_k: int
+    ms: float
+    vs_flashmla: float  # FlashMLA's bf16 ms in the same run / this one's
+
+
+def fp8_seesaw_parts(source: str | Path | dict = FP8_SEESAW_PARTS) -> list[ProbeTiming]:
+    """The FP8 seesaw tile's probe (docs/fp8.md §5): the tile ("fp8ss"), its consumers alone ("fp8ss_compute"), the
+    raw rows copied with no dequantization ("fp8ss_nodeq"), a quarter of each page dequantized ("fp8ss_quarter"),
+    warpgroup 1 releasing A's right half first ("fp8ss_early2"), v5's FP8 choice ("v5_fp8"), bf16 v5 ("v5") and
+    FlashMLA. A file name is looked up in docs/results/probes/."""
+    data = load(source, results_dir() / "probes")
+    _need(data, ("rows", "roofline"), _name(source), "a probe file of scripts/gpu_fp8_seesaw_probe.py")
+    return [ProbeTiming(impl, int(r["h_q"]), int(r["s_q"]), int(r["s_k"]), float(e["ms"]),
+                        float(r["flashmla_over"][impl]))
+            for r in data["rows"] for impl, e in r["impl"].items() if "ms" in e]
 
 
 def fp8_targets(s_k: int = 4096) -> dict[tuple[int, str], float]:
