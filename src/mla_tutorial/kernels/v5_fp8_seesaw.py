@@ -21,12 +21,12 @@
 # Should buy (H200, b 128, FlashMLA's bf16 dense kernel in the same run): v5_fp8_ws.py takes 0.276 / 0.459 ms at
 #   h_q 64 / 128, s_k 4k (FlashMLA / it 0.62 / 0.53). With the seesaw's math (124 µs at h64 4k, 240 at h128 4k, alone)
 #   and a producer whose page (512 values per thread: 16 steps of one 16-byte shared load, ~40 integer and bf16
-#   instructions and one 32-byte store) takes ~1,500-2,500 cycles, after the later half's release, where the bf16
+#   instructions and two 16-byte stores) takes ~1,500-2,500 cycles, after the later half's release, where the bf16
 #   seesaw's copy of that half took ~1,500: h64 4k ~0.16-0.20 ms, h128 4k ~0.30-0.36 (FlashMLA / it ~0.85-1.05 and
 #   0.67-0.80), against issue 9's 1.2 and 0.8.
 # Bought (H200, 2026-12-03, docs/fp8.md §5, docs/results/probes/fp8_seesaw_*_h200_2026-12-03.json, FlashMLA / it in
 #   the same runs): correct on its first run (8 hostile cases, the FP8 GPU matrix), and no faster than v5_fp8_ws.py:
-#   h_q 64 s_k 4k 0.248 ms (0.69; v5_fp8_ws 0.247), 8k 0.69, 1k 0.66; h_q 128 4k 0.473 (0.53; v5_fp8_ws 0.436), s_q 2
+#   h_q 64 s_k 4k 0.248 ms (0.68-0.69; v5_fp8_ws 0.247), 8k 0.68, 1k 0.66; h_q 128 4k 0.473 (0.53; v5_fp8_ws 0.436), s_q 2
 #   0.53. Its parts say why: the consumers alone (mode 2) 0.130 ms at h64 4k (1.31) and 0.247 at h128 (1.01); the
 #   producer copying the raw rows but dequantizing nothing (mode 3) 0.161 (1.06) and 0.287 (0.87); dequantizing a
 #   quarter of each page (mode 4) 0.167 (1.02) and 0.308 (0.81). A slot can take its next page's words only once the
