@@ -24,20 +24,20 @@
 #   instructions and two 16-byte stores) takes ~1,500-2,500 cycles, after the later half's release, where the bf16
 #   seesaw's copy of that half took ~1,500: h64 4k ~0.16-0.20 ms, h128 4k ~0.30-0.36 (FlashMLA / it ~0.85-1.05 and
 #   0.67-0.80), against issue 9's 1.2 and 0.8.
-# Bought (H200, 2026-12-03, docs/fp8.md §5, docs/results/probes/fp8_seesaw_*_h200_2026-12-03.json, FlashMLA / it in
-#   the same runs): correct on its first run (8 hostile cases, the FP8 GPU matrix), and no faster than v5_fp8_ws.py:
-#   h_q 64 s_k 4k 0.248 ms (0.68-0.69; v5_fp8_ws 0.247), 8k 0.68, 1k 0.66; h_q 128 4k 0.473 (0.53; v5_fp8_ws 0.436), s_q 2
+# Bought (H200, 2026-12-03, docs/fp8.md §5, docs/results/probes/fp8_seesaw_*_h200_2026-12-03.json, FlashMLA / it in the
+#   same runs): correct on its first run (8 hostile cases, the FP8 GPU matrix), and no faster than v5_fp8_ws.py: h_q 64
+#   s_k 4k 0.248 ms (0.68-0.69; v5_fp8_ws 0.247), 8k 0.68, 1k 0.66; h_q 128 4k 0.473 (0.53; v5_fp8_ws 0.436), s_q 2
 #   0.53. Its parts say why: the consumers alone (mode 2) 0.130 ms at h64 4k (1.31) and 0.247 at h128 (1.01); the
 #   producer copying the raw rows but dequantizing nothing (mode 3) 0.161 (1.06) and 0.287 (0.87); dequantizing a
 #   quarter of each page (mode 4) 0.167 (1.02) and 0.308 (0.81). A slot can take its next page's words only once the
-#   consumers release its first half, and be dequantized only once they release the rest, so the ~4,000 cycles a
-#   page's dequantization takes (16 steps, each a chain of ~45 instructions on a warp that shares its scheduler with
-#   two consumer warps) sit between one pair's products and the next pair's scores. Loading 2 or 4 tiles' words per
-#   step (TILES_PER_STEP, fewer barriers, more loads in flight) changed nothing (0.2479 / 0.2476 ms), warpgroup 1
-#   releasing A's right half first (GluonConfig(early=2)) cost 4 % (0.258). Not v5's choice: the warp-specialised
-#   tile stays (equal at 64 heads, 8 % faster at 128). Even with the dequantization free (mode 3) the tile reaches
-#   1.06 of FlashMLA at h64 4k, short of issue 9's 1.2: the shared memory that keeps the raw words inside the slots
-#   also keeps their copies in series with the slots' release.
+#   consumers release its first half, and be dequantized only once they release the rest, so the ~4,000 cycles a page's
+#   dequantization takes (16 steps, each a chain of ~45 instructions on a warp that shares its scheduler with two
+#   consumer warps) sit between one pair's products and the next pair's scores. Loading 2 or 4 tiles' words per step
+#   (TILES_PER_STEP, fewer barriers, more loads in flight) changed nothing (0.2479 / 0.2476 ms), warpgroup 1 releasing
+#   A's right half first (GluonConfig(early=2)) cost 4 % (0.258). Not v5's choice: the warp-specialised tile stays
+#   (equal at 64 heads, 8 % faster at 128). Even with the dequantization free (mode 3) the tile reaches 1.06 of FlashMLA
+#   at h64 4k, short of issue 9's 1.2: the shared memory that keeps the raw words inside the slots also keeps their
+#   copies in series with the slots' release.
 """Version 5 over an FP8 cache on the seesaw tile: its consumers, and a producer warpgroup that dequantizes each page
 in place into the bf16 slot it was copied to (Hopper, Triton 3.6)."""
 
