@@ -18,6 +18,7 @@ from gpu_seesaw_probe import checked_case, config_tag, probe_parser, run_probe, 
 
 from mla_tutorial import quantize_k_cache
 from mla_tutorial.kernels import mla_decode_v5, v5_fp8_seesaw
+from mla_tutorial.kernels.plan import clear_plans
 from mla_tutorial.kernels.schedule import get_mla_metadata
 from mla_tutorial.kernels.v5_gluon import GluonConfig
 from mla_tutorial.measure.kernel_bench import _flash_mla, bench_ms, cos_diff, graph_ms, shape_inputs
@@ -56,9 +57,13 @@ VARIANTS = {"early2": {"early": 2}, "nodeq": {"mode": 3}, "quarter": {"mode": 4}
 
 
 def _with_tps(tps, fn):
-    """fn with v5_fp8_seesaw.TILES_PER_STEP = tps during the call (read at launch)."""
+    """fn with v5_fp8_seesaw.TILES_PER_STEP = tps during the call (read at launch). A call plan (kernels/plan.py)
+    replays the launches it recorded, whatever the knob says now, so the plans are dropped whenever the knob changes
+    (the next call of each shape takes the full path again and records a plan with the new value)."""
     def run():
-        v5_fp8_seesaw.TILES_PER_STEP = tps
+        if v5_fp8_seesaw.TILES_PER_STEP != tps:
+            clear_plans()
+            v5_fp8_seesaw.TILES_PER_STEP = tps
         return fn()
     return run
 
