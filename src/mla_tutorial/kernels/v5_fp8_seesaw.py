@@ -33,10 +33,12 @@
 #   consumers release its first half, and be dequantized only once they release the rest, so the ~4,000 cycles a page's
 #   dequantization takes (16 steps, each a chain of ~45 instructions on a warp that shares its scheduler with two
 #   consumer warps) sit between one pair's products and the next pair's scores. Loading 2 or 4 tiles' words per step
-#   (TILES_PER_STEP, fewer barriers, more loads in flight) changed nothing (0.2479 / 0.2476 ms), warpgroup 1 releasing
-#   A's right half first (GluonConfig(early=2)) cost 4 % (0.258). Not v5's choice: the warp-specialised tile stays
-#   (equal at 64 heads, 8 % faster at 128). Even with the dequantization free (mode 3) the tile reaches 1.06 of FlashMLA
-#   at h64 4k, short of issue 9's 1.2: the shared memory that keeps the raw words inside the slots also keeps their
+#   (TILES_PER_STEP: 20 barriers a page instead of 32, four loads in flight) took h64 4k 0.247 → 0.225 → 0.215 ms
+#   (FlashMLA / it 0.77 with 4, against v5's choice 0.68 in the same run; probes/fp8_seesaw_steps_replanned_*);
+#   warpgroup 1 releasing A's right half first (GluonConfig(early=2)) cost 4 % (0.258). Not v5's choice yet: with 4
+#   tiles a step only h64 4k was timed and three hostile cases checked; with 1 the warp-specialised tile was equal at
+#   64 heads and 8 % faster at 128. Even with the dequantization free (mode 3) the tile reaches 1.06 of FlashMLA at
+#   h64 4k, short of issue 9's 1.2: the shared memory that keeps the raw words inside the slots also keeps their
 #   copies in series with the slots' release.
 """Version 5 over an FP8 cache on the seesaw tile: its consumers, and a producer warpgroup that dequantizes each page
 in place into the bf16 slot it was copied to (Hopper, Triton 3.6)."""
