@@ -448,22 +448,27 @@ REG_VARIANTS = {f"reg-{name}": knobs for name, knobs in v5_fp8_reg.REG_VARIANTS.
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "fp8ss", "mma", "mma8", "tma",
-                                  "ws16", "ws16w", "reg", "ksplit",
+@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "fp8ss", "fp8ss-t4", "mma", "mma8",
+                                  "tma", "ws16", "ws16w", "reg", "ksplit",
                                   *(pytest.param(v, marks=UNVERIFIED_REG_VARIANTS) for v in REG_VARIANTS)])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     """The FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile, its
     warp-specialised form (path "seesaw"; both pad fewer than 64 rows, as FlashMLA's kernel does), the bf16 seesaw
-    tile's consumers fed by a producer that dequantizes each page in place (path "fp8ss"; padded too) and the 16-row
+    tile's consumers fed by a producer that dequantizes each page in place (path "fp8ss"; padded too; "fp8ss-t4":
+    with 4 scale tiles' words a producer step) and the 16-row
     Gluon FP8 tile (path "mma": 16 rows per program, m_tiles of them; "mma8": with 8 warps per program; "tma": fed
     by TMA; "ws16": warp-specialised, "ws16w" with an 8-warp producer; "reg": dequantizing into its operand
     registers, "reg-NAME" its prepared variants; "ksplit": that tile with the warps splitting S's reduction)."""
-    from mla_tutorial.kernels import v5_fp8_reg, v5_small
+    from mla_tutorial.kernels import v5_fp8_reg, v5_fp8_seesaw, v5_small
     from mla_tutorial.kernels.v5_gluon import GluonConfig
 
     for knob, value in REG_VARIANTS.get(path, {}).items():
         monkeypatch.setattr(v5_fp8_reg, knob, value)
+    if path == "fp8ss-t4":  # the FP8 seesaw tile with 4 scale tiles' words a producer step (not planned: the call
+        # builds its own schedule)
+        monkeypatch.setattr(v5_fp8_seesaw, "TILES_PER_STEP", 4)
+        path = "fp8ss"
     tile, _, loads = ("reg", "", "") if path in REG_VARIANTS else path.partition("-")
     monkeypatch.setattr(v5_small, "FP8_LOADS", loads or "pointer")
     q, k8, block_table, seqlens = fp8_inputs(GPU_LENGTHS, s_q, h_q, seed=h_q * 10 + s_q, poison_bytes=True)
