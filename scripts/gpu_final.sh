@@ -7,7 +7,9 @@
 # Steps not in the default list: plans (call plans' GPU cases and host time), regvar (v5_fp8_reg.py's prepared variants), regpick (the fastest of them for the steps after), fp8final (the FP8 results the course shows), fp8all (every FP8 Gluon tile's GPU cases, then their timing), reg (v5_fp8_reg.py's cases and timing), mma (the 16-row FP8 tile's GPU cases, then its timing and its parts beside the other
 # FP8 tiles), ncu, stalls, sass (Nsight Compute's counters for the FP8 tiles; scripts/gpu_ncu_fp8.py), trace (the seesaw
 # tile's cycle stamps, scripts/gpu_seesaw_trace.py), parts (the schedule's part count and fixed overhead timed beside
-# FlashMLA, scripts/gpu_parts_sweep.py; PARTS_ARGS="--grid wide --rounds 2" for the wide grid), split (each kernel's device time in v5's call and FlashMLA's, scripts/gpu_kernel_split.py). The seesaw probe's check and time steps include its VARIANTS.
+# FlashMLA, scripts/gpu_parts_sweep.py; PARTS_ARGS="--grid wide --rounds 2" for the wide grid), split (each kernel's device time in v5's call and FlashMLA's, scripts/gpu_kernel_split.py), fp8ss (the FP8 seesaw
+# tile: its GPU matrix cases, 1 and TPS tiles a producer step, then its 8 hostile cases and its timing with TPS,
+# default 4, beside v5's FP8 choice and FlashMLA; scripts/gpu_fp8_seesaw_probe.py). The seesaw probe's check and time steps include its VARIANTS.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
 STEPS=${STEPS:-sched check time tests kernels fp8 decode}
@@ -166,6 +168,12 @@ sass_page() {
 }
 export -f sass_page; export OUT PY SASS_ONLY SASS_SECTIONS REG_KNOBS
 has sass && step sass ${NCU_LIMIT:-240} bash -c sass_page
+# the FP8 seesaw tile (v5_fp8_seesaw.py): its GPU matrix cases (fp8ss, fp8ss-t4), then the probe: its 8 hostile cases
+# with 1 tile a step and the first 3 with TPS, every shape timed beside v5's FP8 choice, bf16 v5 and FlashMLA
+has fp8ss && step fp8ss_tests ${FP8SS_LIMIT:-200} env PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_fp8.py -q \
+  -p no:cacheprovider -k "fp8ss"
+has fp8ss && step fp8ss_probe ${FP8SS_PROBE_LIMIT:-400} env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_seesaw_probe.py \
+  --out "$OUT/fp8ss.json" --tps "${TPS:-4}" ${FP8SS_ARGS:-}
 # everything in one file first in name order (a call brings back at most 8 files; the eighth session lost 5 logs)
 tar czf "$OUT/00_all.tgz" -C "$OUT" --exclude=00_all.tgz --exclude='*.ncu-rep' . 2>/dev/null
 echo "=== done"
