@@ -80,10 +80,10 @@ from .v5_seesaw import (
     READY1R,
     WS_REGS,
     _q_descriptor,
-    _q_rows_2d,
     _ss_consumer_at,
     _ss_copy_q,
     _ss_row,
+    consumer_switches,
 )
 
 PRODUCER_WARPS = tl.constexpr(4)
@@ -313,19 +313,17 @@ def launch_v5_fp8_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, m
     cfg = config or DEFAULT_GLUON_CONFIG
     kv_desc, sc_desc, kr_desc = checked_raw_descriptors("FP8 seesaw tile", k_cache, 64, tiled_words=True)
     m_tiles = -(-dims.rows_per_kv // 64)
-    q_async = cfg.q_async and not q.data_ptr() & 15 and all(st % 16 == 0 for st in q.stride()[:3])
-    q_tma = cfg.q_tma and _q_rows_2d(q, dims)
+    switches = consumer_switches(cfg, q, dims)
     if TILES_PER_STEP not in STEP_REGS:
         raise ValueError(f"v5_fp8_seesaw.TILES_PER_STEP must be one of {sorted(STEP_REGS)}, got {TILES_PER_STEP!r}")
     c_regs, p_regs = STEP_REGS[TILES_PER_STEP]
     _LAUNCH(
         (meta.shape[0], m_tiles),
-        q, kv_desc, sc_desc, kr_desc, _q_descriptor(q) if q_tma else kr_desc, block_table, cache_seqlens, out, lse,
-        part_out, part_lse, meta, num_splits, ok_flag,
+        q, kv_desc, sc_desc, kr_desc, _q_descriptor(q) if switches["Q_TMA"] else kr_desc, block_table, cache_seqlens,
+        out, lse, part_out, part_lse, meta, num_splits, ok_flag,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
-        CAUSAL=causal, META_COLS=meta.shape[1], MODE=cfg.mode, MAX_FIRST=cfg.max_first, OPAQUE=cfg.opaque_views,
-        Q_ASYNC=q_async, STORE_LINES=(1 if cfg.lines_partials else 2) if cfg.store_lines else 0, Q_TMA=q_tma,
+        CAUSAL=causal, META_COLS=meta.shape[1], MODE=cfg.mode, **switches,
         TPS=TILES_PER_STEP, C_REGS=c_regs, P_REGS=p_regs, EARLY=cfg.early if cfg.early in (1, 2) else 1,
         num_warps=4, maxnreg=WS_REGS,
     )

@@ -611,22 +611,30 @@ def launch_v5_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, meta,
             raise ValueError(f"v5_seesaw.TRACE_BUFFER must be a contiguous int64 tensor on {q.device} of at least "
                              f"{need} elements ([programs, TRACE_PAIRS, TRACE_EVENTS]), got {buf.dtype} on "
                              f"{buf.device} with {buf.numel()}")
-    # cp.async copies 16 bytes a thread: only where Triton's specialization proves each row of q 16-byte aligned
-    # (its address and its three outer strides multiples of 16 elements, as for a contiguous q; else the loads)
-    q_async = cfg.q_async and not q.data_ptr() & 15 and all(st % 16 == 0 for st in q.stride()[:3])
     k_desc = _k_descriptor(k_cache, 64)
-    # Q by TMA (the producer): where q's rows of one kv head are [b·s_q·h_q, 576] rows of one 2-D tensor
-    q_tma = cfg.q_tma and _q_rows_2d(q, dims)
+    switches = consumer_switches(cfg, q, dims)
     _LAUNCH(
         (meta.shape[0], m_tiles),
-        q, k_desc, _q_descriptor(q) if q_tma else k_desc, block_table, cache_seqlens, out, lse, part_out, part_lse,
-        meta, num_splits, ok_flag, ok_flag if TRACE_BUFFER is None else TRACE_BUFFER,
+        q, k_desc, _q_descriptor(q) if switches["Q_TMA"] else k_desc, block_table, cache_seqlens, out, lse, part_out,
+        part_lse, meta, num_splits, ok_flag, ok_flag if TRACE_BUFFER is None else TRACE_BUFFER,
         q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
         dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
         CAUSAL=causal, META_COLS=meta.shape[1], FINE=cfg.fine, MODE=cfg.mode, EARLY=cfg.early,
-        TRACE=TRACE_BUFFER is not None, MAX_FIRST=cfg.max_first, OPAQUE=cfg.opaque_views, Q_ASYNC=q_async,
-        STORE_LINES=(1 if cfg.lines_partials else 2) if cfg.store_lines else 0, Q_TMA=q_tma,
-        num_warps=4, maxnreg=WS_REGS,
+        TRACE=TRACE_BUFFER is not None, **switches, num_warps=4, maxnreg=WS_REGS,
+    )
+
+
+def consumer_switches(cfg: GluonConfig, q: torch.Tensor, dims) -> dict:
+    """_ss_consumer_at's switches for a launch over q, from `cfg`: MAX_FIRST, OPAQUE, Q_ASYNC, STORE_LINES and Q_TMA
+    (the kernel's keyword arguments; the seesaw tiles that run these consumers, bf16 and FP8, take them alike)."""
+    return dict(
+        MAX_FIRST=cfg.max_first, OPAQUE=cfg.opaque_views,
+        # cp.async copies 16 bytes a thread: only where Triton's specialization proves each row of q 16-byte aligned
+        # (its address and its three outer strides multiples of 16 elements, as for a contiguous q; else the loads)
+        Q_ASYNC=cfg.q_async and not q.data_ptr() & 15 and all(st % 16 == 0 for st in q.stride()[:3]),
+        STORE_LINES=(1 if cfg.lines_partials else 2) if cfg.store_lines else 0,
+        # Q by TMA (the producer): where q's rows of one kv head are [b·s_q·h_q, 576] rows of one 2-D tensor
+        Q_TMA=cfg.q_tma and _q_rows_2d(q, dims),
     )
 
 
