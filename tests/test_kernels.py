@@ -215,6 +215,17 @@ def test_part_alone_modes_are_refused_where_the_tile_has_none(path):
                         is_fp8_kvcache=True)
 
 
+def test_the_fp8_seesaw_tile_refuses_mode_1():
+    """GluonConfig mode 1 (loads alone) is not a part the FP8 seesaw tile (path "fp8ss") has: refused by name, where
+    its producer would otherwise have run the whole tile under a part's label."""
+    from mla_tutorial.kernels.v5_gluon import GluonConfig
+
+    q, k_cache, block_table, seqlens = make_inputs([10, 70], 1, 64, 1, torch.bfloat16, seed=3)
+    with pytest.raises(ValueError, match=r"mode 1 .+ is not a mode of path 'fp8ss': its modes are \(0, 2, 3, 4\)"):
+        K.mla_decode_v5(q, quantize_k_cache(k_cache), block_table, seqlens, 512, path="fp8ss",
+                        config=GluonConfig(mode=1), is_fp8_kvcache=True)
+
+
 @pytest.mark.parametrize("num_splits", [1, 3, 8])
 def test_split_kv_any_number_of_splits(num_splits):
     """More splits than pages leaves some splits empty (lse = -inf partials): the combine must ignore them."""

@@ -68,8 +68,9 @@ FP8_ONLY_PATHS = (*FP8_16ROW_PATHS, "fp8ss")
 GLUON_PATHS = ("seesaw", "gluon", "m16", *FP8_ONLY_PATHS)  # the Gluon tiles (sm_90, Triton 3.6)
 FP8_PATHS = ("small", "seesaw", "gluon", *FP8_ONLY_PATHS)  # the tiles that read an FP8 cache
 PATHS = ("seesaw", "gluon", "small", "v4", "m16", *FP8_ONLY_PATHS)
-_MAX_MODE = {**FP8_16ROW_PATHS, "m16": 0, "fp8ss": 4}  # the highest GluonConfig.mode (a part alone) of each tile;
-#                                                       else 2
+#: The GluonConfig.modes (a part alone; 0 the tile) each tile has, else 0-2: the 16-row tiles up to their entry in
+#: FP8_16ROW_PATHS, "m16" none, the FP8 seesaw 2 (its consumers alone), 3 (no dequantization), 4 (a quarter of it)
+_MODES = {**{p: tuple(range(top + 1)) for p, top in FP8_16ROW_PATHS.items()}, "m16": (0,), "fp8ss": (0, 2, 3, 4)}
 
 
 def on_gpu(q) -> bool:
@@ -179,10 +180,11 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
         kind = "the FP8 seesaw tile" if path == "fp8ss" else "a 16-row FP8 tile"
         raise ValueError(f"path {path!r} ({kind}) reads only an FP8 cache (is_fp8_kvcache=True)")
     mode = int(getattr(config, "mode", 0))  # GluonConfig's: a part of the tile alone, for timing
-    if mode > _MAX_MODE.get(path, 2):  # the highest mode each tile has
-        raise ValueError(f"GluonConfig.mode {mode} (a part alone) is not a mode of path {path!r} (3 and 4: "
-                         f"the 16-row FP8 tile's, path 'mma', and the FP8 seesaw tile's, 'fp8ss', only; the "
-                         f"other 16-row tiles have none)")
+    modes = _MODES.get(path, (0, 1, 2))
+    if mode not in modes:
+        raise ValueError(f"GluonConfig.mode {mode} (a part alone) is not a mode of path {path!r}: its modes are "
+                         f"{modes} (3 and 4: the 16-row FP8 tile's, path 'mma', and the FP8 seesaw tile's, 'fp8ss', "
+                         f"only; the other 16-row tiles have none)")
     if forced in GLUON_PATHS:  # a forced Gluon tile where it cannot run: say why, first
         why = gluon_unavailable(q, k_cache, dims.h_kv)
         if why is not None:
