@@ -31,12 +31,12 @@ CASES = [(LENGTHS, 1, 64, False), (LENGTHS, 2, 128, True), (LENGTHS, 1, 128, Fal
          ([5000] * 3 + [0] * 2, 1, 128, False)]
 
 
-def check(path: str = "fp8ss", config=None, tps: int = 1, cases: int = len(CASES)) -> list[dict]:
+def check(path: str = "fp8ss", config=None, tps: int = 1) -> list[dict]:
     from test_fp8 import check_fp8, fp8_inputs
 
     results = []
     v5_fp8_seesaw.TILES_PER_STEP = tps
-    for i, (lens, s_q, h_q, causal) in enumerate(CASES[:cases]):
+    for i, (lens, s_q, h_q, causal) in enumerate(CASES):
         name = f"{path}{config_tag(config, ' ')} tps={tps} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal}"
         q, k8, bt, sl = fp8_inputs(lens, s_q, h_q, seed=i, poison_bytes=True)
         results.append(checked_case(name, functools.partial(check_fp8, q, k8, bt, sl, causal, path=path,
@@ -51,7 +51,7 @@ SHAPES = [(128, 64, 1, 4096, "fixed"), (128, 64, 1, 8192, "fixed"), (128, 128, 1
 
 #: fp8ss variants timed beside it with --variants (GluonConfig fields): "early2", warpgroup 1 multiplies and releases
 #: A's right half first (slot 0 free for the next page's dequantization earlier; results correct, checked with
-#: --tps's cases); "nodeq", the producer copies the raw rows but dequantizes nothing (mode 3); "quarter", it
+#: --check-early2); "nodeq", the producer copies the raw rows but dequantizes nothing (mode 3); "quarter", it
 #: dequantizes each page's first 16 rows only (mode 4): timing probes, results meaningless
 VARIANTS = {"early2": {"early": 2}, "nodeq": {"mode": 3}, "quarter": {"mode": 4}}
 
