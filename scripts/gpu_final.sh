@@ -168,7 +168,7 @@ sass_page() {
 }
 export -f sass_page; export OUT PY SASS_ONLY SASS_SECTIONS REG_KNOBS
 has sass && step sass ${NCU_LIMIT:-240} bash -c sass_page
-# the FP8 seesaw tile (v5_fp8_seesaw.py): its GPU matrix cases (fp8ss, fp8ss-t4), then the probe: its 8 hostile cases
+# the FP8 seesaw tile (v5_fp8_seesaw.py): its GPU matrix cases (fp8ss, fp8ss-t1), then the probe: its 8 hostile cases
 # with 1 tile a step and with TPS, every shape timed beside v5's FP8 choice, bf16 v5 and FlashMLA
 has fp8ss && step fp8ss_tests ${FP8SS_LIMIT:-200} env PYTHONPATH=src:tests $PY -m pytest -m gpu tests/test_fp8.py -q \
   -p no:cacheprovider -k "fp8ss"

@@ -7,12 +7,13 @@ Safe to run blind: every section and every shape is guarded, and the JSON is rew
 2. correctness: the FP8 path (`mla_decode_v5(..., is_fp8_kvcache=True)`) against the fp32 reference applied to
    `dequantize_k_cache(k_fp8)` on FlashMLA's hostile recipe (lengths 0, 1, 20, 63, 64, 65, 140, 4096 in one batch;
    NaN in unused rows, so NaN bytes and scales; sentinel ids), h_q 16/64/128, s_q 1/2, both load modes of the small
-   tile, the Gluon FP8 tile and its warp-specialised form (path "seesaw", v5_fp8_ws.py), and with --mma the 16-row
+   tile, the Gluon FP8 tile, its warp-specialised form (path "seesaw", v5_fp8_ws.py) and the FP8 seesaw tile (path
+   "fp8ss", v5_fp8_seesaw.py; v5's choice above 16 rows), and with --mma the 16-row
    Gluon FP8 tile (path "mma", v5_fp8_mma.py; v5's choice at up to 16 rows), with the bf16 tolerances;
    and the API at b = 64, lengths ~ N(4096, 2048). The in-kernel bounds flag is read, never asserted, here.
 3. timing: b = 128, page 64, h_q 16/64/128 at s_k 4096/8192 (fixed lengths) and h_q 16 at lengths ~ N(4096, 2048),
-   s_q 1: the FP8 path (plain loads, and TMA loads: v5_small.FP8_LOADS; fp8_gluon / fp8_ws: the Gluon FP8 tiles
-   forced, lockstep / warp-specialised), bf16 v5 and FlashMLA (when
+   s_q 1: the FP8 path (plain loads, and TMA loads: v5_small.FP8_LOADS; fp8_gluon / fp8_ws / fp8_ss: the Gluon FP8
+   tiles forced, lockstep / warp-specialised / the FP8 seesaw), bf16 v5 and FlashMLA (when
    `import flash_mla` works), each as the whole call, median of
    `triton.testing.do_bench` (L2 flushed), plus CUDA-graph replays; GB/s counts the bytes each one reads (FP8:
    656 per cached token, bf16: 1,152); ratio_vs_flashmla = FlashMLA ms / ours (the issue's targets: >= 1.5 at h16,
@@ -98,7 +99,8 @@ def main() -> None:
         return
     dev = "cpu" if args.smoke else "cuda"
     TILES = [("small", "pointer"), ("small", "tma")]  # the small tile, both load modes; the Gluon FP8 tiles
-    TILES += [] if args.smoke else [("gluon", "pointer"), ("seesaw", "pointer")]  # (lockstep, warp-specialised)
+    # (lockstep, warp-specialised, the FP8 seesaw: v5's choice above 16 rows)
+    TILES += [] if args.smoke else [("gluon", "pointer"), ("seesaw", "pointer"), ("fp8ss", "pointer")]
     TILES += [("mma", "pointer"), ("mma8", "pointer"), ("tma", "pointer")] if args.mma and not args.smoke else []
     #              the 16-row tile with 4 and 8 warps per program, fed by TMA (v5_fp8_tma.py); and warp-specialised
     #              (v5_fp8_ws16.py); dequantizing into registers (v5_fp8_reg.py: v5's choice at up to 16 rows)
@@ -270,6 +272,7 @@ def main() -> None:
         if not args.smoke:
             impls["fp8_gluon"] = lambda: fp8("gluon", "pointer")
             impls["fp8_ws"] = lambda: fp8("seesaw", "pointer")  # the warp-specialised Gluon FP8 tile
+            impls["fp8_ss"] = lambda: fp8("fp8ss", "pointer")  # the FP8 seesaw tile (v5's choice above 16 rows)
             if args.mma:
                 impls["fp8_mma"] = lambda: fp8("mma", "pointer")  # the 16-row Gluon FP8 tile
                 if args.parts:  # its parts alone (results meaningless): the page work, the products
@@ -294,6 +297,9 @@ def main() -> None:
             if args.parts:  # its parts alone (results meaningless): the dequantizing producer, the consumers' math
                 impls["fp8_ws_producer_alone"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=1))
                 impls["fp8_ws_consumers_alone"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=2))
+                # the FP8 seesaw's consumers alone, and with the raw rows copied but nothing dequantized
+                impls["fp8_ss_consumers_alone"] = lambda: fp8("fp8ss", "pointer", GluonConfig(mode=2))
+                impls["fp8_ss_no_dequant"] = lambda: fp8("fp8ss", "pointer", GluonConfig(mode=3))
                 # the consumers beside the producer's shared-memory stores only / beside the producer minus its stores
                 impls["bf16_lockstep_compute_alone"] = lambda: K.mla_decode_v5(  # the same math, bf16 tile, no loads
                     q, kc, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False,
@@ -307,7 +313,7 @@ def main() -> None:
         row["fp8_finite"] = bool(torch.isfinite(fo).all())
         row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
         # the same math, another order
-        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_mma", "fp8_mma8", "fp8_reg", "fp8_ksplit",
+        for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_ss", "fp8_mma", "fp8_mma8", "fp8_reg", "fp8_ksplit",
                       *REG_VARIANTS):
             if other in impls:
                 try:

@@ -328,31 +328,31 @@ def test_kernel_choice_routes_fp8_to_the_small_tile():
     assert path == "small" and "FP8" in reason and "Gluon" in reason
 
 
-@pytest.mark.parametrize("rows,expected", [(1, "reg"), (15, "reg"), (16, "reg"), (17, "seesaw"), (64, "seesaw"),
-                                           (256, "seesaw")])
+@pytest.mark.parametrize("rows,expected", [(1, "reg"), (15, "reg"), (16, "reg"), (17, "fp8ss"), (64, "fp8ss"),
+                                           (256, "fp8ss")])
 def test_kernel_choice_routes_fp8_by_rows_where_gluon_runs(rows, expected, monkeypatch):
     """Where the Gluon tiles can run (sm_90, Triton 3.6: faked here), an FP8 cache at up to FP8_REG_MAX_ROWS query
     rows per KV head goes to the 16-row Gluon FP8 tile that dequantizes into registers (path "reg"), more to the
-    warp-specialised one (path "seesaw"); the reason says which and why."""
+    FP8 seesaw tile (path "fp8ss"); the reason says which and why."""
     from mla_tutorial.kernels import v5
 
     monkeypatch.setattr(v5, "gluon_unavailable", lambda q, k, h_kv: None)
     q, k8, _, _ = fp8_inputs([5], 1, 16, seed=1)
     path, reason = K.kernel_choice(q, k8, rows, 1)
     assert v5.FP8_REG_MAX_ROWS == 16 and path == expected and "FP8" in reason
-    assert ("warp-specialised Gluon FP8 tile" in reason) == (expected == "seesaw")
+    assert ("FP8 seesaw tile" in reason) == (expected == "fp8ss")
     assert ("16-row Gluon FP8 tile dequantizing into registers" in reason) == (expected == "reg")
 
 
 def test_kernel_choice_routes_fp8_without_mma_v2_to_the_larger_tiles(monkeypatch):
-    """A Triton without Gluon's mma_v2 cannot build the 16-row tile: 16 rows go to the warp-specialised tile, fewer
-    to the small one."""
+    """A Triton without Gluon's mma_v2 cannot build the 16-row tile: 16 rows go to the FP8 seesaw tile, fewer to the
+    small one."""
     from mla_tutorial.kernels import v5
 
     monkeypatch.setattr(v5, "gluon_unavailable", lambda q, k, h_kv: None)
     monkeypatch.setattr(v5, "mma_v2", None)
     q, k8, _, _ = fp8_inputs([5], 1, 16, seed=1)
-    assert K.kernel_choice(q, k8, 16, 1)[0] == "seesaw"
+    assert K.kernel_choice(q, k8, 16, 1)[0] == "fp8ss"
     assert K.kernel_choice(q, k8, 8, 1)[0] == "small"
 
 
@@ -402,9 +402,9 @@ def test_fp8_refuses_a_tile_that_cannot_read_it():
 @pytest.mark.skipif(DEVICE != "cpu", reason="on an sm_90 GPU the forced Gluon FP8 tiles run")
 @pytest.mark.parametrize("path", ["seesaw", "mma", "fp8ss"])
 def test_fp8_forcing_a_gluon_fp8_tile_where_it_cannot_run_says_why(path, monkeypatch):
-    """path="seesaw" / "mma" with an FP8 cache forces the warp-specialised Gluon FP8 tile (v5_fp8_ws.py) / the
-    16-row one (v5_fp8_mma.py), which need CUDA, sm_90 and Triton 3.6: elsewhere a ValueError that says why, before
-    any output buffer is allocated."""
+    """path="seesaw" / "mma" / "fp8ss" with an FP8 cache forces the warp-specialised Gluon FP8 tile (v5_fp8_ws.py) /
+    the 16-row one (v5_fp8_mma.py) / the FP8 seesaw (v5_fp8_seesaw.py), which need CUDA, sm_90 and Triton 3.6:
+    elsewhere a ValueError that says why, before any output buffer is allocated."""
     from mla_tutorial.kernels import v5
 
     class NoAlloc:  # v5's view of torch, with the allocation the launch path makes first turned into a failure
@@ -448,15 +448,15 @@ REG_VARIANTS = {f"reg-{name}": knobs for name, knobs in v5_fp8_reg.REG_VARIANTS.
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "fp8ss", "fp8ss-t4", "mma", "mma8",
+@pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "fp8ss", "fp8ss-t1", "mma", "mma8",
                                   "tma", "ws16", "ws16w", "reg", "ksplit",
                                   *(pytest.param(v, marks=UNVERIFIED_REG_VARIANTS) for v in REG_VARIANTS)])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     """The FP8 tiles on FlashMLA's hostile lengths: the small tile with plain and TMA loads, the Gluon FP8 tile, its
     warp-specialised form (path "seesaw"; both pad fewer than 64 rows, as FlashMLA's kernel does), the bf16 seesaw
-    tile's consumers fed by a producer that dequantizes each page in place (path "fp8ss"; padded too; "fp8ss-t4":
-    with 4 scale tiles' words a producer step) and the 16-row
+    tile's consumers fed by a producer that dequantizes each page in place (path "fp8ss", v5's choice above 16 rows;
+    padded too; "fp8ss-t1": with 1 scale tile's words a producer step instead of 4) and the 16-row
     Gluon FP8 tile (path "mma": 16 rows per program, m_tiles of them; "mma8": with 8 warps per program; "tma": fed
     by TMA; "ws16": warp-specialised, "ws16w" with an 8-warp producer; "reg": dequantizing into its operand
     registers, "reg-NAME" its prepared variants; "ksplit": that tile with the warps splitting S's reduction)."""
@@ -465,9 +465,9 @@ def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
 
     for knob, value in REG_VARIANTS.get(path, {}).items():
         monkeypatch.setattr(v5_fp8_reg, knob, value)
-    if path == "fp8ss-t4":  # the FP8 seesaw tile with 4 scale tiles' words a producer step (not planned: the call
+    if path == "fp8ss-t1":  # the FP8 seesaw tile with 1 scale tile's words a producer step (not planned: the call
         # builds its own schedule)
-        monkeypatch.setattr(v5_fp8_seesaw, "TILES_PER_STEP", 4)
+        monkeypatch.setattr(v5_fp8_seesaw, "TILES_PER_STEP", 1)
         path = "fp8ss"
     tile, _, loads = ("reg", "", "") if path in REG_VARIANTS else path.partition("-")
     monkeypatch.setattr(v5_small, "FP8_LOADS", loads or "pointer")

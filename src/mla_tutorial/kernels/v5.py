@@ -12,12 +12,13 @@ Both walk v4's balanced schedule (schedule.py) and share its combine kernel. Whe
 `kernel_choice` says which runs and why. An FP8 cache (`is_fp8_kvcache=True`, FlashMLA's 656-byte rows,
 mla_tutorial/fp8.py) is read on sm_90 by a Gluon FP8 tile: at up to 16 query rows per KV head the 16-row tile that
 dequantizes into its operand registers (path "reg", v5_fp8_reg.py: mma.sync on 16 rows instead of wgmma on 64; its
-forerunners "mma", "tma", "ws16" and "ksplit" stay as paths), at more the warp-specialised one (path "seesaw",
-v5_fp8_ws.py: a dequantizing producer partition fills the bf16 slots both products of two consumer warpgroups read);
-elsewhere by the small tile, which dequantizes each key chunk on load. All keep bf16 tensor-core work after the
-dequantization. `path="gluon"` forces the lockstep Gluon FP8 tile (v5_fp8_gluon.py: the same page work in the warps
-that do the math), 6-10 % slower on the H200; `path="fp8ss"` the bf16 seesaw tile's consumers fed by a producer that
-dequantizes each page in place in its slot (v5_fp8_seesaw.py), no faster than "seesaw" (docs/fp8.md §5).
+forerunners "mma", "tma", "ws16" and "ksplit" stay as paths), at more the FP8 seesaw tile (path "fp8ss",
+v5_fp8_seesaw.py: the bf16 seesaw tile's consumers, fed by a producer warpgroup that copies each page's e4m3 words
+into its bf16 slot and dequantizes them there); elsewhere by the small tile, which dequantizes each key chunk on load.
+All keep bf16 tensor-core work after the dequantization. `path="seesaw"` with an FP8 cache forces the
+warp-specialised FP8 tile that was v5's choice above 16 rows until 2026-12-03 (v5_fp8_ws.py: a dequantizing producer
+partition fills the bf16 slots the lockstep tile's math reads; 12-18 % slower on the H200, docs/fp8.md §5),
+`path="gluon"` the lockstep Gluon FP8 tile (v5_fp8_gluon.py: the same page work in the warps that do the math).
 
 On a GPU the Python around the kernels runs once per argument signature: the first call leaves a call plan (plan.py)
 that later calls with the same shapes, strides, dtypes and scalars replay (new outputs, new addresses, the packed
@@ -101,12 +102,15 @@ FP8_GLUON_MIN_ROWS = 16
 #: 0.132 at 1024; docs/results/fp8_bench_mma_h200_2026-12-02.json), 0.205 against 0.251 at ~N(4096, 2048) lengths
 #: (docs/results/probes/fp8_reg_h200_2026-12-02.json); at 64 and 128 rows the 16-row tiles run 4 and 8 programs per
 #: page, each dequantizing it again (v5_fp8_mma.py: 0.813 and 1.500 ms against 0.297 and 0.506). Between 17 and 63
-#: rows they are not measured: the warp-specialised tile stays.
+#: rows they are not measured: the 64-row FP8 tile stays (the FP8 seesaw since 2026-12-03, the warp-specialised tile
+#: before: at 64 and 128 rows the FP8 seesaw was 12-18 % faster, docs/results/probes/fp8_seesaw_tps4_*; between 17
+#: and 63 rows neither was timed against the other).
 FP8_REG_MAX_ROWS = 16
 
 
 def kernel_choice(q: torch.Tensor, k_cache: torch.Tensor, rows_per_kv: int, h_kv: int) -> tuple[str, str]:
-    """(path, reason): which tile v5 runs for these inputs here, "seesaw", "reg", "small" or "v4", and why."""
+    """(path, reason): which tile v5 runs for these inputs here, "seesaw", "fp8ss", "reg", "small" or "v4", and
+    why."""
     if k_cache.dtype == torch.float8_e4m3fn:
         why = gluon_unavailable(q, k_cache, h_kv)
         if why is None and rows_per_kv <= FP8_REG_MAX_ROWS and mma_v2 is not None:
@@ -115,9 +119,10 @@ def kernel_choice(q: torch.Tensor, k_cache: torch.Tensor, rows_per_kv: int, h_kv
                            f"16 rows, each warp turning the e4m3 bytes its operands need into bf16 in registers: no "
                            f"bf16 page in shared memory)")
         if why is None and rows_per_kv >= FP8_GLUON_MIN_ROWS:
-            return "seesaw", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head on sm_90: the "
-                              f"warp-specialised Gluon FP8 tile (a producer partition dequantizes each page into "
-                              f"shared memory, two consumer warpgroups multiply by async wgmma)")
+            return "fp8ss", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head on sm_90: the FP8 "
+                             f"seesaw tile (the bf16 seesaw tile's two consumer warpgroups, fed by a producer "
+                             f"warpgroup that copies each page's e4m3 words into its bf16 slot and dequantizes them "
+                             f"there)")
         reason = why or f"fewer than {FP8_GLUON_MIN_ROWS} query rows per KV head"
         return "small", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head: the plain-Triton small "
                          f"tile, dequantizing each key chunk on load ({reason})")
@@ -275,8 +280,8 @@ def mla_decode_v5(
     GluonConfig for "gluon"). `error_flag` (int32 [1], set to 1 by the caller) is cleared by the kernel on a bad
     block id, instead of the device-side assertion: for callers that want to read it themselves.
     `is_fp8_kvcache`: k_cache is FlashMLA's FP8 cache, float8_e4m3fn [num_blocks, 64, h_kv, 656] (from
-    `mla_tutorial.quantize_k_cache`), q bf16; the small tile or the warp-specialised Gluon FP8 tile (path "seesaw")
-    reads it, or, forced by path="gluon", the lockstep Gluon FP8 tile.
+    `mla_tutorial.quantize_k_cache`), q bf16; the small tile, the 16-row register FP8 tile (path "reg") or the FP8
+    seesaw tile (path "fp8ss") reads it (kernel_choice), or a forced one (FP8_PATHS).
     """
     key = None
     if tile_scheduler_metadata is not None:  # (a call that builds its own schedule is never planned)
