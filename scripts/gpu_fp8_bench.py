@@ -299,7 +299,7 @@ def main() -> None:
                 impls["fp8_ws_consumers_alone"] = lambda: fp8("seesaw", "pointer", GluonConfig(mode=2))
                 # the FP8 seesaw's consumers alone, and with the raw rows copied but nothing dequantized
                 impls["fp8_ss_consumers_alone"] = lambda: fp8("fp8ss", "pointer", GluonConfig(mode=2))
-                impls["fp8_ss_no_dequant"] = lambda: fp8("fp8ss", "pointer", GluonConfig(mode=3))
+                impls["fp8_ss_no_dequant_alone"] = lambda: fp8("fp8ss", "pointer", GluonConfig(mode=3))
                 # the consumers beside the producer's shared-memory stores only / beside the producer minus its stores
                 impls["bf16_lockstep_compute_alone"] = lambda: K.mla_decode_v5(  # the same math, bf16 tile, no loads
                     q, kc, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False,

@@ -515,6 +515,7 @@ class Fp8SpeedRow:
 #: The FP8 benchmark's implementations that force a tile (the others ran v5's choice, recorded in the file).
 _FORCED_TILES = {"fp8_small": "small", "fp8_small_tma": "small", "fp8_tma": "small", "fp8_gluon": "gluon",
                  "fp8_ws": "seesaw", "fp8_ws_producer_alone": "seesaw", "fp8_ws_consumers_alone": "seesaw",
+                 "fp8_ss": "fp8ss", "fp8_ss_consumers_alone": "fp8ss", "fp8_ss_no_dequant_alone": "fp8ss",
                  "fp8_mma": "mma", "fp8_mma_page_work_alone": "mma", "fp8_mma_products_alone": "mma",
                  "fp8_mma_loads_alone": "mma", "fp8_mma_dequant_alone": "mma",
                  "fp8_mma8": "mma", "fp8_mma8_page_work_alone": "mma", "fp8_mma8_products_alone": "mma",
