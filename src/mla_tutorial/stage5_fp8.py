@@ -9,8 +9,9 @@ the cache it reads, and stage 4 already reads each byte once, so the next rung i
 656 bytes instead of 1,152 (1.76x fewer): 1.76x more tokens in the same memory, and up to 1.76x less time at the
 memory-bound shapes. The rows are quantized as they are appended (`FP8LatentCache.append`: torch ops on the new
 rows only, then the same page write as stage 3; the rest of the cache is never read or rewritten), and the kernel
-(`flash_mla_with_kvcache(..., is_fp8_kvcache=True)`, v5's small tile) multiplies each 128-value chunk by its scale
-as it loads it, so from there on it is stage 4's bf16 tensor-core attention. That dequantization is exact (an e4m3
+(`flash_mla_with_kvcache(..., is_fp8_kvcache=True)`: v5's small tile on a CPU, its Gluon FP8 tiles on Hopper)
+multiplies each 128-value chunk by its scale as it loads it, so from there on it is stage 4's bf16 tensor-core
+attention. That dequantization is exact (an e4m3
 value times a power of two is a bf16 value), so the kernel computes exactly what stage 4 would on the dequantized
 cache: all the difference between stages 4 and 5 is the rounding of c_kv to e4m3.
 
