@@ -572,10 +572,12 @@ def fp8_speed_bars(rows: Sequence[Fp8SpeedRow], ideal: dict[tuple[int, str], flo
     return _done(fig)
 
 
-#: The parts of each FP8 tile timed alone (the benchmark's impl names): its math, its page work, the tile as it runs.
-_FP8_PARTS = {"mma": ("fp8_mma_products_alone", "fp8_mma_page_work_alone", "fp8_mma"),
-              "seesaw": ("fp8_ws_consumers_alone", "fp8_ws_producer_alone", "fp8_ws")}
-_FP8_TILE_NAMES = {"mma": "16-row tile", "seesaw": "warp-specialised tile"}
+#: The parts of each FP8 tile timed alone (the benchmark's impl names): its math, its page work, its math with the raw
+#: copies but no dequantization, the tile as it runs (None: not timed for that tile).
+_FP8_PARTS = {"mma": ("fp8_mma_products_alone", "fp8_mma_page_work_alone", None, "fp8_mma"),
+              "seesaw": ("fp8_ws_consumers_alone", "fp8_ws_producer_alone", None, "fp8_ws"),
+              "fp8ss": ("fp8_ss_consumers_alone", None, "fp8_ss_no_dequant_alone", "fp8_ss")}
+_FP8_TILE_NAMES = {"mma": "16-row tile", "seesaw": "warp-specialised tile", "fp8ss": "FP8 seesaw tile"}
 #: A tile whose parts were not timed apart, and the tile whose parts stand for its own: v5_fp8_reg.py (v5's choice at
 #: up to 16 rows) runs the 16-row tile's mma.sync products on the same 16 rows; its page work is not split.
 _FP8_PARTS_OF = {"reg": "mma"}
@@ -587,16 +589,19 @@ def fp8_tile_parts(rows: Sequence[Fp8SpeedRow], targets: dict[tuple[int, str], f
     alone and FlashMLA's bf16 call; `targets` (FlashMLA ms / ours, keyed by (h_q, lengths)) draws the time each
     target asks for. The parts alone are drawn at their GPU time (Fp8SpeedRow.kernel_ms: a short part's whole call
     can be host-bound), the tile and FlashMLA at their whole call's. The tile is the one v5 chose (the "fp8" rows'
-    `tile`: the 16-row tile at h_q 16, the warp-specialised one above; where v5 runs a tile whose parts were not timed
-    apart, _FP8_PARTS_OF names the tile whose parts are drawn: at h_q 16 the 16-row tile's, v5_fp8_mma.py). Rows come
-    from fp8_speed_rows(..., parts=True)."""
+    `tile`: the register tile at h_q 16, the FP8 seesaw above since 2026-12-03, the warp-specialised tile before; where
+    v5 runs a tile whose parts were not timed apart, _FP8_PARTS_OF names the tile whose parts are drawn: at h_q 16 the
+    16-row tile's, v5_fp8_mma.py). The FP8 seesaw's page work cannot run alone (it copies into the slots the consumers
+    release): its bar in that place is its math with the raw copies and no dequantization. Rows come from
+    fp8_speed_rows(..., parts=True)."""
     plt = _plt()
     chosen = {(r.h_q, r.lengths): _FP8_PARTS_OF.get(r.tile, r.tile) for r in rows if r.impl == "fp8"}
     chosen = {shape: tile for shape, tile in chosen.items() if tile in _FP8_PARTS}
     shapes = sorted(chosen)
     generic = [("math_alone", "the math alone (the products)", "#9ecae1"),
                ("page_work_alone", "the page work alone (loads, dequantization)", "#fdae6b"),
-               ("tile", "both: the FP8 tile as it runs", STAGE_COLORS[5]),
+               ("copies_no_dequant", "the math and the raw copies, no dequantization", "#4292c6"),
+               ("tile", "all of it: the FP8 tile as it runs", STAGE_COLORS[5]),
                ("bf16_lockstep_compute_alone", "bf16 lockstep tile, math alone", STAGE_COLORS[4]),
                ("flashmla", "FlashMLA (bf16), whole call", "#222222")]
     picked = []  # each shape's rows under the generic names: the chosen tile's parts, then the references
@@ -619,7 +624,7 @@ def fp8_tile_parts(rows: Sequence[Fp8SpeedRow], targets: dict[tuple[int, str], f
     ax.set_xticks(range(len(shapes)), [f"h_q = {h}" + (", uneven lengths" if d != "fixed" else "")
                                        + f"\n{_FP8_TILE_NAMES[chosen[h, d]]}" for h, d in shapes], fontsize=8)
     ax.set(ylabel="ms per call (b = 128, s_k = 4,096)",
-           title="The FP8 tiles' parts: each alone misses the target; together they overlap only in part")
+           title="The FP8 tiles' parts, each timed alone, beside the tile as it runs and the targets' times")
     ax.title.set_fontsize(10)
     ax.legend(fontsize=7)
     return _done(fig)

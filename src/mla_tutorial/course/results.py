@@ -56,7 +56,7 @@ DECODE_PROFILE = "decode_profile_deepseek-v3_h200_2026-12-02.json"  # torch.prof
 ROOFLINE = "roofline_deepseek-v3_h200_2026-12-01.json"  # stages 2–4 under the measured ceilings
 CAPACITY = "capacity_deepseek-v3_141GB.json"  # sequences per 141 GB GPU at 32k tokens (arithmetic)
 FP8_ACCURACY = "fp8_accuracy_cpu_2026-12-01.json"  # scripts/fp8_accuracy.py (CPU)
-FP8_BENCH = "fp8_bench_tma_h200_2026-12-02.json"  # scripts/gpu_fp8_bench.py --mma --parts (H200)
+FP8_BENCH = "fp8_bench_ss_h200_2026-12-03.json"  # scripts/gpu_fp8_bench.py --mma --parts (H200; v5 on the FP8 seesaw)
 #: The 16-row FP8 tile's page work split into its loads and its dequantization, each alone (docs/results/probes/;
 #: scripts/gpu_fp8_bench.py --quick --mma --parts --heads 16, H200)
 FP8_SPLIT = "fp8_mma_page_work_split_h200_2026-12-02.json"
