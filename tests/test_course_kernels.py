@@ -65,6 +65,20 @@ def test_the_newest_v5_run_matches_the_readme_and_docs_kernel_md():
     assert (round(step.latency_ms, 3), step.kernel) == (0.448, "v5")
 
 
+def test_issue_9_targets_and_stage_5_step_match_the_readme_and_docs_fp8_md():
+    """kernels_v5_fp8ss (three rounds a shape; v5 on the FP8 seesaw above 16 rows): issue 9's ratios as fp8.md §5's
+    targets table quotes them; the decode step of stages 4 and 5 (decode_bench_fp8ss): the README's stage-5 figure."""
+    run = R.kernel_run(R.KERNELS_V5_FP8SS)
+    reached = {(t["h_q"], t["s_k"], t["lengths"]): round(t["measured"], 2) for t in run.targets if t.get("issue") == 9}
+    assert reached == {(16, 4096, "fixed"): 1.23, (16, 8192, "fixed"): 1.35, (16, 4096, "normal"): 1.19,
+                       (64, 4096, "fixed"): 0.77, (64, 8192, "fixed"): 0.74, (128, 4096, "fixed"): 0.57}
+    assert {t["v5_tile"] for t in run.targets if t.get("issue") == 9 and t["h_q"] > 16} == {"fp8ss"}
+    steps = R.decode_rows(R.DECODE_BENCH_FP8SS)
+    got = {(s, h): round(R.pick(steps, stage=s, heads=h, batch=64, graph=True).latency_ms, 3)
+           for s in (4, 5) for h in (128, 16)}
+    assert got == {(4, 128): 0.448, (4, 16): 0.281, (5, 128): 0.538, (5, 16): 0.307}
+
+
 def test_host_time_rows_match_docs_kernel_md():
     """The call plans' host time (kernel.md §13: 28-59 µs replayed, 129-282 through the full path) and, in the call
     that also timed the kernels, a replayed call shorter than its kernels and a full path longer than them."""

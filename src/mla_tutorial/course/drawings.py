@@ -533,12 +533,14 @@ def _fp8_bars(ax, rows: Sequence[Fp8SpeedRow], impls: list[tuple[str, str, str]]
     where the rows have it (ms per call), each labelled text(row); returns the bar width."""
     width = 0.8 / len(impls)
     for i, (key, label, color) in enumerate(impls):
+        labelled = False  # (the legend names each impl once, at the first shape that has it)
         for j, shape in enumerate(shapes):
             row = next((r for r in rows if (r.impl, r.h_q, r.lengths) == (key, *shape)), None)
             if row is None:
                 continue
             x = j + (i - (len(impls) - 1) / 2) * width
-            ax.bar(x, row.ms, width, color=color, label=label if j == 0 else None)
+            ax.bar(x, row.ms, width, color=color, label=None if labelled else label)
+            labelled = True
             ax.text(x, row.ms * 1.02, text(row), ha="center", va="bottom", fontsize=fontsize)
     return width
 
@@ -600,7 +602,7 @@ def fp8_tile_parts(rows: Sequence[Fp8SpeedRow], targets: dict[tuple[int, str], f
     shapes = sorted(chosen)
     generic = [("math_alone", "the math alone (the products)", "#9ecae1"),
                ("page_work_alone", "the page work alone (loads, dequantization)", "#fdae6b"),
-               ("copies_no_dequant", "the math and the raw copies, no dequantization", "#4292c6"),
+               ("copies_no_dequant", "the math and the raw copies, no dequantization", "#9467bd"),
                ("tile", "all of it: the FP8 tile as it runs", STAGE_COLORS[5]),
                ("bf16_lockstep_compute_alone", "bf16 lockstep tile, math alone", STAGE_COLORS[4]),
                ("flashmla", "FlashMLA (bf16), whole call", "#222222")]
@@ -660,7 +662,7 @@ _FP8_SEESAW_BARS = [("fp8ss_compute", "its consumers alone (no page copied)", "#
                     ("fp8ss_nodeq", "raw rows copied, nothing dequantized", "#4292c6"),
                     ("fp8ss_quarter", "a quarter of each page dequantized", "#2171b5"),
                     ("fp8ss", "the FP8 seesaw tile", "#d62728"),
-                    ("v5_fp8", "v5's FP8 choice (warp-specialised tile)", "#ff9896"),
+                    ("v5_fp8", "warp-specialised tile (v5's FP8 choice then)", "#ff9896"),
                     ("v5", "bf16 v5", "#2ca02c"),
                     ("flashmla", "FlashMLA, bf16", "#7f7f7f")]
 
