@@ -35,11 +35,14 @@
 #   consumer warps) sit between one pair's products and the next pair's scores. Loading 2 or 4 tiles' words per step
 #   (TILES_PER_STEP: 20 barriers a page instead of 32, four loads in flight) took h64 4k 0.247 → 0.225 → 0.215 ms
 #   (FlashMLA / it 0.77 with 4, against v5's choice 0.68 in the same run; probes/fp8_seesaw_steps_replanned_*);
-#   warpgroup 1 releasing A's right half first (GluonConfig(early=2)) cost 4 % (0.258). Not v5's choice yet: with 4
-#   tiles a step only h64 4k was timed and three hostile cases checked; with 1 the warp-specialised tile was equal at
-#   64 heads and 8 % faster at 128. Even with the dequantization free (mode 3) the tile reaches 1.06 of FlashMLA at
-#   h64 4k, short of issue 9's 1.2: the shared memory that keeps the raw words inside the slots also keeps their
-#   copies in series with the slots' release.
+#   warpgroup 1 releasing A's right half first (GluonConfig(early=2)) cost 4 % (0.258). With 4 tiles a step (the
+#   default since) at every shape timed above 16 rows (eighteenth session, probes/fp8_seesaw_tps4_*): h64 4k / 8k / 1k
+#   0.214 / 0.405 / 0.073 ms (FlashMLA / it 0.81 / 0.80 / 0.75), h128 4k / 8k 0.405 / 0.788 (0.64 / 0.66), s_q 2 0.827
+#   (0.58): 3-19 % ahead of v5_fp8_ws.py in the same run, so v5 routes an FP8 cache above 16 rows here; in
+#   bench --kernel, three rounds, FlashMLA / v5 FP8 0.77 / 0.74 at h64 4k / 8k, 0.57 at h128 4k
+#   (kernels_v5_fp8ss_*). Even with the dequantization free (mode 3) the tile reaches 1.06 of FlashMLA at h64 4k,
+#   short of issue 9's 1.2: the shared memory that keeps the raw words inside the slots also keeps their copies in
+#   series with the slots' release.
 """Version 5 over an FP8 cache on the seesaw tile: its consumers, and a producer warpgroup that dequantizes each page
 in place into the bf16 slot it was copied to (Hopper, Triton 3.6)."""
 
