@@ -17,7 +17,7 @@ v5_fp8_seesaw.py: the bf16 seesaw tile's consumers, fed by a producer warpgroup 
 into its bf16 slot and dequantizes them there); elsewhere by the small tile, which dequantizes each key chunk on load.
 All keep bf16 tensor-core work after the dequantization. `path="seesaw"` with an FP8 cache forces the
 warp-specialised FP8 tile that was v5's choice above 16 rows until 2026-12-03 (v5_fp8_ws.py: a dequantizing producer
-partition fills the bf16 slots the lockstep tile's math reads; 12-18 % slower on the H200, docs/fp8.md §5),
+partition fills the bf16 slots the lockstep tile's math reads; 3-19 % slower on the H200, docs/fp8.md §5),
 `path="gluon"` the lockstep Gluon FP8 tile (v5_fp8_gluon.py: the same page work in the warps that do the math).
 
 On a GPU the Python around the kernels runs once per argument signature: the first call leaves a call plan (plan.py)
@@ -103,7 +103,7 @@ FP8_GLUON_MIN_ROWS = 16
 #: (docs/results/probes/fp8_reg_h200_2026-12-02.json); at 64 and 128 rows the 16-row tiles run 4 and 8 programs per
 #: page, each dequantizing it again (v5_fp8_mma.py: 0.813 and 1.500 ms against 0.297 and 0.506). Between 17 and 63
 #: rows they are not measured: the 64-row FP8 tile stays (the FP8 seesaw since 2026-12-03, the warp-specialised tile
-#: before: at 64 and 128 rows the FP8 seesaw was 12-18 % faster, docs/results/probes/fp8_seesaw_tps4_*; between 17
+#: before: at 64 and 128 rows the FP8 seesaw was 3-19 % faster, docs/results/probes/fp8_seesaw_tps4_*; between 17
 #: and 63 rows neither was timed against the other).
 FP8_REG_MAX_ROWS = 16
 

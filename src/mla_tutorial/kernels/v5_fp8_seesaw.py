@@ -94,7 +94,7 @@ PRODUCER_WARPS = tl.constexpr(4)
 #: (168) registers hold 168·384 = 2·128·C + 128·P, so the producer's P grows by 16 per 8 that each consumer warpgroup
 #: gives up: (consumers, producer) registers for each. 1: the seesaw's consumers keep their 240 and the producer
 #: has setmaxnreg's floor, 24. 4 (the default since 2026-12-03) was the fastest at every shape timed (b 128, h_q 64
-#: s_k 1k/4k/8k, h_q 128 s_k 4k/8k, s_q 2): 12-16 % ahead of 1 (docs/results/probes/fp8_seesaw_tps4_*).
+#: s_k 1k/4k/8k, h_q 128 s_k 4k/8k, s_q 2): 10-18 % faster than 1 (docs/results/probes/fp8_seesaw_tps4_*).
 TILES_PER_STEP = 4
 STEP_REGS = {1: (240, 24), 2: (232, 40), 4: (224, 56)}
 RAW_BAR = tl.constexpr(N_BARS)  # RAW_BAR + s: slot s's raw words and scales landed
