@@ -113,10 +113,10 @@ def test_gpu_the_current_api_form_is_planned_after_its_first_call():
         K.flash_mla_with_kvcache(q_other, k, bt[:4], sl[:4], 512, sched, None)
 
 
-@pytest.mark.parametrize("fp8", [False, True])
-def test_gpu_a_planned_call_is_captured_in_a_cuda_graph(fp8):
-    q, k, bt, sl = _inputs(16, 1, fp8, seed=11)
-    meta, splits = K.get_mla_metadata(sl, 16, 1)
+@pytest.mark.parametrize("h_q,fp8", [(16, False), (16, True), (64, True)])  # (64 rows, FP8: the FP8 seesaw tile)
+def test_gpu_a_planned_call_is_captured_in_a_cuda_graph(h_q, fp8):
+    q, k, bt, sl = _inputs(h_q, 1, fp8, seed=11)
+    meta, splits = K.get_mla_metadata(sl, h_q, 1)
     static_q = q.clone()
 
     def call():
