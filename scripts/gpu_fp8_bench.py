@@ -84,7 +84,8 @@ def main() -> None:
                     help="also the 16-row Gluon FP8 tile forced (path 'mma', v5_fp8_mma.py); with --parts, its parts")
     ap.add_argument("--parts", action="store_true",
                     help="also the warp-specialised FP8 tile's parts alone (producer / consumers; results meaningless)")
-    ap.add_argument("--heads", type=int, nargs="*", help="time only these h_q (default: every shape's)")
+    ap.add_argument("--heads", type=int, nargs="*", help="time only these h_q (default: every shape's; another h_q "
+                                                         "at s_k 4096, fixed lengths)")
     ap.add_argument("--smoke", action="store_true", help="CPU, interpreter, tiny shapes: test the script itself")
     ap.add_argument("--sections", default="env,correctness,timing,fp8_configs,append",
                     help="comma-separated sections to run (default: all)")
@@ -215,8 +216,9 @@ def main() -> None:
               (64, sk2, "fixed"), (128, sk1, "fixed"), (128, sk2, "fixed")]
     if args.quick or args.smoke:
         shapes = [(16, sk1, "fixed"), (16, sk1, "normal"), (64, sk1, "fixed"), (128, sk1, "fixed")]
-    if args.heads:
-        shapes = [s for s in shapes if s[0] in args.heads]
+    if args.heads:  # (a head count no shape has: timed at s_k sk1, fixed lengths)
+        shapes = [s for s in shapes if s[0] in args.heads] + [(h, sk1, "fixed") for h in args.heads
+                                                              if h not in {s[0] for s in shapes}]
 
     def time_shape(row: dict, h_q: int, s_k: int, dist: str) -> None:
         b, s_q = row["b"], row["s_q"]
