@@ -102,9 +102,10 @@ FP8_GLUON_MIN_ROWS = 16
 #: 0.132 at 1024; docs/results/fp8_bench_mma_h200_2026-12-02.json), 0.205 against 0.251 at ~N(4096, 2048) lengths
 #: (docs/results/probes/fp8_reg_h200_2026-12-02.json); at 64 and 128 rows the 16-row tiles run 4 and 8 programs per
 #: page, each dequantizing it again (v5_fp8_mma.py: 0.813 and 1.500 ms against 0.297 and 0.506). Between 17 and 63
-#: rows they are not measured: the 64-row FP8 tile stays (the FP8 seesaw since 2026-12-03, the warp-specialised tile
-#: before: at 64 and 128 rows the FP8 seesaw was 3-19 % faster, docs/results/probes/fp8_seesaw_tps4_*; between 17
-#: and 63 rows neither was timed against the other).
+#: rows the 64-row FP8 tile runs (the FP8 seesaw since 2026-12-03, the warp-specialised tile before: at 64 and 128
+#: rows the FP8 seesaw was 3-19 % faster, docs/results/probes/fp8_seesaw_tps4_*). At 32 rows (TP 4) the FP8 seesaw
+#: took 0.212 ms, the register tile 0.216, the warp-specialised tile 0.243 (probes/fp8_bench_h32_*); other row counts
+#: between 17 and 63 are not timed.
 FP8_REG_MAX_ROWS = 16
 
 
