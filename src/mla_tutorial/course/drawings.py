@@ -527,21 +527,23 @@ def capacity_and_cost(capacity: Capacity, rows: Sequence[DecodeRow]) -> Any:
     return _done(fig)
 
 
-def _fp8_bars(ax, rows: Sequence[Fp8SpeedRow], impls: list[tuple[str, str, str]], shapes: list[tuple[int, str]],
-              text, fontsize: int) -> float:
-    """Grouped bars of the FP8 benchmark: a group per (h_q, lengths) shape, a bar per (impl, label, color) of impls
-    where the rows have it (ms per call), each labelled text(row); returns the bar width."""
+def _fp8_bars(ax, rows: Sequence[Fp8SpeedRow] | Sequence[ProbeTiming], impls: list[tuple[str, str, str]],
+              shapes: list[tuple], text, fontsize: int, shape_of=lambda r: (r.h_q, r.lengths),
+              rotation: int = 0) -> float:
+    """Grouped bars of the FP8 benchmark or an FP8 probe: a group per shape (shape_of(row): by default (h_q,
+    lengths)), a bar per (impl, label, color) of impls where the rows have it (ms per call), each labelled text(row);
+    returns the bar width."""
     width = 0.8 / len(impls)
     for i, (key, label, color) in enumerate(impls):
         labelled = False  # (the legend names each impl once, at the first shape that has it)
         for j, shape in enumerate(shapes):
-            row = next((r for r in rows if (r.impl, r.h_q, r.lengths) == (key, *shape)), None)
+            row = next((r for r in rows if r.impl == key and shape_of(r) == tuple(shape)), None)
             if row is None:
                 continue
             x = j + (i - (len(impls) - 1) / 2) * width
             ax.bar(x, row.ms, width, color=color, label=None if labelled else label)
             labelled = True
-            ax.text(x, row.ms * 1.02, text(row), ha="center", va="bottom", fontsize=fontsize)
+            ax.text(x, row.ms * 1.02, text(row), ha="center", va="bottom", fontsize=fontsize, rotation=rotation)
     return width
 
 
@@ -675,15 +677,8 @@ def fp8_seesaw_parts(rows: Sequence[ProbeTiming], targets: dict[int, float] | No
     plt = _plt()
     shapes = sorted({(r.h_q, r.s_q, r.s_k) for r in rows}, key=lambda k: (k[2] != 4096, k))
     fig, ax = plt.subplots(figsize=(10, 4.2))
-    width = 0.8 / len(_FP8_SEESAW_BARS)
-    for j, (impl, label, color) in enumerate(_FP8_SEESAW_BARS):
-        for i, shape in enumerate(shapes):
-            r = next((r for r in rows if r.impl == impl and (r.h_q, r.s_q, r.s_k) == shape), None)
-            if r is None:
-                continue
-            x = i + (j - (len(_FP8_SEESAW_BARS) - 1) / 2) * width
-            ax.bar(x, r.ms, width, color=color, label=label if i == 0 else None)
-            ax.text(x, r.ms, f"{r.vs_flashmla:.2f}", ha="center", va="bottom", fontsize=6, rotation=90)
+    _fp8_bars(ax, rows, _FP8_SEESAW_BARS, shapes, lambda r: f"{r.vs_flashmla:.2f}", 6,
+              shape_of=lambda r: (r.h_q, r.s_q, r.s_k), rotation=90)
     for i, (h_q, s_q, s_k) in enumerate(shapes):
         fm = next((r.ms for r in rows if r.impl == "flashmla" and (r.h_q, r.s_q, r.s_k) == (h_q, s_q, s_k)), None)
         if targets and h_q in targets and s_k == 4096 and s_q == 1 and fm is not None:
