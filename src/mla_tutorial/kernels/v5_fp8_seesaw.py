@@ -81,6 +81,7 @@ from .v5_seesaw import (
     READY0R,
     READY1L,
     READY1R,
+    STAT_QS,
     WS_REGS,
     _q_descriptor,
     _ss_consumer_at,
@@ -98,7 +99,18 @@ PRODUCER_WARPS = tl.constexpr(4)
 TILES_PER_STEP = 4
 STEP_REGS = {1: (240, 24), 2: (232, 40), 4: (224, 56)}
 RAW_BAR = tl.constexpr(N_BARS)  # RAW_BAR + s: slot s's raw words and scales landed
-N_ALL_BARS = tl.constexpr(N_BARS + 2)
+ROPE_BAR = tl.constexpr(N_BARS + 2)  # F16: ROPE_BAR + s: slot s's k_rope landed (bf16, converted by the producer)
+Q_RAW = tl.constexpr(N_BARS + 4)  # F16: a request's Q landed (bf16, converted by the producer)
+N_ALL_BARS = tl.constexpr(N_BARS + 5)
+#: fp16 pages (F16): the producer writes each page in fp16 instead of bf16 (e4m3 -> fp16 is one hardware conversion
+#: per two values, times the scale in fp16: 4 instructions per four values where bf16 takes 11), Q in fp16 with each
+#: row scaled by a power of two, k_rope converted in place. Exact where every scale of a key the call reads lies in
+#: [2^-15, 2^7] and every |k_rope| <= 65,504; a page outside that flags its program, and the bf16 pages then run the
+#: call again (_fs_kernel's GATED launch). Read at launch; False: bf16 pages.
+F16_PAGES = True
+#: fp16's largest finite value, and the scales whose e4m3 values times them are exact in fp16 (codes m·2^-9 at the
+#: least: m·2^-9·2^-15 is fp16's smallest subnormal step, 448·2^7 = 57,344 its range)
+F16_MAX, F16_SCALE_MIN, F16_SCALE_MAX = tl.constexpr(65504.0), tl.constexpr(2.0 ** -15), tl.constexpr(128.0)
 
 
 if gluon is not None:
@@ -127,6 +139,62 @@ if gluon is not None:
         else:
             mbarrier.expect(bar, 64 * 64 * 2)
             tma.async_copy_global_to_shared(kr_desc, [row, 264], bar, kr_buf)
+
+    @gluon.jit
+    def _fs_copy_q16(q_desc, q_smem, qr_smem, q16, qr16, stats, bars, req, begin_req, rows_per_kv, m_tiles):
+        """F16: request req's Q rows (as v5_seesaw._ss_copy_q) by TMA in bf16 into q16 / qr16 (bf16 views of q_smem /
+        qr_smem), then in place to fp16, each row times 2^k (k such that its largest |q| lands in [2^14, 2^15):
+        exact, inside fp16's range), and 2^-k into stats row STAT_QS for the consumers' softmax (ROW_SCALE)."""
+        mbarrier.wait(bars.index(Q_EMPTY), ((req - begin_req) & 1) ^ 1)  # a fresh barrier counts as released
+        q_row = req * rows_per_kv + (gl.program_id(1) % m_tiles) * 64
+        raw = bars.index(Q_RAW)
+        mbarrier.expect(raw, 9 * 64 * 64 * 2)
+        for c in gl.static_range(8):
+            tma.async_copy_global_to_shared(q_desc, [q_row, c * 64], raw, q16.slice(c * 64, 64, dim=1))
+        tma.async_copy_global_to_shared(q_desc, [q_row, 512], raw, qr16)
+        mbarrier.wait(raw, (req - begin_req) & 1)
+        lq: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PRODUCER_WARPS, 1], [1, 0])  # [16, 64]: 8 a thread
+        for rb in gl.static_range(4):  # 16 rows at a time (the producer has 56 registers)
+            amax = gl.max(gl.abs(qr16.slice(16 * rb, 16, dim=0).load(lq).to(gl.float32)), axis=1)  # [16]
+            for c in gl.static_range(8):
+                x = q16.slice(c * 64, 64, dim=1).slice(16 * rb, 16, dim=0).load(lq)
+                amax = gl.maximum(amax, gl.max(gl.abs(x.to(gl.float32)), axis=1))
+            k = 14 - (((amax.to(gl.int32, bitcast=True) >> 23) & 0xFF) - 127)  # 14 - floor(log2 amax)
+            k = gl.minimum(gl.maximum(k, -126), 126)  # (rows of zeros: 126; inf: -114)
+            f = ((k + 127) << 23).to(gl.float32, bitcast=True)[:, None]  # 2^k
+            for c in gl.static_range(8):
+                x = q16.slice(c * 64, 64, dim=1).slice(16 * rb, 16, dim=0).load(lq).to(gl.float32)
+                q_smem.slice(c * 64, 64, dim=1).slice(16 * rb, 16, dim=0).store((x * f).to(gl.float16))
+            x = qr16.slice(16 * rb, 16, dim=0).load(lq).to(gl.float32)
+            qr_smem.slice(16 * rb, 16, dim=0).store((x * f).to(gl.float16))
+            stats.index(STAT_QS).slice(16 * rb, 16).store(((127 - k) << 23).to(gl.float32, bitcast=True))  # 2^-k
+        fence_async_shared()
+        gl.thread_barrier()
+        mbarrier.arrive(bars.index(Q_READY))
+
+    @gluon.jit
+    def _fs_rope16(kr16, kr_buf, n_valid, flag_ptr):
+        """F16: a slot's k_rope (bf16, as TMA put it: kr16 is the bf16 view of kr_buf) in place to fp16; a key of the
+        page (rows < n_valid) with |k_rope| > 65,504 (inf in fp16) sets the program's range flag."""
+        lq: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PRODUCER_WARPS, 1], [1, 0])  # [16, 64]: 8 a thread
+        for rb in gl.static_range(4):
+            x = kr16.slice(16 * rb, 16, dim=0).load(lq).to(gl.float32)
+            rows = 16 * rb + gl.arange(0, 16, layout=gl.SliceLayout(1, lq))
+            over = gl.max((gl.abs(x) > F16_MAX).to(gl.int32), axis=1) != 0  # [16]: per row
+            gl.store(flag_ptr + rows * 0, 1, mask=over & (rows < n_valid))
+            kr_buf.slice(16 * rb, 16, dim=0).store(x.to(gl.float16))
+
+    @gluon.jit
+    def _fs_check_scales(s0, s1, s2, s3, rows, n_valid, flag_ptr):
+        """F16: keys (rows < n_valid) whose scales lie outside [2^-15, 2^7] (0 aside: exact) set the program's range
+        flag: their values times the scale may overflow fp16 or lose bits in it."""
+        bad = _fs_outside(s0) | _fs_outside(s1) | _fs_outside(s2) | _fs_outside(s3)
+        gl.store(flag_ptr + rows * 0, 1, mask=bad & (rows < n_valid))
+
+    @gluon.jit
+    def _fs_outside(s):
+        a = gl.abs(s)
+        return (a > F16_SCALE_MAX) | ((a < F16_SCALE_MIN) & (a != 0.0))
 
     @gluon.jit
     def _fs_scales(sc_slot, rb: gl.constexpr, rows_l: gl.constexpr):
@@ -183,7 +251,8 @@ if gluon is not None:
             _fs_put(page, wd, sc_d, D, RB)
 
     @gluon.jit
-    def _fs_dequant(k_smem, sc_smem, SLOT: gl.constexpr, MODE: gl.constexpr, TPS: gl.constexpr):
+    def _fs_dequant(k_smem, sc_smem, SLOT: gl.constexpr, MODE: gl.constexpr, TPS: gl.constexpr, n_valid, flag_ptr,
+                    F16: gl.constexpr):
         """Slot SLOT's raw words (in the half _fs_raw put them) and scales into its bf16 [64, 512] page, in place:
         16 rows at a time, scale tile by scale tile in the order that reads every word before it is overwritten
         (slot 0: tiles 3, 2, 1, 0, its words in boxes 0-3; slot 1: 0, 1, 2, 3, its words in boxes 4-7), TPS tiles'
@@ -197,6 +266,9 @@ if gluon is not None:
             page = k_smem.index(SLOT)
             for rb in gl.static_range(1 if MODE == 4 else 4):
                 s0, s1, s2, s3 = _fs_scales(sc_smem.index(SLOT), rb, gl.SliceLayout(1, ldw))
+                if F16:
+                    _fs_check_scales(s0, s1, s2, s3, 16 * rb + gl.arange(0, 16, layout=gl.SliceLayout(1, ldw)),
+                                     n_valid, flag_ptr)
                 if SLOT == 0:
                     _fs_step(boxes, page, s3, s2, s1, s0, SLOT, 3, 2, 1, 0, rb, TPS, ldw)
                 else:
@@ -215,16 +287,23 @@ if gluon is not None:
     def _fs_producer(kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb,
                      num_blocks, max_blocks, k_smem, kr_smem, sc_smem, bars, META_COLS: gl.constexpr,
                      MODE: gl.constexpr, q_desc, q_smem, qr_smem, rows_per_kv, m_tiles, Q_TMA: gl.constexpr,
-                     TPS: gl.constexpr):
+                     TPS: gl.constexpr, F16: gl.constexpr, q16, qr16, kr16, stats, flag_ptr):
         """The producer warpgroup: Q (Q_TMA) and every page of the slice into the slots, in the order the consumers
         release them (v5_seesaw._ss_producer's order), each page copied raw into its slot's first-released half and
-        dequantized once the other half is released too."""
+        dequantized once the other half is released too. F16: Q and the pages in fp16 (q16, qr16, kr16: bf16 views
+        of where TMA puts Q and k_rope before the conversion); `flag_ptr`, the program's range flag, is cleared first
+        and set by a key outside fp16's exact range."""
+        if F16:
+            gl.store(flag_ptr, 0)
+            gl.thread_barrier()  # (before any thread's flag)
         begin_req, begin_block, end_req, end_block, _ = _v5_part(meta_ptr, META_COLS)
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
         n0 = 0  # pages that went through slot 0 / slot 1 so far: their barriers' phases
         n1 = 0
         for req in range(begin_req, end_req + 1):
-            if Q_TMA:
+            if F16:
+                _fs_copy_q16(q_desc, q_smem, qr_smem, q16, qr16, stats, bars, req, begin_req, rows_per_kv, m_tiles)
+            elif Q_TMA:
                 _ss_copy_q(q_desc, q_smem, qr_smem, bars, req, begin_req, rows_per_kv, m_tiles)
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
             _v5_flag_stale(ok_ptr, req, s_k, gl.cdiv(s_k, 64), begin_req, begin_block, end_req, end_block, next_req,
@@ -245,15 +324,29 @@ if gluon is not None:
                     _fs_raw(kv_desc, sc_desc, k_smem, sc_smem, bars, 1, row_b, MODE)
                 # A: its other half (and the RoPE box, which held P_A) released, k_rope copied, the page dequantized
                 mbarrier.wait(bars.index(EMPTY0R), ph0)
-                _fs_rope(kr_desc, kr_smem.index(0), bars.index(READY0R), row_a, MODE)
+                if F16:  # (k_rope lands in bf16 on a barrier of its own, then goes to fp16 with the page)
+                    _fs_rope(kr_desc, kr16.index(0), bars.index(ROPE_BAR), row_a, MODE)
+                else:
+                    _fs_rope(kr_desc, kr_smem.index(0), bars.index(READY0R), row_a, MODE)
                 mbarrier.wait(bars.index(RAW_BAR), n0 & 1)
-                _fs_dequant(k_smem, sc_smem, 0, MODE, TPS)
+                _fs_dequant(k_smem, sc_smem, 0, MODE, TPS, s_k - a * 64, flag_ptr, F16)
+                if F16:
+                    mbarrier.wait(bars.index(ROPE_BAR), n0 & 1)
+                    if MODE != 2 and MODE != 3:
+                        _fs_rope16(kr16.index(0), kr_smem.index(0), s_k - a * 64, flag_ptr)
                 _fs_ready(bars, READY0R, READY0L)
                 if has_b:  # B: the same once warpgroup 0 releases its columns 0-255 and the RoPE box (P_B)
                     mbarrier.wait(bars.index(EMPTY1L), ph1)
-                    _fs_rope(kr_desc, kr_smem.index(1), bars.index(READY1L), row_b, MODE)
+                    if F16:
+                        _fs_rope(kr_desc, kr16.index(1), bars.index(ROPE_BAR + 1), row_b, MODE)
+                    else:
+                        _fs_rope(kr_desc, kr_smem.index(1), bars.index(READY1L), row_b, MODE)
                     mbarrier.wait(bars.index(RAW_BAR + 1), n1 & 1)
-                    _fs_dequant(k_smem, sc_smem, 1, MODE, TPS)
+                    _fs_dequant(k_smem, sc_smem, 1, MODE, TPS, s_k - (a + 1) * 64, flag_ptr, F16)
+                    if F16:
+                        mbarrier.wait(bars.index(ROPE_BAR + 1), n1 & 1)
+                        if MODE != 2 and MODE != 3:
+                            _fs_rope16(kr16.index(1), kr_smem.index(1), s_k - (a + 1) * 64, flag_ptr)
                     _fs_ready(bars, READY1L, READY1R)
                     n1 += 1
                 n0 += 1
@@ -264,42 +357,60 @@ if gluon is not None:
         part_lse_ptr, meta_ptr, num_splits_ptr, ok_ptr,
         stride_qb, stride_qs, stride_qh, stride_btb, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks,
         max_blocks,
-        qk_scale,
+        qk_scale, flags_at,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, MODE: gl.constexpr, MAX_FIRST: gl.constexpr,
         OPAQUE: gl.constexpr, Q_ASYNC: gl.constexpr, STORE_LINES: gl.constexpr, Q_TMA: gl.constexpr,
-        TPS: gl.constexpr, C_REGS: gl.constexpr, P_REGS: gl.constexpr, EARLY: gl.constexpr, num_warps: gl.constexpr,
+        TPS: gl.constexpr, C_REGS: gl.constexpr, P_REGS: gl.constexpr, EARLY: gl.constexpr, F16: gl.constexpr,
+        GATED: gl.constexpr, num_warps: gl.constexpr,
     ):
+        # the programs' range flags (F16's, one int32 each): in the partials' last slot, which no piece uses
+        flags = (part_out_ptr + flags_at).to(gl.pointer_type(gl.int32))
+        if GATED:  # bf16 pages again, only where a program of the fp16 launch before flagged a key out of range
+            n_flags = gl.num_programs(0) * gl.num_programs(1)
+            fl: gl.constexpr = gl.BlockedLayout([4], [32], [num_warps], [0])
+            i = gl.arange(0, 512, layout=fl)
+            flagged = gl.max(gl.load(flags + i, mask=i < n_flags, other=0), axis=0)
+            for start in range(512, n_flags, 512):
+                flagged = gl.maximum(flagged, gl.max(gl.load(flags + start + i, mask=start + i < n_flags, other=0),
+                                                     axis=0))
+            if flagged == 0:
+                return
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-        dtype: gl.constexpr = q_ptr.dtype.element_ty
+        dtype: gl.constexpr = gl.float16 if F16 else q_ptr.dtype.element_ty
         q_smem = gl.allocate_shared_memory(dtype, [64, 512], smem_layout)
         qr_smem = gl.allocate_shared_memory(dtype, [64, 64], smem_layout)
         k_smem = gl.allocate_shared_memory(dtype, [2, 64, 512], smem_layout)  # bf16 pages (raw words first)
         kr_smem = gl.allocate_shared_memory(dtype, [2, 64, 64], smem_layout)  # k_rope rows, then P
         sc_smem = gl.allocate_shared_memory(gl.int32, [2, 64, 4], sc_desc.layout)  # the raw scales
-        stats = gl.allocate_shared_memory(gl.float32, [N_STATS, 64],
+        stats = gl.allocate_shared_memory(gl.float32, [N_STATS + 1, 64],
                                           gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0]))
         bars = gl.allocate_shared_memory(gl.int64, [N_ALL_BARS, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(N_ALL_BARS):
             # the consumers' signals: both warpgroups where both take part; the second half of each slot (A's
             # columns 256-511, B's 0-255: the halves that hold the RoPE box) gets k_rope's TMA and the dequantization
             mbarrier.init(bars.index(i), count=2 if ((i == Q_READY and not Q_TMA) or i == Q_EMPTY or i == L_READY
-                                                     or i == READY0R or i == READY1L) else 1)
+                                                     or ((i == READY0R or i == READY1L) and not F16)) else 1)
         fence_async_shared()
+        # F16: bf16 views of where TMA puts Q and k_rope before the producer converts them in place
+        q16 = q_smem._reinterpret(gl.bfloat16, [64, 512], smem_layout)
+        qr16 = qr_smem._reinterpret(gl.bfloat16, [64, 64], smem_layout)
+        kr16 = kr_smem._reinterpret(gl.bfloat16, [2, 64, 64], smem_layout)
 
         gl.warp_specialize([
             (_ss_consumer_at, (0, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
                                CAUSAL, META_COLS, False, EARLY, ok_ptr, False, MAX_FIRST, OPAQUE,
-                               Q_ASYNC, STORE_LINES, Q_TMA)),
+                               Q_ASYNC, STORE_LINES, Q_TMA, F16)),
             (_ss_consumer_at, (1, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
                                CAUSAL, META_COLS, False, EARLY, ok_ptr, False, MAX_FIRST, OPAQUE,
-                               Q_ASYNC, STORE_LINES, Q_TMA)),
+                               Q_ASYNC, STORE_LINES, Q_TMA, F16)),
             (_fs_producer, (kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb,
                             num_blocks, max_blocks, k_smem, kr_smem, sc_smem, bars, META_COLS, MODE, q_desc, q_smem,
-                            qr_smem, rows_per_kv, m_tiles, Q_TMA, TPS)),
+                            qr_smem, rows_per_kv, m_tiles, Q_TMA, TPS, F16, q16, qr16, kr16, stats,
+                            flags + gl.program_id(1) * gl.num_programs(0) + gl.program_id(0))),
         ], [4, PRODUCER_WARPS], [C_REGS, P_REGS])
 
 
@@ -321,13 +432,20 @@ def launch_v5_fp8_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, m
     if TILES_PER_STEP not in STEP_REGS:
         raise ValueError(f"v5_fp8_seesaw.TILES_PER_STEP must be one of {sorted(STEP_REGS)}, got {TILES_PER_STEP!r}")
     c_regs, p_regs = STEP_REGS[TILES_PER_STEP]
-    _LAUNCH(
-        (meta.shape[0], m_tiles),
-        q, kv_desc, sc_desc, kr_desc, _q_descriptor(q) if switches["Q_TMA"] else kr_desc, block_table, cache_seqlens,
-        out, lse, part_out, part_lse, meta, num_splits, ok_flag,
-        q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
-        dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
-        CAUSAL=causal, META_COLS=meta.shape[1], MODE=cfg.mode, **switches,
-        TPS=TILES_PER_STEP, C_REGS=c_regs, P_REGS=p_regs, EARLY=cfg.early if cfg.early in (1, 2) else 1,
-        num_warps=4, maxnreg=WS_REGS,
-    )
+    grid = (meta.shape[0], m_tiles)
+    # the programs' range flags go to the partials' last slot (at most b + parts - 1 of the b + parts are pieces)
+    flags_at = (part_out.shape[0] - 1) * part_out.shape[1] * part_out.shape[2]
+    assert part_out.shape[1] * part_out.shape[2] >= grid[0] * grid[1], "the partials' last slot holds the flags"
+    # fp16 pages where Q comes by TMA (the producer converts it); the bf16 pages' launch after it runs the call again
+    # only if a program flagged a key outside fp16's exact range (GATED: its programs return at once otherwise)
+    f16 = F16_PAGES and switches["Q_TMA"]
+    args = (q, kv_desc, sc_desc, kr_desc, _q_descriptor(q) if switches["Q_TMA"] else kr_desc, block_table,
+            cache_seqlens, out, lse, part_out, part_lse, meta, num_splits, ok_flag,
+            q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
+            dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E, flags_at)
+    consts = dict(CAUSAL=causal, META_COLS=meta.shape[1], MODE=cfg.mode, **switches, TPS=TILES_PER_STEP,
+                  C_REGS=c_regs, P_REGS=p_regs, EARLY=cfg.early if cfg.early in (1, 2) else 1, num_warps=4,
+                  maxnreg=WS_REGS)
+    _LAUNCH(grid, *args, F16=f16, GATED=False, **consts)
+    if f16 and cfg.mode == 0:  # (the parts alone, modes 2-4, are timing probes: their results are meaningless)
+        _LAUNCH(grid, *args, F16=False, GATED=True, **consts)

@@ -104,6 +104,8 @@ N_BARS = tl.constexpr(32)
 # row statistics in shared memory (64 floats each): m_A, m_B, then the row sums at STAT_L + 2·(request parity) + WG
 STAT_M_A, STAT_M_B, STAT_L = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 N_STATS = tl.constexpr(6)
+# ROW_SCALE (the FP8 seesaw's fp16 pages, which allocate it): the factor that undoes each Q row's scaling into fp16
+STAT_QS = tl.constexpr(6)
 # the TRACE probe's buffer: int64 [programs, TRACE_PAIRS, TRACE_EVENTS] (events: scripts/gpu_seesaw_trace.py;
 # 0-31 and 34-35 cycle stamps, 32-33 nanoseconds: warpgroup 0's entry and its last store, at pair 0, as 21 and 15 in
 # cycles)
@@ -318,7 +320,7 @@ if gluon is not None:
                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
                         FINE: gl.constexpr, EARLY: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
                         MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr, Q_ASYNC: gl.constexpr,
-                        LINES: gl.constexpr = 0, Q_TMA: gl.constexpr = False,
+                        LINES: gl.constexpr = 0, Q_TMA: gl.constexpr = False, ROW_SCALE: gl.constexpr = False,
                         ):
         """Consumer warpgroup WG, EARLY choosing when warpgroup 1 releases a pair's right halves after its two last
         products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (1 is the default; the others are probes, results correct):
@@ -337,6 +339,8 @@ if gluon is not None:
         LINES: the output (or its fp32 partial) moved by shuffles to 16-byte stores first (_v5_store's LINES).
         Q_TMA: each request's Q is copied by the producer warp (TMA, issued as soon as both warpgroups are done with
         the previous request's pages, so it lands while they store): the consumers only wait for it.
+        ROW_SCALE: Q came in fp16 with each row times a power of two (the FP8 seesaw's fp16 pages): the factor that
+        undoes it (stats row STAT_QS, written by the producer with Q) multiplies the scores with the softmax scale.
         """
         _ss_stamp(trace_ptr, 0, 21 + WG, TRACE)
         if WG == 0:
@@ -382,6 +386,10 @@ if gluon is not None:
                 _ss_publish(bars.index(Q_READY))
             mbarrier.wait(bars.index(Q_READY), r & 1)
             _ss_stamp(trace_ptr, n0, 25 + 4 * WG, TRACE)
+            if ROW_SCALE:  # [64, 1]: the softmax scale times each row's 2^-k
+                qk = (qk_scale * stats.index(STAT_QS).load(s_rows))[:, None]
+            else:
+                qk = qk_scale
             for a in range(lo, hi, 2):
                 has_b = a + 1 < hi
                 ph0 = n0 & 1
@@ -399,13 +407,13 @@ if gluon is not None:
                                    trace_ptr, n0, 6, TRACE)
                     _ss_stamp(trace_ptr, n0, 1, TRACE)
                     if MAX_FIRST:  # m_A to warpgroup 1 first
-                        s = _v5_masked_scores(s, a * 64, n_visible, qk_scale, s_cols, 64)
+                        s = _v5_masked_scores(s, a * 64, n_visible, qk, s_cols, 64)
                         m_tile = gl.max(s, axis=1)
                         stats.index(STAT_M_A).store(gl.maximum(m_i, m_tile))
                         _ss_publish(bars.index(M_A_READY))
                         p, m_a, m_a_use = _v5_probs(s, m_i, m_tile)
                     else:
-                        p, m_a, m_a_use = _v5_softmax(s, a * 64, n_visible, m_i, qk_scale, s_cols, 64)
+                        p, m_a, m_a_use = _v5_softmax(s, a * 64, n_visible, m_i, qk, s_cols, 64)
                     alpha = gl.exp2(m_i - m_a_use)
                     l_i = l_i * alpha + gl.sum(p, axis=1)
                     acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
@@ -448,7 +456,7 @@ if gluon is not None:
                     m_b = m_a
                     m_b_use = gl.where(m_a == float("-inf"), 0.0, m_a)
                     if has_b:
-                        p, m_b, m_b_use = _v5_softmax(s, (a + 1) * 64, n_visible, m_a, qk_scale, s_cols, 64)
+                        p, m_b, m_b_use = _v5_softmax(s, (a + 1) * 64, n_visible, m_a, qk, s_cols, 64)
                         alpha = gl.exp2(m_i - m_b_use)
                         l_i = l_i * alpha + gl.sum(p, axis=1)
                         acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
