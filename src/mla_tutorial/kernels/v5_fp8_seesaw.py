@@ -76,12 +76,12 @@ from .v5_seesaw import (
     N_BARS,
     N_STATS,
     Q_EMPTY,
+    Q_RAW,
     Q_READY,
     READY0L,
     READY0R,
     READY1L,
     READY1R,
-    STAT_QS,
     WS_REGS,
     _q_descriptor,
     _ss_consumer_at,
@@ -98,19 +98,18 @@ PRODUCER_WARPS = tl.constexpr(4)
 #: s_k 1k/4k/8k, h_q 128 s_k 4k/8k, s_q 2): 10-18 % faster than 1 (docs/results/probes/fp8_seesaw_tps4_*).
 TILES_PER_STEP = 4
 STEP_REGS = {1: (240, 24), 2: (232, 40), 4: (224, 56)}
-RAW_BAR = tl.constexpr(N_BARS)  # RAW_BAR + s: slot s's raw words and scales landed
-ROPE_BAR = tl.constexpr(N_BARS + 2)  # F16: ROPE_BAR + s: slot s's k_rope landed (bf16, converted by the producer)
-Q_RAW = tl.constexpr(N_BARS + 4)  # F16: a request's Q landed (bf16, converted by the producer)
-N_ALL_BARS = tl.constexpr(N_BARS + 5)
+# (Q_RAW = N_BARS: F16's Q in bf16 landed, v5_seesaw's consumers convert it)
+RAW_BAR = tl.constexpr(N_BARS + 1)  # RAW_BAR + s: slot s's raw words and scales landed
+N_ALL_BARS = tl.constexpr(N_BARS + 3)
 #: fp16 pages (F16): the producer writes each page in fp16 instead of bf16 (e4m3 -> fp16 is one hardware conversion
-#: per two values, times the scale in fp16: 4 instructions per four values where bf16 takes 11), Q in fp16 with each
-#: row scaled by a power of two, k_rope converted in place. Exact where every scale of a key the call reads lies in
-#: [2^-15, 2^7] and every |k_rope| <= 65,504; a page outside that flags its program, and the bf16 pages then run the
-#: call again (_fs_kernel's GATED launch). Read at launch; False: bf16 pages.
+#: per two values, times the scale in fp16: 4 instructions per four values where bf16 takes 11) and the consumers run
+#: Q's latent part in fp16, each row scaled by a power of two (v5_seesaw's Q16); the RoPE products stay bf16. Exact
+#: where every scale of a key the call reads lies in [2^-15, 2^7]; a key outside that flags its program, and the bf16
+#: pages then run the call again (_fs_kernel's GATED launch). Read at launch; False: bf16 pages.
 F16_PAGES = True
-#: fp16's largest finite value, and the scales whose e4m3 values times them are exact in fp16 (codes m·2^-9 at the
-#: least: m·2^-9·2^-15 is fp16's smallest subnormal step, 448·2^7 = 57,344 its range)
-F16_MAX, F16_SCALE_MIN, F16_SCALE_MAX = tl.constexpr(65504.0), tl.constexpr(2.0 ** -15), tl.constexpr(128.0)
+#: the scales whose e4m3 values times them are exact in fp16 (codes m·2^-9 at the least: m·2^-9·2^-15 is fp16's
+#: smallest subnormal step; 448·2^7 = 57,344 is inside its range, 448·2^8 is not)
+F16_SCALE_MIN, F16_SCALE_MAX = tl.constexpr(2.0 ** -15), tl.constexpr(128.0)
 
 
 if gluon is not None:
@@ -139,50 +138,6 @@ if gluon is not None:
         else:
             mbarrier.expect(bar, 64 * 64 * 2)
             tma.async_copy_global_to_shared(kr_desc, [row, 264], bar, kr_buf)
-
-    @gluon.jit
-    def _fs_copy_q16(q_desc, q_smem, qr_smem, q16, qr16, stats, bars, req, begin_req, rows_per_kv, m_tiles):
-        """F16: request req's Q rows (as v5_seesaw._ss_copy_q) by TMA in bf16 into q16 / qr16 (bf16 views of q_smem /
-        qr_smem), then in place to fp16, each row times 2^k (k such that its largest |q| lands in [2^14, 2^15):
-        exact, inside fp16's range), and 2^-k into stats row STAT_QS for the consumers' softmax (ROW_SCALE)."""
-        mbarrier.wait(bars.index(Q_EMPTY), ((req - begin_req) & 1) ^ 1)  # a fresh barrier counts as released
-        q_row = req * rows_per_kv + (gl.program_id(1) % m_tiles) * 64
-        raw = bars.index(Q_RAW)
-        mbarrier.expect(raw, 9 * 64 * 64 * 2)
-        for c in gl.static_range(8):
-            tma.async_copy_global_to_shared(q_desc, [q_row, c * 64], raw, q16.slice(c * 64, 64, dim=1))
-        tma.async_copy_global_to_shared(q_desc, [q_row, 512], raw, qr16)
-        mbarrier.wait(raw, (req - begin_req) & 1)
-        lq: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PRODUCER_WARPS, 1], [1, 0])  # [16, 64]: 8 a thread
-        for rb in gl.static_range(4):  # 16 rows at a time (the producer has 56 registers)
-            amax = gl.max(gl.abs(qr16.slice(16 * rb, 16, dim=0).load(lq).to(gl.float32)), axis=1)  # [16]
-            for c in gl.static_range(8):
-                x = q16.slice(c * 64, 64, dim=1).slice(16 * rb, 16, dim=0).load(lq)
-                amax = gl.maximum(amax, gl.max(gl.abs(x.to(gl.float32)), axis=1))
-            k = 14 - (((amax.to(gl.int32, bitcast=True) >> 23) & 0xFF) - 127)  # 14 - floor(log2 amax)
-            k = gl.minimum(gl.maximum(k, -126), 126)  # (rows of zeros: 126; inf: -114)
-            f = ((k + 127) << 23).to(gl.float32, bitcast=True)[:, None]  # 2^k
-            for c in gl.static_range(8):
-                x = q16.slice(c * 64, 64, dim=1).slice(16 * rb, 16, dim=0).load(lq).to(gl.float32)
-                q_smem.slice(c * 64, 64, dim=1).slice(16 * rb, 16, dim=0).store((x * f).to(gl.float16))
-            x = qr16.slice(16 * rb, 16, dim=0).load(lq).to(gl.float32)
-            qr_smem.slice(16 * rb, 16, dim=0).store((x * f).to(gl.float16))
-            stats.index(STAT_QS).slice(16 * rb, 16).store(((127 - k) << 23).to(gl.float32, bitcast=True))  # 2^-k
-        fence_async_shared()
-        gl.thread_barrier()
-        mbarrier.arrive(bars.index(Q_READY))
-
-    @gluon.jit
-    def _fs_rope16(kr16, kr_buf, n_valid, flag_ptr):
-        """F16: a slot's k_rope (bf16, as TMA put it: kr16 is the bf16 view of kr_buf) in place to fp16; a key of the
-        page (rows < n_valid) with |k_rope| > 65,504 (inf in fp16) sets the program's range flag."""
-        lq: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PRODUCER_WARPS, 1], [1, 0])  # [16, 64]: 8 a thread
-        for rb in gl.static_range(4):
-            x = kr16.slice(16 * rb, 16, dim=0).load(lq).to(gl.float32)
-            rows = 16 * rb + gl.arange(0, 16, layout=gl.SliceLayout(1, lq))
-            over = gl.max((gl.abs(x) > F16_MAX).to(gl.int32), axis=1) != 0  # [16]: per row
-            gl.store(flag_ptr + rows * 0, 1, mask=over & (rows < n_valid))
-            kr_buf.slice(16 * rb, 16, dim=0).store(x.to(gl.float16))
 
     @gluon.jit
     def _fs_check_scales(s0, s1, s2, s3, rows, n_valid, flag_ptr):
@@ -287,11 +242,11 @@ if gluon is not None:
     def _fs_producer(kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb,
                      num_blocks, max_blocks, k_smem, kr_smem, sc_smem, bars, META_COLS: gl.constexpr,
                      MODE: gl.constexpr, q_desc, q_smem, qr_smem, rows_per_kv, m_tiles, Q_TMA: gl.constexpr,
-                     TPS: gl.constexpr, F16: gl.constexpr, q16, qr16, kr16, stats, flag_ptr):
+                     TPS: gl.constexpr, F16: gl.constexpr, q16, flag_ptr):
         """The producer warpgroup: Q (Q_TMA) and every page of the slice into the slots, in the order the consumers
         release them (v5_seesaw._ss_producer's order), each page copied raw into its slot's first-released half and
-        dequantized once the other half is released too. F16: Q and the pages in fp16 (q16, qr16, kr16: bf16 views
-        of where TMA puts Q and k_rope before the conversion); `flag_ptr`, the program's range flag, is cleared first
+        dequantized once the other half is released too. F16: the pages in fp16, Q copied in bf16 into q16 (a bf16
+        view of q_smem) on Q_RAW for the consumers to convert; `flag_ptr`, the program's range flag, is cleared first
         and set by a key outside fp16's exact range."""
         if F16:
             gl.store(flag_ptr, 0)
@@ -302,9 +257,9 @@ if gluon is not None:
         n1 = 0
         for req in range(begin_req, end_req + 1):
             if F16:
-                _fs_copy_q16(q_desc, q_smem, qr_smem, q16, qr16, stats, bars, req, begin_req, rows_per_kv, m_tiles)
+                _ss_copy_q(q_desc, q16, qr_smem, bars, req, begin_req, rows_per_kv, m_tiles, Q_RAW)
             elif Q_TMA:
-                _ss_copy_q(q_desc, q_smem, qr_smem, bars, req, begin_req, rows_per_kv, m_tiles)
+                _ss_copy_q(q_desc, q_smem, qr_smem, bars, req, begin_req, rows_per_kv, m_tiles, Q_READY)
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
             _v5_flag_stale(ok_ptr, req, s_k, gl.cdiv(s_k, 64), begin_req, begin_block, end_req, end_block, next_req,
                            next_block, max_blocks)
@@ -324,29 +279,15 @@ if gluon is not None:
                     _fs_raw(kv_desc, sc_desc, k_smem, sc_smem, bars, 1, row_b, MODE)
                 # A: its other half (and the RoPE box, which held P_A) released, k_rope copied, the page dequantized
                 mbarrier.wait(bars.index(EMPTY0R), ph0)
-                if F16:  # (k_rope lands in bf16 on a barrier of its own, then goes to fp16 with the page)
-                    _fs_rope(kr_desc, kr16.index(0), bars.index(ROPE_BAR), row_a, MODE)
-                else:
-                    _fs_rope(kr_desc, kr_smem.index(0), bars.index(READY0R), row_a, MODE)
+                _fs_rope(kr_desc, kr_smem.index(0), bars.index(READY0R), row_a, MODE)
                 mbarrier.wait(bars.index(RAW_BAR), n0 & 1)
                 _fs_dequant(k_smem, sc_smem, 0, MODE, TPS, s_k - a * 64, flag_ptr, F16)
-                if F16:
-                    mbarrier.wait(bars.index(ROPE_BAR), n0 & 1)
-                    if MODE != 2 and MODE != 3:
-                        _fs_rope16(kr16.index(0), kr_smem.index(0), s_k - a * 64, flag_ptr)
                 _fs_ready(bars, READY0R, READY0L)
                 if has_b:  # B: the same once warpgroup 0 releases its columns 0-255 and the RoPE box (P_B)
                     mbarrier.wait(bars.index(EMPTY1L), ph1)
-                    if F16:
-                        _fs_rope(kr_desc, kr16.index(1), bars.index(ROPE_BAR + 1), row_b, MODE)
-                    else:
-                        _fs_rope(kr_desc, kr_smem.index(1), bars.index(READY1L), row_b, MODE)
+                    _fs_rope(kr_desc, kr_smem.index(1), bars.index(READY1L), row_b, MODE)
                     mbarrier.wait(bars.index(RAW_BAR + 1), n1 & 1)
                     _fs_dequant(k_smem, sc_smem, 1, MODE, TPS, s_k - (a + 1) * 64, flag_ptr, F16)
-                    if F16:
-                        mbarrier.wait(bars.index(ROPE_BAR + 1), n1 & 1)
-                        if MODE != 2 and MODE != 3:
-                            _fs_rope16(kr16.index(1), kr_smem.index(1), s_k - (a + 1) * 64, flag_ptr)
                     _fs_ready(bars, READY1L, READY1R)
                     n1 += 1
                 n0 += 1
@@ -376,11 +317,11 @@ if gluon is not None:
             if flagged == 0:
                 return
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-        dtype: gl.constexpr = gl.float16 if F16 else q_ptr.dtype.element_ty
+        dtype: gl.constexpr = gl.float16 if F16 else q_ptr.dtype.element_ty  # Q's latent part and the pages
         q_smem = gl.allocate_shared_memory(dtype, [64, 512], smem_layout)
-        qr_smem = gl.allocate_shared_memory(dtype, [64, 64], smem_layout)
-        k_smem = gl.allocate_shared_memory(dtype, [2, 64, 512], smem_layout)  # bf16 pages (raw words first)
-        kr_smem = gl.allocate_shared_memory(dtype, [2, 64, 64], smem_layout)  # k_rope rows, then P
+        qr_smem = gl.allocate_shared_memory(q_ptr.dtype.element_ty, [64, 64], smem_layout)
+        k_smem = gl.allocate_shared_memory(dtype, [2, 64, 512], smem_layout)  # bf16 / fp16 pages (raw words first)
+        kr_smem = gl.allocate_shared_memory(q_ptr.dtype.element_ty, [2, 64, 64], smem_layout)  # k_rope, then P
         sc_smem = gl.allocate_shared_memory(gl.int32, [2, 64, 4], sc_desc.layout)  # the raw scales
         stats = gl.allocate_shared_memory(gl.float32, [N_STATS + 1, 64],
                                           gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0]))
@@ -388,13 +329,11 @@ if gluon is not None:
         for i in gl.static_range(N_ALL_BARS):
             # the consumers' signals: both warpgroups where both take part; the second half of each slot (A's
             # columns 256-511, B's 0-255: the halves that hold the RoPE box) gets k_rope's TMA and the dequantization
-            mbarrier.init(bars.index(i), count=2 if ((i == Q_READY and not Q_TMA) or i == Q_EMPTY or i == L_READY
-                                                     or ((i == READY0R or i == READY1L) and not F16)) else 1)
+            # (Q_READY: both consumers' arrivals where they load Q or convert it, F16)
+            mbarrier.init(bars.index(i), count=2 if ((i == Q_READY and (F16 or not Q_TMA)) or i == Q_EMPTY
+                                                     or i == L_READY or i == READY0R or i == READY1L) else 1)
         fence_async_shared()
-        # F16: bf16 views of where TMA puts Q and k_rope before the producer converts them in place
-        q16 = q_smem._reinterpret(gl.bfloat16, [64, 512], smem_layout)
-        qr16 = qr_smem._reinterpret(gl.bfloat16, [64, 64], smem_layout)
-        kr16 = kr_smem._reinterpret(gl.bfloat16, [2, 64, 64], smem_layout)
+        q16 = q_smem._reinterpret(q_ptr.dtype.element_ty, [64, 512], smem_layout)  # F16: where TMA puts Q
 
         gl.warp_specialize([
             (_ss_consumer_at, (0, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
@@ -409,7 +348,7 @@ if gluon is not None:
                                Q_ASYNC, STORE_LINES, Q_TMA, F16)),
             (_fs_producer, (kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb,
                             num_blocks, max_blocks, k_smem, kr_smem, sc_smem, bars, META_COLS, MODE, q_desc, q_smem,
-                            qr_smem, rows_per_kv, m_tiles, Q_TMA, TPS, F16, q16, qr16, kr16, stats,
+                            qr_smem, rows_per_kv, m_tiles, Q_TMA, TPS, F16, q16,
                             flags + gl.program_id(1) * gl.num_programs(0) + gl.program_id(0))),
         ], [4, PRODUCER_WARPS], [C_REGS, P_REGS])
 
