@@ -106,11 +106,11 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
     return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": ss.WS_REGS})
 
 
-def compile_fp8_seesaw(causal: bool = False, mode: int = 0, tps: int = 1, early: int = 1, f16: bool = False,
+def compile_fp8_seesaw(causal: bool = False, mode: int = 0, tps: int = 1, early: int = 1, f16: int = 0,
                        gated: bool = False):
     """The FP8 seesaw tile (v5_fp8_seesaw.py) with v5's switches (MAX_FIRST, OPAQUE, Q_ASYNC, LINES 1, Q_TMA), tps
-    scale tiles a producer step (its TILES_PER_STEP); f16: fp16 pages (F16); gated: the bf16 pages' launch that runs
-    only after a range flag (GATED)."""
+    scale tiles a producer step (its TILES_PER_STEP); f16: fp16 pages (F16: 1 converted by cvt, 2 by shifts);
+    gated: the bf16 pages' launch that runs only after a range flag (GATED)."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from mla_tutorial.kernels import v5_fp8_seesaw as fs
@@ -341,14 +341,15 @@ def main() -> None:
                                     lines=0 if "narrow" in opts else 2 if "outonly" in opts else 1,
                                     q_tma="qtma" in opts)
                 print(f"{name} causal={causal}: {report(f'{base}{early}_c{int(causal)}', ck, workdir)}")
-        elif name.startswith("fss"):  # the FP8 seesaw tile (v5_fp8_seesaw.py): fss[TPS][-e2][-f16|-gated][:MODE]
-            base, _, mode = name.partition(":")  # (-e2: EARLY 2; -f16: fp16 pages; -gated: the bf16 fallback launch)
+        elif name.startswith("fss"):  # the FP8 seesaw tile (v5_fp8_seesaw.py): fss[TPS][-e2][-f16|-shift|-gated][:MODE]
+            base, _, mode = name.partition(":")  # (-e2: EARLY 2; -f16 / -shift: fp16 pages by cvt / shifts; -gated:
+            #                                       the bf16 pages' launch after a range flag)
             base, *opts = base.split("-")
             early = next((int(o[1:]) for o in opts if o.startswith("e")), 1)
             mode, tps = int(mode or 0), int(base[3:] or 1)
             for causal in (False, True):
-                ck = compile_fp8_seesaw(causal=causal, mode=mode, tps=tps, early=early, f16="f16" in opts,
-                                        gated="gated" in opts)
+                f16 = 1 if "f16" in opts else 2 if "shift" in opts else 0
+                ck = compile_fp8_seesaw(causal=causal, mode=mode, tps=tps, early=early, f16=f16, gated="gated" in opts)
                 tag = "".join(f"_{o}" for o in opts)
                 print(f"{name} causal={causal}: {report(f'fss{tps}{tag}_{mode}_c{int(causal)}', ck, workdir)}")
         elif name.startswith("combine"):  # the combine kernel: combine[:ROWS,BLOCK_D,SPLITS] (default: its own)

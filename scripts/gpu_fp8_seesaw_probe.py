@@ -32,14 +32,15 @@ CASES = [(LENGTHS, 1, 64, False), (LENGTHS, 2, 128, True), (LENGTHS, 1, 128, Fal
          ([5000] * 3 + [0] * 2, 1, 128, False)]
 
 
-def check(path: str = "fp8ss", config=None, tps: int = 4, f16: bool = True) -> list[dict]:
+def check(path: str = "fp8ss", config=None, tps: int = 4, f16: bool = True, convert: str = "cvt") -> list[dict]:
     from test_fp8 import check_fp8, fp8_inputs
 
     results = []
     v5_fp8_seesaw.TILES_PER_STEP = tps
-    v5_fp8_seesaw.F16_PAGES = f16
+    v5_fp8_seesaw.F16_PAGES, v5_fp8_seesaw.F16_CONVERT = f16, convert
+    pages = f"fp16 pages ({convert})" if f16 else "bf16 pages"
     for i, (lens, s_q, h_q, causal) in enumerate(CASES):
-        name = (f"{path}{config_tag(config, ' ')} tps={tps} {'fp16' if f16 else 'bf16'} pages b={len(lens)} "
+        name = (f"{path}{config_tag(config, ' ')} tps={tps} {pages} b={len(lens)} "
                 f"s_q={s_q} h_q={h_q} causal={causal}")
         q, k8, bt, sl = fp8_inputs(lens, s_q, h_q, seed=i, poison_bytes=True)
         results.append(checked_case(name, functools.partial(check_fp8, q, k8, bt, sl, causal, path=path,
@@ -59,14 +60,17 @@ SHAPES = [(128, 64, 1, 4096, "fixed"), (128, 64, 1, 8192, "fixed"), (128, 128, 1
 VARIANTS = {"early2": {"early": 2}, "nodeq": {"mode": 3}, "quarter": {"mode": 4}}
 
 
-def _with_tps(tps, fn, f16=True):
-    """fn with v5_fp8_seesaw.TILES_PER_STEP = tps and F16_PAGES = f16 during the call (read at launch). A call plan
-    (kernels/plan.py) replays the launches it recorded, whatever the knobs say now, so the plans are dropped whenever
-    a knob changes (the next call of each shape takes the full path again and records a plan with the new values)."""
+def _with_tps(tps, fn, f16=True, convert="cvt"):
+    """fn with v5_fp8_seesaw.TILES_PER_STEP = tps, F16_PAGES = f16 and F16_CONVERT = convert during the call (read at
+    launch). A call plan (kernels/plan.py) replays the launches it recorded, whatever the knobs say now, so the plans
+    are dropped whenever a knob changes (the next call of each shape takes the full path again and records a plan
+    with the new values)."""
+    knobs = (tps, f16, convert)
+
     def run():
-        if (v5_fp8_seesaw.TILES_PER_STEP, v5_fp8_seesaw.F16_PAGES) != (tps, f16):
+        if (v5_fp8_seesaw.TILES_PER_STEP, v5_fp8_seesaw.F16_PAGES, v5_fp8_seesaw.F16_CONVERT) != knobs:
             clear_plans()
-            v5_fp8_seesaw.TILES_PER_STEP, v5_fp8_seesaw.F16_PAGES = tps, f16
+            v5_fp8_seesaw.TILES_PER_STEP, v5_fp8_seesaw.F16_PAGES, v5_fp8_seesaw.F16_CONVERT = knobs
         return fn()
     return run
 
@@ -78,10 +82,13 @@ def _impls(fm, args, k8, causal, meta, splits, tps_variants=(), variants=()) -> 
     impls = {
         "fp8ss": _with_tps(4, ss),  # fp16 pages (F16_PAGES, the default since 2026-12-03's nineteenth session)
         "fp8ss_bf16": _with_tps(4, ss, f16=False),
+        "fp8ss_shift": _with_tps(4, ss, convert="shift"),
         **{f"fp8ss_t{t}": _with_tps(t, ss) for t in tps_variants},
         **{f"fp8ss_{n}": _with_tps(4, lambda c=VARIANTS[n]: ss(config=GluonConfig(**c))) for n in variants},
         **{f"fp8ss_bf16_{n}": _with_tps(4, lambda c=VARIANTS[n]: ss(config=GluonConfig(**c)), f16=False)
            for n in variants},
+        **{f"fp8ss_shift_{n}": _with_tps(4, lambda c=VARIANTS[n]: ss(config=GluonConfig(**c)), convert="shift")
+           for n in variants if n == "quarter"},
         "fp8ss_compute": _with_tps(4, lambda: ss(config=GluonConfig(mode=2))),
         "v5_fp8": _with_tps(4, lambda: mla_decode_v5(*fargs, is_fp8_kvcache=True, **kw)),
         "v5": lambda: mla_decode_v5(*args, **kw),
@@ -139,7 +146,8 @@ def main() -> int:
     variants = [n for n in args.variants.split(",") if n]
     if any(n not in VARIANTS for n in variants):
         ap.error(f"--variants: unknown {[n for n in variants if n not in VARIANTS]}; VARIANTS are {list(VARIANTS)}")
-    return run_probe(args, "fp8ss", lambda: check() + check(f16=False) + sum((check(tps=t) for t in tps), []) + (
+    return run_probe(args, "fp8ss", lambda: check() + check(f16=False) + check(convert="shift") + sum(
+        (check(tps=t) for t in tps), []) + (
         check(config=GluonConfig(early=2)) if args.check_early2 else []),
         lambda roof: timing(roof, shapes, tps, variants))
 

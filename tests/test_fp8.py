@@ -449,7 +449,7 @@ REG_VARIANTS = {f"reg-{name}": knobs for name, knobs in v5_fp8_reg.REG_VARIANTS.
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "fp8ss", "fp8ss-t1", "fp8ss-bf16",
-                                  "mma", "mma8",
+                                  "fp8ss-shift", "mma", "mma8",
                                   "tma", "ws16", "ws16w", "reg", "ksplit",
                                   *(pytest.param(v, marks=UNVERIFIED_REG_VARIANTS) for v in REG_VARIANTS)])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
@@ -458,7 +458,7 @@ def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     warp-specialised form (path "seesaw"; both pad fewer than 64 rows, as FlashMLA's kernel does), the bf16 seesaw
     tile's consumers fed by a producer that dequantizes each page in place (path "fp8ss", v5's choice above 16 rows;
     padded too, its pages in fp16; "fp8ss-t1": with 1 scale tile's words a producer step instead of 4; "fp8ss-bf16":
-    with bf16 pages) and the 16-row
+    with bf16 pages; "fp8ss-shift": fp16 pages converted by shifts) and the 16-row
     Gluon FP8 tile (path "mma": 16 rows per program, m_tiles of them; "mma8": with 8 warps per program; "tma": fed
     by TMA; "ws16": warp-specialised, "ws16w" with an 8-warp producer; "reg": dequantizing into its operand
     registers, "reg-NAME" its prepared variants; "ksplit": that tile with the warps splitting S's reduction)."""
@@ -471,8 +471,9 @@ def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
         # builds its own schedule)
         monkeypatch.setattr(v5_fp8_seesaw, "TILES_PER_STEP", 1)
         path = "fp8ss"
-    if path == "fp8ss-bf16":  # the FP8 seesaw tile with bf16 pages (F16_PAGES off)
-        monkeypatch.setattr(v5_fp8_seesaw, "F16_PAGES", False)
+    if path in ("fp8ss-bf16", "fp8ss-shift"):  # bf16 pages (F16_PAGES off) / fp16 pages converted by shifts
+        monkeypatch.setattr(v5_fp8_seesaw, "F16_PAGES", path == "fp8ss-shift")
+        monkeypatch.setattr(v5_fp8_seesaw, "F16_CONVERT", "shift")
         path = "fp8ss"
     tile, _, loads = ("reg", "", "") if path in REG_VARIANTS else path.partition("-")
     monkeypatch.setattr(v5_small, "FP8_LOADS", loads or "pointer")
@@ -506,16 +507,20 @@ def test_gpu_fp8_reg_wide_ranges(path, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("convert", ["cvt", "shift"])
 @pytest.mark.parametrize("hazard", ["none", "big-scale", "tiny-scale", "big-rope", "big-unread"])
-def test_gpu_fp8ss_fp16_pages_ranges(hazard, monkeypatch):
+def test_gpu_fp8ss_fp16_pages_ranges(hazard, convert, monkeypatch):
     """The FP8 seesaw tile's fp16 pages (v5_fp8_seesaw.F16_PAGES) on query rows with |q| from 2^-20 to 2^20 (each row
     scaled into fp16 by a power of two, the scores scaled back) and cache rows scaled by 2^-8 .. 2^10 per token, all
     scales inside [2^-15, 2^7]: "none" runs in fp16 and agrees with the reference, and its result is not the bf16
     pages' (their P rounds differently), so the fp16 launch's result is the one returned. One key the call reads with
-    a tile scale above 2^7 (a value past 57,344: "big-scale"), a scale below 2^-15 ("tiny-scale", written into the
-    cache) or a |k_rope| past 65,504 ("big-rope") flags its program: the bf16 pages run the call again, and the result
-    is theirs bit for bit. The same values in a row past the request's length ("big-unread") flag nothing."""
+    a tile scale above 2^7 (a value past 57,344: "big-scale") or below 2^-15 ("tiny-scale", written into the cache)
+    flags its program: the bf16 pages run the call again, and the result is theirs bit for bit. k_rope stays bf16, so
+    a |k_rope| past fp16's 65,504 ("big-rope") flags nothing, and the same values in a row past the request's length
+    ("big-unread") neither. Both conversions (F16_CONVERT)."""
     from mla_tutorial.kernels import v5_fp8_seesaw
+
+    monkeypatch.setattr(v5_fp8_seesaw, "F16_CONVERT", convert)
 
     q, k_cache, block_table, seqlens = make_inputs([1, 65, 300, 4096], 1, 64, 1, torch.bfloat16, seed=37)
     gen = torch.Generator().manual_seed(37)
@@ -539,7 +544,7 @@ def test_gpu_fp8ss_fp16_pages_ranges(hazard, monkeypatch):
     monkeypatch.setattr(v5_fp8_seesaw, "F16_PAGES", False)
     out, lse = K.mla_decode_v5(q, k8, block_table, seqlens, 512, is_fp8_kvcache=True, path="fp8ss")
     same = torch.equal(out16, out) and torch.equal(lse16, lse)
-    assert same == (hazard not in ("none", "big-unread")), f"{hazard}: fp16 result kept = {not same}"
+    assert same == (hazard in ("big-scale", "tiny-scale")), f"{hazard}: fp16 result kept = {not same}"
 
 
 @pytest.mark.gpu

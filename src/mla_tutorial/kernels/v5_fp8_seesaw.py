@@ -107,6 +107,8 @@ N_ALL_BARS = tl.constexpr(N_BARS + 3)
 #: where every scale of a key the call reads lies in [2^-15, 2^7]; a key outside that flags its program, and the bf16
 #: pages then run the call again (_fs_kernel's GATED launch). Read at launch; False: bf16 pages.
 F16_PAGES = True
+#: F16_PAGES' conversion: "cvt" (cvt.rn.f16x2.e4m3x2) or "shift" (v5_fp8_gluon._E4M3X4_F16_SHIFT_TIMES_SCALE)
+F16_CONVERT = "cvt"
 #: the scales whose e4m3 values times them are exact in fp16 (codes m·2^-9 at the least: m·2^-9·2^-15 is fp16's
 #: smallest subnormal step; 448·2^7 = 57,344 is inside its range, 448·2^8 is not)
 F16_SCALE_MIN, F16_SCALE_MAX = tl.constexpr(2.0 ** -15), tl.constexpr(128.0)
@@ -170,40 +172,41 @@ if gluon is not None:
         return boxes.index(12 * SLOT + T).slice(16 * RB, 16, dim=0).load(ldw)
 
     @gluon.jit
-    def _fs_put(page, w, sc, T: gl.constexpr, RB: gl.constexpr):
+    def _fs_put(page, w, sc, T: gl.constexpr, RB: gl.constexpr, F16: gl.constexpr):
         """Words w of rows 16·RB .. 16·RB + 15 of scale tile T times the rows' scales `sc`, into columns
-        128·T .. 128·T + 127 of the bf16 page."""
-        _fp8_chunk(page.slice(128 * T, 128, dim=1).slice(16 * RB, 16, dim=0), w, sc, page.dtype)
+        128·T .. 128·T + 127 of the bf16 (fp16) page; F16 2: by shifts instead of the conversion unit."""
+        _fp8_chunk(page.slice(128 * T, 128, dim=1).slice(16 * RB, 16, dim=0), w, sc, page.dtype, F16 == 2)
 
     @gluon.jit
     def _fs_step(boxes, page, sc_a, sc_b, sc_c, sc_d, SLOT: gl.constexpr, A: gl.constexpr, B: gl.constexpr,
-                 C: gl.constexpr, D: gl.constexpr, RB: gl.constexpr, TPS: gl.constexpr, ldw: gl.constexpr):
+                 C: gl.constexpr, D: gl.constexpr, RB: gl.constexpr, TPS: gl.constexpr, ldw: gl.constexpr,
+                 F16: gl.constexpr):
         """Tiles A, B, C, D (in this order) of a 16-row block, TPS tiles' words loaded before their stores (Triton's
         barrier analysis puts a barrier between a step's loads and its stores, and between its stores and the next
         step's loads: the words and the page are one allocation)."""
         if TPS == 1:
-            _fs_put(page, _fs_words(boxes, SLOT, A, RB, ldw), sc_a, A, RB)
-            _fs_put(page, _fs_words(boxes, SLOT, B, RB, ldw), sc_b, B, RB)
-            _fs_put(page, _fs_words(boxes, SLOT, C, RB, ldw), sc_c, C, RB)
-            _fs_put(page, _fs_words(boxes, SLOT, D, RB, ldw), sc_d, D, RB)
+            _fs_put(page, _fs_words(boxes, SLOT, A, RB, ldw), sc_a, A, RB, F16)
+            _fs_put(page, _fs_words(boxes, SLOT, B, RB, ldw), sc_b, B, RB, F16)
+            _fs_put(page, _fs_words(boxes, SLOT, C, RB, ldw), sc_c, C, RB, F16)
+            _fs_put(page, _fs_words(boxes, SLOT, D, RB, ldw), sc_d, D, RB, F16)
         elif TPS == 2:
             wa = _fs_words(boxes, SLOT, A, RB, ldw)
             wb = _fs_words(boxes, SLOT, B, RB, ldw)
-            _fs_put(page, wa, sc_a, A, RB)
-            _fs_put(page, wb, sc_b, B, RB)
+            _fs_put(page, wa, sc_a, A, RB, F16)
+            _fs_put(page, wb, sc_b, B, RB, F16)
             wc = _fs_words(boxes, SLOT, C, RB, ldw)
             wd = _fs_words(boxes, SLOT, D, RB, ldw)
-            _fs_put(page, wc, sc_c, C, RB)
-            _fs_put(page, wd, sc_d, D, RB)
+            _fs_put(page, wc, sc_c, C, RB, F16)
+            _fs_put(page, wd, sc_d, D, RB, F16)
         else:
             wa = _fs_words(boxes, SLOT, A, RB, ldw)
             wb = _fs_words(boxes, SLOT, B, RB, ldw)
             wc = _fs_words(boxes, SLOT, C, RB, ldw)
             wd = _fs_words(boxes, SLOT, D, RB, ldw)
-            _fs_put(page, wa, sc_a, A, RB)
-            _fs_put(page, wb, sc_b, B, RB)
-            _fs_put(page, wc, sc_c, C, RB)
-            _fs_put(page, wd, sc_d, D, RB)
+            _fs_put(page, wa, sc_a, A, RB, F16)
+            _fs_put(page, wb, sc_b, B, RB, F16)
+            _fs_put(page, wc, sc_c, C, RB, F16)
+            _fs_put(page, wd, sc_d, D, RB, F16)
 
     @gluon.jit
     def _fs_dequant(k_smem, sc_smem, SLOT: gl.constexpr, MODE: gl.constexpr, TPS: gl.constexpr, n_valid, flag_ptr,
@@ -225,9 +228,9 @@ if gluon is not None:
                     _fs_check_scales(s0, s1, s2, s3, 16 * rb + gl.arange(0, 16, layout=gl.SliceLayout(1, ldw)),
                                      n_valid, flag_ptr)
                 if SLOT == 0:
-                    _fs_step(boxes, page, s3, s2, s1, s0, SLOT, 3, 2, 1, 0, rb, TPS, ldw)
+                    _fs_step(boxes, page, s3, s2, s1, s0, SLOT, 3, 2, 1, 0, rb, TPS, ldw, F16)
                 else:
-                    _fs_step(boxes, page, s0, s1, s2, s3, SLOT, 0, 1, 2, 3, rb, TPS, ldw)
+                    _fs_step(boxes, page, s0, s1, s2, s3, SLOT, 0, 1, 2, 3, rb, TPS, ldw, F16)
 
     @gluon.jit
     def _fs_ready(bars, FIRST: gl.constexpr, SECOND: gl.constexpr):
@@ -377,7 +380,9 @@ def launch_v5_fp8_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, m
     assert part_out.shape[1] * part_out.shape[2] >= grid[0] * grid[1], "the partials' last slot holds the flags"
     # fp16 pages where Q comes by TMA (the producer converts it); the bf16 pages' launch after it runs the call again
     # only if a program flagged a key outside fp16's exact range (GATED: its programs return at once otherwise)
-    f16 = F16_PAGES and switches["Q_TMA"]
+    if F16_CONVERT not in ("cvt", "shift"):
+        raise ValueError(f"v5_fp8_seesaw.F16_CONVERT must be 'cvt' or 'shift', got {F16_CONVERT!r}")
+    f16 = (1 if F16_CONVERT == "cvt" else 2) if F16_PAGES and switches["Q_TMA"] else 0
     args = (q, kv_desc, sc_desc, kr_desc, _q_descriptor(q) if switches["Q_TMA"] else kr_desc, block_table,
             cache_seqlens, out, lse, part_out, part_lse, meta, num_splits, ok_flag,
             q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
@@ -387,4 +392,4 @@ def launch_v5_fp8_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, m
                   maxnreg=WS_REGS)
     _LAUNCH(grid, *args, F16=f16, GATED=False, **consts)
     if f16 and cfg.mode == 0:  # (the parts alone, modes 2-4, are timing probes: their results are meaningless)
-        _LAUNCH(grid, *args, F16=False, GATED=True, **consts)
+        _LAUNCH(grid, *args, F16=0, GATED=True, **consts)
