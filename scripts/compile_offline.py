@@ -106,11 +106,9 @@ def compile_seesaw(dtype: str = "bf16", causal: bool = False, fine: bool = False
     return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": ss.WS_REGS})
 
 
-def compile_fp8_seesaw(causal: bool = False, mode: int = 0, tps: int = 1, early: int = 1, f16: int = 0,
-                       gated: bool = False):
+def compile_fp8_seesaw(causal: bool = False, mode: int = 0, tps: int = 1, early: int = 1):
     """The FP8 seesaw tile (v5_fp8_seesaw.py) with v5's switches (MAX_FIRST, OPAQUE, Q_ASYNC, LINES 1, Q_TMA), tps
-    scale tiles a producer step (its TILES_PER_STEP); f16: fp16 pages (F16: 1 converted by cvt, 2 by shifts);
-    gated: the bf16 pages' launch that runs only after a range flag (GATED)."""
+    scale tiles a producer step (its TILES_PER_STEP)."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from mla_tutorial.kernels import v5_fp8_seesaw as fs
@@ -125,18 +123,17 @@ def compile_fp8_seesaw(causal: bool = False, mode: int = 0, tps: int = 1, early:
            "part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "meta_ptr": "*i32", "num_splits_ptr": "*i32",
            "ok_ptr": "*i32", "stride_qb": "i32", "stride_qs": "i32", "stride_qh": "i32", "stride_btb": "i32",
            "s_q": "i32", "h_q": "i32", "heads_per_kv": "i32", "rows_per_kv": "i32", "m_tiles": "i32",
-           "num_blocks": "i32", "max_blocks": "i32", "qk_scale": "fp32", "flags_at": "i32",
+           "num_blocks": "i32", "max_blocks": "i32", "qk_scale": "fp32",
            "CAUSAL": "constexpr", "META_COLS": "constexpr", "MODE": "constexpr", "MAX_FIRST": "constexpr",
            "OPAQUE": "constexpr", "Q_ASYNC": "constexpr", "STORE_LINES": "constexpr", "Q_TMA": "constexpr",
            "TPS": "constexpr", "C_REGS": "constexpr", "P_REGS": "constexpr", "EARLY": "constexpr",
-           "F16": "constexpr", "GATED": "constexpr", "num_warps": "constexpr"}
+           "num_warps": "constexpr"}
     # every pointer 16-byte aligned and q's strides multiples of 16 (as compile_seesaw)
     attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17)}
     src = GluonASTSource(fs._fs_kernel, sig, {"CAUSAL": causal, "META_COLS": 8, "MODE": mode, "MAX_FIRST": True,
                                               "OPAQUE": True, "Q_ASYNC": True, "STORE_LINES": 1, "Q_TMA": True,
                                               "TPS": tps, "C_REGS": fs.STEP_REGS[tps][0],
-                                              "P_REGS": fs.STEP_REGS[tps][1], "EARLY": early, "F16": f16,
-                                              "GATED": gated, "num_warps": 4},
+                                              "P_REGS": fs.STEP_REGS[tps][1], "EARLY": early, "num_warps": 4},
                          attrs)
     return triton.compile(src, target=TARGET, options={"num_warps": 4, "maxnreg": fs.WS_REGS})
 
@@ -341,17 +338,13 @@ def main() -> None:
                                     lines=0 if "narrow" in opts else 2 if "outonly" in opts else 1,
                                     q_tma="qtma" in opts)
                 print(f"{name} causal={causal}: {report(f'{base}{early}_c{int(causal)}', ck, workdir)}")
-        elif name.startswith("fss"):  # the FP8 seesaw tile (v5_fp8_seesaw.py): fss[TPS][-e2][-f16|-shift|-gated][:MODE]
-            base, _, mode = name.partition(":")  # (-e2: EARLY 2; -f16 / -shift: fp16 pages by cvt / shifts; -gated:
-            #                                       the bf16 pages' launch after a range flag)
-            base, *opts = base.split("-")
-            early = next((int(o[1:]) for o in opts if o.startswith("e")), 1)
+        elif name.startswith("fss"):  # the FP8 seesaw tile (v5_fp8_seesaw.py): fss[TPS][-e2][:MODE] (-e2: EARLY 2)
+            base, _, mode = name.partition(":")
+            base, _, early = base.partition("-e")
             mode, tps = int(mode or 0), int(base[3:] or 1)
             for causal in (False, True):
-                f16 = 1 if "f16" in opts else 2 if "shift" in opts else 0
-                ck = compile_fp8_seesaw(causal=causal, mode=mode, tps=tps, early=early, f16=f16, gated="gated" in opts)
-                tag = "".join(f"_{o}" for o in opts)
-                print(f"{name} causal={causal}: {report(f'fss{tps}{tag}_{mode}_c{int(causal)}', ck, workdir)}")
+                ck = compile_fp8_seesaw(causal=causal, mode=mode, tps=tps, early=int(early or 1))
+                print(f"{name} causal={causal}: {report(f'fss{tps}_{mode}_c{int(causal)}', ck, workdir)}")
         elif name.startswith("combine"):  # the combine kernel: combine[:ROWS,BLOCK_D,SPLITS] (default: its own)
             from mla_tutorial.kernels.combine import MANY_SPLITS_SHAPE
 

@@ -1,5 +1,4 @@
-"""GPU probe of the FP8 seesaw tile (path "fp8ss", v5_fp8_seesaw.py; fp16 pages, and bf16 pages as fp8ss_bf16):
-correctness first (FlashMLA's recipe on an FP8
+"""GPU probe of the FP8 seesaw tile (path "fp8ss", v5_fp8_seesaw.py): correctness first (FlashMLA's recipe on an FP8
 cache with every unused byte 0xFF, each case synced so that a hang or a wrong answer is named), then its speed beside
 FlashMLA's bf16 dense kernel, bf16 v5 and v5's FP8 choice, whole call and graph replay, the ceilings measured in the
 same run, and its consumers alone (GluonConfig(mode=2): the producer copies and dequantizes nothing; outputs
@@ -32,16 +31,13 @@ CASES = [(LENGTHS, 1, 64, False), (LENGTHS, 2, 128, True), (LENGTHS, 1, 128, Fal
          ([5000] * 3 + [0] * 2, 1, 128, False)]
 
 
-def check(path: str = "fp8ss", config=None, tps: int = 4, f16: bool = True, convert: str = "cvt") -> list[dict]:
+def check(path: str = "fp8ss", config=None, tps: int = 1) -> list[dict]:
     from test_fp8 import check_fp8, fp8_inputs
 
     results = []
     v5_fp8_seesaw.TILES_PER_STEP = tps
-    v5_fp8_seesaw.F16_PAGES, v5_fp8_seesaw.F16_CONVERT = f16, convert
-    pages = f"fp16 pages ({convert})" if f16 else "bf16 pages"
     for i, (lens, s_q, h_q, causal) in enumerate(CASES):
-        name = (f"{path}{config_tag(config, ' ')} tps={tps} {pages} b={len(lens)} "
-                f"s_q={s_q} h_q={h_q} causal={causal}")
+        name = f"{path}{config_tag(config, ' ')} tps={tps} b={len(lens)} s_q={s_q} h_q={h_q} causal={causal}"
         q, k8, bt, sl = fp8_inputs(lens, s_q, h_q, seed=i, poison_bytes=True)
         results.append(checked_case(name, functools.partial(check_fp8, q, k8, bt, sl, causal, path=path,
                                                             config=config)))
@@ -60,17 +56,14 @@ SHAPES = [(128, 64, 1, 4096, "fixed"), (128, 64, 1, 8192, "fixed"), (128, 128, 1
 VARIANTS = {"early2": {"early": 2}, "nodeq": {"mode": 3}, "quarter": {"mode": 4}}
 
 
-def _with_tps(tps, fn, f16=True, convert="cvt"):
-    """fn with v5_fp8_seesaw.TILES_PER_STEP = tps, F16_PAGES = f16 and F16_CONVERT = convert during the call (read at
-    launch). A call plan (kernels/plan.py) replays the launches it recorded, whatever the knobs say now, so the plans
-    are dropped whenever a knob changes (the next call of each shape takes the full path again and records a plan
-    with the new values)."""
-    knobs = (tps, f16, convert)
-
+def _with_tps(tps, fn):
+    """fn with v5_fp8_seesaw.TILES_PER_STEP = tps during the call (read at launch). A call plan (kernels/plan.py)
+    replays the launches it recorded, whatever the knob says now, so the plans are dropped whenever the knob changes
+    (the next call of each shape takes the full path again and records a plan with the new value)."""
     def run():
-        if (v5_fp8_seesaw.TILES_PER_STEP, v5_fp8_seesaw.F16_PAGES, v5_fp8_seesaw.F16_CONVERT) != knobs:
+        if v5_fp8_seesaw.TILES_PER_STEP != tps:
             clear_plans()
-            v5_fp8_seesaw.TILES_PER_STEP, v5_fp8_seesaw.F16_PAGES, v5_fp8_seesaw.F16_CONVERT = knobs
+            v5_fp8_seesaw.TILES_PER_STEP = tps
         return fn()
     return run
 
@@ -78,19 +71,16 @@ def _with_tps(tps, fn, f16=True, convert="cvt"):
 def _impls(fm, args, k8, causal, meta, splits, tps_variants=(), variants=()) -> dict:
     kw = dict(causal=causal, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False)
     fargs = (args[0], k8, *args[2:])
-    ss = functools.partial(mla_decode_v5, *fargs, path="fp8ss", is_fp8_kvcache=True, **kw)
     impls = {
-        "fp8ss": _with_tps(4, ss),  # fp16 pages (F16_PAGES, the default since 2026-12-03's nineteenth session)
-        "fp8ss_bf16": _with_tps(4, ss, f16=False),
-        "fp8ss_shift": _with_tps(4, ss, convert="shift"),
-        **{f"fp8ss_t{t}": _with_tps(t, ss) for t in tps_variants},
-        **{f"fp8ss_{n}": _with_tps(4, lambda c=VARIANTS[n]: ss(config=GluonConfig(**c))) for n in variants},
-        **{f"fp8ss_bf16_{n}": _with_tps(4, lambda c=VARIANTS[n]: ss(config=GluonConfig(**c)), f16=False)
+        "fp8ss": _with_tps(1, lambda: mla_decode_v5(*fargs, path="fp8ss", is_fp8_kvcache=True, **kw)),
+        **{f"fp8ss_t{t}": _with_tps(t, lambda: mla_decode_v5(*fargs, path="fp8ss", is_fp8_kvcache=True, **kw))
+           for t in tps_variants},
+        **{f"fp8ss_{n}": _with_tps(1, lambda c=VARIANTS[n]: mla_decode_v5(*fargs, path="fp8ss", is_fp8_kvcache=True,
+                                                                           config=GluonConfig(**c), **kw))
            for n in variants},
-        **{f"fp8ss_shift_{n}": _with_tps(4, lambda c=VARIANTS[n]: ss(config=GluonConfig(**c)), convert="shift")
-           for n in variants if n == "quarter"},
-        "fp8ss_compute": _with_tps(4, lambda: ss(config=GluonConfig(mode=2))),
-        "v5_fp8": _with_tps(4, lambda: mla_decode_v5(*fargs, is_fp8_kvcache=True, **kw)),
+        "fp8ss_compute": _with_tps(1, lambda: mla_decode_v5(*fargs, path="fp8ss", is_fp8_kvcache=True,
+                                                             config=GluonConfig(mode=2), **kw)),
+        "v5_fp8": lambda: mla_decode_v5(*fargs, is_fp8_kvcache=True, **kw),
         "v5": lambda: mla_decode_v5(*args, **kw),
     }
     if fm is not None:
@@ -123,7 +113,7 @@ def timing(roof: dict, shapes=SHAPES, tps_variants=(), variants=()) -> list[dict
         for name in ok:
             row["impl"][name] = {"ms": sum(times[name]) / len(times[name]), "ms_rounds": times[name],
                                  "graph_ms": graph_ms(impls[name])}
-        for a, b_ in (("fp8ss", "fp8ss_bf16"), ("fp8ss", "v5"), ("fp8ss", "flashmla")):
+        for a, b_ in (("fp8ss", "v5_fp8"), ("fp8ss", "v5"), ("fp8ss", "flashmla")):
             if a in outs and b_ in outs:
                 row[f"{a}_vs_{b_}_cos_diff"] = cos_diff(outs[a], outs[b_])
         summarize(row, roof, mean_sk, lambda name: 656 if name.startswith(("fp8", "v5_fp8")) else 1152)
@@ -135,7 +125,7 @@ def timing(roof: dict, shapes=SHAPES, tps_variants=(), variants=()) -> list[dict
 
 def main() -> int:
     ap = probe_parser()
-    ap.add_argument("--tps", default="", help="TILES_PER_STEP values (besides 4) checked on every case and "
+    ap.add_argument("--tps", default="", help="TILES_PER_STEP values (besides 1) checked on every case and "
                                               "timed as fp8ss_tN, comma-separated")
     ap.add_argument("--shapes", default="", help="indices into SHAPES to time (default: all)")
     ap.add_argument("--variants", default="", help=f"VARIANTS timed as fp8ss_NAME, comma-separated: {list(VARIANTS)}")
@@ -146,8 +136,7 @@ def main() -> int:
     variants = [n for n in args.variants.split(",") if n]
     if any(n not in VARIANTS for n in variants):
         ap.error(f"--variants: unknown {[n for n in variants if n not in VARIANTS]}; VARIANTS are {list(VARIANTS)}")
-    return run_probe(args, "fp8ss", lambda: check() + check(f16=False) + check(convert="shift") + sum(
-        (check(tps=t) for t in tps), []) + (
+    return run_probe(args, "fp8ss", lambda: check() + sum((check(tps=t) for t in tps), []) + (
         check(config=GluonConfig(early=2)) if args.check_early2 else []),
         lambda roof: timing(roof, shapes, tps, variants))
 

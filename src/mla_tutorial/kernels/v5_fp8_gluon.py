@@ -72,37 +72,6 @@ mul.rn.bf16x2 hi, hi, sc;
 mov.b32 {$0, $1}, lo;
 mov.b32 {$2, $3}, hi;
 }""")
-    #: The same four values as fp16 (the FP8 seesaw's fp16 pages), exactly where the scale lies in [2^-15, 2^7]: two
-    #: hardware conversions (cvt.rn.f16x2.e4m3x2, two values an instruction: e4m3 is a subset of fp16) and two packed
-    #: multiplies by the scale ($5: its fp16 twice), four instructions where the bf16 sequence takes eleven.
-    _E4M3X4_F16_TIMES_SCALE = gl.constexpr("""{
-.reg .b16 l, h;
-.reg .b32 lo, hi;
-mov.b32 {l, h}, $4;
-cvt.rn.f16x2.e4m3x2 lo, l;
-cvt.rn.f16x2.e4m3x2 hi, h;
-mul.rn.f16x2 lo, lo, $5;
-mul.rn.f16x2 hi, hi, $5;
-mov.b32 {$0, $1}, lo;
-mov.b32 {$2, $3}, hi;
-}""")
-    #: The same as fp16 without the conversion unit: as _E4M3X4_TIMES_SCALE, each byte sign-extended into a 16-bit lane
-    #: and shifted so that its sign lands at bit 15 and its 7 magnitude bits at bits 7..13 (masked: an fp16 worth the
-    #: value times 2^-8, subnormals and 0 included; fp16's exponent bias is e4m3's plus 8), then one packed multiply by
-    #: the scale times 2^8 ($5: its fp16 twice): eight instructions per four values, all on the integer and fp16 units.
-    _E4M3X4_F16_SHIFT_TIMES_SCALE = gl.constexpr("""{
-.reg .b32 lo, hi;
-prmt.b32 lo, $4, 0, 0x9180;
-prmt.b32 hi, $4, 0, 0xB3A2;
-shl.b32 lo, lo, 7;
-shl.b32 hi, hi, 7;
-and.b32 lo, lo, 0xBF80BF80;
-and.b32 hi, hi, 0xBF80BF80;
-mul.rn.f16x2 lo, lo, $5;
-mul.rn.f16x2 hi, hi, $5;
-mov.b32 {$0, $1}, lo;
-mov.b32 {$2, $3}, hi;
-}""")
     from .v5_gluon import (
         _v5_load_q,
         _v5_next_part,
@@ -173,21 +142,13 @@ mov.b32 {$2, $3}, hi;
         async_copy.commit_group()
 
     @gluon.jit
-    def _fp8_chunk(view, w, scale, dtype: gl.constexpr, SHIFT: gl.constexpr = False):
+    def _fp8_chunk(view, w, scale, dtype: gl.constexpr):
         """A chunk of int32 words [rows, n] (four e4m3 values each; 16 words for a 64-column box), times its rows'
-        scale, as `dtype` (bf16, or fp16: the FP8 seesaw's fp16 pages) into a [rows, 4·n] shared-memory view:
-        _E4M3X4_TIMES_SCALE (fp16: _E4M3X4_F16_TIMES_SCALE, or with SHIFT _E4M3X4_F16_SHIFT_TIMES_SCALE) per word,
-        its four results put back in column order."""
-        if dtype == gl.float16:
-            h = (scale * 256.0 if SHIFT else scale).to(gl.float16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
-            v0, v1, v2, v3 = gl.inline_asm_elementwise(
-                _E4M3X4_F16_SHIFT_TIMES_SCALE if SHIFT else _E4M3X4_F16_TIMES_SCALE, "=h,=h,=h,=h,r,r",
-                [w, (h | (h << 16))[:, None] + w * 0],
-                dtype=(gl.float16, gl.float16, gl.float16, gl.float16), is_pure=True, pack=1)
-        else:
-            v0, v1, v2, v3 = gl.inline_asm_elementwise(
-                _E4M3X4_TIMES_SCALE, "=h,=h,=h,=h,r,r", [w, scale.to(gl.int32, bitcast=True)[:, None] + w * 0],
-                dtype=(gl.bfloat16, gl.bfloat16, gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
+        scale, as bf16 into a [rows, 4·n] shared-memory view: _E4M3X4_TIMES_SCALE per word, its four results put back
+        in column order."""
+        v0, v1, v2, v3 = gl.inline_asm_elementwise(
+            _E4M3X4_TIMES_SCALE, "=h,=h,=h,=h,r,r", [w, scale.to(gl.int32, bitcast=True)[:, None] + w * 0],
+            dtype=(gl.bfloat16, gl.bfloat16, gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
         # word j's k-th value: column 4j + k
         x = gl.reshape(gl.join(gl.join(v0, v2), gl.join(v1, v3)), [w.shape[0], 4 * w.shape[1]])
         view.store(x)

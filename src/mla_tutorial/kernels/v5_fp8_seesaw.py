@@ -76,7 +76,6 @@ from .v5_seesaw import (
     N_BARS,
     N_STATS,
     Q_EMPTY,
-    Q_RAW,
     Q_READY,
     READY0L,
     READY0R,
@@ -98,20 +97,8 @@ PRODUCER_WARPS = tl.constexpr(4)
 #: s_k 1k/4k/8k, h_q 128 s_k 4k/8k, s_q 2): 10-18 % faster than 1 (docs/results/probes/fp8_seesaw_tps4_*).
 TILES_PER_STEP = 4
 STEP_REGS = {1: (240, 24), 2: (232, 40), 4: (224, 56)}
-# (Q_RAW = N_BARS: F16's Q in bf16 landed, v5_seesaw's consumers convert it)
-RAW_BAR = tl.constexpr(N_BARS + 1)  # RAW_BAR + s: slot s's raw words and scales landed
-N_ALL_BARS = tl.constexpr(N_BARS + 3)
-#: fp16 pages (F16): the producer writes each page in fp16 instead of bf16 (e4m3 -> fp16 is one hardware conversion
-#: per two values, times the scale in fp16: 4 instructions per four values where bf16 takes 11) and the consumers run
-#: Q's latent part in fp16, each row scaled by a power of two (v5_seesaw's Q16); the RoPE products stay bf16. Exact
-#: where every scale of a key the call reads lies in [2^-15, 2^7]; a key outside that flags its program, and the bf16
-#: pages then run the call again (_fs_kernel's GATED launch). Read at launch; False: bf16 pages.
-F16_PAGES = True
-#: F16_PAGES' conversion: "cvt" (cvt.rn.f16x2.e4m3x2) or "shift" (v5_fp8_gluon._E4M3X4_F16_SHIFT_TIMES_SCALE)
-F16_CONVERT = "cvt"
-#: the scales whose e4m3 values times them are exact in fp16 (codes m·2^-9 at the least: m·2^-9·2^-15 is fp16's
-#: smallest subnormal step; 448·2^7 = 57,344 is inside its range, 448·2^8 is not)
-F16_SCALE_MIN, F16_SCALE_MAX = tl.constexpr(2.0 ** -15), tl.constexpr(128.0)
+RAW_BAR = tl.constexpr(N_BARS)  # RAW_BAR + s: slot s's raw words and scales landed
+N_ALL_BARS = tl.constexpr(N_BARS + 2)
 
 
 if gluon is not None:
@@ -142,18 +129,6 @@ if gluon is not None:
             tma.async_copy_global_to_shared(kr_desc, [row, 264], bar, kr_buf)
 
     @gluon.jit
-    def _fs_check_scales(s0, s1, s2, s3, rows, n_valid, flag_ptr):
-        """F16: keys (rows < n_valid) whose scales lie outside [2^-15, 2^7] (0 aside: exact) set the program's range
-        flag: their values times the scale may overflow fp16 or lose bits in it."""
-        bad = _fs_outside(s0) | _fs_outside(s1) | _fs_outside(s2) | _fs_outside(s3)
-        gl.store(flag_ptr + rows * 0, 1, mask=bad & (rows < n_valid))
-
-    @gluon.jit
-    def _fs_outside(s):
-        a = gl.abs(s)
-        return (a > F16_SCALE_MAX) | ((a < F16_SCALE_MIN) & (a != 0.0))
-
-    @gluon.jit
     def _fs_scales(sc_slot, rb: gl.constexpr, rows_l: gl.constexpr):
         """The four scale tiles' float32 scales (int32 bits in shared memory) of rows 16·rb .. 16·rb + 15, each as a
         [16] vector in rows_l."""
@@ -172,45 +147,43 @@ if gluon is not None:
         return boxes.index(12 * SLOT + T).slice(16 * RB, 16, dim=0).load(ldw)
 
     @gluon.jit
-    def _fs_put(page, w, sc, T: gl.constexpr, RB: gl.constexpr, F16: gl.constexpr):
+    def _fs_put(page, w, sc, T: gl.constexpr, RB: gl.constexpr):
         """Words w of rows 16·RB .. 16·RB + 15 of scale tile T times the rows' scales `sc`, into columns
-        128·T .. 128·T + 127 of the bf16 (fp16) page; F16 2: by shifts instead of the conversion unit."""
-        _fp8_chunk(page.slice(128 * T, 128, dim=1).slice(16 * RB, 16, dim=0), w, sc, page.dtype, F16 == 2)
+        128·T .. 128·T + 127 of the bf16 page."""
+        _fp8_chunk(page.slice(128 * T, 128, dim=1).slice(16 * RB, 16, dim=0), w, sc, page.dtype)
 
     @gluon.jit
     def _fs_step(boxes, page, sc_a, sc_b, sc_c, sc_d, SLOT: gl.constexpr, A: gl.constexpr, B: gl.constexpr,
-                 C: gl.constexpr, D: gl.constexpr, RB: gl.constexpr, TPS: gl.constexpr, ldw: gl.constexpr,
-                 F16: gl.constexpr):
+                 C: gl.constexpr, D: gl.constexpr, RB: gl.constexpr, TPS: gl.constexpr, ldw: gl.constexpr):
         """Tiles A, B, C, D (in this order) of a 16-row block, TPS tiles' words loaded before their stores (Triton's
         barrier analysis puts a barrier between a step's loads and its stores, and between its stores and the next
         step's loads: the words and the page are one allocation)."""
         if TPS == 1:
-            _fs_put(page, _fs_words(boxes, SLOT, A, RB, ldw), sc_a, A, RB, F16)
-            _fs_put(page, _fs_words(boxes, SLOT, B, RB, ldw), sc_b, B, RB, F16)
-            _fs_put(page, _fs_words(boxes, SLOT, C, RB, ldw), sc_c, C, RB, F16)
-            _fs_put(page, _fs_words(boxes, SLOT, D, RB, ldw), sc_d, D, RB, F16)
+            _fs_put(page, _fs_words(boxes, SLOT, A, RB, ldw), sc_a, A, RB)
+            _fs_put(page, _fs_words(boxes, SLOT, B, RB, ldw), sc_b, B, RB)
+            _fs_put(page, _fs_words(boxes, SLOT, C, RB, ldw), sc_c, C, RB)
+            _fs_put(page, _fs_words(boxes, SLOT, D, RB, ldw), sc_d, D, RB)
         elif TPS == 2:
             wa = _fs_words(boxes, SLOT, A, RB, ldw)
             wb = _fs_words(boxes, SLOT, B, RB, ldw)
-            _fs_put(page, wa, sc_a, A, RB, F16)
-            _fs_put(page, wb, sc_b, B, RB, F16)
+            _fs_put(page, wa, sc_a, A, RB)
+            _fs_put(page, wb, sc_b, B, RB)
             wc = _fs_words(boxes, SLOT, C, RB, ldw)
             wd = _fs_words(boxes, SLOT, D, RB, ldw)
-            _fs_put(page, wc, sc_c, C, RB, F16)
-            _fs_put(page, wd, sc_d, D, RB, F16)
+            _fs_put(page, wc, sc_c, C, RB)
+            _fs_put(page, wd, sc_d, D, RB)
         else:
             wa = _fs_words(boxes, SLOT, A, RB, ldw)
             wb = _fs_words(boxes, SLOT, B, RB, ldw)
             wc = _fs_words(boxes, SLOT, C, RB, ldw)
             wd = _fs_words(boxes, SLOT, D, RB, ldw)
-            _fs_put(page, wa, sc_a, A, RB, F16)
-            _fs_put(page, wb, sc_b, B, RB, F16)
-            _fs_put(page, wc, sc_c, C, RB, F16)
-            _fs_put(page, wd, sc_d, D, RB, F16)
+            _fs_put(page, wa, sc_a, A, RB)
+            _fs_put(page, wb, sc_b, B, RB)
+            _fs_put(page, wc, sc_c, C, RB)
+            _fs_put(page, wd, sc_d, D, RB)
 
     @gluon.jit
-    def _fs_dequant(k_smem, sc_smem, SLOT: gl.constexpr, MODE: gl.constexpr, TPS: gl.constexpr, n_valid, flag_ptr,
-                    F16: gl.constexpr):
+    def _fs_dequant(k_smem, sc_smem, SLOT: gl.constexpr, MODE: gl.constexpr, TPS: gl.constexpr):
         """Slot SLOT's raw words (in the half _fs_raw put them) and scales into its bf16 [64, 512] page, in place:
         16 rows at a time, scale tile by scale tile in the order that reads every word before it is overwritten
         (slot 0: tiles 3, 2, 1, 0, its words in boxes 0-3; slot 1: 0, 1, 2, 3, its words in boxes 4-7), TPS tiles'
@@ -224,13 +197,10 @@ if gluon is not None:
             page = k_smem.index(SLOT)
             for rb in gl.static_range(1 if MODE == 4 else 4):
                 s0, s1, s2, s3 = _fs_scales(sc_smem.index(SLOT), rb, gl.SliceLayout(1, ldw))
-                if F16:
-                    _fs_check_scales(s0, s1, s2, s3, 16 * rb + gl.arange(0, 16, layout=gl.SliceLayout(1, ldw)),
-                                     n_valid, flag_ptr)
                 if SLOT == 0:
-                    _fs_step(boxes, page, s3, s2, s1, s0, SLOT, 3, 2, 1, 0, rb, TPS, ldw, F16)
+                    _fs_step(boxes, page, s3, s2, s1, s0, SLOT, 3, 2, 1, 0, rb, TPS, ldw)
                 else:
-                    _fs_step(boxes, page, s0, s1, s2, s3, SLOT, 0, 1, 2, 3, rb, TPS, ldw, F16)
+                    _fs_step(boxes, page, s0, s1, s2, s3, SLOT, 0, 1, 2, 3, rb, TPS, ldw)
 
     @gluon.jit
     def _fs_ready(bars, FIRST: gl.constexpr, SECOND: gl.constexpr):
@@ -245,24 +215,17 @@ if gluon is not None:
     def _fs_producer(kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb,
                      num_blocks, max_blocks, k_smem, kr_smem, sc_smem, bars, META_COLS: gl.constexpr,
                      MODE: gl.constexpr, q_desc, q_smem, qr_smem, rows_per_kv, m_tiles, Q_TMA: gl.constexpr,
-                     TPS: gl.constexpr, F16: gl.constexpr, q16, flag_ptr):
+                     TPS: gl.constexpr):
         """The producer warpgroup: Q (Q_TMA) and every page of the slice into the slots, in the order the consumers
         release them (v5_seesaw._ss_producer's order), each page copied raw into its slot's first-released half and
-        dequantized once the other half is released too. F16: the pages in fp16, Q copied in bf16 into q16 (a bf16
-        view of q_smem) on Q_RAW for the consumers to convert; `flag_ptr`, the program's range flag, is cleared first
-        and set by a key outside fp16's exact range."""
-        if F16:
-            gl.store(flag_ptr, 0)
-            gl.thread_barrier()  # (before any thread's flag)
+        dequantized once the other half is released too."""
         begin_req, begin_block, end_req, end_block, _ = _v5_part(meta_ptr, META_COLS)
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
         n0 = 0  # pages that went through slot 0 / slot 1 so far: their barriers' phases
         n1 = 0
         for req in range(begin_req, end_req + 1):
-            if F16:
-                _ss_copy_q(q_desc, q16, qr_smem, bars, req, begin_req, rows_per_kv, m_tiles, Q_RAW)
-            elif Q_TMA:
-                _ss_copy_q(q_desc, q_smem, qr_smem, bars, req, begin_req, rows_per_kv, m_tiles, Q_READY)
+            if Q_TMA:
+                _ss_copy_q(q_desc, q_smem, qr_smem, bars, req, begin_req, rows_per_kv, m_tiles)
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
             _v5_flag_stale(ok_ptr, req, s_k, gl.cdiv(s_k, 64), begin_req, begin_block, end_req, end_block, next_req,
                            next_block, max_blocks)
@@ -284,13 +247,13 @@ if gluon is not None:
                 mbarrier.wait(bars.index(EMPTY0R), ph0)
                 _fs_rope(kr_desc, kr_smem.index(0), bars.index(READY0R), row_a, MODE)
                 mbarrier.wait(bars.index(RAW_BAR), n0 & 1)
-                _fs_dequant(k_smem, sc_smem, 0, MODE, TPS, s_k - a * 64, flag_ptr, F16)
+                _fs_dequant(k_smem, sc_smem, 0, MODE, TPS)
                 _fs_ready(bars, READY0R, READY0L)
                 if has_b:  # B: the same once warpgroup 0 releases its columns 0-255 and the RoPE box (P_B)
                     mbarrier.wait(bars.index(EMPTY1L), ph1)
                     _fs_rope(kr_desc, kr_smem.index(1), bars.index(READY1L), row_b, MODE)
                     mbarrier.wait(bars.index(RAW_BAR + 1), n1 & 1)
-                    _fs_dequant(k_smem, sc_smem, 1, MODE, TPS, s_k - (a + 1) * 64, flag_ptr, F16)
+                    _fs_dequant(k_smem, sc_smem, 1, MODE, TPS)
                     _fs_ready(bars, READY1L, READY1R)
                     n1 += 1
                 n0 += 1
@@ -301,58 +264,42 @@ if gluon is not None:
         part_lse_ptr, meta_ptr, num_splits_ptr, ok_ptr,
         stride_qb, stride_qs, stride_qh, stride_btb, s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks,
         max_blocks,
-        qk_scale, flags_at,
+        qk_scale,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, MODE: gl.constexpr, MAX_FIRST: gl.constexpr,
         OPAQUE: gl.constexpr, Q_ASYNC: gl.constexpr, STORE_LINES: gl.constexpr, Q_TMA: gl.constexpr,
-        TPS: gl.constexpr, C_REGS: gl.constexpr, P_REGS: gl.constexpr, EARLY: gl.constexpr, F16: gl.constexpr,
-        GATED: gl.constexpr, num_warps: gl.constexpr,
+        TPS: gl.constexpr, C_REGS: gl.constexpr, P_REGS: gl.constexpr, EARLY: gl.constexpr, num_warps: gl.constexpr,
     ):
-        # the programs' range flags (F16's, one int32 each): in the partials' last slot, which no piece uses
-        flags = (part_out_ptr + flags_at).to(gl.pointer_type(gl.int32))
-        if GATED:  # bf16 pages again, only where a program of the fp16 launch before flagged a key out of range
-            n_flags = gl.num_programs(0) * gl.num_programs(1)
-            fl: gl.constexpr = gl.BlockedLayout([4], [32], [num_warps], [0])
-            i = gl.arange(0, 512, layout=fl)
-            flagged = gl.max(gl.load(flags + i, mask=i < n_flags, other=0), axis=0)
-            for start in range(512, n_flags, 512):
-                flagged = gl.maximum(flagged, gl.max(gl.load(flags + start + i, mask=start + i < n_flags, other=0),
-                                                     axis=0))
-            if flagged == 0:
-                return
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-        dtype: gl.constexpr = gl.float16 if F16 else q_ptr.dtype.element_ty  # Q's latent part and the pages
+        dtype: gl.constexpr = q_ptr.dtype.element_ty
         q_smem = gl.allocate_shared_memory(dtype, [64, 512], smem_layout)
-        qr_smem = gl.allocate_shared_memory(q_ptr.dtype.element_ty, [64, 64], smem_layout)
-        k_smem = gl.allocate_shared_memory(dtype, [2, 64, 512], smem_layout)  # bf16 / fp16 pages (raw words first)
-        kr_smem = gl.allocate_shared_memory(q_ptr.dtype.element_ty, [2, 64, 64], smem_layout)  # k_rope, then P
+        qr_smem = gl.allocate_shared_memory(dtype, [64, 64], smem_layout)
+        k_smem = gl.allocate_shared_memory(dtype, [2, 64, 512], smem_layout)  # bf16 pages (raw words first)
+        kr_smem = gl.allocate_shared_memory(dtype, [2, 64, 64], smem_layout)  # k_rope rows, then P
         sc_smem = gl.allocate_shared_memory(gl.int32, [2, 64, 4], sc_desc.layout)  # the raw scales
-        stats = gl.allocate_shared_memory(gl.float32, [N_STATS + 1, 64],
+        stats = gl.allocate_shared_memory(gl.float32, [N_STATS, 64],
                                           gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0]))
         bars = gl.allocate_shared_memory(gl.int64, [N_ALL_BARS, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(N_ALL_BARS):
             # the consumers' signals: both warpgroups where both take part; the second half of each slot (A's
             # columns 256-511, B's 0-255: the halves that hold the RoPE box) gets k_rope's TMA and the dequantization
-            # (Q_READY: both consumers' arrivals where they load Q or convert it, F16)
-            mbarrier.init(bars.index(i), count=2 if ((i == Q_READY and (F16 or not Q_TMA)) or i == Q_EMPTY
-                                                     or i == L_READY or i == READY0R or i == READY1L) else 1)
+            mbarrier.init(bars.index(i), count=2 if ((i == Q_READY and not Q_TMA) or i == Q_EMPTY or i == L_READY
+                                                     or i == READY0R or i == READY1L) else 1)
         fence_async_shared()
-        q16 = q_smem._reinterpret(q_ptr.dtype.element_ty, [64, 512], smem_layout)  # F16: where TMA puts Q
 
         gl.warp_specialize([
             (_ss_consumer_at, (0, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
                                CAUSAL, META_COLS, False, EARLY, ok_ptr, False, MAX_FIRST, OPAQUE,
-                               Q_ASYNC, STORE_LINES, Q_TMA, F16)),
+                               Q_ASYNC, STORE_LINES, Q_TMA)),
             (_ss_consumer_at, (1, q_ptr, stride_qb, stride_qs, stride_qh, seqlens_ptr, meta_ptr, num_splits_ptr,
                                out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv,
                                m_tiles, max_blocks, qk_scale, q_smem, qr_smem, k_smem, kr_smem, stats, bars,
                                CAUSAL, META_COLS, False, EARLY, ok_ptr, False, MAX_FIRST, OPAQUE,
-                               Q_ASYNC, STORE_LINES, Q_TMA, F16)),
+                               Q_ASYNC, STORE_LINES, Q_TMA)),
             (_fs_producer, (kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr, meta_ptr, ok_ptr, stride_btb,
                             num_blocks, max_blocks, k_smem, kr_smem, sc_smem, bars, META_COLS, MODE, q_desc, q_smem,
-                            qr_smem, rows_per_kv, m_tiles, Q_TMA, TPS, F16, q16,
-                            flags + gl.program_id(1) * gl.num_programs(0) + gl.program_id(0))),
+                            qr_smem, rows_per_kv, m_tiles, Q_TMA, TPS)),
         ], [4, PRODUCER_WARPS], [C_REGS, P_REGS])
 
 
@@ -374,22 +321,13 @@ def launch_v5_fp8_seesaw(q, k_cache, block_table, cache_seqlens, dims, causal, m
     if TILES_PER_STEP not in STEP_REGS:
         raise ValueError(f"v5_fp8_seesaw.TILES_PER_STEP must be one of {sorted(STEP_REGS)}, got {TILES_PER_STEP!r}")
     c_regs, p_regs = STEP_REGS[TILES_PER_STEP]
-    grid = (meta.shape[0], m_tiles)
-    # the programs' range flags go to the partials' last slot (at most b + parts - 1 of the b + parts are pieces)
-    flags_at = (part_out.shape[0] - 1) * part_out.shape[1] * part_out.shape[2]
-    assert part_out.shape[1] * part_out.shape[2] >= grid[0] * grid[1], "the partials' last slot holds the flags"
-    # fp16 pages where Q comes by TMA (the producer converts it); the bf16 pages' launch after it runs the call again
-    # only if a program flagged a key outside fp16's exact range (GATED: its programs return at once otherwise)
-    if F16_CONVERT not in ("cvt", "shift"):
-        raise ValueError(f"v5_fp8_seesaw.F16_CONVERT must be 'cvt' or 'shift', got {F16_CONVERT!r}")
-    f16 = (1 if F16_CONVERT == "cvt" else 2) if F16_PAGES and switches["Q_TMA"] else 0
-    args = (q, kv_desc, sc_desc, kr_desc, _q_descriptor(q) if switches["Q_TMA"] else kr_desc, block_table,
-            cache_seqlens, out, lse, part_out, part_lse, meta, num_splits, ok_flag,
-            q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
-            dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E, flags_at)
-    consts = dict(CAUSAL=causal, META_COLS=meta.shape[1], MODE=cfg.mode, **switches, TPS=TILES_PER_STEP,
-                  C_REGS=c_regs, P_REGS=p_regs, EARLY=cfg.early if cfg.early in (1, 2) else 1, num_warps=4,
-                  maxnreg=WS_REGS)
-    _LAUNCH(grid, *args, F16=f16, GATED=False, **consts)
-    if f16 and cfg.mode == 0:  # (the parts alone, modes 2-4, are timing probes: their results are meaningless)
-        _LAUNCH(grid, *args, F16=0, GATED=True, **consts)
+    _LAUNCH(
+        (meta.shape[0], m_tiles),
+        q, kv_desc, sc_desc, kr_desc, _q_descriptor(q) if switches["Q_TMA"] else kr_desc, block_table, cache_seqlens,
+        out, lse, part_out, part_lse, meta, num_splits, ok_flag,
+        q.stride(0), q.stride(1), q.stride(2), block_table.stride(0), dims.s_q, dims.h_q, dims.heads_per_kv,
+        dims.rows_per_kv, m_tiles, dims.num_blocks, dims.max_blocks, dims.scale * LOG2E,
+        CAUSAL=causal, META_COLS=meta.shape[1], MODE=cfg.mode, **switches,
+        TPS=TILES_PER_STEP, C_REGS=c_regs, P_REGS=p_regs, EARLY=cfg.early if cfg.early in (1, 2) else 1,
+        num_warps=4, maxnreg=WS_REGS,
+    )

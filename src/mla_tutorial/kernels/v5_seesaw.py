@@ -101,12 +101,9 @@ L_READY = tl.constexpr(12)  # both warpgroups' row sums of a request are in shar
 CHUNK_READY = tl.constexpr(13)  # FINE: box c of slot s landed, at CHUNK_READY + 9·s + c (instead of READY*)
 M_A_READY = tl.constexpr(31)  # MAX_FIRST: a pair's m_A is in shared memory (before P_A is)
 N_BARS = tl.constexpr(32)
-Q_RAW = tl.constexpr(32)  # Q16 (the FP8 seesaw's fp16 pages, which allocate it): a request's Q landed in bf16
 # row statistics in shared memory (64 floats each): m_A, m_B, then the row sums at STAT_L + 2·(request parity) + WG
 STAT_M_A, STAT_M_B, STAT_L = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 N_STATS = tl.constexpr(6)
-# Q16 (the FP8 seesaw's fp16 pages, which allocate it): the factor that undoes each Q row's scaling into fp16
-STAT_QS = tl.constexpr(6)
 # the TRACE probe's buffer: int64 [programs, TRACE_PAIRS, TRACE_EVENTS] (events: scripts/gpu_seesaw_trace.py;
 # 0-31 and 34-35 cycle stamps, 32-33 nanoseconds: warpgroup 0's entry and its last store, at pair 0, as 21 and 15 in
 # cycles)
@@ -186,14 +183,13 @@ if gluon is not None:
             gl.store(trace_ptr + (prog * TRACE_PAIRS + pair) * TRACE_EVENTS + EVENT, t, mask=pair < TRACE_PAIRS)
 
     @gluon.jit
-    def _ss_copy_q(q_desc, q_smem, qr_smem, bars, req, begin_req, rows_per_kv, m_tiles, BAR: gl.constexpr):
+    def _ss_copy_q(q_desc, q_smem, qr_smem, bars, req, begin_req, rows_per_kv, m_tiles):
         """Q_TMA: request req's Q rows m_start .. m_start + 63 by TMA from `q_desc` (q as [b·s_q·h_q rows, 576]) into
-        q_smem / qr_smem on barrier BAR (Q_READY; Q_RAW where the consumers convert it first, Q16), once both
-        consumers are done with the previous request's (Q_EMPTY). Rows past the request's own are the next request's
-        or, past the tensor, zeros: scores of rows the store skips."""
+        q_smem / qr_smem on Q_READY, once both consumers are done with the previous request's (Q_EMPTY). Rows past
+        the request's own are the next request's or, past the tensor, zeros: scores of rows the store skips."""
         mbarrier.wait(bars.index(Q_EMPTY), ((req - begin_req) & 1) ^ 1)  # a fresh barrier counts as released
         q_row = req * rows_per_kv + (gl.program_id(1) % m_tiles) * 64
-        q_bar = bars.index(BAR)
+        q_bar = bars.index(Q_READY)
         mbarrier.expect(q_bar, 9 * 64 * 64 * 2)
         for c in gl.static_range(8):
             tma.async_copy_global_to_shared(q_desc, [q_row, c * 64], q_bar, q_smem.slice(c * 64, 64, dim=1))
@@ -215,7 +211,7 @@ if gluon is not None:
         n1 = 0
         for req in range(begin_req, end_req + 1):
             if Q_TMA:
-                _ss_copy_q(q_desc, q_smem, qr_smem, bars, req, begin_req, rows_per_kv, m_tiles, Q_READY)
+                _ss_copy_q(q_desc, q_smem, qr_smem, bars, req, begin_req, rows_per_kv, m_tiles)
             s_k, lo, hi = _v5_pages(seqlens_ptr, req, begin_req, begin_block, end_req, end_block, max_blocks)
             n_pages = gl.cdiv(s_k, 64)
             _v5_flag_stale(ok_ptr, req, s_k, n_pages, begin_req, begin_block, end_req, end_block, next_req,
@@ -279,28 +275,6 @@ if gluon is not None:
         return warpgroup_mma_wait(num_outstanding=0, deps=(s,))
 
     @gluon.jit
-    def _ss_q16(q_smem, qr_smem, stats, WG: gl.constexpr):
-        """Q16: warpgroup WG's 32 rows of Q (bf16 as TMA put them) in place to fp16 (q_smem's latent part; the RoPE
-        part stays bf16 in qr_smem), each row times 2^k with k such that its largest |q| over all 576 columns lands in
-        [2^14, 2^15): exact, and inside fp16's range (a value below 2^-24 of its row's largest rounds); 2^-k into
-        stats row STAT_QS."""
-        lq: gl.constexpr = gl.BlockedLayout([2, 8], [4, 8], [4, 1], [1, 0])  # [32, 64]: 16 values a thread
-        q16 = q_smem._reinterpret(gl.bfloat16, [64, 512], q_smem.layout)
-        qr = qr_smem.slice(32 * WG, 32, dim=0)
-        amax = gl.max(gl.abs(qr.load(lq).to(gl.float32)), axis=1)  # [32]: each row's largest |q|
-        for c in gl.static_range(8):
-            x = q16.slice(c * 64, 64, dim=1).slice(32 * WG, 32, dim=0).load(lq)
-            amax = gl.maximum(amax, gl.max(gl.abs(x.to(gl.float32)), axis=1))
-        k = 14 - (((amax.to(gl.int32, bitcast=True) >> 23) & 0xFF) - 127)  # 14 - floor(log2 amax)
-        k = gl.minimum(gl.maximum(k, -126), 126)  # (rows of zeros: 126; inf: -114)
-        f = ((k + 127) << 23).to(gl.float32, bitcast=True)[:, None]  # 2^k
-        for c in gl.static_range(8):
-            x = q16.slice(c * 64, 64, dim=1).slice(32 * WG, 32, dim=0).load(lq).to(gl.float32)
-            q_smem.slice(c * 64, 64, dim=1).slice(32 * WG, 32, dim=0).store((x * f).to(gl.float16))
-        qr.store((qr.load(lq).to(gl.float32) * f).to(qr_smem.dtype))
-        stats.index(STAT_QS).slice(32 * WG, 32).store(((127 - k) << 23).to(gl.float32, bitcast=True))  # 2^-k
-
-    @gluon.jit
     def _ss_zero_tail(k_buf, valid):
         """Zero the V columns of rows >= valid of a page in shared memory (they may hold NaN; 0·NaN = NaN)."""
         zl: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
@@ -344,7 +318,7 @@ if gluon is not None:
                         q_smem, qr_smem, k_smem, kr_smem, stats, bars, CAUSAL: gl.constexpr, META_COLS: gl.constexpr,
                         FINE: gl.constexpr, EARLY: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
                         MAX_FIRST: gl.constexpr, OPAQUE: gl.constexpr, Q_ASYNC: gl.constexpr,
-                        LINES: gl.constexpr = 0, Q_TMA: gl.constexpr = False, Q16: gl.constexpr = False,
+                        LINES: gl.constexpr = 0, Q_TMA: gl.constexpr = False,
                         ):
         """Consumer warpgroup WG, EARLY choosing when warpgroup 1 releases a pair's right halves after its two last
         products, P_B·V_B[:, 256:] and P_A·V_A[:, 256:] (1 is the default; the others are probes, results correct):
@@ -363,11 +337,6 @@ if gluon is not None:
         LINES: the output (or its fp32 partial) moved by shuffles to 16-byte stores first (_v5_store's LINES).
         Q_TMA: each request's Q is copied by the producer warp (TMA, issued as soon as both warpgroups are done with
         the previous request's pages, so it lands while they store): the consumers only wait for it.
-        Q16 (the FP8 seesaw's fp16 pages): Q's latent part and the pages are fp16, Q's RoPE part and k_rope bf16 (each
-        product of S in its own wgmma, into one fp32 accumulator), P fp16 in an fp16 view of the RoPE box. The
-        producer copies Q by TMA in bf16 (on Q_RAW); each warpgroup converts 32 of its rows in place (_ss_q16: each
-        row times the power of two that puts its largest |q| in [2^14, 2^15), its RoPE part too), then both publish
-        Q_READY, and the scores are multiplied by each row's 2^-k with the softmax scale.
         """
         _ss_stamp(trace_ptr, 0, 21 + WG, TRACE)
         if WG == 0:
@@ -389,14 +358,8 @@ if gluon is not None:
         tok = rows // heads_per_kv
         k_a = k_smem.index(0)  # slot 0 holds the even pages (A), slot 1 the odd ones (B)
         k_b = k_smem.index(1)
-        if Q16:  # P in fp16 where the RoPE box holds bf16
-            pf_smem = kr_smem._reinterpret(dtype, [2, 64, 64], kr_smem.layout)
-        else:
-            pf_smem = kr_smem
-        kr_a = kr_smem.index(0)  # page A's RoPE box, reused for P_A (p_a) once S_A is computed
-        kr_b = kr_smem.index(1)
-        p_a = pf_smem.index(0)
-        p_b = pf_smem.index(1)
+        p_a = kr_smem.index(0)  # page A's RoPE box, reused for P_A once S_A is computed
+        p_b = kr_smem.index(1)
         n0 = 0  # as the producer counts them
         n1 = 0
         for req in range(begin_req, end_req + 1):
@@ -417,16 +380,8 @@ if gluon is not None:
                 _v5_load_q(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh, heads_per_kv,
                            rows_per_kv, 4 * WG, 4 + 5 * WG, 64, 64, 4, ASYNC=Q_ASYNC)
                 _ss_publish(bars.index(Q_READY))
-            if Q16:  # this warpgroup's 32 rows to fp16 (times 2^k), then both
-                mbarrier.wait(bars.index(Q_RAW), r & 1)
-                _ss_q16(q_smem, qr_smem, stats, WG)
-                _ss_publish(bars.index(Q_READY))
             mbarrier.wait(bars.index(Q_READY), r & 1)
             _ss_stamp(trace_ptr, n0, 25 + 4 * WG, TRACE)
-            if Q16:  # [64, 1]: the softmax scale times each row's 2^-k
-                qk = (qk_scale * stats.index(STAT_QS).load(s_rows))[:, None]
-            else:
-                qk = qk_scale
             for a in range(lo, hi, 2):
                 has_b = a + 1 < hi
                 ph0 = n0 & 1
@@ -436,23 +391,21 @@ if gluon is not None:
                                                      pack=1)
                     k_a = k_smem.index(zero)
                     k_b = k_smem.index(zero + 1)
-                    kr_a = kr_smem.index(zero)
-                    kr_b = kr_smem.index(zero + 1)
-                    p_a = pf_smem.index(zero)
-                    p_b = pf_smem.index(zero + 1)
+                    p_a = kr_smem.index(zero)
+                    p_b = kr_smem.index(zero + 1)
                 _ss_stamp(trace_ptr, n0, 8 * WG, TRACE)
                 if WG == 0:
-                    s = _ss_scores(q_smem, qr_smem, k_a, kr_a, bars, 0, READY0L, READY0R, ph0, s_layout, 0, FINE,
+                    s = _ss_scores(q_smem, qr_smem, k_a, p_a, bars, 0, READY0L, READY0R, ph0, s_layout, 0, FINE,
                                    trace_ptr, n0, 6, TRACE)
                     _ss_stamp(trace_ptr, n0, 1, TRACE)
                     if MAX_FIRST:  # m_A to warpgroup 1 first
-                        s = _v5_masked_scores(s, a * 64, n_visible, qk, s_cols, 64)
+                        s = _v5_masked_scores(s, a * 64, n_visible, qk_scale, s_cols, 64)
                         m_tile = gl.max(s, axis=1)
                         stats.index(STAT_M_A).store(gl.maximum(m_i, m_tile))
                         _ss_publish(bars.index(M_A_READY))
                         p, m_a, m_a_use = _v5_probs(s, m_i, m_tile)
                     else:
-                        p, m_a, m_a_use = _v5_softmax(s, a * 64, n_visible, m_i, qk, s_cols, 64)
+                        p, m_a, m_a_use = _v5_softmax(s, a * 64, n_visible, m_i, qk_scale, s_cols, 64)
                     alpha = gl.exp2(m_i - m_a_use)
                     l_i = l_i * alpha + gl.sum(p, axis=1)
                     acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
@@ -485,7 +438,7 @@ if gluon is not None:
                 else:  # warpgroup 1
                     s = gl.zeros([64, 64], gl.float32, layout=s_layout)
                     if has_b:
-                        s = _ss_scores(q_smem, qr_smem, k_b, kr_b, bars, 1, READY1R, READY1L, ph1, s_layout, 1, FINE,
+                        s = _ss_scores(q_smem, qr_smem, k_b, p_b, bars, 1, READY1R, READY1L, ph1, s_layout, 1, FINE,
                                        trace_ptr, n0, 13, TRACE)
                     _ss_stamp(trace_ptr, n0, 9, TRACE)
                     # m_A: on a barrier of its own with MAX_FIRST (P_A comes later), else with P_A
@@ -495,7 +448,7 @@ if gluon is not None:
                     m_b = m_a
                     m_b_use = gl.where(m_a == float("-inf"), 0.0, m_a)
                     if has_b:
-                        p, m_b, m_b_use = _v5_softmax(s, (a + 1) * 64, n_visible, m_a, qk, s_cols, 64)
+                        p, m_b, m_b_use = _v5_softmax(s, (a + 1) * 64, n_visible, m_a, qk_scale, s_cols, 64)
                         alpha = gl.exp2(m_i - m_b_use)
                         l_i = l_i * alpha + gl.sum(p, axis=1)
                         acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
