@@ -104,8 +104,8 @@ FP8_GLUON_MIN_ROWS = 16
 #: page, each dequantizing it again (v5_fp8_mma.py: 0.813 and 1.500 ms against 0.297 and 0.506). Between 17 and 63
 #: rows the 64-row FP8 tile runs (the FP8 seesaw since 2026-12-03, the warp-specialised tile before: at 64 and 128
 #: rows the FP8 seesaw was 3-19 % faster, docs/results/probes/fp8_seesaw_tps4_*). At 32 rows (TP 4) the FP8 seesaw
-#: took 0.212 ms, the register tile 0.216, the warp-specialised tile 0.243 (probes/fp8_bench_h32_*); other row counts
-#: between 17 and 63 are not timed.
+#: took 0.212 ms, the register tile 0.216, the warp-specialised tile 0.243 (probes/fp8_bench_h32_*); at 20, 24 and 48
+#: rows the FP8 seesaw 0.214 ms each, the register tile 0.226, 0.226 and 0.412 (probes/fp8_bench_rows_*).
 FP8_REG_MAX_ROWS = 16
 
 
