@@ -42,7 +42,10 @@
 #   bench --kernel, three rounds, FlashMLA / v5 FP8 0.77 / 0.74 at h64 4k / 8k, 0.57 at h128 4k
 #   (kernels_v5_fp8ss_*). Even with the dequantization free (mode 3) the tile reaches 1.06 of FlashMLA at h64 4k,
 #   short of issue 9's 1.2: the shared memory that keeps the raw words inside the slots also keeps their copies in
-#   series with the slots' release.
+#   series with the slots' release. Pages dequantized into fp16 instead (nineteenth session: the hardware conversion,
+#   4 instructions per four values, or shifts, 8, against bf16's 11; Q in fp16 per row) were slower: 0.223 / 0.233 ms
+#   against 0.213 at h_q 64 s_k 4k, the page's chain of steps and not its instruction count being what it costs;
+#   removed (docs/fp8.md §5; last in commit f575e24).
 """Version 5 over an FP8 cache on the seesaw tile: its consumers, and a producer warpgroup that dequantizes each page
 in place into the bf16 slot it was copied to (Hopper, Triton 3.6)."""
 
