@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from .config import MLAConfig
 from .layers import MLAProjections, RMSNorm, linear_init_
+from .step import one_step
 
 
 class MLP(nn.Module):
@@ -121,9 +122,10 @@ class TinyDecoder(nn.Module):
             raise ValueError(f"caches must hold one cache per layer ({len(self.layers)}), got {len(caches)}")
         x = self.embed_tokens(input_ids)  # [B, T, hidden]
         new_caches = []
-        for layer, cache in zip(self.layers, caches, strict=True):
-            x, cache = layer(x, cache)  # [B, T, hidden]
-            new_caches.append(cache)
+        with one_step():  # the layers share what only the lengths decide (stages 4-5: the kernel's schedule)
+            for layer, cache in zip(self.layers, caches, strict=True):
+                x, cache = layer(x, cache)  # [B, T, hidden]
+                new_caches.append(cache)
         return self.lm_head(self.norm(x)), new_caches  # [B, T, vocab]
 
     @torch.no_grad()

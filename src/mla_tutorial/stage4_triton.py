@@ -10,7 +10,9 @@ written and read again several times over, in several kernel launches. Stage 4 c
 - scores q·c_kvᵀ + q_rope·k_ropeᵀ in fp32 and an online softmax in base 2 (FlashAttention-2, Dao 2023), so no
   S-long row of scores is ever stored;
 - long contexts are split over several programs (split-KV) whose partial outputs are merged by their LSEs;
-- a load-balanced schedule computed on the GPU (`get_mla_metadata`) gives every SM the same number of pages.
+- a load-balanced schedule computed on the GPU (`get_mla_metadata`) gives every SM the same number of pages;
+  within a decoder step (`step.one_step`, which `TinyDecoder` uses) the first layer computes it and the others,
+  whose caches hold the same lengths, reuse it.
 
 Decode is memory-bound (≈ 2·h_q·s_q FLOP per cached byte, see docs/kernel.md), so the aim is to move the
 cache's 1,152 B per token once, at the GPU's copy bandwidth. The kernel takes bf16 or fp16; the stage refuses
@@ -27,6 +29,7 @@ import torch
 from .contract import KERNEL_DTYPES  # dtypes the Triton kernel takes (FlashMLA's): bf16, fp16
 from .kernels import flash_mla_with_kvcache, get_mla_metadata
 from .stage3_paged import PagedLatentCache, PagedMLA
+from .step import shared
 
 
 class TritonMLA(PagedMLA):
@@ -54,12 +57,23 @@ class TritonMLA(PagedMLA):
                                "stage 3 (PagedMLA), which computes the same attention in torch")
         return super().validate(hidden_states, cache, seq_ids)
 
+    def schedule(self, cache_seqlens: torch.Tensor, rows_per_kv: int,
+                 lengths: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kernel's schedule for these lengths: computed on the GPU (no host sync), or, within a decoder step
+        (`step.one_step`), the one an earlier layer made for the same host-mirrored `lengths` and query rows."""
+        def make():
+            return get_mla_metadata(cache_seqlens, rows_per_kv, 1)
+
+        if lengths is None:
+            return make()
+        return shared(("mla schedule", lengths, rows_per_kv, cache_seqlens.device), make)
+
     def attend(self, q: torch.Tensor, cache: PagedLatentCache, block_table: torch.Tensor,
-               cache_seqlens: torch.Tensor) -> torch.Tensor:
+               cache_seqlens: torch.Tensor, lengths: tuple[int, ...] | None = None) -> torch.Tensor:
         """Latent attention q [B, T, H, 576] → [B, T, H, d_c] by one fused kernel call (plus combine)."""
         B, T, H, _ = q.shape
-        # The schedule: s_q·h_q query rows per latent head (h_kv = 1); computed on the GPU, no host sync.
-        metadata, num_splits = get_mla_metadata(cache_seqlens, T * H, 1)
+        # The schedule: s_q·h_q query rows per latent head (h_kv = 1); one per decoder step where lengths agree.
+        metadata, num_splits = self.schedule(cache_seqlens, T * H, lengths)
         out, _ = flash_mla_with_kvcache(q, cache.k_cache, block_table, cache_seqlens, self.config.kv_lora_rank,
                                         metadata, num_splits, softmax_scale=self.config.softmax_scale,
                                         causal=T > 1)  # [B, T, H, d_c]

@@ -1,0 +1,95 @@
+"""One schedule per decode step (mla_tutorial.step): TinyDecoder's layers share the kernel's schedule where their
+caches hold the same lengths, and the result is the same as each layer computing its own."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+import mla_tutorial.stage4_triton as stage4
+from mla_tutorial import MLAConfig, PagedMLA, TritonMLA
+from mla_tutorial import decoder as decoder_module
+from mla_tutorial.decoder import TinyDecoder
+from mla_tutorial.stage5_fp8 import FP8MLA
+from mla_tutorial.step import one_step, shared
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_shared_makes_once_per_key_within_a_step_and_every_time_outside():
+    made = []
+
+    def make(v):
+        return lambda: made.append(v) or v
+
+    assert shared("k", make(1)) == 1 and shared("k", make(2)) == 2  # outside a step: every call makes its own
+    with one_step():
+        assert shared("k", make(3)) == 3
+        assert shared("k", make(4)) == 3  # the step's first value for this key
+        assert shared("other", make(5)) == 5
+        with one_step():  # a nested step has its own
+            assert shared("k", make(6)) == 6
+        assert shared("k", make(7)) == 3
+    assert shared("k", make(8)) == 8  # the step is over
+    assert made == [1, 2, 3, 5, 6, 8]
+
+
+def _decoder(stage_cls, layers=3):
+    base = TinyDecoder(MLAConfig.tiny(), PagedMLA, num_layers=layers, vocab_size=64).double()
+    base = base.init_weights_(std=0.1, seed=2).requires_grad_(False).to(device=DEVICE, dtype=torch.bfloat16)
+    return TinyDecoder.from_previous(base, stage_cls).requires_grad_(False)
+
+
+def _counting(monkeypatch):
+    calls = []
+    real = stage4.get_mla_metadata
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].data_ptr())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stage4, "get_mla_metadata", counted)
+    return calls
+
+
+@pytest.mark.parametrize("stage_cls", [TritonMLA, FP8MLA])
+def test_decoder_computes_one_schedule_per_step(stage_cls, monkeypatch):
+    """Prefill and two decode steps of a 3-layer decoder on stage 4 / 5: one schedule each (from the first layer's
+    lengths), and the same logits, bit for bit, as with every layer computing its own."""
+    calls = _counting(monkeypatch)
+    ids = torch.randint(0, 64, (2, 70), generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    decoder = _decoder(stage_cls)
+
+    def run():
+        logits, caches = decoder(ids[:, :67])  # prefill past a page boundary
+        out = [logits]
+        for t in (67, 68):
+            logits, caches = decoder(ids[:, t : t + 1], caches)
+            out.append(logits)
+        return out, caches
+
+    shared_logits, caches = run()
+    assert len(calls) == 3, f"schedules per forward: {len(calls)} in 3 forwards"
+    assert set(calls) == {caches[0].lengths.data_ptr()}  # from the first layer's lengths, at each step
+    calls.clear()
+    monkeypatch.setattr(decoder_module, "one_step", contextlib.nullcontext)  # every layer its own schedule
+    own_logits, _ = run()
+    assert len(calls) == 9
+    for a, b in zip(shared_logits, own_logits, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_layers_with_other_lengths_compute_their_own(monkeypatch):
+    """A layer whose cache holds other lengths than the first layer's (here: one token more) does not take its
+    schedule: the key is the host's mirror of the lengths."""
+    calls = _counting(monkeypatch)
+    decoder = _decoder(TritonMLA, layers=2)
+    ids = torch.randint(0, 64, (1, 10), generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    _, caches = decoder(ids[:, :5])
+    caches[1].append(caches[1].seq_ids, torch.zeros(1, 1, 576, dtype=torch.bfloat16, device=DEVICE))
+    calls.clear()
+    decoder(ids[:, 5:6], caches)
+    assert len(calls) == 2
+    assert caches[0].lengths_of(caches[0].seq_ids) == (6,) and caches[1].lengths_of(caches[1].seq_ids) == (7,)
