@@ -35,9 +35,9 @@ from mla_tutorial.step import one_step
 STAGES = {"stage 4": TritonMLA, "stage 5": FP8MLA}
 
 
-def build(stage_cls, config: MLAConfig, layers: int) -> TinyDecoder:
-    """A decoder of `layers` attention layers with one set of seeded attention weights, bf16 on the GPU."""
-    with torch.device("cuda"):
+def build(stage_cls, config: MLAConfig, layers: int, device: str = "cuda") -> TinyDecoder:
+    """A decoder of `layers` attention layers with one set of seeded attention weights, bf16 on `device`."""
+    with torch.device(device):
         dec = TinyDecoder(config, stage_cls, num_layers=layers, vocab_size=256, intermediate_size=64)
     dec = dec.to(torch.bfloat16).requires_grad_(False)
     linear_init_(dec.layers[0].self_attn, seed=0)

@@ -93,3 +93,24 @@ def test_layers_with_other_lengths_compute_their_own(monkeypatch):
     decoder(ids[:, 5:6], caches)
     assert len(calls) == 2
     assert caches[0].lengths_of(caches[0].seq_ids) == (6,) and caches[1].lengths_of(caches[1].seq_ids) == (7,)
+
+
+def test_step_schedule_script_builds_equal_layers():
+    """scripts/gpu_step_schedule.py's decoder (tiny config): every layer has the first one's attention weights,
+    and a step runs with the schedule shared."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import gpu_step_schedule
+
+    from mla_tutorial.measure.timing import random_cache
+
+    dec = gpu_step_schedule.build(TritonMLA, MLAConfig.tiny(), 2, device=DEVICE.type)
+    first, second = (layer.self_attn.state_dict() for layer in dec.layers)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    with torch.inference_mode():
+        caches = [random_cache(layer.self_attn, 2, 70, seed=i) for i, layer in enumerate(dec.layers)]
+        logits, caches = dec(torch.randint(0, 256, (2, 1), device=DEVICE), caches)
+    assert logits.shape == (2, 1, 256) and torch.isfinite(logits).all()
+    assert caches[0].lengths_of(caches[0].seq_ids) == caches[1].lengths_of(caches[1].seq_ids) == (71, 71)
