@@ -9,7 +9,8 @@
 # tile's cycle stamps, scripts/gpu_seesaw_trace.py), parts (the schedule's part count and fixed overhead timed beside
 # FlashMLA, scripts/gpu_parts_sweep.py; PARTS_ARGS="--grid wide --rounds 2" for the wide grid), split (each kernel's device time in v5's call and FlashMLA's, scripts/gpu_kernel_split.py), fp8ss (the FP8 seesaw
 # tile: its GPU matrix cases, 1 and TPS tiles a producer step, then its 8 hostile cases and its timing with TPS,
-# default 4, beside v5's FP8 choice and FlashMLA; scripts/gpu_fp8_seesaw_probe.py). The seesaw probe's check and time steps include its VARIANTS.
+# default 4, beside v5's FP8 choice and FlashMLA; scripts/gpu_fp8_seesaw_probe.py), stepsched (one schedule per
+# decode step: the decoder's graph GPU tests and tests/test_step.py, then scripts/gpu_step_schedule.py). The seesaw probe's check and time steps include its VARIANTS.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
 STEPS=${STEPS:-sched check time tests kernels fp8 decode}
@@ -174,6 +175,12 @@ has fp8ss && step fp8ss_tests ${FP8SS_LIMIT:-200} env PYTHONPATH=src:tests $PY -
   -p no:cacheprovider -k "fp8ss"
 has fp8ss && step fp8ss_probe ${FP8SS_PROBE_LIMIT:-400} env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_seesaw_probe.py \
   --out "$OUT/fp8ss.json" --tps "${TPS:-4}" ${FP8SS_ARGS:-}
+# one schedule per decode step (mla_tutorial.step): the decoder's CUDA-graph and no-sync GPU tests with the shared
+# schedule, tests/test_step.py on the GPU, then the 4-layer step timed with the schedule shared and per layer
+has stepsched && step stepsched_tests ${STEPSCHED_LIMIT:-240} env PYTHONPATH=src:tests $PY -m pytest \
+  tests/test_graphs_gpu.py tests/test_step.py -q -p no:cacheprovider -k "decoder or step or schedule"
+has stepsched && step stepsched_time 200 env PYTHONPATH=src $PY scripts/gpu_step_schedule.py \
+  --out "$OUT/step_schedule.json" --layers ${LAYERS:-4}
 # everything in one file first in name order (a call brings back at most 8 files; the eighth session lost 5 logs)
 tar czf "$OUT/00_all.tgz" -C "$OUT" --exclude=00_all.tgz --exclude='*.ncu-rep' . 2>/dev/null
 echo "=== done"
