@@ -68,6 +68,9 @@ FP8_SPLIT = "fp8_mma_page_work_split_h200_2026-12-02.json"
 #: The FP8 seesaw tile (v5_fp8_seesaw.py) and its parts beside v5's FP8 choice, bf16 v5 and FlashMLA (docs/results/
 #: probes/; scripts/gpu_fp8_seesaw_probe.py --variants early2,nodeq,quarter, H200)
 FP8_SEESAW_PARTS = "fp8_seesaw_parts_h200_2026-12-03.json"
+#: A 4-layer decoder's step with the kernel's schedule made once a step (mla_tutorial.step) against once a layer
+#: (scripts/gpu_step_schedule.py, H200)
+STEP_SCHEDULE = "step_schedule_h200_2026-12-03.json"
 
 #: How each committed file is produced (said when it is missing).
 PRODUCED_BY = {
@@ -80,6 +83,7 @@ PRODUCED_BY = {
     "fp8_bench": "`scripts/gpu_fp8_bench.py` on a GPU",
     "fp8_seesaw": "`scripts/gpu_fp8_seesaw_probe.py` on a GPU",
     "host_time": "`scripts/gpu_host_profile.py --plans` and `scripts/gpu_kernel_split.py` on a GPU",
+    "step_schedule": "`scripts/gpu_step_schedule.py` on a GPU",
 }
 
 #: Which stage-4 kernel served the decode-step files (the README's provenance: branch issue6-decode ran v4).
@@ -659,6 +663,35 @@ def host_plan_rows(source: str | Path | dict = HOST_PLANS, run: str | None = "ca
 
 
 @dataclass(frozen=True)
+class StepScheduleRow:
+    """One decode step of an L-layer decoder (CUDA graph, ms): the kernel's schedule made once a step and shared by
+    the layers (mla_tutorial.step), against made by every layer (one step_schedule_* row)."""
+
+    stage: int  # 4 or 5
+    heads: int
+    layers: int
+    batch: int
+    context: int
+    shared_ms: float
+    per_layer_ms: float
+
+    @property
+    def saved_per_layer_us(self) -> float:
+        """What each layer that no longer makes the schedule saves, µs."""
+        return (self.per_layer_ms - self.shared_ms) / (self.layers - 1) * 1e3
+
+
+def step_schedule_rows(source: str | Path | dict = STEP_SCHEDULE) -> list[StepScheduleRow]:
+    """The rows of a step_schedule_* file, as measured."""
+    data = load(source)
+    name = _name(source)
+    _need(data, ("rows", "device_info", "roofline"), name, "a step-schedule file (step_schedule_*)")
+    return [StepScheduleRow(stage=int(r["stage"].split()[-1]), heads=int(r["heads"]), layers=int(r["layers"]),
+                            batch=int(r["batch"]), context=int(r["context"]), shared_ms=float(r["shared_ms"]),
+                            per_layer_ms=float(r["per_layer_ms"])) for r in data["rows"]]
+
+
+@dataclass(frozen=True)
 class PairPhase:
     """One stretch of one page pair of the seesaw tile, from its cycle stamps (v5_seesaw's TRACE): cycles counted from
     warpgroup 0's start of the pair. The producer's rows are instants (start == end): when it asked for a half page
@@ -825,6 +858,7 @@ __all__ = [
     "HOST_PLANS", "KERNELS_V5", "KERNELS_V5_PLANS", "KERNELS_V5_QASYNC", "KERNELS_V5_EVEN", "KERNELS_V5_LINES",
     "KERNELS_V5_QTMA", "KERNELS_V5_WALK", "KERNELS_V5_FP8SS",
     "KERNELS_V5_SEESAW", "ROOFLINE", "HostPlanRow", "host_plan_rows", "SEESAW_TRACE", "PairPhase", "seesaw_pair_phases",
+    "STEP_SCHEDULE", "StepScheduleRow", "step_schedule_rows",
     "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",
     "Fp8DecoderRow", "Fp8RowError", "Fp8SpeedRow", "KernelRow", "KernelRun", "ResultsMissing", "ablation_steps",
     "capacity_rows", "ceilings", "decode_rows", "decode_skipped", "fp8_attention_errors", "fp8_correctness",
