@@ -81,6 +81,24 @@ def test_decoder_computes_one_schedule_per_step(stage_cls, monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_a_module_outside_a_step_builds_no_key(monkeypatch):
+    """A stage-4 module called on its own (no decoder step) computes its schedule and never reads the lengths' host
+    mirror for a key (the per-call cost outside a step stays what it was)."""
+    from mla_tutorial.stage3_paged import PagedLatentCache
+
+    calls = _counting(monkeypatch)
+    keys = []
+    real = PagedLatentCache.lengths_of
+    monkeypatch.setattr(PagedLatentCache, "lengths_of", lambda self, ids: keys.append(ids) or real(self, ids))
+    attn = _decoder(TritonMLA, layers=1).layers[0].self_attn
+    x = torch.randn(2, 3, attn.config.hidden_size, generator=torch.Generator().manual_seed(6)).to(DEVICE,
+                                                                                                   torch.bfloat16)
+    with torch.no_grad():
+        _, cache = attn(x)
+        attn(x[:, :1], cache)
+    assert len(calls) == 2 and keys == []
+
+
 def test_layers_with_other_lengths_compute_their_own(monkeypatch):
     """A layer whose cache holds other lengths than the first layer's (here: one token more) does not take its
     schedule: the key is the host's mirror of the lengths."""

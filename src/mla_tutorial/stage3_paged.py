@@ -467,9 +467,9 @@ class PagedMLA(AbsorbedMLA):
         return cache
 
     def attend(self, q: torch.Tensor, cache: PagedLatentCache, block_table: torch.Tensor,
-               cache_seqlens: torch.Tensor, lengths: tuple[int, ...] | None = None) -> torch.Tensor:
+               cache_seqlens: torch.Tensor, seq_ids: Sequence[int] | None = None) -> torch.Tensor:
         """Latent attention q [B, T, H, 576] → [B, T, H, d_c] over the paged cache (stage 4 replaces this).
-        `lengths`: the host's mirror of cache_seqlens (stage 4 keys the step's shared schedule by it; unused here).
+        `seq_ids`: the batch's sequences (stage 4 keys a decoder step's shared schedule by their lengths; unused here).
 
         Stage 2's attention over a contiguous copy of each sequence's pages: query t of sequence b sits at
         position cache_seqlens[b] − T + t and sees the keys up to it. `paged_mla_attention` computes the same
@@ -528,5 +528,5 @@ class PagedMLA(AbsorbedMLA):
         c_kv, k_rope = self.project_latent(x, positions)  # [B, T, d_c], [B, T, d^R_h]
         cache.append(seq_ids, torch.cat([c_kv, k_rope], dim=-1))  # NEW: written into pages, no copy of the rest
         block_table = cache.table[rows, : cache.width(seq_ids)]  # [B, pages] views of the device state
-        o_latent = self.attend(q, cache, block_table, cache.lengths[rows], lengths=cache.lengths_of(seq_ids))
+        o_latent = self.attend(q, cache, block_table, cache.lengths[rows], seq_ids=seq_ids)
         return self.unabsorb_output(o_latent), cache  # [B, T, hidden]

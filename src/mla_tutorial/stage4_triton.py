@@ -29,7 +29,7 @@ import torch
 from .contract import KERNEL_DTYPES  # dtypes the Triton kernel takes (FlashMLA's): bf16, fp16
 from .kernels import flash_mla_with_kvcache, get_mla_metadata
 from .stage3_paged import PagedLatentCache, PagedMLA
-from .step import shared
+from .step import in_step, shared
 
 
 class TritonMLA(PagedMLA):
@@ -57,23 +57,24 @@ class TritonMLA(PagedMLA):
                                "stage 3 (PagedMLA), which computes the same attention in torch")
         return super().validate(hidden_states, cache, seq_ids)
 
-    def schedule(self, cache_seqlens: torch.Tensor, rows_per_kv: int,
-                 lengths: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def schedule(self, cache_seqlens: torch.Tensor, rows_per_kv: int, cache: PagedLatentCache,
+                 seq_ids: Sequence[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The kernel's schedule for these lengths: computed on the GPU (no host sync), or, within a decoder step
-        (`step.one_step`), the one an earlier layer made for the same host-mirrored `lengths` and query rows."""
+        (`step.one_step`), the one an earlier layer made for the same query rows and the same host-mirrored lengths
+        of `seq_ids` (only read in a step: outside one, nothing is built for the key)."""
         def make():
             return get_mla_metadata(cache_seqlens, rows_per_kv, 1)
 
-        if lengths is None:
+        if seq_ids is None or not in_step():
             return make()
-        return shared(("mla schedule", lengths, rows_per_kv, cache_seqlens.device), make)
+        return shared(("mla schedule", cache.lengths_of(seq_ids), rows_per_kv, cache_seqlens.device), make)
 
     def attend(self, q: torch.Tensor, cache: PagedLatentCache, block_table: torch.Tensor,
-               cache_seqlens: torch.Tensor, lengths: tuple[int, ...] | None = None) -> torch.Tensor:
+               cache_seqlens: torch.Tensor, seq_ids: Sequence[int] | None = None) -> torch.Tensor:
         """Latent attention q [B, T, H, 576] → [B, T, H, d_c] by one fused kernel call (plus combine)."""
         B, T, H, _ = q.shape
         # The schedule: s_q·h_q query rows per latent head (h_kv = 1); one per decoder step where lengths agree.
-        metadata, num_splits = self.schedule(cache_seqlens, T * H, lengths)
+        metadata, num_splits = self.schedule(cache_seqlens, T * H, cache, seq_ids)
         out, _ = flash_mla_with_kvcache(q, cache.k_cache, block_table, cache_seqlens, self.config.kv_lora_rank,
                                         metadata, num_splits, softmax_scale=self.config.softmax_scale,
                                         causal=T > 1)  # [B, T, H, d_c]

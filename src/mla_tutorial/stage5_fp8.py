@@ -124,13 +124,13 @@ class FP8MLA(TritonMLA):
         return cache
 
     def attend(self, q: torch.Tensor, cache: FP8LatentCache, block_table: torch.Tensor,
-               cache_seqlens: torch.Tensor, lengths: tuple[int, ...] | None = None) -> torch.Tensor:
+               cache_seqlens: torch.Tensor, seq_ids: Sequence[int] | None = None) -> torch.Tensor:
         """Latent attention q [B, T, H, 576] (bf16) → [B, T, H, d_c] over the FP8 pages, by one kernel call."""
         if q.dtype != torch.bfloat16:
             raise TypeError(f"FP8MLA runs its kernel in bf16 (the FP8 rows keep k_rope in bf16), but the module is "
                             f"{q.dtype}; use module.to(torch.bfloat16)")
         B, T, H, _ = q.shape
-        metadata, num_splits = self.schedule(cache_seqlens, T * H, lengths)  # (stage 4's: shared in a step)
+        metadata, num_splits = self.schedule(cache_seqlens, T * H, cache, seq_ids)  # (stage 4's: shared in a step)
         out, _ = flash_mla_with_kvcache(q, cache.k_cache, block_table, cache_seqlens, self.config.kv_lora_rank,
                                         metadata, num_splits, softmax_scale=self.config.softmax_scale,
                                         causal=T > 1, is_fp8_kvcache=True)  # NEW: 656-byte rows
@@ -166,7 +166,7 @@ class FP8ReferenceMLA(FP8MLA):
     """
 
     def attend(self, q: torch.Tensor, cache: FP8LatentCache, block_table: torch.Tensor,
-               cache_seqlens: torch.Tensor, lengths: tuple[int, ...] | None = None) -> torch.Tensor:
+               cache_seqlens: torch.Tensor, seq_ids: Sequence[int] | None = None) -> torch.Tensor:
         out, _ = paged_mla_attention(q, cache.dequantized(), block_table, cache_seqlens, self.config.kv_lora_rank,
                                      self.config.softmax_scale, causal=True)
         return out  # [B, T, H, d_c]

@@ -35,6 +35,11 @@ def one_step() -> Iterator[None]:
         _STEP.reset(token)
 
 
+def in_step() -> bool:
+    """Whether the caller runs inside `one_step()` (outside one `shared` keeps nothing, so no key need be built)."""
+    return _STEP.get() is not None
+
+
 def shared(key: Hashable, make: Callable[[], T]) -> T:
     """`make()` once per key within a step (its first result for the later calls), every time outside one."""
     memo = _STEP.get()
