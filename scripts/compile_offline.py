@@ -172,6 +172,7 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
         v5_fp8_mma,
         v5_fp8_reg,
         v5_fp8_tma,
+        v5_fp8_wgr,
         v5_fp8_ws,
         v5_fp8_ws16,
     )
@@ -198,13 +199,14 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
                  "ws16": (v5_fp8_ws16._v5_fp8_ws16_kernel, v5_fp8_ws16.CONSUMER_WARPS),
                  "ws16w": (v5_fp8_ws16._v5_fp8_ws16_kernel, v5_fp8_ws16.CONSUMER_WARPS),
                  "ksplit": (v5_fp8_ksplit._v5_fp8_ksplit_kernel, v5_fp8_ksplit.KS_WARPS),
+                 "wgr": (v5_fp8_wgr._v5_fp8_wgr_kernel, v5_fp8_wgr.WGR_WARPS),
                  **{k: (v5_fp8_reg._v5_fp8_reg_kernel, v5_fp8_reg.REG_WARPS) for k in REG_KINDS}}[kind]
     consts = {"CAUSAL": causal, "META_COLS": 8, "num_warps": warps}
     if kind in ("ws", "mma", "mma8"):
         sig["MODE"] = "constexpr"
         consts["MODE"] = mode
-    if kind in (*REG_KINDS, "ksplit"):  # the raw rows' descriptors after the cache pointer
-        # (v5_fp8_reg.launch_v5_fp8_reg); ksplit: v5_fp8_ksplit.py
+    if kind in (*REG_KINDS, "ksplit", "wgr"):  # the raw rows' descriptors after the cache pointer
+        # (v5_fp8_reg.launch_v5_fp8_reg); ksplit: v5_fp8_ksplit.py; wgr: v5_fp8_wgr.py (the register tile's)
         sw32 = SMEM_LAYOUT.replace("element_bitwidth=16, rank=2", "element_bitwidth=32, rank=3")
         plain = SMEM_LAYOUT.replace("swizzle_byte_width=128, element_bitwidth=16", "swizzle_byte_width=0, "
                                     "element_bitwidth=32")
@@ -215,17 +217,17 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
             sig |= {"num_warps": "constexpr"}
         else:
             sig |= {"RAW": "constexpr", "num_warps": "constexpr"}
-            consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS}
+            consts |= {"RAW": v5_fp8_wgr.WGR_RAW_SLOTS if kind == "wgr" else v5_fp8_reg.REG_RAW_SLOTS}
         attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 7, 17)}  # (the descriptors' places counted)
     if kind in ("ws16", "ws16w"):  # ws16w: the 8-warp producer (PW precedes num_warps in the signature)
         sig = {k: v for k, v in sig.items() if k != "num_warps"} | {"PW": "constexpr", "num_warps": "constexpr"}
         consts["PW"] = 8 if kind == "ws16w" else 4
     src = GluonASTSource(fn, sig, consts, attrs)
     options = {"num_warps": warps}
-    if kind in ("ws", "mma8", "ws16", "ws16w", "ksplit", *REG_KINDS):
+    if kind in ("ws", "mma8", "ws16", "ws16w", "ksplit", "wgr", *REG_KINDS):
         options["maxnreg"] = {"ws": v5_fp8_ws.WS_REGS, "mma8": v5_fp8_mma.WIDE_MAXNREG,
                               "ws16": v5_fp8_ws16.WS16_REGS, "ws16w": v5_fp8_ws16.WIDE_REGS,
-                              "ksplit": v5_fp8_ksplit.KS_MAXNREG}.get(
+                              "ksplit": v5_fp8_ksplit.KS_MAXNREG, "wgr": v5_fp8_wgr.WGR_MAXNREG}.get(
                                   kind, v5_fp8_reg.REG_MAXNREG)
     return triton.compile(src, target=TARGET, options=options)
 
@@ -313,9 +315,10 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, kind=kind, mode=mode)
                 print(f"{base} mode={mode} causal={causal}: {report(f'{base}{mode}_c{int(causal)}', ck, workdir)}")
-        elif name in ("v5ftma", "v5fws16", "v5fws16w", "v5fksplit", *(f"v5f{k}" for k in REG_KINDS)):
+        elif name in ("v5ftma", "v5fws16", "v5fws16w", "v5fksplit", "v5fwgr", *(f"v5f{k}" for k in REG_KINDS)):
             # the other 16-row Gluon FP8 tiles (tma: fed by TMA; ws16: warp-specialised, ws16w: with an 8-warp
-            # producer; reg: dequantizing into registers, and its variants; ksplit: its warps splitting S's reduction)
+            # producer; reg: dequantizing into registers, and its variants; ksplit: its warps splitting S's reduction;
+            # wgr: its products on wgmma, transposed)
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, kind=name[3:])
                 print(f"{name} causal={causal}: {report(f'{name}_c{int(causal)}', ck, workdir)}")

@@ -10,7 +10,8 @@
 # FlashMLA, scripts/gpu_parts_sweep.py; PARTS_ARGS="--grid wide --rounds 2" for the wide grid), split (each kernel's device time in v5's call and FlashMLA's, scripts/gpu_kernel_split.py), fp8ss (the FP8 seesaw
 # tile: its GPU matrix cases, 1 and TPS tiles a producer step, then its 8 hostile cases and its timing with TPS,
 # default 4, beside v5's FP8 choice and FlashMLA; scripts/gpu_fp8_seesaw_probe.py), stepsched (one schedule per
-# decode step: the decoder's graph GPU tests and tests/test_step.py, then scripts/gpu_step_schedule.py). The seesaw probe's check and time steps include its VARIANTS.
+# decode step: the decoder's graph GPU tests and tests/test_step.py, then scripts/gpu_step_schedule.py), wgr (the
+# register tile on wgmma, v5_fp8_wgr.py: its GPU cases, then its h16 timing beside the other 16-row FP8 tiles). The seesaw probe's check and time steps include its VARIANTS.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
 STEPS=${STEPS:-sched check time tests kernels fp8 decode}
@@ -151,14 +152,14 @@ has stalls && step stalls ${NCU_LIMIT:-240} ncu --clock-control none \
   env PYTHONPATH=src $PY scripts/gpu_ncu_fp8.py
 # one kernel's stalls per SASS instruction (warp-state sampling; csv, one row per instruction; summarise with
 # scripts/ncu_sass_summary.py): SASS_ONLY=mma (the 16-row FP8 tile, h16), ws (the warp-specialised FP8 tile, h16),
-# reg (the 16-row tile dequantizing into registers, h16), ksplit (that tile with the warps splitting S's reduction) or
-# seesaw (the bf16 seesaw tile, h64); SASS_SECTIONS: more
+# reg (the 16-row tile dequantizing into registers, h16), ksplit (that tile with the warps splitting S's reduction),
+# wgr (that tile on wgmma, both products transposed) or seesaw (the bf16 seesaw tile, h64); SASS_SECTIONS: more
 # ncu sections in the same pass (their details page to ${only}_details.txt); REG_KNOBS (or regpick's pick):
 # v5_fp8_reg.py's knobs for it, through scripts/with_knobs.py (e.g. "REG_MAXNREG=240")
 sass_page() {
   local only=${SASS_ONLY:-mma}
   local kernel=$(case $only in mma) echo _v5_fp8_mma_kernel;; ws) echo _v5_fp8_ws_kernel;; reg) echo _v5_fp8_reg_kernel;;
-    ksplit) echo _v5_fp8_ksplit_kernel;; *) echo _ss_kernel;; esac)
+    ksplit) echo _v5_fp8_ksplit_kernel;; wgr) echo _v5_fp8_wgr_kernel;; *) echo _ss_kernel;; esac)
   ncu --clock-control none -k "regex:$kernel" -c 1 --section SourceCounters --section WarpStateStats \
     ${SASS_SECTIONS:-} \
     --export "$OUT/${only}_sass" --force-overwrite env PYTHONPATH=src $PY scripts/with_knobs.py ${REG_KNOBS:-} -- \
@@ -181,6 +182,14 @@ has stepsched && step stepsched_tests ${STEPSCHED_LIMIT:-240} env PYTHONPATH=src
   tests/test_graphs_gpu.py tests/test_step.py -q -p no:cacheprovider -k "decoder or step or schedule"
 has stepsched && step stepsched_time 200 env PYTHONPATH=src $PY scripts/gpu_step_schedule.py \
   --out "$OUT/step_schedule.json" --layers ${LAYERS:-4}
+# the register tile on wgmma (v5_fp8_wgr.py, not yet run): its GPU cases (the hostile matrix, the wide ranges), then
+# the h16 timing beside the other 16-row FP8 tiles, bf16 v5 and FlashMLA
+has wgr && step wgr_tests ${WGR_LIMIT:-200} env MLA_FP8_WGR=1 PYTHONPATH=src:tests $PY -m pytest -m gpu \
+  tests/test_fp8.py -q -p no:cacheprovider -k "wgr"
+if has wgr && grep -q " passed" "$OUT/wgr_tests.log" && ! grep -q "failed\|error" "$OUT/wgr_tests.log"; then
+  step wgr_bench 200 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma --heads 16 \
+    --sections env,timing --out "$OUT/wgr.json"
+fi
 # everything in one file first in name order (a call brings back at most 8 files; the eighth session lost 5 logs)
 tar czf "$OUT/00_all.tgz" -C "$OUT" --exclude=00_all.tgz --exclude='*.ncu-rep' . 2>/dev/null
 echo "=== done"

@@ -105,8 +105,10 @@ def main() -> None:
     TILES += [("mma", "pointer"), ("mma8", "pointer"), ("tma", "pointer")] if args.mma and not args.smoke else []
     #              the 16-row tile with 4 and 8 warps per program, fed by TMA (v5_fp8_tma.py); and warp-specialised
     #              (v5_fp8_ws16.py); dequantizing into registers (v5_fp8_reg.py: v5's choice at up to 16 rows)
-    TILES += [("ws16", "pointer"), ("ws16w", "pointer"), ("reg", "pointer"), ("ksplit", "pointer")] \
-        if args.mma and not args.smoke else []  # (ksplit: the register tile with the warps splitting S's reduction)
+    #              (ksplit: the register tile with the warps splitting S's reduction; wgr: the register tile on
+    #              wgmma, both products transposed)
+    TILES += [("ws16", "pointer"), ("ws16w", "pointer"), ("reg", "pointer"), ("ksplit", "pointer"),
+              ("wgr", "pointer")] if args.mma and not args.smoke else []
     big_b, big_sk = (2, (64, 130)) if args.smoke else (128, (4096, 8192))
 
     from test_kernels import check_against_reference, make_inputs
@@ -290,6 +292,7 @@ def main() -> None:
                 impls["fp8_ws16w"] = lambda: fp8("ws16", "pointer", GluonConfig(warps=8))
                 impls["fp8_reg"] = lambda: fp8("reg", "pointer")  # dequantizing into registers (v5's choice)
                 impls["fp8_ksplit"] = lambda: fp8("ksplit", "pointer")  # the same, warps splitting S's reduction
+                impls["fp8_wgr"] = lambda: fp8("wgr", "pointer")  # the same on wgmma, both products transposed
                 impls["fp8_reg_ptxas_regs"] = reg_ptxas_regs  # the same with ptxas's own register cap (168)
                 if REG_VARIANTS:  # the prepared variants, not yet run
                     impls |= {name: reg_variant(**knobs) for name, knobs in REG_VARIANTS.items()}
@@ -316,7 +319,7 @@ def main() -> None:
         row["fp8_vs_bf16_cos_diff"] = cos_diff(fo, bo)  # the quantization's effect on this shape
         # the same math, another order
         for other in ("fp8_small_tma", "fp8_gluon", "fp8_ws", "fp8_ss", "fp8_mma", "fp8_mma8", "fp8_reg", "fp8_ksplit",
-                      *REG_VARIANTS):
+                      "fp8_wgr", *REG_VARIANTS):
             if other in impls:
                 try:
                     oo, _ = impls[other]()

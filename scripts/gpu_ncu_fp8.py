@@ -24,7 +24,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--b", type=int, default=128)
     ap.add_argument("--s-k", type=int, default=4096)
-    ap.add_argument("--only", choices=["mma", "ws", "seesaw", "reg", "ksplit"],
+    ap.add_argument("--only", choices=["mma", "ws", "seesaw", "reg", "ksplit", "wgr"],
                     help="run one of the kernels only (reg: v5_fp8_reg.py's, ksplit: v5_fp8_ksplit.py's, each run only "
                          "when asked for)")
     ap.add_argument("--mode", type=int, default=0, help="GluonConfig.mode: a part alone (e.g. 3: the 16-row tile's "
@@ -32,8 +32,8 @@ def main() -> None:
     args = ap.parse_args()
     config = GluonConfig(mode=args.mode) if args.mode else None
     runs = {"mma": (16, True, "mma"), "ws": (16, True, "seesaw"), "seesaw": (64, False, "seesaw"),
-            "reg": (16, True, "reg"), "ksplit": (16, True, "ksplit")}  # h_q, FP8, path
-    runs = [runs[args.only]] if args.only else [v for k, v in runs.items() if k not in ("reg", "ksplit")]
+            "reg": (16, True, "reg"), "ksplit": (16, True, "ksplit"), "wgr": (16, True, "wgr")}  # h_q, FP8, path
+    runs = [runs[args.only]] if args.only else [v for k, v in runs.items() if k not in ("reg", "ksplit", "wgr")]
     for h_q, fp8, path in runs:
         seqlens = make_lengths(args.b, args.s_k, "fixed", 1, torch.Generator())
         q, kc, bt, sl = make_inputs(seqlens, 1, h_q, "cuda", seed=h_q)

@@ -426,7 +426,7 @@ def test_the_16_row_fp8_tile_reads_only_an_fp8_cache():
     """path="mma" is the 16-row FP8 tile: on a bf16 cache it is refused by name, wherever it runs (as the other
     FP8-only tiles)."""
     q, k, block_table, seqlens = make_inputs([10, 70], 1, 4, 1, torch.bfloat16, seed=3)
-    for path in ("mma", "tma", "ws16", "reg", "ksplit", "fp8ss"):
+    for path in ("mma", "tma", "ws16", "reg", "ksplit", "wgr", "fp8ss"):
         with pytest.raises(ValueError, match=f"path '{path}' .+ reads only an FP8 cache"):
             K.mla_decode_v5(q, k, block_table, seqlens, 512, path=path)
 
@@ -442,6 +442,10 @@ UNVERIFIED_REG_VARIANTS = pytest.mark.skipif(os.environ.get("MLA_FP8_REG_VARIANT
                                              reason="v5_fp8_reg.py's variant not yet run on a GPU: set "
                                                     "MLA_FP8_REG_VARIANTS=1")
 REG_VARIANTS = {f"reg-{name}": knobs for name, knobs in v5_fp8_reg.REG_VARIANTS.items()}
+#: The register tile on wgmma (v5_fp8_wgr.py, path "wgr") has not yet run on a GPU: its cases run when asked for
+#: (MLA_FP8_WGR=1) until a GPU run has checked them.
+UNVERIFIED_WGR = pytest.mark.skipif(os.environ.get("MLA_FP8_WGR") != "1",
+                                    reason="v5_fp8_wgr.py not yet run on a GPU: set MLA_FP8_WGR=1")
 
 
 
@@ -449,7 +453,7 @@ REG_VARIANTS = {f"reg-{name}": knobs for name, knobs in v5_fp8_reg.REG_VARIANTS.
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "fp8ss", "fp8ss-t1", "mma", "mma8",
-                                  "tma", "ws16", "ws16w", "reg", "ksplit",
+                                  "tma", "ws16", "ws16w", "reg", "ksplit", pytest.param("wgr", marks=UNVERIFIED_WGR),
                                   *(pytest.param(v, marks=UNVERIFIED_REG_VARIANTS) for v in REG_VARIANTS)])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
@@ -459,7 +463,8 @@ def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
     padded too; "fp8ss-t1": with 1 scale tile's words a producer step instead of 4) and the 16-row
     Gluon FP8 tile (path "mma": 16 rows per program, m_tiles of them; "mma8": with 8 warps per program; "tma": fed
     by TMA; "ws16": warp-specialised, "ws16w" with an 8-warp producer; "reg": dequantizing into its operand
-    registers, "reg-NAME" its prepared variants; "ksplit": that tile with the warps splitting S's reduction)."""
+    registers, "reg-NAME" its prepared variants; "ksplit": that tile with the warps splitting S's reduction; "wgr":
+    that tile with both products transposed on wgmma)."""
     from mla_tutorial.kernels import v5_fp8_reg, v5_fp8_seesaw, v5_small
     from mla_tutorial.kernels.v5_gluon import GluonConfig
 
@@ -479,7 +484,7 @@ def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("path", ["reg", "ksplit",
+@pytest.mark.parametrize("path", ["reg", "ksplit", pytest.param("wgr", marks=UNVERIFIED_WGR),
                                   *(pytest.param(v, marks=UNVERIFIED_REG_VARIANTS) for v in REG_VARIANTS)])
 def test_gpu_fp8_reg_wide_ranges(path, monkeypatch):
     """The register tile on values far from 1: query rows with |q| from 2^-20 to 2^20 (past fp16's 65,504) and cache
@@ -495,7 +500,7 @@ def test_gpu_fp8_reg_wide_ranges(path, monkeypatch):
     q = (q.float() * torch.exp2(q_exp)[..., None].to(q.device)).bfloat16()
     k_exp = torch.randint(-24, 13, k_cache.shape[:3], generator=gen).float()  # [num_blocks, 64, h_kv]: per token
     k8 = quantize_k_cache((k_cache.float() * torch.exp2(k_exp)[..., None].to(k_cache.device)).bfloat16())
-    check_fp8(q, k8, block_table, seqlens, False, path="ksplit" if path == "ksplit" else "reg")
+    check_fp8(q, k8, block_table, seqlens, False, path=path if path in ("ksplit", "wgr") else "reg")
 
 
 @pytest.mark.gpu

@@ -49,6 +49,7 @@ from .v5_fp8_mma import MMA_WARPS, launch_v5_fp8_mma, mma_v2
 from .v5_fp8_reg import launch_v5_fp8_reg
 from .v5_fp8_seesaw import launch_v5_fp8_seesaw
 from .v5_fp8_tma import launch_v5_fp8_tma
+from .v5_fp8_wgr import launch_v5_fp8_wgr
 from .v5_fp8_ws import launch_v5_fp8_ws
 from .v5_fp8_ws16 import PRODUCER_WARPS, launch_v5_fp8_ws16
 from .v5_gluon import BLOCK_M as GLUON_BLOCK_M
@@ -59,9 +60,10 @@ from .v5_small import launch_v5_small, small_tile_config
 
 #: The 16-row FP8 tiles (an FP8 cache only): "mma" (v5_fp8_mma.py), "tma" the same fed by TMA (v5_fp8_tma.py), "ws16"
 #: warp-specialised (v5_fp8_ws16.py), "reg" dequantizing into the operand registers (v5_fp8_reg.py, v5's choice at up
-#: to FP8_REG_MAX_ROWS rows), "ksplit" the same with the warps splitting S's reduction (v5_fp8_ksplit.py); the others
-#: are forced only. Their timing modes (GluonConfig.mode): up to 4 for "mma", none for the others.
-FP8_16ROW_PATHS = {"mma": 4, "tma": 0, "ws16": 0, "reg": 0, "ksplit": 0}
+#: to FP8_REG_MAX_ROWS rows), "ksplit" the same with the warps splitting S's reduction (v5_fp8_ksplit.py), "wgr" the
+#: same with both products transposed on wgmma (v5_fp8_wgr.py); the others are forced only. Their timing modes
+#: (GluonConfig.mode): up to 4 for "mma", none for the others.
+FP8_16ROW_PATHS = {"mma": 4, "tma": 0, "ws16": 0, "reg": 0, "ksplit": 0, "wgr": 0}
 #: "m16": the TMA-fed 16-row tile on a bf16 cache (v5_m16.py; forced only, its variant v5_m16.M16_DEFAULT)
 #: FP8-only tiles of 64 rows: "fp8ss", the bf16 seesaw tile's consumers fed by a dequantizing producer
 #: (v5_fp8_seesaw.py)
@@ -180,8 +182,8 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
         raise ValueError(f"path {path!r} cannot read an FP8 cache (is_fp8_kvcache=True): only 'small', 'gluon', "
                          f"'seesaw' (the warp-specialised FP8 tile), 'mma' (the 16-row FP8 tile), 'tma' (the same "
                          f"fed by TMA), 'ws16' (the same warp-specialised), 'reg' (the same dequantizing into "
-                         f"registers), 'ksplit' (that with the warps splitting the reduction) and 'fp8ss' (the "
-                         f"seesaw tile's consumers fed by a dequantizing producer) can")
+                         f"registers), 'ksplit' (that with the warps splitting the reduction), 'wgr' (that on wgmma, "
+                         f"transposed) and 'fp8ss' (the seesaw tile's consumers fed by a dequantizing producer) can")
     if path in FP8_ONLY_PATHS and not is_fp8:
         kind = "the FP8 seesaw tile" if path == "fp8ss" else "a 16-row FP8 tile"
         raise ValueError(f"path {path!r} ({kind}) reads only an FP8 cache (is_fp8_kvcache=True)")
@@ -222,6 +224,9 @@ def _launch_tile(path, q, k_cache, block_table, cache_seqlens, dims, causal, met
     if path == "m16":
         launch_v5_m16(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                       part_lse, flag)
+    elif path == "wgr":
+        launch_v5_fp8_wgr(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
+                          part_lse, flag)
     elif path == "ksplit":
         launch_v5_fp8_ksplit(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                              part_out, part_lse, flag)

@@ -1,0 +1,430 @@
+# version 5, FP8 cache, 16-row register tile on wgmma: v5_fp8_reg.py's page work with both products transposed, so
+# that the dequantized page is wgmma's register A operand (stage 5; forced with path "wgr", not routed).
+#
+# What it changes against v5_fp8_reg.py (same TMA ring of raw rows, same dequantization into the operand registers,
+# fp16 S with Q's rows scaled into fp16's range, bf16 V, each tile's scale on S and P per key, schedule, semantics):
+#   * the products are one warpgroup's asynchronous wgmma instead of each warp's mma.sync, on the transposes:
+#       - S^T = K·Q^T [64 keys, 16 rows] (m64n16k16): A = K, each scale tile's e4m3 words dequantized (fp16, by
+#         the hardware conversion) into the A operand registers; B = Q^T, Q's latent part in fp16 in shared memory
+#         (_reg_load_q16: the same columns' permutation). RoPE: A = k_rope from the raw slot, columns permuted as
+#         Q's, B = Q_rope^T. Five accumulators of 8 registers (four tiles, scaled per key once they are in, and
+#         RoPE's), each tile's product issued as soon as its operand is built, the next tile dequantized under it;
+#       - O^T = V^T·P^T [512 columns, 16 rows] (m64n16k16, two m64 blocks a scale tile): A = V^T from pairs of
+#         keys' words (_E4M3_PAIRS: byte e of the even key's and of the odd key's word are one bf16 pair), B = P^T
+#         times the tile's scales, four [16, 64] copies in shared memory as before. Each of the 512 output rows of
+#         a tile is a column of the cache permuted inside its tile (rows 64·e_hi + 16·w + 8·e_lo + g hold column
+#         4·(8w + g) + 2·e_hi + e_lo), put back in v5_fp8_reg.py's order by a relabelling before the store.
+#     N is the tile's 16 rows: nothing is padded (FlashMLA's bf16 kernel and the seesaw tiles compute 64 rows).
+#   * the softmax runs down S^T's columns: each warp holds 16 keys of every row, so the running max crosses the
+#     four warps through 256 bytes of shared memory with one barrier (_wgr_col_max), as v5_fp8_reg.py's row max
+#     does; the row sums stay per key (8 registers) until the request ends.
+#   * three barriers a page, as v5_fp8_reg.py: the page is in (and page i - 1's slot free), S's max, P.
+# Why (docs/results/v5_notes.md, "A plan for 64 and 128 heads"; docs/fp8.md §5): v5_fp8_reg.py is latency-bound on
+#   its operand chains (issue slots 33 % busy, 0.5 eligible warps per scheduler) with 136 mma.sync a warp a page,
+#   each waiting on its operands; a 16-row tile's products alone took 0.099-0.116 ms, about what issue 9's 1.5 at
+#   h16 allows for the whole call. wgmma is issued once per warpgroup for 16x the work of an mma.sync (68 a page
+#   instead of 544), runs asynchronously while the warps dequantize the next tile, and its accumulators are 72
+#   registers a thread (O^T 64, S^T's five 40) against v5_fp8_reg.py's 64 + 16.
+# sm_90a (scripts/compile_offline.py v5fwgr): see docs/results/v5_notes.md (twentieth session).
+# Expected (H200, b 128, s_k 4096, h_q 16; not yet run): 0.115-0.160 ms against 0.134 for v5_fp8_reg.py and ~0.166 for
+#   FlashMLA (FlashMLA / ours 1.04-1.44; target 1.5); no confident direction: the dequantization and its shared-
+#   memory reads are the same, the products' issue and waiting are what changes.
+"""Version 5 over an FP8 cache, 16-row register tile on wgmma: both products transposed, the dequantized page the
+register A operand (Gluon, Triton 3.6)."""
+
+from __future__ import annotations
+
+from .launch import FastLauncher
+from .v5_fp8_gluon import _fp8_page
+from .v5_fp8_reg import (
+    _E4M3X4_F16,
+    _reg_drop_bars,
+    _reg_expect_tma,
+    _reg_init_bars,
+    _reg_issue_tma,
+    _reg_load_q16,
+    _reg_words,
+    _reg_zero_tail,
+    launch_page_tile,
+)
+from .v5_gluon import (
+    _v5_next_part,
+    _v5_part,
+    _v5_request,
+    _v5_start,
+    _v5_store,
+    fence_async_shared,
+    gl,
+    gluon,
+    mbarrier,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+WGR_WARPS = 4  # one warpgroup (two programs per SM: ~110 KB of shared memory each)
+WGR_MAXNREG = 255  # two programs' 256 threads may use the register file's 64 K
+WGR_RAW_SLOTS = 2  # raw page slots in the ring: page i + 1 in flight while page i is computed
+
+if gluon is not None:
+    #: The products' layout: wgmma's accumulator for one warpgroup, N = the tile's 16 rows. S^T [64 keys, 16] and
+    #: each scale tile's O^T [128 columns, 16] hold it: warp w the keys (columns) 16w .. 16w + 15 of each 64.
+    #: v5_fp8_reg._E4M3_PAIRS for two of the four bytes: $4 the even key's word, $5 the odd key's; $0-$3 the bf16
+    #: pairs (even key, odd key) of bytes 0 and 1 (_LO) or 2 and 3 (_HI): prmt, shift, mask, one multiply by 2^120.
+    _E4M3_PAIRS_LO = gl.constexpr("""{
+.reg .b32 k, x0, x1;
+mov.b32 k, 0x7B807B80;
+prmt.b32 x0, $4, $5, 0xC480;
+prmt.b32 x1, $4, $5, 0xD591;
+shl.b32 x0, x0, 4;
+shl.b32 x1, x1, 4;
+and.b32 x0, x0, 0x87F087F0;
+and.b32 x1, x1, 0x87F087F0;
+mul.rn.bf16x2 x0, x0, k;
+mul.rn.bf16x2 x1, x1, k;
+mov.b32 {$0, $1}, x0;
+mov.b32 {$2, $3}, x1;
+}""")
+    _E4M3_PAIRS_HI = gl.constexpr("""{
+.reg .b32 k, x0, x1;
+mov.b32 k, 0x7B807B80;
+prmt.b32 x0, $4, $5, 0xE6A2;
+prmt.b32 x1, $4, $5, 0xF7B3;
+shl.b32 x0, x0, 4;
+shl.b32 x1, x1, 4;
+and.b32 x0, x0, 0x87F087F0;
+and.b32 x1, x1, 0x87F087F0;
+mul.rn.bf16x2 x0, x0, k;
+mul.rn.bf16x2 x1, x1, k;
+mov.b32 {$0, $1}, x0;
+mov.b32 {$2, $3}, x1;
+}""")
+    WGR_LAYOUT = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 16, 16]))
+
+    @gluon.jit
+    def _wgr_words_k(kv_raw, slot, tile: gl.constexpr):
+        """Scale tile T's e4m3 words as S^T's A operand reads them, [64 keys, 2 halves, 16 words]: thread (g = lane //
+        4, t = lane % 4) of warp w holds keys 16w + g and 16w + 8 + g, words 16h + 4t + j (two LDS.128 a key)."""
+        lk: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 1], [0, 2], [0, 16], [8, 0]], lane_bases=[[0, 4], [0, 8], [1, 0], [2, 0], [4, 0]],
+            warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[64, 32])
+        return gl.reshape(_reg_words(kv_raw, slot, tile).load(lk), [64, 2, 16])  # [64 keys, 32 words] int32
+
+    @gluon.jit
+    def _wgr_keys(words, half: gl.constexpr, a_op: gl.constexpr):
+        """K8 [64 keys, 64] of one half (64 columns) of a scale tile, its e4m3 values unscaled, in fp16 as S^T's
+        register A operand (words: _wgr_words_k's), one word per k16 step j of the columns' permutation
+        (_reg_perm64: logical column 16j + 8a + 2t + b is the half's column 16t + 4j + 2a + b)."""
+        w0, w1 = gl.split(gl.permute(words, (0, 2, 1)))  # [64 keys, 16 words] of each half
+        w = w1 if half else w0
+        v0, v1, v2, v3 = gl.inline_asm_elementwise(
+            _E4M3X4_F16, "=h,=h,=h,=h,r", [w], dtype=(gl.float16,) * 4, is_pure=True, pack=1)
+        x = gl.join(gl.join(v0, v2), gl.join(v1, v3))  # [key, word, a, b]: value 2a + b of the word
+        x = gl.reshape(x, [64, 4, 4, 2, 2])  # [key, t, j, a, b]
+        x = gl.reshape(gl.permute(x, (0, 2, 3, 1, 4)), [64, 64])  # [key, j, a, t, b]: logical order
+        return gl.convert_layout(x, a_op, assert_trivial=True)  # (a relabelling: no data moves)
+
+    @gluon.jit
+    def _wgr_rope(kr_slot, a_op: gl.constexpr):
+        """k_rope [64 keys, 64] (bf16, a raw slot's) as S^T's register A operand, columns in _reg_perm64's order (Q's
+        RoPE part is stored so): thread (g, t) of warp w reads columns 16t .. 16t + 15 of keys 16w + g, + 8."""
+        lr: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 1], [0, 2], [0, 4], [0, 8], [8, 0]], lane_bases=[[0, 16], [0, 32], [1, 0], [2, 0], [4, 0]],
+            warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[64, 64])
+        r = gl.reshape(kr_slot.load(lr), [64, 4, 4, 2, 2])  # [key, t, j, a, b]
+        r = gl.reshape(gl.permute(r, (0, 2, 3, 1, 4)), [64, 64])  # [key, j, a, t, b]
+        return gl.convert_layout(r, a_op, assert_trivial=True)
+
+    @gluon.jit
+    def _wgr_words_v(kv_raw, slot, tile: gl.constexpr):
+        """Scale tile T's e4m3 words as O^T's A operand reads them, (even keys', odd keys') [32 pairs, 32 words] each:
+        thread (g, t) of warp w holds word 8w + g of keys 2t + b + 8a + 16j."""
+        lv: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[1, 0], [8, 0], [16, 0], [32, 0]], lane_bases=[[2, 0], [4, 0], [0, 1], [0, 2], [0, 4]],
+            warp_bases=[[0, 8], [0, 16]], block_bases=[], shape=[64, 32])
+        w = _reg_words(kv_raw, slot, tile).load(lv)  # [64 keys, 32 words]
+        return gl.split(gl.permute(gl.reshape(w, [32, 2, 32]), (0, 2, 1)))
+
+    @gluon.jit
+    def _wgr_values(w_even, w_odd, e_hi: gl.constexpr, a_op: gl.constexpr):
+        """One m64 block of V8_T^T [64, 64 keys] (a scale tile's e4m3 values unscaled, bf16) as O^T's register A
+        operand: per key pair, bytes 2·e_hi and 2·e_hi + 1 of the two keys' words as bf16 pairs; operand row 16w +
+        8·e_lo + g is the tile's column 4·(8w + g) + 2·e_hi + e_lo."""
+        if e_hi:
+            y0, y1, y2, y3 = gl.inline_asm_elementwise(
+                _E4M3_PAIRS_HI, "=h,=h,=h,=h,r,r", [w_even, w_odd], dtype=(gl.bfloat16,) * 4, is_pure=True, pack=1)
+        else:
+            y0, y1, y2, y3 = gl.inline_asm_elementwise(
+                _E4M3_PAIRS_LO, "=h,=h,=h,=h,r,r", [w_even, w_odd], dtype=(gl.bfloat16,) * 4, is_pure=True, pack=1)
+        z = gl.join(gl.join(y0, y1), gl.join(y2, y3))  # [pair, word, b, e_lo]
+        z = gl.reshape(z, [32, 4, 8, 2, 2])  # [pair, w, g, b, e_lo]
+        z = gl.reshape(gl.permute(z, (1, 4, 2, 0, 3)), [64, 64])  # [w, e_lo, g, pair, b]
+        return gl.convert_layout(z, a_op, assert_trivial=True)
+
+    @gluon.jit
+    def _wgr_scales(sc_slot, keys_l: gl.constexpr):
+        """A raw slot's scales (sc_slot [64, 4], float32 bits as int32) as four [64] vectors, one per tile, in keys_l
+        (S^T's row layout: thread (g, t) of warp w holds keys 16w + g, + 8)."""
+        l4: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 1], [0, 2], [8, 0]], lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0], [4, 0]],
+            warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[64, 4])
+        x = sc_slot.load(l4).to(gl.float32, bitcast=True)
+        lo, hi = gl.split(gl.reshape(x, [64, 2, 2]))  # tiles (0, 2), (1, 3)
+        s0, s2 = gl.split(lo)
+        s1, s3 = gl.split(hi)
+        return (gl.convert_layout(s0, keys_l, assert_trivial=True), gl.convert_layout(s1, keys_l, assert_trivial=True),
+                gl.convert_layout(s2, keys_l, assert_trivial=True), gl.convert_layout(s3, keys_l, assert_trivial=True))
+
+    @gluon.jit
+    def _wgr_col_max(s, scratch, rows_l: gl.constexpr):
+        """S^T's column max [16] (each row's max over the page's keys) across the four warps with one barrier: each
+        warp's partial over its 16 keys into scratch [4, 16], a barrier, then every thread reads its columns' four
+        partials. (The scratch is written again only after the next page's first barrier.)"""
+        scratch.store(gl.max(gl.reshape(s, [4, 16, 16]), axis=1))  # [warp, row]: within each warp only
+        gl.thread_barrier()
+        cl: gl.constexpr = gl.DistributedLinearLayout(  # a thread's columns (2t, 2t + 1, + 8), all four partials
+            reg_bases=[[1, 0], [2, 0], [0, 1], [0, 8]], lane_bases=[[0, 2], [0, 4], [0, 0], [0, 0], [0, 0]],
+            warp_bases=[[0, 0], [0, 0]], block_bases=[], shape=[4, 16])
+        return gl.convert_layout(gl.max(scratch.load(cl), axis=0), rows_l, assert_trivial=True)
+
+    @gluon.jit
+    def _wgr_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, a_op: gl.constexpr):
+        """S^T = K·Q^T [64 keys, 16 rows] = Σ_T scale_T[key] · K8_T·Q_T^T + k_rope·Q_rope^T: asynchronous wgmma, one
+        a 64-column half of a scale tile (four k16 steps), each half's operand (16 registers) dequantized while the
+        half before it is multiplied: at most two in flight, so two operands live."""
+        zero = gl.zeros([64, 16], gl.float32, layout=WGR_LAYOUT)
+        kr = _wgr_rope(kr_raw.index(slot), a_op)
+        s = warpgroup_mma(kr, qr_smem.permute((1, 0)), zero, is_async=True)
+        w = _wgr_words_k(kv_raw, slot, 0)
+        k = _wgr_keys(w, 0, a_op)
+        t = warpgroup_mma(k, q_smem.slice(0, 64, dim=1).permute((1, 0)), zero, is_async=True)
+        s, kr = warpgroup_mma_wait(1, deps=[s, kr])
+        t_prev = t
+        k_prev = k
+        for c in gl.static_range(1, 8):  # half c % 2 of tile c // 2
+            if c % 2 == 0:
+                w = _wgr_words_k(kv_raw, slot, c // 2)
+            k = _wgr_keys(w, c % 2, a_op)
+            if c % 2:  # the tile's second half, on its first
+                t = warpgroup_mma(k, q_smem.slice(64 * c, 64, dim=1).permute((1, 0)), t, is_async=True)
+            else:
+                t = warpgroup_mma(k, q_smem.slice(64 * c, 64, dim=1).permute((1, 0)), zero, is_async=True)
+            if c % 2 == 0:  # tile c // 2 - 1 is complete once the new chain's first product is all that is left
+                t_prev, k_prev = warpgroup_mma_wait(1, deps=[t_prev, k_prev])
+                s = s + t_prev * _wgr_pick(sc0, sc1, sc2, sc3, c // 2 - 1)[:, None]
+            else:
+                k_prev = warpgroup_mma_wait(1, deps=[k_prev])
+            t_prev = t
+            k_prev = k
+        t, k = warpgroup_mma_wait(0, deps=[t, k])
+        return s + t * sc3[:, None]
+
+    @gluon.jit
+    def _wgr_pick(x0, x1, x2, x3, c: gl.constexpr):
+        """x_c of four values (c static)."""
+        if c == 0:
+            r = x0
+        elif c == 1:
+            r = x1
+        elif c == 2:
+            r = x2
+        else:
+            r = x3
+        return r
+
+    @gluon.jit
+    def _wgr_outputs(kv_raw, slot, p0_smem, p1_smem, p2_smem, p3_smem, o00, o01, o10, o11, o20, o21, o30, o31, alpha,
+                     a_op: gl.constexpr):
+        """O^T = O^T·alpha + V8^T·(P·scale_T)^T, scale tile T's two m64 blocks (o_T0, o_T1: [64, 16] each, rows
+        16w + 8·e_lo + g the tile's columns 4·(8w + g) + 2·e_hi + e_lo): asynchronous wgmma, one a block (four k16
+        steps), each block's operand (16 registers) dequantized while the block before it is multiplied; all
+        complete on return (the next page rescales them)."""
+        we, wo = _wgr_words_v(kv_raw, slot, 0)
+        v = _wgr_values(we, wo, 0, a_op)
+        o00 = warpgroup_mma(v, p0_smem.permute((1, 0)), o00 * alpha[None, :], is_async=True)
+        v_prev = v
+        v = _wgr_values(we, wo, 1, a_op)
+        o01 = warpgroup_mma(v, p0_smem.permute((1, 0)), o01 * alpha[None, :], is_async=True)
+        o00, v_prev = warpgroup_mma_wait(1, deps=[o00, v_prev])
+        v_prev = v
+        we, wo = _wgr_words_v(kv_raw, slot, 1)
+        v = _wgr_values(we, wo, 0, a_op)
+        o10 = warpgroup_mma(v, p1_smem.permute((1, 0)), o10 * alpha[None, :], is_async=True)
+        o01, v_prev = warpgroup_mma_wait(1, deps=[o01, v_prev])
+        v_prev = v
+        v = _wgr_values(we, wo, 1, a_op)
+        o11 = warpgroup_mma(v, p1_smem.permute((1, 0)), o11 * alpha[None, :], is_async=True)
+        o10, v_prev = warpgroup_mma_wait(1, deps=[o10, v_prev])
+        v_prev = v
+        we, wo = _wgr_words_v(kv_raw, slot, 2)
+        v = _wgr_values(we, wo, 0, a_op)
+        o20 = warpgroup_mma(v, p2_smem.permute((1, 0)), o20 * alpha[None, :], is_async=True)
+        o11, v_prev = warpgroup_mma_wait(1, deps=[o11, v_prev])
+        v_prev = v
+        v = _wgr_values(we, wo, 1, a_op)
+        o21 = warpgroup_mma(v, p2_smem.permute((1, 0)), o21 * alpha[None, :], is_async=True)
+        o20, v_prev = warpgroup_mma_wait(1, deps=[o20, v_prev])
+        v_prev = v
+        we, wo = _wgr_words_v(kv_raw, slot, 3)
+        v = _wgr_values(we, wo, 0, a_op)
+        o30 = warpgroup_mma(v, p3_smem.permute((1, 0)), o30 * alpha[None, :], is_async=True)
+        o21, v_prev = warpgroup_mma_wait(1, deps=[o21, v_prev])
+        v_prev = v
+        v = _wgr_values(we, wo, 1, a_op)
+        o31 = warpgroup_mma(v, p3_smem.permute((1, 0)), o31 * alpha[None, :], is_async=True)
+        o30, o31, v_prev, v = warpgroup_mma_wait(0, deps=[o30, o31, v_prev, v])
+        return o00, o01, o10, o11, o20, o21, o30, o31
+
+    @gluon.jit
+    def _wgr_page(i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
+                  mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11, o20,
+                  o21, o30, o31, kv_desc, sc_desc, kr_desc, n_cur, a_op: gl.constexpr, rows_l: gl.constexpr,
+                  keys_l: gl.constexpr, num_warps: gl.constexpr, SLOTS: gl.constexpr):
+        """Page i of a request, the program's g-th page (v5_fp8_reg._reg_page's ring, copies and barriers; the
+        products transposed): its raw rows in slot g % SLOTS, n_cur of them keys. Returns the running max, the
+        per-key row sums [64, 16], the eight output accumulators and page i + 1's rows that hold keys."""
+        PAGE: gl.constexpr = 64
+        dtype: gl.constexpr = qr_smem.dtype  # (P's)
+        cur = g % SLOTS
+        phase = (g // SLOTS) % 2
+        mbarrier.wait(bw.index(cur), phase)  # page i has landed: its words, scales and k_rope
+        mbarrier.wait(bs.index(cur), phase)
+        mbarrier.wait(br.index(cur), phase)
+        if n_cur < PAGE:  # the request's last page (or a bad block id): its rows past the keys as zeros
+            _reg_zero_tail(kv_raw, sc_raw, kr_raw, cur, n_cur, num_warps)
+        gl.thread_barrier()  # ... for every thread, Q is in, and page i - 1's slot and P's copies are free
+        sc0, sc1, sc2, sc3 = _wgr_scales(sc_raw.index(cur), keys_l)
+        s = _wgr_scores(q_smem, qr_smem, kv_raw, kr_raw, cur, sc0, sc1, sc2, sc3, a_op)
+        keys = i * PAGE + gl.arange(0, PAGE, layout=keys_l)
+        s = gl.where(keys[:, None] < n_visible[None, :], s * q_scale[None, :], float("-inf"))  # (log2 units)
+        nxt = (g + 1) % SLOTS
+        page_n, n_next = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)  # (none past the slice: masked)
+        if i + 1 < hi:
+            _reg_expect_tma(bw, bs, br, nxt)
+        m_new = gl.maximum(m_i, _wgr_col_max(s, mx_smem, rows_l))
+        if i + 1 < hi:  # page i + 1, in flight from here
+            _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, nxt, page_n)
+        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)  # (0 for a row that has seen no key yet)
+        p = gl.exp2(s - m_use[None, :])
+        alpha = gl.exp2(m_i - m_use)  # (the old sums' and outputs' rescale)
+        l_keys = l_keys * alpha[None, :] + p
+        p0_smem.store(gl.permute((p * sc0[:, None]).to(dtype), (1, 0)))  # P [16, 64] times tile 0's scales
+        p1_smem.store(gl.permute((p * sc1[:, None]).to(dtype), (1, 0)))
+        p2_smem.store(gl.permute((p * sc2[:, None]).to(dtype), (1, 0)))
+        p3_smem.store(gl.permute((p * sc3[:, None]).to(dtype), (1, 0)))
+        fence_async_shared()  # (generic stores before wgmma reads them)
+        gl.thread_barrier()  # every warp's keys of P are in
+        o00, o01, o10, o11, o20, o21, o30, o31 = _wgr_outputs(kv_raw, cur, p0_smem, p1_smem, p2_smem, p3_smem, o00,
+                                                              o01, o10, o11, o20, o21, o30, o31, alpha, a_op)
+        return m_new, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, n_next
+
+    @gluon.jit
+    def _wgr_store(o_lo, o_hi, T: gl.constexpr, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr,
+                   part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start):
+        """Scale tile T's output, its two blocks O_T^T [64, 16] (o_lo: e_hi 0, o_hi: 1), to O [16, 128] in
+        v5_fp8_reg.py's column order (a relabelling: row 16w + 8·e_lo + g of block e_hi becomes 32·(2·e_hi + e_lo) +
+        8w + g), then _v5_store (the LSE with tile 0)."""
+        o = gl.permute(gl.join(o_lo, o_hi), (2, 0, 1))  # [e_hi, 64, 16]
+        o = gl.reshape(gl.permute(gl.reshape(o, [2, 4, 2, 8, 16]), (0, 2, 1, 3, 4)), [128, 16])
+        o = gl.permute(o, (1, 0))  # [16 rows, 128 logical columns]
+        o_l: gl.constexpr = o.type.layout
+        _v5_store(o, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q,
+                  h_q, heads_per_kv, rows_per_kv, m_start, gl.SliceLayout(1, o_l), gl.SliceLayout(0, o_l), 128 * T,
+                  128, T == 0, 16, True)
+
+    @gluon.jit
+    def _v5_fp8_wgr_kernel(
+        q_ptr, kv_ptr, kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr,
+        part_lse_ptr, meta_ptr, num_splits_ptr, ok_ptr,
+        stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
+        s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
+        qk_scale,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, num_warps: gl.constexpr,
+    ):
+        # v5_fp8_reg.py's signature and ring (RAW raw page slots; kv_ptr and stride_kvb are not read)
+        BM: gl.constexpr = 16
+        PAGE: gl.constexpr = 64
+        a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=WGR_LAYOUT, k_width=2)
+        rows_l: gl.constexpr = gl.SliceLayout(0, WGR_LAYOUT)  # the tile's rows: S^T's and O^T's columns
+        keys_l: gl.constexpr = gl.SliceLayout(1, WGR_LAYOUT)
+        smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        dtype: gl.constexpr = q_ptr.dtype.element_ty
+
+        # Q's latent part in fp16 (each row scaled into fp16's range), its RoPE part in Q's dtype (columns permuted):
+        # S^T's B operands
+        q_smem = gl.allocate_shared_memory(gl.float16, [BM, 512], smem_layout)
+        qr_smem = gl.allocate_shared_memory(dtype, [BM, 64], smem_layout)
+        # P times each tile's scales (O^T's B operands), four allocations (v5_fp8_reg.py: one barrier, not four)
+        p0_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        p1_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        p2_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        p3_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, 4, PAGE, 32], kv_desc.layout)
+        sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], sc_desc.layout)
+        kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], kr_desc.layout)
+        bw = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
+        bs = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
+        br = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
+        _reg_init_bars(bw, bs, br, RAW)
+        mx_smem = gl.allocate_shared_memory(gl.float32, [4, BM], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+
+        m_start = (gl.program_id(1) % m_tiles) * BM
+        begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
+        next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
+        g = 0  # the program's pages so far, across requests: page g's slot g % RAW and its mbarriers' phase
+
+        for req in range(begin_req, end_req + 1):
+            s_k, lo, hi, part_slot, pieces, bt_row = _v5_request(
+                seqlens_ptr, ok_ptr, num_splits_ptr, block_table_ptr, stride_btb, req, begin_req, begin_block, end_req,
+                end_block, begin_split, next_req, next_block, max_blocks)
+
+            gl.thread_barrier()  # every warp is done with the previous request's Q and slots
+            n_cur = 0
+            if lo < hi:  # prologue: page lo in flight (page lo + 1 goes during page lo)
+                page, n_cur = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
+                first = g % RAW
+                _reg_expect_tma(bw, bs, br, first)
+                _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, first, page)
+            q_scale = qk_scale * _reg_load_q16(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh,
+                                               heads_per_kv, rows_per_kv, rows_l, num_warps)
+            fence_async_shared()  # (Q's generic stores before wgmma reads them; the page's barrier orders the warps)
+
+            rows, tok, n_visible, m_i, l_i, _ = _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL, rows_l,
+                                                          WGR_LAYOUT, BM)
+            l_keys = gl.zeros([PAGE, BM], gl.float32, layout=WGR_LAYOUT)  # each row's sums per key, per request
+            o00 = gl.zeros([64, BM], gl.float32, layout=WGR_LAYOUT)  # O^T, two [64, 16] blocks a scale tile
+            o01 = o00
+            o10 = o00
+            o11 = o00
+            o20 = o00
+            o21 = o00
+            o30 = o00
+            o31 = o00
+            for i in range(lo, hi):
+                m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, n_cur = _wgr_page(
+                    i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
+                    mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11,
+                    o20, o21, o30, o31, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l, keys_l, num_warps, RAW)
+                g += 1
+            l_i = gl.sum(l_keys, axis=0)
+
+            _wgr_store(o00, o01, 0, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
+                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
+            _wgr_store(o10, o11, 1, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
+                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
+            _wgr_store(o20, o21, 2, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
+                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
+            _wgr_store(o30, o31, 3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
+                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
+        _reg_drop_bars(bw, bs, br, RAW)
+
+
+_LAUNCH = FastLauncher(_v5_fp8_wgr_kernel) if gluon is not None else None
+
+
+def launch_v5_fp8_wgr(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
+                      part_lse, ok_flag):
+    """Launch the 16-row FP8 tile on wgmma with register operands over the schedule `meta` (k_cache: FlashMLA's FP8
+    cache, rows contiguous)."""
+    launch_page_tile(_LAUNCH, "wgmma register FP8 tile", q, k_cache, block_table, cache_seqlens, dims, causal, meta,
+                     num_splits, out, lse, part_out, part_lse, ok_flag, RAW=WGR_RAW_SLOTS, num_warps=WGR_WARPS,
+                     maxnreg=WGR_MAXNREG)
