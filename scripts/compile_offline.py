@@ -218,6 +218,10 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
         else:
             sig |= {"RAW": "constexpr", "num_warps": "constexpr"}
             consts |= {"RAW": v5_fp8_wgr.WGR_RAW_SLOTS if kind == "wgr" else v5_fp8_reg.REG_RAW_SLOTS}
+            if kind == "wgr":  # (its timing MODE precedes num_warps)
+                sig = {k: v for k, v in sig.items() if k != "num_warps"} | {"MODE": "constexpr",
+                                                                               "num_warps": "constexpr"}
+                consts["MODE"] = mode
         attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 7, 17)}  # (the descriptors' places counted)
     if kind in ("ws16", "ws16w"):  # ws16w: the 8-warp producer (PW precedes num_warps in the signature)
         sig = {k: v for k, v in sig.items() if k != "num_warps"} | {"PW": "constexpr", "num_warps": "constexpr"}
@@ -315,13 +319,15 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, kind=kind, mode=mode)
                 print(f"{base} mode={mode} causal={causal}: {report(f'{base}{mode}_c{int(causal)}', ck, workdir)}")
-        elif name in ("v5ftma", "v5fws16", "v5fws16w", "v5fksplit", "v5fwgr", *(f"v5f{k}" for k in REG_KINDS)):
+        elif name.partition(":")[0] in ("v5ftma", "v5fws16", "v5fws16w", "v5fksplit", "v5fwgr",
+                                        *(f"v5f{k}" for k in REG_KINDS)):
             # the other 16-row Gluon FP8 tiles (tma: fed by TMA; ws16: warp-specialised, ws16w: with an 8-warp
             # producer; reg: dequantizing into registers, and its variants; ksplit: its warps splitting S's reduction;
-            # wgr: its products on wgmma, transposed)
+            # wgr[:MODE]: its products on wgmma, transposed; MODE 3: no dequantization)
+            base, _, mode = name.partition(":")
             for causal in (False, True):
-                ck = compile_v5_fp8(causal=causal, kind=name[3:])
-                print(f"{name} causal={causal}: {report(f'{name}_c{int(causal)}', ck, workdir)}")
+                ck = compile_v5_fp8(causal=causal, kind=base[3:], mode=int(mode or 0))
+                print(f"{name} causal={causal}: {report(f'{base}{mode}_c{int(causal)}', ck, workdir)}")
         elif name.startswith("m16"):  # the TMA-fed 16-row bf16 tile (v5_m16.py): m16[:VARIANT]
             variant = name.partition(":")[2] or None
             for causal in (False, True):

@@ -293,6 +293,8 @@ def main() -> None:
                 impls["fp8_reg"] = lambda: fp8("reg", "pointer")  # dequantizing into registers (v5's choice)
                 impls["fp8_ksplit"] = lambda: fp8("ksplit", "pointer")  # the same, warps splitting S's reduction
                 impls["fp8_wgr"] = lambda: fp8("wgr", "pointer")  # the same on wgmma, both products transposed
+                # and without its dequantization (operands the raw words' bits: results meaningless)
+                impls["fp8_wgr_no_dequant_alone"] = lambda: fp8("wgr", "pointer", GluonConfig(mode=3))
                 impls["fp8_reg_ptxas_regs"] = reg_ptxas_regs  # the same with ptxas's own register cap (168)
                 if REG_VARIANTS:  # the prepared variants, not yet run
                     impls |= {name: reg_variant(**knobs) for name, knobs in REG_VARIANTS.items()}

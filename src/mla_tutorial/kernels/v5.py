@@ -62,7 +62,7 @@ from .v5_small import launch_v5_small, small_tile_config
 #: warp-specialised (v5_fp8_ws16.py), "reg" dequantizing into the operand registers (v5_fp8_reg.py, v5's choice at up
 #: to FP8_REG_MAX_ROWS rows), "ksplit" the same with the warps splitting S's reduction (v5_fp8_ksplit.py), "wgr" the
 #: same with both products transposed on wgmma (v5_fp8_wgr.py); the others are forced only. Their timing modes
-#: (GluonConfig.mode): up to 4 for "mma", none for the others.
+#: (GluonConfig.mode): up to 4 for "mma", 3 for "wgr" (no dequantization), none for the others.
 FP8_16ROW_PATHS = {"mma": 4, "tma": 0, "ws16": 0, "reg": 0, "ksplit": 0, "wgr": 0}
 #: "m16": the TMA-fed 16-row tile on a bf16 cache (v5_m16.py; forced only, its variant v5_m16.M16_DEFAULT)
 #: FP8-only tiles of 64 rows: "fp8ss", the bf16 seesaw tile's consumers fed by a dequantizing producer
@@ -73,7 +73,8 @@ FP8_PATHS = ("small", "seesaw", "gluon", *FP8_ONLY_PATHS)  # the tiles that read
 PATHS = ("seesaw", "gluon", "small", "v4", "m16", *FP8_ONLY_PATHS)
 #: The GluonConfig.modes (a part alone; 0 the tile) each tile has, else 0-2: the 16-row tiles up to their entry in
 #: FP8_16ROW_PATHS, "m16" none, the FP8 seesaw 2 (its consumers alone), 3 (no dequantization), 4 (a quarter of it)
-_MODES = {**{p: tuple(range(top + 1)) for p, top in FP8_16ROW_PATHS.items()}, "m16": (0,), "fp8ss": (0, 2, 3, 4)}
+_MODES = {**{p: tuple(range(top + 1)) for p, top in FP8_16ROW_PATHS.items()}, "m16": (0,), "fp8ss": (0, 2, 3, 4),
+          "wgr": (0, 3)}
 
 
 def on_gpu(q) -> bool:
@@ -191,8 +192,8 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
     modes = _MODES.get(path, (0, 1, 2))
     if mode not in modes:
         raise ValueError(f"GluonConfig.mode {mode} (a part alone) is not a mode of path {path!r}: its modes are "
-                         f"{modes} (3 and 4: the 16-row FP8 tile's, path 'mma', and the FP8 seesaw tile's, 'fp8ss', "
-                         f"only; the other 16-row tiles have none)")
+                         f"{modes} (3 and 4: the 16-row FP8 tile's, path 'mma', and the FP8 seesaw tile's, 'fp8ss'; "
+                         f"3: the wgmma register tile's, 'wgr'; the other 16-row tiles have none)")
     if forced in GLUON_PATHS:  # a forced Gluon tile where it cannot run: say why, first
         why = gluon_unavailable(q, k_cache, dims.h_kv)
         if why is not None:
@@ -226,7 +227,7 @@ def _launch_tile(path, q, k_cache, block_table, cache_seqlens, dims, causal, met
                       part_lse, flag)
     elif path == "wgr":
         launch_v5_fp8_wgr(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                          part_lse, flag)
+                          part_lse, flag, mode=mode)
     elif path == "ksplit":
         launch_v5_fp8_ksplit(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                              part_out, part_lse, flag)

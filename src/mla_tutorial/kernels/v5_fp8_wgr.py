@@ -98,6 +98,9 @@ mul.rn.bf16x2 x1, x1, k;
 mov.b32 {$0, $1}, x0;
 mov.b32 {$2, $3}, x1;
 }""")
+    #: MODE 3 (timing only, results meaningless): the operands are the raw words' bits, moved, not dequantized.
+    _RAW_AS_4 = gl.constexpr("mov.b32 {$0, $1}, $4; mov.b32 {$2, $3}, $4;")
+    _RAW_AS_4_PAIRS = gl.constexpr("mov.b32 {$0, $1}, $4; mov.b32 {$2, $3}, $5;")
     WGR_LAYOUT = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 16, 16]))
 
     @gluon.jit
@@ -110,14 +113,18 @@ mov.b32 {$2, $3}, x1;
         return gl.reshape(_reg_words(kv_raw, slot, tile).load(lk), [64, 2, 16])  # [64 keys, 32 words] int32
 
     @gluon.jit
-    def _wgr_keys(words, half: gl.constexpr, a_op: gl.constexpr):
+    def _wgr_keys(words, half: gl.constexpr, a_op: gl.constexpr, MODE: gl.constexpr = 0):
         """K8 [64 keys, 64] of one half (64 columns) of a scale tile, its e4m3 values unscaled, in fp16 as S^T's
         register A operand (words: _wgr_words_k's), one word per k16 step j of the columns' permutation
         (_reg_perm64: logical column 16j + 8a + 2t + b is the half's column 16t + 4j + 2a + b)."""
         w0, w1 = gl.split(gl.permute(words, (0, 2, 1)))  # [64 keys, 16 words] of each half
         w = w1 if half else w0
-        v0, v1, v2, v3 = gl.inline_asm_elementwise(
-            _E4M3X4_F16, "=h,=h,=h,=h,r", [w], dtype=(gl.float16,) * 4, is_pure=True, pack=1)
+        if MODE == 3:  # (timing: no dequantization)
+            v0, v1, v2, v3 = gl.inline_asm_elementwise(
+                _RAW_AS_4, "=h,=h,=h,=h,r", [w], dtype=(gl.float16,) * 4, is_pure=True, pack=1)
+        else:
+            v0, v1, v2, v3 = gl.inline_asm_elementwise(
+                _E4M3X4_F16, "=h,=h,=h,=h,r", [w], dtype=(gl.float16,) * 4, is_pure=True, pack=1)
         x = gl.join(gl.join(v0, v2), gl.join(v1, v3))  # [key, word, a, b]: value 2a + b of the word
         x = gl.reshape(x, [64, 4, 4, 2, 2])  # [key, t, j, a, b]
         x = gl.reshape(gl.permute(x, (0, 2, 3, 1, 4)), [64, 64])  # [key, j, a, t, b]: logical order
@@ -145,11 +152,14 @@ mov.b32 {$2, $3}, x1;
         return gl.split(gl.permute(gl.reshape(w, [32, 2, 32]), (0, 2, 1)))
 
     @gluon.jit
-    def _wgr_values(w_even, w_odd, e_hi: gl.constexpr, a_op: gl.constexpr):
+    def _wgr_values(w_even, w_odd, e_hi: gl.constexpr, a_op: gl.constexpr, MODE: gl.constexpr = 0):
         """One m64 block of V8_T^T [64, 64 keys] (a scale tile's e4m3 values unscaled, bf16) as O^T's register A
         operand: per key pair, bytes 2·e_hi and 2·e_hi + 1 of the two keys' words as bf16 pairs; operand row 16w +
         8·e_lo + g is the tile's column 4·(8w + g) + 2·e_hi + e_lo."""
-        if e_hi:
+        if MODE == 3:  # (timing: no dequantization)
+            y0, y1, y2, y3 = gl.inline_asm_elementwise(
+                _RAW_AS_4_PAIRS, "=h,=h,=h,=h,r,r", [w_even, w_odd], dtype=(gl.bfloat16,) * 4, is_pure=True, pack=1)
+        elif e_hi:
             y0, y1, y2, y3 = gl.inline_asm_elementwise(
                 _E4M3_PAIRS_HI, "=h,=h,=h,=h,r,r", [w_even, w_odd], dtype=(gl.bfloat16,) * 4, is_pure=True, pack=1)
         else:
@@ -187,7 +197,8 @@ mov.b32 {$2, $3}, x1;
         return gl.convert_layout(gl.max(scratch.load(cl), axis=0), rows_l, assert_trivial=True)
 
     @gluon.jit
-    def _wgr_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, a_op: gl.constexpr):
+    def _wgr_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, a_op: gl.constexpr,
+                    MODE: gl.constexpr):
         """S^T = K·Q^T [64 keys, 16 rows] = Σ_T scale_T[key] · K8_T·Q_T^T + k_rope·Q_rope^T: asynchronous wgmma, one
         a 64-column half of a scale tile (four k16 steps), each half's operand (16 registers) dequantized while the
         half before it is multiplied: at most two in flight, so two operands live."""
@@ -195,7 +206,7 @@ mov.b32 {$2, $3}, x1;
         kr = _wgr_rope(kr_raw.index(slot), a_op)
         s = warpgroup_mma(kr, qr_smem.permute((1, 0)), zero, is_async=True)
         w = _wgr_words_k(kv_raw, slot, 0)
-        k = _wgr_keys(w, 0, a_op)
+        k = _wgr_keys(w, 0, a_op, MODE)
         t = warpgroup_mma(k, q_smem.slice(0, 64, dim=1).permute((1, 0)), zero, is_async=True)
         s, kr = warpgroup_mma_wait(1, deps=[s, kr])
         t_prev = t
@@ -203,7 +214,7 @@ mov.b32 {$2, $3}, x1;
         for c in gl.static_range(1, 8):  # half c % 2 of tile c // 2
             if c % 2 == 0:
                 w = _wgr_words_k(kv_raw, slot, c // 2)
-            k = _wgr_keys(w, c % 2, a_op)
+            k = _wgr_keys(w, c % 2, a_op, MODE)
             if c % 2:  # the tile's second half, on its first
                 t = warpgroup_mma(k, q_smem.slice(64 * c, 64, dim=1).permute((1, 0)), t, is_async=True)
             else:
@@ -233,43 +244,43 @@ mov.b32 {$2, $3}, x1;
 
     @gluon.jit
     def _wgr_outputs(kv_raw, slot, p0_smem, p1_smem, p2_smem, p3_smem, o00, o01, o10, o11, o20, o21, o30, o31, alpha,
-                     a_op: gl.constexpr):
+                     a_op: gl.constexpr, MODE: gl.constexpr):
         """O^T = O^T·alpha + V8^T·(P·scale_T)^T, scale tile T's two m64 blocks (o_T0, o_T1: [64, 16] each, rows
         16w + 8·e_lo + g the tile's columns 4·(8w + g) + 2·e_hi + e_lo): asynchronous wgmma, one a block (four k16
         steps), each block's operand (16 registers) dequantized while the block before it is multiplied; all
         complete on return (the next page rescales them)."""
         we, wo = _wgr_words_v(kv_raw, slot, 0)
-        v = _wgr_values(we, wo, 0, a_op)
+        v = _wgr_values(we, wo, 0, a_op, MODE)
         o00 = warpgroup_mma(v, p0_smem.permute((1, 0)), o00 * alpha[None, :], is_async=True)
         v_prev = v
-        v = _wgr_values(we, wo, 1, a_op)
+        v = _wgr_values(we, wo, 1, a_op, MODE)
         o01 = warpgroup_mma(v, p0_smem.permute((1, 0)), o01 * alpha[None, :], is_async=True)
         o00, v_prev = warpgroup_mma_wait(1, deps=[o00, v_prev])
         v_prev = v
         we, wo = _wgr_words_v(kv_raw, slot, 1)
-        v = _wgr_values(we, wo, 0, a_op)
+        v = _wgr_values(we, wo, 0, a_op, MODE)
         o10 = warpgroup_mma(v, p1_smem.permute((1, 0)), o10 * alpha[None, :], is_async=True)
         o01, v_prev = warpgroup_mma_wait(1, deps=[o01, v_prev])
         v_prev = v
-        v = _wgr_values(we, wo, 1, a_op)
+        v = _wgr_values(we, wo, 1, a_op, MODE)
         o11 = warpgroup_mma(v, p1_smem.permute((1, 0)), o11 * alpha[None, :], is_async=True)
         o10, v_prev = warpgroup_mma_wait(1, deps=[o10, v_prev])
         v_prev = v
         we, wo = _wgr_words_v(kv_raw, slot, 2)
-        v = _wgr_values(we, wo, 0, a_op)
+        v = _wgr_values(we, wo, 0, a_op, MODE)
         o20 = warpgroup_mma(v, p2_smem.permute((1, 0)), o20 * alpha[None, :], is_async=True)
         o11, v_prev = warpgroup_mma_wait(1, deps=[o11, v_prev])
         v_prev = v
-        v = _wgr_values(we, wo, 1, a_op)
+        v = _wgr_values(we, wo, 1, a_op, MODE)
         o21 = warpgroup_mma(v, p2_smem.permute((1, 0)), o21 * alpha[None, :], is_async=True)
         o20, v_prev = warpgroup_mma_wait(1, deps=[o20, v_prev])
         v_prev = v
         we, wo = _wgr_words_v(kv_raw, slot, 3)
-        v = _wgr_values(we, wo, 0, a_op)
+        v = _wgr_values(we, wo, 0, a_op, MODE)
         o30 = warpgroup_mma(v, p3_smem.permute((1, 0)), o30 * alpha[None, :], is_async=True)
         o21, v_prev = warpgroup_mma_wait(1, deps=[o21, v_prev])
         v_prev = v
-        v = _wgr_values(we, wo, 1, a_op)
+        v = _wgr_values(we, wo, 1, a_op, MODE)
         o31 = warpgroup_mma(v, p3_smem.permute((1, 0)), o31 * alpha[None, :], is_async=True)
         o30, o31, v_prev, v = warpgroup_mma_wait(0, deps=[o30, o31, v_prev, v])
         return o00, o01, o10, o11, o20, o21, o30, o31
@@ -278,7 +289,7 @@ mov.b32 {$2, $3}, x1;
     def _wgr_page(i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
                   mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11, o20,
                   o21, o30, o31, kv_desc, sc_desc, kr_desc, n_cur, a_op: gl.constexpr, rows_l: gl.constexpr,
-                  keys_l: gl.constexpr, num_warps: gl.constexpr, SLOTS: gl.constexpr):
+                  keys_l: gl.constexpr, num_warps: gl.constexpr, SLOTS: gl.constexpr, MODE: gl.constexpr):
         """Page i of a request, the program's g-th page (v5_fp8_reg._reg_page's ring, copies and barriers; the
         products transposed): its raw rows in slot g % SLOTS, n_cur of them keys. Returns the running max, the
         per-key row sums [64, 16], the eight output accumulators and page i + 1's rows that hold keys."""
@@ -293,7 +304,7 @@ mov.b32 {$2, $3}, x1;
             _reg_zero_tail(kv_raw, sc_raw, kr_raw, cur, n_cur, num_warps)
         gl.thread_barrier()  # ... for every thread, Q is in, and page i - 1's slot and P's copies are free
         sc0, sc1, sc2, sc3 = _wgr_scales(sc_raw.index(cur), keys_l)
-        s = _wgr_scores(q_smem, qr_smem, kv_raw, kr_raw, cur, sc0, sc1, sc2, sc3, a_op)
+        s = _wgr_scores(q_smem, qr_smem, kv_raw, kr_raw, cur, sc0, sc1, sc2, sc3, a_op, MODE)
         keys = i * PAGE + gl.arange(0, PAGE, layout=keys_l)
         s = gl.where(keys[:, None] < n_visible[None, :], s * q_scale[None, :], float("-inf"))  # (log2 units)
         nxt = (g + 1) % SLOTS
@@ -314,7 +325,7 @@ mov.b32 {$2, $3}, x1;
         fence_async_shared()  # (generic stores before wgmma reads them)
         gl.thread_barrier()  # every warp's keys of P are in
         o00, o01, o10, o11, o20, o21, o30, o31 = _wgr_outputs(kv_raw, cur, p0_smem, p1_smem, p2_smem, p3_smem, o00,
-                                                              o01, o10, o11, o20, o21, o30, o31, alpha, a_op)
+                                                              o01, o10, o11, o20, o21, o30, o31, alpha, a_op, MODE)
         return m_new, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, n_next
 
     @gluon.jit
@@ -338,9 +349,10 @@ mov.b32 {$2, $3}, x1;
         stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, MODE: gl.constexpr, num_warps: gl.constexpr,
     ):
-        # v5_fp8_reg.py's signature and ring (RAW raw page slots; kv_ptr and stride_kvb are not read)
+        # v5_fp8_reg.py's signature and ring (RAW raw page slots; kv_ptr and stride_kvb are not read). MODE (timing
+        # only): 0 the tile; 3 no dequantization (each operand is its raw words' bits: results meaningless)
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=WGR_LAYOUT, k_width=2)
@@ -403,7 +415,7 @@ mov.b32 {$2, $3}, x1;
                 m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, n_cur = _wgr_page(
                     i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
                     mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11,
-                    o20, o21, o30, o31, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l, keys_l, num_warps, RAW)
+                    o20, o21, o30, o31, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l, keys_l, num_warps, RAW, MODE)
                 g += 1
             l_i = gl.sum(l_keys, axis=0)
 
@@ -422,9 +434,9 @@ _LAUNCH = FastLauncher(_v5_fp8_wgr_kernel) if gluon is not None else None
 
 
 def launch_v5_fp8_wgr(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
-                      part_lse, ok_flag):
+                      part_lse, ok_flag, mode: int = 0):
     """Launch the 16-row FP8 tile on wgmma with register operands over the schedule `meta` (k_cache: FlashMLA's FP8
-    cache, rows contiguous)."""
+    cache, rows contiguous; mode 3: no dequantization, for timing)."""
     launch_page_tile(_LAUNCH, "wgmma register FP8 tile", q, k_cache, block_table, cache_seqlens, dims, causal, meta,
-                     num_splits, out, lse, part_out, part_lse, ok_flag, RAW=WGR_RAW_SLOTS, num_warps=WGR_WARPS,
-                     maxnreg=WGR_MAXNREG)
+                     num_splits, out, lse, part_out, part_lse, ok_flag, RAW=WGR_RAW_SLOTS, MODE=mode,
+                     num_warps=WGR_WARPS, maxnreg=WGR_MAXNREG)
