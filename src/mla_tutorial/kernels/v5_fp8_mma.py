@@ -111,22 +111,28 @@ if gluon is not None:
         return rows, tok, n_visible, m_i, l_i, acc, acc, acc, acc
 
     @gluon.jit
+    def pick4(x0, x1, x2, x3, c: gl.constexpr):
+        """x_c of four values, c static (a static loop's pick among four accumulators or scales)."""
+        if c == 0:
+            r = x0
+        elif c == 1:
+            r = x1
+        elif c == 2:
+            r = x2
+        else:
+            r = x3
+        return r
+
+    @gluon.jit
     def _m16_store(acc0, acc1, acc2, acc3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
                    part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l: gl.constexpr,
                    cols_l: gl.constexpr, PERM32: gl.constexpr = False):
         """A 16-row tile's end of a request (_v5_store), its output as four 128-column accumulators (PERM32: each
         slice's columns in v5_fp8_reg.py's order, un-permuted here)."""
         for c in gl.static_range(4):  # (static: picks accumulator c)
-            if c == 0:
-                o = acc0
-            elif c == 1:
-                o = acc1
-            elif c == 2:
-                o = acc2
-            else:
-                o = acc3
-            _v5_store(o, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q,
-                      h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l, 128 * c, 128, c == 0, 16, PERM32)
+            _v5_store(pick4(acc0, acc1, acc2, acc3, c), m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr,
+                      part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start, rows_l, cols_l, 128 * c,
+                      128, c == 0, 16, PERM32)
 
     @gluon.jit
     def _v5_fp8_mma_kernel(

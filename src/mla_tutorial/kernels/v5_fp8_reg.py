@@ -234,6 +234,21 @@ mov.b32 {$6, $7}, x3;
         tma.async_copy_global_to_shared(kr_desc, [row, 264], br.index(slot), kr_raw.index(slot))
 
     @gluon.jit
+    def _reg_first_copy(bt_row, lo, hi, s_k, num_blocks, ok_ptr, g, kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw,
+                        bw, bs, br, SLOTS: gl.constexpr):
+        """A request's prologue in a raw ring: once every warp is done with the previous request's Q and slots, page
+        lo's copies into slot g % SLOTS (page lo + 1 goes during page lo). Returns page lo's rows that hold keys (0
+        when the program has no page of this request)."""
+        gl.thread_barrier()  # every warp is done with the previous request's Q and slots
+        n_cur = 0
+        if lo < hi:
+            page, n_cur = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
+            first = g % SLOTS
+            _reg_expect_tma(bw, bs, br, first)
+            _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, first, page)
+        return n_cur
+
+    @gluon.jit
     def _reg_zero_tail(kv_raw, sc_raw, kr_raw, slot, n_rows, num_warps: gl.constexpr):
         """Rows n_rows .. 63 of raw slot `slot` as zeros (TMA copies whole pages: past a request's keys they may hold
         NaN bytes; their scores are masked, but P·V must multiply zeros, and their scales must be 0)."""
@@ -433,13 +448,8 @@ mov.b32 {$6, $7}, x3;
                 seqlens_ptr, ok_ptr, num_splits_ptr, block_table_ptr, stride_btb, req, begin_req, begin_block, end_req,
                 end_block, begin_split, next_req, next_block, max_blocks)
 
-            gl.thread_barrier()  # every warp is done with the previous request's Q and slots
-            n_cur = 0
-            if lo < hi:  # prologue: page lo in flight (page lo + 1 goes during page lo)
-                page, n_cur = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
-                first = g % RAW
-                _reg_expect_tma(bw, bs, br, first)
-                _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, first, page)
+            n_cur = _reg_first_copy(bt_row, lo, hi, s_k, num_blocks, ok_ptr, g, kv_desc, sc_desc, kr_desc, kv_raw,
+                                    sc_raw, kr_raw, bw, bs, br, RAW)  # page lo in flight
             # Q's rows scaled into fp16's range; the scale is undone with qk_scale ([16, 1])
             q_scale = qk_scale * _reg_load_q16(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh,
                                                heads_per_kv, rows_per_kv, rows_l, num_warps)[:, None]

@@ -36,10 +36,12 @@ from __future__ import annotations
 
 from .launch import FastLauncher
 from .v5_fp8_gluon import _fp8_page
+from .v5_fp8_mma import pick4
 from .v5_fp8_reg import (
     _E4M3X4_F16,
     _reg_drop_bars,
     _reg_expect_tma,
+    _reg_first_copy,
     _reg_init_bars,
     _reg_issue_tma,
     _reg_load_q16,
@@ -221,7 +223,7 @@ mov.b32 {$2, $3}, x1;
                 t = warpgroup_mma(k, q_smem.slice(64 * c, 64, dim=1).permute((1, 0)), zero, is_async=True)
             if c % 2 == 0:  # tile c // 2 - 1 is complete once the new chain's first product is all that is left
                 t_prev, k_prev = warpgroup_mma_wait(1, deps=[t_prev, k_prev])
-                s = s + t_prev * _wgr_pick(sc0, sc1, sc2, sc3, c // 2 - 1)[:, None]
+                s = s + t_prev * pick4(sc0, sc1, sc2, sc3, c // 2 - 1)[:, None]
             else:
                 k_prev = warpgroup_mma_wait(1, deps=[k_prev])
             t_prev = t
@@ -230,59 +232,37 @@ mov.b32 {$2, $3}, x1;
         return s + t * sc3[:, None]
 
     @gluon.jit
-    def _wgr_pick(x0, x1, x2, x3, c: gl.constexpr):
-        """x_c of four values (c static)."""
-        if c == 0:
-            r = x0
-        elif c == 1:
-            r = x1
-        elif c == 2:
-            r = x2
-        else:
-            r = x3
-        return r
+    def _wgr_block(w_even, w_odd, e_hi: gl.constexpr, p_smem, o, alpha, o_prev, v_prev, a_op: gl.constexpr,
+                   MODE: gl.constexpr):
+        """One m64 block of O^T: its operand dequantized (_wgr_values) while the block before it (o_prev, operand
+        v_prev) is multiplied, o·alpha + V8^T·p_smem^T issued, then the block before it waited for. Returns (the block
+        in flight, its operand, the block before it, complete)."""
+        v = _wgr_values(w_even, w_odd, e_hi, a_op, MODE)
+        o = warpgroup_mma(v, p_smem.permute((1, 0)), o * alpha[None, :], is_async=True)
+        o_prev, v_prev = warpgroup_mma_wait(1, deps=[o_prev, v_prev])
+        return o, v, o_prev
 
     @gluon.jit
     def _wgr_outputs(kv_raw, slot, p0_smem, p1_smem, p2_smem, p3_smem, o00, o01, o10, o11, o20, o21, o30, o31, alpha,
                      a_op: gl.constexpr, MODE: gl.constexpr):
         """O^T = O^T·alpha + V8^T·(P·scale_T)^T, scale tile T's two m64 blocks (o_T0, o_T1: [64, 16] each, rows
         16w + 8·e_lo + g the tile's columns 4·(8w + g) + 2·e_hi + e_lo): asynchronous wgmma, one a block (four k16
-        steps), each block's operand (16 registers) dequantized while the block before it is multiplied; all
-        complete on return (the next page rescales them)."""
+        steps), each block's operand (16 registers) dequantized while the block before it is multiplied
+        (_wgr_block); all complete on return (the next page rescales them)."""
         we, wo = _wgr_words_v(kv_raw, slot, 0)
         v = _wgr_values(we, wo, 0, a_op, MODE)
         o00 = warpgroup_mma(v, p0_smem.permute((1, 0)), o00 * alpha[None, :], is_async=True)
-        v_prev = v
-        v = _wgr_values(we, wo, 1, a_op, MODE)
-        o01 = warpgroup_mma(v, p0_smem.permute((1, 0)), o01 * alpha[None, :], is_async=True)
-        o00, v_prev = warpgroup_mma_wait(1, deps=[o00, v_prev])
-        v_prev = v
+        o01, v, o00 = _wgr_block(we, wo, 1, p0_smem, o01, alpha, o00, v, a_op, MODE)
         we, wo = _wgr_words_v(kv_raw, slot, 1)
-        v = _wgr_values(we, wo, 0, a_op, MODE)
-        o10 = warpgroup_mma(v, p1_smem.permute((1, 0)), o10 * alpha[None, :], is_async=True)
-        o01, v_prev = warpgroup_mma_wait(1, deps=[o01, v_prev])
-        v_prev = v
-        v = _wgr_values(we, wo, 1, a_op, MODE)
-        o11 = warpgroup_mma(v, p1_smem.permute((1, 0)), o11 * alpha[None, :], is_async=True)
-        o10, v_prev = warpgroup_mma_wait(1, deps=[o10, v_prev])
-        v_prev = v
+        o10, v, o01 = _wgr_block(we, wo, 0, p1_smem, o10, alpha, o01, v, a_op, MODE)
+        o11, v, o10 = _wgr_block(we, wo, 1, p1_smem, o11, alpha, o10, v, a_op, MODE)
         we, wo = _wgr_words_v(kv_raw, slot, 2)
-        v = _wgr_values(we, wo, 0, a_op, MODE)
-        o20 = warpgroup_mma(v, p2_smem.permute((1, 0)), o20 * alpha[None, :], is_async=True)
-        o11, v_prev = warpgroup_mma_wait(1, deps=[o11, v_prev])
-        v_prev = v
-        v = _wgr_values(we, wo, 1, a_op, MODE)
-        o21 = warpgroup_mma(v, p2_smem.permute((1, 0)), o21 * alpha[None, :], is_async=True)
-        o20, v_prev = warpgroup_mma_wait(1, deps=[o20, v_prev])
-        v_prev = v
+        o20, v, o11 = _wgr_block(we, wo, 0, p2_smem, o20, alpha, o11, v, a_op, MODE)
+        o21, v, o20 = _wgr_block(we, wo, 1, p2_smem, o21, alpha, o20, v, a_op, MODE)
         we, wo = _wgr_words_v(kv_raw, slot, 3)
-        v = _wgr_values(we, wo, 0, a_op, MODE)
-        o30 = warpgroup_mma(v, p3_smem.permute((1, 0)), o30 * alpha[None, :], is_async=True)
-        o21, v_prev = warpgroup_mma_wait(1, deps=[o21, v_prev])
-        v_prev = v
-        v = _wgr_values(we, wo, 1, a_op, MODE)
-        o31 = warpgroup_mma(v, p3_smem.permute((1, 0)), o31 * alpha[None, :], is_async=True)
-        o30, o31, v_prev, v = warpgroup_mma_wait(0, deps=[o30, o31, v_prev, v])
+        o30, v, o21 = _wgr_block(we, wo, 0, p3_smem, o30, alpha, o21, v, a_op, MODE)
+        o31, v, o30 = _wgr_block(we, wo, 1, p3_smem, o31, alpha, o30, v, a_op, MODE)
+        o31, v = warpgroup_mma_wait(0, deps=[o31, v])
         return o00, o01, o10, o11, o20, o21, o30, o31
 
     @gluon.jit
@@ -389,13 +369,8 @@ mov.b32 {$2, $3}, x1;
                 seqlens_ptr, ok_ptr, num_splits_ptr, block_table_ptr, stride_btb, req, begin_req, begin_block, end_req,
                 end_block, begin_split, next_req, next_block, max_blocks)
 
-            gl.thread_barrier()  # every warp is done with the previous request's Q and slots
-            n_cur = 0
-            if lo < hi:  # prologue: page lo in flight (page lo + 1 goes during page lo)
-                page, n_cur = _fp8_page(bt_row, lo, hi, s_k, num_blocks, ok_ptr)
-                first = g % RAW
-                _reg_expect_tma(bw, bs, br, first)
-                _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, first, page)
+            n_cur = _reg_first_copy(bt_row, lo, hi, s_k, num_blocks, ok_ptr, g, kv_desc, sc_desc, kr_desc, kv_raw,
+                                    sc_raw, kr_raw, bw, bs, br, RAW)  # page lo in flight
             q_scale = qk_scale * _reg_load_q16(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh,
                                                heads_per_kv, rows_per_kv, rows_l, num_warps)
             fence_async_shared()  # (Q's generic stores before wgmma reads them; the page's barrier orders the warps)
