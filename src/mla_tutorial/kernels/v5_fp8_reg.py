@@ -198,6 +198,31 @@ mov.b32 {$6, $7}, x3;
         return gl.convert_layout(down, rows_l)
 
     @gluon.jit
+    def _reg_smem(kv_desc, sc_desc, kr_desc, dtype: gl.constexpr, BM: gl.constexpr, RAW: gl.constexpr):
+        """A 16-row register tile's shared memory: Q's latent part in fp16 (each row scaled into fp16's range) and its
+        RoPE part in Q's dtype (columns permuted: _reg_load_q16), P times each tile's scales as four allocations
+        (Triton's barrier analysis cannot tell the copies of one allocation indexed four times apart and puts a
+        barrier after each store), and the raw ring as the copies land: [4 tiles, 64, 32] words a slot, the scales,
+        k_rope, three mbarriers a slot (_reg_expect_tma), initialised. Returns (q_smem, qr_smem, p0_smem .. p3_smem,
+        kv_raw, sc_raw, kr_raw, bw, bs, br)."""
+        PAGE: gl.constexpr = 64
+        smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        q_smem = gl.allocate_shared_memory(gl.float16, [BM, 512], smem_layout)
+        qr_smem = gl.allocate_shared_memory(dtype, [BM, 64], smem_layout)
+        p0_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        p1_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        p2_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        p3_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, 4, PAGE, 32], kv_desc.layout)
+        sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], sc_desc.layout)
+        kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], kr_desc.layout)
+        bw = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
+        bs = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
+        br = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
+        _reg_init_bars(bw, bs, br, RAW)
+        return q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, kv_raw, sc_raw, kr_raw, bw, bs, br
+
+    @gluon.jit
     def _reg_init_bars(bw, bs, br, SLOTS: gl.constexpr):
         """Initialise the three mbarrier allocations of a raw ring (_reg_expect_tma), SLOTS slots each."""
         for k in gl.static_range(SLOTS):
@@ -413,27 +438,10 @@ mov.b32 {$6, $7}, x3;
         b_op: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
         rows_l: gl.constexpr = gl.SliceLayout(1, mma)
         cols_l: gl.constexpr = gl.SliceLayout(0, mma)
-        smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
 
-        # Q's latent part in fp16 (each row scaled into fp16's range), its RoPE part in Q's dtype (columns permuted)
-        q_smem = gl.allocate_shared_memory(gl.float16, [BM, 512], smem_layout)
-        qr_smem = gl.allocate_shared_memory(dtype, [BM, 64], smem_layout)
-        # P times each tile's scales, four allocations: Triton's barrier analysis cannot tell the copies of one
-        # allocation indexed four times apart and puts a barrier after each store
-        p0_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
-        p1_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
-        p2_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
-        p3_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
-        # the raw ring as the copies land: [4 tiles, 64, 32] words a slot, the scales, k_rope; three mbarriers a slot
-        # (_reg_expect_tma)
-        kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, 4, PAGE, 32], kv_desc.layout)
-        sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], sc_desc.layout)
-        kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], kr_desc.layout)
-        bw = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
-        bs = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
-        br = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
-        _reg_init_bars(bw, bs, br, RAW)
+        q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, kv_raw, sc_raw, kr_raw, bw, bs, br = _reg_smem(
+            kv_desc, sc_desc, kr_desc, dtype, BM, RAW)
         sc_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
         mx_smem = gl.allocate_shared_memory(gl.float32, [BM, 4], sc_layout)
         # (mx_smem: each warp's partial row max, _reg_row_max)

@@ -42,9 +42,9 @@ from .v5_fp8_reg import (
     _reg_drop_bars,
     _reg_expect_tma,
     _reg_first_copy,
-    _reg_init_bars,
     _reg_issue_tma,
     _reg_load_q16,
+    _reg_smem,
     _reg_words,
     _reg_zero_tail,
     launch_page_tile,
@@ -67,39 +67,24 @@ WGR_WARPS = 4  # one warpgroup (two programs per SM: ~110 KB of shared memory ea
 WGR_MAXNREG = 255  # two programs' 256 threads may use the register file's 64 K
 WGR_RAW_SLOTS = 2  # raw page slots in the ring: page i + 1 in flight while page i is computed
 
+
+def _e4m3_pairs_asm(sel0: int, sel1: int) -> str:
+    """The PTX of v5_fp8_reg._E4M3_PAIRS for the two bytes that prmt selectors sel0 and sel1 pick from the even key's
+    word ($4) and the odd key's ($5): two bf16 pairs each ($0, $1 and $2, $3)."""
+    return "\n".join(["{", ".reg .b32 k, x0, x1;", "mov.b32 k, 0x7B807B80;",
+                      f"prmt.b32 x0, $4, $5, 0x{sel0:04X};", f"prmt.b32 x1, $4, $5, 0x{sel1:04X};",
+                      "shl.b32 x0, x0, 4;", "shl.b32 x1, x1, 4;",
+                      "and.b32 x0, x0, 0x87F087F0;", "and.b32 x1, x1, 0x87F087F0;",
+                      "mul.rn.bf16x2 x0, x0, k;", "mul.rn.bf16x2 x1, x1, k;",
+                      "mov.b32 {$0, $1}, x0;", "mov.b32 {$2, $3}, x1;", "}"])
+
 if gluon is not None:
     #: The products' layout: wgmma's accumulator for one warpgroup, N = the tile's 16 rows. S^T [64 keys, 16] and
     #: each scale tile's O^T [128 columns, 16] hold it: warp w the keys (columns) 16w .. 16w + 15 of each 64.
     #: v5_fp8_reg._E4M3_PAIRS for two of the four bytes: $4 the even key's word, $5 the odd key's; $0-$3 the bf16
     #: pairs (even key, odd key) of bytes 0 and 1 (_LO) or 2 and 3 (_HI): prmt, shift, mask, one multiply by 2^120.
-    _E4M3_PAIRS_LO = gl.constexpr("""{
-.reg .b32 k, x0, x1;
-mov.b32 k, 0x7B807B80;
-prmt.b32 x0, $4, $5, 0xC480;
-prmt.b32 x1, $4, $5, 0xD591;
-shl.b32 x0, x0, 4;
-shl.b32 x1, x1, 4;
-and.b32 x0, x0, 0x87F087F0;
-and.b32 x1, x1, 0x87F087F0;
-mul.rn.bf16x2 x0, x0, k;
-mul.rn.bf16x2 x1, x1, k;
-mov.b32 {$0, $1}, x0;
-mov.b32 {$2, $3}, x1;
-}""")
-    _E4M3_PAIRS_HI = gl.constexpr("""{
-.reg .b32 k, x0, x1;
-mov.b32 k, 0x7B807B80;
-prmt.b32 x0, $4, $5, 0xE6A2;
-prmt.b32 x1, $4, $5, 0xF7B3;
-shl.b32 x0, x0, 4;
-shl.b32 x1, x1, 4;
-and.b32 x0, x0, 0x87F087F0;
-and.b32 x1, x1, 0x87F087F0;
-mul.rn.bf16x2 x0, x0, k;
-mul.rn.bf16x2 x1, x1, k;
-mov.b32 {$0, $1}, x0;
-mov.b32 {$2, $3}, x1;
-}""")
+    _E4M3_PAIRS_LO = gl.constexpr(_e4m3_pairs_asm(0xC480, 0xD591))
+    _E4M3_PAIRS_HI = gl.constexpr(_e4m3_pairs_asm(0xE6A2, 0xF7B3))
     #: MODE 3 (timing only, results meaningless): the operands are the raw words' bits, moved, not dequantized.
     _RAW_AS_4 = gl.constexpr("mov.b32 {$0, $1}, $4; mov.b32 {$2, $3}, $4;")
     _RAW_AS_4_PAIRS = gl.constexpr("mov.b32 {$0, $1}, $4; mov.b32 {$2, $3}, $5;")
@@ -338,25 +323,11 @@ mov.b32 {$2, $3}, x1;
         a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=WGR_LAYOUT, k_width=2)
         rows_l: gl.constexpr = gl.SliceLayout(0, WGR_LAYOUT)  # the tile's rows: S^T's and O^T's columns
         keys_l: gl.constexpr = gl.SliceLayout(1, WGR_LAYOUT)
-        smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
 
-        # Q's latent part in fp16 (each row scaled into fp16's range), its RoPE part in Q's dtype (columns permuted):
-        # S^T's B operands
-        q_smem = gl.allocate_shared_memory(gl.float16, [BM, 512], smem_layout)
-        qr_smem = gl.allocate_shared_memory(dtype, [BM, 64], smem_layout)
-        # P times each tile's scales (O^T's B operands), four allocations (v5_fp8_reg.py: one barrier, not four)
-        p0_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
-        p1_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
-        p2_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
-        p3_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
-        kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, 4, PAGE, 32], kv_desc.layout)
-        sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], sc_desc.layout)
-        kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], kr_desc.layout)
-        bw = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
-        bs = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
-        br = gl.allocate_shared_memory(gl.int64, [RAW, 1], mbarrier.MBarrierLayout())
-        _reg_init_bars(bw, bs, br, RAW)
+        # v5_fp8_reg.py's: Q (S^T's B operands), P times each tile's scales (O^T's), the raw ring
+        q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, kv_raw, sc_raw, kr_raw, bw, bs, br = _reg_smem(
+            kv_desc, sc_desc, kr_desc, dtype, BM, RAW)
         mx_smem = gl.allocate_shared_memory(gl.float32, [4, BM], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
 
         m_start = (gl.program_id(1) % m_tiles) * BM
