@@ -298,6 +298,12 @@ mov.b32 {$6, $7}, x3;
         l4: gl.constexpr = gl.DistributedLinearLayout(  # the tiles in registers, the keys as S's columns hold them
             reg_bases=[[0, 1], [0, 2], [1, 0], [32, 0]], lane_bases=[[2, 0], [4, 0], [0, 0], [0, 0], [0, 0]],
             warp_bases=[[8, 0], [16, 0]], block_bases=[], shape=[64, 4])
+        return _scales_as(sc_slot, l4, keys_l)
+
+    @gluon.jit
+    def _scales_as(sc_slot, l4: gl.constexpr, keys_l: gl.constexpr):
+        """The four tiles' scales of a raw slot (sc_slot [64, 4], float32 bits as int32) read in l4 (the four tiles
+        in each thread's registers, the keys as keys_l holds them) and split into four [64] vectors in keys_l."""
         x = sc_slot.load(l4).to(gl.float32, bitcast=True)
         lo, hi = gl.split(gl.reshape(x, [64, 2, 2]))  # tiles (0, 2), (1, 3)
         s0, s2 = gl.split(lo)

@@ -47,6 +47,7 @@ from .v5_fp8_reg import (
     _reg_smem,
     _reg_words,
     _reg_zero_tail,
+    _scales_as,
     launch_page_tile,
 )
 from .v5_gluon import (
@@ -164,12 +165,7 @@ if gluon is not None:
         l4: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[0, 1], [0, 2], [8, 0]], lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0], [4, 0]],
             warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[64, 4])
-        x = sc_slot.load(l4).to(gl.float32, bitcast=True)
-        lo, hi = gl.split(gl.reshape(x, [64, 2, 2]))  # tiles (0, 2), (1, 3)
-        s0, s2 = gl.split(lo)
-        s1, s3 = gl.split(hi)
-        return (gl.convert_layout(s0, keys_l, assert_trivial=True), gl.convert_layout(s1, keys_l, assert_trivial=True),
-                gl.convert_layout(s2, keys_l, assert_trivial=True), gl.convert_layout(s3, keys_l, assert_trivial=True))
+        return _scales_as(sc_slot, l4, keys_l)
 
     @gluon.jit
     def _wgr_col_max(s, scratch, rows_l: gl.constexpr):
