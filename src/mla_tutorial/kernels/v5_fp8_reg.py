@@ -292,6 +292,22 @@ mov.b32 {$6, $7}, x3;
         fence_async_shared()  # (these generic stores before the slot's next TMA write)
 
     @gluon.jit
+    def _reg_page_in(kv_raw, sc_raw, kr_raw, bw, bs, br, g, n_cur, SLOTS: gl.constexpr, num_warps: gl.constexpr):
+        """The program's g-th page into its raw slot g % SLOTS (returned): its three copies waited for (phase
+        (g // SLOTS) % 2), its rows from n_cur on zeroed (the request's last page, or a bad block id), then the page's
+        first barrier: for every thread the page is in, Q is in, and the slot the page before left is free."""
+        PAGE: gl.constexpr = 64
+        cur = g % SLOTS
+        phase = (g // SLOTS) % 2
+        mbarrier.wait(bw.index(cur), phase)  # the page has landed: its words, scales and k_rope
+        mbarrier.wait(bs.index(cur), phase)
+        mbarrier.wait(br.index(cur), phase)
+        if n_cur < PAGE:  # the request's last page (or a bad block id): its rows past the keys as zeros
+            _reg_zero_tail(kv_raw, sc_raw, kr_raw, cur, n_cur, num_warps)
+        gl.thread_barrier()
+        return cur
+
+    @gluon.jit
     def _reg_scales(sc_slot, keys_l: gl.constexpr):
         """A raw slot's scales (sc_slot [64, 4], float32 bits as int32) as four [64] vectors, one per tile, in keys_l
         (S's column layout: thread t of warp w holds keys 8w + 2t, + 1, + 32, + 33)."""
@@ -392,14 +408,7 @@ mov.b32 {$6, $7}, x3;
         that hold keys."""
         PAGE: gl.constexpr = 64
         dtype: gl.constexpr = qr_smem.dtype  # (Q's dtype, P's: q_smem holds Q's latent part in fp16)
-        cur = g % SLOTS
-        phase = (g // SLOTS) % 2
-        mbarrier.wait(bw.index(cur), phase)  # page i has landed: its words, scales and k_rope
-        mbarrier.wait(bs.index(cur), phase)
-        mbarrier.wait(br.index(cur), phase)
-        if n_cur < PAGE:  # the request's last page (or a bad block id): its rows past the keys as zeros
-            _reg_zero_tail(kv_raw, sc_raw, kr_raw, cur, n_cur, num_warps)
-        gl.thread_barrier()  # ... for every thread, Q is in, and page i - 1's slot is free
+        cur = _reg_page_in(kv_raw, sc_raw, kr_raw, bw, bs, br, g, n_cur, SLOTS, num_warps)
         sc0, sc1, sc2, sc3 = _reg_scales(sc_raw.index(cur), cols_l)
         s = _reg_scores(q_smem, qr_smem, kv_raw, kr_raw, cur, sc0, sc1, sc2, sc3, mma, a_op, b_op)
         s = _v5_masked_scores(s, i * PAGE, n_visible, qk_scale, cols_l, PAGE)

@@ -44,9 +44,9 @@ from .v5_fp8_reg import (
     _reg_first_copy,
     _reg_issue_tma,
     _reg_load_q16,
+    _reg_page_in,
     _reg_smem,
     _reg_words,
-    _reg_zero_tail,
     _scales_as,
     launch_page_tile,
 )
@@ -59,7 +59,6 @@ from .v5_gluon import (
     fence_async_shared,
     gl,
     gluon,
-    mbarrier,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
@@ -256,14 +255,7 @@ if gluon is not None:
         per-key row sums [64, 16], the eight output accumulators and page i + 1's rows that hold keys."""
         PAGE: gl.constexpr = 64
         dtype: gl.constexpr = qr_smem.dtype  # (P's)
-        cur = g % SLOTS
-        phase = (g // SLOTS) % 2
-        mbarrier.wait(bw.index(cur), phase)  # page i has landed: its words, scales and k_rope
-        mbarrier.wait(bs.index(cur), phase)
-        mbarrier.wait(br.index(cur), phase)
-        if n_cur < PAGE:  # the request's last page (or a bad block id): its rows past the keys as zeros
-            _reg_zero_tail(kv_raw, sc_raw, kr_raw, cur, n_cur, num_warps)
-        gl.thread_barrier()  # ... for every thread, Q is in, and page i - 1's slot and P's copies are free
+        cur = _reg_page_in(kv_raw, sc_raw, kr_raw, bw, bs, br, g, n_cur, SLOTS, num_warps)  # (and P's copies free)
         sc0, sc1, sc2, sc3 = _wgr_scales(sc_raw.index(cur), keys_l)
         s = _wgr_scores(q_smem, qr_smem, kv_raw, kr_raw, cur, sc0, sc1, sc2, sc3, a_op, MODE)
         keys = i * PAGE + gl.arange(0, PAGE, layout=keys_l)
