@@ -189,6 +189,8 @@ has wgr && step wgr_tests ${WGR_LIMIT:-200} env MLA_FP8_WGR=1 PYTHONPATH=src:tes
 if has wgr && grep -q " passed" "$OUT/wgr_tests.log" && ! grep -q "failed\|error" "$OUT/wgr_tests.log"; then
   step wgr_bench 200 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma --heads 16 \
     --sections env,timing --out "$OUT/wgr.json"
+  # WGR_NCU=1: then its warp-state samples per SASS instruction (sass_page, ~150 s)
+  [ "${WGR_NCU:-0}" = 1 ] && step wgr_sass ${NCU_LIMIT:-240} env SASS_ONLY=wgr bash -c sass_page
 fi
 # everything in one file first in name order (a call brings back at most 8 files; the eighth session lost 5 logs)
 tar czf "$OUT/00_all.tgz" -C "$OUT" --exclude=00_all.tgz --exclude='*.ncu-rep' . 2>/dev/null
