@@ -182,10 +182,11 @@ has stepsched && step stepsched_tests ${STEPSCHED_LIMIT:-240} env PYTHONPATH=src
   tests/test_graphs_gpu.py tests/test_step.py -q -p no:cacheprovider -k "decoder or step or schedule"
 has stepsched && step stepsched_time 200 env PYTHONPATH=src $PY scripts/gpu_step_schedule.py \
   --out "$OUT/step_schedule.json" --layers ${LAYERS:-4}
-# the register tile on wgmma (v5_fp8_wgr.py, not yet run): its GPU cases (the hostile matrix, the wide ranges), then
+# the register tile on wgmma (v5_fp8_wgr.py, not yet run): its parts on one page (tests/test_wgr_gpu.py) and its GPU
+# cases (the hostile matrix, the wide ranges), then
 # the h16 timing beside the other 16-row FP8 tiles, bf16 v5 and FlashMLA
-has wgr && step wgr_tests ${WGR_LIMIT:-200} env MLA_FP8_WGR=1 PYTHONPATH=src:tests $PY -m pytest -m gpu \
-  tests/test_fp8.py -q -p no:cacheprovider -k "wgr"
+has wgr && step wgr_tests ${WGR_LIMIT:-240} env MLA_FP8_WGR=1 PYTHONPATH=src:tests $PY -m pytest -m gpu \
+  tests/test_wgr_gpu.py tests/test_fp8.py -q -p no:cacheprovider -k "wgr"
 if has wgr && grep -q " passed" "$OUT/wgr_tests.log" && ! grep -q "failed\|error" "$OUT/wgr_tests.log"; then
   step wgr_bench 200 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma --heads 16 \
     --sections env,timing --out "$OUT/wgr.json"
