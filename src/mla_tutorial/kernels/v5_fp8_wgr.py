@@ -25,10 +25,16 @@
 #   h16 allows for the whole call. wgmma is issued once per warpgroup for 16x the work of an mma.sync (68 a page
 #   instead of 544), runs asynchronously while the warps dequantize the next tile, and its accumulators are 72
 #   registers a thread (O^T 64, S^T's five 40) against v5_fp8_reg.py's 64 + 16.
-# sm_90a (scripts/compile_offline.py v5fwgr): see docs/results/v5_notes.md (twentieth session).
-# Expected (H200, b 128, s_k 4096, h_q 16; not yet run): 0.115-0.160 ms against 0.134 for v5_fp8_reg.py and ~0.166 for
-#   FlashMLA (FlashMLA / ours 1.04-1.44; target 1.5); no confident direction: the dequantization and its shared-
-#   memory reads are the same, the products' issue and waiting are what changes.
+# sm_90a (scripts/compile_offline.py v5fwgr, Triton 3.6): 255 registers, 156 bytes of spills (loop-invariant
+#   descriptors and pointers; ~8 LDL a page), 111,152 B of shared memory (two programs per SM), a page loop of ~1,600
+#   instructions a warp (v5_fp8_reg.py: ~1,280): 68 HGMMA.64x16x16, 128 F2FP, 160 PRMT, 128 HMUL2, 119 LDS, 12 MUFU,
+#   3 BAR.SYNC. Each product is issued per 16 registers of operand (half a scale tile for S^T, one m64 block for
+#   O^T), at most two in flight: with a whole tile's operand per wgmma the first version spilled 372 bytes.
+# Expected (H200, b 128, s_k 4096, h_q 16): 0.115-0.160 ms against 0.134 for v5_fp8_reg.py and ~0.166 for FlashMLA
+#   (FlashMLA / ours 1.04-1.44; target 1.5); no confident direction: the dequantization and its shared-memory reads
+#   are the same, the products' issue and waiting are what changes.
+# Bought: not yet run on a GPU (twentieth session, none lent): its GPU cases and tests/test_wgr_gpu.py's probe are
+#   opt-in (MLA_FP8_WGR=1); scripts/gpu_final.sh's step wgr runs them, then times it (docs/results/v5_notes.md).
 """Version 5 over an FP8 cache, 16-row register tile on wgmma: both products transposed, the dequantized page the
 register A operand (Gluon, Triton 3.6)."""
 
