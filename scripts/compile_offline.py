@@ -215,13 +215,12 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
         sig = dict(list(sig.items())[:2] + descs + [kv for kv in list(sig.items())[2:] if kv[0] != "num_warps"])
         if kind == "ksplit":
             sig |= {"num_warps": "constexpr"}
+        elif kind == "wgr":  # (the register tile's RAW, then its timing MODE)
+            sig |= {"RAW": "constexpr", "MODE": "constexpr", "num_warps": "constexpr"}
+            consts |= {"RAW": v5_fp8_wgr.WGR_RAW_SLOTS, "MODE": mode}
         else:
             sig |= {"RAW": "constexpr", "num_warps": "constexpr"}
-            consts |= {"RAW": v5_fp8_wgr.WGR_RAW_SLOTS if kind == "wgr" else v5_fp8_reg.REG_RAW_SLOTS}
-            if kind == "wgr":  # (its timing MODE precedes num_warps)
-                sig = {k: v for k, v in sig.items() if k != "num_warps"} | {"MODE": "constexpr",
-                                                                               "num_warps": "constexpr"}
-                consts["MODE"] = mode
+            consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS}
         attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 7, 17)}  # (the descriptors' places counted)
     if kind in ("ws16", "ws16w"):  # ws16w: the 8-warp producer (PW precedes num_warps in the signature)
         sig = {k: v for k, v in sig.items() if k != "num_warps"} | {"PW": "constexpr", "num_warps": "constexpr"}

@@ -7,10 +7,12 @@
 #       - S^T = K·Q^T [64 keys, 16 rows] (m64n16k16): A = K, each scale tile's e4m3 words dequantized (fp16, by
 #         the hardware conversion) into the A operand registers; B = Q^T, Q's latent part in fp16 in shared memory
 #         (_reg_load_q16: the same columns' permutation). RoPE: A = k_rope from the raw slot, columns permuted as
-#         Q's, B = Q_rope^T. Five accumulators of 8 registers (four tiles, scaled per key once they are in, and
-#         RoPE's), each tile's product issued as soon as its operand is built, the next tile dequantized under it;
+#         Q's, B = Q_rope^T. One wgmma a 64-column half of a scale tile, issued as soon as its operand is built,
+#         the next half dequantized under it; each tile's product (8 registers) is scaled per key and added to S^T
+#         once it is in;
 #       - O^T = V^T·P^T [512 columns, 16 rows] (m64n16k16, two m64 blocks a scale tile): A = V^T from pairs of
-#         keys' words (_E4M3_PAIRS: byte e of the even key's and of the odd key's word are one bf16 pair), B = P^T
+#         keys' words (_E4M3_PAIRS_LO / _HI: byte e of the even key's and of the odd key's word are one bf16 pair,
+#         two of the four bytes an m64 block), B = P^T
 #         times the tile's scales, four [16, 64] copies in shared memory as before. Each of the 512 output rows of
 #         a tile is a column of the cache permuted inside its tile (rows 64·e_hi + 16·w + 8·e_lo + g hold column
 #         4·(8w + g) + 2·e_hi + e_lo), put back in v5_fp8_reg.py's order by a relabelling before the store.
@@ -23,8 +25,8 @@
 #   its operand chains (issue slots 33 % busy, 0.5 eligible warps per scheduler) with 136 mma.sync a warp a page,
 #   each waiting on its operands; a 16-row tile's products alone took 0.099-0.116 ms, about what issue 9's 1.5 at
 #   h16 allows for the whole call. wgmma is issued once per warpgroup for 16x the work of an mma.sync (68 a page
-#   instead of 544), runs asynchronously while the warps dequantize the next tile, and its accumulators are 72
-#   registers a thread (O^T 64, S^T's five 40) against v5_fp8_reg.py's 64 + 16.
+#   instead of 544), runs asynchronously while the warps dequantize the next operand, and its accumulators are
+#   O^T's 64 registers a thread and S^T's 8 each (at most three live) against v5_fp8_reg.py's 64 + 16.
 # sm_90a (scripts/compile_offline.py v5fwgr, Triton 3.6): 255 registers, 156 bytes of spills (loop-invariant
 #   descriptors and pointers; ~8 LDL a page), 111,152 B of shared memory (two programs per SM), a page loop of ~1,600
 #   instructions a warp (v5_fp8_reg.py: ~1,280): 68 HGMMA.64x16x16, 128 F2FP, 160 PRMT, 128 HMUL2, 119 LDS, 12 MUFU,
