@@ -126,7 +126,7 @@ KN="scripts/with_knobs.py $REG_KNOBS --"
 has fp8final && step fp8_full ${FP8_FULL_LIMIT:-300} env PYTHONPATH=$PEERS:src:tests $PY $KN scripts/gpu_fp8_bench.py \
   --mma --parts --sections env,correctness,timing --out "$OUT/fp8_full.json"
 has fp8final && step fp8_tests 150 env PYTHONPATH=src:tests $PY $KN -m pytest -m gpu tests/test_fp8.py \
-  -q -x -p no:cacheprovider -k "not matrix or reg"
+  -q -x -p no:cacheprovider -k "not matrix or wgr"
 has fp8final && step decode_fp8 ${DECODE_LIMIT:-120} env PYTHONPATH=src $PY $KN -m mla_tutorial bench \
   --device cuda --config deepseek-v3 --stages 4 5 --heads 128 16 --batch 64 --context 4096 --graphs both --warmup 5 --reps 30 \
   --out "$OUT/decode_fp8.json"
@@ -182,10 +182,10 @@ has stepsched && step stepsched_tests ${STEPSCHED_LIMIT:-240} env PYTHONPATH=src
   tests/test_graphs_gpu.py tests/test_step.py -q -p no:cacheprovider -k "decoder or step or schedule"
 has stepsched && step stepsched_time 200 env PYTHONPATH=src $PY scripts/gpu_step_schedule.py \
   --out "$OUT/step_schedule.json" --layers ${LAYERS:-4}
-# the register tile on wgmma (v5_fp8_wgr.py, not yet run): its parts on one page (tests/test_wgr_gpu.py) and its GPU
+# the register tile on wgmma (v5_fp8_wgr.py, v5's choice at up to 16 rows since 2026-12-03): its parts on one page (tests/test_wgr_gpu.py) and its GPU
 # cases (the hostile matrix, the wide ranges), then
 # the h16 timing beside the other 16-row FP8 tiles, bf16 v5 and FlashMLA
-has wgr && step wgr_tests ${WGR_LIMIT:-240} env MLA_FP8_WGR=1 PYTHONPATH=src:tests $PY -m pytest -m gpu \
+has wgr && step wgr_tests ${WGR_LIMIT:-240} env PYTHONPATH=src:tests $PY -m pytest -m gpu \
   tests/test_wgr_gpu.py tests/test_fp8.py -q -p no:cacheprovider -k "wgr"
 if has wgr && grep -q " passed" "$OUT/wgr_tests.log" && ! grep -q "failed\|error" "$OUT/wgr_tests.log"; then
   step wgr_bench 200 env PYTHONPATH=$PEERS:src:tests $PY scripts/gpu_fp8_bench.py --quick --mma --heads 16 \

@@ -104,9 +104,9 @@ def main() -> None:
     TILES += [] if args.smoke else [("gluon", "pointer"), ("seesaw", "pointer"), ("fp8ss", "pointer")]
     TILES += [("mma", "pointer"), ("mma8", "pointer"), ("tma", "pointer")] if args.mma and not args.smoke else []
     #              the 16-row tile with 4 and 8 warps per program, fed by TMA (v5_fp8_tma.py); and warp-specialised
-    #              (v5_fp8_ws16.py); dequantizing into registers (v5_fp8_reg.py: v5's choice at up to 16 rows)
-    #              (ksplit: the register tile with the warps splitting S's reduction; wgr: the register tile on
-    #              wgmma, both products transposed)
+    #              (v5_fp8_ws16.py); dequantizing into registers (v5_fp8_reg.py: v5's choice at up to 16 rows until
+    #              2026-12-03) (ksplit: the register tile with the warps splitting S's reduction; wgr: the register
+    #              tile on wgmma, both products transposed: v5's choice at up to 16 rows)
     TILES += [("ws16", "pointer"), ("ws16w", "pointer"), ("reg", "pointer"), ("ksplit", "pointer"),
               ("wgr", "pointer")] if args.mma and not args.smoke else []
     big_b, big_sk = (2, (64, 130)) if args.smoke else (128, (4096, 8192))
@@ -290,9 +290,10 @@ def main() -> None:
                 # warp-specialised, with a 4- and an 8-warp producer (measured slower than the 16-row tile)
                 impls["fp8_ws16"] = lambda: fp8("ws16", "pointer")
                 impls["fp8_ws16w"] = lambda: fp8("ws16", "pointer", GluonConfig(warps=8))
-                impls["fp8_reg"] = lambda: fp8("reg", "pointer")  # dequantizing into registers (v5's choice)
+                impls["fp8_reg"] = lambda: fp8("reg", "pointer")  # dequantizing into registers (mma.sync)
                 impls["fp8_ksplit"] = lambda: fp8("ksplit", "pointer")  # the same, warps splitting S's reduction
-                impls["fp8_wgr"] = lambda: fp8("wgr", "pointer")  # the same on wgmma, both products transposed
+                # the same on wgmma, both products transposed (v5's choice)
+                impls["fp8_wgr"] = lambda: fp8("wgr", "pointer")
                 # and without its dequantization (operands the raw words' bits: results meaningless)
                 impls["fp8_wgr_no_dequant_alone"] = lambda: fp8("wgr", "pointer", GluonConfig(mode=3))
                 impls["fp8_reg_ptxas_regs"] = reg_ptxas_regs  # the same with ptxas's own register cap (168)

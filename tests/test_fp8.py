@@ -328,12 +328,12 @@ def test_kernel_choice_routes_fp8_to_the_small_tile():
     assert path == "small" and "FP8" in reason and "Gluon" in reason
 
 
-@pytest.mark.parametrize("rows,expected", [(1, "reg"), (15, "reg"), (16, "reg"), (17, "fp8ss"), (64, "fp8ss"),
+@pytest.mark.parametrize("rows,expected", [(1, "wgr"), (15, "wgr"), (16, "wgr"), (17, "fp8ss"), (64, "fp8ss"),
                                            (256, "fp8ss")])
 def test_kernel_choice_routes_fp8_by_rows_where_gluon_runs(rows, expected, monkeypatch):
     """Where the Gluon tiles can run (sm_90, Triton 3.6: faked here), an FP8 cache at up to FP8_REG_MAX_ROWS query
-    rows per KV head goes to the 16-row Gluon FP8 tile that dequantizes into registers (path "reg"), more to the
-    FP8 seesaw tile (path "fp8ss"); the reason says which and why."""
+    rows per KV head goes to the 16-row Gluon FP8 tile that dequantizes into registers, on wgmma (path "wgr"), more to
+    the FP8 seesaw tile (path "fp8ss"); the reason says which and why."""
     from mla_tutorial.kernels import v5
 
     monkeypatch.setattr(v5, "gluon_unavailable", lambda q, k, h_kv: None)
@@ -341,19 +341,19 @@ def test_kernel_choice_routes_fp8_by_rows_where_gluon_runs(rows, expected, monke
     path, reason = K.kernel_choice(q, k8, rows, 1)
     assert v5.FP8_REG_MAX_ROWS == 16 and path == expected and "FP8" in reason
     assert ("FP8 seesaw tile" in reason) == (expected == "fp8ss")
-    assert ("16-row Gluon FP8 tile dequantizing into registers" in reason) == (expected == "reg")
+    assert ("16-row Gluon FP8 tile dequantizing into registers, on wgmma" in reason) == (expected == "wgr")
 
 
-def test_kernel_choice_routes_fp8_without_mma_v2_to_the_larger_tiles(monkeypatch):
-    """A Triton without Gluon's mma_v2 cannot build the 16-row tile: 16 rows go to the FP8 seesaw tile, fewer to the
-    small one."""
-    from mla_tutorial.kernels import v5
+def test_kernel_choice_routes_fp8_to_the_wgmma_tile_without_mma_v2(monkeypatch):
+    """The routed 16-row tile is on wgmma (v5_fp8_wgr.py): a Triton without Gluon's mma_v2 (which only the forced
+    "reg", "ksplit" and "mma" tiles need) routes as one with it."""
+    from mla_tutorial.kernels import v5, v5_fp8_mma
 
     monkeypatch.setattr(v5, "gluon_unavailable", lambda q, k, h_kv: None)
-    monkeypatch.setattr(v5, "mma_v2", None)
+    monkeypatch.setattr(v5_fp8_mma, "mma_v2", None)
     q, k8, _, _ = fp8_inputs([5], 1, 16, seed=1)
-    assert K.kernel_choice(q, k8, 16, 1)[0] == "fp8ss"
-    assert K.kernel_choice(q, k8, 8, 1)[0] == "small"
+    assert K.kernel_choice(q, k8, 16, 1)[0] == "wgr"
+    assert K.kernel_choice(q, k8, 8, 1)[0] == "wgr"
 
 
 def _fp8_good():
@@ -442,10 +442,6 @@ UNVERIFIED_REG_VARIANTS = pytest.mark.skipif(os.environ.get("MLA_FP8_REG_VARIANT
                                              reason="v5_fp8_reg.py's variant not yet run on a GPU: set "
                                                     "MLA_FP8_REG_VARIANTS=1")
 REG_VARIANTS = {f"reg-{name}": knobs for name, knobs in v5_fp8_reg.REG_VARIANTS.items()}
-#: The register tile on wgmma (v5_fp8_wgr.py, path "wgr") has not yet run on a GPU: its cases run when asked for
-#: (MLA_FP8_WGR=1) until a GPU run has checked them.
-UNVERIFIED_WGR = pytest.mark.skipif(os.environ.get("MLA_FP8_WGR") != "1",
-                                    reason="v5_fp8_wgr.py not yet run on a GPU: set MLA_FP8_WGR=1")
 
 
 
@@ -453,7 +449,7 @@ UNVERIFIED_WGR = pytest.mark.skipif(os.environ.get("MLA_FP8_WGR") != "1",
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("path", ["small-pointer", "small-tma", "gluon", "seesaw", "fp8ss", "fp8ss-t1", "mma", "mma8",
-                                  "tma", "ws16", "ws16w", "reg", "ksplit", pytest.param("wgr", marks=UNVERIFIED_WGR),
+                                  "tma", "ws16", "ws16w", "reg", "ksplit", "wgr",
                                   *(pytest.param(v, marks=UNVERIFIED_REG_VARIANTS) for v in REG_VARIANTS)])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2)])
 def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
@@ -484,7 +480,7 @@ def test_gpu_fp8_matrix(h_q, s_q, path, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("path", ["reg", "ksplit", pytest.param("wgr", marks=UNVERIFIED_WGR),
+@pytest.mark.parametrize("path", ["reg", "ksplit", "wgr",
                                   *(pytest.param(v, marks=UNVERIFIED_REG_VARIANTS) for v in REG_VARIANTS)])
 def test_gpu_fp8_reg_wide_ranges(path, monkeypatch):
     """The register tile on values far from 1: query rows with |q| from 2^-20 to 2^20 (past fp16's 65,504) and cache

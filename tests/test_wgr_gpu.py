@@ -3,13 +3,10 @@ an FP8 cache by the tile's own TMA copies, then runs the tile's own functions on
 the page dequantized into wgmma's register operand, O^T = V^T·P^T for a given P, the store that undoes the columns'
 permutation), and each result is checked against torch on the dequantized page.
 
-Where test_fp8.py's cases check the whole tile, these say which part is wrong if one is. Opt-in (MLA_FP8_WGR=1)
-until a GPU run has checked them, as the tile's cases are.
+Where test_fp8.py's cases check the whole tile, these say which part is wrong if one is.
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 import torch
@@ -19,8 +16,6 @@ from mla_tutorial.fp8 import dequantize_k_cache, quantize_k_cache
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-    pytest.mark.skipif(os.environ.get("MLA_FP8_WGR") != "1",
-                       reason="v5_fp8_wgr.py not yet run on a GPU: set MLA_FP8_WGR=1"),
 ]
 
 W = pytest.importorskip("mla_tutorial.kernels.v5_fp8_wgr")
@@ -29,7 +24,7 @@ G = pytest.importorskip("mla_tutorial.kernels.v5_gluon")
 gl, gluon = G.gl, G.gluon
 
 if gluon is not None and hasattr(W, "WGR_LAYOUT"):
-    @gluon.jit
+    @gluon.jit(do_not_specialize=["page", "n_rows", "stride_qh"])  # (page 1, n_rows 1: runtime values, not constants)
     def _wgr_page_probe(q_ptr, kv_desc, sc_desc, kr_desc, p_ptr, s_ptr, out_ptr, lse_ptr, page, n_rows, stride_qh,
                         num_warps: gl.constexpr):
         """One page (block `page`, n_rows of it keys) through the tile's functions: S^T [64, 16] (Q's scaling into

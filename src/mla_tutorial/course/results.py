@@ -529,7 +529,8 @@ _FORCED_TILES = {"fp8_small": "small", "fp8_small_tma": "small", "fp8_tma": "sma
                  "fp8_mma_loads_alone": "mma", "fp8_mma_dequant_alone": "mma",
                  "fp8_mma8": "mma", "fp8_mma8_page_work_alone": "mma", "fp8_mma8_products_alone": "mma",
                  "fp8_tma16": "tma", "fp8_ws16": "ws16", "fp8_ws16w": "ws16", "fp8_reg": "reg",
-                 "fp8_reg_ptxas_regs": "reg",
+                 "fp8_reg_ptxas_regs": "reg", "fp8_ksplit": "ksplit", "fp8_wgr": "wgr",
+                 "fp8_wgr_no_dequant_alone": "wgr",
                  "bf16_lockstep_compute_alone": "gluon"}
 
 

@@ -11,8 +11,9 @@ Both walk v4's balanced schedule (schedule.py) and share its combine kernel. Whe
 (no sm_90, another Triton, h_kv > 1, a cache that TMA cannot address) v4's 64-row tile runs instead;
 `kernel_choice` says which runs and why. An FP8 cache (`is_fp8_kvcache=True`, FlashMLA's 656-byte rows,
 mla_tutorial/fp8.py) is read on sm_90 by a Gluon FP8 tile: at up to 16 query rows per KV head the 16-row tile that
-dequantizes into its operand registers (path "reg", v5_fp8_reg.py: mma.sync on 16 rows instead of wgmma on 64; its
-forerunners "mma", "tma", "ws16" and "ksplit" stay as paths), at more the FP8 seesaw tile (path "fp8ss",
+dequantizes into its operand registers, on wgmma with both products transposed (path "wgr", v5_fp8_wgr.py: the
+16 rows are wgmma's N, nothing padded; its forerunners "reg" on mma.sync, "mma", "tma", "ws16" and "ksplit" stay
+as paths), at more the FP8 seesaw tile (path "fp8ss",
 v5_fp8_seesaw.py: the bf16 seesaw tile's consumers, fed by a producer warpgroup that copies each page's e4m3 words
 into its bf16 slot and dequantizes them there); elsewhere by the small tile, which dequantizes each key chunk on load.
 All keep bf16 tensor-core work after the dequantization. `path="seesaw"` with an FP8 cache forces the
@@ -45,7 +46,7 @@ from .schedule import get_mla_metadata
 from .v4_balanced import _launch_v4
 from .v5_fp8_gluon import launch_v5_fp8_gluon
 from .v5_fp8_ksplit import launch_v5_fp8_ksplit
-from .v5_fp8_mma import MMA_WARPS, launch_v5_fp8_mma, mma_v2
+from .v5_fp8_mma import MMA_WARPS, launch_v5_fp8_mma
 from .v5_fp8_reg import launch_v5_fp8_reg
 from .v5_fp8_seesaw import launch_v5_fp8_seesaw
 from .v5_fp8_tma import launch_v5_fp8_tma
@@ -60,8 +61,9 @@ from .v5_small import launch_v5_small, small_tile_config
 
 #: The 16-row FP8 tiles (an FP8 cache only): "mma" (v5_fp8_mma.py), "tma" the same fed by TMA (v5_fp8_tma.py), "ws16"
 #: warp-specialised (v5_fp8_ws16.py), "reg" dequantizing into the operand registers (v5_fp8_reg.py, v5's choice at up
-#: to FP8_REG_MAX_ROWS rows), "ksplit" the same with the warps splitting S's reduction (v5_fp8_ksplit.py), "wgr" the
-#: same with both products transposed on wgmma (v5_fp8_wgr.py); the others are forced only. Their timing modes
+#: to FP8_REG_MAX_ROWS rows until 2026-12-03), "ksplit" the same with the warps splitting S's reduction
+#: (v5_fp8_ksplit.py), "wgr" the same with both products transposed on wgmma (v5_fp8_wgr.py, v5's choice at up to
+#: FP8_REG_MAX_ROWS rows); the others are forced only. Their timing modes
 #: (GluonConfig.mode): up to 4 for "mma", 3 for "wgr" (no dequantization), none for the others.
 FP8_16ROW_PATHS = {"mma": 4, "tma": 0, "ws16": 0, "reg": 0, "ksplit": 0, "wgr": 0}
 #: "m16": the TMA-fed 16-row tile on a bf16 cache (v5_m16.py; forced only, its variant v5_m16.M16_DEFAULT)
@@ -97,31 +99,32 @@ FP8_GLUON_MIN_ROWS = 16
 
 
 #: An FP8 cache with at most this many query rows per KV head is read by the 16-row FP8 tile that dequantizes into its
-#: operand registers (v5_fp8_reg.py) where the Gluon tiles run. On the H200 (2026-12-02, b = 128, h_q = 16, s_k 4096)
-#: it took 0.201 ms (0.154 after the eighth and ninth sessions' changes;
-#: docs/results/fp8_bench_tma_h200_2026-12-02.json)
-#: against 0.248 for the 16-row tile with a bf16 page in shared memory (v5_fp8_mma.py, routed here
-#: before: 0.257 against 0.322 for the warp-specialised FP8 tile, 0.440 against 0.554 at s_k 8192, 0.119 against
-#: 0.132 at 1024; docs/results/fp8_bench_mma_h200_2026-12-02.json), 0.205 against 0.251 at ~N(4096, 2048) lengths
-#: (docs/results/probes/fp8_reg_h200_2026-12-02.json); at 64 and 128 rows the 16-row tiles run 4 and 8 programs per
-#: page, each dequantizing it again (v5_fp8_mma.py: 0.813 and 1.500 ms against 0.297 and 0.506). Between 17 and 63
-#: rows the 64-row FP8 tile runs (the FP8 seesaw since 2026-12-03, the warp-specialised tile before: at 64 and 128
-#: rows the FP8 seesaw was 3-19 % faster, docs/results/probes/fp8_seesaw_tps4_*). At 32 rows (TP 4) the FP8 seesaw
+#: operand registers, on wgmma (v5_fp8_wgr.py) where the Gluon tiles run: on the H200 (2026-12-03, b = 128, h_q 16, s_k
+#: 4096) 0.128 ms against 0.135 on mma.sync (v5_fp8_reg.py), 0.143 against 0.145 at ~N(4096, 2048) lengths
+#: (docs/results/probes/fp8_wgr_h200_2026-12-03.json). Before, the mma.sync register tile: on the H200 (2026-12-02, b =
+#: 128, h_q = 16, s_k 4096) it took 0.201 ms (0.154 after the eighth and ninth sessions' changes;
+#: docs/results/fp8_bench_tma_h200_2026-12-02.json) against 0.248 for the 16-row tile with a bf16 page in shared memory
+#: (v5_fp8_mma.py, routed here before: 0.257 against 0.322 for the warp-specialised FP8 tile, 0.440 against 0.554 at s_k
+#: 8192, 0.119 against 0.132 at 1024; docs/results/fp8_bench_mma_h200_2026-12-02.json), 0.205 against 0.251 at ~N(4096,
+#: 2048) lengths (docs/results/probes/fp8_reg_h200_2026-12-02.json); at 64 and 128 rows the 16-row tiles run 4 and 8
+#: programs per page, each dequantizing it again (v5_fp8_mma.py: 0.813 and 1.500 ms against 0.297 and 0.506). Between 17
+#: and 63 rows the 64-row FP8 tile runs (the FP8 seesaw since 2026-12-03, the warp-specialised tile before: at 64 and
+#: 128 rows the FP8 seesaw was 3-19 % faster, docs/results/probes/fp8_seesaw_tps4_*). At 32 rows (TP 4) the FP8 seesaw
 #: took 0.212 ms, the register tile 0.216, the warp-specialised tile 0.243 (probes/fp8_bench_h32_*); at 20, 24 and 48
 #: rows the FP8 seesaw 0.214 ms each, the register tile 0.226, 0.226 and 0.412 (probes/fp8_bench_rows_*).
 FP8_REG_MAX_ROWS = 16
 
 
 def kernel_choice(q: torch.Tensor, k_cache: torch.Tensor, rows_per_kv: int, h_kv: int) -> tuple[str, str]:
-    """(path, reason): which tile v5 runs for these inputs here, "seesaw", "fp8ss", "reg", "small" or "v4", and
+    """(path, reason): which tile v5 runs for these inputs here, "seesaw", "fp8ss", "wgr", "small" or "v4", and
     why."""
     if k_cache.dtype == torch.float8_e4m3fn:
         why = gluon_unavailable(q, k_cache, h_kv)
-        if why is None and rows_per_kv <= FP8_REG_MAX_ROWS and mma_v2 is not None:
-            return "reg", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head on sm_90 (<= "
-                           f"{FP8_REG_MAX_ROWS}): the 16-row Gluon FP8 tile dequantizing into registers (mma.sync on "
-                           f"16 rows, each warp turning the e4m3 bytes its operands need into bf16 in registers: no "
-                           f"bf16 page in shared memory)")
+        if why is None and rows_per_kv <= FP8_REG_MAX_ROWS:
+            return "wgr", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head on sm_90 (<= "
+                           f"{FP8_REG_MAX_ROWS}): the 16-row Gluon FP8 tile dequantizing into registers, on wgmma "
+                           f"(both products transposed, S^T = K·Q^T and O^T = V^T·P^T, the dequantized page wgmma's "
+                           f"register operand: no bf16 page in shared memory, no row padded)")
         if why is None and rows_per_kv >= FP8_GLUON_MIN_ROWS:
             return "fp8ss", (f"FP8 cache (656-byte rows), {rows_per_kv} query rows per KV head on sm_90: the FP8 "
                              f"seesaw tile (the bf16 seesaw tile's two consumer warpgroups, fed by a producer "
