@@ -43,6 +43,9 @@ KERNELS_V5_QTMA = "kernels_v5_qtma_h200_2026-12-03.json"
 #: v5 and v5 on the FP8 cache at issue 8's and 9's shapes with an FP8 cache above 16 rows on the FP8 seesaw tile
 #: (eighteenth session; three rounds): issue 9's targets as the docs quote them
 KERNELS_V5_FP8SS = "kernels_v5_fp8ss_h200_2026-12-03.json"
+#: the same with an FP8 cache at up to 16 rows on the wgmma register tile (v5_fp8_wgr.py; twenty-first session; three
+#: rounds): issue 9's targets as the docs quote them now
+KERNELS_V5_FP8WGR = "kernels_v5_fp8wgr_h200_2026-12-03.json"
 HOST_PLANS = "host_time_plans_h200_2026-12-02.json"  # host time of a v5 call, planned against the full path
 #: the seesaw tile's cycle stamps at h_q 64, s_k 4k, b 128: the tile and `hoist` (its descriptors spilled, as before
 #: the twelfth session), in docs/results/probes (scripts/gpu_seesaw_trace.py)
@@ -56,12 +59,15 @@ DECODE_BENCH_V5 = "decode_bench_v5_deepseek-v3_h200_2026-12-02.json"  # the same
 DECODE_BENCH_V5_QTMA = "decode_bench_v5qtma_deepseek-v3_h200_2026-12-03.json"
 #: stages 4 and 5, b 64, S 4k, 128 and 16 heads, with stage 5 on the FP8 seesaw above 16 rows (the README's stage 5)
 DECODE_BENCH_FP8SS = "decode_bench_fp8ss_deepseek-v3_h200_2026-12-03.json"
+#: the same with stage 5 on the wgmma register tile at 16 heads (the README's stage 5 now)
+DECODE_BENCH_FP8WGR = "decode_bench_fp8wgr_deepseek-v3_h200_2026-12-03.json"
 DECODE_COVERAGE = "decode_coverage_deepseek-v3_h200_2026-12-02.json"  # stages 2, 4 (v4), b 8/64, S 1k/16k
 DECODE_PROFILE = "decode_profile_deepseek-v3_h200_2026-12-02.json"  # torch.profiler per step, b 1/64
 ROOFLINE = "roofline_deepseek-v3_h200_2026-12-01.json"  # stages 2–4 under the measured ceilings
 CAPACITY = "capacity_deepseek-v3_141GB.json"  # sequences per 141 GB GPU at 32k tokens (arithmetic)
 FP8_ACCURACY = "fp8_accuracy_cpu_2026-12-01.json"  # scripts/fp8_accuracy.py (CPU)
-FP8_BENCH = "fp8_bench_ss_h200_2026-12-03.json"  # scripts/gpu_fp8_bench.py --mma --parts (H200; v5 on the FP8 seesaw)
+#: scripts/gpu_fp8_bench.py --mma --parts (H200; v5 on the wgmma register tile at up to 16 rows, the FP8 seesaw above)
+FP8_BENCH = "fp8_bench_wgr_h200_2026-12-03.json"
 #: The 16-row FP8 tile's page work split into its loads and its dequantization, each alone (docs/results/probes/;
 #: scripts/gpu_fp8_bench.py --quick --mma --parts --heads 16, H200)
 FP8_SPLIT = "fp8_mma_page_work_split_h200_2026-12-02.json"
@@ -854,10 +860,10 @@ def table(rows: list, columns: list[tuple[str, str, str]]) -> str:
 
 __all__ = [
     "ABLATION", "CAPACITY", "DECODE_BENCH_V4", "DECODE_BENCH_V5", "DECODE_BENCH_V5_QTMA", "DECODE_COVERAGE",
-    "DECODE_PROFILE", "DECODE_TOUR", "DECODE_BENCH_FP8SS",
+    "DECODE_PROFILE", "DECODE_TOUR", "DECODE_BENCH_FP8SS", "DECODE_BENCH_FP8WGR",
     "FP8_ACCURACY", "FP8_BENCH", "FP8_SCHEMES", "FP8_SPLIT", "IMPL_LABELS", "KERNELS_V4_H100", "KERNELS_V4_H200",
     "HOST_PLANS", "KERNELS_V5", "KERNELS_V5_PLANS", "KERNELS_V5_QASYNC", "KERNELS_V5_EVEN", "KERNELS_V5_LINES",
-    "KERNELS_V5_QTMA", "KERNELS_V5_WALK", "KERNELS_V5_FP8SS",
+    "KERNELS_V5_QTMA", "KERNELS_V5_WALK", "KERNELS_V5_FP8SS", "KERNELS_V5_FP8WGR",
     "KERNELS_V5_SEESAW", "ROOFLINE", "HostPlanRow", "host_plan_rows", "SEESAW_TRACE", "PairPhase", "seesaw_pair_phases",
     "STEP_SCHEDULE", "StepScheduleRow", "step_schedule_rows",
     "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",

@@ -290,8 +290,8 @@ def mla_decode_v5(
     GluonConfig for "gluon"). `error_flag` (int32 [1], set to 1 by the caller) is cleared by the kernel on a bad
     block id, instead of the device-side assertion: for callers that want to read it themselves.
     `is_fp8_kvcache`: k_cache is FlashMLA's FP8 cache, float8_e4m3fn [num_blocks, 64, h_kv, 656] (from
-    `mla_tutorial.quantize_k_cache`), q bf16; the small tile, the 16-row register FP8 tile (path "reg") or the FP8
-    seesaw tile (path "fp8ss") reads it (kernel_choice), or a forced one (FP8_PATHS).
+    `mla_tutorial.quantize_k_cache`), q bf16; the small tile, the 16-row register FP8 tile on wgmma (path "wgr") or
+    the FP8 seesaw tile (path "fp8ss") reads it (kernel_choice), or a forced one (FP8_PATHS).
     """
     key = None
     if tile_scheduler_metadata is not None:  # (a call that builds its own schedule is never planned)

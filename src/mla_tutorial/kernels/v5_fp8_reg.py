@@ -1,6 +1,6 @@
 # version 5, FP8 cache, 16-row tiles dequantized into registers: v5_fp8_mma.py's products and schedule with no bf16
-# copy of the page in shared memory (stage 5; v5 runs it for an FP8 cache at up to 16 query rows per KV head on sm_90,
-# path "reg").
+# copy of the page in shared memory (stage 5; path "reg": v5 ran it for an FP8 cache at up to 16 query rows per KV head
+# on sm_90 until 2026-12-03, when its form on wgmma, v5_fp8_wgr.py, measured 5 % faster; its helpers serve both).
 #
 # What it changes against v5_fp8_mma.py (same mma.sync products on 16 rows, softmax, schedule and semantics):
 #   * the page's raw 656-byte rows come by TMA into a ring of two raw slots (e4m3 words 32 KB as [4 scale tiles,

@@ -1,5 +1,6 @@
 # version 5, FP8 cache, 16-row register tile on wgmma: v5_fp8_reg.py's page work with both products transposed, so
-# that the dequantized page is wgmma's register A operand (stage 5; forced with path "wgr", not routed).
+# that the dequantized page is wgmma's register A operand (stage 5; path "wgr": v5 runs it for an FP8 cache at up to
+# 16 query rows per KV head on sm_90 since 2026-12-03).
 #
 # What it changes against v5_fp8_reg.py (same TMA ring of raw rows, same dequantization into the operand registers,
 # fp16 S with Q's rows scaled into fp16's range, bf16 V, each tile's scale on S and P per key, schedule, semantics):
@@ -35,8 +36,12 @@
 # Expected (H200, b 128, s_k 4096, h_q 16): 0.115-0.160 ms against 0.134 for v5_fp8_reg.py and ~0.166 for FlashMLA
 #   (FlashMLA / ours 1.04-1.44; target 1.5); no confident direction: the dequantization and its shared-memory reads
 #   are the same, the products' issue and waiting are what changes.
-# Bought: not yet run on a GPU (twentieth session, none lent): its GPU cases and tests/test_wgr_gpu.py's probe are
-#   opt-in (MLA_FP8_WGR=1); scripts/gpu_final.sh's step wgr runs them, then times it (docs/results/v5_notes.md).
+# Bought (H200, twenty-first session; docs/results/fp8_bench_wgr_h200_2026-12-03.json): 0.128 ms at s_k 4k against
+#   0.134 for v5_fp8_reg.py and 0.168 for FlashMLA (FlashMLA / ours 1.32), 0.226 / 0.231 at 8k (1.39), 0.142 / 0.146
+#   at ~N(4096, 2048) (1.24), 0.056 / 0.062 at 1k; correct on its first GPU run. On the GPU image's ptxas: 255
+#   registers, 32 bytes of spills. Without its dequantization (mode 3) it takes 0.118 ms at 4k: issue 9's 1.5 asks
+#   0.112 for the whole call. Nsight Compute (probes/ncu_fp8_wgr_*): two programs per SM, 0.64 eligible warps per
+#   scheduler, one issue every 2.1 cycles, DRAM at 61 % of peak: latency-bound at 12.5 % occupancy.
 """Version 5 over an FP8 cache, 16-row register tile on wgmma: both products transposed, the dequantized page the
 register A operand (Gluon, Triton 3.6)."""
 
