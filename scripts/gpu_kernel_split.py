@@ -5,6 +5,8 @@ short contexts at b 128 and one long request.
 
     PYTHONPATH=.peers/flashmla:src python3 scripts/gpu_kernel_split.py [--out FILE.json]
     PYTHONPATH=src python3 scripts/gpu_kernel_split.py --combine     (the combine's shapes inside the call)
+    ... scripts/gpu_kernel_split.py --fp8-h16 --out F.json   (v5's FP8 call at h16, b 128, s_k 1k-8k, beside FlashMLA's
+                                                               bf16 call: each kernel's fixed and per-page share)
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ SHAPES = [  # (b, h_q, s_k, fp8)
     (128, 16, 1024, False), (128, 16, 1024, True), (1, 16, 32768, False), (128, 64, 1024, False),
     (128, 128, 1024, False), (128, 16, 4096, False),
 ]
+#: --fp8-h16: the 16-row FP8 tile's call at four lengths, so that each kernel's time splits into a fixed part and a
+#: part per page (a line through the four), FlashMLA's bf16 call at the same shapes beside it
+FP8_H16_SHAPES = [(128, 16, s_k, True) for s_k in (1024, 2048, 4096, 8192)]
 REPS = 30
 
 
@@ -81,14 +86,14 @@ def main() -> None:
         combine_sweep()
         return
     rows = []
-    for b, h_q, s_k, fp8 in SHAPES:
+    for b, h_q, s_k, fp8 in FP8_H16_SHAPES if "--fp8-h16" in sys.argv else SHAPES:
         (q, k, bt, sl), _ = shape_inputs(b, h_q, 1, s_k, "fixed", 0)
         k8 = quantize_k_cache(k) if fp8 else k
         meta, splits = get_mla_metadata(sl, h_q, 1)
         label = f"b{b} h{h_q} sk{s_k}{' fp8' if fp8 else ''}"
         row = {"b": b, "h_q": h_q, "s_k": s_k, "fp8": fp8, "parts": int(meta.shape[0]),
                "ours": kernel_times(_ours(q, k8, bt, sl, meta, splits, fp8))}
-        if flash_mla is not None and not fp8:
+        if flash_mla is not None:  # (its bf16 call: FlashMLA's dense decode has no FP8 cache)
             sched, _ = flash_mla.get_mla_metadata()
             row["flashmla"] = kernel_times(lambda args=(q, k, bt, sl, 512, sched, None):
                                            flash_mla.flash_mla_with_kvcache(*args))
