@@ -536,6 +536,9 @@ def test_drawings_return_figures():
                D.host_time_bars(R.host_plan_rows()), D.seesaw_pair_timeline(*R.seesaw_pair_phases()),
                D.fp8_seesaw_parts(R.fp8_seesaw_parts(), {64: 1.2, 128: 0.8})]
     assert all(isinstance(f, Figure) for f in figures)
+    # the parts drawing names the tile v5 chose at each shape: the wgmma register tile at 16 heads (notebook 07)
+    ticks = [t.get_text() for t in D.fp8_tile_parts(R.fp8_speed_rows(parts=True)).axes[0].get_xticklabels()]
+    assert [t.split("\n")[1] for t in ticks] == ["wgmma register tile"] * 2 + ["FP8 seesaw tile"] * 2
 
 
 def test_step_schedule_rows_as_notebook_06_and_kernel_md_quote():

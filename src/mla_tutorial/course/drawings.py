@@ -580,10 +580,13 @@ def fp8_speed_bars(rows: Sequence[Fp8SpeedRow], ideal: dict[tuple[int, str], flo
 #: copies but no dequantization, the tile as it runs (None: not timed for that tile).
 _FP8_PARTS = {"mma": ("fp8_mma_products_alone", "fp8_mma_page_work_alone", None, "fp8_mma"),
               "seesaw": ("fp8_ws_consumers_alone", "fp8_ws_producer_alone", None, "fp8_ws"),
-              "fp8ss": ("fp8_ss_consumers_alone", None, "fp8_ss_no_dequant_alone", "fp8_ss")}
-_FP8_TILE_NAMES = {"mma": "16-row tile", "seesaw": "warp-specialised tile", "fp8ss": "FP8 seesaw tile"}
+              "fp8ss": ("fp8_ss_consumers_alone", None, "fp8_ss_no_dequant_alone", "fp8_ss"),
+              "wgr": (None, None, "fp8_wgr_no_dequant_alone", "fp8_wgr")}
+_FP8_TILE_NAMES = {"mma": "16-row tile", "seesaw": "warp-specialised tile", "fp8ss": "FP8 seesaw tile",
+                   "wgr": "wgmma register tile"}
 #: A tile whose parts were not timed apart, and the tile whose parts stand for its own: v5_fp8_reg.py (v5's choice at
-#: up to 16 rows) runs the 16-row tile's mma.sync products on the same 16 rows; its page work is not split.
+#: up to 16 rows until 2026-12-03) runs the 16-row tile's mma.sync products on the same 16 rows; its page work is not
+#: split.
 _FP8_PARTS_OF = {"reg": "mma"}
 
 
@@ -593,10 +596,11 @@ def fp8_tile_parts(rows: Sequence[Fp8SpeedRow], targets: dict[tuple[int, str], f
     alone and FlashMLA's bf16 call; `targets` (FlashMLA ms / ours, keyed by (h_q, lengths)) draws the time each
     target asks for. The parts alone are drawn at their GPU time (Fp8SpeedRow.kernel_ms: a short part's whole call
     can be host-bound), the tile and FlashMLA at their whole call's. The tile is the one v5 chose (the "fp8" rows'
-    `tile`: the register tile at h_q 16, the FP8 seesaw above since 2026-12-03, the warp-specialised tile before; where
-    v5 runs a tile whose parts were not timed apart, _FP8_PARTS_OF names the tile whose parts are drawn: at h_q 16 the
-    16-row tile's, v5_fp8_mma.py). The FP8 seesaw's page work cannot run alone (it copies into the slots the consumers
-    release): its bar in that place is its math with the raw copies and no dequantization. Rows come from
+    `tile`: the wgmma register tile at h_q 16 since 2026-12-03, the register tile before; the FP8 seesaw above since
+    2026-12-03, the warp-specialised tile before; where v5 runs a tile whose parts were not timed apart, _FP8_PARTS_OF
+    names the tile whose parts are drawn: for the register tile the 16-row tile's, v5_fp8_mma.py). The FP8 seesaw's
+    page work cannot run alone (it copies into the slots the consumers release): its bar in that place is its math with
+    the raw copies and no dequantization; the wgmma register tile has only that bar (its mode 3). Rows come from
     fp8_speed_rows(..., parts=True)."""
     plt = _plt()
     chosen = {(r.h_q, r.lengths): _FP8_PARTS_OF.get(r.tile, r.tile) for r in rows if r.impl == "fp8"}
