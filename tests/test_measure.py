@@ -379,3 +379,19 @@ def test_output_paths_are_checked_before_any_work(tmp_path, capsys, monkeypatch)
     with pytest.raises(pytest.fail.Exception, match="the tour started"):
         main(["tour", "--out", str(created)])
     assert created.is_dir(), "the output directory is created before the work starts"
+
+
+def test_save_probe_labels_its_rows_with_this_runs_ceilings(tmp_path):
+    """A probe's file (scripts/gpu_*_probe.py, gpu_kernel_split.py ...) carries the device and the ceilings measured in
+    the same run, as every GPU result the docs quote must; without --out nothing is written."""
+    import json
+
+    from mla_tutorial.measure.kernel_bench import save_probe
+
+    out = tmp_path / "probe.json"
+    save_probe([{"x": 1}], ["probe", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["rows"] == [{"x": 1}] and "torch" in data["device"]
+    assert data["roofline"]["copy_gbps"] > 0 and data["roofline"]["matmul_tflops"] > 0
+    save_probe([{"x": 2}], ["probe"])
+    assert json.loads(out.read_text())["rows"] == [{"x": 1}]

@@ -123,13 +123,23 @@ def graph_ms(fn, timer=bench_ms) -> float:
     return timer(graph.replay)
 
 
+def measured_roofline(device: str = "cuda") -> dict:
+    """This run's ceilings, as the result files record them: device copy bandwidth and a large matmul (bf16, n 8192 on
+    CUDA), {"copy_gbps", "matmul_tflops", "copy", "matmul"}."""
+    copy = measure_copy_bandwidth(device)
+    mm = measure_matmul_tflops(device, 8192 if torch.device(device).type == "cuda" else None)
+    return {"copy_gbps": copy["gbps"], "matmul_tflops": mm["tflops"], "copy": copy, "matmul": mm}
+
+
 def save_probe(rows: list, argv: list[str] | None = None) -> None:
     """A probe script's rows to the file named after `--out` in argv (sys.argv by default), if any, labelled with the
-    device, driver, torch and Triton versions and the date (roofline.device_info)."""
+    device, driver, torch and Triton versions and the date (roofline.device_info) and the ceilings measured now, in
+    the same run (measured_roofline; on the CPU when there is no GPU)."""
     argv = sys.argv if argv is None else argv
     if "--out" in argv:
+        roof = measured_roofline("cuda" if torch.cuda.is_available() else "cpu")
         with open(argv[argv.index("--out") + 1], "w") as f:
-            json.dump({"device": device_info(), "rows": rows}, f, indent=1)
+            json.dump({"device": device_info(), "roofline": roof, "rows": rows}, f, indent=1)
 
 
 def cos_diff(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -405,10 +415,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     info = device_info()
     log(f"device: {info}")
-    copy = measure_copy_bandwidth("cuda")
-    mm = measure_matmul_tflops("cuda", 8192)
-    roof = {"copy_gbps": copy["gbps"], "matmul_tflops": mm["tflops"], "copy": copy, "matmul": mm}
-    log(f"roofline: copy {copy['gbps']:.0f} GB/s, bf16 matmul {mm['tflops']:.0f} TFLOP/s")
+    roof = measured_roofline("cuda")
+    log(f"roofline: copy {roof['copy_gbps']:.0f} GB/s, bf16 matmul {roof['matmul_tflops']:.0f} TFLOP/s")
     flash_mla = _flash_mla()
     result = {"benchmark": "mla_tutorial stage-4 kernels", "device_info": info, "roofline": roof,
               "flash_mla": None if flash_mla is None else getattr(flash_mla, "__file__", "imported"),
