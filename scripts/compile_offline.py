@@ -160,7 +160,7 @@ def compile_m16(variant: str, causal: bool = False, dtype: str = "bf16"):
     return triton.compile(src, target=TARGET, options={"num_warps": warps, "maxnreg": v5_m16.M16_MAXNREG})
 
 
-def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
+def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0, trace: bool = False):
     """A Gluon FP8 tile over a contiguous FP8 cache (one signature for all three): kind "gluon" the lockstep tile
     (v5_fp8_gluon.py), "ws" the warp-specialised one (v5_fp8_ws.py; MODE: its probes, 1 the producer alone, 2 the
     consumers alone, ...), "mma" the 16-row one (v5_fp8_mma.py), "mma8" the same with 8 warps and 128 registers."""
@@ -215,9 +215,12 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0):
         sig = dict(list(sig.items())[:2] + descs + [kv for kv in list(sig.items())[2:] if kv[0] != "num_warps"])
         if kind == "ksplit":
             sig |= {"num_warps": "constexpr"}
-        elif kind == "wgr":  # (the register tile's RAW, then its timing MODE)
-            sig |= {"RAW": "constexpr", "MODE": "constexpr", "num_warps": "constexpr"}
-            consts |= {"RAW": v5_fp8_wgr.WGR_RAW_SLOTS, "MODE": mode}
+        elif kind == "wgr":  # (the TRACE probe's buffer, the register tile's RAW, its timing MODE, TRACE)
+            items = list(sig.items())
+            at = [k for k, _ in items].index("qk_scale") + 1
+            sig = dict(items[:at] + [("trace_ptr", "*i64" if trace else "*i32")] + items[at:])
+            sig |= {"RAW": "constexpr", "MODE": "constexpr", "TRACE": "constexpr", "num_warps": "constexpr"}
+            consts |= {"RAW": v5_fp8_wgr.WGR_RAW_SLOTS, "MODE": mode, "TRACE": trace}
         else:
             sig |= {"RAW": "constexpr", "num_warps": "constexpr"}
             consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS}
@@ -318,14 +321,15 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_v5_fp8(causal=causal, kind=kind, mode=mode)
                 print(f"{base} mode={mode} causal={causal}: {report(f'{base}{mode}_c{int(causal)}', ck, workdir)}")
-        elif name.partition(":")[0] in ("v5ftma", "v5fws16", "v5fws16w", "v5fksplit", "v5fwgr",
+        elif name.partition(":")[0] in ("v5ftma", "v5fws16", "v5fws16w", "v5fksplit", "v5fwgr", "v5fwgrt",
                                         *(f"v5f{k}" for k in REG_KINDS)):
             # the other 16-row Gluon FP8 tiles (tma: fed by TMA; ws16: warp-specialised, ws16w: with an 8-warp
             # producer; reg: dequantizing into registers, and its variants; ksplit: its warps splitting S's reduction;
-            # wgr[:MODE]: its products on wgmma, transposed; MODE 3: no dequantization)
+            # wgr[:MODE]: its products on wgmma, transposed; MODE 3: no dequantization; wgrt: with its TRACE stamps)
             base, _, mode = name.partition(":")
             for causal in (False, True):
-                ck = compile_v5_fp8(causal=causal, kind=base[3:], mode=int(mode or 0))
+                ck = compile_v5_fp8(causal=causal, kind=base[3:].removesuffix("t") if base == "v5fwgrt" else base[3:],
+                                    mode=int(mode or 0), trace=base == "v5fwgrt")
                 print(f"{name} causal={causal}: {report(f'{base}{mode}_c{int(causal)}', ck, workdir)}")
         elif name.startswith("m16"):  # the TMA-fed 16-row bf16 tile (v5_m16.py): m16[:VARIANT]
             variant = name.partition(":")[2] or None

@@ -11,7 +11,7 @@
 # tile: its GPU matrix cases, 1 and TPS tiles a producer step, then its 8 hostile cases and its timing with TPS,
 # default 4, beside v5's FP8 choice and FlashMLA; scripts/gpu_fp8_seesaw_probe.py), stepsched (one schedule per
 # decode step: the decoder's graph GPU tests and tests/test_step.py, then scripts/gpu_step_schedule.py), wgr (the
-# register tile on wgmma, v5_fp8_wgr.py: its GPU cases, then its h16 timing beside the other 16-row FP8 tiles). The seesaw probe's check and time steps include its VARIANTS.
+# register tile on wgmma, v5_fp8_wgr.py: its GPU cases, then its h16 timing beside the other 16-row FP8 tiles), wgrtrace (that tile's own time stamps, scripts/gpu_wgr_trace.py), split8 (gpu_kernel_split.py --fp8-h16). The seesaw probe's check and time steps include its VARIANTS.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
 STEPS=${STEPS:-sched check time tests kernels fp8 decode}
@@ -193,6 +193,15 @@ if has wgr && grep -q " passed" "$OUT/wgr_tests.log" && ! grep -q "failed\|error
   # WGR_NCU=1: then its warp-state samples per SASS instruction (sass_page, ~150 s)
   [ "${WGR_NCU:-0}" = 1 ] && step wgr_sass ${NCU_LIMIT:-240} env SASS_ONLY=wgr bash -c sass_page
 fi
+# the wgmma register tile's fixed cost (twenty-second session): its own time stamps at b 128, h16 (s_k 64-4k, fixed
+# lengths, then ~N(4096, 2048); scripts/gpu_wgr_trace.py), then each kernel's device time in v5's FP8 call and
+# FlashMLA's bf16 call at s_k 64-8k (scripts/gpu_kernel_split.py --fp8-h16)
+has wgrtrace && step wgrtrace ${WGRTRACE_LIMIT:-200} env PYTHONPATH=src $PY scripts/gpu_wgr_trace.py \
+  --out "$OUT/wgrtrace.json" --sk ${WGRTRACE_SK:-64,256,1024,4096}
+has wgrtrace && step wgrtrace_n 100 env PYTHONPATH=src $PY scripts/gpu_wgr_trace.py --out "$OUT/wgrtrace_n.json" \
+  --sk 4096 --dist normal
+has split8 && step split8 150 env PYTHONPATH=$PEERS:src $PY scripts/gpu_kernel_split.py --fp8-h16 \
+  --out "$OUT/split8.json"
 # everything in one file first in name order (a call brings back at most 8 files; the eighth session lost 5 logs)
 tar czf "$OUT/00_all.tgz" -C "$OUT" --exclude=00_all.tgz --exclude='*.ncu-rep' . 2>/dev/null
 echo "=== done"

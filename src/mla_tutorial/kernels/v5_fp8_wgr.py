@@ -47,6 +47,8 @@ register A operand (Gluon, Triton 3.6)."""
 
 from __future__ import annotations
 
+import torch
+
 from .launch import FastLauncher
 from .v5_fp8_gluon import _fp8_page
 from .v5_fp8_mma import pick4
@@ -61,8 +63,8 @@ from .v5_fp8_reg import (
     _reg_smem,
     _reg_words,
     _scales_as,
-    launch_page_tile,
 )
+from .v5_fp8_tma import tma_tile_launch_args
 from .v5_gluon import (
     _v5_next_part,
     _v5_part,
@@ -79,6 +81,14 @@ from .v5_gluon import (
 WGR_WARPS = 4  # one warpgroup (two programs per SM: ~110 KB of shared memory each)
 WGR_MAXNREG = 255  # two programs' 256 threads may use the register file's 64 K
 WGR_RAW_SLOTS = 2  # raw page slots in the ring: page i + 1 in flight while page i is computed
+#: the TRACE probe's buffer (scripts/gpu_wgr_trace.py): int64 [programs, TRACE_ROWS, TRACE_COLS]; row 0 the program
+#: (entry, exit in ns; the same in SM cycles), rows 1-4 its first four requests (start, first page issued, Q ready,
+#: pages done, stored; ns), rows 5-68 its first 64 pages (begin, landed, end in ns; the same in cycles from column 4)
+TRACE_REQS, TRACE_PAGES, TRACE_COLS = 4, 64, 8
+TRACE_ROWS = 1 + TRACE_REQS + TRACE_PAGES
+#: an int64 tensor of at least [programs, TRACE_ROWS, TRACE_COLS] that the tile's launches fill with time stamps
+#: while it is set (None: the tile, no stamps)
+TRACE_BUFFER = None
 
 
 def _e4m3_pairs_asm(sel0: int, sel1: int) -> str:
@@ -102,6 +112,30 @@ if gluon is not None:
     _RAW_AS_4 = gl.constexpr("mov.b32 {$0, $1}, $4; mov.b32 {$2, $3}, $4;")
     _RAW_AS_4_PAIRS = gl.constexpr("mov.b32 {$0, $1}, $4; mov.b32 {$2, $3}, $5;")
     WGR_LAYOUT = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 16, 16]))
+    _T_ROWS = gl.constexpr(TRACE_ROWS)
+    _T_COLS = gl.constexpr(TRACE_COLS)
+    _T_REQS = gl.constexpr(TRACE_REQS)
+
+    @gluon.jit
+    def _wgr_stamp(trace_ptr, row, ok, COL: gl.constexpr, TRACE: gl.constexpr, CLOCK: gl.constexpr = False):
+        """TRACE (a probe, off in the tile): the GPU's nanosecond timer (%globaltimer, one time base for all SMs), or
+        with CLOCK the SM's cycle counter, into trace[program, row, COL] where `ok`."""
+        if TRACE:
+            if CLOCK:
+                t = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l", [], dtype=gl.int64, is_pure=False,
+                                              pack=1)
+            else:
+                t = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False,
+                                              pack=1)
+            prog = gl.program_id(1) * gl.num_programs(0) + gl.program_id(0)
+            gl.store(trace_ptr + (prog * _T_ROWS + row) * _T_COLS + COL, t, mask=ok)
+
+    @gluon.jit
+    def _wgr_stamp_page(trace_ptr, g, COL: gl.constexpr, TRACE: gl.constexpr):
+        """TRACE: page g's event COL (0 begin, 1 landed, 2 end) in ns and in cycles (COL + 4), for its first pages."""
+        ok = g < _T_ROWS - 1 - _T_REQS
+        _wgr_stamp(trace_ptr, 1 + _T_REQS + g, ok, COL, TRACE)
+        _wgr_stamp(trace_ptr, 1 + _T_REQS + g, ok, COL + 4, TRACE, True)
 
     @gluon.jit
     def _wgr_words_k(kv_raw, slot, tile: gl.constexpr):
@@ -262,13 +296,15 @@ if gluon is not None:
     def _wgr_page(i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
                   mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11, o20,
                   o21, o30, o31, kv_desc, sc_desc, kr_desc, n_cur, a_op: gl.constexpr, rows_l: gl.constexpr,
-                  keys_l: gl.constexpr, num_warps: gl.constexpr, SLOTS: gl.constexpr, MODE: gl.constexpr):
+                  keys_l: gl.constexpr, num_warps: gl.constexpr, SLOTS: gl.constexpr, MODE: gl.constexpr, trace_ptr,
+                  TRACE: gl.constexpr):
         """Page i of a request, the program's g-th page (v5_fp8_reg._reg_page's ring, copies and barriers; the
         products transposed): its raw rows in slot g % SLOTS, n_cur of them keys. Returns the running max, the
         per-key row sums [64, 16], the eight output accumulators and page i + 1's rows that hold keys."""
         PAGE: gl.constexpr = 64
         dtype: gl.constexpr = qr_smem.dtype  # (P's)
         cur = _reg_page_in(kv_raw, sc_raw, kr_raw, bw, bs, br, g, n_cur, SLOTS, num_warps)  # (and P's copies free)
+        _wgr_stamp_page(trace_ptr, g, 1, TRACE)
         sc0, sc1, sc2, sc3 = _wgr_scales(sc_raw.index(cur), keys_l)
         s = _wgr_scores(q_smem, qr_smem, kv_raw, kr_raw, cur, sc0, sc1, sc2, sc3, a_op, MODE)
         keys = i * PAGE + gl.arange(0, PAGE, layout=keys_l)
@@ -314,11 +350,13 @@ if gluon is not None:
         part_lse_ptr, meta_ptr, num_splits_ptr, ok_ptr,
         stride_qb, stride_qs, stride_qh, stride_kvb, stride_btb,
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
-        qk_scale,
-        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, MODE: gl.constexpr, num_warps: gl.constexpr,
+        qk_scale, trace_ptr,
+        CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, MODE: gl.constexpr, TRACE: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
-        # v5_fp8_reg.py's signature and ring (RAW raw page slots; kv_ptr and stride_kvb are not read). MODE (timing
-        # only): 0 the tile; 3 no dequantization (each operand is its raw words' bits: results meaningless)
+        # v5_fp8_reg.py's signature and ring (RAW raw page slots; kv_ptr and stride_kvb are not read), then the TRACE
+        # probe's buffer (stamps only with TRACE). MODE (timing only): 0 the tile; 3 no dequantization (each operand is
+        # its raw words' bits: results meaningless)
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=WGR_LAYOUT, k_width=2)
@@ -330,6 +368,8 @@ if gluon is not None:
         q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, kv_raw, sc_raw, kr_raw, bw, bs, br = _reg_smem(
             kv_desc, sc_desc, kr_desc, dtype, BM, RAW)
         mx_smem = gl.allocate_shared_memory(gl.float32, [4, BM], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+        _wgr_stamp(trace_ptr, 0, True, 0, TRACE)
+        _wgr_stamp(trace_ptr, 0, True, 2, TRACE, True)
 
         m_start = (gl.program_id(1) % m_tiles) * BM
         begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
@@ -340,12 +380,17 @@ if gluon is not None:
             s_k, lo, hi, part_slot, pieces, bt_row = _v5_request(
                 seqlens_ptr, ok_ptr, num_splits_ptr, block_table_ptr, stride_btb, req, begin_req, begin_block, end_req,
                 end_block, begin_split, next_req, next_block, max_blocks)
+            t_row = 1 + req - begin_req  # (TRACE: the request's row)
+            t_ok = req - begin_req < _T_REQS
+            _wgr_stamp(trace_ptr, t_row, t_ok, 0, TRACE)
 
             n_cur = _reg_first_copy(bt_row, lo, hi, s_k, num_blocks, ok_ptr, g, kv_desc, sc_desc, kr_desc, kv_raw,
                                     sc_raw, kr_raw, bw, bs, br, RAW)  # page lo in flight
+            _wgr_stamp(trace_ptr, t_row, t_ok, 1, TRACE)
             q_scale = qk_scale * _reg_load_q16(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh,
                                                heads_per_kv, rows_per_kv, rows_l, num_warps)
             fence_async_shared()  # (Q's generic stores before wgmma reads them; the page's barrier orders the warps)
+            _wgr_stamp(trace_ptr, t_row, t_ok, 2, TRACE)
 
             rows, tok, n_visible, m_i, l_i, _ = _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL, rows_l,
                                                           WGR_LAYOUT, BM)
@@ -359,11 +404,15 @@ if gluon is not None:
             o30 = o00
             o31 = o00
             for i in range(lo, hi):
+                _wgr_stamp_page(trace_ptr, g, 0, TRACE)
                 m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, n_cur = _wgr_page(
                     i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
                     mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11,
-                    o20, o21, o30, o31, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l, keys_l, num_warps, RAW, MODE)
+                    o20, o21, o30, o31, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l, keys_l, num_warps, RAW, MODE,
+                    trace_ptr, TRACE)
+                _wgr_stamp_page(trace_ptr, g, 2, TRACE)
                 g += 1
+            _wgr_stamp(trace_ptr, t_row, t_ok, 3, TRACE)
             l_i = gl.sum(l_keys, axis=0)
 
             _wgr_store(o00, o01, 0, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
@@ -374,7 +423,10 @@ if gluon is not None:
                        part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
             _wgr_store(o30, o31, 3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
                        part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
+            _wgr_stamp(trace_ptr, t_row, t_ok, 4, TRACE)
         _reg_drop_bars(bw, bs, br, RAW)
+        _wgr_stamp(trace_ptr, 0, True, 1, TRACE)
+        _wgr_stamp(trace_ptr, 0, True, 3, TRACE, True)
 
 
 _LAUNCH = FastLauncher(_v5_fp8_wgr_kernel) if gluon is not None else None
@@ -384,6 +436,14 @@ def launch_v5_fp8_wgr(q, k_cache, block_table, cache_seqlens, dims, causal, meta
                       part_lse, ok_flag, mode: int = 0):
     """Launch the 16-row FP8 tile on wgmma with register operands over the schedule `meta` (k_cache: FlashMLA's FP8
     cache, rows contiguous; mode 3: no dequantization, for timing)."""
-    launch_page_tile(_LAUNCH, "wgmma register FP8 tile", q, k_cache, block_table, cache_seqlens, dims, causal, meta,
-                     num_splits, out, lse, part_out, part_lse, ok_flag, RAW=WGR_RAW_SLOTS, MODE=mode,
-                     num_warps=WGR_WARPS, maxnreg=WGR_MAXNREG)
+    grid, args = tma_tile_launch_args("wgmma register FP8 tile", q, k_cache, block_table, cache_seqlens, dims, meta,
+                                      num_splits, out, lse, part_out, part_lse, ok_flag, rows=64, tiled_words=True)
+    trace = TRACE_BUFFER
+    if trace is not None:  # the probe's buffer: refused before the kernel could write past it
+        need = grid[0] * grid[1] * TRACE_ROWS * TRACE_COLS
+        if trace.dtype != torch.int64 or trace.device != q.device or not trace.is_contiguous() or trace.numel() < need:
+            raise ValueError(f"v5_fp8_wgr.TRACE_BUFFER must be a contiguous int64 tensor on {q.device} of at least "
+                             f"{need} elements ([programs, TRACE_ROWS, TRACE_COLS]), got {trace.dtype} on "
+                             f"{trace.device} with {trace.numel()}")
+    _LAUNCH(grid, *args, ok_flag if trace is None else trace, CAUSAL=causal, META_COLS=meta.shape[1],
+            RAW=WGR_RAW_SLOTS, MODE=mode, TRACE=trace is not None, num_warps=WGR_WARPS, maxnreg=WGR_MAXNREG)

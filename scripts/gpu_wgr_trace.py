@@ -1,0 +1,215 @@
+"""GPU probe: where the fixed part of the 16-row wgmma FP8 tile's call goes, from time stamps written by the kernel
+itself (v5_fp8_wgr's TRACE).
+
+Each program stamps the GPU's nanosecond timer (%globaltimer: one time base for every SM) at its entry and exit, at
+each request's start, first page issued, Q ready, pages done and partials stored, and at each page's begin, landed
+and end (the pages in SM cycles too). From them, per shape: when the programs start and end against the kernel's
+first entry, and what a program's time is made of: its prologue (entry to its first page landed, split into the
+schedule row, the first copy's issue, Q, the copy's wait), its pages (first landed to last page done, and the page
+period), its stores, and the between-request gaps. The kernel's span is set against the profiler's kernel time of the
+same call (scripts/gpu_kernel_split.py's) and the plain tile's time beside the stamped one's.
+
+    PYTHONPATH=src python3 scripts/gpu_wgr_trace.py --out trace.json [--sk 64,256,1024,4096] [--b 128] [--h 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+#: request-row columns and page-row columns (v5_fp8_wgr's TRACE layout)
+REQ_START, REQ_ISSUED, REQ_Q, REQ_DONE, REQ_STORED = range(5)
+PAGE_BEGIN, PAGE_LANDED, PAGE_END = range(3)
+
+
+def _pct(x: torch.Tensor) -> dict | None:
+    """p10 / median / p90 / max and count of a 1-D tensor (µs from ns), None when empty."""
+    x = x.double()
+    if not x.numel():
+        return None
+    q = torch.quantile(x, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
+    return {"p10": round(q[0] / 1e3, 3), "median": round(q[1] / 1e3, 3), "p90": round(q[2] / 1e3, 3),
+            "max": round(float(x.max()) / 1e3, 3), "mean": round(float(x.mean()) / 1e3, 3), "n": int(x.numel())}
+
+
+def summarize(t: torch.Tensor, reqs: int) -> dict:
+    """The timeline's summary (µs) from trace t [programs, rows, cols] (int64; 0 where nothing was stamped)."""
+    t = t.cpu().long()
+    live = t[:, 0, 0] != 0
+    t = t[live]
+    entry, exit_ = t[:, 0, 0], t[:, 0, 1]
+    t0 = entry.min()
+    req = t[:, 1:1 + reqs, :5]  # [programs, reqs, 5]
+    pages = t[:, 1 + reqs:, :]  # [programs, pages, 8]
+    has_req = req[:, :, REQ_START] != 0
+    has_page = pages[:, :, PAGE_BEGIN] != 0
+    n_pages = has_page.sum(1)
+    n_reqs = has_req.sum(1)
+    first = pages[:, 0, :]
+    last_idx = (n_pages - 1).clamp(min=0)
+    last = pages[torch.arange(len(t)), last_idx]
+    req0 = req[:, 0]
+    with_pages = n_pages > 0
+    out = {
+        "programs": int(len(t)), "pages_per_program": _pct(n_pages * 1000), "requests_per_program":
+            _pct(n_reqs * 1000),  # (counts, shown ×1000 so that _pct's µs are the counts)
+        "kernel_span_us": round(float(exit_.max() - t0) / 1e3, 3),
+        "program_entry_after_first": _pct(entry - t0),
+        "program_exit_after_first_entry": _pct(exit_ - t0),
+        "program_exit_before_last_exit": _pct(exit_.max() - exit_),
+        "program_span": _pct(exit_ - entry),
+        # the first request's prologue
+        "entry_to_request_start": _pct(req0[:, REQ_START] - entry),
+        "request_start_to_first_copy_issued": _pct(req0[:, REQ_ISSUED] - req0[:, REQ_START]),
+        "first_copy_issued_to_q_ready": _pct(req0[:, REQ_Q] - req0[:, REQ_ISSUED]),
+        "q_ready_to_first_page_landed": _pct((first[:, PAGE_LANDED] - req0[:, REQ_Q])[with_pages]),
+        "first_copy_issued_to_landed": _pct((first[:, PAGE_LANDED] - req0[:, REQ_ISSUED])[with_pages]),
+        "entry_to_first_page_landed": _pct((first[:, PAGE_LANDED] - entry)[with_pages]),
+        "first_page_landed_after_first_entry": _pct((first[:, PAGE_LANDED] - t0)[with_pages]),
+        "first_page_landed_to_end": _pct((first[:, PAGE_END] - first[:, PAGE_LANDED])[with_pages]),
+        "first_landed_to_last_page_end": _pct((last[:, PAGE_END] - first[:, PAGE_LANDED])[with_pages]),
+        "last_page_end_to_exit": _pct((exit_ - last[:, PAGE_END])[with_pages]),
+    }
+    # the page period and each page's wait, in the steady state: pages 2.. of a program, not a request's first
+    begin, landed, end = pages[:, :, PAGE_BEGIN], pages[:, :, PAGE_LANDED], pages[:, :, PAGE_END]
+    starts = torch.zeros_like(has_page)
+    for p in range(len(t)):  # a request's first page: its index in the program is the pages before the request
+        done = 0
+        for r in range(reqs):
+            if not has_req[p, r]:
+                break
+            if done < pages.shape[1]:
+                starts[p, done] = True
+            # pages of request r: those whose begin lies between its start and its pages-done stamps
+            inside = has_page[p] & (begin[p] >= req[p, r, REQ_START]) & (begin[p] <= req[p, r, REQ_DONE])
+            done += int(inside.sum())
+    steady = has_page.clone()
+    steady[:, :2] = False
+    steady &= ~starts
+    period = torch.zeros_like(end)
+    period[:, 1:] = end[:, 1:] - end[:, :-1]
+    out["page_period_steady"] = _pct(period[steady & has_page])
+    out["page_wait_steady (begin to landed)"] = _pct((landed - begin)[steady])
+    out["page_compute_steady (landed to end)"] = _pct((end - landed)[steady])
+    cyc = (pages[:, :, 4 + PAGE_END] - pages[:, :, 4 + PAGE_BEGIN]).double()
+    ns = (end - begin).double()
+    ok = steady & (ns > 0)
+    out["sm_clock_mhz"] = round(float((cyc[ok] / ns[ok]).median() * 1e3), 1) if ok.any() else None
+    # a request's end: pages done to stored (the partials' stores), and the gap to the next request's first page
+    done_ok = has_req & (req[:, :, REQ_STORED] != 0)
+    out["pages_done_to_stored"] = _pct((req[:, :, REQ_STORED] - req[:, :, REQ_DONE])[done_ok])
+    nxt = has_req[:, 1:] & has_req[:, :-1]
+    out["stored_to_next_request_start"] = _pct((req[:, 1:, REQ_START] - req[:, :-1, REQ_STORED])[nxt])
+    out["next_request_start_to_q_ready"] = _pct((req[:, 1:, REQ_Q] - req[:, 1:, REQ_START])[nxt])
+    # the critical program: the one that exits last, its own breakdown
+    c = int(exit_.argmax())
+    cn = int(n_pages[c])
+    out["last_program"] = {
+        "pages": cn, "requests": int(n_reqs[c]), "entry_after_first": round(float(entry[c] - t0) / 1e3, 3),
+        "entry_to_first_landed": round(float(first[c, PAGE_LANDED] - entry[c]) / 1e3, 3) if cn else None,
+        "first_landed_to_last_end": round(float(last[c, PAGE_END] - first[c, PAGE_LANDED]) / 1e3, 3) if cn else None,
+        "last_end_to_exit": round(float(exit_[c] - last[c, PAGE_END]) / 1e3, 3) if cn else None}
+    # the timer's granularity: the smallest positive difference seen between two stamps of one program
+    diffs = (t[:, 1 + reqs:, :3].reshape(len(t), -1))
+    d = (diffs[:, 1:] - diffs[:, :-1]).abs()
+    d = d[(d > 0) & (diffs[:, 1:] != 0) & (diffs[:, :-1] != 0)]
+    out["timer_smallest_step_ns"] = int(d.min()) if d.numel() else None
+    return out
+
+
+def run(b: int, h_q: int, s_k: int, dist: str) -> dict:
+    from mla_tutorial.fp8 import dequantize_k_cache, quantize_k_cache
+    from mla_tutorial.kernels import mla_decode_v5, plan, v5_fp8_wgr
+    from mla_tutorial.kernels.schedule import get_mla_metadata
+    from mla_tutorial.measure.kernel_bench import bench_ms, shape_inputs
+
+    (q, k, bt, sl), mean_sk = shape_inputs(b, h_q, 1, s_k, dist, seed=s_k + h_q)
+    k8 = quantize_k_cache(k)
+    meta, splits = get_mla_metadata(sl, h_q, 1)
+    call = lambda: mla_decode_v5(q, k8, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,  # noqa: E731
+                                 check_bounds=False, is_fp8_kvcache=True, path="wgr")
+    plain = call()[0].clone()
+    # the tile's answer against v5's bf16 call on the dequantized cache (a check that the stamped build and its launch
+    # still compute the tile; the FP8 tests are the tile's real check)
+    ref = mla_decode_v5(q, dequantize_k_cache(k8), bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
+                        check_bounds=False)[0].float()
+    err = {"max_abs": float((plain.float() - ref).abs().max()),
+           "rel_frobenius": float((plain.float() - ref).norm() / ref.norm())}
+    plain_ms = bench_ms(call)
+    reqs, rows, cols = v5_fp8_wgr.TRACE_REQS, v5_fp8_wgr.TRACE_ROWS, v5_fp8_wgr.TRACE_COLS
+    trace = torch.zeros(meta.shape[0], rows, cols, dtype=torch.int64, device="cuda")
+    plan.clear_plans()
+    v5_fp8_wgr.TRACE_BUFFER = trace
+    try:
+        traced_ms = bench_ms(call)
+        flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+        summaries = []
+        for _ in range(5):  # five stamped calls, each after an L2 flush; the summary of each
+            flush.zero_()
+            trace.zero_()
+            torch.cuda.synchronize()
+            out = call()[0]
+            torch.cuda.synchronize()
+            summaries.append(summarize(trace, reqs))
+    finally:
+        v5_fp8_wgr.TRACE_BUFFER = None
+        plan.clear_plans()
+    t = trace.cpu()
+    live = t[:, 0, 0] != 0
+    t0 = int(t[live, 0, 0].min())
+    per_program = {  # the last call's, µs after the first entry (-1: no stamp)
+        "entry": [(int(x) - t0) / 1e3 if x else -1 for x in t[:, 0, 0]],
+        "first_landed": [(int(x) - t0) / 1e3 if x else -1 for x in t[:, 1 + reqs, PAGE_LANDED]],
+        "exit": [(int(x) - t0) / 1e3 if x else -1 for x in t[:, 0, 1]],
+        "pages": (t[:, 1 + reqs:, 0] != 0).sum(1).tolist(), "meta": meta.cpu().tolist()}
+    return {"b": b, "h_q": h_q, "s_k": s_k, "dist": dist, "mean_sk": mean_sk, "parts": int(meta.shape[0]),
+            "plain_vs_bf16_on_dequantized": err, "plain_ms": plain_ms, "traced_ms": traced_ms,
+            "traced_equals_plain": bool(torch.equal(out, plain)),
+            "calls": summaries, "per_program_last_call": per_program, "raw_program_0": t[0].tolist()}
+
+
+def _line(row: dict) -> str:
+    s = row["calls"][len(row["calls"]) // 2]
+
+    def m(key):
+        v = s.get(key)
+        return f"{v['median']:.2f}" if v else "-"
+    return (f"b{row['b']} h{row['h_q']} sk{row['s_k']} {row['dist']}: plain {row['plain_ms'] * 1e3:.1f} us, "
+            f"stamped {row['traced_ms'] * 1e3:.1f} (equal {row['traced_equals_plain']}); "
+            f"vs bf16 {row['plain_vs_bf16_on_dequantized']}; "
+            f"span {s['kernel_span_us']}, entry spread p90 {s['program_entry_after_first']['p90']}, "
+            f"entry->first landed {m('entry_to_first_page_landed')} (req start {m('entry_to_request_start')}, "
+            f"issue {m('request_start_to_first_copy_issued')}, Q {m('first_copy_issued_to_q_ready')}, "
+            f"wait {m('q_ready_to_first_page_landed')}), pages {m('first_landed_to_last_page_end')} "
+            f"(period {m('page_period_steady')}), stores {m('pages_done_to_stored')}, "
+            f"last end->exit {m('last_page_end_to_exit')}, "
+            f"exit spread p90 {s['program_exit_before_last_exit']['p90']}, clock {s['sm_clock_mhz']} MHz, "
+            f"timer step {s['timer_smallest_step_ns']} ns")
+
+
+def main() -> int:
+    from mla_tutorial.measure.kernel_bench import save_probe
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out")
+    ap.add_argument("--sk", default="64,256,1024,4096")
+    ap.add_argument("--b", type=int, default=128)
+    ap.add_argument("--h", type=int, default=16)
+    ap.add_argument("--dist", default="fixed")
+    args = ap.parse_args()
+    rows = []
+    for s_k in (int(x) for x in args.sk.split(",")):
+        try:
+            row = run(args.b, args.h, s_k, args.dist)
+            print(_line(row), flush=True)
+        except Exception as e:  # keep the other shapes
+            row = {"b": args.b, "h_q": args.h, "s_k": s_k, "error": f"{type(e).__name__}: {str(e)[:500]}"}
+            print(row, flush=True)
+        rows.append(row)
+    save_probe(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
