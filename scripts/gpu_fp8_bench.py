@@ -147,7 +147,7 @@ def main() -> None:
     # ----------------------------------------------------------------------------------------- 1. env
     def env():
         info = device_info()
-        info["v5_fp8_reg_knobs"] = current_knobs()  # the register tile's, as this run has them (with_knobs.py)
+        info["v5_fp8_reg_knobs"] = current_knobs()  # the register tiles' knobs (REG_*, WGR_*), as this run has them
         if REG_VARIANTS:
             info["reg_variants"] = REG_VARIANTS  # (gpu_final.sh's regpick reads each variant's knobs here)
         if args.smoke:

@@ -9,7 +9,11 @@ schedule row, the first copy's issue, Q, the copy's wait), its pages (first land
 period), its stores, and the between-request gaps. The kernel's span is set against the profiler's kernel time of the
 same call (scripts/gpu_kernel_split.py's) and the plain tile's time beside the stamped one's.
 
-    PYTHONPATH=src python3 scripts/gpu_wgr_trace.py --out trace.json [--sk 64,256,1024,4096] [--b 128] [--h 16]
+    PYTHONPATH=.peers/flashmla:src python3 scripts/gpu_wgr_trace.py --out trace.json [--sk 64,256,1024,4096]
+        [--b 128] [--h 16] [--dist fixed|normal] [--early 0,1] [--rounds 3]
+
+With --early 0,1 each shape runs the tile without and with v5_fp8_wgr.WGR_EARLY (page i + 1's copy issued as soon as
+page i has landed), then times both and FlashMLA's bf16 call (when importable) in turn for --rounds rounds.
 """
 
 from __future__ import annotations
@@ -18,8 +22,13 @@ import argparse
 
 import torch
 
+try:
+    import flash_mla
+except ImportError:  # (timed beside ours only where it is installed)
+    flash_mla = None
+
 #: request-row columns and page-row columns (v5_fp8_wgr's TRACE layout)
-REQ_START, REQ_ISSUED, REQ_Q, REQ_DONE, REQ_STORED = range(5)
+REQ_START, REQ_ISSUED, REQ_Q, REQ_DONE, REQ_STORED, REQ_SUMS, REQ_HALF = range(7)
 PAGE_BEGIN, PAGE_LANDED, PAGE_END = range(3)
 
 
@@ -40,7 +49,7 @@ def summarize(t: torch.Tensor, reqs: int) -> dict:
     t = t[live]
     entry, exit_ = t[:, 0, 0], t[:, 0, 1]
     t0 = entry.min()
-    req = t[:, 1:1 + reqs, :5]  # [programs, reqs, 5]
+    req = t[:, 1:1 + reqs, :7]  # [programs, reqs, 7]
     pages = t[:, 1 + reqs:, :]  # [programs, pages, 8]
     has_req = req[:, :, REQ_START] != 0
     has_page = pages[:, :, PAGE_BEGIN] != 0
@@ -99,6 +108,9 @@ def summarize(t: torch.Tensor, reqs: int) -> dict:
     # a request's end: pages done to stored (the partials' stores), and the gap to the next request's first page
     done_ok = has_req & (req[:, :, REQ_STORED] != 0)
     out["pages_done_to_stored"] = _pct((req[:, :, REQ_STORED] - req[:, :, REQ_DONE])[done_ok])
+    out["pages_done_to_row_sums"] = _pct((req[:, :, REQ_SUMS] - req[:, :, REQ_DONE])[done_ok])
+    out["row_sums_to_half_stored"] = _pct((req[:, :, REQ_HALF] - req[:, :, REQ_SUMS])[done_ok])
+    out["half_stored_to_stored"] = _pct((req[:, :, REQ_STORED] - req[:, :, REQ_HALF])[done_ok])
     nxt = has_req[:, 1:] & has_req[:, :-1]
     out["stored_to_next_request_start"] = _pct((req[:, 1:, REQ_START] - req[:, :-1, REQ_STORED])[nxt])
     out["next_request_start_to_q_ready"] = _pct((req[:, 1:, REQ_Q] - req[:, 1:, REQ_START])[nxt])
@@ -118,25 +130,9 @@ def summarize(t: torch.Tensor, reqs: int) -> dict:
     return out
 
 
-def run(b: int, h_q: int, s_k: int, dist: str) -> dict:
-    from mla_tutorial.fp8 import dequantize_k_cache, quantize_k_cache
-    from mla_tutorial.kernels import mla_decode_v5, plan, v5_fp8_wgr
-    from mla_tutorial.kernels.schedule import get_mla_metadata
-    from mla_tutorial.measure.kernel_bench import bench_ms, shape_inputs
-
-    (q, k, bt, sl), mean_sk = shape_inputs(b, h_q, 1, s_k, dist, seed=s_k + h_q)
-    k8 = quantize_k_cache(k)
-    meta, splits = get_mla_metadata(sl, h_q, 1)
-    call = lambda: mla_decode_v5(q, k8, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,  # noqa: E731
-                                 check_bounds=False, is_fp8_kvcache=True, path="wgr")
-    plain = call()[0].clone()
-    # the tile's answer against v5's bf16 call on the dequantized cache (a check that the stamped build and its launch
-    # still compute the tile; the FP8 tests are the tile's real check)
-    ref = mla_decode_v5(q, dequantize_k_cache(k8), bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
-                        check_bounds=False)[0].float()
-    err = {"max_abs": float((plain.float() - ref).abs().max()),
-           "rel_frobenius": float((plain.float() - ref).norm() / ref.norm())}
-    plain_ms = bench_ms(call)
+def _traced(call, meta, v5_fp8_wgr, plan, bench_ms) -> dict:
+    """The stamped tile's time and five stamped calls (each after an L2 flush) summarized, with the last call's
+    per-program stamps (µs after the first entry; -1: none) and one program's whole trace."""
     reqs, rows, cols = v5_fp8_wgr.TRACE_REQS, v5_fp8_wgr.TRACE_ROWS, v5_fp8_wgr.TRACE_COLS
     trace = torch.zeros(meta.shape[0], rows, cols, dtype=torch.int64, device="cuda")
     plan.clear_plans()
@@ -145,7 +141,7 @@ def run(b: int, h_q: int, s_k: int, dist: str) -> dict:
         traced_ms = bench_ms(call)
         flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
         summaries = []
-        for _ in range(5):  # five stamped calls, each after an L2 flush; the summary of each
+        for _ in range(5):
             flush.zero_()
             trace.zero_()
             torch.cuda.synchronize()
@@ -156,33 +152,89 @@ def run(b: int, h_q: int, s_k: int, dist: str) -> dict:
         v5_fp8_wgr.TRACE_BUFFER = None
         plan.clear_plans()
     t = trace.cpu()
-    live = t[:, 0, 0] != 0
-    t0 = int(t[live, 0, 0].min())
-    per_program = {  # the last call's, µs after the first entry (-1: no stamp)
+    t0 = int(t[t[:, 0, 0] != 0, 0, 0].min())
+    per_program = {
         "entry": [(int(x) - t0) / 1e3 if x else -1 for x in t[:, 0, 0]],
         "first_landed": [(int(x) - t0) / 1e3 if x else -1 for x in t[:, 1 + reqs, PAGE_LANDED]],
         "exit": [(int(x) - t0) / 1e3 if x else -1 for x in t[:, 0, 1]],
         "pages": (t[:, 1 + reqs:, 0] != 0).sum(1).tolist(), "meta": meta.cpu().tolist()}
-    return {"b": b, "h_q": h_q, "s_k": s_k, "dist": dist, "mean_sk": mean_sk, "parts": int(meta.shape[0]),
-            "plain_vs_bf16_on_dequantized": err, "plain_ms": plain_ms, "traced_ms": traced_ms,
-            "traced_equals_plain": bool(torch.equal(out, plain)),
-            "calls": summaries, "per_program_last_call": per_program, "raw_program_0": t[0].tolist()}
+    return {"traced_ms": traced_ms, "traced_out": out, "calls": summaries, "per_program_last_call": per_program,
+            "raw_program_0": t[0].tolist()}
 
 
-def _line(row: dict) -> str:
-    s = row["calls"][len(row["calls"]) // 2]
+def run(b: int, h_q: int, s_k: int, dist: str, earlies: list[bool], rounds: int) -> dict:
+    """One shape: for each EARLY setting of the tile, its answer against v5's bf16 call on the dequantized cache,
+    its time, its stamps; then `rounds` rounds timing every setting and FlashMLA's bf16 call in turn."""
+    from mla_tutorial.fp8 import dequantize_k_cache, quantize_k_cache
+    from mla_tutorial.kernels import mla_decode_v5, plan, v5_fp8_wgr
+    from mla_tutorial.kernels.schedule import get_mla_metadata
+    from mla_tutorial.measure.kernel_bench import bench_ms, shape_inputs
+
+    (q, k, bt, sl), mean_sk = shape_inputs(b, h_q, 1, s_k, dist, seed=s_k + h_q)
+    k8 = quantize_k_cache(k)
+    meta, splits = get_mla_metadata(sl, h_q, 1)
+    call = lambda: mla_decode_v5(q, k8, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,  # noqa: E731
+                                 check_bounds=False, is_fp8_kvcache=True, path="wgr")
+    # (a check that each build and its launch still compute the tile; the FP8 tests are the tile's real check)
+    ref = mla_decode_v5(q, dequantize_k_cache(k8), bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
+                        check_bounds=False)[0].float()
+    default = v5_fp8_wgr.WGR_EARLY
+    row = {"b": b, "h_q": h_q, "s_k": s_k, "dist": dist, "mean_sk": mean_sk, "parts": int(meta.shape[0]),
+           "variants": {}}
+    try:
+        for early in earlies:
+            v5_fp8_wgr.WGR_EARLY = early
+            plan.clear_plans()
+            plain = call()[0].clone()
+            v = {"early": early, "vs_bf16_on_dequantized": {
+                "max_abs": float((plain.float() - ref).abs().max()),
+                "rel_frobenius": float((plain.float() - ref).norm() / ref.norm())}, "plain_ms": bench_ms(call)}
+            v |= _traced(call, meta, v5_fp8_wgr, plan, bench_ms)
+            v["traced_equals_plain"] = bool(torch.equal(v.pop("traced_out"), plain))
+            row["variants"][f"early{int(early)}"] = v
+            print(_line(row, v), flush=True)
+        timed = {f"early{int(e)}": e for e in earlies}
+        times: dict[str, list[float]] = {name: [] for name in timed}
+        fm = None
+        if flash_mla is not None:
+            sched, _ = flash_mla.get_mla_metadata()
+            fm = lambda args=(q, k, bt, sl, 512, sched, None): flash_mla.flash_mla_with_kvcache(*args)  # noqa: E731
+            times["flashmla_bf16"] = []
+        for _ in range(rounds):  # (in turn, so that drift falls on every variant alike)
+            for name, early in timed.items():
+                v5_fp8_wgr.WGR_EARLY = early
+                plan.clear_plans()
+                call()
+                times[name].append(bench_ms(call))
+            if fm is not None:
+                times["flashmla_bf16"].append(bench_ms(fm))
+        row["rounds_ms"] = times
+        med = {name: sorted(x)[len(x) // 2] for name, x in times.items()}
+        row["median_ms"] = med
+        if fm is not None:
+            row["flashmla_over_ours"] = {n: med["flashmla_bf16"] / m for n, m in med.items() if n != "flashmla_bf16"}
+        print(f"  rounds: {med}  FlashMLA/ours {row.get('flashmla_over_ours')}", flush=True)
+    finally:
+        v5_fp8_wgr.WGR_EARLY = default
+        plan.clear_plans()
+    return row
+
+
+def _line(row: dict, v: dict) -> str:
+    s = v["calls"][len(v["calls"]) // 2]
 
     def m(key):
-        v = s.get(key)
-        return f"{v['median']:.2f}" if v else "-"
-    return (f"b{row['b']} h{row['h_q']} sk{row['s_k']} {row['dist']}: plain {row['plain_ms'] * 1e3:.1f} us, "
-            f"stamped {row['traced_ms'] * 1e3:.1f} (equal {row['traced_equals_plain']}); "
-            f"vs bf16 {row['plain_vs_bf16_on_dequantized']}; "
+        x = s.get(key)
+        return f"{x['median']:.2f}" if x else "-"
+    return (f"b{row['b']} h{row['h_q']} sk{row['s_k']} {row['dist']} early {int(v['early'])}: plain "
+            f"{v['plain_ms'] * 1e3:.1f} us, stamped {v['traced_ms'] * 1e3:.1f} (equal {v['traced_equals_plain']}); "
+            f"vs bf16 {v['vs_bf16_on_dequantized']}; "
             f"span {s['kernel_span_us']}, entry spread p90 {s['program_entry_after_first']['p90']}, "
             f"entry->first landed {m('entry_to_first_page_landed')} (req start {m('entry_to_request_start')}, "
             f"issue {m('request_start_to_first_copy_issued')}, Q {m('first_copy_issued_to_q_ready')}, "
             f"wait {m('q_ready_to_first_page_landed')}), pages {m('first_landed_to_last_page_end')} "
-            f"(period {m('page_period_steady')}), stores {m('pages_done_to_stored')}, "
+            f"(period {m('page_period_steady')}, wait {m('page_wait_steady (begin to landed)')}), stores "
+            f"{m('pages_done_to_stored')} (sums {m('pages_done_to_row_sums')}, half {m('row_sums_to_half_stored')}), "
             f"last end->exit {m('last_page_end_to_exit')}, "
             f"exit spread p90 {s['program_exit_before_last_exit']['p90']}, clock {s['sm_clock_mhz']} MHz, "
             f"timer step {s['timer_smallest_step_ns']} ns")
@@ -197,12 +249,14 @@ def main() -> int:
     ap.add_argument("--b", type=int, default=128)
     ap.add_argument("--h", type=int, default=16)
     ap.add_argument("--dist", default="fixed")
+    ap.add_argument("--early", default="0", help="the tile's EARLY settings, e.g. 0,1")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    earlies = [bool(int(x)) for x in args.early.split(",")]
     rows = []
     for s_k in (int(x) for x in args.sk.split(",")):
         try:
-            row = run(args.b, args.h, s_k, args.dist)
-            print(_line(row), flush=True)
+            row = run(args.b, args.h, s_k, args.dist, earlies, args.rounds)
         except Exception as e:  # keep the other shapes
             row = {"b": args.b, "h_q": args.h, "s_k": s_k, "error": f"{type(e).__name__}: {str(e)[:500]}"}
             print(row, flush=True)
