@@ -11,7 +11,7 @@
 # tile: its GPU matrix cases, 1 and TPS tiles a producer step, then its 8 hostile cases and its timing with TPS,
 # default 4, beside v5's FP8 choice and FlashMLA; scripts/gpu_fp8_seesaw_probe.py), stepsched (one schedule per
 # decode step: the decoder's graph GPU tests and tests/test_step.py, then scripts/gpu_step_schedule.py), wgr (the
-# register tile on wgmma, v5_fp8_wgr.py: its GPU cases, then its h16 timing beside the other 16-row FP8 tiles), wgrtrace (that tile's own time stamps, scripts/gpu_wgr_trace.py), split8 (gpu_kernel_split.py --fp8-h16), wgrearly (that tile with WGR_EARLY: its GPU cases, then stamps and timing beside the default). The seesaw probe's check and time steps include its VARIANTS.
+# register tile on wgmma, v5_fp8_wgr.py: its GPU cases, then its h16 timing beside the other 16-row FP8 tiles), wgrtrace (that tile's own time stamps, scripts/gpu_wgr_trace.py), split8 (gpu_kernel_split.py --fp8-h16). The seesaw probe's check and time steps include its VARIANTS.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
 STEPS=${STEPS:-sched check time tests kernels fp8 decode}
@@ -196,18 +196,10 @@ fi
 # the wgmma register tile's fixed cost (twenty-second session): its own time stamps at b 128, h16 (s_k 64-4k, fixed
 # lengths, then ~N(4096, 2048); scripts/gpu_wgr_trace.py), then each kernel's device time in v5's FP8 call and
 # FlashMLA's bf16 call at s_k 64-8k (scripts/gpu_kernel_split.py --fp8-h16)
-has wgrtrace && step wgrtrace ${WGRTRACE_LIMIT:-200} env PYTHONPATH=src $PY scripts/gpu_wgr_trace.py \
+has wgrtrace && step wgrtrace ${WGRTRACE_LIMIT:-200} env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py \
   --out "$OUT/wgrtrace.json" --sk ${WGRTRACE_SK:-64,256,1024,4096}
-has wgrtrace && step wgrtrace_n 100 env PYTHONPATH=src $PY scripts/gpu_wgr_trace.py --out "$OUT/wgrtrace_n.json" \
+has wgrtrace && step wgrtrace_n 100 env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py --out "$OUT/wgrtrace_n.json" \
   --sk 4096 --dist normal
-# EARLY (v5_fp8_wgr.WGR_EARLY): the tile with page i + 1's copy issued once page i has landed, its hostile GPU cases
-# and the wide ranges first (scripts/with_knobs.py), then stamps and timing of both settings beside FlashMLA
-has wgrearly && step wgrearly_tests ${WGR_LIMIT:-240} env PYTHONPATH=src:tests $PY scripts/with_knobs.py WGR_EARLY=1 \
-  -- -m pytest -m gpu tests/test_wgr_gpu.py tests/test_fp8.py -q -p no:cacheprovider -k "wgr"
-has wgrearly && step wgrearly 240 env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py --out "$OUT/wgrearly.json" \
-  --sk ${WGRTRACE_SK:-1024,4096,8192} --early 0,1 --rounds 3
-has wgrearly && step wgrearly_n 120 env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py \
-  --out "$OUT/wgrearly_n.json" --sk 4096 --dist normal --early 0,1 --rounds 3
 has split8 && step split8 150 env PYTHONPATH=$PEERS:src $PY scripts/gpu_kernel_split.py --fp8-h16 \
   --out "$OUT/split8.json"
 # everything in one file first in name order (a call brings back at most 8 files; the eighth session lost 5 logs)

@@ -10,10 +10,11 @@ period), its stores, and the between-request gaps. The kernel's span is set agai
 same call (scripts/gpu_kernel_split.py's) and the plain tile's time beside the stamped one's.
 
     PYTHONPATH=.peers/flashmla:src python3 scripts/gpu_wgr_trace.py --out trace.json [--sk 64,256,1024,4096]
-        [--b 128] [--h 16] [--dist fixed|normal] [--early 0,1] [--rounds 3]
+        [--b 128] [--h 16] [--dist fixed|normal] [--rounds 3]
 
-With --early 0,1 each shape runs the tile without and with v5_fp8_wgr.WGR_EARLY (page i + 1's copy issued as soon as
-page i has landed), then times both and FlashMLA's bf16 call (when importable) in turn for --rounds rounds.
+Then the plain tile and FlashMLA's bf16 call (when importable) are timed in turn for --rounds rounds. (The twenty-second
+session's call 2 ran this script at commit 1d39917 with an --early switch for a variant since removed; its file keeps
+each setting under "variants".)
 """
 
 from __future__ import annotations
@@ -162,9 +163,9 @@ def _traced(call, meta, v5_fp8_wgr, plan, bench_ms) -> dict:
             "raw_program_0": t[0].tolist()}
 
 
-def run(b: int, h_q: int, s_k: int, dist: str, earlies: list[bool], rounds: int) -> dict:
-    """One shape: for each EARLY setting of the tile, its answer against v5's bf16 call on the dequantized cache,
-    its time, its stamps; then `rounds` rounds timing every setting and FlashMLA's bf16 call in turn."""
+def run(b: int, h_q: int, s_k: int, dist: str, rounds: int) -> dict:
+    """One shape: the tile's answer against v5's bf16 call on the dequantized cache, its time, its stamps; then
+    `rounds` rounds timing it and FlashMLA's bf16 call in turn."""
     from mla_tutorial.fp8 import dequantize_k_cache, quantize_k_cache
     from mla_tutorial.kernels import mla_decode_v5, plan, v5_fp8_wgr
     from mla_tutorial.kernels.schedule import get_mla_metadata
@@ -175,58 +176,43 @@ def run(b: int, h_q: int, s_k: int, dist: str, earlies: list[bool], rounds: int)
     meta, splits = get_mla_metadata(sl, h_q, 1)
     call = lambda: mla_decode_v5(q, k8, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,  # noqa: E731
                                  check_bounds=False, is_fp8_kvcache=True, path="wgr")
-    # (a check that each build and its launch still compute the tile; the FP8 tests are the tile's real check)
+    # (a check that the build and its launch still compute the tile; the FP8 tests are the tile's real check)
     ref = mla_decode_v5(q, dequantize_k_cache(k8), bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
                         check_bounds=False)[0].float()
-    default = v5_fp8_wgr.WGR_EARLY
+    plan.clear_plans()
+    plain = call()[0].clone()
     row = {"b": b, "h_q": h_q, "s_k": s_k, "dist": dist, "mean_sk": mean_sk, "parts": int(meta.shape[0]),
-           "variants": {}}
-    try:
-        for early in earlies:
-            v5_fp8_wgr.WGR_EARLY = early
-            plan.clear_plans()
-            plain = call()[0].clone()
-            v = {"early": early, "vs_bf16_on_dequantized": {
-                "max_abs": float((plain.float() - ref).abs().max()),
-                "rel_frobenius": float((plain.float() - ref).norm() / ref.norm())}, "plain_ms": bench_ms(call)}
-            v |= _traced(call, meta, v5_fp8_wgr, plan, bench_ms)
-            v["traced_equals_plain"] = bool(torch.equal(v.pop("traced_out"), plain))
-            row["variants"][f"early{int(early)}"] = v
-            print(_line(row, v), flush=True)
-        timed = {f"early{int(e)}": e for e in earlies}
-        times: dict[str, list[float]] = {name: [] for name in timed}
-        fm = None
-        if flash_mla is not None:
-            sched, _ = flash_mla.get_mla_metadata()
-            fm = lambda args=(q, k, bt, sl, 512, sched, None): flash_mla.flash_mla_with_kvcache(*args)  # noqa: E731
-            times["flashmla_bf16"] = []
-        for _ in range(rounds):  # (in turn, so that drift falls on every variant alike)
-            for name, early in timed.items():
-                v5_fp8_wgr.WGR_EARLY = early
-                plan.clear_plans()
-                call()
-                times[name].append(bench_ms(call))
-            if fm is not None:
-                times["flashmla_bf16"].append(bench_ms(fm))
-        row["rounds_ms"] = times
-        med = {name: sorted(x)[len(x) // 2] for name, x in times.items()}
-        row["median_ms"] = med
+           "vs_bf16_on_dequantized": {"max_abs": float((plain.float() - ref).abs().max()),
+                                      "rel_frobenius": float((plain.float() - ref).norm() / ref.norm())},
+           "plain_ms": bench_ms(call)}
+    row |= _traced(call, meta, v5_fp8_wgr, plan, bench_ms)
+    row["traced_equals_plain"] = bool(torch.equal(row.pop("traced_out"), plain))
+    print(_line(row), flush=True)
+    times: dict[str, list[float]] = {"ours_fp8": []}
+    fm = None
+    if flash_mla is not None:
+        sched, _ = flash_mla.get_mla_metadata()
+        fm = lambda args=(q, k, bt, sl, 512, sched, None): flash_mla.flash_mla_with_kvcache(*args)  # noqa: E731
+        times["flashmla_bf16"] = []
+    for _ in range(rounds):  # (in turn, so that drift falls on both alike)
+        times["ours_fp8"].append(bench_ms(call))
         if fm is not None:
-            row["flashmla_over_ours"] = {n: med["flashmla_bf16"] / m for n, m in med.items() if n != "flashmla_bf16"}
-        print(f"  rounds: {med}  FlashMLA/ours {row.get('flashmla_over_ours')}", flush=True)
-    finally:
-        v5_fp8_wgr.WGR_EARLY = default
-        plan.clear_plans()
+            times["flashmla_bf16"].append(bench_ms(fm))
+    row["rounds_ms"] = times
+    row["median_ms"] = med = {name: sorted(x)[len(x) // 2] for name, x in times.items()}
+    if fm is not None:
+        row["flashmla_over_ours"] = med["flashmla_bf16"] / med["ours_fp8"]
+    print(f"  rounds: {med}  FlashMLA/ours {row.get('flashmla_over_ours')}", flush=True)
     return row
 
 
-def _line(row: dict, v: dict) -> str:
+def _line(v: dict) -> str:
     s = v["calls"][len(v["calls"]) // 2]
 
     def m(key):
         x = s.get(key)
         return f"{x['median']:.2f}" if x else "-"
-    return (f"b{row['b']} h{row['h_q']} sk{row['s_k']} {row['dist']} early {int(v['early'])}: plain "
+    return (f"b{v['b']} h{v['h_q']} sk{v['s_k']} {v['dist']}: plain "
             f"{v['plain_ms'] * 1e3:.1f} us, stamped {v['traced_ms'] * 1e3:.1f} (equal {v['traced_equals_plain']}); "
             f"vs bf16 {v['vs_bf16_on_dequantized']}; "
             f"span {s['kernel_span_us']}, entry spread p90 {s['program_entry_after_first']['p90']}, "
@@ -249,14 +235,12 @@ def main() -> int:
     ap.add_argument("--b", type=int, default=128)
     ap.add_argument("--h", type=int, default=16)
     ap.add_argument("--dist", default="fixed")
-    ap.add_argument("--early", default="0", help="the tile's EARLY settings, e.g. 0,1")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    earlies = [bool(int(x)) for x in args.early.split(",")]
     rows = []
     for s_k in (int(x) for x in args.sk.split(",")):
         try:
-            row = run(args.b, args.h, s_k, args.dist, earlies, args.rounds)
+            row = run(args.b, args.h, s_k, args.dist, args.rounds)
         except Exception as e:  # keep the other shapes
             row = {"b": args.b, "h_q": args.h, "s_k": s_k, "error": f"{type(e).__name__}: {str(e)[:500]}"}
             print(row, flush=True)

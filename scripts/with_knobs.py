@@ -1,10 +1,10 @@
 """Run a script or a module with kernels/v5_fp8_reg.py's (REG_*) or v5_fp8_wgr.py's (WGR_*) module knobs set, in
 this one process: what a GPU call measures before a commit makes a variant the default (scripts/gpu_final.sh's
-regpick, sass and wgrearly steps).
+regpick and sass steps).
 
     python scripts/with_knobs.py REG_MAXNREG=240 REG_RAW_SLOTS=2 -- scripts/gpu_fp8_bench.py --mma --out x.json
     python scripts/with_knobs.py REG_MAXNREG=240 -- -m pytest -m gpu tests/test_fp8.py -k "matrix and reg"
-    python scripts/with_knobs.py WGR_EARLY=1 -- -m pytest -m gpu tests/test_wgr_gpu.py
+    python scripts/with_knobs.py WGR_MAXNREG=232 -- -m pytest -m gpu tests/test_wgr_gpu.py
     python scripts/with_knobs.py -- -m mla_tutorial bench ...        (no knobs: the defaults)
 """
 

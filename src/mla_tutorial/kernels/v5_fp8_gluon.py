@@ -86,12 +86,7 @@ mov.b32 {$2, $3}, hi;
     def _fp8_page(bt_row, i, hi, s_k, num_blocks, ok_ptr):
         """(block id, rows that hold keys) of page i of a request, the i-th entry of its block-table row: no rows
         for i >= hi; a block id outside [0, num_blocks) is not followed (the ok flag is cleared, no rows)."""
-        return _fp8_page_checked(gl.load(bt_row + i, mask=i < hi, other=0), i, hi, s_k, num_blocks, ok_ptr)
-
-    @gluon.jit
-    def _fp8_page_checked(page, i, hi, s_k, num_blocks, ok_ptr):
-        """_fp8_page for an entry `page` already read (e.g. before the request's length was known): (block id, rows
-        that hold keys), the ok flag cleared for a bad id of a page i < hi."""
+        page = gl.load(bt_row + i, mask=i < hi, other=0)
         bad = (page < 0) | (page >= num_blocks)
         gl.store(ok_ptr, 0, mask=bad & (i < hi))
         n_rows = gl.where(bad | (i >= hi), 0, s_k - i * 64)

@@ -42,6 +42,13 @@
 #   registers, 32 bytes of spills. Without its dequantization (mode 3) it takes 0.118 ms at 4k: issue 9's 1.5 asks
 #   0.112 for the whole call. Nsight Compute (probes/ncu_fp8_wgr_*): two programs per SM, 0.64 eligible warps per
 #   scheduler, one issue every 2.1 cycles, DRAM at 61 % of peak: latency-bound at 12.5 % occupancy.
+# Where its fixed ~23 µs go (twenty-second session; its TRACE stamps, scripts/gpu_wgr_trace.py, h16 b 128 s_k 4k): ~10
+#   µs from a program's entry to its first page landed (the schedule row and the request's length 2.4, the block-table
+#   entry 0.9, the first copy's flight 6.4: every program's first 41 KB asked for at once), ~4.5 µs of row sums,
+#   stores and exit, ~8 µs between the median program's exit and the last one's (per SM: programs 2i and 2i + 1 end
+#   together). Tried there and not kept: page i + 1's copy issued as soon as page i has landed (page waits fell, p90
+#   0.77 -> 0.29 µs, but each page's work rose 0.22 µs: one bar.sync more a page; the call 7 % slower, 0.137 against
+#   0.128 ms at 4k), and the request's first block-table entry read beside its length (~0.1 µs).
 """Version 5 over an FP8 cache, 16-row register tile on wgmma: both products transposed, the dequantized page the
 register A operand (Gluon, Triton 3.6)."""
 
@@ -50,12 +57,13 @@ from __future__ import annotations
 import torch
 
 from .launch import FastLauncher
-from .v5_fp8_gluon import _fp8_page, _fp8_page_checked
+from .v5_fp8_gluon import _fp8_page
 from .v5_fp8_mma import pick4
 from .v5_fp8_reg import (
     _E4M3X4_F16,
     _reg_drop_bars,
     _reg_expect_tma,
+    _reg_first_copy,
     _reg_issue_tma,
     _reg_load_q16,
     _reg_page_in,
@@ -80,10 +88,6 @@ from .v5_gluon import (
 WGR_WARPS = 4  # one warpgroup (two programs per SM: ~110 KB of shared memory each)
 WGR_MAXNREG = 255  # two programs' 256 threads may use the register file's 64 K
 WGR_RAW_SLOTS = 2  # raw page slots in the ring: page i + 1 in flight while page i is computed
-#: page i + 1's copy issued as soon as page i has landed (its block id read a page earlier), instead of once page i's
-#: scores are done: the copy in flight for the whole page instead of its second part (prepared 2026-12-03, not yet
-#: measured: off)
-WGR_EARLY = False
 #: the TRACE probe's buffer (scripts/gpu_wgr_trace.py): int64 [programs, TRACE_ROWS, TRACE_COLS]; row 0 the program
 #: (entry, exit in ns; the same in SM cycles), rows 1-4 its first four requests (start, first page issued, Q ready,
 #: pages done, stored, then the row sums done and half the output stored; ns), rows 5-68 its first 64 pages (begin,
@@ -301,36 +305,25 @@ if gluon is not None:
                   mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11, o20,
                   o21, o30, o31, kv_desc, sc_desc, kr_desc, n_cur, a_op: gl.constexpr, rows_l: gl.constexpr,
                   keys_l: gl.constexpr, num_warps: gl.constexpr, SLOTS: gl.constexpr, MODE: gl.constexpr, trace_ptr,
-                  TRACE: gl.constexpr, page_nx, EARLY: gl.constexpr):
+                  TRACE: gl.constexpr):
         """Page i of a request, the program's g-th page (v5_fp8_reg._reg_page's ring, copies and barriers; the
-        products transposed): its raw rows in slot g % SLOTS, n_cur of them keys. Page i + 1's copy is issued once
-        S's max is known (v5_fp8_reg.py's place), or with EARLY as soon as page i has landed: then page i + 1's block
-        id page_nx was read during page i - 1. Returns the running max, the per-key row sums [64, 16], the eight
-        output accumulators and (block id, rows that hold keys) of page i + 1, or with EARLY of page i + 2."""
+        products transposed): its raw rows in slot g % SLOTS, n_cur of them keys. Returns the running max, the
+        per-key row sums [64, 16], the eight output accumulators and page i + 1's rows that hold keys."""
         PAGE: gl.constexpr = 64
         dtype: gl.constexpr = qr_smem.dtype  # (P's)
-        nxt = (g + 1) % SLOTS
-        if EARLY:
-            if i + 1 < hi:  # (every thread has waited on slot nxt's barriers for page i - 1 by now)
-                _reg_expect_tma(bw, bs, br, nxt)
         cur = _reg_page_in(kv_raw, sc_raw, kr_raw, bw, bs, br, g, n_cur, SLOTS, num_warps)  # (and P's copies free)
         _wgr_stamp_page(trace_ptr, g, 1, TRACE)
-        if EARLY:
-            if i + 1 < hi:  # page i + 1, in flight from here: slot nxt is free (page i - 1 done in every warp)
-                _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, nxt, page_nx)
-            page_n, n_next = _fp8_page(bt_row, i + 2, hi, s_k, num_blocks, ok_ptr)  # (read under this page)
         sc0, sc1, sc2, sc3 = _wgr_scales(sc_raw.index(cur), keys_l)
         s = _wgr_scores(q_smem, qr_smem, kv_raw, kr_raw, cur, sc0, sc1, sc2, sc3, a_op, MODE)
         keys = i * PAGE + gl.arange(0, PAGE, layout=keys_l)
         s = gl.where(keys[:, None] < n_visible[None, :], s * q_scale[None, :], float("-inf"))  # (log2 units)
-        if not EARLY:
-            page_n, n_next = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)  # (none past the slice: masked)
-            if i + 1 < hi:
-                _reg_expect_tma(bw, bs, br, nxt)
+        nxt = (g + 1) % SLOTS
+        page_n, n_next = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)  # (none past the slice: masked)
+        if i + 1 < hi:
+            _reg_expect_tma(bw, bs, br, nxt)
         m_new = gl.maximum(m_i, _wgr_col_max(s, mx_smem, rows_l))
-        if not EARLY:
-            if i + 1 < hi:  # page i + 1, in flight from here
-                _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, nxt, page_n)
+        if i + 1 < hi:  # page i + 1, in flight from here
+            _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, nxt, page_n)
         m_use = gl.where(m_new == float("-inf"), 0.0, m_new)  # (0 for a row that has seen no key yet)
         p = gl.exp2(s - m_use[None, :])
         alpha = gl.exp2(m_i - m_use)  # (the old sums' and outputs' rescale)
@@ -343,22 +336,7 @@ if gluon is not None:
         gl.thread_barrier()  # every warp's keys of P are in
         o00, o01, o10, o11, o20, o21, o30, o31 = _wgr_outputs(kv_raw, cur, p0_smem, p1_smem, p2_smem, p3_smem, o00,
                                                               o01, o10, o11, o20, o21, o30, o31, alpha, a_op, MODE)
-        return m_new, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, page_n, n_next
-
-    @gluon.jit
-    def _wgr_first_copy(page_lo, lo, hi, s_k, num_blocks, ok_ptr, g, kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw,
-                        bw, bs, br, SLOTS: gl.constexpr):
-        """v5_fp8_reg._reg_first_copy with page lo's block-table entry page_lo read beforehand (with the request's
-        length, not after it: one dependent read fewer before the first copy). Returns page lo's rows that hold keys
-        (0 when the program has no page of this request)."""
-        gl.thread_barrier()  # every warp is done with the previous request's Q and slots
-        n_cur = 0
-        if lo < hi:
-            page, n_cur = _fp8_page_checked(page_lo, lo, hi, s_k, num_blocks, ok_ptr)
-            first = g % SLOTS
-            _reg_expect_tma(bw, bs, br, first)
-            _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, first, page)
-        return n_cur
+        return m_new, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, n_next
 
     @gluon.jit
     def _wgr_store(o_lo, o_hi, T: gl.constexpr, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr,
@@ -382,12 +360,11 @@ if gluon is not None:
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale, trace_ptr,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, MODE: gl.constexpr, TRACE: gl.constexpr,
-        EARLY: gl.constexpr, num_warps: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
         # v5_fp8_reg.py's signature and ring (RAW raw page slots; kv_ptr and stride_kvb are not read), then the TRACE
         # probe's buffer (stamps only with TRACE). MODE (timing only): 0 the tile; 3 no dequantization (each operand is
-        # its raw words' bits: results meaningless). EARLY: page i + 1's copy issued as soon as page i has landed
-        # (_wgr_page)
+        # its raw words' bits: results meaningless)
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=WGR_LAYOUT, k_width=2)
@@ -408,21 +385,15 @@ if gluon is not None:
         g = 0  # the program's pages so far, across requests: page g's slot g % RAW and its mbarriers' phase
 
         for req in range(begin_req, end_req + 1):
-            t_row = 1 + req - begin_req  # (TRACE: the request's row)
-            t_ok = req - begin_req < _T_REQS
-            _wgr_stamp(trace_ptr, t_row, t_ok, 0, TRACE)
-            # the request's first two block-table entries, read beside its length (inside the table's row)
-            lo0 = gl.where(req == begin_req, begin_block, 0)
-            bt_first = block_table_ptr + req.to(gl.int64) * stride_btb + lo0
-            page_lo = gl.load(bt_first, mask=lo0 < max_blocks, other=0)
-            page_lo1 = gl.load(bt_first + 1, mask=lo0 + 1 < max_blocks, other=0)
             s_k, lo, hi, part_slot, pieces, bt_row = _v5_request(
                 seqlens_ptr, ok_ptr, num_splits_ptr, block_table_ptr, stride_btb, req, begin_req, begin_block, end_req,
                 end_block, begin_split, next_req, next_block, max_blocks)
+            t_row = 1 + req - begin_req  # (TRACE: the request's row)
+            t_ok = req - begin_req < _T_REQS
+            _wgr_stamp(trace_ptr, t_row, t_ok, 0, TRACE)
 
-            n_cur = _wgr_first_copy(page_lo, lo, hi, s_k, num_blocks, ok_ptr, g, kv_desc, sc_desc, kr_desc, kv_raw,
+            n_cur = _reg_first_copy(bt_row, lo, hi, s_k, num_blocks, ok_ptr, g, kv_desc, sc_desc, kr_desc, kv_raw,
                                     sc_raw, kr_raw, bw, bs, br, RAW)  # page lo in flight
-            page_nx, n_nx = _fp8_page_checked(page_lo1, lo + 1, hi, s_k, num_blocks, ok_ptr)  # (EARLY's page lo + 1)
             _wgr_stamp(trace_ptr, t_row, t_ok, 1, TRACE)
             q_scale = qk_scale * _reg_load_q16(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh,
                                                heads_per_kv, rows_per_kv, rows_l, num_warps)
@@ -442,17 +413,11 @@ if gluon is not None:
             o31 = o00
             for i in range(lo, hi):
                 _wgr_stamp_page(trace_ptr, g, 0, TRACE)
-                m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, page_n, n_next = _wgr_page(
+                m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, n_cur = _wgr_page(
                     i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
                     mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11,
                     o20, o21, o30, o31, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l, keys_l, num_warps, RAW, MODE,
-                    trace_ptr, TRACE, page_nx, EARLY)
-                if EARLY:  # (page i + 1's id and rows were read a page ago; page i + 2's now)
-                    n_cur = n_nx
-                    page_nx = page_n
-                    n_nx = n_next
-                else:
-                    n_cur = n_next
+                    trace_ptr, TRACE)
                 _wgr_stamp_page(trace_ptr, g, 2, TRACE)
                 g += 1
             _wgr_stamp(trace_ptr, t_row, t_ok, 3, TRACE)
@@ -491,5 +456,4 @@ def launch_v5_fp8_wgr(q, k_cache, block_table, cache_seqlens, dims, causal, meta
                              f"{need} elements ([programs, TRACE_ROWS, TRACE_COLS]), got {trace.dtype} on "
                              f"{trace.device} with {trace.numel()}")
     _LAUNCH(grid, *args, ok_flag if trace is None else trace, CAUSAL=causal, META_COLS=meta.shape[1],
-            RAW=WGR_RAW_SLOTS, MODE=mode, TRACE=trace is not None, EARLY=WGR_EARLY, num_warps=WGR_WARPS,
-            maxnreg=WGR_MAXNREG)
+            RAW=WGR_RAW_SLOTS, MODE=mode, TRACE=trace is not None, num_warps=WGR_WARPS, maxnreg=WGR_MAXNREG)
