@@ -501,6 +501,29 @@ def test_fp8_error_split_separates_quantization_from_the_kernel():
 
 
 # ============================================================================================= drawings
+def test_wgr_trace_and_kernel_split_as_notebook_07_and_fp8_md_quote():
+    """The wgmma register tile's own stamps at h_q 16, b 128, s_k 4k (notebook 07, docs/fp8.md §5): 256 programs with
+    32 pages each; a program's median 9.8 µs before its first page is in (2.2 + 0.9 + the copy's 6.5), 3.17 µs a page,
+    4.5 µs after its last page; the median program ends at 120.6 µs, the last at 127.8; FlashMLA's kernel 161.9 µs
+    (its / 1.5: 108.0) against our tile's 120.0 and combine 3.9."""
+    t = R.wgr_trace()
+    m = t.medians
+    assert len(t.spans) == 256 and {p.pages for p in t.spans} == {32}
+    assert [round(m[k], 2) for k in ("entry_to_first_page_landed", "entry_to_request_start",
+                                     "request_start_to_first_copy_issued", "page_period_steady",
+                                     "last_page_end_to_exit")] == [9.76, 2.24, 0.9, 3.17, 4.51]
+    exits = sorted(p.exit for p in t.spans)
+    assert round(exits[128], 1) == 120.6 and round(exits[-1], 1) == 127.8 == round(t.kernel_span, 1)
+    assert all(p.entry <= p.first_landed <= p.exit for p in t.spans)
+    k = R.kernel_split_us()
+    assert (k["ours"], k["ours_combine"], k["flashmla"], k["flashmla_combine"]) == (119.98, 3.94, 161.93, 1.34)
+    assert {p.pages for p in R.wgr_trace(s_k=64).spans} == {1} and R.kernel_split_us(s_k=64)["ours"] == 15.73
+    with pytest.raises(ValueError, match="no stamped call at s_k 999"):
+        R.wgr_trace(s_k=999)
+    with pytest.raises(ValueError, match="not a stamped wgmma register tile"):
+        R.wgr_trace({"name": "x.json", "device": {}})
+
+
 def test_drawings_return_figures():
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
@@ -534,7 +557,9 @@ def test_drawings_return_figures():
                D.fp8_tile_parts(R.fp8_speed_rows(parts=True), R.fp8_targets()),
                D.fp8_page_work_split(R.fp8_page_work_rows()),
                D.host_time_bars(R.host_plan_rows()), D.seesaw_pair_timeline(*R.seesaw_pair_phases()),
-               D.fp8_seesaw_parts(R.fp8_seesaw_parts(), {64: 1.2, 128: 0.8})]
+               D.fp8_seesaw_parts(R.fp8_seesaw_parts(), {64: 1.2, 128: 0.8}),
+               D.program_timeline(R.wgr_trace(), R.kernel_split_us()["flashmla"], 1.5),
+               D.program_timeline(R.wgr_trace())]
     assert all(isinstance(f, Figure) for f in figures)
     # the parts drawing names the tile v5 chose at each shape: the wgmma register tile at 16 heads (notebook 07)
     ticks = [t.get_text() for t in D.fp8_tile_parts(R.fp8_speed_rows(parts=True)).axes[0].get_xticklabels()]

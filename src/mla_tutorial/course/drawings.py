@@ -24,6 +24,7 @@ from .results import (
     KernelRun,
     PairPhase,
     ProbeTiming,
+    WgrTrace,
 )
 
 TOKEN_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52"]
@@ -772,7 +773,47 @@ def seesaw_pair_timeline(phases: Sequence[PairPhase], periods: dict[str, int]) -
     return fig
 
 
+def program_timeline(trace: WgrTrace, flashmla_us: float | None = None, target: float | None = None) -> Any:
+    """Every program of a stamped call of the wgmma register tile (results.wgr_trace), one thin bar each, sorted by
+    when it ends: from its entry until its first page is in (orange), then its pages and its stores (green). The
+    dashed lines mark the median program's end and the last one's (the kernel's end); `flashmla_us`, if given, marks
+    FlashMLA's bf16 kernel at the same shape (results.kernel_split_us) and with `target` (a ratio, FlashMLA / ours)
+    the time that ratio asks of the tile (FlashMLA's kernel over the ratio)."""
+    plt = _plt()
+    spans = trace.spans
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    y = list(range(len(spans)))
+    ax.barh(y, [p.first_landed - p.entry for p in spans], left=[p.entry for p in spans], height=1.0,
+            color=STAGE_COLORS[1], label="entry to its first page in (schedule row, length, block id, the copy)")
+    ax.barh(y, [p.exit - p.first_landed for p in spans], left=[p.first_landed for p in spans], height=1.0,
+            color=STAGE_COLORS[5], label=f"its pages ({spans[len(spans) // 2].pages} here), then its stores")
+    median_exit = sorted(p.exit for p in spans)[len(spans) // 2]
+    last = spans[-1].exit
+    for x, text in ((median_exit, f"median program ends: {median_exit:.1f} µs"), (last, f"last ends: {last:.1f} µs")):
+        ax.axvline(x, color="black", linestyle="--", linewidth=1)
+        ax.text(x, len(spans) * (0.06 if x == last else 0.16), f" {text}", fontsize=8, ha="right" if x == last else
+                "left" if x < last * 0.8 else "right", rotation=0)
+    target_us = flashmla_us / target if flashmla_us and target else None
+    for x, text, color, at in ((flashmla_us, "FlashMLA's bf16 kernel", "#222222", 0.55),
+                               (target_us, f"FlashMLA's kernel / {target}", "#C44E52", 0.75)):
+        if x is not None:
+            ax.axvline(x, color=color, linewidth=1.5)
+            ax.text(x, len(spans) * at, f"{text}: {x:.0f} µs ", fontsize=8, color=color, ha="right",
+                    backgroundcolor="white")
+    ax.set_ylim(-0.5, len(spans) - 0.5)
+    ax.set_yticks([])
+    ax.set_ylabel(f"{len(spans)} programs, by end")
+    ax.set_xlim(0, max(last, flashmla_us or 0, target_us or 0) * 1.05)
+    ax.set_xlabel("µs from the first program's entry (the tile's own %globaltimer stamps; they slow it by a few %)")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"The wgmma register FP8 tile, h_q 16, b 128, s_k {trace.s_k:,} ({trace.lengths} lengths): "
+                 "when each program works", fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
 __all__ = ["ablation_chart", "capacity_and_cost", "combine_weights", "fp8_page_work_split", "fp8_row",
            "fp8_speed_bars", "fp8_tile_parts",
-           "head_tile", "host_time_bars", "kernel_roofline", "latency_panels", "schedule_timeline",
+           "head_tile", "host_time_bars", "kernel_roofline", "latency_panels", "program_timeline", "schedule_timeline",
            "seesaw_pair_timeline", "stage_roofline", "warpgroup_split"]

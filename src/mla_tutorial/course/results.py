@@ -50,6 +50,12 @@ HOST_PLANS = "host_time_plans_h200_2026-12-02.json"  # host time of a v5 call, p
 #: the seesaw tile's cycle stamps at h_q 64, s_k 4k, b 128: the tile and `hoist` (its descriptors spilled, as before
 #: the twelfth session), in docs/results/probes (scripts/gpu_seesaw_trace.py)
 SEESAW_TRACE = "seesaw_trace_opaque_h200_2026-12-02.json"
+#: the wgmma register tile's own %globaltimer stamps at h_q 16, b 128, s_k 64 / 256 / 1k / 4k (twenty-second session),
+#: in docs/results/probes (scripts/gpu_wgr_trace.py)
+WGR_TRACE = "wgr_trace_h200_2026-12-03.json"
+#: torch.profiler's device time of each kernel of v5's FP8 call and FlashMLA's bf16 call at h_q 16, b 128, s_k 64-8k
+#: (twenty-second session), in docs/results/probes (scripts/gpu_kernel_split.py --fp8-h16)
+KERNEL_SPLIT_FP8_H16 = "kernel_split_fp8_h16_rerun_h200_2026-12-03.json"
 KERNELS_V4_H100 = "kernels_h100_2026-11-27.json"  # v1–v4 on FlashMLA's shape grid, H100
 KERNELS_V4_H200 = "kernels_h200_2026-11-27.json"  # the same on an H200
 DECODE_TOUR = "decode_tour_deepseek-v3_h200_2026-12-01.json"  # stages 0–4, b 64, S 4k/16k, 128 and 16 heads
@@ -758,6 +764,74 @@ def seesaw_pair_phases(source: str | Path | dict = SEESAW_TRACE, program: int = 
     return phases, periods
 
 
+@dataclass(frozen=True)
+class ProgramSpan:
+    """One program of a stamped call of the wgmma register tile (v5_fp8_wgr's TRACE): µs after the first program's
+    entry."""
+
+    program: int
+    pages: int
+    entry: float
+    first_landed: float  # its first page in shared memory (the first request's first page)
+    exit: float
+
+
+@dataclass(frozen=True)
+class WgrTrace:
+    """A stamped call of the wgmma register tile: the programs that had pages, sorted by exit, and the medians over
+    the programs (µs, scripts/gpu_wgr_trace.py's summary of the same call) of the parts of a program's time."""
+
+    s_k: int
+    lengths: str
+    spans: list[ProgramSpan]
+    medians: dict[str, float]
+    kernel_span: float  # the first entry to the last exit (µs; the stamps make the kernel a few % slower)
+    plain_ms: float  # the same call without stamps, whole call (do_bench)
+
+
+#: the parts of a program's time WgrTrace.medians keeps (the summary's names)
+WGR_TRACE_PARTS = ("entry_to_request_start", "request_start_to_first_copy_issued", "first_copy_issued_to_q_ready",
+                   "q_ready_to_first_page_landed", "entry_to_first_page_landed", "first_landed_to_last_page_end",
+                   "page_period_steady", "pages_done_to_stored", "last_page_end_to_exit",
+                   "program_exit_before_last_exit")
+
+
+def wgr_trace(source: str | Path | dict = WGR_TRACE, s_k: int = 4096, lengths: str = "fixed") -> WgrTrace:
+    """The stamped call of the wgmma register tile at `s_k` (b 128, h_q 16): each program's entry, first page landed
+    and exit, and the medians of the parts of a program's time, both from the last of the five stamped calls."""
+    data = load(source, results_dir() / "probes")  # (a probe file: docs/results/probes)
+    name = _name(source)
+    _need(data, ("rows",), name, "a stamped wgmma register tile (scripts/gpu_wgr_trace.py)")
+    for row in data["rows"]:
+        if row.get("s_k") != s_k or row.get("dist", "fixed") != lengths or "per_program_last_call" not in row:
+            continue
+        pp, summary = row["per_program_last_call"], row["calls"][-1]
+        spans = [ProgramSpan(i, n, e, f, x) for i, (n, e, f, x) in
+                 enumerate(zip(pp["pages"], pp["entry"], pp["first_landed"], pp["exit"], strict=True)) if n > 0]
+        medians = {k: float(summary[k]["median"]) for k in WGR_TRACE_PARTS if summary.get(k)}
+        return WgrTrace(s_k, lengths, sorted(spans, key=lambda p: p.exit), medians,
+                        float(summary["kernel_span_us"]), float(row["plain_ms"]))
+    raise ValueError(f"{name}: no stamped call at s_k {s_k} with {lengths} lengths")
+
+
+def kernel_split_us(source: str | Path | dict = KERNEL_SPLIT_FP8_H16, s_k: int = 4096) -> dict[str, float]:
+    """Device µs per call of each kernel at `s_k` (scripts/gpu_kernel_split.py): "ours" (the tile), "ours_combine",
+    "flashmla" (its main kernel), "flashmla_combine" (the bounds assertion left out: the benchmarks drop it)."""
+    data = load(source, results_dir() / "probes")
+    name = _name(source)
+    _need(data, ("rows",), name, "a kernel split (scripts/gpu_kernel_split.py)")
+    for row in data["rows"]:
+        if row.get("s_k") != s_k:
+            continue
+        out = {}
+        for who in ("ours", "flashmla"):
+            for kernel, t in row.get(who, {}).items():
+                if "assert" not in kernel:
+                    out[f"{who}_combine" if "combine" in kernel else who] = float(t["us"])
+        return out
+    raise ValueError(f"{name}: no row at s_k {s_k}")
+
+
 def fp8_row_errors(source: str | Path | dict = FP8_ACCURACY) -> list[Fp8RowError]:
     data, name = load(source), _name(source)
     _need(data, ("rows",), name, "an FP8 accuracy file")
@@ -865,6 +939,7 @@ __all__ = [
     "HOST_PLANS", "KERNELS_V5", "KERNELS_V5_PLANS", "KERNELS_V5_QASYNC", "KERNELS_V5_EVEN", "KERNELS_V5_LINES",
     "KERNELS_V5_QTMA", "KERNELS_V5_WALK", "KERNELS_V5_FP8SS", "KERNELS_V5_FP8WGR",
     "KERNELS_V5_SEESAW", "ROOFLINE", "HostPlanRow", "host_plan_rows", "SEESAW_TRACE", "PairPhase", "seesaw_pair_phases",
+    "WGR_TRACE", "ProgramSpan", "WgrTrace", "wgr_trace", "KERNEL_SPLIT_FP8_H16", "kernel_split_us",
     "STEP_SCHEDULE", "StepScheduleRow", "step_schedule_rows",
     "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",
     "Fp8DecoderRow", "Fp8RowError", "Fp8SpeedRow", "KernelRow", "KernelRun", "ResultsMissing", "ablation_steps",

@@ -1,0 +1,55 @@
+"""scripts/gpu_wgr_trace.py on the CPU: its summary reads v5_fp8_wgr's TRACE layout as intended (a synthetic trace of
+three programs whose times are known), and the buffer's layout constants agree with the kernel module's."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from mla_tutorial.kernels import v5_fp8_wgr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import gpu_wgr_trace  # noqa: E402
+
+REQS, ROWS, COLS = v5_fp8_wgr.TRACE_REQS, v5_fp8_wgr.TRACE_ROWS, v5_fp8_wgr.TRACE_COLS
+
+
+def _trace(programs: int = 3, pages: int = 5, period: int = 3000) -> torch.Tensor:
+    """Program p enters at 1,000 + 100p ns: its request starts 500 ns later, issues its first copy at +900, has Q at
+    +1,500; page g begins at +1,500 + g·period, lands 400 ns later and ends a period after it began; the row sums
+    are done 500 ns after the last page, half the output stored at +1,500, all of it at +2,000, the exit at +2,500.
+    The cycle columns count two cycles a ns (a 2 GHz clock)."""
+    t = torch.zeros(programs, ROWS, COLS, dtype=torch.int64)
+    for p in range(programs):
+        base = 1000 + 100 * p
+        done = base + 1500 + period * pages
+        t[p, 0, 0], t[p, 0, 1] = base, done + 2500
+        t[p, 1, :7] = torch.tensor([base + 500, base + 900, base + 1500, done, done + 2000, done + 500, done + 1500])
+        for g in range(pages):
+            begin = base + 1500 + period * g
+            t[p, 1 + REQS + g, :3] = torch.tensor([begin, begin + 400, begin + period])
+            t[p, 1 + REQS + g, 4:7] = 2 * t[p, 1 + REQS + g, :3]
+    return t
+
+
+def test_layout_constants():
+    assert ROWS == 1 + REQS + v5_fp8_wgr.TRACE_PAGES and COLS == 8
+
+
+def test_summary_of_a_known_trace():
+    s = gpu_wgr_trace.summarize(_trace(), REQS)
+    med = {k: v["median"] for k, v in s.items() if isinstance(v, dict) and "median" in v}
+    assert s["programs"] == 3 and med["pages_per_program"] == 5 and med["requests_per_program"] == 1
+    assert med["entry_to_request_start"] == 0.5 and med["request_start_to_first_copy_issued"] == 0.4
+    assert med["first_copy_issued_to_q_ready"] == 0.6 and med["q_ready_to_first_page_landed"] == 0.4
+    assert med["entry_to_first_page_landed"] == 1.9 and med["first_landed_to_last_page_end"] == 14.6
+    assert med["page_period_steady"] == 3.0 and med["page_wait_steady (begin to landed)"] == 0.4
+    assert med["pages_done_to_row_sums"] == 0.5 and med["row_sums_to_half_stored"] == 1.0
+    assert med["pages_done_to_stored"] == 2.0 and med["last_page_end_to_exit"] == 2.5
+    assert s["kernel_span_us"] == 19.2 and s["program_exit_before_last_exit"]["max"] == 0.2
+    assert s["sm_clock_mhz"] == 2000.0 and s["timer_smallest_step_ns"] == 400  # (within a program's pages)
+    assert s["last_program"]["entry_after_first"] == 0.2
+    assert s["stored_to_next_request_start"] is None  # (one request a program)
