@@ -219,12 +219,15 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0, tra
             items = list(sig.items())
             at = [k for k, _ in items].index("qk_scale") + 1
             sig = dict(items[:at] + [("trace_ptr", "*i64" if trace else "*i32")] + items[at:])
-            sig |= {"RAW": "constexpr", "MODE": "constexpr", "TRACE": "constexpr", "num_warps": "constexpr"}
-            consts |= {"RAW": v5_fp8_wgr.WGR_RAW_SLOTS, "MODE": mode, "TRACE": trace}
+            sig |= {"RAW": "constexpr", "MODE": "constexpr", "TRACE": "constexpr", "STAGED": "constexpr",
+                    "num_warps": "constexpr"}
+            consts |= {"RAW": v5_fp8_wgr.WGR_RAW_SLOTS, "MODE": mode, "TRACE": trace, "STAGED": v5_fp8_wgr.WGR_STAGED}
         else:
             sig |= {"RAW": "constexpr", "num_warps": "constexpr"}
             consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS}
         attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 7, 17)}  # (the descriptors' places counted)
+        if kind == "wgr":  # every pointer 16-byte aligned, as the GPU specializes fresh tensors (the partials' stores)
+            attrs |= {(i,): [["tt.divisibility", 16]] for i in (5, 6, 8, 9, 10, 11, 12, 13)}
     if kind in ("ws16", "ws16w"):  # ws16w: the 8-warp producer (PW precedes num_warps in the signature)
         sig = {k: v for k, v in sig.items() if k != "num_warps"} | {"PW": "constexpr", "num_warps": "constexpr"}
         consts["PW"] = 8 if kind == "ws16w" else 4
