@@ -251,11 +251,13 @@ if gluon is not None:
 
     @gluon.jit
     def _wgr_tile_out(o_lo, o_hi, inv_l):
-        """Scale tile T's output O_T / l [16 rows, 128] in v5_fp8_reg.py's column order from its two blocks O_T^T
-        [64, 16] times 1/l per row (_wgr_store's relabelling: no data moves)."""
+        """Scale tile T's output O_T / l [16 rows, 128] in the cache's column order from its two blocks O_T^T [64, 16]
+        times 1/l per row: _wgr_store's relabelling to v5_fp8_reg.py's order (column n there is the tile's column
+        4·(n % 32) + n // 32, _v5_store's PERM32), then that order undone; no data moves."""
         o = gl.permute(gl.join(o_lo * inv_l[None, :], o_hi * inv_l[None, :]), (2, 0, 1))  # [e_hi, 64, 16]
         o = gl.reshape(gl.permute(gl.reshape(o, [2, 4, 2, 8, 16]), (0, 2, 1, 3, 4)), [128, 16])
-        return gl.permute(o, (1, 0))  # [16 rows, 128 logical columns]
+        o = gl.permute(o, (1, 0))  # [16 rows, 128]: v5_fp8_reg.py's column order
+        return gl.reshape(gl.permute(gl.reshape(o, [16, 4, 32]), (0, 2, 1)), [16, 128])  # the tile's own order
 
     @gluon.jit
     def _wgr_end_staged(o00, o01, o10, o11, o20, o21, o30, o31, m_i, l_keys, mx_smem, kv_raw, slot, rows, tok, req,
