@@ -1,0 +1,57 @@
+"""GPU probe: the wgmma register tile as the GPU image compiles it, for each setting of a knob of v5_fp8_wgr (e.g.
+WGR_STAGED): registers, spills, shared memory and the cubin and PTX, written to --out DIR for reading with cuobjdump
+where the SASS is wanted (the GPU's ptxas differs from the CPU machine's: offline builds are not the GPU's).
+
+    PYTHONPATH=src python3 scripts/gpu_dump_wgr.py --out DIR --knob WGR_STAGED --values 0,1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def main() -> int:
+    from mla_tutorial.fp8 import quantize_k_cache
+    from mla_tutorial.kernels import mla_decode_v5, plan, v5_fp8_wgr
+    from mla_tutorial.kernels.schedule import get_mla_metadata
+    from mla_tutorial.measure.kernel_bench import shape_inputs
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--knob", default="WGR_STAGED")
+    ap.add_argument("--values", default="0,1")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    default = getattr(v5_fp8_wgr, args.knob)
+    (q, k, bt, sl), _ = shape_inputs(4, 16, 1, 256, "fixed", 0)
+    k8 = quantize_k_cache(k)
+    meta, splits = get_mla_metadata(sl, 16, 1)
+    report = {}
+    try:
+        for value in args.values.split(","):
+            setattr(v5_fp8_wgr, args.knob, type(default)(int(value)))
+            plan.clear_plans()
+            v5_fp8_wgr._LAUNCH._cache.clear()
+            mla_decode_v5(q, k8, bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits, check_bounds=False,
+                          is_fp8_kvcache=True, path="wgr")
+            torch.cuda.synchronize()
+            (compiled, _), = v5_fp8_wgr._LAUNCH._cache.values()
+            name = f"wgr_{args.knob}_{value}"
+            (out / f"{name}.cubin").write_bytes(compiled.asm["cubin"])
+            (out / f"{name}.ptx").write_text(compiled.asm["ptx"])
+            report[name] = {"n_regs": compiled.n_regs, "n_spills": compiled.n_spills,
+                            "shared": compiled.metadata.shared}
+            print(name, report[name], flush=True)
+    finally:
+        setattr(v5_fp8_wgr, args.knob, default)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
