@@ -14,6 +14,27 @@ from pathlib import Path
 import torch
 
 
+def page_loop_counts(cubin: Path) -> dict:
+    """Instructions, local loads (spills reloaded) and barriers between the first and the last HGMMA of the SASS (the
+    page's products: most of the page loop), with Triton's bundled cuobjdump; {} without it."""
+    import subprocess
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    try:
+        sass = subprocess.run([str(tool), "-sass", str(cubin)], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    lines = sass.splitlines()
+    hg = [i for i, line in enumerate(lines) if "HGMMA" in line]
+    if not hg:
+        return {}
+    loop = [line for line in lines[hg[0]:hg[-1] + 1] if ";" in line]  # (an instruction line ends in ";")
+    return {"loop_instructions": len(loop), "loop_ldl": sum("LDL" in x for x in loop),
+            "loop_stl": sum("STL" in x for x in loop), "loop_bar": sum("BAR.SYNC" in x for x in loop)}
+
+
 def main() -> int:
     from mla_tutorial.fp8 import quantize_k_cache
     from mla_tutorial.kernels import mla_decode_v5, plan, v5_fp8_wgr
@@ -45,7 +66,7 @@ def main() -> int:
             (out / f"{name}.cubin").write_bytes(compiled.asm["cubin"])
             (out / f"{name}.ptx").write_text(compiled.asm["ptx"])
             report[name] = {"n_regs": compiled.n_regs, "n_spills": compiled.n_spills,
-                            "shared": compiled.metadata.shared}
+                            "shared": compiled.metadata.shared} | page_loop_counts(out / f"{name}.cubin")
             print(name, report[name], flush=True)
     finally:
         setattr(v5_fp8_wgr, args.knob, default)

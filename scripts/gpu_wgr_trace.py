@@ -10,12 +10,12 @@ period), its stores, and the between-request gaps. The kernel's span is set agai
 same call (scripts/gpu_kernel_split.py's) and the plain tile's time beside the stamped one's.
 
     PYTHONPATH=.peers/flashmla:src python3 scripts/gpu_wgr_trace.py --out trace.json [--sk 64,256,1024,4096]
-        [--b 128] [--h 16] [--dist fixed|normal] [--rounds 3] [--staged 0,1]
+        [--b 128] [--h 16] [--dist fixed|normal] [--rounds 3] [--staged 0,2]
 
-Each shape runs the tile with each v5_fp8_wgr.WGR_STAGED setting given (a request's end through shared memory or
-not), then times them and FlashMLA's bf16 call (when importable) in turn for --rounds rounds. (The twenty-second
-session's call 2 ran this script at commit 1d39917 with an --early switch for a variant since removed; its file keeps
-each setting under "variants".)
+Each shape runs the tile with each v5_fp8_wgr.WGR_STAGED setting given (a request's end through shared memory, 1
+or 2, or not, 0), then times them and FlashMLA's bf16 call (when importable) in turn for --rounds rounds. (The
+twenty-second session's call 2 ran this script at commit 1d39917 with an --early switch for a variant since removed;
+its file keeps each setting under "variants".)
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def _traced(call, meta, v5_fp8_wgr, plan, bench_ms) -> dict:
             "raw_program_0": t[0].tolist()}
 
 
-def run(b: int, h_q: int, s_k: int, dist: str, rounds: int, staged: list[bool]) -> dict:
+def run(b: int, h_q: int, s_k: int, dist: str, rounds: int, staged: list[int]) -> dict:
     """One shape: for each WGR_STAGED setting, the tile's answer against v5's bf16 call on the dequantized cache, its
     time, its stamps; then `rounds` rounds timing each setting and FlashMLA's bf16 call in turn."""
     from mla_tutorial.fp8 import dequantize_k_cache, quantize_k_cache
@@ -253,7 +253,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--staged", default="0", help="the tile's WGR_STAGED settings, e.g. 0,1")
     args = ap.parse_args()
-    staged = [bool(int(x)) for x in args.staged.split(",")]
+    staged = [int(x) for x in args.staged.split(",")]
     rows = []
     for s_k in (int(x) for x in args.sk.split(",")):
         try:

@@ -90,8 +90,9 @@ WGR_MAXNREG = 255  # two programs' 256 threads may use the register file's 64 K
 WGR_RAW_SLOTS = 2  # raw page slots in the ring: page i + 1 in flight while page i is computed
 #: a request's end through shared memory: the row sums across the warps with one barrier, O / l written into the
 #: free raw slot, then read back a row at a time and stored 16 bytes a thread (STAGED, _wgr_end_staged), instead of
-#: Gluon's sum and each thread's 64 scattered 4-byte stores (_wgr_store; prepared 2026-12-03, not yet measured: off)
-WGR_STAGED = False
+#: Gluon's sum and each thread's 64 scattered 4-byte stores (_wgr_store): 1 O staged in one store, 2 a store a tile
+#: (prepared 2026-12-03; 1 measured slower: the GPU's ptxas spilled in the page loop; off)
+WGR_STAGED = 0
 #: the TRACE probe's buffer (scripts/gpu_wgr_trace.py): int64 [programs, TRACE_ROWS, TRACE_COLS]; row 0 the program
 #: (entry, exit in ns; the same in SM cycles), rows 1-4 its first four requests (start, first page issued, Q ready,
 #: pages done, stored, then the row sums done and half the output stored; ns), rows 5-68 its first 64 pages (begin,
@@ -262,21 +263,28 @@ if gluon is not None:
     @gluon.jit
     def _wgr_end_staged(o00, o01, o10, o11, o20, o21, o30, o31, m_i, l_keys, mx_smem, kv_raw, slot, rows, tok, req,
                         part_slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv,
-                        rows_per_kv, m_start, rows_l: gl.constexpr, RAW: gl.constexpr, num_warps: gl.constexpr):
-        """A request's end through shared memory (STAGED): the row sums (_wgr_col_sum), O / l into raw slot `slot`
-        as [16 rows, 512] fp32 (free: no copy is in flight at a request's end, and the next request's first copy
-        waits for a barrier), then each row read back and stored 16 bytes a thread: the output in its dtype when the
-        request is one piece, else the fp32 partial; the LSE as _v5_store writes it."""
+                        rows_per_kv, m_start, rows_l: gl.constexpr, RAW: gl.constexpr, num_warps: gl.constexpr,
+                        STAGED: gl.constexpr):
+        """A request's end through shared memory: the row sums (_wgr_col_sum), O / l into raw slot `slot` as [16 rows,
+        512] fp32 (STAGED 1: in one store, 2: a store a tile; the slot is free: no copy is in flight at a request's
+        end, and the next request's first copy waits for a barrier), then each row read back and stored 16 bytes a
+        thread: the output in its dtype when the request is one piece, else the fp32 partial; the LSE as _v5_store
+        writes it."""
         l_i = _wgr_col_sum(l_keys, mx_smem, rows_l)
         has_keys = l_i > 0
         l_safe = gl.where(has_keys, l_i, 1.0)
         inv_l = 1.0 / l_safe
         st_l: gl.constexpr = gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=8, order=[1, 0])
         stage = kv_raw.index(slot)._reinterpret(gl.float32, [16, 512], st_l)  # (32 KB: one slot's words)
-        lo = gl.join(_wgr_tile_out(o00, o01, inv_l), _wgr_tile_out(o10, o11, inv_l))  # [16, 128, tile 0 / 1]
-        hi = gl.join(_wgr_tile_out(o20, o21, inv_l), _wgr_tile_out(o30, o31, inv_l))  # [16, 128, tile 2 / 3]
-        o = gl.reshape(gl.permute(gl.join(lo, hi), (0, 3, 2, 1)), [16, 512])  # column 128·T + c
-        stage.store(o)  # (one store: Triton puts a barrier between two stores into one allocation)
+        if STAGED == 1:  # one store (Triton puts a barrier between two stores into one allocation)
+            lo = gl.join(_wgr_tile_out(o00, o01, inv_l), _wgr_tile_out(o10, o11, inv_l))  # [16, 128, tile 0 / 1]
+            hi = gl.join(_wgr_tile_out(o20, o21, inv_l), _wgr_tile_out(o30, o31, inv_l))  # [16, 128, tile 2 / 3]
+            stage.store(gl.reshape(gl.permute(gl.join(lo, hi), (0, 3, 2, 1)), [16, 512]))  # column 128·T + c
+        else:  # a store a tile (its registers free after it; a barrier between two)
+            stage.slice(0, 128, dim=1).store(_wgr_tile_out(o00, o01, inv_l))
+            stage.slice(128, 128, dim=1).store(_wgr_tile_out(o10, o11, inv_l))
+            stage.slice(256, 128, dim=1).store(_wgr_tile_out(o20, o21, inv_l))
+            stage.slice(384, 128, dim=1).store(_wgr_tile_out(o30, o31, inv_l))
         gl.thread_barrier()  # every warp's rows are in
         lw: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [num_warps, 1], [1, 0])  # 4 adjacent columns a thread
         o = stage.load(lw)  # [16, 512] (a row's 512 columns over one warp, 4 adjacent a thread)
@@ -493,7 +501,7 @@ if gluon is not None:
             if STAGED:
                 _wgr_end_staged(o00, o01, o10, o11, o20, o21, o30, o31, m_i, l_keys, mx_smem, kv_raw, g % RAW, rows,
                                 tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q,
-                                heads_per_kv, rows_per_kv, m_start, rows_l, RAW, num_warps)
+                                heads_per_kv, rows_per_kv, m_start, rows_l, RAW, num_warps, STAGED)
             else:
                 l_i = gl.sum(l_keys, axis=0)
                 _wgr_stamp(trace_ptr, t_row, t_ok, 5, TRACE)
