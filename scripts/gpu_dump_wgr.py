@@ -1,8 +1,9 @@
-"""GPU probe: the wgmma register tile as the GPU image compiles it, for each setting of a knob of v5_fp8_wgr (e.g.
-WGR_STAGED): registers, spills, shared memory and the cubin and PTX, written to --out DIR for reading with cuobjdump
-where the SASS is wanted (the GPU's ptxas differs from the CPU machine's: offline builds are not the GPU's).
+"""GPU probe: the wgmma register tile as the GPU image compiles it, for each setting of a knob of v5_fp8_wgr (a WGR_*
+module constant the launch passes, e.g. WGR_MAXNREG): registers, spills, shared memory, the page loop's instructions,
+local loads and barriers, and the cubin and PTX, written to --out DIR. The GPU's ptxas is not the CPU machine's: the
+twenty-second session had a variant whose page loop was unchanged offline and spilled on the GPU.
 
-    PYTHONPATH=src python3 scripts/gpu_dump_wgr.py --out DIR --knob WGR_STAGED --values 0,1
+    PYTHONPATH=src python3 scripts/gpu_dump_wgr.py --out DIR --knob WGR_MAXNREG --values 255,232
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def main() -> int:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--knob", default="WGR_STAGED")
-    ap.add_argument("--values", default="0,1")
+    ap.add_argument("--knob", default="WGR_MAXNREG")
+    ap.add_argument("--values", default="255")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

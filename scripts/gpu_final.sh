@@ -11,7 +11,7 @@
 # tile: its GPU matrix cases, 1 and TPS tiles a producer step, then its 8 hostile cases and its timing with TPS,
 # default 4, beside v5's FP8 choice and FlashMLA; scripts/gpu_fp8_seesaw_probe.py), stepsched (one schedule per
 # decode step: the decoder's graph GPU tests and tests/test_step.py, then scripts/gpu_step_schedule.py), wgr (the
-# register tile on wgmma, v5_fp8_wgr.py: its GPU cases, then its h16 timing beside the other 16-row FP8 tiles), wgrtrace (that tile's own time stamps, scripts/gpu_wgr_trace.py), split8 (gpu_kernel_split.py --fp8-h16), wgrstaged (that tile with WGR_STAGED: its GPU cases, then stamps and timing beside the default). The seesaw probe's check and time steps include its VARIANTS.
+# register tile on wgmma, v5_fp8_wgr.py: its GPU cases, then its h16 timing beside the other 16-row FP8 tiles), wgrtrace (that tile's own time stamps, scripts/gpu_wgr_trace.py), split8 (gpu_kernel_split.py --fp8-h16). The seesaw probe's check and time steps include its VARIANTS.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
 STEPS=${STEPS:-sched check time tests kernels fp8 decode}
@@ -200,20 +200,6 @@ has wgrtrace && step wgrtrace ${WGRTRACE_LIMIT:-200} env PYTHONPATH=$PEERS:src $
   --out "$OUT/wgrtrace.json" --sk ${WGRTRACE_SK:-64,256,1024,4096}
 has wgrtrace && step wgrtrace_n 100 env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py --out "$OUT/wgrtrace_n.json" \
   --sk 4096 --dist normal
-# STAGED (v5_fp8_wgr.WGR_STAGED, WGR_STAGED_SET the setting tried, default 2): the tile with a request's end through
-# shared memory as the GPU compiles it (scripts/gpu_dump_wgr.py: registers, spills, the page loop's local loads), its
-# hostile GPU cases and the wide ranges (scripts/with_knobs.py), then stamps and timing beside the default and FlashMLA
-has wgrstaged && step wgrstaged_dump 120 env PYTHONPATH=src $PY scripts/gpu_dump_wgr.py --out "$OUT/dump" \
-  --knob WGR_STAGED --values 0,1,2
-has wgrstaged && step wgrstaged_tests ${WGR_LIMIT:-240} env PYTHONPATH=src:tests $PY scripts/with_knobs.py \
-  WGR_STAGED=${WGR_STAGED_SET:-2} -- -m pytest -m gpu tests/test_wgr_gpu.py tests/test_fp8.py -q -p no:cacheprovider \
-  -k "wgr"
-if has wgrstaged && grep -q " passed" "$OUT/wgrstaged_tests.log" && ! grep -q "failed\|error" "$OUT/wgrstaged_tests.log"; then
-  step wgrstaged 240 env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py --out "$OUT/wgrstaged.json" \
-    --sk ${WGRTRACE_SK:-64,1024,4096,8192} --staged 0,${WGR_STAGED_SET:-2} --rounds 3
-  step wgrstaged_n 120 env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py --out "$OUT/wgrstaged_n.json" \
-    --sk 4096 --dist normal --staged 0,${WGR_STAGED_SET:-2} --rounds 3
-fi
 has split8 && step split8 150 env PYTHONPATH=$PEERS:src $PY scripts/gpu_kernel_split.py --fp8-h16 \
   --out "$OUT/split8.json"
 # everything in one file first in name order (a call brings back at most 8 files; the eighth session lost 5 logs)

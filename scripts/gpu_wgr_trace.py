@@ -10,12 +10,11 @@ period), its stores, and the between-request gaps. The kernel's span is set agai
 same call (scripts/gpu_kernel_split.py's) and the plain tile's time beside the stamped one's.
 
     PYTHONPATH=.peers/flashmla:src python3 scripts/gpu_wgr_trace.py --out trace.json [--sk 64,256,1024,4096]
-        [--b 128] [--h 16] [--dist fixed|normal] [--rounds 3] [--staged 0,2]
+        [--b 128] [--h 16] [--dist fixed|normal] [--rounds 3]
 
-Each shape runs the tile with each v5_fp8_wgr.WGR_STAGED setting given (a request's end through shared memory, 1
-or 2, or not, 0), then times them and FlashMLA's bf16 call (when importable) in turn for --rounds rounds. (The
-twenty-second session's call 2 ran this script at commit 1d39917 with an --early switch for a variant since removed;
-its file keeps each setting under "variants".)
+Then the plain tile and FlashMLA's bf16 call (when importable) are timed in turn for --rounds rounds. (The
+twenty-second session's calls 2, 4 and 6 ran it at commits 1d39917, 90135c8 and 86dfc0c with an --early or --staged
+switch for variants since removed; their files keep each setting under "variants".)
 """
 
 from __future__ import annotations
@@ -110,10 +109,9 @@ def summarize(t: torch.Tensor, reqs: int) -> dict:
     # a request's end: pages done to stored (the partials' stores), and the gap to the next request's first page
     done_ok = has_req & (req[:, :, REQ_STORED] != 0)
     out["pages_done_to_stored"] = _pct((req[:, :, REQ_STORED] - req[:, :, REQ_DONE])[done_ok])
-    split_ok = done_ok & (req[:, :, REQ_SUMS] != 0) & (req[:, :, REQ_HALF] != 0)  # (not stamped: WGR_STAGED)
-    out["pages_done_to_row_sums"] = _pct((req[:, :, REQ_SUMS] - req[:, :, REQ_DONE])[split_ok])
-    out["row_sums_to_half_stored"] = _pct((req[:, :, REQ_HALF] - req[:, :, REQ_SUMS])[split_ok])
-    out["half_stored_to_stored"] = _pct((req[:, :, REQ_STORED] - req[:, :, REQ_HALF])[split_ok])
+    out["pages_done_to_row_sums"] = _pct((req[:, :, REQ_SUMS] - req[:, :, REQ_DONE])[done_ok])
+    out["row_sums_to_half_stored"] = _pct((req[:, :, REQ_HALF] - req[:, :, REQ_SUMS])[done_ok])
+    out["half_stored_to_stored"] = _pct((req[:, :, REQ_STORED] - req[:, :, REQ_HALF])[done_ok])
     nxt = has_req[:, 1:] & has_req[:, :-1]
     out["stored_to_next_request_start"] = _pct((req[:, 1:, REQ_START] - req[:, :-1, REQ_STORED])[nxt])
     out["next_request_start_to_q_ready"] = _pct((req[:, 1:, REQ_Q] - req[:, 1:, REQ_START])[nxt])
@@ -165,9 +163,9 @@ def _traced(call, meta, v5_fp8_wgr, plan, bench_ms) -> dict:
             "raw_program_0": t[0].tolist()}
 
 
-def run(b: int, h_q: int, s_k: int, dist: str, rounds: int, staged: list[int]) -> dict:
-    """One shape: for each WGR_STAGED setting, the tile's answer against v5's bf16 call on the dequantized cache, its
-    time, its stamps; then `rounds` rounds timing each setting and FlashMLA's bf16 call in turn."""
+def run(b: int, h_q: int, s_k: int, dist: str, rounds: int) -> dict:
+    """One shape: the tile's answer against v5's bf16 call on the dequantized cache, its time, its stamps; then
+    `rounds` rounds timing it and FlashMLA's bf16 call in turn."""
     from mla_tutorial.fp8 import dequantize_k_cache, quantize_k_cache
     from mla_tutorial.kernels import mla_decode_v5, plan, v5_fp8_wgr
     from mla_tutorial.kernels.schedule import get_mla_metadata
@@ -181,42 +179,29 @@ def run(b: int, h_q: int, s_k: int, dist: str, rounds: int, staged: list[int]) -
     # (a check that the build and its launch still compute the tile; the FP8 tests are the tile's real check)
     ref = mla_decode_v5(q, dequantize_k_cache(k8), bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
                         check_bounds=False)[0].float()
+    plan.clear_plans()
+    plain = call()[0].clone()
     row = {"b": b, "h_q": h_q, "s_k": s_k, "dist": dist, "mean_sk": mean_sk, "parts": int(meta.shape[0]),
-           "variants": {}}
-    default = v5_fp8_wgr.WGR_STAGED
-    try:
-        for st in staged:
-            v5_fp8_wgr.WGR_STAGED = st
-            plan.clear_plans()
-            plain = call()[0].clone()
-            v = {"b": b, "h_q": h_q, "s_k": s_k, "dist": dist, "staged": st, "vs_bf16_on_dequantized": {
-                "max_abs": float((plain.float() - ref).abs().max()),
-                "rel_frobenius": float((plain.float() - ref).norm() / ref.norm())}, "plain_ms": bench_ms(call)}
-            v |= _traced(call, meta, v5_fp8_wgr, plan, bench_ms)
-            v["traced_equals_plain"] = bool(torch.equal(v.pop("traced_out"), plain))
-            row["variants"][f"staged{int(st)}"] = v
-            print(_line(v), flush=True)
-        times: dict[str, list[float]] = {f"staged{int(st)}": [] for st in staged}
-        fm = None
-        if flash_mla is not None:
-            sched, _ = flash_mla.get_mla_metadata()
-            fm = lambda args=(q, k, bt, sl, 512, sched, None): flash_mla.flash_mla_with_kvcache(*args)  # noqa: E731
-            times["flashmla_bf16"] = []
-        for _ in range(rounds):  # (in turn, so that drift falls on every setting alike)
-            for st in staged:
-                v5_fp8_wgr.WGR_STAGED = st
-                plan.clear_plans()
-                call()
-                times[f"staged{int(st)}"].append(bench_ms(call))
-            if fm is not None:
-                times["flashmla_bf16"].append(bench_ms(fm))
-    finally:
-        v5_fp8_wgr.WGR_STAGED = default
-        plan.clear_plans()
+           "vs_bf16_on_dequantized": {"max_abs": float((plain.float() - ref).abs().max()),
+                                      "rel_frobenius": float((plain.float() - ref).norm() / ref.norm())},
+           "plain_ms": bench_ms(call)}
+    row |= _traced(call, meta, v5_fp8_wgr, plan, bench_ms)
+    row["traced_equals_plain"] = bool(torch.equal(row.pop("traced_out"), plain))
+    print(_line(row), flush=True)
+    times: dict[str, list[float]] = {"ours_fp8": []}
+    fm = None
+    if flash_mla is not None:
+        sched, _ = flash_mla.get_mla_metadata()
+        fm = lambda args=(q, k, bt, sl, 512, sched, None): flash_mla.flash_mla_with_kvcache(*args)  # noqa: E731
+        times["flashmla_bf16"] = []
+    for _ in range(rounds):  # (in turn, so that drift falls on both alike)
+        times["ours_fp8"].append(bench_ms(call))
+        if fm is not None:
+            times["flashmla_bf16"].append(bench_ms(fm))
     row["rounds_ms"] = times
     row["median_ms"] = med = {name: sorted(x)[len(x) // 2] for name, x in times.items()}
     if fm is not None:
-        row["flashmla_over_ours"] = {n: med["flashmla_bf16"] / m for n, m in med.items() if n != "flashmla_bf16"}
+        row["flashmla_over_ours"] = med["flashmla_bf16"] / med["ours_fp8"]
     print(f"  rounds: {med}  FlashMLA/ours {row.get('flashmla_over_ours')}", flush=True)
     return row
 
@@ -227,7 +212,7 @@ def _line(v: dict) -> str:
     def m(key):
         x = s.get(key)
         return f"{x['median']:.2f}" if x else "-"
-    return (f"b{v['b']} h{v['h_q']} sk{v['s_k']} {v['dist']} staged {int(v.get('staged', 0))}: plain "
+    return (f"b{v['b']} h{v['h_q']} sk{v['s_k']} {v['dist']}: plain "
             f"{v['plain_ms'] * 1e3:.1f} us, stamped {v['traced_ms'] * 1e3:.1f} (equal {v['traced_equals_plain']}); "
             f"vs bf16 {v['vs_bf16_on_dequantized']}; "
             f"span {s['kernel_span_us']}, entry spread p90 {s['program_entry_after_first']['p90']}, "
@@ -251,13 +236,11 @@ def main() -> int:
     ap.add_argument("--h", type=int, default=16)
     ap.add_argument("--dist", default="fixed")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--staged", default="0", help="the tile's WGR_STAGED settings, e.g. 0,1")
     args = ap.parse_args()
-    staged = [int(x) for x in args.staged.split(",")]
     rows = []
     for s_k in (int(x) for x in args.sk.split(",")):
         try:
-            row = run(args.b, args.h, s_k, args.dist, args.rounds, staged)
+            row = run(args.b, args.h, s_k, args.dist, args.rounds)
         except Exception as e:  # keep the other shapes
             row = {"b": args.b, "h_q": args.h, "s_k": s_k, "error": f"{type(e).__name__}: {str(e)[:500]}"}
             print(row, flush=True)

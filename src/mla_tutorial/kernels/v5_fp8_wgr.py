@@ -48,7 +48,10 @@
 #   stores and exit, ~8 µs between the median program's exit and the last one's (per SM: programs 2i and 2i + 1 end
 #   together). Tried there and not kept: page i + 1's copy issued as soon as page i has landed (page waits fell, p90
 #   0.77 -> 0.29 µs, but each page's work rose 0.22 µs: one bar.sync more a page; the call 7 % slower, 0.137 against
-#   0.128 ms at 4k), and the request's first block-table entry read beside its length (~0.1 µs).
+#   0.128 ms at 4k), the request's first block-table entry read beside its length (~0.1 µs), and the request's end
+#   through shared memory (row sums with one barrier, O / l staged in the free raw slot, 16-byte stores: the end 1.3
+#   µs shorter, 7 % faster at one page a request, but the GPU's ptxas then spilled in the page loop, 9 local loads a
+#   page against 2, and the call was 11-17 % slower at 1k-8k, in one store or a store a tile).
 """Version 5 over an FP8 cache, 16-row register tile on wgmma: both products transposed, the dequantized page the
 register A operand (Gluon, Triton 3.6)."""
 
@@ -88,11 +91,6 @@ from .v5_gluon import (
 WGR_WARPS = 4  # one warpgroup (two programs per SM: ~110 KB of shared memory each)
 WGR_MAXNREG = 255  # two programs' 256 threads may use the register file's 64 K
 WGR_RAW_SLOTS = 2  # raw page slots in the ring: page i + 1 in flight while page i is computed
-#: a request's end through shared memory: the row sums across the warps with one barrier, O / l written into the
-#: free raw slot, then read back a row at a time and stored 16 bytes a thread (STAGED, _wgr_end_staged), instead of
-#: Gluon's sum and each thread's 64 scattered 4-byte stores (_wgr_store): 1 O staged in one store, 2 a store a tile
-#: (prepared 2026-12-03; 1 measured slower: the GPU's ptxas spilled in the page loop; off)
-WGR_STAGED = 0
 #: the TRACE probe's buffer (scripts/gpu_wgr_trace.py): int64 [programs, TRACE_ROWS, TRACE_COLS]; row 0 the program
 #: (entry, exit in ns; the same in SM cycles), rows 1-4 its first four requests (start, first page issued, Q ready,
 #: pages done, stored, then the row sums done and half the output stored; ns), rows 5-68 its first 64 pages (begin,
@@ -239,78 +237,6 @@ if gluon is not None:
         return gl.convert_layout(gl.max(scratch.load(cl), axis=0), rows_l, assert_trivial=True)
 
     @gluon.jit
-    def _wgr_col_sum(x, scratch, rows_l: gl.constexpr):
-        """_wgr_col_max's reduction for a sum: x [64 keys, 16] summed over the keys across the four warps with one
-        barrier (the request's row sums from its per-key sums; scratch is free once the last page's P barrier has
-        passed, which every thread's read of the last page's max precedes)."""
-        scratch.store(gl.sum(gl.reshape(x, [4, 16, 16]), axis=1))  # [warp, row]
-        gl.thread_barrier()
-        cl: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[1, 0], [2, 0], [0, 1], [0, 8]], lane_bases=[[0, 2], [0, 4], [0, 0], [0, 0], [0, 0]],
-            warp_bases=[[0, 0], [0, 0]], block_bases=[], shape=[4, 16])
-        return gl.convert_layout(gl.sum(scratch.load(cl), axis=0), rows_l, assert_trivial=True)
-
-    @gluon.jit
-    def _wgr_tile_out(o_lo, o_hi, inv_l):
-        """Scale tile T's output O_T / l [16 rows, 128] in the cache's column order from its two blocks O_T^T [64, 16]
-        times 1/l per row: _wgr_store's relabelling to v5_fp8_reg.py's order (column n there is the tile's column
-        4·(n % 32) + n // 32, _v5_store's PERM32), then that order undone; no data moves."""
-        o = gl.permute(gl.join(o_lo * inv_l[None, :], o_hi * inv_l[None, :]), (2, 0, 1))  # [e_hi, 64, 16]
-        o = gl.reshape(gl.permute(gl.reshape(o, [2, 4, 2, 8, 16]), (0, 2, 1, 3, 4)), [128, 16])
-        o = gl.permute(o, (1, 0))  # [16 rows, 128]: v5_fp8_reg.py's column order
-        return gl.reshape(gl.permute(gl.reshape(o, [16, 4, 32]), (0, 2, 1)), [16, 128])  # the tile's own order
-
-    @gluon.jit
-    def _wgr_end_staged(o00, o01, o10, o11, o20, o21, o30, o31, m_i, l_keys, mx_smem, kv_raw, slot, rows, tok, req,
-                        part_slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv,
-                        rows_per_kv, m_start, rows_l: gl.constexpr, RAW: gl.constexpr, num_warps: gl.constexpr,
-                        STAGED: gl.constexpr):
-        """A request's end through shared memory: the row sums (_wgr_col_sum), O / l into raw slot `slot` as [16 rows,
-        512] fp32 (STAGED 1: in one store, 2: a store a tile; the slot is free: no copy is in flight at a request's
-        end, and the next request's first copy waits for a barrier), then each row read back and stored 16 bytes a
-        thread: the output in its dtype when the request is one piece, else the fp32 partial; the LSE as _v5_store
-        writes it."""
-        l_i = _wgr_col_sum(l_keys, mx_smem, rows_l)
-        has_keys = l_i > 0
-        l_safe = gl.where(has_keys, l_i, 1.0)
-        inv_l = 1.0 / l_safe
-        st_l: gl.constexpr = gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=8, order=[1, 0])
-        stage = kv_raw.index(slot)._reinterpret(gl.float32, [16, 512], st_l)  # (32 KB: one slot's words)
-        if STAGED == 1:  # one store (Triton puts a barrier between two stores into one allocation)
-            lo = gl.join(_wgr_tile_out(o00, o01, inv_l), _wgr_tile_out(o10, o11, inv_l))  # [16, 128, tile 0 / 1]
-            hi = gl.join(_wgr_tile_out(o20, o21, inv_l), _wgr_tile_out(o30, o31, inv_l))  # [16, 128, tile 2 / 3]
-            stage.store(gl.reshape(gl.permute(gl.join(lo, hi), (0, 3, 2, 1)), [16, 512]))  # column 128·T + c
-        else:  # a store a tile (its registers free after it; a barrier between two)
-            stage.slice(0, 128, dim=1).store(_wgr_tile_out(o00, o01, inv_l))
-            stage.slice(128, 128, dim=1).store(_wgr_tile_out(o10, o11, inv_l))
-            stage.slice(256, 128, dim=1).store(_wgr_tile_out(o20, o21, inv_l))
-            stage.slice(384, 128, dim=1).store(_wgr_tile_out(o30, o31, inv_l))
-        gl.thread_barrier()  # every warp's rows are in
-        lw: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [num_warps, 1], [1, 0])  # 4 adjacent columns a thread
-        o = stage.load(lw)  # [16, 512] (a row's 512 columns over one warp, 4 adjacent a thread)
-        r = m_start + gl.arange(0, 16, layout=gl.SliceLayout(1, lw))
-        r_ok = (r < rows_per_kv)[:, None]
-        r_tok = r // heads_per_kv
-        r_head = r % heads_per_kv
-        cols = gl.arange(0, 512, layout=gl.SliceLayout(0, lw))[None, :]
-        if pieces == 1:
-            orow = (req.to(gl.int64) * s_q + r_tok) * h_q + r_head
-            gl.store(out_ptr + orow[:, None] * 512 + cols, o.to(out_ptr.dtype.element_ty), mask=r_ok)
-        else:
-            orow = (part_slot.to(gl.int64) * s_q + r_tok) * h_q + r_head
-            gl.store(part_out_ptr + orow[:, None] * 512 + cols, o, mask=r_ok)
-        fence_async_shared()  # (these generic reads before the next request's copy into the slot)
-        lse = (m_i + gl.log2(l_safe)) * 0.6931471805599453
-        row_ok = rows < rows_per_kv
-        head = rows % heads_per_kv
-        if pieces == 1:
-            gl.store(lse_ptr + (req.to(gl.int64) * h_q + head) * s_q + tok, gl.where(has_keys, lse, float("inf")),
-                     mask=row_ok)
-        else:
-            gl.store(part_lse_ptr + (part_slot.to(gl.int64) * s_q + tok) * h_q + head,
-                     gl.where(has_keys, lse, float("-inf")), mask=row_ok)
-
-    @gluon.jit
     def _wgr_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, a_op: gl.constexpr,
                     MODE: gl.constexpr):
         """S^T = K·Q^T [64 keys, 16 rows] = Σ_T scale_T[key] · K8_T·Q_T^T + k_rope·Q_rope^T: asynchronous wgmma, one
@@ -437,7 +363,7 @@ if gluon is not None:
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale, trace_ptr,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, MODE: gl.constexpr, TRACE: gl.constexpr,
-        STAGED: gl.constexpr, num_warps: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
         # v5_fp8_reg.py's signature and ring (RAW raw page slots; kv_ptr and stride_kvb are not read), then the TRACE
         # probe's buffer (stamps only with TRACE). MODE (timing only): 0 the tile; 3 no dequantization (each operand is
@@ -498,22 +424,18 @@ if gluon is not None:
                 _wgr_stamp_page(trace_ptr, g, 2, TRACE)
                 g += 1
             _wgr_stamp(trace_ptr, t_row, t_ok, 3, TRACE)
-            if STAGED:
-                _wgr_end_staged(o00, o01, o10, o11, o20, o21, o30, o31, m_i, l_keys, mx_smem, kv_raw, g % RAW, rows,
-                                tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q,
-                                heads_per_kv, rows_per_kv, m_start, rows_l, RAW, num_warps, STAGED)
-            else:
-                l_i = gl.sum(l_keys, axis=0)
-                _wgr_stamp(trace_ptr, t_row, t_ok, 5, TRACE)
-                _wgr_store(o00, o01, 0, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
-                           part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
-                _wgr_store(o10, o11, 1, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
-                           part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
-                _wgr_stamp(trace_ptr, t_row, t_ok, 6, TRACE)
-                _wgr_store(o20, o21, 2, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
-                           part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
-                _wgr_store(o30, o31, 3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
-                           part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
+            l_i = gl.sum(l_keys, axis=0)
+            _wgr_stamp(trace_ptr, t_row, t_ok, 5, TRACE)
+
+            _wgr_store(o00, o01, 0, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
+                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
+            _wgr_store(o10, o11, 1, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
+                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
+            _wgr_stamp(trace_ptr, t_row, t_ok, 6, TRACE)
+            _wgr_store(o20, o21, 2, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
+                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
+            _wgr_store(o30, o31, 3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
+                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
             _wgr_stamp(trace_ptr, t_row, t_ok, 4, TRACE)
         _reg_drop_bars(bw, bs, br, RAW)
         _wgr_stamp(trace_ptr, 0, True, 1, TRACE)
@@ -537,5 +459,4 @@ def launch_v5_fp8_wgr(q, k_cache, block_table, cache_seqlens, dims, causal, meta
                              f"{need} elements ([programs, TRACE_ROWS, TRACE_COLS]), got {trace.dtype} on "
                              f"{trace.device} with {trace.numel()}")
     _LAUNCH(grid, *args, ok_flag if trace is None else trace, CAUSAL=causal, META_COLS=meta.shape[1],
-            RAW=WGR_RAW_SLOTS, MODE=mode, TRACE=trace is not None, STAGED=WGR_STAGED, num_warps=WGR_WARPS,
-            maxnreg=WGR_MAXNREG)
+            RAW=WGR_RAW_SLOTS, MODE=mode, TRACE=trace is not None, num_warps=WGR_WARPS, maxnreg=WGR_MAXNREG)
