@@ -76,6 +76,7 @@ from .v5_fp8_reg import (
 )
 from .v5_fp8_tma import tma_tile_launch_args
 from .v5_gluon import (
+    _probe_time,
     _v5_next_part,
     _v5_part,
     _v5_request,
@@ -132,14 +133,8 @@ if gluon is not None:
         """TRACE (a probe, off in the tile): the GPU's nanosecond timer (%globaltimer, one time base for all SMs), or
         with CLOCK the SM's cycle counter, into trace[program, row, COL] where `ok`."""
         if TRACE:
-            if CLOCK:
-                t = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l", [], dtype=gl.int64, is_pure=False,
-                                              pack=1)
-            else:
-                t = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False,
-                                              pack=1)
             prog = gl.program_id(1) * gl.num_programs(0) + gl.program_id(0)
-            gl.store(trace_ptr + (prog * _T_ROWS + row) * _T_COLS + COL, t, mask=ok)
+            gl.store(trace_ptr + (prog * _T_ROWS + row) * _T_COLS + COL, _probe_time(not CLOCK), mask=ok)
 
     @gluon.jit
     def _wgr_stamp_page(trace_ptr, g, COL: gl.constexpr, TRACE: gl.constexpr):

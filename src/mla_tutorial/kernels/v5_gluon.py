@@ -118,6 +118,16 @@ if gluon is not None:
                     qr_smem.store(x)
 
     @gluon.jit
+    def _probe_time(NS: gl.constexpr):
+        """A time stamp for a tile's TRACE probe (v5_seesaw.py, v5_fp8_wgr.py): with NS the GPU's nanosecond timer
+        (%globaltimer: one time base for every SM), else the SM's cycle counter (%clock64), as an int64."""
+        if NS:
+            t = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)
+        else:
+            t = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)
+        return t
+
+    @gluon.jit
     def _v5_part(meta_ptr, META_COLS: gl.constexpr):
         """This program's slice of the schedule: (begin_req, begin_block, end_req, end_block, begin_split)."""
         meta = meta_ptr + gl.program_id(0) * META_COLS

@@ -71,6 +71,7 @@ from .v5_gluon import (
     DEFAULT_GLUON_CONFIG,
     GluonConfig,
     _k_descriptor,
+    _probe_time,
     _v5_flag_stale,
     _v5_load_q,
     _v5_masked_scores,
@@ -173,14 +174,9 @@ if gluon is not None:
         NS: the GPU's nanosecond timer instead (%globaltimer: one time base for every SM, and with the cycles of the
         same moments, the SM clock during the kernel)."""
         if TRACE:
-            if NS:
-                t = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False,
-                                              pack=1)
-            else:
-                t = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l", [], dtype=gl.int64, is_pure=False,
-                                              pack=1)
             prog = gl.program_id(1) * gl.num_programs(0) + gl.program_id(0)
-            gl.store(trace_ptr + (prog * TRACE_PAIRS + pair) * TRACE_EVENTS + EVENT, t, mask=pair < TRACE_PAIRS)
+            gl.store(trace_ptr + (prog * TRACE_PAIRS + pair) * TRACE_EVENTS + EVENT, _probe_time(NS),
+                     mask=pair < TRACE_PAIRS)
 
     @gluon.jit
     def _ss_copy_q(q_desc, q_smem, qr_smem, bars, req, begin_req, rows_per_kv, m_tiles):
