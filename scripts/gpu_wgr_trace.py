@@ -160,7 +160,55 @@ def _traced(call, meta, v5_fp8_wgr, plan, bench_ms) -> dict:
         "exit": [(int(x) - t0) / 1e3 if x else -1 for x in t[:, 0, 1]],
         "pages": (t[:, 1 + reqs:, 0] != 0).sum(1).tolist(), "meta": meta.cpu().tolist()}
     return {"traced_ms": traced_ms, "traced_out": out, "calls": summaries, "per_program_last_call": per_program,
-            "raw_program_0": t[0].tolist()}
+            "per_sm_last_call": per_sm(t, reqs), "raw_program_0": t[0].tolist()}
+
+
+def per_sm(t: torch.Tensor, reqs: int) -> dict:
+    """Which programs share an SM (row 0, column 4: %smid) and how their pages go together: per program its median
+    page period (µs, the end of page g to the end of page g + 1, pages 2 on); per SM with two programs the median of
+    their phase (where in B's page A's pages begin, folded into [0, 0.5] of a period: 0 in step, 0.5 half a page
+    apart); the SMs' periods by phase bin, and those of SMs holding one program."""
+    t = t.cpu().long()
+    live = (t[:, 0, 0] != 0) & (t[:, 1 + reqs, 0] != 0)
+    begin, end = t[:, 1 + reqs:, 0].double(), t[:, 1 + reqs:, 2].double()
+    period = {}
+    for p in torch.nonzero(live).flatten().tolist():
+        n = int((t[p, 1 + reqs:, 0] != 0).sum())
+        if n >= 4:
+            period[p] = float((end[p, 2:n] - end[p, 1:n - 1]).median()) / 1e3
+    sms: dict[int, list[int]] = {}
+    for p in period:
+        sms.setdefault(int(t[p, 0, 4]), []).append(p)
+    pairs, singles = [], []
+    for progs in sms.values():
+        if len(progs) == 1:
+            singles.append(period[progs[0]])
+            continue
+        a, b = progs[:2]
+        nb = int((t[b, 1 + reqs:, 0] != 0).sum())
+        na = int((t[a, 1 + reqs:, 0] != 0).sum())
+        tb = begin[b, :nb]
+        pb = period[b] * 1e3
+        phases = []
+        for ta in begin[a, 2:na].tolist():
+            before = tb[tb <= ta]
+            if before.numel():
+                x = ((ta - float(before.max())) / pb) % 1.0
+                phases.append(min(x, 1.0 - x))
+        if phases:
+            pairs.append((float(torch.tensor(phases).median()), (period[a] + period[b]) / 2))
+    out = {"sms_with_two": len(pairs), "sms_with_one": len(singles),
+           "single_program_period": _pct(torch.tensor(singles) * 1e3) if singles else None,
+           "pair_period": _pct(torch.tensor([q for _, q in pairs]) * 1e3) if pairs else None, "by_phase": {}}
+    for lo in (0.0, 0.1, 0.2, 0.3, 0.4):
+        sel = [q for ph, q in pairs if lo <= ph < lo + 0.1 or (lo == 0.4 and ph == 0.5)]
+        if sel:
+            out["by_phase"][f"{lo:.1f}-{lo + 0.1:.1f}"] = {"sms": len(sel), "mean_period_us": sum(sel) / len(sel)}
+    if len(pairs) > 2:
+        ph, q = torch.tensor([x for x, _ in pairs]), torch.tensor([y for _, y in pairs])
+        out["corr_phase_period"] = float(torch.corrcoef(torch.stack([ph, q]))[0, 1])
+    out["per_program"] = {"smid": t[:, 0, 4].tolist(), "period_us": [period.get(p) for p in range(len(t))]}
+    return out
 
 
 def run(b: int, h_q: int, s_k: int, dist: str, rounds: int) -> dict:
@@ -188,6 +236,8 @@ def run(b: int, h_q: int, s_k: int, dist: str, rounds: int) -> dict:
     row |= _traced(call, meta, v5_fp8_wgr, plan, bench_ms)
     row["traced_equals_plain"] = bool(torch.equal(row.pop("traced_out"), plain))
     print(_line(row), flush=True)
+    sm = {k: v for k, v in row["per_sm_last_call"].items() if k != "per_program"}
+    print(f"  per SM: {sm}", flush=True)
     times: dict[str, list[float]] = {"ours_fp8": []}
     fm = None
     if flash_mla is not None:

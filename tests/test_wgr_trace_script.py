@@ -53,3 +53,19 @@ def test_summary_of_a_known_trace():
     assert s["sm_clock_mhz"] == 2000.0 and s["timer_smallest_step_ns"] == 400  # (within a program's pages)
     assert s["last_program"]["entry_after_first"] == 0.2
     assert s["stored_to_next_request_start"] is None  # (one request a program)
+
+
+def test_per_sm_pairs_and_phases():
+    """Two SMs with two programs each (one pair in step with 3 µs pages, one half a page apart with 3.6 µs pages) and
+    one SM with one program: the pairs' phases and periods come out as built."""
+    t = torch.zeros(5, ROWS, COLS, dtype=torch.int64)
+    for p, (sm, period, offset) in enumerate([(0, 3000, 0), (0, 3000, 100), (1, 3600, 0), (1, 3600, 1800),
+                                               (2, 2600, 0)]):
+        t[p, 0, 0], t[p, 0, 1], t[p, 0, 4] = 1000, 200_000, sm
+        for g in range(10):
+            begin = 5000 + offset + g * period
+            t[p, 1 + REQS + g, 0], t[p, 1 + REQS + g, 2] = begin, begin + period
+    s = gpu_wgr_trace.per_sm(t, REQS)
+    assert (s["sms_with_two"], s["sms_with_one"]) == (2, 1)
+    assert s["by_phase"] == {"0.0-0.1": {"sms": 1, "mean_period_us": 3.0}, "0.4-0.5": {"sms": 1, "mean_period_us": 3.6}}
+    assert s["single_program_period"]["median"] == 2.6 and s["per_program"]["smid"] == [0, 0, 1, 1, 2]

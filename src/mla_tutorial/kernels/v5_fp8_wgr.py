@@ -76,6 +76,7 @@ from .v5_fp8_reg import (
 )
 from .v5_fp8_tma import tma_tile_launch_args
 from .v5_gluon import (
+    _probe_smid,
     _probe_time,
     _v5_next_part,
     _v5_part,
@@ -93,9 +94,9 @@ WGR_WARPS = 4  # one warpgroup (two programs per SM: ~110 KB of shared memory ea
 WGR_MAXNREG = 255  # two programs' 256 threads may use the register file's 64 K
 WGR_RAW_SLOTS = 2  # raw page slots in the ring: page i + 1 in flight while page i is computed
 #: the TRACE probe's buffer (scripts/gpu_wgr_trace.py): int64 [programs, TRACE_ROWS, TRACE_COLS]; row 0 the program
-#: (entry, exit in ns; the same in SM cycles), rows 1-4 its first four requests (start, first page issued, Q ready,
-#: pages done, stored, then the row sums done and half the output stored; ns), rows 5-68 its first 64 pages (begin,
-#: landed, end in ns; the same in cycles from column 4)
+#: (entry, exit in ns; the same in SM cycles; its SM), rows 1-4 its first four requests (start, first page issued, Q
+#: ready, pages done, stored, then the row sums done and half the output stored; ns), rows 5-68 its first 64 pages
+#: (begin, landed, end in ns; the same in cycles from column 4)
 TRACE_REQS, TRACE_PAGES, TRACE_COLS = 4, 64, 8
 TRACE_ROWS = 1 + TRACE_REQS + TRACE_PAGES
 #: an int64 tensor of at least [programs, TRACE_ROWS, TRACE_COLS] that the tile's launches fill with time stamps
@@ -135,6 +136,13 @@ if gluon is not None:
         if TRACE:
             prog = gl.program_id(1) * gl.num_programs(0) + gl.program_id(0)
             gl.store(trace_ptr + (prog * _T_ROWS + row) * _T_COLS + COL, _probe_time(not CLOCK), mask=ok)
+
+    @gluon.jit
+    def _wgr_stamp_sm(trace_ptr, TRACE: gl.constexpr):
+        """TRACE: the program's SM (%smid) into trace[program, 0, 4]."""
+        if TRACE:
+            prog = gl.program_id(1) * gl.num_programs(0) + gl.program_id(0)
+            gl.store(trace_ptr + prog * _T_ROWS * _T_COLS + 4, _probe_smid())
 
     @gluon.jit
     def _wgr_stamp_page(trace_ptr, g, COL: gl.constexpr, TRACE: gl.constexpr):
@@ -376,6 +384,7 @@ if gluon is not None:
         mx_smem = gl.allocate_shared_memory(gl.float32, [4, BM], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
         _wgr_stamp(trace_ptr, 0, True, 0, TRACE)
         _wgr_stamp(trace_ptr, 0, True, 2, TRACE, True)
+        _wgr_stamp_sm(trace_ptr, TRACE)
 
         m_start = (gl.program_id(1) % m_tiles) * BM
         begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)

@@ -128,6 +128,12 @@ if gluon is not None:
         return t
 
     @gluon.jit
+    def _probe_smid():
+        """The SM a program runs on (%smid), as an int64: for a tile's TRACE probe (which programs share an SM)."""
+        return gl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=gl.int32, is_pure=False,
+                                         pack=1).to(gl.int64)
+
+    @gluon.jit
     def _v5_part(meta_ptr, META_COLS: gl.constexpr):
         """This program's slice of the schedule: (begin_req, begin_block, end_req, end_block, begin_split)."""
         meta = meta_ptr + gl.program_id(0) * META_COLS
