@@ -49,10 +49,10 @@
 #   end together, two programs sharing an SM do not). Tried there and not kept: page i + 1's copy issued as soon as
 #   page i has landed (page waits fell, p90 0.77 -> 0.29 µs, but each page's work rose 0.22 µs: one bar.sync more a
 #   page; the call 7 % slower, 0.137 against 0.128 ms at 4k), the request's first block-table entry read beside its
-#   length (~0.1 µs), and the request's end
-#   through shared memory (row sums with one barrier, O / l staged in the free raw slot, 16-byte stores: the end 1.3
-#   µs shorter, 7 % faster at one page a request, but the GPU's ptxas then spilled in the page loop, 9 local loads a
-#   page against 2, and the call was 11-17 % slower at 1k-8k, in one store or a store a tile).
+#   length (~0.1 µs), and the request's end through shared memory (row sums with one barrier, O / l staged in the
+#   free raw slot, 16-byte stores: the end 1.3 µs shorter, 7 % faster at one page a request, but the GPU's ptxas then
+#   spilled in the page loop, 9 local loads a page against 2, and the call was 11-17 % slower at 1k-8k, in one store
+#   or a store a tile).
 """Version 5 over an FP8 cache, 16-row register tile on wgmma: both products transposed, the dequantized page the
 register A operand (Gluon, Triton 3.6)."""
 
