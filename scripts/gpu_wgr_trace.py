@@ -131,9 +131,12 @@ def summarize(t: torch.Tensor, reqs: int) -> dict:
     return out
 
 
-def _traced(call, meta, v5_fp8_wgr, plan, bench_ms) -> dict:
+def _traced(call, meta) -> dict:
     """The stamped tile's time and five stamped calls (each after an L2 flush) summarized, with the last call's
     per-program stamps (µs after the first entry; -1: none) and one program's whole trace."""
+    from mla_tutorial.kernels import plan, v5_fp8_wgr
+    from mla_tutorial.measure.kernel_bench import bench_ms
+
     reqs, rows, cols = v5_fp8_wgr.TRACE_REQS, v5_fp8_wgr.TRACE_ROWS, v5_fp8_wgr.TRACE_COLS
     trace = torch.zeros(meta.shape[0], rows, cols, dtype=torch.int64, device="cuda")
     plan.clear_plans()
@@ -215,9 +218,10 @@ def run(b: int, h_q: int, s_k: int, dist: str, rounds: int) -> dict:
     """One shape: the tile's answer against v5's bf16 call on the dequantized cache, its time, its stamps; then
     `rounds` rounds timing it and FlashMLA's bf16 call in turn."""
     from mla_tutorial.fp8 import dequantize_k_cache, quantize_k_cache
-    from mla_tutorial.kernels import mla_decode_v5, plan, v5_fp8_wgr
+    from mla_tutorial.kernels import mla_decode_v5, plan
     from mla_tutorial.kernels.schedule import get_mla_metadata
     from mla_tutorial.measure.kernel_bench import bench_ms, shape_inputs
+    from mla_tutorial.metrics import error_metrics
 
     (q, k, bt, sl), mean_sk = shape_inputs(b, h_q, 1, s_k, dist, seed=s_k + h_q)
     k8 = quantize_k_cache(k)
@@ -226,14 +230,14 @@ def run(b: int, h_q: int, s_k: int, dist: str, rounds: int) -> dict:
                                  check_bounds=False, is_fp8_kvcache=True, path="wgr")
     # (a check that the build and its launch still compute the tile; the FP8 tests are the tile's real check)
     ref = mla_decode_v5(q, dequantize_k_cache(k8), bt, sl, 512, tile_scheduler_metadata=meta, num_splits=splits,
-                        check_bounds=False)[0].float()
+                        check_bounds=False)[0]
     plan.clear_plans()
     plain = call()[0].clone()
+    err = error_metrics(plain, ref)
     row = {"b": b, "h_q": h_q, "s_k": s_k, "dist": dist, "mean_sk": mean_sk, "parts": int(meta.shape[0]),
-           "vs_bf16_on_dequantized": {"max_abs": float((plain.float() - ref).abs().max()),
-                                      "rel_frobenius": float((plain.float() - ref).norm() / ref.norm())},
+           "vs_bf16_on_dequantized": {"max_abs": err.max_abs, "rel_frobenius": err.rel_frob},
            "plain_ms": bench_ms(call)}
-    row |= _traced(call, meta, v5_fp8_wgr, plan, bench_ms)
+    row |= _traced(call, meta)
     row["traced_equals_plain"] = bool(torch.equal(row.pop("traced_out"), plain))
     print(_line(row), flush=True)
     sm = {k: v for k, v in row["per_sm_last_call"].items() if k != "per_program"}
