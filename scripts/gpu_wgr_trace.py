@@ -10,7 +10,7 @@ period), its stores, and the between-request gaps. The kernel's span is set agai
 same call (scripts/gpu_kernel_split.py's) and the plain tile's time beside the stamped one's.
 
     PYTHONPATH=.peers/flashmla:src python3 scripts/gpu_wgr_trace.py --out trace.json [--sk 64,256,1024,4096]
-        [--b 128] [--h 16] [--dist fixed|normal] [--rounds 3]
+        [--b 128] [--h 16] [--dist fixed|normal] [--rounds 3] [--variant "WGR_TRIGGER=1" ...]
 
 Then the plain tile and FlashMLA's bf16 call (when importable) are timed in turn for --rounds rounds. (The
 twenty-second session's calls 2, 4 and 6 ran it at commits 1d39917, 90135c8 and 86dfc0c with an --early or --staged
@@ -162,8 +162,11 @@ def _traced(call, meta) -> dict:
         "first_landed": [(int(x) - t0) / 1e3 if x else -1 for x in t[:, 1 + reqs, PAGE_LANDED]],
         "exit": [(int(x) - t0) / 1e3 if x else -1 for x in t[:, 0, 1]],
         "pages": (t[:, 1 + reqs:, 0] != 0).sum(1).tolist(), "meta": meta.cpu().tolist()}
+    sms = per_sm(t, reqs)
     return {"traced_ms": traced_ms, "traced_out": out, "calls": summaries, "per_program_last_call": per_program,
-            "per_sm_last_call": per_sm(t, reqs), "raw_program_0": t[0].tolist()}
+            "per_sm_last_call": sms, "exits_together_last_call": exit_correlations(per_program,
+                                                                                    sms["per_program"]["smid"]),
+            "raw_program_0": t[0].tolist()}
 
 
 def per_sm(t: torch.Tensor, reqs: int) -> dict:
@@ -214,9 +217,54 @@ def per_sm(t: torch.Tensor, reqs: int) -> dict:
     return out
 
 
-def run(b: int, h_q: int, s_k: int, dist: str, rounds: int) -> dict:
+def _corr(x: list[float], y: list[float]) -> float | None:
+    """Pearson's correlation of two equal-length lists (None under three pairs)."""
+    if len(x) < 3:
+        return None
+    return round(float(torch.corrcoef(torch.tensor([x, y], dtype=torch.float64))[0, 1]), 3)
+
+
+def exit_correlations(per_program: dict, smid: list[int]) -> dict:
+    """Whose exits go together, from one call's per-program stamps (_traced's per_program_last_call: entry, exit in
+    µs, pages, meta rows) and each program's SM: the two programs holding one request (over all requests, and over
+    those whose two programs each share their SM with another), the two programs sharing an SM, and on those SMs the
+    program that entered first against the other. The twenty-second session read the request's correlation over all
+    requests (0.85 at s_k 4k); the SMs holding one program end 25-50 µs early, and with both of a request's halves
+    on such SMs, those few requests carry that number (twenty-third session)."""
+    entry, exit_, pages, meta = (per_program[k] for k in ("entry", "exit", "pages", "meta"))
+    live = [p for p in range(len(exit_)) if pages[p] > 0 and exit_[p] >= 0]
+    on_sm: dict[int, list[int]] = {}
+    for p in live:
+        on_sm.setdefault(int(smid[p]), []).append(p)
+    shared = {p for progs in on_sm.values() if len(progs) == 2 for p in progs}
+    by_req: dict[int, list[int]] = {}
+    for p in live:
+        if meta[p][0] == meta[p][2]:  # (a program holding one request)
+            by_req.setdefault(int(meta[p][0]), []).append(p)
+    halves = [ps for ps in by_req.values() if len(ps) == 2]
+    both = [ps for ps in halves if set(ps) <= shared]
+    pairs = [sorted(ps, key=lambda p: (entry[p], p)) for ps in on_sm.values() if len(ps) == 2]
+    lone = [exit_[ps[0]] for ps in on_sm.values() if len(ps) == 1]
+    us = lambda xs: _pct(torch.tensor(xs, dtype=torch.float64) * 1e3) if xs else None  # noqa: E731
+    return {
+        "halves_all_requests": {"requests": len(halves), "corr": _corr([exit_[a] for a, _ in halves],
+                                                                       [exit_[b] for _, b in halves])},
+        "halves_on_shared_sms": {"requests": len(both), "corr": _corr([exit_[a] for a, _ in both],
+                                                                      [exit_[b] for _, b in both])},
+        "sharing_an_sm": {"sms": len(pairs), "corr": _corr([exit_[a] for a, _ in pairs],
+                                                           [exit_[b] for _, b in pairs])},
+        "exit_alone_on_sm": us(lone), "exit_sharing_an_sm": us([exit_[p] for p in shared]),
+        "first_in_minus_second_in": us([exit_[a] - exit_[b] for a, b in pairs]),
+        "first_in_ends_first": round(sum(exit_[a] < exit_[b] for a, b in pairs) / len(pairs), 3) if pairs else None,
+    }
+
+
+def run(b: int, h_q: int, s_k: int, dist: str, rounds: int, variants: tuple[str, ...] = ()) -> dict:
     """One shape: the tile's answer against v5's bf16 call on the dequantized cache, its time, its stamps; then
-    `rounds` rounds timing it and FlashMLA's bf16 call in turn."""
+    `rounds` rounds timing it, each variant (knob settings as scripts/with_knobs.py takes them, e.g. "WGR_TRIGGER=1")
+    and FlashMLA's bf16 call in turn."""
+    from with_knobs import current_knobs, set_knobs
+
     from mla_tutorial.fp8 import dequantize_k_cache, quantize_k_cache
     from mla_tutorial.kernels import mla_decode_v5, plan
     from mla_tutorial.kernels.schedule import get_mla_metadata
@@ -242,21 +290,38 @@ def run(b: int, h_q: int, s_k: int, dist: str, rounds: int) -> dict:
     print(_line(row), flush=True)
     sm = {k: v for k, v in row["per_sm_last_call"].items() if k != "per_program"}
     print(f"  per SM: {sm}", flush=True)
+    print(f"  exits together: {row['exits_together_last_call']}", flush=True)
     times: dict[str, list[float]] = {"ours_fp8": []}
     fm = None
     if flash_mla is not None:
         sched, _ = flash_mla.get_mla_metadata()
         fm = lambda args=(q, k, bt, sl, 512, sched, None): flash_mla.flash_mla_with_kvcache(*args)  # noqa: E731
         times["flashmla_bf16"] = []
-    for _ in range(rounds):  # (in turn, so that drift falls on both alike)
+    defaults = [f"{k}={int(v)}" for k, v in current_knobs().items()]
+    for v in variants:
+        times[f"ours_fp8[{v}]"] = []
+    for _ in range(rounds):  # (in turn, so that drift falls on all alike)
         times["ours_fp8"].append(bench_ms(call))
+        for v in variants:  # (a variant's knobs set, its plans built afresh, then the defaults back)
+            set_knobs(v.split())
+            plan.clear_plans()
+            try:
+                if not torch.equal(call()[0], plain):
+                    raise RuntimeError(f"variant {v} changed the tile's output")
+                times[f"ours_fp8[{v}]"].append(bench_ms(call))
+            finally:
+                set_knobs(defaults)
+                plan.clear_plans()
         if fm is not None:
             times["flashmla_bf16"].append(bench_ms(fm))
     row["rounds_ms"] = times
     row["median_ms"] = med = {name: sorted(x)[len(x) // 2] for name, x in times.items()}
     if fm is not None:
         row["flashmla_over_ours"] = med["flashmla_bf16"] / med["ours_fp8"]
-    print(f"  rounds: {med}  FlashMLA/ours {row.get('flashmla_over_ours')}", flush=True)
+        for v in variants:
+            row[f"flashmla_over_ours[{v}]"] = med["flashmla_bf16"] / med[f"ours_fp8[{v}]"]
+    ratios = {k: round(v, 3) for k, v in row.items() if k.startswith("flashmla_over_ours")}
+    print(f"  rounds: {med}  {ratios}", flush=True)
     return row
 
 
@@ -290,11 +355,13 @@ def main() -> int:
     ap.add_argument("--h", type=int, default=16)
     ap.add_argument("--dist", default="fixed")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--variant", action="append", default=[],
+                    help='knob settings timed beside the tile in its rounds, e.g. "WGR_TRIGGER=1" (repeatable)')
     args = ap.parse_args()
     rows = []
     for s_k in (int(x) for x in args.sk.split(",")):
         try:
-            row = run(args.b, args.h, s_k, args.dist, args.rounds)
+            row = run(args.b, args.h, s_k, args.dist, args.rounds, tuple(args.variant))
         except Exception as e:  # keep the other shapes
             row = {"b": args.b, "h_q": args.h, "s_k": s_k, "error": f"{type(e).__name__}: {str(e)[:500]}"}
             print(row, flush=True)

@@ -77,6 +77,7 @@ from .v5_fp8_reg import (
 )
 from .v5_fp8_tma import tma_tile_launch_args
 from .v5_gluon import (
+    _pdl_trigger,
     _probe_smid,
     _probe_time,
     _v5_next_part,
@@ -94,6 +95,9 @@ from .v5_gluon import (
 WGR_WARPS = 4  # one warpgroup (two programs per SM: ~110 KB of shared memory each)
 WGR_MAXNREG = 255  # two programs' 256 threads may use the register file's 64 K
 WGR_RAW_SLOTS = 2  # raw page slots in the ring: page i + 1 in flight while page i is computed
+#: a probe (twenty-third session): each program lets the combine's launch start at its entry (v5_gluon._pdl_trigger)
+#: instead of at its exit
+WGR_TRIGGER = False
 #: the TRACE probe's buffer (scripts/gpu_wgr_trace.py): int64 [programs, TRACE_ROWS, TRACE_COLS]; row 0 the program
 #: (entry, exit in ns; the same in SM cycles; its SM), rows 1-4 its first four requests (start, first page issued, Q
 #: ready, pages done, stored, then the row sums done and half the output stored; ns), rows 5-68 its first 64 pages
@@ -367,7 +371,7 @@ if gluon is not None:
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale, trace_ptr,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, MODE: gl.constexpr, TRACE: gl.constexpr,
-        num_warps: gl.constexpr,
+        num_warps: gl.constexpr, TRIGGER: gl.constexpr = False,
     ):
         # v5_fp8_reg.py's signature and ring (RAW raw page slots; kv_ptr and stride_kvb are not read), then the TRACE
         # probe's buffer (stamps only with TRACE). MODE (timing only): 0 the tile; 3 no dequantization (each operand is
@@ -386,6 +390,8 @@ if gluon is not None:
         _wgr_stamp(trace_ptr, 0, True, 0, TRACE)
         _wgr_stamp(trace_ptr, 0, True, 2, TRACE, True)
         _wgr_stamp_sm(trace_ptr, TRACE)
+        if TRIGGER:  # (the combine's launch from here; it still waits for this kernel's end: WGR_TRIGGER)
+            _pdl_trigger()
 
         m_start = (gl.program_id(1) % m_tiles) * BM
         begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
@@ -464,4 +470,5 @@ def launch_v5_fp8_wgr(q, k_cache, block_table, cache_seqlens, dims, causal, meta
                              f"{need} elements ([programs, TRACE_ROWS, TRACE_COLS]), got {trace.dtype} on "
                              f"{trace.device} with {trace.numel()}")
     _LAUNCH(grid, *args, ok_flag if trace is None else trace, CAUSAL=causal, META_COLS=meta.shape[1],
-            RAW=WGR_RAW_SLOTS, MODE=mode, TRACE=trace is not None, num_warps=WGR_WARPS, maxnreg=WGR_MAXNREG)
+            RAW=WGR_RAW_SLOTS, MODE=mode, TRACE=trace is not None, num_warps=WGR_WARPS, maxnreg=WGR_MAXNREG,
+            TRIGGER=WGR_TRIGGER)
