@@ -69,3 +69,35 @@ def test_per_sm_pairs_and_phases():
     assert (s["sms_with_two"], s["sms_with_one"]) == (2, 1)
     assert s["by_phase"] == {"0.0-0.1": {"sms": 1, "mean_period_us": 3.0}, "0.4-0.5": {"sms": 1, "mean_period_us": 3.6}}
     assert s["single_program_period"]["median"] == 2.6 and s["per_program"]["smid"] == [0, 0, 1, 1, 2]
+
+
+def test_exit_correlations_of_a_known_call():
+    """Three requests, two programs each: request 0's on SMs of their own (both end early), requests 1 and 2 share
+    SMs 1 and 2, halves ending apart; the first program in on SM 1 ends first, on SM 2 last."""
+    meta = [[r, 0, r, 32, 0] for r in (0, 0, 1, 1, 2, 2)]
+    per_program = {"entry": [0, 0, 0, 0, 0.1, 0.1], "exit": [90, 91, 120, 125, 124, 121],
+                   "pages": [32] * 6, "meta": meta}
+    c = gpu_wgr_trace.exit_correlations(per_program, [0, 3, 1, 2, 1, 2])
+    assert c["halves_all_requests"]["requests"] == 3 and c["halves_on_shared_sms"]["requests"] == 2
+    assert c["halves_on_shared_sms"]["corr"] is None  # (under three pairs)
+    assert c["exit_alone_on_sm"]["median"] == 90.5 and c["exit_sharing_an_sm"]["n"] == 4
+    assert c["first_in_minus_second_in"]["median"] == 0.0 and c["first_in_ends_first"] == 0.5
+
+
+def test_exit_correlations_of_the_committed_trace():
+    """The twenty-second session's call 9 (docs/results/probes/wgr_trace_sm_h200_2026-12-03.json), as
+    docs/fp8.md §5 and v5_notes.md quote it: a request's halves correlate 0.85 / 0.94 over all requests only because
+    of the four requests alone on their SMs; over the rest 0.13 / 0.50 (s_k 4k / 8k)."""
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "docs/results/probes/wgr_trace_sm_h200_2026-12-03.json"
+    rows = {r["s_k"]: r for r in json.loads(path.read_text())["rows"]}
+    smid = {s_k: r["per_sm_last_call"]["per_program"]["smid"] for s_k, r in rows.items()}
+    got = {s_k: gpu_wgr_trace.exit_correlations(r["per_program_last_call"], smid[s_k]) for s_k, r in rows.items()}
+    assert [got[s]["halves_all_requests"]["corr"] for s in (4096, 8192)] == [0.854, 0.936]
+    assert [got[s]["halves_on_shared_sms"]["corr"] for s in (4096, 8192)] == [0.125, 0.503]
+    assert [got[s]["halves_on_shared_sms"]["requests"] for s in (4096, 8192)] == [124, 124]
+    assert [got[s]["sharing_an_sm"]["corr"] for s in (4096, 8192)] == [0.064, -0.142]
+    assert [got[s]["exit_alone_on_sm"]["median"] for s in (4096, 8192)] == [95.232, 172.304]
+    assert [got[s]["exit_sharing_an_sm"]["median"] for s in (4096, 8192)] == [122.144, 224.368]
+    assert got[8192]["first_in_ends_first"] == 0.806 and got[8192]["first_in_minus_second_in"]["median"] == -3.76

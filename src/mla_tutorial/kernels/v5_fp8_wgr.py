@@ -45,8 +45,9 @@
 # Where its fixed ~23 µs go (twenty-second session; its TRACE stamps, scripts/gpu_wgr_trace.py, h16 b 128 s_k 4k): ~10
 #   µs from a program's entry to its first page landed (the schedule row and the request's length 2.4, the block-table
 #   entry 0.9, the first copy's flight 6.4: every program's first 41 KB asked for at once), ~4.5 µs of row sums,
-#   stores and exit, ~8 µs between the median program's exit and the last one's (by request: a request's two halves
-#   end together, two programs sharing an SM do not). Tried there and not kept: page i + 1's copy issued as soon as
+#   stores and exit, ~8 µs between the median program's exit and the last one's (each program's own variation in its
+#   pages' work: neither a request's two halves nor an SM's two programs end together, once the 8 SMs holding one
+#   program are set apart; twenty-third session). Tried there and not kept: page i + 1's copy issued as soon as
 #   page i has landed (page waits fell, p90 0.77 -> 0.29 µs, but each page's work rose 0.22 µs: one bar.sync more a
 #   page; the call 7 % slower, 0.137 against 0.128 ms at 4k), the request's first block-table entry read beside its
 #   length (~0.1 µs), and the request's end through shared memory (row sums with one barrier, O / l staged in the
