@@ -12,7 +12,8 @@
 # default 4, beside v5's FP8 choice and FlashMLA; scripts/gpu_fp8_seesaw_probe.py), stepsched (one schedule per
 # decode step: the decoder's graph GPU tests and tests/test_step.py, then scripts/gpu_step_schedule.py), wgr (the
 # register tile on wgmma, v5_fp8_wgr.py: its GPU cases, then its h16 timing beside the other 16-row FP8 tiles), wgrtrace (that tile's own time stamps, scripts/gpu_wgr_trace.py), split8 (gpu_kernel_split.py --fp8-h16), wgrtrig (the
-# combine launched from the tile's entry, WGR_TRIGGER, timed beside the tile, with its kernel split and GPU cases). The seesaw probe's check and time steps include its VARIANTS.
+# combine launched from the tile's entry, WGR_TRIGGER, timed beside the tile, with its kernel split and GPU cases), wgrf16
+# (the tile's MODE 4: V and P in fp16, timed, stamped and run on the GPU cases). The seesaw probe's check and time steps include its VARIANTS.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
 STEPS=${STEPS:-sched check time tests kernels fp8 decode}
@@ -215,6 +216,19 @@ if has wgrtrig; then
     scripts/gpu_kernel_split.py --fp8-h16 --out "$OUT/split8trig.json"
   step wgrtrig_tests ${WGR_LIMIT:-200} env PYTHONPATH=src:tests $PY scripts/with_knobs.py WGR_TRIGGER=1 -- -m pytest \
     -m gpu tests/test_wgr_gpu.py tests/test_fp8.py -q -p no:cacheprovider -k "wgr"
+fi
+# V in fp16 by the hardware conversion and P·scale in fp16 (twenty-third session; v5_fp8_wgr MODE 4, a probe): timed
+# beside the tile and MODE 3 (no dequantization) in its rounds, its own stamps at s_k 4k, then the tile's GPU cases
+# run with it (which of them its fp16 P·scale fails)
+if has wgrf16; then
+  step wgrf16 ${WGRTRACE_LIMIT:-200} env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py --out "$OUT/wgrf16.json" \
+    --sk 4096,8192,1024 --rounds 5 --variant WGR_MODE=4 --variant WGR_MODE=3
+  step wgrf16_n 90 env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py --out "$OUT/wgrf16_n.json" --sk 4096 \
+    --dist normal --rounds 5 --variant WGR_MODE=4
+  step wgrf16_trace 90 env PYTHONPATH=$PEERS:src $PY scripts/with_knobs.py WGR_MODE=4 -- scripts/gpu_wgr_trace.py \
+    --out "$OUT/wgrf16_trace.json" --sk 4096 --rounds 1
+  step wgrf16_tests ${WGR_LIMIT:-200} env PYTHONPATH=src:tests $PY scripts/with_knobs.py WGR_MODE=4 -- -m pytest \
+    -m gpu tests/test_wgr_gpu.py tests/test_fp8.py -q -rf -p no:cacheprovider -k "wgr"
 fi
 # everything in one file first in name order (a call brings back at most 8 files; the eighth session lost 5 logs)
 tar czf "$OUT/00_all.tgz" -C "$OUT" --exclude=00_all.tgz --exclude='*.ncu-rep' . 2>/dev/null

@@ -198,21 +198,23 @@ mov.b32 {$6, $7}, x3;
         return gl.convert_layout(down, rows_l)
 
     @gluon.jit
-    def _reg_smem(kv_desc, sc_desc, kr_desc, dtype: gl.constexpr, BM: gl.constexpr, RAW: gl.constexpr):
+    def _reg_smem(kv_desc, sc_desc, kr_desc, dtype: gl.constexpr, BM: gl.constexpr, RAW: gl.constexpr,
+                  P_DTYPE: gl.constexpr = None):
         """A 16-row register tile's shared memory: Q's latent part in fp16 (each row scaled into fp16's range) and its
         RoPE part in Q's dtype (columns permuted: _reg_load_q16), P times each tile's scales as four allocations
         (Triton's barrier analysis cannot tell the copies of one allocation indexed four times apart and puts a
         barrier after each store), and the raw ring as the copies land: [4 tiles, 64, 32] words a slot, the scales,
-        k_rope, three mbarriers a slot (_reg_expect_tma), initialised. Returns (q_smem, qr_smem, p0_smem .. p3_smem,
-        kv_raw, sc_raw, kr_raw, bw, bs, br)."""
+        k_rope, three mbarriers a slot (_reg_expect_tma), initialised (P in P_DTYPE where given, else in Q's dtype).
+        Returns (q_smem, qr_smem, p0_smem .. p3_smem, kv_raw, sc_raw, kr_raw, bw, bs, br)."""
         PAGE: gl.constexpr = 64
+        p_dtype: gl.constexpr = dtype if P_DTYPE is None else P_DTYPE
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         q_smem = gl.allocate_shared_memory(gl.float16, [BM, 512], smem_layout)
         qr_smem = gl.allocate_shared_memory(dtype, [BM, 64], smem_layout)
-        p0_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
-        p1_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
-        p2_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
-        p3_smem = gl.allocate_shared_memory(dtype, [BM, PAGE], smem_layout)
+        p0_smem = gl.allocate_shared_memory(p_dtype, [BM, PAGE], smem_layout)
+        p1_smem = gl.allocate_shared_memory(p_dtype, [BM, PAGE], smem_layout)
+        p2_smem = gl.allocate_shared_memory(p_dtype, [BM, PAGE], smem_layout)
+        p3_smem = gl.allocate_shared_memory(p_dtype, [BM, PAGE], smem_layout)
         kv_raw = gl.allocate_shared_memory(gl.int32, [RAW, 4, PAGE, 32], kv_desc.layout)
         sc_raw = gl.allocate_shared_memory(gl.int32, [RAW, PAGE, 4], sc_desc.layout)
         kr_raw = gl.allocate_shared_memory(dtype, [RAW, PAGE, 64], kr_desc.layout)

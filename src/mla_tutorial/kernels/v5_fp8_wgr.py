@@ -99,6 +99,9 @@ WGR_RAW_SLOTS = 2  # raw page slots in the ring: page i + 1 in flight while page
 #: a probe (twenty-third session): each program lets the combine's launch start at its entry (v5_gluon._pdl_trigger)
 #: instead of at its exit
 WGR_TRIGGER = False
+#: the tile's MODE where the caller asks for none (a probe's knob: 4, V dequantized to fp16 by the hardware
+#: conversion and P·scale stored in fp16)
+WGR_MODE = 0
 #: the TRACE probe's buffer (scripts/gpu_wgr_trace.py): int64 [programs, TRACE_ROWS, TRACE_COLS]; row 0 the program
 #: (entry, exit in ns; the same in SM cycles; its SM), rows 1-4 its first four requests (start, first page issued, Q
 #: ready, pages done, stored, then the row sums done and half the output stored; ns), rows 5-68 its first 64 pages
@@ -120,6 +123,15 @@ def _e4m3_pairs_asm(sel0: int, sel1: int) -> str:
                       "mul.rn.bf16x2 x0, x0, k;", "mul.rn.bf16x2 x1, x1, k;",
                       "mov.b32 {$0, $1}, x0;", "mov.b32 {$2, $3}, x1;", "}"])
 
+def _e4m3_pairs_f16_asm(sel: int) -> str:
+    """MODE 4's V operand: bytes e and e + 1 of the even key's word ($4) and of the odd key's ($5), gathered by one
+    prmt (selector sel) into [even e, odd e, even e + 1, odd e + 1], then each half converted by cvt.rn.f16x2.e4m3x2:
+    ($0, $1) the fp16 pair (even, odd) of byte e, ($2, $3) of byte e + 1 (the order of _E4M3_PAIRS_LO / _HI)."""
+    return "\n".join(["{", ".reg .b32 x, lo, hi;", ".reg .b16 l, h;", f"prmt.b32 x, $4, $5, 0x{sel:04X};",
+                      "mov.b32 {l, h}, x;", "cvt.rn.f16x2.e4m3x2 lo, l;", "cvt.rn.f16x2.e4m3x2 hi, h;",
+                      "mov.b32 {$0, $1}, lo;", "mov.b32 {$2, $3}, hi;", "}"])
+
+
 if gluon is not None:
     #: The products' layout: wgmma's accumulator for one warpgroup, N = the tile's 16 rows. S^T [64 keys, 16] and
     #: each scale tile's O^T [128 columns, 16] hold it: warp w the keys (columns) 16w .. 16w + 15 of each 64.
@@ -130,6 +142,9 @@ if gluon is not None:
     #: MODE 3 (timing only, results meaningless): the operands are the raw words' bits, moved, not dequantized.
     _RAW_AS_4 = gl.constexpr("mov.b32 {$0, $1}, $4; mov.b32 {$2, $3}, $4;")
     _RAW_AS_4_PAIRS = gl.constexpr("mov.b32 {$0, $1}, $4; mov.b32 {$2, $3}, $5;")
+    #: MODE 4 (a probe): _E4M3_PAIRS_LO / _HI's pairs in fp16 by the hardware conversion, one prmt a word of pairs
+    _E4M3_PAIRS_F16_LO = gl.constexpr(_e4m3_pairs_f16_asm(0x5140))
+    _E4M3_PAIRS_F16_HI = gl.constexpr(_e4m3_pairs_f16_asm(0x7362))
     WGR_LAYOUT = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 16, 16]))
     _T_ROWS = gl.constexpr(TRACE_ROWS)
     _T_COLS = gl.constexpr(TRACE_COLS)
@@ -213,6 +228,10 @@ if gluon is not None:
         if MODE == 3:  # (timing: no dequantization)
             y0, y1, y2, y3 = gl.inline_asm_elementwise(
                 _RAW_AS_4_PAIRS, "=h,=h,=h,=h,r,r", [w_even, w_odd], dtype=(gl.bfloat16,) * 4, is_pure=True, pack=1)
+        elif MODE == 4:  # (a probe: V in fp16, P in fp16)
+            y0, y1, y2, y3 = gl.inline_asm_elementwise(
+                _E4M3_PAIRS_F16_HI if e_hi else _E4M3_PAIRS_F16_LO, "=h,=h,=h,=h,r,r", [w_even, w_odd],
+                dtype=(gl.float16,) * 4, is_pure=True, pack=1)
         elif e_hi:
             y0, y1, y2, y3 = gl.inline_asm_elementwise(
                 _E4M3_PAIRS_HI, "=h,=h,=h,=h,r,r", [w_even, w_odd], dtype=(gl.bfloat16,) * 4, is_pure=True, pack=1)
@@ -322,7 +341,7 @@ if gluon is not None:
         products transposed): its raw rows in slot g % SLOTS, n_cur of them keys. Returns the running max, the
         per-key row sums [64, 16], the eight output accumulators and page i + 1's rows that hold keys."""
         PAGE: gl.constexpr = 64
-        dtype: gl.constexpr = qr_smem.dtype  # (P's)
+        dtype: gl.constexpr = p0_smem.dtype  # (P's)
         cur = _reg_page_in(kv_raw, sc_raw, kr_raw, bw, bs, br, g, n_cur, SLOTS, num_warps)  # (and P's copies free)
         _wgr_stamp_page(trace_ptr, g, 1, TRACE)
         sc0, sc1, sc2, sc3 = _wgr_scales(sc_raw.index(cur), keys_l)
@@ -376,7 +395,8 @@ if gluon is not None:
     ):
         # v5_fp8_reg.py's signature and ring (RAW raw page slots; kv_ptr and stride_kvb are not read), then the TRACE
         # probe's buffer (stamps only with TRACE). MODE (timing only): 0 the tile; 3 no dequantization (each operand is
-        # its raw words' bits: results meaningless)
+        # its raw words' bits: results meaningless); 4 V in fp16 by the hardware conversion, P·scale in fp16 (a probe:
+        # P·scale under fp16's range is lost)
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=WGR_LAYOUT, k_width=2)
@@ -386,7 +406,7 @@ if gluon is not None:
 
         # v5_fp8_reg.py's: Q (S^T's B operands), P times each tile's scales (O^T's), the raw ring
         q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, kv_raw, sc_raw, kr_raw, bw, bs, br = _reg_smem(
-            kv_desc, sc_desc, kr_desc, dtype, BM, RAW)
+            kv_desc, sc_desc, kr_desc, dtype, BM, RAW, gl.float16 if MODE == 4 else dtype)
         mx_smem = gl.allocate_shared_memory(gl.float32, [4, BM], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
         _wgr_stamp(trace_ptr, 0, True, 0, TRACE)
         _wgr_stamp(trace_ptr, 0, True, 2, TRACE, True)
@@ -471,5 +491,5 @@ def launch_v5_fp8_wgr(q, k_cache, block_table, cache_seqlens, dims, causal, meta
                              f"{need} elements ([programs, TRACE_ROWS, TRACE_COLS]), got {trace.dtype} on "
                              f"{trace.device} with {trace.numel()}")
     _LAUNCH(grid, *args, ok_flag if trace is None else trace, CAUSAL=causal, META_COLS=meta.shape[1],
-            RAW=WGR_RAW_SLOTS, MODE=mode, TRACE=trace is not None, num_warps=WGR_WARPS, maxnreg=WGR_MAXNREG,
+            RAW=WGR_RAW_SLOTS, MODE=mode or WGR_MODE, TRACE=trace is not None, num_warps=WGR_WARPS, maxnreg=WGR_MAXNREG,
             TRIGGER=WGR_TRIGGER)
