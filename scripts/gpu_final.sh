@@ -221,6 +221,8 @@ fi
 # beside the tile and MODE 3 (no dequantization) in its rounds, its own stamps at s_k 4k, then the tile's GPU cases
 # run with it (which of them its fp16 P·scale fails)
 if has wgrf16; then
+  step wgrf16_build 120 env PYTHONPATH=src $PY scripts/gpu_dump_wgr.py --out "$OUT/wgrf16_build" --knob WGR_MODE \
+    --values 0,4
   step wgrf16 ${WGRTRACE_LIMIT:-200} env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py --out "$OUT/wgrf16.json" \
     --sk 4096,8192,1024 --rounds 5 --variant WGR_MODE=4 --variant WGR_MODE=3
   step wgrf16_n 90 env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py --out "$OUT/wgrf16_n.json" --sk 4096 \

@@ -265,6 +265,29 @@ if gluon is not None:
         return gl.convert_layout(gl.max(scratch.load(cl), axis=0), rows_l, assert_trivial=True)
 
     @gluon.jit
+    def _wgr_scale_part(sc0, sc1, sc2, sc3, sx_smem):
+        """MODE 4: each warp's largest scale over its 16 keys and the four tiles (sc_T: [64] in S^T's row layout) into
+        sx_smem [4 warps], before _wgr_col_max's barrier (read after it by _wgr_scale_max)."""
+        x = gl.maximum(gl.maximum(sc0, sc1), gl.maximum(sc2, sc3))
+        sx_smem.store(gl.max(gl.reshape(x, [4, 16]), axis=1))
+
+    @gluon.jit
+    def _wgr_scale_max(sx_smem):
+        """MODE 4, after _wgr_col_max's barrier: the page's largest scale (a scalar; 0 where every row is past the
+        keys, _reg_page_in having zeroed them)."""
+        every: gl.constexpr = gl.BlockedLayout([4], [32], [4], [0])  # (each thread the four warps' partials)
+        return gl.max(sx_smem.load(every), axis=0)
+
+    @gluon.jit
+    def _wgr_norm(e, x):
+        """MODE 4: the request's running largest scale e and this page's x -> (the new one, the outputs' rescale
+        e / e_new beside alpha, 1 / e_new for the keys' scales, so that P·scale / e_new <= 1 keeps fp16's range).
+        Scales are powers of two (or 0): the ratios are exact."""
+        e_new = gl.maximum(e, x)
+        d = gl.maximum(e_new, 1.1754944e-38)  # (every scale 0 so far: P·0, outputs 0 already)
+        return e_new, e / d, 1.0 / d
+
+    @gluon.jit
     def _wgr_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, a_op: gl.constexpr,
                     MODE: gl.constexpr):
         """S^T = K·Q^T [64 keys, 16 rows] = Σ_T scale_T[key] · K8_T·Q_T^T + k_rope·Q_rope^T: asynchronous wgmma, one
@@ -333,13 +356,15 @@ if gluon is not None:
 
     @gluon.jit
     def _wgr_page(i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
-                  mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11, o20,
-                  o21, o30, o31, kv_desc, sc_desc, kr_desc, n_cur, a_op: gl.constexpr, rows_l: gl.constexpr,
+                  mx_smem, sx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10,
+                  o11, o20, o21, o30, o31, e_sc, kv_desc, sc_desc, kr_desc, n_cur, a_op: gl.constexpr,
+                  rows_l: gl.constexpr,
                   keys_l: gl.constexpr, num_warps: gl.constexpr, SLOTS: gl.constexpr, MODE: gl.constexpr, trace_ptr,
                   TRACE: gl.constexpr):
         """Page i of a request, the program's g-th page (v5_fp8_reg._reg_page's ring, copies and barriers; the
         products transposed): its raw rows in slot g % SLOTS, n_cur of them keys. Returns the running max, the
-        per-key row sums [64, 16], the eight output accumulators and page i + 1's rows that hold keys."""
+        per-key row sums [64, 16], the eight output accumulators, the request's running largest scale (MODE 4) and
+        page i + 1's rows that hold keys."""
         PAGE: gl.constexpr = 64
         dtype: gl.constexpr = p0_smem.dtype  # (P's)
         cur = _reg_page_in(kv_raw, sc_raw, kr_raw, bw, bs, br, g, n_cur, SLOTS, num_warps)  # (and P's copies free)
@@ -352,6 +377,8 @@ if gluon is not None:
         page_n, n_next = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)  # (none past the slice: masked)
         if i + 1 < hi:
             _reg_expect_tma(bw, bs, br, nxt)
+        if MODE == 4:  # (each warp's largest scale, behind the column max's barrier)
+            _wgr_scale_part(sc0, sc1, sc2, sc3, sx_smem)
         m_new = gl.maximum(m_i, _wgr_col_max(s, mx_smem, rows_l))
         if i + 1 < hi:  # page i + 1, in flight from here
             _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, nxt, page_n)
@@ -359,6 +386,13 @@ if gluon is not None:
         p = gl.exp2(s - m_use[None, :])
         alpha = gl.exp2(m_i - m_use)  # (the old sums' and outputs' rescale)
         l_keys = l_keys * alpha[None, :] + p
+        if MODE == 4:  # P·scale over the request's largest scale so far, in fp16; the outputs rescaled to match
+            e_sc, r, inv = _wgr_norm(e_sc, _wgr_scale_max(sx_smem))
+            alpha = alpha * r
+            sc0 = sc0 * inv
+            sc1 = sc1 * inv
+            sc2 = sc2 * inv
+            sc3 = sc3 * inv
         p0_smem.store(gl.permute((p * sc0[:, None]).to(dtype), (1, 0)))  # P [16, 64] times tile 0's scales
         p1_smem.store(gl.permute((p * sc1[:, None]).to(dtype), (1, 0)))
         p2_smem.store(gl.permute((p * sc2[:, None]).to(dtype), (1, 0)))
@@ -367,7 +401,7 @@ if gluon is not None:
         gl.thread_barrier()  # every warp's keys of P are in
         o00, o01, o10, o11, o20, o21, o30, o31 = _wgr_outputs(kv_raw, cur, p0_smem, p1_smem, p2_smem, p3_smem, o00,
                                                               o01, o10, o11, o20, o21, o30, o31, alpha, a_op, MODE)
-        return m_new, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, n_next
+        return m_new, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, e_sc, n_next
 
     @gluon.jit
     def _wgr_store(o_lo, o_hi, T: gl.constexpr, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr,
@@ -408,6 +442,7 @@ if gluon is not None:
         q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, kv_raw, sc_raw, kr_raw, bw, bs, br = _reg_smem(
             kv_desc, sc_desc, kr_desc, dtype, BM, RAW, gl.float16 if MODE == 4 else dtype)
         mx_smem = gl.allocate_shared_memory(gl.float32, [4, BM], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+        sx_smem = gl.allocate_shared_memory(gl.float32, [4], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
         _wgr_stamp(trace_ptr, 0, True, 0, TRACE)
         _wgr_stamp(trace_ptr, 0, True, 2, TRACE, True)
         _wgr_stamp_sm(trace_ptr, TRACE)
@@ -446,17 +481,27 @@ if gluon is not None:
             o21 = o00
             o30 = o00
             o31 = o00
+            e_sc = qk_scale * 0.0  # (MODE 4: the request's largest scale so far, none yet)
             for i in range(lo, hi):
                 _wgr_stamp_page(trace_ptr, g, 0, TRACE)
-                m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, n_cur = _wgr_page(
+                m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, e_sc, n_cur = _wgr_page(
                     i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
-                    mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11,
-                    o20, o21, o30, o31, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l, keys_l, num_warps, RAW, MODE,
-                    trace_ptr, TRACE)
+                    mx_smem, sx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10,
+                    o11, o20, o21, o30, o31, e_sc, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l, keys_l,
+                    num_warps, RAW, MODE, trace_ptr, TRACE)
                 _wgr_stamp_page(trace_ptr, g, 2, TRACE)
                 g += 1
             _wgr_stamp(trace_ptr, t_row, t_ok, 3, TRACE)
             l_i = gl.sum(l_keys, axis=0)
+            if MODE == 4:  # (the outputs back from the request's largest scale)
+                o00 = o00 * e_sc
+                o01 = o01 * e_sc
+                o10 = o10 * e_sc
+                o11 = o11 * e_sc
+                o20 = o20 * e_sc
+                o21 = o21 * e_sc
+                o30 = o30 * e_sc
+                o31 = o31 * e_sc
             _wgr_stamp(trace_ptr, t_row, t_ok, 5, TRACE)
 
             _wgr_store(o00, o01, 0, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
