@@ -215,13 +215,12 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0, tra
         sig = dict(list(sig.items())[:2] + descs + [kv for kv in list(sig.items())[2:] if kv[0] != "num_warps"])
         if kind == "ksplit":
             sig |= {"num_warps": "constexpr"}
-        elif kind == "wgr":  # (the TRACE probe's buffer, the register tile's RAW, its timing MODE, TRACE, TRIGGER)
+        elif kind == "wgr":  # (the TRACE probe's buffer, the register tile's RAW, its timing MODE, TRACE)
             items = list(sig.items())
             at = [k for k, _ in items].index("qk_scale") + 1
             sig = dict(items[:at] + [("trace_ptr", "*i64" if trace else "*i32")] + items[at:])
-            sig |= {"RAW": "constexpr", "MODE": "constexpr", "TRACE": "constexpr", "num_warps": "constexpr",
-                    "TRIGGER": "constexpr"}
-            consts |= {"RAW": v5_fp8_wgr.WGR_RAW_SLOTS, "MODE": mode, "TRACE": trace, "TRIGGER": v5_fp8_wgr.WGR_TRIGGER}
+            sig |= {"RAW": "constexpr", "MODE": "constexpr", "TRACE": "constexpr", "num_warps": "constexpr"}
+            consts |= {"RAW": v5_fp8_wgr.WGR_RAW_SLOTS, "MODE": mode, "TRACE": trace}
         else:
             sig |= {"RAW": "constexpr", "num_warps": "constexpr"}
             consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS}

@@ -11,9 +11,9 @@
 # tile: its GPU matrix cases, 1 and TPS tiles a producer step, then its 8 hostile cases and its timing with TPS,
 # default 4, beside v5's FP8 choice and FlashMLA; scripts/gpu_fp8_seesaw_probe.py), stepsched (one schedule per
 # decode step: the decoder's graph GPU tests and tests/test_step.py, then scripts/gpu_step_schedule.py), wgr (the
-# register tile on wgmma, v5_fp8_wgr.py: its GPU cases, then its h16 timing beside the other 16-row FP8 tiles), wgrtrace (that tile's own time stamps, scripts/gpu_wgr_trace.py), split8 (gpu_kernel_split.py --fp8-h16), wgrtrig (the
-# combine launched from the tile's entry, WGR_TRIGGER, timed beside the tile, with its kernel split and GPU cases), wgrf16
-# (the tile's MODE 4: V and P in fp16, timed, stamped and run on the GPU cases). The seesaw probe's check and time steps include its VARIANTS.
+# register tile on wgmma, v5_fp8_wgr.py: its GPU cases, then its h16 timing beside the other 16-row FP8 tiles), wgrtrace (that tile's own time stamps, scripts/gpu_wgr_trace.py), split8 (gpu_kernel_split.py --fp8-h16), wgrf16 (the
+# tile's MODE 4, a probe: V and P in fp16, its GPU build, timed, stamped and run on the GPU cases), wgracc (its error
+# and the tile's against the fp32 reference, the cache scaled down). The seesaw probe's check and time steps include its VARIANTS.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
 STEPS=${STEPS:-sched check time tests kernels fp8 decode}
@@ -204,19 +204,6 @@ has wgrtrace && step wgrtrace_n 100 env PYTHONPATH=$PEERS:src $PY scripts/gpu_wg
   --sk 4096 --dist normal
 has split8 && step split8 150 env PYTHONPATH=$PEERS:src $PY scripts/gpu_kernel_split.py --fp8-h16 \
   --out "$OUT/split8.json"
-# the combine's launch from the tile's entry (twenty-third session; v5_fp8_wgr.WGR_TRIGGER): the tile's stamps at
-# b 128, h16 with that variant timed in its rounds (s_k 64-8k, then ~N(4096, 2048)), each kernel's device time with
-# the variant set, then the tile's GPU cases with it
-if has wgrtrig; then
-  step wgrtrig ${WGRTRACE_LIMIT:-200} env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py --out "$OUT/wgrtrig.json" \
-    --sk ${WGRTRACE_SK:-4096,8192,64,1024} --rounds 5 --variant WGR_TRIGGER=1
-  step wgrtrig_n 90 env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py --out "$OUT/wgrtrig_n.json" --sk 4096 \
-    --dist normal --rounds 5 --variant WGR_TRIGGER=1
-  step split8trig 100 env PYTHONPATH=$PEERS:src $PY scripts/with_knobs.py WGR_TRIGGER=1 -- \
-    scripts/gpu_kernel_split.py --fp8-h16 --out "$OUT/split8trig.json"
-  step wgrtrig_tests ${WGR_LIMIT:-200} env PYTHONPATH=src:tests $PY scripts/with_knobs.py WGR_TRIGGER=1 -- -m pytest \
-    -m gpu tests/test_wgr_gpu.py tests/test_fp8.py -q -p no:cacheprovider -k "wgr"
-fi
 # V in fp16 by the hardware conversion and P·scale in fp16 (twenty-third session; v5_fp8_wgr MODE 4, a probe): timed
 # beside the tile and MODE 3 (no dequantization) in its rounds, its own stamps at s_k 4k, then the tile's GPU cases
 # run with it (which of them its fp16 P·scale fails)
@@ -232,6 +219,8 @@ if has wgrf16; then
   step wgrf16_tests ${WGR_LIMIT:-200} env PYTHONPATH=src:tests $PY scripts/with_knobs.py WGR_MODE=4 -- -m pytest \
     -m gpu tests/test_wgr_gpu.py tests/test_fp8.py -q -rf -p no:cacheprovider -k "wgr"
 fi
+# the tile, MODE 4 and v5's bf16 call against the fp32 reference, the cache's values scaled down (wgracc)
+has wgracc && step wgracc 120 env PYTHONPATH=src $PY scripts/gpu_wgr_trace.py --accuracy --out "$OUT/wgracc.json"
 # everything in one file first in name order (a call brings back at most 8 files; the eighth session lost 5 logs)
 tar czf "$OUT/00_all.tgz" -C "$OUT" --exclude=00_all.tgz --exclude='*.ncu-rep' . 2>/dev/null
 echo "=== done"

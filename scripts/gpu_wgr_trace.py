@@ -10,7 +10,7 @@ period), its stores, and the between-request gaps. The kernel's span is set agai
 same call (scripts/gpu_kernel_split.py's) and the plain tile's time beside the stamped one's.
 
     PYTHONPATH=.peers/flashmla:src python3 scripts/gpu_wgr_trace.py --out trace.json [--sk 64,256,1024,4096]
-        [--b 128] [--h 16] [--dist fixed|normal] [--rounds 3] [--variant "WGR_TRIGGER=1" ...]
+        [--b 128] [--h 16] [--dist fixed|normal] [--rounds 3] [--variant "WGR_MODE=4" ...]
 
 Then the plain tile and FlashMLA's bf16 call (when importable) are timed in turn for --rounds rounds. (The
 twenty-second session's calls 2, 4 and 6 ran it at commits 1d39917, 90135c8 and 86dfc0c with an --early or --staged
@@ -261,7 +261,7 @@ def exit_correlations(per_program: dict, smid: list[int]) -> dict:
 
 def run(b: int, h_q: int, s_k: int, dist: str, rounds: int, variants: tuple[str, ...] = ()) -> dict:
     """One shape: the tile's answer against v5's bf16 call on the dequantized cache, its time, its stamps; then
-    `rounds` rounds timing it, each variant (knob settings as scripts/with_knobs.py takes them, e.g. "WGR_TRIGGER=1")
+    `rounds` rounds timing it, each variant (knob settings as scripts/with_knobs.py takes them, e.g. "WGR_MODE=4")
     and FlashMLA's bf16 call in turn."""
     from with_knobs import current_knobs, set_knobs
 
@@ -329,6 +329,46 @@ def run(b: int, h_q: int, s_k: int, dist: str, rounds: int, variants: tuple[str,
     return row
 
 
+def accuracy(b: int = 16, h_q: int = 16, s_k: int = 4096, factors=(1.0, 2.0**-10, 2.0**-20)) -> list[dict]:
+    """The tile (MODE 0), MODE 4 (V and P·scale in fp16 as it is) and v5's bf16 call on the dequantized cache against
+    the fp32 reference on that cache, with the cache's values multiplied by each factor before quantization (smaller
+    values, smaller scales: where fp16's P·scale loses bits): max abs, relative Frobenius, cosine."""
+    from mla_tutorial.fp8 import dequantize_k_cache, quantize_k_cache
+    from mla_tutorial.kernels import mla_decode_v5, plan, v5_fp8_wgr
+    from mla_tutorial.kernels.reference import mla_decode_reference
+    from mla_tutorial.kernels.schedule import get_mla_metadata
+    from mla_tutorial.measure.kernel_bench import shape_inputs
+    from mla_tutorial.metrics import error_metrics
+
+    rows = []
+    (q, k, bt, sl), _ = shape_inputs(b, h_q, 1, s_k, "fixed", seed=7)
+    meta, splits = get_mla_metadata(sl, h_q, 1)
+    for factor in factors:
+        k8 = quantize_k_cache((k.float() * factor).bfloat16())
+        kd = dequantize_k_cache(k8)
+        ref = mla_decode_reference(q, kd, bt, sl, 512)[0]
+        row = {"factor": factor, "b": b, "h_q": h_q, "s_k": s_k}
+        outs = {"bf16_on_dequantized": mla_decode_v5(q, kd, bt, sl, 512, tile_scheduler_metadata=meta,
+                                                     num_splits=splits, check_bounds=False)[0]}
+        for mode in (0, 4):
+            v5_fp8_wgr.WGR_MODE = mode
+            plan.clear_plans()
+            try:
+                outs[f"wgr_mode{mode}"] = mla_decode_v5(q, k8, bt, sl, 512, tile_scheduler_metadata=meta,
+                                                        num_splits=splits, check_bounds=False, is_fp8_kvcache=True,
+                                                        path="wgr")[0]
+            finally:
+                v5_fp8_wgr.WGR_MODE = 0
+                plan.clear_plans()
+        for name, out in outs.items():
+            e = error_metrics(out, ref)
+            row[name] = {"max_abs": e.max_abs, "rel_frobenius": e.rel_frob, "cosine": e.cosine}
+        row["ref_abs_max"] = float(ref.abs().max())
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
 def _line(v: dict) -> str:
     s = v["calls"][len(v["calls"]) // 2]
 
@@ -360,8 +400,13 @@ def main() -> int:
     ap.add_argument("--dist", default="fixed")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variant", action="append", default=[],
-                    help='knob settings timed beside the tile in its rounds, e.g. "WGR_TRIGGER=1" (repeatable)')
+                    help='knob settings timed beside the tile in its rounds, e.g. "WGR_MODE=4" (repeatable)')
+    ap.add_argument("--accuracy", action="store_true",
+                    help="only the tile's, MODE 4's and the bf16 call's error against the fp32 reference")
     args = ap.parse_args()
+    if args.accuracy:
+        save_probe(accuracy())
+        return 0
     rows = []
     for s_k in (int(x) for x in args.sk.split(",")):
         try:

@@ -54,6 +54,15 @@
 #   free raw slot, 16-byte stores: the end 1.3 µs shorter, 7 % faster at one page a request, but the GPU's ptxas then
 #   spilled in the page loop, 9 local loads a page against 2, and the call was 11-17 % slower at 1k-8k, in one store
 #   or a store a tile).
+# The page work without the bf16 V (twenty-third session, MODE 4, a probe kept for timing): V's operand by one prmt a
+#   word of pairs and the hardware's e4m3x2 -> f16x2 conversion instead of the bf16 bit trick (prmt, shift, mask,
+#   multiply: 564 of the page loop's 1,649 instructions a warp), P·scale then in fp16: 1,329 instructions, the call
+#   3.0 % faster at 4k, 4.7 % at 8k (0.1231 / 0.2152 ms, FlashMLA / it 1.34 / 1.43). Not the tile: P·scale under
+#   fp16's normal range (2^-14) loses bits, so a cache of small values would be answered less precisely without a
+#   sign. P divided by the request's largest scale so far (one more reduction across the warps a page, behind the
+#   column max's barrier; an exact power-of-two rescale of the outputs) fixes that, but the GPU's ptxas then spilled
+#   in the page loop (13 local loads a page against 2) and the call was 33 % slower (0.169 ms at 4k). No
+#   dequantization at all (MODE 3) reaches 1.41 at 4k, 1.51 at 8k: the dequantization is not what keeps 4k from 1.5.
 """Version 5 over an FP8 cache, 16-row register tile on wgmma: both products transposed, the dequantized page the
 register A operand (Gluon, Triton 3.6)."""
 
@@ -78,7 +87,6 @@ from .v5_fp8_reg import (
 )
 from .v5_fp8_tma import tma_tile_launch_args
 from .v5_gluon import (
-    _pdl_trigger,
     _probe_smid,
     _probe_time,
     _v5_next_part,
@@ -96,11 +104,8 @@ from .v5_gluon import (
 WGR_WARPS = 4  # one warpgroup (two programs per SM: ~110 KB of shared memory each)
 WGR_MAXNREG = 255  # two programs' 256 threads may use the register file's 64 K
 WGR_RAW_SLOTS = 2  # raw page slots in the ring: page i + 1 in flight while page i is computed
-#: a probe (twenty-third session): each program lets the combine's launch start at its entry (v5_gluon._pdl_trigger)
-#: instead of at its exit
-WGR_TRIGGER = False
-#: the tile's MODE where the caller asks for none (a probe's knob: 4, V dequantized to fp16 by the hardware
-#: conversion and P·scale stored in fp16)
+#: the tile's MODE where the caller asks for none (a probe's knob, timing only: 3 no dequantization; 4 V dequantized
+#: to fp16 by the hardware conversion and P·scale stored in fp16 as it is, imprecise for small scales)
 WGR_MODE = 0
 #: the TRACE probe's buffer (scripts/gpu_wgr_trace.py): int64 [programs, TRACE_ROWS, TRACE_COLS]; row 0 the program
 #: (entry, exit in ns; the same in SM cycles; its SM), rows 1-4 its first four requests (start, first page issued, Q
@@ -265,29 +270,6 @@ if gluon is not None:
         return gl.convert_layout(gl.max(scratch.load(cl), axis=0), rows_l, assert_trivial=True)
 
     @gluon.jit
-    def _wgr_scale_part(sc0, sc1, sc2, sc3, sx_smem):
-        """MODE 4: each warp's largest scale over its 16 keys and the four tiles (sc_T: [64] in S^T's row layout) into
-        sx_smem [4 warps], before _wgr_col_max's barrier (read after it by _wgr_scale_max)."""
-        x = gl.maximum(gl.maximum(sc0, sc1), gl.maximum(sc2, sc3))
-        sx_smem.store(gl.max(gl.reshape(x, [4, 16]), axis=1))
-
-    @gluon.jit
-    def _wgr_scale_max(sx_smem):
-        """MODE 4, after _wgr_col_max's barrier: the page's largest scale (a scalar; 0 where every row is past the
-        keys, _reg_page_in having zeroed them)."""
-        every: gl.constexpr = gl.BlockedLayout([4], [32], [4], [0])  # (each thread the four warps' partials)
-        return gl.max(sx_smem.load(every), axis=0)
-
-    @gluon.jit
-    def _wgr_norm(e, x):
-        """MODE 4: the request's running largest scale e and this page's x -> (the new one, the outputs' rescale
-        e / e_new beside alpha, 1 / e_new for the keys' scales, so that P·scale / e_new <= 1 keeps fp16's range).
-        Scales are powers of two (or 0): the ratios are exact."""
-        e_new = gl.maximum(e, x)
-        d = gl.maximum(e_new, 1.1754944e-38)  # (every scale 0 so far: P·0, outputs 0 already)
-        return e_new, e / d, 1.0 / d
-
-    @gluon.jit
     def _wgr_scores(q_smem, qr_smem, kv_raw, kr_raw, slot, sc0, sc1, sc2, sc3, a_op: gl.constexpr,
                     MODE: gl.constexpr):
         """S^T = K·Q^T [64 keys, 16 rows] = Σ_T scale_T[key] · K8_T·Q_T^T + k_rope·Q_rope^T: asynchronous wgmma, one
@@ -356,15 +338,13 @@ if gluon is not None:
 
     @gluon.jit
     def _wgr_page(i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
-                  mx_smem, sx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10,
-                  o11, o20, o21, o30, o31, e_sc, kv_desc, sc_desc, kr_desc, n_cur, a_op: gl.constexpr,
-                  rows_l: gl.constexpr,
+                  mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11, o20,
+                  o21, o30, o31, kv_desc, sc_desc, kr_desc, n_cur, a_op: gl.constexpr, rows_l: gl.constexpr,
                   keys_l: gl.constexpr, num_warps: gl.constexpr, SLOTS: gl.constexpr, MODE: gl.constexpr, trace_ptr,
                   TRACE: gl.constexpr):
         """Page i of a request, the program's g-th page (v5_fp8_reg._reg_page's ring, copies and barriers; the
         products transposed): its raw rows in slot g % SLOTS, n_cur of them keys. Returns the running max, the
-        per-key row sums [64, 16], the eight output accumulators, the request's running largest scale (MODE 4) and
-        page i + 1's rows that hold keys."""
+        per-key row sums [64, 16], the eight output accumulators and page i + 1's rows that hold keys."""
         PAGE: gl.constexpr = 64
         dtype: gl.constexpr = p0_smem.dtype  # (P's)
         cur = _reg_page_in(kv_raw, sc_raw, kr_raw, bw, bs, br, g, n_cur, SLOTS, num_warps)  # (and P's copies free)
@@ -377,8 +357,6 @@ if gluon is not None:
         page_n, n_next = _fp8_page(bt_row, i + 1, hi, s_k, num_blocks, ok_ptr)  # (none past the slice: masked)
         if i + 1 < hi:
             _reg_expect_tma(bw, bs, br, nxt)
-        if MODE == 4:  # (each warp's largest scale, behind the column max's barrier)
-            _wgr_scale_part(sc0, sc1, sc2, sc3, sx_smem)
         m_new = gl.maximum(m_i, _wgr_col_max(s, mx_smem, rows_l))
         if i + 1 < hi:  # page i + 1, in flight from here
             _reg_issue_tma(kv_desc, sc_desc, kr_desc, kv_raw, sc_raw, kr_raw, bw, bs, br, nxt, page_n)
@@ -386,13 +364,6 @@ if gluon is not None:
         p = gl.exp2(s - m_use[None, :])
         alpha = gl.exp2(m_i - m_use)  # (the old sums' and outputs' rescale)
         l_keys = l_keys * alpha[None, :] + p
-        if MODE == 4:  # P·scale over the request's largest scale so far, in fp16; the outputs rescaled to match
-            e_sc, r, inv = _wgr_norm(e_sc, _wgr_scale_max(sx_smem))
-            alpha = alpha * r
-            sc0 = sc0 * inv
-            sc1 = sc1 * inv
-            sc2 = sc2 * inv
-            sc3 = sc3 * inv
         p0_smem.store(gl.permute((p * sc0[:, None]).to(dtype), (1, 0)))  # P [16, 64] times tile 0's scales
         p1_smem.store(gl.permute((p * sc1[:, None]).to(dtype), (1, 0)))
         p2_smem.store(gl.permute((p * sc2[:, None]).to(dtype), (1, 0)))
@@ -401,7 +372,7 @@ if gluon is not None:
         gl.thread_barrier()  # every warp's keys of P are in
         o00, o01, o10, o11, o20, o21, o30, o31 = _wgr_outputs(kv_raw, cur, p0_smem, p1_smem, p2_smem, p3_smem, o00,
                                                               o01, o10, o11, o20, o21, o30, o31, alpha, a_op, MODE)
-        return m_new, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, e_sc, n_next
+        return m_new, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, n_next
 
     @gluon.jit
     def _wgr_store(o_lo, o_hi, T: gl.constexpr, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr,
@@ -425,7 +396,7 @@ if gluon is not None:
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale, trace_ptr,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, MODE: gl.constexpr, TRACE: gl.constexpr,
-        num_warps: gl.constexpr, TRIGGER: gl.constexpr = False,
+        num_warps: gl.constexpr,
     ):
         # v5_fp8_reg.py's signature and ring (RAW raw page slots; kv_ptr and stride_kvb are not read), then the TRACE
         # probe's buffer (stamps only with TRACE). MODE (timing only): 0 the tile; 3 no dequantization (each operand is
@@ -442,12 +413,9 @@ if gluon is not None:
         q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, kv_raw, sc_raw, kr_raw, bw, bs, br = _reg_smem(
             kv_desc, sc_desc, kr_desc, dtype, BM, RAW, gl.float16 if MODE == 4 else dtype)
         mx_smem = gl.allocate_shared_memory(gl.float32, [4, BM], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
-        sx_smem = gl.allocate_shared_memory(gl.float32, [4], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
         _wgr_stamp(trace_ptr, 0, True, 0, TRACE)
         _wgr_stamp(trace_ptr, 0, True, 2, TRACE, True)
         _wgr_stamp_sm(trace_ptr, TRACE)
-        if TRIGGER:  # (the combine's launch from here; it still waits for this kernel's end: WGR_TRIGGER)
-            _pdl_trigger()
 
         m_start = (gl.program_id(1) % m_tiles) * BM
         begin_req, begin_block, end_req, end_block, begin_split = _v5_part(meta_ptr, META_COLS)
@@ -481,27 +449,17 @@ if gluon is not None:
             o21 = o00
             o30 = o00
             o31 = o00
-            e_sc = qk_scale * 0.0  # (MODE 4: the request's largest scale so far, none yet)
             for i in range(lo, hi):
                 _wgr_stamp_page(trace_ptr, g, 0, TRACE)
-                m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, e_sc, n_cur = _wgr_page(
+                m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, n_cur = _wgr_page(
                     i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
-                    mx_smem, sx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10,
-                    o11, o20, o21, o30, o31, e_sc, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l, keys_l,
-                    num_warps, RAW, MODE, trace_ptr, TRACE)
+                    mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11,
+                    o20, o21, o30, o31, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l, keys_l, num_warps, RAW, MODE,
+                    trace_ptr, TRACE)
                 _wgr_stamp_page(trace_ptr, g, 2, TRACE)
                 g += 1
             _wgr_stamp(trace_ptr, t_row, t_ok, 3, TRACE)
             l_i = gl.sum(l_keys, axis=0)
-            if MODE == 4:  # (the outputs back from the request's largest scale)
-                o00 = o00 * e_sc
-                o01 = o01 * e_sc
-                o10 = o10 * e_sc
-                o11 = o11 * e_sc
-                o20 = o20 * e_sc
-                o21 = o21 * e_sc
-                o30 = o30 * e_sc
-                o31 = o31 * e_sc
             _wgr_stamp(trace_ptr, t_row, t_ok, 5, TRACE)
 
             _wgr_store(o00, o01, 0, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
@@ -536,5 +494,4 @@ def launch_v5_fp8_wgr(q, k_cache, block_table, cache_seqlens, dims, causal, meta
                              f"{need} elements ([programs, TRACE_ROWS, TRACE_COLS]), got {trace.dtype} on "
                              f"{trace.device} with {trace.numel()}")
     _LAUNCH(grid, *args, ok_flag if trace is None else trace, CAUSAL=causal, META_COLS=meta.shape[1],
-            RAW=WGR_RAW_SLOTS, MODE=mode or WGR_MODE, TRACE=trace is not None, num_warps=WGR_WARPS, maxnreg=WGR_MAXNREG,
-            TRIGGER=WGR_TRIGGER)
+            RAW=WGR_RAW_SLOTS, MODE=mode or WGR_MODE, TRACE=trace is not None, num_warps=WGR_WARPS, maxnreg=WGR_MAXNREG)

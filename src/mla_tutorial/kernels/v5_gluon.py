@@ -134,14 +134,6 @@ if gluon is not None:
                                          pack=1).to(gl.int64)
 
     @gluon.jit
-    def _pdl_trigger():
-        """Programmatic dependent launch (sm_90): let the kernel launched after this one (the combine, launched with
-        PDL) be scheduled now; its programs still wait at `gdc_wait` until this whole kernel has finished and its
-        writes are visible, so where it is called changes when the next kernel's launch starts, never what it reads."""
-        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False,
-                                  pack=1)
-
-    @gluon.jit
     def _v5_part(meta_ptr, META_COLS: gl.constexpr):
         """This program's slice of the schedule: (begin_req, begin_block, end_req, end_block, begin_split)."""
         meta = meta_ptr + gl.program_id(0) * META_COLS
