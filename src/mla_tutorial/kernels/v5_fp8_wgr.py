@@ -97,6 +97,7 @@ from .v5_gluon import (
     fence_async_shared,
     gl,
     gluon,
+    mbarrier,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
@@ -104,8 +105,9 @@ from .v5_gluon import (
 WGR_WARPS = 4  # one warpgroup (two programs per SM: ~110 KB of shared memory each)
 WGR_MAXNREG = 255  # two programs' 256 threads may use the register file's 64 K
 WGR_RAW_SLOTS = 2  # raw page slots in the ring: page i + 1 in flight while page i is computed
-#: the tile's MODE where the caller asks for none (a probe's knob, timing only: 3 no dequantization; 4 V dequantized
-#: to fp16 by the hardware conversion and P·scale stored in fp16 as it is, imprecise for small scales)
+#: the tile's MODE where the caller asks for none (a probe's knob: 3 no dequantization, timing only; 4 V dequantized to
+#: fp16 by the hardware conversion and P·scale in fp16, each request's scales times a power of two read from its
+#: first page, _wgr_first_scale)
 WGR_MODE = 0
 #: the TRACE probe's buffer (scripts/gpu_wgr_trace.py): int64 [programs, TRACE_ROWS, TRACE_COLS]; row 0 the program
 #: (entry, exit in ns; the same in SM cycles; its SM), rows 1-4 its first four requests (start, first page issued, Q
@@ -258,6 +260,23 @@ if gluon is not None:
         return _scales_as(sc_slot, l4, keys_l)
 
     @gluon.jit
+    def _wgr_first_scale(sc_raw, bs, g, n_cur, SLOTS: gl.constexpr):
+        """MODE 4, before a request's first page (the program's g-th): once its scales have landed, 2^(127 - k) with
+        2^(k - 127) the largest scale of its n_cur rows that hold keys, at least 2^-13 (FlashMLA's quantizer's
+        floor): the factor every page of the request multiplies its scales by, so that P·scale·factor stays in fp16's
+        range (under 2 while the request's scales stay within 2^15 of its first page's largest; the quantizer's
+        floor keeps the small ones at 2^-13 and up). Read once a request, outside the page loop."""
+        mbarrier.wait(bs.index(g % SLOTS), (g // SLOTS) % 2)  # (the page's own wait, in _reg_page_in, is then done)
+        l4: gl.constexpr = gl.DistributedLinearLayout(  # every warp the whole [64, 4]: no reduction across warps
+            reg_bases=[[0, 1], [0, 2], [32, 0]], lane_bases=[[1, 0], [2, 0], [4, 0], [8, 0], [16, 0]],
+            warp_bases=[[0, 0], [0, 0]], block_bases=[], shape=[64, 4])
+        x = sc_raw.index(g % SLOTS).load(l4).to(gl.float32, bitcast=True)  # [64 rows, 4 tiles]
+        row = gl.arange(0, 64, layout=gl.SliceLayout(1, l4))
+        x = gl.where(row[:, None] < n_cur, x, 0.0)  # (rows past the keys: not yet zeroed, maybe NaN)
+        k = gl.maximum((gl.max(gl.max(x, axis=1), axis=0).to(gl.int32, bitcast=True) >> 23) & 0xFF, 127 - 13)
+        return ((254 - k) << 23).to(gl.float32, bitcast=True)
+
+    @gluon.jit
     def _wgr_col_max(s, scratch, rows_l: gl.constexpr):
         """S^T's column max [16] (each row's max over the page's keys) across the four warps with one barrier: each
         warp's partial over its 16 keys into scratch [4, 16], a barrier, then every thread reads its columns' four
@@ -339,7 +358,7 @@ if gluon is not None:
     @gluon.jit
     def _wgr_page(i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
                   mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11, o20,
-                  o21, o30, o31, kv_desc, sc_desc, kr_desc, n_cur, a_op: gl.constexpr, rows_l: gl.constexpr,
+                  o21, o30, o31, sc_factor, kv_desc, sc_desc, kr_desc, n_cur, a_op: gl.constexpr, rows_l: gl.constexpr,
                   keys_l: gl.constexpr, num_warps: gl.constexpr, SLOTS: gl.constexpr, MODE: gl.constexpr, trace_ptr,
                   TRACE: gl.constexpr):
         """Page i of a request, the program's g-th page (v5_fp8_reg._reg_page's ring, copies and barriers; the
@@ -364,6 +383,11 @@ if gluon is not None:
         p = gl.exp2(s - m_use[None, :])
         alpha = gl.exp2(m_i - m_use)  # (the old sums' and outputs' rescale)
         l_keys = l_keys * alpha[None, :] + p
+        if MODE == 4:  # (P·scale in fp16: the request's scale factor, _wgr_first_scale)
+            sc0 = sc0 * sc_factor
+            sc1 = sc1 * sc_factor
+            sc2 = sc2 * sc_factor
+            sc3 = sc3 * sc_factor
         p0_smem.store(gl.permute((p * sc0[:, None]).to(dtype), (1, 0)))  # P [16, 64] times tile 0's scales
         p1_smem.store(gl.permute((p * sc1[:, None]).to(dtype), (1, 0)))
         p2_smem.store(gl.permute((p * sc2[:, None]).to(dtype), (1, 0)))
@@ -400,8 +424,8 @@ if gluon is not None:
     ):
         # v5_fp8_reg.py's signature and ring (RAW raw page slots; kv_ptr and stride_kvb are not read), then the TRACE
         # probe's buffer (stamps only with TRACE). MODE (timing only): 0 the tile; 3 no dequantization (each operand is
-        # its raw words' bits: results meaningless); 4 V in fp16 by the hardware conversion, P·scale in fp16 (a probe:
-        # P·scale under fp16's range is lost)
+        # its raw words' bits: results meaningless); 4 V in fp16 by the hardware conversion, P·scale in fp16, the
+        # scales times a power of two per request (_wgr_first_scale)
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=WGR_LAYOUT, k_width=2)
@@ -449,17 +473,31 @@ if gluon is not None:
             o21 = o00
             o30 = o00
             o31 = o00
+            sc_factor = 1.0
+            if MODE == 4:
+                if lo < hi:
+                    sc_factor = _wgr_first_scale(sc_raw, bs, g, n_cur, RAW)
             for i in range(lo, hi):
                 _wgr_stamp_page(trace_ptr, g, 0, TRACE)
                 m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, n_cur = _wgr_page(
                     i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
                     mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11,
-                    o20, o21, o30, o31, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l, keys_l, num_warps, RAW, MODE,
+                    o20, o21, o30, o31, sc_factor, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l, keys_l, num_warps, RAW, MODE,
                     trace_ptr, TRACE)
                 _wgr_stamp_page(trace_ptr, g, 2, TRACE)
                 g += 1
             _wgr_stamp(trace_ptr, t_row, t_ok, 3, TRACE)
             l_i = gl.sum(l_keys, axis=0)
+            if MODE == 4:  # (the outputs back from the request's scale factor: exact, a power of two)
+                inv = ((254 << 23) - sc_factor.to(gl.int32, bitcast=True)).to(gl.float32, bitcast=True)
+                o00 = o00 * inv
+                o01 = o01 * inv
+                o10 = o10 * inv
+                o11 = o11 * inv
+                o20 = o20 * inv
+                o21 = o21 * inv
+                o30 = o30 * inv
+                o31 = o31 * inv
             _wgr_stamp(trace_ptr, t_row, t_ok, 5, TRACE)
 
             _wgr_store(o00, o01, 0, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
