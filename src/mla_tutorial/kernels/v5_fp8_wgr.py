@@ -482,8 +482,8 @@ if gluon is not None:
                 m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, n_cur = _wgr_page(
                     i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
                     mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11,
-                    o20, o21, o30, o31, sc_factor, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l, keys_l, num_warps, RAW, MODE,
-                    trace_ptr, TRACE)
+                    o20, o21, o30, o31, sc_factor, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l, keys_l, num_warps,
+                    RAW, MODE, trace_ptr, TRACE)
                 _wgr_stamp_page(trace_ptr, g, 2, TRACE)
                 g += 1
             _wgr_stamp(trace_ptr, t_row, t_ok, 3, TRACE)
