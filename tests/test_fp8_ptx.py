@@ -103,6 +103,27 @@ def test_half_pair_sequences_are_exact_on_every_pair_of_codes():
             assert np.array_equal(out[2 * i], float_to_bf16_bits(_e4m3_value(even))), f"byte {e}, even key"
             assert np.array_equal(out[2 * i + 1], float_to_bf16_bits(_e4m3_value(odd))), f"byte {e}, odd key"
 
+def test_half_pair_sequences_in_fp16_are_exact_on_every_pair_of_codes():
+    """_E4M3_PAIRS_F16_LO / _HI (MODE 4 of kernels/v5_fp8_wgr.py: V^T in fp16): the pairs of _E4M3_PAIRS_LO / _HI
+    in the same order, as fp16 by the hardware conversion (one prmt a word of pairs), on every pair of codes (NaN
+    included: the conversion keeps it)."""
+    v5_fp8_wgr = pytest.importorskip("mla_tutorial.kernels.v5_fp8_wgr")
+    codes = np.arange(256, dtype=np.uint32)
+    even, odd = (g.ravel() for g in np.meshgrid(codes, codes, indexing="ij"))
+    junk = np.uint32(0x5A)
+    for half, asm in ((0, v5_fp8_wgr._E4M3_PAIRS_F16_LO), (1, v5_fp8_wgr._E4M3_PAIRS_F16_HI)):
+        for i in range(2):
+            e = 2 * half + i
+
+            def word(c, e=e):
+                w = np.full_like(c, junk | junk << 8 | junk << 16 | junk << 24)
+                return (w & ~np.uint32(0xFF << (8 * e))) | (c << (8 * e))
+
+            out = run_ptx(asm.value, {4: word(even), 5: word(odd)})
+            assert np.array_equal(out[2 * i], e4m3_bits_to_fp16(even)), f"byte {e}, even key"
+            assert np.array_equal(out[2 * i + 1], e4m3_bits_to_fp16(odd)), f"byte {e}, odd key"
+
+
 def test_nan_codes_read_as_480_and_a_nan_scale_passes_through():
     """The documented edge: e4m3's NaN code reads ±480 (no NaN check in the sequences); the quantizer gives a tile
     holding a NaN a NaN scale, which the multiply passes on."""

@@ -54,15 +54,20 @@
 #   free raw slot, 16-byte stores: the end 1.3 µs shorter, 7 % faster at one page a request, but the GPU's ptxas then
 #   spilled in the page loop, 9 local loads a page against 2, and the call was 11-17 % slower at 1k-8k, in one store
 #   or a store a tile).
-# The page work without the bf16 V (twenty-third session, MODE 4, a probe kept for timing): V's operand by one prmt a
-#   word of pairs and the hardware's e4m3x2 -> f16x2 conversion instead of the bf16 bit trick (prmt, shift, mask,
-#   multiply: 564 of the page loop's 1,649 instructions a warp), P·scale then in fp16: 1,329 instructions, the call
-#   3.0 % faster at 4k, 4.7 % at 8k (0.1231 / 0.2152 ms, FlashMLA / it 1.34 / 1.43). Not the tile: P·scale under
-#   fp16's normal range (2^-14) loses bits, so a cache of small values would be answered less precisely without a
-#   sign. P divided by the request's largest scale so far (one more reduction across the warps a page, behind the
-#   column max's barrier; an exact power-of-two rescale of the outputs) fixes that, but the GPU's ptxas then spilled
-#   in the page loop (13 local loads a page against 2) and the call was 33 % slower (0.169 ms at 4k). No
-#   dequantization at all (MODE 3) reaches 1.41 at 4k, 1.51 at 8k: the dequantization is not what keeps 4k from 1.5.
+# MODE 4, the page work without bf16 (twenty-third session; opt-in, WGR_MODE = 4): V's operand by one prmt a word of
+#   pairs and the hardware's e4m3x2 -> f16x2 conversion instead of the bf16 bit trick (prmt, shift, mask, multiply:
+#   564 of the page loop's 1,649 instructions a warp), P·scale then in fp16 (one wgmma type): 1,329 instructions.
+#   P·scale as it is: 3.0 % faster at 4k, 4.7 % at 8k, but it leans on the scales' range. P divided by the
+#   request's largest scale so far, a reduction across the warps each page: the GPU's ptxas spilled in the page
+#   loop (13 local loads a page against 2), 33 % slower. Kept: each request's scales times one power of two from
+#   its first page's largest scale (_wgr_first_scale, read once before the page loop, every warp reducing the whole
+#   block alone): no spills in the GPU's page loop (2 local loads), 0.1241 / 0.2181 ms at 4k / 8k against the
+#   tile's 0.1269 / 0.2261 (FlashMLA / it 1.33 / 1.41 against 1.30 / 1.36), ~N 1.22 as the tile, and nearer the
+#   fp32 reference than the tile (rel. Frobenius 1.66e-3 against 1.81e-3: fp16 P carries 3 more bits). Its limit:
+#   a request whose scales reach 2^16 times its first page's largest gives inf / NaN; the quantizer's floor (scales
+#   >= 2^-13) keeps the small end in range. Not yet v5's default: the benchmark the course shows is the tile's.
+#   No dequantization at all (MODE 3) reaches 1.41 at 4k, 1.50 at 8k: the dequantization is not what keeps 4k
+#   from 1.5.
 """Version 5 over an FP8 cache, 16-row register tile on wgmma: both products transposed, the dequantized page the
 register A operand (Gluon, Triton 3.6)."""
 
@@ -264,8 +269,9 @@ if gluon is not None:
         """MODE 4, before a request's first page (the program's g-th): once its scales have landed, 2^(127 - k) with
         2^(k - 127) the largest scale of its n_cur rows that hold keys, at least 2^-13 (FlashMLA's quantizer's
         floor): the factor every page of the request multiplies its scales by, so that P·scale·factor stays in fp16's
-        range (under 2 while the request's scales stay within 2^15 of its first page's largest; the quantizer's
-        floor keeps the small ones at 2^-13 and up). Read once a request, outside the page loop."""
+        range (at most 1 on the first page, under 65,504 while the request's scales stay under 2^16 times its first
+        page's largest; the quantizer's floor keeps the small ones at 2^-13 and up). Read once a request, outside
+        the page loop."""
         mbarrier.wait(bs.index(g % SLOTS), (g // SLOTS) % 2)  # (the page's own wait, in _reg_page_in, is then done)
         l4: gl.constexpr = gl.DistributedLinearLayout(  # every warp the whole [64, 4]: no reduction across warps
             reg_bases=[[0, 1], [0, 2], [32, 0]], lane_bases=[[1, 0], [2, 0], [4, 0], [8, 0], [16, 0]],
