@@ -56,6 +56,10 @@ WGR_TRACE = "wgr_trace_h200_2026-12-03.json"
 #: torch.profiler's device time of each kernel of v5's FP8 call and FlashMLA's bf16 call at h_q 16, b 128, s_k 64-8k
 #: (twenty-second session), in docs/results/probes (scripts/gpu_kernel_split.py --fp8-h16)
 KERNEL_SPLIT_FP8_H16 = "kernel_split_fp8_h16_rerun_h200_2026-12-03.json"
+#: the wgmma register tile's page work in fp16 (MODE 4, opt-in) and with no dequantization (MODE 3) timed beside it and
+#: FlashMLA in rounds, and their errors against the fp32 reference (scripts/gpu_wgr_trace.py, twenty-third session)
+WGR_MODES = "wgr_f16_first_page_h200_2026-12-04.json"
+WGR_MODES_ACCURACY = "wgr_f16_first_page_accuracy_h200_2026-12-04.json"
 KERNELS_V4_H100 = "kernels_h100_2026-11-27.json"  # v1–v4 on FlashMLA's shape grid, H100
 KERNELS_V4_H200 = "kernels_h200_2026-11-27.json"  # the same on an H200
 DECODE_TOUR = "decode_tour_deepseek-v3_h200_2026-12-01.json"  # stages 0–4, b 64, S 4k/16k, 128 and 16 heads
@@ -830,6 +834,35 @@ def kernel_split_us(source: str | Path | dict = KERNEL_SPLIT_FP8_H16, s_k: int =
                     out[f"{who}_combine" if "combine" in kernel else who] = float(t["us"])
         return out
     raise ValueError(f"{name}: no row at s_k {s_k}")
+
+
+def wgr_mode_ratios(source: str | Path | dict = WGR_MODES, s_k: int = 4096) -> dict[str, float]:
+    """FlashMLA / ours at `s_k` (b 128, h_q 16; medians of rounds in turn, scripts/gpu_wgr_trace.py --variant): "tile"
+    (the wgmma register tile as v5 runs it), "mode4" (its page work in fp16, WGR_MODE=4), "mode3" (no dequantization:
+    a timing mode, its answers meaningless), "flashmla_ms" (FlashMLA's whole call, ms)."""
+    data = load(source, results_dir() / "probes")
+    name = _name(source)
+    _need(data, ("rows",), name, "rounds of the wgr tile and its modes (scripts/gpu_wgr_trace.py --variant)")
+    for row in data["rows"]:
+        if row.get("s_k") == s_k and row.get("dist", "fixed") == "fixed" and "median_ms" in row:
+            med = row["median_ms"]
+            out = {"tile": med["flashmla_bf16"] / med["ours_fp8"], "flashmla_ms": med["flashmla_bf16"]}
+            for mode in (3, 4):
+                if f"ours_fp8[WGR_MODE={mode}]" in med:
+                    out[f"mode{mode}"] = med["flashmla_bf16"] / med[f"ours_fp8[WGR_MODE={mode}]"]
+            return out
+    raise ValueError(f"{name}: no rounds at s_k {s_k}")
+
+
+def wgr_mode_errors(source: str | Path | dict = WGR_MODES_ACCURACY) -> dict[float, dict[str, float]]:
+    """Relative Frobenius error against the fp32 reference on the dequantized cache (b 16, h_q 16, s_k 4k), per
+    factor the cache's values were scaled by before quantization: "bf16_call" (v5's bf16 call on the dequantized
+    cache), "tile", "mode4" (scripts/gpu_wgr_trace.py --accuracy)."""
+    data = load(source, results_dir() / "probes")
+    name = _name(source)
+    _need(data, ("rows",), name, "the wgr modes' errors (scripts/gpu_wgr_trace.py --accuracy)")
+    keys = {"bf16_call": "bf16_on_dequantized", "tile": "wgr_mode0", "mode4": "wgr_mode4"}
+    return {float(r["factor"]): {k: float(r[v]["rel_frobenius"]) for k, v in keys.items()} for r in data["rows"]}
 
 
 def fp8_row_errors(source: str | Path | dict = FP8_ACCURACY) -> list[Fp8RowError]:
