@@ -84,14 +84,23 @@ def test_pair_sequence_is_exact_on_every_pair_of_codes():
 
 
 
-def test_half_pair_sequences_are_exact_on_every_pair_of_codes():
+@pytest.mark.parametrize("kind", ["bf16", "fp16"])
+def test_half_pair_sequences_are_exact_on_every_pair_of_codes(kind):
     """_E4M3_PAIRS_LO / _HI (the wgmma register tile's V^T operand, kernels/v5_fp8_wgr.py): _E4M3_PAIRS for bytes 0-1
-    or 2-3 only, outputs (byte 2h's even, odd), (byte 2h + 1's even, odd), on every pair of non-NaN codes."""
+    or 2-3 only, outputs (byte 2h's even, odd), (byte 2h + 1's even, odd), on every pair of non-NaN codes; "fp16":
+    _E4M3_PAIRS_F16_LO / _HI (its MODE 4: one prmt a word of pairs, then the hardware conversion), the same pairs in
+    the same order as fp16, NaN codes included (the conversion keeps them)."""
     v5_fp8_wgr = pytest.importorskip("mla_tutorial.kernels.v5_fp8_wgr")
-    codes = np.array([c for c in range(256) if c not in NAN_CODES], dtype=np.uint32)
+    if kind == "bf16":
+        codes = np.array([c for c in range(256) if c not in NAN_CODES], dtype=np.uint32)
+        asms = (v5_fp8_wgr._E4M3_PAIRS_LO, v5_fp8_wgr._E4M3_PAIRS_HI)
+        want = lambda c: float_to_bf16_bits(_e4m3_value(c))  # noqa: E731
+    else:
+        codes = np.arange(256, dtype=np.uint32)
+        asms, want = (v5_fp8_wgr._E4M3_PAIRS_F16_LO, v5_fp8_wgr._E4M3_PAIRS_F16_HI), e4m3_bits_to_fp16
     even, odd = (g.ravel() for g in np.meshgrid(codes, codes, indexing="ij"))
     junk = np.uint32(0x5A)
-    for half, asm in ((0, v5_fp8_wgr._E4M3_PAIRS_LO), (1, v5_fp8_wgr._E4M3_PAIRS_HI)):
+    for half, asm in enumerate(asms):
         for i in range(2):
             e = 2 * half + i
 
@@ -100,28 +109,8 @@ def test_half_pair_sequences_are_exact_on_every_pair_of_codes():
                 return (w & ~np.uint32(0xFF << (8 * e))) | (c << (8 * e))
 
             out = run_ptx(asm.value, {4: word(even), 5: word(odd)})
-            assert np.array_equal(out[2 * i], float_to_bf16_bits(_e4m3_value(even))), f"byte {e}, even key"
-            assert np.array_equal(out[2 * i + 1], float_to_bf16_bits(_e4m3_value(odd))), f"byte {e}, odd key"
-
-def test_half_pair_sequences_in_fp16_are_exact_on_every_pair_of_codes():
-    """_E4M3_PAIRS_F16_LO / _HI (MODE 4 of kernels/v5_fp8_wgr.py: V^T in fp16): the pairs of _E4M3_PAIRS_LO / _HI
-    in the same order, as fp16 by the hardware conversion (one prmt a word of pairs), on every pair of codes (NaN
-    included: the conversion keeps it)."""
-    v5_fp8_wgr = pytest.importorskip("mla_tutorial.kernels.v5_fp8_wgr")
-    codes = np.arange(256, dtype=np.uint32)
-    even, odd = (g.ravel() for g in np.meshgrid(codes, codes, indexing="ij"))
-    junk = np.uint32(0x5A)
-    for half, asm in ((0, v5_fp8_wgr._E4M3_PAIRS_F16_LO), (1, v5_fp8_wgr._E4M3_PAIRS_F16_HI)):
-        for i in range(2):
-            e = 2 * half + i
-
-            def word(c, e=e):
-                w = np.full_like(c, junk | junk << 8 | junk << 16 | junk << 24)
-                return (w & ~np.uint32(0xFF << (8 * e))) | (c << (8 * e))
-
-            out = run_ptx(asm.value, {4: word(even), 5: word(odd)})
-            assert np.array_equal(out[2 * i], e4m3_bits_to_fp16(even)), f"byte {e}, even key"
-            assert np.array_equal(out[2 * i + 1], e4m3_bits_to_fp16(odd)), f"byte {e}, odd key"
+            assert np.array_equal(out[2 * i], want(even)), f"byte {e}, even key"
+            assert np.array_equal(out[2 * i + 1], want(odd)), f"byte {e}, odd key"
 
 
 def test_nan_codes_read_as_480_and_a_nan_scale_passes_through():
