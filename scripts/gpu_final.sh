@@ -204,7 +204,7 @@ has wgrtrace && step wgrtrace_n 100 env PYTHONPATH=$PEERS:src $PY scripts/gpu_wg
   --sk 4096 --dist normal
 has split8 && step split8 150 env PYTHONPATH=$PEERS:src $PY scripts/gpu_kernel_split.py --fp8-h16 \
   --out "$OUT/split8.json"
-# V in fp16 by the hardware conversion and P·scale in fp16 (twenty-third session; v5_fp8_wgr MODE 4, a probe): timed
+# V in fp16 by the hardware conversion and P·scale in fp16 (twenty-third session; v5_fp8_wgr MODE 4, opt-in): timed
 # beside the tile and MODE 3 (no dequantization) in its rounds, its own stamps at s_k 4k, then the tile's GPU cases
 # run with it (which of them its fp16 P·scale fails)
 if has wgrf16; then

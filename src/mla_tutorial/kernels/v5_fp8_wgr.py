@@ -110,7 +110,7 @@ from .v5_gluon import (
 WGR_WARPS = 4  # one warpgroup (two programs per SM: ~110 KB of shared memory each)
 WGR_MAXNREG = 255  # two programs' 256 threads may use the register file's 64 K
 WGR_RAW_SLOTS = 2  # raw page slots in the ring: page i + 1 in flight while page i is computed
-#: the tile's MODE where the caller asks for none (a probe's knob: 3 no dequantization, timing only; 4 V dequantized to
+#: the tile's MODE where the caller asks for none (a knob: 3 no dequantization, timing only; 4 V dequantized to
 #: fp16 by the hardware conversion and P·scale in fp16, each request's scales times a power of two read from its
 #: first page, _wgr_first_scale)
 WGR_MODE = 0
@@ -154,7 +154,7 @@ if gluon is not None:
     #: MODE 3 (timing only, results meaningless): the operands are the raw words' bits, moved, not dequantized.
     _RAW_AS_4 = gl.constexpr("mov.b32 {$0, $1}, $4; mov.b32 {$2, $3}, $4;")
     _RAW_AS_4_PAIRS = gl.constexpr("mov.b32 {$0, $1}, $4; mov.b32 {$2, $3}, $5;")
-    #: MODE 4 (a probe): _E4M3_PAIRS_LO / _HI's pairs in fp16 by the hardware conversion, one prmt a word of pairs
+    #: MODE 4: _E4M3_PAIRS_LO / _HI's pairs in fp16 by the hardware conversion, one prmt a word of pairs
     _E4M3_PAIRS_F16_LO = gl.constexpr(_e4m3_pairs_f16_asm(0x5140))
     _E4M3_PAIRS_F16_HI = gl.constexpr(_e4m3_pairs_f16_asm(0x7362))
     WGR_LAYOUT = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 16, 16]))
@@ -240,7 +240,7 @@ if gluon is not None:
         if MODE == 3:  # (timing: no dequantization)
             y0, y1, y2, y3 = gl.inline_asm_elementwise(
                 _RAW_AS_4_PAIRS, "=h,=h,=h,=h,r,r", [w_even, w_odd], dtype=(gl.bfloat16,) * 4, is_pure=True, pack=1)
-        elif MODE == 4:  # (a probe: V in fp16, P in fp16)
+        elif MODE == 4:  # (V in fp16, and P·scale: WGR_MODE 4)
             y0, y1, y2, y3 = gl.inline_asm_elementwise(
                 _E4M3_PAIRS_F16_HI if e_hi else _E4M3_PAIRS_F16_LO, "=h,=h,=h,=h,r,r", [w_even, w_odd],
                 dtype=(gl.float16,) * 4, is_pure=True, pack=1)
@@ -429,9 +429,9 @@ if gluon is not None:
         num_warps: gl.constexpr,
     ):
         # v5_fp8_reg.py's signature and ring (RAW raw page slots; kv_ptr and stride_kvb are not read), then the TRACE
-        # probe's buffer (stamps only with TRACE). MODE (timing only): 0 the tile; 3 no dequantization (each operand is
-        # its raw words' bits: results meaningless); 4 V in fp16 by the hardware conversion, P·scale in fp16, the
-        # scales times a power of two per request (_wgr_first_scale)
+        # probe's buffer (stamps only with TRACE). MODE: 0 the tile; 3 (timing only) no dequantization (each operand
+        # is its raw words' bits: results meaningless); 4 V in fp16 by the hardware conversion, P·scale in fp16, the
+        # scales times a power of two per request (_wgr_first_scale; opt-in, WGR_MODE)
         BM: gl.constexpr = 16
         PAGE: gl.constexpr = 64
         a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=WGR_LAYOUT, k_width=2)
