@@ -12,7 +12,7 @@
 # default 4, beside v5's FP8 choice and FlashMLA; scripts/gpu_fp8_seesaw_probe.py), stepsched (one schedule per
 # decode step: the decoder's graph GPU tests and tests/test_step.py, then scripts/gpu_step_schedule.py), wgr (the
 # register tile on wgmma, v5_fp8_wgr.py: its GPU cases, then its h16 timing beside the other 16-row FP8 tiles), wgrtrace (that tile's own time stamps, scripts/gpu_wgr_trace.py), split8 (gpu_kernel_split.py --fp8-h16), wgrf16 (the
-# tile's MODE 4, a probe: V and P in fp16, its GPU build, timed, stamped and run on the GPU cases), wgracc (its error
+# tile's MODE 4, opt-in: V and P·scale in fp16, its GPU build, timed, stamped and run on the GPU cases), wgracc (its error
 # and the tile's against the fp32 reference, the cache scaled down). The seesaw probe's check and time steps include its VARIANTS.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
@@ -206,7 +206,7 @@ has split8 && step split8 150 env PYTHONPATH=$PEERS:src $PY scripts/gpu_kernel_s
   --out "$OUT/split8.json"
 # V in fp16 by the hardware conversion and P·scale in fp16 (twenty-third session; v5_fp8_wgr MODE 4, opt-in): timed
 # beside the tile and MODE 3 (no dequantization) in its rounds, its own stamps at s_k 4k, then the tile's GPU cases
-# run with it (which of them its fp16 P·scale fails)
+# run with it
 if has wgrf16; then
   step wgrf16_build 120 env PYTHONPATH=src $PY scripts/gpu_dump_wgr.py --out "$OUT/wgrf16_build" --knob WGR_MODE \
     --values 0,4

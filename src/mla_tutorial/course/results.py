@@ -973,6 +973,7 @@ __all__ = [
     "KERNELS_V5_QTMA", "KERNELS_V5_WALK", "KERNELS_V5_FP8SS", "KERNELS_V5_FP8WGR",
     "KERNELS_V5_SEESAW", "ROOFLINE", "HostPlanRow", "host_plan_rows", "SEESAW_TRACE", "PairPhase", "seesaw_pair_phases",
     "WGR_TRACE", "ProgramSpan", "WgrTrace", "wgr_trace", "KERNEL_SPLIT_FP8_H16", "kernel_split_us",
+    "WGR_MODES", "WGR_MODES_ACCURACY", "wgr_mode_ratios", "wgr_mode_errors",
     "STEP_SCHEDULE", "StepScheduleRow", "step_schedule_rows",
     "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",
     "Fp8DecoderRow", "Fp8RowError", "Fp8SpeedRow", "KernelRow", "KernelRun", "ResultsMissing", "ablation_steps",
