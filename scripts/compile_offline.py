@@ -219,8 +219,9 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0, tra
             items = list(sig.items())
             at = [k for k, _ in items].index("qk_scale") + 1
             sig = dict(items[:at] + [("trace_ptr", "*i64" if trace else "*i32")] + items[at:])
-            sig |= {"RAW": "constexpr", "MODE": "constexpr", "TRACE": "constexpr", "num_warps": "constexpr"}
-            consts |= {"RAW": v5_fp8_wgr.WGR_RAW_SLOTS, "MODE": mode, "TRACE": trace}
+            sig |= {"RAW": "constexpr", "MODE": "constexpr", "TRACE": "constexpr", "GUARD": "constexpr",
+                    "num_warps": "constexpr"}
+            consts |= {"RAW": v5_fp8_wgr.WGR_RAW_SLOTS, "MODE": mode, "TRACE": trace, "GUARD": v5_fp8_wgr.WGR_GUARD}
         else:
             sig |= {"RAW": "constexpr", "num_warps": "constexpr"}
             consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS}

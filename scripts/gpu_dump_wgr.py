@@ -16,8 +16,11 @@ import torch
 
 
 def page_loop_counts(cubin: Path) -> dict:
-    """Instructions, local loads (spills reloaded) and barriers between the first and the last HGMMA of the SASS (the
-    page's products: most of the page loop), with Triton's bundled cuobjdump; {} without it."""
+    """The page loop's instructions, local loads (spills reloaded), local stores and barriers in the SASS, with
+    Triton's bundled cuobjdump ({} without it): the first loop that holds a page's products (the smallest span from
+    a backward branch's target to the branch with at least 60 HGMMA, the earliest of those about as short; MODE
+    4's guard has a second one, its second pass, counted in page_loops)."""
+    import re
     import subprocess
 
     import triton
@@ -27,13 +30,24 @@ def page_loop_counts(cubin: Path) -> dict:
         sass = subprocess.run([str(tool), "-sass", str(cubin)], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.TimeoutExpired):
         return {}
-    lines = sass.splitlines()
-    hg = [i for i, line in enumerate(lines) if "HGMMA" in line]
-    if not hg:
+    ins = [(int(m.group(1), 16), m.group(2)) for line in sass.splitlines()
+           if (m := re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*);", line))]  # (address, instruction)
+    at = {a: i for i, (a, _) in enumerate(ins)}
+    loops = []  # (first, last) instruction of each span back from a branch that holds a page's products
+    for i, (a, text) in enumerate(ins):
+        m = re.search(r"BRA\b.*0x([0-9a-f]+)", text)
+        if m and (t := int(m.group(1), 16)) < a and t in at:
+            if sum("HGMMA" in x for _, x in ins[at[t]:i + 1]) >= 60:
+                loops.append((at[t], i))
+    if not loops:
         return {}
-    loop = [line for line in lines[hg[0]:hg[-1] + 1] if ";" in line]  # (an instruction line ends in ";")
+    shortest = min(i - j for j, i in loops)
+    inner = [(j, i) for j, i in loops if i - j <= 1.2 * shortest]  # (the request loops around them are ~2x longer)
+    j, i = min(inner)
+    loop = [x for _, x in ins[j:i + 1]]
     return {"loop_instructions": len(loop), "loop_ldl": sum("LDL" in x for x in loop),
-            "loop_stl": sum("STL" in x for x in loop), "loop_bar": sum("BAR.SYNC" in x for x in loop)}
+            "loop_stl": sum("STL" in x for x in loop), "loop_bar": sum("BAR.SYNC" in x for x in loop),
+            "page_loops": len(inner)}
 
 
 def main() -> int:

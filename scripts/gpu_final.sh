@@ -219,6 +219,18 @@ if has wgrf16; then
   step wgrf16_tests ${WGR_LIMIT:-200} env PYTHONPATH=src:tests $PY scripts/with_knobs.py WGR_MODE=4 -- -m pytest \
     -m gpu tests/test_wgr_gpu.py tests/test_fp8.py -q -rf -p no:cacheprovider -k "wgr"
 fi
+# MODE 4's guard of fp16's range (twenty-fourth session; WGR_GUARD: a part whose outputs came out inf / NaN computed
+# once more with the factor from all its scales): the GPU's build with and without it (the page loop's local loads),
+# the tile's GPU cases with MODE 4 (the guard's own case included), then MODE 4 with and without the guard timed
+# beside the tile in its rounds
+if has guard; then
+  step guard_build 120 env PYTHONPATH=src $PY scripts/with_knobs.py WGR_MODE=4 -- scripts/gpu_dump_wgr.py \
+    --out "$OUT/guard_build" --knob WGR_GUARD --values 0,1
+  step guard_tests ${WGR_LIMIT:-230} env PYTHONPATH=src:tests $PY scripts/with_knobs.py WGR_MODE=4 -- -m pytest \
+    -m gpu tests/test_wgr_gpu.py tests/test_fp8.py -q -rf -p no:cacheprovider -k "wgr"
+  step guard_time ${WGRTRACE_LIMIT:-200} env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py \
+    --out "$OUT/guard.json" --sk 4096,8192,1024 --rounds 5 --variant "WGR_MODE=4 WGR_GUARD=0" --variant WGR_MODE=4
+fi
 # the tile, MODE 4 and v5's bf16 call against the fp32 reference, the cache's values scaled down (wgracc)
 has wgracc && step wgracc 120 env PYTHONPATH=src $PY scripts/gpu_wgr_trace.py --accuracy --out "$OUT/wgracc.json"
 # everything in one file first in name order (a call brings back at most 8 files; the eighth session lost 5 logs)

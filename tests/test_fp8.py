@@ -501,6 +501,35 @@ def test_gpu_fp8_reg_wide_ranges(path, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("guard", [1, 0])
+def test_gpu_fp8_wgr_fp16_mode_scales_past_its_first_page(guard, monkeypatch):
+    """The wgmma tile's fp16 page work (v5_fp8_wgr MODE 4: P·scale in fp16, each request part's scales times a power
+    of two from its first page's largest) on requests whose every third page has scales 2^18 times the others':
+    a part that starts on a small page passes fp16's range on its first large one. With the guard (WGR_GUARD 1) such
+    a part is computed once more with the factor from all its pages' scales and the call matches the reference;
+    without it (0) the outputs hold inf or NaN, so the case reaches the limit the guard covers. Unused rows are 0xFF
+    bytes (NaN scales, which the second pass's reading of the scales must skip)."""
+    from mla_tutorial.kernels import v5_fp8_wgr
+
+    monkeypatch.setattr(v5_fp8_wgr, "WGR_MODE", 4)
+    monkeypatch.setattr(v5_fp8_wgr, "WGR_GUARD", guard)
+    lens = [1, 65, 200, 4096, 3001]  # (4096 and 3001 are split: parts that start on a small page and on a large one)
+    q, k_cache, block_table, seqlens = make_inputs(lens, 1, 16, 1, torch.bfloat16, seed=41)
+    exp = torch.zeros(k_cache.shape[0])  # a power of two per block, by its page's place in its request
+    for r, n in enumerate(lens):
+        for p in range(-(-n // 64)):
+            exp[int(block_table[r, p])] = 12.0 if p % 3 == 2 else -6.0
+    k8 = quantize_k_cache((k_cache.float() * torch.exp2(exp).to(k_cache.device)[:, None, None, None]).bfloat16())
+    k8.view(torch.uint8)[torch.isnan(k_cache.float()).all(-1)] = 0xFF  # the unused rows
+    if guard:
+        check_fp8(q, k8, block_table, seqlens, False, path="wgr")
+    else:
+        out, _ = K.mla_decode_v5(q, k8, block_table, seqlens, 512, is_fp8_kvcache=True, path="wgr")
+        assert not torch.isfinite(out.float()).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_fp8_normal_lengths_b64_api():
     gen = torch.Generator().manual_seed(3)
     lens = torch.normal(4096.0, 2048.0, (64,), generator=gen).round().clamp(min=2).int().tolist()

@@ -76,7 +76,7 @@ from __future__ import annotations
 import torch
 
 from .launch import FastLauncher
-from .v5_fp8_gluon import _fp8_page
+from .v5_fp8_gluon import _fp8_page, _fp8_scale
 from .v5_fp8_mma import pick4
 from .v5_fp8_reg import (
     _E4M3X4_F16,
@@ -114,6 +114,9 @@ WGR_RAW_SLOTS = 2  # raw page slots in the ring: page i + 1 in flight while page
 #: fp16 by the hardware conversion and P·scale in fp16, each request's scales times a power of two read from its
 #: first page, _wgr_first_scale)
 WGR_MODE = 0
+#: MODE 4's guard of fp16's range (1): a request part whose outputs came out inf or NaN is computed once more with
+#: its scales' factor from all its pages (_wgr_overflowed, _wgr_scan_factor); 0: none (a timing knob)
+WGR_GUARD = 1
 #: the TRACE probe's buffer (scripts/gpu_wgr_trace.py): int64 [programs, TRACE_ROWS, TRACE_COLS]; row 0 the program
 #: (entry, exit in ns; the same in SM cycles; its SM), rows 1-4 its first four requests (start, first page issued, Q
 #: ready, pages done, stored, then the row sums done and half the output stored; ns), rows 5-68 its first 64 pages
@@ -279,8 +282,89 @@ if gluon is not None:
         x = sc_raw.index(g % SLOTS).load(l4).to(gl.float32, bitcast=True)  # [64 rows, 4 tiles]
         row = gl.arange(0, 64, layout=gl.SliceLayout(1, l4))
         x = gl.where(row[:, None] < n_cur, x, 0.0)  # (rows past the keys: not yet zeroed, maybe NaN)
-        k = gl.maximum((gl.max(gl.max(x, axis=1), axis=0).to(gl.int32, bitcast=True) >> 23) & 0xFF, 127 - 13)
+        return _wgr_factor(gl.max(gl.max(x, axis=1), axis=0))
+
+    @gluon.jit
+    def _wgr_pages(lo, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
+                   mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, sc_factor, kv_desc, sc_desc,
+                   kr_desc, n_cur, a_op: gl.constexpr, rows_l: gl.constexpr, keys_l: gl.constexpr,
+                   num_warps: gl.constexpr, SLOTS: gl.constexpr, MODE: gl.constexpr, trace_ptr, TRACE: gl.constexpr):
+        """A request's pages lo .. hi - 1 (page lo in flight, n_cur of its rows keys; the program's g-th page), from
+        empty sums and outputs and the running max m_i. Returns the running max, the per-key row sums [64, 16], the
+        eight output accumulators and the program's pages so far."""
+        BM: gl.constexpr = 16
+        PAGE: gl.constexpr = 64
+        l_keys = gl.zeros([PAGE, BM], gl.float32, layout=WGR_LAYOUT)  # each row's sums per key, per request
+        o00 = gl.zeros([64, BM], gl.float32, layout=WGR_LAYOUT)  # O^T, two [64, 16] blocks a scale tile
+        o01 = o00
+        o10 = o00
+        o11 = o00
+        o20 = o00
+        o21 = o00
+        o30 = o00
+        o31 = o00
+        for i in range(lo, hi):
+            _wgr_stamp_page(trace_ptr, g, 0, TRACE)
+            m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, n_cur = _wgr_page(
+                i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
+                mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11,
+                o20, o21, o30, o31, sc_factor, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l, keys_l, num_warps,
+                SLOTS, MODE, trace_ptr, TRACE)
+            _wgr_stamp_page(trace_ptr, g, 2, TRACE)
+            g += 1
+        return m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, g
+
+    @gluon.jit
+    def _wgr_overflowed(o00, o01, o10, o11, o20, o21, o30, o31, scratch):
+        """MODE 4, after a request's pages: whether any output accumulator is inf or NaN (some P·scale·factor passed
+        fp16's range: an inf operand makes its products inf or NaN, and the fp32 sums keep them so). An integer test
+        on the exponent bits, each warp's partial through scratch [4, 16] (_wgr_col_max's: free once every warp has
+        passed the last page's P barrier, next written after the next request's first barrier) with one barrier,
+        then every thread reduces all four alone (a reduction across the warps by the compiler made the GPU's page
+        loop spill)."""
+        e = _wgr_exponent(o00)
+        e = gl.maximum(e, _wgr_exponent(o01))
+        e = gl.maximum(e, _wgr_exponent(o10))
+        e = gl.maximum(e, _wgr_exponent(o11))
+        e = gl.maximum(e, _wgr_exponent(o20))
+        e = gl.maximum(e, _wgr_exponent(o21))
+        e = gl.maximum(e, _wgr_exponent(o30))
+        e = gl.maximum(e, _wgr_exponent(o31))
+        scratch.store(gl.max(gl.reshape(e, [4, 16, 16]), axis=1).to(gl.float32, bitcast=True))  # within each warp
+        gl.thread_barrier()
+        every: gl.constexpr = gl.DistributedLinearLayout(  # each thread all [4, 16]
+            reg_bases=[[0, 1], [0, 2], [0, 4], [0, 8], [1, 0], [2, 0]], lane_bases=[[0, 0]] * 5,
+            warp_bases=[[0, 0], [0, 0]], block_bases=[], shape=[4, 16])
+        x = scratch.load(every).to(gl.int32, bitcast=True)
+        return gl.max(gl.max(x, axis=1), axis=0) == 0x7F800000
+
+    @gluon.jit
+    def _wgr_exponent(x):
+        """float32 x's exponent bits in place (0x7F800000: inf or NaN)."""
+        return x.to(gl.int32, bitcast=True) & 0x7F800000
+
+    @gluon.jit
+    def _wgr_factor(top):
+        """2^(127 - k) for a largest scale `top` of 2^(k - 127) .. 2^(k - 126), k at least 127 - 13 (FlashMLA's
+        quantizer's floor, 2^-13): what a request's scales are multiplied by, so that they are at most 2 (1 for
+        powers of two)."""
+        k = gl.maximum((top.to(gl.int32, bitcast=True) >> 23) & 0xFF, 127 - 13)
         return ((254 - k) << 23).to(gl.float32, bitcast=True)
+
+    @gluon.jit
+    def _wgr_scan_factor(kv_ptr, stride_kvb, bt_row, lo, hi, s_k, num_blocks, ok_ptr):
+        """MODE 4's second pass over a request (_wgr_overflowed): _wgr_factor of the largest scale of all its pages
+        lo .. hi - 1, read from the cache (its rows that hold keys, four scales each; a bad block id reads none).
+        Every warp reads and reduces all of them alone: no barrier. Then no P·scale·factor passes 2."""
+        l4: gl.constexpr = gl.DistributedLinearLayout(  # (_wgr_first_scale's: every warp the whole [64, 4])
+            reg_bases=[[0, 1], [0, 2], [32, 0]], lane_bases=[[1, 0], [2, 0], [4, 0], [8, 0], [16, 0]],
+            warp_bases=[[0, 0], [0, 0]], block_bases=[], shape=[64, 4])
+        top = gl.zeros([64], gl.float32, layout=gl.SliceLayout(1, l4))
+        for i in range(lo, hi):
+            page, n_rows = _fp8_page(bt_row, i, hi, s_k, num_blocks, ok_ptr)
+            for t in gl.static_range(4):
+                top = gl.maximum(top, _fp8_scale(kv_ptr, page, n_rows, stride_kvb, t, l4))
+        return _wgr_factor(gl.max(top, axis=0))
 
     @gluon.jit
     def _wgr_col_max(s, scratch, rows_l: gl.constexpr):
@@ -426,14 +510,13 @@ if gluon is not None:
         s_q, h_q, heads_per_kv, rows_per_kv, m_tiles, num_blocks, max_blocks,
         qk_scale, trace_ptr,
         CAUSAL: gl.constexpr, META_COLS: gl.constexpr, RAW: gl.constexpr, MODE: gl.constexpr, TRACE: gl.constexpr,
-        num_warps: gl.constexpr,
+        GUARD: gl.constexpr, num_warps: gl.constexpr,
     ):
         # v5_fp8_reg.py's signature and ring (RAW raw page slots; kv_ptr and stride_kvb are not read), then the TRACE
         # probe's buffer (stamps only with TRACE). MODE: 0 the tile; 3 (timing only) no dequantization (each operand
         # is its raw words' bits: results meaningless); 4 V in fp16 by the hardware conversion, P·scale in fp16, the
         # scales times a power of two per request (_wgr_first_scale; opt-in, WGR_MODE)
         BM: gl.constexpr = 16
-        PAGE: gl.constexpr = 64
         a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=WGR_LAYOUT, k_width=2)
         rows_l: gl.constexpr = gl.SliceLayout(0, WGR_LAYOUT)  # the tile's rows: S^T's and O^T's columns
         keys_l: gl.constexpr = gl.SliceLayout(1, WGR_LAYOUT)
@@ -470,28 +553,24 @@ if gluon is not None:
 
             rows, tok, n_visible, m_i, l_i, _ = _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL, rows_l,
                                                           WGR_LAYOUT, BM)
-            l_keys = gl.zeros([PAGE, BM], gl.float32, layout=WGR_LAYOUT)  # each row's sums per key, per request
-            o00 = gl.zeros([64, BM], gl.float32, layout=WGR_LAYOUT)  # O^T, two [64, 16] blocks a scale tile
-            o01 = o00
-            o10 = o00
-            o11 = o00
-            o20 = o00
-            o21 = o00
-            o30 = o00
-            o31 = o00
             sc_factor = 1.0
             if MODE == 4:
                 if lo < hi:
                     sc_factor = _wgr_first_scale(sc_raw, bs, g, n_cur, RAW)
-            for i in range(lo, hi):
-                _wgr_stamp_page(trace_ptr, g, 0, TRACE)
-                m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, n_cur = _wgr_page(
-                    i, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
-                    mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, l_keys, o00, o01, o10, o11,
-                    o20, o21, o30, o31, sc_factor, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l, keys_l, num_warps,
-                    RAW, MODE, trace_ptr, TRACE)
-                _wgr_stamp_page(trace_ptr, g, 2, TRACE)
-                g += 1
+            m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, g = _wgr_pages(
+                lo, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
+                mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, sc_factor, kv_desc, sc_desc,
+                kr_desc, n_cur, a_op, rows_l, keys_l, num_warps, RAW, MODE, trace_ptr, TRACE)
+            if MODE == 4 and GUARD:  # fp16's range passed (P·scale·factor >= 65,520 somewhere): once more, the
+                if _wgr_overflowed(o00, o01, o10, o11, o20, o21, o30, o31, mx_smem):  # factor from all its scales
+                    sc_factor = _wgr_scan_factor(kv_ptr, stride_kvb, bt_row, lo, hi, s_k, num_blocks, ok_ptr)
+                    n_cur = _reg_first_copy(bt_row, lo, hi, s_k, num_blocks, ok_ptr, g, kv_desc, sc_desc, kr_desc,
+                                            kv_raw, sc_raw, kr_raw, bw, bs, br, RAW)
+                    m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, g = _wgr_pages(
+                        lo, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem,
+                        p3_smem, mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale,
+                        gl.full_like(m_i, float("-inf")), sc_factor, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l,
+                        keys_l, num_warps, RAW, MODE, trace_ptr, TRACE)
             _wgr_stamp(trace_ptr, t_row, t_ok, 3, TRACE)
             l_i = gl.sum(l_keys, axis=0)
             if MODE == 4:  # (the outputs back from the request's scale factor: exact, a power of two)
@@ -538,4 +617,5 @@ def launch_v5_fp8_wgr(q, k_cache, block_table, cache_seqlens, dims, causal, meta
                              f"{need} elements ([programs, TRACE_ROWS, TRACE_COLS]), got {trace.dtype} on "
                              f"{trace.device} with {trace.numel()}")
     _LAUNCH(grid, *args, ok_flag if trace is None else trace, CAUSAL=causal, META_COLS=meta.shape[1],
-            RAW=WGR_RAW_SLOTS, MODE=mode or WGR_MODE, TRACE=trace is not None, num_warps=WGR_WARPS, maxnreg=WGR_MAXNREG)
+            RAW=WGR_RAW_SLOTS, MODE=mode or WGR_MODE, TRACE=trace is not None, GUARD=WGR_GUARD, num_warps=WGR_WARPS,
+            maxnreg=WGR_MAXNREG)
