@@ -506,14 +506,15 @@ def test_gpu_fp8_wgr_fp16_mode_scales_past_its_first_page(guard, monkeypatch):
     """The wgmma tile's fp16 page work (v5_fp8_wgr MODE 4: P·scale in fp16, each request part's scales times a power
     of two from its first page's largest) on requests whose every third page has scales 2^18 times the others':
     a part that starts on a small page passes fp16's range on its first large one. With the guard (WGR_GUARD 1) such
-    a part is computed once more with the factor from all its pages' scales and the call matches the reference;
+    a part is computed once more with the factor from all its pages' scales (and, the call's overflow counter having
+    moved, some parts that did not overflow too) and the call matches the reference;
     without it (0) the outputs hold inf or NaN, so the case reaches the limit the guard covers. Unused rows are 0xFF
     bytes (NaN scales, which the second pass's reading of the scales must skip)."""
     from mla_tutorial.kernels import v5_fp8_wgr
 
     monkeypatch.setattr(v5_fp8_wgr, "WGR_MODE", 4)
     monkeypatch.setattr(v5_fp8_wgr, "WGR_GUARD", guard)
-    lens = [1, 65, 200, 4096, 3001]  # (4096 and 3001 are split: parts that start on a small page and on a large one)
+    lens = [1, 65, 200, 3001] + [4096] * 40  # (~10 pages a program: parts that start on a small page, on a large one)
     q, k_cache, block_table, seqlens = make_inputs(lens, 1, 16, 1, torch.bfloat16, seed=41)
     exp = torch.zeros(k_cache.shape[0])  # a power of two per block, by its page's place in its request
     for r, n in enumerate(lens):

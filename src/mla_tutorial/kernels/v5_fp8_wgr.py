@@ -315,13 +315,14 @@ if gluon is not None:
         return m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, g
 
     @gluon.jit
-    def _wgr_overflowed(o00, o01, o10, o11, o20, o21, o30, o31, scratch):
-        """MODE 4, after a request's pages: whether any output accumulator is inf or NaN (some P·scale·factor passed
-        fp16's range: an inf operand makes its products inf or NaN, and the fp32 sums keep them so). An integer test
-        on the exponent bits, each warp's partial through scratch [4, 16] (_wgr_col_max's: free once every warp has
-        passed the last page's P barrier, next written after the next request's first barrier) with one barrier,
-        then every thread reduces all four alone (a reduction across the warps by the compiler made the GPU's page
-        loop spill)."""
+    def _wgr_overflowed(o00, o01, o10, o11, o20, o21, o30, o31, count_ptr, before):
+        """MODE 4, after a request part's pages: whether its outputs came out inf or NaN (some P·scale·factor passed
+        fp16's range: an inf operand makes its products inf or NaN, and the fp32 sums keep them so). Each thread
+        tests its own accumulators' exponent bits and, where one is all ones, adds 1 to the call's counter at
+        count_ptr; after a barrier, whether the counter has moved since `before` (read before the part's pages).
+        Another program's overflow in between moves it too: that part is then computed twice, right both times.
+        (A reduction across the threads here, by the compiler or through shared memory, made the GPU's page loop
+        spill: 25 local loads a page against 12, the call 33 % slower.)"""
         e = _wgr_exponent(o00)
         e = gl.maximum(e, _wgr_exponent(o01))
         e = gl.maximum(e, _wgr_exponent(o10))
@@ -330,13 +331,10 @@ if gluon is not None:
         e = gl.maximum(e, _wgr_exponent(o21))
         e = gl.maximum(e, _wgr_exponent(o30))
         e = gl.maximum(e, _wgr_exponent(o31))
-        scratch.store(gl.max(gl.reshape(e, [4, 16, 16]), axis=1).to(gl.float32, bitcast=True))  # within each warp
+        bad = e == 0x7F800000
+        gl.atomic_add(count_ptr + e * 0, bad.to(gl.int32), mask=bad, sem="relaxed")
         gl.thread_barrier()
-        every: gl.constexpr = gl.DistributedLinearLayout(  # each thread all [4, 16]
-            reg_bases=[[0, 1], [0, 2], [0, 4], [0, 8], [1, 0], [2, 0]], lane_bases=[[0, 0]] * 5,
-            warp_bases=[[0, 0], [0, 0]], block_bases=[], shape=[4, 16])
-        x = scratch.load(every).to(gl.int32, bitcast=True)
-        return gl.max(gl.max(x, axis=1), axis=0) == 0x7F800000
+        return gl.load(count_ptr, volatile=True) != before
 
     @gluon.jit
     def _wgr_exponent(x):
@@ -503,6 +501,76 @@ if gluon is not None:
                   128, T == 0, 16, True)
 
     @gluon.jit
+    def _wgr_part(req, again, q_ptr, kv_ptr, stride_kvb, kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr,
+                  ok_ptr, num_splits_ptr, stride_qb, stride_qs, stride_qh, stride_btb, s_q, heads_per_kv, rows_per_kv,
+                  num_blocks, max_blocks, qk_scale, m_start, begin_req, begin_block, end_req, end_block, begin_split,
+                  next_req, next_block, g, kv_raw, sc_raw, kr_raw, bw, bs, br, q_smem, qr_smem, p0_smem, p1_smem,
+                  p2_smem, p3_smem, mx_smem, trace_ptr, a_op: gl.constexpr, rows_l: gl.constexpr,
+                  keys_l: gl.constexpr, num_warps: gl.constexpr, CAUSAL: gl.constexpr, RAW: gl.constexpr,
+                  MODE: gl.constexpr, TRACE: gl.constexpr):
+        """The program's part of request `req`: its pages' copies, Q, then its pages (_wgr_pages) from an empty
+        state. MODE 4: the scales' factor from its first page's largest (_wgr_first_scale), or with `again` from all
+        its pages' (_wgr_scan_factor). Returns what the store needs, the scales' factor and the program's pages so
+        far."""
+        BM: gl.constexpr = 16
+        s_k, lo, hi, part_slot, pieces, bt_row = _v5_request(
+            seqlens_ptr, ok_ptr, num_splits_ptr, block_table_ptr, stride_btb, req, begin_req, begin_block, end_req,
+            end_block, begin_split, next_req, next_block, max_blocks)
+        t_row = 1 + req - begin_req  # (TRACE: the request's row)
+        t_ok = req - begin_req < _T_REQS
+        _wgr_stamp(trace_ptr, t_row, t_ok, 0, TRACE)
+        n_cur = _reg_first_copy(bt_row, lo, hi, s_k, num_blocks, ok_ptr, g, kv_desc, sc_desc, kr_desc, kv_raw,
+                                sc_raw, kr_raw, bw, bs, br, RAW)  # page lo in flight
+        _wgr_stamp(trace_ptr, t_row, t_ok, 1, TRACE)
+        q_scale = qk_scale * _reg_load_q16(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh,
+                                           heads_per_kv, rows_per_kv, rows_l, num_warps)
+        fence_async_shared()  # (Q's generic stores before wgmma reads them; the page's barrier orders the warps)
+        _wgr_stamp(trace_ptr, t_row, t_ok, 2, TRACE)
+        rows, tok, n_visible, m_i, l_i, _ = _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL, rows_l, WGR_LAYOUT,
+                                                      BM)
+        sc_factor = 1.0
+        if MODE == 4:
+            if again:
+                sc_factor = _wgr_scan_factor(kv_ptr, stride_kvb, bt_row, lo, hi, s_k, num_blocks, ok_ptr)
+            elif lo < hi:
+                sc_factor = _wgr_first_scale(sc_raw, bs, g, n_cur, RAW)
+        m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, g = _wgr_pages(
+            lo, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
+            mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, sc_factor, kv_desc, sc_desc, kr_desc,
+            n_cur, a_op, rows_l, keys_l, num_warps, RAW, MODE, trace_ptr, TRACE)
+        _wgr_stamp(trace_ptr, t_row, t_ok, 3, TRACE)
+        return s_k, part_slot, pieces, rows, tok, m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, sc_factor, g
+
+    @gluon.jit
+    def _wgr_finish(o00, o01, o10, o11, o20, o21, o30, o31, m_i, l_keys, sc_factor, rows, tok, req, part_slot, pieces,
+                    out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start,
+                    trace_ptr, t_row, t_ok, MODE: gl.constexpr, TRACE: gl.constexpr):
+        """A request part's end: the row sums, MODE 4's scales' factor undone, the four scale tiles' outputs stored
+        (_wgr_store)."""
+        l_i = gl.sum(l_keys, axis=0)
+        if MODE == 4:  # (the outputs back from the request's scale factor: exact, a power of two)
+            inv = ((254 << 23) - sc_factor.to(gl.int32, bitcast=True)).to(gl.float32, bitcast=True)
+            o00 = o00 * inv
+            o01 = o01 * inv
+            o10 = o10 * inv
+            o11 = o11 * inv
+            o20 = o20 * inv
+            o21 = o21 * inv
+            o30 = o30 * inv
+            o31 = o31 * inv
+        _wgr_stamp(trace_ptr, t_row, t_ok, 5, TRACE)
+        _wgr_store(o00, o01, 0, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
+                   part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
+        _wgr_store(o10, o11, 1, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
+                   part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
+        _wgr_stamp(trace_ptr, t_row, t_ok, 6, TRACE)
+        _wgr_store(o20, o21, 2, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
+                   part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
+        _wgr_store(o30, o31, 3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
+                   part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
+        _wgr_stamp(trace_ptr, t_row, t_ok, 4, TRACE)
+
+    @gluon.jit
     def _v5_fp8_wgr_kernel(
         q_ptr, kv_ptr, kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, part_out_ptr,
         part_lse_ptr, meta_ptr, num_splits_ptr, ok_ptr,
@@ -535,66 +603,44 @@ if gluon is not None:
         next_req, next_block = _v5_next_part(meta_ptr, META_COLS)
         g = 0  # the program's pages so far, across requests: page g's slot g % RAW and its mbarriers' phase
 
-        for req in range(begin_req, end_req + 1):
-            s_k, lo, hi, part_slot, pieces, bt_row = _v5_request(
-                seqlens_ptr, ok_ptr, num_splits_ptr, block_table_ptr, stride_btb, req, begin_req, begin_block, end_req,
-                end_block, begin_split, next_req, next_block, max_blocks)
-            t_row = 1 + req - begin_req  # (TRACE: the request's row)
-            t_ok = req - begin_req < _T_REQS
-            _wgr_stamp(trace_ptr, t_row, t_ok, 0, TRACE)
-
-            n_cur = _reg_first_copy(bt_row, lo, hi, s_k, num_blocks, ok_ptr, g, kv_desc, sc_desc, kr_desc, kv_raw,
-                                    sc_raw, kr_raw, bw, bs, br, RAW)  # page lo in flight
-            _wgr_stamp(trace_ptr, t_row, t_ok, 1, TRACE)
-            q_scale = qk_scale * _reg_load_q16(q_ptr, q_smem, qr_smem, req, m_start, stride_qb, stride_qs, stride_qh,
-                                               heads_per_kv, rows_per_kv, rows_l, num_warps)
-            fence_async_shared()  # (Q's generic stores before wgmma reads them; the page's barrier orders the warps)
-            _wgr_stamp(trace_ptr, t_row, t_ok, 2, TRACE)
-
-            rows, tok, n_visible, m_i, l_i, _ = _v5_start(m_start, heads_per_kv, s_k, s_q, CAUSAL, rows_l,
-                                                          WGR_LAYOUT, BM)
-            sc_factor = 1.0
-            if MODE == 4:
-                if lo < hi:
-                    sc_factor = _wgr_first_scale(sc_raw, bs, g, n_cur, RAW)
-            m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, g = _wgr_pages(
-                lo, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem, p3_smem,
-                mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, sc_factor, kv_desc, sc_desc,
-                kr_desc, n_cur, a_op, rows_l, keys_l, num_warps, RAW, MODE, trace_ptr, TRACE)
-            if MODE == 4 and GUARD:  # fp16's range passed (P·scale·factor >= 65,520 somewhere): once more, the
-                if _wgr_overflowed(o00, o01, o10, o11, o20, o21, o30, o31, mx_smem):  # factor from all its scales
-                    sc_factor = _wgr_scan_factor(kv_ptr, stride_kvb, bt_row, lo, hi, s_k, num_blocks, ok_ptr)
-                    n_cur = _reg_first_copy(bt_row, lo, hi, s_k, num_blocks, ok_ptr, g, kv_desc, sc_desc, kr_desc,
-                                            kv_raw, sc_raw, kr_raw, bw, bs, br, RAW)
-                    m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, g = _wgr_pages(
-                        lo, hi, kv_raw, sc_raw, kr_raw, bw, bs, br, g, q_smem, qr_smem, p0_smem, p1_smem, p2_smem,
-                        p3_smem, mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale,
-                        gl.full_like(m_i, float("-inf")), sc_factor, kv_desc, sc_desc, kr_desc, n_cur, a_op, rows_l,
-                        keys_l, num_warps, RAW, MODE, trace_ptr, TRACE)
-            _wgr_stamp(trace_ptr, t_row, t_ok, 3, TRACE)
-            l_i = gl.sum(l_keys, axis=0)
-            if MODE == 4:  # (the outputs back from the request's scale factor: exact, a power of two)
-                inv = ((254 << 23) - sc_factor.to(gl.int32, bitcast=True)).to(gl.float32, bitcast=True)
-                o00 = o00 * inv
-                o01 = o01 * inv
-                o10 = o10 * inv
-                o11 = o11 * inv
-                o20 = o20 * inv
-                o21 = o21 * inv
-                o30 = o30 * inv
-                o31 = o31 * inv
-            _wgr_stamp(trace_ptr, t_row, t_ok, 5, TRACE)
-
-            _wgr_store(o00, o01, 0, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
-                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
-            _wgr_store(o10, o11, 1, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
-                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
-            _wgr_stamp(trace_ptr, t_row, t_ok, 6, TRACE)
-            _wgr_store(o20, o21, 2, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
-                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
-            _wgr_store(o30, o31, 3, m_i, l_i, rows, tok, req, part_slot, pieces, out_ptr, lse_ptr, part_out_ptr,
-                       part_lse_ptr, s_q, h_q, heads_per_kv, rows_per_kv, m_start)
-            _wgr_stamp(trace_ptr, t_row, t_ok, 4, TRACE)
+        if GUARD:  # (MODE 4, no TRACE) a request part whose outputs came out inf or NaN is done once more, the
+            # scales' factor from all its pages: the same page loop run again (a second copy of it in the kernel
+            # made the GPU's page loop spill)
+            req = begin_req
+            again = 0
+            while req <= end_req:
+                count = gl.load(trace_ptr, volatile=True)  # (the call's overflow counter: _wgr_overflowed)
+                (s_k, part_slot, pieces, rows, tok, m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, sc_factor,
+                 g) = _wgr_part(
+                    req, again, q_ptr, kv_ptr, stride_kvb, kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr,
+                    ok_ptr, num_splits_ptr, stride_qb, stride_qs, stride_qh, stride_btb, s_q, heads_per_kv,
+                    rows_per_kv, num_blocks, max_blocks, qk_scale, m_start, begin_req, begin_block, end_req,
+                    end_block, begin_split, next_req, next_block, g, kv_raw, sc_raw, kr_raw, bw, bs, br, q_smem,
+                    qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, mx_smem, trace_ptr, a_op, rows_l, keys_l,
+                    num_warps, CAUSAL, RAW, MODE, TRACE)
+                if _wgr_overflowed(o00, o01, o10, o11, o20, o21, o30, o31, trace_ptr, count) & (again == 0):
+                    again = 1
+                else:
+                    _wgr_finish(o00, o01, o10, o11, o20, o21, o30, o31, m_i, l_keys, sc_factor, rows, tok, req,
+                                part_slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q,
+                                heads_per_kv, rows_per_kv, m_start, trace_ptr, 1 + req - begin_req, False, MODE,
+                                TRACE)
+                    again = 0
+                    req += 1
+        else:
+            for req in range(begin_req, end_req + 1):
+                (s_k, part_slot, pieces, rows, tok, m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, sc_factor,
+                 g) = _wgr_part(
+                    req, 0, q_ptr, kv_ptr, stride_kvb, kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr,
+                    ok_ptr, num_splits_ptr, stride_qb, stride_qs, stride_qh, stride_btb, s_q, heads_per_kv,
+                    rows_per_kv, num_blocks, max_blocks, qk_scale, m_start, begin_req, begin_block, end_req,
+                    end_block, begin_split, next_req, next_block, g, kv_raw, sc_raw, kr_raw, bw, bs, br, q_smem,
+                    qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, mx_smem, trace_ptr, a_op, rows_l, keys_l,
+                    num_warps, CAUSAL, RAW, MODE, TRACE)
+                t_row = 1 + req - begin_req  # (TRACE: the request's row)
+                _wgr_finish(o00, o01, o10, o11, o20, o21, o30, o31, m_i, l_keys, sc_factor, rows, tok, req,
+                            part_slot, pieces, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, s_q, h_q, heads_per_kv,
+                            rows_per_kv, m_start, trace_ptr, t_row, req - begin_req < _T_REQS, MODE, TRACE)
         _reg_drop_bars(bw, bs, br, RAW)
         _wgr_stamp(trace_ptr, 0, True, 1, TRACE)
         _wgr_stamp(trace_ptr, 0, True, 3, TRACE, True)
@@ -616,6 +662,20 @@ def launch_v5_fp8_wgr(q, k_cache, block_table, cache_seqlens, dims, causal, meta
             raise ValueError(f"v5_fp8_wgr.TRACE_BUFFER must be a contiguous int64 tensor on {q.device} of at least "
                              f"{need} elements ([programs, TRACE_ROWS, TRACE_COLS]), got {trace.dtype} on "
                              f"{trace.device} with {trace.numel()}")
-    _LAUNCH(grid, *args, ok_flag if trace is None else trace, CAUSAL=causal, META_COLS=meta.shape[1],
-            RAW=WGR_RAW_SLOTS, MODE=mode or WGR_MODE, TRACE=trace is not None, GUARD=WGR_GUARD, num_warps=WGR_WARPS,
-            maxnreg=WGR_MAXNREG)
+    mode = mode or WGR_MODE
+    guard = bool(WGR_GUARD) and mode == 4 and trace is None  # (the counter takes the probe buffer's place)
+    _LAUNCH(grid, *args, trace if trace is not None else overflow_counter(q.device) if guard else ok_flag,
+            CAUSAL=causal, META_COLS=meta.shape[1], RAW=WGR_RAW_SLOTS, MODE=mode, TRACE=trace is not None,
+            GUARD=guard, num_warps=WGR_WARPS, maxnreg=WGR_MAXNREG)
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def overflow_counter(device: torch.device) -> torch.Tensor:
+    """The per-device int32 [1] counter that MODE 4's guard adds to where a request part's outputs came out inf or
+    NaN (_wgr_overflowed: a part redoes its pages when the counter moved while it ran; never reset)."""
+    counter = _COUNTERS.get(device)
+    if counter is None:
+        counter = _COUNTERS[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return counter
