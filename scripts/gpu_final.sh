@@ -230,6 +230,8 @@ if has guard; then
     -m gpu tests/test_wgr_gpu.py tests/test_fp8.py -q -rf -p no:cacheprovider -k "wgr"
   step guard_time ${WGRTRACE_LIMIT:-200} env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py \
     --out "$OUT/guard.json" --sk 4096,8192,1024 --rounds 5 --variant "WGR_MODE=4 WGR_GUARD=0" --variant WGR_MODE=4
+  step guard_time_n 90 env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py --out "$OUT/guard_n.json" --sk 4096 \
+    --dist normal --rounds 5 --variant "WGR_MODE=4 WGR_GUARD=0" --variant WGR_MODE=4
 fi
 # the tile, MODE 4 and v5's bf16 call against the fp32 reference, the cache's values scaled down (wgracc)
 has wgracc && step wgracc 120 env PYTHONPATH=src $PY scripts/gpu_wgr_trace.py --accuracy --out "$OUT/wgracc.json"
