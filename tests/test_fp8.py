@@ -501,20 +501,18 @@ def test_gpu_fp8_reg_wide_ranges(path, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("guard", [1, 0])
-def test_gpu_fp8_wgr_fp16_mode_scales_past_its_first_page(guard, monkeypatch):
-    """The wgmma tile's fp16 page work (v5_fp8_wgr MODE 4: P·scale in fp16, each request part's scales times a power
-    of two from its first page's largest) on requests whose every third page has scales 2^18 times the others':
-    a part that starts on a small page passes fp16's range on its first large one. With the guard (WGR_GUARD 1) such
-    a part is computed once more with the factor from all its pages' scales (and, the call's overflow counter having
-    moved, some parts that did not overflow too) and the call matches the reference;
-    without it (0) the outputs hold inf or NaN, so the case reaches the limit the guard covers. Unused rows are 0xFF
-    bytes (NaN scales, which the second pass's reading of the scales must skip)."""
+@pytest.mark.parametrize("mode", [0, 4])
+def test_gpu_fp8_wgr_scales_past_its_first_page(mode, monkeypatch):
+    """The wgmma tile on requests whose every third page has scales 2^18 times the others' (~10 pages a program: parts
+    that start on a small page and on a large one). The tile (MODE 0: P·scale in bf16) matches the reference. Its
+    opt-in fp16 page work (MODE 4: P·scale in fp16, each part's scales times a power of two from its first page's
+    largest) passes fp16's range on such a part's first large page: its outputs hold inf or NaN, the limit
+    docs/fp8.md §5 states (a guard that computed such a part again cost the call 2-3 %, twenty-fourth session).
+    Unused rows are 0xFF bytes."""
     from mla_tutorial.kernels import v5_fp8_wgr
 
-    monkeypatch.setattr(v5_fp8_wgr, "WGR_MODE", 4)
-    monkeypatch.setattr(v5_fp8_wgr, "WGR_GUARD", guard)
-    lens = [1, 65, 200, 3001] + [4096] * 40  # (~10 pages a program: parts that start on a small page, on a large one)
+    monkeypatch.setattr(v5_fp8_wgr, "WGR_MODE", mode)
+    lens = [1, 65, 200, 3001] + [4096] * 40
     q, k_cache, block_table, seqlens = make_inputs(lens, 1, 16, 1, torch.bfloat16, seed=41)
     exp = torch.zeros(k_cache.shape[0])  # a power of two per block, by its page's place in its request
     for r, n in enumerate(lens):
@@ -522,7 +520,7 @@ def test_gpu_fp8_wgr_fp16_mode_scales_past_its_first_page(guard, monkeypatch):
             exp[int(block_table[r, p])] = 12.0 if p % 3 == 2 else -6.0
     k8 = quantize_k_cache((k_cache.float() * torch.exp2(exp).to(k_cache.device)[:, None, None, None]).bfloat16())
     k8.view(torch.uint8)[torch.isnan(k_cache.float()).all(-1)] = 0xFF  # the unused rows
-    if guard:
+    if mode == 0:
         check_fp8(q, k8, block_table, seqlens, False, path="wgr")
     else:
         out, _ = K.mla_decode_v5(q, k8, block_table, seqlens, 512, is_fp8_kvcache=True, path="wgr")

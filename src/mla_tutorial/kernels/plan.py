@@ -43,6 +43,10 @@ PLANS: dict[tuple, CallPlan | None] = {}
 MAX_PLANS = 256  # a serving engine has a handful of shapes; past this the cache starts over
 _TENSOR = torch.Tensor
 
+#: device buffers that live as long as the process, by address (v5_fp8_wgr's overflow counter): a launch may take
+#: one beside the call's tensors, and a plan packs its address as it is
+PERSISTENT: dict[int, torch.Tensor] = {}
+
 #: the places of a call's tensors in a plan's `ptrs`: its inputs, its outputs, the partials, the bounds flag
 SLOTS = ("q", "k_cache", "block_table", "cache_seqlens", "tile_scheduler_metadata", "num_splits", "out", "lse",
          "part_out", "part_lse", "flag")
@@ -126,9 +130,10 @@ class _Launch:
 
     @classmethod
     def from_record(cls, compiled, grid: tuple, args: tuple, tail: tuple, slots: tuple) -> _Launch | None:
-        """Pack one recorded launch (launch.recording's tuple) against the call's tensors `slots` (in SLOTS order);
-        None when it cannot be replayed: a tensor argument that is not one of them (a view made inside the launch
-        code), a descriptor over memory that is not one of theirs, scratch memory the launcher would allocate."""
+        """Pack one recorded launch (launch.recording's tuple) against the call's tensors `slots` (in SLOTS order) and
+        the PERSISTENT buffers; None when it cannot be replayed: a tensor argument that is neither (a view made
+        inside the launch code), a descriptor over memory that is not one of theirs, scratch memory the launcher
+        would allocate."""
         run = compiled.run
         if getattr(run, "global_scratch_size", 0) or getattr(run, "profile_scratch_size", 0):
             return None  # (Triton allocates it per launch: device-side descriptors, the profiler)
@@ -156,10 +161,13 @@ class _Launch:
                 packed.extend(encoded)
             elif isinstance(arg, torch.Tensor):
                 slot = next((j for j, t in enumerate(slots) if t is arg), None)
-                if slot is None:
+                if slot is not None:
+                    places.append((len(packed), slot))
+                    packed.append(None)
+                elif PERSISTENT.get(arg.data_ptr()) is arg:
+                    packed.append(arg.data_ptr())
+                else:
                     return None
-                places.append((len(packed), slot))
-                packed.append(None)
             elif arg is None or isinstance(arg, (bool, int, float)) or i >= len(args):
                 packed.append(arg)  # sizes, strides, the scale; the constexprs (the launcher skips them)
             else:

@@ -76,6 +76,7 @@ from __future__ import annotations
 import torch
 
 from .launch import FastLauncher
+from .plan import PERSISTENT
 from .v5_fp8_gluon import _fp8_page, _fp8_scale
 from .v5_fp8_mma import pick4
 from .v5_fp8_reg import (
@@ -315,14 +316,14 @@ if gluon is not None:
         return m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, g
 
     @gluon.jit
-    def _wgr_overflowed(o00, o01, o10, o11, o20, o21, o30, o31, count_ptr, before):
-        """MODE 4, after a request part's pages: whether its outputs came out inf or NaN (some P·scale·factor passed
-        fp16's range: an inf operand makes its products inf or NaN, and the fp32 sums keep them so). Each thread
-        tests its own accumulators' exponent bits and, where one is all ones, adds 1 to the call's counter at
-        count_ptr; after a barrier, whether the counter has moved since `before` (read before the part's pages).
-        Another program's overflow in between moves it too: that part is then computed twice, right both times.
-        (A reduction across the threads here, by the compiler or through shared memory, made the GPU's page loop
-        spill: 25 local loads a page against 12, the call 33 % slower.)"""
+    def _wgr_overflowed(o00, o01, o10, o11, o20, o21, o30, o31, count_ptr):
+        """MODE 4, after a request part's pages: the call's overflow counter at count_ptr once each thread whose
+        accumulators hold an inf or NaN (some P·scale·factor passed fp16's range: an inf operand makes its products
+        inf or NaN, and the fp32 sums keep them so; an integer test on the exponent bits) has added 1 to it and a
+        barrier has passed. The part overflowed if it moved since the program last read it (another program's
+        overflow in between moves it too: that part is then computed twice, right both times). (A reduction across
+        the threads here, by the compiler or through shared memory, made the page loop spill: offline 27 local
+        loads a page against 12.)"""
         e = _wgr_exponent(o00)
         e = gl.maximum(e, _wgr_exponent(o01))
         e = gl.maximum(e, _wgr_exponent(o10))
@@ -334,7 +335,7 @@ if gluon is not None:
         bad = e == 0x7F800000
         gl.atomic_add(count_ptr + e * 0, bad.to(gl.int32), mask=bad, sem="relaxed")
         gl.thread_barrier()
-        return gl.load(count_ptr, volatile=True) != before
+        return gl.load(count_ptr, volatile=True)
 
     @gluon.jit
     def _wgr_exponent(x):
@@ -608,8 +609,8 @@ if gluon is not None:
             # made the GPU's page loop spill)
             req = begin_req
             again = 0
+            count = gl.load(trace_ptr, volatile=True)  # (the call's overflow counter as last read: _wgr_overflowed)
             while req <= end_req:
-                count = gl.load(trace_ptr, volatile=True)  # (the call's overflow counter: _wgr_overflowed)
                 (s_k, part_slot, pieces, rows, tok, m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, sc_factor,
                  g) = _wgr_part(
                     req, again, q_ptr, kv_ptr, stride_kvb, kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr,
@@ -618,7 +619,10 @@ if gluon is not None:
                     end_block, begin_split, next_req, next_block, g, kv_raw, sc_raw, kr_raw, bw, bs, br, q_smem,
                     qr_smem, p0_smem, p1_smem, p2_smem, p3_smem, mx_smem, trace_ptr, a_op, rows_l, keys_l,
                     num_warps, CAUSAL, RAW, MODE, TRACE)
-                if _wgr_overflowed(o00, o01, o10, o11, o20, o21, o30, o31, trace_ptr, count) & (again == 0):
+                now = _wgr_overflowed(o00, o01, o10, o11, o20, o21, o30, o31, trace_ptr)
+                moved = now != count
+                count = now
+                if moved & (again == 0):
                     again = 1
                 else:
                     _wgr_finish(o00, o01, o10, o11, o20, o21, o30, o31, m_i, l_keys, sc_factor, rows, tok, req,
@@ -663,7 +667,7 @@ def launch_v5_fp8_wgr(q, k_cache, block_table, cache_seqlens, dims, causal, meta
                              f"{need} elements ([programs, TRACE_ROWS, TRACE_COLS]), got {trace.dtype} on "
                              f"{trace.device} with {trace.numel()}")
     mode = mode or WGR_MODE
-    guard = bool(WGR_GUARD) and mode == 4 and trace is None  # (the counter takes the probe buffer's place)
+    guard = int(WGR_GUARD) if mode == 4 and trace is None else 0  # (the counter takes the probe buffer's place)
     _LAUNCH(grid, *args, trace if trace is not None else overflow_counter(q.device) if guard else ok_flag,
             CAUSAL=causal, META_COLS=meta.shape[1], RAW=WGR_RAW_SLOTS, MODE=mode, TRACE=trace is not None,
             GUARD=guard, num_warps=WGR_WARPS, maxnreg=WGR_MAXNREG)
@@ -678,4 +682,5 @@ def overflow_counter(device: torch.device) -> torch.Tensor:
     counter = _COUNTERS.get(device)
     if counter is None:
         counter = _COUNTERS[device] = torch.zeros(1, dtype=torch.int32, device=device)
+        PERSISTENT[counter.data_ptr()] = counter  # (call plans replay a launch that takes it)
     return counter
