@@ -501,17 +501,18 @@ def test_gpu_fp8_reg_wide_ranges(path, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("mode", [0, 4])
-def test_gpu_fp8_wgr_scales_past_its_first_page(mode, monkeypatch):
+@pytest.mark.parametrize("mode,guard", [(0, 1), (4, 0), (4, 1)])
+def test_gpu_fp8_wgr_scales_past_its_first_page(mode, guard, monkeypatch):
     """The wgmma tile on requests whose every third page has scales 2^18 times the others' (~10 pages a program: parts
     that start on a small page and on a large one). The tile (MODE 0: P·scale in bf16) matches the reference. Its
     opt-in fp16 page work (MODE 4: P·scale in fp16, each part's scales times a power of two from its first page's
-    largest) passes fp16's range on such a part's first large page: its outputs hold inf or NaN, the limit
-    docs/fp8.md §5 states (a guard that computed such a part again cost the call 2-3 %, twenty-fourth session).
-    Unused rows are 0xFF bytes."""
+    largest) passes fp16's range on such a part's first large page: without its guard (WGR_GUARD 0) the outputs hold
+    inf or NaN; with it such a part is computed again, its factor from all its pages' scales, and matches the
+    reference. Unused rows are 0xFF bytes (NaN scales, which the guard's reading of the scales must skip)."""
     from mla_tutorial.kernels import v5_fp8_wgr
 
     monkeypatch.setattr(v5_fp8_wgr, "WGR_MODE", mode)
+    monkeypatch.setattr(v5_fp8_wgr, "WGR_GUARD", guard)
     lens = [1, 65, 200, 3001] + [4096] * 40
     q, k_cache, block_table, seqlens = make_inputs(lens, 1, 16, 1, torch.bfloat16, seed=41)
     exp = torch.zeros(k_cache.shape[0])  # a power of two per block, by its page's place in its request
@@ -520,7 +521,7 @@ def test_gpu_fp8_wgr_scales_past_its_first_page(mode, monkeypatch):
             exp[int(block_table[r, p])] = 12.0 if p % 3 == 2 else -6.0
     k8 = quantize_k_cache((k_cache.float() * torch.exp2(exp).to(k_cache.device)[:, None, None, None]).bfloat16())
     k8.view(torch.uint8)[torch.isnan(k_cache.float()).all(-1)] = 0xFF  # the unused rows
-    if mode == 0:
+    if guard:
         check_fp8(q, k8, block_table, seqlens, False, path="wgr")
     else:
         out, _ = K.mla_decode_v5(q, k8, block_table, seqlens, 512, is_fp8_kvcache=True, path="wgr")
