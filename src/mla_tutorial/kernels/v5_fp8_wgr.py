@@ -111,12 +111,13 @@ from .v5_gluon import (
 WGR_WARPS = 4  # one warpgroup (two programs per SM: ~110 KB of shared memory each)
 WGR_MAXNREG = 255  # two programs' 256 threads may use the register file's 64 K
 WGR_RAW_SLOTS = 2  # raw page slots in the ring: page i + 1 in flight while page i is computed
-#: the tile's MODE where the caller asks for none (a knob: 3 no dequantization, timing only; 4 V dequantized to
-#: fp16 by the hardware conversion and P·scale in fp16, each request's scales times a power of two read from its
-#: first page, _wgr_first_scale)
-WGR_MODE = 0
+#: the tile's MODE where the caller asks for none (a knob): 4, the default since 2026-12-04, V dequantized to fp16
+#: by the hardware conversion and P·scale in fp16, each request part's scales times a power of two read from its
+#: first page (_wgr_first_scale); 0 the page work in bf16 (the tile until then); 3 no dequantization (timing only)
+WGR_MODE = 4
 #: MODE 4's guard of fp16's range (1): a request part whose outputs came out inf or NaN is computed once more with
-#: its scales' factor from all its pages (_wgr_overflowed, _wgr_scan_factor); 0: none (a timing knob)
+#: its scales' factor from all its pages (_wgr_overflowed, _wgr_scan_factor); 0: none (a timing knob). Off while the
+#: TRACE probe runs (its buffer takes the overflow counter's place).
 WGR_GUARD = 1
 #: the TRACE probe's buffer (scripts/gpu_wgr_trace.py): int64 [programs, TRACE_ROWS, TRACE_COLS]; row 0 the program
 #: (entry, exit in ns; the same in SM cycles; its SM), rows 1-4 its first four requests (start, first page issued, Q
