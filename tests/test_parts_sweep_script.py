@@ -7,7 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
+
+# (only without CUDA: set on a GPU machine, it reached the subprocesses of test_contract_gpu.py, which then ran the
+# interpreter, when `pytest -m gpu tests` collected this file; twenty-fourth session)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+ON_CPU = pytest.mark.skipif(torch.cuda.is_available(), reason="runs the sweep on CPU tensors in Triton's interpreter")
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -22,6 +29,7 @@ def test_knob_grid_puts_the_default_first_without_repeats():
     assert gpu_parts_sweep.knob_grid(1) == [(1, 5), (1, 2), (1, 10)]  # fractions of one part round back to it
 
 
+@ON_CPU
 def test_sweep_runs_every_knob_pair_and_agrees_with_the_default():
     shapes = [(3, 16, 1, 130), (2, 64, 1, 65)]
     rows = gpu_parts_sweep.sweep(shapes, device="cpu", timer=lambda fn: (fn(), 1.0)[1], log=lambda m: None)
@@ -36,6 +44,7 @@ def test_sweep_runs_every_knob_pair_and_agrees_with_the_default():
             assert r["cos_diff_vs_default"] < 1e-5, r
 
 
+@ON_CPU
 def test_sweep_takes_a_grid_of_shapes_with_their_own_pairs():
     grid = {(2, 16, 1, 130, "normal"): [(None, 5), (None, 2), (3, 2)], (2, 64, 1, 65, "fixed"): [(None, 5)]}
     rows = gpu_parts_sweep.sweep(device="cpu", timer=lambda fn: (fn(), 1.0)[1], log=lambda m: None, grid=grid,
