@@ -12,7 +12,8 @@
 # default 4, beside v5's FP8 choice and FlashMLA; scripts/gpu_fp8_seesaw_probe.py), stepsched (one schedule per
 # decode step: the decoder's graph GPU tests and tests/test_step.py, then scripts/gpu_step_schedule.py), wgr (the
 # register tile on wgmma, v5_fp8_wgr.py: its GPU cases, then its h16 timing beside the other 16-row FP8 tiles), wgrtrace (that tile's own time stamps, scripts/gpu_wgr_trace.py), split8 (gpu_kernel_split.py --fp8-h16), wgrf16 (the
-# tile's MODE 4, opt-in: V and P·scale in fp16, its GPU build, timed, stamped and run on the GPU cases), wgracc (its error
+# tile's MODE 4, v5's default since 2026-12-04: V and P·scale in fp16, its GPU build, timed, stamped and run on the GPU
+# cases), guard (MODE 4's guard of fp16's range: the build with and without it, the GPU cases, timed), wgracc (its error
 # and the tile's against the fp32 reference, the cache scaled down). The seesaw probe's check and time steps include its VARIANTS.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
@@ -204,16 +205,16 @@ has wgrtrace && step wgrtrace_n 100 env PYTHONPATH=$PEERS:src $PY scripts/gpu_wg
   --sk 4096 --dist normal
 has split8 && step split8 150 env PYTHONPATH=$PEERS:src $PY scripts/gpu_kernel_split.py --fp8-h16 \
   --out "$OUT/split8.json"
-# V in fp16 by the hardware conversion and P·scale in fp16 (twenty-third session; v5_fp8_wgr MODE 4, opt-in): timed
-# beside the tile and MODE 3 (no dequantization) in its rounds, its own stamps at s_k 4k, then the tile's GPU cases
-# run with it
+# V in fp16 by the hardware conversion and P·scale in fp16 (twenty-third session; v5_fp8_wgr MODE 4, v5's default
+# since the twenty-fourth): timed beside the page work in bf16 (MODE 0) and MODE 3 (no dequantization) in its rounds,
+# its own stamps at s_k 4k, then the tile's GPU cases run with it
 if has wgrf16; then
   step wgrf16_build 120 env PYTHONPATH=src $PY scripts/gpu_dump_wgr.py --out "$OUT/wgrf16_build" --knob WGR_MODE \
     --values 0,4
   step wgrf16 ${WGRTRACE_LIMIT:-200} env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py --out "$OUT/wgrf16.json" \
-    --sk 4096,8192,1024 --rounds 5 --variant WGR_MODE=4 --variant WGR_MODE=3
+    --sk 4096,8192,1024 --rounds 5 --variant WGR_MODE=0 --variant WGR_MODE=3
   step wgrf16_n 90 env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py --out "$OUT/wgrf16_n.json" --sk 4096 \
-    --dist normal --rounds 5 --variant WGR_MODE=4
+    --dist normal --rounds 5 --variant WGR_MODE=0
   step wgrf16_trace 90 env PYTHONPATH=$PEERS:src $PY scripts/with_knobs.py WGR_MODE=4 -- scripts/gpu_wgr_trace.py \
     --out "$OUT/wgrf16_trace.json" --sk 4096 --rounds 1
   step wgrf16_tests ${WGR_LIMIT:-200} env PYTHONPATH=src:tests $PY scripts/with_knobs.py WGR_MODE=4 -- -m pytest \
@@ -229,9 +230,9 @@ if has guard; then
   step guard_tests ${WGR_LIMIT:-230} env PYTHONPATH=src:tests $PY scripts/with_knobs.py WGR_MODE=4 -- -m pytest \
     -m gpu tests/test_wgr_gpu.py tests/test_fp8.py -q -rf -p no:cacheprovider -k "wgr"
   step guard_time ${WGRTRACE_LIMIT:-200} env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py \
-    --out "$OUT/guard.json" --sk 4096,8192,1024 --rounds 5 --variant "WGR_MODE=4 WGR_GUARD=0" --variant WGR_MODE=4
+    --out "$OUT/guard.json" --sk 4096,8192,1024 --rounds 5 --variant WGR_GUARD=0 --variant WGR_MODE=0
   step guard_time_n 90 env PYTHONPATH=$PEERS:src $PY scripts/gpu_wgr_trace.py --out "$OUT/guard_n.json" --sk 4096 \
-    --dist normal --rounds 5 --variant "WGR_MODE=4 WGR_GUARD=0" --variant WGR_MODE=4
+    --dist normal --rounds 5 --variant WGR_GUARD=0 --variant WGR_MODE=0
 fi
 # the tile, MODE 4 and v5's bf16 call against the fp32 reference, the cache's values scaled down (wgracc)
 has wgracc && step wgracc 120 env PYTHONPATH=src $PY scripts/gpu_wgr_trace.py --accuracy --out "$OUT/wgracc.json"

@@ -504,8 +504,8 @@ def test_gpu_fp8_reg_wide_ranges(path, monkeypatch):
 @pytest.mark.parametrize("mode,guard", [(0, 1), (4, 0), (4, 1)])
 def test_gpu_fp8_wgr_scales_past_its_first_page(mode, guard, monkeypatch):
     """The wgmma tile on requests whose every third page has scales 2^18 times the others' (~10 pages a program: parts
-    that start on a small page and on a large one). The tile (MODE 0: P·scale in bf16) matches the reference. Its
-    opt-in fp16 page work (MODE 4: P·scale in fp16, each part's scales times a power of two from its first page's
+    that start on a small page and on a large one). The tile's page work in bf16 (MODE 0) matches the reference. Its
+    fp16 page work (MODE 4, v5's default: P·scale in fp16, each part's scales times a power of two from its first page's
     largest) passes fp16's range on such a part's first large page: without its guard (WGR_GUARD 0) the outputs hold
     inf or NaN; with it such a part is computed again, its factor from all its pages' scales, and matches the
     reference. Unused rows are 0xFF bytes (NaN scales, which the guard's reading of the scales must skip)."""

@@ -43,9 +43,10 @@ KERNELS_V5_QTMA = "kernels_v5_qtma_h200_2026-12-03.json"
 #: v5 and v5 on the FP8 cache at issue 8's and 9's shapes with an FP8 cache above 16 rows on the FP8 seesaw tile
 #: (eighteenth session; three rounds): issue 9's targets as the docs quote them
 KERNELS_V5_FP8SS = "kernels_v5_fp8ss_h200_2026-12-03.json"
-#: the same with an FP8 cache at up to 16 rows on the wgmma register tile (v5_fp8_wgr.py; twenty-first session; three
-#: rounds): issue 9's targets as the docs quote them now
-KERNELS_V5_FP8WGR = "kernels_v5_fp8wgr_h200_2026-12-03.json"
+#: the same with an FP8 cache at up to 16 rows on the wgmma register tile (v5_fp8_wgr.py) with its page work in fp16
+#: and the guard of fp16's range (MODE 4, v5's default since the twenty-fourth session; three rounds): issue 9's
+#: targets as the docs quote them now (the tile's page work in bf16: kernels_v5_fp8wgr_h200_2026-12-03.json)
+KERNELS_V5_FP8WGR = "kernels_v5_fp8wgr4_h200_2026-12-04.json"
 HOST_PLANS = "host_time_plans_h200_2026-12-02.json"  # host time of a v5 call, planned against the full path
 #: the seesaw tile's cycle stamps at h_q 64, s_k 4k, b 128: the tile and `hoist` (its descriptors spilled, as before
 #: the twelfth session), in docs/results/probes (scripts/gpu_seesaw_trace.py)
@@ -56,10 +57,15 @@ WGR_TRACE = "wgr_trace_h200_2026-12-03.json"
 #: torch.profiler's device time of each kernel of v5's FP8 call and FlashMLA's bf16 call at h_q 16, b 128, s_k 64-8k
 #: (twenty-second session), in docs/results/probes (scripts/gpu_kernel_split.py --fp8-h16)
 KERNEL_SPLIT_FP8_H16 = "kernel_split_fp8_h16_rerun_h200_2026-12-03.json"
-#: the wgmma register tile's page work in fp16 (MODE 4, opt-in) and with no dequantization (MODE 3) timed beside it and
-#: FlashMLA in rounds, and their errors against the fp32 reference (scripts/gpu_wgr_trace.py, twenty-third session)
+#: the wgmma register tile's page work in fp16 (MODE 4, opt-in then) and with no dequantization (MODE 3) timed beside
+#: it and FlashMLA in rounds, and their errors against the fp32 reference (scripts/gpu_wgr_trace.py, twenty-third
+#: session)
 WGR_MODES = "wgr_f16_first_page_h200_2026-12-04.json"
 WGR_MODES_ACCURACY = "wgr_f16_first_page_accuracy_h200_2026-12-04.json"
+#: the same rounds with MODE 4's guard of fp16's range on and off (twenty-fourth session; "_normal_" beside it: the
+#: ~N(4096, 2048) lengths): what made MODE 4 v5's default
+WGR_GUARD_RUN = "wgr_guard_h200_2026-12-04.json"
+WGR_GUARD_RUN_NORMAL = "wgr_guard_normal_h200_2026-12-04.json"
 KERNELS_V4_H100 = "kernels_h100_2026-11-27.json"  # v1–v4 on FlashMLA's shape grid, H100
 KERNELS_V4_H200 = "kernels_h200_2026-11-27.json"  # the same on an H200
 DECODE_TOUR = "decode_tour_deepseek-v3_h200_2026-12-01.json"  # stages 0–4, b 64, S 4k/16k, 128 and 16 heads
@@ -69,15 +75,17 @@ DECODE_BENCH_V5 = "decode_bench_v5_deepseek-v3_h200_2026-12-02.json"  # the same
 DECODE_BENCH_V5_QTMA = "decode_bench_v5qtma_deepseek-v3_h200_2026-12-03.json"
 #: stages 4 and 5, b 64, S 4k, 128 and 16 heads, with stage 5 on the FP8 seesaw above 16 rows (the README's stage 5)
 DECODE_BENCH_FP8SS = "decode_bench_fp8ss_deepseek-v3_h200_2026-12-03.json"
-#: the same with stage 5 on the wgmma register tile at 16 heads (the README's stage 5 now)
-DECODE_BENCH_FP8WGR = "decode_bench_fp8wgr_deepseek-v3_h200_2026-12-03.json"
+#: the same with stage 5 on the wgmma register tile at 16 heads, its page work in fp16 (MODE 4; the README's stage 5
+#: now; with the page work in bf16: decode_bench_fp8wgr_deepseek-v3_h200_2026-12-03.json)
+DECODE_BENCH_FP8WGR = "decode_bench_fp8wgr4_deepseek-v3_h200_2026-12-04.json"
 DECODE_COVERAGE = "decode_coverage_deepseek-v3_h200_2026-12-02.json"  # stages 2, 4 (v4), b 8/64, S 1k/16k
 DECODE_PROFILE = "decode_profile_deepseek-v3_h200_2026-12-02.json"  # torch.profiler per step, b 1/64
 ROOFLINE = "roofline_deepseek-v3_h200_2026-12-01.json"  # stages 2–4 under the measured ceilings
 CAPACITY = "capacity_deepseek-v3_141GB.json"  # sequences per 141 GB GPU at 32k tokens (arithmetic)
 FP8_ACCURACY = "fp8_accuracy_cpu_2026-12-01.json"  # scripts/fp8_accuracy.py (CPU)
-#: scripts/gpu_fp8_bench.py --mma --parts (H200; v5 on the wgmma register tile at up to 16 rows, the FP8 seesaw above)
-FP8_BENCH = "fp8_bench_wgr_h200_2026-12-03.json"
+#: scripts/gpu_fp8_bench.py --mma --parts (H200; v5 on the wgmma register tile at up to 16 rows, its page work in
+#: fp16 with the guard (MODE 4), the FP8 seesaw above; with the page work in bf16: fp8_bench_wgr_h200_2026-12-03)
+FP8_BENCH = "fp8_bench_wgr4_h200_2026-12-04.json"
 #: The 16-row FP8 tile's page work split into its loads and its dequantization, each alone (docs/results/probes/;
 #: scripts/gpu_fp8_bench.py --quick --mma --parts --heads 16, H200)
 FP8_SPLIT = "fp8_mma_page_work_split_h200_2026-12-02.json"
@@ -836,22 +844,25 @@ def kernel_split_us(source: str | Path | dict = KERNEL_SPLIT_FP8_H16, s_k: int =
     raise ValueError(f"{name}: no row at s_k {s_k}")
 
 
-def wgr_mode_ratios(source: str | Path | dict = WGR_MODES, s_k: int = 4096) -> dict[str, float]:
-    """FlashMLA / ours at `s_k` (b 128, h_q 16; medians of rounds in turn, scripts/gpu_wgr_trace.py --variant): "tile"
-    (the wgmma register tile as v5 runs it), "mode4" (its page work in fp16, WGR_MODE=4), "mode3" (no dequantization:
-    a timing mode, its answers meaningless), "flashmla_ms" (FlashMLA's whole call, ms)."""
+def wgr_mode_ratios(source: str | Path | dict = WGR_MODES, s_k: int = 4096, dist: str = "fixed") -> dict[str, float]:
+    """FlashMLA / ours at `s_k` (b 128, h_q 16, lengths `dist`; medians of rounds in turn, scripts/gpu_wgr_trace.py
+    --variant): "tile" (the wgmma register tile as v5 ran it then: its page work in bf16 in both files), "mode4" (its
+    page work in fp16, WGR_MODE=4: with the guard of fp16's range in WGR_GUARD_RUN, before the guard existed in
+    WGR_MODES), "mode4_no_guard" (WGR_GUARD_RUN only), "mode3" (no dequantization: a timing mode, its answers
+    meaningless), "flashmla_ms" (FlashMLA's whole call, ms); a variant the file did not time is left out."""
     data = load(source, results_dir() / "probes")
     name = _name(source)
     _need(data, ("rows",), name, "rounds of the wgr tile and its modes (scripts/gpu_wgr_trace.py --variant)")
+    variants = {"mode3": "WGR_MODE=3", "mode4": "WGR_MODE=4", "mode4_no_guard": "WGR_MODE=4 WGR_GUARD=0"}
     for row in data["rows"]:
-        if row.get("s_k") == s_k and row.get("dist", "fixed") == "fixed" and "median_ms" in row:
+        if row.get("s_k") == s_k and row.get("dist", "fixed") == dist and "median_ms" in row:
             med = row["median_ms"]
             out = {"tile": med["flashmla_bf16"] / med["ours_fp8"], "flashmla_ms": med["flashmla_bf16"]}
-            for mode in (3, 4):
-                if f"ours_fp8[WGR_MODE={mode}]" in med:
-                    out[f"mode{mode}"] = med["flashmla_bf16"] / med[f"ours_fp8[WGR_MODE={mode}]"]
+            for key, knobs in variants.items():
+                if f"ours_fp8[{knobs}]" in med:
+                    out[key] = med["flashmla_bf16"] / med[f"ours_fp8[{knobs}]"]
             return out
-    raise ValueError(f"{name}: no rounds at s_k {s_k}")
+    raise ValueError(f"{name}: no rounds at s_k {s_k} with {dist} lengths")
 
 
 def wgr_mode_errors(source: str | Path | dict = WGR_MODES_ACCURACY) -> dict[float, dict[str, float]]:
@@ -973,7 +984,7 @@ __all__ = [
     "KERNELS_V5_QTMA", "KERNELS_V5_WALK", "KERNELS_V5_FP8SS", "KERNELS_V5_FP8WGR",
     "KERNELS_V5_SEESAW", "ROOFLINE", "HostPlanRow", "host_plan_rows", "SEESAW_TRACE", "PairPhase", "seesaw_pair_phases",
     "WGR_TRACE", "ProgramSpan", "WgrTrace", "wgr_trace", "KERNEL_SPLIT_FP8_H16", "kernel_split_us",
-    "WGR_MODES", "WGR_MODES_ACCURACY", "wgr_mode_ratios", "wgr_mode_errors",
+    "WGR_GUARD_RUN", "WGR_GUARD_RUN_NORMAL", "WGR_MODES", "WGR_MODES_ACCURACY", "wgr_mode_ratios", "wgr_mode_errors",
     "STEP_SCHEDULE", "StepScheduleRow", "step_schedule_rows",
     "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",
     "Fp8DecoderRow", "Fp8RowError", "Fp8SpeedRow", "KernelRow", "KernelRun", "ResultsMissing", "ablation_steps",

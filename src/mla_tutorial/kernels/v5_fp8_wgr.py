@@ -54,20 +54,29 @@
 #   free raw slot, 16-byte stores: the end 1.3 µs shorter, 7 % faster at one page a request, but the GPU's ptxas then
 #   spilled in the page loop, 9 local loads a page against 2, and the call was 11-17 % slower at 1k-8k, in one store
 #   or a store a tile).
-# MODE 4, the page work without bf16 (twenty-third session; opt-in, WGR_MODE = 4): V's operand by one prmt a word of
-#   pairs and the hardware's e4m3x2 -> f16x2 conversion instead of the bf16 bit trick (prmt, shift, mask, multiply:
-#   564 of the page loop's 1,649 instructions a warp), P·scale then in fp16 (one wgmma type): 1,329 instructions.
-#   P·scale as it is: 3.0 % faster at 4k, 4.7 % at 8k, but it leans on the scales' range. P divided by the
-#   request's largest scale so far, a reduction across the warps each page: the GPU's ptxas spilled in the page
-#   loop (13 local loads a page against 2), 33 % slower. Kept: each request's scales times one power of two from
-#   its first page's largest scale (_wgr_first_scale, read once before the page loop, every warp reducing the whole
-#   block alone): no spills in the GPU's page loop (2 local loads), 0.1241 / 0.2181 ms at 4k / 8k against the
-#   tile's 0.1269 / 0.2261 (FlashMLA / it 1.33 / 1.41 against 1.30 / 1.36), ~N 1.22 as the tile, and nearer the
-#   fp32 reference than the tile (rel. Frobenius 1.66e-3 against 1.81e-3: fp16 P carries 3 more bits). Its limit:
-#   a request whose scales reach 2^16 times its first page's largest gives inf / NaN; the quantizer's floor (scales
-#   >= 2^-13) keeps the small end in range. Not yet v5's default: the benchmark the course shows is the tile's.
-#   No dequantization at all (MODE 3) reaches 1.41 at 4k, 1.50 at 8k: the dequantization is not what keeps 4k
-#   from 1.5.
+# MODE 4, the page work without bf16 (twenty-third session; v5's default since the twenty-fourth, WGR_MODE = 4): V's
+#   operand by one prmt a word of pairs and the hardware's e4m3x2 -> f16x2 conversion instead of the bf16 bit trick
+#   (prmt, shift, mask, multiply: 564 of the page loop's 1,649 instructions a warp), P·scale then in fp16 (one wgmma
+#   type): 1,329 instructions. P·scale as it is: 3.0 % faster at 4k, 4.7 % at 8k, but it leans on the scales' range.
+#   P divided by the request's largest scale so far, a reduction across the warps each page: the GPU's ptxas spilled
+#   in the page loop, 33 % slower. Kept: each request part's scales times one power of two from its first page's
+#   largest scale (_wgr_first_scale, read once before the page loop, every warp reducing the whole block alone):
+#   0.1241 / 0.2181 ms at 4k / 8k against the bf16 page work's 0.1269 / 0.2261 (FlashMLA / it 1.33 / 1.41 against
+#   1.30 / 1.36), ~N 1.22 as before, and nearer the fp32 reference (rel. Frobenius 1.66e-3 against 1.81e-3: fp16 P
+#   carries 3 more bits). No dequantization at all (MODE 3) reaches 1.41 at 4k, 1.50 at 8k: the dequantization is not
+#   what keeps 4k from 1.5.
+# MODE 4's guard (twenty-fourth session; WGR_GUARD): a part whose scales reach 2^16 times its first page's largest
+#   would give inf / NaN. After a part's pages each thread tests its accumulators' exponent bits and adds to a
+#   per-device counter where one is all ones (_wgr_overflowed); after a barrier all read it, and if it moved the part
+#   runs its pages again with the factor from all its pages' scales (_wgr_scan_factor, read from the cache). Tried
+#   first: the rerun as a second copy of the page loop (the GPU's page loop 25 local loads a page against 12, the
+#   call 33 % slower) and a reduction across the threads after the loop (offline 27): both spill. Kept: the request
+#   loop a while loop that runs the same page loop again (13 local loads a page), the counter in global memory (one
+#   volatile load a program and one a part). Bought (probes/wgr_guard_h200_2026-12-04.json, same rounds): 0.1249 /
+#   0.2190 ms at 4k / 8k against 0.1247 / 0.2179 without the guard and the bf16 page work's 0.1275 / 0.2262 (FlashMLA
+#   / it 1.32 / 1.41 against 1.30 / 1.36), ~N 1.22 each, 1k 0.93 against 0.94; the full FP8 benchmark then read
+#   FlashMLA / v5 1.33 / 1.43 / 1.25 at 4k / 8k / ~N (fp8_bench_wgr4_h200_2026-12-04.json). Off under TRACE (its
+#   buffer takes the counter's place).
 """Version 5 over an FP8 cache, 16-row register tile on wgmma: both products transposed, the dequantized page the
 register A operand (Gluon, Triton 3.6)."""
 
@@ -583,9 +592,10 @@ if gluon is not None:
         GUARD: gl.constexpr, num_warps: gl.constexpr,
     ):
         # v5_fp8_reg.py's signature and ring (RAW raw page slots; kv_ptr and stride_kvb are not read), then the TRACE
-        # probe's buffer (stamps only with TRACE). MODE: 0 the tile; 3 (timing only) no dequantization (each operand
-        # is its raw words' bits: results meaningless); 4 V in fp16 by the hardware conversion, P·scale in fp16, the
-        # scales times a power of two per request (_wgr_first_scale; opt-in, WGR_MODE)
+        # probe's buffer (stamps only with TRACE; else MODE 4's overflow counter, or the ok flag, unread). MODE: 0 the
+        # page work in bf16; 3 (timing only) no dequantization (each operand is its raw words' bits: results
+        # meaningless); 4 (v5's default) V in fp16 by the hardware conversion, P·scale in fp16, the scales times a
+        # power of two per request part (_wgr_first_scale), with GUARD its rerun where that overflowed
         BM: gl.constexpr = 16
         a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=WGR_LAYOUT, k_width=2)
         rows_l: gl.constexpr = gl.SliceLayout(0, WGR_LAYOUT)  # the tile's rows: S^T's and O^T's columns
@@ -657,7 +667,8 @@ _LAUNCH = FastLauncher(_v5_fp8_wgr_kernel) if gluon is not None else None
 def launch_v5_fp8_wgr(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse, part_out,
                       part_lse, ok_flag, mode: int = 0):
     """Launch the 16-row FP8 tile on wgmma with register operands over the schedule `meta` (k_cache: FlashMLA's FP8
-    cache, rows contiguous; mode 3: no dequantization, for timing)."""
+    cache, rows contiguous; mode 0: WGR_MODE's, 3: no dequantization, for timing). MODE 4's guard (WGR_GUARD) takes
+    the device's overflow counter where the TRACE probe's buffer would go."""
     grid, args = tma_tile_launch_args("wgmma register FP8 tile", q, k_cache, block_table, cache_seqlens, dims, meta,
                                       num_splits, out, lse, part_out, part_lse, ok_flag, rows=64, tiled_words=True)
     trace = TRACE_BUFFER
