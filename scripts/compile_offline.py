@@ -222,7 +222,7 @@ def compile_v5_fp8(causal: bool = False, kind: str = "gluon", mode: int = 0, tra
             sig |= {"RAW": "constexpr", "MODE": "constexpr", "TRACE": "constexpr", "GUARD": "constexpr",
                     "num_warps": "constexpr"}
             consts |= {"RAW": v5_fp8_wgr.WGR_RAW_SLOTS, "MODE": mode, "TRACE": trace,
-                       "GUARD": int(v5_fp8_wgr.WGR_GUARD) if mode == 4 and not trace else 0}  # (as the launch's)
+                       "GUARD": v5_fp8_wgr.guard_for(mode, trace)}
         else:
             sig |= {"RAW": "constexpr", "num_warps": "constexpr"}
             consts |= {"RAW": v5_fp8_reg.REG_RAW_SLOTS}

@@ -332,9 +332,10 @@ def run(b: int, h_q: int, s_k: int, dist: str, rounds: int, variants: tuple[str,
 
 
 def accuracy(b: int = 16, h_q: int = 16, s_k: int = 4096, factors=(1.0, 2.0**-10, 2.0**-20)) -> list[dict]:
-    """The tile (MODE 0), MODE 4 (V and P·scale in fp16 as it is) and v5's bf16 call on the dequantized cache against
-    the fp32 reference on that cache, with the cache's values multiplied by each factor before quantization (smaller
-    values, smaller scales: where fp16's P·scale loses bits): max abs, relative Frobenius, cosine."""
+    """The tile's page work in bf16 (MODE 0) and in fp16 (MODE 4, as the module has it) and v5's bf16 call on the
+    dequantized cache against the fp32 reference on that cache, with the cache's values multiplied by each factor
+    before quantization (smaller values, smaller scales: where fp16's P·scale loses bits): max abs, relative
+    Frobenius, cosine."""
     from mla_tutorial.fp8 import dequantize_k_cache, quantize_k_cache
     from mla_tutorial.kernels import mla_decode_v5, plan, v5_fp8_wgr
     from mla_tutorial.kernels.reference import mla_decode_reference

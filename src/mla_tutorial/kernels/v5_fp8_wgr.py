@@ -175,6 +175,11 @@ if gluon is not None:
     _T_ROWS = gl.constexpr(TRACE_ROWS)
     _T_COLS = gl.constexpr(TRACE_COLS)
     _T_REQS = gl.constexpr(TRACE_REQS)
+    #: a page's scales [64 rows, 4 tiles] with every warp holding all of them (MODE 4's scale factor: each warp
+    #: reduces them alone, no reduction across warps)
+    _WHOLE_SCALES = gl.constexpr(gl.DistributedLinearLayout(
+        reg_bases=[[0, 1], [0, 2], [32, 0]], lane_bases=[[1, 0], [2, 0], [4, 0], [8, 0], [16, 0]],
+        warp_bases=[[0, 0], [0, 0]], block_bases=[], shape=[64, 4]))
 
     @gluon.jit
     def _wgr_stamp(trace_ptr, row, ok, COL: gl.constexpr, TRACE: gl.constexpr, CLOCK: gl.constexpr = False):
@@ -287,11 +292,8 @@ if gluon is not None:
         page's largest; the quantizer's floor keeps the small ones at 2^-13 and up). Read once a request, outside
         the page loop."""
         mbarrier.wait(bs.index(g % SLOTS), (g // SLOTS) % 2)  # (the page's own wait, in _reg_page_in, is then done)
-        l4: gl.constexpr = gl.DistributedLinearLayout(  # every warp the whole [64, 4]: no reduction across warps
-            reg_bases=[[0, 1], [0, 2], [32, 0]], lane_bases=[[1, 0], [2, 0], [4, 0], [8, 0], [16, 0]],
-            warp_bases=[[0, 0], [0, 0]], block_bases=[], shape=[64, 4])
-        x = sc_raw.index(g % SLOTS).load(l4).to(gl.float32, bitcast=True)  # [64 rows, 4 tiles]
-        row = gl.arange(0, 64, layout=gl.SliceLayout(1, l4))
+        x = sc_raw.index(g % SLOTS).load(_WHOLE_SCALES).to(gl.float32, bitcast=True)  # [64 rows, 4 tiles]
+        row = gl.arange(0, 64, layout=gl.SliceLayout(1, _WHOLE_SCALES))
         x = gl.where(row[:, None] < n_cur, x, 0.0)  # (rows past the keys: not yet zeroed, maybe NaN)
         return _wgr_factor(gl.max(gl.max(x, axis=1), axis=0))
 
@@ -365,14 +367,11 @@ if gluon is not None:
         """MODE 4's second pass over a request (_wgr_overflowed): _wgr_factor of the largest scale of all its pages
         lo .. hi - 1, read from the cache (its rows that hold keys, four scales each; a bad block id reads none).
         Every warp reads and reduces all of them alone: no barrier. Then no P·scale·factor passes 2."""
-        l4: gl.constexpr = gl.DistributedLinearLayout(  # (_wgr_first_scale's: every warp the whole [64, 4])
-            reg_bases=[[0, 1], [0, 2], [32, 0]], lane_bases=[[1, 0], [2, 0], [4, 0], [8, 0], [16, 0]],
-            warp_bases=[[0, 0], [0, 0]], block_bases=[], shape=[64, 4])
-        top = gl.zeros([64], gl.float32, layout=gl.SliceLayout(1, l4))
+        top = gl.zeros([64], gl.float32, layout=gl.SliceLayout(1, _WHOLE_SCALES))
         for i in range(lo, hi):
             page, n_rows = _fp8_page(bt_row, i, hi, s_k, num_blocks, ok_ptr)
             for t in gl.static_range(4):
-                top = gl.maximum(top, _fp8_scale(kv_ptr, page, n_rows, stride_kvb, t, l4))
+                top = gl.maximum(top, _fp8_scale(kv_ptr, page, n_rows, stride_kvb, t, _WHOLE_SCALES))
         return _wgr_factor(gl.max(top, axis=0))
 
     @gluon.jit
@@ -550,7 +549,7 @@ if gluon is not None:
             mx_smem, bt_row, s_k, num_blocks, ok_ptr, n_visible, q_scale, m_i, sc_factor, kv_desc, sc_desc, kr_desc,
             n_cur, a_op, rows_l, keys_l, num_warps, RAW, MODE, trace_ptr, TRACE)
         _wgr_stamp(trace_ptr, t_row, t_ok, 3, TRACE)
-        return s_k, part_slot, pieces, rows, tok, m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, sc_factor, g
+        return part_slot, pieces, rows, tok, m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, sc_factor, g
 
     @gluon.jit
     def _wgr_finish(o00, o01, o10, o11, o20, o21, o30, o31, m_i, l_keys, sc_factor, rows, tok, req, part_slot, pieces,
@@ -622,7 +621,7 @@ if gluon is not None:
             again = 0
             count = gl.load(trace_ptr, volatile=True)  # (the call's overflow counter as last read: _wgr_overflowed)
             while req <= end_req:
-                (s_k, part_slot, pieces, rows, tok, m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, sc_factor,
+                (part_slot, pieces, rows, tok, m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, sc_factor,
                  g) = _wgr_part(
                     req, again, q_ptr, kv_ptr, stride_kvb, kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr,
                     ok_ptr, num_splits_ptr, stride_qb, stride_qs, stride_qh, stride_btb, s_q, heads_per_kv,
@@ -644,7 +643,7 @@ if gluon is not None:
                     req += 1
         else:
             for req in range(begin_req, end_req + 1):
-                (s_k, part_slot, pieces, rows, tok, m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, sc_factor,
+                (part_slot, pieces, rows, tok, m_i, l_keys, o00, o01, o10, o11, o20, o21, o30, o31, sc_factor,
                  g) = _wgr_part(
                     req, 0, q_ptr, kv_ptr, stride_kvb, kv_desc, sc_desc, kr_desc, block_table_ptr, seqlens_ptr,
                     ok_ptr, num_splits_ptr, stride_qb, stride_qs, stride_qh, stride_btb, s_q, heads_per_kv,
@@ -679,10 +678,16 @@ def launch_v5_fp8_wgr(q, k_cache, block_table, cache_seqlens, dims, causal, meta
                              f"{need} elements ([programs, TRACE_ROWS, TRACE_COLS]), got {trace.dtype} on "
                              f"{trace.device} with {trace.numel()}")
     mode = mode or WGR_MODE
-    guard = int(WGR_GUARD) if mode == 4 and trace is None else 0  # (the counter takes the probe buffer's place)
+    guard = guard_for(mode, trace is not None)
     _LAUNCH(grid, *args, trace if trace is not None else overflow_counter(q.device) if guard else ok_flag,
             CAUSAL=causal, META_COLS=meta.shape[1], RAW=WGR_RAW_SLOTS, MODE=mode, TRACE=trace is not None,
             GUARD=guard, num_warps=WGR_WARPS, maxnreg=WGR_MAXNREG)
+
+
+def guard_for(mode: int, traced: bool) -> int:
+    """The kernel's GUARD for a launch in `mode`: WGR_GUARD in MODE 4 without the TRACE probe (whose buffer takes the
+    overflow counter's place), else 0."""
+    return int(WGR_GUARD) if mode == 4 and not traced else 0
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
