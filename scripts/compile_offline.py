@@ -287,15 +287,18 @@ def compile_v4(block_m: int, block_n: int, num_warps: int, num_stages: int, caus
     return triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": num_stages})
 
 
-def compile_combine(rows: int, block_d: int, splits: int):
+def compile_combine(rows: int, block_d: int, splits: int, check: bool = False, warps: int = 4):
     from mla_tutorial.kernels import combine
 
     sig = {"part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "split_offsets_ptr": "*i32", "out_ptr": "*bf16",
-           "lse_ptr": "*fp32", "s_q": "i32", "h_q": "i32", "ROWS": "constexpr", "D": "constexpr",
-           "BLOCK_D": "constexpr", "SPLITS": "constexpr", "UPCAST": "constexpr", "USE_PDL": "constexpr"}
-    consts = {"ROWS": rows, "D": 512, "BLOCK_D": block_d, "SPLITS": splits, "UPCAST": False, "USE_PDL": True}
+           "lse_ptr": "*fp32", "flag_ptr": "*i32", "s_q": "i32", "h_q": "i32", "ROWS": "constexpr",
+           "D": "constexpr", "BLOCK_D": "constexpr", "SPLITS": "constexpr", "UPCAST": "constexpr",
+           "USE_PDL": "constexpr", "CHECK": "constexpr", "OFFSETS_FIRST": "constexpr"}
+    consts = {"ROWS": rows, "D": 512, "BLOCK_D": block_d, "SPLITS": splits, "UPCAST": False, "USE_PDL": True,
+              "CHECK": check, "OFFSETS_FIRST": True}
     src = ASTSource(combine._combine_kernel, sig, consts, {(i,): [["tt.divisibility", 16]] for i in range(5)})
-    return triton.compile(src, target=TARGET, options={"num_warps": 4})
+    options = {"num_warps": warps} | ({"debug": True, "sanitize_overflow": False} if check else {})
+    return triton.compile(src, target=TARGET, options=options)
 
 
 def main() -> None:
@@ -361,12 +364,13 @@ def main() -> None:
             for causal in (False, True):
                 ck = compile_fp8_seesaw(causal=causal, mode=mode, tps=tps, early=int(early or 1))
                 print(f"{name} causal={causal}: {report(f'fss{tps}_{mode}_c{int(causal)}', ck, workdir)}")
-        elif name.startswith("combine"):  # the combine kernel: combine[:ROWS,BLOCK_D,SPLITS] (default: its own)
-            from mla_tutorial.kernels.combine import MANY_SPLITS_SHAPE
+        elif name.startswith("combine"):  # the combine kernel: combine[:ROWS,BLOCK_D,SPLITS[,CHECK[,WARPS]]]
+            from mla_tutorial.kernels.combine import MANY_SPLITS_SHAPE  # (default: its shape for many splits)
 
-            shape = tuple(int(x) for x in name[8:].split(",")) if ":" in name else MANY_SPLITS_SHAPE
-            name = "combine_" + "_".join(map(str, shape))
-            print(f"combine rows, block_d, splits = {shape}: {report(name, compile_combine(*shape), workdir)}")
+            spec = tuple(int(x) for x in name[8:].split(",")) if ":" in name else MANY_SPLITS_SHAPE
+            name = "combine_" + "_".join(map(str, spec))
+            print(f"combine rows, block_d, splits[, check, warps] = {spec}: "
+                  f"{report(name, compile_combine(*spec[:3], *map(bool, spec[3:4]), *spec[4:]), workdir)}")
         elif name.startswith(("v4:", "v5s:", "v5s-fp8:", "v5s-fp8tma:")):  # v4:BLOCK_M,BLOCK_N,warps,stages (v5s:
             kind, spec = name.split(":")  # the small tile; v5s-fp8: on an FP8 cache; v5s-fp8tma: with TMA loads)
             bm, bn, w, st = (int(x) for x in spec.split(","))

@@ -89,23 +89,25 @@ def test_fp8_cache_holds_the_quantized_rows_of_stage3s_cache():
 
 
 def test_append_quantizes_only_the_new_rows(monkeypatch):
-    import mla_tutorial.stage5_fp8 as stage5_module
+    """Each append hands the kernel that quantizes and writes (kernels.append_rows) its new rows alone, and only
+    their pool rows change."""
+    import mla_tutorial.stage4_triton as stage4_module
 
     seen = []
-    real = stage5_module.quantize_rows
+    real = stage4_module.append_rows
 
-    def spy(rows):
-        seen.append(tuple(rows.shape))
-        return real(rows)
+    def spy(pool, kv, *args):
+        seen.append((tuple(kv.shape), args[-1]))
+        return real(pool, kv, *args)
 
-    monkeypatch.setattr(stage5_module, "quantize_rows", spy)
+    monkeypatch.setattr(stage4_module, "append_rows", spy)
     cache = FP8LatentCache(8, device=DEVICE)
     for _ in range(2):
         cache.allocate()
     cache.append([0, 1], torch.randn(2, 70, 576, device=DEVICE).bfloat16())
     before = cache.pool.clone()
     cache.append([1], torch.randn(1, 1, 576, device=DEVICE).bfloat16())
-    assert seen == [(2, 70, 576), (1, 1, 576)]
+    assert seen == [((2, 70, 576), True), ((1, 1, 576), True)]  # (quantize=True)
     changed = (cache.pool.view(torch.uint8) != before.view(torch.uint8)).any(-1)  # [N, 64] rows rewritten
     page = int(cache.block_table([1])[0, 1])
     assert changed.sum() == 1 and changed[page, 70 - 64]  # token 70 of sequence 1: page 1, row 6

@@ -271,21 +271,32 @@ class PagedLatentCache:
         only when a sequence needs one; then the slot of every row is computed on the device.
         """
         seq_ids = list(seq_ids)
-        if not isinstance(kv, torch.Tensor) or kv.dim() != 3 or kv.shape[-1] != self.latent_dim:
+        width, dtype = self.row_width, self.row_dtype
+        if not isinstance(kv, torch.Tensor) or kv.dim() != 3 or kv.shape[-1] != width:
             got = list(kv.shape) if isinstance(kv, torch.Tensor) else type(kv).__name__
-            raise ValueError(f"kv must be a tensor [batch, tokens, {self.latent_dim}], got {got}")
+            raise ValueError(f"kv must be a tensor [batch, tokens, {width}], got {got}")
         if kv.shape[1] < 1:
             raise ValueError(f"kv must hold at least one token per sequence, got shape {list(kv.shape)}")
         if kv.shape[0] != len(seq_ids):
             raise ValueError(f"kv has batch {kv.shape[0]} but {len(seq_ids)} seq_ids were given")
-        if kv.dtype != self.pool.dtype or kv.device != self.pool.device:
-            raise TypeError(f"kv must be {self.pool.dtype} on {self.pool.device} like the pool, "
-                            f"got {kv.dtype} on {kv.device}")
+        if kv.dtype != dtype or kv.device != self.pool.device:
+            like = "like the pool" if dtype == self.pool.dtype else f"(the pool holds them as {self.pool.dtype})"
+            raise TypeError(f"kv must be {dtype} on {self.pool.device} {like}, got {kv.dtype} on {kv.device}")
         new_pages = self.check_append(seq_ids, kv.shape[1])
         self._take_pages(seq_ids, new_pages)
         self._write(self.rows(seq_ids), kv)
         for s in seq_ids:
             self._lengths[s] += kv.shape[1]
+
+    @property
+    def row_width(self) -> int:
+        """The width of the rows that `append` takes (576 here; stage 5 stores them as 656 bytes)."""
+        return self.latent_dim
+
+    @property
+    def row_dtype(self) -> torch.dtype:
+        """The dtype of the rows that `append` takes (the pool's here; stage 5 takes bf16 and stores FP8)."""
+        return self.pool.dtype
 
     def _write(self, rows: slice | torch.Tensor, kv: torch.Tensor) -> None:
         """Device only: rows kv [B, T, 576] go after each sequence's last token; lengths grow by T in place."""
@@ -457,11 +468,14 @@ class PagedMLA(AbsorbedMLA):
     def cache_bytes_per_token(self, dtype: torch.dtype | None = None) -> int:
         return LatentMLA.cache_bytes_per_token(self, dtype)
 
+    #: the cache `new_cache` makes (stage 4: its append one kernel; stage 5: FP8 rows)
+    cache_class: type[PagedLatentCache] = PagedLatentCache
+
     def new_cache(self, batch_size: int, max_seq_len: int | None = None, **kwargs) -> PagedLatentCache:
-        """An empty PagedLatentCache in the weights' dtype and device with `batch_size` sequences allocated."""
+        """An empty `cache_class` cache in the weights' dtype and device with `batch_size` sequences allocated."""
         weight = next(self.parameters())
         kwargs = {"dtype": weight.dtype, "device": weight.device} | kwargs
-        cache = PagedLatentCache.for_config(self.config, batch_size, max_seq_len, **kwargs)
+        cache = self.cache_class.for_config(self.config, batch_size, max_seq_len, **kwargs)
         for _ in range(batch_size):
             cache.allocate()
         return cache

@@ -18,6 +18,10 @@ Decode is memory-bound (≈ 2·h_q·s_q FLOP per cached byte, see docs/kernel.md
 cache's 1,152 B per token once, at the GPU's copy bandwidth. The kernel takes bf16 or fp16; the stage refuses
 other dtypes with a clear error (on a CPU it runs in Triton's interpreter: set TRITON_INTERPRET=1 before
 importing it, which `mla_tutorial.kernels` does for you when no CUDA device is present).
+
+The append is one kernel too (`TritonLatentCache`, since 2026-12-04): stage 3 writes a step's new rows with ~10
+small torch ops (positions, pages, slots, an index_copy_, the lengths), each a launch of a few µs even inside a CUDA
+graph; `kernels.append_rows` finds each new row's page and slot and writes it in one launch.
 """
 
 from __future__ import annotations
@@ -26,10 +30,28 @@ from collections.abc import Sequence
 
 import torch
 
-from .contract import KERNEL_DTYPES  # dtypes the Triton kernel takes (FlashMLA's): bf16, fp16
+from .contract import KERNEL_DTYPES, is_interpreter  # KERNEL_DTYPES: the Triton kernel's (FlashMLA's): bf16, fp16
 from .kernels import flash_mla_with_kvcache, get_mla_metadata
+from .kernels.append import append_rows
 from .stage3_paged import PagedLatentCache, PagedMLA
 from .step import in_step, shared
+
+#: False: stage 4's and 5's caches write with stage 3's torch ops (stage 5 quantizing with fp8.quantize_rows first),
+#: as until 2026-12-04 (a timing knob: scripts/gpu_final.sh's append step measures both)
+APPEND_KERNEL = True
+
+
+class TritonLatentCache(PagedLatentCache):
+    """Stage 3's page pool whose `append` writes the new rows with one kernel (`kernels.append_rows`: each row's
+    page and slot found on the device, the row written, the lengths grown) instead of stage 3's torch ops. Rows of
+    another width than 576, or on the CPU outside Triton's interpreter, take stage 3's write."""
+
+    QUANTIZE = False  # (stage 5's cache quantizes the rows in the same kernel)
+
+    def _write(self, rows: slice | torch.Tensor, kv: torch.Tensor) -> None:
+        if not (APPEND_KERNEL and kv.shape[-1] == 576 and (kv.is_cuda or is_interpreter())):
+            return super()._write(rows, kv)
+        append_rows(self.pool, kv, self.table, self.lengths, rows, self.page_size, self.QUANTIZE)
 
 
 class TritonMLA(PagedMLA):
@@ -37,7 +59,10 @@ class TritonMLA(PagedMLA):
 
     A decode step that needs no new page has no host sync (the schedule is computed on the device, the cache's
     block table and lengths live there), so it can be captured in a CUDA graph (`mla_tutorial.graphs`).
+    `new_cache` makes a TritonLatentCache (its append one kernel).
     """
+
+    cache_class = TritonLatentCache
 
     def validate(self, hidden_states: torch.Tensor, cache: PagedLatentCache | None,
                  seq_ids: Sequence[int] | None) -> tuple[torch.Tensor, PagedLatentCache | None, list[int] | None]:

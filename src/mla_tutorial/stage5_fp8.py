@@ -7,8 +7,10 @@ the cache it reads, and stage 4 already reads each byte once, so the next rung i
     512 float8_e4m3fn values of c_kv | 4 float32 scales, one per 128 values | 64 bf16 values of k_rope
 
 656 bytes instead of 1,152 (1.76x fewer): 1.76x more tokens in the same memory, and up to 1.76x less time at the
-memory-bound shapes. The rows are quantized as they are appended (`FP8LatentCache.append`: torch ops on the new
-rows only, then the same page write as stage 3; the rest of the cache is never read or rewritten), and the kernel
+memory-bound shapes. The rows are quantized as they are appended, in the kernel that writes them into their
+pages (`kernels.append_rows`, stage 4's append with the quantization fused: one launch a decode step; the rest of
+the cache is never read or rewritten; fp8.quantize_rows is its reference and its path outside the kernels' reach),
+and the kernel
 (`flash_mla_with_kvcache(..., is_fp8_kvcache=True)`: v5's small tile on a CPU, its Gluon FP8 tiles on Hopper)
 multiplies each 128-value chunk by its scale as it loads it, so from there on it is stage 4's bf16 tensor-core
 attention. That dequantization is exact (an e4m3
@@ -39,18 +41,23 @@ from collections.abc import Sequence
 
 import torch
 
+from . import stage4_triton
+from .contract import is_interpreter
 from .fp8 import D_ROW, FP8_DTYPE, ROW_BYTES, dequantize_k_cache, quantize_rows
 from .kernels import flash_mla_with_kvcache
 from .stage3_paged import PagedLatentCache, paged_mla_attention
-from .stage4_triton import TritonMLA
+from .stage4_triton import TritonLatentCache, TritonMLA
 
 
-class FP8LatentCache(PagedLatentCache):
-    """Stage 3's page pool with FlashMLA's 656-byte FP8 rows: `pool` is float8_e4m3fn [num_blocks, 64, 656].
+class FP8LatentCache(TritonLatentCache):
+    """Stage 4's page pool with FlashMLA's 656-byte FP8 rows: `pool` is float8_e4m3fn [num_blocks, 64, 656].
 
     Sequences, pages and block tables work as in PagedLatentCache; `append` takes the same bf16 rows [B, T, 576]
-    and stores their FP8 form. `k_cache` is the pool as FlashMLA's FP8 k_cache [num_blocks, 64, 1, 656].
+    and stores their FP8 form, quantized in the kernel that writes them (stage 4's, QUANTIZE). `k_cache` is the
+    pool as FlashMLA's FP8 k_cache [num_blocks, 64, 1, 656].
     """
+
+    QUANTIZE = True
 
     def __init__(self, num_blocks: int, page_size: int = 64, latent_dim: int = D_ROW, *,
                  dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
@@ -70,22 +77,21 @@ class FP8LatentCache(PagedLatentCache):
         return quantize_rows(torch.full((1, 1, D_ROW), value, dtype=torch.bfloat16, device=self.pool.device))
 
     @property
+    def row_width(self) -> int:
+        """The width of the rows that `append` takes: 576 (bf16), stored as 656 bytes."""
+        return D_ROW
+
+    @property
     def row_dtype(self) -> torch.dtype:
         """The dtype of the rows that `append` takes (and `dequantized` returns)."""
         return torch.bfloat16
 
-    def append(self, seq_ids: Sequence[int], kv: torch.Tensor) -> None:
-        """Quantize kv [B, T, 576] (bf16) to FP8 rows and write them as the next T tokens of seq_ids.
-
-        Only the B·T new rows are quantized (one small pass over them); the write is stage 3's, all-or-nothing.
-        """
-        if not isinstance(kv, torch.Tensor) or kv.dim() != 3 or kv.shape[-1] != D_ROW:
-            got = list(kv.shape) if isinstance(kv, torch.Tensor) else type(kv).__name__
-            raise ValueError(f"kv must be a tensor [batch, tokens, {D_ROW}], got {got}")
-        if kv.dtype != torch.bfloat16 or kv.device != self.pool.device:
-            raise TypeError(f"kv must be torch.bfloat16 on {self.pool.device} (it is quantized to FP8 rows), "
-                            f"got {kv.dtype} on {kv.device}")
-        super().append(seq_ids, quantize_rows(kv))  # NEW: [B, T, 656] bytes of the new rows, written into pages
+    def _write(self, rows: slice | torch.Tensor, kv: torch.Tensor) -> None:
+        """NEW: kv [B, T, 576] bf16 quantized to FP8 rows as they are written (one kernel); where the kernels
+        cannot run (CPU tensors outside Triton's interpreter), quantized by fp8.quantize_rows, then stage 3's write."""
+        if stage4_triton.APPEND_KERNEL and (kv.is_cuda or is_interpreter()):
+            return super()._write(rows, kv)
+        PagedLatentCache._write(self, rows, quantize_rows(kv))  # [B, T, 656] bytes
 
     def dequantized(self) -> torch.Tensor:
         """The whole pool back in bf16, as FlashMLA's k_cache [num_blocks, 64, 1, 576] (a copy; for checks)."""
@@ -111,17 +117,11 @@ class FP8MLA(TritonMLA):
     656 bytes per token. bf16 only.
     """
 
+    cache_class = FP8LatentCache
+
     def cache_bytes_per_token(self, dtype: torch.dtype | None = None) -> int:
         """656: FlashMLA's FP8 row (512 e4m3 + 4 float32 scales + 64 bf16), whatever the weights' dtype."""
         return ROW_BYTES
-
-    def new_cache(self, batch_size: int, max_seq_len: int | None = None, **kwargs) -> FP8LatentCache:
-        """An empty FP8LatentCache on the weights' device with `batch_size` sequences allocated."""
-        kwargs = {"device": next(self.parameters()).device} | kwargs
-        cache = FP8LatentCache.for_config(self.config, batch_size, max_seq_len, **kwargs)
-        for _ in range(batch_size):
-            cache.allocate()
-        return cache
 
     def attend(self, q: torch.Tensor, cache: FP8LatentCache, block_table: torch.Tensor,
                cache_seqlens: torch.Tensor, seq_ids: Sequence[int] | None = None) -> torch.Tensor:

@@ -18,7 +18,16 @@
 # columns and loads SPLITS splits at once, [ROWS, SPLITS, BLOCK_D], merging them into the running max and sums
 # step by step: at b 1, h_q 16, 16 programs each wait on a few steps of 16 splits instead of 2 on 264 loads
 # (combine_shape picks the shape from the splits a request has).
-"""Combine kernel: merges split-KV partial outputs by their log-sum-exp."""
+#
+# The bounds assertion rides on it (since 2026-12-04; CHECK): v5's tiles clear a flag where a block id is out of range
+# instead of following it, and the call asserted the flag with torch._assert_async, a third kernel after the tile
+# and the combine (2.1-2.2 µs of device time a call in the profiler at every length, h16 b 128: FlashMLA's call has
+# two kernels). With CHECK the combine's first program asserts the flag after gdc_wait (Triton's device_assert,
+# compiled in only for this launch: `debug`, without the integer-overflow checks debug would also add), so a bad id
+# still stops the stream with the same message, and the call is two kernels. The requests' split offsets are read
+# before gdc_wait: the schedule wrote them before the main kernel started, so the combine's programs have them in
+# registers when the main kernel's writes become visible.
+"""Combine kernel: merges split-KV partial outputs by their log-sum-exp (and, for v5, asserts the bounds flag)."""
 
 from __future__ import annotations
 
@@ -40,6 +49,15 @@ MANY_SPLITS = 4
 MANY_SPLITS_SHAPE = (4, 128, 16)
 FEW_SPLITS_SHAPE = (8, 512, 2)
 INTERPRETER_COMBINE_SHAPE = (8, 512, 8)
+#: warps a program, and whether the split offsets are read before gdc_wait (knobs for scripts/gpu_call_tail.py)
+COMBINE_WARPS = 4
+OFFSETS_FIRST = True
+
+#: what a failed bounds assertion says (the combine's device_assert with CHECK; torch._assert_async where the call
+#: asserts on its own: the interpreter, CPU tensors)
+BOUNDS_MESSAGE = ("flash_mla_with_kvcache: a block_table entry inside a request's length is outside [0, num_blocks) "
+                  "(the kernel did not follow it)")
+_BOUNDS = tl.constexpr(BOUNDS_MESSAGE)
 
 
 def combine_shape(batch: int, slots: int) -> tuple[int, int, int]:
@@ -55,15 +73,21 @@ def _combine_kernel(
     split_offsets_ptr,  # [b + 1] int32: request r owns slots [split_offsets[r], split_offsets[r+1])
     out_ptr,  # [b, s_q, h_q, 512] in q's dtype
     lse_ptr,  # [b, h_q, s_q] fp32
+    flag_ptr,  # int32 [1]: v5's bounds flag (0: a block id was out of range), read with CHECK
     s_q, h_q,
     ROWS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS: tl.constexpr, UPCAST: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    USE_PDL: tl.constexpr, CHECK: tl.constexpr, OFFSETS_FIRST: tl.constexpr,
 ):
-    if USE_PDL:
-        gdc_wait()  # the main kernel's partials and outputs are visible after this
     req = tl.program_id(0)
-    begin = tl.load(split_offsets_ptr + req)
+    if USE_PDL and not OFFSETS_FIRST:
+        gdc_wait()
+    begin = tl.load(split_offsets_ptr + req)  # (written before the main kernel started: read before its end)
     end = tl.load(split_offsets_ptr + req + 1)
+    if USE_PDL and OFFSETS_FIRST:
+        gdc_wait()  # the main kernel's partials, outputs and flag are visible after this
+    if CHECK:
+        if (req == 0) & (tl.program_id(1) == 0) & (tl.program_id(2) == 0):
+            tl.device_assert(tl.load(flag_ptr) != 0, _BOUNDS)
     if end - begin > 1:  # unsplit requests were written by the main kernel
         n_rows = s_q * h_q
         rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)  # (ROWS,) row = token * h_q + head
@@ -109,16 +133,24 @@ def combine_splits(
     out: torch.Tensor,
     lse: torch.Tensor,
     shape: tuple[int, int, int] | None = None,
+    check_flag: torch.Tensor | None = None,
 ) -> None:
     """Merge partials into out [b, s_q, h_q, 512] and lse [b, h_q, s_q] for requests with > 1 split. `shape`: the
-    kernel's (ROWS, BLOCK_D, SPLITS) instead of its default (for measuring them)."""
+    kernel's (ROWS, BLOCK_D, SPLITS) instead of its default (for measuring them). `check_flag` (int32 [1], compiled
+    kernels only): assert it nonzero on the device once the main kernel is done (BOUNDS_MESSAGE)."""
     b, s_q, h_q, d = out.shape
     interpret = is_interpreter()
+    if check_flag is not None and interpret:
+        raise ValueError("combine_splits: check_flag needs a compiled kernel (the interpreter has no device assert)")
     rows, block_d, splits = shape or (INTERPRETER_COMBINE_SHAPE if interpret else combine_shape(b, part_out.shape[0]))
     grid = (b, triton.cdiv(s_q * h_q, rows), d // block_d)
     pdl = {} if interpret else {"launch_pdl": _pdl_supported(out.device)}
-    _LAUNCH(grid, part_out, part_lse, split_offsets, out, lse, s_q, h_q, ROWS=rows, D=d, BLOCK_D=block_d,
-            SPLITS=splits, UPCAST=interpret, USE_PDL=bool(pdl.get("launch_pdl")), num_warps=4, **pdl)
+    check = check_flag is not None
+    if check:  # device_assert is compiled in only with debug; debug's integer-overflow checks are left out
+        pdl |= {"debug": True, "sanitize_overflow": False}
+    _LAUNCH(grid, part_out, part_lse, split_offsets, out, lse, check_flag if check else split_offsets, s_q, h_q,
+            ROWS=rows, D=d, BLOCK_D=block_d, SPLITS=splits, UPCAST=interpret, USE_PDL=bool(pdl.get("launch_pdl")),
+            CHECK=check, OFFSETS_FIRST=OFFSETS_FIRST, num_warps=COMBINE_WARPS, **pdl)
 
 
 def _pdl_supported(device: torch.device) -> bool:

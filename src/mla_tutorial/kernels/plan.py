@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from .combine import BOUNDS_MESSAGE
 from .v5_gluon import _Address, _triton_version
 
 #: the Triton whose compiled-kernel launcher the plans call directly (its argument layout is not a public API)
@@ -232,10 +233,6 @@ class CallPlan:
         if self.assert_bounds:
             torch._assert_async(flag, BOUNDS_MESSAGE)
         return out, lse
-
-
-BOUNDS_MESSAGE = ("flash_mla_with_kvcache: a block_table entry inside a request's length is outside [0, num_blocks) "
-                  "(the kernel did not follow it)")
 
 
 def make_plan(records: list, slots: tuple, error_flag_given: bool, assert_bounds: bool,

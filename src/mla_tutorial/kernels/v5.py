@@ -38,10 +38,10 @@ from contextlib import nullcontext
 import torch
 
 from ..contract import check_block_table_on_device, check_contiguous, validate_paged_decode
-from .combine import combine_splits
+from .combine import BOUNDS_MESSAGE, combine_splits
 from .common import D_NOPE, TileConfig, is_interpreter, validate_metadata
 from .launch import recording
-from .plan import BOUNDS_MESSAGE, is_new, make_plan, remember, replay, signature
+from .plan import is_new, make_plan, remember, replay, signature
 from .schedule import get_mla_metadata
 from .v4_balanced import _launch_v4
 from .v5_fp8_gluon import launch_v5_fp8_gluon
@@ -156,6 +156,10 @@ def ok_flag(device: torch.device) -> torch.Tensor:
     return flag
 
 
+#: compiled calls assert the bounds flag in the combine kernel (combine.py's CHECK: two kernels a call); False:
+#: torch._assert_async after the combine, a third kernel (the calls until 2026-12-04; a timing knob)
+FOLD_BOUNDS = True
+
 #: the tiles whose launch code (`_launch_tile`) issues nothing but FastLauncher launches: a call plan can replay
 #: them (plan.py). v4's path also launches the contract's bounds check, written in torch.
 PLANNED_PATHS = frozenset(PATHS) - {"v4"}
@@ -207,12 +211,15 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
         return _launch_v4(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, config)
     out, lse, part_out, part_lse = _outputs(dims, q, meta)
     flag = ok_flag(q.device) if error_flag is None else error_flag
-    planned = is_new(plan_key) and path in PLANNED_PATHS and not is_interpreter()
+    interpreted = is_interpreter()
+    planned = is_new(plan_key) and path in PLANNED_PATHS and not interpreted
+    assert_bounds = check_bounds and error_flag is None
+    in_combine = assert_bounds and FOLD_BOUNDS and not interpreted  # the combine asserts the flag: no third launch
     with recording() if planned else nullcontext() as records:
         _launch_tile(path, q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_splits, out, lse,
                      part_out, part_lse, flag, config, mode, is_fp8)
-        combine_splits(part_out, part_lse, num_splits, out, lse)
-    assert_bounds = check_bounds and error_flag is None
+        combine_splits(part_out, part_lse, num_splits, out, lse, check_flag=flag if in_combine else None)
+    assert_bounds &= not in_combine
     if planned:
         remember(plan_key, make_plan(records, (q, k_cache, block_table, cache_seqlens, meta, num_splits, out, lse,
                                                part_out, part_lse, flag), error_flag is not None, assert_bounds,
