@@ -14,7 +14,9 @@
 # register tile on wgmma, v5_fp8_wgr.py: its GPU cases, then its h16 timing beside the other 16-row FP8 tiles), wgrtrace (that tile's own time stamps, scripts/gpu_wgr_trace.py), split8 (gpu_kernel_split.py --fp8-h16), wgrf16 (the
 # tile's MODE 4, v5's default since 2026-12-04: V and P·scale in fp16, its GPU build, timed, stamped and run on the GPU
 # cases), guard (MODE 4's guard of fp16's range: the build with and without it, the GPU cases, timed), wgracc (its error
-# and the tile's against the fp32 reference, the cache scaled down). The seesaw probe's check and time steps include its VARIANTS.
+# and the tile's against the fp32 reference, the cache scaled down), tail (the call's tail after the main kernel:
+# scripts/gpu_call_tail.py), append (the decode step's append as one kernel: its GPU tests and stages 4 / 5's, then
+# the decode step of stages 4 and 5 with it, with stage_4.APPEND_KERNEL False, and with it again). The seesaw probe's check and time steps include its VARIANTS.
 set -u -o pipefail
 OUT=${OUT:-out/gpu_final}
 STEPS=${STEPS:-sched check time tests kernels fp8 decode}
@@ -239,3 +241,20 @@ has wgracc && step wgracc 120 env PYTHONPATH=src $PY scripts/gpu_wgr_trace.py --
 # everything in one file first in name order (a call brings back at most 8 files; the eighth session lost 5 logs)
 tar czf "$OUT/00_all.tgz" -C "$OUT" --exclude=00_all.tgz --exclude='*.ncu-rep' . 2>/dev/null
 echo "=== done"
+
+# the call's tail after the main kernel: the combine's variants, the bounds assertion in it or after it
+has tail && step tail ${TAIL_LIMIT:-330} env PYTHONPATH=$PEERS:src $PY scripts/gpu_call_tail.py --out "$OUT/call_tail.json"
+# the decode step's append as one kernel (kernels/append.py): its GPU cases and stages 4 / 5's, then the decode step
+# with it, with the torch append (stage4_triton.APPEND_KERNEL False), and with it again
+DECODE_ARGS=(--device cuda --config deepseek-v3 --stages 4 5 --heads 128 16 --batch 64 --context 4096 --graphs both
+  --warmup 5 --reps 30)
+has append && step append_tests ${APPEND_TESTS_LIMIT:-240} env PYTHONPATH=src:tests $PY -m pytest tests/test_append.py \
+  tests/test_stage5.py tests/test_stage4.py tests/test_graphs_gpu.py -q -x -p no:cacheprovider
+for run in kernel torch kernel2; do
+  has append && step "decode_append_$run" ${DECODE_LIMIT:-150} env PYTHONPATH=src APPEND_RUN=$run $PY -c "
+import os, sys
+import mla_tutorial.stage4_triton as s4
+s4.APPEND_KERNEL = os.environ['APPEND_RUN'] != 'torch'
+from mla_tutorial.measure.cli import main
+sys.exit(main(sys.argv[1:]))" bench "${DECODE_ARGS[@]}" --out "$OUT/decode_append_$run.json"
+done

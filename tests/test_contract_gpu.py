@@ -55,13 +55,16 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("entry", ["paged_mla_attention", "flash_mla_with_kvcache", "mla_decode_v2"])
+@pytest.mark.parametrize("entry", ["paged_mla_attention", "flash_mla_with_kvcache", "flash_mla_with_kvcache_fp8",
+                                   "mla_decode_v2"])
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_block_table_trips_the_device_side_assertion(entry, case):
+    """v5's calls (bf16 and FP8) assert the flag their kernels clear in the combine kernel, with its message."""
     script = textwrap.dedent(f"""
         import torch
         import mla_tutorial.kernels as K
         from mla_tutorial import paged_mla_attention
+        from mla_tutorial.fp8 import quantize_k_cache
         from mla_tutorial.testing import make_paged_inputs
 
         q, k_cache, table, lens = make_paged_inputs([70, 0, 4096, 65], 1, 16, 1, torch.bfloat16, device="cuda")
@@ -71,6 +74,8 @@ def test_bad_block_table_trips_the_device_side_assertion(entry, case):
         calls = {{
             "paged_mla_attention": lambda: paged_mla_attention(q, k_cache, table, lens, 512),
             "flash_mla_with_kvcache": lambda: K.flash_mla_with_kvcache(q, k_cache, table, lens, 512, meta, splits),
+            "flash_mla_with_kvcache_fp8": lambda: K.flash_mla_with_kvcache(q, quantize_k_cache(k_cache), table, lens,
+                                                                          512, meta, splits, is_fp8_kvcache=True),
             "mla_decode_v2": lambda: K.mla_decode_v2(q, k_cache, table, lens, 512),
         }}
         calls["{entry}"]()
@@ -80,3 +85,5 @@ def test_bad_block_table_trips_the_device_side_assertion(entry, case):
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode != 0 and "NO ERROR" not in run.stdout, run.stdout + run.stderr
     assert "device-side assert" in run.stderr or "Assertion" in run.stderr, run.stderr[-2000:]
+    if entry.startswith("flash_mla_with_kvcache"):  # (the combine's device_assert prints the call's message)
+        assert "a block_table entry inside a request's length" in run.stdout + run.stderr, run.stderr[-2000:]

@@ -87,6 +87,17 @@ def test_issue_9_targets_and_stage_5_step_match_the_readme_and_docs_fp8_md():
     assert got == {(4, 128): 0.449, (4, 16): 0.281, (5, 128): 0.539, (5, 16): 0.298}
 
 
+def test_append_kernel_steps_match_the_readme_and_docs():
+    """decode_bench_append (the append as one kernel) and the torch append from the same call: the README's stages 4
+    and 5, kernel.md §15, fp8.md §6 and notebook 07 quote these (graphs, b 64, S 4k)."""
+    steps = R.append_step_ms()
+    got = {k: (round(v["torch_ms"], 3), round(v["kernel_ms"], 3)) for k, v in steps.items()}
+    assert got == {(4, 128): (0.444, 0.431), (5, 128): (0.535, 0.485), (4, 16): (0.278, 0.263),
+                   (5, 16): (0.297, 0.247)}
+    assert [round(steps[k]["saved_us"]) for k in ((4, 128), (4, 16), (5, 128), (5, 16))] == [14, 15, 50, 50]
+    assert {r.kernel for r in R.decode_rows(R.DECODE_BENCH_APPEND) if r.stage == 4} == {"v5"}
+
+
 def test_host_time_rows_match_docs_kernel_md():
     """The call plans' host time (kernel.md §13: 28-59 µs replayed, 129-282 through the full path) and, in the call
     that also timed the kernels, a replayed call shorter than its kernels and a full path longer than them."""

@@ -78,6 +78,10 @@ DECODE_BENCH_FP8SS = "decode_bench_fp8ss_deepseek-v3_h200_2026-12-03.json"
 #: the same with stage 5 on the wgmma register tile at 16 heads, its page work in fp16 (MODE 4; the README's stage 5
 #: now; with the page work in bf16: decode_bench_fp8wgr_deepseek-v3_h200_2026-12-03.json)
 DECODE_BENCH_FP8WGR = "decode_bench_fp8wgr4_deepseek-v3_h200_2026-12-04.json"
+#: the same shapes with the append as one kernel in stages 4 and 5 (kernels/append.py, twenty-fifth session: the
+#: README's stages 4 and 5 now), and from the same call just before it, the torch append (in docs/results/probes)
+DECODE_BENCH_APPEND = "decode_bench_append_deepseek-v3_h200_2026-12-04.json"
+DECODE_BENCH_TORCH_APPEND = "decode_bench_torch_append_deepseek-v3_h200_2026-12-04.json"
 DECODE_COVERAGE = "decode_coverage_deepseek-v3_h200_2026-12-02.json"  # stages 2, 4 (v4), b 8/64, S 1k/16k
 DECODE_PROFILE = "decode_profile_deepseek-v3_h200_2026-12-02.json"  # torch.profiler per step, b 1/64
 ROOFLINE = "roofline_deepseek-v3_h200_2026-12-01.json"  # stages 2–4 under the measured ceilings
@@ -111,7 +115,8 @@ PRODUCED_BY = {
 }
 
 #: Which stage-4 kernel served the decode-step files (the README's provenance: branch issue6-decode ran v4).
-STAGE4_KERNEL = {DECODE_BENCH_V5: "v5", DECODE_BENCH_V5_QTMA: "v5"}
+STAGE4_KERNEL = {DECODE_BENCH_V5: "v5", DECODE_BENCH_V5_QTMA: "v5", DECODE_BENCH_FP8SS: "v5", DECODE_BENCH_FP8WGR: "v5",
+                 DECODE_BENCH_APPEND: "v5", DECODE_BENCH_TORCH_APPEND: "v5"}
 
 #: v4-era implementation names -> the names used everywhere here.
 IMPL_ALIASES = {"flash_mla_with_kvcache": "v4", "v3_split_kv": "v3", "v2_head_tiled": "v2", "v1_naive": "v1"}
@@ -457,6 +462,21 @@ def decode_rows(source: str | Path | dict = DECODE_TOUR, *, kernel: str | None =
         raise ValueError(f"{name}: not a decode-step file (expected 'records' from `bench` or 'stages' from "
                          f"`tour`; top-level keys {sorted(data)[:10]})")
     return [_decode_row(r, name, card, kernel) for r in records]
+
+
+def append_step_ms(kernel: str | Path | dict = DECODE_BENCH_APPEND,
+                   torch_append: str | Path | dict = DECODE_BENCH_TORCH_APPEND) -> dict[tuple[int, int], dict]:
+    """The decode step with the torch append against the append kernel, same call (graphs, b 64): {(stage, heads):
+    {"torch_ms", "kernel_ms", "saved_us"}}; the torch file is read from docs/results/probes."""
+    if isinstance(torch_append, str) and not Path(torch_append).exists():
+        torch_append = results_dir() / "probes" / torch_append
+    rows = {name: {(r.stage, r.heads): r.latency_ms for r in decode_rows(src, kernel="v5") if r.graph}
+            for name, src in (("kernel", kernel), ("torch", torch_append))}
+    if rows["kernel"].keys() != rows["torch"].keys():
+        raise ValueError(f"the two decode files measured other shapes: {sorted(rows['kernel'])} against "
+                         f"{sorted(rows['torch'])}")
+    return {k: {"torch_ms": rows["torch"][k], "kernel_ms": t, "saved_us": (rows["torch"][k] - t) * 1e3}
+            for k, t in rows["kernel"].items()}
 
 
 def decode_skipped(source: str | Path | dict = DECODE_TOUR) -> list[dict]:
@@ -978,7 +998,8 @@ def table(rows: list, columns: list[tuple[str, str, str]]) -> str:
 
 __all__ = [
     "ABLATION", "CAPACITY", "DECODE_BENCH_V4", "DECODE_BENCH_V5", "DECODE_BENCH_V5_QTMA", "DECODE_COVERAGE",
-    "DECODE_PROFILE", "DECODE_TOUR", "DECODE_BENCH_FP8SS", "DECODE_BENCH_FP8WGR",
+    "DECODE_PROFILE", "DECODE_TOUR", "DECODE_BENCH_FP8SS", "DECODE_BENCH_FP8WGR", "DECODE_BENCH_APPEND",
+    "DECODE_BENCH_TORCH_APPEND",
     "FP8_ACCURACY", "FP8_BENCH", "FP8_SCHEMES", "FP8_SPLIT", "IMPL_LABELS", "KERNELS_V4_H100", "KERNELS_V4_H200",
     "HOST_PLANS", "KERNELS_V5", "KERNELS_V5_PLANS", "KERNELS_V5_QASYNC", "KERNELS_V5_EVEN", "KERNELS_V5_LINES",
     "KERNELS_V5_QTMA", "KERNELS_V5_WALK", "KERNELS_V5_FP8SS", "KERNELS_V5_FP8WGR",
@@ -988,7 +1009,8 @@ __all__ = [
     "STEP_SCHEDULE", "StepScheduleRow", "step_schedule_rows",
     "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",
     "Fp8DecoderRow", "Fp8RowError", "Fp8SpeedRow", "KernelRow", "KernelRun", "ResultsMissing", "ablation_steps",
-    "capacity_rows", "ceilings", "decode_rows", "decode_skipped", "fp8_attention_errors", "fp8_correctness",
+    "append_step_ms", "capacity_rows", "ceilings", "decode_rows", "decode_skipped", "fp8_attention_errors",
+    "fp8_correctness",
     "fp8_decoder_rows", "fp8_page_work_rows", "fp8_row_errors", "fp8_speed_rows", "fp8_targets", "kernel_run",
     "load", "pick", "results_dir",
     "table",
