@@ -140,3 +140,29 @@ def test_stage4_and_stage5_modules_make_the_kernel_caches():
     config = MLAConfig.tiny()
     assert type(TritonMLA(config).bfloat16().new_cache(2, 70)) is TritonLatentCache
     assert type(FP8MLA(config).bfloat16().new_cache(2, 70)) is FP8LatentCache
+
+
+@pytest.mark.parametrize("cache_class", [TritonLatentCache, FP8LatentCache])
+@pytest.mark.parametrize("without", ["interpreter", "APPEND_KERNEL"])
+def test_torch_write_where_the_kernel_cannot_run(monkeypatch, cache_class, without):
+    """CPU tensors outside Triton's interpreter, or the timing knob off: stage 3's write (stage 5 quantizing with
+    quantize_rows first) gives the kernel's rows and lengths."""
+    import mla_tutorial.stage4_triton as stage4_module
+    import mla_tutorial.stage5_fp8 as stage5_module
+
+    seq_ids = [2, 0]
+    kernel = _filled(cache_class, "cpu", seq_ids)
+    kernel.append(seq_ids, _hostile_rows(2, 3, seed=5))
+    if without == "interpreter":
+        monkeypatch.setattr(stage4_module, "is_interpreter", lambda: False)
+        monkeypatch.setattr(stage5_module, "is_interpreter", lambda: False)
+    else:
+        monkeypatch.setattr(stage4_module, "APPEND_KERNEL", False)
+    monkeypatch.setattr(stage4_module, "append_rows", None)  # (not called)
+    torch_write = _filled(cache_class, "cpu", seq_ids)
+    torch_write.append(seq_ids, _hostile_rows(2, 3, seed=5))
+    assert torch.equal(torch_write.cache_seqlens(), kernel.cache_seqlens())
+    if cache_class is FP8LatentCache:
+        _same_fp8_rows(_live(torch_write, seq_ids), _live(kernel, seq_ids))
+    else:
+        assert torch.equal(_live(torch_write, seq_ids), _live(kernel, seq_ids))

@@ -24,7 +24,8 @@ Non-finite input: a NaN in a tile makes its scale NaN and the whole tile reads b
 inf and the tile reads back NaN (0 · inf); FlashMLA's quantizer does the same. That is how the tests poison unused
 rows. A value within 1/16 of bf16's largest (|x| >= 2^127 · 1.9375) can round up to 2^128 and read back inf.
 
-`quantize_rows` / `dequantize_rows` work on any leading shape, so stage 5 quantizes just the rows it appends.
+`quantize_rows` / `dequantize_rows` work on any leading shape. Stage 5's append quantizes its new rows in the
+kernel that writes them (kernels/append.py), bit for bit as `quantize_rows`, which is its reference.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ def tile_scales(amax: torch.Tensor) -> torch.Tensor:
 def quantize_rows(rows: torch.Tensor) -> torch.Tensor:
     """bf16 rows [..., 576] = [c_kv | k_rope] -> their 656-byte FP8 form [..., 656] (dtype float8_e4m3fn).
 
-    Torch ops only, no host sync: stage 5 calls it on the new rows of each append (one small pass over those
-    rows), on CPU and GPU alike, and a CUDA graph can capture it.
+    Torch ops only, no host sync: the reference of stage 5's append kernel (kernels/append.py, the same bytes) and
+    stage 5's append where no kernel can run (CPU tensors outside Triton's interpreter); a CUDA graph can capture it.
     """
     if not isinstance(rows, torch.Tensor) or rows.dim() < 1 or rows.shape[-1] != D_ROW:
         got = list(rows.shape) if isinstance(rows, torch.Tensor) else type(rows).__name__
