@@ -96,6 +96,9 @@ def test_append_kernel_steps_match_the_readme_and_docs():
                    (5, 16): (0.297, 0.247)}
     assert [round(steps[k]["saved_us"]) for k in ((4, 128), (4, 16), (5, 128), (5, 16))] == [14, 15, 50, 50]
     assert {r.kernel for r in R.decode_rows(R.DECODE_BENCH_APPEND) if r.stage == 4} == {"v5"}
+    profile = {k: (round(v["torch_launches"]), round(v["kernel_launches"]), round(v["torch_device_ms"], 3),
+                   round(v["kernel_device_ms"], 3)) for k, v in R.append_profile().items()}
+    assert profile == {(4, 16): (154, 136, 0.398, 0.373), (5, 16): (188, 126, 0.434, 0.355)}  # kernel.md §15
 
 
 def test_host_time_rows_match_docs_kernel_md():

@@ -82,6 +82,9 @@ DECODE_BENCH_FP8WGR = "decode_bench_fp8wgr4_deepseek-v3_h200_2026-12-04.json"
 #: README's stages 4 and 5 now), and from the same call just before it, the torch append (in docs/results/probes)
 DECODE_BENCH_APPEND = "decode_bench_append_deepseek-v3_h200_2026-12-04.json"
 DECODE_BENCH_TORCH_APPEND = "decode_bench_torch_append_deepseek-v3_h200_2026-12-04.json"
+#: both appends profiled at 16 heads (torch.profiler, eager: kernels and device time per step; docs/results/probes)
+DECODE_PROFILE_APPEND = "decode_profile_append_h200_2026-12-04.json"
+DECODE_PROFILE_TORCH_APPEND = "decode_profile_torch_append_h200_2026-12-04.json"
 DECODE_COVERAGE = "decode_coverage_deepseek-v3_h200_2026-12-02.json"  # stages 2, 4 (v4), b 8/64, S 1k/16k
 DECODE_PROFILE = "decode_profile_deepseek-v3_h200_2026-12-02.json"  # torch.profiler per step, b 1/64
 ROOFLINE = "roofline_deepseek-v3_h200_2026-12-01.json"  # stages 2–4 under the measured ceilings
@@ -116,7 +119,8 @@ PRODUCED_BY = {
 
 #: Which stage-4 kernel served the decode-step files (the README's provenance: branch issue6-decode ran v4).
 STAGE4_KERNEL = {DECODE_BENCH_V5: "v5", DECODE_BENCH_V5_QTMA: "v5", DECODE_BENCH_FP8SS: "v5", DECODE_BENCH_FP8WGR: "v5",
-                 DECODE_BENCH_APPEND: "v5", DECODE_BENCH_TORCH_APPEND: "v5"}
+                 DECODE_BENCH_APPEND: "v5", DECODE_BENCH_TORCH_APPEND: "v5", DECODE_PROFILE_APPEND: "v5",
+                 DECODE_PROFILE_TORCH_APPEND: "v5"}
 
 #: v4-era implementation names -> the names used everywhere here.
 IMPL_ALIASES = {"flash_mla_with_kvcache": "v4", "v3_split_kv": "v3", "v2_head_tiled": "v2", "v1_naive": "v1"}
@@ -464,19 +468,35 @@ def decode_rows(source: str | Path | dict = DECODE_TOUR, *, kernel: str | None =
     return [_decode_row(r, name, card, kernel) for r in records]
 
 
+def _append_pairs(kernel, torch_append, graph: bool) -> dict[tuple[int, int], tuple[DecodeRow, DecodeRow]]:
+    """{(stage, heads): (the torch append's row, the append kernel's row)} of two decode files of one call (rows with
+    `graph`); a file name not found in docs/results is read from docs/results/probes."""
+    def rows(src):
+        if isinstance(src, str) and not (results_dir() / src).exists():
+            src = results_dir() / "probes" / src
+        return {(r.stage, r.heads): r for r in decode_rows(src, kernel="v5") if r.graph == graph}
+
+    ours, before = rows(kernel), rows(torch_append)
+    if ours.keys() != before.keys():
+        raise ValueError(f"the two decode files measured other shapes: {sorted(ours)} against {sorted(before)}")
+    return {k: (before[k], ours[k]) for k in ours}
+
+
 def append_step_ms(kernel: str | Path | dict = DECODE_BENCH_APPEND,
                    torch_append: str | Path | dict = DECODE_BENCH_TORCH_APPEND) -> dict[tuple[int, int], dict]:
     """The decode step with the torch append against the append kernel, same call (graphs, b 64): {(stage, heads):
-    {"torch_ms", "kernel_ms", "saved_us"}}; the torch file is read from docs/results/probes."""
-    if isinstance(torch_append, str) and not Path(torch_append).exists():
-        torch_append = results_dir() / "probes" / torch_append
-    rows = {name: {(r.stage, r.heads): r.latency_ms for r in decode_rows(src, kernel="v5") if r.graph}
-            for name, src in (("kernel", kernel), ("torch", torch_append))}
-    if rows["kernel"].keys() != rows["torch"].keys():
-        raise ValueError(f"the two decode files measured other shapes: {sorted(rows['kernel'])} against "
-                         f"{sorted(rows['torch'])}")
-    return {k: {"torch_ms": rows["torch"][k], "kernel_ms": t, "saved_us": (rows["torch"][k] - t) * 1e3}
-            for k, t in rows["kernel"].items()}
+    {"torch_ms", "kernel_ms", "saved_us"}}."""
+    return {k: {"torch_ms": t.latency_ms, "kernel_ms": o.latency_ms, "saved_us": (t.latency_ms - o.latency_ms) * 1e3}
+            for k, (t, o) in _append_pairs(kernel, torch_append, graph=True).items()}
+
+
+def append_profile(kernel: str | Path | dict = DECODE_PROFILE_APPEND,
+                   torch_append: str | Path | dict = DECODE_PROFILE_TORCH_APPEND) -> dict[tuple[int, int], dict]:
+    """The same two appends profiled (eager, torch.profiler; the state restores between steps in both): {(stage,
+    heads): {"torch_launches", "kernel_launches", "torch_device_ms", "kernel_device_ms"}} per step."""
+    return {k: {"torch_launches": t.launches, "kernel_launches": o.launches, "torch_device_ms": t.device_ms,
+                "kernel_device_ms": o.device_ms}
+            for k, (t, o) in _append_pairs(kernel, torch_append, graph=False).items()}
 
 
 def decode_skipped(source: str | Path | dict = DECODE_TOUR) -> list[dict]:
@@ -999,7 +1019,7 @@ def table(rows: list, columns: list[tuple[str, str, str]]) -> str:
 __all__ = [
     "ABLATION", "CAPACITY", "DECODE_BENCH_V4", "DECODE_BENCH_V5", "DECODE_BENCH_V5_QTMA", "DECODE_COVERAGE",
     "DECODE_PROFILE", "DECODE_TOUR", "DECODE_BENCH_FP8SS", "DECODE_BENCH_FP8WGR", "DECODE_BENCH_APPEND",
-    "DECODE_BENCH_TORCH_APPEND",
+    "DECODE_BENCH_TORCH_APPEND", "DECODE_PROFILE_APPEND", "DECODE_PROFILE_TORCH_APPEND",
     "FP8_ACCURACY", "FP8_BENCH", "FP8_SCHEMES", "FP8_SPLIT", "IMPL_LABELS", "KERNELS_V4_H100", "KERNELS_V4_H200",
     "HOST_PLANS", "KERNELS_V5", "KERNELS_V5_PLANS", "KERNELS_V5_QASYNC", "KERNELS_V5_EVEN", "KERNELS_V5_LINES",
     "KERNELS_V5_QTMA", "KERNELS_V5_WALK", "KERNELS_V5_FP8SS", "KERNELS_V5_FP8WGR",
@@ -1009,8 +1029,8 @@ __all__ = [
     "STEP_SCHEDULE", "StepScheduleRow", "step_schedule_rows",
     "AblationStep", "Capacity", "CapacityRow", "Ceilings", "DecodeRow", "Fp8AttentionError",
     "Fp8DecoderRow", "Fp8RowError", "Fp8SpeedRow", "KernelRow", "KernelRun", "ResultsMissing", "ablation_steps",
-    "append_step_ms", "capacity_rows", "ceilings", "decode_rows", "decode_skipped", "fp8_attention_errors",
-    "fp8_correctness",
+    "append_profile", "append_step_ms", "capacity_rows", "ceilings", "decode_rows", "decode_skipped",
+    "fp8_attention_errors", "fp8_correctness",
     "fp8_decoder_rows", "fp8_page_work_rows", "fp8_row_errors", "fp8_speed_rows", "fp8_targets", "kernel_run",
     "load", "pick", "results_dir",
     "table",
