@@ -206,7 +206,7 @@ class _Launch:
 
 class CallPlan:
     """What one call signature needs at each call: output shapes, the partials' size, the launches, whether to
-    enqueue the bounds assertion."""
+    enqueue the bounds assertion after them (v5.FOLD_BOUNDS off; else the combine's launch asserts it)."""
 
     def __init__(self, launches: list[_Launch], out_shape: tuple, lse_shape: tuple, part_out_numel: int,
                  part_lse_numel: int, dtype: torch.dtype, device: torch.device, flag: torch.Tensor | None,

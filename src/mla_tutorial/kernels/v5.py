@@ -183,8 +183,9 @@ def _launch_v5(q, k_cache, block_table, cache_seqlens, dims, causal, meta, num_s
                path=None, config: TileConfig | GluonConfig | None = None, error_flag: torch.Tensor | None = None,
                is_fp8: bool = False, plan_key: tuple | None = None, built_for: dict | None = None):
     """The full path of a v5 call after validation: route, check a forced tile, allocate, launch the tile and the
-    combine, enqueue the bounds assertion. With `plan_key` (plan.signature of the call) it also records the launches
-    and leaves a call plan that later calls with that signature replay (plan.py)."""
+    combine (which asserts the bounds flag, FOLD_BOUNDS; else torch._assert_async after it). With `plan_key`
+    (plan.signature of the call) it also records the launches and leaves a call plan that later calls with that
+    signature replay (plan.py)."""
     forced = path  # kernel_choice picks a tile only where it runs: a forced one is checked below
     path = path or kernel_choice(q, k_cache, dims.rows_per_kv, dims.h_kv)[0]
     if is_fp8 and path not in FP8_PATHS:
