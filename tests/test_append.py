@@ -148,14 +148,12 @@ def test_torch_write_where_the_kernel_cannot_run(monkeypatch, cache_class, witho
     """CPU tensors outside Triton's interpreter, or the timing knob off: stage 3's write (stage 5 quantizing with
     quantize_rows first) gives the kernel's rows and lengths."""
     import mla_tutorial.stage4_triton as stage4_module
-    import mla_tutorial.stage5_fp8 as stage5_module
 
     seq_ids = [2, 0]
     kernel = _filled(cache_class, "cpu", seq_ids)
     kernel.append(seq_ids, _hostile_rows(2, 3, seed=5))
     if without == "interpreter":
         monkeypatch.setattr(stage4_module, "is_interpreter", lambda: False)
-        monkeypatch.setattr(stage5_module, "is_interpreter", lambda: False)
     else:
         monkeypatch.setattr(stage4_module, "APPEND_KERNEL", False)
     monkeypatch.setattr(stage4_module, "append_rows", None)  # (not called)

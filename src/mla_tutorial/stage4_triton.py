@@ -49,9 +49,14 @@ class TritonLatentCache(PagedLatentCache):
     QUANTIZE = False  # (stage 5's cache quantizes the rows in the same kernel)
 
     def _write(self, rows: slice | torch.Tensor, kv: torch.Tensor) -> None:
-        if not (APPEND_KERNEL and kv.shape[-1] == 576 and (kv.is_cuda or is_interpreter())):
-            return super()._write(rows, kv)
-        append_rows(self.pool, kv, self.table, self.lengths, rows, self.page_size, self.QUANTIZE)
+        if APPEND_KERNEL and kv.shape[-1] == 576 and (kv.is_cuda or is_interpreter()):
+            append_rows(self.pool, kv, self.table, self.lengths, rows, self.page_size, self.QUANTIZE)
+        else:
+            self._torch_write(rows, kv)
+
+    def _torch_write(self, rows: slice | torch.Tensor, kv: torch.Tensor) -> None:
+        """Where the kernel does not write: stage 3's write (stage 5 quantizes the rows first)."""
+        super()._write(rows, kv)
 
 
 class TritonMLA(PagedMLA):

@@ -41,11 +41,9 @@ from collections.abc import Sequence
 
 import torch
 
-from . import stage4_triton
-from .contract import is_interpreter
 from .fp8 import D_ROW, FP8_DTYPE, ROW_BYTES, dequantize_k_cache, quantize_rows
 from .kernels import flash_mla_with_kvcache
-from .stage3_paged import PagedLatentCache, paged_mla_attention
+from .stage3_paged import paged_mla_attention
 from .stage4_triton import TritonLatentCache, TritonMLA
 
 
@@ -86,12 +84,10 @@ class FP8LatentCache(TritonLatentCache):
         """The dtype of the rows that `append` takes (and `dequantized` returns)."""
         return torch.bfloat16
 
-    def _write(self, rows: slice | torch.Tensor, kv: torch.Tensor) -> None:
-        """NEW: kv [B, T, 576] bf16 quantized to FP8 rows as they are written (one kernel); where the kernels
-        cannot run (CPU tensors outside Triton's interpreter), quantized by fp8.quantize_rows, then stage 3's write."""
-        if stage4_triton.APPEND_KERNEL and (kv.is_cuda or is_interpreter()):
-            return super()._write(rows, kv)
-        PagedLatentCache._write(self, rows, quantize_rows(kv))  # [B, T, 656] bytes
+    def _torch_write(self, rows: slice | torch.Tensor, kv: torch.Tensor) -> None:
+        """NEW: where the append kernel (which quantizes kv [B, T, 576] bf16 as it writes, QUANTIZE) does not run
+        (CPU tensors outside Triton's interpreter): quantized by fp8.quantize_rows, then stage 3's write."""
+        super()._torch_write(rows, quantize_rows(kv))  # [B, T, 656] bytes
 
     def dequantized(self) -> torch.Tensor:
         """The whole pool back in bf16, as FlashMLA's k_cache [num_blocks, 64, 1, 576] (a copy; for checks)."""

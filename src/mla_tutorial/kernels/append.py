@@ -79,6 +79,7 @@ def _append_kernel(
     slot = page.to(tl.int64) * PAGE + pos % PAGE  # [BLOCK_T] row of the flat pool
     src = kv_ptr + b.to(tl.int64) * stride_kb + t.to(tl.int64) * stride_kt  # [BLOCK_T]
     rope = tl.arange(0, 64)
+    r = tl.load(src[:, None] + 512 + rope[None, :], mask=t_ok[:, None])  # [BLOCK_T, 64] k_rope, stored as it is
     if QUANT:
         tiles = tl.arange(0, 4)
         col = tiles[:, None] * 128 + tl.arange(0, 128)[None, :]  # [4, 128] c_kv column
@@ -93,13 +94,11 @@ def _append_kernel(
         q = _e4m3_bits(tl.math.div_rn(x, scale[:, :, None]))  # [BLOCK_T, 4, 128]
         tl.store(out_ptr + slot[:, None, None] * 656 + col[None], q.to(tl.uint8), mask=t_ok[:, None, None])
         tl.store(out_f32_ptr + slot[:, None] * 164 + 128 + tiles[None, :], scale, mask=t_ok[:, None])
-        r = tl.load(src[:, None] + 512 + rope[None, :], mask=t_ok[:, None])
         tl.store(out_bf16_ptr + slot[:, None] * 328 + 264 + rope[None, :], r, mask=t_ok[:, None])
     else:
         nope = tl.arange(0, 512)
         v = tl.load(src[:, None] + nope[None, :], mask=t_ok[:, None])
         tl.store(out_ptr + slot[:, None] * 576 + nope[None, :], v, mask=t_ok[:, None])
-        r = tl.load(src[:, None] + 512 + rope[None, :], mask=t_ok[:, None])
         tl.store(out_ptr + slot[:, None] * 576 + 512 + rope[None, :], r, mask=t_ok[:, None])
     if UPDATE:  # this program holds all of the sequence's new rows (its length read above, by it alone)
         tl.store(lengths_ptr + row, length + T)
